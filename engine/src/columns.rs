@@ -1,0 +1,155 @@
+//! Column vectors for a set of events: the memtable of a partition while it
+//! fills, and the decoded form of a segment. Strings that repeat (user,
+//! endpoint, method) are dictionary-encoded; request ids are stored inline.
+
+use std::collections::HashMap;
+
+use toplog_types::{Event, Micros};
+
+/// Strings stored back to back, addressed by end offsets.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StrColumn {
+    data: String,
+    ends: Vec<u32>,
+}
+
+impl StrColumn {
+    pub(crate) fn push(&mut self, s: &str) {
+        self.data.push_str(s);
+        self.ends.push(self.data.len() as u32);
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.data[start..self.ends[i] as usize]
+    }
+}
+
+/// A dictionary of distinct strings and one dictionary id per row.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DictColumn {
+    pub(crate) values: Vec<String>,
+    lookup: HashMap<String, u32>,
+    pub(crate) ids: Vec<u32>,
+}
+
+impl DictColumn {
+    /// Builds a column from a decoded dictionary and row ids (ids already checked in range).
+    pub(crate) fn from_parts(values: Vec<String>, ids: Vec<u32>) -> Self {
+        let lookup = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.clone(), i as u32))
+            .collect();
+        Self {
+            values,
+            lookup,
+            ids,
+        }
+    }
+
+    /// Appends a row; returns the bytes newly retained (0 when the value was known).
+    pub(crate) fn push(&mut self, s: &str) -> usize {
+        if let Some(&id) = self.lookup.get(s) {
+            self.ids.push(id);
+            return 0;
+        }
+        let id = self.values.len() as u32;
+        self.values.push(s.to_owned());
+        self.lookup.insert(s.to_owned(), id);
+        self.ids.push(id);
+        2 * s.len() + 64
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &str {
+        &self.values[self.ids[i] as usize]
+    }
+
+    pub(crate) fn id_of(&self, s: &str) -> Option<u32> {
+        self.lookup.get(s).copied()
+    }
+}
+
+/// Events as columns. Row `i` of every column belongs to the same event.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Columns {
+    pub(crate) ts: Vec<i64>,
+    pub(crate) request_id: StrColumn,
+    pub(crate) user_id: DictColumn,
+    pub(crate) endpoint: DictColumn,
+    pub(crate) method: DictColumn,
+    pub(crate) status: Vec<u16>,
+    pub(crate) latency_us: Vec<u64>,
+}
+
+/// Fixed per-row cost: ts, request id end offset, three dict ids, status, latency.
+const ROW_BYTES: usize = 8 + 4 + 3 * 4 + 2 + 8;
+
+impl Columns {
+    pub(crate) fn from_parts(
+        ts: Vec<i64>,
+        request_id: StrColumn,
+        user_id: DictColumn,
+        endpoint: DictColumn,
+        method: DictColumn,
+        status: Vec<u16>,
+        latency_us: Vec<u64>,
+    ) -> Self {
+        Self {
+            ts,
+            request_id,
+            user_id,
+            endpoint,
+            method,
+            status,
+            latency_us,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Appends one event; returns the bytes it added.
+    pub(crate) fn push(&mut self, e: &Event) -> usize {
+        let mut added = ROW_BYTES + e.request_id.len();
+        self.ts.push(e.timestamp.get());
+        self.request_id.push(&e.request_id);
+        added += self.user_id.push(&e.user_id);
+        added += self.endpoint.push(&e.endpoint);
+        added += self.method.push(&e.method);
+        self.status.push(e.status_code);
+        self.latency_us.push(e.latency_us);
+        added
+    }
+
+    pub(crate) fn event(&self, i: usize) -> Event {
+        Event {
+            request_id: self.request_id.get(i).to_owned(),
+            timestamp: Micros::new(self.ts[i]),
+            user_id: self.user_id.get(i).to_owned(),
+            endpoint: self.endpoint.get(i).to_owned(),
+            method: self.method.get(i).to_owned(),
+            status_code: self.status[i],
+            latency_us: self.latency_us[i],
+        }
+    }
+
+    /// Row order sorted by (timestamp, request id), stable for equal keys.
+    pub(crate) fn sorted_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            self.ts[a]
+                .cmp(&self.ts[b])
+                .then_with(|| self.request_id.get(a).cmp(self.request_id.get(b)))
+        });
+        order
+    }
+
+    pub(crate) fn min_max_ts(&self) -> Option<(i64, i64)> {
+        let min = self.ts.iter().min()?;
+        let max = self.ts.iter().max()?;
+        Some((*min, *max))
+    }
+}

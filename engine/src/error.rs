@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+
+use toplog_wal::WalError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    /// The engine stopped taking writes after a failure it will not retry.
+    #[error("not accepting writes: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Wraps an `io::Error` with the operation and path it came from.
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.to_path_buf();
+    move |source| EngineError::Io { path, op, source }
+}

@@ -1,0 +1,18 @@
+//! The storage engine: time-partitioned columnar memtables fed from the WAL,
+//! immutable segments in toplog's own format, the manifest that says which
+//! segments exist, idempotency keys, and recovery after a crash.
+
+mod batch;
+mod codec;
+mod columns;
+mod engine;
+mod error;
+mod idempotency;
+mod manifest;
+mod scan;
+mod segment;
+
+pub use engine::{Engine, EngineConfig, IngestReceipt, StorageStats};
+pub use error::{EngineError, Result};
+pub use scan::{Cursor, Filters, Page, TimeRange};
+pub use segment::{SegmentError, SegmentMeta, decode_segment_events, encode_segment_events};

@@ -1,0 +1,130 @@
+//! The manifest: which segments and idempotency-key files make up the store,
+//! and up to which log position their contents reach. Replaced atomically
+//! (temp file, fsync, rename, directory fsync), so a crash leaves the old or
+//! the new one, never a mix.
+//!
+//! File: magic `TPLGMAN\0` (8), version u32 = 1, payload length u32,
+//! payload crc32c u32, then the payload as JSON.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use toplog_types::{Lsn, Micros, SegmentId};
+use toplog_wal::Fs;
+
+use crate::error::{EngineError, Result, io_err};
+use crate::segment::SegmentMeta;
+
+const MAGIC: &[u8; 8] = b"TPLGMAN\0";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 20;
+pub(crate) const FILE: &str = "MANIFEST";
+const TMP_FILE: &str = "MANIFEST.tmp";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    /// Every log entry up to here is in the segments below.
+    pub(crate) flushed_lsn: Lsn,
+    pub(crate) last_segment_id: SegmentId,
+    pub(crate) segments: Vec<SegmentEntry>,
+    pub(crate) key_files: Vec<KeyFileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SegmentEntry {
+    pub(crate) id: SegmentId,
+    pub(crate) file: String,
+    pub(crate) bytes: u64,
+    pub(crate) meta: SegmentMeta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyFileEntry {
+    pub(crate) file: String,
+    /// Receive time of the newest key in the file; the file expires with it.
+    pub(crate) newest: Micros,
+}
+
+pub(crate) fn segment_file_name(id: SegmentId) -> String {
+    format!("{:016}.seg", id.get())
+}
+
+impl Manifest {
+    /// Reads the manifest in `dir`; `None` for a new store.
+    pub(crate) fn load(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(FILE);
+        if !fs.exists(&path) {
+            return Ok(None);
+        }
+        let buf = fs.read(&path).map_err(io_err("read", &path))?;
+        let corrupt = |reason: String| EngineError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        if buf.len() < HEADER_LEN || &buf[..8] != MAGIC {
+            return Err(corrupt("bad magic or short header".into()));
+        }
+        let word = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        if word(8) != VERSION {
+            return Err(corrupt(format!("unsupported manifest version {}", word(8))));
+        }
+        let len = word(12) as usize;
+        let payload = buf
+            .get(HEADER_LEN..)
+            .filter(|p| p.len() == len)
+            .ok_or_else(|| corrupt("length mismatch".into()))?;
+        if crc32c::crc32c(payload) != word(16) {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        serde_json::from_slice(payload)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Atomically replaces the manifest in `dir` with `self`.
+    pub(crate) fn store(&self, fs: &Arc<dyn Fs>, dir: &Path) -> Result<()> {
+        let payload = serde_json::to_vec(self).map_err(|e| EngineError::Corrupt {
+            path: dir.join(FILE),
+            reason: format!("cannot serialize manifest: {e}"),
+        })?;
+        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
+        let tmp = dir.join(TMP_FILE);
+        if fs.exists(&tmp) {
+            fs.remove_file(&tmp).map_err(io_err("remove", &tmp))?;
+        }
+        write_durable(fs, &tmp, &buf)?;
+        let path = dir.join(FILE);
+        fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+        fs.sync_dir(dir).map_err(io_err("fsync directory", dir))
+    }
+}
+
+/// Creates `path` with `bytes` and fsyncs it (the caller fsyncs the directory).
+pub(crate) fn write_durable(fs: &Arc<dyn Fs>, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs.create(path).map_err(io_err("create", path))?;
+    f.write_all(bytes).map_err(io_err("write", path))?;
+    f.sync().map_err(io_err("fsync", path))
+}
+
+/// Removes files in `dir` that `keep` does not name: leftovers of a flush that
+/// crashed before its manifest was written.
+pub(crate) fn remove_orphans(fs: &Arc<dyn Fs>, dir: &Path, keep: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for name in fs.list(dir).map_err(io_err("list", dir))? {
+        if !keep.contains(&name.as_str()) {
+            let path = dir.join(&name);
+            fs.remove_file(&path).map_err(io_err("remove", &path))?;
+            removed.push(path);
+        }
+    }
+    if !removed.is_empty() {
+        fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,276 @@
+//! Reading stored events back: a time range, equality filters, and keyset
+//! paging in (timestamp, request id) order across segments and memtables.
+
+use toplog_types::{Event, Micros};
+
+use crate::columns::Columns;
+
+/// `[start, end)` in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start: Micros,
+    pub end: Micros,
+}
+
+impl TimeRange {
+    pub fn overlaps(&self, min: Micros, max: Micros) -> bool {
+        min < self.end && max >= self.start
+    }
+
+    pub fn contains_all(&self, min: Micros, max: Micros) -> bool {
+        min >= self.start && max < self.end
+    }
+}
+
+/// Equality filters; `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub endpoint: Option<String>,
+    pub user_id: Option<String>,
+    pub method: Option<String>,
+    pub status_code: Option<u16>,
+    pub request_id: Option<String>,
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Where the next page starts: after `skip` rows with exactly this (timestamp, request id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts: Micros,
+    pub request_id: String,
+    pub skip: u64,
+}
+
+impl Cursor {
+    /// An opaque, URL-safe token: `<ts>.<skip>.<hex of request id>`.
+    pub fn encode(&self) -> String {
+        let hex: String = self
+            .request_id
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}.{}.{}", self.ts.get(), self.skip, hex)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '.');
+        let ts = parts.next()?.parse().ok()?;
+        let skip = parts.next()?.parse().ok()?;
+        let hex = parts.next()?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some(Self {
+            ts: Micros::new(ts),
+            request_id: String::from_utf8(bytes).ok()?,
+            skip,
+        })
+    }
+}
+
+/// One page of events in (timestamp, request id) order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub events: Vec<Event>,
+    pub next: Option<Cursor>,
+}
+
+/// Filters resolved against one source's dictionaries.
+struct Matcher<'a> {
+    cols: &'a Columns,
+    endpoint: Option<u32>,
+    user_id: Option<u32>,
+    method: Option<u32>,
+    filters: &'a Filters,
+}
+
+impl<'a> Matcher<'a> {
+    /// `None` when a filtered value is absent from this source, so nothing can match.
+    fn new(cols: &'a Columns, filters: &'a Filters) -> Option<Self> {
+        let resolve = |want: &Option<String>, dict: &crate::columns::DictColumn| match want {
+            None => Some(None),
+            Some(v) => dict.id_of(v).map(Some),
+        };
+        Some(Self {
+            cols,
+            endpoint: resolve(&filters.endpoint, &cols.endpoint)?,
+            user_id: resolve(&filters.user_id, &cols.user_id)?,
+            method: resolve(&filters.method, &cols.method)?,
+            filters,
+        })
+    }
+
+    fn matches(&self, i: usize) -> bool {
+        let c = self.cols;
+        self.endpoint.is_none_or(|id| c.endpoint.ids[i] == id)
+            && self.user_id.is_none_or(|id| c.user_id.ids[i] == id)
+            && self.method.is_none_or(|id| c.method.ids[i] == id)
+            && self.filters.status_code.is_none_or(|s| c.status[i] == s)
+            && self
+                .filters
+                .request_id
+                .as_deref()
+                .is_none_or(|r| c.request_id.get(i) == r)
+    }
+}
+
+/// Number of rows of `cols` in `range` passing `filters`.
+pub(crate) fn count(cols: &Columns, range: &TimeRange, filters: &Filters) -> u64 {
+    let Some(m) = Matcher::new(cols, filters) else {
+        return 0;
+    };
+    let (start, end) = (range.start.get(), range.end.get());
+    (0..cols.len())
+        .filter(|&i| (start..end).contains(&cols.ts[i]) && m.matches(i))
+        .count() as u64
+}
+
+/// Up to `want` rows of `cols` in `range` passing `filters`, at or after `from` in
+/// (timestamp, request id) order, returned in that order.
+pub(crate) fn collect(
+    cols: &Columns,
+    sorted: bool,
+    range: &TimeRange,
+    filters: &Filters,
+    from: Option<&Cursor>,
+    want: usize,
+) -> Vec<Event> {
+    let Some(m) = Matcher::new(cols, filters) else {
+        return Vec::new();
+    };
+    let start = from.map_or(range.start.get(), |c| c.ts.get().max(range.start.get()));
+    let end = range.end.get();
+    let at_or_after = |i: usize| match from {
+        Some(c) if cols.ts[i] == c.ts.get() => cols.request_id.get(i) >= c.request_id.as_str(),
+        _ => true,
+    };
+    let key = |i: usize| (cols.ts[i], cols.request_id.get(i));
+    let mut rows: Vec<usize> = Vec::new();
+    if sorted {
+        let first = cols.ts.partition_point(|&t| t < start);
+        for i in first..cols.len() {
+            if cols.ts[i] >= end {
+                break;
+            }
+            // Past `want`, keep going only through rows tied with the last one kept, so
+            // the caller can order ties fully.
+            if rows.len() >= want && rows.last().is_none_or(|&l| key(l) != key(i)) {
+                break;
+            }
+            if at_or_after(i) && m.matches(i) {
+                rows.push(i);
+            }
+        }
+    } else {
+        rows = (0..cols.len())
+            .filter(|&i| (start..end).contains(&cols.ts[i]) && at_or_after(i) && m.matches(i))
+            .collect();
+        let full = |i: usize| {
+            let c = cols;
+            (
+                key(i),
+                c.endpoint.get(i),
+                c.user_id.get(i),
+                c.method.get(i),
+                c.status[i],
+                c.latency_us[i],
+            )
+        };
+        rows.sort_by(|&a, &b| full(a).cmp(&full(b)));
+        rows.truncate(want);
+    }
+    rows.into_iter().map(|i| cols.event(i)).collect()
+}
+
+/// The order of rows in pages: (timestamp, request id), then the other fields, so
+/// that rows sharing a timestamp and request id come in the same order on every call.
+fn page_order(a: &Event, b: &Event) -> std::cmp::Ordering {
+    (
+        a.timestamp,
+        &a.request_id,
+        &a.endpoint,
+        &a.user_id,
+        &a.method,
+        a.status_code,
+        a.latency_us,
+    )
+        .cmp(&(
+            b.timestamp,
+            &b.request_id,
+            &b.endpoint,
+            &b.user_id,
+            &b.method,
+            b.status_code,
+            b.latency_us,
+        ))
+}
+
+/// Sorts `rows` into page order and keeps the first `n`.
+pub(crate) fn keep_first(rows: &mut Vec<Event>, n: usize) {
+    rows.sort_by(page_order);
+    rows.truncate(n);
+}
+
+/// Cuts one page from candidates gathered from every source.
+pub(crate) fn page(mut rows: Vec<Event>, from: Option<&Cursor>, limit: usize) -> Page {
+    rows.sort_by(page_order);
+    let mut rows = rows.into_iter().peekable();
+    if let Some(c) = from {
+        let mut skipped = 0;
+        while skipped < c.skip
+            && rows
+                .peek()
+                .is_some_and(|e| e.timestamp == c.ts && e.request_id == c.request_id)
+        {
+            rows.next();
+            skipped += 1;
+        }
+    }
+    let events: Vec<Event> = rows.by_ref().take(limit).collect();
+    let next = match (events.last(), rows.peek()) {
+        (Some(last), Some(_)) => {
+            let same =
+                |e: &&Event| e.timestamp == last.timestamp && e.request_id == last.request_id;
+            let mut skip = events.iter().filter(same).count() as u64;
+            if let Some(c) = from
+                && c.ts == last.timestamp
+                && c.request_id == last.request_id
+            {
+                skip += c.skip;
+            }
+            Some(Cursor {
+                ts: last.timestamp,
+                request_id: last.request_id.clone(),
+                skip,
+            })
+        }
+        _ => None,
+    };
+    Page { events, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips() {
+        let c = Cursor {
+            ts: Micros::new(42),
+            request_id: "a.b/ü".into(),
+            skip: 3,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("x"), None);
+        assert_eq!(Cursor::decode("1.2.zz"), None);
+    }
+}

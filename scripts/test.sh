@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's one test command: installs what the tests need (idempotently),
+# checks formatting and lints, builds the binary the end-to-end tests start,
+# and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A target dir that outlives a fresh clone, so CI on the same machine reuses builds.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/toplog-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "== installing rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build the toplog binary for end-to-end tests"
+cargo build --locked --bin toplog
+export TOPLOG_BIN="$CARGO_TARGET_DIR/debug/toplog"
+echo "== tests"
+cargo nextest run --workspace --locked --no-fail-fast "$@"

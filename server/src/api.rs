@@ -1,0 +1,385 @@
+//! The REST API under `/api/v1`, plus `/healthz` and `/readyz`. Handlers parse
+//! and check parameters, then hand CPU work to blocking threads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use toplog_engine::{Cursor, Engine, EngineError, Filters, TimeRange};
+use toplog_types::{EventError, Micros, ValidationLimits};
+
+use crate::config::Config;
+use crate::ingest::{BodyFormat, decode_body, parse_events};
+
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// An error as the API returns it: `{"status":"error","error":{"code","message",...}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) row: Option<usize>,
+    pub(crate) field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            row: None,
+            field: None,
+        }
+    }
+
+    pub(crate) fn bad_request(code: &'static str, message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(crate) fn too_large(message: String) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+    }
+
+    pub(crate) fn unsupported(code: &'static str, message: String) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, code, message)
+    }
+
+    fn unavailable(message: String) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    fn internal(message: String) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// A bad query parameter, named in `field`.
+    fn parameter(name: &str, message: String) -> Self {
+        Self {
+            field: Some(name.to_owned()),
+            ..Self::bad_request("invalid_parameter", format!("`{name}`: {message}"))
+        }
+    }
+
+    pub(crate) fn with_row(mut self, row: usize) -> Self {
+        self.row = Some(row);
+        self
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        Self {
+            row: Some(e.row),
+            field: Some(e.field.clone()),
+            ..Self::bad_request("invalid_event", e.to_string())
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Unavailable(_) | EngineError::Wal(_) => Self::unavailable(e.to_string()),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(row) = self.row {
+            error["row"] = json!(row);
+        }
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        (
+            self.status,
+            Json(json!({"status": "error", "error": error})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Shared by all handlers. The engine is set once recovery has finished.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) engine: OnceLock<Arc<Engine>>,
+    /// Set when opening the store failed: `/readyz` reports it.
+    pub(crate) startup_error: OnceLock<String>,
+}
+
+impl AppState {
+    fn engine(&self) -> ApiResult<Arc<Engine>> {
+        match self.engine.get() {
+            Some(e) => Ok(e.clone()),
+            None => Err(ApiError::unavailable(match self.startup_error.get() {
+                Some(e) => format!("the store failed to open: {e}"),
+                None => "recovering: replaying the write-ahead log".into(),
+            })),
+        }
+    }
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/requests", post(ingest).get(list_requests))
+        .route("/api/v1/requests/count", get(count_requests))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+    };
+    let engine = match app.engine() {
+        Ok(e) => e,
+        Err(e) => return not_ready(e.message).into_response(),
+    };
+    match engine.health() {
+        Ok(()) => {
+            let s = engine.stats();
+            Json(json!({"status": "ready", "applied_lsn": s.applied_lsn.get(), "segments": s.segments})).into_response()
+        }
+        Err(e) => not_ready(e.to_string()).into_response(),
+    }
+}
+
+/// Runs CPU-bound work off the async reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+async fn ingest(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let limit = app.config.max_body_bytes;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(format!("body exceeds the limit of {limit} bytes"))
+        }
+        status => ApiError::new(status, "invalid_body", e.body_text()),
+    })?;
+    let engine = app.engine()?;
+    let text = |name: header::HeaderName| -> ApiResult<Option<String>> {
+        headers
+            .get(&name)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::bad_request("invalid_header", format!("`{name}` is not ASCII"))
+                })
+            })
+            .transpose()
+    };
+    let format = BodyFormat::from_content_type(text(header::CONTENT_TYPE)?.as_deref())?;
+    let encoding = text(header::CONTENT_ENCODING)?;
+    let key = text(header::HeaderName::from_static("idempotency-key"))?;
+    if let Some(k) = &key
+        && (k.is_empty()
+            || k.len() > MAX_IDEMPOTENCY_KEY
+            || !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ),
+        ));
+    }
+    let cfg = &app.config;
+    let limits = ValidationLimits {
+        now: Micros::now(),
+        max_future_us: micros(cfg.clock_skew),
+        max_age_us: micros(cfg.raw_keep_for),
+    };
+    let events = blocking(move || {
+        let raw = decode_body(encoding.as_deref(), &body, limit)?;
+        parse_events(format, &raw, &limits)
+    })
+    .await?;
+    if events.is_empty() {
+        return Ok(Json(json!({"status": "success", "accepted": 0})).into_response());
+    }
+    let receipt = engine.ingest(events, key).await?;
+    let mut resp = Json(
+        json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed}),
+    )
+    .into_response();
+    if receipt.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Query parameters with typed accessors that name the parameter in errors.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn new(
+        raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+        allowed: &[&str],
+    ) -> ApiResult<Self> {
+        let Query(raw) =
+            raw.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+        if let Some(bad) = raw.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::parameter(
+                bad,
+                format!("unknown parameter (allowed: {})", allowed.join(", ")),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    fn string(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    fn time(&self, name: &str) -> ApiResult<Option<Micros>> {
+        self.0
+            .get(name)
+            .map(|v| Micros::parse(v).map_err(|e| ApiError::parameter(name, e.to_string())))
+            .transpose()
+    }
+
+    fn range(&self) -> ApiResult<TimeRange> {
+        let start = self.time("start")?.unwrap_or(Micros::new(0));
+        let end = self.time("end")?.unwrap_or(Micros::new(i64::MAX));
+        if start >= end {
+            return Err(ApiError::parameter(
+                "start",
+                format!("must be before `end` ({start} >= {end})"),
+            ));
+        }
+        Ok(TimeRange { start, end })
+    }
+
+    fn filters(&self) -> ApiResult<Filters> {
+        let status_code = self
+            .0
+            .get("status_code")
+            .map(|v| match v.parse::<u16>() {
+                Ok(s @ 100..=599) => Ok(s),
+                _ => Err(ApiError::parameter(
+                    "status_code",
+                    format!("`{v}` is not a status code (100 to 599)"),
+                )),
+            })
+            .transpose()?;
+        Ok(Filters {
+            endpoint: self.string("endpoint"),
+            user_id: self.string("user_id"),
+            method: self.string("method"),
+            status_code,
+            request_id: self.string("request_id"),
+        })
+    }
+}
+
+const FILTER_PARAMS: [&str; 7] = [
+    "start",
+    "end",
+    "endpoint",
+    "user_id",
+    "method",
+    "status_code",
+    "request_id",
+];
+
+async fn list_requests(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let allowed: Vec<&str> = FILTER_PARAMS
+        .iter()
+        .copied()
+        .chain(["limit", "cursor"])
+        .collect();
+    let p = Params::new(raw, &allowed)?;
+    let range = p.range()?;
+    let filters = p.filters()?;
+    let limit = match p.string("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n @ 1..=MAX_LIMIT) => n,
+            _ => {
+                return Err(ApiError::parameter(
+                    "limit",
+                    format!("`{v}` is not a whole number from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let cursor = p
+        .string("cursor")
+        .map(|c| {
+            Cursor::decode(&c).ok_or_else(|| {
+                ApiError::parameter("cursor", "not a cursor returned by this API".into())
+            })
+        })
+        .transpose()?;
+    let engine = app.engine()?;
+    let page = blocking(move || Ok(engine.scan(range, &filters, cursor.as_ref(), limit)?)).await?;
+    let data: Vec<Value> = page
+        .events
+        .iter()
+        .map(toplog_types::Event::to_json)
+        .collect();
+    Ok(Json(
+        json!({"status": "success", "data": data, "next_cursor": page.next.map(|c| c.encode())}),
+    )
+    .into_response())
+}
+
+async fn count_requests(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let p = Params::new(raw, &FILTER_PARAMS)?;
+    let range = p.range()?;
+    let filters = p.filters()?;
+    let engine = app.engine()?;
+    let count = blocking(move || Ok(engine.count(range, &filters)?)).await?;
+    Ok(Json(json!({"status": "success", "count": count})).into_response())
+}

@@ -1,0 +1,153 @@
+//! The command line: `toplog serve` starts a node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use clap::{Parser, Subcommand};
+use toplog_engine::Engine;
+
+use crate::api::{AppState, router};
+use crate::config::{Config, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "toplog",
+    version,
+    about = "Time-series store for HTTP request analytics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a node.
+    Serve {
+        /// TOML file with the same keys as the flags (flags and TOPLOG_* variables win).
+        #[arg(long, env = "TOPLOG_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// Entry point of the `toplog` binary.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOPLOG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, settings } => {
+            let config = match Config::resolve(settings, config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("toplog: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("toplog: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("toplog: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM, then drains requests and closes the store.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let local = listener.local_addr()?;
+    let engine_config = config.engine_config();
+    let state = Arc::new(AppState {
+        config,
+        engine: OnceLock::new(),
+        startup_error: OnceLock::new(),
+    });
+    tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), "listening");
+
+    // Recovery runs while /healthz already answers and /readyz says "recovering".
+    let opener = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || match Engine::open(engine_config) {
+            Ok(engine) => {
+                let _ = state.engine.set(Arc::new(engine));
+                tracing::info!("ready");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = state.startup_error.set(e.to_string());
+                Err(e)
+            }
+        })
+    };
+
+    let app = router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    let opened = opener
+        .await
+        .map_err(|e| anyhow::anyhow!("recovery task failed: {e}"))?;
+    if let Err(e) = opened {
+        server.abort();
+        return Err(anyhow::anyhow!("cannot open the store: {e}"));
+    }
+    server
+        .await
+        .map_err(|e| anyhow::anyhow!("server task failed: {e}"))??;
+    // Requests have drained; nothing can append any more.
+    if let Some(engine) = state.engine.get().cloned() {
+        tokio::task::spawn_blocking(move || engine.close())
+            .await
+            .map_err(|e| anyhow::anyhow!("close task failed: {e}"))??;
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down: draining requests");
+}

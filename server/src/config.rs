@@ -1,0 +1,215 @@
+//! Node configuration: built-in defaults, overridden by a TOML file, overridden
+//! by `TOPLOG_*` environment variables and command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toplog_types::parse_duration;
+use toplog_wal::FsyncPolicy;
+
+/// Settings as they may appear in the TOML file or on the command line (all optional).
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// Directory holding the log, segments and manifest.
+    #[arg(long, env = "TOPLOG_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address for the REST API.
+    #[arg(long, env = "TOPLOG_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Length of a time partition, from `1m` to `1d`, dividing a day evenly.
+    #[arg(long, env = "TOPLOG_PARTITION")]
+    pub(crate) partition: Option<String>,
+    /// `always` (default: every acknowledged batch is on disk), `interval`
+    /// (fsync every `fsync_interval`: a crash may lose that much) or `never`
+    /// (the OS decides: a crash may lose anything not yet written back).
+    #[arg(long, env = "TOPLOG_FSYNC")]
+    pub(crate) fsync: Option<String>,
+    /// Period of the `interval` fsync policy.
+    #[arg(long, env = "TOPLOG_FSYNC_INTERVAL")]
+    pub(crate) fsync_interval: Option<String>,
+    /// Largest accepted request body, compressed or not, in bytes.
+    #[arg(long, env = "TOPLOG_MAX_BODY_BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
+    /// How far in the future an event's timestamp may be.
+    #[arg(long, env = "TOPLOG_CLOCK_SKEW")]
+    pub(crate) clock_skew: Option<String>,
+    /// How long raw events are kept; older events are rejected at ingest.
+    #[arg(long, env = "TOPLOG_RAW_KEEP_FOR")]
+    pub(crate) raw_keep_for: Option<String>,
+    /// Flush memtables to segments at this many bytes.
+    #[arg(long, env = "TOPLOG_MEMTABLE_MAX_BYTES")]
+    pub(crate) memtable_max_bytes: Option<usize>,
+    /// Flush memtables whose oldest row is this old.
+    #[arg(long, env = "TOPLOG_MEMTABLE_MAX_AGE")]
+    pub(crate) memtable_max_age: Option<String>,
+}
+
+impl Settings {
+    /// Fills every unset field of `self` from `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            data_dir: self.data_dir.or(other.data_dir),
+            listen: self.listen.or(other.listen),
+            partition: self.partition.or(other.partition),
+            fsync: self.fsync.or(other.fsync),
+            fsync_interval: self.fsync_interval.or(other.fsync_interval),
+            max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
+            clock_skew: self.clock_skew.or(other.clock_skew),
+            raw_keep_for: self.raw_keep_for.or(other.raw_keep_for),
+            memtable_max_bytes: self.memtable_max_bytes.or(other.memtable_max_bytes),
+            memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
+        }
+    }
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub partition: Duration,
+    pub fsync: FsyncPolicy,
+    pub max_body_bytes: usize,
+    pub clock_skew: Duration,
+    pub raw_keep_for: Duration,
+    pub memtable_max_bytes: usize,
+    pub memtable_max_age: Duration,
+}
+
+fn duration(key: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    parse_duration(&text).map_err(|e| anyhow::anyhow!("`{key}`: {e}"))
+}
+
+impl Config {
+    /// Resolves flags/env over the file at `file` (if any) over the defaults.
+    pub(crate) fn resolve(flags: Settings, file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let from_file = match file {
+            None => Settings::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+        };
+        let s = flags.or(from_file);
+        let partition = duration("partition", s.partition, "1d")?;
+        let day = Duration::from_secs(86_400);
+        if partition < Duration::from_secs(60)
+            || partition > day
+            || !day.as_secs().is_multiple_of(partition.as_secs().max(1))
+        {
+            anyhow::bail!(
+                "`partition`: must be between 1m and 1d and divide a day evenly (e.g. 1m, 15m, 1h, 1d)"
+            );
+        }
+        let fsync = match s.fsync.as_deref().unwrap_or("always") {
+            "always" => FsyncPolicy::Always,
+            "never" => FsyncPolicy::Never,
+            "interval" => {
+                FsyncPolicy::Interval(duration("fsync_interval", s.fsync_interval, "100ms")?)
+            }
+            other => anyhow::bail!("`fsync`: `{other}` is not one of always, interval, never"),
+        };
+        let max_body_bytes = s.max_body_bytes.unwrap_or(64 << 20);
+        if max_body_bytes == 0 {
+            anyhow::bail!("`max_body_bytes`: must be positive");
+        }
+        Ok(Self {
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
+            listen: s
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            partition,
+            fsync,
+            max_body_bytes,
+            clock_skew: duration("clock_skew", s.clock_skew, "5m")?,
+            raw_keep_for: duration("raw_keep_for", s.raw_keep_for, "30d")?,
+            memtable_max_bytes: s.memtable_max_bytes.unwrap_or(64 << 20),
+            memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
+        })
+    }
+
+    pub(crate) fn engine_config(&self) -> toplog_engine::EngineConfig {
+        let mut c = toplog_engine::EngineConfig::new(&self.data_dir);
+        c.partition = self.partition;
+        c.fsync = self.fsync;
+        c.memtable_max_bytes = self.memtable_max_bytes;
+        c.memtable_max_age = self.memtable_max_age;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("toplog.toml");
+        std::fs::write(
+            &file,
+            "partition = \"1h\"\nlisten = \"127.0.0.1:9999\"\nfsync = \"never\"\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            partition: Some("15m".into()),
+            ..Settings::default()
+        };
+        let c = Config::resolve(flags, Some(&file)).unwrap();
+        assert_eq!(c.partition, Duration::from_secs(900));
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!(c.raw_keep_for, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn rejects_bad_values_by_key() {
+        let bad = |s: Settings| {
+            Config::resolve(s, None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            bad(Settings {
+                partition: Some("7m".into()),
+                ..Settings::default()
+            })
+            .contains("partition")
+        );
+        assert!(
+            bad(Settings {
+                fsync: Some("sometimes".into()),
+                ..Settings::default()
+            })
+            .contains("fsync")
+        );
+        assert!(
+            bad(Settings {
+                clock_skew: Some("5x".into()),
+                ..Settings::default()
+            })
+            .contains("clock_skew")
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("toplog.toml");
+        std::fs::write(&file, "partiton = \"1h\"\n").unwrap();
+        let err = Config::resolve(Settings::default(), Some(&file))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("partiton"), "{err}");
+    }
+}

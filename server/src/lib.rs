@@ -1,0 +1,10 @@
+//! The `toplog` binary's library: configuration, the REST API over the engine,
+//! and the command line. No storage logic lives here.
+
+mod api;
+mod cli;
+mod config;
+mod ingest;
+
+pub use cli::main;
+pub use config::Config;

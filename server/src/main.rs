@@ -1,0 +1,5 @@
+//! The `toplog` binary.
+
+fn main() -> std::process::ExitCode {
+    toplog_server::main()
+}

@@ -1,0 +1,179 @@
+//! Harness for end-to-end tests: starts the real `toplog` binary on a free
+//! port with its own data directory, and stops it cleanly or with `kill -9`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `toplog` binary: `$TOPLOG_BIN`, or `target/<profile>/toplog` next to this test.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOPLOG_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/toplog
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("toplog"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --bin toplog`) or set TOPLOG_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running node.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `toplog serve` on 127.0.0.1 with an OS-chosen port and waits until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("TOPLOG_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start toplog");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("address=").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                if std::env::var_os("TOPLOG_TEST_LOGS").is_some() {
+                    eprintln!("[toplog] {line}");
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("toplog did not report its address");
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Starts a node and waits for `/readyz`.
+    pub fn start_ready(data_dir: &Path, extra: &[&str]) -> Self {
+        let s = Self::start(data_dir, extra);
+        s.wait_ready();
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn wait_ready(&self) {
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send()
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "toplog at {} not ready after 60s",
+                self.base
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or sync anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself.
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "toplog did not exit within 60s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Every stored event, read page by page through `GET /api/v1/requests`.
+pub fn all_events(server: &Server) -> Vec<Value> {
+    let client = client();
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        // Cursors are URL-safe by construction.
+        let page = match &cursor {
+            Some(c) => format!("/api/v1/requests?limit=10000&cursor={c}"),
+            None => "/api/v1/requests?limit=10000".to_owned(),
+        };
+        let body: Value = client
+            .get(server.url(&page))
+            .send()
+            .expect("list")
+            .json()
+            .expect("json");
+        assert_eq!(body["status"], "success", "{body}");
+        out.extend(body["data"].as_array().expect("data").iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,428 @@
+//! The REST API of a real node: every accepted body shape and encoding, every
+//! rejection with its status code and named row/field/parameter, and proof
+//! that a rejected batch writes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+use toplog_tests::{Server, all_events, client, now_ms};
+
+fn event(id: &str, ts_ms: i64) -> Value {
+    json!({"request_id": id, "timestamp": ts_ms, "user_id": "u1", "endpoint": "GET /items/{id}",
+           "status_code": 200, "latency_ms": 12.5})
+}
+
+fn count(server: &Server, query: &str) -> u64 {
+    let body: Value = client()
+        .get(server.url(&format!("/api/v1/requests/count{query}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    body["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count in {body}"))
+}
+
+fn post(
+    server: &Server,
+    content_type: Option<&str>,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut req = client().post(server.url("/api/v1/requests")).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    if let Some(enc) = encoding {
+        req = req.header("Content-Encoding", enc);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn get(server: &Server, path: &str) -> (u16, Value) {
+    let resp = client().get(server.url(path)).send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b).unwrap();
+    gz.finish().unwrap()
+}
+
+#[test]
+fn accepts_every_body_shape_and_encoding_and_reads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &[]);
+    let t = now_ms() - 60_000;
+    let json_array = serde_json::to_vec(&vec![event("a1", t), event("a2", t + 1)]).unwrap();
+    let wrapped = serde_json::to_vec(&json!({"events": [event("b1", t + 2)]})).unwrap();
+    let ndjson = format!("{}\n{}\n", event("c1", t + 3), event("c2", t + 4)).into_bytes();
+    let cases = [
+        (Some("application/json"), None, json_array, 2),
+        (Some("application/json; charset=utf-8"), None, wrapped, 1),
+        (Some("application/x-ndjson"), None, ndjson.clone(), 2),
+        (Some("application/x-ndjson"), Some("gzip"), gzip(&ndjson), 2),
+        (
+            Some("application/json"),
+            Some("zstd"),
+            zstd::bulk::compress(&serde_json::to_vec(&vec![event("d1", t + 5)]).unwrap(), 3)
+                .unwrap(),
+            1,
+        ),
+    ];
+    for (ct, enc, body, n) in cases {
+        let (status, resp) = post(&server, ct, enc, body);
+        assert_eq!(status, 200, "{ct:?} {enc:?}: {resp}");
+        assert_eq!(
+            resp,
+            json!({"status": "success", "accepted": n, "replayed": false})
+        );
+    }
+    // The gzip case re-sent c1/c2 without a key: stored twice, as sent.
+    assert_eq!(count(&server, ""), 8);
+    let events = all_events(&server);
+    let first = events.iter().find(|e| e["request_id"] == "a1").unwrap();
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["latency_ms"], 12.5);
+    assert_eq!(first["status_code"], 200);
+    assert_eq!(first["endpoint"], "GET /items/{id}");
+    // Filters and the [start, end) range.
+    let (s, body) = get(
+        &server,
+        &format!(
+            "/api/v1/requests?request_id=a2&start={}&end={}",
+            t + 1,
+            t + 2
+        ),
+    );
+    assert_eq!((s, body["data"].as_array().map(Vec::len)), (200, Some(1)));
+    assert_eq!(
+        count(&server, &format!("?start={}&end={}", t + 1, t + 2)),
+        1
+    );
+    assert_eq!(
+        count(
+            &server,
+            "?endpoint=GET%20/items/%7Bid%7D&status_code=200&user_id=u1"
+        ),
+        8
+    );
+    assert_eq!(count(&server, "?user_id=nobody"), 0);
+    // Paging returns everything once.
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, body) = get(&server, &format!("/api/v1/requests?limit=3{cursor}"));
+        assert_eq!(s, 200);
+        ids.extend(
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["request_id"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["a1", "a2", "b1", "c1", "c1", "c2", "c2", "d1"]);
+}
+
+#[test]
+fn idempotency_key_applies_a_retried_batch_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &[]);
+    let body = serde_json::to_vec(&vec![event("k1", now_ms()), event("k2", now_ms())]).unwrap();
+    let send = |server: &Server| {
+        let r = client()
+            .post(server.url("/api/v1/requests"))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "batch-42")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        (r.status().as_u16(), replayed, r.json::<Value>().unwrap())
+    };
+    assert_eq!(send(&server).0, 200);
+    let (status, replayed, resp) = send(&server);
+    assert_eq!(
+        (status, replayed, resp["accepted"].clone()),
+        (200, true, json!(2))
+    );
+    server.kill9();
+    let server = Server::start_ready(dir.path(), &[]);
+    assert!(send(&server).1, "a retry after kill -9 is a replay");
+    assert_eq!(count(&server, ""), 2);
+    let (s, e) = {
+        let r = client()
+            .post(server.url("/api/v1/requests"))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "bad key with spaces")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_header"))
+    );
+}
+
+/// name, content type, content encoding, body, expected status, error code, named field.
+type BadCase<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
+#[test]
+fn every_bad_input_gets_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(
+        dir.path(),
+        &[
+            "--max-body-bytes",
+            "20000",
+            "--clock-skew",
+            "5m",
+            "--raw-keep-for",
+            "30d",
+        ],
+    );
+    let now = now_ms();
+    let good = |i: usize| event(&format!("ok-{i}"), now - 1000);
+    let with = |field: &str, v: Value| {
+        let mut rows = vec![good(0), good(1)];
+        let mut bad = good(2);
+        bad[field] = v;
+        rows.push(bad);
+        serde_json::to_vec(&rows).unwrap()
+    };
+    let json_ct = Some("application/json");
+    let cases: Vec<BadCase> = vec![
+        (
+            "malformed JSON",
+            json_ct,
+            None,
+            b"[{\"request_id\": ".to_vec(),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "not an array",
+            json_ct,
+            None,
+            b"{\"rows\": []}".to_vec(),
+            400,
+            "invalid_body",
+            None,
+        ),
+        (
+            "unknown content type",
+            Some("text/csv"),
+            None,
+            b"a,b".to_vec(),
+            415,
+            "unsupported_content_type",
+            None,
+        ),
+        (
+            "no content type",
+            None,
+            None,
+            with("status_code", json!(200)),
+            415,
+            "unsupported_content_type",
+            None,
+        ),
+        (
+            "unknown encoding",
+            json_ct,
+            Some("br"),
+            b"xx".to_vec(),
+            415,
+            "unsupported_encoding",
+            None,
+        ),
+        (
+            "corrupt gzip",
+            json_ct,
+            Some("gzip"),
+            b"not gzip at all".to_vec(),
+            400,
+            "invalid_encoding",
+            None,
+        ),
+        (
+            "body over the limit",
+            json_ct,
+            None,
+            vec![b' '; 30_000],
+            413,
+            "body_too_large",
+            None,
+        ),
+        (
+            "gzip bomb",
+            json_ct,
+            Some("gzip"),
+            gzip(&vec![b' '; 200_000]),
+            413,
+            "body_too_large",
+            None,
+        ),
+        (
+            "future timestamp",
+            json_ct,
+            None,
+            with("timestamp", json!(now + 6 * 60_000)),
+            400,
+            "invalid_event",
+            Some("timestamp"),
+        ),
+        (
+            "too old",
+            json_ct,
+            None,
+            with("timestamp", json!(now - 31 * 86_400_000)),
+            400,
+            "invalid_event",
+            Some("timestamp"),
+        ),
+        (
+            "bad timestamp",
+            json_ct,
+            None,
+            with("timestamp", json!("yesterday")),
+            400,
+            "invalid_event",
+            Some("timestamp"),
+        ),
+        (
+            "bad status",
+            json_ct,
+            None,
+            with("status_code", json!(700)),
+            400,
+            "invalid_event",
+            Some("status_code"),
+        ),
+        (
+            "negative latency",
+            json_ct,
+            None,
+            with("latency_ms", json!(-3)),
+            400,
+            "invalid_event",
+            Some("latency_ms"),
+        ),
+        (
+            "missing endpoint",
+            json_ct,
+            None,
+            with("endpoint", Value::Null),
+            400,
+            "invalid_event",
+            Some("endpoint"),
+        ),
+        (
+            "long request id",
+            json_ct,
+            None,
+            with("request_id", json!("x".repeat(200))),
+            400,
+            "invalid_event",
+            Some("request_id"),
+        ),
+        (
+            "unknown field",
+            json_ct,
+            None,
+            with("lantency_ms", json!(1)),
+            400,
+            "invalid_event",
+            Some("lantency_ms"),
+        ),
+    ];
+    for (name, ct, enc, body, status, code, field) in cases {
+        let (got, resp) = post(&server, ct, enc, body);
+        assert_eq!(got, status, "{name}: {resp}");
+        assert_eq!(resp["status"], "error", "{name}: {resp}");
+        assert_eq!(resp["error"]["code"], code, "{name}: {resp}");
+        assert!(
+            !resp["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{name}: no message"
+        );
+        if let Some(field) = field {
+            assert_eq!(resp["error"]["field"], field, "{name}: {resp}");
+            assert_eq!(
+                resp["error"]["row"], 2,
+                "{name}: the bad row is the third: {resp}"
+            );
+        }
+    }
+    // NDJSON names the row of a line that does not parse.
+    let nd = format!("{}\n{{broken\n", good(0)).into_bytes();
+    let (s, resp) = post(&server, Some("application/x-ndjson"), None, nd);
+    assert_eq!((s, resp["error"]["row"].clone()), (400, json!(1)));
+    // Nothing of any rejected batch was written, not even its good rows.
+    assert_eq!(count(&server, ""), 0);
+
+    let bad_params = [
+        ("/api/v1/requests?limit=0", "limit"),
+        ("/api/v1/requests?limit=10001", "limit"),
+        ("/api/v1/requests?limit=ten", "limit"),
+        ("/api/v1/requests?cursor=garbage", "cursor"),
+        (
+            "/api/v1/requests?start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z",
+            "start",
+        ),
+        ("/api/v1/requests?start=last-tuesday", "start"),
+        ("/api/v1/requests/count?status_code=99", "status_code"),
+        ("/api/v1/requests/count?colour=blue", "colour"),
+    ];
+    for (path, param) in bad_params {
+        let (s, resp) = get(&server, path);
+        assert_eq!(s, 400, "{path}: {resp}");
+        assert_eq!(resp["error"]["field"], param, "{path}: {resp}");
+    }
+    let (s, _) = get(&server, "/api/v1/nope");
+    assert_eq!(s, 404);
+    // The node is still healthy after all that.
+    assert_eq!(get(&server, "/readyz").0, 200);
+    assert_eq!(get(&server, "/healthz").0, 200);
+}
+
+#[test]
+fn config_file_and_environment_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("toplog.toml");
+    std::fs::write(&cfg, "partition = \"1h\"\nmax_body_bytes = 1000\n").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_ready(&data, &["--config", cfg.to_str().unwrap()]);
+    let (s, _) = post(&server, Some("application/json"), None, vec![b' '; 2000]);
+    assert_eq!(s, 413, "max_body_bytes from the config file");
+    let (s, _) = post(
+        &server,
+        Some("application/json"),
+        None,
+        serde_json::to_vec(&vec![event("x", now_ms())]).unwrap(),
+    );
+    assert_eq!(s, 200);
+    assert!(data.join("MANIFEST").exists() || data.join("wal").exists());
+}
