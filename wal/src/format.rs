@@ -1,4 +1,4 @@
-//! The on-disk layout of log files (also in `docs/format-wal.md`). All integers
+//! The on-disk layout of log files (also in `docs/format.md`). All integers
 //! little-endian.
 //!
 //! File header (24 bytes):
