@@ -114,7 +114,11 @@ fn verify(server: &Server, ledger: &Ledger, round: usize) -> usize {
         Some(events.len() as u64),
         "round {round}: count disagrees with the listing"
     );
-    eprintln!("round {round}: {} events stored, {} acknowledged so far", events.len(), ledger.acked.len());
+    eprintln!(
+        "round {round}: {} events stored, {} acknowledged so far",
+        events.len(),
+        ledger.acked.len()
+    );
     events.len()
 }
 
