@@ -91,6 +91,9 @@ struct Segment {
     bytes: FileBytes,
 }
 
+/// Memtables taken out by a flush, by partition start.
+type Frozen = Arc<Vec<(i64, Columns)>>;
+
 #[derive(Debug, Default)]
 struct State {
     /// Open memtables by partition start.
@@ -98,7 +101,9 @@ struct State {
     active_bytes: usize,
     oldest_unflushed: Option<Instant>,
     /// Memtables being written out; still served to reads until their segments are in.
-    frozen: Vec<Arc<Vec<Columns>>>,
+    frozen: Vec<Frozen>,
+    /// `flushed_lsn` of the stored manifest.
+    flushed_lsn: Lsn,
     segments: Vec<Arc<Segment>>,
     applied_lsn: Lsn,
     keys: KeyIndex,
@@ -169,10 +174,11 @@ impl Inner {
         let batch = Batch::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
         let plen = self.config.partition_us();
         let mut st = self.write();
+        let window = window_us(self.config.idempotency_window);
         let duplicate = batch
             .idempotency_key
             .as_deref()
-            .is_some_and(|k| st.keys.get(k).is_some());
+            .is_some_and(|k| st.keys.get_within(k, batch.received_at, window).is_some());
         if !duplicate {
             let mut added = 0;
             for e in &batch.events {
@@ -216,18 +222,19 @@ impl Inner {
 
     /// Writes every memtable to a segment, stores the manifest, truncates the log.
     fn flush(&self, wal: &Wal) -> Result<()> {
-        self.check_writable()?;
         let mut manifest = lock(&self.manifest);
+        // Checked under the manifest lock: a flush that failed before this one left its
+        // rows frozen and out of any segment, so no later flush may move `flushed_lsn`.
+        self.check_writable()?;
         let (frozen, upto, new_keys) = {
             let mut st = self.write();
             if st.active.is_empty() && st.applied_lsn == manifest.flushed_lsn {
                 return Ok(());
             }
-            let parts: Vec<(i64, Columns)> = std::mem::take(&mut st.active).into_iter().collect();
+            let parts: Frozen = Arc::new(std::mem::take(&mut st.active).into_iter().collect());
             st.active_bytes = 0;
             st.oldest_unflushed = None;
-            let frozen = Arc::new(parts.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>());
-            st.frozen.push(frozen.clone());
+            st.frozen.push(parts.clone());
             (parts, st.applied_lsn, st.keys.take_unflushed())
         };
         let result = self.write_flush(&mut manifest, &frozen, upto, &new_keys);
@@ -240,11 +247,15 @@ impl Inner {
         };
         {
             let mut st = self.write();
+            // One lock for both, so a reader sees these rows in the segments or the
+            // frozen memtables, never both or neither.
             st.segments.extend(new_segments);
-            st.frozen.remove(0);
+            st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+            st.flushed_lsn = upto;
+            let cutoff =
+                Micros::now().saturating_sub_micros(window_us(self.config.idempotency_window));
+            st.keys.expire(cutoff);
         }
-        let cutoff = Micros::now().saturating_sub_micros(window_us(self.config.idempotency_window));
-        self.write().keys.expire(cutoff);
         drop(manifest);
         wal.truncate_prefix(upto)?;
         Ok(())
@@ -372,7 +383,26 @@ impl Engine {
         }
         fs.sync_dir(&root)
             .map_err(io_err("fsync directory", &root))?;
-        let manifest = Manifest::load(&fs, &root)?.unwrap_or_default();
+        let manifest = match Manifest::load(&fs, &root)? {
+            Some(m) => m,
+            None => {
+                // A store without a manifest must be empty: otherwise the manifest was lost
+                // and "removing orphans" would delete the data it listed.
+                for sub in [SEGMENT_DIR, KEY_DIR] {
+                    let dir = root.join(sub);
+                    if !fs.list(&dir).map_err(io_err("list", &dir))?.is_empty() {
+                        return Err(EngineError::Corrupt {
+                            path: root.join(manifest::FILE),
+                            reason: format!(
+                                "missing, but {} holds files; restore the manifest or move the data away",
+                                dir.display()
+                            ),
+                        });
+                    }
+                }
+                Manifest::default()
+            }
+        };
 
         let seg_dir = root.join(SEGMENT_DIR);
         let names: Vec<&str> = manifest.segments.iter().map(|s| s.file.as_str()).collect();
@@ -385,6 +415,7 @@ impl Engine {
 
         let mut state = State {
             applied_lsn: manifest.flushed_lsn,
+            flushed_lsn: manifest.flushed_lsn,
             ..State::default()
         };
         for entry in &manifest.segments {
@@ -405,7 +436,8 @@ impl Engine {
                 bytes,
             }));
         }
-        let cutoff = Micros::now().saturating_sub_micros(window_us(config.idempotency_window));
+        // Every listed key is loaded, however old: replay judges a key's age against the
+        // replayed batch's own receive time, so the outcome cannot depend on when we restart.
         for kf in &manifest.key_files {
             let path = key_dir.join(&kf.file);
             let buf = fs.read(&path).map_err(io_err("read", &path))?;
@@ -413,7 +445,7 @@ impl Engine {
                 path: path.clone(),
                 reason: e.0,
             })?;
-            for (k, rec) in keys.into_iter().filter(|(_, r)| r.received_at >= cutoff) {
+            for (k, rec) in keys {
                 state.keys.load(k, rec);
             }
         }
@@ -475,10 +507,10 @@ impl Engine {
     ) -> Result<IngestReceipt> {
         self.inner.check_writable()?;
         self.wal.health()?;
-        if let Some(rec) = idempotency_key
-            .as_deref()
-            .and_then(|k| self.inner.read().keys.get(k))
-        {
+        if let Some(rec) = idempotency_key.as_deref().and_then(|k| {
+            let window = window_us(self.inner.config.idempotency_window);
+            self.inner.read().keys.get_within(k, Micros::now(), window)
+        }) {
             return Ok(IngestReceipt {
                 accepted: rec.accepted,
                 lsn: rec.lsn,
@@ -559,18 +591,11 @@ impl Engine {
         let want = limit
             .saturating_add(after.map_or(0, |c| c.skip as usize))
             .saturating_add(1);
-        let (mut segments, frozen) = self.snapshot(&range);
-        let mut candidates = Vec::new();
-        for set in frozen {
-            for cols in set.iter() {
-                candidates.extend(scan::collect(cols, false, &range, filters, after, want));
-            }
-        }
-        {
-            let st = self.inner.read();
-            for cols in st.active.values() {
-                candidates.extend(scan::collect(cols, false, &range, filters, after, want));
-            }
+        let (mut segments, frozen, mut candidates) = self.snapshot(&range, |cols| {
+            scan::collect(cols, false, &range, filters, after, want)
+        });
+        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+            candidates.extend(scan::collect(cols, false, &range, filters, after, want));
         }
         scan::keep_first(&mut candidates, want);
         // Visit segments by start time, and stop at the first that starts after the
@@ -596,8 +621,12 @@ impl Engine {
 
     /// The exact number of stored events in `range` matching `filters`.
     pub fn count(&self, range: TimeRange, filters: &Filters) -> Result<u64> {
-        let mut total = 0;
-        let (segments, frozen) = self.snapshot(&range);
+        let (segments, frozen, active) =
+            self.snapshot(&range, |cols| vec![scan::count(cols, &range, filters)]);
+        let mut total: u64 = active.iter().sum();
+        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+            total += scan::count(cols, &range, filters);
+        }
         for seg in segments {
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
@@ -605,23 +634,17 @@ impl Engine {
                 total += scan::count(&*self.inner.decoded(&seg)?, &range, filters);
             }
         }
-        for set in frozen {
-            total += set
-                .iter()
-                .map(|c| scan::count(c, &range, filters))
-                .sum::<u64>();
-        }
-        let st = self.inner.read();
-        total += st
-            .active
-            .values()
-            .map(|c| scan::count(c, &range, filters))
-            .sum::<u64>();
         Ok(total)
     }
 
-    /// Segments overlapping `range` (in id order) and the memtables being flushed.
-    fn snapshot(&self, range: &TimeRange) -> (Vec<Arc<Segment>>, Vec<Arc<Vec<Columns>>>) {
+    /// Under one read lock (so a concurrent flush is seen entirely or not at all):
+    /// the segments overlapping `range`, the memtables being flushed, and what
+    /// `on_active` makes of each open memtable.
+    fn snapshot<T>(
+        &self,
+        range: &TimeRange,
+        on_active: impl Fn(&Columns) -> Vec<T>,
+    ) -> (Vec<Arc<Segment>>, Vec<Frozen>, Vec<T>) {
         let st = self.inner.read();
         let segs = st
             .segments
@@ -629,11 +652,11 @@ impl Engine {
             .filter(|s| range.overlaps(s.meta.min_ts, s.meta.max_ts))
             .cloned()
             .collect();
-        (segs, st.frozen.clone())
+        let active = st.active.values().flat_map(on_active).collect();
+        (segs, st.frozen.clone(), active)
     }
 
     pub fn stats(&self) -> StorageStats {
-        let flushed_lsn = lock(&self.inner.manifest).flushed_lsn;
         let st = self.inner.read();
         StorageStats {
             segments: st.segments.len(),
@@ -642,7 +665,7 @@ impl Engine {
             memtable_rows: st.active.values().map(Columns::len).sum(),
             memtable_bytes: st.active_bytes,
             applied_lsn: st.applied_lsn,
-            flushed_lsn,
+            flushed_lsn: st.flushed_lsn,
             idempotency_keys: st.keys.len(),
         }
     }

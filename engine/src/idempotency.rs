@@ -34,6 +34,12 @@ impl KeyIndex {
         self.known.get(key).copied()
     }
 
+    /// The key's record if it was received no more than `window_us` before `at`.
+    pub(crate) fn get_within(&self, key: &str, at: Micros, window_us: i64) -> Option<KeyRecord> {
+        self.get(key)
+            .filter(|r| r.received_at >= at.saturating_sub_micros(window_us))
+    }
+
     /// Records a key seen in a key file (already durable outside the log).
     pub(crate) fn load(&mut self, key: String, rec: KeyRecord) {
         self.known.insert(key, rec);

@@ -54,10 +54,11 @@ impl Manifest {
     /// Reads the manifest in `dir`; `None` for a new store.
     pub(crate) fn load(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(FILE);
-        if !fs.exists(&path) {
-            return Ok(None);
-        }
-        let buf = fs.read(&path).map_err(io_err("read", &path))?;
+        let buf = match fs.read(&path) {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
         let corrupt = |reason: String| EngineError::Corrupt {
             path: path.clone(),
             reason,

@@ -38,6 +38,8 @@ impl Filters {
     }
 }
 
+const MAX_CURSOR_SKIP: u64 = 1_000_000;
+
 /// Where the next page starts: after `skip` rows with exactly this (timestamp, request id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -60,7 +62,12 @@ impl Cursor {
     pub fn decode(s: &str) -> Option<Self> {
         let mut parts = s.splitn(3, '.');
         let ts = parts.next()?.parse().ok()?;
-        let skip = parts.next()?.parse().ok()?;
+        let skip: u64 = parts.next()?.parse().ok()?;
+        // Only rows sharing one timestamp and request id are skipped; a larger number
+        // is not a cursor this API made, and would make the next page read everything.
+        if skip > MAX_CURSOR_SKIP {
+            return None;
+        }
         let hex = parts.next()?;
         if hex.len() % 2 != 0 {
             return None;

@@ -363,7 +363,13 @@ fn filters_ranges_and_paging_match_a_brute_force_model() {
 #[test]
 fn orphan_segments_from_an_interrupted_flush_are_removed() {
     let fs = SimFs::new(9);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
     let engine = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
+    let batch = vec![event(&mut rng, "o-1".into(), 1_700_000_000_000_000)];
+    rt.block_on(engine.ingest(batch, None)).unwrap();
     engine.close().unwrap();
     let orphan = std::path::Path::new("/data/segments/0000000000000099.seg");
     let mut f = fs.create(orphan).unwrap();
@@ -373,5 +379,36 @@ fn orphan_segments_from_an_interrupted_flush_are_removed() {
     drop(f);
     let engine = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
     assert!(!fs.exists(orphan));
+    assert_eq!(engine.count(everything(), &Filters::default()).unwrap(), 1);
     engine.close().unwrap();
+}
+
+#[test]
+fn a_lost_manifest_refuses_to_open_instead_of_deleting_segments() {
+    let fs = SimFs::new(13);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let engine = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
+    let batch = vec![event(&mut rng, "m-1".into(), 1_700_000_000_000_000)];
+    rt.block_on(engine.ingest(batch, None)).unwrap();
+    engine.flush().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    fs.remove_file(std::path::Path::new("/data/MANIFEST"))
+        .unwrap();
+    let err = Engine::open_with(Arc::new(fs.clone()), config())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("MANIFEST")),
+        "{err:?}"
+    );
+    assert!(
+        !fs.list(std::path::Path::new("/data/segments"))
+            .unwrap()
+            .is_empty(),
+        "segments must survive"
+    );
 }

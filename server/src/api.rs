@@ -90,6 +90,9 @@ impl From<EventError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
+            EngineError::Wal(toplog_wal::WalError::TooLarge { .. }) => {
+                Self::too_large(e.to_string())
+            }
             EngineError::Unavailable(_) | EngineError::Wal(_) => Self::unavailable(e.to_string()),
             other => Self::internal(other.to_string()),
         }
@@ -144,12 +147,21 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/requests", post(ingest).get(list_requests))
         .route("/api/v1/requests/count", get(count_requests))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method".into(),
+    )
 }
 
 async fn healthz() -> Json<Value> {

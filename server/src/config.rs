@@ -9,6 +9,11 @@ use serde::Deserialize;
 use toplog_types::parse_duration;
 use toplog_wal::FsyncPolicy;
 
+/// Segment columns are addressed with 32-bit offsets; memtables stay far below that.
+const MAX_MEMTABLE_BYTES: usize = 512 << 20;
+/// One batch is one log entry, which the log caps at 256 MiB.
+const MAX_BODY_BYTES: usize = 256 << 20;
+
 /// Settings as they may appear in the TOML file or on the command line (all optional).
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -116,9 +121,13 @@ impl Config {
             }
             other => anyhow::bail!("`fsync`: `{other}` is not one of always, interval, never"),
         };
+        let memtable_max_bytes = s.memtable_max_bytes.unwrap_or(64 << 20);
+        if !(1..=MAX_MEMTABLE_BYTES).contains(&memtable_max_bytes) {
+            anyhow::bail!("`memtable_max_bytes`: must be from 1 to {MAX_MEMTABLE_BYTES} (512 MiB)");
+        }
         let max_body_bytes = s.max_body_bytes.unwrap_or(64 << 20);
-        if max_body_bytes == 0 {
-            anyhow::bail!("`max_body_bytes`: must be positive");
+        if !(1..=MAX_BODY_BYTES).contains(&max_body_bytes) {
+            anyhow::bail!("`max_body_bytes`: must be from 1 to {MAX_BODY_BYTES} (256 MiB)");
         }
         Ok(Self {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
@@ -130,7 +139,7 @@ impl Config {
             max_body_bytes,
             clock_skew: duration("clock_skew", s.clock_skew, "5m")?,
             raw_keep_for: duration("raw_keep_for", s.raw_keep_for, "30d")?,
-            memtable_max_bytes: s.memtable_max_bytes.unwrap_or(64 << 20),
+            memtable_max_bytes,
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
         })
     }

@@ -34,7 +34,7 @@ pub(crate) fn decode_body(
     match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("identity") => Ok(body.to_vec()),
         Some("gzip") | Some("x-gzip") => {
-            inflate(Box::new(flate2::read::GzDecoder::new(body)), "gzip")
+            inflate(Box::new(flate2::read::MultiGzDecoder::new(body)), "gzip")
         }
         Some("zstd") => {
             let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| {

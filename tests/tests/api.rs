@@ -86,6 +86,16 @@ fn accepts_every_body_shape_and_encoding_and_reads_back_exactly() {
     }
     // The gzip case re-sent c1/c2 without a key: stored twice, as sent.
     assert_eq!(count(&server, ""), 8);
+    // Concatenated gzip members (`cat a.gz b.gz`) are one body: every row counts.
+    let mut two = gzip(format!("{}\n", event("e1", t + 6)).as_bytes());
+    two.extend(gzip(format!("{}\n", event("e2", t + 7)).as_bytes()));
+    let (status, resp) = post(&server, Some("application/x-ndjson"), Some("gzip"), two);
+    assert_eq!(
+        (status, resp["accepted"].clone()),
+        (200, json!(2)),
+        "{resp}"
+    );
+    assert_eq!(count(&server, ""), 10);
     let events = all_events(&server);
     let first = events.iter().find(|e| e["request_id"] == "a1").unwrap();
     assert_eq!(first["method"], "GET");
@@ -111,7 +121,7 @@ fn accepts_every_body_shape_and_encoding_and_reads_back_exactly() {
             &server,
             "?endpoint=GET%20/items/%7Bid%7D&status_code=200&user_id=u1"
         ),
-        8
+        10
     );
     assert_eq!(count(&server, "?user_id=nobody"), 0);
     // Paging returns everything once.
@@ -133,7 +143,10 @@ fn accepts_every_body_shape_and_encoding_and_reads_back_exactly() {
         }
     }
     ids.sort();
-    assert_eq!(ids, ["a1", "a2", "b1", "c1", "c1", "c2", "c2", "d1"]);
+    assert_eq!(
+        ids,
+        ["a1", "a2", "b1", "c1", "c1", "c2", "c2", "d1", "e1", "e2"]
+    );
 }
 
 #[test]
@@ -401,8 +414,17 @@ fn every_bad_input_gets_a_clear_error_and_writes_nothing() {
         assert_eq!(s, 400, "{path}: {resp}");
         assert_eq!(resp["error"]["field"], param, "{path}: {resp}");
     }
-    let (s, _) = get(&server, "/api/v1/nope");
-    assert_eq!(s, 404);
+    let (s, body) = get(&server, "/api/v1/nope");
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = client().put(server.url("/api/v1/requests")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
     // The node is still healthy after all that.
     assert_eq!(get(&server, "/readyz").0, 200);
     assert_eq!(get(&server, "/healthz").0, 200);
