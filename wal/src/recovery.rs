@@ -58,13 +58,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path, after: Lsn) -> Result<Recovered> 
         .checked_next()
         .ok_or_else(|| WalError::corrupt(dir, 0, "lsn space exhausted"))?;
     if segments.is_empty() {
-        let (segment, file) = create_segment(fs, dir, first_new)?;
-        return Ok(Recovered {
-            segments: vec![segment],
-            entries: Vec::new(),
-            next_lsn: first_new,
-            file,
-        });
+        return fresh_log(fs, dir, first_new);
     }
 
     let mut entries = Vec::new();
@@ -198,13 +192,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path, after: Lsn) -> Result<Recovered> 
         }
         fs.sync_dir(dir)
             .map_err(|e| WalError::io(dir, "fsync directory", e))?;
-        let (segment, file) = create_segment(fs, dir, first_new)?;
-        return Ok(Recovered {
-            segments: vec![segment],
-            entries: Vec::new(),
-            next_lsn: first_new,
-            file,
-        });
+        return fresh_log(fs, dir, first_new);
     }
 
     let file = match reopened {
@@ -249,4 +237,15 @@ pub(crate) fn create_segment(
     fs.sync_dir(dir)
         .map_err(|e| WalError::io(dir, "fsync directory", e))?;
     Ok((Segment { first, path }, file))
+}
+
+/// A log holding one new, empty file whose first entry will be `first`.
+fn fresh_log(fs: &dyn Fs, dir: &Path, first: Lsn) -> Result<Recovered> {
+    let (segment, file) = create_segment(fs, dir, first)?;
+    Ok(Recovered {
+        segments: vec![segment],
+        entries: Vec::new(),
+        next_lsn: first,
+        file,
+    })
 }
