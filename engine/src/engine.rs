@@ -17,6 +17,7 @@ use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
 use crate::idempotency::{self, KeyIndex, KeyRecord};
 use crate::manifest::{self, KeyFileEntry, Manifest, SegmentEntry};
+use crate::rollup::{Cell, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, TimeRange};
 use crate::segment::{self, SegmentMeta};
 
@@ -107,6 +108,8 @@ struct State {
     segments: Vec<Arc<Segment>>,
     applied_lsn: Lsn,
     keys: KeyIndex,
+    /// Cubes over every stored event, updated as batches are applied.
+    rollups: Rollups,
 }
 
 #[derive(Debug)]
@@ -184,6 +187,7 @@ impl Inner {
             for e in &batch.events {
                 let part = e.timestamp.floor_to(plen).get();
                 added += st.active.entry(part).or_default().push(e);
+                st.rollups.add(e);
             }
             st.active_bytes += added;
             if !batch.events.is_empty() && st.oldest_unflushed.is_none() {
@@ -429,6 +433,11 @@ impl Engine {
             if meta != entry.meta || bytes.len() as u64 != entry.bytes {
                 return Err(corrupt("footer or size disagrees with the manifest".into()));
             }
+            // Rollups are derived from the stored rows, so they come back identical.
+            let (_, cols) = segment::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            for i in 0..cols.len() {
+                state.rollups.add(&cols.event(i));
+            }
             state.segments.push(Arc::new(Segment {
                 id: entry.id,
                 path,
@@ -654,6 +663,79 @@ impl Engine {
             .collect();
         let active = st.active.values().flat_map(on_active).collect();
         (segs, st.frozen.clone(), active)
+    }
+
+    /// Calls `f` with every rollup cell of `dim` in the buckets of `g` that start in `[from, to)`.
+    pub fn visit_rollups(
+        &self,
+        g: Granularity,
+        from: Micros,
+        to: Micros,
+        dim: Dimension,
+        f: impl FnMut(&str, &Cell),
+    ) {
+        self.inner.read().rollups.visit(g, from, to, dim, f);
+    }
+
+    /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the cubes would.
+    pub fn aggregate_raw(
+        &self,
+        range: TimeRange,
+        filters: &Filters,
+        dim: Dimension,
+    ) -> Result<std::collections::HashMap<String, Cell>> {
+        let (segments, frozen, active) = self.snapshot(&range, |cols| {
+            let mut out = std::collections::HashMap::new();
+            scan::aggregate(cols, &range, filters, dim, &mut out);
+            vec![out]
+        });
+        let mut out = std::collections::HashMap::new();
+        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+            scan::aggregate(cols, &range, filters, dim, &mut out);
+        }
+        for seg in segments {
+            scan::aggregate(&*self.inner.decoded(&seg)?, &range, filters, dim, &mut out);
+        }
+        for part in active {
+            for (k, cell) in part {
+                match out.get_mut(&k) {
+                    Some(c) => c.merge(&cell),
+                    None => {
+                        out.insert(k, cell);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `k` slowest requests in `range` matching `filters` (fastest with `asc`),
+    /// ties broken by request id.
+    pub fn slowest(
+        &self,
+        range: TimeRange,
+        filters: &Filters,
+        k: usize,
+        asc: bool,
+    ) -> Result<Vec<Event>> {
+        let (segments, frozen, mut out) = self.snapshot(&range, |cols| {
+            scan::by_latency(cols, &range, filters, k, asc)
+        });
+        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+            out.extend(scan::by_latency(cols, &range, filters, k, asc));
+        }
+        for seg in segments {
+            out.extend(scan::by_latency(
+                &*self.inner.decoded(&seg)?,
+                &range,
+                filters,
+                k,
+                asc,
+            ));
+        }
+        out.sort_by(scan::latency_order(asc));
+        out.truncate(k);
+        Ok(out)
     }
 
     pub fn stats(&self) -> StorageStats {

@@ -9,10 +9,14 @@ mod engine;
 mod error;
 mod idempotency;
 mod manifest;
+mod rollup;
 mod scan;
 mod segment;
+mod sketch;
 
 pub use engine::{Engine, EngineConfig, IngestReceipt, StorageStats};
 pub use error::{EngineError, Result};
+pub use rollup::{Cell, Dimension, Granularity};
 pub use scan::{Cursor, Filters, Page, TimeRange};
 pub use segment::{SegmentError, SegmentMeta, decode_segment_events, encode_segment_events};
+pub use sketch::{LatencySketch, SKETCH_RELATIVE_ERROR};

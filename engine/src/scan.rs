@@ -130,6 +130,92 @@ impl<'a> Matcher<'a> {
     }
 }
 
+/// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by `dim`.
+pub(crate) fn aggregate(
+    cols: &Columns,
+    range: &TimeRange,
+    filters: &Filters,
+    dim: crate::rollup::Dimension,
+    out: &mut std::collections::HashMap<String, crate::rollup::Cell>,
+) {
+    use crate::rollup::{Cell, Dimension};
+    let Some(m) = Matcher::new(cols, filters) else {
+        return;
+    };
+    let (start, end) = (range.start.get(), range.end.get());
+    let mut status_key;
+    for i in 0..cols.len() {
+        if !(start..end).contains(&cols.ts[i]) || !m.matches(i) {
+            continue;
+        }
+        let key: &str = match dim {
+            Dimension::Endpoint => cols.endpoint.get(i),
+            Dimension::Method => cols.method.get(i),
+            Dimension::UserId => cols.user_id.get(i),
+            Dimension::StatusCode => {
+                status_key = cols.status[i].to_string();
+                &status_key
+            }
+        };
+        let (status, latency) = (cols.status[i], cols.latency_us[i]);
+        match out.get_mut(key) {
+            Some(cell) => cell.add(status, latency),
+            None => {
+                // Raw answers keep a sketch for every dimension: quantiles by user come from here.
+                let mut cell = Cell::new(true);
+                cell.add(status, latency);
+                out.insert(key.to_owned(), cell);
+            }
+        }
+    }
+}
+
+/// Orders requests for "slowest first" (or fastest with `asc`), ties by request id.
+pub(crate) fn latency_order(asc: bool) -> impl Fn(&Event, &Event) -> std::cmp::Ordering {
+    move |a, b| {
+        let by = if asc {
+            a.latency_us.cmp(&b.latency_us)
+        } else {
+            b.latency_us.cmp(&a.latency_us)
+        };
+        by.then_with(|| a.request_id.cmp(&b.request_id))
+            .then_with(|| page_order(a, b))
+    }
+}
+
+/// The `k` slowest (or fastest) rows of `cols` in `range` passing `filters`.
+pub(crate) fn by_latency(
+    cols: &Columns,
+    range: &TimeRange,
+    filters: &Filters,
+    k: usize,
+    asc: bool,
+) -> Vec<Event> {
+    let Some(m) = Matcher::new(cols, filters) else {
+        return Vec::new();
+    };
+    let (start, end) = (range.start.get(), range.end.get());
+    let mut rows: Vec<usize> = (0..cols.len())
+        .filter(|&i| (start..end).contains(&cols.ts[i]) && m.matches(i))
+        .collect();
+    let key = |i: usize| {
+        if asc {
+            cols.latency_us[i]
+        } else {
+            u64::MAX - cols.latency_us[i]
+        }
+    };
+    if rows.len() > k && k > 0 {
+        // Keep every row tied with the k-th so the caller's full ordering decides.
+        rows.select_nth_unstable_by_key(k - 1, |&i| key(i));
+        let cut = key(rows[k - 1]);
+        rows.retain(|&i| key(i) <= cut);
+    }
+    let mut events: Vec<Event> = rows.into_iter().map(|i| cols.event(i)).collect();
+    events.sort_by(latency_order(asc));
+    events
+}
+
 /// Number of rows of `cols` in `range` passing `filters`.
 pub(crate) fn count(cols: &Columns, range: &TimeRange, filters: &Filters) -> u64 {
     let Some(m) = Matcher::new(cols, filters) else {

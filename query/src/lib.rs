@@ -1,0 +1,22 @@
+//! Answers top-K questions: plans a time range over the coarsest aligned rollup
+//! buckets with finer buckets and raw rows at the edges, merges cells by key,
+//! computes the metric and keeps the best K.
+
+mod metric;
+mod plan;
+mod topk;
+
+pub use metric::Metric;
+pub use plan::{Piece, plan};
+pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
+
+/// Why a query could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Engine(#[from] toplog_engine::EngineError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;

@@ -1,0 +1,83 @@
+//! The metrics a query ranks by, computed from a merged cell.
+
+use toplog_engine::{Cell, SKETCH_RELATIVE_ERROR};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Frequency,
+    Errors,
+    ErrorRate,
+    LatencyAvg,
+    LatencyP50,
+    LatencyP90,
+    LatencyP95,
+    LatencyP99,
+    LatencyMax,
+}
+
+impl Metric {
+    pub const NAMES: [&'static str; 9] = [
+        "frequency",
+        "errors",
+        "error_rate",
+        "latency_avg",
+        "latency_p50",
+        "latency_p90",
+        "latency_p95",
+        "latency_p99",
+        "latency_max",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "frequency" => Self::Frequency,
+            "errors" => Self::Errors,
+            "error_rate" => Self::ErrorRate,
+            "latency_avg" => Self::LatencyAvg,
+            "latency_p50" => Self::LatencyP50,
+            "latency_p90" => Self::LatencyP90,
+            "latency_p95" => Self::LatencyP95,
+            "latency_p99" => Self::LatencyP99,
+            "latency_max" => Self::LatencyMax,
+            _ => return None,
+        })
+    }
+
+    /// The quantile, for sketch-based metrics.
+    pub fn quantile(self) -> Option<f64> {
+        match self {
+            Self::LatencyP50 => Some(0.5),
+            Self::LatencyP90 => Some(0.9),
+            Self::LatencyP95 => Some(0.95),
+            Self::LatencyP99 => Some(0.99),
+            _ => None,
+        }
+    }
+
+    pub fn is_exact(self) -> bool {
+        self.quantile().is_none()
+    }
+
+    /// The metric's value for a cell (latencies in milliseconds), with bounds
+    /// when it is approximate. `None` for an empty cell or a cell without a sketch.
+    pub fn value(self, cell: &Cell) -> Option<(f64, Option<(f64, f64)>)> {
+        if cell.count == 0 {
+            return None;
+        }
+        let n = cell.count as f64;
+        let exact = |v: f64| Some((v, None));
+        match self {
+            Self::Frequency => exact(n),
+            Self::Errors => exact(cell.errors() as f64),
+            Self::ErrorRate => exact(cell.errors() as f64 / n),
+            Self::LatencyAvg => exact(cell.latency_sum_us as f64 / n / 1000.0),
+            Self::LatencyMax => exact(cell.latency_max_us as f64 / 1000.0),
+            Self::LatencyP50 | Self::LatencyP90 | Self::LatencyP95 | Self::LatencyP99 => {
+                let q = self.quantile()?;
+                let v = cell.sketch.as_ref()?.quantile(q)? / 1000.0;
+                let a = SKETCH_RELATIVE_ERROR;
+                Some((v, Some((v / (1.0 + a), v / (1.0 - a)))))
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Top-K: merge cells by key over the plan's pieces, compute the metric, keep K.
+//! Ties break by key in ascending byte order.
+
+use std::collections::HashMap;
+
+use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
+
+use crate::plan::{Piece, plan};
+use crate::{Metric, QueryError, Result};
+
+/// What rows are ranked: groups of requests by a dimension, or single requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    By(Dimension),
+    Request,
+}
+
+impl Grouping {
+    pub const NAMES: [&'static str; 5] =
+        ["endpoint", "user_id", "status_code", "method", "request"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "endpoint" => Self::By(Dimension::Endpoint),
+            "user_id" => Self::By(Dimension::UserId),
+            "status_code" => Self::By(Dimension::StatusCode),
+            "method" => Self::By(Dimension::Method),
+            "request" => Self::Request,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    Desc,
+    Asc,
+}
+
+/// A top-K question.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    pub k: usize,
+    pub metric: Metric,
+    pub by: Grouping,
+    pub range: TimeRange,
+    pub filters: Filters,
+    /// Groups with fewer requests are left out.
+    pub min_count: u64,
+    pub order: Order,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKRow {
+    pub key: String,
+    pub value: f64,
+    pub count: u64,
+    /// Bounds of the true value when `value` is approximate.
+    pub bounds: Option<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKAnswer {
+    pub rows: Vec<TopKRow>,
+    pub exact: bool,
+    /// Which sources were read: `rollup_1d`, `rollup_1h`, `rollup_1m`, `raw`.
+    pub sources: Vec<&'static str>,
+}
+
+/// True when the cubes can answer: no filter, or only a filter on the grouped dimension.
+fn cube_filter(dim: Dimension, f: &Filters) -> Option<Option<String>> {
+    let only = |want: &Option<String>, others: [bool; 4]| {
+        if others.iter().any(|o| *o) {
+            None
+        } else {
+            Some(want.clone())
+        }
+    };
+    let set = [
+        f.endpoint.is_some(),
+        f.user_id.is_some(),
+        f.method.is_some(),
+        f.status_code.is_some(),
+    ];
+    if f.request_id.is_some() {
+        return None;
+    }
+    match dim {
+        Dimension::Endpoint => only(&f.endpoint, [false, set[1], set[2], set[3]]),
+        Dimension::UserId => only(&f.user_id, [set[0], false, set[2], set[3]]),
+        Dimension::Method => only(&f.method, [set[0], set[1], false, set[3]]),
+        Dimension::StatusCode => only(
+            &f.status_code.map(|s| s.to_string()),
+            [set[0], set[1], set[2], false],
+        ),
+    }
+}
+
+fn merge_into(out: &mut HashMap<String, Cell>, key: &str, cell: &Cell) {
+    match out.get_mut(key) {
+        Some(c) => c.merge(cell),
+        None => {
+            out.insert(key.to_owned(), cell.clone());
+        }
+    }
+}
+
+/// Answers `q` from the engine's rollups and raw rows.
+pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
+    if q.k == 0 {
+        return Err(QueryError::Invalid("k must be at least 1".into()));
+    }
+    let mut sources: Vec<&'static str> = Vec::new();
+    let mut note = |s: &'static str| {
+        if !sources.contains(&s) {
+            sources.push(s);
+        }
+    };
+    let dim = match q.by {
+        Grouping::Request => return slowest(engine, q),
+        Grouping::By(d) => d,
+    };
+    // The user cube keeps no sketch: quantiles by user are read from raw rows.
+    let cubes_usable = !(dim == Dimension::UserId && q.metric.quantile().is_some());
+    let merged: HashMap<String, Cell> = match cube_filter(dim, &q.filters).filter(|_| cubes_usable)
+    {
+        Some(key_filter) => {
+            let mut out = HashMap::new();
+            for piece in plan(q.range) {
+                match piece {
+                    Piece::Buckets {
+                        granularity,
+                        from,
+                        to,
+                    } => {
+                        note(granularity.name());
+                        engine.visit_rollups(granularity, from, to, dim, |k, cell| {
+                            if key_filter.as_deref().is_none_or(|f| f == k) {
+                                merge_into(&mut out, k, cell);
+                            }
+                        });
+                    }
+                    Piece::Raw(r) => {
+                        note("raw");
+                        for (k, cell) in engine.aggregate_raw(r, &q.filters, dim)? {
+                            merge_into(&mut out, &k, &cell);
+                        }
+                    }
+                }
+            }
+            out
+        }
+        None => {
+            note("raw");
+            engine.aggregate_raw(q.range, &q.filters, dim)?
+        }
+    };
+    let mut rows: Vec<TopKRow> = merged
+        .into_iter()
+        .filter(|(_, c)| c.count >= q.min_count.max(1))
+        .filter_map(|(key, cell)| {
+            let (value, bounds) = q.metric.value(&cell)?;
+            Some(TopKRow {
+                key,
+                value,
+                count: cell.count,
+                bounds,
+            })
+        })
+        .collect();
+    rank(&mut rows, q.k, q.order);
+    Ok(TopKAnswer {
+        rows,
+        exact: q.metric.is_exact(),
+        sources,
+    })
+}
+
+/// Sorts best first (ties by key ascending) and keeps `k`.
+fn rank(rows: &mut Vec<TopKRow>, k: usize, order: Order) {
+    let cmp = |a: &TopKRow, b: &TopKRow| {
+        let by_value = match order {
+            Order::Desc => b.value.total_cmp(&a.value),
+            Order::Asc => a.value.total_cmp(&b.value),
+        };
+        by_value.then_with(|| a.key.as_bytes().cmp(b.key.as_bytes()))
+    };
+    if rows.len() > k {
+        rows.select_nth_unstable_by(k - 1, cmp);
+        rows.truncate(k);
+    }
+    rows.sort_by(cmp);
+}
+
+/// Single requests ranked by their latency (every latency metric is the request's latency).
+fn slowest(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
+    if !matches!(
+        q.metric,
+        Metric::LatencyAvg
+            | Metric::LatencyMax
+            | Metric::LatencyP50
+            | Metric::LatencyP90
+            | Metric::LatencyP95
+            | Metric::LatencyP99
+    ) {
+        return Err(QueryError::Invalid(
+            "`by=request` ranks single requests by latency: use a latency metric".into(),
+        ));
+    }
+    let events = engine.slowest(q.range, &q.filters, q.k, q.order == Order::Asc)?;
+    let rows = events
+        .into_iter()
+        .map(|e| TopKRow {
+            key: e.request_id.clone(),
+            value: e.latency_ms(),
+            count: 1,
+            bounds: None,
+        })
+        .collect();
+    Ok(TopKAnswer {
+        rows,
+        exact: true,
+        sources: vec!["raw"],
+    })
+}
