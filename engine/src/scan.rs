@@ -29,6 +29,8 @@ pub struct Filters {
     pub user_id: Option<String>,
     pub method: Option<String>,
     pub status_code: Option<u16>,
+    /// Status class: 1 to 5 for 1xx to 5xx.
+    pub status_class: Option<u8>,
     pub request_id: Option<String>,
 }
 
@@ -122,6 +124,10 @@ impl<'a> Matcher<'a> {
             && self.user_id.is_none_or(|id| c.user_id.ids[i] == id)
             && self.method.is_none_or(|id| c.method.ids[i] == id)
             && self.filters.status_code.is_none_or(|s| c.status[i] == s)
+            && self
+                .filters
+                .status_class
+                .is_none_or(|k| c.status[i] / 100 == u16::from(k))
             && self
                 .filters
                 .request_id

@@ -83,7 +83,7 @@ fn cube_filter(dim: Dimension, f: &Filters) -> Option<Option<String>> {
         f.method.is_some(),
         f.status_code.is_some(),
     ];
-    if f.request_id.is_some() {
+    if f.request_id.is_some() || f.status_class.is_some() {
         return None;
     }
     match dim {

@@ -146,6 +146,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/requests", post(ingest).get(list_requests))
         .route("/api/v1/requests/count", get(count_requests))
+        .route("/api/v1/requests/top-k", get(top_k))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -324,8 +325,31 @@ impl Params {
             user_id: self.string("user_id"),
             method: self.string("method"),
             status_code,
+            status_class: None,
             request_id: self.string("request_id"),
         })
+    }
+
+    /// A whole number in `range`, or `None` when absent.
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> ApiResult<Option<T>> {
+        self.0
+            .get(name)
+            .map(|v| match v.parse::<T>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(ApiError::parameter(
+                    name,
+                    format!(
+                        "`{v}` is not a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+            })
+            .transpose()
     }
 }
 
@@ -394,4 +418,116 @@ async fn count_requests(
     let engine = app.engine()?;
     let count = blocking(move || Ok(engine.count(range, &filters)?)).await?;
     Ok(Json(json!({"status": "success", "count": count})).into_response())
+}
+
+const TOP_K_PARAMS: [&str; 12] = [
+    "k",
+    "metric",
+    "by",
+    "start",
+    "end",
+    "endpoint",
+    "user_id",
+    "status_code",
+    "method",
+    "status_class",
+    "min_count",
+    "order",
+];
+const MAX_K: usize = 10_000;
+
+async fn top_k(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    use toplog_query::{Grouping, Metric, Order, TopK};
+    let started = std::time::Instant::now();
+    let p = Params::new(raw, &TOP_K_PARAMS)?;
+    let k = p
+        .number("k", 1..=MAX_K)?
+        .ok_or_else(|| ApiError::parameter("k", format!("is required (1 to {MAX_K})")))?;
+    let metric = match p.string("metric") {
+        None => {
+            return Err(ApiError::parameter(
+                "metric",
+                format!("is required (one of {})", Metric::NAMES.join(", ")),
+            ));
+        }
+        Some(m) => Metric::parse(&m).ok_or_else(|| {
+            ApiError::parameter(
+                "metric",
+                format!("`{m}` is not one of {}", Metric::NAMES.join(", ")),
+            )
+        })?,
+    };
+    let by = match p.string("by") {
+        None => Grouping::parse("endpoint")
+            .ok_or_else(|| ApiError::internal("no endpoint grouping".into()))?,
+        Some(b) => Grouping::parse(&b).ok_or_else(|| {
+            ApiError::parameter(
+                "by",
+                format!("`{b}` is not one of {}", Grouping::NAMES.join(", ")),
+            )
+        })?,
+    };
+    let order = match p.string("order").as_deref() {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(o) => {
+            return Err(ApiError::parameter(
+                "order",
+                format!("`{o}` is not asc or desc"),
+            ));
+        }
+    };
+    // The last hour by default.
+    let now = Micros::now().saturating_add_micros(1);
+    let end = p.time("end")?.unwrap_or(now);
+    let start = p
+        .time("start")?
+        .unwrap_or(end.saturating_sub_micros(3_600_000_000));
+    if start >= end {
+        return Err(ApiError::parameter(
+            "start",
+            format!("must be before `end` ({start} >= {end})"),
+        ));
+    }
+    let mut filters = p.filters()?;
+    filters.status_class = p.number("status_class", 1..=5)?;
+    let min_count = p.number("min_count", 0..=u64::MAX)?.unwrap_or(0);
+    let q = TopK {
+        k,
+        metric,
+        by,
+        range: TimeRange { start, end },
+        filters,
+        min_count,
+        order,
+    };
+    let engine = app.engine()?;
+    let answer = blocking(move || {
+        toplog_query::top_k(&engine, &q).map_err(|e| match e {
+            toplog_query::QueryError::Engine(e) => ApiError::from(e),
+            toplog_query::QueryError::Invalid(m) => ApiError::parameter("metric", m),
+        })
+    })
+    .await?;
+    let data: Vec<Value> = answer
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = json!({"request_id": r.key, "metric_value": r.value, "count": r.count});
+            if let Some((lo, hi)) = r.bounds {
+                row["lower"] = json!(lo);
+                row["upper"] = json!(hi);
+            }
+            row
+        })
+        .collect();
+    let meta = json!({
+        "exact": answer.exact,
+        "sources": answer.sources,
+        "took_ms": started.elapsed().as_secs_f64() * 1000.0,
+    });
+    Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
 }
