@@ -2,10 +2,12 @@
 //! buckets with finer buckets and raw rows at the edges, merges cells by key,
 //! computes the metric and keeps the best K.
 
+mod history;
 mod metric;
 mod plan;
 mod topk;
 
+pub use history::{DayRow, history};
 pub use metric::Metric;
 pub use plan::{Piece, plan};
 pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};

@@ -287,3 +287,50 @@ fn slowest_requests_are_ranked_by_latency_then_id() {
     let want: Vec<String> = want.iter().take(10).map(|e| e.request_id.clone()).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn history_has_a_row_per_day_matching_the_events() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let engine = Engine::open_with(Arc::new(SimFs::new(4)), config()).unwrap();
+    let events: Vec<Event> = (0..500).map(|i| random_event(&mut rng, i)).collect();
+    rt.block_on(engine.ingest(events[..200].to_vec(), None))
+        .unwrap();
+    engine.flush().unwrap();
+    rt.block_on(engine.ingest(events[200..].to_vec(), None))
+        .unwrap();
+    // One day before the data, three days of data, one after.
+    let rows = toplog_query::history(&engine, Micros::new(T0 - DAY), 5);
+    assert_eq!(rows.len(), 5);
+    for (i, row) in rows.iter().enumerate() {
+        let start = T0 - DAY + i as i64 * DAY;
+        assert_eq!(row.date, Micros::new(start));
+        let day: Vec<&Event> = events
+            .iter()
+            .filter(|e| (start..start + DAY).contains(&e.timestamp.get()))
+            .collect();
+        assert_eq!(row.total_requests, day.len() as u64, "day {i}");
+        if day.is_empty() {
+            assert_eq!(
+                (row.average_latency, row.error_rate, row.p99_latency),
+                (None, None, None)
+            );
+            continue;
+        }
+        let n = day.len() as f64;
+        let sum: u128 = day.iter().map(|e| u128::from(e.latency_us)).sum();
+        assert_eq!(row.average_latency, Some(sum as f64 / 1000.0 / n));
+        let errors = day.iter().filter(|e| e.status_code >= 500).count() as f64;
+        assert_eq!(row.error_rate, Some(errors / n));
+        let mut lat: Vec<u64> = day.iter().map(|e| e.latency_us).collect();
+        lat.sort_unstable();
+        let p99 = lat[(0.99 * (lat.len() - 1) as f64).floor() as usize] as f64 / 1000.0;
+        let got = row.p99_latency.unwrap();
+        assert!(
+            (got - p99).abs() <= SKETCH_RELATIVE_ERROR * p99 + 1e-9,
+            "day {i}: p99 {got} vs {p99}"
+        );
+    }
+}

@@ -147,6 +147,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/requests", post(ingest).get(list_requests))
         .route("/api/v1/requests/count", get(count_requests))
         .route("/api/v1/requests/top-k", get(top_k))
+        .route("/api/v1/requests/history", get(history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -530,4 +531,61 @@ async fn top_k(
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
     });
     Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
+}
+
+const MAX_HISTORY_DAYS: i64 = 366;
+
+async fn history(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let p = Params::new(raw, &["start_date", "end_date"])?;
+    let date = |name: &str| -> ApiResult<chrono::NaiveDate> {
+        let v = p
+            .string(name)
+            .ok_or_else(|| ApiError::parameter(name, "is required (YYYY-MM-DD)".into()))?;
+        chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d")
+            .map_err(|_| ApiError::parameter(name, format!("`{v}` is not a date (YYYY-MM-DD)")))
+    };
+    let (first, last) = (date("start_date")?, date("end_date")?);
+    let days = (last - first).num_days() + 1;
+    if days < 1 {
+        return Err(ApiError::parameter(
+            "end_date",
+            "must not be before `start_date`".into(),
+        ));
+    }
+    if days > MAX_HISTORY_DAYS {
+        return Err(ApiError::parameter(
+            "end_date",
+            format!("at most {MAX_HISTORY_DAYS} days per request"),
+        ));
+    }
+    let first_day = first
+        .and_hms_opt(0, 0, 0)
+        .map(|d| d.and_utc().timestamp_micros())
+        .filter(|us| *us >= 0)
+        .ok_or_else(|| ApiError::parameter("start_date", "must be 1970-01-01 or later".into()))?;
+    let engine = app.engine()?;
+    let rows = blocking(move || {
+        Ok(toplog_query::history(
+            &engine,
+            Micros::new(first_day),
+            days as u32,
+        ))
+    })
+    .await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "date": r.date.to_rfc3339().get(..10),
+                "total_requests": r.total_requests,
+                "average_latency": r.average_latency,
+                "error_rate": r.error_rate,
+                "p99_latency": r.p99_latency,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": data})).into_response())
 }

@@ -14,6 +14,20 @@ fn get(server: &Server, path: &str) -> (u16, Value) {
     (status, resp.json().unwrap_or(Value::Null))
 }
 
+/// Today's UTC date as YYYY-MM-DD, from the civil-from-days algorithm.
+fn chrono_free_today() -> String {
+    let z = now_ms().div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 #[test]
 fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +110,21 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         "/api/v1/requests/top-k?k=1&metric=latency_max&by=request",
     );
     assert_eq!(body["data"][0]["metric_value"], 49.5);
+    let today = chrono_free_today();
+    let (s, body) = get(
+        &server,
+        &format!("/api/v1/requests/history?start_date={today}&end_date={today}"),
+    );
+    assert_eq!(s, 200, "{body}");
+    let midnight = now.div_euclid(86_400_000) * 86_400_000;
+    let in_today = events
+        .iter()
+        .filter(|e| e["timestamp"].as_i64().unwrap() >= midnight)
+        .count();
+    assert_eq!(
+        body["data"][0]["total_requests"].as_u64(),
+        Some(in_today as u64)
+    );
     server.kill9();
     let server = Server::start_ready(dir.path(), &["--partition", "1h"]);
     assert_eq!(ask(&server), want[..3].to_vec(), "rollups after kill -9");
@@ -130,4 +159,27 @@ fn every_bad_top_k_parameter_is_named() {
     }
     let (s, body) = get(&server, "/api/v1/requests/top-k?k=5&metric=frequency");
     assert_eq!((s, body["data"].as_array().map(Vec::len)), (200, Some(0)));
+
+    let history = [
+        ("end_date=2026-01-01", "start_date"),
+        ("start_date=2026-01-01", "end_date"),
+        ("start_date=2026-13-01&end_date=2026-12-31", "start_date"),
+        ("start_date=2026-01-02&end_date=2026-01-01", "end_date"),
+        ("start_date=2025-01-01&end_date=2026-01-02", "end_date"),
+        ("start_date=1969-12-01&end_date=1969-12-31", "start_date"),
+    ];
+    for (query, param) in history {
+        let (s, body) = get(&server, &format!("/api/v1/requests/history?{query}"));
+        assert_eq!(s, 400, "{query}: {body}");
+        assert_eq!(body["error"]["field"], param, "{query}: {body}");
+    }
+    let (s, body) = get(
+        &server,
+        "/api/v1/requests/history?start_date=2025-01-01&end_date=2026-01-01",
+    );
+    assert_eq!((s, body["data"].as_array().map(Vec::len)), (200, Some(366)));
+    assert_eq!(
+        body["data"][0],
+        json!({"date": "2025-01-01", "total_requests": 0, "average_latency": null, "error_rate": null, "p99_latency": null})
+    );
 }
