@@ -5,11 +5,13 @@
 mod history;
 mod metric;
 mod plan;
+mod timeseries;
 mod topk;
 
 pub use history::{DayRow, history};
 pub use metric::Metric;
 pub use plan::{Piece, plan};
+pub use timeseries::{MAX_POINTS, Point, Series, TimeseriesQuery, timeseries};
 pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
 
 /// Why a query could not be answered.
@@ -17,8 +19,9 @@ pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
 pub enum QueryError {
     #[error(transparent)]
     Engine(#[from] toplog_engine::EngineError),
-    #[error("{0}")]
-    Invalid(String),
+    /// A parameter that cannot be answered, and why.
+    #[error("`{0}`: {1}")]
+    Invalid(&'static str, String),
 }
 
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;

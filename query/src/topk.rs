@@ -106,10 +106,53 @@ fn merge_into(out: &mut HashMap<String, Cell>, key: &str, cell: &Cell) {
     }
 }
 
+/// Cells of `dim` over `range` matching `filters`, merged by key from the
+/// coarsest rollups that cover the range and raw rows at its edges (or from raw
+/// rows alone when no cube can apply the filters). `note` hears each source used.
+pub(crate) fn merged_cells(
+    engine: &Engine,
+    range: TimeRange,
+    dim: Dimension,
+    filters: &Filters,
+    metric: Metric,
+    mut note: impl FnMut(&'static str),
+) -> Result<HashMap<String, Cell>> {
+    // The user cube keeps no sketch: quantiles by user are read from raw rows.
+    let cubes_usable = !(dim == Dimension::UserId && metric.quantile().is_some());
+    let Some(key_filter) = cube_filter(dim, filters).filter(|_| cubes_usable) else {
+        note("raw");
+        return Ok(engine.aggregate_raw(range, filters, dim)?);
+    };
+    let mut out = HashMap::new();
+    for piece in plan(range) {
+        match piece {
+            Piece::Buckets {
+                granularity,
+                from,
+                to,
+            } => {
+                note(granularity.name());
+                engine.visit_rollups(granularity, from, to, dim, |k, cell| {
+                    if key_filter.as_deref().is_none_or(|f| f == k) {
+                        merge_into(&mut out, k, cell);
+                    }
+                });
+            }
+            Piece::Raw(r) => {
+                note("raw");
+                for (k, cell) in engine.aggregate_raw(r, filters, dim)? {
+                    merge_into(&mut out, &k, &cell);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Answers `q` from the engine's rollups and raw rows.
 pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     if q.k == 0 {
-        return Err(QueryError::Invalid("k must be at least 1".into()));
+        return Err(QueryError::Invalid("k", "must be at least 1".into()));
     }
     let mut sources: Vec<&'static str> = Vec::new();
     let mut note = |s: &'static str| {
@@ -121,41 +164,7 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
         Grouping::Request => return slowest(engine, q),
         Grouping::By(d) => d,
     };
-    // The user cube keeps no sketch: quantiles by user are read from raw rows.
-    let cubes_usable = !(dim == Dimension::UserId && q.metric.quantile().is_some());
-    let merged: HashMap<String, Cell> = match cube_filter(dim, &q.filters).filter(|_| cubes_usable)
-    {
-        Some(key_filter) => {
-            let mut out = HashMap::new();
-            for piece in plan(q.range) {
-                match piece {
-                    Piece::Buckets {
-                        granularity,
-                        from,
-                        to,
-                    } => {
-                        note(granularity.name());
-                        engine.visit_rollups(granularity, from, to, dim, |k, cell| {
-                            if key_filter.as_deref().is_none_or(|f| f == k) {
-                                merge_into(&mut out, k, cell);
-                            }
-                        });
-                    }
-                    Piece::Raw(r) => {
-                        note("raw");
-                        for (k, cell) in engine.aggregate_raw(r, &q.filters, dim)? {
-                            merge_into(&mut out, &k, &cell);
-                        }
-                    }
-                }
-            }
-            out
-        }
-        None => {
-            note("raw");
-            engine.aggregate_raw(q.range, &q.filters, dim)?
-        }
-    };
+    let merged = merged_cells(engine, q.range, dim, &q.filters, q.metric, &mut note)?;
     let mut rows: Vec<TopKRow> = merged
         .into_iter()
         .filter(|(_, c)| c.count >= q.min_count.max(1))
@@ -205,6 +214,7 @@ fn slowest(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
             | Metric::LatencyP99
     ) {
         return Err(QueryError::Invalid(
+            "metric",
             "`by=request` ranks single requests by latency: use a latency metric".into(),
         ));
     }

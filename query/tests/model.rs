@@ -334,3 +334,88 @@ fn history_has_a_row_per_day_matching_the_events() {
         );
     }
 }
+
+#[test]
+fn timeseries_points_match_the_events_in_each_interval() {
+    use toplog_query::{TimeseriesQuery, timeseries};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    let engine = Engine::open_with(Arc::new(SimFs::new(8)), config()).unwrap();
+    let events: Vec<Event> = (0..600).map(|i| random_event(&mut rng, i)).collect();
+    rt.block_on(engine.ingest(events[..300].to_vec(), None))
+        .unwrap();
+    engine.flush().unwrap();
+    rt.block_on(engine.ingest(events[300..].to_vec(), None))
+        .unwrap();
+    for (interval, by, filters) in [
+        (7 * MIN + 13_000_000, None, Filters::default()),
+        (HOUR, Some(Dimension::Endpoint), Filters::default()),
+        (
+            DAY / 4,
+            None,
+            Filters {
+                user_id: Some("u3".into()),
+                ..Filters::default()
+            },
+        ),
+        (
+            HOUR,
+            Some(Dimension::StatusCode),
+            Filters {
+                method: Some("GET".into()),
+                ..Filters::default()
+            },
+        ),
+    ] {
+        let range = TimeRange {
+            start: Micros::new(T0 + 17 * MIN + 5),
+            end: Micros::new(T0 + 2 * DAY + 3 * HOUR),
+        };
+        let q = TimeseriesQuery {
+            metric: Metric::Errors,
+            interval_us: interval,
+            range,
+            filters: filters.clone(),
+            by,
+            limit: 3,
+        };
+        let (series, _) = timeseries(&engine, &q).unwrap();
+        assert_eq!(series.len(), if by.is_some() { 3 } else { 1 });
+        for s in &series {
+            for p in &s.points {
+                let from = p.start.get().max(range.start.get());
+                let to = (p.start.get() + interval).min(range.end.get());
+                let matching: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| (from..to).contains(&e.timestamp.get()))
+                    .filter(|e| filters.user_id.as_deref().is_none_or(|u| e.user_id == u))
+                    .filter(|e| filters.method.as_deref().is_none_or(|m| e.method == m))
+                    .filter(|e| match (&s.key, by) {
+                        (Some(k), Some(d)) => key(e, d) == *k,
+                        _ => true,
+                    })
+                    .collect();
+                assert_eq!(p.count, matching.len() as u64, "{:?} at {}", s.key, p.start);
+                let errors = matching.iter().filter(|e| e.status_code >= 500).count() as f64;
+                assert_eq!(p.value, (!matching.is_empty()).then_some(errors));
+            }
+        }
+    }
+    let too_many = TimeseriesQuery {
+        metric: Metric::Frequency,
+        interval_us: 1_000_000,
+        range: TimeRange {
+            start: Micros::new(T0),
+            end: Micros::new(T0 + DAY),
+        },
+        filters: Filters::default(),
+        by: None,
+        limit: 1,
+    };
+    assert!(matches!(
+        timeseries(&engine, &too_many),
+        Err(toplog_query::QueryError::Invalid("interval", _))
+    ));
+}

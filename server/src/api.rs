@@ -99,6 +99,15 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<toplog_query::QueryError> for ApiError {
+    fn from(e: toplog_query::QueryError) -> Self {
+        match e {
+            toplog_query::QueryError::Engine(e) => e.into(),
+            toplog_query::QueryError::Invalid(param, m) => Self::parameter(param, m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = json!({"code": self.code, "message": self.message});
@@ -148,6 +157,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/requests/count", get(count_requests))
         .route("/api/v1/requests/top-k", get(top_k))
         .route("/api/v1/requests/history", get(history))
+        .route("/api/v1/requests/timeseries", get(timeseries))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -309,6 +319,43 @@ impl Params {
         Ok(TimeRange { start, end })
     }
 
+    /// `start`/`end` for analytics queries: the last hour by default.
+    fn recent_range(&self) -> ApiResult<TimeRange> {
+        let now = Micros::now().saturating_add_micros(1);
+        let end = self.time("end")?.unwrap_or(now);
+        let start = self
+            .time("start")?
+            .unwrap_or(end.saturating_sub_micros(3_600_000_000));
+        if start >= end {
+            return Err(ApiError::parameter(
+                "start",
+                format!("must be before `end` ({start} >= {end})"),
+            ));
+        }
+        Ok(TimeRange { start, end })
+    }
+
+    /// The event filters plus `status_class`.
+    fn query_filters(&self) -> ApiResult<Filters> {
+        let mut filters = self.filters()?;
+        filters.status_class = self.number("status_class", 1..=5)?;
+        Ok(filters)
+    }
+
+    fn metric(&self) -> ApiResult<toplog_query::Metric> {
+        use toplog_query::Metric;
+        let names = Metric::NAMES.join(", ");
+        match self.string("metric") {
+            None => Err(ApiError::parameter(
+                "metric",
+                format!("is required (one of {names})"),
+            )),
+            Some(m) => Metric::parse(&m).ok_or_else(|| {
+                ApiError::parameter("metric", format!("`{m}` is not one of {names}"))
+            }),
+        }
+    }
+
     fn filters(&self) -> ApiResult<Filters> {
         let status_code = self
             .0
@@ -441,26 +488,13 @@ async fn top_k(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    use toplog_query::{Grouping, Metric, Order, TopK};
+    use toplog_query::{Grouping, Order, TopK};
     let started = std::time::Instant::now();
     let p = Params::new(raw, &TOP_K_PARAMS)?;
     let k = p
         .number("k", 1..=MAX_K)?
         .ok_or_else(|| ApiError::parameter("k", format!("is required (1 to {MAX_K})")))?;
-    let metric = match p.string("metric") {
-        None => {
-            return Err(ApiError::parameter(
-                "metric",
-                format!("is required (one of {})", Metric::NAMES.join(", ")),
-            ));
-        }
-        Some(m) => Metric::parse(&m).ok_or_else(|| {
-            ApiError::parameter(
-                "metric",
-                format!("`{m}` is not one of {}", Metric::NAMES.join(", ")),
-            )
-        })?,
-    };
+    let metric = p.metric()?;
     let by = match p.string("by") {
         None => Grouping::parse("endpoint")
             .ok_or_else(|| ApiError::internal("no endpoint grouping".into()))?,
@@ -481,38 +515,20 @@ async fn top_k(
             ));
         }
     };
-    // The last hour by default.
-    let now = Micros::now().saturating_add_micros(1);
-    let end = p.time("end")?.unwrap_or(now);
-    let start = p
-        .time("start")?
-        .unwrap_or(end.saturating_sub_micros(3_600_000_000));
-    if start >= end {
-        return Err(ApiError::parameter(
-            "start",
-            format!("must be before `end` ({start} >= {end})"),
-        ));
-    }
-    let mut filters = p.filters()?;
-    filters.status_class = p.number("status_class", 1..=5)?;
+    let range = p.recent_range()?;
+    let filters = p.query_filters()?;
     let min_count = p.number("min_count", 0..=u64::MAX)?.unwrap_or(0);
     let q = TopK {
         k,
         metric,
         by,
-        range: TimeRange { start, end },
+        range,
         filters,
         min_count,
         order,
     };
     let engine = app.engine()?;
-    let answer = blocking(move || {
-        toplog_query::top_k(&engine, &q).map_err(|e| match e {
-            toplog_query::QueryError::Engine(e) => ApiError::from(e),
-            toplog_query::QueryError::Invalid(m) => ApiError::parameter("metric", m),
-        })
-    })
-    .await?;
+    let answer = blocking(move || Ok(toplog_query::top_k(&engine, &q)?)).await?;
     let data: Vec<Value> = answer
         .rows
         .iter()
@@ -588,4 +604,71 @@ async fn history(
         })
         .collect();
     Ok(Json(json!({"status": "success", "data": data})).into_response())
+}
+
+const TIMESERIES_PARAMS: [&str; 12] = [
+    "metric",
+    "interval",
+    "start",
+    "end",
+    "endpoint",
+    "user_id",
+    "status_code",
+    "method",
+    "status_class",
+    "by",
+    "limit",
+    "request_id",
+];
+const MAX_SERIES: usize = 100;
+
+async fn timeseries(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    use toplog_engine::Dimension;
+    let p = Params::new(raw, &TIMESERIES_PARAMS)?;
+    let metric = p.metric()?;
+    let interval = p.string("interval").unwrap_or_else(|| "1m".into());
+    let interval_us = toplog_types::parse_duration(&interval)
+        .map_err(|e| ApiError::parameter("interval", e.to_string()))
+        .map(micros)?;
+    let range = p.recent_range()?;
+    let filters = p.query_filters()?;
+    let by = match p.string("by").as_deref() {
+        None => None,
+        Some("endpoint") => Some(Dimension::Endpoint),
+        Some("user_id") => Some(Dimension::UserId),
+        Some("status_code") => Some(Dimension::StatusCode),
+        Some("method") => Some(Dimension::Method),
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "by",
+                format!("`{other}` is not one of endpoint, user_id, status_code, method"),
+            ));
+        }
+    };
+    let limit = p.number("limit", 1..=MAX_SERIES)?.unwrap_or(10);
+    let q = toplog_query::TimeseriesQuery {
+        metric,
+        interval_us,
+        range,
+        filters,
+        by,
+        limit,
+    };
+    let engine = app.engine()?;
+    let (series, sources) = blocking(move || Ok(toplog_query::timeseries(&engine, &q)?)).await?;
+    let data: Vec<Value> = series
+        .iter()
+        .map(|s| {
+            let points: Vec<Value> = s
+                .points
+                .iter()
+                .map(|pt| json!({"time": pt.start.to_rfc3339(), "value": pt.value, "count": pt.count}))
+                .collect();
+            json!({"key": s.key, "points": points})
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": data, "meta": {"exact": metric.is_exact(), "sources": sources}})).into_response())
 }

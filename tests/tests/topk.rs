@@ -160,6 +160,32 @@ fn every_bad_top_k_parameter_is_named() {
     let (s, body) = get(&server, "/api/v1/requests/top-k?k=5&metric=frequency");
     assert_eq!((s, body["data"].as_array().map(Vec::len)), (200, Some(0)));
 
+    let series = [
+        ("interval=1m", "metric"),
+        ("metric=frequency&interval=often", "interval"),
+        (
+            "metric=frequency&interval=1s&start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z",
+            "interval",
+        ),
+        ("metric=frequency&by=colour", "by"),
+        ("metric=frequency&by=endpoint&limit=0", "limit"),
+    ];
+    for (query, param) in series {
+        let (s, body) = get(&server, &format!("/api/v1/requests/timeseries?{query}"));
+        assert_eq!(s, 400, "{query}: {body}");
+        assert_eq!(body["error"]["field"], param, "{query}: {body}");
+    }
+    let (s, body) = get(
+        &server,
+        "/api/v1/requests/timeseries?metric=frequency&interval=10m",
+    );
+    assert_eq!(s, 200, "{body}");
+    let points = body["data"][0]["points"].as_array().unwrap();
+    assert!(
+        (6..=7).contains(&points.len()),
+        "an hour in 10-minute points: {body}"
+    );
+
     let history = [
         ("end_date=2026-01-01", "start_date"),
         ("start_date=2026-01-01", "end_date"),

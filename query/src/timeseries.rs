@@ -1,0 +1,138 @@
+//! Points per interval for dashboards: one series for everything matching the
+//! filters, or the top `limit` series of a grouping. Each point is planned like
+//! any other range, so it is exact for exact metrics wherever its edges fall.
+
+use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
+use toplog_types::Micros;
+
+use crate::topk::{Grouping, Order, TopK, merged_cells, top_k};
+use crate::{Metric, QueryError, Result};
+
+/// At most this many points per series.
+pub const MAX_POINTS: i64 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct TimeseriesQuery {
+    pub metric: Metric,
+    /// Bucket length in microseconds; buckets are aligned to multiples of it.
+    pub interval_us: i64,
+    pub range: TimeRange,
+    pub filters: Filters,
+    /// Split into one series per value of this dimension (the top `limit` by `metric`).
+    pub by: Option<Dimension>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub start: Micros,
+    pub count: u64,
+    /// `None` where the bucket has no requests.
+    pub value: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The grouping value, or `None` for the single series of everything.
+    pub key: Option<String>,
+    pub points: Vec<Point>,
+}
+
+/// The dimension whose cube can apply `filters` (a filter on one dimension at most).
+fn cube_dimension(f: &Filters) -> Dimension {
+    if f.endpoint.is_some() {
+        Dimension::Endpoint
+    } else if f.user_id.is_some() {
+        Dimension::UserId
+    } else if f.status_code.is_some() {
+        Dimension::StatusCode
+    } else {
+        // Few keys: the cheapest cube to sum into a total.
+        Dimension::Method
+    }
+}
+
+pub fn timeseries(
+    engine: &Engine,
+    q: &TimeseriesQuery,
+) -> Result<(Vec<Series>, Vec<&'static str>)> {
+    if q.interval_us < 1_000_000 {
+        return Err(QueryError::Invalid(
+            "interval",
+            "must be at least 1s".into(),
+        ));
+    }
+    let first = q.range.start.floor_to(q.interval_us).get();
+    let end = q.range.end.get();
+    let points = (end - first + q.interval_us - 1) / q.interval_us;
+    if points > MAX_POINTS {
+        return Err(QueryError::Invalid(
+            "interval",
+            format!(
+                "the range holds {points} intervals; at most {MAX_POINTS} per request (widen the interval)"
+            ),
+        ));
+    }
+    let mut sources: Vec<&'static str> = Vec::new();
+    let keys: Vec<Option<String>> = match q.by {
+        None => vec![None],
+        Some(dim) => {
+            let best = TopK {
+                k: q.limit.max(1),
+                metric: q.metric,
+                by: Grouping::By(dim),
+                range: q.range,
+                filters: q.filters.clone(),
+                min_count: 0,
+                order: Order::Desc,
+            };
+            top_k(engine, &best)?
+                .rows
+                .into_iter()
+                .map(|r| Some(r.key))
+                .collect()
+        }
+    };
+    let dim = q.by.unwrap_or_else(|| cube_dimension(&q.filters));
+    let mut series: Vec<Series> = keys
+        .iter()
+        .map(|k| Series {
+            key: k.clone(),
+            points: Vec::new(),
+        })
+        .collect();
+    let mut t = first;
+    while t < end {
+        let range = TimeRange {
+            start: Micros::new(t.max(q.range.start.get())),
+            end: Micros::new((t + q.interval_us).min(end)),
+        };
+        let merged = merged_cells(engine, range, dim, &q.filters, q.metric, |s| {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        })?;
+        for s in &mut series {
+            let cell = match &s.key {
+                Some(k) => merged.get(k).cloned(),
+                None => merged.values().fold(None, |acc: Option<Cell>, c| {
+                    let mut acc = acc.unwrap_or_else(|| Cell::new(true));
+                    acc.merge(c);
+                    Some(acc)
+                }),
+            };
+            let count = cell.as_ref().map_or(0, |c| c.count);
+            let value = cell
+                .as_ref()
+                .and_then(|c| q.metric.value(c))
+                .map(|(v, _)| v);
+            s.points.push(Point {
+                start: Micros::new(t),
+                count,
+                value,
+            });
+        }
+        t += q.interval_us;
+    }
+    Ok((series, sources))
+}
