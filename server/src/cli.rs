@@ -31,6 +31,34 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print the top K keys of a running node by a metric.
+    Top {
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// frequency, errors, error_rate, latency_avg, latency_p50/p90/p95/p99, latency_max.
+        #[arg(long, default_value = "frequency")]
+        metric: String,
+        /// endpoint, user_id, status_code, method or request.
+        #[arg(long, default_value = "endpoint")]
+        by: String,
+        /// How far back from now, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one row per day: requests, average and p99 latency, error rate.
+    History {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point of the `toplog` binary.
@@ -44,7 +72,45 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let printed = |out: anyhow::Result<String>| match out {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toplog: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
     match cli.command {
+        Command::Top {
+            k,
+            metric,
+            by,
+            since,
+            server,
+            json,
+        } => {
+            let since = match toplog_types::parse_duration(&since) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("toplog: --since: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let args = crate::client::TopArgs {
+                server: &server,
+                k,
+                metric: &metric,
+                by: &by,
+                since,
+                json,
+            };
+            printed(crate::client::top(&args))
+        }
+        Command::History { days, server, json } => {
+            printed(crate::client::history(&server, days, json))
+        }
         Command::Serve { config, settings } => {
             let config = match Config::resolve(settings, config.as_deref()) {
                 Ok(c) => c,

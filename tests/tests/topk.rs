@@ -125,6 +125,51 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         body["data"][0]["total_requests"].as_u64(),
         Some(in_today as u64)
     );
+    // The CLI asks the same node and prints the same ranking.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(toplog_tests::binary())
+            .args(args)
+            .args(["--server", &server.base])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&[
+        "top",
+        "--k",
+        "3",
+        "--metric",
+        "frequency",
+        "--by",
+        "endpoint",
+        "--since",
+        "1h",
+    ]);
+    let first_row = table
+        .lines()
+        .nth(2)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        first_row,
+        format!("1 {} {} {}", want[0].0, want[0].1, want[0].1),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(&cli(&["top", "--k", "3", "--json"])).unwrap();
+    assert_eq!(json["data"][0]["request_id"], want[0].0.as_str());
+    let history = cli(&["history", "--days", "2"]);
+    assert_eq!(
+        history.lines().count(),
+        4,
+        "header, rule and two days: {history}"
+    );
     server.kill9();
     let server = Server::start_ready(dir.path(), &["--partition", "1h"]);
     assert_eq!(ask(&server), want[..3].to_vec(), "rollups after kill -9");
