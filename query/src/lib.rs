@@ -3,12 +3,14 @@
 //! computes the metric and keeps the best K.
 
 mod history;
+mod jobs;
 mod metric;
 mod plan;
 mod timeseries;
 mod topk;
 
 pub use history::{DayRow, history};
+pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
 pub use metric::Metric;
 pub use plan::{Piece, plan};
 pub use timeseries::{MAX_POINTS, Point, Series, TimeseriesQuery, timeseries};
@@ -22,6 +24,9 @@ pub enum QueryError {
     /// A parameter that cannot be answered, and why.
     #[error("`{0}`: {1}")]
     Invalid(&'static str, String),
+    /// The job store could not be read or written.
+    #[error("job store: {0}")]
+    Storage(String),
 }
 
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;

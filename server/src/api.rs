@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -104,6 +104,7 @@ impl From<toplog_query::QueryError> for ApiError {
         match e {
             toplog_query::QueryError::Engine(e) => e.into(),
             toplog_query::QueryError::Invalid(param, m) => Self::parameter(param, m),
+            toplog_query::QueryError::Storage(m) => Self::internal(m),
         }
     }
 }
@@ -134,6 +135,8 @@ pub(crate) struct AppState {
     pub(crate) engine: OnceLock<Arc<Engine>>,
     /// Set when opening the store failed: `/readyz` reports it.
     pub(crate) startup_error: OnceLock<String>,
+    /// Aggregation jobs; opened with the engine.
+    pub(crate) jobs: OnceLock<Arc<toplog_query::JobStore>>,
 }
 
 impl AppState {
@@ -158,6 +161,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/requests/top-k", get(top_k))
         .route("/api/v1/requests/history", get(history))
         .route("/api/v1/requests/timeseries", get(timeseries))
+        .route(
+            "/api/v1/requests/aggregate",
+            post(submit_aggregation).get(list_aggregations),
+        )
+        .route("/api/v1/requests/aggregate/{id}", get(get_aggregation))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -671,4 +679,331 @@ async fn timeseries(
         })
         .collect();
     Ok(Json(json!({"status": "success", "data": data, "meta": {"exact": metric.is_exact(), "sources": sources}})).into_response())
+}
+
+const AGGREGATE_FIELDS: [&str; 6] = [
+    "start_time",
+    "end_time",
+    "metrics",
+    "interval",
+    "group_by",
+    "filters",
+];
+const AGGREGATE_METRICS: [&str; 10] = [
+    "frequency",
+    "errors",
+    "error_rate",
+    "latency",
+    "latency_avg",
+    "latency_p50",
+    "latency_p90",
+    "latency_p95",
+    "latency_p99",
+    "latency_max",
+];
+
+fn field_time(body: &Value, name: &str) -> ApiResult<Micros> {
+    match &body[name] {
+        Value::Null => Err(ApiError::parameter(
+            name,
+            "is required (RFC 3339 or epoch milliseconds)".into(),
+        )),
+        Value::String(s) => Micros::parse(s).map_err(|e| ApiError::parameter(name, e.to_string())),
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| ApiError::parameter(name, format!("{n} is not epoch milliseconds")))
+            .and_then(|ms| {
+                Micros::from_millis(ms).map_err(|e| ApiError::parameter(name, e.to_string()))
+            }),
+        _ => Err(ApiError::parameter(
+            name,
+            "expected an RFC 3339 string or epoch milliseconds".into(),
+        )),
+    }
+}
+
+fn dimension(name: &str) -> Option<toplog_engine::Dimension> {
+    use toplog_engine::Dimension;
+    Some(match name {
+        "endpoint" => Dimension::Endpoint,
+        "user_id" => Dimension::UserId,
+        "status_code" => Dimension::StatusCode,
+        "method" => Dimension::Method,
+        _ => return None,
+    })
+}
+
+/// Checks an aggregation request; returns what to compute and the metric names asked for.
+fn parse_aggregation(body: &Value) -> ApiResult<(toplog_query::AggregationSpec, Vec<String>)> {
+    let Value::Object(obj) = body else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "expected a JSON object".into(),
+        ));
+    };
+    if let Some(bad) = obj.keys().find(|k| !AGGREGATE_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::parameter(
+            bad,
+            format!("unknown field (known: {})", AGGREGATE_FIELDS.join(", ")),
+        ));
+    }
+    let start = field_time(body, "start_time")?;
+    let end = field_time(body, "end_time")?;
+    if start >= end {
+        return Err(ApiError::parameter(
+            "start_time",
+            "must be before `end_time`".into(),
+        ));
+    }
+    let metrics: Vec<String> = match &body["metrics"] {
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|m| match m.as_str() {
+                Some(name) if AGGREGATE_METRICS.contains(&name) => Ok(name.to_owned()),
+                _ => Err(ApiError::parameter(
+                    "metrics",
+                    format!("{m} is not one of {}", AGGREGATE_METRICS.join(", ")),
+                )),
+            })
+            .collect::<ApiResult<_>>()?,
+        _ => {
+            return Err(ApiError::parameter(
+                "metrics",
+                "is required: a non-empty array of metric names".into(),
+            ));
+        }
+    };
+    let interval_us = match &body["interval"] {
+        Value::Null => None,
+        Value::String(s) => Some(
+            toplog_types::parse_duration(s)
+                .map(micros)
+                .map_err(|e| ApiError::parameter("interval", e.to_string()))?,
+        ),
+        _ => {
+            return Err(ApiError::parameter(
+                "interval",
+                "expected a duration such as \"1h\"".into(),
+            ));
+        }
+    };
+    let group_by = match &body["group_by"] {
+        Value::Null => None,
+        Value::String(s) => Some(dimension(s).ok_or_else(|| {
+            ApiError::parameter(
+                "group_by",
+                format!("`{s}` is not one of endpoint, user_id, status_code, method"),
+            )
+        })?),
+        _ => return Err(ApiError::parameter("group_by", "expected a string".into())),
+    };
+    let mut filters = Filters::default();
+    match &body["filters"] {
+        Value::Null => {}
+        Value::Object(f) => {
+            for (k, v) in f {
+                let text = || {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        ApiError::parameter("filters", format!("`{k}` must be a string"))
+                    })
+                };
+                match k.as_str() {
+                    "endpoint" => filters.endpoint = Some(text()?),
+                    "user_id" => filters.user_id = Some(text()?),
+                    "method" => filters.method = Some(text()?),
+                    "status_code" => {
+                        filters.status_code = Some(
+                            v.as_u64()
+                                .filter(|s| (100..=599).contains(s))
+                                .map(|s| s as u16)
+                                .ok_or_else(|| {
+                                    ApiError::parameter(
+                                        "filters",
+                                        "`status_code` must be 100 to 599".into(),
+                                    )
+                                })?,
+                        )
+                    }
+                    "status_class" => {
+                        filters.status_class = Some(
+                            v.as_u64()
+                                .filter(|s| (1..=5).contains(s))
+                                .map(|s| s as u8)
+                                .ok_or_else(|| {
+                                    ApiError::parameter(
+                                        "filters",
+                                        "`status_class` must be 1 to 5".into(),
+                                    )
+                                })?,
+                        )
+                    }
+                    other => {
+                        return Err(ApiError::parameter(
+                            "filters",
+                            format!("unknown filter `{other}`"),
+                        ));
+                    }
+                }
+            }
+        }
+        _ => return Err(ApiError::parameter("filters", "expected an object".into())),
+    }
+    let needs_quantiles = metrics
+        .iter()
+        .any(|m| m == "latency" || (m.starts_with("latency_p")));
+    let spec = toplog_query::AggregationSpec {
+        range: TimeRange { start, end },
+        interval_us,
+        group_by,
+        filters,
+        needs_quantiles,
+    };
+    spec.check()?;
+    Ok((spec, metrics))
+}
+
+/// One result row with the requested metrics.
+fn aggregate_row(row: &toplog_query::AggregateRow, metrics: &[String]) -> Value {
+    use toplog_query::Metric;
+    let value = |m: Metric| m.value(&row.cell).map(|(v, _)| v);
+    let mut out = json!({"start": row.start.to_rfc3339(), "end": row.end.to_rfc3339()});
+    if let Some(g) = &row.group {
+        out["group"] = json!(g);
+    }
+    for m in metrics {
+        out[m.as_str()] = match m.as_str() {
+            "latency" => json!({
+                "avg": value(Metric::LatencyAvg),
+                "p50": value(Metric::LatencyP50),
+                "p95": value(Metric::LatencyP95),
+                "p99": value(Metric::LatencyP99),
+            }),
+            // Counts are 0, not null, for an empty interval.
+            "frequency" => json!(row.cell.count),
+            "errors" => json!(row.cell.errors()),
+            name => json!(Metric::parse(name).and_then(value)),
+        };
+    }
+    out
+}
+
+/// Runs a job to completion, recording each state change durably.
+pub(crate) async fn run_job(
+    engine: Arc<Engine>,
+    store: Arc<toplog_query::JobStore>,
+    mut job: toplog_query::Job,
+) {
+    use toplog_query::JobState;
+    let outcome = match parse_aggregation(&job.request) {
+        Err(e) => Err(e.message),
+        Ok((spec, metrics)) => {
+            job.state = JobState::Running;
+            if let Err(e) = store.put(&job) {
+                tracing::error!(error = %e, "cannot record job state");
+            }
+            tokio::task::spawn_blocking(move || {
+                toplog_query::aggregate(&engine, &spec)
+                    .map(|rows| {
+                        Value::Array(rows.iter().map(|r| aggregate_row(r, &metrics)).collect())
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("worker failed: {e}")))
+        }
+    };
+    job.finished_at = Some(Micros::now());
+    match outcome {
+        Ok(result) => {
+            job.state = JobState::Done;
+            job.result = Some(result);
+        }
+        Err(e) => {
+            job.state = JobState::Failed;
+            job.error = Some(e);
+        }
+    }
+    if let Err(e) = store.put(&job) {
+        tracing::error!(error = %e, id = %job.aggregation_id, "cannot record job result");
+    }
+}
+
+async fn submit_aggregation(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    parse_aggregation(&body)?;
+    let engine = app.engine()?;
+    let store = app
+        .jobs
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
+    let job = toplog_query::Job {
+        aggregation_id: uuid::Uuid::now_v7().to_string(),
+        state: toplog_query::JobState::Pending,
+        submitted_at: Micros::now(),
+        finished_at: None,
+        request: body,
+        result: None,
+        error: None,
+    };
+    let id = job.aggregation_id.clone();
+    {
+        let (store, job) = (store.clone(), job.clone());
+        blocking(move || Ok(store.put(&job)?)).await?;
+    }
+    tokio::spawn(run_job(engine, store, job));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "success", "message": "Aggregation request submitted.", "aggregation_id": id})),
+    )
+        .into_response())
+}
+
+fn job_json(job: &toplog_query::Job, with_result: bool) -> Value {
+    let mut v = json!({
+        "aggregation_id": job.aggregation_id,
+        "state": job.state,
+        "submitted_at": job.submitted_at.to_rfc3339(),
+        "finished_at": job.finished_at.map(Micros::to_rfc3339),
+        "request": job.request,
+    });
+    if let Some(e) = &job.error {
+        v["error"] = json!(e);
+    }
+    if with_result && let Some(r) = &job.result {
+        v["result"] = r.clone();
+    }
+    v
+}
+
+async fn get_aggregation(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult {
+    let store = app
+        .jobs
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
+    let job = store.get(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no aggregation `{id}`"),
+        )
+    })?;
+    Ok(Json(json!({"status": "success", "data": job_json(&job, true)})).into_response())
+}
+
+async fn list_aggregations(State(app): State<Arc<AppState>>) -> ApiResult {
+    let store = app
+        .jobs
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
+    let jobs: Vec<Value> = store.list().iter().map(|j| job_json(j, false)).collect();
+    Ok(Json(json!({"status": "success", "data": jobs})).into_response())
 }

@@ -151,21 +151,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config,
         engine: OnceLock::new(),
         startup_error: OnceLock::new(),
+        jobs: OnceLock::new(),
     });
     tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), "listening");
 
     // Recovery runs while /healthz already answers and /readyz says "recovering".
     let opener = {
         let state = state.clone();
-        tokio::task::spawn_blocking(move || match Engine::open(engine_config) {
-            Ok(engine) => {
-                let _ = state.engine.set(Arc::new(engine));
-                tracing::info!("ready");
-                Ok(())
-            }
-            Err(e) => {
-                let _ = state.startup_error.set(e.to_string());
-                Err(e)
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let jobs_dir = engine_config.data_dir.join("jobs");
+            let opened = Engine::open(engine_config)
+                .map_err(anyhow::Error::from)
+                .and_then(|engine| Ok((engine, toplog_query::JobStore::open(&jobs_dir)?)));
+            match opened {
+                Ok((engine, (store, unfinished))) => {
+                    let (engine, store) = (Arc::new(engine), Arc::new(store));
+                    let _ = state.jobs.set(store.clone());
+                    let _ = state.engine.set(engine.clone());
+                    // Jobs cut short by the last stop run again: they only read.
+                    for job in unfinished {
+                        runtime.spawn(crate::api::run_job(engine.clone(), store.clone(), job));
+                    }
+                    tracing::info!("ready");
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = state.startup_error.set(e.to_string());
+                    Err(e)
+                }
             }
         })
     };

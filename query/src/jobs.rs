@@ -1,0 +1,232 @@
+//! Aggregation jobs: submitted, run in the background, and kept on disk so a
+//! restart neither loses a job nor its result. Each job is one JSON file,
+//! replaced atomically (temp file, fsync, rename, directory fsync); jobs found
+//! pending or running at start-up are run again (they are pure reads).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
+use toplog_types::Micros;
+
+use crate::timeseries::MAX_POINTS;
+use crate::topk::merged_cells;
+use crate::{Metric, QueryError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub aggregation_id: String,
+    pub state: JobState,
+    pub submitted_at: Micros,
+    pub finished_at: Option<Micros>,
+    /// The request as submitted.
+    pub request: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+/// Jobs on disk, with an in-memory index.
+#[derive(Debug)]
+pub struct JobStore {
+    dir: PathBuf,
+    jobs: Mutex<BTreeMap<String, Job>>,
+}
+
+fn io(path: &Path, op: &str) -> impl FnOnce(std::io::Error) -> QueryError {
+    let path = path.display().to_string();
+    let op = op.to_owned();
+    move |e| QueryError::Storage(format!("{op} {path}: {e}"))
+}
+
+impl JobStore {
+    /// Opens (creating) the store in `dir`; returns it and the jobs to run again.
+    pub fn open(dir: &Path) -> Result<(Self, Vec<Job>)> {
+        std::fs::create_dir_all(dir).map_err(io(dir, "create"))?;
+        let mut jobs = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir, "list"))? {
+            let path = entry.map_err(io(dir, "list"))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                // An interrupted replace: the job file itself is intact.
+                std::fs::remove_file(&path).map_err(io(&path, "remove"))?;
+                continue;
+            }
+            let text = std::fs::read(&path).map_err(io(&path, "read"))?;
+            let job: Job = serde_json::from_slice(&text).map_err(|e| {
+                QueryError::Storage(format!("{} is not a job file: {e}", path.display()))
+            })?;
+            jobs.insert(job.aggregation_id.clone(), job);
+        }
+        let unfinished = jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Pending | JobState::Running))
+            .cloned()
+            .collect();
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                jobs: Mutex::new(jobs),
+            },
+            unfinished,
+        ))
+    }
+
+    /// Stores `job` durably, replacing any earlier version.
+    pub fn put(&self, job: &Job) -> Result<()> {
+        let path = self.dir.join(format!("{}.json", job.aggregation_id));
+        let tmp = self.dir.join(format!("{}.json.tmp", job.aggregation_id));
+        let bytes = serde_json::to_vec(job).map_err(|e| QueryError::Storage(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
+        f.write_all(&bytes).map_err(io(&tmp, "write"))?;
+        f.sync_all().map_err(io(&tmp, "fsync"))?;
+        std::fs::rename(&tmp, &path).map_err(io(&tmp, "rename"))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir, "fsync"))?;
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(job.aggregation_id.clone(), job.clone());
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Every job, oldest first (ids are time-ordered).
+    pub fn list(&self) -> Vec<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What an aggregation computes.
+#[derive(Debug, Clone)]
+pub struct AggregationSpec {
+    pub range: TimeRange,
+    /// `None`: one interval covering the whole range.
+    pub interval_us: Option<i64>,
+    pub group_by: Option<Dimension>,
+    pub filters: Filters,
+    /// Metrics whose values need a sketch (quantiles) force raw reads for users.
+    pub needs_quantiles: bool,
+}
+
+/// One interval (and group) of an aggregation's result.
+#[derive(Debug, Clone)]
+pub struct AggregateRow {
+    pub start: Micros,
+    pub end: Micros,
+    pub group: Option<String>,
+    pub cell: Cell,
+}
+
+/// At most this many rows per job.
+pub const MAX_ROWS: usize = 100_000;
+
+impl AggregationSpec {
+    pub fn intervals(&self) -> i64 {
+        match self.interval_us {
+            None => 1,
+            Some(i) => (self.range.end.get() - self.range.start.floor_to(i).get() + i - 1) / i,
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if let Some(i) = self.interval_us
+            && i < 1_000_000
+        {
+            return Err(QueryError::Invalid(
+                "interval",
+                "must be at least 1s".into(),
+            ));
+        }
+        if self.intervals() > MAX_POINTS {
+            return Err(QueryError::Invalid(
+                "interval",
+                format!(
+                    "the range holds {} intervals; at most {MAX_POINTS}",
+                    self.intervals()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Computes an aggregation: rows in time order, groups by key within an interval.
+pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<AggregateRow>> {
+    spec.check()?;
+    let metric = if spec.needs_quantiles {
+        Metric::LatencyP50
+    } else {
+        Metric::Frequency
+    };
+    let dim = spec.group_by.unwrap_or(Dimension::Method);
+    let (start, end) = (spec.range.start.get(), spec.range.end.get());
+    let step = spec.interval_us.unwrap_or(end - start);
+    let mut t = spec
+        .interval_us
+        .map_or(start, |i| spec.range.start.floor_to(i).get());
+    let mut rows = Vec::new();
+    while t < end {
+        let range = TimeRange {
+            start: Micros::new(t.max(start)),
+            end: Micros::new((t + step).min(end)),
+        };
+        let merged = merged_cells(engine, range, dim, &spec.filters, metric, |_| {})?;
+        if spec.group_by.is_some() {
+            let mut groups: Vec<(String, Cell)> = merged.into_iter().collect();
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, cell) in groups {
+                rows.push(AggregateRow {
+                    start: range.start,
+                    end: range.end,
+                    group: Some(k),
+                    cell,
+                });
+            }
+        } else {
+            let mut total = Cell::new(true);
+            for c in merged.values() {
+                total.merge(c);
+            }
+            rows.push(AggregateRow {
+                start: range.start,
+                end: range.end,
+                group: None,
+                cell: total,
+            });
+        }
+        if rows.len() > MAX_ROWS {
+            return Err(QueryError::Invalid(
+                "group_by",
+                format!(
+                    "the result exceeds {MAX_ROWS} rows; narrow the range, widen the interval or filter"
+                ),
+            ));
+        }
+        t += step;
+    }
+    Ok(rows)
+}
