@@ -122,10 +122,12 @@ pub fn timeseries(
                 }),
             };
             let count = cell.as_ref().map_or(0, |c| c.count);
-            let value = cell
-                .as_ref()
-                .and_then(|c| q.metric.value(c))
-                .map(|(v, _)| v);
+            let value = match cell.as_ref().and_then(|c| q.metric.value(c)) {
+                Some((v, _)) => Some(v),
+                // A count over no requests is 0; an average or rate of nothing is undefined.
+                None if matches!(q.metric, Metric::Frequency | Metric::Errors) => Some(0.0),
+                None => None,
+            };
             s.points.push(Point {
                 start: Micros::new(t),
                 count,

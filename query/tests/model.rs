@@ -399,7 +399,11 @@ fn timeseries_points_match_the_events_in_each_interval() {
                     .collect();
                 assert_eq!(p.count, matching.len() as u64, "{:?} at {}", s.key, p.start);
                 let errors = matching.iter().filter(|e| e.status_code >= 500).count() as f64;
-                assert_eq!(p.value, (!matching.is_empty()).then_some(errors));
+                assert_eq!(
+                    p.value,
+                    Some(errors),
+                    "a count is 0, not null, in an empty interval"
+                );
             }
         }
     }
