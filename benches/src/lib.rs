@@ -36,6 +36,12 @@ const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 /// `n` events one millisecond apart from `start`: UUID-shaped request ids,
 /// 500 route templates, 50,000 users, log-normal-ish latencies, 2% errors.
 pub fn events(n: usize, seed: u64, start: Micros) -> Vec<Event> {
+    events_over(n, seed, start, n as i64 * 1000)
+}
+
+/// `n` such events spread evenly over `span_us` from `start`.
+pub fn events_over(n: usize, seed: u64, start: Micros, span_us: i64) -> Vec<Event> {
+    let step = span_us as f64 / n.max(1) as f64;
     let mut rng = SplitMix::new(seed);
     (0..n)
         .map(|i| {
@@ -61,7 +67,7 @@ pub fn events(n: usize, seed: u64, start: Micros) -> Vec<Event> {
                     (b >> 48) | 0x8000,
                     b & 0xffff_ffff_ffff
                 ),
-                timestamp: Micros::new(start.get() + i as i64 * 1000),
+                timestamp: Micros::new(start.get() + (i as f64 * step) as i64),
                 user_id: format!("user-{}", rng.skewed(50_000)),
                 endpoint: format!("{method} /api/v1/resource{route}/{{id}}"),
                 method: method.to_owned(),

@@ -1,0 +1,132 @@
+//! Rollup cell updates, sketch merges, and top-K over one day of 1,000,000
+//! events held in the engine (rollups in memory, raw rows in segments).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use toplog_benches::events_over;
+use toplog_engine::{Cell, Dimension, Engine, EngineConfig, Filters, TimeRange};
+use toplog_query::{Grouping, Metric, Order, TopK, top_k};
+use toplog_types::Micros;
+use toplog_wal::{FsyncPolicy, RealFs};
+
+const DAY: i64 = 86_400_000_000;
+const HOUR: i64 = 3_600_000_000;
+/// 2026-01-01T00:00:00Z
+const T0: i64 = 1_767_225_600_000_000;
+const EVENTS: usize = 1_000_000;
+
+fn cells(c: &mut Criterion) {
+    let evs = events_over(10_000, 7, Micros::new(T0), HOUR);
+    let mut g = c.benchmark_group("cube");
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("cell_add_with_sketch_10k", |b| {
+        b.iter(|| {
+            let mut cell = Cell::new(true);
+            for e in &evs {
+                cell.add(e.status_code, e.latency_us);
+            }
+            cell
+        })
+    });
+    let (mut a, mut other) = (Cell::new(true), Cell::new(true));
+    for (i, e) in evs.iter().enumerate() {
+        if i % 2 == 0 {
+            a.add(e.status_code, e.latency_us)
+        } else {
+            other.add(e.status_code, e.latency_us)
+        }
+    }
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("cell_merge_5k_each", |b| {
+        b.iter(|| black_box(a.clone()).merge(black_box(&other)))
+    });
+    g.finish();
+}
+
+fn loaded_engine(dir: &std::path::Path) -> Engine {
+    let mut config = EngineConfig::new(dir);
+    config.fsync = FsyncPolicy::Never;
+    config.memtable_max_bytes = 64 << 20;
+    let engine = match Engine::open_with(Arc::new(RealFs), config) {
+        Ok(e) => e,
+        Err(e) => panic!("open: {e}"),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let evs = events_over(EVENTS, 11, Micros::new(T0), DAY);
+    for chunk in evs.chunks(10_000) {
+        if let Err(e) = rt.block_on(engine.ingest(chunk.to_vec(), None)) {
+            panic!("ingest: {e}");
+        }
+    }
+    if let Err(e) = engine.flush() {
+        panic!("flush: {e}");
+    }
+    engine
+}
+
+fn queries(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let engine = loaded_engine(dir.path());
+    let day = TimeRange {
+        start: Micros::new(T0),
+        end: Micros::new(T0 + DAY),
+    };
+    // Unaligned edges: raw rows are scanned for the partial minutes.
+    let unaligned = TimeRange {
+        start: Micros::new(T0 + 1_234_567),
+        end: Micros::new(T0 + DAY - 7_654_321),
+    };
+    let hour = TimeRange {
+        start: Micros::new(T0 + 5 * HOUR),
+        end: Micros::new(T0 + 6 * HOUR),
+    };
+    let q = |metric, by, range, min_count| TopK {
+        k: 10,
+        metric,
+        by: Grouping::By(by),
+        range,
+        filters: Filters::default(),
+        min_count,
+        order: Order::Desc,
+    };
+    let cases = [
+        (
+            "top10_endpoints_frequency_1h",
+            q(Metric::Frequency, Dimension::Endpoint, hour, 0),
+        ),
+        (
+            "top10_endpoints_frequency_24h",
+            q(Metric::Frequency, Dimension::Endpoint, day, 0),
+        ),
+        (
+            "top10_endpoints_frequency_24h_unaligned",
+            q(Metric::Frequency, Dimension::Endpoint, unaligned, 0),
+        ),
+        (
+            "top10_endpoints_p99_24h",
+            q(Metric::LatencyP99, Dimension::Endpoint, day, 100),
+        ),
+        (
+            "top10_users_frequency_24h",
+            q(Metric::Frequency, Dimension::UserId, day, 0),
+        ),
+    ];
+    let mut g = c.benchmark_group("top_k_1m_events_1d");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    for (name, query) in cases {
+        g.bench_function(name, |b| b.iter(|| top_k(&engine, black_box(&query))));
+    }
+    g.finish();
+    if let Err(e) = engine.close() {
+        panic!("close: {e}");
+    }
+}
+
+criterion_group!(benches, cells, queries);
+criterion_main!(benches);
