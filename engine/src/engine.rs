@@ -630,17 +630,18 @@ impl Engine {
 
     /// The exact number of stored events in `range` matching `filters`.
     pub fn count(&self, range: TimeRange, filters: &Filters) -> Result<u64> {
-        let (segments, frozen, active) =
-            self.snapshot(&range, |cols| vec![scan::count(cols, &range, filters)]);
+        let (segments, frozen, active) = self.snapshot(&range, |cols| {
+            vec![scan::count(cols, false, &range, filters)]
+        });
         let mut total: u64 = active.iter().sum();
         for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
-            total += scan::count(cols, &range, filters);
+            total += scan::count(cols, false, &range, filters);
         }
         for seg in segments {
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
             } else {
-                total += scan::count(&*self.inner.decoded(&seg)?, &range, filters);
+                total += scan::count(&*self.inner.decoded(&seg)?, true, &range, filters);
             }
         }
         Ok(total)
@@ -686,15 +687,22 @@ impl Engine {
     ) -> Result<std::collections::HashMap<String, Cell>> {
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             let mut out = std::collections::HashMap::new();
-            scan::aggregate(cols, &range, filters, dim, &mut out);
+            scan::aggregate(cols, false, &range, filters, dim, &mut out);
             vec![out]
         });
         let mut out = std::collections::HashMap::new();
         for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
-            scan::aggregate(cols, &range, filters, dim, &mut out);
+            scan::aggregate(cols, false, &range, filters, dim, &mut out);
         }
         for seg in segments {
-            scan::aggregate(&*self.inner.decoded(&seg)?, &range, filters, dim, &mut out);
+            scan::aggregate(
+                &*self.inner.decoded(&seg)?,
+                true,
+                &range,
+                filters,
+                dim,
+                &mut out,
+            );
         }
         for part in active {
             for (k, cell) in part {

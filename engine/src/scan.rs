@@ -136,9 +136,21 @@ impl<'a> Matcher<'a> {
     }
 }
 
+/// The rows that may lie in `range`: a binary-searched slice of a sorted source.
+fn candidate_rows(cols: &Columns, sorted: bool, range: &TimeRange) -> std::ops::Range<usize> {
+    if sorted {
+        let first = cols.ts.partition_point(|&t| t < range.start.get());
+        let end = cols.ts.partition_point(|&t| t < range.end.get());
+        first..end.max(first)
+    } else {
+        0..cols.len()
+    }
+}
+
 /// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by `dim`.
 pub(crate) fn aggregate(
     cols: &Columns,
+    sorted: bool,
     range: &TimeRange,
     filters: &Filters,
     dim: crate::rollup::Dimension,
@@ -150,7 +162,7 @@ pub(crate) fn aggregate(
     };
     let (start, end) = (range.start.get(), range.end.get());
     let mut status_key;
-    for i in 0..cols.len() {
+    for i in candidate_rows(cols, sorted, range) {
         if !(start..end).contains(&cols.ts[i]) || !m.matches(i) {
             continue;
         }
@@ -223,12 +235,12 @@ pub(crate) fn by_latency(
 }
 
 /// Number of rows of `cols` in `range` passing `filters`.
-pub(crate) fn count(cols: &Columns, range: &TimeRange, filters: &Filters) -> u64 {
+pub(crate) fn count(cols: &Columns, sorted: bool, range: &TimeRange, filters: &Filters) -> u64 {
     let Some(m) = Matcher::new(cols, filters) else {
         return 0;
     };
     let (start, end) = (range.start.get(), range.end.get());
-    (0..cols.len())
+    candidate_rows(cols, sorted, range)
         .filter(|&i| (start..end).contains(&cols.ts[i]) && m.matches(i))
         .count() as u64
 }

@@ -9,7 +9,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use toplog_engine::{Cursor, Engine, EngineError, Filters, TimeRange};
@@ -17,6 +17,7 @@ use toplog_types::{EventError, Micros, ValidationLimits};
 
 use crate::config::Config;
 use crate::ingest::{BodyFormat, decode_body, parse_events};
+use crate::openapi::{Body, Operation};
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -151,25 +152,176 @@ impl AppState {
     }
 }
 
+const LIST_PARAMS: [&str; 9] = [
+    "start",
+    "end",
+    "endpoint",
+    "user_id",
+    "method",
+    "status_code",
+    "request_id",
+    "limit",
+    "cursor",
+];
+const HISTORY_PARAMS: [&str; 2] = ["start_date", "end_date"];
+
+/// Every route: registered from this table and documented from it.
+pub(crate) const OPERATIONS: [Operation; 12] = [
+    Operation {
+        method: "get",
+        path: "/healthz",
+        summary: "The process is alive.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Health"),
+        errors: &[],
+    },
+    Operation {
+        method: "get",
+        path: "/readyz",
+        summary: "Recovered and accepting writes; 503 says why not.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Health"),
+        errors: &[503],
+    },
+    Operation {
+        method: "post",
+        path: "/api/v1/requests",
+        summary: "Ingest a batch of request events; answered once durable.",
+        query: &[],
+        required: &[],
+        body: Some(Body::Events),
+        ok: (200, "Ack"),
+        errors: &[400, 413, 415, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests",
+        summary: "Stored events in time order, a page at a time.",
+        query: &LIST_PARAMS,
+        required: &[],
+        body: None,
+        ok: (200, "Events"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests/count",
+        summary: "The exact number of stored events matching.",
+        query: &FILTER_PARAMS,
+        required: &[],
+        body: None,
+        ok: (200, "Count"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests/top-k",
+        summary: "The top K keys (or requests) by a metric.",
+        query: &TOP_K_PARAMS,
+        required: &["k", "metric"],
+        body: None,
+        ok: (200, "TopK"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests/timeseries",
+        summary: "Points per interval, for dashboards.",
+        query: &TIMESERIES_PARAMS,
+        required: &["metric"],
+        body: None,
+        ok: (200, "Timeseries"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests/history",
+        summary: "One row per UTC day.",
+        query: &HISTORY_PARAMS,
+        required: &["start_date", "end_date"],
+        body: None,
+        ok: (200, "History"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "post",
+        path: "/api/v1/requests/aggregate",
+        summary: "Submit a background aggregation.",
+        query: &[],
+        required: &[],
+        body: Some(Body::Aggregation),
+        ok: (202, "Submitted"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests/aggregate",
+        summary: "Every aggregation job, without results.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Jobs"),
+        errors: &[503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/requests/aggregate/{id}",
+        summary: "One aggregation job with its result.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Job"),
+        errors: &[404, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/openapi.json",
+        summary: "This document.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "OpenApi"),
+        errors: &[],
+    },
+];
+
+/// The handler of a documented operation.
+fn handler(op: &Operation) -> MethodRouter<Arc<AppState>> {
+    match (op.method, op.path) {
+        ("get", "/healthz") => get(healthz),
+        ("get", "/readyz") => get(readyz),
+        ("post", "/api/v1/requests") => post(ingest),
+        ("get", "/api/v1/requests") => get(list_requests),
+        ("get", "/api/v1/requests/count") => get(count_requests),
+        ("get", "/api/v1/requests/top-k") => get(top_k),
+        ("get", "/api/v1/requests/timeseries") => get(timeseries),
+        ("get", "/api/v1/requests/history") => get(history),
+        ("post", "/api/v1/requests/aggregate") => post(submit_aggregation),
+        ("get", "/api/v1/requests/aggregate") => get(list_aggregations),
+        ("get", "/api/v1/requests/aggregate/{id}") => get(get_aggregation),
+        ("get", "/api/v1/openapi.json") => get(openapi),
+        // A table entry without a handler answers 404; the OpenAPI test catches it.
+        _ => get(not_found),
+    }
+}
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/requests", post(ingest).get(list_requests))
-        .route("/api/v1/requests/count", get(count_requests))
-        .route("/api/v1/requests/top-k", get(top_k))
-        .route("/api/v1/requests/history", get(history))
-        .route("/api/v1/requests/timeseries", get(timeseries))
-        .route(
-            "/api/v1/requests/aggregate",
-            post(submit_aggregation).get(list_aggregations),
-        )
-        .route("/api/v1/requests/aggregate/{id}", get(get_aggregation))
+    OPERATIONS
+        .iter()
+        .fold(Router::new(), |r, op| r.route(op.path, handler(op)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document(&OPERATIONS))
 }
 
 async fn not_found() -> ApiError {
@@ -423,12 +575,7 @@ async fn list_requests(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let allowed: Vec<&str> = FILTER_PARAMS
-        .iter()
-        .copied()
-        .chain(["limit", "cursor"])
-        .collect();
-    let p = Params::new(raw, &allowed)?;
+    let p = Params::new(raw, &LIST_PARAMS)?;
     let range = p.range()?;
     let filters = p.filters()?;
     let limit = match p.string("limit") {

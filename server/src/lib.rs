@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod config;
 mod ingest;
+mod openapi;
 
 pub use cli::main;
 pub use config::Config;
