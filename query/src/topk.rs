@@ -97,11 +97,18 @@ fn cube_filter(dim: Dimension, f: &Filters) -> Option<Option<String>> {
     }
 }
 
-fn merge_into(out: &mut HashMap<String, Cell>, key: &str, cell: &Cell) {
+/// Merges `cell` into `out[key]`. Without `sketches` the merged cell drops its
+/// sketch, so count-only metrics never copy or merge bins.
+fn merge_into(out: &mut HashMap<String, Cell>, key: &str, cell: &Cell, sketches: bool) {
     match out.get_mut(key) {
         Some(c) => c.merge(cell),
-        None => {
+        None if sketches => {
             out.insert(key.to_owned(), cell.clone());
+        }
+        None => {
+            let mut c = Cell::new(false);
+            c.merge(cell);
+            out.insert(key.to_owned(), c);
         }
     }
 }
@@ -123,6 +130,7 @@ pub(crate) fn merged_cells(
         note("raw");
         return Ok(engine.aggregate_raw(range, filters, dim)?);
     };
+    let sketches = metric.quantile().is_some();
     let mut out = HashMap::new();
     for piece in plan(range) {
         match piece {
@@ -134,14 +142,14 @@ pub(crate) fn merged_cells(
                 note(granularity.name());
                 engine.visit_rollups(granularity, from, to, dim, |k, cell| {
                     if key_filter.as_deref().is_none_or(|f| f == k) {
-                        merge_into(&mut out, k, cell);
+                        merge_into(&mut out, k, cell, sketches);
                     }
                 });
             }
             Piece::Raw(r) => {
                 note("raw");
                 for (k, cell) in engine.aggregate_raw(r, filters, dim)? {
-                    merge_into(&mut out, &k, &cell);
+                    merge_into(&mut out, &k, &cell, sketches);
                 }
             }
         }
