@@ -53,15 +53,30 @@ pub enum Dimension {
     StatusCode,
     Method,
     UserId,
+    /// Endpoint within a status class; the key is the class digit, a space,
+    /// then the endpoint (`5 GET /items/{id}`), see [`Dimension::endpoint_class_key`].
+    EndpointStatusClass,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 4] = [
+    pub const ALL: [Dimension; 5] = [
         Dimension::Endpoint,
         Dimension::StatusCode,
         Dimension::Method,
         Dimension::UserId,
+        Dimension::EndpointStatusClass,
     ];
+
+    /// The key of `endpoint` in status class `class` (1 to 5) in the endpoint x class cube.
+    pub fn endpoint_class_key(class: u16, endpoint: &str) -> String {
+        format!("{class} {endpoint}")
+    }
+
+    /// Splits an endpoint x class key into (class digit, endpoint).
+    pub fn split_endpoint_class_key(key: &str) -> Option<(u8, &str)> {
+        let class = key.as_bytes().first()?.checked_sub(b'0')?;
+        Some((class, key.get(2..)?))
+    }
 
     const fn index(self) -> usize {
         match self {
@@ -69,6 +84,7 @@ impl Dimension {
             Dimension::StatusCode => 1,
             Dimension::Method => 2,
             Dimension::UserId => 3,
+            Dimension::EndpointStatusClass => 4,
         }
     }
 
@@ -84,6 +100,9 @@ impl Dimension {
             Dimension::StatusCode => e.status_code.to_string().into(),
             Dimension::Method => e.method.as_str().into(),
             Dimension::UserId => e.user_id.as_str().into(),
+            Dimension::EndpointStatusClass => {
+                Self::endpoint_class_key(e.status_code / 100, &e.endpoint).into()
+            }
         }
     }
 }
@@ -149,7 +168,7 @@ impl Cell {
 /// One bucket: a cube per dimension.
 #[derive(Debug, Default)]
 struct Bucket {
-    cubes: [HashMap<String, Cell>; 4],
+    cubes: [HashMap<String, Cell>; 5],
 }
 
 /// Every bucket of every granularity.

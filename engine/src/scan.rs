@@ -174,6 +174,11 @@ pub(crate) fn aggregate(
                 status_key = cols.status[i].to_string();
                 &status_key
             }
+            Dimension::EndpointStatusClass => {
+                status_key =
+                    Dimension::endpoint_class_key(cols.status[i] / 100, cols.endpoint.get(i));
+                &status_key
+            }
         };
         let (status, latency) = (cols.status[i], cols.latency_us[i]);
         match out.get_mut(key) {

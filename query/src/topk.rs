@@ -68,32 +68,52 @@ pub struct TopKAnswer {
     pub sources: Vec<&'static str>,
 }
 
-/// True when the cubes can answer: no filter, or only a filter on the grouped dimension.
-fn cube_filter(dim: Dimension, f: &Filters) -> Option<Option<String>> {
-    let only = |want: &Option<String>, others: [bool; 4]| {
-        if others.iter().any(|o| *o) {
-            None
-        } else {
-            Some(want.clone())
-        }
-    };
-    let set = [
-        f.endpoint.is_some(),
-        f.user_id.is_some(),
-        f.method.is_some(),
-        f.status_code.is_some(),
-    ];
-    if f.request_id.is_some() || f.status_class.is_some() {
+/// How a cube can answer a grouping under some filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CubeRead {
+    /// The grouping's own cube, keeping only `key` when the grouped dimension is filtered.
+    Direct { key: Option<String> },
+    /// Endpoints within one status class, from the endpoint x class cube.
+    EndpointInClass { class: u8, endpoint: Option<String> },
+}
+
+/// `None` when no cube applies the filters (the raw rows must be read).
+fn cube_read(dim: Dimension, f: &Filters) -> Option<CubeRead> {
+    if f.request_id.is_some() {
         return None;
     }
-    match dim {
-        Dimension::Endpoint => only(&f.endpoint, [false, set[1], set[2], set[3]]),
-        Dimension::UserId => only(&f.user_id, [set[0], false, set[2], set[3]]),
-        Dimension::Method => only(&f.method, [set[0], set[1], false, set[3]]),
-        Dimension::StatusCode => only(
-            &f.status_code.map(|s| s.to_string()),
-            [set[0], set[1], set[2], false],
-        ),
+    let others = |own: Dimension| {
+        [
+            (Dimension::Endpoint, f.endpoint.is_some()),
+            (Dimension::UserId, f.user_id.is_some()),
+            (Dimension::Method, f.method.is_some()),
+            (Dimension::StatusCode, f.status_code.is_some()),
+        ]
+        .iter()
+        .any(|(d, set)| *set && *d != own)
+    };
+    if others(dim) {
+        return None;
+    }
+    match (dim, f.status_class) {
+        (Dimension::Endpoint, Some(class)) => Some(CubeRead::EndpointInClass {
+            class,
+            endpoint: f.endpoint.clone(),
+        }),
+        (_, Some(_)) => None,
+        (Dimension::Endpoint, None) => Some(CubeRead::Direct {
+            key: f.endpoint.clone(),
+        }),
+        (Dimension::UserId, None) => Some(CubeRead::Direct {
+            key: f.user_id.clone(),
+        }),
+        (Dimension::Method, None) => Some(CubeRead::Direct {
+            key: f.method.clone(),
+        }),
+        (Dimension::StatusCode, None) => Some(CubeRead::Direct {
+            key: f.status_code.map(|s| s.to_string()),
+        }),
+        (Dimension::EndpointStatusClass, None) => Some(CubeRead::Direct { key: None }),
     }
 }
 
@@ -126,7 +146,7 @@ pub(crate) fn merged_cells(
 ) -> Result<HashMap<String, Cell>> {
     // The user cube keeps no sketch: quantiles by user are read from raw rows.
     let cubes_usable = !(dim == Dimension::UserId && metric.quantile().is_some());
-    let Some(key_filter) = cube_filter(dim, filters).filter(|_| cubes_usable) else {
+    let Some(read) = cube_read(dim, filters).filter(|_| cubes_usable) else {
         note("raw");
         return Ok(engine.aggregate_raw(range, filters, dim)?);
     };
@@ -140,11 +160,26 @@ pub(crate) fn merged_cells(
                 to,
             } => {
                 note(granularity.name());
-                engine.visit_rollups(granularity, from, to, dim, |k, cell| {
-                    if key_filter.as_deref().is_none_or(|f| f == k) {
-                        merge_into(&mut out, k, cell, sketches);
+                match &read {
+                    CubeRead::Direct { key } => {
+                        engine.visit_rollups(granularity, from, to, dim, |k, cell| {
+                            if key.as_deref().is_none_or(|f| f == k) {
+                                merge_into(&mut out, k, cell, sketches);
+                            }
+                        })
                     }
-                });
+                    CubeRead::EndpointInClass { class, endpoint } => {
+                        let cube = Dimension::EndpointStatusClass;
+                        engine.visit_rollups(granularity, from, to, cube, |k, cell| {
+                            if let Some((c, ep)) = Dimension::split_endpoint_class_key(k)
+                                && c == *class
+                                && endpoint.as_deref().is_none_or(|f| f == ep)
+                            {
+                                merge_into(&mut out, ep, cell, sketches);
+                            }
+                        })
+                    }
+                }
             }
             Piece::Raw(r) => {
                 note("raw");

@@ -70,6 +70,8 @@ fn model(events: &[Event], q: &TopK, by: Dimension) -> Vec<(String, f64, u64)> {
             || f.user_id.as_deref().is_some_and(|x| x != e.user_id)
             || f.method.as_deref().is_some_and(|x| x != e.method)
             || f.status_code.is_some_and(|x| x != e.status_code)
+            || f.status_class
+                .is_some_and(|c| e.status_code / 100 != u16::from(c))
         {
             continue;
         }
@@ -133,7 +135,17 @@ fn random_query(rng: &mut StdRng) -> (TopK, Dimension) {
         start: Micros::new(a.min(b)),
         end: Micros::new(a.max(b) + align),
     };
-    let filters = match rng.random_range(0..5) {
+    let filters = match rng.random_range(0..7) {
+        // Served by the endpoint x status class cube when grouping by endpoint.
+        5 => Filters {
+            status_class: Some(5),
+            ..Filters::default()
+        },
+        6 => Filters {
+            endpoint: Some("GET /b/{id}".into()),
+            status_class: Some(2),
+            ..Filters::default()
+        },
         0 => Filters {
             endpoint: Some("GET /a".into()),
             ..Filters::default()
