@@ -93,6 +93,16 @@ impl Dimension {
         !matches!(self, Dimension::UserId)
     }
 
+    /// The granularities this dimension's cube is kept at, coarsest first. The
+    /// user cube has no minute buckets: they were most of the rollups' memory,
+    /// and the sub-hour edges of a user query are cheap to read from raw rows.
+    pub const fn granularities(self) -> &'static [Granularity] {
+        match self {
+            Dimension::UserId => &[Granularity::Day, Granularity::Hour],
+            _ => &Granularity::ALL,
+        }
+    }
+
     /// This dimension's value in an event.
     pub fn key_of(self, e: &Event) -> std::borrow::Cow<'_, str> {
         match self {
@@ -183,6 +193,9 @@ impl Rollups {
             let start = e.timestamp.floor_to(g.len_us()).get();
             let bucket = self.levels[g.index()].entry(start).or_default();
             for d in Dimension::ALL {
+                if !d.granularities().contains(&g) {
+                    continue;
+                }
                 let key = d.key_of(e);
                 let cube = &mut bucket.cubes[d.index()];
                 match cube.get_mut(key.as_ref()) {

@@ -21,18 +21,19 @@ fn ceil_to(t: i64, len: i64) -> i64 {
     if f == t { t } else { f.saturating_add(len) }
 }
 
-/// The pieces covering `range`, disjoint and in no particular order.
-pub fn plan(range: TimeRange) -> Vec<Piece> {
+/// The pieces covering `range` with buckets of `levels` (coarsest first) and
+/// raw rows for the rest, disjoint and in no particular order.
+pub fn plan(range: TimeRange, levels: &[Granularity]) -> Vec<Piece> {
     let mut out = Vec::new();
-    cover(range.start.get(), range.end.get(), 0, &mut out);
+    cover(range.start.get(), range.end.get(), levels, &mut out);
     out
 }
 
-fn cover(start: i64, end: i64, level: usize, out: &mut Vec<Piece>) {
+fn cover(start: i64, end: i64, levels: &[Granularity], out: &mut Vec<Piece>) {
     if start >= end {
         return;
     }
-    let Some(&g) = Granularity::ALL.get(level) else {
+    let Some((&g, finer)) = levels.split_first() else {
         out.push(Piece::Raw(TimeRange {
             start: Micros::new(start),
             end: Micros::new(end),
@@ -42,15 +43,15 @@ fn cover(start: i64, end: i64, level: usize, out: &mut Vec<Piece>) {
     let len = g.len_us();
     let (a, b) = (ceil_to(start, len), end.div_euclid(len) * len);
     if a < b {
-        cover(start, a, level + 1, out);
+        cover(start, a, finer, out);
         out.push(Piece::Buckets {
             granularity: g,
             from: Micros::new(a),
             to: Micros::new(b),
         });
-        cover(b, end, level + 1, out);
+        cover(b, end, finer, out);
     } else {
-        cover(start, end, level + 1, out);
+        cover(start, end, finer, out);
     }
 }
 
@@ -70,7 +71,7 @@ mod tests {
         #[test]
         fn pieces_tile_the_range_exactly(start in 0i64..10_000_000_000_000, len in 1i64..5_000_000_000_000) {
             let range = TimeRange { start: Micros::new(start), end: Micros::new(start + len) };
-            let mut spans: Vec<(i64, i64)> = plan(range).iter().map(span).collect();
+            let mut spans: Vec<(i64, i64)> = plan(range, &Granularity::ALL).iter().map(span).collect();
             spans.sort_unstable();
             let mut at = start;
             for (a, b) in &spans {
@@ -79,9 +80,21 @@ mod tests {
                 at = *b;
             }
             prop_assert_eq!(at, start + len);
-            for p in plan(range) {
+            for p in plan(range, &Granularity::ALL) {
                 if let Piece::Raw(r) = p {
                     prop_assert!(r.end.get() - r.start.get() < 2 * 60_000_000);
+                }
+            }
+            // Without minute buckets the raw edges stay under an hour each.
+            let coarse = [Granularity::Day, Granularity::Hour];
+            let mut spans: Vec<(i64, i64)> = plan(range, &coarse).iter().map(span).collect();
+            spans.sort_unstable();
+            prop_assert_eq!(spans.first().map(|s| s.0), Some(start));
+            prop_assert_eq!(spans.last().map(|s| s.1), Some(start + len));
+            prop_assert!(spans.windows(2).all(|w| w[0].1 == w[1].0));
+            for p in plan(range, &coarse) {
+                if let Piece::Raw(r) = p {
+                    prop_assert!(r.end.get() - r.start.get() < 2 * 3_600_000_000);
                 }
             }
         }

@@ -152,7 +152,7 @@ pub(crate) fn merged_cells(
     };
     let sketches = metric.quantile().is_some();
     let mut out = HashMap::new();
-    for piece in plan(range) {
+    for piece in plan(range, dim.granularities()) {
         match piece {
             Piece::Buckets {
                 granularity,
