@@ -836,18 +836,6 @@ const AGGREGATE_FIELDS: [&str; 6] = [
     "group_by",
     "filters",
 ];
-const AGGREGATE_METRICS: [&str; 10] = [
-    "frequency",
-    "errors",
-    "error_rate",
-    "latency",
-    "latency_avg",
-    "latency_p50",
-    "latency_p90",
-    "latency_p95",
-    "latency_p99",
-    "latency_max",
-];
 
 fn field_time(body: &Value, name: &str) -> ApiResult<Micros> {
     match &body[name] {
@@ -906,10 +894,16 @@ fn parse_aggregation(body: &Value) -> ApiResult<(toplog_query::AggregationSpec, 
         Value::Array(items) if !items.is_empty() => items
             .iter()
             .map(|m| match m.as_str() {
-                Some(name) if AGGREGATE_METRICS.contains(&name) => Ok(name.to_owned()),
+                // `latency` is avg, p50, p95 and p99 together; any top-K metric works alone.
+                Some(name) if name == "latency" || toplog_query::Metric::parse(name).is_some() => {
+                    Ok(name.to_owned())
+                }
                 _ => Err(ApiError::parameter(
                     "metrics",
-                    format!("{m} is not one of {}", AGGREGATE_METRICS.join(", ")),
+                    format!(
+                        "{m} is not latency or one of {}",
+                        toplog_query::Metric::NAMES.join(", ")
+                    ),
                 )),
             })
             .collect::<ApiResult<_>>()?,

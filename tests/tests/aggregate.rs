@@ -83,7 +83,7 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
             .iter()
             .find(|r| {
                 r["group"] == endpoint.as_str()
-                    && r["start"].as_str().unwrap() == rfc3339(start + slot * 300_000)
+                    && r["start"].as_str().unwrap() == toplog_tests::utc(start + slot * 300_000).1
             })
             .unwrap_or_else(|| panic!("no row for {slot} {endpoint}: {job}"));
         assert_eq!(row["frequency"].as_u64(), Some(*n));
@@ -118,28 +118,6 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
     );
     // The finished job and its result survived kill -9.
     assert_eq!(wait_done(&server, &id)["result"], job["result"]);
-}
-
-/// RFC 3339 with microseconds, as the API writes it.
-fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        ms.rem_euclid(1000) * 1000
-    )
 }
 
 #[test]

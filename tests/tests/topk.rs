@@ -14,20 +14,6 @@ fn get(server: &Server, path: &str) -> (u16, Value) {
     (status, resp.json().unwrap_or(Value::Null))
 }
 
-/// Today's UTC date as YYYY-MM-DD, from the civil-from-days algorithm.
-fn chrono_free_today() -> String {
-    let z = now_ms().div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 #[test]
 fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,7 +96,7 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         "/api/v1/requests/top-k?k=1&metric=latency_max&by=request",
     );
     assert_eq!(body["data"][0]["metric_value"], 49.5);
-    let today = chrono_free_today();
+    let today = toplog_tests::utc(now_ms()).0;
     let (s, body) = get(
         &server,
         &format!("/api/v1/requests/history?start_date={today}&end_date={today}"),
