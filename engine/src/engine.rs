@@ -24,6 +24,7 @@ use crate::segment::{self, SegmentMeta};
 const WAL_DIR: &str = "wal";
 const SEGMENT_DIR: &str = "segments";
 const KEY_DIR: &str = "idempotency";
+const ROLLUP_DIR: &str = "rollups";
 /// Decoded segments kept for repeated reads (paging walks the same segments).
 const DECODED_CACHE: usize = 8;
 
@@ -302,6 +303,20 @@ impl Inner {
             });
             created.push((id, path, meta));
         }
+        // The cells of exactly the rows this flush writes: with the files of earlier
+        // flushes and the log past `flushed_lsn`, they rebuild every rollup.
+        let mut cells = Rollups::default();
+        for (_, cols) in parts {
+            for i in 0..cols.len() {
+                cells.add(&cols.event(i));
+            }
+        }
+        let rollup_dir = self.dir(ROLLUP_DIR);
+        if !cells.is_empty() {
+            let file = format!("{:020}.cube", upto.get());
+            manifest::write_durable(&self.fs, &rollup_dir.join(&file), &cells.to_file())?;
+            next.rollup_files.push(file);
+        }
         if !new_keys.is_empty() {
             let file = format!("{:020}.keys", upto.get());
             let path = key_dir.join(&file);
@@ -320,6 +335,9 @@ impl Inner {
         self.fs
             .sync_dir(&seg_dir)
             .map_err(io_err("fsync directory", &seg_dir))?;
+        self.fs
+            .sync_dir(&rollup_dir)
+            .map_err(io_err("fsync directory", &rollup_dir))?;
         self.fs
             .sync_dir(&key_dir)
             .map_err(io_err("fsync directory", &key_dir))?;
@@ -380,7 +398,7 @@ impl Engine {
     /// manifest's `flushed_lsn`.
     pub fn open_with(fs: Arc<dyn Fs>, config: EngineConfig) -> Result<Self> {
         let root = config.data_dir.clone();
-        for sub in [WAL_DIR, SEGMENT_DIR, KEY_DIR] {
+        for sub in [WAL_DIR, SEGMENT_DIR, KEY_DIR, ROLLUP_DIR] {
             let dir = root.join(sub);
             fs.create_dir_all(&dir)
                 .map_err(io_err("create directory", &dir))?;
@@ -392,7 +410,7 @@ impl Engine {
             None => {
                 // A store without a manifest must be empty: otherwise the manifest was lost
                 // and "removing orphans" would delete the data it listed.
-                for sub in [SEGMENT_DIR, KEY_DIR] {
+                for sub in [SEGMENT_DIR, KEY_DIR, ROLLUP_DIR] {
                     let dir = root.join(sub);
                     if !fs.list(&dir).map_err(io_err("list", &dir))?.is_empty() {
                         return Err(EngineError::Corrupt {
@@ -416,6 +434,9 @@ impl Engine {
         let key_dir = root.join(KEY_DIR);
         let names: Vec<&str> = manifest.key_files.iter().map(|k| k.file.as_str()).collect();
         manifest::remove_orphans(&fs, &key_dir, &names)?;
+        let rollup_dir = root.join(ROLLUP_DIR);
+        let names: Vec<&str> = manifest.rollup_files.iter().map(String::as_str).collect();
+        manifest::remove_orphans(&fs, &rollup_dir, &names)?;
 
         let mut state = State {
             applied_lsn: manifest.flushed_lsn,
@@ -433,17 +454,22 @@ impl Engine {
             if meta != entry.meta || bytes.len() as u64 != entry.bytes {
                 return Err(corrupt("footer or size disagrees with the manifest".into()));
             }
-            // Rollups are derived from the stored rows, so they come back identical.
-            let (_, cols) = segment::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
-            for i in 0..cols.len() {
-                state.rollups.add(&cols.event(i));
-            }
             state.segments.push(Arc::new(Segment {
                 id: entry.id,
                 path,
                 meta,
                 bytes,
             }));
+        }
+        // Rollups of flushed rows come from their files; replay adds the rest.
+        for file in &manifest.rollup_files {
+            let path = rollup_dir.join(file);
+            let buf = fs.read(&path).map_err(io_err("read", &path))?;
+            let cells = Rollups::from_file(&buf).map_err(|e| EngineError::Corrupt {
+                path: path.clone(),
+                reason: e.0,
+            })?;
+            state.rollups.merge(cells);
         }
         // Every listed key is loaded, however old: replay judges a key's age against the
         // replayed batch's own receive time, so the outcome cannot depend on when we restart.

@@ -29,6 +29,9 @@ pub(crate) struct Manifest {
     pub(crate) last_segment_id: SegmentId,
     pub(crate) segments: Vec<SegmentEntry>,
     pub(crate) key_files: Vec<KeyFileEntry>,
+    /// Rollup files, one per flush: the cells of the rows that flush wrote.
+    #[serde(default)]
+    pub(crate) rollup_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use toplog_types::{Event, Micros};
 
+use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
 use crate::sketch::LatencySketch;
 
 /// A bucket length maintained by the cubes.
@@ -175,6 +176,8 @@ impl Cell {
     }
 }
 
+const FILE_MAGIC: &[u8; 8] = b"TPLGCUB\0";
+
 /// One bucket: a cube per dimension.
 #[derive(Debug, Default)]
 struct Bucket {
@@ -210,6 +213,190 @@ impl Rollups {
         }
     }
 
+    /// Adds every cell of `other` to `self`.
+    pub(crate) fn merge(&mut self, other: Rollups) {
+        for (level, theirs) in self.levels.iter_mut().zip(other.levels) {
+            for (start, bucket) in theirs {
+                let mine = level.entry(start).or_default();
+                for (cube, cells) in mine.cubes.iter_mut().zip(bucket.cubes) {
+                    for (k, cell) in cells {
+                        match cube.get_mut(&k) {
+                            Some(c) => c.merge(&cell),
+                            None => {
+                                cube.insert(k, cell);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.levels.iter().all(BTreeMap::is_empty)
+    }
+
+    /// The cells as bytes (see docs/format.md, "Rollup file"); keys sorted so the
+    /// same rollups always encode the same way.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
+        put_varint(&mut out, buckets as u64);
+        for (g, level) in [Granularity::Minute, Granularity::Hour, Granularity::Day]
+            .iter()
+            .zip(&self.levels)
+        {
+            for (start, bucket) in level {
+                out.push(g.index() as u8);
+                out.extend_from_slice(&start.to_le_bytes());
+                for cube in &bucket.cubes {
+                    let mut keys: Vec<&String> = cube.keys().collect();
+                    keys.sort();
+                    put_varint(&mut out, keys.len() as u64);
+                    for k in keys {
+                        let c = &cube[k];
+                        put_bytes(&mut out, k.as_bytes());
+                        put_varint(&mut out, c.count);
+                        for n in c.by_class {
+                            put_varint(&mut out, n);
+                        }
+                        out.extend_from_slice(&c.latency_sum_us.to_le_bytes());
+                        put_varint(&mut out, c.latency_min_us);
+                        put_varint(&mut out, c.latency_max_us);
+                        match &c.sketch {
+                            None => out.push(0),
+                            Some(s) => {
+                                out.push(1);
+                                let (zeros, bins) = s.parts();
+                                put_varint(&mut out, zeros);
+                                put_varint(&mut out, bins.len() as u64);
+                                for (key, n) in bins {
+                                    put_varint(&mut out, zigzag(i64::from(*key)));
+                                    put_varint(&mut out, *n);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        let bad = |m: &str| CodecError(m.to_owned());
+        let mut r = Reader::new(buf);
+        let mut out = Rollups::default();
+        let buckets = r.len(buf.len())?;
+        for _ in 0..buckets {
+            let level = usize::from(r.u8()?);
+            if level > 2 {
+                return Err(bad("unknown granularity"));
+            }
+            let start = r.i64()?;
+            let mut bucket = Bucket::default();
+            for cube in &mut bucket.cubes {
+                let n = r.len(buf.len())?;
+                for _ in 0..n {
+                    let key = r.string()?;
+                    let count = r.varint()?;
+                    let mut by_class = [0u64; 5];
+                    for c in &mut by_class {
+                        *c = r.varint()?;
+                    }
+                    let lo = r.u64()?;
+                    let hi = r.u64()?;
+                    let latency_sum_us = u128::from(lo) | (u128::from(hi) << 64);
+                    let latency_min_us = r.varint()?;
+                    let latency_max_us = r.varint()?;
+                    let sketch = match r.u8()? {
+                        0 => None,
+                        1 => {
+                            let zeros = r.varint()?;
+                            let nbins = r.len(buf.len())?;
+                            let mut bins = Vec::with_capacity(nbins);
+                            for _ in 0..nbins {
+                                let key = i32::try_from(unzigzag(r.varint()?))
+                                    .map_err(|_| bad("sketch bin out of range"))?;
+                                bins.push((key, r.varint()?));
+                            }
+                            Some(
+                                LatencySketch::from_parts(zeros, bins)
+                                    .ok_or_else(|| bad("sketch bins out of order"))?,
+                            )
+                        }
+                        _ => return Err(bad("bad sketch flag")),
+                    };
+                    let cell = Cell {
+                        count,
+                        by_class,
+                        latency_sum_us,
+                        latency_min_us,
+                        latency_max_us,
+                        sketch,
+                    };
+                    if by_class.iter().sum::<u64>() != count {
+                        return Err(bad("class counts disagree with the count"));
+                    }
+                    cube.insert(key, cell);
+                }
+            }
+            if out.levels[level].insert(start, bucket).is_some() {
+                return Err(bad("bucket listed twice"));
+            }
+        }
+        if !r.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(out)
+    }
+
+    /// A rollup file: header, then the encoded cells as one zstd block.
+    ///
+    /// | part | bytes |
+    /// |---|---|
+    /// | header | magic `TPLGCUB\0` (8), version u32 = 1, reserved u32 = 0, raw_len u64, comp_len u64, crc32c u32 of the block |
+    /// | block | zstd of [`Rollups::encode`] |
+    pub(crate) fn to_file(&self) -> Vec<u8> {
+        let raw = self.encode();
+        let comp = zstd::bulk::compress(&raw, 3).unwrap_or_default();
+        let mut out = Vec::with_capacity(36 + comp.len());
+        out.extend_from_slice(FILE_MAGIC);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(comp.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&comp).to_le_bytes());
+        out.extend_from_slice(&comp);
+        out
+    }
+
+    pub(crate) fn from_file(buf: &[u8]) -> Result<Self, CodecError> {
+        let bad = |m: &str| CodecError(m.to_owned());
+        if buf.len() < 36 || &buf[..8] != FILE_MAGIC {
+            return Err(bad("not a rollup file (bad magic)"));
+        }
+        let mut r = Reader::new(&buf[8..36]);
+        if r.u32()? != 1 || r.u32()? != 0 {
+            return Err(bad("unsupported rollup file version"));
+        }
+        let raw_len = usize::try_from(r.u64()?).map_err(|_| bad("raw length too large"))?;
+        let comp_len = r.u64()?;
+        let crc = r.u32()?;
+        let comp = &buf[36..];
+        if comp.len() as u64 != comp_len || crc32c::crc32c(comp) != crc {
+            return Err(bad("checksum or length mismatch"));
+        }
+        if raw_len > 1 << 32 {
+            return Err(bad("raw length too large"));
+        }
+        let raw = zstd::bulk::decompress(comp, raw_len).map_err(|e| CodecError(e.to_string()))?;
+        if raw.len() != raw_len {
+            return Err(bad("wrong decompressed length"));
+        }
+        Self::decode(&raw)
+    }
+
     /// Calls `f` with every cell of `dim` in buckets of `g` starting in `[from, to)`.
     pub(crate) fn visit(
         &self,
@@ -233,6 +420,45 @@ impl Rollups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_round_trips_and_merge_equals_adding() {
+        // Small on purpose: every truncation and every byte flip is decoded.
+        let events: Vec<Event> = (0..24u64)
+            .map(|i| Event {
+                request_id: format!("r{i}"),
+                timestamp: Micros::new(1_767_225_600_000_000 + i as i64 * 7_000_000_000),
+                user_id: format!("u{}", i % 7),
+                endpoint: format!("GET /e{}", i % 5),
+                method: "GET".into(),
+                status_code: [200, 404, 503][(i % 3) as usize],
+                latency_us: i * 997 % 100_000,
+            })
+            .collect();
+        let (mut all, mut a, mut b) = (Rollups::default(), Rollups::default(), Rollups::default());
+        for (i, e) in events.iter().enumerate() {
+            all.add(e);
+            if i % 2 == 0 { a.add(e) } else { b.add(e) }
+        }
+        let img = all.encode();
+        let back = Rollups::decode(&img).map(|r| r.encode());
+        assert_eq!(back.as_deref(), Ok(img.as_slice()));
+        a.merge(b);
+        assert_eq!(a.encode(), img);
+        for len in 0..img.len() {
+            assert!(Rollups::decode(&img[..len]).is_err(), "truncated to {len}");
+        }
+        let file = all.to_file();
+        assert_eq!(
+            Rollups::from_file(&file).map(|r| r.encode()).as_deref(),
+            Ok(img.as_slice())
+        );
+        for at in 0..file.len() {
+            let mut bad = file.clone();
+            bad[at] ^= 0x21;
+            assert!(Rollups::from_file(&bad).is_err(), "flip at {at}");
+        }
+    }
 
     #[test]
     fn merge_equals_adding_everything() {

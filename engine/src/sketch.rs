@@ -98,14 +98,16 @@ impl LatencySketch {
         None
     }
 
-    /// Approximate heap bytes, for memory accounting.
-    pub fn heap_bytes(&self) -> usize {
-        self.bins.capacity() * 16
+    /// (zeros, bins) for serialisation.
+    pub(crate) fn parts(&self) -> (u64, &[(i32, u64)]) {
+        (self.zeros, &self.bins)
     }
 
-    /// (zeros, bins) for serialisation.
-    pub fn parts(&self) -> (u64, &[(i32, u64)]) {
-        (self.zeros, &self.bins)
+    /// Rebuilds a sketch from `parts`; `None` unless the bins are strictly sorted.
+    pub(crate) fn from_parts(zeros: u64, bins: Vec<(i32, u64)>) -> Option<Self> {
+        bins.windows(2)
+            .all(|w| w[0].0 < w[1].0)
+            .then_some(Self { zeros, bins })
     }
 }
 
