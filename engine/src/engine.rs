@@ -422,7 +422,11 @@ impl Engine {
                         });
                     }
                 }
-                Manifest::default()
+                // A new store gets its (empty) manifest at once, so that later a missing
+                // manifest always means a lost one, never a first flush cut short.
+                let fresh = Manifest::default();
+                fresh.store(&fs, &root)?;
+                fresh
             }
         };
 

@@ -412,3 +412,39 @@ fn a_lost_manifest_refuses_to_open_instead_of_deleting_segments() {
         "segments must survive"
     );
 }
+
+#[test]
+fn a_crash_at_any_step_of_the_first_flush_recovers_everything() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // Fail the n-th sync of the flush (segment, rollup and key files, directories,
+    // manifest), then lose power: the store must open with every acknowledged event.
+    for n in 0..12u64 {
+        let fs = SimFs::new(100 + n);
+        let mut rng = StdRng::seed_from_u64(n);
+        let engine = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
+        let batch: Vec<Event> = (0..7)
+            .map(|i| event(&mut rng, format!("ff{n}-{i}"), 1_700_000_000_000_000))
+            .collect();
+        rt.block_on(engine.ingest(batch.clone(), Some(format!("key-{n}"))))
+            .unwrap();
+        fs.fail_syncs_after(n);
+        let _ = engine.flush();
+        let crashed = fs.crashed_copy();
+        crashed.heal();
+        drop(engine);
+        let recovered = Engine::open_with(Arc::new(crashed), config()).unwrap_or_else(|e| {
+            panic!("sync {n} failed, then power loss: store does not open: {e}")
+        });
+        assert_eq!(
+            recovered.count(everything(), &Filters::default()).unwrap(),
+            7,
+            "sync {n}"
+        );
+        let again = rt
+            .block_on(recovered.ingest(batch, Some(format!("key-{n}"))))
+            .unwrap();
+        assert!(again.replayed, "sync {n}: the key must survive");
+    }
+}

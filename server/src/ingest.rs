@@ -162,10 +162,13 @@ mod tests {
         }
     }
 
+    /// A valid row; its timestamp is one fixed minute ago, so rows built at
+    /// different moments of a test are equal.
     fn row(id: &str) -> String {
+        static AT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        let ms = AT.get_or_init(|| Micros::now().get() / 1000 - 60_000);
         format!(
-            r#"{{"request_id":"{id}","timestamp":{},"endpoint":"GET /a","status_code":200,"latency_ms":1.5}}"#,
-            Micros::now().get() / 1000
+            r#"{{"request_id":"{id}","timestamp":{ms},"endpoint":"GET /a","status_code":200,"latency_ms":1.5}}"#
         )
     }
 
