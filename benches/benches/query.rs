@@ -2,15 +2,13 @@
 //! events held in the engine (rollups in memory, raw rows in segments).
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use toplog_benches::events_over;
-use toplog_engine::{Cell, Dimension, Engine, EngineConfig, Filters, TimeRange};
-use toplog_query::{Grouping, Metric, Order, TopK, top_k};
+use toplog_benches::{events_over, loaded_engine, top10};
+use toplog_engine::{Cell, Dimension, TimeRange};
+use toplog_query::{Metric, top_k};
 use toplog_types::Micros;
-use toplog_wal::{FsyncPolicy, RealFs};
 
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -46,33 +44,9 @@ fn cells(c: &mut Criterion) {
     g.finish();
 }
 
-fn loaded_engine(dir: &std::path::Path) -> Engine {
-    let mut config = EngineConfig::new(dir);
-    config.fsync = FsyncPolicy::Never;
-    config.memtable_max_bytes = 64 << 20;
-    let engine = match Engine::open_with(Arc::new(RealFs), config) {
-        Ok(e) => e,
-        Err(e) => panic!("open: {e}"),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().build() {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    };
-    let evs = events_over(EVENTS, 11, Micros::new(T0), DAY);
-    for chunk in evs.chunks(10_000) {
-        if let Err(e) = rt.block_on(engine.ingest(chunk.to_vec(), None)) {
-            panic!("ingest: {e}");
-        }
-    }
-    if let Err(e) = engine.flush() {
-        panic!("flush: {e}");
-    }
-    engine
-}
-
 fn queries(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let engine = loaded_engine(dir.path());
+    let engine = loaded_engine(dir.path(), EVENTS, 11, Micros::new(T0), DAY);
     let day = TimeRange {
         start: Micros::new(T0),
         end: Micros::new(T0 + DAY),
@@ -86,15 +60,7 @@ fn queries(c: &mut Criterion) {
         start: Micros::new(T0 + 5 * HOUR),
         end: Micros::new(T0 + 6 * HOUR),
     };
-    let q = |metric, by, range, min_count| TopK {
-        k: 10,
-        metric,
-        by: Grouping::By(by),
-        range,
-        filters: Filters::default(),
-        min_count,
-        order: Order::Desc,
-    };
+    let q = top10;
     let cases = [
         (
             "top10_endpoints_frequency_1h",

@@ -5,15 +5,13 @@
 //! overrides the event count.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use toplog_benches::events_over;
-use toplog_engine::{Dimension, Engine, EngineConfig, Filters, TimeRange};
-use toplog_query::{Grouping, Metric, Order, TopK, history, top_k};
+use toplog_benches::{loaded_engine, top10};
+use toplog_engine::{Dimension, TimeRange};
+use toplog_query::{Metric, history, top_k};
 use toplog_types::Micros;
-use toplog_wal::{FsyncPolicy, RealFs};
 
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -42,31 +40,8 @@ fn bench(c: &mut Criterion) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let mut config = EngineConfig::new(dir.path());
-    config.fsync = FsyncPolicy::Never;
-    let engine =
-        Engine::open_with(Arc::new(RealFs), config).unwrap_or_else(|e| panic!("open: {e}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
     let started = Instant::now();
-    // Generated a million at a time to keep the generator's own memory small.
-    let chunk = 1_000_000;
-    for part in 0..n.div_ceil(chunk) {
-        let count = chunk.min(n - part * chunk);
-        let span = 30 * DAY / n.div_ceil(chunk) as i64;
-        let evs = events_over(
-            count,
-            100 + part as u64,
-            Micros::new(T0 + part as i64 * span),
-            span,
-        );
-        for batch in evs.chunks(10_000) {
-            rt.block_on(engine.ingest(batch.to_vec(), None))
-                .unwrap_or_else(|e| panic!("ingest: {e}"));
-        }
-    }
-    engine.flush().unwrap_or_else(|e| panic!("flush: {e}"));
+    let engine = loaded_engine(dir.path(), n, 100, Micros::new(T0), 30 * DAY);
     let stats = engine.stats();
     println!(
         "loaded {n} events over 30 days in {:.1} s ({:.0} events/s with rollups, fsync never); {} segments, {:.1} bytes/event on disk; RSS {:.0} MiB",
@@ -81,15 +56,7 @@ fn bench(c: &mut Criterion) {
         start: Micros::new(end - len),
         end: Micros::new(end),
     };
-    let q = |metric, by, len, min_count| TopK {
-        k: 10,
-        metric,
-        by: Grouping::By(by),
-        range: range(len),
-        filters: Filters::default(),
-        min_count,
-        order: Order::Desc,
-    };
+    let q = |metric, by, len, min_count| top10(metric, by, range(len), min_count);
     let cases = [
         (
             "top10_endpoints_frequency_1h",

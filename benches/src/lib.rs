@@ -1,6 +1,12 @@
 //! Shared helpers for toplog's benchmarks: deterministic, realistic-looking events.
 
+use std::path::Path;
+use std::sync::Arc;
+
+use toplog_engine::{Dimension, Engine, EngineConfig, Filters, TimeRange};
+use toplog_query::{Grouping, Metric, Order, TopK};
 use toplog_types::{Event, Micros};
+use toplog_wal::{FsyncPolicy, RealFs};
 
 /// A small deterministic generator (SplitMix64) so benches need no RNG crate.
 #[derive(Debug, Clone)]
@@ -76,4 +82,43 @@ pub fn events_over(n: usize, seed: u64, start: Micros, span_us: i64) -> Vec<Even
             }
         })
         .collect()
+}
+
+/// An engine in `dir` (`fsync = "never"`) holding `n` generated events spread
+/// over `span_us` from `start`, ingested in batches of 10,000 and flushed.
+/// Events are generated a million at a time to keep the generator's memory small.
+pub fn loaded_engine(dir: &Path, n: usize, seed: u64, start: Micros, span_us: i64) -> Engine {
+    let mut config = EngineConfig::new(dir);
+    config.fsync = FsyncPolicy::Never;
+    let engine =
+        Engine::open_with(Arc::new(RealFs), config).unwrap_or_else(|e| panic!("open: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let chunk = 1_000_000;
+    let parts = n.div_ceil(chunk).max(1);
+    let part_span = span_us / parts as i64;
+    for part in 0..parts {
+        let count = chunk.min(n - part * chunk);
+        let from = Micros::new(start.get() + part as i64 * part_span);
+        for batch in events_over(count, seed + part as u64, from, part_span).chunks(10_000) {
+            rt.block_on(engine.ingest(batch.to_vec(), None))
+                .unwrap_or_else(|e| panic!("ingest: {e}"));
+        }
+    }
+    engine.flush().unwrap_or_else(|e| panic!("flush: {e}"));
+    engine
+}
+
+/// Top 10 of `by` by `metric` over `range`, best first.
+pub fn top10(metric: Metric, by: Dimension, range: TimeRange, min_count: u64) -> TopK {
+    TopK {
+        k: 10,
+        metric,
+        by: Grouping::By(by),
+        range,
+        filters: Filters::default(),
+        min_count,
+        order: Order::Desc,
+    }
 }
