@@ -17,7 +17,7 @@ use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
 use crate::idempotency::{self, KeyIndex, KeyRecord};
 use crate::manifest::{self, KeyFileEntry, Manifest, SegmentEntry};
-use crate::rollup::{Cell, Dimension, Granularity, Rollups};
+use crate::rollup::{Cell, Cube, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, TimeRange};
 use crate::segment::{self, SegmentMeta};
 
@@ -41,7 +41,13 @@ pub struct EngineConfig {
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
     pub wal_segment_bytes: u64,
+    /// Most keys one cube bucket keeps a cell for; past it the bucket keeps a
+    /// heavy-hitter summary (see docs/rollups.md).
+    pub rollup_key_budget: usize,
 }
+
+/// The default [`EngineConfig::rollup_key_budget`].
+pub const DEFAULT_ROLLUP_KEY_BUDGET: usize = 50_000;
 
 impl EngineConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -53,6 +59,7 @@ impl EngineConfig {
             memtable_max_age: Duration::from_secs(300),
             idempotency_window: Duration::from_secs(86_400),
             wal_segment_bytes: 64 << 20,
+            rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
         }
     }
 
@@ -109,8 +116,13 @@ struct State {
     segments: Vec<Arc<Segment>>,
     applied_lsn: Lsn,
     keys: KeyIndex,
-    /// Cubes over every stored event, updated as batches are applied.
+    /// Cubes over the flushed rows: the merge, in flush order, of the rollups of
+    /// every flush (exactly what start-up rebuilds from the rollup files).
     rollups: Rollups,
+    /// Cubes over the rows of the memtables being flushed.
+    frozen_rollups: Vec<Arc<Rollups>>,
+    /// Cubes over the rows of the open memtables, updated as batches are applied.
+    active_rollups: Rollups,
 }
 
 #[derive(Debug)]
@@ -188,7 +200,7 @@ impl Inner {
             for e in &batch.events {
                 let part = e.timestamp.floor_to(plen).get();
                 added += st.active.entry(part).or_default().push(e);
-                st.rollups.add(e);
+                st.active_rollups.add(e);
             }
             st.active_bytes += added;
             if !batch.events.is_empty() && st.oldest_unflushed.is_none() {
@@ -231,18 +243,21 @@ impl Inner {
         // Checked under the manifest lock: a flush that failed before this one left its
         // rows frozen and out of any segment, so no later flush may move `flushed_lsn`.
         self.check_writable()?;
-        let (frozen, upto, new_keys) = {
+        let (frozen, cells, upto, new_keys) = {
             let mut st = self.write();
             if st.active.is_empty() && st.applied_lsn == manifest.flushed_lsn {
                 return Ok(());
             }
             let parts: Frozen = Arc::new(std::mem::take(&mut st.active).into_iter().collect());
+            let fresh = Rollups::new(self.config.rollup_key_budget);
+            let cells = Arc::new(std::mem::replace(&mut st.active_rollups, fresh));
             st.active_bytes = 0;
             st.oldest_unflushed = None;
             st.frozen.push(parts.clone());
-            (parts, st.applied_lsn, st.keys.take_unflushed())
+            st.frozen_rollups.push(cells.clone());
+            (parts, cells, st.applied_lsn, st.keys.take_unflushed())
         };
-        let result = self.write_flush(&mut manifest, &frozen, upto, &new_keys);
+        let result = self.write_flush(&mut manifest, &frozen, &cells, upto, &new_keys);
         let new_segments = match result {
             Ok(segs) => segs,
             Err(e) => {
@@ -256,6 +271,10 @@ impl Inner {
             // frozen memtables, never both or neither.
             st.segments.extend(new_segments);
             st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+            st.frozen_rollups.retain(|r| !Arc::ptr_eq(r, &cells));
+            // The same merge, in the same order, as start-up's over the rollup files.
+            st.rollups
+                .merge(Arc::try_unwrap(cells).unwrap_or_else(|shared| (*shared).clone()));
             st.flushed_lsn = upto;
             let cutoff =
                 Micros::now().saturating_sub_micros(window_us(self.config.idempotency_window));
@@ -270,6 +289,7 @@ impl Inner {
         &self,
         manifest: &mut Manifest,
         parts: &[(i64, Columns)],
+        cells: &Rollups,
         upto: Lsn,
         new_keys: &[(String, KeyRecord)],
     ) -> Result<Vec<Arc<Segment>>> {
@@ -303,14 +323,9 @@ impl Inner {
             });
             created.push((id, path, meta));
         }
-        // The cells of exactly the rows this flush writes: with the files of earlier
-        // flushes and the log past `flushed_lsn`, they rebuild every rollup.
-        let mut cells = Rollups::default();
-        for (_, cols) in parts {
-            for i in 0..cols.len() {
-                cells.add(&cols.event(i));
-            }
-        }
+        // The cells of exactly the rows this flush writes, built as they were applied:
+        // with the files of earlier flushes and the log past `flushed_lsn`, they
+        // rebuild every rollup.
         let rollup_dir = self.dir(ROLLUP_DIR);
         if !cells.is_empty() {
             let file = format!("{:020}.cube", upto.get());
@@ -442,9 +457,12 @@ impl Engine {
         let names: Vec<&str> = manifest.rollup_files.iter().map(String::as_str).collect();
         manifest::remove_orphans(&fs, &rollup_dir, &names)?;
 
+        let budget = config.rollup_key_budget;
         let mut state = State {
             applied_lsn: manifest.flushed_lsn,
             flushed_lsn: manifest.flushed_lsn,
+            rollups: Rollups::new(budget),
+            active_rollups: Rollups::new(budget),
             ..State::default()
         };
         for entry in &manifest.segments {
@@ -469,7 +487,7 @@ impl Engine {
         for file in &manifest.rollup_files {
             let path = rollup_dir.join(file);
             let buf = fs.read(&path).map_err(io_err("read", &path))?;
-            let cells = Rollups::from_file(&buf).map_err(|e| EngineError::Corrupt {
+            let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
                 path: path.clone(),
                 reason: e.0,
             })?;
@@ -696,16 +714,23 @@ impl Engine {
         (segs, st.frozen.clone(), active)
     }
 
-    /// Calls `f` with every rollup cell of `dim` in the buckets of `g` that start in `[from, to)`.
+    /// Calls `f` with the cube of `dim` of every bucket of `g` that starts in
+    /// `[from, to)`. A bucket may come as several cubes (flushed rows, rows being
+    /// flushed, open memtables): their cells add up.
     pub fn visit_rollups(
         &self,
         g: Granularity,
         from: Micros,
         to: Micros,
         dim: Dimension,
-        f: impl FnMut(&str, &Cell),
+        mut f: impl FnMut(&Cube),
     ) {
-        self.inner.read().rollups.visit(g, from, to, dim, f);
+        let st = self.inner.read();
+        st.rollups.visit(g, from, to, dim, &mut f);
+        for r in &st.frozen_rollups {
+            r.visit(g, from, to, dim, &mut f);
+        }
+        st.active_rollups.visit(g, from, to, dim, &mut f);
     }
 
     /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the cubes would.

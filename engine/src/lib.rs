@@ -14,9 +14,9 @@ mod scan;
 mod segment;
 mod sketch;
 
-pub use engine::{Engine, EngineConfig, IngestReceipt, StorageStats};
+pub use engine::{DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt, StorageStats};
 pub use error::{EngineError, Result};
-pub use rollup::{Cell, Dimension, Granularity};
+pub use rollup::{Cell, Cube, Dimension, Granularity, Overflow, Rollups};
 pub use scan::{Cursor, Filters, Page, TimeRange};
 pub use segment::{SegmentError, SegmentMeta, decode_segment_events, encode_segment_events};
 pub use sketch::{LatencySketch, SKETCH_RELATIVE_ERROR};

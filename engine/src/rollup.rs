@@ -128,6 +128,10 @@ pub struct Cell {
     pub latency_min_us: u64,
     pub latency_max_us: u64,
     pub sketch: Option<LatencySketch>,
+    /// At most this many requests of this key are not in the cell: they came
+    /// before its cube bucket admitted the key and were counted under keys the
+    /// bucket has since evicted (see [`Overflow`]). 0 in a bucket that never overflowed.
+    pub missed: u64,
 }
 
 impl Cell {
@@ -139,6 +143,7 @@ impl Cell {
             latency_min_us: u64::MAX,
             latency_max_us: 0,
             sketch: with_sketch.then(LatencySketch::default),
+            missed: 0,
         }
     }
 
@@ -162,6 +167,7 @@ impl Cell {
         self.latency_sum_us += other.latency_sum_us;
         self.latency_min_us = self.latency_min_us.min(other.latency_min_us);
         self.latency_max_us = self.latency_max_us.max(other.latency_max_us);
+        self.missed += other.missed;
         match (&mut self.sketch, &other.sketch) {
             (Some(a), Some(b)) => a.merge(b),
             // A cell without a sketch poisons quantiles for the merge: they cannot be answered.
@@ -177,21 +183,161 @@ impl Cell {
 }
 
 const FILE_MAGIC: &[u8; 8] = b"TPLGCUB\0";
+const FILE_VERSION: u32 = 2;
 
-/// One bucket: a cube per dimension.
-#[derive(Debug, Default)]
-struct Bucket {
-    cubes: [HashMap<String, Cell>; 5],
+/// What a cube bucket keeps of the keys it evicted once it held more keys
+/// than its budget (a Space-Saving summary, evicting in batches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overflow {
+    /// No key absent from the bucket has more than this many requests in it.
+    pub floor: u64,
+    /// The requests of every evicted key, aggregated: bucket totals stay exact,
+    /// and the latencies a cell missed lie within this cell's min and max.
+    pub evicted: Cell,
 }
 
-/// Every bucket of every granularity.
-#[derive(Debug, Default)]
-pub(crate) struct Rollups {
+/// One dimension's cells in one bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Cube {
+    cells: HashMap<String, Cell>,
+    /// Set once the bucket has had more keys than its budget.
+    overflow: Option<Overflow>,
+}
+
+impl Cube {
+    /// The cells, one per key, in no particular order.
+    pub fn cells(&self) -> impl Iterator<Item = (&str, &Cell)> {
+        self.cells.iter().map(|(k, c)| (k.as_str(), c))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Cell> {
+        self.cells.get(key)
+    }
+
+    /// `None` while every key of the bucket has its own exact cell.
+    pub fn overflow(&self) -> Option<&Overflow> {
+        self.overflow.as_ref()
+    }
+
+    fn floor(&self) -> u64 {
+        self.overflow.as_ref().map_or(0, |o| o.floor)
+    }
+
+    /// The cell of `key`, created (with what it may have missed) if absent.
+    fn add(
+        &mut self,
+        key: std::borrow::Cow<'_, str>,
+        sketch: bool,
+        status: u16,
+        latency_us: u64,
+        budget: usize,
+    ) {
+        if let Some(cell) = self.cells.get_mut(key.as_ref()) {
+            cell.add(status, latency_us);
+            return;
+        }
+        let mut cell = Cell::new(sketch);
+        cell.missed = self.floor();
+        cell.add(status, latency_us);
+        self.cells.insert(key.into_owned(), cell);
+        self.enforce_budget(budget, sketch);
+    }
+
+    /// Adds `other`'s cells. A key present on one side only may have up to the
+    /// other side's floor of requests there, so its `missed` grows by that floor.
+    fn merge(&mut self, other: Cube, budget: usize, sketch: bool) {
+        let (mine, theirs) = (self.floor(), other.floor());
+        if theirs > 0 {
+            for (k, c) in &mut self.cells {
+                if !other.cells.contains_key(k) {
+                    c.missed += theirs;
+                }
+            }
+        }
+        for (k, mut cell) in other.cells {
+            match self.cells.get_mut(&k) {
+                Some(c) => c.merge(&cell),
+                None => {
+                    cell.missed += mine;
+                    self.cells.insert(k, cell);
+                }
+            }
+        }
+        self.overflow = match (self.overflow.take(), other.overflow) {
+            (Some(mut a), Some(b)) => {
+                a.floor += b.floor;
+                a.evicted.merge(&b.evicted);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        self.enforce_budget(budget, sketch);
+    }
+
+    /// Over budget, evicts the keys with the smallest `count + missed` (ties by
+    /// key, so the outcome does not depend on hash order) down to 7/8 of the
+    /// budget, so eviction costs O(1) per key amortised.
+    fn enforce_budget(&mut self, budget: usize, sketch: bool) {
+        if self.cells.len() <= budget {
+            return;
+        }
+        let keep = (budget - budget / 8).max(1);
+        let evict = self.cells.len() - keep;
+        let mut order: Vec<(u64, &String)> = self
+            .cells
+            .iter()
+            .map(|(k, c)| (c.count + c.missed, k))
+            .collect();
+        order.select_nth_unstable(evict - 1);
+        let victims: Vec<String> = order[..evict].iter().map(|(_, k)| (*k).clone()).collect();
+        let overflow = self.overflow.get_or_insert_with(|| Overflow {
+            floor: 0,
+            evicted: Cell::new(sketch),
+        });
+        for k in victims {
+            if let Some(c) = self.cells.remove(&k) {
+                overflow.floor = overflow.floor.max(c.count + c.missed);
+                overflow.evicted.merge(&c);
+            }
+        }
+        overflow.evicted.missed = 0;
+        // Rehash without the tombstones the removals left, so the table keeps
+        // the size of the budget instead of doubling past it.
+        self.cells.shrink_to(budget);
+    }
+}
+
+/// One bucket: a cube per dimension.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    cubes: [Cube; 5],
+}
+
+/// Every bucket of every granularity: the cubes of a set of requests.
+#[derive(Debug, Clone)]
+pub struct Rollups {
     levels: [BTreeMap<i64, Bucket>; 3],
+    /// Most keys a cube bucket holds cells for.
+    budget: usize,
+}
+
+impl Default for Rollups {
+    fn default() -> Self {
+        Self::new(crate::engine::DEFAULT_ROLLUP_KEY_BUDGET)
+    }
 }
 
 impl Rollups {
-    pub(crate) fn add(&mut self, e: &Event) {
+    /// Empty cubes whose buckets keep cells for at most `budget` keys each.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            levels: Default::default(),
+            budget: budget.max(1),
+        }
+    }
+
+    /// Counts `e` in the bucket of each granularity of each cube.
+    pub fn add(&mut self, e: &Event) {
         for g in Granularity::ALL {
             let start = e.timestamp.floor_to(g.len_us()).get();
             let bucket = self.levels[g.index()].entry(start).or_default();
@@ -199,34 +345,27 @@ impl Rollups {
                 if !d.granularities().contains(&g) {
                     continue;
                 }
-                let key = d.key_of(e);
-                let cube = &mut bucket.cubes[d.index()];
-                match cube.get_mut(key.as_ref()) {
-                    Some(cell) => cell.add(e.status_code, e.latency_us),
-                    None => {
-                        let mut cell = Cell::new(d.keeps_sketch());
-                        cell.add(e.status_code, e.latency_us);
-                        cube.insert(key.into_owned(), cell);
-                    }
-                }
+                bucket.cubes[d.index()].add(
+                    d.key_of(e),
+                    d.keeps_sketch(),
+                    e.status_code,
+                    e.latency_us,
+                    self.budget,
+                );
             }
         }
     }
 
     /// Adds every cell of `other` to `self`.
-    pub(crate) fn merge(&mut self, other: Rollups) {
+    pub fn merge(&mut self, other: Rollups) {
         for (level, theirs) in self.levels.iter_mut().zip(other.levels) {
             for (start, bucket) in theirs {
                 let mine = level.entry(start).or_default();
-                for (cube, cells) in mine.cubes.iter_mut().zip(bucket.cubes) {
-                    for (k, cell) in cells {
-                        match cube.get_mut(&k) {
-                            Some(c) => c.merge(&cell),
-                            None => {
-                                cube.insert(k, cell);
-                            }
-                        }
-                    }
+                for (d, (cube, cells)) in Dimension::ALL
+                    .iter()
+                    .zip(mine.cubes.iter_mut().zip(bucket.cubes))
+                {
+                    cube.merge(cells, self.budget, d.keeps_sketch());
                 }
             }
         }
@@ -250,31 +389,19 @@ impl Rollups {
                 out.push(g.index() as u8);
                 out.extend_from_slice(&start.to_le_bytes());
                 for cube in &bucket.cubes {
-                    let mut keys: Vec<&String> = cube.keys().collect();
+                    let mut keys: Vec<&String> = cube.cells.keys().collect();
                     keys.sort();
                     put_varint(&mut out, keys.len() as u64);
                     for k in keys {
-                        let c = &cube[k];
                         put_bytes(&mut out, k.as_bytes());
-                        put_varint(&mut out, c.count);
-                        for n in c.by_class {
-                            put_varint(&mut out, n);
-                        }
-                        out.extend_from_slice(&c.latency_sum_us.to_le_bytes());
-                        put_varint(&mut out, c.latency_min_us);
-                        put_varint(&mut out, c.latency_max_us);
-                        match &c.sketch {
-                            None => out.push(0),
-                            Some(s) => {
-                                out.push(1);
-                                let (zeros, bins) = s.parts();
-                                put_varint(&mut out, zeros);
-                                put_varint(&mut out, bins.len() as u64);
-                                for (key, n) in bins {
-                                    put_varint(&mut out, zigzag(i64::from(*key)));
-                                    put_varint(&mut out, *n);
-                                }
-                            }
+                        put_cell(&mut out, &cube.cells[k]);
+                    }
+                    match &cube.overflow {
+                        None => out.push(0),
+                        Some(o) => {
+                            out.push(1);
+                            put_varint(&mut out, o.floor);
+                            put_cell(&mut out, &o.evicted);
                         }
                     }
                 }
@@ -283,10 +410,10 @@ impl Rollups {
         out
     }
 
-    pub(crate) fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+    pub(crate) fn decode(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
         let bad = |m: &str| CodecError(m.to_owned());
         let mut r = Reader::new(buf);
-        let mut out = Rollups::default();
+        let mut out = Rollups::new(budget);
         let buckets = r.len(buf.len())?;
         for _ in 0..buckets {
             let level = usize::from(r.u8()?);
@@ -299,47 +426,19 @@ impl Rollups {
                 let n = r.len(buf.len())?;
                 for _ in 0..n {
                     let key = r.string()?;
-                    let count = r.varint()?;
-                    let mut by_class = [0u64; 5];
-                    for c in &mut by_class {
-                        *c = r.varint()?;
+                    let cell = get_cell(&mut r, buf.len())?;
+                    if cube.cells.insert(key, cell).is_some() {
+                        return Err(bad("key listed twice"));
                     }
-                    let lo = r.u64()?;
-                    let hi = r.u64()?;
-                    let latency_sum_us = u128::from(lo) | (u128::from(hi) << 64);
-                    let latency_min_us = r.varint()?;
-                    let latency_max_us = r.varint()?;
-                    let sketch = match r.u8()? {
-                        0 => None,
-                        1 => {
-                            let zeros = r.varint()?;
-                            let nbins = r.len(buf.len())?;
-                            let mut bins = Vec::with_capacity(nbins);
-                            for _ in 0..nbins {
-                                let key = i32::try_from(unzigzag(r.varint()?))
-                                    .map_err(|_| bad("sketch bin out of range"))?;
-                                bins.push((key, r.varint()?));
-                            }
-                            Some(
-                                LatencySketch::from_parts(zeros, bins)
-                                    .ok_or_else(|| bad("sketch bins out of order"))?,
-                            )
-                        }
-                        _ => return Err(bad("bad sketch flag")),
-                    };
-                    let cell = Cell {
-                        count,
-                        by_class,
-                        latency_sum_us,
-                        latency_min_us,
-                        latency_max_us,
-                        sketch,
-                    };
-                    if by_class.iter().sum::<u64>() != count {
-                        return Err(bad("class counts disagree with the count"));
-                    }
-                    cube.insert(key, cell);
                 }
+                cube.overflow = match r.u8()? {
+                    0 => None,
+                    1 => Some(Overflow {
+                        floor: r.varint()?,
+                        evicted: get_cell(&mut r, buf.len())?,
+                    }),
+                    _ => return Err(bad("bad overflow flag")),
+                };
             }
             if out.levels[level].insert(start, bucket).is_some() {
                 return Err(bad("bucket listed twice"));
@@ -355,14 +454,14 @@ impl Rollups {
     ///
     /// | part | bytes |
     /// |---|---|
-    /// | header | magic `TPLGCUB\0` (8), version u32 = 1, reserved u32 = 0, raw_len u64, comp_len u64, crc32c u32 of the block |
+    /// | header | magic `TPLGCUB\0` (8), version u32 = 2, reserved u32 = 0, raw_len u64, comp_len u64, crc32c u32 of the block |
     /// | block | zstd of [`Rollups::encode`] |
     pub(crate) fn to_file(&self) -> Vec<u8> {
         let raw = self.encode();
         let comp = zstd::bulk::compress(&raw, 3).unwrap_or_default();
         let mut out = Vec::with_capacity(36 + comp.len());
         out.extend_from_slice(FILE_MAGIC);
-        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&FILE_VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
         out.extend_from_slice(&(comp.len() as u64).to_le_bytes());
@@ -371,13 +470,13 @@ impl Rollups {
         out
     }
 
-    pub(crate) fn from_file(buf: &[u8]) -> Result<Self, CodecError> {
+    pub(crate) fn from_file(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
         let bad = |m: &str| CodecError(m.to_owned());
         if buf.len() < 36 || &buf[..8] != FILE_MAGIC {
             return Err(bad("not a rollup file (bad magic)"));
         }
         let mut r = Reader::new(&buf[8..36]);
-        if r.u32()? != 1 || r.u32()? != 0 {
+        if r.u32()? != FILE_VERSION || r.u32()? != 0 {
             return Err(bad("unsupported rollup file version"));
         }
         let raw_len = usize::try_from(r.u64()?).map_err(|_| bad("raw length too large"))?;
@@ -394,27 +493,91 @@ impl Rollups {
         if raw.len() != raw_len {
             return Err(bad("wrong decompressed length"));
         }
-        Self::decode(&raw)
+        Self::decode(&raw, budget)
     }
 
-    /// Calls `f` with every cell of `dim` in buckets of `g` starting in `[from, to)`.
-    pub(crate) fn visit(
+    /// Calls `f` with the cube of `dim` of every bucket of `g` starting in `[from, to)`.
+    pub fn visit(
         &self,
         g: Granularity,
         from: Micros,
         to: Micros,
         dim: Dimension,
-        mut f: impl FnMut(&str, &Cell),
+        mut f: impl FnMut(&Cube),
     ) {
-        for bucket in self.levels[g.index()]
-            .range(from.get()..to.get())
-            .map(|(_, b)| b)
-        {
-            for (k, cell) in &bucket.cubes[dim.index()] {
-                f(k, cell);
+        for (_, bucket) in self.levels[g.index()].range(from.get()..to.get()) {
+            f(&bucket.cubes[dim.index()]);
+        }
+    }
+}
+
+fn put_cell(out: &mut Vec<u8>, c: &Cell) {
+    put_varint(out, c.count);
+    for n in c.by_class {
+        put_varint(out, n);
+    }
+    out.extend_from_slice(&c.latency_sum_us.to_le_bytes());
+    put_varint(out, c.latency_min_us);
+    put_varint(out, c.latency_max_us);
+    put_varint(out, c.missed);
+    match &c.sketch {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            let (zeros, bins) = s.parts();
+            put_varint(out, zeros);
+            put_varint(out, bins.len() as u64);
+            for (key, n) in bins {
+                put_varint(out, zigzag(i64::from(*key)));
+                put_varint(out, *n);
             }
         }
     }
+}
+
+fn get_cell(r: &mut Reader<'_>, limit: usize) -> Result<Cell, CodecError> {
+    let bad = |m: &str| CodecError(m.to_owned());
+    let count = r.varint()?;
+    let mut by_class = [0u64; 5];
+    for c in &mut by_class {
+        *c = r.varint()?;
+    }
+    let lo = r.u64()?;
+    let hi = r.u64()?;
+    let latency_sum_us = u128::from(lo) | (u128::from(hi) << 64);
+    let latency_min_us = r.varint()?;
+    let latency_max_us = r.varint()?;
+    let missed = r.varint()?;
+    let sketch = match r.u8()? {
+        0 => None,
+        1 => {
+            let zeros = r.varint()?;
+            let nbins = r.len(limit)?;
+            let mut bins = Vec::with_capacity(nbins);
+            for _ in 0..nbins {
+                let key = i32::try_from(unzigzag(r.varint()?))
+                    .map_err(|_| bad("sketch bin out of range"))?;
+                bins.push((key, r.varint()?));
+            }
+            Some(
+                LatencySketch::from_parts(zeros, bins)
+                    .ok_or_else(|| bad("sketch bins out of order"))?,
+            )
+        }
+        _ => return Err(bad("bad sketch flag")),
+    };
+    if by_class.iter().sum::<u64>() != count {
+        return Err(bad("class counts disagree with the count"));
+    }
+    Ok(Cell {
+        count,
+        by_class,
+        latency_sum_us,
+        latency_min_us,
+        latency_max_us,
+        sketch,
+        missed,
+    })
 }
 
 #[cfg(test)]
@@ -441,22 +604,133 @@ mod tests {
             if i % 2 == 0 { a.add(e) } else { b.add(e) }
         }
         let img = all.encode();
-        let back = Rollups::decode(&img).map(|r| r.encode());
+        let back = Rollups::decode(&img, 100).map(|r| r.encode());
         assert_eq!(back.as_deref(), Ok(img.as_slice()));
         a.merge(b);
         assert_eq!(a.encode(), img);
         for len in 0..img.len() {
-            assert!(Rollups::decode(&img[..len]).is_err(), "truncated to {len}");
+            assert!(
+                Rollups::decode(&img[..len], 100).is_err(),
+                "truncated to {len}"
+            );
         }
         let file = all.to_file();
         assert_eq!(
-            Rollups::from_file(&file).map(|r| r.encode()).as_deref(),
+            Rollups::from_file(&file, 100)
+                .map(|r| r.encode())
+                .as_deref(),
             Ok(img.as_slice())
         );
         for at in 0..file.len() {
             let mut bad = file.clone();
             bad[at] ^= 0x21;
-            assert!(Rollups::from_file(&bad).is_err(), "flip at {at}");
+            assert!(Rollups::from_file(&bad, 100).is_err(), "flip at {at}");
+        }
+    }
+
+    fn zipf_events(n: u64, seed: u64) -> Vec<Event> {
+        let mut x = seed;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        (0..n)
+            .map(|i| {
+                // Half from a few heavy keys (u1 about a quarter of all), half a long tail.
+                let user = match next() % 2 {
+                    0 => 1000 / (next() % 1000 + 1),
+                    _ => 10_000 + next() % 5_000,
+                };
+                Event {
+                    request_id: format!("r{i}"),
+                    timestamp: Micros::new(
+                        1_767_225_600_000_000 + (next() % 7_200) as i64 * 1_000_000,
+                    ),
+                    user_id: format!("u{user}"),
+                    endpoint: format!("GET /e{}", user % 5),
+                    method: "GET".into(),
+                    status_code: [200, 404, 503][(next() % 3) as usize],
+                    latency_us: next() % 50_000,
+                }
+            })
+            .collect()
+    }
+
+    /// Every key's true count lies within what its bucket says: within
+    /// `[count, count + missed]` when present, at most `floor` when absent; and
+    /// the cells plus the evicted aggregate hold every request.
+    fn check_bounds(r: &Rollups, events: &[Event]) -> usize {
+        let mut overflowed = 0;
+        for g in [Granularity::Hour, Granularity::Day] {
+            let mut truth: HashMap<i64, HashMap<&str, u64>> = HashMap::new();
+            for e in events {
+                let b = e.timestamp.floor_to(g.len_us()).get();
+                *truth.entry(b).or_default().entry(&e.user_id).or_default() += 1;
+            }
+            for (b, users) in &truth {
+                r.visit(
+                    g,
+                    Micros::new(*b),
+                    Micros::new(b + 1),
+                    Dimension::UserId,
+                    |cube| {
+                        let floor = cube.floor();
+                        overflowed += usize::from(floor > 0);
+                        for (u, t) in users {
+                            match cube.get(u) {
+                                Some(c) => assert!(
+                                    c.count <= *t && *t <= c.count + c.missed,
+                                    "{u}: {t} vs {c:?}"
+                                ),
+                                None => assert!(*t <= floor, "{u}: {t} > floor {floor}"),
+                            }
+                        }
+                        let held: u64 = cube.cells().map(|(_, c)| c.count).sum::<u64>()
+                            + cube.overflow().map_or(0, |o| o.evicted.count);
+                        assert_eq!(held, users.values().sum::<u64>());
+                        assert!(cube.cells.len() <= 10);
+                    },
+                );
+            }
+        }
+        overflowed
+    }
+
+    #[test]
+    fn over_budget_buckets_keep_bounds_on_every_key() {
+        for seed in 0..12 {
+            let events = zipf_events(3_000, seed);
+            let mut live = Rollups::new(10);
+            for e in &events {
+                live.add(e);
+            }
+            assert!(
+                check_bounds(&live, &events) > 0,
+                "the test must overflow buckets"
+            );
+            // Merged from partials as flushes and start-up do: same invariants, and the
+            // encoding (overflow included) round-trips.
+            for chunk_len in [37, 400] {
+                let mut merged = Rollups::new(10);
+                for chunk in events.chunks(chunk_len) {
+                    let mut part = Rollups::new(10);
+                    for e in chunk {
+                        part.add(e);
+                    }
+                    let back = Rollups::from_file(&part.to_file(), 10).map(|r| r.encode());
+                    assert_eq!(back.as_deref(), Ok(part.encode().as_slice()));
+                    merged.merge(part);
+                }
+                check_bounds(&merged, &events);
+                // The heaviest key survives: its count is far above any floor.
+                let day = Micros::new(1_767_225_600_000_000);
+                let to = Micros::new(day.get() + 1);
+                merged.visit(Granularity::Day, day, to, Dimension::UserId, |cube| {
+                    assert!(cube.get("u1").is_some());
+                });
+            }
         }
     }
 

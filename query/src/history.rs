@@ -29,7 +29,15 @@ pub fn history(engine: &Engine, first_day: Micros, days: u32) -> Vec<DayRow> {
                 start,
                 start.saturating_add_micros(day),
                 Dimension::Method,
-                |_, c| total.merge(c),
+                |cube| {
+                    for (_, c) in cube.cells() {
+                        total.merge(c);
+                    }
+                    // Requests of keys a bucket evicted still count towards its day.
+                    if let Some(o) = cube.overflow() {
+                        total.merge(&o.evicted);
+                    }
+                },
             );
             let n = total.count;
             let per = |v: f64| (n > 0).then(|| v / n as f64);

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
 use toplog_types::Micros;
 
+use crate::metric::Missed;
 use crate::timeseries::MAX_POINTS;
-use crate::topk::merged_cells;
+use crate::topk::{Group, merged_cells};
 use crate::{Metric, QueryError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +140,9 @@ pub struct AggregateRow {
     pub end: Micros,
     pub group: Option<String>,
     pub cell: Cell,
+    /// What `cell` may be missing (nothing unless the group came from a cube
+    /// bucket over its key budget).
+    pub missed: Missed,
 }
 
 /// At most this many rows per job.
@@ -196,26 +200,25 @@ pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<Aggregat
         };
         let merged = merged_cells(engine, range, dim, &spec.filters, metric, |_| {})?;
         if spec.group_by.is_some() {
-            let mut groups: Vec<(String, Cell)> = merged.into_iter().collect();
-            groups.sort_by(|a, b| a.0.cmp(&b.0));
-            for (k, cell) in groups {
+            let mut groups: Vec<(&String, &Group)> = merged.groups.iter().collect();
+            groups.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, g) in groups {
                 rows.push(AggregateRow {
                     start: range.start,
                     end: range.end,
-                    group: Some(k),
-                    cell,
+                    group: Some(k.clone()),
+                    cell: g.cell.clone(),
+                    missed: merged.missed(g),
                 });
             }
         } else {
-            let mut total = Cell::new(true);
-            for c in merged.values() {
-                total.merge(c);
-            }
+            let (cell, missed) = merged.total();
             rows.push(AggregateRow {
                 start: range.start,
                 end: range.end,
                 group: None,
-                cell: total,
+                cell,
+                missed,
             });
         }
         if rows.len() > MAX_ROWS {

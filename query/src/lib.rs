@@ -11,9 +11,9 @@ mod topk;
 
 pub use history::{DayRow, history};
 pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
-pub use metric::Metric;
+pub use metric::{Metric, Missed};
 pub use plan::{Piece, plan};
-pub use timeseries::{MAX_POINTS, Point, Series, TimeseriesQuery, timeseries};
+pub use timeseries::{MAX_POINTS, Point, Series, TimeseriesAnswer, TimeseriesQuery, timeseries};
 pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
 
 /// Why a query could not be answered.

@@ -58,6 +58,34 @@ impl Metric {
         self.quantile().is_none()
     }
 
+    /// The metric's value for a cell that may have missed some requests of its
+    /// key: the value of what the cell holds, with bounds on the true value that
+    /// hold whatever the missed requests were.
+    pub fn value_with(self, cell: &Cell, missed: &Missed) -> Option<(f64, Option<(f64, f64)>)> {
+        let (value, bounds) = self.value(cell)?;
+        if missed.requests == 0 {
+            return Some((value, bounds));
+        }
+        let (lo, hi) = bounds.unwrap_or((value, value));
+        let (c, m) = (cell.count as f64, missed.requests as f64);
+        let e = cell.errors() as f64;
+        let (a, b) = (missed.latency_min_ms(), missed.latency_max_ms());
+        let bounds = match self {
+            Self::Frequency => (c, c + m),
+            Self::Errors => (e, e + m),
+            Self::ErrorRate => (e / (c + m), (e + m) / (c + m)),
+            // The mean moves monotonically as missed requests at one extreme are added.
+            Self::LatencyAvg => {
+                let s = cell.latency_sum_us as f64 / 1000.0;
+                (lo.min((s + m * a) / (c + m)), hi.max((s + m * b) / (c + m)))
+            }
+            Self::LatencyMax => (value, value.max(b)),
+            // Added requests move a rank's value no further than their own extremes.
+            _ => (lo.min(a), hi.max(b)),
+        };
+        Some((value, Some(bounds)))
+    }
+
     /// The metric's value for a cell (latencies in milliseconds), with bounds
     /// when it is approximate. `None` for an empty cell or a cell without a sketch.
     pub fn value(self, cell: &Cell) -> Option<(f64, Option<(f64, f64)>)> {
@@ -79,5 +107,25 @@ impl Metric {
                 Some((v, Some((v / (1.0 + a), v / (1.0 - a)))))
             }
         }
+    }
+}
+
+/// Requests of a key that its merged cell may not hold (see
+/// [`Cell::missed`](toplog_engine::Cell)): at most `requests` of them, each with a
+/// latency in `[latency_min_us, latency_max_us]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Missed {
+    pub requests: u64,
+    pub latency_min_us: u64,
+    pub latency_max_us: u64,
+}
+
+impl Missed {
+    fn latency_min_ms(&self) -> f64 {
+        self.latency_min_us as f64 / 1000.0
+    }
+
+    fn latency_max_ms(&self) -> f64 {
+        self.latency_max_us as f64 / 1000.0
     }
 }

@@ -2,7 +2,7 @@
 //! filters, or the top `limit` series of a grouping. Each point is planned like
 //! any other range, so it is exact for exact metrics wherever its edges fall.
 
-use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
+use toplog_engine::{Dimension, Engine, Filters, TimeRange};
 use toplog_types::Micros;
 
 use crate::topk::{Grouping, Order, TopK, merged_cells, top_k};
@@ -38,6 +38,15 @@ pub struct Series {
     pub points: Vec<Point>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeseriesAnswer {
+    pub series: Vec<Series>,
+    /// False when a value is approximate: a quantile, or a grouped value read
+    /// from a cube bucket over its key budget (its point holds what the cube kept).
+    pub exact: bool,
+    pub sources: Vec<&'static str>,
+}
+
 /// The dimension whose cube can apply `filters` (a filter on one dimension at most).
 fn cube_dimension(f: &Filters) -> Dimension {
     if f.endpoint.is_some() {
@@ -52,10 +61,7 @@ fn cube_dimension(f: &Filters) -> Dimension {
     }
 }
 
-pub fn timeseries(
-    engine: &Engine,
-    q: &TimeseriesQuery,
-) -> Result<(Vec<Series>, Vec<&'static str>)> {
+pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnswer> {
     if q.interval_us < 1_000_000 {
         return Err(QueryError::Invalid(
             "interval",
@@ -74,6 +80,7 @@ pub fn timeseries(
         ));
     }
     let mut sources: Vec<&'static str> = Vec::new();
+    let mut exact = q.metric.is_exact();
     let keys: Vec<Option<String>> = match q.by {
         None => vec![None],
         Some(dim) => {
@@ -86,11 +93,9 @@ pub fn timeseries(
                 min_count: 0,
                 order: Order::Desc,
             };
-            top_k(engine, &best)?
-                .rows
-                .into_iter()
-                .map(|r| Some(r.key))
-                .collect()
+            let answer = top_k(engine, &best)?;
+            exact &= answer.exact;
+            answer.rows.into_iter().map(|r| Some(r.key)).collect()
         }
     };
     let dim = q.by.unwrap_or_else(|| cube_dimension(&q.filters));
@@ -114,12 +119,15 @@ pub fn timeseries(
         })?;
         for s in &mut series {
             let cell = match &s.key {
-                Some(k) => merged.get(k).cloned(),
-                None => merged.values().fold(None, |acc: Option<Cell>, c| {
-                    let mut acc = acc.unwrap_or_else(|| Cell::new(true));
-                    acc.merge(c);
-                    Some(acc)
-                }),
+                Some(k) => {
+                    exact &= merged.exact();
+                    merged.groups.get(k).map(|g| g.cell.clone())
+                }
+                None => {
+                    let (total, missed) = merged.total();
+                    exact &= missed.requests == 0;
+                    Some(total)
+                }
             };
             let count = cell.as_ref().map_or(0, |c| c.count);
             let value = match cell.as_ref().and_then(|c| q.metric.value(c)) {
@@ -136,5 +144,9 @@ pub fn timeseries(
         }
         t += q.interval_us;
     }
-    Ok((series, sources))
+    Ok(TimeseriesAnswer {
+        series,
+        exact,
+        sources,
+    })
 }

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
+use toplog_engine::{Cell, Cube, Dimension, Engine, Filters, TimeRange};
 
+use crate::metric::Missed;
 use crate::plan::{Piece, plan};
 use crate::{Metric, QueryError, Result};
 
@@ -64,6 +65,9 @@ pub struct TopKRow {
 pub struct TopKAnswer {
     pub rows: Vec<TopKRow>,
     pub exact: bool,
+    /// When cube buckets over their key budget were read, a key missing from the
+    /// whole answer has at most this many requests in the range (0 otherwise).
+    pub unlisted_max_count: u64,
     /// Which sources were read: `rollup_1d`, `rollup_1h`, `rollup_1m`, `raw`.
     pub sources: Vec<&'static str>,
 }
@@ -117,19 +121,132 @@ fn cube_read(dim: Dimension, f: &Filters) -> Option<CubeRead> {
     }
 }
 
-/// Merges `cell` into `out[key]`. Without `sketches` the merged cell drops its
-/// sketch, so count-only metrics never copy or merge bins.
-fn merge_into(out: &mut HashMap<String, Cell>, key: &str, cell: &Cell, sketches: bool) {
-    match out.get_mut(key) {
-        Some(c) => c.merge(cell),
-        None if sketches => {
-            out.insert(key.to_owned(), cell.clone());
+/// Cells merged by key over a range, and what over-budget cube buckets left uncertain.
+#[derive(Debug, Default)]
+pub(crate) struct Merged {
+    pub(crate) groups: HashMap<String, Group>,
+    /// Sum of the floors of every over-budget cube bucket read: a key absent from
+    /// all of them has at most this many requests in the range.
+    floor: u64,
+    /// The requests of keys those buckets evicted.
+    evicted: Option<Cell>,
+    /// Whether any group could have a sketch (quantile metrics).
+    sketches: bool,
+    /// Only some keys of the cubes were read (a filter on the grouped
+    /// dimension or a status class): the evicted cells also hold other keys.
+    subset: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) cell: Cell,
+    /// Floors of the over-budget buckets this key was present in.
+    floors_seen: u64,
+}
+
+impl Merged {
+    fn new(sketches: bool) -> Self {
+        Self {
+            sketches,
+            ..Self::default()
         }
-        None => {
-            let mut c = Cell::new(false);
-            c.merge(cell);
-            out.insert(key.to_owned(), c);
+    }
+
+    /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
+    /// its sketch, so count-only metrics never copy or merge bins.
+    fn add(&mut self, key: &str, cell: &Cell, floor: u64) {
+        match self.groups.get_mut(key) {
+            Some(g) => {
+                g.cell.merge(cell);
+                g.floors_seen += floor;
+            }
+            None => {
+                let cell = if self.sketches {
+                    cell.clone()
+                } else {
+                    let mut c = Cell::new(false);
+                    c.merge(cell);
+                    c
+                };
+                self.groups.insert(
+                    key.to_owned(),
+                    Group {
+                        cell,
+                        floors_seen: floor,
+                    },
+                );
+            }
         }
+    }
+
+    /// Reads one cube bucket: `pick` maps a cube key to the group it counts for, if any.
+    fn add_cube<'c>(&mut self, cube: &'c Cube, mut pick: impl FnMut(&'c str) -> Option<&'c str>) {
+        let floor = cube.overflow().map_or(0, |o| o.floor);
+        for (k, cell) in cube.cells() {
+            if let Some(group) = pick(k) {
+                self.add(group, cell, floor);
+            }
+        }
+        self.note_overflow(cube);
+    }
+
+    fn note_overflow(&mut self, cube: &Cube) {
+        if let Some(o) = cube.overflow() {
+            self.floor += o.floor;
+            self.evicted
+                .get_or_insert_with(|| Cell::new(self.sketches))
+                .merge(&o.evicted);
+        }
+    }
+
+    /// True when no over-budget bucket was read: every cell is exact.
+    pub(crate) fn exact(&self) -> bool {
+        self.floor == 0
+    }
+
+    /// At most this many requests of a key absent from `groups`.
+    pub(crate) fn unlisted_max(&self) -> u64 {
+        self.floor
+    }
+
+    /// What `g`'s cell may be missing.
+    pub(crate) fn missed(&self, g: &Group) -> Missed {
+        let requests = g.cell.missed + (self.floor - g.floors_seen.min(self.floor));
+        let (latency_min_us, latency_max_us) = self
+            .evicted
+            .as_ref()
+            .filter(|e| e.count > 0)
+            .map_or((0, 0), |e| (e.latency_min_us, e.latency_max_us));
+        Missed {
+            requests,
+            latency_min_us,
+            latency_max_us,
+        }
+    }
+
+    /// Every request in the range that matches, and what it may be missing.
+    /// Reading whole cubes it is exact: the evicted cells hold every request
+    /// of an evicted key. Reading some keys only, the matching requests of
+    /// evicted keys are among the evicted ones, which bounds what is missing.
+    pub(crate) fn total(&self) -> (Cell, Missed) {
+        let mut total = Cell::new(self.sketches);
+        for g in self.groups.values() {
+            total.merge(&g.cell);
+        }
+        let mut missed = Missed::default();
+        if let Some(e) = &self.evicted {
+            if self.subset {
+                missed = Missed {
+                    requests: e.count,
+                    latency_min_us: e.latency_min_us,
+                    latency_max_us: e.latency_max_us,
+                };
+            } else {
+                total.merge(e);
+            }
+        }
+        total.missed = 0;
+        (total, missed)
     }
 }
 
@@ -143,15 +260,20 @@ pub(crate) fn merged_cells(
     filters: &Filters,
     metric: Metric,
     mut note: impl FnMut(&'static str),
-) -> Result<HashMap<String, Cell>> {
-    // The user cube keeps no sketch: quantiles by user are read from raw rows.
-    let cubes_usable = !(dim == Dimension::UserId && metric.quantile().is_some());
-    let Some(read) = cube_read(dim, filters).filter(|_| cubes_usable) else {
-        note("raw");
-        return Ok(engine.aggregate_raw(range, filters, dim)?);
-    };
+) -> Result<Merged> {
     let sketches = metric.quantile().is_some();
-    let mut out = HashMap::new();
+    let mut out = Merged::new(sketches);
+    // The user cube keeps no sketch: quantiles by user are read from raw rows.
+    let cubes_usable = !(dim == Dimension::UserId && sketches);
+    let read = cube_read(dim, filters).filter(|_| cubes_usable);
+    out.subset = !matches!(read, Some(CubeRead::Direct { key: None }) | None);
+    let Some(read) = read else {
+        note("raw");
+        for (k, cell) in engine.aggregate_raw(range, filters, dim)? {
+            out.add(&k, &cell, 0);
+        }
+        return Ok(out);
+    };
     for piece in plan(range, dim.granularities()) {
         match piece {
             Piece::Buckets {
@@ -161,22 +283,30 @@ pub(crate) fn merged_cells(
             } => {
                 note(granularity.name());
                 match &read {
-                    CubeRead::Direct { key } => {
-                        engine.visit_rollups(granularity, from, to, dim, |k, cell| {
-                            if key.as_deref().is_none_or(|f| f == k) {
-                                merge_into(&mut out, k, cell, sketches);
+                    CubeRead::Direct { key: None } => {
+                        engine.visit_rollups(granularity, from, to, dim, |cube| {
+                            out.add_cube(cube, Some)
+                        })
+                    }
+                    CubeRead::Direct { key: Some(key) } => {
+                        engine.visit_rollups(granularity, from, to, dim, |cube| {
+                            let floor = cube.overflow().map_or(0, |o| o.floor);
+                            if let Some(cell) = cube.get(key) {
+                                out.add(key, cell, floor);
                             }
+                            out.note_overflow(cube);
                         })
                     }
                     CubeRead::EndpointInClass { class, endpoint } => {
                         let cube = Dimension::EndpointStatusClass;
-                        engine.visit_rollups(granularity, from, to, cube, |k, cell| {
-                            if let Some((c, ep)) = Dimension::split_endpoint_class_key(k)
-                                && c == *class
-                                && endpoint.as_deref().is_none_or(|f| f == ep)
-                            {
-                                merge_into(&mut out, ep, cell, sketches);
-                            }
+                        engine.visit_rollups(granularity, from, to, cube, |cube| {
+                            out.add_cube(cube, |k| {
+                                Dimension::split_endpoint_class_key(k)
+                                    .filter(|(c, ep)| {
+                                        c == class && endpoint.as_deref().is_none_or(|f| f == *ep)
+                                    })
+                                    .map(|(_, ep)| ep)
+                            })
                         })
                     }
                 }
@@ -184,7 +314,7 @@ pub(crate) fn merged_cells(
             Piece::Raw(r) => {
                 note("raw");
                 for (k, cell) in engine.aggregate_raw(r, filters, dim)? {
-                    merge_into(&mut out, &k, &cell, sketches);
+                    out.add(&k, &cell, 0);
                 }
             }
         }
@@ -208,15 +338,21 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
         Grouping::By(d) => d,
     };
     let merged = merged_cells(engine, q.range, dim, &q.filters, q.metric, &mut note)?;
+    let min_count = q.min_count.max(1);
     let mut rows: Vec<TopKRow> = merged
-        .into_iter()
-        .filter(|(_, c)| c.count >= q.min_count.max(1))
-        .filter_map(|(key, cell)| {
-            let (value, bounds) = q.metric.value(&cell)?;
+        .groups
+        .iter()
+        .filter_map(|(key, g)| {
+            let missed = merged.missed(g);
+            // A group that may reach `min_count` with what it missed stays, with its bounds.
+            if g.cell.count + missed.requests < min_count {
+                return None;
+            }
+            let (value, bounds) = q.metric.value_with(&g.cell, &missed)?;
             Some(TopKRow {
-                key,
+                key: key.clone(),
                 value,
-                count: cell.count,
+                count: g.cell.count,
                 bounds,
             })
         })
@@ -224,7 +360,8 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     rank(&mut rows, q.k, q.order);
     Ok(TopKAnswer {
         rows,
-        exact: q.metric.is_exact(),
+        exact: q.metric.is_exact() && merged.exact(),
+        unlisted_max_count: merged.unlisted_max(),
         sources,
     })
 }
@@ -274,6 +411,7 @@ fn slowest(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     Ok(TopKAnswer {
         rows,
         exact: true,
+        unlisted_max_count: 0,
         sources: vec!["raw"],
     })
 }

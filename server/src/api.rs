@@ -696,11 +696,14 @@ async fn top_k(
             row
         })
         .collect();
-    let meta = json!({
+    let mut meta = json!({
         "exact": answer.exact,
         "sources": answer.sources,
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
     });
+    if answer.unlisted_max_count > 0 {
+        meta["unlisted_max_count"] = json!(answer.unlisted_max_count);
+    }
     Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
 }
 
@@ -813,8 +816,9 @@ async fn timeseries(
         limit,
     };
     let engine = app.engine()?;
-    let (series, sources) = blocking(move || Ok(toplog_query::timeseries(&engine, &q)?)).await?;
-    let data: Vec<Value> = series
+    let answer = blocking(move || Ok(toplog_query::timeseries(&engine, &q)?)).await?;
+    let data: Vec<Value> = answer
+        .series
         .iter()
         .map(|s| {
             let points: Vec<Value> = s
@@ -825,7 +829,7 @@ async fn timeseries(
             json!({"key": s.key, "points": points})
         })
         .collect();
-    Ok(Json(json!({"status": "success", "data": data, "meta": {"exact": metric.is_exact(), "sources": sources}})).into_response())
+    Ok(Json(json!({"status": "success", "data": data, "meta": {"exact": answer.exact, "sources": answer.sources}})).into_response())
 }
 
 const AGGREGATE_FIELDS: [&str; 6] = [
@@ -1010,6 +1014,12 @@ fn aggregate_row(row: &toplog_query::AggregateRow, metrics: &[String]) -> Value 
     let mut out = json!({"start": row.start.to_rfc3339(), "end": row.end.to_rfc3339()});
     if let Some(g) = &row.group {
         out["group"] = json!(g);
+    }
+    if row.missed.requests > 0 {
+        // Read from a cube bucket over its key budget: the values are of the
+        // requests it kept; up to this many more may belong to the group.
+        out["exact"] = json!(false);
+        out["missed_requests"] = json!(row.missed.requests);
     }
     for m in metrics {
         out[m.as_str()] = match m.as_str() {

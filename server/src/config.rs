@@ -11,6 +11,7 @@ use toplog_wal::FsyncPolicy;
 
 /// Segment columns are addressed with 32-bit offsets; memtables stay far below that.
 const MAX_MEMTABLE_BYTES: usize = 512 << 20;
+const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
 /// One batch is one log entry, which the log caps at 256 MiB.
 const MAX_BODY_BYTES: usize = 256 << 20;
 
@@ -50,6 +51,10 @@ pub(crate) struct Settings {
     /// Flush memtables whose oldest row is this old.
     #[arg(long, env = "TOPLOG_MEMTABLE_MAX_AGE")]
     pub(crate) memtable_max_age: Option<String>,
+    /// Most keys a rollup cube bucket keeps exact cells for; past it the bucket
+    /// keeps the heaviest keys with error bounds.
+    #[arg(long, env = "TOPLOG_ROLLUP_KEY_BUDGET")]
+    pub(crate) rollup_key_budget: Option<usize>,
 }
 
 impl Settings {
@@ -66,6 +71,7 @@ impl Settings {
             raw_keep_for: self.raw_keep_for.or(other.raw_keep_for),
             memtable_max_bytes: self.memtable_max_bytes.or(other.memtable_max_bytes),
             memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
+            rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
         }
     }
 }
@@ -82,6 +88,7 @@ pub struct Config {
     pub raw_keep_for: Duration,
     pub memtable_max_bytes: usize,
     pub memtable_max_age: Duration,
+    pub rollup_key_budget: usize,
 }
 
 fn duration(key: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {
@@ -125,6 +132,12 @@ impl Config {
         if !(1..=MAX_MEMTABLE_BYTES).contains(&memtable_max_bytes) {
             anyhow::bail!("`memtable_max_bytes`: must be from 1 to {MAX_MEMTABLE_BYTES} (512 MiB)");
         }
+        let rollup_key_budget = s
+            .rollup_key_budget
+            .unwrap_or(toplog_engine::DEFAULT_ROLLUP_KEY_BUDGET);
+        if !(16..=MAX_ROLLUP_KEY_BUDGET).contains(&rollup_key_budget) {
+            anyhow::bail!("`rollup_key_budget`: must be from 16 to {MAX_ROLLUP_KEY_BUDGET}");
+        }
         let max_body_bytes = s.max_body_bytes.unwrap_or(64 << 20);
         if !(1..=MAX_BODY_BYTES).contains(&max_body_bytes) {
             anyhow::bail!("`max_body_bytes`: must be from 1 to {MAX_BODY_BYTES} (256 MiB)");
@@ -141,6 +154,7 @@ impl Config {
             raw_keep_for: duration("raw_keep_for", s.raw_keep_for, "30d")?,
             memtable_max_bytes,
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
+            rollup_key_budget,
         })
     }
 
@@ -150,6 +164,7 @@ impl Config {
         c.fsync = self.fsync;
         c.memtable_max_bytes = self.memtable_max_bytes;
         c.memtable_max_age = self.memtable_max_age;
+        c.rollup_key_budget = self.rollup_key_budget;
         c
     }
 }
@@ -207,6 +222,13 @@ mod tests {
                 ..Settings::default()
             })
             .contains("clock_skew")
+        );
+        assert!(
+            bad(Settings {
+                rollup_key_budget: Some(3),
+                ..Settings::default()
+            })
+            .contains("rollup_key_budget")
         );
     }
 

@@ -170,6 +170,18 @@ pub fn all_events(server: &Server) -> Vec<Value> {
     }
 }
 
+/// Sends `events` in batches of 100 and checks each is acknowledged.
+pub fn send_all(server: &Server, events: &[Value]) {
+    for chunk in events.chunks(100) {
+        let r = client()
+            .post(server.url("/api/v1/requests"))
+            .json(&chunk)
+            .send()
+            .unwrap_or_else(|e| panic!("send: {e}"));
+        assert_eq!(r.status(), 200, "batch not acknowledged");
+    }
+}
+
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, client, now_ms};
+use toplog_tests::{Server, client, now_ms, send_all};
 
 fn post(server: &Server, body: &Value) -> (u16, Value) {
     let r = client()
@@ -51,12 +51,7 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
                    "status_code": if i % 10 == 0 { 500 } else { 200 }, "latency_ms": i as f64})
         })
         .collect();
-    let r = client()
-        .post(server.url("/api/v1/requests"))
-        .json(&events)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    send_all(&server, &events);
     let request = json!({"start_time": start, "end_time": end, "metrics": ["frequency", "error_rate", "latency"],
                          "interval": "5m", "group_by": "endpoint"});
     let (s, body) = post(&server, &request);

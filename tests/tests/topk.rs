@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, client, now_ms};
+use toplog_tests::{Server, client, now_ms, send_all, utc};
 
 fn get(server: &Server, path: &str) -> (u16, Value) {
     let resp = client().get(server.url(path)).send().unwrap();
@@ -32,14 +32,7 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
             "latency_ms": (i % 50) as f64 + 0.5,
         }));
     }
-    for chunk in events.chunks(100) {
-        let r = client()
-            .post(server.url("/api/v1/requests"))
-            .json(&chunk)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    send_all(&server, &events);
     let mut freq: HashMap<String, u64> = HashMap::new();
     let mut errors: HashMap<String, u64> = HashMap::new();
     for e in &events {
@@ -159,6 +152,78 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
     server.kill9();
     let server = Server::start_ready(dir.path(), &["--partition", "1h"]);
     assert_eq!(ask(&server), want[..3].to_vec(), "rollups after kill -9");
+}
+
+/// With a small key budget, top users come with bounds that hold the true
+/// counts, the answer says it is not exact, and totals stay exact.
+#[test]
+fn over_budget_users_are_ranked_with_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &["--rollup-key-budget", "16"]);
+    // One whole past hour, so the user cube's hour bucket answers (not raw rows).
+    let hour = now_ms() / 3_600_000 * 3_600_000 - 2 * 3_600_000;
+    let mut truth: HashMap<String, u64> = HashMap::new();
+    let events: Vec<Value> = (0..1200usize)
+        .map(|i| {
+            // user0 in a third of the requests, user1 in a sixth, 300 others share the rest.
+            let user = match i % 6 {
+                0 | 1 => "user0".to_owned(),
+                2 => "user1".to_owned(),
+                _ => format!("user{}", 2 + (i * 7) % 300),
+            };
+            *truth.entry(user.clone()).or_default() += 1;
+            json!({
+                "request_id": format!("b{i}"),
+                "timestamp": hour + (i as i64 * 2_999) % 3_600_000,
+                "user_id": user,
+                "endpoint": "GET /a",
+                "status_code": 200,
+                "latency_ms": 1.0,
+            })
+        })
+        .collect();
+    send_all(&server, &events);
+    let (start, end) = (utc(hour).1, utc(hour + 3_600_000).1);
+    let range = format!("start={start}&end={end}");
+    let (s, body) = get(
+        &server,
+        &format!("/api/v1/requests/top-k?k=5&metric=frequency&by=user_id&{range}"),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["meta"]["exact"], false, "{body}");
+    assert!(body["meta"]["unlisted_max_count"].as_u64().unwrap() > 0);
+    let rows = body["data"].as_array().unwrap();
+    assert_eq!(rows[0]["request_id"], "user0", "{body}");
+    assert_eq!(rows[1]["request_id"], "user1", "{body}");
+    for row in rows {
+        let t = truth[row["request_id"].as_str().unwrap()] as f64;
+        // A row without bounds is a key its buckets never missed: exact.
+        let lo = row["lower"]
+            .as_f64()
+            .unwrap_or(row["count"].as_f64().unwrap());
+        let hi = row["upper"].as_f64().unwrap_or(lo);
+        assert!(lo <= t && t <= hi, "{row}: true count {t}");
+        assert!(row["count"].as_f64().unwrap() <= t);
+    }
+    // The total over every user is still exact: evicted requests are kept in aggregate.
+    let (s, body) = get(
+        &server,
+        &format!("/api/v1/requests/timeseries?metric=frequency&interval=1h&user_id=user0&{range}"),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["data"][0]["points"][0]["value"], 400.0, "{body}");
+    let (s, body) = get(
+        &server,
+        &format!("/api/v1/requests/timeseries?metric=frequency&interval=1h&{range}"),
+    );
+    assert_eq!(s, 200, "{body}");
+    let total: f64 = body["data"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .sum();
+    assert_eq!(total, 1200.0, "{body}");
 }
 
 #[test]
