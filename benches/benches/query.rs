@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use toplog_benches::{events_over, loaded_engine, top10};
-use toplog_engine::{Cell, Dimension, TimeRange};
+use toplog_engine::{Cell, DEFAULT_ROLLUP_KEY_BUDGET, Dimension, Rollups, TimeRange};
 use toplog_query::{Metric, top_k};
 use toplog_types::Micros;
 
@@ -40,6 +40,32 @@ fn cells(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("cell_merge_5k_each", |b| {
         b.iter(|| black_box(a.clone()).merge(black_box(&other)))
+    });
+    // Every cube at every granularity, as applying a batch does.
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("rollups_add_10k_events", |b| {
+        b.iter(|| {
+            let mut r = Rollups::new(DEFAULT_ROLLUP_KEY_BUDGET);
+            for e in &evs {
+                r.add(e);
+            }
+            r
+        })
+    });
+    // A flush merging its part into the flushed rollups.
+    let (mut first, mut second) = (
+        Rollups::new(DEFAULT_ROLLUP_KEY_BUDGET),
+        Rollups::new(DEFAULT_ROLLUP_KEY_BUDGET),
+    );
+    for (i, e) in evs.iter().enumerate() {
+        if i % 2 == 0 {
+            first.add(e)
+        } else {
+            second.add(e)
+        }
+    }
+    g.bench_function("rollups_merge_5k_into_5k_events", |b| {
+        b.iter(|| black_box(first.clone()).merge(black_box(second.clone())))
     });
     g.finish();
 }

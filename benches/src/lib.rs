@@ -1,5 +1,7 @@
 //! Shared helpers for toplog's benchmarks: deterministic, realistic-looking events.
 
+pub mod workload;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -148,6 +148,11 @@ impl Cell {
     }
 
     pub fn add(&mut self, status_code: u16, latency_us: u64) {
+        self.add_binned(status_code, latency_us, LatencySketch::bin(latency_us));
+    }
+
+    /// [`Cell::add`] with the latency's sketch bin already computed.
+    fn add_binned(&mut self, status_code: u16, latency_us: u64, bin: Option<i32>) {
         self.count += 1;
         let class = usize::from(status_code / 100).clamp(1, 5) - 1;
         self.by_class[class] += 1;
@@ -155,7 +160,7 @@ impl Cell {
         self.latency_min_us = self.latency_min_us.min(latency_us);
         self.latency_max_us = self.latency_max_us.max(latency_us);
         if let Some(s) = &mut self.sketch {
-            s.insert(latency_us);
+            s.insert_bin(bin);
         }
     }
 
@@ -199,7 +204,7 @@ pub struct Overflow {
 /// One dimension's cells in one bucket.
 #[derive(Debug, Clone, Default)]
 pub struct Cube {
-    cells: HashMap<String, Cell>,
+    cells: HashMap<String, Cell, foldhash::fast::RandomState>,
     /// Set once the bucket has had more keys than its budget.
     overflow: Option<Overflow>,
 }
@@ -223,23 +228,17 @@ impl Cube {
         self.overflow.as_ref().map_or(0, |o| o.floor)
     }
 
-    /// The cell of `key`, created (with what it may have missed) if absent.
-    fn add(
-        &mut self,
-        key: std::borrow::Cow<'_, str>,
-        sketch: bool,
-        status: u16,
-        latency_us: u64,
-        budget: usize,
-    ) {
-        if let Some(cell) = self.cells.get_mut(key.as_ref()) {
-            cell.add(status, latency_us);
+    /// Counts a request in the cell of `key`, created (with what it may have
+    /// missed) if absent.
+    fn add(&mut self, key: &str, sketch: bool, e: &Event, bin: Option<i32>, budget: usize) {
+        if let Some(cell) = self.cells.get_mut(key) {
+            cell.add_binned(e.status_code, e.latency_us, bin);
             return;
         }
         let mut cell = Cell::new(sketch);
         cell.missed = self.floor();
-        cell.add(status, latency_us);
-        self.cells.insert(key.into_owned(), cell);
+        cell.add_binned(e.status_code, e.latency_us, bin);
+        self.cells.insert(key.to_owned(), cell);
         self.enforce_budget(budget, sketch);
     }
 
@@ -338,6 +337,10 @@ impl Rollups {
 
     /// Counts `e` in the bucket of each granularity of each cube.
     pub fn add(&mut self, e: &Event) {
+        let bin = LatencySketch::bin(e.latency_us);
+        // Keys derived from the event, built once instead of once per granularity.
+        let status = e.status_code.to_string();
+        let class = Dimension::endpoint_class_key(e.status_code / 100, &e.endpoint);
         for g in Granularity::ALL {
             let start = e.timestamp.floor_to(g.len_us()).get();
             let bucket = self.levels[g.index()].entry(start).or_default();
@@ -345,13 +348,14 @@ impl Rollups {
                 if !d.granularities().contains(&g) {
                     continue;
                 }
-                bucket.cubes[d.index()].add(
-                    d.key_of(e),
-                    d.keeps_sketch(),
-                    e.status_code,
-                    e.latency_us,
-                    self.budget,
-                );
+                let key = match d {
+                    Dimension::Endpoint => &e.endpoint,
+                    Dimension::StatusCode => &status,
+                    Dimension::Method => &e.method,
+                    Dimension::UserId => &e.user_id,
+                    Dimension::EndpointStatusClass => &class,
+                };
+                bucket.cubes[d.index()].add(key, d.keeps_sketch(), e, bin, self.budget);
             }
         }
     }

@@ -20,16 +20,22 @@ pub struct LatencySketch {
 }
 
 impl LatencySketch {
-    fn key(us: u64) -> i32 {
-        ((us as f64).ln() / gamma().ln()).ceil() as i32
+    /// The bin of a value, `None` for 0 µs. Computed once per request and
+    /// handed to every sketch it goes into ([`LatencySketch::insert_bin`]).
+    pub fn bin(us: u64) -> Option<i32> {
+        (us > 0).then(|| ((us as f64).ln() / gamma().ln()).ceil() as i32)
     }
 
     pub fn insert(&mut self, us: u64) {
-        if us == 0 {
+        self.insert_bin(Self::bin(us));
+    }
+
+    /// Inserts a value by its [`LatencySketch::bin`].
+    pub fn insert_bin(&mut self, bin: Option<i32>) {
+        let Some(key) = bin else {
             self.zeros += 1;
             return;
-        }
-        let key = Self::key(us);
+        };
         match self.bins.binary_search_by_key(&key, |(k, _)| *k) {
             Ok(i) => self.bins[i].1 += 1,
             Err(i) => self.bins.insert(i, (key, 1)),
