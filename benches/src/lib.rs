@@ -39,6 +39,18 @@ impl SplitMix {
     }
 }
 
+/// A UUIDv7-shaped request id from two random words.
+pub fn uuid_like(a: u64, b: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        (b >> 48) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 
 /// `n` events one millisecond apart from `start`: UUID-shaped request ids,
@@ -67,14 +79,7 @@ pub fn events_over(n: usize, seed: u64, start: Micros, span_us: i64) -> Vec<Even
             let normal = (0..4).map(|_| rng.unit()).sum::<f64>() - 2.0;
             let latency_ms = (3.0 + 1.2 * normal).exp();
             Event {
-                request_id: format!(
-                    "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
-                    a >> 32,
-                    (a >> 16) & 0xffff,
-                    a & 0xfff,
-                    (b >> 48) | 0x8000,
-                    b & 0xffff_ffff_ffff
-                ),
+                request_id: uuid_like(a, b),
                 timestamp: Micros::new(start.get() + (i as f64 * step) as i64),
                 user_id: format!("user-{}", rng.skewed(50_000)),
                 endpoint: format!("{method} /api/v1/resource{route}/{{id}}"),

@@ -5,7 +5,7 @@
 
 use toplog_types::{Event, Micros};
 
-use crate::SplitMix;
+use crate::{SplitMix, uuid_like};
 
 const DAY_US: i64 = 86_400_000_000;
 const RESOURCES: [&str; 20] = [
@@ -174,14 +174,7 @@ impl Iterator for Generator {
         let latency_ms = median_ms * (0.6 * self.normal()).exp();
         let route = &self.routes[r];
         Some(Event {
-            request_id: format!(
-                "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
-                a >> 32,
-                (a >> 16) & 0xffff,
-                a & 0xfff,
-                (b >> 48) | 0x8000,
-                b & 0xffff_ffff_ffff
-            ),
+            request_id: uuid_like(a, b),
             timestamp: self.timestamp(i),
             user_id: format!("user-{user:07}"),
             endpoint: route.endpoint.clone(),

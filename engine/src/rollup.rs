@@ -224,7 +224,9 @@ impl Cube {
         self.overflow.as_ref()
     }
 
-    fn floor(&self) -> u64 {
+    /// No key absent from this cube has more requests in the bucket (0 while
+    /// it never exceeded its budget).
+    pub fn floor(&self) -> u64 {
         self.overflow.as_ref().map_or(0, |o| o.floor)
     }
 

@@ -181,7 +181,7 @@ impl Merged {
 
     /// Reads one cube bucket: `pick` maps a cube key to the group it counts for, if any.
     fn add_cube<'c>(&mut self, cube: &'c Cube, mut pick: impl FnMut(&'c str) -> Option<&'c str>) {
-        let floor = cube.overflow().map_or(0, |o| o.floor);
+        let floor = cube.floor();
         for (k, cell) in cube.cells() {
             if let Some(group) = pick(k) {
                 self.add(group, cell, floor);
@@ -290,7 +290,7 @@ pub(crate) fn merged_cells(
                     }
                     CubeRead::Direct { key: Some(key) } => {
                         engine.visit_rollups(granularity, from, to, dim, |cube| {
-                            let floor = cube.overflow().map_or(0, |o| o.floor);
+                            let floor = cube.floor();
                             if let Some(cell) = cube.get(key) {
                                 out.add(key, cell, floor);
                             }

@@ -304,8 +304,8 @@ async fn freshness(
         loop {
             let body: serde_json::Value = client
                 .get(format!(
-                    "{server}/api/v1/requests/top-k?k=1&metric=frequency&endpoint={}&start={start}&end={end}",
-                    urlencode(&endpoint)
+                    "{server}/api/v1/requests/top-k?k=1&metric=frequency&{}&start={start}&end={end}",
+                    param("endpoint", &endpoint)
                 ))
                 .send()
                 .await?
@@ -386,8 +386,8 @@ async fn query_mix(q: &QueryArgs) -> anyhow::Result<()> {
         (
             "one endpoint per minute, 24 h",
             format!(
-                "/api/v1/requests/timeseries?metric=frequency&interval=1m&endpoint={}&start={}&end={end}",
-                urlencode(&endpoint),
+                "/api/v1/requests/timeseries?metric=frequency&interval=1m&{}&start={}&end={end}",
+                param("endpoint", &endpoint),
                 ago(DAY_US)
             ),
         ),
@@ -428,13 +428,10 @@ fn chrono_date(t: Micros) -> String {
     t.to_rfc3339().chars().take(10).collect()
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `name=value` form-encoded, for a query string.
+fn param(name: &str, value: &str) -> String {
+    reqwest::Url::parse_with_params("http://localhost/", [(name, value)])
+        .ok()
+        .and_then(|u| u.query().map(str::to_owned))
+        .unwrap_or_default()
 }
