@@ -723,14 +723,32 @@ impl Engine {
         from: Micros,
         to: Micros,
         dim: Dimension,
-        mut f: impl FnMut(&Cube),
+        f: impl FnMut(&Cube),
     ) {
+        self.with_rollups(&[(g, from, to)], dim, |cubes| {
+            cubes.iter().copied().for_each(f)
+        })
+    }
+
+    /// Calls `f` once, under one read lock, with every cube [`Engine::visit_rollups`]
+    /// would visit for each `(granularity, from, to)` of `pieces`, so they can be
+    /// read side by side.
+    pub fn with_rollups<R>(
+        &self,
+        pieces: &[(Granularity, Micros, Micros)],
+        dim: Dimension,
+        f: impl FnOnce(&[&Cube]) -> R,
+    ) -> R {
         let st = self.inner.read();
-        st.rollups.visit(g, from, to, dim, &mut f);
-        for r in &st.frozen_rollups {
-            r.visit(g, from, to, dim, &mut f);
+        let mut cubes = Vec::new();
+        for &(g, from, to) in pieces {
+            st.rollups.visit(g, from, to, dim, |c| cubes.push(c));
+            for r in &st.frozen_rollups {
+                r.visit(g, from, to, dim, |c| cubes.push(c));
+            }
+            st.active_rollups.visit(g, from, to, dim, |c| cubes.push(c));
         }
-        st.active_rollups.visit(g, from, to, dim, &mut f);
+        f(&cubes)
     }
 
     /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the cubes would.

@@ -14,6 +14,8 @@ pub enum EngineError {
     },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
     /// The engine stopped taking writes after a failure it will not retry.
     #[error("not accepting writes: {0}")]
     Unavailable(String),

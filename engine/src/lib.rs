@@ -9,6 +9,7 @@ mod engine;
 mod error;
 mod idempotency;
 mod manifest;
+pub mod parquet;
 mod rollup;
 mod scan;
 mod segment;
@@ -16,7 +17,7 @@ mod sketch;
 
 pub use engine::{DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt, StorageStats};
 pub use error::{EngineError, Result};
-pub use rollup::{Cell, Cube, Dimension, Granularity, Overflow, Rollups};
+pub use rollup::{Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Overflow, Rollups};
 pub use scan::{Cursor, Filters, Page, TimeRange};
 pub use segment::{SegmentError, SegmentMeta, decode_segment_events, encode_segment_events};
-pub use sketch::{LatencySketch, SKETCH_RELATIVE_ERROR};
+pub use sketch::{LatencySketch, SKETCH_RELATIVE_ERROR, quantile_index};

@@ -4,6 +4,7 @@
 //! the same answer the raw rows would give.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use toplog_types::{Event, Micros};
 
@@ -201,12 +202,18 @@ pub struct Overflow {
     pub evicted: Cell,
 }
 
+/// Cells a cube lists in [`Cube::heaviest`].
+pub const HEAVIEST_LISTED: usize = 64;
+
 /// One dimension's cells in one bucket.
 #[derive(Debug, Clone, Default)]
 pub struct Cube {
     cells: HashMap<String, Cell, foldhash::fast::RandomState>,
     /// Set once the bucket has had more keys than its budget.
     overflow: Option<Overflow>,
+    /// [`Cube::heaviest`], computed when first asked for and dropped whenever
+    /// the cube changes, so a closed bucket sorts its cells once.
+    heaviest: OnceLock<Vec<(u64, String)>>,
 }
 
 impl Cube {
@@ -217,6 +224,34 @@ impl Cube {
 
     pub fn get(&self, key: &str) -> Option<&Cell> {
         self.cells.get(key)
+    }
+
+    /// Keys with a cell.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// (count, key) of the [`HEAVIEST_LISTED`] cells with the most requests,
+    /// most first, ties by key ascending: every cell when there are no more.
+    pub fn heaviest(&self) -> &[(u64, String)] {
+        self.heaviest.get_or_init(|| {
+            let mut all: Vec<(u64, &str)> = self
+                .cells
+                .iter()
+                .map(|(k, c)| (c.count, k.as_str()))
+                .collect();
+            let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
+            if all.len() > HEAVIEST_LISTED {
+                all.select_nth_unstable_by(HEAVIEST_LISTED - 1, order);
+                all.truncate(HEAVIEST_LISTED);
+            }
+            all.sort_unstable_by(order);
+            all.into_iter().map(|(c, k)| (c, k.to_owned())).collect()
+        })
     }
 
     /// `None` while every key of the bucket has its own exact cell.
@@ -233,6 +268,7 @@ impl Cube {
     /// Counts a request in the cell of `key`, created (with what it may have
     /// missed) if absent.
     fn add(&mut self, key: &str, sketch: bool, e: &Event, bin: Option<i32>, budget: usize) {
+        self.heaviest.take();
         if let Some(cell) = self.cells.get_mut(key) {
             cell.add_binned(e.status_code, e.latency_us, bin);
             return;
@@ -247,6 +283,7 @@ impl Cube {
     /// Adds `other`'s cells. A key present on one side only may have up to the
     /// other side's floor of requests there, so its `missed` grows by that floor.
     fn merge(&mut self, other: Cube, budget: usize, sketch: bool) {
+        self.heaviest.take();
         let (mine, theirs) = (self.floor(), other.floor());
         if theirs > 0 {
             for (k, c) in &mut self.cells {
@@ -503,13 +540,13 @@ impl Rollups {
     }
 
     /// Calls `f` with the cube of `dim` of every bucket of `g` starting in `[from, to)`.
-    pub fn visit(
-        &self,
+    pub fn visit<'a>(
+        &'a self,
         g: Granularity,
         from: Micros,
         to: Micros,
         dim: Dimension,
-        mut f: impl FnMut(&Cube),
+        mut f: impl FnMut(&'a Cube),
     ) {
         for (_, bucket) in self.levels[g.index()].range(from.get()..to.get()) {
             f(&bucket.cubes[dim.index()]);

@@ -11,6 +11,15 @@ fn gamma() -> f64 {
     (1.0 + SKETCH_RELATIVE_ERROR) / (1.0 - SKETCH_RELATIVE_ERROR)
 }
 
+/// The 0-based position in sorted order of the `q`-quantile of `n` values:
+/// the nearest rank, `ceil(q * n)` counting from 1, as SQL's `quantile_disc`
+/// and `percentile_disc` define it (ClickHouse's `quantileExact` agrees).
+pub fn quantile_index(q: f64, n: u64) -> u64 {
+    // The tolerance keeps `0.99 * 100` (99.00000000000001 in floating point) at rank 99.
+    let rank = (q.clamp(0.0, 1.0) * n as f64 - 1e-9).ceil().max(1.0) as u64;
+    rank.min(n).saturating_sub(1)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LatencySketch {
     /// Values of 0 µs, which have no logarithm.
@@ -82,14 +91,14 @@ impl LatencySketch {
         self.zeros + self.bins.iter().map(|(_, c)| c).sum::<u64>()
     }
 
-    /// The `q`-quantile (0 to 1) in microseconds: within 1% of the value of rank
-    /// `floor(q * (n - 1))` in sorted order. `None` when empty.
+    /// The `q`-quantile (0 to 1) in microseconds: within 1% of the value at
+    /// [`quantile_index`] in sorted order. `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let n = self.count();
         if n == 0 {
             return None;
         }
-        let rank = (q.clamp(0.0, 1.0) * (n - 1) as f64).floor() as u64;
+        let rank = quantile_index(q, n);
         if rank < self.zeros {
             return Some(0.0);
         }
@@ -120,6 +129,24 @@ impl LatencySketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantile_index_is_the_nearest_rank() {
+        // As DuckDB's quantile_disc answers for the values 1..=n.
+        for (q, n, want) in [
+            (0.99, 100, 98),
+            (0.99, 137, 135),
+            (0.99, 10, 9),
+            (0.5, 10, 4),
+            (0.5, 7, 3),
+        ] {
+            assert_eq!(quantile_index(q, n), want, "q={q} n={n}");
+        }
+        assert_eq!(quantile_index(0.0, 5), 0);
+        assert_eq!(quantile_index(1.0, 5), 4);
+        assert_eq!(quantile_index(0.99, 1), 0);
+        assert_eq!(quantile_index(0.5, 0), 0);
+    }
     use proptest::prelude::*;
 
     proptest! {
@@ -136,7 +163,7 @@ mod tests {
             prop_assert_eq!(&sa, &all);
             let mut sorted: Vec<u64> = a.iter().chain(&b).copied().collect();
             sorted.sort_unstable();
-            let want = sorted[(q * (sorted.len() - 1) as f64).floor() as usize] as f64;
+            let want = sorted[quantile_index(q, sorted.len() as u64) as usize] as f64;
             let got = sa.quantile(q).unwrap_or(f64::NAN);
             prop_assert!((got - want).abs() <= SKETCH_RELATIVE_ERROR * want + 1e-9, "q={} got {} want {}", q, got, want);
         }

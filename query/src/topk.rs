@@ -1,9 +1,11 @@
 //! Top-K: merge cells by key over the plan's pieces, compute the metric, keep K.
 //! Ties break by key in ascending byte order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use toplog_engine::{Cell, Cube, Dimension, Engine, Filters, TimeRange};
+use toplog_engine::{
+    Cell, Cube, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, TimeRange,
+};
 
 use crate::metric::Missed;
 use crate::plan::{Piece, plan};
@@ -124,7 +126,7 @@ fn cube_read(dim: Dimension, f: &Filters) -> Option<CubeRead> {
 /// Cells merged by key over a range, and what over-budget cube buckets left uncertain.
 #[derive(Debug, Default)]
 pub(crate) struct Merged {
-    pub(crate) groups: HashMap<String, Group>,
+    pub(crate) groups: HashMap<String, Group, foldhash::fast::RandomState>,
     /// Sum of the floors of every over-budget cube bucket read: a key absent from
     /// all of them has at most this many requests in the range.
     floor: u64,
@@ -322,6 +324,158 @@ pub(crate) fn merged_cells(
     Ok(out)
 }
 
+/// The `k` keys with the most requests, found without merging every cell:
+/// Fagin's threshold algorithm over each cube's [`Cube::heaviest`] list. Going
+/// down the lists a level at a time, every key met is counted in full (a
+/// lookup per cube); a key not met yet has at most the sum of the counts at
+/// the current level, so once the k-th best count exceeds that sum the answer
+/// is final. Zipf-like traffic ends within a few levels instead of merging
+/// every key of every bucket. The cells of the winners are then merged as
+/// [`merged_cells`] would merge them, so answers are identical.
+///
+/// `None` when it does not apply (another metric or order, a filter, a
+/// `min_count`, a large k) or the lists ran out before the answer was final.
+fn heaviest_first(
+    engine: &Engine,
+    q: &TopK,
+    dim: Dimension,
+    note: &mut impl FnMut(&'static str),
+) -> Result<Option<Merged>> {
+    let applies = q.metric == Metric::Frequency
+        && q.order == Order::Desc
+        && q.min_count <= 1
+        && q.k <= HEAVIEST_LISTED / 2
+        && cube_read(dim, &q.filters) == Some(CubeRead::Direct { key: None });
+    if !applies {
+        return Ok(None);
+    }
+    let mut pieces: Vec<(Granularity, toplog_types::Micros, toplog_types::Micros)> = Vec::new();
+    let mut raw: Vec<HashMap<String, Cell>> = Vec::new();
+    for piece in plan(q.range, dim.granularities()) {
+        match piece {
+            Piece::Buckets {
+                granularity,
+                from,
+                to,
+            } => pieces.push((granularity, from, to)),
+            Piece::Raw(r) => raw.push(engine.aggregate_raw(r, &q.filters, dim)?),
+        }
+    }
+    let merged = engine.with_rollups(&pieces, dim, |cubes| {
+        let winners = threshold_top(cubes, &raw, q.k)?;
+        let mut out = Merged::new(false);
+        for cube in cubes {
+            let floor = cube.floor();
+            for key in &winners {
+                if let Some(cell) = cube.get(key) {
+                    out.add(key, cell, floor);
+                }
+            }
+            out.note_overflow(cube);
+        }
+        for part in &raw {
+            for key in &winners {
+                if let Some(cell) = part.get(key.as_str()) {
+                    out.add(key, cell, 0);
+                }
+            }
+        }
+        Some(out)
+    });
+    if merged.is_some() {
+        for (g, _, _) in &pieces {
+            note(g.name());
+        }
+        if !raw.is_empty() {
+            note("raw");
+        }
+    }
+    Ok(merged)
+}
+
+/// The keys of the `k` largest total counts over `cubes` and `raw` (ties by
+/// key ascending), or `None` if the cubes' heaviest lists end too soon to tell.
+fn threshold_top(cubes: &[&Cube], raw: &[HashMap<String, Cell>], k: usize) -> Option<Vec<String>> {
+    /// A ranked list: (count, key), most first; `complete` if it holds every key of its source.
+    struct List<'a> {
+        ranked: Vec<(u64, &'a str)>,
+        complete: bool,
+    }
+    let mut lists: Vec<List<'_>> = cubes
+        .iter()
+        .map(|c| {
+            let heaviest = c.heaviest();
+            List {
+                ranked: heaviest.iter().map(|(n, k)| (*n, k.as_str())).collect(),
+                complete: heaviest.len() == c.len(),
+            }
+        })
+        .collect();
+    for part in raw {
+        let mut ranked: Vec<(u64, &str)> =
+            part.iter().map(|(k, c)| (c.count, k.as_str())).collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        lists.push(List {
+            ranked,
+            complete: true,
+        });
+    }
+    let total = |key: &str| -> u64 {
+        let cubed: u64 = cubes
+            .iter()
+            .filter_map(|c| c.get(key))
+            .map(|c| c.count)
+            .sum();
+        cubed
+            + raw
+                .iter()
+                .filter_map(|p| p.get(key))
+                .map(|c| c.count)
+                .sum::<u64>()
+    };
+    let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+    let mut best: Vec<(u64, &str)> = Vec::new();
+    for depth in 0.. {
+        let mut met = false;
+        for list in &lists {
+            if let Some(&(_, key)) = list.ranked.get(depth) {
+                met = true;
+                if seen.insert(key) {
+                    best.push((total(key), key));
+                }
+            }
+        }
+        best.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        best.truncate(k);
+        if !met {
+            // Every list is used up: complete ones have shown every key.
+            return lists
+                .iter()
+                .all(|l| l.complete)
+                .then(|| best.iter().map(|(_, key)| (*key).to_owned()).collect());
+        }
+        // The most requests a key not met yet can have: in each list, no more
+        // than the next count down (an incomplete list's last count bounds the
+        // keys it leaves out).
+        let threshold: u64 = lists
+            .iter()
+            .map(|l| match l.ranked.get(depth + 1) {
+                Some(&(n, _)) => n,
+                None if l.complete => 0,
+                None => l.ranked.last().map_or(0, |&(n, _)| n),
+            })
+            .sum();
+        if best.len() == k && best[k - 1].0 > threshold {
+            return Some(best.iter().map(|(_, key)| (*key).to_owned()).collect());
+        }
+        if threshold == 0 {
+            // Every key with a request has been met.
+            return Some(best.iter().map(|(_, key)| (*key).to_owned()).collect());
+        }
+    }
+    None
+}
+
 /// Answers `q` from the engine's rollups and raw rows.
 pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     if q.k == 0 {
@@ -337,7 +491,10 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
         Grouping::Request => return slowest(engine, q),
         Grouping::By(d) => d,
     };
-    let merged = merged_cells(engine, q.range, dim, &q.filters, q.metric, &mut note)?;
+    let merged = match heaviest_first(engine, q, dim, &mut note)? {
+        Some(merged) => merged,
+        None => merged_cells(engine, q.range, dim, &q.filters, q.metric, &mut note)?,
+    };
     let min_count = q.min_count.max(1);
     let mut rows: Vec<TopKRow> = merged
         .groups

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use toplog_engine::{Dimension, Engine, EngineConfig, Filters, SKETCH_RELATIVE_ERROR, TimeRange};
+use toplog_engine::{
+    Dimension, Engine, EngineConfig, Filters, SKETCH_RELATIVE_ERROR, TimeRange, quantile_index,
+};
 use toplog_query::{Grouping, Metric, Order, TopK, top_k};
 use toplog_types::{Event, Micros};
 use toplog_wal::SimFs;
@@ -93,7 +95,7 @@ fn model(events: &[Event], q: &TopK, by: Dimension) -> Vec<(String, f64, u64)> {
                 Metric::LatencyAvg => sum as f64 / n / 1000.0,
                 Metric::LatencyMax => lat[lat.len() - 1] as f64 / 1000.0,
                 m => {
-                    lat[(m.quantile().unwrap() * (lat.len() - 1) as f64).floor() as usize] as f64
+                    lat[quantile_index(m.quantile().unwrap(), lat.len() as u64) as usize] as f64
                         / 1000.0
                 }
             };
@@ -437,7 +439,7 @@ fn history_has_a_row_per_day_matching_the_events() {
         assert_eq!(row.error_rate, Some(errors / n));
         let mut lat: Vec<u64> = day.iter().map(|e| e.latency_us).collect();
         lat.sort_unstable();
-        let p99 = lat[(0.99 * (lat.len() - 1) as f64).floor() as usize] as f64 / 1000.0;
+        let p99 = lat[quantile_index(0.99, lat.len() as u64) as usize] as f64 / 1000.0;
         let got = row.p99_latency.unwrap();
         assert!(
             (got - p99).abs() <= SKETCH_RELATIVE_ERROR * p99 + 1e-9,
@@ -533,4 +535,69 @@ fn timeseries_points_match_the_events_in_each_interval() {
         timeseries(&engine, &too_many),
         Err(toplog_query::QueryError::Invalid("interval", _))
     ));
+}
+
+/// Top-K by frequency over buckets with many more keys than a cube lists as
+/// its heaviest, with heavy ties: the threshold algorithm must stop only when
+/// no unseen key can still beat (or tie and precede) the k-th, and fall back
+/// to merging every cell when the lists run out. Answers equal brute force,
+/// live and after a restart.
+#[test]
+fn frequency_top_k_over_many_keys_matches_the_model() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for seed in 0..4u64 {
+        let mut rng = StdRng::seed_from_u64(500 + seed);
+        let fs = SimFs::new(seed);
+        let engine = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
+        let mut events = Vec::new();
+        for b in 0..30 {
+            let batch: Vec<Event> = (0..rng.random_range(50..200))
+                .map(|i| {
+                    let mut e = random_event(&mut rng, b * 1000 + i);
+                    // Half skewed over a few keys, half uniform over hundreds
+                    // (many ties at small counts).
+                    let (u, p) = if rng.random_bool(0.5) {
+                        let x: u32 = rng.random_range(0..30);
+                        (x * x / 30, rng.random_range(0..8))
+                    } else {
+                        (rng.random_range(0..400), rng.random_range(0..300))
+                    };
+                    e.user_id = format!("u{u}");
+                    e.endpoint = format!("GET /p{p}");
+                    e.method = "GET".into();
+                    e
+                })
+                .collect();
+            rt.block_on(engine.ingest(batch.clone(), None)).unwrap();
+            events.extend(batch);
+            if b % 11 == 0 {
+                engine.flush().unwrap();
+            }
+        }
+        let queries: Vec<(TopK, Dimension)> = (0..60)
+            .map(|_| {
+                let (mut q, _) = random_query(&mut rng);
+                let by = [Dimension::UserId, Dimension::Endpoint][rng.random_range(0..2)];
+                q.by = Grouping::By(by);
+                q.metric = Metric::Frequency;
+                q.order = Order::Desc;
+                q.filters = Filters::default();
+                q.min_count = 0;
+                q.k = [1, 3, 10, 32][rng.random_range(0..4)];
+                (q, by)
+            })
+            .collect();
+        for (q, by) in &queries {
+            check(&engine, &events, q, *by, &format!("seed {seed} live"));
+        }
+        engine.close().unwrap();
+        drop(engine);
+        let reopened = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
+        for (q, by) in &queries {
+            check(&reopened, &events, q, *by, &format!("seed {seed} restart"));
+        }
+        reopened.close().unwrap();
+    }
 }

@@ -1,12 +1,18 @@
 //! Load generator for a running toplog node.
 //!
-//! - `loadgen generate --events N --out FILE`: the workload as NDJSON.
+//! - `loadgen generate --events N --out FILE`: the workload as NDJSON, or as
+//!   Parquet when FILE ends in `.parquet`.
 //! - `loadgen send --server URL --events N`: sends the workload over HTTP
 //!   (NDJSON batches on N connections) and reports acknowledged events/s,
 //!   acknowledgement latency, freshness (acknowledged -> visible in a top-K
 //!   answer), then runs the query mix.
 //! - `loadgen query --server URL`: the query mix alone: per query, p50/p99 of
 //!   the latency seen by the client and of the server's own `took_ms`.
+//!
+//! `--end` (workload) and `--now` (query mix) fix the instants the workload
+//! and the query ranges end at, so a comparison can load the same events
+//! elsewhere and ask the same questions; `--report FILE` writes every query's
+//! range, answer and latencies as JSON.
 //!
 //! With `--server-pid`, the node's peak and current resident memory are
 //! read from /proc and reported.
@@ -18,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use toplog_benches::workload::{Generator, Workload, ndjson_line};
+use toplog_engine::parquet::ParquetEventWriter;
 use toplog_types::Micros;
 
 const HOUR_US: i64 = 3_600_000_000;
@@ -32,7 +39,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Writes the workload to an NDJSON file.
+    /// Writes the workload to an NDJSON file, or Parquet if it ends in `.parquet`.
     Generate {
         #[command(flatten)]
         w: WorkloadArgs,
@@ -76,6 +83,9 @@ struct WorkloadArgs {
     endpoints: usize,
     #[arg(long, default_value_t = 1_000_000)]
     users: u64,
+    /// Unix seconds the traffic ends at (default: a minute ago).
+    #[arg(long)]
+    end: Option<i64>,
 }
 
 #[derive(Args, Clone)]
@@ -88,12 +98,21 @@ struct QueryArgs {
     /// The node's process id, to report its memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Unix seconds the query ranges end at (default: now).
+    #[arg(long)]
+    now: Option<i64>,
+    /// Writes each query's parameters, answer and latencies to this JSON file.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 impl WorkloadArgs {
     fn generator(&self) -> Generator {
-        // A minute short of now, so no event is "in the future" for the node.
-        let end = Micros::now().saturating_sub_micros(60_000_000);
+        // By default a minute short of now, so no event is "in the future" for the node.
+        let end = self.end.map_or_else(
+            || Micros::now().saturating_sub_micros(60_000_000),
+            |s| Micros::new(s * 1_000_000),
+        );
         Generator::new(
             Workload {
                 seed: self.seed,
@@ -143,15 +162,24 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate { w, out } => {
             let started = Instant::now();
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
-            let mut line = String::new();
-            for e in w.generator() {
-                line.clear();
-                ndjson_line(&e, &mut line);
-                line.push('\n');
-                file.write_all(line.as_bytes())?;
+            let file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+            if out.extension().is_some_and(|x| x == "parquet") {
+                let mut writer = ParquetEventWriter::new(file)?;
+                for e in w.generator() {
+                    writer.write(&e)?;
+                }
+                writer.finish()?.flush()?;
+            } else {
+                let mut file = file;
+                let mut line = String::new();
+                for e in w.generator() {
+                    line.clear();
+                    ndjson_line(&e, &mut line);
+                    line.push('\n');
+                    file.write_all(line.as_bytes())?;
+                }
+                file.flush()?;
             }
-            file.flush()?;
             eprintln!(
                 "wrote {} events to {} in {:.1} s",
                 w.events,
@@ -167,10 +195,10 @@ fn main() -> anyhow::Result<()> {
             batch,
             probes,
         } => rt.block_on(async move {
-            send(&w, &q, connections, batch, probes).await?;
-            query_mix(&q).await
+            let ingest = send(&w, &q, connections, batch, probes).await?;
+            query_mix(&q, ingest).await
         }),
-        Cmd::Query { q } => rt.block_on(query_mix(&q)),
+        Cmd::Query { q } => rt.block_on(query_mix(&q, serde_json::Value::Null)),
     }
 }
 
@@ -180,7 +208,7 @@ async fn send(
     connections: usize,
     batch: usize,
     probes: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     let mut body = String::new();
@@ -253,6 +281,10 @@ async fn send(
     let secs = started.elapsed().as_secs_f64();
     let fresh = prober.await??;
     let (a50, a99) = summary(acks);
+    let mut stats = serde_json::json!({
+        "events": w.events, "seconds": secs, "events_per_s": w.events as f64 / secs,
+        "ack_ms": {"p50": a50, "p99": a99},
+    });
     println!(
         "ingest: {} events in {secs:.1} s = {:.0} events/s acknowledged ({connections} connections, {batch} per request); ack latency p50 {a50:.1} ms, p99 {a99:.1} ms",
         w.events,
@@ -262,11 +294,13 @@ async fn send(
         let n = fresh.len();
         let (f50, f99) = summary(fresh);
         println!("freshness ({n} probes): p50 {f50:.2} ms, p99 {f99:.2} ms");
+        stats["freshness_ms"] = serde_json::json!({"p50": f50, "p99": f99});
     }
     if let Some((hwm, rss)) = q.server_pid.and_then(memory) {
         println!("server memory after load: peak RSS {hwm:.0} MiB, RSS {rss:.0} MiB");
+        stats["peak_rss_mib"] = serde_json::json!(hwm);
     }
-    Ok(())
+    Ok(stats)
 }
 
 /// While batches are being sent, sends one probe event at a time and polls
@@ -325,26 +359,52 @@ async fn freshness(
     Ok(out)
 }
 
-/// The query mix, each run `repeat` times over the last 30 days ending now.
-async fn query_mix(q: &QueryArgs) -> anyhow::Result<()> {
+/// One query of the mix: what it asks, as the comparison script needs to ask
+/// it elsewhere, and its URL path.
+struct MixQuery {
+    name: &'static str,
+    /// `top_k`, `history` or `timeseries`.
+    kind: &'static str,
+    metric: &'static str,
+    by: &'static str,
+    min_count: u64,
+    /// `[start, end)` in microseconds (history: whole UTC days from the start's to the end's).
+    start_us: i64,
+    end_us: i64,
+    endpoint: Option<String>,
+    path: String,
+}
+
+/// The query mix, each run `repeat` times over ranges ending at `--now`.
+async fn query_mix(q: &QueryArgs, ingest: serde_json::Value) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let now = Micros::now();
-    let ago = |us: i64| now.saturating_sub_micros(us).to_rfc3339();
-    let end = now.to_rfc3339();
-    let top = |metric: &str, by: &str, len: i64, min_count: u32| {
-        format!(
-            "/api/v1/requests/top-k?k=10&metric={metric}&by={by}&min_count={min_count}&start={}&end={end}",
-            ago(len)
-        )
+    let now = q
+        .now
+        .map_or_else(Micros::now, |s| Micros::new(s * 1_000_000));
+    let top = |name, metric, by, len: i64, min_count| {
+        let start = now.saturating_sub_micros(len);
+        MixQuery {
+            name,
+            kind: "top_k",
+            metric,
+            by,
+            min_count,
+            start_us: start.get(),
+            end_us: now.get(),
+            endpoint: None,
+            path: format!(
+                "/api/v1/requests/top-k?k=10&metric={metric}&by={by}&min_count={min_count}&start={}&end={}",
+                start.to_rfc3339(),
+                now.to_rfc3339()
+            ),
+        }
     };
-    let today = chrono_date(now);
-    let month_ago = chrono_date(now.saturating_sub_micros(29 * DAY_US));
     // The busiest endpoint, for the per-minute series.
     let busiest: serde_json::Value = client
         .get(format!(
             "{}{}",
             q.server,
-            top("frequency", "endpoint", 30 * DAY_US, 0)
+            top("", "frequency", "endpoint", 30 * DAY_US, 0).path
         ))
         .send()
         .await?
@@ -354,71 +414,143 @@ async fn query_mix(q: &QueryArgs) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or("GET /")
         .to_owned();
+    // Whole days up to yesterday: today also holds the freshness probes, sent
+    // after `now`, which a comparison loading the workload alone does not have.
+    let yesterday = now.floor_to(DAY_US).saturating_sub_micros(DAY_US);
+    let month_ago = yesterday.saturating_sub_micros(29 * DAY_US);
+    let day_ago = now.saturating_sub_micros(DAY_US);
     let mix = [
-        (
+        top(
             "top-10 endpoints by frequency, 1 h",
-            top("frequency", "endpoint", HOUR_US, 0),
+            "frequency",
+            "endpoint",
+            HOUR_US,
+            0,
         ),
-        (
+        top(
             "top-10 endpoints by frequency, 24 h",
-            top("frequency", "endpoint", DAY_US, 0),
+            "frequency",
+            "endpoint",
+            DAY_US,
+            0,
         ),
-        (
+        top(
             "top-10 endpoints by frequency, 30 d",
-            top("frequency", "endpoint", 30 * DAY_US, 0),
+            "frequency",
+            "endpoint",
+            30 * DAY_US,
+            0,
         ),
-        (
+        top(
             "top-10 users by frequency, 7 d",
-            top("frequency", "user_id", 7 * DAY_US, 0),
+            "frequency",
+            "user_id",
+            7 * DAY_US,
+            0,
         ),
-        (
+        top(
             "top-10 endpoints by p99, 24 h (min_count 100)",
-            top("latency_p99", "endpoint", DAY_US, 100),
+            "latency_p99",
+            "endpoint",
+            DAY_US,
+            100,
         ),
-        (
+        top(
             "top-10 endpoints by error rate, 24 h (min_count 100)",
-            top("error_rate", "endpoint", DAY_US, 100),
+            "error_rate",
+            "endpoint",
+            DAY_US,
+            100,
         ),
-        (
-            "history, 30 days",
-            format!("/api/v1/requests/history?start_date={month_ago}&end_date={today}"),
-        ),
-        (
-            "one endpoint per minute, 24 h",
-            format!(
-                "/api/v1/requests/timeseries?metric=frequency&interval=1m&{}&start={}&end={end}",
-                param("endpoint", &endpoint),
-                ago(DAY_US)
+        MixQuery {
+            name: "history, 30 days",
+            kind: "history",
+            metric: "",
+            by: "",
+            min_count: 0,
+            start_us: month_ago.get(),
+            end_us: yesterday.get() + DAY_US,
+            endpoint: None,
+            path: format!(
+                "/api/v1/requests/history?start_date={}&end_date={}",
+                chrono_date(month_ago),
+                chrono_date(yesterday)
             ),
-        ),
+        },
+        MixQuery {
+            name: "one endpoint per minute, 24 h",
+            kind: "timeseries",
+            metric: "frequency",
+            by: "",
+            min_count: 0,
+            start_us: day_ago.get(),
+            end_us: now.get(),
+            path: format!(
+                "/api/v1/requests/timeseries?metric=frequency&interval=1m&{}&start={}&end={}",
+                param("endpoint", &endpoint),
+                day_ago.to_rfc3339(),
+                now.to_rfc3339()
+            ),
+            endpoint: Some(endpoint),
+        },
     ];
     println!("| query | over HTTP p50 | p99 | inside the server p50 | p99 |");
     println!("|---|---|---|---|---|");
-    for (name, path) in mix {
-        let url = format!("{}{path}", q.server);
+    let mut report = Vec::new();
+    for m in mix {
+        let url = format!("{}{}", q.server, m.path);
         let (mut outside, mut inside) = (Vec::new(), Vec::new());
+        let mut answer = serde_json::Value::Null;
         for _ in 0..q.repeat {
             let t = Instant::now();
             let resp = client.get(&url).send().await?;
             let status = resp.status();
             let body: serde_json::Value = resp.json().await?;
             outside.push(t.elapsed().as_secs_f64() * 1000.0);
-            anyhow::ensure!(status.is_success(), "{name}: {status}: {body}");
+            anyhow::ensure!(status.is_success(), "{}: {status}: {body}", m.name);
             if let Some(ms) = body["meta"]["took_ms"].as_f64() {
                 inside.push(ms);
             }
+            answer = body;
         }
         let (o50, o99) = summary(outside);
-        let inside = if inside.is_empty() {
-            "| n/a | n/a |".to_owned()
-        } else {
-            let (i50, i99) = summary(inside);
-            format!("| {i50:.3} ms | {i99:.3} ms |")
+        let (i50, i99) = summary(inside);
+        let shown = |v: f64| {
+            if v.is_nan() {
+                "n/a".to_owned()
+            } else {
+                format!("{v:.3} ms")
+            }
         };
-        println!("| {name} | {o50:.3} ms | {o99:.3} ms {inside}");
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            m.name,
+            shown(o50),
+            shown(o99),
+            shown(i50),
+            shown(i99)
+        );
+        report.push(serde_json::json!({
+            "name": m.name, "kind": m.kind, "metric": m.metric, "by": m.by,
+            "min_count": m.min_count, "start_us": m.start_us, "end_us": m.end_us,
+            "endpoint": m.endpoint, "path": m.path,
+            "http_ms": {"p50": o50, "p99": o99},
+            "inside_ms": (!i50.is_nan()).then(|| serde_json::json!({"p50": i50, "p99": i99})),
+            "answer": answer,
+        }));
     }
-    if let Some((hwm, rss)) = q.server_pid.and_then(memory) {
+    let memory = q.server_pid.and_then(memory);
+    if let Some((hwm, rss)) = memory {
         println!("server memory: peak RSS {hwm:.0} MiB, RSS {rss:.0} MiB");
+    }
+    if let Some(path) = &q.report {
+        let doc = serde_json::json!({
+            "now_us": now.get(),
+            "server_peak_rss_mib": memory.map(|m| m.0),
+            "ingest": ingest,
+            "queries": report,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)?;
     }
     Ok(())
 }
