@@ -65,7 +65,7 @@ fn cells(c: &mut Criterion) {
         }
     }
     g.bench_function("rollups_merge_5k_into_5k_events", |b| {
-        b.iter(|| black_box(first.clone()).merge(black_box(second.clone())))
+        b.iter(|| black_box(first.clone()).merge(black_box(&second)))
     });
     g.finish();
 }

@@ -118,7 +118,8 @@ struct State {
     keys: KeyIndex,
     /// Cubes over the flushed rows: the merge, in flush order, of the rollups of
     /// every flush (exactly what start-up rebuilds from the rollup files).
-    rollups: Rollups,
+    /// Replaced, not changed, by a flush: the merge is done outside the lock.
+    rollups: Arc<Rollups>,
     /// Cubes over the rows of the memtables being flushed.
     frozen_rollups: Vec<Arc<Rollups>>,
     /// Cubes over the rows of the open memtables, updated as batches are applied.
@@ -265,16 +266,20 @@ impl Inner {
                 return Err(e);
             }
         };
+        // The same merge, in the same order, as start-up's over the rollup files,
+        // into a copy that shares every bucket the flush does not touch, so
+        // ingest and queries do not wait for it. Only flushes (serialised by the
+        // manifest lock) replace `rollups`.
+        let mut merged = Rollups::clone(&self.read().rollups);
+        merged.merge(&cells);
         {
             let mut st = self.write();
-            // One lock for both, so a reader sees these rows in the segments or the
-            // frozen memtables, never both or neither.
+            // One lock for all, so a reader sees these rows in the segments or the
+            // frozen memtables, never both or neither, and their cells once.
             st.segments.extend(new_segments);
             st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
             st.frozen_rollups.retain(|r| !Arc::ptr_eq(r, &cells));
-            // The same merge, in the same order, as start-up's over the rollup files.
-            st.rollups
-                .merge(Arc::try_unwrap(cells).unwrap_or_else(|shared| (*shared).clone()));
+            st.rollups = Arc::new(merged);
             st.flushed_lsn = upto;
             let cutoff =
                 Micros::now().saturating_sub_micros(window_us(self.config.idempotency_window));
@@ -461,7 +466,7 @@ impl Engine {
         let mut state = State {
             applied_lsn: manifest.flushed_lsn,
             flushed_lsn: manifest.flushed_lsn,
-            rollups: Rollups::new(budget),
+            rollups: Arc::new(Rollups::new(budget)),
             active_rollups: Rollups::new(budget),
             ..State::default()
         };
@@ -491,7 +496,7 @@ impl Engine {
                 path: path.clone(),
                 reason: e.0,
             })?;
-            state.rollups.merge(cells);
+            Arc::make_mut(&mut state.rollups).merge(&cells);
         }
         // Every listed key is loaded, however old: replay judges a key's age against the
         // replayed batch's own receive time, so the outcome cannot depend on when we restart.

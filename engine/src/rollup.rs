@@ -4,7 +4,7 @@
 //! the same answer the raw rows would give.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use toplog_types::{Event, Micros};
 
@@ -282,7 +282,7 @@ impl Cube {
 
     /// Adds `other`'s cells. A key present on one side only may have up to the
     /// other side's floor of requests there, so its `missed` grows by that floor.
-    fn merge(&mut self, other: Cube, budget: usize, sketch: bool) {
+    fn merge(&mut self, other: &Cube, budget: usize, sketch: bool) {
         self.heaviest.take();
         let (mine, theirs) = (self.floor(), other.floor());
         if theirs > 0 {
@@ -292,22 +292,23 @@ impl Cube {
                 }
             }
         }
-        for (k, mut cell) in other.cells {
-            match self.cells.get_mut(&k) {
-                Some(c) => c.merge(&cell),
+        for (k, cell) in &other.cells {
+            match self.cells.get_mut(k) {
+                Some(c) => c.merge(cell),
                 None => {
+                    let mut cell = cell.clone();
                     cell.missed += mine;
-                    self.cells.insert(k, cell);
+                    self.cells.insert(k.clone(), cell);
                 }
             }
         }
-        self.overflow = match (self.overflow.take(), other.overflow) {
+        self.overflow = match (self.overflow.take(), &other.overflow) {
             (Some(mut a), Some(b)) => {
                 a.floor += b.floor;
                 a.evicted.merge(&b.evicted);
                 Some(a)
             }
-            (a, b) => a.or(b),
+            (a, b) => a.or_else(|| b.clone()),
         };
         self.enforce_budget(budget, sketch);
     }
@@ -352,9 +353,11 @@ struct Bucket {
 }
 
 /// Every bucket of every granularity: the cubes of a set of requests.
+/// Buckets are shared between clones and copied when first changed, so a
+/// clone costs a pointer per bucket.
 #[derive(Debug, Clone)]
 pub struct Rollups {
-    levels: [BTreeMap<i64, Bucket>; 3],
+    levels: [BTreeMap<i64, Arc<Bucket>>; 3],
     /// Most keys a cube bucket holds cells for.
     budget: usize,
 }
@@ -382,7 +385,7 @@ impl Rollups {
         let class = Dimension::endpoint_class_key(e.status_code / 100, &e.endpoint);
         for g in Granularity::ALL {
             let start = e.timestamp.floor_to(g.len_us()).get();
-            let bucket = self.levels[g.index()].entry(start).or_default();
+            let bucket = Arc::make_mut(self.levels[g.index()].entry(start).or_default());
             for d in Dimension::ALL {
                 if !d.granularities().contains(&g) {
                     continue;
@@ -399,14 +402,19 @@ impl Rollups {
         }
     }
 
-    /// Adds every cell of `other` to `self`.
-    pub fn merge(&mut self, other: Rollups) {
-        for (level, theirs) in self.levels.iter_mut().zip(other.levels) {
+    /// Adds every cell of `other` to `self`. A bucket `self` lacks is shared,
+    /// not copied.
+    pub fn merge(&mut self, other: &Rollups) {
+        for (level, theirs) in self.levels.iter_mut().zip(&other.levels) {
             for (start, bucket) in theirs {
-                let mine = level.entry(start).or_default();
+                let Some(mine) = level.get_mut(start) else {
+                    level.insert(*start, bucket.clone());
+                    continue;
+                };
+                let mine = Arc::make_mut(mine);
                 for (d, (cube, cells)) in Dimension::ALL
                     .iter()
-                    .zip(mine.cubes.iter_mut().zip(bucket.cubes))
+                    .zip(mine.cubes.iter_mut().zip(&bucket.cubes))
                 {
                     cube.merge(cells, self.budget, d.keeps_sketch());
                 }
@@ -483,7 +491,7 @@ impl Rollups {
                     _ => return Err(bad("bad overflow flag")),
                 };
             }
-            if out.levels[level].insert(start, bucket).is_some() {
+            if out.levels[level].insert(start, Arc::new(bucket)).is_some() {
                 return Err(bad("bucket listed twice"));
             }
         }
@@ -649,7 +657,7 @@ mod tests {
         let img = all.encode();
         let back = Rollups::decode(&img, 100).map(|r| r.encode());
         assert_eq!(back.as_deref(), Ok(img.as_slice()));
-        a.merge(b);
+        a.merge(&b);
         assert_eq!(a.encode(), img);
         for len in 0..img.len() {
             assert!(
@@ -764,7 +772,7 @@ mod tests {
                     }
                     let back = Rollups::from_file(&part.to_file(), 10).map(|r| r.encode());
                     assert_eq!(back.as_deref(), Ok(part.encode().as_slice()));
-                    merged.merge(part);
+                    merged.merge(&part);
                 }
                 check_bounds(&merged, &events);
                 // The heaviest key survives: its count is far above any floor.
