@@ -25,6 +25,8 @@ const WAL_DIR: &str = "wal";
 const SEGMENT_DIR: &str = "segments";
 const KEY_DIR: &str = "idempotency";
 const ROLLUP_DIR: &str = "rollups";
+/// Events applied per hold of the write lock.
+const APPLY_CHUNK: usize = 1024;
 /// Decoded segments kept for repeated reads (paging walks the same segments).
 const DECODED_CACHE: usize = 8;
 
@@ -133,6 +135,9 @@ struct Inner {
     state: RwLock<State>,
     /// The manifest as last stored; holding this lock serialises flushes.
     manifest: Mutex<Manifest>,
+    /// Held by an apply from start to end and by a flush while it takes the
+    /// memtables, so a flush never splits a batch that is applied in chunks.
+    apply_gate: Mutex<()>,
     /// Set once after a failure that must not be retried; writes are refused from then on.
     poisoned: Mutex<Option<String>>,
     flusher: (Mutex<FlusherSignal>, Condvar),
@@ -187,34 +192,42 @@ impl Inner {
     }
 
     /// Applies one log entry. Deterministic: the same entries in the same order give the same state.
+    /// The events go in by chunks, each under the write lock, so readers never
+    /// wait for a whole large batch; they may see part of a batch not yet acknowledged.
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), String> {
         let batch = Batch::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
         let plen = self.config.partition_us();
-        let mut st = self.write();
+        let _gate = lock(&self.apply_gate);
         let window = window_us(self.config.idempotency_window);
-        let duplicate = batch
-            .idempotency_key
-            .as_deref()
-            .is_some_and(|k| st.keys.get_within(k, batch.received_at, window).is_some());
+        let duplicate = batch.idempotency_key.as_deref().is_some_and(|k| {
+            self.read()
+                .keys
+                .get_within(k, batch.received_at, window)
+                .is_some()
+        });
         if !duplicate {
-            let mut added = 0;
-            for e in &batch.events {
-                let part = e.timestamp.floor_to(plen).get();
-                added += st.active.entry(part).or_default().push(e);
-                st.active_rollups.add(e);
+            for chunk in batch.events.chunks(APPLY_CHUNK) {
+                let mut st = self.write();
+                let mut added = 0;
+                for e in chunk {
+                    let part = e.timestamp.floor_to(plen).get();
+                    added += st.active.entry(part).or_default().push(e);
+                    st.active_rollups.add(e);
+                }
+                st.active_bytes += added;
+                if st.oldest_unflushed.is_none() {
+                    st.oldest_unflushed = Some(Instant::now());
+                }
             }
-            st.active_bytes += added;
-            if !batch.events.is_empty() && st.oldest_unflushed.is_none() {
-                st.oldest_unflushed = Some(Instant::now());
-            }
-            if let Some(key) = batch.idempotency_key {
-                let rec = KeyRecord {
-                    lsn,
-                    accepted: batch.events.len() as u32,
-                    received_at: batch.received_at,
-                };
-                st.keys.insert(key, rec);
-            }
+        }
+        let mut st = self.write();
+        if !duplicate && let Some(key) = batch.idempotency_key {
+            let rec = KeyRecord {
+                lsn,
+                accepted: batch.events.len() as u32,
+                received_at: batch.received_at,
+            };
+            st.keys.insert(key, rec);
         }
         st.applied_lsn = lsn;
         let full = st.active_bytes >= self.config.memtable_max_bytes;
@@ -245,6 +258,7 @@ impl Inner {
         // rows frozen and out of any segment, so no later flush may move `flushed_lsn`.
         self.check_writable()?;
         let (frozen, cells, upto, new_keys) = {
+            let _gate = lock(&self.apply_gate);
             let mut st = self.write();
             if st.active.is_empty() && st.applied_lsn == manifest.flushed_lsn {
                 return Ok(());
@@ -518,6 +532,7 @@ impl Engine {
             config,
             state: RwLock::new(state),
             manifest: Mutex::new(manifest),
+            apply_gate: Mutex::new(()),
             poisoned: Mutex::new(None),
             flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
             decoded: Mutex::new(Vec::new()),
