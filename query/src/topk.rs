@@ -137,7 +137,12 @@ pub(crate) struct Merged {
     /// Only some keys of the cubes were read (a filter on the grouped
     /// dimension or a status class): the evicted cells also hold other keys.
     subset: bool,
+    /// When set, cells of other keys are passed over.
+    only: Option<KeySet>,
 }
+
+/// A set of group keys.
+pub(crate) type KeySet = HashSet<String, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -157,6 +162,9 @@ impl Merged {
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
     /// its sketch, so count-only metrics never copy or merge bins.
     fn add(&mut self, key: &str, cell: &Cell, floor: u64) {
+        if self.only.as_ref().is_some_and(|only| !only.contains(key)) {
+            return;
+        }
         match self.groups.get_mut(key) {
             Some(g) => {
                 g.cell.merge(cell);
@@ -254,17 +262,20 @@ impl Merged {
 
 /// Cells of `dim` over `range` matching `filters`, merged by key from the
 /// coarsest rollups that cover the range and raw rows at its edges (or from raw
-/// rows alone when no cube can apply the filters). `note` hears each source used.
+/// rows alone when no cube can apply the filters); with `only`, of those keys
+/// alone. `note` hears each source used.
 pub(crate) fn merged_cells(
     engine: &Engine,
     range: TimeRange,
     dim: Dimension,
     filters: &Filters,
     metric: Metric,
+    only: Option<KeySet>,
     mut note: impl FnMut(&'static str),
 ) -> Result<Merged> {
     let sketches = metric.quantile().is_some();
     let mut out = Merged::new(sketches);
+    out.only = only;
     // The user cube keeps no sketch: quantiles by user are read from raw rows.
     let cubes_usable = !(dim == Dimension::UserId && sketches);
     let read = cube_read(dim, filters).filter(|_| cubes_usable);
@@ -476,6 +487,32 @@ fn threshold_top(cubes: &[&Cube], raw: &[HashMap<String, Cell>], k: usize) -> Op
     None
 }
 
+/// For a quantile metric with a `min_count`, the keys that may reach it, from
+/// a first pass that merges counts only: the second pass then merges the
+/// sketches of those keys alone. `None` (every key) otherwise.
+fn reaching_min_count(engine: &Engine, q: &TopK, dim: Dimension) -> Result<Option<KeySet>> {
+    if q.metric.quantile().is_none() || q.min_count <= 1 {
+        return Ok(None);
+    }
+    let counts = merged_cells(
+        engine,
+        q.range,
+        dim,
+        &q.filters,
+        Metric::Frequency,
+        None,
+        |_| {},
+    )?;
+    Ok(Some(
+        counts
+            .groups
+            .iter()
+            .filter(|(_, g)| g.cell.count + counts.missed(g).requests >= q.min_count)
+            .map(|(k, _)| k.clone())
+            .collect(),
+    ))
+}
+
 /// Answers `q` from the engine's rollups and raw rows.
 pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     if q.k == 0 {
@@ -493,7 +530,10 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     };
     let merged = match heaviest_first(engine, q, dim, &mut note)? {
         Some(merged) => merged,
-        None => merged_cells(engine, q.range, dim, &q.filters, q.metric, &mut note)?,
+        None => {
+            let only = reaching_min_count(engine, q, dim)?;
+            merged_cells(engine, q.range, dim, &q.filters, q.metric, only, &mut note)?
+        }
     };
     let min_count = q.min_count.max(1);
     let mut rows: Vec<TopKRow> = merged
