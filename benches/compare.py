@@ -192,62 +192,67 @@ def sql_literal(s):
     return "'" + s.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def duckdb_sql(q):
-    ts = f"timestamp >= make_timestamp({q['start_us']}) AND timestamp < make_timestamp({q['end_us']})"
-    if q["kind"] == "top_k":
-        col = GROUP_COLUMN[q["by"]]
-        value = {
-            "frequency": "count(*)",
-            "latency_p99": "quantile_disc(latency_ms, 0.99)",
-            "error_rate": "count_if(status_code >= 500) / count(*)",
-        }[q["metric"]]
-        return (f"SELECT {col}, {value} AS v, count(*) AS c FROM requests WHERE {ts} GROUP BY {col} "
-                f"HAVING count(*) >= {max(q['min_count'], 1)} ORDER BY v DESC, {col} LIMIT 10")
-    if q["kind"] == "history":
-        return ("SELECT strftime(date_trunc('day', timestamp), '%Y-%m-%d') AS d, count(*), avg(latency_ms), "
-                "count_if(status_code >= 500) / count(*), quantile_disc(latency_ms, 0.99) "
-                f"FROM requests WHERE {ts} GROUP BY d ORDER BY d")
-    return ("SELECT epoch_us(date_trunc('minute', timestamp)) AS m, count(*) FROM requests "
-            f"WHERE endpoint = {sql_literal(q['endpoint'])} AND {ts} GROUP BY m ORDER BY m")
+# What differs between the two SQL dialects for the raw table.
+DIALECTS = {
+    "duckdb": {
+        "range": lambda a, b: f"timestamp >= make_timestamp({a}) AND timestamp < make_timestamp({b})",
+        "count": "count(*)",
+        "errors": "count_if(status_code >= 500)",
+        "p99": "quantile_disc(latency_ms, 0.99)",
+        "day": "strftime(date_trunc('day', timestamp), '%Y-%m-%d')",
+        "minute_us": "epoch_us(date_trunc('minute', timestamp))",
+    },
+    "clickhouse": {
+        "range": lambda a, b: (f"timestamp >= fromUnixTimestamp64Micro(toInt64({a}), 'UTC') "
+                               f"AND timestamp < fromUnixTimestamp64Micro(toInt64({b}), 'UTC')"),
+        "count": "count()",
+        "errors": "countIf(status_code >= 500)",
+        "p99": "quantileExact(0.99)(latency_ms)",
+        "day": "toString(toDate(timestamp))",
+        "minute_us": "toUnixTimestamp(toStartOfMinute(timestamp)) * 1000000",
+    },
+}
 
 
-def clickhouse_sql(q, rollup):
-    ts = (f"timestamp >= fromUnixTimestamp64Micro(toInt64({q['start_us']}), 'UTC') "
-          f"AND timestamp < fromUnixTimestamp64Micro(toInt64({q['end_us']}), 'UTC')")
-    # The rollup answers what it holds: per-endpoint counts, errors, latency
-    # sums and a t-digest, on whole minutes (every range of the mix is).
-    use_rollup = rollup and q["by"] != "user_id" and q["start_us"] % 60_000_000 == 0 and q["end_us"] % 60_000_000 == 0
-    if use_rollup:
-        mts = f"minute >= toDateTime({q['start_us'] // 1_000_000}, 'UTC') AND minute < toDateTime({q['end_us'] // 1_000_000}, 'UTC')"
-        if q["kind"] == "top_k":
-            value = {
-                "frequency": "sum(requests)",
-                "latency_p99": "quantileTDigestMerge(0.99)(latency_q)",
-                "error_rate": "sum(errors) / sum(requests)",
-            }[q["metric"]]
-            return (f"SELECT endpoint, {value} AS v, sum(requests) AS c FROM requests_1m WHERE {mts} "
-                    f"GROUP BY endpoint HAVING c >= {max(q['min_count'], 1)} ORDER BY v DESC, endpoint LIMIT 10")
-        if q["kind"] == "history":
-            return ("SELECT toString(toDate(minute)) AS d, sum(requests), sum(latency_sum) / sum(requests), "
-                    "sum(errors) / sum(requests), quantileTDigestMerge(0.99)(latency_q) "
-                    f"FROM requests_1m WHERE {mts} GROUP BY d ORDER BY d")
-        return (f"SELECT toUnixTimestamp(minute) * 1000000 AS m, sum(requests) FROM requests_1m "
-                f"WHERE endpoint = {sql_literal(q['endpoint'])} AND {mts} GROUP BY m ORDER BY m")
+def raw_sql(q, dialect):
+    """The query `q` of the mix over the raw `requests` table."""
+    d = DIALECTS[dialect]
+    where = d["range"](q["start_us"], q["end_us"])
+    count = d["count"]
     if q["kind"] == "top_k":
         col = GROUP_COLUMN[q["by"]]
-        value = {
-            "frequency": "count()",
-            "latency_p99": "quantileExact(0.99)(latency_ms)",
-            "error_rate": "countIf(status_code >= 500) / count()",
-        }[q["metric"]]
-        return (f"SELECT {col}, {value} AS v, count() AS c FROM requests WHERE {ts} GROUP BY {col} "
-                f"HAVING c >= {max(q['min_count'], 1)} ORDER BY v DESC, {col} LIMIT 10")
+        value = {"frequency": count, "latency_p99": d["p99"], "error_rate": f"{d['errors']} / {count}"}[q["metric"]]
+        return (f"SELECT {col}, {value} AS v, {count} AS c FROM requests WHERE {where} GROUP BY {col} "
+                f"HAVING {count} >= {max(q['min_count'], 1)} ORDER BY v DESC, {col} LIMIT 10")
     if q["kind"] == "history":
-        return ("SELECT toString(toDate(timestamp)) AS d, count(), avg(latency_ms), "
-                "countIf(status_code >= 500) / count(), quantileExact(0.99)(latency_ms) "
-                f"FROM requests WHERE {ts} GROUP BY d ORDER BY d")
-    return (f"SELECT toUnixTimestamp(toStartOfMinute(timestamp)) * 1000000 AS m, count() FROM requests "
-            f"WHERE endpoint = {sql_literal(q['endpoint'])} AND {ts} GROUP BY m ORDER BY m")
+        return (f"SELECT {d['day']} AS d, {count}, avg(latency_ms), {d['errors']} / {count}, {d['p99']} "
+                f"FROM requests WHERE {where} GROUP BY d ORDER BY d")
+    return (f"SELECT {d['minute_us']} AS m, {count} FROM requests "
+            f"WHERE endpoint = {sql_literal(q['endpoint'])} AND {where} GROUP BY m ORDER BY m")
+
+
+def rollup_sql(q):
+    """The query `q` over ClickHouse's 1-minute rollup, or `None` if the rollup
+    cannot answer it: it holds per-endpoint counts, errors, latency sums and a
+    t-digest, on whole minutes (every range of the mix is)."""
+    if q["by"] == "user_id" or q["start_us"] % 60_000_000 or q["end_us"] % 60_000_000:
+        return None
+    where = (f"minute >= toDateTime({q['start_us'] // 1_000_000}, 'UTC') "
+             f"AND minute < toDateTime({q['end_us'] // 1_000_000}, 'UTC')")
+    if q["kind"] == "top_k":
+        value = {
+            "frequency": "sum(requests)",
+            "latency_p99": "quantileTDigestMerge(0.99)(latency_q)",
+            "error_rate": "sum(errors) / sum(requests)",
+        }[q["metric"]]
+        return (f"SELECT endpoint, {value} AS v, sum(requests) AS c FROM requests_1m WHERE {where} "
+                f"GROUP BY endpoint HAVING c >= {max(q['min_count'], 1)} ORDER BY v DESC, endpoint LIMIT 10")
+    if q["kind"] == "history":
+        return ("SELECT toString(toDate(minute)) AS d, sum(requests), sum(latency_sum) / sum(requests), "
+                "sum(errors) / sum(requests), quantileTDigestMerge(0.99)(latency_q) "
+                f"FROM requests_1m WHERE {where} GROUP BY d ORDER BY d")
+    return (f"SELECT toUnixTimestamp(minute) * 1000000 AS m, sum(requests) FROM requests_1m "
+            f"WHERE endpoint = {sql_literal(q['endpoint'])} AND {where} GROUP BY m ORDER BY m")
 
 
 class Duck:
@@ -268,7 +273,7 @@ class Duck:
         return self.path.stat().st_size
 
     def query(self, q):
-        return [list(r) for r in self.con.execute(duckdb_sql(q)).fetchall()]
+        return [list(r) for r in self.con.execute(raw_sql(q, "duckdb")).fetchall()]
 
 
 class Click:
@@ -302,7 +307,8 @@ class Click:
         return int(rows[0][0])
 
     def query(self, q):
-        rows = self.run(clickhouse_sql(q, self.rollup))
+        sql = (rollup_sql(q) if self.rollup else None) or raw_sql(q, "clickhouse")
+        rows = self.run(sql)
         return [[float(v) if isinstance(v, str) and i > 0 and q["kind"] != "history" else v for i, v in enumerate(r)]
                 for r in rows]
 
