@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ const SEGMENT_DIR: &str = "segments";
 const KEY_DIR: &str = "idempotency";
 const ROLLUP_DIR: &str = "rollups";
 /// Events applied per hold of the write lock.
-const APPLY_CHUNK: usize = 1024;
+const APPLY_CHUNK: usize = 256;
 /// Decoded segments kept for repeated reads (paging walks the same segments).
 const DECODED_CACHE: usize = 8;
 
@@ -132,6 +134,8 @@ struct State {
 struct Inner {
     fs: Arc<dyn Fs>,
     config: EngineConfig,
+    /// A fair lock (parking_lot): a query waiting for it is not overtaken by
+    /// the apply thread taking it again and again for chunk after chunk.
     state: RwLock<State>,
     /// The manifest as last stored; holding this lock serialises flushes.
     manifest: Mutex<Manifest>,
@@ -164,15 +168,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inner {
     fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.read()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.write()
     }
 
     fn dir(&self, sub: &str) -> PathBuf {
@@ -218,6 +218,9 @@ impl Inner {
                 if st.oldest_unflushed.is_none() {
                     st.oldest_unflushed = Some(Instant::now());
                 }
+                // Hand the lock to any query waiting for it, instead of taking
+                // it straight back for the next chunk.
+                RwLockWriteGuard::unlock_fair(st);
             }
         }
         let mut st = self.write();
