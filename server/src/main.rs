@@ -1,8 +1,8 @@
 //! The `toplog` binary.
 
-/// mimalloc instead of the system allocator: cells and keys of the rollups are
-/// many small allocations, freed and made again as buckets are flushed, merged
-/// and evicted; glibc's malloc fragments under that churn (see BENCHMARKS.md).
+/// mimalloc instead of the system allocator: the rollups are many small
+/// allocations (a key, a cell and sketch bins per cell), made on the ingest
+/// path. Measured: 1.8x the ingest rate over HTTP on 10M events (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
