@@ -123,6 +123,12 @@ fn cube_read(dim: Dimension, f: &Filters) -> Option<CubeRead> {
     }
 }
 
+/// [`cube_read`] for a metric: `None` also when it asks quantiles of the user
+/// cube, which keeps no sketch (they are read from raw rows).
+fn cube_read_for(dim: Dimension, f: &Filters, metric: Metric) -> Option<CubeRead> {
+    cube_read(dim, f).filter(|_| !(dim == Dimension::UserId && metric.quantile().is_some()))
+}
+
 /// Cells merged by key over a range, and what over-budget cube buckets left uncertain.
 #[derive(Debug, Default)]
 pub(crate) struct Merged {
@@ -276,9 +282,7 @@ pub(crate) fn merged_cells(
     let sketches = metric.quantile().is_some();
     let mut out = Merged::new(sketches);
     out.only = only;
-    // The user cube keeps no sketch: quantiles by user are read from raw rows.
-    let cubes_usable = !(dim == Dimension::UserId && sketches);
-    let read = cube_read(dim, filters).filter(|_| cubes_usable);
+    let read = cube_read_for(dim, filters, metric);
     out.subset = !matches!(read, Some(CubeRead::Direct { key: None }) | None);
     let Some(read) = read else {
         note("raw");
@@ -360,48 +364,82 @@ fn heaviest_first(
     if !applies {
         return Ok(None);
     }
-    let mut pieces: Vec<(Granularity, toplog_types::Micros, toplog_types::Micros)> = Vec::new();
-    let mut raw: Vec<HashMap<String, Cell>> = Vec::new();
-    for piece in plan(q.range, dim.granularities()) {
+    let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
+    let merged = engine.with_rollups(&pieces, dim, |cubes| {
+        let winners = threshold_top(cubes, &raw, q.k)?;
+        Some(merge_keys(cubes, &raw, &winners, false))
+    });
+    if merged.is_some() {
+        note_sources(&pieces, &raw, note);
+    }
+    Ok(merged)
+}
+
+/// Bucket pieces of a cube, as `(granularity, from, to)`.
+type BucketPieces = Vec<(Granularity, toplog_types::Micros, toplog_types::Micros)>;
+
+/// The plan of `range` for `dim`: its bucket pieces, and its raw pieces
+/// aggregated by `dim`.
+fn split_plan(
+    engine: &Engine,
+    range: TimeRange,
+    dim: Dimension,
+    filters: &Filters,
+) -> Result<(BucketPieces, Vec<HashMap<String, Cell>>)> {
+    let mut pieces = Vec::new();
+    let mut raw = Vec::new();
+    for piece in plan(range, dim.granularities()) {
         match piece {
             Piece::Buckets {
                 granularity,
                 from,
                 to,
             } => pieces.push((granularity, from, to)),
-            Piece::Raw(r) => raw.push(engine.aggregate_raw(r, &q.filters, dim)?),
+            Piece::Raw(r) => raw.push(engine.aggregate_raw(r, filters, dim)?),
         }
     }
-    let merged = engine.with_rollups(&pieces, dim, |cubes| {
-        let winners = threshold_top(cubes, &raw, q.k)?;
-        let mut out = Merged::new(false);
-        for cube in cubes {
-            let floor = cube.floor();
-            for key in &winners {
-                if let Some(cell) = cube.get(key) {
-                    out.add(key, cell, floor);
-                }
+    Ok((pieces, raw))
+}
+
+fn note_sources(
+    pieces: &BucketPieces,
+    raw: &[HashMap<String, Cell>],
+    note: &mut impl FnMut(&'static str),
+) {
+    for (g, _, _) in pieces {
+        note(g.name());
+    }
+    if !raw.is_empty() {
+        note("raw");
+    }
+}
+
+/// The cells of `keys` alone, looked up in each cube and raw part, merged as
+/// [`merged_cells`] merges them (with every cube's overflow noted).
+fn merge_keys<'k>(
+    cubes: &[&Cube],
+    raw: &[HashMap<String, Cell>],
+    keys: impl IntoIterator<Item = &'k String> + Clone,
+    sketches: bool,
+) -> Merged {
+    let mut out = Merged::new(sketches);
+    for cube in cubes {
+        let floor = cube.floor();
+        for key in keys.clone() {
+            if let Some(cell) = cube.get(key) {
+                out.add(key, cell, floor);
             }
-            out.note_overflow(cube);
         }
-        for part in &raw {
-            for key in &winners {
-                if let Some(cell) = part.get(key.as_str()) {
-                    out.add(key, cell, 0);
-                }
+        out.note_overflow(cube);
+    }
+    for part in raw {
+        for key in keys.clone() {
+            if let Some(cell) = part.get(key.as_str()) {
+                out.add(key, cell, 0);
             }
-        }
-        Some(out)
-    });
-    if merged.is_some() {
-        for (g, _, _) in &pieces {
-            note(g.name());
-        }
-        if !raw.is_empty() {
-            note("raw");
         }
     }
-    Ok(merged)
+    out
 }
 
 /// The keys of the `k` largest total counts over `cubes` and `raw` (ties by
@@ -530,10 +568,21 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     };
     let merged = match heaviest_first(engine, q, dim, &mut note)? {
         Some(merged) => merged,
-        None => {
-            let only = reaching_min_count(engine, q, dim)?;
-            merged_cells(engine, q.range, dim, &q.filters, q.metric, only, &mut note)?
-        }
+        None => match reaching_min_count(engine, q, dim)? {
+            // Reading whole cubes, the keys that can reach min_count are looked
+            // up in each bucket; otherwise other keys' cells are passed over.
+            Some(keys)
+                if cube_read_for(dim, &q.filters, q.metric)
+                    == Some(CubeRead::Direct { key: None }) =>
+            {
+                let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
+                let merged =
+                    engine.with_rollups(&pieces, dim, |cubes| merge_keys(cubes, &raw, &keys, true));
+                note_sources(&pieces, &raw, &mut note);
+                merged
+            }
+            only => merged_cells(engine, q.range, dim, &q.filters, q.metric, only, &mut note)?,
+        },
     };
     let min_count = q.min_count.max(1);
     let mut rows: Vec<TopKRow> = merged
