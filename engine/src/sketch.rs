@@ -51,40 +51,25 @@ impl LatencySketch {
         }
     }
 
+    /// Adds `other`'s counts. Bins `self` already has are added in place; only
+    /// new bins make it reallocate, so a sketch that accumulates many others
+    /// (a query merging a bucket after another) rarely copies itself.
     pub fn merge(&mut self, other: &Self) {
         self.zeros += other.zeros;
-        if other.bins.is_empty() {
-            return;
-        }
-        let mut out = Vec::with_capacity(self.bins.len() + other.bins.len());
-        let (mut a, mut b) = (self.bins.iter().peekable(), other.bins.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(&&(ka, ca)), Some(&&(kb, cb))) => {
-                    if ka == kb {
-                        out.push((ka, ca + cb));
-                        a.next();
-                        b.next();
-                    } else if ka < kb {
-                        out.push((ka, ca));
-                        a.next();
-                    } else {
-                        out.push((kb, cb));
-                        b.next();
-                    }
-                }
-                (Some(&&x), None) => {
-                    out.push(x);
-                    a.next();
-                }
-                (None, Some(&&x)) => {
-                    out.push(x);
-                    b.next();
-                }
-                (None, None) => break,
+        let mut new = Vec::new();
+        let mut i = 0;
+        for &(key, count) in &other.bins {
+            while self.bins.get(i).is_some_and(|(k, _)| *k < key) {
+                i += 1;
+            }
+            match self.bins.get_mut(i) {
+                Some((k, c)) if *k == key => *c += count,
+                _ => new.push((key, count)),
             }
         }
-        self.bins = out;
+        if !new.is_empty() {
+            self.bins = merge_sorted(&self.bins, &new);
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -124,6 +109,24 @@ impl LatencySketch {
             .all(|w| w[0].0 < w[1].0)
             .then_some(Self { zeros, bins })
     }
+}
+
+/// Two sorted bin lists with distinct keys, as one sorted list.
+fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].0 < b[j].0 {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 #[cfg(test)]
