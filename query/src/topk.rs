@@ -291,49 +291,35 @@ pub(crate) fn merged_cells(
         }
         return Ok(out);
     };
-    for piece in plan(range, dim.granularities()) {
-        match piece {
-            Piece::Buckets {
-                granularity,
-                from,
-                to,
-            } => {
-                note(granularity.name());
-                match &read {
-                    CubeRead::Direct { key: None } => {
-                        engine.visit_rollups(granularity, from, to, dim, |cube| {
-                            out.add_cube(cube, Some)
-                        })
+    let (pieces, raw) = split_plan(engine, range, dim, filters)?;
+    note_sources(&pieces, &raw, &mut note);
+    let cube_dim = match read {
+        CubeRead::EndpointInClass { .. } => Dimension::EndpointStatusClass,
+        CubeRead::Direct { .. } => dim,
+    };
+    engine.with_rollups(&pieces, cube_dim, |cubes| {
+        for cube in cubes {
+            match &read {
+                CubeRead::Direct { key: None } => out.add_cube(cube, Some),
+                CubeRead::Direct { key: Some(key) } => {
+                    if let Some(cell) = cube.get(key) {
+                        out.add(key, cell, cube.floor());
                     }
-                    CubeRead::Direct { key: Some(key) } => {
-                        engine.visit_rollups(granularity, from, to, dim, |cube| {
-                            let floor = cube.floor();
-                            if let Some(cell) = cube.get(key) {
-                                out.add(key, cell, floor);
-                            }
-                            out.note_overflow(cube);
-                        })
-                    }
-                    CubeRead::EndpointInClass { class, endpoint } => {
-                        let cube = Dimension::EndpointStatusClass;
-                        engine.visit_rollups(granularity, from, to, cube, |cube| {
-                            out.add_cube(cube, |k| {
-                                Dimension::split_endpoint_class_key(k)
-                                    .filter(|(c, ep)| {
-                                        c == class && endpoint.as_deref().is_none_or(|f| f == *ep)
-                                    })
-                                    .map(|(_, ep)| ep)
-                            })
-                        })
-                    }
+                    out.note_overflow(cube);
                 }
+                CubeRead::EndpointInClass { class, endpoint } => out.add_cube(cube, |k| {
+                    Dimension::split_endpoint_class_key(k)
+                        .filter(|(c, ep)| {
+                            c == class && endpoint.as_deref().is_none_or(|f| f == *ep)
+                        })
+                        .map(|(_, ep)| ep)
+                }),
             }
-            Piece::Raw(r) => {
-                note("raw");
-                for (k, cell) in engine.aggregate_raw(r, filters, dim)? {
-                    out.add(&k, &cell, 0);
-                }
-            }
+        }
+    });
+    for part in &raw {
+        for (k, cell) in part {
+            out.add(k, cell, 0);
         }
     }
     Ok(out)
