@@ -272,6 +272,18 @@ class Duck:
     def bytes(self):
         return self.path.stat().st_size
 
+    def check_parquet(self, parquet):
+        """The Parquet file holds the same events: rows, and per-endpoint
+        counts, latency sums and 5xx counts, timestamps included."""
+        src = f"read_parquet({sql_literal(str(parquet))})"
+        per_endpoint = ("SELECT endpoint, count(*), sum(round(latency_ms * 1000)::BIGINT), count_if(status_code >= 500), "
+                        "min(epoch_us(timestamp)), max(epoch_us(timestamp)) FROM {} GROUP BY endpoint")
+        (rows,) = self.con.execute(f"SELECT count(*) FROM {src}").fetchone()
+        differ = self.con.execute(
+            f"({per_endpoint.format(src)}) EXCEPT ({per_endpoint.format('requests')})"
+        ).fetchall()
+        return {"rows": rows, "endpoints_differing": len(differ)}
+
     def query(self, q):
         return [list(r) for r in self.con.execute(raw_sql(q, "duckdb")).fetchall()]
 
@@ -317,6 +329,7 @@ def peer_main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("engine", choices=PEERS)
     p.add_argument("--ndjson", required=True)
+    p.add_argument("--parquet")
     p.add_argument("--dir", required=True)
     p.add_argument("--queries", required=True)
     p.add_argument("--repeat", type=int, required=True)
@@ -329,6 +342,7 @@ def peer_main(argv):
     t = time.perf_counter()
     db.load(a.ndjson)
     load_s = time.perf_counter() - t
+    parquet = db.check_parquet(a.parquet) if a.parquet and a.engine == "duckdb" else None
     queries = json.loads(Path(a.queries).read_text())["queries"]
     results = []
     for q in queries:
@@ -338,14 +352,17 @@ def peer_main(argv):
             rows = db.query(q)
             times.append((time.perf_counter() - t) * 1000.0)
         results.append({"name": q["name"], "median_ms": statistics.median(times), "rows": rows})
-    Path(a.out).write_text(json.dumps({"load_s": load_s, "bytes": db.bytes(), "queries": results}, default=str))
+    Path(a.out).write_text(
+        json.dumps({"load_s": load_s, "bytes": db.bytes(), "parquet": parquet, "queries": results}, default=str)
+    )
 
 
-def run_peer(args, work, engine, ndjson, report):
+def run_peer(args, work, engine, ndjson, parquet, report):
     out = work / f"{engine}.json"
     log(f"{PEER_NAMES[engine]}: loading {ndjson.name} and running the mix")
     proc = subprocess.Popen(
-        [sys.executable, __file__, "peer", engine, "--ndjson", str(ndjson), "--dir", str(work / engine),
+        [sys.executable, __file__, "peer", engine, "--ndjson", str(ndjson), "--parquet", str(parquet),
+         "--dir", str(work / engine),
          "--queries", str(report), "--repeat", str(args.repeat), "--out", str(out)]
     )
     code, peak = wait_child(proc)
@@ -357,6 +374,7 @@ def run_peer(args, work, engine, ndjson, report):
         "ingest_per_s": args.events / doc["load_s"],
         "bytes_per_event": doc["bytes"] / args.events,
         "peak_rss_mib": peak,
+        "parquet": doc.get("parquet"),
         "queries": doc["queries"],
     }
 
@@ -475,7 +493,7 @@ def main():
     subprocess.run([binary("loadgen"), "generate", *workload, "--out", str(parquet)], check=True)
     toplog = run_toplog(args, work, workload)
     report = work / "toplog-report.json"
-    peers = {e: run_peer(args, work, e, ndjson, report) for e in PEERS}
+    peers = {e: run_peer(args, work, e, ndjson, parquet, report) for e in PEERS}
 
     print()
     print(f"{args.events:,} events over {args.days:g} days; {os.cpu_count()} cores; "
@@ -484,6 +502,10 @@ def main():
         f = toplog["freshness_ms"]
         print(f"toplog freshness (acknowledged -> in a top-K answer): p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms; "
               f"whole data dir {toplog['all_bytes_per_event']:.1f} bytes/event")
+    pq = peers["duckdb"]["parquet"]
+    same = pq["rows"] == args.events and pq["endpoints_differing"] == 0
+    print(f"Parquet file read by DuckDB: {pq['rows']:,} rows, {pq['endpoints_differing']} endpoints whose count, "
+          f"latency sum, 5xx count or time span differ from the NDJSON's: {'same events' if same else 'DIFFERENT'}")
     print()
     print(table(args, toplog, peers))
     print()
