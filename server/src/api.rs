@@ -369,6 +369,46 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
+/// Threads for parsing ingested batches, at a lower scheduling priority
+/// (nice 10) than the rest of the node: when ingest saturates the CPU,
+/// queries and the thread applying the log still get it first, so answers
+/// stay prompt and fresh (BENCHMARKS.md, freshness). `None` if they could
+/// not be started; parsing then shares the query threads.
+fn parse_threads() -> Option<&'static tokio::runtime::Runtime> {
+    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("toplog-parse")
+            .on_thread_start(lower_priority)
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Lowers the calling thread's priority (Linux applies nice per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory effects; on failure the thread keeps its priority.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+}
+
+/// [`blocking`] on the parse threads.
+async fn parsing<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    match parse_threads() {
+        Some(pool) => pool
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::internal(format!("parser failed: {e}")))?,
+        None => blocking(f).await,
+    }
+}
+
 async fn ingest(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -413,7 +453,7 @@ async fn ingest(
         max_future_us: micros(cfg.clock_skew),
         max_age_us: micros(cfg.raw_keep_for),
     };
-    let events = blocking(move || {
+    let events = parsing(move || {
         let raw = decode_body(encoding.as_deref(), &body, limit)?;
         parse_events(format, &raw, &limits)
     })
