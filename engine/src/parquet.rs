@@ -84,7 +84,7 @@ impl<W: Write + Send> ParquetEventWriter<W> {
 }
 
 /// The events as one Arrow record batch with [`event_schema`].
-pub fn record_batch(events: &[Event]) -> Result<RecordBatch> {
+fn record_batch(events: &[Event]) -> Result<RecordBatch> {
     let n = events.len();
     let mut request_id = StringBuilder::with_capacity(n, n * 36);
     let mut timestamp = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");

@@ -198,7 +198,7 @@ pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<Aggregat
             start: Micros::new(t.max(start)),
             end: Micros::new((t + step).min(end)),
         };
-        let merged = merged_cells(engine, range, dim, &spec.filters, metric, None, |_| {})?;
+        let merged = merged_cells(engine, range, dim, &spec.filters, metric, |_| {})?;
         if spec.group_by.is_some() {
             let mut groups: Vec<(&String, &Group)> = merged.groups.iter().collect();
             groups.sort_by(|a, b| a.0.cmp(b.0));

@@ -112,7 +112,7 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
             start: Micros::new(t.max(q.range.start.get())),
             end: Micros::new((t + q.interval_us).min(end)),
         };
-        let merged = merged_cells(engine, range, dim, &q.filters, q.metric, None, |s| {
+        let merged = merged_cells(engine, range, dim, &q.filters, q.metric, |s| {
             if !sources.contains(&s) {
                 sources.push(s);
             }

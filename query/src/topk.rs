@@ -143,12 +143,7 @@ pub(crate) struct Merged {
     /// Only some keys of the cubes were read (a filter on the grouped
     /// dimension or a status class): the evicted cells also hold other keys.
     subset: bool,
-    /// When set, cells of other keys are passed over.
-    only: Option<KeySet>,
 }
-
-/// A set of group keys.
-pub(crate) type KeySet = HashSet<String, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -168,9 +163,6 @@ impl Merged {
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
     /// its sketch, so count-only metrics never copy or merge bins.
     fn add(&mut self, key: &str, cell: &Cell, floor: u64) {
-        if self.only.as_ref().is_some_and(|only| !only.contains(key)) {
-            return;
-        }
         match self.groups.get_mut(key) {
             Some(g) => {
                 g.cell.merge(cell);
@@ -268,20 +260,17 @@ impl Merged {
 
 /// Cells of `dim` over `range` matching `filters`, merged by key from the
 /// coarsest rollups that cover the range and raw rows at its edges (or from raw
-/// rows alone when no cube can apply the filters); with `only`, of those keys
-/// alone. `note` hears each source used.
+/// rows alone when no cube can apply the filters). `note` hears each source used.
 pub(crate) fn merged_cells(
     engine: &Engine,
     range: TimeRange,
     dim: Dimension,
     filters: &Filters,
     metric: Metric,
-    only: Option<KeySet>,
     mut note: impl FnMut(&'static str),
 ) -> Result<Merged> {
     let sketches = metric.quantile().is_some();
     let mut out = Merged::new(sketches);
-    out.only = only;
     let read = cube_read_for(dim, filters, metric);
     out.subset = !matches!(read, Some(CubeRead::Direct { key: None }) | None);
     let Some(read) = read else {
@@ -511,30 +500,44 @@ fn threshold_top(cubes: &[&Cube], raw: &[HashMap<String, Cell>], k: usize) -> Op
     None
 }
 
-/// For a quantile metric with a `min_count`, the keys that may reach it, from
-/// a first pass that merges counts only: the second pass then merges the
-/// sketches of those keys alone. `None` (every key) otherwise.
-fn reaching_min_count(engine: &Engine, q: &TopK, dim: Dimension) -> Result<Option<KeySet>> {
-    if q.metric.quantile().is_none() || q.min_count <= 1 {
+/// A quantile top-K with a `min_count`, read from whole cubes: a first pass
+/// merges counts only, then the keys that can reach `min_count` (with what
+/// they may have missed) are looked up in each bucket and only their sketches
+/// merged. Sketch merges are most of a quantile query's cost, and most keys of
+/// a skewed range miss `min_count`. `None` when it does not apply.
+fn quantile_with_min_count(
+    engine: &Engine,
+    q: &TopK,
+    dim: Dimension,
+    note: &mut impl FnMut(&'static str),
+) -> Result<Option<Merged>> {
+    if q.metric.quantile().is_none()
+        || q.min_count <= 1
+        || cube_read_for(dim, &q.filters, q.metric) != Some(CubeRead::Direct { key: None })
+    {
         return Ok(None);
     }
-    let counts = merged_cells(
-        engine,
-        q.range,
-        dim,
-        &q.filters,
-        Metric::Frequency,
-        None,
-        |_| {},
-    )?;
-    Ok(Some(
-        counts
+    let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
+    let merged = engine.with_rollups(&pieces, dim, |cubes| {
+        let mut counts = Merged::new(false);
+        for cube in cubes {
+            counts.add_cube(cube, Some);
+        }
+        for part in &raw {
+            for (k, cell) in part {
+                counts.add(k, cell, 0);
+            }
+        }
+        let reaching: Vec<String> = counts
             .groups
             .iter()
             .filter(|(_, g)| g.cell.count + counts.missed(g).requests >= q.min_count)
             .map(|(k, _)| k.clone())
-            .collect(),
-    ))
+            .collect();
+        merge_keys(cubes, &raw, &reaching, true)
+    });
+    note_sources(&pieces, &raw, note);
+    Ok(Some(merged))
 }
 
 /// Answers `q` from the engine's rollups and raw rows.
@@ -554,20 +557,9 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     };
     let merged = match heaviest_first(engine, q, dim, &mut note)? {
         Some(merged) => merged,
-        None => match reaching_min_count(engine, q, dim)? {
-            // Reading whole cubes, the keys that can reach min_count are looked
-            // up in each bucket; otherwise other keys' cells are passed over.
-            Some(keys)
-                if cube_read_for(dim, &q.filters, q.metric)
-                    == Some(CubeRead::Direct { key: None }) =>
-            {
-                let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
-                let merged =
-                    engine.with_rollups(&pieces, dim, |cubes| merge_keys(cubes, &raw, &keys, true));
-                note_sources(&pieces, &raw, &mut note);
-                merged
-            }
-            only => merged_cells(engine, q.range, dim, &q.filters, q.metric, only, &mut note)?,
+        None => match quantile_with_min_count(engine, q, dim, &mut note)? {
+            Some(merged) => merged,
+            None => merged_cells(engine, q.range, dim, &q.filters, q.metric, &mut note)?,
         },
     };
     let min_count = q.min_count.max(1);
