@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use toplog_types::{Event, Lsn, Micros, SegmentId};
 use toplog_wal::{FileBytes, Fs, FsyncPolicy, Wal, WalOptions};
 
+use crate::archive::{self, ArchiveStore};
 use crate::batch::Batch;
 use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
@@ -48,6 +49,102 @@ pub struct EngineConfig {
     /// Most keys one cube bucket keeps a cell for; past it the bucket keeps a
     /// heavy-hitter summary (see docs/rollups.md).
     pub rollup_key_budget: usize,
+    /// Where archived segments are kept and read from.
+    pub archive: Option<Arc<dyn ArchiveStore>>,
+}
+
+/// How long each kind of data stays visible to reads; `None` keeps it forever.
+/// Reads hide data past it at once; [`Engine::purge`] then removes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    pub raw: Option<Duration>,
+    pub minute: Option<Duration>,
+    pub hour: Option<Duration>,
+    pub day: Option<Duration>,
+}
+
+/// The oldest instant each kind of data is kept from, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Raw rows older than this are gone.
+    pub raw: Micros,
+    minute: Micros,
+    hour: Micros,
+    day: Micros,
+}
+
+impl Retention {
+    /// The cutoffs at `now`. Raw rows are kept from exactly `now - raw`; a rollup
+    /// bucket is kept only if it starts at or after `now - keep`, so no bucket
+    /// holds anything older than its retention.
+    pub fn cutoffs(&self, now: Micros) -> Cutoffs {
+        let at = |keep: Option<Duration>| match keep {
+            None => Micros::new(i64::MIN),
+            Some(d) => now.saturating_sub_micros(window_us(d)),
+        };
+        let bucket = |keep: Option<Duration>, g: Granularity| {
+            let t = at(keep);
+            if keep.is_none() {
+                return t;
+            }
+            let floor = t.floor_to(g.len_us());
+            if floor == t { t } else { floor.saturating_add_micros(g.len_us()) }
+        };
+        Cutoffs {
+            raw: at(self.raw),
+            minute: bucket(self.minute, Granularity::Minute),
+            hour: bucket(self.hour, Granularity::Hour),
+            day: bucket(self.day, Granularity::Day),
+        }
+    }
+}
+
+impl Cutoffs {
+    /// Buckets of `g` starting before this are gone.
+    pub fn rollup(&self, g: Granularity) -> Micros {
+        match g {
+            Granularity::Minute => self.minute,
+            Granularity::Hour => self.hour,
+            Granularity::Day => self.day,
+        }
+    }
+
+    /// `range` without the part past raw retention.
+    pub fn retained(&self, range: &TimeRange) -> TimeRange {
+        TimeRange {
+            start: range.start.max(self.raw),
+            end: range.end,
+        }
+    }
+}
+
+/// A stored segment, for operators and the maintenance policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: SegmentId,
+    pub meta: SegmentMeta,
+    /// Size of the local file, or of the archived object.
+    pub bytes: u64,
+    /// The object key when the segment lives in the archive.
+    pub archived: Option<String>,
+}
+
+/// What [`Engine::purge`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub segments: Vec<SegmentInfo>,
+    /// Buckets dropped per granularity: minute, hour, day.
+    pub buckets: [usize; 3],
+    /// Archived objects that could not be deleted (now unreferenced).
+    pub leftover_objects: Vec<String>,
+}
+
+/// Buckets of one granularity held in the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupTier {
+    pub granularity: Granularity,
+    pub buckets: usize,
+    pub oldest: Option<Micros>,
 }
 
 /// The default [`EngineConfig::rollup_key_budget`].
@@ -64,6 +161,7 @@ impl EngineConfig {
             idempotency_window: Duration::from_secs(86_400),
             wal_segment_bytes: 64 << 20,
             rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
+            archive: None,
         }
     }
 
@@ -101,7 +199,28 @@ struct Segment {
     id: SegmentId,
     path: PathBuf,
     meta: SegmentMeta,
-    bytes: FileBytes,
+    stored: Stored,
+}
+
+#[derive(Debug)]
+enum Stored {
+    Local(FileBytes),
+    Archived { key: String, bytes: u64 },
+}
+
+impl Segment {
+    fn info(&self) -> SegmentInfo {
+        let (bytes, archived) = match &self.stored {
+            Stored::Local(b) => (b.len() as u64, None),
+            Stored::Archived { key, bytes } => (*bytes, Some(key.clone())),
+        };
+        SegmentInfo {
+            id: self.id,
+            meta: self.meta,
+            bytes,
+            archived,
+        }
+    }
 }
 
 /// Memtables taken out by a flush, by partition start.
@@ -124,6 +243,8 @@ struct State {
     /// every flush (exactly what start-up rebuilds from the rollup files).
     /// Replaced, not changed, by a flush: the merge is done outside the lock.
     rollups: Arc<Rollups>,
+    /// (granularity, UTC day) whose buckets changed since their tier file was written.
+    dirty_tiers: std::collections::BTreeSet<(Granularity, Micros)>,
     /// Cubes over the rows of the memtables being flushed.
     frozen_rollups: Vec<Arc<Rollups>>,
     /// Cubes over the rows of the open memtables, updated as batches are applied.
@@ -146,6 +267,9 @@ struct Inner {
     poisoned: Mutex<Option<String>>,
     flusher: (Mutex<FlusherSignal>, Condvar),
     decoded: Mutex<Vec<(SegmentId, Arc<Columns>)>>,
+    retention: RwLock<Retention>,
+    /// Serialises compaction, archiving and purging against each other.
+    maintenance: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -291,6 +415,7 @@ impl Inner {
         merged.merge(&cells);
         {
             let mut st = self.write();
+            st.dirty_tiers.extend(dirty_days(&cells));
             // One lock for all, so a reader sees these rows in the segments or the
             // frozen memtables, never both or neither, and their cells once.
             st.segments.extend(new_segments);
@@ -324,11 +449,7 @@ impl Inner {
             if cols.len() == 0 {
                 continue;
             }
-            let id = next
-                .last_segment_id
-                .checked_next()
-                .ok_or_else(|| EngineError::Unavailable("segment ids exhausted".into()))?;
-            next.last_segment_id = id;
+            let id = Self::next_segment_id(&mut next)?;
             let image = segment::encode(cols, Micros::new(*start), plen);
             let file = manifest::segment_file_name(id);
             let path = seg_dir.join(&file);
@@ -342,6 +463,7 @@ impl Inner {
                 file,
                 bytes: image.len() as u64,
                 meta,
+                archived: None,
             });
             created.push((id, path, meta));
         }
@@ -396,20 +518,55 @@ impl Inner {
                     id,
                     path,
                     meta,
-                    bytes,
+                    stored: Stored::Local(bytes),
                 }))
             })
             .collect()
     }
 
-    fn decoded(&self, seg: &Segment) -> Result<Arc<Columns>> {
+    /// The rows of `seg`, checksums checked; of an archived segment, only
+    /// those of the row groups that may hold rows in `range` (`None`: all).
+    fn archive_store(&self) -> Result<Arc<dyn ArchiveStore>> {
+        self.config.archive.clone().ok_or_else(|| {
+            EngineError::Unavailable("segments are archived but no archive is configured".into())
+        })
+    }
+
+    fn cutoffs(&self) -> Cutoffs {
+        self.retention.read().cutoffs(Micros::now())
+    }
+
+    fn next_segment_id(manifest: &mut Manifest) -> Result<SegmentId> {
+        let id = manifest
+            .last_segment_id
+            .checked_next()
+            .ok_or_else(|| EngineError::Unavailable("segment ids exhausted".into()))?;
+        manifest.last_segment_id = id;
+        Ok(id)
+    }
+
+    fn decoded(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<Arc<Columns>> {
         if let Some((_, cols)) = lock(&self.decoded).iter().find(|(id, _)| *id == seg.id) {
             return Ok(cols.clone());
         }
-        let (_, cols) = segment::decode(&seg.bytes).map_err(|e| EngineError::Corrupt {
-            path: seg.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let cols = match &seg.stored {
+            Stored::Local(bytes) => {
+                segment::decode(bytes)
+                    .map_err(|e| EngineError::Corrupt {
+                        path: seg.path.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .1
+            }
+            Stored::Archived { key, bytes } => {
+                let cols = archive::read(&self.archive_store()?, key, *bytes, range)?;
+                if range.is_some() {
+                    // Part of the file: not for the cache.
+                    return Ok(Arc::new(cols));
+                }
+                cols
+            }
+        };
         let cols = Arc::new(cols);
         let mut cache = lock(&self.decoded);
         if cache.len() >= DECODED_CACHE {
@@ -419,6 +576,18 @@ impl Inner {
         Ok(cols)
     }
 }
+
+/// The (granularity, UTC day) of every bucket in `cells`.
+fn dirty_days(cells: &Rollups) -> Vec<(Granularity, Micros)> {
+    let mut out: Vec<_> = cells
+        .bucket_starts()
+        .map(|(g, start)| (g, start.floor_to(DAY_US)))
+        .collect();
+    out.dedup();
+    out
+}
+
+const DAY_US: i64 = 86_400_000_000;
 
 fn window_us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -468,7 +637,12 @@ impl Engine {
         };
 
         let seg_dir = root.join(SEGMENT_DIR);
-        let names: Vec<&str> = manifest.segments.iter().map(|s| s.file.as_str()).collect();
+        let names: Vec<&str> = manifest
+            .segments
+            .iter()
+            .filter(|s| s.archived.is_none())
+            .map(|s| s.file.as_str())
+            .collect();
         for path in manifest::remove_orphans(&fs, &seg_dir, &names)? {
             tracing::info!(path = %path.display(), "removed segment left by an interrupted flush");
         }
@@ -476,7 +650,9 @@ impl Engine {
         let names: Vec<&str> = manifest.key_files.iter().map(|k| k.file.as_str()).collect();
         manifest::remove_orphans(&fs, &key_dir, &names)?;
         let rollup_dir = root.join(ROLLUP_DIR);
-        let names: Vec<&str> = manifest.rollup_files.iter().map(String::as_str).collect();
+        let names: Vec<&str> = (manifest.rollup_files.iter().map(String::as_str))
+            .chain(manifest.rollup_tiers.iter().map(|t| t.file.as_str()))
+            .collect();
         manifest::remove_orphans(&fs, &rollup_dir, &names)?;
 
         let budget = config.rollup_key_budget;
@@ -489,6 +665,18 @@ impl Engine {
         };
         for entry in &manifest.segments {
             let path = seg_dir.join(&entry.file);
+            if let Some(key) = &entry.archived {
+                state.segments.push(Arc::new(Segment {
+                    id: entry.id,
+                    path,
+                    meta: entry.meta,
+                    stored: Stored::Archived {
+                        key: key.clone(),
+                        bytes: entry.bytes,
+                    },
+                }));
+                continue;
+            }
             let bytes = fs.map(&path).map_err(io_err("map", &path))?;
             let corrupt = |reason: String| EngineError::Corrupt {
                 path: path.clone(),
@@ -502,17 +690,24 @@ impl Engine {
                 id: entry.id,
                 path,
                 meta,
-                bytes,
+                stored: Stored::Local(bytes),
             }));
         }
         // Rollups of flushed rows come from their files; replay adds the rest.
-        for file in &manifest.rollup_files {
+        // Tier files first (they hold disjoint buckets), then later flushes in order:
+        // the same merges, in the same order, as the running node made.
+        let tier_files = manifest.rollup_tiers.iter().map(|t| (&t.file, false));
+        let flush_files = manifest.rollup_files.iter().map(|f| (f, true));
+        for (file, from_flush) in tier_files.chain(flush_files) {
             let path = rollup_dir.join(file);
             let buf = fs.read(&path).map_err(io_err("read", &path))?;
             let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
                 path: path.clone(),
                 reason: e.0,
             })?;
+            if from_flush {
+                state.dirty_tiers.extend(dirty_days(&cells));
+            }
             Arc::make_mut(&mut state.rollups).merge(&cells);
         }
         // Every listed key is loaded, however old: replay judges a key's age against the
@@ -539,6 +734,8 @@ impl Engine {
             poisoned: Mutex::new(None),
             flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
             decoded: Mutex::new(Vec::new()),
+            retention: RwLock::new(Retention::default()),
+            maintenance: Mutex::new(()),
         });
         let applier = inner.clone();
         let on_durable: toplog_wal::OnDurable = Box::new(move |lsn, payload| {
@@ -668,6 +865,7 @@ impl Engine {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page> {
+        let range = self.inner.cutoffs().retained(&range);
         let want = limit
             .saturating_add(after.map_or(0, |c| c.skip as usize))
             .saturating_add(1);
@@ -692,7 +890,7 @@ impl Engine {
             {
                 break;
             }
-            let cols = self.inner.decoded(&seg)?;
+            let cols = self.inner.decoded(&seg, Some(&range))?;
             candidates.extend(scan::collect(&cols, true, &range, filters, after, want));
             scan::keep_first(&mut candidates, want);
         }
@@ -701,6 +899,7 @@ impl Engine {
 
     /// The exact number of stored events in `range` matching `filters`.
     pub fn count(&self, range: TimeRange, filters: &Filters) -> Result<u64> {
+        let range = self.inner.cutoffs().retained(&range);
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             vec![scan::count(cols, false, &range, filters)]
         });
@@ -712,7 +911,8 @@ impl Engine {
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
             } else {
-                total += scan::count(&*self.inner.decoded(&seg)?, true, &range, filters);
+                let cols = self.inner.decoded(&seg, Some(&range))?;
+                total += scan::count(&cols, true, &range, filters);
             }
         }
         Ok(total)
@@ -762,9 +962,12 @@ impl Engine {
         dim: Dimension,
         f: impl FnOnce(&[&Cube]) -> R,
     ) -> R {
+        let cutoffs = self.inner.cutoffs();
         let st = self.inner.read();
         let mut cubes = Vec::new();
         for &(g, from, to) in pieces {
+            // Buckets past their retention are not read, purged or not.
+            let from = from.max(cutoffs.rollup(g));
             st.rollups.visit(g, from, to, dim, |c| cubes.push(c));
             for r in &st.frozen_rollups {
                 r.visit(g, from, to, dim, |c| cubes.push(c));
@@ -781,6 +984,7 @@ impl Engine {
         filters: &Filters,
         dim: Dimension,
     ) -> Result<std::collections::HashMap<String, Cell>> {
+        let range = self.inner.cutoffs().retained(&range);
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             let mut out = std::collections::HashMap::new();
             scan::aggregate(cols, false, &range, filters, dim, &mut out);
@@ -792,7 +996,7 @@ impl Engine {
         }
         for seg in segments {
             scan::aggregate(
-                &*self.inner.decoded(&seg)?,
+                &*self.inner.decoded(&seg, Some(&range))?,
                 true,
                 &range,
                 filters,
@@ -822,6 +1026,7 @@ impl Engine {
         k: usize,
         asc: bool,
     ) -> Result<Vec<Event>> {
+        let range = self.inner.cutoffs().retained(&range);
         let (segments, frozen, mut out) = self.snapshot(&range, |cols| {
             scan::by_latency(cols, &range, filters, k, asc)
         });
@@ -830,7 +1035,7 @@ impl Engine {
         }
         for seg in segments {
             out.extend(scan::by_latency(
-                &*self.inner.decoded(&seg)?,
+                &*self.inner.decoded(&seg, Some(&range))?,
                 &range,
                 filters,
                 k,
@@ -847,7 +1052,7 @@ impl Engine {
         StorageStats {
             segments: st.segments.len(),
             segment_rows: st.segments.iter().map(|s| s.meta.rows).sum(),
-            segment_bytes: st.segments.iter().map(|s| s.bytes.len() as u64).sum(),
+            segment_bytes: st.segments.iter().map(|s| s.info().bytes).sum(),
             memtable_rows: st.active.values().map(Columns::len).sum(),
             memtable_bytes: st.active_bytes,
             applied_lsn: st.applied_lsn,
@@ -858,6 +1063,376 @@ impl Engine {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
+    }
+}
+
+impl Segment {
+    fn entry(&self) -> SegmentEntry {
+        let info = self.info();
+        SegmentEntry {
+            id: self.id,
+            file: manifest::segment_file_name(self.id),
+            bytes: info.bytes,
+            meta: self.meta,
+            archived: info.archived,
+        }
+    }
+}
+
+impl Inner {
+    fn find_segments(&self, ids: &[SegmentId]) -> Result<Vec<Arc<Segment>>> {
+        let st = self.read();
+        ids.iter()
+            .map(|id| {
+                st.segments
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .cloned()
+                    .ok_or_else(|| EngineError::Invalid(format!("no segment {id}")))
+            })
+            .collect()
+    }
+
+    /// Stores a manifest without the segments `remove` and with `add` (replacing
+    /// any of the same id), then makes reads see the same, under one lock.
+    fn swap_segments(&self, remove: &[SegmentId], add: &[Arc<Segment>]) -> Result<()> {
+        let mut manifest = lock(&self.manifest);
+        self.check_writable()?;
+        let gone = |id: &SegmentId| remove.contains(id) || add.iter().any(|a| a.id == *id);
+        let mut next = manifest.clone();
+        let at = next.segments.iter().position(|e| gone(&e.id));
+        next.segments.retain(|e| !gone(&e.id));
+        let at = at.unwrap_or(next.segments.len()).min(next.segments.len());
+        next.segments
+            .splice(at..at, add.iter().map(|s| s.entry()));
+        if let Err(e) = next.store(&self.fs, &self.config.data_dir) {
+            // The rename may or may not have happened: which manifest a restart
+            // finds is unknown, so this process must not go on from either.
+            self.poison(format!("storing the manifest failed: {e}"));
+            return Err(e);
+        }
+        *manifest = next;
+        let mut st = self.write();
+        st.segments.retain(|s| !gone(&s.id));
+        st.segments.extend(add.iter().cloned());
+        drop(st);
+        lock(&self.decoded).retain(|(id, _)| !gone(id));
+        Ok(())
+    }
+
+    fn remove_quietly(&self, path: &Path, what: &str) {
+        // The manifest no longer names it: a failure leaves an orphan, removed at start-up.
+        if let Err(e) = self.fs.remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove {what}");
+        }
+    }
+
+    /// Writes the changed (granularity, day) buckets to their tier files, drops
+    /// the days wholly past retention, and stores a manifest listing only tier
+    /// files. Returns the buckets dropped per granularity.
+    fn rewrite_rollups(&self, cutoffs: &Cutoffs) -> Result<[usize; 3]> {
+        let mut manifest = lock(&self.manifest);
+        self.check_writable()?;
+        // Under the manifest lock no flush can change `rollups` or `dirty_tiers`.
+        let (mut kept, dirty) = {
+            let st = self.read();
+            (Rollups::clone(&st.rollups), st.dirty_tiers.clone())
+        };
+        let mut dropped = [0; 3];
+        // Whole days only: a day's file goes when its last bucket is past retention.
+        let expired_before = |g: Granularity| cutoffs.rollup(g).floor_to(DAY_US);
+        for g in Granularity::ALL {
+            dropped[g.index()] = kept.drop_before(g, expired_before(g));
+        }
+        let expired = |g: Granularity, day: Micros| day < expired_before(g);
+        let stale_tiers = manifest.rollup_tiers.iter().any(|t| {
+            Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
+        });
+        if dirty.is_empty() && manifest.rollup_files.is_empty() && !stale_tiers {
+            return Ok(dropped);
+        }
+        let dir = self.dir(ROLLUP_DIR);
+        let mut next = manifest.clone();
+        next.rollup_generation += 1;
+        let mut written = Vec::new();
+        for &(g, day) in dirty.iter().filter(|(g, day)| !expired(*g, *day)) {
+            let part = kept.slice(g, day, day.saturating_add_micros(DAY_US));
+            let file = format!(
+                "{}-{}-g{}.cube",
+                g.name(),
+                day.to_rfc3339().get(..10).unwrap_or("day"),
+                next.rollup_generation
+            );
+            manifest::write_durable(&self.fs, &dir.join(&file), &part.to_file())?;
+            written.push(manifest::RollupTierFile {
+                file,
+                granularity: g.name().to_owned(),
+                day,
+            });
+        }
+        self.fs
+            .sync_dir(&dir)
+            .map_err(io_err("fsync directory", &dir))?;
+        let replaced = |t: &manifest::RollupTierFile| {
+            written
+                .iter()
+                .any(|w| w.granularity == t.granularity && w.day == t.day)
+                || Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
+        };
+        let (old_tiers, kept_tiers): (Vec<_>, Vec<_>) =
+            next.rollup_tiers.drain(..).partition(|t| replaced(t));
+        next.rollup_tiers = kept_tiers;
+        next.rollup_tiers.extend(written);
+        let old_files = std::mem::take(&mut next.rollup_files);
+        if let Err(e) = next.store(&self.fs, &self.config.data_dir) {
+            self.poison(format!("storing the manifest failed: {e}"));
+            return Err(e);
+        }
+        *manifest = next;
+        {
+            let mut st = self.write();
+            st.rollups = Arc::new(kept);
+            st.dirty_tiers.clear();
+        }
+        drop(manifest);
+        for file in old_files.iter().chain(old_tiers.iter().map(|t| &t.file)) {
+            self.remove_quietly(&dir.join(file), "an old rollup file");
+        }
+        Ok(dropped)
+    }
+}
+
+impl Engine {
+    /// Every stored segment, local or archived.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner.read().segments.iter().map(|s| s.info()).collect()
+    }
+
+    /// Buckets held per granularity (minute, hour, day) and the oldest of each.
+    pub fn rollup_tiers(&self) -> Vec<RollupTier> {
+        let st = self.inner.read();
+        [Granularity::Minute, Granularity::Hour, Granularity::Day]
+            .into_iter()
+            .map(|g| {
+                let (buckets, oldest) = st.rollups.extent(g);
+                RollupTier {
+                    granularity: g,
+                    buckets,
+                    oldest,
+                }
+            })
+            .collect()
+    }
+
+    pub fn retention(&self) -> Retention {
+        *self.inner.retention.read()
+    }
+
+    /// Changes what reads see at once; [`Engine::purge`] removes the rest.
+    pub fn set_retention(&self, retention: Retention) {
+        *self.inner.retention.write() = retention;
+    }
+
+    /// The cutoffs of the current retention, now.
+    pub fn cutoffs(&self) -> Cutoffs {
+        self.inner.cutoffs()
+    }
+
+    /// Merges the local segments `ids` of one partition into one segment, rows in
+    /// time order. The new file is written, fsynced, read back and checked (row
+    /// count, time span, every checksum) before one manifest store swaps it for
+    /// the old ones, which are deleted last. A crash at any step leaves either the
+    /// old segments or the new one listed, and start-up removes the other's files.
+    pub fn compact(&self, ids: &[SegmentId]) -> Result<SegmentInfo> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let olds = self.inner.find_segments(ids)?;
+        let [first, rest @ ..] = olds.as_slice() else {
+            return Err(EngineError::Invalid("nothing to compact".into()));
+        };
+        if rest.is_empty() {
+            return Err(EngineError::Invalid("compaction needs two segments or more".into()));
+        }
+        for s in &olds {
+            if matches!(s.stored, Stored::Archived { .. }) {
+                return Err(EngineError::Invalid(format!("segment {} is archived", s.id)));
+            }
+            if (s.meta.partition_start, s.meta.partition_len_us)
+                != (first.meta.partition_start, first.meta.partition_len_us)
+            {
+                return Err(EngineError::Invalid(format!(
+                    "segments {} and {} are in different partitions",
+                    first.id, s.id
+                )));
+            }
+        }
+        let mut cols = Columns::default();
+        for s in &olds {
+            let part = self.inner.decoded(s, None)?;
+            for i in 0..part.len() {
+                cols.push(&part.event(i));
+            }
+        }
+        let rows: u64 = olds.iter().map(|s| s.meta.rows).sum();
+        let min_ts = olds.iter().map(|s| s.meta.min_ts).min();
+        let max_ts = olds.iter().map(|s| s.meta.max_ts).max();
+        let image = segment::encode(&cols, first.meta.partition_start, first.meta.partition_len_us);
+        drop(cols);
+        let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
+        let seg_dir = self.inner.dir(SEGMENT_DIR);
+        let path = seg_dir.join(manifest::segment_file_name(id));
+        manifest::write_durable(&self.inner.fs, &path, &image)?;
+        self.inner
+            .fs
+            .sync_dir(&seg_dir)
+            .map_err(io_err("fsync directory", &seg_dir))?;
+        // Check what the disk holds, not what was meant to be written.
+        let checked = self
+            .inner
+            .fs
+            .read(&path)
+            .map_err(io_err("read", &path))
+            .and_then(|back| {
+                let (meta, _) = segment::decode(&back).map_err(|e| EngineError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                if back.len() != image.len()
+                    || meta.rows != rows
+                    || Some(meta.min_ts) != min_ts
+                    || Some(meta.max_ts) != max_ts
+                {
+                    return Err(EngineError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "compacted segment holds {} rows, expected {rows}, or its size or time span differs",
+                            meta.rows
+                        ),
+                    });
+                }
+                Ok(meta)
+            });
+        let meta = match checked {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.inner.remove_quietly(&path, "a compacted segment that failed its check");
+                return Err(e);
+            }
+        };
+        let bytes = self.inner.fs.map(&path).map_err(io_err("map", &path))?;
+        let merged = Arc::new(Segment {
+            id,
+            path,
+            meta,
+            stored: Stored::Local(bytes),
+        });
+        self.inner.swap_segments(ids, &[merged.clone()])?;
+        for s in &olds {
+            self.inner.remove_quietly(&s.path, "a compacted segment");
+        }
+        Ok(merged.info())
+    }
+
+    /// Copies local segment `id` to the archive as Parquet, reads the copy back
+    /// and compares every row, then lists the segment as archived and deletes the
+    /// local file. A store that fails leaves the segment local and untouched.
+    pub fn archive_segment(&self, id: SegmentId) -> Result<SegmentInfo> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let store = self.inner.archive_store()?;
+        let seg = self
+            .inner
+            .find_segments(&[id])?
+            .pop()
+            .ok_or_else(|| EngineError::Invalid(format!("no segment {id}")))?;
+        if matches!(seg.stored, Stored::Archived { .. }) {
+            return Ok(seg.info());
+        }
+        let cols = self.inner.decoded(&seg, None)?;
+        let key = archive::segment_key(seg.meta.partition_start, id.get());
+        let failed = |e: std::io::Error| EngineError::Archive {
+            key: key.clone(),
+            reason: e.to_string(),
+        };
+        match store.create(&key, bytes::Bytes::from(archive::to_parquet(&cols)?)) {
+            Ok(()) => {}
+            // Left by an attempt that stopped before the manifest named it:
+            // checked below like a new copy.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::info!(%key, "archive object exists from an earlier attempt; verifying it");
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        let size = store.size(&key).map_err(failed)?;
+        let same = match archive::read(&store, &key, size, None) {
+            Ok(back) => (back.len() == cols.len())
+                .then(|| (0..cols.len()).all(|i| back.event(i) == cols.event(i)))
+                .unwrap_or(false),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "archived copy unreadable");
+                false
+            }
+        };
+        if !same {
+            // Nothing names it: remove it so the next attempt writes it afresh.
+            let _ = store.delete(&key);
+            return Err(EngineError::Archive {
+                key,
+                reason: format!("the copy read back differs from segment {id}; the local file is kept"),
+            });
+        }
+        let archived = Arc::new(Segment {
+            id,
+            path: seg.path.clone(),
+            meta: seg.meta,
+            stored: Stored::Archived { key, bytes: size },
+        });
+        self.inner.swap_segments(&[], &[archived.clone()])?;
+        self.inner.remove_quietly(&seg.path, "an archived segment's local file");
+        Ok(archived.info())
+    }
+
+    /// Removes what is past retention: segments whose newest row is older than
+    /// the raw cutoff (and their archived objects), rollup days wholly past their
+    /// granularity's cutoff. Also folds the per-flush rollup files into one file
+    /// per granularity and day.
+    pub fn purge(&self) -> Result<PurgeReport> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let cutoffs = self.inner.cutoffs();
+        let expired: Vec<Arc<Segment>> = self
+            .inner
+            .read()
+            .segments
+            .iter()
+            .filter(|s| s.meta.max_ts < cutoffs.raw)
+            .cloned()
+            .collect();
+        let mut report = PurgeReport::default();
+        if !expired.is_empty() {
+            let ids: Vec<SegmentId> = expired.iter().map(|s| s.id).collect();
+            self.inner.swap_segments(&ids, &[])?;
+            for s in &expired {
+                match &s.stored {
+                    Stored::Local(_) => self.inner.remove_quietly(&s.path, "a purged segment"),
+                    Stored::Archived { key, .. } => {
+                        let deleted = self.inner.archive_store().and_then(|store| {
+                            store.delete(key).map_err(|e| EngineError::Archive {
+                                key: key.clone(),
+                                reason: e.to_string(),
+                            })
+                        });
+                        if let Err(e) = deleted {
+                            tracing::warn!(error = %e, "purged archive object not deleted");
+                            report.leftover_objects.push(key.clone());
+                        }
+                    }
+                }
+                report.segments.push(s.info());
+            }
+        }
+        report.buckets = self.inner.rewrite_rollups(&cutoffs)?;
+        Ok(report)
     }
 }
 

@@ -19,6 +19,12 @@ pub enum EngineError {
     /// The engine stopped taking writes after a failure it will not retry.
     #[error("not accepting writes: {0}")]
     Unavailable(String),
+    /// The object store failed or holds something other than what was written.
+    #[error("archive object {key}: {reason}")]
+    Archive { key: String, reason: String },
+    /// A maintenance request that does not apply to the store as it is.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

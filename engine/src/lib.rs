@@ -2,6 +2,7 @@
 //! immutable segments in toplog's own format, the manifest that says which
 //! segments exist, idempotency keys, and recovery after a crash.
 
+mod archive;
 mod batch;
 mod codec;
 mod columns;
@@ -15,7 +16,11 @@ mod scan;
 mod segment;
 mod sketch;
 
-pub use engine::{DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt, StorageStats};
+pub use archive::ArchiveStore;
+pub use engine::{
+    Cutoffs, DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt, PurgeReport,
+    Retention, RollupTier, SegmentInfo, StorageStats,
+};
 pub use error::{EngineError, Result};
 pub use rollup::{Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Overflow, Rollups};
 pub use scan::{Cursor, Filters, Page, TimeRange};

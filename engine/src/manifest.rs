@@ -32,6 +32,23 @@ pub(crate) struct Manifest {
     /// Rollup files, one per flush: the cells of the rows that flush wrote.
     #[serde(default)]
     pub(crate) rollup_files: Vec<String>,
+    /// Rollups persisted per granularity and UTC day, each the whole of its
+    /// buckets when written; `rollup_files` then holds only later flushes.
+    #[serde(default)]
+    pub(crate) rollup_tiers: Vec<RollupTierFile>,
+    /// Bumped by each rewrite of tier files, so a new file never takes the
+    /// name of one the manifest lists.
+    #[serde(default)]
+    pub(crate) rollup_generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RollupTierFile {
+    pub(crate) file: String,
+    /// `rollup_1m`, `rollup_1h` or `rollup_1d`.
+    pub(crate) granularity: String,
+    /// Start of the UTC day whose buckets the file holds.
+    pub(crate) day: Micros,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +57,10 @@ pub(crate) struct SegmentEntry {
     pub(crate) file: String,
     pub(crate) bytes: u64,
     pub(crate) meta: SegmentMeta,
+    /// The object key once the segment is in the archive; `file` is then gone
+    /// and `bytes` is the object's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) archived: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,6 +31,10 @@ impl Granularity {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.name() == name)
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Granularity::Minute => "rollup_1m",
@@ -39,7 +43,7 @@ impl Granularity {
         }
     }
 
-    const fn index(self) -> usize {
+    pub(crate) const fn index(self) -> usize {
         match self {
             Granularity::Minute => 0,
             Granularity::Hour => 1,
@@ -80,7 +84,7 @@ impl Dimension {
         Some((class, key.get(2..)?))
     }
 
-    const fn index(self) -> usize {
+    pub(crate) const fn index(self) -> usize {
         match self {
             Dimension::Endpoint => 0,
             Dimension::StatusCode => 1,
@@ -424,6 +428,38 @@ impl Rollups {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.levels.iter().all(BTreeMap::is_empty)
+    }
+
+    /// Drops the buckets of `g` that start before `cutoff`; returns how many.
+    pub(crate) fn drop_before(&mut self, g: Granularity, cutoff: Micros) -> usize {
+        let level = &mut self.levels[g.index()];
+        let kept = level.split_off(&cutoff.get());
+        let dropped = level.len();
+        *level = kept;
+        dropped
+    }
+
+    /// The buckets of `g` starting in `[from, to)` (shared, not copied).
+    pub(crate) fn slice(&self, g: Granularity, from: Micros, to: Micros) -> Rollups {
+        let mut out = Rollups::new(self.budget);
+        out.levels[g.index()] = self.levels[g.index()]
+            .range(from.get()..to.get())
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        out
+    }
+
+    /// Each granularity with the start of every bucket it holds.
+    pub(crate) fn bucket_starts(&self) -> impl Iterator<Item = (Granularity, Micros)> + '_ {
+        Granularity::ALL.into_iter().flat_map(move |g| {
+            self.levels[g.index()].keys().map(move |s| (g, Micros::new(*s)))
+        })
+    }
+
+    /// Buckets of `g` held, and the start of the oldest.
+    pub(crate) fn extent(&self, g: Granularity) -> (usize, Option<Micros>) {
+        let level = &self.levels[g.index()];
+        (level.len(), level.keys().next().map(|s| Micros::new(*s)))
     }
 
     /// The cells as bytes (see docs/format.md, "Rollup file"); keys sorted so the

@@ -1,0 +1,15 @@
+//! Keeping the store in shape over time: merging small segments, retention,
+//! and tiering raw segments to object storage as Parquet. The engine does each
+//! step atomically; this crate decides what to do and when, and owns the
+//! object store.
+
+mod maintenance;
+mod policy;
+mod store;
+
+pub use maintenance::{
+    Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report, SegmentSummary,
+    plan_compactions, run,
+};
+pub use policy::{Policy, PolicyError, format_duration};
+pub use store::{ArchiveConfig, ArchiveError, ObjectArchive};

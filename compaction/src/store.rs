@@ -1,0 +1,200 @@
+//! The archive on an `object_store` store: a local folder by default, S3 or any
+//! S3-compatible server by configuration. Calls block the calling thread on a
+//! small runtime of the archive's own, so the engine (which is synchronous)
+//! can use it from any thread, inside an async context or not.
+
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig,
+};
+use serde::{Deserialize, Serialize};
+use toplog_engine::ArchiveStore;
+
+/// Where the archive lives. `url` is a folder path (or `file://` URL) or
+/// `s3://bucket/prefix`; the other fields apply to S3 and fall back to the
+/// usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub url: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive `{field}`: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("archive: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// An [`ArchiveStore`] over an `object_store` store.
+#[derive(Debug)]
+pub struct ObjectArchive {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// Human-readable location, for status pages.
+    location: String,
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ObjectArchive {
+    /// Without blocking, so the archive may be dropped inside an async context.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl ObjectArchive {
+    /// Opens the archive `config` names; a relative folder is under `data_dir`,
+    /// and no `url` means `<data_dir>/archive`.
+    pub fn open(config: &ArchiveConfig, data_dir: &std::path::Path) -> Result<Self, ArchiveError> {
+        let url = config.url.clone().unwrap_or_else(|| "archive".into());
+        let bad = |field, reason: String| ArchiveError::Config { field, reason };
+        let (store, prefix, location): (Arc<dyn ObjectStore>, Path, String) =
+            if let Some(rest) = url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("url", format!("`{url}` names no bucket")));
+                }
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(20),
+                    })
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(Duration::from_secs(5))
+                            .with_timeout(Duration::from_secs(60))
+                            .with_allow_http(config.allow_http.unwrap_or(false)),
+                    );
+                if let Some(v) = &config.endpoint {
+                    b = b.with_endpoint(v);
+                }
+                if let Some(v) = &config.region {
+                    b = b.with_region(v);
+                }
+                if let Some(v) = &config.access_key_id {
+                    b = b.with_access_key_id(v);
+                }
+                if let Some(v) = &config.secret_access_key {
+                    b = b.with_secret_access_key(v);
+                }
+                if let Some(v) = config.allow_http {
+                    b = b.with_allow_http(v);
+                }
+                let store = b.build().map_err(|e| bad("url", e.to_string()))?;
+                let prefix = Path::parse(prefix.trim_matches('/'))
+                    .map_err(|e| bad("url", e.to_string()))?;
+                (Arc::new(store), prefix, url.clone())
+            } else if url.contains("://") && !url.starts_with("file://") {
+                return Err(bad(
+                    "url",
+                    format!("`{url}`: use a folder, file:// or s3://bucket/prefix"),
+                ));
+            } else {
+                let dir = PathBuf::from(url.trim_start_matches("file://"));
+                let dir = if dir.is_absolute() { dir } else { data_dir.join(dir) };
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    bad("url", format!("cannot create {}: {e}", dir.display()))
+                })?;
+                let store = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| bad("url", e.to_string()))?;
+                (Arc::new(store), Path::default(), dir.display().to_string())
+            };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("toplog-archive")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            store,
+            prefix,
+            location,
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn path(&self, key: &str) -> Path {
+        key.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.clone().join(part))
+    }
+
+    /// Runs `fut` on the archive's runtime and waits for it.
+    fn block<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> io::Result<T> {
+        let Some(runtime) = &self.runtime else {
+            return Err(io::Error::other("the archive is closed"));
+        };
+        let handle = runtime.spawn(fut);
+        match futures::executor::block_on(handle) {
+            Ok(r) => r.map_err(to_io),
+            Err(e) => Err(io::Error::other(format!("archive task failed: {e}"))),
+        }
+    }
+}
+
+fn to_io(e: object_store::Error) -> io::Error {
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            io::ErrorKind::AlreadyExists
+        }
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e.to_string())
+}
+
+impl ArchiveStore for ObjectArchive {
+    fn create(&self, key: &str, bytes: Bytes) -> io::Result<()> {
+        let (store, path) = (self.store.clone(), self.path(key));
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.block(async move { store.put_opts(&path, bytes.into(), opts).await.map(|_| ()) })
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Bytes> {
+        let (store, path) = (self.store.clone(), self.path(key));
+        self.block(async move { store.get_range(&path, range).await })
+    }
+
+    fn size(&self, key: &str) -> io::Result<u64> {
+        let (store, path) = (self.store.clone(), self.path(key));
+        self.block(async move { store.head(&path).await.map(|m| m.size) })
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        let (store, path) = (self.store.clone(), self.path(key));
+        match self.block(async move { store.delete(&path).await }) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+}

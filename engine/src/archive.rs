@@ -1,0 +1,170 @@
+//! The archive tier as the engine sees it: named, create-only blobs in an
+//! object store. The engine writes a segment there as Parquet (see
+//! docs/operations.md, "Archive layout"), verifies the copy, and reads it back
+//! for queries, fetching only the row groups whose time statistics overlap the
+//! range asked for. Which store, and its credentials, is the caller's business.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt16Type};
+use bytes::{Buf, Bytes};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::errors::ParquetError;
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::statistics::Statistics;
+use toplog_types::{Event, Micros};
+
+use crate::columns::Columns;
+use crate::parquet::{ParquetEventWriter, event_schema};
+use crate::scan::TimeRange;
+use crate::{EngineError, Result};
+
+/// An object store holding archived segments.
+pub trait ArchiveStore: Send + Sync + std::fmt::Debug {
+    /// Creates `key` holding `bytes`; fails with [`io::ErrorKind::AlreadyExists`]
+    /// if `key` exists. Never overwrites.
+    fn create(&self, key: &str, bytes: Bytes) -> io::Result<()>;
+    /// The bytes of `key` in `range`.
+    fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Bytes>;
+    /// The size of `key`; [`io::ErrorKind::NotFound`] if it does not exist.
+    fn size(&self, key: &str) -> io::Result<u64>;
+    /// Removes `key`; removing a missing key is not an error.
+    fn delete(&self, key: &str) -> io::Result<()>;
+}
+
+/// The object key of an archived segment: `raw/day=YYYY-MM-DD/<segment id>.parquet`,
+/// the day being the UTC day its partition starts in.
+pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {
+    let day = partition_start.to_rfc3339();
+    format!("raw/day={}/{id:016}.parquet", day.get(..10).unwrap_or("unknown"))
+}
+
+/// The rows of `cols`, in their order, as a Parquet file.
+pub(crate) fn to_parquet(cols: &Columns) -> Result<Vec<u8>> {
+    let mut w = ParquetEventWriter::new(Vec::new())?;
+    for i in 0..cols.len() {
+        w.write(&cols.event(i))?;
+    }
+    w.finish()
+}
+
+/// A remote object read through ranged gets, as the Parquet reader wants it.
+struct Remote {
+    store: Arc<dyn ArchiveStore>,
+    key: String,
+    len: u64,
+}
+
+impl Length for Remote {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for Remote {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let len = self.len.saturating_sub(start);
+        Ok(self.get_bytes(start, len as usize)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let end = start.saturating_add(length as u64);
+        let bytes = self
+            .store
+            .get_range(&self.key, start..end)
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        if bytes.len() != length {
+            return Err(ParquetError::EOF(format!(
+                "{}: asked for {length} bytes at {start}, got {}",
+                self.key,
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Reads the rows of archived object `key` (of `len` bytes) from the row groups
+/// whose timestamp statistics overlap `range` (all of them for `None`).
+pub(crate) fn read(
+    store: &Arc<dyn ArchiveStore>,
+    key: &str,
+    len: u64,
+    range: Option<&TimeRange>,
+) -> Result<Columns> {
+    let remote = Remote {
+        store: store.clone(),
+        key: key.to_owned(),
+        len,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(remote)?;
+    if builder.schema().fields() != event_schema().fields() {
+        return Err(EngineError::Parquet(ParquetError::General(format!(
+            "{key}: not an events file (columns differ)"
+        ))));
+    }
+    let groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| {
+            let Some(range) = range else { return true };
+            match rg.column(1).statistics() {
+                Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                    (Some(min), Some(max)) => range.overlaps(Micros::new(*min), Micros::new(*max)),
+                    _ => true,
+                },
+                _ => true,
+            }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let reader = builder.with_row_groups(groups).build()?;
+    let mut cols = Columns::default();
+    for batch in reader {
+        let batch = batch.map_err(|e| EngineError::Parquet(e.into()))?;
+        for e in events_of(&batch)? {
+            cols.push(&e);
+        }
+    }
+    Ok(cols)
+}
+
+/// The events of a record batch with [`event_schema`].
+pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<Event>> {
+    let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
+    let s = |i: usize| b.column(i).as_string_opt::<i32>().ok_or_else(|| bad("a string column is not utf8"));
+    let (rid, uid, ep, m) = (s(0)?, s(2)?, s(3)?, s(4)?);
+    let ts = b
+        .column(1)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| bad("timestamp is not in microseconds"))?;
+    let st = b
+        .column(5)
+        .as_primitive_opt::<UInt16Type>()
+        .ok_or_else(|| bad("status_code is not u16"))?;
+    let lat = b
+        .column(6)
+        .as_primitive_opt::<Float64Type>()
+        .ok_or_else(|| bad("latency_ms is not f64"))?;
+    if b.columns().iter().any(|c| c.null_count() > 0) {
+        return Err(bad("null values in an events file"));
+    }
+    Ok((0..b.num_rows())
+        .map(|r| Event {
+            request_id: rid.value(r).into(),
+            timestamp: Micros::new(ts.value(r)),
+            user_id: uid.value(r).into(),
+            endpoint: ep.value(r).into(),
+            method: m.value(r).into(),
+            status_code: st.value(r),
+            latency_us: (lat.value(r) * 1000.0).round() as u64,
+        })
+        .collect())
+}
