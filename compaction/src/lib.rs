@@ -3,10 +3,12 @@
 //! step atomically; this crate decides what to do and when, and owns the
 //! object store.
 
+mod maintainer;
 mod maintenance;
 mod policy;
 mod store;
 
+pub use maintainer::Maintainer;
 pub use maintenance::{
     Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report, SegmentSummary,
     plan_compactions, run,

@@ -9,9 +9,10 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use toplog_compaction::Maintainer;
 use toplog_engine::{Cursor, Engine, EngineError, Filters, TimeRange};
 use toplog_types::{EventError, Micros, ValidationLimits};
 
@@ -94,7 +95,10 @@ impl From<EngineError> for ApiError {
             EngineError::Wal(toplog_wal::WalError::TooLarge { .. }) => {
                 Self::too_large(e.to_string())
             }
-            EngineError::Unavailable(_) | EngineError::Wal(_) => Self::unavailable(e.to_string()),
+            EngineError::Unavailable(_) | EngineError::Wal(_) | EngineError::Archive { .. } => {
+                Self::unavailable(e.to_string())
+            }
+            EngineError::Invalid(m) => Self::bad_request("invalid_request", m),
             other => Self::internal(other.to_string()),
         }
     }
@@ -138,9 +142,19 @@ pub(crate) struct AppState {
     pub(crate) startup_error: OnceLock<String>,
     /// Aggregation jobs; opened with the engine.
     pub(crate) jobs: OnceLock<Arc<toplog_query::JobStore>>,
+    /// Retention, compaction and tiering; set with the engine.
+    pub(crate) maintainer: OnceLock<Arc<Maintainer>>,
 }
 
 impl AppState {
+    fn maintainer(&self) -> ApiResult<Arc<Maintainer>> {
+        self.engine()?;
+        self.maintainer
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("recovering".into()))
+    }
+
     fn engine(&self) -> ApiResult<Arc<Engine>> {
         match self.engine.get() {
             Some(e) => Ok(e.clone()),
@@ -166,7 +180,7 @@ const LIST_PARAMS: [&str; 9] = [
 const HISTORY_PARAMS: [&str; 2] = ["start_date", "end_date"];
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const OPERATIONS: [Operation; 12] = [
+pub(crate) const OPERATIONS: [Operation; 16] = [
     Operation {
         method: "get",
         path: "/healthz",
@@ -279,6 +293,46 @@ pub(crate) const OPERATIONS: [Operation; 12] = [
     },
     Operation {
         method: "get",
+        path: "/api/v1/storage",
+        summary: "Partitions, segments, tiers with sizes and oldest data, the archive's state.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Storage"),
+        errors: &[503],
+    },
+    Operation {
+        method: "post",
+        path: "/api/v1/admin/maintenance",
+        summary: "Run maintenance now (purge, compaction, tiering); returns what it did.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Maintenance"),
+        errors: &[503],
+    },
+    Operation {
+        method: "get",
+        path: "/api/v1/retention",
+        summary: "The retention policy.",
+        query: &[],
+        required: &[],
+        body: None,
+        ok: (200, "Retention"),
+        errors: &[503],
+    },
+    Operation {
+        method: "put",
+        path: "/api/v1/retention",
+        summary: "Change any keys of the retention policy; persisted, obeyed at once.",
+        query: &[],
+        required: &[],
+        body: Some(Body::Retention),
+        ok: (200, "Retention"),
+        errors: &[400, 503],
+    },
+    Operation {
+        method: "get",
         path: "/api/v1/openapi.json",
         summary: "This document.",
         query: &[],
@@ -303,6 +357,10 @@ fn handler(op: &Operation) -> MethodRouter<Arc<AppState>> {
         ("post", "/api/v1/requests/aggregate") => post(submit_aggregation),
         ("get", "/api/v1/requests/aggregate") => get(list_aggregations),
         ("get", "/api/v1/requests/aggregate/{id}") => get(get_aggregation),
+        ("get", "/api/v1/storage") => get(storage),
+        ("post", "/api/v1/admin/maintenance") => post(run_maintenance),
+        ("get", "/api/v1/retention") => get(get_retention),
+        ("put", "/api/v1/retention") => put(put_retention),
         ("get", "/api/v1/openapi.json") => get(openapi),
         // A table entry without a handler answers 404; the OpenAPI test catches it.
         _ => get(not_found),
@@ -318,6 +376,40 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn storage(State(app): State<Arc<AppState>>) -> ApiResult {
+    let m = app.maintainer()?;
+    let data = blocking(move || Ok(m.storage())).await?;
+    Ok(Json(json!({"status": "success", "data": data})).into_response())
+}
+
+async fn run_maintenance(State(app): State<Arc<AppState>>) -> ApiResult {
+    let m = app.maintainer()?;
+    let report = blocking(move || Ok(m.run())).await?;
+    Ok(Json(json!({"status": "success", "data": report})).into_response())
+}
+
+async fn get_retention(State(app): State<Arc<AppState>>) -> ApiResult {
+    let policy = app.maintainer()?.policy();
+    Ok(Json(json!({"status": "success", "data": policy.to_json()})).into_response())
+}
+
+async fn put_retention(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let m = app.maintainer()?;
+    let Json(change) =
+        body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let policy = blocking(move || {
+        m.set_policy(&change).map_err(|e| ApiError {
+            field: Some(e.field.clone()),
+            ..ApiError::bad_request("invalid_policy", e.to_string())
+        })
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": policy.to_json()})).into_response())
 }
 
 async fn openapi() -> Json<Value> {
@@ -451,7 +543,12 @@ async fn ingest(
     let limits = ValidationLimits {
         now: Micros::now(),
         max_future_us: micros(cfg.clock_skew),
-        max_age_us: micros(cfg.raw_keep_for),
+        max_age_us: micros(
+            app.maintainer
+                .get()
+                .map_or(cfg.policy, |m| m.policy())
+                .raw_keep_for,
+        ),
     };
     let events = parsing(move || {
         let raw = decode_body(encoding.as_deref(), &body, limit)?;

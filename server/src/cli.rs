@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
+use toplog_compaction::{Maintainer, ObjectArchive, Policy};
 use toplog_engine::Engine;
 
 use crate::api::{AppState, router};
@@ -146,12 +147,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let local = listener.local_addr()?;
-    let engine_config = config.engine_config();
+    let mut engine_config = config.engine_config();
+    let archive = ObjectArchive::open(&config.archive, &engine_config.data_dir)?;
+    let archive_location = archive.location().to_owned();
+    engine_config.archive = Some(Arc::new(archive));
+    // A policy changed through the API outlives restarts and wins over the config.
+    let policy = match Policy::load(&engine_config.data_dir) {
+        Ok(Some(p)) => p,
+        Ok(None) => config.policy,
+        Err(e) => anyhow::bail!("retention.json: {e}"),
+    };
+    let interval = config.maintenance_interval;
     let state = Arc::new(AppState {
         config,
         engine: OnceLock::new(),
         startup_error: OnceLock::new(),
         jobs: OnceLock::new(),
+        maintainer: OnceLock::new(),
     });
     tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), "listening");
 
@@ -167,6 +179,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             match opened {
                 Ok((engine, (store, unfinished))) => {
                     let (engine, store) = (Arc::new(engine), Arc::new(store));
+                    let maintainer = Arc::new(Maintainer::new(
+                        engine.clone(),
+                        engine.data_dir().to_path_buf(),
+                        policy,
+                        archive_location,
+                    ));
+                    let _ = state.maintainer.set(maintainer.clone());
+                    if let Some(every) = interval {
+                        runtime.spawn(maintain_every(maintainer, every));
+                    }
                     let _ = state.jobs.set(store.clone());
                     let _ = state.engine.set(engine.clone());
                     // Jobs cut short by the last stop run again: they only read.
@@ -208,6 +230,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Runs maintenance every `every`, off the async threads.
+async fn maintain_every(maintainer: Arc<Maintainer>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: give start-up a period first
+    loop {
+        tick.tick().await;
+        let m = maintainer.clone();
+        match tokio::task::spawn_blocking(move || m.run()).await {
+            Ok(report) if !report.errors.is_empty() => {
+                tracing::warn!(errors = ?report.errors, "maintenance left work for the next pass");
+            }
+            Ok(report) => tracing::debug!(took_ms = report.took_ms, "maintenance done"),
+            Err(e) => tracing::error!(error = %e, "maintenance task failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

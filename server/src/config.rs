@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use toplog_compaction::{ArchiveConfig, Policy};
 use toplog_types::parse_duration;
 use toplog_wal::FsyncPolicy;
 
@@ -42,9 +43,29 @@ pub(crate) struct Settings {
     /// How far in the future an event's timestamp may be.
     #[arg(long, env = "TOPLOG_CLOCK_SKEW")]
     pub(crate) clock_skew: Option<String>,
-    /// How long raw events are kept; older events are rejected at ingest.
+    /// How long raw events are kept (`retention.raw.keep_for`); older events
+    /// are rejected at ingest.
     #[arg(long, env = "TOPLOG_RAW_KEEP_FOR")]
     pub(crate) raw_keep_for: Option<String>,
+    /// How long raw segments stay on local disk before moving to the archive
+    /// (`retention.raw.local_for`).
+    #[arg(long, env = "TOPLOG_RAW_LOCAL_FOR")]
+    pub(crate) raw_local_for: Option<String>,
+    /// The archive: a folder (relative to the data directory), `file://` URL or
+    /// `s3://bucket/prefix` (`archive.url`).
+    #[arg(long, env = "TOPLOG_ARCHIVE_URL")]
+    pub(crate) archive_url: Option<String>,
+    /// How often maintenance (purge, compaction, tiering) runs; `0s` turns the
+    /// schedule off (`POST /api/v1/admin/maintenance` still runs it).
+    #[arg(long, env = "TOPLOG_MAINTENANCE_INTERVAL")]
+    pub(crate) maintenance_interval: Option<String>,
+    /// `[retention]` in the file: `raw.local_for`, `raw.keep_for`,
+    /// `rollups.minute_keep_for`, `rollups.hour_keep_for`, `rollups.day_keep_for`.
+    #[arg(skip)]
+    pub(crate) retention: Option<toml::Table>,
+    /// `[archive]` in the file.
+    #[arg(skip)]
+    pub(crate) archive: Option<ArchiveConfig>,
     /// Flush memtables to segments at this many bytes.
     #[arg(long, env = "TOPLOG_MEMTABLE_MAX_BYTES")]
     pub(crate) memtable_max_bytes: Option<usize>,
@@ -69,6 +90,11 @@ impl Settings {
             max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
             clock_skew: self.clock_skew.or(other.clock_skew),
             raw_keep_for: self.raw_keep_for.or(other.raw_keep_for),
+            raw_local_for: self.raw_local_for.or(other.raw_local_for),
+            archive_url: self.archive_url.or(other.archive_url),
+            maintenance_interval: self.maintenance_interval.or(other.maintenance_interval),
+            retention: self.retention.or(other.retention),
+            archive: self.archive.or(other.archive),
             memtable_max_bytes: self.memtable_max_bytes.or(other.memtable_max_bytes),
             memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
             rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
@@ -85,10 +111,44 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     pub max_body_bytes: usize,
     pub clock_skew: Duration,
-    pub raw_keep_for: Duration,
+    /// The retention policy before any change made through the API.
+    pub policy: Policy,
+    pub archive: ArchiveConfig,
+    /// `None`: maintenance runs only when asked.
+    pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
     pub memtable_max_age: Duration,
     pub rollup_key_budget: usize,
+}
+
+/// The policy from the `[retention]` table, with the flags over it. A
+/// `raw_keep_for` under the default `raw.local_for` lowers that to match.
+fn policy(
+    table: &Option<toml::Table>,
+    keep_for: Option<String>,
+    local_for: Option<String>,
+) -> anyhow::Result<Policy> {
+    let mut change = match table {
+        Some(t) => serde_json::to_value(t)?,
+        None => serde_json::json!({}),
+    };
+    if let Some(v) = keep_for {
+        change["raw"]["keep_for"] = v.into();
+    }
+    if let Some(v) = local_for {
+        change["raw"]["local_for"] = v.into();
+    }
+    let default = Policy::default();
+    let lowered = change["raw"]["keep_for"]
+        .as_str()
+        .and_then(|k| parse_duration(k).ok())
+        .filter(|k| *k < default.raw_local_for && change["raw"]["local_for"].is_null());
+    if let Some(k) = lowered {
+        change["raw"]["local_for"] = toplog_compaction::format_duration(k).into();
+    }
+    default
+        .updated(&change)
+        .map_err(|e| anyhow::anyhow!("`retention.{}`: {}", e.field, e.reason))
 }
 
 fn duration(key: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {
@@ -151,7 +211,17 @@ impl Config {
             fsync,
             max_body_bytes,
             clock_skew: duration("clock_skew", s.clock_skew, "5m")?,
-            raw_keep_for: duration("raw_keep_for", s.raw_keep_for, "30d")?,
+            policy: policy(&s.retention, s.raw_keep_for, s.raw_local_for)?,
+            archive: ArchiveConfig {
+                url: s.archive_url.or(s.archive.as_ref().and_then(|a| a.url.clone())),
+                ..s.archive.clone().unwrap_or_default()
+            },
+            maintenance_interval: Some(duration(
+                "maintenance_interval",
+                s.maintenance_interval,
+                "5m",
+            )?)
+            .filter(|d| !d.is_zero()),
             memtable_max_bytes,
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
             rollup_key_budget,
@@ -191,7 +261,8 @@ mod tests {
         assert_eq!(c.partition, Duration::from_secs(900));
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.fsync, FsyncPolicy::Never);
-        assert_eq!(c.raw_keep_for, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.maintenance_interval, Some(Duration::from_secs(300)));
     }
 
     #[test]
@@ -230,6 +301,39 @@ mod tests {
             })
             .contains("rollup_key_budget")
         );
+    }
+
+    #[test]
+    fn retention_and_archive_come_from_their_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("toplog.toml");
+        std::fs::write(
+            &file,
+            "[retention.raw]\nlocal_for = \"90s\"\nkeep_for = \"20m\"\n\
+             [retention.rollups]\nminute_keep_for = \"1h\"\n\
+             [archive]\nurl = \"s3://bucket/toplog\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Settings::default(), Some(&file)).unwrap();
+        assert_eq!(c.policy.raw_local_for, Duration::from_secs(90));
+        assert_eq!(c.policy.raw_keep_for, Duration::from_secs(1200));
+        assert_eq!(c.policy.minute_keep_for, Duration::from_secs(3600));
+        assert_eq!(c.archive.url.as_deref(), Some("s3://bucket/toplog"));
+        assert_eq!(c.archive.allow_http, Some(true));
+        // A flag beats the file; a short raw retention pulls local_for down with it.
+        let flags = Settings {
+            archive_url: Some("elsewhere".into()),
+            raw_keep_for: Some("1d".into()),
+            maintenance_interval: Some("0s".into()),
+            ..Settings::default()
+        };
+        let c = Config::resolve(flags, None).unwrap();
+        assert_eq!(c.archive.url.as_deref(), Some("elsewhere"));
+        assert_eq!(c.policy.raw_local_for, Duration::from_secs(86_400));
+        assert_eq!(c.maintenance_interval, None);
+        std::fs::write(&file, "[retention.raw]\nkeep_for = \"forever\"\n").unwrap();
+        let err = Config::resolve(Settings::default(), Some(&file)).err().unwrap().to_string();
+        assert!(err.contains("retention.raw.keep_for"), "{err}");
     }
 
     #[test]

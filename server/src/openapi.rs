@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 pub(crate) enum Body {
     Events,
     Aggregation,
+    Retention,
 }
 
 /// One documented operation.
@@ -139,6 +140,26 @@ fn schemas() -> Value {
         "Job": obj(json!({"status": string, "data": {"type": "object"}}), &["status", "data"]),
         "Jobs": obj(json!({"status": string, "data": {"type": "array", "items": {"type": "object"}}}), &["status", "data"]),
         "Health": obj(json!({"status": string}), &["status"]),
+        "RetentionPolicy": obj(json!({
+            "raw": obj(json!({"local_for": string, "keep_for": string}), &[]),
+            "rollups": obj(json!({"minute_keep_for": string, "hour_keep_for": string, "day_keep_for": string}), &[]),
+        }), &[]),
+        "Retention": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/RetentionPolicy"}}), &["status", "data"]),
+        "Storage": obj(json!({"status": string, "data": obj(json!({
+            "partitions": {"type": "array", "items": {"type": "object"}},
+            "segments": {"type": "array", "items": {"type": "object"}},
+            "tiers": {"type": "object"}, "kept_from": {"type": "object"}, "archive": {"type": "object"},
+            "memtable": {"type": "object"}, "retention": {"$ref": "#/components/schemas/RetentionPolicy"},
+            "maintenance": {"type": "object"},
+        }), &["partitions", "segments", "tiers"])}), &["status", "data"]),
+        "Maintenance": obj(json!({"status": string, "data": obj(json!({
+            "started_at": string, "took_ms": num,
+            "purged_segments": {"type": "array", "items": {"type": "object"}},
+            "purged_buckets": {"type": "object"},
+            "compacted": {"type": "array", "items": {"type": "object"}},
+            "archived": {"type": "array", "items": {"type": "object"}},
+            "errors": {"type": "array", "items": string},
+        }), &["compacted", "archived", "errors"])}), &["status", "data"]),
         "OpenApi": {"type": "object"},
     })
 }
@@ -200,6 +221,11 @@ pub(crate) fn document(ops: &[Operation]) -> Value {
             Some(Body::Aggregation) => {
                 operation["requestBody"] = json!({"required": true, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Aggregation"}},
+                }});
+            }
+            Some(Body::Retention) => {
+                operation["requestBody"] = json!({"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/RetentionPolicy"}},
                 }});
             }
             None => {}

@@ -1,0 +1,161 @@
+//! The running node's maintenance: the live policy, one pass at a time
+//! (scheduled or asked for), the last pass's report, and what is stored in
+//! each tier for `GET /api/v1/storage`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use toplog_engine::{Engine, SegmentInfo};
+use toplog_types::Micros;
+
+use crate::maintenance::{self, Report};
+use crate::policy::{Policy, PolicyError};
+
+#[derive(Debug)]
+pub struct Maintainer {
+    engine: Arc<Engine>,
+    data_dir: PathBuf,
+    archive_location: String,
+    policy: Mutex<Policy>,
+    last: Mutex<Option<Report>>,
+    /// Passes in a row that ended with errors.
+    failing_passes: Mutex<u64>,
+    /// Held for a whole pass, so passes never overlap.
+    running: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Maintainer {
+    /// Maintains `engine` under `policy`, which reads obey from now on.
+    pub fn new(engine: Arc<Engine>, data_dir: PathBuf, policy: Policy, archive_location: String) -> Self {
+        engine.set_retention(policy.retention());
+        Self {
+            engine,
+            data_dir,
+            archive_location,
+            policy: Mutex::new(policy),
+            last: Mutex::new(None),
+            failing_passes: Mutex::new(0),
+            running: Mutex::new(()),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        *lock(&self.policy)
+    }
+
+    /// Applies `change` (any subset of the policy's JSON), persists it, and
+    /// makes reads obey it at once.
+    pub fn set_policy(&self, change: &Value) -> Result<Policy, PolicyError> {
+        let mut policy = lock(&self.policy);
+        let next = policy.updated(change)?;
+        next.store(&self.data_dir).map_err(|e| PolicyError {
+            field: "retention.json".into(),
+            reason: format!("cannot persist the policy: {e}"),
+        })?;
+        *policy = next;
+        self.engine.set_retention(next.retention());
+        Ok(next)
+    }
+
+    /// One pass now (after any pass under way). Blocks: call it off the async threads.
+    pub fn run(&self) -> Report {
+        let _one = lock(&self.running);
+        let report = maintenance::run(&self.engine, &self.policy());
+        {
+            let mut failing = lock(&self.failing_passes);
+            *failing = if report.errors.is_empty() { 0 } else { *failing + 1 };
+        }
+        *lock(&self.last) = Some(report.clone());
+        report
+    }
+
+    /// Partitions, segments, tiers with their sizes and oldest data, the archive's
+    /// state, the policy and the last pass.
+    pub fn storage(&self) -> Value {
+        let segments = self.engine.segments();
+        let stats = self.engine.stats();
+        let mut partitions: BTreeMap<(i64, i64), Vec<&SegmentInfo>> = BTreeMap::new();
+        for s in &segments {
+            let start = s.meta.partition_start.get();
+            partitions
+                .entry((start, start.saturating_add(s.meta.partition_len_us)))
+                .or_default()
+                .push(s);
+        }
+        let tier_of = |s: &SegmentInfo| if s.archived.is_some() { "archive" } else { "local" };
+        let partitions: Vec<Value> = partitions
+            .iter()
+            .map(|((start, end), segs)| {
+                let count = |tier: &str| segs.iter().filter(|s| tier_of(s) == tier).count();
+                json!({
+                    "start": Micros::new(*start).to_rfc3339(),
+                    "end": Micros::new(*end).to_rfc3339(),
+                    "segments": segs.len(),
+                    "local_segments": count("local"),
+                    "archived_segments": count("archive"),
+                    "rows": segs.iter().map(|s| s.meta.rows).sum::<u64>(),
+                    "bytes": segs.iter().map(|s| s.bytes).sum::<u64>(),
+                })
+            })
+            .collect();
+        let raw_tier = |tier: &str| {
+            let segs: Vec<&SegmentInfo> = segments.iter().filter(|s| tier_of(s) == tier).collect();
+            json!({
+                "segments": segs.len(),
+                "rows": segs.iter().map(|s| s.meta.rows).sum::<u64>(),
+                "bytes": segs.iter().map(|s| s.bytes).sum::<u64>(),
+                "oldest": segs.iter().map(|s| s.meta.min_ts).min().map(Micros::to_rfc3339),
+            })
+        };
+        let mut tiers = serde_json::Map::new();
+        tiers.insert("raw_local".into(), raw_tier("local"));
+        tiers.insert("raw_archive".into(), raw_tier("archive"));
+        for t in self.engine.rollup_tiers() {
+            tiers.insert(
+                t.granularity.name().into(),
+                json!({"buckets": t.buckets, "oldest": t.oldest.map(Micros::to_rfc3339)}),
+            );
+        }
+        let cutoffs = self.engine.cutoffs();
+        let last = lock(&self.last).clone();
+        let failing = *lock(&self.failing_passes);
+        let archive_errors: Vec<&String> = last
+            .as_ref()
+            .map(|r| r.errors.iter().filter(|e| e.starts_with("archiving")).collect())
+            .unwrap_or_default();
+        json!({
+            "partitions": partitions,
+            "segments": segments.iter().map(|s| json!({
+                "id": s.id.get(),
+                "tier": tier_of(s),
+                "object": s.archived,
+                "partition_start": s.meta.partition_start.to_rfc3339(),
+                "min_ts": s.meta.min_ts.to_rfc3339(),
+                "max_ts": s.meta.max_ts.to_rfc3339(),
+                "rows": s.meta.rows,
+                "bytes": s.bytes,
+            })).collect::<Vec<_>>(),
+            "memtable": {"rows": stats.memtable_rows, "bytes": stats.memtable_bytes},
+            "tiers": tiers,
+            "kept_from": {
+                "raw": cutoffs.raw.to_rfc3339(),
+                "rollup_1m": cutoffs.rollup(toplog_engine::Granularity::Minute).to_rfc3339(),
+                "rollup_1h": cutoffs.rollup(toplog_engine::Granularity::Hour).to_rfc3339(),
+                "rollup_1d": cutoffs.rollup(toplog_engine::Granularity::Day).to_rfc3339(),
+            },
+            "archive": {
+                "location": self.archive_location,
+                "status": if archive_errors.is_empty() { "ok" } else { "failing" },
+                "last_errors": archive_errors,
+            },
+            "retention": self.policy().to_json(),
+            "maintenance": {"failing_passes": failing, "last": last},
+        })
+    }
+}
