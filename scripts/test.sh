@@ -24,6 +24,13 @@ if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+# The archive tests run a real S3-compatible server (moto) and read the
+# archived Parquet files with DuckDB, downloading them with boto3.
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import duckdb, boto3" >/dev/null 2>&1; then
+  echo "== installing moto[server], duckdb"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' duckdb boto3
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -34,6 +34,8 @@ pub struct Report {
     pub purged_buckets: PurgedBuckets,
     pub compacted: Vec<Compaction>,
     pub archived: Vec<SegmentSummary>,
+    /// Rollup tier files copied to the archive.
+    pub archived_rollup_files: usize,
     /// Steps that failed; they are tried again on the next pass.
     pub errors: Vec<String>,
 }
@@ -164,6 +166,10 @@ pub fn run(engine: &Engine, policy: &Policy) -> Report {
                 }
             }
         }
+    }
+    match engine.archive_rollups() {
+        Ok(n) => report.archived_rollup_files = n,
+        Err(e) => report.errors.push(format!("archiving rollups: {e}")),
     }
     report.took_ms = clock.elapsed().as_secs_f64() * 1000.0;
     report

@@ -209,6 +209,7 @@ fn purging_survives_a_crash_at_every_step() {
                 let _ = engine.archive_segment(s.id);
             }
             let _ = engine.purge();
+            let _ = engine.archive_rollups();
         },
         Some(policy),
     );
@@ -239,6 +240,13 @@ fn compaction_and_archiving_keep_every_row_and_answer() {
     }
     assert!(engine.segments().iter().all(|s| s.archived.is_some()));
     assert_eq!(view(&engine), before, "answers changed when segments moved to the archive");
+    // Rollups are kept per granularity and day, and copied to the archive.
+    engine.purge().unwrap();
+    assert!(engine.archive_rollups().unwrap() > 0);
+    let copies = std::fs::read_dir(dir.path().join("archive/rollups")).unwrap().count();
+    assert!(copies >= 3, "one file per granularity and day at least: {copies}");
+    assert_eq!(engine.archive_rollups().unwrap(), 0, "nothing new to copy");
+    assert_eq!(view(&engine), before);
     // A narrow range reads only what it needs and still gets exactly its rows.
     let range = TimeRange {
         start: Micros::new(now - 3 * HOUR_US),

@@ -1392,6 +1392,64 @@ impl Engine {
         Ok(archived.info())
     }
 
+    /// Copies every rollup tier file to the archive as `rollups/<file>` (read
+    /// back and compared byte for byte), then deletes the copies of files that
+    /// have since been replaced or purged. Returns how many files it copied.
+    pub fn archive_rollups(&self) -> Result<usize> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let store = self.inner.archive_store()?;
+        let (tiers, copied) = {
+            let m = lock(&self.inner.manifest);
+            let files: Vec<String> = m.rollup_tiers.iter().map(|t| t.file.clone()).collect();
+            (files, m.archived_rollups.clone())
+        };
+        if tiers == copied {
+            return Ok(0);
+        }
+        let dir = self.inner.dir(ROLLUP_DIR);
+        let mut uploaded = 0;
+        for file in tiers.iter().filter(|f| !copied.contains(f)) {
+            let path = dir.join(file);
+            let bytes = bytes::Bytes::from(self.inner.fs.read(&path).map_err(io_err("read", &path))?);
+            let key = format!("rollups/{file}");
+            let failed = |reason: String| EngineError::Archive {
+                key: key.clone(),
+                reason,
+            };
+            match store.create(&key, bytes.clone()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+            let back = store
+                .get_range(&key, 0..bytes.len() as u64)
+                .map_err(|e| failed(e.to_string()))?;
+            if back != bytes || store.size(&key).map_err(|e| failed(e.to_string()))? != bytes.len() as u64 {
+                let _ = store.delete(&key);
+                return Err(failed("the copy read back differs from the local file".into()));
+            }
+            uploaded += 1;
+        }
+        {
+            let mut manifest = lock(&self.inner.manifest);
+            let mut next = manifest.clone();
+            next.archived_rollups = tiers.clone();
+            if let Err(e) = next.store(&self.inner.fs, &self.inner.config.data_dir) {
+                self.inner.poison(format!("storing the manifest failed: {e}"));
+                return Err(e);
+            }
+            *manifest = next;
+        }
+        for file in copied.iter().filter(|f| !tiers.contains(f)) {
+            let key = format!("rollups/{file}");
+            if let Err(e) = store.delete(&key) {
+                tracing::warn!(%key, error = %e, "could not delete a replaced rollup copy");
+            }
+        }
+        Ok(uploaded)
+    }
+
     /// Removes what is past retention: segments whose newest row is older than
     /// the raw cutoff (and their archived objects), rollup days wholly past their
     /// granularity's cutoff. Also folds the per-flush rollup files into one file

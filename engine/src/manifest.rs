@@ -40,6 +40,9 @@ pub(crate) struct Manifest {
     /// name of one the manifest lists.
     #[serde(default)]
     pub(crate) rollup_generation: u64,
+    /// Tier files whose copy in the archive has been written and verified.
+    #[serde(default)]
+    pub(crate) archived_rollups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

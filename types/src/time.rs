@@ -84,9 +84,11 @@ impl Micros {
         Self(self.0.saturating_sub(us))
     }
 
-    /// Start of the partition of length `len_us` holding this instant.
+    /// Start of the partition of length `len_us` holding this instant (the
+    /// earliest instant if that start is before it).
     pub fn floor_to(self, len_us: i64) -> Self {
-        Self(self.0.div_euclid(len_us.max(1)) * len_us.max(1))
+        let len = len_us.max(1);
+        Self(self.0.div_euclid(len).checked_mul(len).unwrap_or(i64::MIN))
     }
 }
 

@@ -1,0 +1,465 @@
+//! The whole retention lifecycle against a real S3-compatible server
+//! (`moto_server`, which scripts/test.sh installs), with durations of seconds:
+//! ingest, tier to the archive, purge, restart. Every step's row counts and
+//! query answers are checked against a brute-force model, DuckDB reads the
+//! archived Parquet files, and the store is cut off in the middle of an upload
+//! by a proxy in front of it: nothing is lost, ingest goes on, and tiering
+//! resumes once the store is back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use toplog_tests::{Server, client, now_ms, send_all};
+
+const BUCKET: &str = "toplog-lifecycle";
+/// Bytes of a request a cut proxy lets through: the headers and part of a body.
+const CUT_AFTER: usize = 1024;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `moto_server` on a free port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server not found: scripts/test.sh installs it (pip install 'moto[server]')");
+        let moto = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client().get(moto.url("/")).send().is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Object keys under the bucket (moto does not check signatures).
+    fn keys(&self) -> BTreeSet<String> {
+        let body = client()
+            .get(self.url(&format!("/{BUCKET}?list-type=2&max-keys=1000")))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of the store. Cut, it forwards at most 1 KiB of each
+/// request body on and then drops the connection: the store is gone in the
+/// middle of an upload.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(down) = conn else { continue };
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let flag = flag.clone();
+                std::thread::spawn(move || pump(down, up, Some(flag)));
+                std::thread::spawn(move || pump(u2, d2, None));
+            }
+        });
+        Self { port, cut }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: Option<Arc<AtomicBool>>) {
+    let mut buf = [0u8; 8192];
+    let mut sent_while_cut = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let is_cut = cut.as_ref().is_some_and(|c| c.load(Ordering::SeqCst));
+        let n = if is_cut { n.min(CUT_AFTER - sent_while_cut) } else { n };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if is_cut {
+            sent_while_cut += n;
+            if sent_while_cut >= CUT_AFTER {
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Downloads the objects with boto3 (as any S3 client would) and counts rows
+/// per endpoint with DuckDB. Arguments: endpoint, bucket, work folder, keys.
+const DUCKDB_READS_THE_ARCHIVE: &str = r#"
+import sys, json, os, boto3, duckdb
+endpoint, bucket, work, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+files = []
+for i, key in enumerate(keys):
+    path = os.path.join(work, f"archived{i}.parquet")
+    s3.download_file(bucket, key, path)
+    files.append(path)
+rows = duckdb.sql(f"select endpoint, count(*) from read_parquet({files!r}) group by 1").fetchall()
+print(json.dumps({r[0]: r[1] for r in rows}))
+"#;
+
+fn event(i: usize, ts: i64) -> Value {
+    let endpoints = ["GET /a", "GET /b/{id}", "POST /c", "DELETE /d/{id}", "GET /e"];
+    json!({
+        "request_id": format!("r{i:05}"),
+        "timestamp": ts,
+        "user_id": format!("u{}", i % 13),
+        // Skewed, so the top endpoints are clear.
+        "endpoint": endpoints[(i * i + i / 3) % 7 % 5],
+        "status_code": if i % 9 == 0 { 500 } else { 200 },
+        // Unique latencies: no ties among the slowest.
+        "latency_ms": (i * 7919 % 10_007) as f64 + 0.25,
+    })
+}
+
+/// `n` events evenly spread over `[from, from + 10 s)`.
+fn group(first: usize, n: usize, from: i64) -> Vec<Value> {
+    (0..n)
+        .map(|k| event(first + k, from + (k as i64) * 10_000 / n as i64))
+        .collect()
+}
+
+fn get(server: &Server, path: &str) -> Value {
+    let r = client().get(server.url(path)).send().unwrap();
+    let status = r.status();
+    let body: Value = r.json().unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+fn maintenance(server: &Server) -> Value {
+    let r = client()
+        .post(server.url("/api/v1/admin/maintenance"))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().unwrap()["data"].clone()
+}
+
+fn wait_flushed(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(server, "/api/v1/storage")["data"]["memtable"]["rows"] != 0 {
+        assert!(Instant::now() < deadline, "memtables not flushed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ts(e: &Value) -> i64 {
+    e["timestamp"].as_i64().unwrap()
+}
+
+/// Checks the node's answers against the model: the events it should still hold.
+fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str) {
+    let count = get(server, "/api/v1/requests/count?start=0")["count"].clone();
+    assert_eq!(count, model.len(), "{step}: count of everything");
+
+    // Raw scan with filters.
+    let want = model
+        .iter()
+        .filter(|e| e["endpoint"] == "GET /a" && e["status_code"] == 500)
+        .count();
+    let got = get(
+        server,
+        "/api/v1/requests/count?start=0&endpoint=GET%20/a&status_code=500",
+    );
+    assert_eq!(got["count"], want, "{step}: filtered count");
+
+    // The 10 slowest requests: raw rows, from local segments and the archive.
+    let mut slow: Vec<&Value> = model.iter().collect();
+    slow.sort_by(|a, b| {
+        b["latency_ms"]
+            .as_f64()
+            .unwrap()
+            .total_cmp(&a["latency_ms"].as_f64().unwrap())
+    });
+    let want: Vec<&Value> = slow.iter().take(10).map(|e| &e["request_id"]).collect();
+    let body = get(
+        server,
+        "/api/v1/requests/top-k?k=10&metric=latency_max&by=request&start=0",
+    );
+    let got: Vec<&Value> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["request_id"])
+        .collect();
+    assert_eq!(got, want, "{step}: slowest requests");
+
+    // Top endpoints by frequency from a minute boundary on: the rollups.
+    let mut by_endpoint: BTreeMap<String, u64> = BTreeMap::new();
+    for e in model.iter().filter(|e| ts(e) >= rollup_from) {
+        *by_endpoint
+            .entry(e["endpoint"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let mut want: Vec<(String, u64)> = by_endpoint.into_iter().collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let body = get(
+        server,
+        &format!("/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start={rollup_from}"),
+    );
+    let got: Vec<(String, u64)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["request_id"].as_str().unwrap().to_owned(),
+                r["metric_value"].as_f64().unwrap() as u64,
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{step}: top endpoints from {rollup_from}");
+}
+
+fn storage(server: &Server) -> Value {
+    get(server, "/api/v1/storage")["data"].clone()
+}
+
+#[test]
+fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
+    let moto = Moto::start();
+    let r = client().put(moto.url(&format!("/{BUCKET}"))).send().unwrap();
+    assert_eq!(r.status(), 200, "create bucket: {}", r.text().unwrap_or_default());
+    let proxy = Proxy::start(moto.port);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "partition = \"1m\"\nmemtable_max_age = \"1s\"\nmaintenance_interval = \"0s\"\n\
+             [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"240s\"\n\
+             [retention.rollups]\nminute_keep_for = \"240s\"\n\
+             [archive]\nurl = \"s3://{BUCKET}/toplog\"\nendpoint = \"http://127.0.0.1:{}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\nallow_http = true\n",
+            proxy.port
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let server = Server::start_ready(&data, &args);
+
+    let policy = get(&server, "/api/v1/retention")["data"].clone();
+    assert_eq!(policy["raw"], json!({"local_for": "1m", "keep_for": "4m"}));
+
+    // Four groups of 100 events, 10 s each; the oldest group is 70 s clear of
+    // the next, so one moment of the purge cutoff falls between them.
+    let t0 = now_ms();
+    let a = group(0, 100, t0 - 200_000);
+    let b = group(100, 100, t0 - 120_000);
+    let c = group(200, 100, t0 - 40_000);
+    let d = group(300, 100, t0 - 10_000);
+    let mut model: Vec<Value> = [a.clone(), b, c, d].concat();
+    send_all(&server, &model);
+    wait_flushed(&server);
+    // A minute boundary after group B, before group C.
+    let rollup_from = (t0 - 100_000).div_euclid(60_000) * 60_000 + 60_000;
+    check_answers(&server, &model, rollup_from, "after ingest");
+
+    // The store goes away in the middle of the first upload.
+    proxy.cut.store(true, Ordering::SeqCst);
+    let failing = {
+        let base = server.base.clone();
+        std::thread::spawn(move || {
+            client()
+                .post(format!("{base}/api/v1/admin/maintenance"))
+                .timeout(Duration::from_secs(120))
+                .send()
+                .unwrap()
+                .json::<Value>()
+                .unwrap()
+        })
+    };
+    // Ingest does not wait for the archive.
+    let e = group(400, 20, t0 - 20_000);
+    send_all(&server, &e);
+    model.extend(e);
+    let report = failing.join().unwrap()["data"].clone();
+    assert_eq!(report["archived"], json!([]), "{report}");
+    let errors = report["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e.as_str().unwrap().starts_with("archiving")),
+        "{report}"
+    );
+    wait_flushed(&server);
+    let s = storage(&server);
+    assert_eq!(s["archive"]["status"], "failing", "{s}");
+    assert_eq!(s["tiers"]["raw_archive"]["segments"], 0);
+    assert_eq!(s["tiers"]["raw_local"]["rows"], model.len());
+    check_answers(&server, &model, rollup_from, "after the failed upload");
+
+    // The store is back: tiering resumes.
+    proxy.cut.store(false, Ordering::SeqCst);
+    let report = maintenance(&server);
+    assert_eq!(report["errors"], json!([]), "{report}");
+    let archived = report["archived"].as_array().unwrap();
+    assert!(!archived.is_empty(), "nothing archived: {report}");
+    let s = storage(&server);
+    assert_eq!(s["archive"]["status"], "ok");
+    let archived_rows: u64 = archived.iter().map(|a| a["rows"].as_u64().unwrap()).sum();
+    assert_eq!(s["tiers"]["raw_archive"]["rows"], archived_rows);
+    assert_eq!(
+        s["tiers"]["raw_local"]["rows"].as_u64().unwrap() + archived_rows,
+        model.len() as u64
+    );
+    let keys = moto.keys();
+    for seg in archived {
+        let key = format!("toplog/{}", seg["object"].as_str().unwrap());
+        assert!(key.contains("/raw/day="), "{key}");
+        assert!(keys.contains(&key), "{key} not in the bucket: {keys:?}");
+    }
+    assert!(
+        keys.iter().any(|k| k.starts_with("toplog/rollups/rollup_1m-")),
+        "no rollup copies in the bucket: {keys:?}"
+    );
+    check_answers(&server, &model, rollup_from, "after tiering");
+
+    // DuckDB reads the archived files: same rows, same counts per endpoint.
+    let keys: Vec<String> = archived
+        .iter()
+        .map(|seg| format!("toplog/{}", seg["object"].as_str().unwrap()))
+        .collect();
+    let out = Command::new("python3")
+        .args(["-c", DUCKDB_READS_THE_ARCHIVE, &moto.url(""), BUCKET])
+        .arg(dir.path())
+        .args(&keys)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "duckdb failed (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: BTreeMap<String, u64> = serde_json::from_slice(&out.stdout).unwrap();
+    let parts: BTreeSet<String> = archived
+        .iter()
+        .map(|s| s["min_ts"].as_str().unwrap()[..16].to_owned())
+        .collect();
+    let in_archive = |e: &Value| {
+        let (_, time) = toplog_tests::utc(ts(e));
+        parts.contains(&time[..16])
+    };
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for e in model.iter().filter(|e| in_archive(e)) {
+        *want.entry(e["endpoint"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(got, want, "DuckDB's per-endpoint counts of the archive");
+    assert_eq!(got.values().sum::<u64>(), archived_rows);
+    // ...and toplog's own counts over the same minutes agree.
+    let minutes: BTreeSet<i64> = model
+        .iter()
+        .filter(|e| in_archive(e))
+        .map(|e| ts(e).div_euclid(60_000) * 60_000)
+        .collect();
+    for (endpoint, n) in &want {
+        let mut total = 0;
+        for m in &minutes {
+            let path = format!(
+                "/api/v1/requests/count?start={m}&end={}&endpoint={}",
+                m + 60_000,
+                endpoint.replace(' ', "%20")
+            );
+            total += get(&server, &path)["count"].as_u64().unwrap();
+        }
+        assert_eq!(total, *n, "toplog's count of {endpoint} in the archived minutes");
+    }
+
+    // Retention: bad keys are named; a change is persisted.
+    let r = client()
+        .put(server.url("/api/v1/retention"))
+        .json(&json!({"raw": {"keep_for": "soon"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["field"], "raw.keep_for");
+    let r = client()
+        .put(server.url("/api/v1/retention"))
+        .json(&json!({"rollups": {"day_keep_for": "400d"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Purge: wait until the raw cutoff (now - 240 s) lies between groups A and B.
+    let purge_at = t0 + 75_000;
+    let wait = purge_at - now_ms();
+    assert!(wait > 0, "the steps above took too long for the timeline ({}ms late)", -wait);
+    std::thread::sleep(Duration::from_millis(wait as u64));
+    let report = maintenance(&server);
+    assert_eq!(report["errors"], json!([]), "{report}");
+    let purged = report["purged_segments"].as_array().unwrap();
+    let purged_rows: u64 = purged.iter().map(|p| p["rows"].as_u64().unwrap()).sum();
+    assert_eq!(purged_rows, a.len() as u64, "exactly group A's segments go: {report}");
+    let keys = moto.keys();
+    for p in purged {
+        if let Some(obj) = p["object"].as_str() {
+            assert!(!keys.contains(&format!("toplog/{obj}")), "{obj} still in the bucket");
+        }
+    }
+    let cutoff = t0 - 200_000 + 10_000;
+    model.retain(|e| ts(e) >= cutoff);
+    check_answers(&server, &model, rollup_from, "after the purge");
+
+    // A restart reads the archive back and keeps the changed policy.
+    assert!(server.terminate().success());
+    let server = Server::start_ready(&data, &args);
+    let policy = get(&server, "/api/v1/retention")["data"].clone();
+    assert_eq!(policy["rollups"]["day_keep_for"], "400d");
+    check_answers(&server, &model, rollup_from, "after a restart");
+}
