@@ -32,7 +32,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Maintainer {
     /// Maintains `engine` under `policy`, which reads obey from now on.
-    pub fn new(engine: Arc<Engine>, data_dir: PathBuf, policy: Policy, archive_location: String) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        data_dir: PathBuf,
+        policy: Policy,
+        archive_location: String,
+    ) -> Self {
         engine.set_retention(policy.retention());
         Self {
             engine,
@@ -69,7 +74,11 @@ impl Maintainer {
         let report = maintenance::run(&self.engine, &self.policy());
         {
             let mut failing = lock(&self.failing_passes);
-            *failing = if report.errors.is_empty() { 0 } else { *failing + 1 };
+            *failing = if report.errors.is_empty() {
+                0
+            } else {
+                *failing + 1
+            };
         }
         *lock(&self.last) = Some(report.clone());
         report
@@ -88,7 +97,13 @@ impl Maintainer {
                 .or_default()
                 .push(s);
         }
-        let tier_of = |s: &SegmentInfo| if s.archived.is_some() { "archive" } else { "local" };
+        let tier_of = |s: &SegmentInfo| {
+            if s.archived.is_some() {
+                "archive"
+            } else {
+                "local"
+            }
+        };
         let partitions: Vec<Value> = partitions
             .iter()
             .map(|((start, end), segs)| {
@@ -127,7 +142,12 @@ impl Maintainer {
         let failing = *lock(&self.failing_passes);
         let archive_errors: Vec<&String> = last
             .as_ref()
-            .map(|r| r.errors.iter().filter(|e| e.starts_with("archiving")).collect())
+            .map(|r| {
+                r.errors
+                    .iter()
+                    .filter(|e| e.starts_with("archiving"))
+                    .collect()
+            })
             .unwrap_or_default();
         json!({
             "partitions": partitions,

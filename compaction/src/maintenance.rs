@@ -96,8 +96,15 @@ pub fn plan_compactions(segments: &[SegmentInfo]) -> Vec<Vec<SegmentId>> {
     });
     let mut out = Vec::new();
     for group in local.chunk_by(|a, b| {
-        (a.meta.partition_start, a.meta.partition_len_us, tier(a.bytes))
-            == (b.meta.partition_start, b.meta.partition_len_us, tier(b.bytes))
+        (
+            a.meta.partition_start,
+            a.meta.partition_len_us,
+            tier(a.bytes),
+        ) == (
+            b.meta.partition_start,
+            b.meta.partition_len_us,
+            tier(b.bytes),
+        )
     }) {
         let mut pick = Vec::new();
         let mut total = 0u64;
@@ -159,7 +166,9 @@ pub fn run(engine: &Engine, policy: &Policy) -> Report {
         match engine.archive_segment(s.id) {
             Ok(info) => report.archived.push(SegmentSummary::from(&info)),
             Err(e) => {
-                report.errors.push(format!("archiving segment {}: {e}", s.id));
+                report
+                    .errors
+                    .push(format!("archiving segment {}: {e}", s.id));
                 // The store is failing; the rest waits for the next pass.
                 if matches!(e, EngineError::Archive { .. }) {
                     break;
@@ -210,7 +219,10 @@ mod tests {
         assert_eq!(plan, vec![(1..=5).map(SegmentId::new).collect::<Vec<_>>()]);
         segs[0].archived = Some("raw/x.parquet".into());
         segs[1].archived = Some("raw/y.parquet".into());
-        assert!(plan_compactions(&segs).is_empty(), "archived segments are never merged");
+        assert!(
+            plan_compactions(&segs).is_empty(),
+            "archived segments are never merged"
+        );
     }
 
     #[test]

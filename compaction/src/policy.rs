@@ -92,9 +92,12 @@ impl Policy {
     /// [`Policy::to_json`]'s shape), checked as a whole.
     pub fn updated(&self, change: &Value) -> Result<Policy, PolicyError> {
         let mut next = *self;
-        let top = change
-            .as_object()
-            .ok_or_else(|| err("body", "expected an object like {\"raw\": {\"keep_for\": \"30d\"}}"))?;
+        let top = change.as_object().ok_or_else(|| {
+            err(
+                "body",
+                "expected an object like {\"raw\": {\"keep_for\": \"30d\"}}",
+            )
+        })?;
         for (section, body) in top {
             let fields: Vec<(&str, &mut Duration)> = match section.as_str() {
                 "raw" => vec![
@@ -155,10 +158,16 @@ impl Policy {
         // Coarser rollups outlive finer ones, so a query past a finer tier's
         // retention loses only its oldest edge, never a middle part.
         if self.minute_keep_for > self.hour_keep_for {
-            return Err(err("rollups.minute_keep_for", "must not exceed rollups.hour_keep_for"));
+            return Err(err(
+                "rollups.minute_keep_for",
+                "must not exceed rollups.hour_keep_for",
+            ));
         }
         if self.hour_keep_for > self.day_keep_for {
-            return Err(err("rollups.hour_keep_for", "must not exceed rollups.day_keep_for"));
+            return Err(err(
+                "rollups.hour_keep_for",
+                "must not exceed rollups.day_keep_for",
+            ));
         }
         Ok(())
     }
@@ -193,23 +202,36 @@ mod tests {
 
     #[test]
     fn a_partial_change_keeps_the_rest_and_round_trips() -> Result<(), PolicyError> {
-        let p = Policy::default().updated(&json!({"raw": {"local_for": "90s", "keep_for": "20m"}}))?;
+        let p =
+            Policy::default().updated(&json!({"raw": {"local_for": "90s", "keep_for": "20m"}}))?;
         assert_eq!(p.raw_local_for, Duration::from_secs(90));
         assert_eq!(p.raw_keep_for, Duration::from_secs(1200));
         assert_eq!(p.hour_keep_for, Policy::default().hour_keep_for);
         assert_eq!(Policy::default().updated(&p.to_json())?, p);
         assert_eq!(p.to_json()["raw"]["local_for"], "90s");
-        assert_eq!(Policy::default().to_json()["rollups"]["day_keep_for"], "365d");
+        assert_eq!(
+            Policy::default().to_json()["rollups"]["day_keep_for"],
+            "365d"
+        );
         Ok(())
     }
 
     #[test]
     fn bad_keys_are_named() {
         let field = |v: Value| Policy::default().updated(&v).err().map(|e| e.field);
-        assert_eq!(field(json!({"raw": {"keep_for": "soon"}})).as_deref(), Some("raw.keep_for"));
-        assert_eq!(field(json!({"raw": {"keep": "1d"}})).as_deref(), Some("raw.keep"));
+        assert_eq!(
+            field(json!({"raw": {"keep_for": "soon"}})).as_deref(),
+            Some("raw.keep_for")
+        );
+        assert_eq!(
+            field(json!({"raw": {"keep": "1d"}})).as_deref(),
+            Some("raw.keep")
+        );
         assert_eq!(field(json!({"cold": {}})).as_deref(), Some("cold"));
-        assert_eq!(field(json!({"raw": {"keep_for": 30}})).as_deref(), Some("raw.keep_for"));
+        assert_eq!(
+            field(json!({"raw": {"keep_for": 30}})).as_deref(),
+            Some("raw.keep_for")
+        );
         assert_eq!(
             field(json!({"raw": {"local_for": "40d"}})).as_deref(),
             Some("raw.local_for")

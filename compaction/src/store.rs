@@ -102,8 +102,8 @@ impl ObjectArchive {
                     b = b.with_allow_http(v);
                 }
                 let store = b.build().map_err(|e| bad("url", e.to_string()))?;
-                let prefix = Path::parse(prefix.trim_matches('/'))
-                    .map_err(|e| bad("url", e.to_string()))?;
+                let prefix =
+                    Path::parse(prefix.trim_matches('/')).map_err(|e| bad("url", e.to_string()))?;
                 (Arc::new(store), prefix, url.clone())
             } else if url.contains("://") && !url.starts_with("file://") {
                 return Err(bad(
@@ -112,10 +112,13 @@ impl ObjectArchive {
                 ));
             } else {
                 let dir = PathBuf::from(url.trim_start_matches("file://"));
-                let dir = if dir.is_absolute() { dir } else { data_dir.join(dir) };
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    bad("url", format!("cannot create {}: {e}", dir.display()))
-                })?;
+                let dir = if dir.is_absolute() {
+                    dir
+                } else {
+                    data_dir.join(dir)
+                };
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad("url", format!("cannot create {}: {e}", dir.display())))?;
                 let store = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| bad("url", e.to_string()))?;
                 (Arc::new(store), Path::default(), dir.display().to_string())

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use toplog_compaction::{ArchiveConfig, ObjectArchive, Policy, plan_compactions};
-use toplog_engine::{ArchiveStore, Dimension, Engine, EngineConfig, Filters, Granularity, TimeRange};
+use toplog_engine::{
+    ArchiveStore, Dimension, Engine, EngineConfig, Filters, Granularity, TimeRange,
+};
 use toplog_types::{Event, Micros};
 use toplog_wal::{Fs, SimFs};
 
@@ -35,7 +37,11 @@ fn events(now: i64) -> Vec<Event> {
     let endpoints = ["GET /a", "POST /b/{id}", "GET /c", "DELETE /d/{id}"];
     (0..600)
         .map(|i| {
-            let base = if i % 2 == 0 { now - 3 * DAY_US } else { now - 2 * HOUR_US };
+            let base = if i % 2 == 0 {
+                now - 3 * DAY_US
+            } else {
+                now - 2 * HOUR_US
+            };
             Event {
                 request_id: format!("r{i:04}"),
                 timestamp: Micros::new(base - rng.random_range(0..3 * HOUR_US)),
@@ -53,7 +59,9 @@ fn events(now: i64) -> Vec<Event> {
 fn populate(archive: &Arc<ObjectArchive>, evs: &[Event]) -> (SimFs, Engine) {
     let fs = SimFs::new(5);
     let engine = Engine::open_with(Arc::new(fs.clone()), config(archive)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     for chunk in evs.chunks(100) {
         rt.block_on(engine.ingest(chunk.to_vec(), None)).unwrap();
         engine.flush().unwrap();
@@ -155,13 +163,21 @@ fn crash_at_every_sync(name: &str, step: impl Fn(&Engine), retention: Option<Pol
         );
         // The step runs to the end on the recovered store, with the same outcome.
         step(&recovered);
-        assert_eq!(view(&recovered), after, "{name}: retry after crash at fsync {n}");
+        assert_eq!(
+            view(&recovered),
+            after,
+            "{name}: retry after crash at fsync {n}"
+        );
         recovered.close().unwrap();
         let reopened = Engine::open_with(Arc::new(disk.clone()), config(&archive)).unwrap();
         if let Some(p) = &retention {
             reopened.set_retention(p.retention());
         }
-        assert_eq!(view(&reopened), after, "{name}: restart after the retry, crash at {n}");
+        assert_eq!(
+            view(&reopened),
+            after,
+            "{name}: restart after the retry, crash at {n}"
+        );
     }
 }
 
@@ -218,9 +234,7 @@ fn purging_survives_a_crash_at_every_step() {
 #[test]
 fn compaction_and_archiving_keep_every_row_and_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = Arc::new(
-        ObjectArchive::open(&ArchiveConfig::default(), dir.path()).unwrap(),
-    );
+    let archive = Arc::new(ObjectArchive::open(&ArchiveConfig::default(), dir.path()).unwrap());
     let now = Micros::now().get();
     let evs = events(now);
     let (_fs, engine) = populate(&archive, &evs);
@@ -236,15 +250,27 @@ fn compaction_and_archiving_keep_every_row_and_answer() {
         let info = engine.archive_segment(s.id).unwrap();
         let key = info.archived.unwrap();
         assert!(key.starts_with("raw/day="), "{key}");
-        assert!(dir.path().join("archive").join(&key).exists(), "{key} not in the folder");
+        assert!(
+            dir.path().join("archive").join(&key).exists(),
+            "{key} not in the folder"
+        );
     }
     assert!(engine.segments().iter().all(|s| s.archived.is_some()));
-    assert_eq!(view(&engine), before, "answers changed when segments moved to the archive");
+    assert_eq!(
+        view(&engine),
+        before,
+        "answers changed when segments moved to the archive"
+    );
     // Rollups are kept per granularity and day, and copied to the archive.
     engine.purge().unwrap();
     assert!(engine.archive_rollups().unwrap() > 0);
-    let copies = std::fs::read_dir(dir.path().join("archive/rollups")).unwrap().count();
-    assert!(copies >= 3, "one file per granularity and day at least: {copies}");
+    let copies = std::fs::read_dir(dir.path().join("archive/rollups"))
+        .unwrap()
+        .count();
+    assert!(
+        copies >= 3,
+        "one file per granularity and day at least: {copies}"
+    );
     assert_eq!(engine.archive_rollups().unwrap(), 0, "nothing new to copy");
     assert_eq!(view(&engine), before);
     // A narrow range reads only what it needs and still gets exactly its rows.

@@ -39,7 +39,10 @@ pub trait ArchiveStore: Send + Sync + std::fmt::Debug {
 /// the day being the UTC day its partition starts in.
 pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {
     let day = partition_start.to_rfc3339();
-    format!("raw/day={}/{id:016}.parquet", day.get(..10).unwrap_or("unknown"))
+    format!(
+        "raw/day={}/{id:016}.parquet",
+        day.get(..10).unwrap_or("unknown")
+    )
 }
 
 /// The rows of `cols`, in their order, as a Parquet file.
@@ -139,7 +142,11 @@ pub(crate) fn read(
 /// The events of a record batch with [`event_schema`].
 pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<Event>> {
     let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
-    let s = |i: usize| b.column(i).as_string_opt::<i32>().ok_or_else(|| bad("a string column is not utf8"));
+    let s = |i: usize| {
+        b.column(i)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| bad("a string column is not utf8"))
+    };
     let (rid, uid, ep, m) = (s(0)?, s(2)?, s(3)?, s(4)?);
     let ts = b
         .column(1)

@@ -88,7 +88,11 @@ impl Retention {
                 return t;
             }
             let floor = t.floor_to(g.len_us());
-            if floor == t { t } else { floor.saturating_add_micros(g.len_us()) }
+            if floor == t {
+                t
+            } else {
+                floor.saturating_add_micros(g.len_us())
+            }
         };
         Cutoffs {
             raw: at(self.raw),
@@ -559,7 +563,13 @@ impl Inner {
                     .1
             }
             Stored::Archived { key, bytes } => {
-                let cols = archive::read(&self.archive_store()?, key, *bytes, range)?;
+                let cols =
+                    archive::read(&self.archive_store()?, key, *bytes, range).map_err(|e| {
+                        EngineError::Archive {
+                            key: key.clone(),
+                            reason: format!("reading segment {}: {e}", seg.id),
+                        }
+                    })?;
                 if range.is_some() {
                     // Part of the file: not for the cache.
                     return Ok(Arc::new(cols));
@@ -1103,8 +1113,7 @@ impl Inner {
         let at = next.segments.iter().position(|e| gone(&e.id));
         next.segments.retain(|e| !gone(&e.id));
         let at = at.unwrap_or(next.segments.len()).min(next.segments.len());
-        next.segments
-            .splice(at..at, add.iter().map(|s| s.entry()));
+        next.segments.splice(at..at, add.iter().map(|s| s.entry()));
         if let Err(e) = next.store(&self.fs, &self.config.data_dir) {
             // The rename may or may not have happened: which manifest a restart
             // finds is unknown, so this process must not go on from either.
@@ -1145,9 +1154,10 @@ impl Inner {
             dropped[g.index()] = kept.drop_before(g, expired_before(g));
         }
         let expired = |g: Granularity, day: Micros| day < expired_before(g);
-        let stale_tiers = manifest.rollup_tiers.iter().any(|t| {
-            Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
-        });
+        let stale_tiers = manifest
+            .rollup_tiers
+            .iter()
+            .any(|t| Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day)));
         if dirty.is_empty() && manifest.rollup_files.is_empty() && !stale_tiers {
             return Ok(dropped);
         }
@@ -1205,7 +1215,12 @@ impl Inner {
 impl Engine {
     /// Every stored segment, local or archived.
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        self.inner.read().segments.iter().map(|s| s.info()).collect()
+        self.inner
+            .read()
+            .segments
+            .iter()
+            .map(|s| s.info())
+            .collect()
     }
 
     /// Buckets held per granularity (minute, hour, day) and the oldest of each.
@@ -1251,11 +1266,16 @@ impl Engine {
             return Err(EngineError::Invalid("nothing to compact".into()));
         };
         if rest.is_empty() {
-            return Err(EngineError::Invalid("compaction needs two segments or more".into()));
+            return Err(EngineError::Invalid(
+                "compaction needs two segments or more".into(),
+            ));
         }
         for s in &olds {
             if matches!(s.stored, Stored::Archived { .. }) {
-                return Err(EngineError::Invalid(format!("segment {} is archived", s.id)));
+                return Err(EngineError::Invalid(format!(
+                    "segment {} is archived",
+                    s.id
+                )));
             }
             if (s.meta.partition_start, s.meta.partition_len_us)
                 != (first.meta.partition_start, first.meta.partition_len_us)
@@ -1276,7 +1296,11 @@ impl Engine {
         let rows: u64 = olds.iter().map(|s| s.meta.rows).sum();
         let min_ts = olds.iter().map(|s| s.meta.min_ts).min();
         let max_ts = olds.iter().map(|s| s.meta.max_ts).max();
-        let image = segment::encode(&cols, first.meta.partition_start, first.meta.partition_len_us);
+        let image = segment::encode(
+            &cols,
+            first.meta.partition_start,
+            first.meta.partition_len_us,
+        );
         drop(cols);
         let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
         let seg_dir = self.inner.dir(SEGMENT_DIR);
@@ -1315,7 +1339,8 @@ impl Engine {
         let meta = match checked {
             Ok(meta) => meta,
             Err(e) => {
-                self.inner.remove_quietly(&path, "a compacted segment that failed its check");
+                self.inner
+                    .remove_quietly(&path, "a compacted segment that failed its check");
                 return Err(e);
             }
         };
@@ -1378,7 +1403,9 @@ impl Engine {
             let _ = store.delete(&key);
             return Err(EngineError::Archive {
                 key,
-                reason: format!("the copy read back differs from segment {id}; the local file is kept"),
+                reason: format!(
+                    "the copy read back differs from segment {id}; the local file is kept"
+                ),
             });
         }
         let archived = Arc::new(Segment {
@@ -1388,7 +1415,8 @@ impl Engine {
             stored: Stored::Archived { key, bytes: size },
         });
         self.inner.swap_segments(&[], &[archived.clone()])?;
-        self.inner.remove_quietly(&seg.path, "an archived segment's local file");
+        self.inner
+            .remove_quietly(&seg.path, "an archived segment's local file");
         Ok(archived.info())
     }
 
@@ -1411,7 +1439,8 @@ impl Engine {
         let mut uploaded = 0;
         for file in tiers.iter().filter(|f| !copied.contains(f)) {
             let path = dir.join(file);
-            let bytes = bytes::Bytes::from(self.inner.fs.read(&path).map_err(io_err("read", &path))?);
+            let bytes =
+                bytes::Bytes::from(self.inner.fs.read(&path).map_err(io_err("read", &path))?);
             let key = format!("rollups/{file}");
             let failed = |reason: String| EngineError::Archive {
                 key: key.clone(),
@@ -1425,9 +1454,13 @@ impl Engine {
             let back = store
                 .get_range(&key, 0..bytes.len() as u64)
                 .map_err(|e| failed(e.to_string()))?;
-            if back != bytes || store.size(&key).map_err(|e| failed(e.to_string()))? != bytes.len() as u64 {
+            if back != bytes
+                || store.size(&key).map_err(|e| failed(e.to_string()))? != bytes.len() as u64
+            {
                 let _ = store.delete(&key);
-                return Err(failed("the copy read back differs from the local file".into()));
+                return Err(failed(
+                    "the copy read back differs from the local file".into(),
+                ));
             }
             uploaded += 1;
         }
@@ -1436,7 +1469,8 @@ impl Engine {
             let mut next = manifest.clone();
             next.archived_rollups = tiers.clone();
             if let Err(e) = next.store(&self.inner.fs, &self.inner.config.data_dir) {
-                self.inner.poison(format!("storing the manifest failed: {e}"));
+                self.inner
+                    .poison(format!("storing the manifest failed: {e}"));
                 return Err(e);
             }
             *manifest = next;

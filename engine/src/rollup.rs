@@ -452,7 +452,9 @@ impl Rollups {
     /// Each granularity with the start of every bucket it holds.
     pub(crate) fn bucket_starts(&self) -> impl Iterator<Item = (Granularity, Micros)> + '_ {
         Granularity::ALL.into_iter().flat_map(move |g| {
-            self.levels[g.index()].keys().map(move |s| (g, Micros::new(*s)))
+            self.levels[g.index()]
+                .keys()
+                .map(move |s| (g, Micros::new(*s)))
         })
     }
 

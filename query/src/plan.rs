@@ -1,7 +1,7 @@
 //! Covers `[start, end)` with the coarsest aligned rollup buckets, then finer
 //! buckets at the unaligned edges, then raw rows below one minute.
 
-use toplog_engine::{Granularity, TimeRange};
+use toplog_engine::{Cutoffs, Granularity, TimeRange};
 use toplog_types::Micros;
 
 /// One part of a plan: whole buckets of a granularity, or raw rows.
@@ -27,6 +27,40 @@ pub fn plan(range: TimeRange, levels: &[Granularity]) -> Vec<Piece> {
     let mut out = Vec::new();
     cover(range.start.get(), range.end.get(), levels, &mut out);
     out
+}
+
+/// `range` from the earliest start at which every piece of its plan is still
+/// kept under `cutoffs`: the part before it is past retention at the
+/// granularity the plan would read it at. Answers over the result are exact
+/// for it, with no hole where a coarser tier ended before a finer one.
+pub(crate) fn retained(range: TimeRange, levels: &[Granularity], cutoffs: &Cutoffs) -> TimeRange {
+    let mut start = range.start;
+    loop {
+        let r = TimeRange {
+            start,
+            end: range.end,
+        };
+        if r.start >= r.end {
+            return r;
+        }
+        let mut next = start;
+        for piece in plan(r, levels) {
+            let (from, kept) = match piece {
+                Piece::Buckets {
+                    granularity, from, ..
+                } => (from, cutoffs.rollup(granularity)),
+                Piece::Raw(raw) => (raw.start, cutoffs.raw),
+            };
+            if from < kept {
+                next = next.max(kept);
+            }
+        }
+        // Strictly later each time round, and never past the end.
+        if next == start {
+            return r;
+        }
+        start = next.min(range.end);
+    }
 }
 
 fn cover(start: i64, end: i64, levels: &[Granularity], out: &mut Vec<Piece>) {
@@ -68,6 +102,35 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_retained_range_reads_only_kept_pieces_and_is_a_suffix(
+            start in 0i64..40_000_000_000_000,
+            len in 1i64..5_000_000_000_000,
+            keeps in proptest::collection::vec(60i64..3_000_000, 4),
+        ) {
+            use std::time::Duration;
+            let mut keeps = keeps;
+            keeps[1..].sort_unstable(); // minute <= hour <= day, as the policy requires
+            let secs = |i: usize| Some(Duration::from_secs(keeps[i] as u64));
+            let retention = toplog_engine::Retention { raw: secs(0), minute: secs(1), hour: secs(2), day: secs(3) };
+            let now = Micros::new(start + len);
+            let cutoffs = retention.cutoffs(now);
+            let range = TimeRange { start: Micros::new(start), end: now };
+            let kept = retained(range, &Granularity::ALL, &cutoffs);
+            prop_assert_eq!(kept.end, range.end);
+            prop_assert!(kept.start >= range.start);
+            for p in plan(kept, &Granularity::ALL) {
+                match p {
+                    Piece::Buckets { granularity, from, .. } => prop_assert!(from >= cutoffs.rollup(granularity)),
+                    Piece::Raw(r) => prop_assert!(r.start >= cutoffs.raw),
+                }
+            }
+            // Nothing is cut that was kept at every granularity.
+            let all_kept = [cutoffs.raw, cutoffs.rollup(Granularity::Minute), cutoffs.rollup(Granularity::Hour), cutoffs.rollup(Granularity::Day)]
+                .into_iter().max().unwrap_or(range.start);
+            prop_assert!(kept.start <= range.start.max(all_kept));
+        }
+
         #[test]
         fn pieces_tile_the_range_exactly(start in 0i64..10_000_000_000_000, len in 1i64..5_000_000_000_000) {
             let range = TimeRange { start: Micros::new(start), end: Micros::new(start + len) };

@@ -8,7 +8,7 @@ use toplog_engine::{
 };
 
 use crate::metric::Missed;
-use crate::plan::{Piece, plan};
+use crate::plan::{Piece, plan, retained};
 use crate::{Metric, QueryError, Result};
 
 /// What rows are ranked: groups of requests by a dimension, or single requests.
@@ -72,6 +72,9 @@ pub struct TopKAnswer {
     pub unlisted_max_count: u64,
     /// Which sources were read: `rollup_1d`, `rollup_1h`, `rollup_1m`, `raw`.
     pub sources: Vec<&'static str>,
+    /// Set when the range starts before the data still kept: the answer is
+    /// for the range from this instant on.
+    pub retained_from: Option<toplog_types::Micros>,
 }
 
 /// How a cube can answer a grouping under some filters.
@@ -363,7 +366,8 @@ fn split_plan(
 ) -> Result<(BucketPieces, Vec<HashMap<String, Cell>>)> {
     let mut pieces = Vec::new();
     let mut raw = Vec::new();
-    for piece in plan(range, dim.granularities()) {
+    let levels = dim.granularities();
+    for piece in plan(retained(range, levels, &engine.cutoffs()), levels) {
         match piece {
             Piece::Buckets {
                 granularity,
@@ -551,8 +555,20 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
             sources.push(s);
         }
     };
+    // Past retention at the granularity it would be read at, the start of the
+    // range cannot be answered: the answer says from when it is complete.
+    let levels = match q.by {
+        Grouping::By(d) if cube_read_for(d, &q.filters, q.metric).is_some() => d.granularities(),
+        _ => &[],
+    };
+    let kept = retained(q.range, levels, &engine.cutoffs()).start;
+    let retained_from = (kept > q.range.start).then_some(kept);
     let dim = match q.by {
-        Grouping::Request => return slowest(engine, q),
+        Grouping::Request => {
+            let mut answer = slowest(engine, q)?;
+            answer.retained_from = retained_from;
+            return Ok(answer);
+        }
         Grouping::By(d) => d,
     };
     let merged = match heaviest_first(engine, q, dim, &mut note)? {
@@ -587,6 +603,7 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
         exact: q.metric.is_exact() && merged.exact(),
         unlisted_max_count: merged.unlisted_max(),
         sources,
+        retained_from,
     })
 }
 
@@ -637,5 +654,6 @@ fn slowest(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
         exact: true,
         unlisted_max_count: 0,
         sources: vec!["raw"],
+        retained_from: None,
     })
 }

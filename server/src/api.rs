@@ -400,8 +400,7 @@ async fn put_retention(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let m = app.maintainer()?;
-    let Json(change) =
-        body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let Json(change) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     let policy = blocking(move || {
         m.set_policy(&change).map_err(|e| ApiError {
             field: Some(e.field.clone()),
@@ -840,6 +839,9 @@ async fn top_k(
     });
     if answer.unlisted_max_count > 0 {
         meta["unlisted_max_count"] = json!(answer.unlisted_max_count);
+    }
+    if let Some(t) = answer.retained_from {
+        meta["retained_from"] = json!(t.to_rfc3339());
     }
     Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
 }

@@ -213,7 +213,9 @@ impl Config {
             clock_skew: duration("clock_skew", s.clock_skew, "5m")?,
             policy: policy(&s.retention, s.raw_keep_for, s.raw_local_for)?,
             archive: ArchiveConfig {
-                url: s.archive_url.or(s.archive.as_ref().and_then(|a| a.url.clone())),
+                url: s
+                    .archive_url
+                    .or(s.archive.as_ref().and_then(|a| a.url.clone())),
                 ..s.archive.clone().unwrap_or_default()
             },
             maintenance_interval: Some(duration(
@@ -332,7 +334,10 @@ mod tests {
         assert_eq!(c.policy.raw_local_for, Duration::from_secs(86_400));
         assert_eq!(c.maintenance_interval, None);
         std::fs::write(&file, "[retention.raw]\nkeep_for = \"forever\"\n").unwrap();
-        let err = Config::resolve(Settings::default(), Some(&file)).err().unwrap().to_string();
+        let err = Config::resolve(Settings::default(), Some(&file))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("retention.raw.keep_for"), "{err}");
     }
 

@@ -113,7 +113,7 @@ fn schemas() -> Value {
             "data": {"type": "array", "items": obj(json!({
                 "request_id": string, "metric_value": num, "count": int, "lower": num, "upper": num,
             }), &["request_id", "metric_value", "count"])},
-            "meta": obj(json!({"exact": {"type": "boolean"}, "sources": {"type": "array", "items": string}, "took_ms": num, "unlisted_max_count": int}), &["exact", "sources"]),
+            "meta": obj(json!({"exact": {"type": "boolean"}, "sources": {"type": "array", "items": string}, "took_ms": num, "unlisted_max_count": int, "retained_from": {"type": "string", "format": "date-time"}}), &["exact", "sources"]),
         }), &["status", "data", "meta"]),
         "History": obj(json!({
             "status": string,

@@ -44,7 +44,9 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server not found: scripts/test.sh installs it (pip install 'moto[server]')");
+            .expect(
+                "moto_server not found: scripts/test.sh installs it (pip install 'moto[server]')",
+            );
         let moto = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while client().get(moto.url("/")).send().is_err() {
@@ -120,7 +122,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Option<Arc<AtomicBool>>) {
             Ok(n) => n,
         };
         let is_cut = cut.as_ref().is_some_and(|c| c.load(Ordering::SeqCst));
-        let n = if is_cut { n.min(CUT_AFTER - sent_while_cut) } else { n };
+        let n = if is_cut {
+            n.min(CUT_AFTER - sent_while_cut)
+        } else {
+            n
+        };
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -153,7 +159,13 @@ print(json.dumps({r[0]: r[1] for r in rows}))
 "#;
 
 fn event(i: usize, ts: i64) -> Value {
-    let endpoints = ["GET /a", "GET /b/{id}", "POST /c", "DELETE /d/{id}", "GET /e"];
+    let endpoints = [
+        "GET /a",
+        "GET /b/{id}",
+        "POST /c",
+        "DELETE /d/{id}",
+        "GET /e",
+    ];
     json!({
         "request_id": format!("r{i:05}"),
         "timestamp": ts,
@@ -274,8 +286,16 @@ fn storage(server: &Server) -> Value {
 #[test]
 fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let moto = Moto::start();
-    let r = client().put(moto.url(&format!("/{BUCKET}"))).send().unwrap();
-    assert_eq!(r.status(), 200, "create bucket: {}", r.text().unwrap_or_default());
+    let r = client()
+        .put(moto.url(&format!("/{BUCKET}")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "create bucket: {}",
+        r.text().unwrap_or_default()
+    );
     let proxy = Proxy::start(moto.port);
 
     let dir = tempfile::tempdir().unwrap();
@@ -335,7 +355,9 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     assert_eq!(report["archived"], json!([]), "{report}");
     let errors = report["errors"].as_array().unwrap();
     assert!(
-        errors.iter().any(|e| e.as_str().unwrap().starts_with("archiving")),
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with("archiving")),
         "{report}"
     );
     wait_flushed(&server);
@@ -366,7 +388,8 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         assert!(keys.contains(&key), "{key} not in the bucket: {keys:?}");
     }
     assert!(
-        keys.iter().any(|k| k.starts_with("toplog/rollups/rollup_1m-")),
+        keys.iter()
+            .any(|k| k.starts_with("toplog/rollups/rollup_1m-")),
         "no rollup copies in the bucket: {keys:?}"
     );
     check_answers(&server, &model, rollup_from, "after tiering");
@@ -398,7 +421,9 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     };
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for e in model.iter().filter(|e| in_archive(e)) {
-        *want.entry(e["endpoint"].as_str().unwrap().to_owned()).or_default() += 1;
+        *want
+            .entry(e["endpoint"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(got, want, "DuckDB's per-endpoint counts of the archive");
     assert_eq!(got.values().sum::<u64>(), archived_rows);
@@ -418,7 +443,10 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
             );
             total += get(&server, &path)["count"].as_u64().unwrap();
         }
-        assert_eq!(total, *n, "toplog's count of {endpoint} in the archived minutes");
+        assert_eq!(
+            total, *n,
+            "toplog's count of {endpoint} in the archived minutes"
+        );
     }
 
     // Retention: bad keys are named; a change is persisted.
@@ -439,22 +467,64 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     // Purge: wait until the raw cutoff (now - 240 s) lies between groups A and B.
     let purge_at = t0 + 75_000;
     let wait = purge_at - now_ms();
-    assert!(wait > 0, "the steps above took too long for the timeline ({}ms late)", -wait);
+    assert!(
+        wait > 0,
+        "the steps above took too long for the timeline ({}ms late)",
+        -wait
+    );
     std::thread::sleep(Duration::from_millis(wait as u64));
     let report = maintenance(&server);
     assert_eq!(report["errors"], json!([]), "{report}");
     let purged = report["purged_segments"].as_array().unwrap();
     let purged_rows: u64 = purged.iter().map(|p| p["rows"].as_u64().unwrap()).sum();
-    assert_eq!(purged_rows, a.len() as u64, "exactly group A's segments go: {report}");
+    assert_eq!(
+        purged_rows,
+        a.len() as u64,
+        "exactly group A's segments go: {report}"
+    );
     let keys = moto.keys();
     for p in purged {
         if let Some(obj) = p["object"].as_str() {
-            assert!(!keys.contains(&format!("toplog/{obj}")), "{obj} still in the bucket");
+            assert!(
+                !keys.contains(&format!("toplog/{obj}")),
+                "{obj} still in the bucket"
+            );
         }
     }
     let cutoff = t0 - 200_000 + 10_000;
     model.retain(|e| ts(e) >= cutoff);
     check_answers(&server, &model, rollup_from, "after the purge");
+    // A range reaching past retention is answered from where the data is
+    // complete, and says so: exact from that instant.
+    let body = get(
+        &server,
+        &format!(
+            "/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start={}",
+            t0 - 300_000
+        ),
+    );
+    let from = body["meta"]["retained_from"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no retained_from: {body}"))
+        .to_owned();
+    let mut by_endpoint: BTreeMap<String, u64> = BTreeMap::new();
+    for e in model.iter().filter(|e| toplog_tests::utc(ts(e)).1 >= from) {
+        *by_endpoint
+            .entry(e["endpoint"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let got: BTreeMap<String, u64> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["request_id"].as_str().unwrap().to_owned(),
+                r["metric_value"].as_f64().unwrap() as u64,
+            )
+        })
+        .collect();
+    assert_eq!(got, by_endpoint, "top endpoints from {from}");
 
     // A restart reads the archive back and keeps the changed policy.
     assert!(server.terminate().success());
