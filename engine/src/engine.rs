@@ -1351,7 +1351,8 @@ impl Engine {
             meta,
             stored: Stored::Local(bytes),
         });
-        self.inner.swap_segments(ids, &[merged.clone()])?;
+        self.inner
+            .swap_segments(ids, std::slice::from_ref(&merged))?;
         for s in &olds {
             self.inner.remove_quietly(&s.path, "a compacted segment");
         }
@@ -1390,9 +1391,9 @@ impl Engine {
         }
         let size = store.size(&key).map_err(failed)?;
         let same = match archive::read(&store, &key, size, None) {
-            Ok(back) => (back.len() == cols.len())
-                .then(|| (0..cols.len()).all(|i| back.event(i) == cols.event(i)))
-                .unwrap_or(false),
+            Ok(back) => {
+                back.len() == cols.len() && (0..cols.len()).all(|i| back.event(i) == cols.event(i))
+            }
             Err(e) => {
                 tracing::warn!(%key, error = %e, "archived copy unreadable");
                 false
@@ -1414,7 +1415,8 @@ impl Engine {
             meta: seg.meta,
             stored: Stored::Archived { key, bytes: size },
         });
-        self.inner.swap_segments(&[], &[archived.clone()])?;
+        self.inner
+            .swap_segments(&[], std::slice::from_ref(&archived))?;
         self.inner
             .remove_quietly(&seg.path, "an archived segment's local file");
         Ok(archived.info())

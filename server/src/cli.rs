@@ -30,7 +30,7 @@ enum Command {
         #[arg(long, env = "TOPLOG_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
     /// Print the top K keys of a running node by a metric.
     Top {
@@ -113,7 +113,7 @@ pub fn main() -> ExitCode {
             printed(crate::client::history(&server, days, json))
         }
         Command::Serve { config, settings } => {
-            let config = match Config::resolve(settings, config.as_deref()) {
+            let config = match Config::resolve(*settings, config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("toplog: configuration error: {e}");

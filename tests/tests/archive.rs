@@ -172,7 +172,7 @@ fn event(i: usize, ts: i64) -> Value {
         "user_id": format!("u{}", i % 13),
         // Skewed, so the top endpoints are clear.
         "endpoint": endpoints[(i * i + i / 3) % 7 % 5],
-        "status_code": if i % 9 == 0 { 500 } else { 200 },
+        "status_code": if i.is_multiple_of(9) { 500 } else { 200 },
         // Unique latencies: no ties among the slowest.
         "latency_ms": (i * 7919 % 10_007) as f64 + 0.25,
     })
