@@ -36,6 +36,8 @@ pub struct Report {
     pub archived: Vec<SegmentSummary>,
     /// Rollup tier files copied to the archive.
     pub archived_rollup_files: usize,
+    /// Archive objects nothing names any more, deleted.
+    pub swept_objects: Vec<String>,
     /// Steps that failed; they are tried again on the next pass.
     pub errors: Vec<String>,
 }
@@ -179,6 +181,13 @@ pub fn run(engine: &Engine, policy: &Policy) -> Report {
     match engine.archive_rollups() {
         Ok(n) => report.archived_rollup_files = n,
         Err(e) => report.errors.push(format!("archiving rollups: {e}")),
+    }
+    // Only on a pass the store answered well: a failing store gets no extra calls.
+    if report.errors.is_empty() {
+        match engine.sweep_archive() {
+            Ok(keys) => report.swept_objects = keys,
+            Err(e) => report.errors.push(format!("archiving (sweep): {e}")),
+        }
     }
     report.took_ms = clock.elapsed().as_secs_f64() * 1000.0;
     report

@@ -193,6 +193,26 @@ impl ArchiveStore for ObjectArchive {
         self.block(async move { store.head(&path).await.map(|m| m.size) })
     }
 
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let (store, path) = (self.store.clone(), self.path(prefix));
+        let root = self.prefix.clone();
+        self.block(async move {
+            let metas: Vec<_> = store.list(Some(&path)).try_collect().await?;
+            Ok(metas
+                .into_iter()
+                .filter_map(|m| {
+                    let rel: Vec<String> = m
+                        .location
+                        .prefix_match(&root)?
+                        .map(|p| p.as_ref().to_owned())
+                        .collect();
+                    Some(rel.join("/"))
+                })
+                .collect())
+        })
+    }
+
     fn delete(&self, key: &str) -> io::Result<()> {
         let (store, path) = (self.store.clone(), self.path(key));
         match self.block(async move { store.delete(&path).await }) {

@@ -273,6 +273,20 @@ fn compaction_and_archiving_keep_every_row_and_answer() {
     );
     assert_eq!(engine.archive_rollups().unwrap(), 0, "nothing new to copy");
     assert_eq!(view(&engine), before);
+    // An object nothing names (an upload cut short before its manifest store,
+    // whose segment was compacted since) is swept; named ones stay.
+    let orphan = dir
+        .path()
+        .join("archive/raw/day=2000-01-01/0000000000009999.parquet");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"left by a crash").unwrap();
+    assert_eq!(
+        engine.sweep_archive().unwrap(),
+        vec!["raw/day=2000-01-01/0000000000009999.parquet".to_owned()]
+    );
+    assert!(!orphan.exists());
+    assert!(engine.sweep_archive().unwrap().is_empty());
+    assert_eq!(view(&engine), before);
     // A narrow range reads only what it needs and still gets exactly its rows.
     let range = TimeRange {
         start: Micros::new(now - 3 * HOUR_US),

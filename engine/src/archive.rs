@@ -33,6 +33,8 @@ pub trait ArchiveStore: Send + Sync + std::fmt::Debug {
     fn size(&self, key: &str) -> io::Result<u64>;
     /// Removes `key`; removing a missing key is not an error.
     fn delete(&self, key: &str) -> io::Result<()>;
+    /// Every key starting with `prefix`.
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
 }
 
 /// The object key of an archived segment: `raw/day=YYYY-MM-DD/<segment id>.parquet`,

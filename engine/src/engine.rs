@@ -1486,6 +1486,45 @@ impl Engine {
         Ok(uploaded)
     }
 
+    /// Deletes the objects under `raw/` and `rollups/` in the archive that the
+    /// manifest does not name: copies left by a step a crash cut short before
+    /// the manifest named them (whose segment was since compacted or purged),
+    /// or whose deletion failed. Every upload runs under the same lock, so no
+    /// object in flight is taken for an orphan. The archive's prefix must
+    /// belong to this node alone.
+    pub fn sweep_archive(&self) -> Result<Vec<String>> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let store = self.inner.archive_store()?;
+        let mut named: std::collections::HashSet<String> = self
+            .inner
+            .read()
+            .segments
+            .iter()
+            .filter_map(|s| s.info().archived)
+            .collect();
+        named.extend(
+            lock(&self.inner.manifest)
+                .archived_rollups
+                .iter()
+                .map(|f| format!("rollups/{f}")),
+        );
+        let mut swept = Vec::new();
+        for prefix in ["raw/", "rollups/"] {
+            let failed = |e: std::io::Error| EngineError::Archive {
+                key: prefix.to_owned(),
+                reason: e.to_string(),
+            };
+            for key in store.list(prefix).map_err(failed)? {
+                if !named.contains(&key) {
+                    store.delete(&key).map_err(failed)?;
+                    swept.push(key);
+                }
+            }
+        }
+        Ok(swept)
+    }
+
     /// Removes what is past retention: segments whose newest row is older than
     /// the raw cutoff (and their archived objects), rollup days wholly past their
     /// granularity's cutoff. Also folds the per-flush rollup files into one file

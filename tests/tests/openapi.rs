@@ -30,6 +30,12 @@ fn openapi_document_validates_and_lists_only_served_routes() {
                     .body("{}")
                     .send()
                     .unwrap(),
+                "put" => client()
+                    .put(&url)
+                    .header("Content-Type", "application/json")
+                    .body("{}")
+                    .send()
+                    .unwrap(),
                 other => panic!("unexpected method {other}"),
             };
             let status = resp.status().as_u16();
