@@ -563,6 +563,8 @@ impl Inner {
                     .1
             }
             Stored::Archived { key, bytes } => {
+                // A range over the whole segment reads (and caches) all of it.
+                let range = range.filter(|r| !r.contains_all(seg.meta.min_ts, seg.meta.max_ts));
                 let cols =
                     archive::read(&self.archive_store()?, key, *bytes, range).map_err(|e| {
                         EngineError::Archive {

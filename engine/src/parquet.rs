@@ -117,8 +117,6 @@ fn record_batch(events: &[Event]) -> Result<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt16Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use toplog_types::Micros;
 
@@ -148,23 +146,7 @@ mod tests {
         for batch in reader {
             let b = batch.map_err(|e| EngineError::Parquet(e.into()))?;
             assert_eq!(b.schema(), event_schema());
-            let s = |i: usize| b.column(i).as_string::<i32>().clone();
-            let (rid, uid, ep, m) = (s(0), s(2), s(3), s(4));
-            let ts = b.column(1).as_primitive::<TimestampMicrosecondType>();
-            let st = b.column(5).as_primitive::<UInt16Type>();
-            let lat = b.column(6).as_primitive::<Float64Type>();
-            assert_eq!(lat.null_count(), 0);
-            for r in 0..b.num_rows() {
-                back.push(Event {
-                    request_id: rid.value(r).into(),
-                    timestamp: Micros::new(ts.value(r)),
-                    user_id: uid.value(r).into(),
-                    endpoint: ep.value(r).into(),
-                    method: m.value(r).into(),
-                    status_code: st.value(r),
-                    latency_us: (lat.value(r) * 1000.0).round() as u64,
-                });
-            }
+            back.extend(crate::archive::events_of(&b)?);
         }
         assert_eq!(back, events);
         Ok(())
