@@ -104,12 +104,14 @@ def wait_child(proc):
 # ---------------------------------------------------------------- toplog
 
 
-def run_toplog(args, work, workload):
+def start_toplog(work, *flags):
+    """A release node on a free port with a fresh data directory under `work`,
+    once ready; returns (process, base URL, data directory)."""
     data = work / "toplog-data"
     shutil.rmtree(data, ignore_errors=True)
     port = free_port()
     server = subprocess.Popen(
-        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--fsync", "always"],
+        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", *flags],
         stderr=open(work / "toplog.log", "w"),
     )
     base = f"http://127.0.0.1:{port}"
@@ -117,13 +119,17 @@ def run_toplog(args, work, workload):
     while True:
         try:
             if urllib.request.urlopen(base + "/readyz", timeout=1).status == 200:
-                break
+                return server, base, data
         except OSError:
             pass
         if time.time() > deadline:
             server.kill()
             raise SystemExit("toplog did not become ready")
         time.sleep(0.05)
+
+
+def run_toplog(args, work, workload):
+    server, base, data = start_toplog(work, "--fsync", "always")
     report = work / "toplog-report.json"
     log(f"toplog: sending {args.events} events over HTTP, then the query mix")
     subprocess.run(

@@ -13,7 +13,6 @@ the queries again, and checks every answer is the same.
 
 import argparse
 import json
-import shutil
 import signal
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import binary, build, dir_bytes, free_port, log, wait_child  # noqa: E402
+from compare import binary, build, dir_bytes, log, start_toplog, wait_child  # noqa: E402
 
 
 def get(base, path, method="GET"):
@@ -59,26 +58,9 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
         build()
-    data = work / "toplog-data"
-    shutil.rmtree(data, ignore_errors=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
-         "--maintenance-interval", "0s", "--memtable-max-age", "2s", "--raw-local-for", "1d"],
-        stderr=open(work / "toplog.log", "w"),
+    server, base, data = start_toplog(
+        work, "--maintenance-interval", "0s", "--memtable-max-age", "2s", "--raw-local-for", "1d"
     )
-    deadline = time.time() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(base + "/readyz", timeout=1).status == 200:
-                break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            server.kill()
-            raise SystemExit("toplog did not become ready")
-        time.sleep(0.05)
     now = int(time.time())
     log(f"loading {args.events} events over {args.days} days")
     subprocess.run(
@@ -130,7 +112,7 @@ def main():
     }
     (work / "tiering.json").write_text(json.dumps(out, indent=2))
     print(f"\n{rows:,} rows in {len(report['archived'])} segments archived in {wall:.2f} s "
-          f"({rows / wall:,.0f} rows/s; {report['compacted'] and len(report['compacted'])} compactions in the same pass)")
+          f"({rows / wall:,.0f} rows/s; {len(report['compacted'])} compactions in the same pass)")
     print(f"segments {local_bytes / max(1, args.events):.1f} B/event on disk; "
           f"Parquet {parquet / max(1, rows):.1f} B/row in the archive")
     print("\n| query (median of %d, over HTTP) | local | archived | ratio |" % args.repeat)

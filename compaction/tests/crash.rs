@@ -246,6 +246,23 @@ fn compaction_and_archiving_keep_every_row_and_answer() {
     }
     assert!(engine.segments().len() < segments, "nothing was compacted");
     assert_eq!(view(&engine), before);
+    // A copy that is not the segment (here: left at its key by someone else)
+    // is caught when read back: the segment stays local, the copy goes, and
+    // the next attempt writes a good one.
+    let first = engine.segments()[0].clone();
+    let key = format!(
+        "raw/day={}/{:016}.parquet",
+        &first.meta.partition_start.to_rfc3339()[..10],
+        first.id.get()
+    );
+    let path = dir.path().join("archive").join(&key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"not this segment").unwrap();
+    let err = engine.archive_segment(first.id).unwrap_err().to_string();
+    assert!(err.contains(&key), "{err}");
+    assert!(engine.segments()[0].archived.is_none(), "archived despite a bad copy");
+    assert!(!path.exists(), "the bad copy was left in the archive");
+    assert_eq!(view(&engine), before);
     for s in engine.segments() {
         let info = engine.archive_segment(s.id).unwrap();
         let key = info.archived.unwrap();

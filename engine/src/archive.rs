@@ -15,9 +15,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
-use toplog_types::{Event, Micros};
+use toplog_types::Micros;
 
-use crate::columns::Columns;
+use crate::columns::{Columns, Row};
 use crate::parquet::{ParquetEventWriter, event_schema};
 use crate::scan::TimeRange;
 use crate::{EngineError, Result};
@@ -134,15 +134,34 @@ pub(crate) fn read(
     let mut cols = Columns::default();
     for batch in reader {
         let batch = batch.map_err(|e| EngineError::Parquet(e.into()))?;
-        for e in events_of(&batch)? {
-            cols.push(&e);
-        }
+        rows_of(&batch, |r| {
+            cols.push_row(r);
+        })?;
     }
     Ok(cols)
 }
 
 /// The events of a record batch with [`event_schema`].
-pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<Event>> {
+#[cfg(test)]
+pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<toplog_types::Event>> {
+    let mut out = Vec::with_capacity(b.num_rows());
+    rows_of(b, |r| {
+        out.push(toplog_types::Event {
+            request_id: r.request_id.into(),
+            timestamp: Micros::new(r.ts),
+            user_id: r.user_id.into(),
+            endpoint: r.endpoint.into(),
+            method: r.method.into(),
+            status_code: r.status,
+            latency_us: r.latency_us,
+        })
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each row of a record batch with [`event_schema`], borrowed
+/// from its arrays.
+fn rows_of(b: &RecordBatch, mut f: impl FnMut(Row<'_>)) -> Result<()> {
     let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
     let s = |i: usize| {
         b.column(i)
@@ -165,15 +184,16 @@ pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<Event>> {
     if b.columns().iter().any(|c| c.null_count() > 0) {
         return Err(bad("null values in an events file"));
     }
-    Ok((0..b.num_rows())
-        .map(|r| Event {
-            request_id: rid.value(r).into(),
-            timestamp: Micros::new(ts.value(r)),
-            user_id: uid.value(r).into(),
-            endpoint: ep.value(r).into(),
-            method: m.value(r).into(),
-            status_code: st.value(r),
+    for r in 0..b.num_rows() {
+        f(Row {
+            ts: ts.value(r),
+            request_id: rid.value(r),
+            user_id: uid.value(r),
+            endpoint: ep.value(r),
+            method: m.value(r),
+            status: st.value(r),
             latency_us: (lat.value(r) * 1000.0).round() as u64,
-        })
-        .collect())
+        });
+    }
+    Ok(())
 }

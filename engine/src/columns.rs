@@ -82,6 +82,17 @@ pub(crate) struct Columns {
     pub(crate) latency_us: Vec<u64>,
 }
 
+/// One row's values, borrowed.
+pub(crate) struct Row<'a> {
+    pub(crate) ts: i64,
+    pub(crate) request_id: &'a str,
+    pub(crate) user_id: &'a str,
+    pub(crate) endpoint: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) status: u16,
+    pub(crate) latency_us: u64,
+}
+
 /// Fixed per-row cost: ts, request id end offset, three dict ids, status, latency.
 const ROW_BYTES: usize = 8 + 4 + 3 * 4 + 2 + 8;
 
@@ -112,14 +123,27 @@ impl Columns {
 
     /// Appends one event; returns the bytes it added.
     pub(crate) fn push(&mut self, e: &Event) -> usize {
-        let mut added = ROW_BYTES + e.request_id.len();
-        self.ts.push(e.timestamp.get());
-        self.request_id.push(&e.request_id);
-        added += self.user_id.push(&e.user_id);
-        added += self.endpoint.push(&e.endpoint);
-        added += self.method.push(&e.method);
-        self.status.push(e.status_code);
-        self.latency_us.push(e.latency_us);
+        self.push_row(Row {
+            ts: e.timestamp.get(),
+            request_id: &e.request_id,
+            user_id: &e.user_id,
+            endpoint: &e.endpoint,
+            method: &e.method,
+            status: e.status_code,
+            latency_us: e.latency_us,
+        })
+    }
+
+    /// Appends one row given by parts; returns the bytes it added.
+    pub(crate) fn push_row(&mut self, r: Row<'_>) -> usize {
+        let mut added = ROW_BYTES + r.request_id.len();
+        self.ts.push(r.ts);
+        self.request_id.push(r.request_id);
+        added += self.user_id.push(r.user_id);
+        added += self.endpoint.push(r.endpoint);
+        added += self.method.push(r.method);
+        self.status.push(r.status);
+        self.latency_us.push(r.latency_us);
         added
     }
 
@@ -133,6 +157,20 @@ impl Columns {
             status_code: self.status[i],
             latency_us: self.latency_us[i],
         }
+    }
+
+    /// Whether `other` holds the same rows in the same order.
+    pub(crate) fn same_rows(&self, other: &Columns) -> bool {
+        self.len() == other.len()
+            && (0..self.len()).all(|i| {
+                self.ts[i] == other.ts[i]
+                    && self.status[i] == other.status[i]
+                    && self.latency_us[i] == other.latency_us[i]
+                    && self.request_id.get(i) == other.request_id.get(i)
+                    && self.user_id.get(i) == other.user_id.get(i)
+                    && self.endpoint.get(i) == other.endpoint.get(i)
+                    && self.method.get(i) == other.method.get(i)
+            })
     }
 
     /// Row order sorted by (timestamp, request id), stable for equal keys.

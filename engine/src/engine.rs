@@ -1393,9 +1393,7 @@ impl Engine {
         }
         let size = store.size(&key).map_err(failed)?;
         let same = match archive::read(&store, &key, size, None) {
-            Ok(back) => {
-                back.len() == cols.len() && (0..cols.len()).all(|i| back.event(i) == cols.event(i))
-            }
+            Ok(back) => back.same_rows(&cols),
             Err(e) => {
                 tracing::warn!(%key, error = %e, "archived copy unreadable");
                 false

@@ -89,6 +89,8 @@ impl Drop for Moto {
 struct Proxy {
     port: u16,
     cut: Arc<AtomicBool>,
+    /// Down, it drops every connection at once.
+    down: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -96,10 +98,15 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
-        let flag = cut.clone();
+        let down = Arc::new(AtomicBool::new(false));
+        let (flag, is_down) = (cut.clone(), down.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(down) = conn else { continue };
+                if is_down.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
                 let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
@@ -109,7 +116,7 @@ impl Proxy {
                 std::thread::spawn(move || pump(u2, d2, None));
             }
         });
-        Self { port, cut }
+        Self { port, cut, down }
     }
 }
 
@@ -253,19 +260,31 @@ fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str)
     assert_eq!(got, want, "{step}: slowest requests");
 
     // Top endpoints by frequency from a minute boundary on: the rollups.
-    let mut by_endpoint: BTreeMap<String, u64> = BTreeMap::new();
-    for e in model.iter().filter(|e| ts(e) >= rollup_from) {
-        *by_endpoint
-            .entry(e["endpoint"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    let mut want: Vec<(String, u64)> = by_endpoint.into_iter().collect();
-    want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let want = ranked_endpoints(model.iter().filter(|e| ts(e) >= rollup_from));
     let body = get(
         server,
         &format!("/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start={rollup_from}"),
     );
-    let got: Vec<(String, u64)> = body["data"]
+    let got = answer_rows(&body);
+    assert_eq!(got, want, "{step}: top endpoints from {rollup_from}");
+}
+
+/// The model's endpoints by request count, best first (ties by name).
+fn ranked_endpoints<'a>(events: impl Iterator<Item = &'a Value>) -> Vec<(String, u64)> {
+    let mut by_endpoint: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events {
+        *by_endpoint
+            .entry(e["endpoint"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let mut ranked: Vec<(String, u64)> = by_endpoint.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked
+}
+
+/// The rows of a frequency top-K answer as (key, count).
+fn answer_rows(body: &Value) -> Vec<(String, u64)> {
+    body["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -275,8 +294,7 @@ fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str)
                 r["metric_value"].as_f64().unwrap() as u64,
             )
         })
-        .collect();
-    assert_eq!(got, want, "{step}: top endpoints from {rollup_from}");
+        .collect()
 }
 
 fn storage(server: &Server) -> Value {
@@ -394,6 +412,38 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     );
     check_answers(&server, &model, rollup_from, "after tiering");
 
+    // With the store down, a read that needs archived rows says so (503);
+    // ingest and reads of local data go on.
+    proxy.down.store(true, Ordering::SeqCst);
+    let r = client()
+        .get(server.url(&format!(
+            "/api/v1/requests/top-k?k=3&metric=latency_max&by=request&start={}",
+            t0 - 200_000 + 1
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "a read of the unreachable archive");
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("archive object"),
+        "{body}"
+    );
+    let late = group(500, 10, t0 - 5_000);
+    send_all(&server, &late);
+    model.extend(late);
+    let recent = get(
+        &server,
+        &format!("/api/v1/requests/count?start={}", t0 - 15_000),
+    );
+    let want = model.iter().filter(|e| ts(e) >= t0 - 15_000).count();
+    assert_eq!(recent["count"], want);
+    proxy.down.store(false, Ordering::SeqCst);
+    wait_flushed(&server);
+    check_answers(&server, &model, rollup_from, "with the store back");
+
     // DuckDB reads the archived files: same rows, same counts per endpoint.
     let keys: Vec<String> = archived
         .iter()
@@ -419,12 +469,9 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         let (_, time) = toplog_tests::utc(ts(e));
         parts.contains(&time[..16])
     };
-    let mut want: BTreeMap<String, u64> = BTreeMap::new();
-    for e in model.iter().filter(|e| in_archive(e)) {
-        *want
-            .entry(e["endpoint"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
+    let want: BTreeMap<String, u64> = ranked_endpoints(model.iter().filter(|e| in_archive(e)))
+        .into_iter()
+        .collect();
     assert_eq!(got, want, "DuckDB's per-endpoint counts of the archive");
     assert_eq!(got.values().sum::<u64>(), archived_rows);
     // ...and toplog's own counts over the same minutes agree.
@@ -507,24 +554,8 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         .as_str()
         .unwrap_or_else(|| panic!("no retained_from: {body}"))
         .to_owned();
-    let mut by_endpoint: BTreeMap<String, u64> = BTreeMap::new();
-    for e in model.iter().filter(|e| toplog_tests::utc(ts(e)).1 >= from) {
-        *by_endpoint
-            .entry(e["endpoint"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    let got: BTreeMap<String, u64> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["request_id"].as_str().unwrap().to_owned(),
-                r["metric_value"].as_f64().unwrap() as u64,
-            )
-        })
-        .collect();
-    assert_eq!(got, by_endpoint, "top endpoints from {from}");
+    let want = ranked_endpoints(model.iter().filter(|e| toplog_tests::utc(ts(e)).1 >= from));
+    assert_eq!(answer_rows(&body), want, "top endpoints from {from}");
 
     // A restart reads the archive back and keeps the changed policy.
     assert!(server.terminate().success());
