@@ -260,7 +260,10 @@ fn compaction_and_archiving_keep_every_row_and_answer() {
     std::fs::write(&path, b"not this segment").unwrap();
     let err = engine.archive_segment(first.id).unwrap_err().to_string();
     assert!(err.contains(&key), "{err}");
-    assert!(engine.segments()[0].archived.is_none(), "archived despite a bad copy");
+    assert!(
+        engine.segments()[0].archived.is_none(),
+        "archived despite a bad copy"
+    );
     assert!(!path.exists(), "the bad copy was left in the archive");
     assert_eq!(view(&engine), before);
     for s in engine.segments() {

@@ -564,3 +564,48 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     assert_eq!(policy["rollups"]["day_keep_for"], "400d");
     check_answers(&server, &model, rollup_from, "after a restart");
 }
+
+#[test]
+fn the_scheduler_tiers_to_the_default_folder_archive_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_ready(
+        &data,
+        &[
+            "--partition",
+            "1m",
+            "--memtable-max-age",
+            "1s",
+            "--maintenance-interval",
+            "1s",
+            "--raw-local-for",
+            "30s",
+        ],
+    );
+    // Two minutes ago: past raw.local_for as soon as it is flushed.
+    let t0 = now_ms();
+    let events = group(0, 200, t0 - 120_000);
+    send_all(&server, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = storage(&server);
+        if s["tiers"]["raw_archive"]["rows"] == events.len() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not tiered by the schedule: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(s["tiers"]["raw_local"]["rows"], 0);
+    assert_eq!(s["archive"]["status"], "ok");
+    assert_eq!(
+        s["archive"]["location"],
+        data.join("archive").display().to_string()
+    );
+    for seg in s["segments"].as_array().unwrap() {
+        let object = data.join("archive").join(seg["object"].as_str().unwrap());
+        assert!(object.exists(), "{}", object.display());
+    }
+    assert!(!s["maintenance"]["last"].is_null(), "no pass recorded: {s}");
+    let count = get(&server, "/api/v1/requests/count?start=0")["count"].clone();
+    assert_eq!(count, events.len());
+}
