@@ -5,7 +5,7 @@
 use toplog_engine::{Dimension, Engine, Filters, TimeRange};
 use toplog_types::Micros;
 
-use crate::topk::{Grouping, Order, TopK, merged_cells, top_k};
+use crate::topk::{Grouping, Order, TopK, merged_cells, retained_from, top_k};
 use crate::{Metric, QueryError, Result};
 
 /// At most this many points per series.
@@ -45,6 +45,9 @@ pub struct TimeseriesAnswer {
     /// from a cube bucket over its key budget (its point holds what the cube kept).
     pub exact: bool,
     pub sources: Vec<&'static str>,
+    /// Set when the range starts before the data still kept: points before
+    /// this instant hold only what is kept.
+    pub retained_from: Option<Micros>,
 }
 
 /// The dimension whose cube can apply `filters` (a filter on one dimension at most).
@@ -148,5 +151,6 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
         series,
         exact,
         sources,
+        retained_from: retained_from(engine, q.range, Grouping::By(dim), &q.filters, q.metric),
     })
 }

@@ -544,6 +544,24 @@ fn quantile_with_min_count(
     Ok(Some(merged))
 }
 
+/// When `range` starts before the data a read of `by` would use is kept (past
+/// retention at the granularity it would be read at), the instant from which
+/// the answer is complete.
+pub(crate) fn retained_from(
+    engine: &Engine,
+    range: TimeRange,
+    by: Grouping,
+    filters: &Filters,
+    metric: Metric,
+) -> Option<toplog_types::Micros> {
+    let levels = match by {
+        Grouping::By(d) if cube_read_for(d, filters, metric).is_some() => d.granularities(),
+        _ => &[],
+    };
+    let kept = retained(range, levels, &engine.cutoffs()).start;
+    (kept > range.start).then_some(kept)
+}
+
 /// Answers `q` from the engine's rollups and raw rows.
 pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     if q.k == 0 {
@@ -555,14 +573,7 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
             sources.push(s);
         }
     };
-    // Past retention at the granularity it would be read at, the start of the
-    // range cannot be answered: the answer says from when it is complete.
-    let levels = match q.by {
-        Grouping::By(d) if cube_read_for(d, &q.filters, q.metric).is_some() => d.granularities(),
-        _ => &[],
-    };
-    let kept = retained(q.range, levels, &engine.cutoffs()).start;
-    let retained_from = (kept > q.range.start).then_some(kept);
+    let retained_from = retained_from(engine, q.range, q.by, &q.filters, q.metric);
     let dim = match q.by {
         Grouping::Request => {
             let mut answer = slowest(engine, q)?;

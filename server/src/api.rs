@@ -991,9 +991,13 @@ async fn timeseries(
         meta: Value,
         status: &'static str,
     }
+    let mut meta = json!({"exact": answer.exact, "sources": answer.sources});
+    if let Some(t) = answer.retained_from {
+        meta["retained_from"] = json!(t.to_rfc3339());
+    }
     let body = Body {
         data,
-        meta: json!({"exact": answer.exact, "sources": answer.sources}),
+        meta,
         status: "success",
     };
     Ok(Json(body).into_response())

@@ -210,10 +210,17 @@ fn maintenance(server: &Server) -> Value {
     r.json::<Value>().unwrap()["data"].clone()
 }
 
-fn wait_flushed(server: &Server) {
+/// Waits until all `rows` are in segments (local or archived).
+fn wait_flushed(server: &Server, rows: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get(server, "/api/v1/storage")["data"]["memtable"]["rows"] != 0 {
-        assert!(Instant::now() < deadline, "memtables not flushed");
+    loop {
+        let s = storage(server);
+        let stored = s["tiers"]["raw_local"]["rows"].as_u64().unwrap()
+            + s["tiers"]["raw_archive"]["rows"].as_u64().unwrap();
+        if stored == rows as u64 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "memtables not flushed: {s}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -346,7 +353,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let d = group(300, 100, t0 - 10_000);
     let mut model: Vec<Value> = [a.clone(), b, c, d].concat();
     send_all(&server, &model);
-    wait_flushed(&server);
+    wait_flushed(&server, model.len());
     // A minute boundary after group B, before group C.
     let rollup_from = (t0 - 100_000).div_euclid(60_000) * 60_000 + 60_000;
     check_answers(&server, &model, rollup_from, "after ingest");
@@ -378,7 +385,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
             .any(|e| e.as_str().unwrap().starts_with("archiving")),
         "{report}"
     );
-    wait_flushed(&server);
+    wait_flushed(&server, model.len());
     let s = storage(&server);
     assert_eq!(s["archive"]["status"], "failing", "{s}");
     assert_eq!(s["tiers"]["raw_archive"]["segments"], 0);
@@ -413,8 +420,11 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     check_answers(&server, &model, rollup_from, "after tiering");
 
     // With the store down, a read that needs archived rows says so (503);
-    // ingest and reads of local data go on.
+    // ingest and reads of local data go on. (Restarted, so no archived
+    // segment is in the decoded cache.)
     proxy.down.store(true, Ordering::SeqCst);
+    assert!(server.terminate().success());
+    let server = Server::start_ready(&data, &args);
     let r = client()
         .get(server.url(&format!(
             "/api/v1/requests/top-k?k=3&metric=latency_max&by=request&start={}",
@@ -441,7 +451,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let want = model.iter().filter(|e| ts(e) >= t0 - 15_000).count();
     assert_eq!(recent["count"], want);
     proxy.down.store(false, Ordering::SeqCst);
-    wait_flushed(&server);
+    wait_flushed(&server, model.len());
     check_answers(&server, &model, rollup_from, "with the store back");
 
     // DuckDB reads the archived files: same rows, same counts per endpoint.
@@ -556,6 +566,30 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         .to_owned();
     let want = ranked_endpoints(model.iter().filter(|e| toplog_tests::utc(ts(e)).1 >= from));
     assert_eq!(answer_rows(&body), want, "top endpoints from {from}");
+    // A time series over the same range says the same.
+    let body = get(
+        &server,
+        &format!(
+            "/api/v1/requests/timeseries?metric=frequency&interval=1m&start={}",
+            t0 - 300_000
+        ),
+    );
+    let series_from = body["meta"]["retained_from"].as_str().unwrap_or_default();
+    assert!(series_from >= from.as_str(), "{body}");
+    let points: u64 = body["data"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["count"].as_u64().unwrap())
+        .sum();
+    let kept = model
+        .iter()
+        .filter(|e| toplog_tests::utc(ts(e)).1.as_str() >= series_from)
+        .count() as u64;
+    assert!(
+        points >= kept,
+        "the series holds {points} requests, {kept} after {series_from}"
+    );
 
     // A restart reads the archive back and keeps the changed policy.
     assert!(server.terminate().success());
