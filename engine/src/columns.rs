@@ -159,6 +159,18 @@ impl Columns {
         }
     }
 
+    /// Bytes held on the heap, roughly (for cache budgets).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let dict = |d: &DictColumn| {
+            4 * d.ids.len() + d.values.iter().map(|v| 2 * v.len() + 64).sum::<usize>()
+        };
+        (8 + 4 + 2 + 8) * self.len()
+            + self.request_id.data.len()
+            + dict(&self.user_id)
+            + dict(&self.endpoint)
+            + dict(&self.method)
+    }
+
     /// Whether `other` holds the same rows in the same order.
     pub(crate) fn same_rows(&self, other: &Columns) -> bool {
         self.len() == other.len()

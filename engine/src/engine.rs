@@ -30,8 +30,10 @@ const KEY_DIR: &str = "idempotency";
 const ROLLUP_DIR: &str = "rollups";
 /// Events applied per hold of the write lock.
 const APPLY_CHUNK: usize = 256;
-/// Decoded segments kept for repeated reads (paging walks the same segments).
-const DECODED_CACHE: usize = 8;
+/// Bytes of decoded segments kept for repeated reads (paging walks the same
+/// segments; raw queries over a span read the same ones again), least
+/// recently used out first.
+const DECODED_CACHE_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -270,7 +272,8 @@ struct Inner {
     /// Set once after a failure that must not be retried; writes are refused from then on.
     poisoned: Mutex<Option<String>>,
     flusher: (Mutex<FlusherSignal>, Condvar),
-    decoded: Mutex<Vec<(SegmentId, Arc<Columns>)>>,
+    /// Least recently used first, with each entry's size.
+    decoded: Mutex<Vec<(SegmentId, Arc<Columns>, usize)>>,
     retention: RwLock<Retention>,
     /// Serialises compaction, archiving and purging against each other.
     maintenance: Mutex<()>,
@@ -550,8 +553,14 @@ impl Inner {
     }
 
     fn decoded(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<Arc<Columns>> {
-        if let Some((_, cols)) = lock(&self.decoded).iter().find(|(id, _)| *id == seg.id) {
-            return Ok(cols.clone());
+        {
+            let mut cache = lock(&self.decoded);
+            if let Some(at) = cache.iter().position(|(id, _, _)| *id == seg.id) {
+                let hit = cache.remove(at);
+                let cols = hit.1.clone();
+                cache.push(hit);
+                return Ok(cols);
+            }
         }
         let cols = match &seg.stored {
             Stored::Local(bytes) => {
@@ -581,10 +590,15 @@ impl Inner {
         };
         let cols = Arc::new(cols);
         let mut cache = lock(&self.decoded);
-        if cache.len() >= DECODED_CACHE {
-            cache.remove(0);
+        // Another reader may have decoded it meanwhile.
+        if let Some((_, theirs, _)) = cache.iter().find(|(id, _, _)| *id == seg.id) {
+            return Ok(theirs.clone());
         }
-        cache.push((seg.id, cols.clone()));
+        cache.push((seg.id, cols.clone(), cols.heap_bytes()));
+        let mut held: usize = cache.iter().map(|e| e.2).sum();
+        while held > DECODED_CACHE_BYTES && cache.len() > 1 {
+            held -= cache.remove(0).2;
+        }
         Ok(cols)
     }
 }
@@ -1127,7 +1141,7 @@ impl Inner {
         st.segments.retain(|s| !gone(&s.id));
         st.segments.extend(add.iter().cloned());
         drop(st);
-        lock(&self.decoded).retain(|(id, _)| !gone(id));
+        lock(&self.decoded).retain(|(id, _, _)| !gone(id));
         Ok(())
     }
 
