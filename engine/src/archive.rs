@@ -9,15 +9,20 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt16Type};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int32Type, Schema, SchemaRef, TimestampMicrosecondType,
+    UInt16Type,
+};
 use bytes::{Buf, Bytes};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
 use toplog_types::Micros;
 
-use crate::columns::{Columns, Row};
+use crate::columns::Columns;
+#[cfg(test)]
+use crate::columns::Row;
 use crate::parquet::{ParquetEventWriter, event_schema};
 use crate::scan::TimeRange;
 use crate::{EngineError, Result};
@@ -107,10 +112,23 @@ pub(crate) fn read(
         key: key.to_owned(),
         len,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(remote)?;
-    if builder.schema().fields() != event_schema().fields() {
+    // The three dictionary-encoded strings come back as dictionaries, so each
+    // distinct value is looked up once per batch, not once per row.
+    let options = ArrowReaderOptions::new().with_schema(dictionary_schema());
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(remote, options)?;
+    let names: Vec<&str> = builder
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    let schema = event_schema();
+    let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if names != want {
         return Err(EngineError::Parquet(ParquetError::General(format!(
-            "{key}: not an events file (columns differ)"
+            "{key}: not an events file (columns {names:?})"
         ))));
     }
     let groups: Vec<usize> = builder
@@ -134,11 +152,86 @@ pub(crate) fn read(
     let mut cols = Columns::default();
     for batch in reader {
         let batch = batch.map_err(|e| EngineError::Parquet(e.into()))?;
-        rows_of(&batch, |r| {
-            cols.push_row(r);
-        })?;
+        append(&mut cols, &batch)?;
     }
     Ok(cols)
+}
+
+/// [`event_schema`] with `user_id`, `endpoint` and `method` as dictionaries.
+fn dictionary_schema() -> SchemaRef {
+    let fields: Vec<Field> = event_schema()
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "user_id" | "endpoint" | "method" => Field::new(
+                f.name(),
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            ),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Appends the rows of a batch read with [`dictionary_schema`].
+fn append(cols: &mut Columns, b: &RecordBatch) -> Result<()> {
+    let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
+    if b.columns().iter().any(|c| c.null_count() > 0) {
+        return Err(bad("null values in an events file"));
+    }
+    let rid = b
+        .column(0)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| bad("request_id is not utf8"))?;
+    let ts = b
+        .column(1)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| bad("timestamp is not in microseconds"))?;
+    let st = b
+        .column(5)
+        .as_primitive_opt::<UInt16Type>()
+        .ok_or_else(|| bad("status_code is not u16"))?;
+    let lat = b
+        .column(6)
+        .as_primitive_opt::<Float64Type>()
+        .ok_or_else(|| bad("latency_ms is not f64"))?;
+    for (i, target) in [
+        (2, &mut cols.user_id),
+        (3, &mut cols.endpoint),
+        (4, &mut cols.method),
+    ] {
+        let dict = b
+            .column(i)
+            .as_dictionary_opt::<Int32Type>()
+            .ok_or_else(|| bad("a string column is not a dictionary"))?;
+        let values = dict
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| bad("dictionary values are not utf8"))?;
+        let ids: Vec<u32> = (0..values.len())
+            .map(|v| target.intern(values.value(v)))
+            .collect();
+        for k in dict.keys().values() {
+            let id = usize::try_from(*k)
+                .ok()
+                .and_then(|k| ids.get(k))
+                .ok_or_else(|| bad("dictionary key out of range"))?;
+            target.ids.push(*id);
+        }
+    }
+    for r in 0..b.num_rows() {
+        cols.ts.push(ts.value(r));
+        cols.request_id.push(rid.value(r));
+        cols.status.push(st.value(r));
+        cols.latency_us.push(latency_us(lat.value(r)));
+    }
+    Ok(())
+}
+
+/// The ingest API's milliseconds, as stored.
+fn latency_us(ms: f64) -> u64 {
+    (ms * 1000.0).round() as u64
 }
 
 /// The events of a record batch with [`event_schema`].
@@ -161,6 +254,7 @@ pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<toplog_types::Event>> {
 
 /// Calls `f` with each row of a record batch with [`event_schema`], borrowed
 /// from its arrays.
+#[cfg(test)]
 fn rows_of(b: &RecordBatch, mut f: impl FnMut(Row<'_>)) -> Result<()> {
     let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
     let s = |i: usize| {
@@ -192,8 +286,94 @@ fn rows_of(b: &RecordBatch, mut f: impl FnMut(Row<'_>)) -> Result<()> {
             endpoint: ep.value(r),
             method: m.value(r),
             status: st.value(r),
-            latency_us: (lat.value(r) * 1000.0).round() as u64,
+            latency_us: latency_us(lat.value(r)),
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// An object store in memory that counts the bytes it hands out.
+    #[derive(Debug, Default)]
+    struct Memory {
+        objects: Mutex<HashMap<String, Bytes>>,
+        served: Mutex<u64>,
+    }
+
+    impl ArchiveStore for Memory {
+        fn create(&self, key: &str, bytes: Bytes) -> io::Result<()> {
+            self.objects.lock().unwrap().insert(key.to_owned(), bytes);
+            Ok(())
+        }
+        fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Bytes> {
+            let objects = self.objects.lock().unwrap();
+            let b = objects.get(key).ok_or(io::ErrorKind::NotFound)?;
+            *self.served.lock().unwrap() += range.end - range.start;
+            Ok(b.slice(range.start as usize..range.end as usize))
+        }
+        fn size(&self, key: &str) -> io::Result<u64> {
+            let objects = self.objects.lock().unwrap();
+            Ok(objects.get(key).ok_or(io::ErrorKind::NotFound)?.len() as u64)
+        }
+        fn delete(&self, key: &str) -> io::Result<()> {
+            self.objects.lock().unwrap().remove(key);
+            Ok(())
+        }
+        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+            let objects = self.objects.lock().unwrap();
+            Ok(objects
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_range_reads_only_the_row_groups_it_overlaps() {
+        // 10 row groups of 100 rows, one second of timestamps each.
+        let mut cols = Columns::default();
+        for i in 0..1000i64 {
+            cols.push(&toplog_types::Event {
+                request_id: format!("r{i:04}"),
+                timestamp: Micros::new(i * 10_000),
+                user_id: format!("u{}", i % 37),
+                endpoint: format!("GET /e/{}", i % 5),
+                method: "GET".into(),
+                status_code: 200 + (i % 3) as u16 * 100,
+                latency_us: (i as u64) * 1_001,
+            });
+        }
+        let mut w =
+            crate::parquet::ParquetEventWriter::with_row_groups_of(Vec::new(), 100).unwrap();
+        for i in 0..cols.len() {
+            w.write(&cols.event(i)).unwrap();
+        }
+        let store: Arc<dyn ArchiveStore> = Arc::new(Memory::default());
+        let bytes = Bytes::from(w.finish().unwrap());
+        let len = bytes.len() as u64;
+        store.create("raw/x.parquet", bytes).unwrap();
+
+        let all = read(&store, "raw/x.parquet", len, None).unwrap();
+        assert!(all.same_rows(&cols), "the whole file reads back as written");
+
+        // Rows 350..420 lie in row groups 3 and 4.
+        let range = TimeRange {
+            start: Micros::new(350 * 10_000),
+            end: Micros::new(420 * 10_000),
+        };
+        let part = read(&store, "raw/x.parquet", len, Some(&range)).unwrap();
+        assert_eq!(part.len(), 200);
+        assert_eq!(part.ts.first(), Some(&3_000_000));
+        assert_eq!(part.ts.last(), Some(&4_990_000));
+        for i in 0..part.len() {
+            assert_eq!(part.event(i), cols.event(300 + i));
+        }
+    }
 }

@@ -48,9 +48,14 @@ pub struct ParquetEventWriter<W: Write + Send> {
 
 impl<W: Write + Send> ParquetEventWriter<W> {
     pub fn new(out: W) -> Result<Self> {
+        Self::with_row_groups_of(out, ROW_GROUP_ROWS)
+    }
+
+    /// A writer whose row groups hold at most `rows` rows.
+    pub(crate) fn with_row_groups_of(out: W, rows: usize) -> Result<Self> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_row_count(Some(rows.max(1)))
             .build();
         let writer = ArrowWriter::try_new(out, event_schema(), Some(props))?;
         Ok(Self {

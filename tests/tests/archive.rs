@@ -597,6 +597,31 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let policy = get(&server, "/api/v1/retention")["data"].clone();
     assert_eq!(policy["rollups"]["day_keep_for"], "400d");
     check_answers(&server, &model, rollup_from, "after a restart");
+
+    // A shorter raw retention hides older rows at once, before any purge,
+    // and ingest turns away events older than it.
+    let r = client()
+        .put(server.url("/api/v1/retention"))
+        .json(&json!({"raw": {"keep_for": "30s", "local_for": "30s"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cutoff = now_ms() - 30_000;
+    let count = get(&server, "/api/v1/requests/count?start=0")["count"]
+        .as_u64()
+        .unwrap();
+    let kept = model.iter().filter(|e| ts(e) >= cutoff).count() as u64;
+    assert!(
+        count <= kept,
+        "{count} rows visible, {kept} at most under the new policy"
+    );
+    let old = [event(9_999, now_ms() - 60_000)];
+    let r = client()
+        .post(server.url("/api/v1/requests"))
+        .json(&old)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400, "an event older than raw.keep_for");
 }
 
 #[test]
