@@ -9,20 +9,15 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{
-    DataType, Field, Float64Type, Int32Type, Schema, SchemaRef, TimestampMicrosecondType,
-    UInt16Type,
-};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt16Type};
 use bytes::{Buf, Bytes};
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
 use toplog_types::Micros;
 
-use crate::columns::Columns;
-#[cfg(test)]
-use crate::columns::Row;
+use crate::columns::{Columns, Row};
 use crate::parquet::{ParquetEventWriter, event_schema};
 use crate::scan::TimeRange;
 use crate::{EngineError, Result};
@@ -112,23 +107,10 @@ pub(crate) fn read(
         key: key.to_owned(),
         len,
     };
-    // The three dictionary-encoded strings come back as dictionaries, so each
-    // distinct value is looked up once per batch, not once per row.
-    let options = ArrowReaderOptions::new().with_schema(dictionary_schema());
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(remote, options)?;
-    let names: Vec<&str> = builder
-        .metadata()
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .map(|c| c.name())
-        .collect();
-    let schema = event_schema();
-    let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    if names != want {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(remote)?;
+    if builder.schema().fields() != event_schema().fields() {
         return Err(EngineError::Parquet(ParquetError::General(format!(
-            "{key}: not an events file (columns {names:?})"
+            "{key}: not an events file (columns differ)"
         ))));
     }
     let groups: Vec<usize> = builder
@@ -152,86 +134,11 @@ pub(crate) fn read(
     let mut cols = Columns::default();
     for batch in reader {
         let batch = batch.map_err(|e| EngineError::Parquet(e.into()))?;
-        append(&mut cols, &batch)?;
+        rows_of(&batch, |r| {
+            cols.push_row(r);
+        })?;
     }
     Ok(cols)
-}
-
-/// [`event_schema`] with `user_id`, `endpoint` and `method` as dictionaries.
-fn dictionary_schema() -> SchemaRef {
-    let fields: Vec<Field> = event_schema()
-        .fields()
-        .iter()
-        .map(|f| match f.name().as_str() {
-            "user_id" | "endpoint" | "method" => Field::new(
-                f.name(),
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                false,
-            ),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-/// Appends the rows of a batch read with [`dictionary_schema`].
-fn append(cols: &mut Columns, b: &RecordBatch) -> Result<()> {
-    let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
-    if b.columns().iter().any(|c| c.null_count() > 0) {
-        return Err(bad("null values in an events file"));
-    }
-    let rid = b
-        .column(0)
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("request_id is not utf8"))?;
-    let ts = b
-        .column(1)
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| bad("timestamp is not in microseconds"))?;
-    let st = b
-        .column(5)
-        .as_primitive_opt::<UInt16Type>()
-        .ok_or_else(|| bad("status_code is not u16"))?;
-    let lat = b
-        .column(6)
-        .as_primitive_opt::<Float64Type>()
-        .ok_or_else(|| bad("latency_ms is not f64"))?;
-    for (i, target) in [
-        (2, &mut cols.user_id),
-        (3, &mut cols.endpoint),
-        (4, &mut cols.method),
-    ] {
-        let dict = b
-            .column(i)
-            .as_dictionary_opt::<Int32Type>()
-            .ok_or_else(|| bad("a string column is not a dictionary"))?;
-        let values = dict
-            .values()
-            .as_string_opt::<i32>()
-            .ok_or_else(|| bad("dictionary values are not utf8"))?;
-        let ids: Vec<u32> = (0..values.len())
-            .map(|v| target.intern(values.value(v)))
-            .collect();
-        for k in dict.keys().values() {
-            let id = usize::try_from(*k)
-                .ok()
-                .and_then(|k| ids.get(k))
-                .ok_or_else(|| bad("dictionary key out of range"))?;
-            target.ids.push(*id);
-        }
-    }
-    for r in 0..b.num_rows() {
-        cols.ts.push(ts.value(r));
-        cols.request_id.push(rid.value(r));
-        cols.status.push(st.value(r));
-        cols.latency_us.push(latency_us(lat.value(r)));
-    }
-    Ok(())
-}
-
-/// The ingest API's milliseconds, as stored.
-fn latency_us(ms: f64) -> u64 {
-    (ms * 1000.0).round() as u64
 }
 
 /// The events of a record batch with [`event_schema`].
@@ -254,7 +161,6 @@ pub(crate) fn events_of(b: &RecordBatch) -> Result<Vec<toplog_types::Event>> {
 
 /// Calls `f` with each row of a record batch with [`event_schema`], borrowed
 /// from its arrays.
-#[cfg(test)]
 fn rows_of(b: &RecordBatch, mut f: impl FnMut(Row<'_>)) -> Result<()> {
     let bad = |m: &str| EngineError::Parquet(ParquetError::General(m.to_owned()));
     let s = |i: usize| {
@@ -286,7 +192,7 @@ fn rows_of(b: &RecordBatch, mut f: impl FnMut(Row<'_>)) -> Result<()> {
             endpoint: ep.value(r),
             method: m.value(r),
             status: st.value(r),
-            latency_us: latency_us(lat.value(r)),
+            latency_us: (lat.value(r) * 1000.0).round() as u64,
         });
     }
     Ok(())
