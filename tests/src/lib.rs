@@ -214,3 +214,18 @@ pub fn utc(ms: i64) -> (String, String) {
     );
     (date, time)
 }
+
+/// The rows of a top-K answer as (key, value as a whole number): for counts.
+pub fn count_rows(body: &Value) -> Vec<(String, u64)> {
+    body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|r| {
+            (
+                r["request_id"].as_str().expect("key").to_owned(),
+                r["metric_value"].as_f64().expect("value") as u64,
+            )
+        })
+        .collect()
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, client, now_ms, send_all};
+use toplog_tests::{Server, client, count_rows, now_ms, send_all};
 
 const BUCKET: &str = "toplog-lifecycle";
 /// Bytes of a request a cut proxy lets through: the headers and part of a body.
@@ -272,7 +272,7 @@ fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str)
         server,
         &format!("/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start={rollup_from}"),
     );
-    let got = answer_rows(&body);
+    let got = count_rows(&body);
     assert_eq!(got, want, "{step}: top endpoints from {rollup_from}");
 }
 
@@ -287,21 +287,6 @@ fn ranked_endpoints<'a>(events: impl Iterator<Item = &'a Value>) -> Vec<(String,
     let mut ranked: Vec<(String, u64)> = by_endpoint.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked
-}
-
-/// The rows of a frequency top-K answer as (key, count).
-fn answer_rows(body: &Value) -> Vec<(String, u64)> {
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["request_id"].as_str().unwrap().to_owned(),
-                r["metric_value"].as_f64().unwrap() as u64,
-            )
-        })
-        .collect()
 }
 
 fn storage(server: &Server) -> Value {
@@ -565,7 +550,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         .unwrap_or_else(|| panic!("no retained_from: {body}"))
         .to_owned();
     let want = ranked_endpoints(model.iter().filter(|e| toplog_tests::utc(ts(e)).1 >= from));
-    assert_eq!(answer_rows(&body), want, "top endpoints from {from}");
+    assert_eq!(count_rows(&body), want, "top endpoints from {from}");
     // A time series over the same range says the same.
     let body = get(
         &server,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, client, now_ms, send_all, utc};
+use toplog_tests::{Server, client, count_rows, now_ms, send_all, utc};
 
 fn get(server: &Server, path: &str) -> (u16, Value) {
     let resp = client().get(server.url(path)).send().unwrap();
@@ -51,17 +51,7 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         let (s, body) = get(server, "/api/v1/requests/top-k?k=3&metric=frequency");
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["meta"]["exact"], true);
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["request_id"].as_str().unwrap().to_owned(),
-                    r["metric_value"].as_f64().unwrap() as u64,
-                )
-            })
-            .collect::<Vec<_>>()
+        count_rows(&body)
     };
     assert_eq!(ask(&server), want[..3].to_vec());
     let (_, body) = get(
