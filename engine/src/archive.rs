@@ -40,11 +40,7 @@ pub trait ArchiveStore: Send + Sync + std::fmt::Debug {
 /// The object key of an archived segment: `raw/day=YYYY-MM-DD/<segment id>.parquet`,
 /// the day being the UTC day its partition starts in.
 pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {
-    let day = partition_start.to_rfc3339();
-    format!(
-        "raw/day={}/{id:016}.parquet",
-        day.get(..10).unwrap_or("unknown")
-    )
+    format!("raw/day={}/{id:016}.parquet", partition_start.utc_date())
 }
 
 /// The rows of `cols`, in their order, as a Parquet file.

@@ -50,29 +50,19 @@ impl DictColumn {
 
     /// Appends a row; returns the bytes newly retained (0 when the value was known).
     pub(crate) fn push(&mut self, s: &str) -> usize {
-        let known = self.values.len();
-        let id = self.intern(s);
-        self.ids.push(id);
-        if self.values.len() == known {
-            0
-        } else {
-            2 * s.len() + 64
-        }
-    }
-
-    pub(crate) fn get(&self, i: usize) -> &str {
-        &self.values[self.ids[i] as usize]
-    }
-
-    /// The id of `s`, added to the dictionary if new (no row is appended).
-    pub(crate) fn intern(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.lookup.get(s) {
-            return id;
+            self.ids.push(id);
+            return 0;
         }
         let id = self.values.len() as u32;
         self.values.push(s.to_owned());
         self.lookup.insert(s.to_owned(), id);
-        id
+        self.ids.push(id);
+        2 * s.len() + 64
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &str {
+        &self.values[self.ids[i] as usize]
     }
 
     pub(crate) fn id_of(&self, s: &str) -> Option<u32> {

@@ -531,8 +531,6 @@ impl Inner {
             .collect()
     }
 
-    /// The rows of `seg`, checksums checked; of an archived segment, only
-    /// those of the row groups that may hold rows in `range` (`None`: all).
     fn archive_store(&self) -> Result<Arc<dyn ArchiveStore>> {
         self.config.archive.clone().ok_or_else(|| {
             EngineError::Unavailable("segments are archived but no archive is configured".into())
@@ -552,27 +550,30 @@ impl Inner {
         Ok(id)
     }
 
-    fn decoded(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<Arc<Columns>> {
-        {
-            let mut cache = lock(&self.decoded);
-            if let Some(at) = cache.iter().position(|(id, _, _)| *id == seg.id) {
-                let hit = cache.remove(at);
-                let cols = hit.1.clone();
-                cache.push(hit);
-                return Ok(cols);
-            }
-        }
-        let cols = match &seg.stored {
+    /// A decoded segment from the cache, made the most recently used.
+    fn cached(&self, id: SegmentId) -> Option<Arc<Columns>> {
+        let mut cache = lock(&self.decoded);
+        let at = cache.iter().position(|(cached, _, _)| *cached == id)?;
+        let hit = cache.remove(at);
+        let cols = hit.1.clone();
+        cache.push(hit);
+        Some(cols)
+    }
+
+    /// Decodes `seg`, checksums checked; of an archived segment, only the row
+    /// groups that may hold rows in `range` (`None`: all). Also says whether
+    /// all of the segment was read.
+    fn load(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<(Columns, bool)> {
+        match &seg.stored {
             Stored::Local(bytes) => {
-                segment::decode(bytes)
-                    .map_err(|e| EngineError::Corrupt {
-                        path: seg.path.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .1
+                let (_, cols) = segment::decode(bytes).map_err(|e| EngineError::Corrupt {
+                    path: seg.path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok((cols, true))
             }
             Stored::Archived { key, bytes } => {
-                // A range over the whole segment reads (and caches) all of it.
+                // A range over the whole segment reads all of it.
                 let range = range.filter(|r| !r.contains_all(seg.meta.min_ts, seg.meta.max_ts));
                 let cols =
                     archive::read(&self.archive_store()?, key, *bytes, range).map_err(|e| {
@@ -581,14 +582,22 @@ impl Inner {
                             reason: format!("reading segment {}: {e}", seg.id),
                         }
                     })?;
-                if range.is_some() {
-                    // Part of the file: not for the cache.
-                    return Ok(Arc::new(cols));
-                }
-                cols
+                Ok((cols, range.is_none()))
             }
-        };
+        }
+    }
+
+    /// The rows of `seg` (see [`Inner::load`]) for reads: whole segments are
+    /// kept in the cache, least recently used out first.
+    fn decoded(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<Arc<Columns>> {
+        if let Some(cols) = self.cached(seg.id) {
+            return Ok(cols);
+        }
+        let (cols, whole) = self.load(seg, range)?;
         let cols = Arc::new(cols);
+        if !whole {
+            return Ok(cols);
+        }
         let mut cache = lock(&self.decoded);
         // Another reader may have decoded it meanwhile.
         if let Some((_, theirs, _)) = cache.iter().find(|(id, _, _)| *id == seg.id) {
@@ -600,6 +609,15 @@ impl Inner {
             held -= cache.remove(0).2;
         }
         Ok(cols)
+    }
+
+    /// All rows of `seg` for a maintenance step about to replace it: from the
+    /// cache if there, but not added to it.
+    fn read_whole(&self, seg: &Segment) -> Result<Arc<Columns>> {
+        match self.cached(seg.id) {
+            Some(cols) => Ok(cols),
+            None => Ok(Arc::new(self.load(seg, None)?.0)),
+        }
     }
 }
 
@@ -1130,12 +1148,7 @@ impl Inner {
         next.segments.retain(|e| !gone(&e.id));
         let at = at.unwrap_or(next.segments.len()).min(next.segments.len());
         next.segments.splice(at..at, add.iter().map(|s| s.entry()));
-        if let Err(e) = next.store(&self.fs, &self.config.data_dir) {
-            // The rename may or may not have happened: which manifest a restart
-            // finds is unknown, so this process must not go on from either.
-            self.poison(format!("storing the manifest failed: {e}"));
-            return Err(e);
-        }
+        self.store_manifest(&next)?;
         *manifest = next;
         let mut st = self.write();
         st.segments.retain(|s| !gone(&s.id));
@@ -1143,6 +1156,16 @@ impl Inner {
         drop(st);
         lock(&self.decoded).retain(|(id, _, _)| !gone(id));
         Ok(())
+    }
+
+    /// Stores `next` as the manifest (the caller holds the manifest lock).
+    /// On failure the rename may or may not have happened: which manifest a
+    /// restart finds is unknown, so this process stops taking writes.
+    fn store_manifest(&self, next: &Manifest) -> Result<()> {
+        next.store(&self.fs, &self.config.data_dir)
+            .inspect_err(|e| {
+                self.poison(format!("storing the manifest failed: {e}"));
+            })
     }
 
     fn remove_quietly(&self, path: &Path, what: &str) {
@@ -1170,10 +1193,10 @@ impl Inner {
             dropped[g.index()] = kept.drop_before(g, expired_before(g));
         }
         let expired = |g: Granularity, day: Micros| day < expired_before(g);
-        let stale_tiers = manifest
-            .rollup_tiers
-            .iter()
-            .any(|t| Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day)));
+        let tier_expired = |t: &manifest::RollupTierFile| {
+            Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
+        };
+        let stale_tiers = manifest.rollup_tiers.iter().any(tier_expired);
         if dirty.is_empty() && manifest.rollup_files.is_empty() && !stale_tiers {
             return Ok(dropped);
         }
@@ -1186,7 +1209,7 @@ impl Inner {
             let file = format!(
                 "{}-{}-g{}.cube",
                 g.name(),
-                day.to_rfc3339().get(..10).unwrap_or("day"),
+                day.utc_date(),
                 next.rollup_generation
             );
             manifest::write_durable(&self.fs, &dir.join(&file), &part.to_file())?;
@@ -1203,17 +1226,14 @@ impl Inner {
             written
                 .iter()
                 .any(|w| w.granularity == t.granularity && w.day == t.day)
-                || Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
+                || tier_expired(t)
         };
         let (old_tiers, kept_tiers): (Vec<_>, Vec<_>) =
             next.rollup_tiers.drain(..).partition(|t| replaced(t));
         next.rollup_tiers = kept_tiers;
         next.rollup_tiers.extend(written);
         let old_files = std::mem::take(&mut next.rollup_files);
-        if let Err(e) = next.store(&self.fs, &self.config.data_dir) {
-            self.poison(format!("storing the manifest failed: {e}"));
-            return Err(e);
-        }
+        self.store_manifest(&next)?;
         *manifest = next;
         {
             let mut st = self.write();
@@ -1304,7 +1324,7 @@ impl Engine {
         }
         let mut cols = Columns::default();
         for s in &olds {
-            let part = self.inner.decoded(s, None)?;
+            let part = self.inner.read_whole(s)?;
             for i in 0..part.len() {
                 cols.push(&part.event(i));
             }
@@ -1390,7 +1410,7 @@ impl Engine {
         if matches!(seg.stored, Stored::Archived { .. }) {
             return Ok(seg.info());
         }
-        let cols = self.inner.decoded(&seg, None)?;
+        let cols = self.inner.read_whole(&seg)?;
         let key = archive::segment_key(seg.meta.partition_start, id.get());
         let failed = |e: std::io::Error| EngineError::Archive {
             key: key.clone(),
@@ -1484,11 +1504,7 @@ impl Engine {
             let mut manifest = lock(&self.inner.manifest);
             let mut next = manifest.clone();
             next.archived_rollups = tiers.clone();
-            if let Err(e) = next.store(&self.inner.fs, &self.inner.config.data_dir) {
-                self.inner
-                    .poison(format!("storing the manifest failed: {e}"));
-                return Err(e);
-            }
+            self.inner.store_manifest(&next)?;
             *manifest = next;
         }
         for file in copied.iter().filter(|f| !tiers.contains(f)) {

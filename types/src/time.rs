@@ -69,6 +69,14 @@ impl Micros {
     }
 
     /// RFC 3339 in UTC with microseconds, e.g. `2026-01-02T03:04:05.123456Z`.
+    /// The UTC date, `YYYY-MM-DD` (the raw number if out of range).
+    pub fn utc_date(self) -> String {
+        match DateTime::<Utc>::from_timestamp_micros(self.0) {
+            Some(dt) => dt.format("%Y-%m-%d").to_string(),
+            None => self.0.to_string(),
+        }
+    }
+
     pub fn to_rfc3339(self) -> String {
         match DateTime::<Utc>::from_timestamp_micros(self.0) {
             Some(dt) => dt.to_rfc3339_opts(SecondsFormat::Micros, true),
