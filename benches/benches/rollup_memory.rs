@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
+use toplog_benches::workload::{Generator, Workload};
 use toplog_benches::{SplitMix, events_over};
 use toplog_engine::{DEFAULT_ROLLUP_KEY_BUDGET, Dimension, Granularity, Rollups};
 use toplog_types::Micros;
@@ -66,9 +67,9 @@ fn main() {
     let n = env("TOPLOG_BENCH_EVENTS", 3_000_000);
     let users = env("TOPLOG_BENCH_USERS", 1_000_000) as u64;
     println!(
-        "| distinct users | budget | rollup heap | per event | cube updates/s | user keys kept (day) | top-10 users exact? |"
+        "| distinct users | budget | open cubes: heap | per event | packed: heap | per event | cube updates/s | user keys kept (day) | top-10 users exact? |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (users, budget) in [
         (users, DEFAULT_ROLLUP_KEY_BUDGET),
         (users, usize::MAX),
@@ -76,6 +77,49 @@ fn main() {
     ] {
         run(n, users, budget);
     }
+    month(env("TOPLOG_BENCH_MONTH_EVENTS", 10_000_000) as u64);
+}
+
+/// The rollups a node keeps for issue 4's workload (`loadgen`'s: 2,000
+/// endpoints, 1,000,000 users, 30 days), built as the engine builds them: open
+/// cubes for a memtable's worth of events, merged (packed) into the flushed
+/// rollups at each flush.
+fn month(n: u64) {
+    let w = Workload {
+        seed: 1,
+        endpoints: 2_000,
+        users: 1_000_000,
+        end: Micros::new(T0 + 30 * DAY),
+        span_us: 30 * DAY,
+    };
+    let before = LIVE.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut flushed = Rollups::default();
+    let mut open = Rollups::default();
+    let mut peak = 0;
+    for (i, e) in Generator::new(w, n).enumerate() {
+        open.add(&e);
+        if (i + 1) % 500_000 == 0 {
+            peak = peak.max(LIVE.load(Ordering::Relaxed) - before);
+            flushed.merge(&std::mem::take(&mut open));
+        }
+    }
+    flushed.merge(&open);
+    drop(open);
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64;
+    println!();
+    println!(
+        "| events (30 days) | rollups heap, flushed (keys included) | per event | peak while adding | events/s added |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {n} | {:.0} MiB | {:.0} B | {:.0} MiB | {:.0} K |",
+        bytes / (1 << 20) as f64,
+        bytes / n as f64,
+        peak.max(bytes as isize) as f64 / (1 << 20) as f64,
+        n as f64 / secs / 1e3,
+    );
 }
 
 fn run(n: usize, users: u64, budget: usize) {
@@ -105,6 +149,12 @@ fn run(n: usize, users: u64, budget: usize) {
         }
         let secs = started.elapsed().as_secs_f64();
         let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64;
+        // What the engine keeps once the rows are flushed: the cubes packed.
+        let mut packed = Rollups::new(budget);
+        packed.merge(&r);
+        drop(r);
+        let r = packed;
+        let packed_bytes = (LIVE.load(Ordering::Relaxed) - before) as f64;
         let mut kept = 0;
         let mut top: Vec<(String, u64, u64)> = Vec::new();
         r.visit(
@@ -113,11 +163,8 @@ fn run(n: usize, users: u64, budget: usize) {
             Micros::new(T0 + 1),
             Dimension::UserId,
             |cube| {
-                kept = cube.cells().count();
-                top = cube
-                    .cells()
-                    .map(|(k, c)| (k.to_owned(), c.count, c.missed))
-                    .collect();
+                kept = cube.len();
+                cube.cells(false, |k, c| top.push((k.to_owned(), c.count, c.missed)));
             },
         );
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -127,7 +174,7 @@ fn run(n: usize, users: u64, budget: usize) {
             .zip(&exact)
             .all(|((k, c, m), (tk, tc))| k == tk && c <= tc && *tc <= c + m);
         println!(
-            "| {distinct} | {} | {:.0} MiB | {:.0} B | {:.2} M | {kept} | {} |",
+            "| {distinct} | {} | {:.0} MiB | {:.0} B | {:.0} MiB | {:.0} B | {:.2} M | {kept} | {} |",
             if budget == usize::MAX {
                 "none".to_owned()
             } else {
@@ -135,9 +182,10 @@ fn run(n: usize, users: u64, budget: usize) {
             },
             bytes / (1 << 20) as f64,
             bytes / n as f64,
+            packed_bytes / (1 << 20) as f64,
+            packed_bytes / n as f64,
             n as f64 / secs / 1e6,
             if same { "yes, within bounds" } else { "NO" },
         );
-        drop(r);
     }
 }

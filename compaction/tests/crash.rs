@@ -89,9 +89,9 @@ fn view(engine: &Engine) -> View {
     let mut rollups = BTreeMap::new();
     for g in Granularity::ALL {
         engine.visit_rollups(g, all.start, all.end, Dimension::Endpoint, |cube| {
-            for (k, cell) in cube.cells() {
+            cube.cells(false, |k, cell| {
                 *rollups.entry((g.name(), k.to_owned())).or_default() += cell.count;
-            }
+            });
         });
     }
     View { events, rollups }

@@ -377,6 +377,13 @@ impl Inner {
         self.flusher.1.notify_one();
     }
 
+    /// Whether the partition starting at `start` may hold rows in `range`:
+    /// a read skips memtables of other partitions without scanning them.
+    fn partition_overlaps(&self, start: i64, range: &TimeRange) -> bool {
+        let last = start.saturating_add(self.config.partition_us() - 1);
+        range.overlaps(Micros::new(start), Micros::new(last))
+    }
+
     fn flush_due(&self) -> bool {
         let st = self.read();
         st.active_bytes >= self.config.memtable_max_bytes
@@ -480,7 +487,11 @@ impl Inner {
         let rollup_dir = self.dir(ROLLUP_DIR);
         if !cells.is_empty() {
             let file = format!("{:020}.cube", upto.get());
-            manifest::write_durable(&self.fs, &rollup_dir.join(&file), &cells.to_file())?;
+            let path = rollup_dir.join(&file);
+            let image = cells
+                .to_file()
+                .map_err(io_err("encoding rollups for", &path))?;
+            manifest::write_durable(&self.fs, &path, &image)?;
             next.rollup_files.push(file);
         }
         if !new_keys.is_empty() {
@@ -916,7 +927,7 @@ impl Engine {
         let (mut segments, frozen, mut candidates) = self.snapshot(&range, |cols| {
             scan::collect(cols, false, &range, filters, after, want)
         });
-        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+        for (_, cols) in self.frozen_in(&frozen, &range) {
             candidates.extend(scan::collect(cols, false, &range, filters, after, want));
         }
         scan::keep_first(&mut candidates, want);
@@ -948,7 +959,7 @@ impl Engine {
             vec![scan::count(cols, false, &range, filters)]
         });
         let mut total: u64 = active.iter().sum();
-        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+        for (_, cols) in self.frozen_in(&frozen, &range) {
             total += scan::count(cols, false, &range, filters);
         }
         for seg in segments {
@@ -977,8 +988,25 @@ impl Engine {
             .filter(|s| range.overlaps(s.meta.min_ts, s.meta.max_ts))
             .cloned()
             .collect();
-        let active = st.active.values().flat_map(on_active).collect();
+        let active = st
+            .active
+            .iter()
+            .filter(|(start, _)| self.inner.partition_overlaps(**start, range))
+            .flat_map(|(_, cols)| on_active(cols))
+            .collect();
         (segs, st.frozen.clone(), active)
+    }
+
+    /// The memtables among `frozen` whose partition overlaps `range`.
+    fn frozen_in<'a>(
+        &'a self,
+        frozen: &'a [Frozen],
+        range: &'a TimeRange,
+    ) -> impl Iterator<Item = &'a (i64, Columns)> + 'a {
+        frozen
+            .iter()
+            .flat_map(|f| f.iter())
+            .filter(move |(start, _)| self.inner.partition_overlaps(*start, range))
     }
 
     /// Calls `f` with the cube of `dim` of every bucket of `g` that starts in
@@ -1035,7 +1063,7 @@ impl Engine {
             vec![out]
         });
         let mut out = std::collections::HashMap::new();
-        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+        for (_, cols) in self.frozen_in(&frozen, &range) {
             scan::aggregate(cols, false, &range, filters, dim, &mut out);
         }
         for seg in segments {
@@ -1074,7 +1102,7 @@ impl Engine {
         let (segments, frozen, mut out) = self.snapshot(&range, |cols| {
             scan::by_latency(cols, &range, filters, k, asc)
         });
-        for (_, cols) in frozen.iter().flat_map(|f| f.iter()) {
+        for (_, cols) in self.frozen_in(&frozen, &range) {
             out.extend(scan::by_latency(cols, &range, filters, k, asc));
         }
         for seg in segments {
@@ -1212,7 +1240,11 @@ impl Inner {
                 day.utc_date(),
                 next.rollup_generation
             );
-            manifest::write_durable(&self.fs, &dir.join(&file), &part.to_file())?;
+            let path = dir.join(&file);
+            let image = part
+                .to_file()
+                .map_err(io_err("encoding rollups for", &path))?;
+            manifest::write_durable(&self.fs, &path, &image)?;
             written.push(manifest::RollupTierFile {
                 file,
                 granularity: g.name().to_owned(),

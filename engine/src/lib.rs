@@ -9,6 +9,7 @@ mod columns;
 mod engine;
 mod error;
 mod idempotency;
+mod keys;
 mod manifest;
 pub mod parquet;
 mod rollup;
@@ -22,7 +23,7 @@ pub use engine::{
     Retention, RollupTier, SegmentInfo, StorageStats,
 };
 pub use error::{EngineError, Result};
-pub use rollup::{Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Overflow, Rollups};
+pub use rollup::{Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Key, Overflow, Rollups};
 pub use scan::{Cursor, Filters, Page, TimeRange};
 pub use segment::{SegmentError, SegmentMeta, decode_segment_events, encode_segment_events};
 pub use sketch::{LatencySketch, SKETCH_RELATIVE_ERROR, quantile_index};

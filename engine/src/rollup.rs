@@ -3,12 +3,14 @@
 //! a mergeable sketch. Cells are additive, so any set of buckets merges into
 //! the same answer the raw rows would give.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use toplog_types::{Event, Micros};
 
 use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
+use crate::keys::{KeyId, Keys};
 use crate::sketch::LatencySketch;
 
 /// A bucket length maintained by the cubes.
@@ -109,6 +111,11 @@ impl Dimension {
         }
     }
 
+    /// `name` as a key of this dimension; `None` if no cube ever had it.
+    pub fn key(self, name: &str) -> Option<Key> {
+        Keys::of(self).id(name).map(|id| Key { dim: self, id })
+    }
+
     /// This dimension's value in an event.
     pub fn key_of(self, e: &Event) -> std::borrow::Cow<'_, str> {
         match self {
@@ -194,6 +201,8 @@ impl Cell {
 
 const FILE_MAGIC: &[u8; 8] = b"TPLGCUB\0";
 const FILE_VERSION: u32 = 2;
+/// Bytes of a rollup file's header.
+const FILE_HEADER: usize = 36;
 
 /// What a cube bucket keeps of the keys it evicted once it held more keys
 /// than its budget (a Space-Saving summary, evicting in batches).
@@ -206,61 +215,124 @@ pub struct Overflow {
     pub evicted: Cell,
 }
 
+/// A key of one dimension, looked up once to be read in many cubes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    dim: Dimension,
+    id: KeyId,
+}
+
 /// Cells a cube lists in [`Cube::heaviest`].
 pub const HEAVIEST_LISTED: usize = 64;
 
-/// One dimension's cells in one bucket.
-#[derive(Debug, Clone, Default)]
+/// One dimension's cells in one bucket. A cube still being added to (the open
+/// memtables' rows) holds a [`Cell`] per key; a cube of flushed rows is packed:
+/// its cells sorted by key id, each a few bytes (see [`Packed`]).
+#[derive(Debug, Clone)]
 pub struct Cube {
-    cells: HashMap<String, Cell, foldhash::fast::RandomState>,
+    dim: Dimension,
+    cells: Cells,
     /// Set once the bucket has had more keys than its budget.
-    overflow: Option<Overflow>,
+    overflow: Option<Box<Overflow>>,
     /// [`Cube::heaviest`], computed when first asked for and dropped whenever
     /// the cube changes, so a closed bucket sorts its cells once.
-    heaviest: OnceLock<Vec<(u64, String)>>,
+    heaviest: OnceLock<Box<[(u64, &'static str)]>>,
+}
+
+#[derive(Debug, Clone)]
+enum Cells {
+    Open(HashMap<KeyId, Cell, foldhash::fast::RandomState>),
+    Packed(Packed),
 }
 
 impl Cube {
-    /// The cells, one per key, in no particular order.
-    pub fn cells(&self) -> impl Iterator<Item = (&str, &Cell)> {
-        self.cells.iter().map(|(k, c)| (k.as_str(), c))
+    fn new(dim: Dimension) -> Self {
+        Self {
+            dim,
+            cells: Cells::Packed(Packed::default()),
+            overflow: None,
+            heaviest: OnceLock::new(),
+        }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Cell> {
-        self.cells.get(key)
+    /// Calls `f` with every cell and its key, in no particular order. Without
+    /// `sketches` the cells come without their sketch (`None`), which is cheaper.
+    pub fn cells(&self, sketches: bool, mut f: impl FnMut(&'static str, &Cell)) {
+        Keys::of(self.dim).with_names(|name| self.cells_by_id(sketches, |id, c| f(name(id), c)));
+    }
+
+    fn cells_by_id(&self, sketches: bool, mut f: impl FnMut(KeyId, &Cell)) {
+        match &self.cells {
+            Cells::Open(cells) => cells.iter().for_each(|(id, c)| f(*id, c)),
+            Cells::Packed(p) => p.each(sketches, f),
+        }
+    }
+
+    /// The cell of `key` (without its sketch unless `sketches`).
+    pub fn get(&self, key: Key, sketches: bool) -> Option<Cow<'_, Cell>> {
+        if key.dim != self.dim {
+            return None;
+        }
+        match &self.cells {
+            Cells::Open(cells) => cells.get(&key.id).map(Cow::Borrowed),
+            Cells::Packed(p) => {
+                let i = p.ids.binary_search(&key.id).ok()?;
+                let mut cell = Cell::new(false);
+                p.unpack(i, sketches, &mut cell);
+                Some(Cow::Owned(cell))
+            }
+        }
+    }
+
+    /// The requests of `key` (0 without a cell).
+    pub fn count(&self, key: Key) -> u64 {
+        if key.dim != self.dim {
+            return 0;
+        }
+        match &self.cells {
+            Cells::Open(cells) => cells.get(&key.id).map_or(0, |c| c.count),
+            Cells::Packed(p) => p.ids.binary_search(&key.id).map_or(0, |i| p.count(i)),
+        }
+    }
+
+    fn contains(&self, id: KeyId) -> bool {
+        match &self.cells {
+            Cells::Open(cells) => cells.contains_key(&id),
+            Cells::Packed(p) => p.ids.binary_search(&id).is_ok(),
+        }
     }
 
     /// Keys with a cell.
     pub fn len(&self) -> usize {
-        self.cells.len()
+        match &self.cells {
+            Cells::Open(cells) => cells.len(),
+            Cells::Packed(p) => p.ids.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.len() == 0
     }
 
     /// (count, key) of the [`HEAVIEST_LISTED`] cells with the most requests,
     /// most first, ties by key ascending: every cell when there are no more.
-    pub fn heaviest(&self) -> &[(u64, String)] {
+    pub fn heaviest(&self) -> &[(u64, &'static str)] {
         self.heaviest.get_or_init(|| {
-            let mut all: Vec<(u64, &str)> = self
-                .cells
-                .iter()
-                .map(|(k, c)| (c.count, k.as_str()))
-                .collect();
+            let mut all: Vec<(u64, &'static str)> = Vec::with_capacity(self.len());
+            self.cells(false, |k, c| all.push((c.count, k)));
             let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
             if all.len() > HEAVIEST_LISTED {
                 all.select_nth_unstable_by(HEAVIEST_LISTED - 1, order);
                 all.truncate(HEAVIEST_LISTED);
             }
             all.sort_unstable_by(order);
-            all.into_iter().map(|(c, k)| (c, k.to_owned())).collect()
+            all.into_boxed_slice()
         })
     }
 
     /// `None` while every key of the bucket has its own exact cell.
     pub fn overflow(&self) -> Option<&Overflow> {
-        self.overflow.as_ref()
+        self.overflow.as_deref()
     }
 
     /// No key absent from this cube has more requests in the bucket (0 while
@@ -269,43 +341,69 @@ impl Cube {
         self.overflow.as_ref().map_or(0, |o| o.floor)
     }
 
+    /// The cells, unpacked to be changed.
+    fn open(&mut self) -> &mut HashMap<KeyId, Cell, foldhash::fast::RandomState> {
+        self.heaviest.take();
+        if let Cells::Packed(p) = &self.cells {
+            let mut cells = HashMap::with_capacity_and_hasher(p.ids.len(), Default::default());
+            p.each(true, |id, cell| {
+                cells.insert(id, cell.clone());
+            });
+            self.cells = Cells::Open(cells);
+        }
+        match &mut self.cells {
+            Cells::Open(cells) => cells,
+            Cells::Packed(_) => unreachable!("opened above"),
+        }
+    }
+
+    /// Packs the cells: done with a cube once no more requests are added to it.
+    fn pack(&mut self) {
+        if let Cells::Open(cells) = &mut self.cells {
+            self.cells = Cells::Packed(Packed::new(std::mem::take(cells).into_iter().collect()));
+        }
+    }
+
+    fn is_packed(&self) -> bool {
+        matches!(self.cells, Cells::Packed(_))
+    }
+
     /// Counts a request in the cell of `key`, created (with what it may have
     /// missed) if absent.
-    fn add(&mut self, key: &str, sketch: bool, e: &Event, bin: Option<i32>, budget: usize) {
-        self.heaviest.take();
-        if let Some(cell) = self.cells.get_mut(key) {
+    fn add(&mut self, key: KeyId, sketch: bool, e: &Event, bin: Option<i32>, budget: usize) {
+        let floor = self.floor();
+        let cells = self.open();
+        if let Some(cell) = cells.get_mut(&key) {
             cell.add_binned(e.status_code, e.latency_us, bin);
             return;
         }
         let mut cell = Cell::new(sketch);
-        cell.missed = self.floor();
+        cell.missed = floor;
         cell.add_binned(e.status_code, e.latency_us, bin);
-        self.cells.insert(key.to_owned(), cell);
+        cells.insert(key, cell);
         self.enforce_budget(budget, sketch);
     }
 
     /// Adds `other`'s cells. A key present on one side only may have up to the
     /// other side's floor of requests there, so its `missed` grows by that floor.
     fn merge(&mut self, other: &Cube, budget: usize, sketch: bool) {
-        self.heaviest.take();
         let (mine, theirs) = (self.floor(), other.floor());
+        let cells = self.open();
         if theirs > 0 {
-            for (k, c) in &mut self.cells {
-                if !other.cells.contains_key(k) {
+            for (k, c) in cells.iter_mut() {
+                if !other.contains(*k) {
                     c.missed += theirs;
                 }
             }
         }
-        for (k, cell) in &other.cells {
-            match self.cells.get_mut(k) {
-                Some(c) => c.merge(cell),
-                None => {
-                    let mut cell = cell.clone();
-                    cell.missed += mine;
-                    self.cells.insert(k.clone(), cell);
-                }
+        other.cells_by_id(true, |k, cell| match cells.get_mut(&k) {
+            Some(c) => c.merge(cell),
+            None => {
+                let mut cell = cell.clone();
+                cell.missed += mine;
+                cells.insert(k, cell);
             }
-        }
+        });
         self.overflow = match (self.overflow.take(), &other.overflow) {
             (Some(mut a), Some(b)) => {
                 a.floor += b.floor;
@@ -318,27 +416,35 @@ impl Cube {
     }
 
     /// Over budget, evicts the keys with the smallest `count + missed` (ties by
-    /// key, so the outcome does not depend on hash order) down to 7/8 of the
-    /// budget, so eviction costs O(1) per key amortised.
+    /// key, so the outcome does not depend on hash or id order) down to 7/8 of
+    /// the budget, so eviction costs O(1) per key amortised.
     fn enforce_budget(&mut self, budget: usize, sketch: bool) {
-        if self.cells.len() <= budget {
+        if self.len() <= budget {
             return;
         }
+        let keys = Keys::of(self.dim);
+        let cells = self.open();
         let keep = (budget - budget / 8).max(1);
-        let evict = self.cells.len() - keep;
-        let mut order: Vec<(u64, &String)> = self
-            .cells
-            .iter()
-            .map(|(k, c)| (c.count + c.missed, k))
-            .collect();
-        order.select_nth_unstable(evict - 1);
-        let victims: Vec<String> = order[..evict].iter().map(|(_, k)| (*k).clone()).collect();
-        let overflow = self.overflow.get_or_insert_with(|| Overflow {
-            floor: 0,
-            evicted: Cell::new(sketch),
+        let evict = cells.len() - keep;
+        let victims: Vec<KeyId> = keys.with_names(|name| {
+            let mut order: Vec<(u64, &str, KeyId)> = cells
+                .iter()
+                .map(|(k, c)| (c.count + c.missed, name(*k), *k))
+                .collect();
+            order.select_nth_unstable(evict - 1);
+            order[..evict].iter().map(|(_, _, k)| *k).collect()
         });
+        let overflow = self.overflow.get_or_insert_with(|| {
+            Box::new(Overflow {
+                floor: 0,
+                evicted: Cell::new(sketch),
+            })
+        });
+        let Cells::Open(cells) = &mut self.cells else {
+            return;
+        };
         for k in victims {
-            if let Some(c) = self.cells.remove(&k) {
+            if let Some(c) = cells.remove(&k) {
                 overflow.floor = overflow.floor.max(c.count + c.missed);
                 overflow.evicted.merge(&c);
             }
@@ -346,15 +452,291 @@ impl Cube {
         overflow.evicted.missed = 0;
         // Rehash without the tombstones the removals left, so the table keeps
         // the size of the budget instead of doubling past it.
-        self.cells.shrink_to(budget);
+        cells.shrink_to(budget);
+    }
+}
+
+/// A closed cube's cells: key ids ascending, and each cell packed in `bytes`
+/// (ends in `ends`) as
+///
+/// | field | bytes |
+/// |---|---|
+/// | flags | u8: bits 0-4 a non-zero count in status class 1xx-5xx, bit 5 a sketch, bit 6 a latency sum of 2^64 µs or more, bit 7 a non-zero `missed` |
+/// | count per class | varint per bit set among bits 0-4 (`count` is their sum); a cell of one request writes 0, then its latency, its `missed` if bit 7, and nothing else |
+/// | latency sum | varint of its low 64 bits; then the high 64 bits if bit 6 |
+/// | latency min, max - min | varints (wrapping) |
+/// | missed | varint, if bit 7 |
+/// | sketch | if bit 5: zeros, bin count, then per bin the key (zigzag for the first, the gap minus 1 after) and the count, varints |
+///
+/// A cell of a minute bucket with two requests takes about 20 bytes where a
+/// [`Cell`] with its sketch and key took about 300.
+#[derive(Debug, Clone, Default)]
+struct Packed {
+    ids: Box<[KeyId]>,
+    /// Where every [`MARK_EVERY`]-th cell starts in `bytes`: the others are
+    /// found by reading past the cells before them.
+    marks: Box<[u32]>,
+    bytes: Box<[u8]>,
+}
+
+/// Cells of a [`Packed`] per mark: a lookup reads past at most this many less one.
+const MARK_EVERY: usize = 8;
+
+impl Packed {
+    fn new(mut cells: Vec<(KeyId, Cell)>) -> Self {
+        cells.sort_unstable_by_key(|(k, _)| *k);
+        let mut bytes = Vec::new();
+        let mut marks = Vec::with_capacity(cells.len().div_ceil(MARK_EVERY));
+        for (i, (_, c)) in cells.iter().enumerate() {
+            if i % MARK_EVERY == 0 {
+                marks.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+            }
+            pack_cell(&mut bytes, c);
+        }
+        Self {
+            ids: cells.iter().map(|(k, _)| *k).collect(),
+            marks: marks.into_boxed_slice(),
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    /// The requests of cell `i`, read without the rest of it.
+    fn count(&self, i: usize) -> u64 {
+        let (flags, mut r) = Varints::of_cell(self.cell(i));
+        // A class count of 0 is a cell of one request (see [`pack_cell`]).
+        (0..5)
+            .filter(|c| flags & (1 << c) != 0)
+            .map(|_| r.next().max(1))
+            .sum()
+    }
+
+    /// The bytes from cell `i` on.
+    fn cell(&self, i: usize) -> &[u8] {
+        let mut at = self.marks.get(i / MARK_EVERY).map_or(0, |m| *m as usize);
+        let mut scratch = Cell::new(false);
+        for _ in 0..i % MARK_EVERY {
+            at += unpack_cell(
+                self.bytes.get(at..).unwrap_or_default(),
+                false,
+                &mut scratch,
+            );
+        }
+        self.bytes.get(at..).unwrap_or_default()
+    }
+
+    /// Cell `i` into `into` (reusing its sketch's allocation).
+    fn unpack(&self, i: usize, sketches: bool, into: &mut Cell) {
+        unpack_cell(self.cell(i), sketches, into);
+    }
+
+    /// Calls `f` with every cell in key id order.
+    fn each(&self, sketches: bool, mut f: impl FnMut(KeyId, &Cell)) {
+        let mut cell = Cell::new(false);
+        let mut at = 0;
+        for id in &self.ids {
+            at += unpack_cell(
+                self.bytes.get(at..).unwrap_or_default(),
+                sketches,
+                &mut cell,
+            );
+            f(*id, &cell);
+        }
+    }
+}
+
+const HAS_SKETCH: u8 = 1 << 5;
+const HIGH_SUM: u8 = 1 << 6;
+const HAS_MISSED: u8 = 1 << 7;
+
+fn pack_cell(out: &mut Vec<u8>, c: &Cell) {
+    let mut flags = 0u8;
+    for (i, n) in c.by_class.iter().enumerate() {
+        if *n > 0 {
+            flags |= 1 << i;
+        }
+    }
+    let high = (c.latency_sum_us >> 64) as u64;
+    if c.sketch.is_some() {
+        flags |= HAS_SKETCH;
+    }
+    if high > 0 {
+        flags |= HIGH_SUM;
+    }
+    if c.missed > 0 {
+        flags |= HAS_MISSED;
+    }
+    out.push(flags);
+    let single = c.count == 1
+        && c.latency_sum_us == u128::from(c.latency_min_us)
+        && c.latency_min_us == c.latency_max_us
+        && c.sketch
+            .as_ref()
+            .is_none_or(|s| s.is_single(c.latency_min_us));
+    if single {
+        // One request: its class count as 0, and its latency is the sum, the
+        // min, the max and the sketch's one value.
+        put_varint(out, 0);
+        put_varint(out, c.latency_min_us);
+        if c.missed > 0 {
+            put_varint(out, c.missed);
+        }
+        return;
+    }
+    for n in c.by_class.into_iter().filter(|n| *n > 0) {
+        put_varint(out, n);
+    }
+    put_varint(out, c.latency_sum_us as u64);
+    if high > 0 {
+        put_varint(out, high);
+    }
+    put_varint(out, c.latency_min_us);
+    put_varint(out, c.latency_max_us.wrapping_sub(c.latency_min_us));
+    if c.missed > 0 {
+        put_varint(out, c.missed);
+    }
+    if let Some(s) = &c.sketch {
+        let (zeros, bins) = s.parts();
+        put_varint(out, zeros);
+        put_varint(out, bins.len() as u64);
+        let mut last = None;
+        for &(key, n) in bins {
+            match last {
+                None => put_varint(out, zigzag(i64::from(key))),
+                Some(prev) => put_varint(out, (i64::from(key) - i64::from(prev) - 1) as u64),
+            }
+            put_varint(out, n);
+            last = Some(key);
+        }
+    }
+}
+
+/// Reads what [`pack_cell`] wrote at the start of `bytes` (bytes this process
+/// packed: a read past the end gives 0, it never panics); returns its length.
+fn unpack_cell(bytes: &[u8], sketches: bool, c: &mut Cell) -> usize {
+    let (flags, mut r) = Varints::of_cell(bytes);
+    let mut single = false;
+    for (i, n) in c.by_class.iter_mut().enumerate() {
+        *n = match flags & (1 << i) != 0 {
+            false => 0,
+            true => match r.next() {
+                0 => {
+                    single = true;
+                    1
+                }
+                n => n,
+            },
+        };
+    }
+    c.count = c.by_class.iter().sum();
+    if single {
+        let latency = r.next();
+        c.latency_sum_us = u128::from(latency);
+        (c.latency_min_us, c.latency_max_us) = (latency, latency);
+        c.missed = if flags & HAS_MISSED != 0 { r.next() } else { 0 };
+        c.sketch = (flags & HAS_SKETCH != 0 && sketches).then(|| {
+            let mut s = c.sketch.take().unwrap_or_default();
+            s.refill_single(latency);
+            s
+        });
+        return r.pos;
+    }
+    let low = r.next();
+    let high = if flags & HIGH_SUM != 0 { r.next() } else { 0 };
+    c.latency_sum_us = u128::from(low) | (u128::from(high) << 64);
+    c.latency_min_us = r.next();
+    c.latency_max_us = c.latency_min_us.wrapping_add(r.next());
+    c.missed = if flags & HAS_MISSED != 0 { r.next() } else { 0 };
+    if flags & HAS_SKETCH == 0 {
+        c.sketch = None;
+        return r.pos;
+    }
+    let zeros = r.next();
+    let n = r.next();
+    if !sketches {
+        c.sketch = None;
+        for _ in 0..2 * n {
+            r.next();
+        }
+        return r.pos;
+    }
+    let sketch = c.sketch.get_or_insert_with(LatencySketch::default);
+    let mut key = 0i64;
+    sketch.refill(
+        zeros,
+        (0..n).map(|i| {
+            let v = r.next();
+            key = if i == 0 {
+                unzigzag(v)
+            } else {
+                key + v as i64 + 1
+            };
+            (key as i32, r.next())
+        }),
+    );
+    r.pos
+}
+
+/// Varints read from a packed cell, after its flags byte.
+struct Varints<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Varints<'a> {
+    /// The flags of a packed cell and a reader of what follows them.
+    fn of_cell(bytes: &'a [u8]) -> (u8, Self) {
+        (bytes.first().copied().unwrap_or(0), Self { bytes, pos: 1 })
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut v = 0u64;
+        let mut shift = 0;
+        while let Some(&b) = self.bytes.get(self.pos) {
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift.min(63);
+            shift += 7;
+            if b < 0x80 {
+                break;
+            }
+        }
+        v
     }
 }
 
 /// One bucket: a cube per dimension.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Bucket {
     cubes: [Cube; 5],
 }
+
+impl Bucket {
+    fn new() -> Self {
+        Self {
+            cubes: Dimension::ALL.map(Cube::new),
+        }
+    }
+
+    /// This bucket with every cube packed: itself if they are already.
+    fn packed(bucket: &Arc<Bucket>) -> Arc<Bucket> {
+        if bucket.is_packed() {
+            return bucket.clone();
+        }
+        let mut b = Bucket::clone(bucket);
+        b.pack();
+        Arc::new(b)
+    }
+
+    fn is_packed(&self) -> bool {
+        self.cubes.iter().all(Cube::is_packed)
+    }
+
+    fn pack(&mut self) {
+        self.cubes.iter_mut().for_each(Cube::pack);
+    }
+}
+
+/// Buckets per granularity that [`Rollups::add`] keeps open.
+const OPEN_BUCKETS: usize = 4;
 
 /// Every bucket of every granularity: the cubes of a set of requests.
 /// Buckets are shared between clones and copied when first changed, so a
@@ -364,6 +746,9 @@ pub struct Rollups {
     levels: [BTreeMap<i64, Arc<Bucket>>; 3],
     /// Most keys a cube bucket holds cells for.
     budget: usize,
+    /// Per granularity, the starts of the buckets [`Rollups::add`] wrote to
+    /// last, least recent first: every other bucket is packed.
+    open: [Vec<i64>; 3],
 }
 
 impl Default for Rollups {
@@ -378,41 +763,65 @@ impl Rollups {
         Self {
             levels: Default::default(),
             budget: budget.max(1),
+            open: Default::default(),
         }
     }
 
     /// Counts `e` in the bucket of each granularity of each cube.
     pub fn add(&mut self, e: &Event) {
         let bin = LatencySketch::bin(e.latency_us);
-        // Keys derived from the event, built once instead of once per granularity.
-        let status = e.status_code.to_string();
-        let class = Dimension::endpoint_class_key(e.status_code / 100, &e.endpoint);
+        // Keys looked up once instead of once per granularity.
+        let ids = Dimension::ALL.map(|d| Keys::of(d).intern(&d.key_of(e)));
         for g in Granularity::ALL {
             let start = e.timestamp.floor_to(g.len_us()).get();
-            let bucket = Arc::make_mut(self.levels[g.index()].entry(start).or_default());
+            self.keep_open(g, start);
+            let bucket = self.levels[g.index()]
+                .entry(start)
+                .or_insert_with(|| Arc::new(Bucket::new()));
+            let bucket = Arc::make_mut(bucket);
             for d in Dimension::ALL {
-                if !d.granularities().contains(&g) {
-                    continue;
+                if d.granularities().contains(&g) {
+                    bucket.cubes[d.index()].add(
+                        ids[d.index()],
+                        d.keeps_sketch(),
+                        e,
+                        bin,
+                        self.budget,
+                    );
                 }
-                let key = match d {
-                    Dimension::Endpoint => &e.endpoint,
-                    Dimension::StatusCode => &status,
-                    Dimension::Method => &e.method,
-                    Dimension::UserId => &e.user_id,
-                    Dimension::EndpointStatusClass => &class,
-                };
-                bucket.cubes[d.index()].add(key, d.keeps_sketch(), e, bin, self.budget);
             }
         }
     }
 
-    /// Adds every cell of `other` to `self`. A bucket `self` lacks is shared,
-    /// not copied.
+    /// Notes that the bucket of `g` at `start` is written to. Of the buckets
+    /// written to, the [`OPEN_BUCKETS`] most recent stay open and the one
+    /// falling out is packed: requests arrive roughly in time order (a backfill
+    /// and live traffic at once are two such streams), so a bucket left behind
+    /// is done with, and packed its cells take a tenth of the memory. A late
+    /// request unpacks it again.
+    fn keep_open(&mut self, g: Granularity, start: i64) {
+        let open = &mut self.open[g.index()];
+        if open.last() == Some(&start) {
+            return;
+        }
+        open.retain(|s| *s != start);
+        open.push(start);
+        if open.len() > OPEN_BUCKETS {
+            let done = open.remove(0);
+            if let Some(bucket) = self.levels[g.index()].get_mut(&done) {
+                Arc::make_mut(bucket).pack();
+            }
+        }
+    }
+
+    /// Adds every cell of `other` to `self`, packing each bucket it changes:
+    /// what is merged into is closed. A bucket `self` lacks is shared, not
+    /// copied, once packed.
     pub fn merge(&mut self, other: &Rollups) {
         for (level, theirs) in self.levels.iter_mut().zip(&other.levels) {
             for (start, bucket) in theirs {
                 let Some(mine) = level.get_mut(start) else {
-                    level.insert(*start, bucket.clone());
+                    level.insert(*start, Bucket::packed(bucket));
                     continue;
                 };
                 let mine = Arc::make_mut(mine);
@@ -421,11 +830,11 @@ impl Rollups {
                     .zip(mine.cubes.iter_mut().zip(&bucket.cubes))
                 {
                     cube.merge(cells, self.budget, d.keeps_sketch());
+                    cube.pack();
                 }
             }
         }
     }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.levels.iter().all(BTreeMap::is_empty)
     }
@@ -466,7 +875,22 @@ impl Rollups {
 
     /// The cells as bytes (see docs/format.md, "Rollup file"); keys sorted so the
     /// same rollups always encode the same way.
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.encode_with(|piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        });
+        out
+    }
+
+    /// The encoding, handed to `emit` a cube at a time, so a large one is
+    /// never held whole.
+    fn encode_with(
+        &self,
+        mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let mut out = Vec::new();
         let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
         put_varint(&mut out, buckets as u64);
@@ -478,12 +902,13 @@ impl Rollups {
                 out.push(g.index() as u8);
                 out.extend_from_slice(&start.to_le_bytes());
                 for cube in &bucket.cubes {
-                    let mut keys: Vec<&String> = cube.cells.keys().collect();
-                    keys.sort();
-                    put_varint(&mut out, keys.len() as u64);
-                    for k in keys {
+                    let mut cells: Vec<(&str, Cell)> = Vec::with_capacity(cube.len());
+                    cube.cells(true, |k, c| cells.push((k, c.clone())));
+                    cells.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    put_varint(&mut out, cells.len() as u64);
+                    for (k, c) in &cells {
                         put_bytes(&mut out, k.as_bytes());
-                        put_cell(&mut out, &cube.cells[k]);
+                        put_cell(&mut out, c);
                     }
                     match &cube.overflow {
                         None => out.push(0),
@@ -493,10 +918,12 @@ impl Rollups {
                             put_cell(&mut out, &o.evicted);
                         }
                     }
+                    emit(&out)?;
+                    out.clear();
                 }
             }
         }
-        out
+        emit(&out)
     }
 
     pub(crate) fn decode(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
@@ -510,22 +937,26 @@ impl Rollups {
                 return Err(bad("unknown granularity"));
             }
             let start = r.i64()?;
-            let mut bucket = Bucket::default();
+            let mut bucket = Bucket::new();
             for cube in &mut bucket.cubes {
+                let keys = Keys::of(cube.dim);
                 let n = r.len(buf.len())?;
+                let mut cells = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let key = r.string()?;
-                    let cell = get_cell(&mut r, buf.len())?;
-                    if cube.cells.insert(key, cell).is_some() {
-                        return Err(bad("key listed twice"));
-                    }
+                    let key = keys.intern(&r.string()?);
+                    cells.push((key, get_cell(&mut r, buf.len())?));
                 }
+                let packed = Packed::new(cells);
+                if packed.ids.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(bad("key listed twice"));
+                }
+                cube.cells = Cells::Packed(packed);
                 cube.overflow = match r.u8()? {
                     0 => None,
-                    1 => Some(Overflow {
+                    1 => Some(Box::new(Overflow {
                         floor: r.varint()?,
                         evicted: get_cell(&mut r, buf.len())?,
-                    }),
+                    })),
                     _ => return Err(bad("bad overflow flag")),
                 };
             }
@@ -545,33 +976,43 @@ impl Rollups {
     /// |---|---|
     /// | header | magic `TPLGCUB\0` (8), version u32 = 2, reserved u32 = 0, raw_len u64, comp_len u64, crc32c u32 of the block |
     /// | block | zstd of [`Rollups::encode`] |
-    pub(crate) fn to_file(&self) -> Vec<u8> {
-        let raw = self.encode();
-        let comp = zstd::bulk::compress(&raw, 3).unwrap_or_default();
-        let mut out = Vec::with_capacity(36 + comp.len());
-        out.extend_from_slice(FILE_MAGIC);
-        out.extend_from_slice(&FILE_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(comp.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&comp).to_le_bytes());
-        out.extend_from_slice(&comp);
-        out
+    pub(crate) fn to_file(&self) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        // Compressed as it is encoded, after room for the header: the raw
+        // encoding of a flush of a few days of history is hundreds of MiB.
+        let mut zstd = zstd::stream::write::Encoder::new(vec![0u8; FILE_HEADER], 3)?;
+        let mut raw_len = 0u64;
+        self.encode_with(|piece| {
+            raw_len += piece.len() as u64;
+            zstd.write_all(piece)
+        })?;
+        let mut out = zstd.finish()?;
+        let comp = &out[FILE_HEADER..];
+        let (comp_len, crc) = (comp.len() as u64, crc32c::crc32c(comp));
+        let mut header = Vec::with_capacity(FILE_HEADER);
+        header.extend_from_slice(FILE_MAGIC);
+        header.extend_from_slice(&FILE_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&raw_len.to_le_bytes());
+        header.extend_from_slice(&comp_len.to_le_bytes());
+        header.extend_from_slice(&crc.to_le_bytes());
+        out[..FILE_HEADER].copy_from_slice(&header);
+        Ok(out)
     }
 
     pub(crate) fn from_file(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
         let bad = |m: &str| CodecError(m.to_owned());
-        if buf.len() < 36 || &buf[..8] != FILE_MAGIC {
+        if buf.len() < FILE_HEADER || &buf[..8] != FILE_MAGIC {
             return Err(bad("not a rollup file (bad magic)"));
         }
-        let mut r = Reader::new(&buf[8..36]);
+        let mut r = Reader::new(&buf[8..FILE_HEADER]);
         if r.u32()? != FILE_VERSION || r.u32()? != 0 {
             return Err(bad("unsupported rollup file version"));
         }
         let raw_len = usize::try_from(r.u64()?).map_err(|_| bad("raw length too large"))?;
         let comp_len = r.u64()?;
         let crc = r.u32()?;
-        let comp = &buf[36..];
+        let comp = &buf[FILE_HEADER..];
         if comp.len() as u64 != comp_len || crc32c::crc32c(comp) != crc {
             return Err(bad("checksum or length mismatch"));
         }
@@ -671,6 +1112,7 @@ fn get_cell(r: &mut Reader<'_>, limit: usize) -> Result<Cell, CodecError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -703,7 +1145,7 @@ mod tests {
                 "truncated to {len}"
             );
         }
-        let file = all.to_file();
+        let file = all.to_file().unwrap();
         assert_eq!(
             Rollups::from_file(&file, 100)
                 .map(|r| r.encode())
@@ -768,7 +1210,7 @@ mod tests {
                         let floor = cube.floor();
                         overflowed += usize::from(floor > 0);
                         for (u, t) in users {
-                            match cube.get(u) {
+                            match Dimension::UserId.key(u).and_then(|k| cube.get(k, false)) {
                                 Some(c) => assert!(
                                     c.count <= *t && *t <= c.count + c.missed,
                                     "{u}: {t} vs {c:?}"
@@ -776,10 +1218,10 @@ mod tests {
                                 None => assert!(*t <= floor, "{u}: {t} > floor {floor}"),
                             }
                         }
-                        let held: u64 = cube.cells().map(|(_, c)| c.count).sum::<u64>()
-                            + cube.overflow().map_or(0, |o| o.evicted.count);
+                        let mut held = cube.overflow().map_or(0, |o| o.evicted.count);
+                        cube.cells(false, |_, c| held += c.count);
                         assert_eq!(held, users.values().sum::<u64>());
-                        assert!(cube.cells.len() <= 10);
+                        assert!(cube.len() <= 10);
                     },
                 );
             }
@@ -808,7 +1250,7 @@ mod tests {
                     for e in chunk {
                         part.add(e);
                     }
-                    let back = Rollups::from_file(&part.to_file(), 10).map(|r| r.encode());
+                    let back = Rollups::from_file(&part.to_file().unwrap(), 10).map(|r| r.encode());
                     assert_eq!(back.as_deref(), Ok(part.encode().as_slice()));
                     merged.merge(&part);
                 }
@@ -817,9 +1259,70 @@ mod tests {
                 let day = Micros::new(1_767_225_600_000_000);
                 let to = Micros::new(day.get() + 1);
                 merged.visit(Granularity::Day, day, to, Dimension::UserId, |cube| {
-                    assert!(cube.get("u1").is_some());
+                    assert!(cube.count(Dimension::UserId.key("u1").unwrap()) > 0);
                 });
             }
+        }
+    }
+
+    #[test]
+    fn packed_cells_read_back_whole() {
+        let mut cells = vec![(7, Cell::new(true)), (3, Cell::new(false))];
+        for (i, lat) in [0u64, 1, 2, 999_999_999, u64::MAX, 42, 42]
+            .iter()
+            .enumerate()
+        {
+            cells[0].1.add([200, 301, 404, 503, 101, 200, 200][i], *lat);
+        }
+        cells[0].1.missed = 5;
+        cells[1].1.add(500, 12);
+        let mut huge = Cell::new(true);
+        huge.add(200, u64::MAX);
+        huge.add(200, u64::MAX);
+        let mut empty_sketch = Cell::new(true);
+        empty_sketch.latency_sum_us = 1 << 70;
+        cells.push((1, huge));
+        cells.push((9, empty_sketch));
+        cells.push((4, Cell::new(false)));
+        // Cells of one request, packed short: with and without a sketch, a zero
+        // latency, and what was missed.
+        for (id, sketch, latency, missed) in
+            [(20, true, 1234, 0), (21, false, 99, 3), (22, true, 0, 7)]
+        {
+            let mut c = Cell::new(sketch);
+            c.add(404, latency);
+            c.missed = missed;
+            cells.push((id, c));
+        }
+        // Past the first mark: cells found by reading past others.
+        for id in 30..50u32 {
+            let mut c = Cell::new(id % 2 == 0);
+            for j in 0..u64::from(id % 5) + 1 {
+                c.add(200 + (j as u16 % 4) * 100, j * 1000 + u64::from(id));
+            }
+            cells.push((id, c));
+        }
+        let packed = Packed::new(cells.clone());
+        assert_eq!(&packed.ids[..8], &[1, 3, 4, 7, 9, 20, 21, 22]);
+        let mut all = Vec::new();
+        packed.each(true, |id, c| all.push((id, c.clone())));
+        cells.sort_by_key(|(id, _)| *id);
+        assert_eq!(all, cells);
+        let mut scratch = Cell::new(true);
+        assert_eq!(
+            unpack_cell(packed.cell(5), true, &mut scratch),
+            4,
+            "one request packs short"
+        );
+        let mut scratch = Cell::new(true);
+        for (i, id) in packed.ids.iter().enumerate() {
+            let want = &cells.iter().find(|(k, _)| k == id).map(|(_, c)| c.clone());
+            packed.unpack(i, true, &mut scratch);
+            assert_eq!(Some(&scratch), want.as_ref(), "cell {id}");
+            packed.unpack(i, false, &mut scratch);
+            assert_eq!(scratch.sketch, None);
+            assert_eq!(scratch.count, want.as_ref().map_or(0, |c| c.count));
+            assert_eq!(packed.count(i), scratch.count);
         }
     }
 

@@ -103,6 +103,29 @@ impl LatencySketch {
         (self.zeros, &self.bins)
     }
 
+    /// Replaces the contents with `zeros` and `bins`, which must come sorted
+    /// by key (as packed cells store them), keeping the allocation.
+    pub(crate) fn refill(&mut self, zeros: u64, bins: impl Iterator<Item = (i32, u64)>) {
+        self.zeros = zeros;
+        self.bins.clear();
+        self.bins.extend(bins);
+    }
+
+    /// Whether this is the sketch of the one value `us`.
+    pub(crate) fn is_single(&self, us: u64) -> bool {
+        match Self::bin(us) {
+            None => self.zeros == 1 && self.bins.is_empty(),
+            Some(b) => self.zeros == 0 && self.bins == [(b, 1)],
+        }
+    }
+
+    /// Replaces the contents with the one value `us`, keeping the allocation.
+    pub(crate) fn refill_single(&mut self, us: u64) {
+        self.bins.clear();
+        self.zeros = 0;
+        self.insert(us);
+    }
+
     /// Rebuilds a sketch from `parts`; `None` unless the bins are strictly sorted.
     pub(crate) fn from_parts(zeros: u64, bins: Vec<(i32, u64)>) -> Option<Self> {
         bins.windows(2)

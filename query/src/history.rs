@@ -30,9 +30,7 @@ pub fn history(engine: &Engine, first_day: Micros, days: u32) -> Vec<DayRow> {
                 start.saturating_add_micros(day),
                 Dimension::Method,
                 |cube| {
-                    for (_, c) in cube.cells() {
-                        total.merge(c);
-                    }
+                    cube.cells(true, |_, c| total.merge(c));
                     // Requests of keys a bucket evicted still count towards its day.
                     if let Some(o) = cube.overflow() {
                         total.merge(&o.evicted);

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
-    Cell, Cube, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, TimeRange,
+    Cell, Cube, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, TimeRange,
 };
 
 use crate::metric::Missed;
@@ -191,13 +191,17 @@ impl Merged {
     }
 
     /// Reads one cube bucket: `pick` maps a cube key to the group it counts for, if any.
-    fn add_cube<'c>(&mut self, cube: &'c Cube, mut pick: impl FnMut(&'c str) -> Option<&'c str>) {
+    fn add_cube(
+        &mut self,
+        cube: &Cube,
+        mut pick: impl FnMut(&'static str) -> Option<&'static str>,
+    ) {
         let floor = cube.floor();
-        for (k, cell) in cube.cells() {
+        cube.cells(self.sketches, |k, cell| {
             if let Some(group) = pick(k) {
                 self.add(group, cell, floor);
             }
-        }
+        });
         self.note_overflow(cube);
     }
 
@@ -290,12 +294,16 @@ pub(crate) fn merged_cells(
         CubeRead::Direct { .. } => dim,
     };
     engine.with_rollups(&pieces, cube_dim, |cubes| {
+        let only = match &read {
+            CubeRead::Direct { key: Some(key) } => cube_dim.key(key),
+            _ => None,
+        };
         for cube in cubes {
             match &read {
                 CubeRead::Direct { key: None } => out.add_cube(cube, Some),
                 CubeRead::Direct { key: Some(key) } => {
-                    if let Some(cell) = cube.get(key) {
-                        out.add(key, cell, cube.floor());
+                    if let Some(cell) = only.and_then(|k| cube.get(k, sketches)) {
+                        out.add(key, &cell, cube.floor());
                     }
                     out.note_overflow(cube);
                 }
@@ -344,8 +352,8 @@ fn heaviest_first(
     }
     let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
-        let winners = threshold_top(cubes, &raw, q.k)?;
-        Some(merge_keys(cubes, &raw, &winners, false))
+        let winners = threshold_top(dim, cubes, &raw, q.k)?;
+        Some(merge_keys(dim, cubes, &raw, &winners, false))
     });
     if merged.is_some() {
         note_sources(&pieces, &raw, note);
@@ -396,17 +404,23 @@ fn note_sources(
 /// The cells of `keys` alone, looked up in each cube and raw part, merged as
 /// [`merged_cells`] merges them (with every cube's overflow noted).
 fn merge_keys<'k>(
+    dim: Dimension,
     cubes: &[&Cube],
     raw: &[HashMap<String, Cell>],
     keys: impl IntoIterator<Item = &'k String> + Clone,
     sketches: bool,
 ) -> Merged {
     let mut out = Merged::new(sketches);
+    let ids: Vec<(&String, Key)> = keys
+        .clone()
+        .into_iter()
+        .filter_map(|k| Some((k, dim.key(k)?)))
+        .collect();
     for cube in cubes {
         let floor = cube.floor();
-        for key in keys.clone() {
-            if let Some(cell) = cube.get(key) {
-                out.add(key, cell, floor);
+        for (key, id) in &ids {
+            if let Some(cell) = cube.get(*id, sketches) {
+                out.add(key, &cell, floor);
             }
         }
         out.note_overflow(cube);
@@ -423,7 +437,12 @@ fn merge_keys<'k>(
 
 /// The keys of the `k` largest total counts over `cubes` and `raw` (ties by
 /// key ascending), or `None` if the cubes' heaviest lists end too soon to tell.
-fn threshold_top(cubes: &[&Cube], raw: &[HashMap<String, Cell>], k: usize) -> Option<Vec<String>> {
+fn threshold_top(
+    dim: Dimension,
+    cubes: &[&Cube],
+    raw: &[HashMap<String, Cell>],
+    k: usize,
+) -> Option<Vec<String>> {
     /// A ranked list: (count, key), most first; `complete` if it holds every key of its source.
     struct List<'a> {
         ranked: Vec<(u64, &'a str)>,
@@ -434,7 +453,7 @@ fn threshold_top(cubes: &[&Cube], raw: &[HashMap<String, Cell>], k: usize) -> Op
         .map(|c| {
             let heaviest = c.heaviest();
             List {
-                ranked: heaviest.iter().map(|(n, k)| (*n, k.as_str())).collect(),
+                ranked: heaviest.to_vec(),
                 complete: heaviest.len() == c.len(),
             }
         })
@@ -449,11 +468,9 @@ fn threshold_top(cubes: &[&Cube], raw: &[HashMap<String, Cell>], k: usize) -> Op
         });
     }
     let total = |key: &str| -> u64 {
-        let cubed: u64 = cubes
-            .iter()
-            .filter_map(|c| c.get(key))
-            .map(|c| c.count)
-            .sum();
+        let cubed: u64 = dim
+            .key(key)
+            .map_or(0, |id| cubes.iter().map(|c| c.count(id)).sum());
         cubed
             + raw
                 .iter()
@@ -538,7 +555,7 @@ fn quantile_with_min_count(
             .filter(|(_, g)| g.cell.count + counts.missed(g).requests >= q.min_count)
             .map(|(k, _)| k.clone())
             .collect();
-        merge_keys(cubes, &raw, &reaching, true)
+        merge_keys(dim, cubes, &raw, &reaching, true)
     });
     note_sources(&pieces, &raw, note);
     Ok(Some(merged))
