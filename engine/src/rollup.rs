@@ -222,6 +222,13 @@ pub struct Key {
     id: KeyId,
 }
 
+impl Key {
+    /// The key's value, as events spell it.
+    pub fn name(self) -> &'static str {
+        Keys::of(self.dim).with_names(|name| name(self.id))
+    }
+}
+
 /// Cells a cube lists in [`Cube::heaviest`].
 pub const HEAVIEST_LISTED: usize = 64;
 
@@ -259,6 +266,12 @@ impl Cube {
     /// `sketches` the cells come without their sketch (`None`), which is cheaper.
     pub fn cells(&self, sketches: bool, mut f: impl FnMut(&'static str, &Cell)) {
         Keys::of(self.dim).with_names(|name| self.cells_by_id(sketches, |id, c| f(name(id), c)));
+    }
+
+    /// [`Cube::cells`] with each key as a [`Key`], not named.
+    pub fn cells_by_key(&self, sketches: bool, mut f: impl FnMut(Key, &Cell)) {
+        let dim = self.dim;
+        self.cells_by_id(sketches, |id, c| f(Key { dim, id }, c));
     }
 
     fn cells_by_id(&self, sketches: bool, mut f: impl FnMut(KeyId, &Cell)) {
@@ -480,7 +493,7 @@ struct Packed {
 }
 
 /// Cells of a [`Packed`] per mark: a lookup reads past at most this many less one.
-const MARK_EVERY: usize = 8;
+const MARK_EVERY: usize = 4;
 
 impl Packed {
     fn new(mut cells: Vec<(KeyId, Cell)>) -> Self {
@@ -513,13 +526,8 @@ impl Packed {
     /// The bytes from cell `i` on.
     fn cell(&self, i: usize) -> &[u8] {
         let mut at = self.marks.get(i / MARK_EVERY).map_or(0, |m| *m as usize);
-        let mut scratch = Cell::new(false);
         for _ in 0..i % MARK_EVERY {
-            at += unpack_cell(
-                self.bytes.get(at..).unwrap_or_default(),
-                false,
-                &mut scratch,
-            );
+            at += cell_len(self.bytes.get(at..).unwrap_or_default());
         }
         self.bytes.get(at..).unwrap_or_default()
     }
@@ -676,6 +684,29 @@ fn unpack_cell(bytes: &[u8], sketches: bool, c: &mut Cell) -> usize {
     r.pos
 }
 
+/// The length of the packed cell at the start of `bytes`, found without
+/// decoding it.
+fn cell_len(bytes: &[u8]) -> usize {
+    let (flags, mut r) = Varints::of_cell(bytes);
+    let mut single = false;
+    for _ in 0..(flags & 0x1f).count_ones() {
+        single |= r.next() == 0;
+    }
+    let has = |bit: u8| usize::from(flags & bit != 0);
+    if single {
+        r.skip(1 + has(HAS_MISSED));
+        return r.pos;
+    }
+    // Sum (and its high half), min, max - min, missed.
+    r.skip(3 + has(HIGH_SUM) + has(HAS_MISSED));
+    if flags & HAS_SKETCH != 0 {
+        r.skip(1);
+        let bins = r.next();
+        r.skip(usize::try_from(bins.saturating_mul(2)).unwrap_or(usize::MAX));
+    }
+    r.pos
+}
+
 /// Varints read from a packed cell, after its flags byte.
 struct Varints<'a> {
     bytes: &'a [u8],
@@ -686,6 +717,17 @@ impl<'a> Varints<'a> {
     /// The flags of a packed cell and a reader of what follows them.
     fn of_cell(bytes: &'a [u8]) -> (u8, Self) {
         (bytes.first().copied().unwrap_or(0), Self { bytes, pos: 1 })
+    }
+
+    /// Moves past `n` varints.
+    fn skip(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(b) = self.bytes.get(self.pos) else {
+                return;
+            };
+            self.pos += 1;
+            n -= usize::from(*b < 0x80);
+        }
     }
 
     fn next(&mut self) -> u64 {
@@ -1306,15 +1348,21 @@ mod tests {
         assert_eq!(&packed.ids[..8], &[1, 3, 4, 7, 9, 20, 21, 22]);
         let mut all = Vec::new();
         packed.each(true, |id, c| all.push((id, c.clone())));
+        let mut scratch = Cell::new(true);
+        let mut at = 0;
+        for _ in 0..packed.ids.len() {
+            let len = unpack_cell(&packed.bytes[at..], false, &mut scratch);
+            assert_eq!(cell_len(&packed.bytes[at..]), len);
+            at += len;
+        }
+        assert_eq!(at, packed.bytes.len());
         cells.sort_by_key(|(id, _)| *id);
         assert_eq!(all, cells);
-        let mut scratch = Cell::new(true);
         assert_eq!(
             unpack_cell(packed.cell(5), true, &mut scratch),
             4,
             "one request packs short"
         );
-        let mut scratch = Cell::new(true);
         for (i, id) in packed.ids.iter().enumerate() {
             let want = &cells.iter().find(|(k, _)| k == id).map(|(_, c)| c.clone());
             packed.unpack(i, true, &mut scratch);

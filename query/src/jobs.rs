@@ -200,13 +200,13 @@ pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<Aggregat
         };
         let merged = merged_cells(engine, range, dim, &spec.filters, metric, |_| {})?;
         if spec.group_by.is_some() {
-            let mut groups: Vec<(&String, &Group)> = merged.groups.iter().collect();
+            let mut groups: Vec<(&str, &Group)> = merged.groups().collect();
             groups.sort_by(|a, b| a.0.cmp(b.0));
             for (k, g) in groups {
                 rows.push(AggregateRow {
                     start: range.start,
                     end: range.end,
-                    group: Some(k.clone()),
+                    group: Some(k.to_owned()),
                     cell: g.cell.clone(),
                     missed: merged.missed(g),
                 });

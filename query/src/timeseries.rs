@@ -124,7 +124,7 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
             let cell = match &s.key {
                 Some(k) => {
                     exact &= merged.exact();
-                    merged.groups.get(k).map(|g| g.cell.clone())
+                    merged.get(k).map(|g| g.cell.clone())
                 }
                 None => {
                     let (total, missed) = merged.total();

@@ -133,9 +133,11 @@ fn cube_read_for(dim: Dimension, f: &Filters, metric: Metric) -> Option<CubeRead
 }
 
 /// Cells merged by key over a range, and what over-budget cube buckets left uncertain.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Merged {
-    pub(crate) groups: HashMap<String, Group, foldhash::fast::RandomState>,
+    /// The dimension grouped by.
+    dim: Dimension,
+    groups: HashMap<GroupKey, Group, foldhash::fast::RandomState>,
     /// Sum of the floors of every over-budget cube bucket read: a key absent from
     /// all of them has at most this many requests in the range.
     floor: u64,
@@ -148,6 +150,23 @@ pub(crate) struct Merged {
     subset: bool,
 }
 
+/// A group's key: as the cubes name it, or (raw rows of a key no cube ever
+/// had) by its value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum GroupKey {
+    Key(Key),
+    Name(String),
+}
+
+impl GroupKey {
+    fn name(&self) -> &str {
+        match self {
+            GroupKey::Key(k) => k.name(),
+            GroupKey::Name(n) => n,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) cell: Cell,
@@ -156,17 +175,44 @@ pub(crate) struct Group {
 }
 
 impl Merged {
-    fn new(sketches: bool) -> Self {
+    fn new(dim: Dimension, sketches: bool) -> Self {
         Self {
+            dim,
+            groups: HashMap::default(),
+            floor: 0,
+            evicted: None,
             sketches,
-            ..Self::default()
+            subset: false,
         }
+    }
+
+    /// The groups, by key value, in no particular order.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = (&str, &Group)> {
+        self.groups.iter().map(|(k, g)| (k.name(), g))
+    }
+
+    /// The group of the key `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Group> {
+        self.groups.get(&self.group_key(name))
+    }
+
+    fn group_key(&self, name: &str) -> GroupKey {
+        match self.dim.key(name) {
+            Some(k) => GroupKey::Key(k),
+            None => GroupKey::Name(name.to_owned()),
+        }
+    }
+
+    /// Merges `cell` into the group of the key `name`.
+    fn add(&mut self, name: &str, cell: &Cell, floor: u64) {
+        let key = self.group_key(name);
+        self.add_to(key, cell, floor);
     }
 
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
     /// its sketch, so count-only metrics never copy or merge bins.
-    fn add(&mut self, key: &str, cell: &Cell, floor: u64) {
-        match self.groups.get_mut(key) {
+    fn add_to(&mut self, key: GroupKey, cell: &Cell, floor: u64) {
+        match self.groups.get_mut(&key) {
             Some(g) => {
                 g.cell.merge(cell);
                 g.floors_seen += floor;
@@ -180,7 +226,7 @@ impl Merged {
                     c
                 };
                 self.groups.insert(
-                    key.to_owned(),
+                    key,
                     Group {
                         cell,
                         floors_seen: floor,
@@ -188,6 +234,15 @@ impl Merged {
                 );
             }
         }
+    }
+
+    /// Reads every cell of a cube of the grouped dimension.
+    fn add_whole_cube(&mut self, cube: &Cube) {
+        let floor = cube.floor();
+        cube.cells_by_key(self.sketches, |k, cell| {
+            self.add_to(GroupKey::Key(k), cell, floor)
+        });
+        self.note_overflow(cube);
     }
 
     /// Reads one cube bucket: `pick` maps a cube key to the group it counts for, if any.
@@ -277,7 +332,7 @@ pub(crate) fn merged_cells(
     mut note: impl FnMut(&'static str),
 ) -> Result<Merged> {
     let sketches = metric.quantile().is_some();
-    let mut out = Merged::new(sketches);
+    let mut out = Merged::new(dim, sketches);
     let read = cube_read_for(dim, filters, metric);
     out.subset = !matches!(read, Some(CubeRead::Direct { key: None }) | None);
     let Some(read) = read else {
@@ -300,10 +355,10 @@ pub(crate) fn merged_cells(
         };
         for cube in cubes {
             match &read {
-                CubeRead::Direct { key: None } => out.add_cube(cube, Some),
-                CubeRead::Direct { key: Some(key) } => {
-                    if let Some(cell) = only.and_then(|k| cube.get(k, sketches)) {
-                        out.add(key, &cell, cube.floor());
+                CubeRead::Direct { key: None } => out.add_whole_cube(cube),
+                CubeRead::Direct { key: Some(_) } => {
+                    if let Some((k, cell)) = only.and_then(|k| Some((k, cube.get(k, sketches)?))) {
+                        out.add_to(GroupKey::Key(k), &cell, cube.floor());
                     }
                     out.note_overflow(cube);
                 }
@@ -410,7 +465,7 @@ fn merge_keys<'k>(
     keys: impl IntoIterator<Item = &'k String> + Clone,
     sketches: bool,
 ) -> Merged {
-    let mut out = Merged::new(sketches);
+    let mut out = Merged::new(dim, sketches);
     let ids: Vec<(&String, Key)> = keys
         .clone()
         .into_iter()
@@ -418,9 +473,9 @@ fn merge_keys<'k>(
         .collect();
     for cube in cubes {
         let floor = cube.floor();
-        for (key, id) in &ids {
+        for (_, id) in &ids {
             if let Some(cell) = cube.get(*id, sketches) {
-                out.add(key, &cell, floor);
+                out.add_to(GroupKey::Key(*id), &cell, floor);
             }
         }
         out.note_overflow(cube);
@@ -540,9 +595,9 @@ fn quantile_with_min_count(
     }
     let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
-        let mut counts = Merged::new(false);
+        let mut counts = Merged::new(dim, false);
         for cube in cubes {
-            counts.add_cube(cube, Some);
+            counts.add_whole_cube(cube);
         }
         for part in &raw {
             for (k, cell) in part {
@@ -550,10 +605,9 @@ fn quantile_with_min_count(
             }
         }
         let reaching: Vec<String> = counts
-            .groups
-            .iter()
+            .groups()
             .filter(|(_, g)| g.cell.count + counts.missed(g).requests >= q.min_count)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_owned())
             .collect();
         merge_keys(dim, cubes, &raw, &reaching, true)
     });
@@ -608,8 +662,7 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
     };
     let min_count = q.min_count.max(1);
     let mut rows: Vec<TopKRow> = merged
-        .groups
-        .iter()
+        .groups()
         .filter_map(|(key, g)| {
             let missed = merged.missed(g);
             // A group that may reach `min_count` with what it missed stays, with its bounds.
@@ -618,7 +671,7 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
             }
             let (value, bounds) = q.metric.value_with(&g.cell, &missed)?;
             Some(TopKRow {
-                key: key.clone(),
+                key: key.to_owned(),
                 value,
                 count: g.cell.count,
                 bounds,

@@ -141,6 +141,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Locks `<data_dir>/LOCK` (creating the directory if need be) for as long as
+/// the returned file is open; fails if another process holds it.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the data directory {} is in use by another toplog process",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("cannot lock {}: {e}", path.display())
+        }
+    }
+}
+
 /// Runs a node until SIGINT or SIGTERM, then drains requests and closes the store.
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -148,6 +172,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let local = listener.local_addr()?;
     let mut engine_config = config.engine_config();
+    // Held until the node stops: two nodes on one directory would undo each
+    // other's flushes and maintenance.
+    let _lock = lock_data_dir(&engine_config.data_dir)?;
     let archive = ObjectArchive::open(&config.archive, &engine_config.data_dir)?;
     let archive_location = archive.location().to_owned();
     engine_config.archive = Some(Arc::new(archive));

@@ -448,3 +448,46 @@ fn config_file_and_environment_are_honoured() {
     assert_eq!(s, 200);
     assert!(data.join("MANIFEST").exists() || data.join("wal").exists());
 }
+
+#[test]
+fn a_second_node_on_the_same_data_directory_is_refused_and_the_first_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start_ready(dir.path(), &[]);
+    let resp = client()
+        .post(first.url("/api/v1/requests"))
+        .json(&vec![event("lock-1", now_ms())])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut second = std::process::Command::new(toplog_tests::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second node on the same data directory kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the second node must not start");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("in use by another toplog process"),
+        "stderr: {stderr}"
+    );
+    // The first node still serves and keeps what it acknowledged, across a restart.
+    assert_eq!(all_events(&first).len(), 1);
+    let status = first.terminate();
+    assert!(status.success());
+    let again = Server::start_ready(dir.path(), &[]);
+    assert_eq!(all_events(&again).len(), 1);
+}
