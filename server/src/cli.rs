@@ -153,15 +153,19 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor this function owns, no memory involved.
+    // (`File::try_lock` needs Rust 1.89; the workspace supports 1.88.)
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(file);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => anyhow::bail!(
             "the data directory {} is in use by another toplog process",
             dir.display()
         ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            anyhow::bail!("cannot lock {}: {e}", path.display())
-        }
+        e => anyhow::bail!("cannot lock {}: {e}", path.display()),
     }
 }
 
