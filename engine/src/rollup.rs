@@ -297,6 +297,38 @@ impl Cube {
         }
     }
 
+    /// The cell of `key` with its counts alone (count, per status class, and
+    /// what it may have missed; latencies and sketch left empty), read without
+    /// the rest of it.
+    pub fn get_counts(&self, key: Key) -> Option<Cell> {
+        if key.dim != self.dim {
+            return None;
+        }
+        let mut cell = Cell::new(false);
+        match &self.cells {
+            Cells::Open(cells) => {
+                let c = cells.get(&key.id)?;
+                (cell.count, cell.by_class, cell.missed) = (c.count, c.by_class, c.missed);
+            }
+            Cells::Packed(p) => {
+                let i = p.ids.binary_search(&key.id).ok()?;
+                let head = p.head(i);
+                if head.flags & HAS_MISSED != 0 {
+                    // Only in a bucket that went over its budget: read it whole.
+                    p.unpack(i, false, &mut cell);
+                    (
+                        cell.latency_sum_us,
+                        cell.latency_min_us,
+                        cell.latency_max_us,
+                    ) = (0, u64::MAX, 0);
+                } else {
+                    (cell.count, cell.by_class) = (head.count(), head.by_class);
+                }
+            }
+        }
+        Some(cell)
+    }
+
     /// The requests of `key` (0 without a cell).
     pub fn count(&self, key: Key) -> u64 {
         if key.dim != self.dim {
@@ -304,7 +336,10 @@ impl Cube {
         }
         match &self.cells {
             Cells::Open(cells) => cells.get(&key.id).map_or(0, |c| c.count),
-            Cells::Packed(p) => p.ids.binary_search(&key.id).map_or(0, |i| p.count(i)),
+            Cells::Packed(p) => p
+                .ids
+                .binary_search(&key.id)
+                .map_or(0, |i| p.head(i).count()),
         }
     }
 
@@ -469,27 +504,30 @@ impl Cube {
     }
 }
 
-/// A closed cube's cells: key ids ascending, and each cell packed in `bytes`
-/// (ends in `ends`) as
+/// A closed cube's cells: key ids ascending, and each cell packed in two
+/// parts, its head (what a count needs) in `heads` and the rest in `bodies`:
 ///
-/// | field | bytes |
-/// |---|---|
-/// | flags | u8: bits 0-4 a non-zero count in status class 1xx-5xx, bit 5 a sketch, bit 6 a latency sum of 2^64 µs or more, bit 7 a non-zero `missed` |
-/// | count per class | varint per bit set among bits 0-4 (`count` is their sum); a cell of one request writes 0, then its latency, its `missed` if bit 7, and nothing else |
-/// | latency sum | varint of its low 64 bits; then the high 64 bits if bit 6 |
-/// | latency min, max - min | varints (wrapping) |
-/// | missed | varint, if bit 7 |
-/// | sketch | if bit 5: zeros, bin count, then per bin the key (zigzag for the first, the gap minus 1 after) and the count, varints |
+/// | part | field | bytes |
+/// |---|---|---|
+/// | head | flags | u8: bits 0-4 a non-zero count in status class 1xx-5xx, bit 5 a sketch, bit 6 a latency sum of 2^64 µs or more, bit 7 a non-zero `missed` |
+/// | head | count per class | varint per bit set among bits 0-4 (`count` is their sum); 0 for a cell of one request |
+/// | body | latency | a cell of one request: its latency (the sum, min, max and the sketch's one value), then `missed` if bit 7, and nothing else |
+/// | body | latency sum | varint of its low 64 bits; then the high 64 bits if bit 6 |
+/// | body | latency min, max - min | varints (wrapping) |
+/// | body | missed | varint, if bit 7 |
+/// | body | sketch | if bit 5: zeros, bin count, then per bin the key (zigzag for the first, the gap minus 1 after) and the count, varints |
 ///
-/// A cell of a minute bucket with two requests takes about 20 bytes where a
-/// [`Cell`] with its sketch and key took about 300.
+/// A cell of a minute bucket with one request takes 4 to 6 bytes, with a few
+/// about 20, where a [`Cell`] with its sketch and key took about 300.
 #[derive(Debug, Clone, Default)]
 struct Packed {
     ids: Box<[KeyId]>,
-    /// Where every [`MARK_EVERY`]-th cell starts in `bytes`: the others are
-    /// found by reading past the cells before them.
-    marks: Box<[u32]>,
-    bytes: Box<[u8]>,
+    /// Where every [`MARK_EVERY`]-th cell's head and body start: the others
+    /// are found by reading past the cells before them. Counting reads past
+    /// heads only, a few bytes each.
+    marks: Box<[(u32, u32)]>,
+    heads: Box<[u8]>,
+    bodies: Box<[u8]>,
 }
 
 /// Cells of a [`Packed`] per mark: a lookup reads past at most this many less one.
@@ -498,52 +536,59 @@ const MARK_EVERY: usize = 4;
 impl Packed {
     fn new(mut cells: Vec<(KeyId, Cell)>) -> Self {
         cells.sort_unstable_by_key(|(k, _)| *k);
-        let mut bytes = Vec::new();
+        let (mut heads, mut bodies) = (Vec::new(), Vec::new());
         let mut marks = Vec::with_capacity(cells.len().div_ceil(MARK_EVERY));
+        let offset = |v: &Vec<u8>| u32::try_from(v.len()).unwrap_or(u32::MAX);
         for (i, (_, c)) in cells.iter().enumerate() {
             if i % MARK_EVERY == 0 {
-                marks.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+                marks.push((offset(&heads), offset(&bodies)));
             }
-            pack_cell(&mut bytes, c);
+            pack_cell(&mut heads, &mut bodies, c);
         }
         Self {
             ids: cells.iter().map(|(k, _)| *k).collect(),
             marks: marks.into_boxed_slice(),
-            bytes: bytes.into_boxed_slice(),
+            heads: heads.into_boxed_slice(),
+            bodies: bodies.into_boxed_slice(),
         }
     }
 
-    /// The requests of cell `i`, read without the rest of it.
-    fn count(&self, i: usize) -> u64 {
-        let (flags, mut r) = Varints::of_cell(self.cell(i));
-        // A class count of 0 is a cell of one request (see [`pack_cell`]).
-        (0..5)
-            .filter(|c| flags & (1 << c) != 0)
-            .map(|_| r.next().max(1))
-            .sum()
-    }
-
-    /// The bytes from cell `i` on.
-    fn cell(&self, i: usize) -> &[u8] {
-        let mut at = self.marks.get(i / MARK_EVERY).map_or(0, |m| *m as usize);
+    /// The head of cell `i`, found reading past heads alone.
+    fn head(&self, i: usize) -> Head {
+        let (mut at, _) = self.mark(i);
         for _ in 0..i % MARK_EVERY {
-            at += cell_len(self.bytes.get(at..).unwrap_or_default());
+            at += Head::read(self.heads.get(at..).unwrap_or_default()).len;
         }
-        self.bytes.get(at..).unwrap_or_default()
+        Head::read(self.heads.get(at..).unwrap_or_default())
+    }
+
+    fn mark(&self, i: usize) -> (usize, usize) {
+        self.marks
+            .get(i / MARK_EVERY)
+            .map_or((0, 0), |&(h, b)| (h as usize, b as usize))
     }
 
     /// Cell `i` into `into` (reusing its sketch's allocation).
     fn unpack(&self, i: usize, sketches: bool, into: &mut Cell) {
-        unpack_cell(self.cell(i), sketches, into);
+        let (mut head, mut body) = self.mark(i);
+        for _ in 0..i % MARK_EVERY {
+            let h = Head::read(self.heads.get(head..).unwrap_or_default());
+            head += h.len;
+            body += h.body_len(self.bodies.get(body..).unwrap_or_default());
+        }
+        let h = Head::read(self.heads.get(head..).unwrap_or_default());
+        h.unpack(self.bodies.get(body..).unwrap_or_default(), sketches, into);
     }
 
     /// Calls `f` with every cell in key id order.
     fn each(&self, sketches: bool, mut f: impl FnMut(KeyId, &Cell)) {
         let mut cell = Cell::new(false);
-        let mut at = 0;
+        let (mut head, mut body) = (0, 0);
         for id in &self.ids {
-            at += unpack_cell(
-                self.bytes.get(at..).unwrap_or_default(),
+            let h = Head::read(self.heads.get(head..).unwrap_or_default());
+            head += h.len;
+            body += h.unpack(
+                self.bodies.get(body..).unwrap_or_default(),
                 sketches,
                 &mut cell,
             );
@@ -556,7 +601,7 @@ const HAS_SKETCH: u8 = 1 << 5;
 const HIGH_SUM: u8 = 1 << 6;
 const HAS_MISSED: u8 = 1 << 7;
 
-fn pack_cell(out: &mut Vec<u8>, c: &Cell) {
+fn pack_cell(heads: &mut Vec<u8>, bodies: &mut Vec<u8>, c: &Cell) {
     let mut flags = 0u8;
     for (i, n) in c.by_class.iter().enumerate() {
         if *n > 0 {
@@ -573,7 +618,7 @@ fn pack_cell(out: &mut Vec<u8>, c: &Cell) {
     if c.missed > 0 {
         flags |= HAS_MISSED;
     }
-    out.push(flags);
+    heads.push(flags);
     let single = c.count == 1
         && c.latency_sum_us == u128::from(c.latency_min_us)
         && c.latency_min_us == c.latency_max_us
@@ -581,144 +626,181 @@ fn pack_cell(out: &mut Vec<u8>, c: &Cell) {
             .as_ref()
             .is_none_or(|s| s.is_single(c.latency_min_us));
     if single {
-        // One request: its class count as 0, and its latency is the sum, the
-        // min, the max and the sketch's one value.
-        put_varint(out, 0);
-        put_varint(out, c.latency_min_us);
+        put_varint(heads, 0);
+        put_varint(bodies, c.latency_min_us);
         if c.missed > 0 {
-            put_varint(out, c.missed);
+            put_varint(bodies, c.missed);
         }
         return;
     }
     for n in c.by_class.into_iter().filter(|n| *n > 0) {
-        put_varint(out, n);
+        put_varint(heads, n);
     }
-    put_varint(out, c.latency_sum_us as u64);
+    put_varint(bodies, c.latency_sum_us as u64);
     if high > 0 {
-        put_varint(out, high);
+        put_varint(bodies, high);
     }
-    put_varint(out, c.latency_min_us);
-    put_varint(out, c.latency_max_us.wrapping_sub(c.latency_min_us));
+    put_varint(bodies, c.latency_min_us);
+    put_varint(bodies, c.latency_max_us.wrapping_sub(c.latency_min_us));
     if c.missed > 0 {
-        put_varint(out, c.missed);
+        put_varint(bodies, c.missed);
     }
     if let Some(s) = &c.sketch {
         let (zeros, bins) = s.parts();
-        put_varint(out, zeros);
-        put_varint(out, bins.len() as u64);
+        put_varint(bodies, zeros);
+        put_varint(bodies, bins.len() as u64);
         let mut last = None;
         for &(key, n) in bins {
             match last {
-                None => put_varint(out, zigzag(i64::from(key))),
-                Some(prev) => put_varint(out, (i64::from(key) - i64::from(prev) - 1) as u64),
+                None => put_varint(bodies, zigzag(i64::from(key))),
+                Some(prev) => put_varint(bodies, (i64::from(key) - i64::from(prev) - 1) as u64),
             }
-            put_varint(out, n);
+            put_varint(bodies, n);
             last = Some(key);
         }
     }
 }
 
-/// Reads what [`pack_cell`] wrote at the start of `bytes` (bytes this process
-/// packed: a read past the end gives 0, it never panics); returns its length.
-fn unpack_cell(bytes: &[u8], sketches: bool, c: &mut Cell) -> usize {
-    let (flags, mut r) = Varints::of_cell(bytes);
-    let mut single = false;
-    for (i, n) in c.by_class.iter_mut().enumerate() {
-        *n = match flags & (1 << i) != 0 {
-            false => 0,
-            true => match r.next() {
-                0 => {
-                    single = true;
-                    1
-                }
-                n => n,
-            },
-        };
-    }
-    c.count = c.by_class.iter().sum();
-    if single {
-        let latency = r.next();
-        c.latency_sum_us = u128::from(latency);
-        (c.latency_min_us, c.latency_max_us) = (latency, latency);
-        c.missed = if flags & HAS_MISSED != 0 { r.next() } else { 0 };
-        c.sketch = (flags & HAS_SKETCH != 0 && sketches).then(|| {
-            let mut s = c.sketch.take().unwrap_or_default();
-            s.refill_single(latency);
-            s
-        });
-        return r.pos;
-    }
-    let low = r.next();
-    let high = if flags & HIGH_SUM != 0 { r.next() } else { 0 };
-    c.latency_sum_us = u128::from(low) | (u128::from(high) << 64);
-    c.latency_min_us = r.next();
-    c.latency_max_us = c.latency_min_us.wrapping_add(r.next());
-    c.missed = if flags & HAS_MISSED != 0 { r.next() } else { 0 };
-    if flags & HAS_SKETCH == 0 {
-        c.sketch = None;
-        return r.pos;
-    }
-    let zeros = r.next();
-    let n = r.next();
-    if !sketches {
-        c.sketch = None;
-        for _ in 0..2 * n {
-            r.next();
+/// A packed cell's head, read (bytes this process packed: a read past the end
+/// gives 0, it never panics).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    flags: u8,
+    by_class: [u64; 5],
+    /// A cell of one request (see [`pack_cell`]).
+    single: bool,
+    /// Bytes of the head.
+    len: usize,
+}
+
+impl Head {
+    fn read(bytes: &[u8]) -> Self {
+        let flags = bytes.first().copied().unwrap_or(0);
+        let mut r = Varints { bytes, pos: 1 };
+        let mut by_class = [0; 5];
+        let mut single = false;
+        for (i, n) in by_class.iter_mut().enumerate() {
+            if flags & (1 << i) != 0 {
+                *n = match r.next() {
+                    0 => {
+                        single = true;
+                        1
+                    }
+                    n => n,
+                };
+            }
         }
-        return r.pos;
+        Self {
+            flags,
+            by_class,
+            single,
+            len: r.pos,
+        }
     }
-    let sketch = c.sketch.get_or_insert_with(LatencySketch::default);
-    let mut key = 0i64;
-    sketch.refill(
-        zeros,
-        (0..n).map(|i| {
-            let v = r.next();
-            key = if i == 0 {
-                unzigzag(v)
+
+    fn count(&self) -> u64 {
+        self.by_class.iter().sum()
+    }
+
+    fn has(&self, bit: u8) -> usize {
+        usize::from(self.flags & bit != 0)
+    }
+
+    /// The length of this cell's body at the start of `body`, found without
+    /// decoding it.
+    fn body_len(&self, body: &[u8]) -> usize {
+        let mut r = Varints {
+            bytes: body,
+            pos: 0,
+        };
+        if self.single {
+            r.skip(1 + self.has(HAS_MISSED));
+            return r.pos;
+        }
+        // Sum (and its high half), min, max - min, missed.
+        r.skip(3 + self.has(HIGH_SUM) + self.has(HAS_MISSED));
+        if self.flags & HAS_SKETCH != 0 {
+            r.skip(1);
+            let bins = r.next();
+            r.skip(usize::try_from(bins.saturating_mul(2)).unwrap_or(usize::MAX));
+        }
+        r.pos
+    }
+
+    /// The cell, its body read from the start of `body`; returns the body's length.
+    fn unpack(&self, body: &[u8], sketches: bool, c: &mut Cell) -> usize {
+        let mut r = Varints {
+            bytes: body,
+            pos: 0,
+        };
+        c.by_class = self.by_class;
+        c.count = self.count();
+        if self.single {
+            let latency = r.next();
+            c.latency_sum_us = u128::from(latency);
+            (c.latency_min_us, c.latency_max_us) = (latency, latency);
+            c.missed = if self.flags & HAS_MISSED != 0 {
+                r.next()
             } else {
-                key + v as i64 + 1
+                0
             };
-            (key as i32, r.next())
-        }),
-    );
-    r.pos
+            c.sketch = (self.flags & HAS_SKETCH != 0 && sketches).then(|| {
+                let mut s = c.sketch.take().unwrap_or_default();
+                s.refill_single(latency);
+                s
+            });
+            return r.pos;
+        }
+        let low = r.next();
+        let high = if self.flags & HIGH_SUM != 0 {
+            r.next()
+        } else {
+            0
+        };
+        c.latency_sum_us = u128::from(low) | (u128::from(high) << 64);
+        c.latency_min_us = r.next();
+        c.latency_max_us = c.latency_min_us.wrapping_add(r.next());
+        c.missed = if self.flags & HAS_MISSED != 0 {
+            r.next()
+        } else {
+            0
+        };
+        if self.flags & HAS_SKETCH == 0 {
+            c.sketch = None;
+            return r.pos;
+        }
+        let zeros = r.next();
+        let n = r.next();
+        if !sketches {
+            c.sketch = None;
+            r.skip(usize::try_from(n.saturating_mul(2)).unwrap_or(usize::MAX));
+            return r.pos;
+        }
+        let sketch = c.sketch.get_or_insert_with(LatencySketch::default);
+        let mut key = 0i64;
+        sketch.refill(
+            zeros,
+            (0..n).map(|i| {
+                let v = r.next();
+                key = if i == 0 {
+                    unzigzag(v)
+                } else {
+                    key + v as i64 + 1
+                };
+                (key as i32, r.next())
+            }),
+        );
+        r.pos
+    }
 }
 
-/// The length of the packed cell at the start of `bytes`, found without
-/// decoding it.
-fn cell_len(bytes: &[u8]) -> usize {
-    let (flags, mut r) = Varints::of_cell(bytes);
-    let mut single = false;
-    for _ in 0..(flags & 0x1f).count_ones() {
-        single |= r.next() == 0;
-    }
-    let has = |bit: u8| usize::from(flags & bit != 0);
-    if single {
-        r.skip(1 + has(HAS_MISSED));
-        return r.pos;
-    }
-    // Sum (and its high half), min, max - min, missed.
-    r.skip(3 + has(HIGH_SUM) + has(HAS_MISSED));
-    if flags & HAS_SKETCH != 0 {
-        r.skip(1);
-        let bins = r.next();
-        r.skip(usize::try_from(bins.saturating_mul(2)).unwrap_or(usize::MAX));
-    }
-    r.pos
-}
-
-/// Varints read from a packed cell, after its flags byte.
+/// Varints read from packed bytes.
 struct Varints<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
-impl<'a> Varints<'a> {
-    /// The flags of a packed cell and a reader of what follows them.
-    fn of_cell(bytes: &'a [u8]) -> (u8, Self) {
-        (bytes.first().copied().unwrap_or(0), Self { bytes, pos: 1 })
-    }
-
+impl Varints<'_> {
     /// Moves past `n` varints.
     fn skip(&mut self, mut n: usize) {
         while n > 0 {
@@ -1349,20 +1431,23 @@ mod tests {
         let mut all = Vec::new();
         packed.each(true, |id, c| all.push((id, c.clone())));
         let mut scratch = Cell::new(true);
-        let mut at = 0;
+        // Every body's length, found without decoding it, is the length decoding reads.
+        let (mut head, mut body) = (0, 0);
         for _ in 0..packed.ids.len() {
-            let len = unpack_cell(&packed.bytes[at..], false, &mut scratch);
-            assert_eq!(cell_len(&packed.bytes[at..]), len);
-            at += len;
+            let h = Head::read(&packed.heads[head..]);
+            let len = h.unpack(&packed.bodies[body..], false, &mut scratch);
+            assert_eq!(h.body_len(&packed.bodies[body..]), len);
+            (head, body) = (head + h.len, body + len);
         }
-        assert_eq!(at, packed.bytes.len());
+        assert_eq!((head, body), (packed.heads.len(), packed.bodies.len()));
         cells.sort_by_key(|(id, _)| *id);
         assert_eq!(all, cells);
-        assert_eq!(
-            unpack_cell(packed.cell(5), true, &mut scratch),
-            4,
-            "one request packs short"
-        );
+        // Cell 5: one request of 1,234 µs: a flags byte and a 0 in the head, two bytes of body.
+        let (h, b) = packed.mark(4);
+        let head5 = h + Head::read(&packed.heads[h..]).len;
+        let body5 = b + Head::read(&packed.heads[h..]).body_len(&packed.bodies[b..]);
+        let five = Head::read(&packed.heads[head5..]);
+        assert_eq!((five.len, five.body_len(&packed.bodies[body5..])), (2, 2));
         for (i, id) in packed.ids.iter().enumerate() {
             let want = &cells.iter().find(|(k, _)| k == id).map(|(_, c)| c.clone());
             packed.unpack(i, true, &mut scratch);
@@ -1370,7 +1455,8 @@ mod tests {
             packed.unpack(i, false, &mut scratch);
             assert_eq!(scratch.sketch, None);
             assert_eq!(scratch.count, want.as_ref().map_or(0, |c| c.count));
-            assert_eq!(packed.count(i), scratch.count);
+            assert_eq!(packed.head(i).count(), scratch.count);
+            assert_eq!(packed.head(i).by_class, scratch.by_class);
         }
     }
 

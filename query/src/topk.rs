@@ -1,6 +1,7 @@
 //! Top-K: merge cells by key over the plan's pieces, compute the metric, keep K.
 //! Ties break by key in ascending byte order.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
@@ -457,15 +458,17 @@ fn note_sources(
 }
 
 /// The cells of `keys` alone, looked up in each cube and raw part, merged as
-/// [`merged_cells`] merges them (with every cube's overflow noted).
+/// [`merged_cells`] merges them (with every cube's overflow noted): with their
+/// sketches for a quantile, else with their counts alone (the cubes' cells
+/// are read no further).
 fn merge_keys<'k>(
     dim: Dimension,
     cubes: &[&Cube],
     raw: &[HashMap<String, Cell>],
     keys: impl IntoIterator<Item = &'k String> + Clone,
-    sketches: bool,
+    quantile: bool,
 ) -> Merged {
-    let mut out = Merged::new(dim, sketches);
+    let mut out = Merged::new(dim, quantile);
     let ids: Vec<(&String, Key)> = keys
         .clone()
         .into_iter()
@@ -474,7 +477,11 @@ fn merge_keys<'k>(
     for cube in cubes {
         let floor = cube.floor();
         for (_, id) in &ids {
-            if let Some(cell) = cube.get(*id, sketches) {
+            let cell = match quantile {
+                true => cube.get(*id, true),
+                false => cube.get_counts(*id).map(Cow::Owned),
+            };
+            if let Some(cell) = cell {
                 out.add_to(GroupKey::Key(*id), &cell, floor);
             }
         }
