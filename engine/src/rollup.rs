@@ -55,7 +55,7 @@ impl Granularity {
 }
 
 /// What events are grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dimension {
     Endpoint,
     StatusCode,
@@ -215,8 +215,10 @@ pub struct Overflow {
     pub evicted: Cell,
 }
 
-/// A key of one dimension, looked up once to be read in many cubes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A key of one dimension, looked up once to be read in many cubes. Keys of
+/// one dimension sort in the order cubes keep their cells
+/// ([`Cube::cells_of`]), not by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     dim: Dimension,
     id: KeyId,
@@ -327,6 +329,23 @@ impl Cube {
             }
         }
         Some(cell)
+    }
+
+    /// Calls `f` with the cells of `keys` (sorted, as [`Key`]s sort) that
+    /// this cube has: for many keys, cheaper than a [`Cube::get`] each.
+    pub fn cells_of(&self, keys: &[Key], sketches: bool, mut f: impl FnMut(Key, &Cell)) {
+        let dim = self.dim;
+        let ids = keys.iter().filter(|k| k.dim == dim).map(|k| k.id);
+        match &self.cells {
+            Cells::Open(cells) => {
+                for id in ids {
+                    if let Some(c) = cells.get(&id) {
+                        f(Key { dim, id }, c);
+                    }
+                }
+            }
+            Cells::Packed(p) => p.each_of(ids, sketches, |id, c| f(Key { dim, id }, c)),
+        }
     }
 
     /// The requests of `key` (0 without a cell).
@@ -578,6 +597,44 @@ impl Packed {
         }
         let h = Head::read(self.heads.get(head..).unwrap_or_default());
         h.unpack(self.bodies.get(body..).unwrap_or_default(), sketches, into);
+    }
+
+    /// Calls `f` with the cells of `ids` (ascending) that exist, walking the
+    /// cells in order: a key is found from the previous one or from its mark,
+    /// never reading past more than [`MARK_EVERY`] - 1 cells.
+    fn each_of(
+        &self,
+        ids: impl Iterator<Item = KeyId>,
+        sketches: bool,
+        mut f: impl FnMut(KeyId, &Cell),
+    ) {
+        let mut cell = Cell::new(false);
+        // The next cell and where it starts.
+        let (mut next, mut head, mut body) = (0, 0, 0);
+        for id in ids {
+            let Ok(found) = self.ids[next.min(self.ids.len())..].binary_search(&id) else {
+                continue;
+            };
+            let i = next + found;
+            if i / MARK_EVERY != next / MARK_EVERY {
+                (head, body) = self.mark(i);
+                next = i - i % MARK_EVERY;
+            }
+            for _ in next..i {
+                let h = Head::read(self.heads.get(head..).unwrap_or_default());
+                head += h.len;
+                body += h.body_len(self.bodies.get(body..).unwrap_or_default());
+            }
+            let h = Head::read(self.heads.get(head..).unwrap_or_default());
+            head += h.len;
+            body += h.unpack(
+                self.bodies.get(body..).unwrap_or_default(),
+                sketches,
+                &mut cell,
+            );
+            next = i + 1;
+            f(id, &cell);
+        }
     }
 
     /// Calls `f` with every cell in key id order.
@@ -1448,6 +1505,20 @@ mod tests {
         let body5 = b + Head::read(&packed.heads[h..]).body_len(&packed.bodies[b..]);
         let five = Head::read(&packed.heads[head5..]);
         assert_eq!((five.len, five.body_len(&packed.bodies[body5..])), (2, 2));
+        // Any ascending subset, found by walking: the same cells; absent ids skipped.
+        for step in 1..6 {
+            let wanted: Vec<KeyId> = (0..60).step_by(step).collect();
+            let mut got = Vec::new();
+            packed.each_of(wanted.iter().copied(), true, |id, c| {
+                got.push((id, c.clone()))
+            });
+            let want: Vec<(KeyId, Cell)> = cells
+                .iter()
+                .filter(|(id, _)| wanted.contains(id))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "every {step}th id");
+        }
         for (i, id) in packed.ids.iter().enumerate() {
             let want = &cells.iter().find(|(k, _)| k == id).map(|(_, c)| c.clone());
             packed.unpack(i, true, &mut scratch);

@@ -1,7 +1,6 @@
 //! Top-K: merge cells by key over the plan's pieces, compute the metric, keep K.
 //! Ties break by key in ascending byte order.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
@@ -469,20 +468,23 @@ fn merge_keys<'k>(
     quantile: bool,
 ) -> Merged {
     let mut out = Merged::new(dim, quantile);
-    let ids: Vec<(&String, Key)> = keys
+    let mut ids: Vec<Key> = keys
         .clone()
         .into_iter()
-        .filter_map(|k| Some((k, dim.key(k)?)))
+        .filter_map(|k| dim.key(k))
         .collect();
+    ids.sort_unstable();
     for cube in cubes {
         let floor = cube.floor();
-        for (_, id) in &ids {
-            let cell = match quantile {
-                true => cube.get(*id, true),
-                false => cube.get_counts(*id).map(Cow::Owned),
-            };
-            if let Some(cell) = cell {
-                out.add_to(GroupKey::Key(*id), &cell, floor);
+        if quantile {
+            cube.cells_of(&ids, true, |k, cell| {
+                out.add_to(GroupKey::Key(k), cell, floor)
+            });
+        } else {
+            for id in &ids {
+                if let Some(cell) = cube.get_counts(*id) {
+                    out.add_to(GroupKey::Key(*id), &cell, floor);
+                }
             }
         }
         out.note_overflow(cube);
