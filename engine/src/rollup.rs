@@ -574,29 +574,49 @@ impl Packed {
 
     /// The head of cell `i`, found reading past heads alone.
     fn head(&self, i: usize) -> Head {
-        let (mut at, _) = self.mark(i);
+        let mut at = self.mark(i).head;
         for _ in 0..i % MARK_EVERY {
             at += Head::read(self.heads.get(at..).unwrap_or_default()).len;
         }
         Head::read(self.heads.get(at..).unwrap_or_default())
     }
 
-    fn mark(&self, i: usize) -> (usize, usize) {
+    /// Where the cells from the mark of cell `i` on start.
+    fn mark(&self, i: usize) -> At {
         self.marks
             .get(i / MARK_EVERY)
-            .map_or((0, 0), |&(h, b)| (h as usize, b as usize))
+            .map_or(At::default(), |&(h, b)| At {
+                head: h as usize,
+                body: b as usize,
+            })
+    }
+
+    /// Moves `at` past the cell there, without decoding its body.
+    fn skip(&self, at: &mut At) {
+        let h = Head::read(self.heads.get(at.head..).unwrap_or_default());
+        at.head += h.len;
+        at.body += h.body_len(self.bodies.get(at.body..).unwrap_or_default());
+    }
+
+    /// Reads the cell at `at` into `into` (reusing its sketch's allocation)
+    /// and moves `at` past it.
+    fn read(&self, at: &mut At, sketches: bool, into: &mut Cell) {
+        let h = Head::read(self.heads.get(at.head..).unwrap_or_default());
+        at.head += h.len;
+        at.body += h.unpack(
+            self.bodies.get(at.body..).unwrap_or_default(),
+            sketches,
+            into,
+        );
     }
 
     /// Cell `i` into `into` (reusing its sketch's allocation).
     fn unpack(&self, i: usize, sketches: bool, into: &mut Cell) {
-        let (mut head, mut body) = self.mark(i);
+        let mut at = self.mark(i);
         for _ in 0..i % MARK_EVERY {
-            let h = Head::read(self.heads.get(head..).unwrap_or_default());
-            head += h.len;
-            body += h.body_len(self.bodies.get(body..).unwrap_or_default());
+            self.skip(&mut at);
         }
-        let h = Head::read(self.heads.get(head..).unwrap_or_default());
-        h.unpack(self.bodies.get(body..).unwrap_or_default(), sketches, into);
+        self.read(&mut at, sketches, into);
     }
 
     /// Calls `f` with the cells of `ids` (ascending) that exist, walking the
@@ -610,28 +630,20 @@ impl Packed {
     ) {
         let mut cell = Cell::new(false);
         // The next cell and where it starts.
-        let (mut next, mut head, mut body) = (0, 0, 0);
+        let (mut next, mut at) = (0, At::default());
         for id in ids {
             let Ok(found) = self.ids[next.min(self.ids.len())..].binary_search(&id) else {
                 continue;
             };
             let i = next + found;
             if i / MARK_EVERY != next / MARK_EVERY {
-                (head, body) = self.mark(i);
+                at = self.mark(i);
                 next = i - i % MARK_EVERY;
             }
             for _ in next..i {
-                let h = Head::read(self.heads.get(head..).unwrap_or_default());
-                head += h.len;
-                body += h.body_len(self.bodies.get(body..).unwrap_or_default());
+                self.skip(&mut at);
             }
-            let h = Head::read(self.heads.get(head..).unwrap_or_default());
-            head += h.len;
-            body += h.unpack(
-                self.bodies.get(body..).unwrap_or_default(),
-                sketches,
-                &mut cell,
-            );
+            self.read(&mut at, sketches, &mut cell);
             next = i + 1;
             f(id, &cell);
         }
@@ -640,18 +652,19 @@ impl Packed {
     /// Calls `f` with every cell in key id order.
     fn each(&self, sketches: bool, mut f: impl FnMut(KeyId, &Cell)) {
         let mut cell = Cell::new(false);
-        let (mut head, mut body) = (0, 0);
+        let mut at = At::default();
         for id in &self.ids {
-            let h = Head::read(self.heads.get(head..).unwrap_or_default());
-            head += h.len;
-            body += h.unpack(
-                self.bodies.get(body..).unwrap_or_default(),
-                sketches,
-                &mut cell,
-            );
+            self.read(&mut at, sketches, &mut cell);
             f(*id, &cell);
         }
     }
+}
+
+/// A position in a [`Packed`]'s heads and bodies.
+#[derive(Debug, Clone, Copy, Default)]
+struct At {
+    head: usize,
+    body: usize,
 }
 
 const HAS_SKETCH: u8 = 1 << 5;
@@ -1500,7 +1513,7 @@ mod tests {
         cells.sort_by_key(|(id, _)| *id);
         assert_eq!(all, cells);
         // Cell 5: one request of 1,234 µs: a flags byte and a 0 in the head, two bytes of body.
-        let (h, b) = packed.mark(4);
+        let At { head: h, body: b } = packed.mark(4);
         let head5 = h + Head::read(&packed.heads[h..]).len;
         let body5 = b + Head::read(&packed.heads[h..]).body_len(&packed.bodies[b..]);
         let five = Head::read(&packed.heads[head5..]);

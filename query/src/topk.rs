@@ -148,6 +148,8 @@ pub(crate) struct Merged {
     /// Only some keys of the cubes were read (a filter on the grouped
     /// dimension or a status class): the evicted cells also hold other keys.
     subset: bool,
+    /// Whether a group is keyed by value ([`GroupKey::Name`]).
+    named: bool,
 }
 
 /// A group's key: as the cubes name it, or (raw rows of a key no cube ever
@@ -183,6 +185,7 @@ impl Merged {
             evicted: None,
             sketches,
             subset: false,
+            named: false,
         }
     }
 
@@ -193,20 +196,28 @@ impl Merged {
 
     /// The group of the key `name`.
     pub(crate) fn get(&self, name: &str) -> Option<&Group> {
-        self.groups.get(&self.group_key(name))
-    }
-
-    fn group_key(&self, name: &str) -> GroupKey {
+        let named = || self.groups.get(&GroupKey::Name(name.to_owned()));
         match self.dim.key(name) {
-            Some(k) => GroupKey::Key(k),
-            None => GroupKey::Name(name.to_owned()),
+            Some(k) => self.groups.get(&GroupKey::Key(k)).or_else(named),
+            None => named(),
         }
     }
 
     /// Merges `cell` into the group of the key `name`.
     fn add(&mut self, name: &str, cell: &Cell, floor: u64) {
-        let key = self.group_key(name);
-        self.add_to(key, cell, floor);
+        let Some(key) = self.dim.key(name) else {
+            self.named = true;
+            self.add_to(GroupKey::Name(name.to_owned()), cell, floor);
+            return;
+        };
+        // Ingest may have interned the key since an earlier part of this read
+        // named it by value: one group for one key.
+        if self.named
+            && let Some(g) = self.groups.remove(&GroupKey::Name(name.to_owned()))
+        {
+            self.add_to(GroupKey::Key(key), &g.cell, g.floors_seen);
+        }
+        self.add_to(GroupKey::Key(key), cell, floor);
     }
 
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
