@@ -265,7 +265,8 @@ impl Cube {
     }
 
     /// Calls `f` with every cell and its key, in no particular order. Without
-    /// `sketches` the cells come without their sketch (`None`), which is cheaper.
+    /// `sketches`, packed cells come without their sketch (`None`), which is
+    /// cheaper; open ones come as they are. `f` must not intern keys.
     pub fn cells(&self, sketches: bool, mut f: impl FnMut(&'static str, &Cell)) {
         Keys::of(self.dim).with_names(|name| self.cells_by_id(sketches, |id, c| f(name(id), c)));
     }
@@ -283,7 +284,7 @@ impl Cube {
         }
     }
 
-    /// The cell of `key` (without its sketch unless `sketches`).
+    /// The cell of `key` (a packed one without its sketch unless `sketches`).
     pub fn get(&self, key: Key, sketches: bool) -> Option<Cow<'_, Cell>> {
         if key.dim != self.dim {
             return None;
