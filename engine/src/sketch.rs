@@ -134,6 +134,62 @@ impl LatencySketch {
     }
 }
 
+/// Many sketches added up, as a query merging hundreds of cells into one
+/// group does: the bins in a dense array over the keys seen, so adding a
+/// sketch costs a step per bin, however wide the sum has grown.
+#[derive(Debug, Clone, Default)]
+pub struct SketchSum {
+    zeros: u64,
+    /// The bin key of `counts[0]`.
+    first: i32,
+    counts: Vec<u64>,
+}
+
+impl SketchSum {
+    pub fn add(&mut self, s: &LatencySketch) {
+        self.zeros += s.zeros;
+        let (Some(&(lo, _)), Some(&(hi, _))) = (s.bins.first(), s.bins.last()) else {
+            return;
+        };
+        self.cover(lo, hi);
+        for &(key, n) in &s.bins {
+            if let Some(c) = self.counts.get_mut((key - self.first) as usize) {
+                *c += n;
+            }
+        }
+    }
+
+    /// Grows `counts` to hold the keys `lo..=hi`.
+    fn cover(&mut self, lo: i32, hi: i32) {
+        if self.counts.is_empty() {
+            self.first = lo;
+            self.counts = vec![0; (hi - lo) as usize + 1];
+            return;
+        }
+        if lo < self.first {
+            let more = (self.first - lo) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, more));
+            self.first = lo;
+        }
+        let len = (hi - self.first) as usize + 1;
+        if len > self.counts.len() {
+            self.counts.resize(len, 0);
+        }
+    }
+
+    /// The sum as one sketch, the same as merging every sketch added.
+    pub fn sketch(&self) -> LatencySketch {
+        LatencySketch {
+            zeros: self.zeros,
+            bins: (self.first..)
+                .zip(&self.counts)
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k, *n))
+                .collect(),
+        }
+    }
+}
+
 /// Two sorted bin lists with distinct keys, as one sorted list.
 fn merge_sorted(a: &[(i32, u64)], b: &[(i32, u64)]) -> Vec<(i32, u64)> {
     let mut out = Vec::with_capacity(a.len() + b.len());
@@ -185,8 +241,13 @@ mod tests {
             let (mut sa, mut sb, mut all) = (LatencySketch::default(), LatencySketch::default(), LatencySketch::default());
             for &v in &a { sa.insert(v); all.insert(v); }
             for &v in &b { sb.insert(v); all.insert(v); }
+            let mut sum = SketchSum::default();
+            sum.add(&sb);
+            sum.add(&sa);
+            sum.add(&LatencySketch::default());
             sa.merge(&sb);
             prop_assert_eq!(&sa, &all);
+            prop_assert_eq!(&sum.sketch(), &all);
             let mut sorted: Vec<u64> = a.iter().chain(&b).copied().collect();
             sorted.sort_unstable();
             let want = sorted[quantile_index(q, sorted.len() as u64) as usize] as f64;

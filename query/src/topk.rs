@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
-    Cell, Cube, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, TimeRange,
+    Cell, Cube, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, SketchSum, TimeRange,
 };
 
 use crate::metric::Missed;
@@ -174,6 +174,10 @@ pub(crate) struct Group {
     pub(crate) cell: Cell,
     /// Floors of the over-budget buckets this key was present in.
     floors_seen: u64,
+    /// With sketches: the cells' sketches added up, `None` once a cell
+    /// without one was merged (quantiles cannot be answered). Moved into
+    /// `cell` by [`Merged::finish`].
+    sketches: Option<SketchSum>,
 }
 
 impl Merged {
@@ -215,7 +219,7 @@ impl Merged {
         if self.named
             && let Some(g) = self.groups.remove(&GroupKey::Name(name.to_owned()))
         {
-            self.add_to(GroupKey::Key(key), &g.cell, g.floors_seen);
+            self.absorb(GroupKey::Key(key), g);
         }
         self.add_to(GroupKey::Key(key), cell, floor);
     }
@@ -223,28 +227,45 @@ impl Merged {
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
     /// its sketch, so count-only metrics never copy or merge bins.
     fn add_to(&mut self, key: GroupKey, cell: &Cell, floor: u64) {
-        match self.groups.get_mut(&key) {
-            Some(g) => {
-                g.cell.merge(cell);
-                g.floors_seen += floor;
-            }
-            None => {
-                let cell = if self.sketches {
-                    cell.clone()
-                } else {
-                    let mut c = Cell::new(false);
-                    c.merge(cell);
-                    c
-                };
-                self.groups.insert(
-                    key,
-                    Group {
-                        cell,
-                        floors_seen: floor,
-                    },
-                );
+        let g = self.groups.entry(key).or_insert_with(|| Group {
+            cell: Cell::new(false),
+            floors_seen: 0,
+            sketches: self.sketches.then(SketchSum::default),
+        });
+        // The sketch is summed apart: `Cell::merge` leaves a cell without one as it is.
+        g.cell.merge(cell);
+        g.floors_seen += floor;
+        if let Some(sum) = &mut g.sketches {
+            match &cell.sketch {
+                Some(s) => sum.add(s),
+                None => g.sketches = None,
             }
         }
+    }
+
+    /// Merges the group `other` into `key`'s.
+    fn absorb(&mut self, key: GroupKey, other: Group) {
+        let Some(g) = self.groups.get_mut(&key) else {
+            self.groups.insert(key, other);
+            return;
+        };
+        g.cell.merge(&other.cell);
+        g.floors_seen += other.floors_seen;
+        g.sketches = match (g.sketches.take(), other.sketches) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.add(&theirs.sketch());
+                Some(mine)
+            }
+            _ => None,
+        };
+    }
+
+    /// Puts each group's summed sketch in its cell: done once every cell is in.
+    fn finish(mut self) -> Self {
+        for g in self.groups.values_mut() {
+            g.cell.sketch = g.sketches.take().map(|sum| sum.sketch());
+        }
+        self
     }
 
     /// Reads every cell of a cube of the grouped dimension.
@@ -351,7 +372,7 @@ pub(crate) fn merged_cells(
         for (k, cell) in engine.aggregate_raw(range, filters, dim)? {
             out.add(&k, &cell, 0);
         }
-        return Ok(out);
+        return Ok(out.finish());
     };
     let (pieces, raw) = split_plan(engine, range, dim, filters)?;
     note_sources(&pieces, &raw, &mut note);
@@ -388,7 +409,7 @@ pub(crate) fn merged_cells(
             out.add(k, cell, 0);
         }
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
 /// The `k` keys with the most requests, found without merging every cell:
@@ -507,7 +528,7 @@ fn merge_keys<'k>(
             }
         }
     }
-    out
+    out.finish()
 }
 
 /// The keys of the `k` largest total counts over `cubes` and `raw` (ties by
