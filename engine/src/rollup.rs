@@ -116,6 +116,14 @@ impl Dimension {
         Keys::of(self).id(name).map(|id| Key { dim: self, id })
     }
 
+    /// `name` as a key of this dimension, interned if new.
+    pub fn intern(self, name: &str) -> Key {
+        Key {
+            dim: self,
+            id: Keys::of(self).intern(name),
+        }
+    }
+
     /// This dimension's value in an event.
     pub fn key_of(self, e: &Event) -> std::borrow::Cow<'_, str> {
         match self {
@@ -266,7 +274,8 @@ impl Cube {
 
     /// Calls `f` with every cell and its key, in no particular order. Without
     /// `sketches`, packed cells come without their sketch (`None`), which is
-    /// cheaper; open ones come as they are. `f` must not intern keys.
+    /// cheaper; open ones come as they are. `f` must not intern keys of this
+    /// cube's dimension (their lock is held).
     pub fn cells(&self, sketches: bool, mut f: impl FnMut(&'static str, &Cell)) {
         Keys::of(self.dim).with_names(|name| self.cells_by_id(sketches, |id, c| f(name(id), c)));
     }

@@ -137,7 +137,8 @@ fn cube_read_for(dim: Dimension, f: &Filters, metric: Metric) -> Option<CubeRead
 pub(crate) struct Merged {
     /// The dimension grouped by.
     dim: Dimension,
-    groups: HashMap<GroupKey, Group, foldhash::fast::RandomState>,
+    /// By key, raw rows' keys interned as the cubes' are.
+    groups: HashMap<Key, Group, foldhash::fast::RandomState>,
     /// Sum of the floors of every over-budget cube bucket read: a key absent from
     /// all of them has at most this many requests in the range.
     floor: u64,
@@ -148,25 +149,6 @@ pub(crate) struct Merged {
     /// Only some keys of the cubes were read (a filter on the grouped
     /// dimension or a status class): the evicted cells also hold other keys.
     subset: bool,
-    /// Whether a group is keyed by value ([`GroupKey::Name`]).
-    named: bool,
-}
-
-/// A group's key: as the cubes name it, or (raw rows of a key no cube ever
-/// had) by its value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum GroupKey {
-    Key(Key),
-    Name(String),
-}
-
-impl GroupKey {
-    fn name(&self) -> &str {
-        match self {
-            GroupKey::Key(k) => k.name(),
-            GroupKey::Name(n) => n,
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -189,7 +171,6 @@ impl Merged {
             evicted: None,
             sketches,
             subset: false,
-            named: false,
         }
     }
 
@@ -200,33 +181,20 @@ impl Merged {
 
     /// The group of the key `name`.
     pub(crate) fn get(&self, name: &str) -> Option<&Group> {
-        let named = || self.groups.get(&GroupKey::Name(name.to_owned()));
-        match self.dim.key(name) {
-            Some(k) => self.groups.get(&GroupKey::Key(k)).or_else(named),
-            None => named(),
-        }
+        self.groups.get(&self.dim.key(name)?)
     }
 
-    /// Merges `cell` into the group of the key `name`.
+    /// Merges `cell` into the group of the key `name` (interned if new: raw
+    /// rows may hold a key no cube has, such as one a budget evicted before a
+    /// restart).
     fn add(&mut self, name: &str, cell: &Cell, floor: u64) {
-        let Some(key) = self.dim.key(name) else {
-            self.named = true;
-            self.add_to(GroupKey::Name(name.to_owned()), cell, floor);
-            return;
-        };
-        // Ingest may have interned the key since an earlier part of this read
-        // named it by value: one group for one key.
-        if self.named
-            && let Some(g) = self.groups.remove(&GroupKey::Name(name.to_owned()))
-        {
-            self.absorb(GroupKey::Key(key), g);
-        }
-        self.add_to(GroupKey::Key(key), cell, floor);
+        let key = self.dim.intern(name);
+        self.add_to(key, cell, floor);
     }
 
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
     /// its sketch, so count-only metrics never copy or merge bins.
-    fn add_to(&mut self, key: GroupKey, cell: &Cell, floor: u64) {
+    fn add_to(&mut self, key: Key, cell: &Cell, floor: u64) {
         let g = self.groups.entry(key).or_insert_with(|| Group {
             cell: Cell::new(false),
             floors_seen: 0,
@@ -243,23 +211,6 @@ impl Merged {
         }
     }
 
-    /// Merges the group `other` into `key`'s.
-    fn absorb(&mut self, key: GroupKey, other: Group) {
-        let Some(g) = self.groups.get_mut(&key) else {
-            self.groups.insert(key, other);
-            return;
-        };
-        g.cell.merge(&other.cell);
-        g.floors_seen += other.floors_seen;
-        g.sketches = match (g.sketches.take(), other.sketches) {
-            (Some(mut mine), Some(theirs)) => {
-                mine.add(&theirs.sketch());
-                Some(mine)
-            }
-            _ => None,
-        };
-    }
-
     /// Puts each group's summed sketch in its cell: done once every cell is in.
     fn finish(mut self) -> Self {
         for g in self.groups.values_mut() {
@@ -271,9 +222,7 @@ impl Merged {
     /// Reads every cell of a cube of the grouped dimension.
     fn add_whole_cube(&mut self, cube: &Cube) {
         let floor = cube.floor();
-        cube.cells_by_key(self.sketches, |k, cell| {
-            self.add_to(GroupKey::Key(k), cell, floor)
-        });
+        cube.cells_by_key(self.sketches, |k, cell| self.add_to(k, cell, floor));
         self.note_overflow(cube);
     }
 
@@ -390,7 +339,7 @@ pub(crate) fn merged_cells(
                 CubeRead::Direct { key: None } => out.add_whole_cube(cube),
                 CubeRead::Direct { key: Some(_) } => {
                     if let Some((k, cell)) = only.and_then(|k| Some((k, cube.get(k, sketches)?))) {
-                        out.add_to(GroupKey::Key(k), &cell, cube.floor());
+                        out.add_to(k, &cell, cube.floor());
                     }
                     out.note_overflow(cube);
                 }
@@ -509,13 +458,11 @@ fn merge_keys<'k>(
     for cube in cubes {
         let floor = cube.floor();
         if quantile {
-            cube.cells_of(&ids, true, |k, cell| {
-                out.add_to(GroupKey::Key(k), cell, floor)
-            });
+            cube.cells_of(&ids, true, |k, cell| out.add_to(k, cell, floor));
         } else {
             for id in &ids {
                 if let Some(cell) = cube.get_counts(*id) {
-                    out.add_to(GroupKey::Key(*id), &cell, floor);
+                    out.add_to(*id, &cell, floor);
                 }
             }
         }
