@@ -5,6 +5,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use toplog_benches::workload::{Generator, Workload};
 use toplog_benches::{events_over, loaded_engine, top10};
 use toplog_engine::{Cell, DEFAULT_ROLLUP_KEY_BUDGET, Dimension, Rollups, TimeRange};
 use toplog_query::{Metric, top_k};
@@ -47,6 +48,31 @@ fn cells(c: &mut Criterion) {
         b.iter(|| {
             let mut r = Rollups::new(DEFAULT_ROLLUP_KEY_BUDGET);
             for e in &evs {
+                r.add(e);
+            }
+            r
+        })
+    });
+    // The loadgen workload (10 M events over 30 days): every cube at every
+    // granularity as ingest adds them, with a million users and sketches
+    // spread wider than one hour's.
+    let loadgen: Vec<_> = Generator::new(
+        Workload {
+            seed: 1,
+            endpoints: 2_000,
+            users: 1_000_000,
+            end: Micros::new(T0 + 30 * DAY),
+            span_us: 30 * DAY,
+        },
+        10_000_000,
+    )
+    .take(100_000)
+    .collect();
+    g.throughput(Throughput::Elements(loadgen.len() as u64));
+    g.bench_function("rollups_add_100k_loadgen_events", |b| {
+        b.iter(|| {
+            let mut r = Rollups::new(DEFAULT_ROLLUP_KEY_BUDGET);
+            for e in &loadgen {
                 r.add(e);
             }
             r

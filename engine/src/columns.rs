@@ -29,7 +29,7 @@ impl StrColumn {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct DictColumn {
     pub(crate) values: Vec<String>,
-    lookup: HashMap<String, u32>,
+    lookup: HashMap<String, u32, foldhash::fast::RandomState>,
     pub(crate) ids: Vec<u32>,
 }
 

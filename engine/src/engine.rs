@@ -20,7 +20,7 @@ use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
 use crate::idempotency::{self, KeyIndex, KeyRecord};
 use crate::manifest::{self, KeyFileEntry, Manifest, SegmentEntry};
-use crate::rollup::{Cell, Cube, Dimension, Granularity, Rollups};
+use crate::rollup::{self, Cell, Cube, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, TimeRange};
 use crate::segment::{self, SegmentMeta};
 
@@ -489,7 +489,7 @@ impl Inner {
             let file = format!("{:020}.cube", upto.get());
             let path = rollup_dir.join(&file);
             let image = cells
-                .to_file()
+                .to_file(rollup::FLUSH_FILE_LEVEL)
                 .map_err(io_err("encoding rollups for", &path))?;
             manifest::write_durable(&self.fs, &path, &image)?;
             next.rollup_files.push(file);
@@ -1242,7 +1242,7 @@ impl Inner {
             );
             let path = dir.join(&file);
             let image = part
-                .to_file()
+                .to_file(rollup::TIER_FILE_LEVEL)
                 .map_err(io_err("encoding rollups for", &path))?;
             manifest::write_durable(&self.fs, &path, &image)?;
             written.push(manifest::RollupTierFile {
