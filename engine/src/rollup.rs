@@ -214,7 +214,9 @@ const FILE_MAGIC: &[u8; 8] = b"TPLGCUB\0";
 pub(crate) const FLUSH_FILE_LEVEL: i32 = 1;
 /// zstd level of the day files maintenance keeps for a year.
 pub(crate) const TIER_FILE_LEVEL: i32 = 3;
-const FILE_VERSION: u32 = 2;
+/// Version 3 names keys in per-dimension tables; version 2 (read, no longer
+/// written) named them in every cell.
+const FILE_VERSION: u32 = 3;
 /// Bytes of a rollup file's header.
 const FILE_HEADER: usize = 36;
 
@@ -290,6 +292,14 @@ impl Cube {
     pub fn cells_by_key(&self, sketches: bool, mut f: impl FnMut(Key, &Cell)) {
         let dim = self.dim;
         self.cells_by_id(sketches, |id, c| f(Key { dim, id }, c));
+    }
+
+    /// Calls `f` with the id of every key the cube holds a cell for.
+    fn each_id(&self, f: impl FnMut(KeyId)) {
+        match &self.cells {
+            Cells::Open(cells) => cells.keys().copied().for_each(f),
+            Cells::Packed(p) => p.ids.iter().copied().for_each(f),
+        }
     }
 
     fn cells_by_id(&self, sketches: bool, mut f: impl FnMut(KeyId, &Cell)) {
@@ -926,6 +936,23 @@ impl Bucket {
         }
     }
 
+    /// An empty bucket whose cubes have room for `cells` cells each (by
+    /// [`Dimension::index`]), so filling it does not grow its maps step by step.
+    fn with_room(cells: [usize; 5]) -> Self {
+        let mut bucket = Self::new();
+        for (cube, n) in bucket.cubes.iter_mut().zip(cells) {
+            if n > 0 {
+                cube.cells = Cells::Open(HashMap::with_capacity_and_hasher(n, Default::default()));
+            }
+        }
+        bucket
+    }
+
+    /// Cells per cube, by [`Dimension::index`].
+    fn sizes(&self) -> [usize; 5] {
+        [0, 1, 2, 3, 4].map(|i| self.cubes[i].len())
+    }
+
     /// This bucket with every cube packed: itself if they are already.
     fn packed(bucket: &Arc<Bucket>) -> Arc<Bucket> {
         if bucket.is_packed() {
@@ -959,6 +986,9 @@ pub struct Rollups {
     /// Per granularity, the starts of the buckets [`Rollups::add`] wrote to
     /// last, least recent first: every other bucket is packed.
     open: [Vec<i64>; 3],
+    /// Per granularity, the cells per cube of the bucket packed last: the
+    /// room a new bucket is made with.
+    room: [[usize; 5]; 3],
 }
 
 impl Default for Rollups {
@@ -1007,6 +1037,7 @@ impl Rollups {
             levels: Default::default(),
             budget: budget.max(1),
             open: Default::default(),
+            room: Default::default(),
         }
     }
 
@@ -1018,9 +1049,10 @@ impl Rollups {
         for g in Granularity::ALL {
             let start = e.timestamp.floor_to(g.len_us()).get();
             self.keep_open(g, start);
+            let room = self.room[g.index()];
             let bucket = self.levels[g.index()]
                 .entry(start)
-                .or_insert_with(|| Arc::new(Bucket::new()));
+                .or_insert_with(|| Arc::new(Bucket::with_room(room)));
             let bucket = Arc::make_mut(bucket);
             for d in Dimension::ALL {
                 if d.granularities().contains(&g) {
@@ -1052,6 +1084,7 @@ impl Rollups {
         if open.len() > OPEN_BUCKETS {
             let done = open.remove(0);
             if let Some(bucket) = self.levels[g.index()].get_mut(&done) {
+                self.room[g.index()] = bucket.sizes();
                 Arc::make_mut(bucket).pack();
             }
         }
@@ -1116,8 +1149,8 @@ impl Rollups {
         (level.len(), level.keys().next().map(|s| Micros::new(*s)))
     }
 
-    /// The cells as bytes (see docs/format.md, "Rollup file"); keys sorted so the
-    /// same rollups always encode the same way.
+    /// The cells as bytes (see docs/format.md, "Rollup file"): the same
+    /// rollups always encode the same way within a process.
     #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1129,11 +1162,98 @@ impl Rollups {
     }
 
     /// The encoding, handed to `emit` a cube at a time, so a large one is
-    /// never held whole.
+    /// never held whole: first each dimension's table of the key names the
+    /// cells use, in key id order, then every cube's cells in the same order,
+    /// each naming its key by a gap in the table. A name is written once per
+    /// file, not once per bucket, and nothing is sorted by name.
     fn encode_with(
         &self,
         mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        const ABSENT: u32 = u32::MAX;
+        let mut out = Vec::new();
+        // Per dimension: key id -> position in the table (ABSENT if unused).
+        let mut positions: [Vec<u32>; 5] = Default::default();
+        for level in &self.levels {
+            for bucket in level.values() {
+                for (cube, pos) in bucket.cubes.iter().zip(&mut positions) {
+                    cube.each_id(|id| {
+                        let id = id as usize;
+                        if id >= pos.len() {
+                            pos.resize(id + 1, ABSENT);
+                        }
+                        pos[id] = 0;
+                    });
+                }
+            }
+        }
+        for (d, pos) in Dimension::ALL.iter().zip(&mut positions) {
+            let mut table = Vec::new();
+            for (id, p) in pos.iter_mut().enumerate() {
+                if *p != ABSENT {
+                    *p = table.len() as u32;
+                    table.push(id as KeyId);
+                }
+            }
+            put_varint(&mut out, table.len() as u64);
+            Keys::of(*d).with_names(|name| {
+                for id in &table {
+                    put_bytes(&mut out, name(*id).as_bytes());
+                }
+            });
+            emit(&out)?;
+            out.clear();
+        }
+        let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
+        put_varint(&mut out, buckets as u64);
+        let mut open: Vec<(KeyId, &Cell)> = Vec::new();
+        for (g, level) in [Granularity::Minute, Granularity::Hour, Granularity::Day]
+            .iter()
+            .zip(&self.levels)
+        {
+            for (start, bucket) in level {
+                out.push(g.index() as u8);
+                out.extend_from_slice(&start.to_le_bytes());
+                for (cube, pos) in bucket.cubes.iter().zip(&positions) {
+                    put_varint(&mut out, cube.len() as u64);
+                    let mut next = 0;
+                    let mut put = |out: &mut Vec<u8>, id: KeyId, c: &Cell| {
+                        let at = pos[id as usize];
+                        put_varint(out, u64::from(at - next));
+                        next = at + 1;
+                        put_cell(out, c);
+                    };
+                    match &cube.cells {
+                        Cells::Packed(p) => p.each(true, |id, c| put(&mut out, id, c)),
+                        Cells::Open(cells) => {
+                            open.clear();
+                            open.extend(cells.iter().map(|(id, c)| (*id, c)));
+                            open.sort_unstable_by_key(|(id, _)| *id);
+                            for (id, c) in &open {
+                                put(&mut out, *id, c);
+                            }
+                        }
+                    }
+                    match &cube.overflow {
+                        None => out.push(0),
+                        Some(o) => {
+                            out.push(1);
+                            put_varint(&mut out, o.floor);
+                            put_cell(&mut out, &o.evicted);
+                        }
+                    }
+                    emit(&out)?;
+                    out.clear();
+                }
+            }
+        }
+        emit(&out)
+    }
+
+    /// [`Rollups::encode`] in version 2 of the format, which the node wrote
+    /// before: tests check such files still load.
+    #[cfg(test)]
+    pub(crate) fn encode_v2(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
         put_varint(&mut out, buckets as u64);
@@ -1161,17 +1281,33 @@ impl Rollups {
                             put_cell(&mut out, &o.evicted);
                         }
                     }
-                    emit(&out)?;
-                    out.clear();
                 }
             }
         }
-        emit(&out)
+        out
     }
 
-    pub(crate) fn decode(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
+    /// Rollups from the cells of a file of version `version` (2: each cell
+    /// names its key; 3: the names come first, in tables, see [`Rollups::encode_with`]).
+    pub(crate) fn decode(buf: &[u8], version: u32, budget: usize) -> Result<Self, CodecError> {
         let bad = |m: &str| CodecError(m.to_owned());
         let mut r = Reader::new(buf);
+        let mut tables: [Vec<KeyId>; 5] = Default::default();
+        if version >= 3 {
+            for (d, table) in Dimension::ALL.iter().zip(&mut tables) {
+                let keys = Keys::of(*d);
+                let n = r.len(buf.len())?;
+                table.reserve(n);
+                for _ in 0..n {
+                    table.push(keys.intern(&r.string()?));
+                }
+                let mut sorted = table.clone();
+                sorted.sort_unstable();
+                if sorted.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(bad("key name listed twice"));
+                }
+            }
+        }
         let mut out = Rollups::new(budget);
         let buckets = r.len(buf.len())?;
         for _ in 0..buckets {
@@ -1181,12 +1317,22 @@ impl Rollups {
             }
             let start = r.i64()?;
             let mut bucket = Bucket::new();
-            for cube in &mut bucket.cubes {
+            for (cube, table) in bucket.cubes.iter_mut().zip(&tables) {
                 let keys = Keys::of(cube.dim);
                 let n = r.len(buf.len())?;
                 let mut cells = Vec::with_capacity(n);
+                let mut next = 0u64;
                 for _ in 0..n {
-                    let key = keys.intern(&r.string()?);
+                    let key = if version >= 3 {
+                        let at = next
+                            .checked_add(r.varint()?)
+                            .filter(|at| *at < table.len() as u64)
+                            .ok_or_else(|| bad("key outside the name table"))?;
+                        next = at + 1;
+                        table[at as usize]
+                    } else {
+                        keys.intern(&r.string()?)
+                    };
                     cells.push((key, get_cell(&mut r, buf.len())?));
                 }
                 let packed = Packed::new(cells);
@@ -1251,7 +1397,8 @@ impl Rollups {
             return Err(bad("not a rollup file (bad magic)"));
         }
         let mut r = Reader::new(&buf[8..FILE_HEADER]);
-        if r.u32()? != FILE_VERSION || r.u32()? != 0 {
+        let version = r.u32()?;
+        if !(2..=FILE_VERSION).contains(&version) || r.u32()? != 0 {
             return Err(bad("unsupported rollup file version"));
         }
         let raw_len = usize::try_from(r.u64()?).map_err(|_| bad("raw length too large"))?;
@@ -1268,7 +1415,7 @@ impl Rollups {
         if raw.len() != raw_len {
             return Err(bad("wrong decompressed length"));
         }
-        Self::decode(&raw, budget)
+        Self::decode(&raw, version, budget)
     }
 
     /// Calls `f` with the cube of `dim` of every bucket of `g` starting in `[from, to)`.
@@ -1401,13 +1548,13 @@ mod tests {
             if i % 2 == 0 { a.add(e) } else { b.add(e) }
         }
         let img = all.encode();
-        let back = Rollups::decode(&img, 100).map(|r| r.encode());
+        let back = Rollups::decode(&img, FILE_VERSION, 100).map(|r| r.encode());
         assert_eq!(back.as_deref(), Ok(img.as_slice()));
         a.merge(&b);
         assert_eq!(a.encode(), img);
         for len in 0..img.len() {
             assert!(
-                Rollups::decode(&img[..len], 100).is_err(),
+                Rollups::decode(&img[..len], FILE_VERSION, 100).is_err(),
                 "truncated to {len}"
             );
         }
@@ -1423,6 +1570,40 @@ mod tests {
             bad[at] ^= 0x21;
             assert!(Rollups::from_file(&bad, 100).is_err(), "flip at {at}");
         }
+        // Files of version 2 (a name in every cell), which earlier nodes
+        // wrote, load to the same cells.
+        let v2 = all.encode_v2();
+        assert_eq!(
+            Rollups::decode(&v2, 2, 100).map(|r| r.encode()).as_deref(),
+            Ok(img.as_slice())
+        );
+        for len in 0..v2.len() {
+            assert!(
+                Rollups::decode(&v2[..len], 2, 100).is_err(),
+                "v2 cut at {len}"
+            );
+        }
+        let block = zstd::bulk::compress(&v2, 3).unwrap();
+        let mut v2_file = FILE_MAGIC.to_vec();
+        v2_file.extend_from_slice(&2u32.to_le_bytes());
+        v2_file.extend_from_slice(&0u32.to_le_bytes());
+        v2_file.extend_from_slice(&(v2.len() as u64).to_le_bytes());
+        v2_file.extend_from_slice(&(block.len() as u64).to_le_bytes());
+        v2_file.extend_from_slice(&crc32c::crc32c(&block).to_le_bytes());
+        v2_file.extend_from_slice(&block);
+        assert_eq!(
+            Rollups::from_file(&v2_file, 100)
+                .map(|r| r.encode())
+                .as_deref(),
+            Ok(img.as_slice())
+        );
+        // A version-3 table naming one key twice is refused.
+        let mut twice = Vec::new();
+        put_varint(&mut twice, 2);
+        put_bytes(&mut twice, b"GET /twice");
+        put_bytes(&mut twice, b"GET /twice");
+        twice.extend_from_slice(&[0, 0, 0, 0, 0]);
+        assert!(Rollups::decode(&twice, 3, 100).is_err());
     }
 
     fn zipf_events(n: u64, seed: u64) -> Vec<Event> {
