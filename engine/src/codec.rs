@@ -124,9 +124,13 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn string(&mut self) -> Result<String, CodecError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// A string borrowed from the buffer.
+    pub(crate) fn str(&mut self) -> Result<&'a str, CodecError> {
         let b = self.bytes()?;
         std::str::from_utf8(b)
-            .map(str::to_owned)
             .map_err(|_| CodecError(format!("invalid UTF-8 before byte {}", self.pos)))
     }
 }

@@ -83,6 +83,7 @@ pub(crate) struct Columns {
 }
 
 /// One row's values, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Row<'a> {
     pub(crate) ts: i64,
     pub(crate) request_id: &'a str,
@@ -91,6 +92,20 @@ pub(crate) struct Row<'a> {
     pub(crate) method: &'a str,
     pub(crate) status: u16,
     pub(crate) latency_us: u64,
+}
+
+impl<'a> Row<'a> {
+    pub(crate) fn of(e: &'a Event) -> Self {
+        Row {
+            ts: e.timestamp.get(),
+            request_id: &e.request_id,
+            user_id: &e.user_id,
+            endpoint: &e.endpoint,
+            method: &e.method,
+            status: e.status_code,
+            latency_us: e.latency_us,
+        }
+    }
 }
 
 /// Fixed per-row cost: ts, request id end offset, three dict ids, status, latency.
@@ -123,15 +138,7 @@ impl Columns {
 
     /// Appends one event; returns the bytes it added.
     pub(crate) fn push(&mut self, e: &Event) -> usize {
-        self.push_row(Row {
-            ts: e.timestamp.get(),
-            request_id: &e.request_id,
-            user_id: &e.user_id,
-            endpoint: &e.endpoint,
-            method: &e.method,
-            status: e.status_code,
-            latency_us: e.latency_us,
-        })
+        self.push_row(Row::of(e))
     }
 
     /// Appends one row given by parts; returns the bytes it added.

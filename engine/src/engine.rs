@@ -15,7 +15,7 @@ use toplog_types::{Event, Lsn, Micros, SegmentId};
 use toplog_wal::{FileBytes, Fs, FsyncPolicy, Wal, WalOptions};
 
 use crate::archive::{self, ArchiveStore};
-use crate::batch::Batch;
+use crate::batch::{Batch, Logged};
 use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
 use crate::idempotency::{self, KeyIndex, KeyRecord};
@@ -326,24 +326,24 @@ impl Inner {
     /// The events go in by chunks, each under the write lock, so readers never
     /// wait for a whole large batch; they may see part of a batch not yet acknowledged.
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), String> {
-        let batch = Batch::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
+        let batch = Logged::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
         let plen = self.config.partition_us();
         let _gate = lock(&self.apply_gate);
         let window = window_us(self.config.idempotency_window);
-        let duplicate = batch.idempotency_key.as_deref().is_some_and(|k| {
+        let duplicate = batch.idempotency_key.is_some_and(|k| {
             self.read()
                 .keys
                 .get_within(k, batch.received_at, window)
                 .is_some()
         });
         if !duplicate {
-            for chunk in batch.events.chunks(APPLY_CHUNK) {
+            for chunk in batch.rows.chunks(APPLY_CHUNK) {
                 let mut st = self.write();
                 let mut added = 0;
-                for e in chunk {
-                    let part = e.timestamp.floor_to(plen).get();
-                    added += st.active.entry(part).or_default().push(e);
-                    st.active_rollups.add(e);
+                for row in chunk {
+                    let part = Micros::new(row.ts).floor_to(plen).get();
+                    added += st.active.entry(part).or_default().push_row(*row);
+                    st.active_rollups.add_row(row);
                 }
                 st.active_bytes += added;
                 if st.oldest_unflushed.is_none() {
@@ -358,10 +358,10 @@ impl Inner {
         if !duplicate && let Some(key) = batch.idempotency_key {
             let rec = KeyRecord {
                 lsn,
-                accepted: batch.events.len() as u32,
+                accepted: batch.rows.len() as u32,
                 received_at: batch.received_at,
             };
-            st.keys.insert(key, rec);
+            st.keys.insert(key.to_owned(), rec);
         }
         st.applied_lsn = lsn;
         let full = st.active_bytes >= self.config.memtable_max_bytes;

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use toplog_types::{Event, Micros};
 
 use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
+use crate::columns::Row;
 use crate::keys::{KeyId, Keys};
 use crate::sketch::LatencySketch;
 
@@ -463,16 +464,16 @@ impl Cube {
 
     /// Counts a request in the cell of `key`, created (with what it may have
     /// missed) if absent.
-    fn add(&mut self, key: KeyId, sketch: bool, e: &Event, bin: Option<i32>, budget: usize) {
+    fn add(&mut self, key: KeyId, sketch: bool, r: &Row<'_>, bin: Option<i32>, budget: usize) {
         let floor = self.floor();
         let cells = self.open();
         if let Some(cell) = cells.get_mut(&key) {
-            cell.add_binned(e.status_code, e.latency_us, bin);
+            cell.add_binned(r.status, r.latency_us, bin);
             return;
         }
         let mut cell = Cell::new(sketch);
         cell.missed = floor;
-        cell.add_binned(e.status_code, e.latency_us, bin);
+        cell.add_binned(r.status, r.latency_us, bin);
         cells.insert(key, cell);
         self.enforce_budget(budget, sketch);
     }
@@ -997,26 +998,26 @@ impl Default for Rollups {
     }
 }
 
-/// The ids of `e`'s keys, by [`Dimension::index`]. The keys made of numbers
+/// The ids of `r`'s keys, by [`Dimension::index`]. The keys made of numbers
 /// (the status code, the endpoint x class) are remembered per thread by the
 /// numbers, so no key string is built for them: ids never change.
-fn key_ids(e: &Event) -> [KeyId; 5] {
+fn key_ids(r: &Row<'_>) -> [KeyId; 5] {
     type Derived = HashMap<(KeyId, u16), KeyId, foldhash::fast::RandomState>;
     thread_local! {
         /// (u32::MAX, status code) -> status key; (endpoint, class) -> endpoint x class key.
         static DERIVED: std::cell::RefCell<Derived> = Default::default();
     }
     let id = |d: Dimension, name: &str| Keys::of(d).intern(name);
-    let endpoint = id(Dimension::Endpoint, &e.endpoint);
-    let class = e.status_code / 100;
+    let endpoint = id(Dimension::Endpoint, r.endpoint);
+    let class = r.status / 100;
     let (status, endpoint_class) = DERIVED.with_borrow_mut(|derived| {
         let status = *derived
-            .entry((KeyId::MAX, e.status_code))
-            .or_insert_with(|| id(Dimension::StatusCode, &e.status_code.to_string()));
+            .entry((KeyId::MAX, r.status))
+            .or_insert_with(|| id(Dimension::StatusCode, &r.status.to_string()));
         let endpoint_class = *derived.entry((endpoint, class)).or_insert_with(|| {
             id(
                 Dimension::EndpointStatusClass,
-                &Dimension::endpoint_class_key(class, &e.endpoint),
+                &Dimension::endpoint_class_key(class, r.endpoint),
             )
         });
         (status, endpoint_class)
@@ -1024,8 +1025,8 @@ fn key_ids(e: &Event) -> [KeyId; 5] {
     let mut ids = [0; 5];
     ids[Dimension::Endpoint.index()] = endpoint;
     ids[Dimension::StatusCode.index()] = status;
-    ids[Dimension::Method.index()] = id(Dimension::Method, &e.method);
-    ids[Dimension::UserId.index()] = id(Dimension::UserId, &e.user_id);
+    ids[Dimension::Method.index()] = id(Dimension::Method, r.method);
+    ids[Dimension::UserId.index()] = id(Dimension::UserId, r.user_id);
     ids[Dimension::EndpointStatusClass.index()] = endpoint_class;
     ids
 }
@@ -1043,11 +1044,16 @@ impl Rollups {
 
     /// Counts `e` in the bucket of each granularity of each cube.
     pub fn add(&mut self, e: &Event) {
-        let bin = LatencySketch::bin(e.latency_us);
+        self.add_row(&Row::of(e));
+    }
+
+    /// [`Rollups::add`] of a row borrowed from where it is stored (a log entry).
+    pub(crate) fn add_row(&mut self, r: &Row<'_>) {
+        let bin = LatencySketch::bin(r.latency_us);
         // Keys looked up once instead of once per granularity.
-        let ids = key_ids(e);
+        let ids = key_ids(r);
         for g in Granularity::ALL {
-            let start = e.timestamp.floor_to(g.len_us()).get();
+            let start = Micros::new(r.ts).floor_to(g.len_us()).get();
             self.keep_open(g, start);
             let room = self.room[g.index()];
             let bucket = self.levels[g.index()]
@@ -1059,7 +1065,7 @@ impl Rollups {
                     bucket.cubes[d.index()].add(
                         ids[d.index()],
                         d.keeps_sketch(),
-                        e,
+                        r,
                         bin,
                         self.budget,
                     );
@@ -1523,7 +1529,11 @@ mod tests {
                     latency_us: 5,
                 };
                 let by_name = Dimension::ALL.map(|d| Keys::of(d).intern(&d.key_of(&e)));
-                assert_eq!(key_ids(&e), by_name, "round {round}, status {status}");
+                assert_eq!(
+                    key_ids(&Row::of(&e)),
+                    by_name,
+                    "round {round}, status {status}"
+                );
             }
         }
     }
