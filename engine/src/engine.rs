@@ -342,8 +342,16 @@ impl Inner {
                 let mut added = 0;
                 for row in chunk {
                     let part = Micros::new(row.ts).floor_to(plen).get();
-                    added += st.active.entry(part).or_default().push_row(*row);
-                    st.active_rollups.add_row(row);
+                    let ids = rollup::key_ids(row);
+                    let key = |d: Dimension| ids[d.index()];
+                    let dict_keys = [
+                        key(Dimension::UserId),
+                        key(Dimension::Endpoint),
+                        key(Dimension::Method),
+                    ];
+                    let memtable = st.active.entry(part).or_default();
+                    added += memtable.push_row_keyed(*row, dict_keys);
+                    st.active_rollups.add_keyed(row, &ids);
                 }
                 st.active_bytes += added;
                 if st.oldest_unflushed.is_none() {
