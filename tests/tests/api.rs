@@ -491,3 +491,21 @@ fn a_second_node_on_the_same_data_directory_is_refused_and_the_first_goes_on() {
     let again = Server::start_ready(dir.path(), &[]);
     assert_eq!(all_events(&again).len(), 1);
 }
+
+/// The node turns transparent huge pages off for itself (see
+/// docs/operations.md): the kernel reports it in the process's status.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_node_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    // Kernels before 6.0 do not report the flag; there is nothing to check then.
+    if let Some(thp) = thp {
+        assert_eq!(thp, "0", "{status}");
+    }
+}
