@@ -1214,50 +1214,49 @@ impl Rollups {
             emit(&out)?;
             out.clear();
         }
-        let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
-        put_varint(&mut out, buckets as u64);
+        self.put_bucket_count(&mut out);
         let mut open: Vec<(KeyId, &Cell)> = Vec::new();
-        for (g, level) in [Granularity::Minute, Granularity::Hour, Granularity::Day]
-            .iter()
-            .zip(&self.levels)
-        {
-            for (start, bucket) in level {
-                out.push(g.index() as u8);
-                out.extend_from_slice(&start.to_le_bytes());
-                for (cube, pos) in bucket.cubes.iter().zip(&positions) {
-                    put_varint(&mut out, cube.len() as u64);
-                    let mut next = 0;
-                    let mut put = |out: &mut Vec<u8>, id: KeyId, c: &Cell| {
-                        let at = pos[id as usize];
-                        put_varint(out, u64::from(at - next));
-                        next = at + 1;
-                        put_cell(out, c);
-                    };
-                    match &cube.cells {
-                        Cells::Packed(p) => p.each(true, |id, c| put(&mut out, id, c)),
-                        Cells::Open(cells) => {
-                            open.clear();
-                            open.extend(cells.iter().map(|(id, c)| (*id, c)));
-                            open.sort_unstable_by_key(|(id, _)| *id);
-                            for (id, c) in &open {
-                                put(&mut out, *id, c);
-                            }
+        for (g, start, bucket) in self.buckets_in_file_order() {
+            put_bucket_start(&mut out, g, start);
+            for (cube, pos) in bucket.cubes.iter().zip(&positions) {
+                put_varint(&mut out, cube.len() as u64);
+                let mut next = 0;
+                let mut put = |out: &mut Vec<u8>, id: KeyId, c: &Cell| {
+                    let at = pos[id as usize];
+                    put_varint(out, u64::from(at - next));
+                    next = at + 1;
+                    put_cell(out, c);
+                };
+                match &cube.cells {
+                    Cells::Packed(p) => p.each(true, |id, c| put(&mut out, id, c)),
+                    Cells::Open(cells) => {
+                        open.clear();
+                        open.extend(cells.iter().map(|(id, c)| (*id, c)));
+                        open.sort_unstable_by_key(|(id, _)| *id);
+                        for (id, c) in &open {
+                            put(&mut out, *id, c);
                         }
                     }
-                    match &cube.overflow {
-                        None => out.push(0),
-                        Some(o) => {
-                            out.push(1);
-                            put_varint(&mut out, o.floor);
-                            put_cell(&mut out, &o.evicted);
-                        }
-                    }
-                    emit(&out)?;
-                    out.clear();
                 }
+                put_overflow(&mut out, cube.overflow.as_deref());
+                emit(&out)?;
+                out.clear();
             }
         }
         emit(&out)
+    }
+
+    fn put_bucket_count(&self, out: &mut Vec<u8>) {
+        let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
+        put_varint(out, buckets as u64);
+    }
+
+    /// Every bucket with its granularity and start, minute buckets first.
+    fn buckets_in_file_order(&self) -> impl Iterator<Item = (Granularity, i64, &Bucket)> {
+        [Granularity::Minute, Granularity::Hour, Granularity::Day]
+            .into_iter()
+            .zip(&self.levels)
+            .flat_map(|(g, level)| level.iter().map(move |(start, b)| (g, *start, &**b)))
     }
 
     /// [`Rollups::encode`] in version 2 of the format, which the node wrote
@@ -1265,33 +1264,19 @@ impl Rollups {
     #[cfg(test)]
     pub(crate) fn encode_v2(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
-        put_varint(&mut out, buckets as u64);
-        for (g, level) in [Granularity::Minute, Granularity::Hour, Granularity::Day]
-            .iter()
-            .zip(&self.levels)
-        {
-            for (start, bucket) in level {
-                out.push(g.index() as u8);
-                out.extend_from_slice(&start.to_le_bytes());
-                for cube in &bucket.cubes {
-                    let mut cells: Vec<(&str, Cell)> = Vec::with_capacity(cube.len());
-                    cube.cells(true, |k, c| cells.push((k, c.clone())));
-                    cells.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    put_varint(&mut out, cells.len() as u64);
-                    for (k, c) in &cells {
-                        put_bytes(&mut out, k.as_bytes());
-                        put_cell(&mut out, c);
-                    }
-                    match &cube.overflow {
-                        None => out.push(0),
-                        Some(o) => {
-                            out.push(1);
-                            put_varint(&mut out, o.floor);
-                            put_cell(&mut out, &o.evicted);
-                        }
-                    }
+        self.put_bucket_count(&mut out);
+        for (g, start, bucket) in self.buckets_in_file_order() {
+            put_bucket_start(&mut out, g, start);
+            for cube in &bucket.cubes {
+                let mut cells: Vec<(&str, Cell)> = Vec::with_capacity(cube.len());
+                cube.cells(true, |k, c| cells.push((k, c.clone())));
+                cells.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                put_varint(&mut out, cells.len() as u64);
+                for (k, c) in &cells {
+                    put_bytes(&mut out, k.as_bytes());
+                    put_cell(&mut out, c);
                 }
+                put_overflow(&mut out, cube.overflow.as_deref());
             }
         }
         out
@@ -1439,6 +1424,23 @@ impl Rollups {
     ) {
         for (_, bucket) in self.levels[g.index()].range(from.get()..to.get()) {
             f(&bucket.cubes[dim.index()]);
+        }
+    }
+}
+
+fn put_bucket_start(out: &mut Vec<u8>, g: Granularity, start: i64) {
+    out.push(g.index() as u8);
+    out.extend_from_slice(&start.to_le_bytes());
+}
+
+/// A cube's overflow flag, and its floor and evicted cell if it overflowed.
+fn put_overflow(out: &mut Vec<u8>, overflow: Option<&Overflow>) {
+    match overflow {
+        None => out.push(0),
+        Some(o) => {
+            out.push(1);
+            put_varint(out, o.floor);
+            put_cell(out, &o.evicted);
         }
     }
 }
