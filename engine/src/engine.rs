@@ -392,6 +392,27 @@ impl Inner {
         range.overlaps(Micros::new(start), Micros::new(last))
     }
 
+    /// Calls `f` with every cube of `dim` in `pieces` (and the piece's
+    /// index): flushed, being flushed, then open. Buckets past their retention
+    /// are not read, purged or not.
+    fn visit_pieces<'s>(
+        &self,
+        st: &'s State,
+        pieces: &[(Granularity, Micros, Micros)],
+        dim: Dimension,
+        mut f: impl FnMut(usize, &'s Cube),
+    ) {
+        let cutoffs = self.cutoffs();
+        for (i, &(g, from, to)) in pieces.iter().enumerate() {
+            let from = from.max(cutoffs.rollup(g));
+            st.rollups.visit(g, from, to, dim, |c| f(i, c));
+            for r in &st.frozen_rollups {
+                r.visit(g, from, to, dim, |c| f(i, c));
+            }
+            st.active_rollups.visit(g, from, to, dim, |c| f(i, c));
+        }
+    }
+
     fn flush_due(&self) -> bool {
         let st = self.read();
         st.active_bytes >= self.config.memtable_max_bytes
@@ -1042,19 +1063,24 @@ impl Engine {
         dim: Dimension,
         f: impl FnOnce(&[&Cube]) -> R,
     ) -> R {
-        let cutoffs = self.inner.cutoffs();
         let st = self.inner.read();
         let mut cubes = Vec::new();
-        for &(g, from, to) in pieces {
-            // Buckets past their retention are not read, purged or not.
-            let from = from.max(cutoffs.rollup(g));
-            st.rollups.visit(g, from, to, dim, |c| cubes.push(c));
-            for r in &st.frozen_rollups {
-                r.visit(g, from, to, dim, |c| cubes.push(c));
-            }
-            st.active_rollups.visit(g, from, to, dim, |c| cubes.push(c));
-        }
+        self.inner
+            .visit_pieces(&st, pieces, dim, |_, c| cubes.push(c));
         f(&cubes)
+    }
+
+    /// [`Engine::with_rollups`] a cube at a time, with the index in `pieces`
+    /// of the piece it belongs to: one lock and one look at the retention for
+    /// many pieces (a time series reads a few per interval).
+    pub fn each_rollup(
+        &self,
+        pieces: &[(Granularity, Micros, Micros)],
+        dim: Dimension,
+        f: impl FnMut(usize, &Cube),
+    ) {
+        let st = self.inner.read();
+        self.inner.visit_pieces(&st, pieces, dim, f);
     }
 
     /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the cubes would.

@@ -5,11 +5,14 @@
 use toplog_engine::{Dimension, Engine, Filters, TimeRange};
 use toplog_types::Micros;
 
-use crate::topk::{Grouping, Order, TopK, merged_cells, retained_from, top_k};
+use crate::topk::{Grouping, Order, TopK, merged_cells_in, retained_from, top_k};
 use crate::{Metric, QueryError, Result};
 
 /// At most this many points per series.
 pub const MAX_POINTS: i64 = 10_000;
+
+/// Intervals whose cells are read under one lock.
+const INTERVALS_READ_TOGETHER: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct TimeseriesQuery {
@@ -109,43 +112,53 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
             points: Vec::new(),
         })
         .collect();
-    let mut t = first;
-    while t < end {
-        let range = TimeRange {
-            start: Micros::new(t.max(q.range.start.get())),
-            end: Micros::new((t + q.interval_us).min(end)),
-        };
-        let merged = merged_cells(engine, range, dim, &q.filters, q.metric, |s| {
+    // (start, range) of each interval; the first starts before the range.
+    let intervals: Vec<(i64, TimeRange)> = (0..points)
+        .map(|i| first + i * q.interval_us)
+        .map(|t| {
+            let range = TimeRange {
+                start: Micros::new(t.max(q.range.start.get())),
+                end: Micros::new((t + q.interval_us).min(end)),
+            };
+            (t, range)
+        })
+        .collect();
+    // Intervals are read a group at a time: one lock per group, and only a
+    // group's merged cells (every key, for a grouped series) held at once.
+    for group in intervals.chunks(INTERVALS_READ_TOGETHER) {
+        let ranges: Vec<TimeRange> = group.iter().map(|(_, r)| *r).collect();
+        let merged_cells = merged_cells_in(engine, &ranges, dim, &q.filters, q.metric, |s| {
             if !sources.contains(&s) {
                 sources.push(s);
             }
         })?;
-        for s in &mut series {
-            let cell = match &s.key {
-                Some(k) => {
-                    exact &= merged.exact();
-                    merged.get(k).map(|g| g.cell.clone())
-                }
-                None => {
-                    let (total, missed) = merged.total();
-                    exact &= missed.requests == 0;
-                    Some(total)
-                }
-            };
-            let count = cell.as_ref().map_or(0, |c| c.count);
-            let value = match cell.as_ref().and_then(|c| q.metric.value(c)) {
-                Some((v, _)) => Some(v),
-                // A count over no requests is 0; an average or rate of nothing is undefined.
-                None if matches!(q.metric, Metric::Frequency | Metric::Errors) => Some(0.0),
-                None => None,
-            };
-            s.points.push(Point {
-                start: Micros::new(t),
-                count,
-                value,
-            });
+        for (&(t, _), merged) in group.iter().zip(merged_cells) {
+            for s in &mut series {
+                let cell = match &s.key {
+                    Some(k) => {
+                        exact &= merged.exact();
+                        merged.get(k).map(|g| g.cell.clone())
+                    }
+                    None => {
+                        let (total, missed) = merged.total();
+                        exact &= missed.requests == 0;
+                        Some(total)
+                    }
+                };
+                let count = cell.as_ref().map_or(0, |c| c.count);
+                let value = match cell.as_ref().and_then(|c| q.metric.value(c)) {
+                    Some((v, _)) => Some(v),
+                    // A count over no requests is 0; an average or rate of nothing is undefined.
+                    None if matches!(q.metric, Metric::Frequency | Metric::Errors) => Some(0.0),
+                    None => None,
+                };
+                s.points.push(Point {
+                    start: Micros::new(t),
+                    count,
+                    value,
+                });
+            }
         }
-        t += q.interval_us;
     }
     Ok(TimeseriesAnswer {
         series,

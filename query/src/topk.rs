@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
-    Cell, Cube, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, SketchSum, TimeRange,
+    Cell, Cube, Cutoffs, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, SketchSum,
+    TimeRange,
 };
 
 use crate::metric::Missed;
@@ -310,55 +311,93 @@ pub(crate) fn merged_cells(
     dim: Dimension,
     filters: &Filters,
     metric: Metric,
-    mut note: impl FnMut(&'static str),
+    note: impl FnMut(&'static str),
 ) -> Result<Merged> {
+    let one = merged_cells_in(engine, &[range], dim, filters, metric, note)?;
+    // One range in, one merge out.
     let sketches = metric.quantile().is_some();
-    let mut out = Merged::new(dim, sketches);
+    Ok(one
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Merged::new(dim, sketches)))
+}
+
+/// [`merged_cells`] for each of `ranges`, the cubes of all of them read under
+/// one lock: a time series reads a few cubes per interval, and the plan,
+/// lock and retention look per interval had cost as much as the cells.
+pub(crate) fn merged_cells_in(
+    engine: &Engine,
+    ranges: &[TimeRange],
+    dim: Dimension,
+    filters: &Filters,
+    metric: Metric,
+    mut note: impl FnMut(&'static str),
+) -> Result<Vec<Merged>> {
+    let sketches = metric.quantile().is_some();
     let read = cube_read_for(dim, filters, metric);
-    out.subset = !matches!(read, Some(CubeRead::Direct { key: None }) | None);
+    let subset = !matches!(read, Some(CubeRead::Direct { key: None }) | None);
+    let mut outs: Vec<Merged> = ranges
+        .iter()
+        .map(|_| {
+            let mut out = Merged::new(dim, sketches);
+            out.subset = subset;
+            out
+        })
+        .collect();
     let Some(read) = read else {
         note("raw");
-        for (k, cell) in engine.aggregate_raw(range, filters, dim)? {
-            out.add(&k, &cell, 0);
+        for (out, range) in outs.iter_mut().zip(ranges) {
+            for (k, cell) in engine.aggregate_raw(*range, filters, dim)? {
+                out.add(&k, &cell, 0);
+            }
         }
-        return Ok(out.finish());
+        return Ok(outs.into_iter().map(Merged::finish).collect());
     };
-    let (pieces, raw) = split_plan(engine, range, dim, filters)?;
-    note_sources(&pieces, &raw, &mut note);
+    let cutoffs = engine.cutoffs();
+    // Every range's bucket pieces, each with the index of its range.
+    let (mut pieces, mut owners, mut raws) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, range) in ranges.iter().enumerate() {
+        let (p, raw) = split_plan(engine, &cutoffs, *range, dim, filters)?;
+        note_sources(&p, &raw, &mut note);
+        owners.extend(std::iter::repeat_n(i, p.len()));
+        pieces.extend(p);
+        raws.push(raw);
+    }
     let cube_dim = match read {
         CubeRead::EndpointInClass { .. } => Dimension::EndpointStatusClass,
         CubeRead::Direct { .. } => dim,
     };
-    engine.with_rollups(&pieces, cube_dim, |cubes| {
-        let only = match &read {
-            CubeRead::Direct { key: Some(key) } => cube_dim.key(key),
-            _ => None,
-        };
-        for cube in cubes {
-            match &read {
-                CubeRead::Direct { key: None } => out.add_whole_cube(cube),
-                CubeRead::Direct { key: Some(_) } => {
-                    if let Some((k, cell)) = only.and_then(|k| Some((k, cube.get(k, sketches)?))) {
-                        out.add_to(k, &cell, cube.floor());
-                    }
-                    out.note_overflow(cube);
+    // A key no cube was ever given has no cells; one given after this lookup
+    // came with requests acknowledged after the query began.
+    let only = match &read {
+        CubeRead::Direct { key: Some(key) } => cube_dim.key(key),
+        _ => None,
+    };
+    engine.each_rollup(&pieces, cube_dim, |piece, cube| {
+        let out = &mut outs[owners[piece]];
+        match &read {
+            CubeRead::Direct { key: None } => out.add_whole_cube(cube),
+            CubeRead::Direct { key: Some(_) } => {
+                if let Some((k, cell)) = only.and_then(|k| Some((k, cube.get(k, sketches)?))) {
+                    out.add_to(k, &cell, cube.floor());
                 }
-                CubeRead::EndpointInClass { class, endpoint } => out.add_cube(cube, |k| {
-                    Dimension::split_endpoint_class_key(k)
-                        .filter(|(c, ep)| {
-                            c == class && endpoint.as_deref().is_none_or(|f| f == *ep)
-                        })
-                        .map(|(_, ep)| ep)
-                }),
+                out.note_overflow(cube);
             }
+            CubeRead::EndpointInClass { class, endpoint } => out.add_cube(cube, |k| {
+                Dimension::split_endpoint_class_key(k)
+                    .filter(|(c, ep)| c == class && endpoint.as_deref().is_none_or(|f| f == *ep))
+                    .map(|(_, ep)| ep)
+            }),
         }
     });
-    for part in &raw {
-        for (k, cell) in part {
-            out.add(k, cell, 0);
+    for (out, raw) in outs.iter_mut().zip(&raws) {
+        for part in raw {
+            for (k, cell) in part {
+                out.add(k, cell, 0);
+            }
         }
     }
-    Ok(out.finish())
+    Ok(outs.into_iter().map(Merged::finish).collect())
 }
 
 /// The `k` keys with the most requests, found without merging every cell:
@@ -386,7 +425,7 @@ fn heaviest_first(
     if !applies {
         return Ok(None);
     }
-    let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
+    let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
         let winners = threshold_top(dim, cubes, &raw, q.k)?;
         Some(merge_keys(dim, cubes, &raw, &winners, false))
@@ -404,6 +443,7 @@ type BucketPieces = Vec<(Granularity, toplog_types::Micros, toplog_types::Micros
 /// aggregated by `dim`.
 fn split_plan(
     engine: &Engine,
+    cutoffs: &Cutoffs,
     range: TimeRange,
     dim: Dimension,
     filters: &Filters,
@@ -411,7 +451,7 @@ fn split_plan(
     let mut pieces = Vec::new();
     let mut raw = Vec::new();
     let levels = dim.granularities();
-    for piece in plan(retained(range, levels, &engine.cutoffs()), levels) {
+    for piece in plan(retained(range, levels, cutoffs), levels) {
         match piece {
             Piece::Buckets {
                 granularity,
@@ -581,7 +621,7 @@ fn quantile_with_min_count(
     {
         return Ok(None);
     }
-    let (pieces, raw) = split_plan(engine, q.range, dim, &q.filters)?;
+    let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
         let mut counts = Merged::new(dim, false);
         for cube in cubes {

@@ -481,6 +481,15 @@ fn timeseries_points_match_the_events_in_each_interval() {
                 ..Filters::default()
             },
         ),
+        // One endpoint per minute: thousands of intervals, read in groups.
+        (
+            MIN,
+            None,
+            Filters {
+                endpoint: Some("GET /b/{id}".into()),
+                ..Filters::default()
+            },
+        ),
     ] {
         let range = TimeRange {
             start: Micros::new(T0 + 17 * MIN + 5),
@@ -505,6 +514,7 @@ fn timeseries_points_match_the_events_in_each_interval() {
                     .filter(|e| (from..to).contains(&e.timestamp.get()))
                     .filter(|e| filters.user_id.as_deref().is_none_or(|u| e.user_id == u))
                     .filter(|e| filters.method.as_deref().is_none_or(|m| e.method == m))
+                    .filter(|e| filters.endpoint.as_deref().is_none_or(|x| e.endpoint == x))
                     .filter(|e| match (&s.key, by) {
                         (Some(k), Some(d)) => key(e, d) == *k,
                         _ => true,
