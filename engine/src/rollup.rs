@@ -295,6 +295,31 @@ impl Cube {
         self.cells_by_id(sketches, |id, c| f(Key { dim, id }, c));
     }
 
+    /// [`Cube::cells_by_key`] with each cell's counts alone, as
+    /// [`Cube::get_counts`] reads them: a packed cube is read past its cells'
+    /// heads, not their latencies.
+    pub fn counts_by_key(&self, mut f: impl FnMut(Key, &Cell)) {
+        let dim = self.dim;
+        let mut cell = Cell::new(false);
+        match &self.cells {
+            Cells::Open(cells) => {
+                for (id, c) in cells {
+                    (cell.count, cell.by_class, cell.missed) = (c.count, c.by_class, c.missed);
+                    f(Key { dim, id: *id }, &cell);
+                }
+            }
+            Cells::Packed(p) => {
+                let mut at = 0;
+                for (i, id) in p.ids.iter().enumerate() {
+                    let head = Head::read(p.heads.get(at..).unwrap_or_default());
+                    at += head.len;
+                    p.counts(i, &head, &mut cell);
+                    f(Key { dim, id: *id }, &cell);
+                }
+            }
+        }
+    }
+
     /// Calls `f` with the id of every key the cube holds a cell for.
     fn each_id(&self, f: impl FnMut(KeyId)) {
         match &self.cells {
@@ -341,18 +366,7 @@ impl Cube {
             }
             Cells::Packed(p) => {
                 let i = p.ids.binary_search(&key.id).ok()?;
-                let head = p.head(i);
-                if head.flags & HAS_MISSED != 0 {
-                    // Only in a bucket that went over its budget: read it whole.
-                    p.unpack(i, false, &mut cell);
-                    (
-                        cell.latency_sum_us,
-                        cell.latency_min_us,
-                        cell.latency_max_us,
-                    ) = (0, u64::MAX, 0);
-                } else {
-                    (cell.count, cell.by_class) = (head.count(), head.by_class);
-                }
+                p.counts(i, &p.head(i), &mut cell);
             }
         }
         Some(cell)
@@ -600,6 +614,22 @@ impl Packed {
             heads: heads.into_boxed_slice(),
             bodies: bodies.into_boxed_slice(),
         }
+    }
+
+    /// Sets `cell`'s counts (count, per status class, missed) to those of
+    /// cell `i`, whose head is `head`, and its latencies to none.
+    fn counts(&self, i: usize, head: &Head, cell: &mut Cell) {
+        if head.flags & HAS_MISSED != 0 {
+            // Only in a bucket that went over its budget: read it whole.
+            self.unpack(i, false, cell);
+        } else {
+            (cell.count, cell.by_class, cell.missed) = (head.count(), head.by_class, 0);
+        }
+        (
+            cell.latency_sum_us,
+            cell.latency_min_us,
+            cell.latency_max_us,
+        ) = (0, u64::MAX, 0);
     }
 
     /// The head of cell `i`, found reading past heads alone.

@@ -181,10 +181,12 @@ impl AggregationSpec {
 /// Computes an aggregation: rows in time order, groups by key within an interval.
 pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<AggregateRow>> {
     spec.check()?;
+    // The metric only says what the cells must hold: rows carry whole cells
+    // (latencies for every aggregation, sketches when quantiles are asked).
     let metric = if spec.needs_quantiles {
         Metric::LatencyP50
     } else {
-        Metric::Frequency
+        Metric::LatencyAvg
     };
     let dim = spec.group_by.unwrap_or(Dimension::Method);
     let (start, end) = (spec.range.start.get(), spec.range.end.get());

@@ -54,6 +54,13 @@ impl Metric {
         }
     }
 
+    /// Whether the metric is a function of a cell's counts alone (requests
+    /// by status class, and what the cell may have missed), so cells can be
+    /// read without their latencies.
+    pub fn counts_only(self) -> bool {
+        matches!(self, Self::Frequency | Self::Errors | Self::ErrorRate)
+    }
+
     pub fn is_exact(self) -> bool {
         self.quantile().is_none()
     }

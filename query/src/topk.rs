@@ -1,6 +1,7 @@
 //! Top-K: merge cells by key over the plan's pieces, compute the metric, keep K.
 //! Ties break by key in ascending byte order.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
@@ -147,6 +148,9 @@ pub(crate) struct Merged {
     evicted: Option<Cell>,
     /// Whether any group could have a sketch (quantile metrics).
     sketches: bool,
+    /// Whether cube cells are read for their counts alone (the metric needs
+    /// no latency): a packed cube is then read past its cells' heads only.
+    counts_only: bool,
     /// Only some keys of the cubes were read (a filter on the grouped
     /// dimension or a status class): the evicted cells also hold other keys.
     subset: bool,
@@ -171,6 +175,7 @@ impl Merged {
             floor: 0,
             evicted: None,
             sketches,
+            counts_only: false,
             subset: false,
         }
     }
@@ -223,7 +228,11 @@ impl Merged {
     /// Reads every cell of a cube of the grouped dimension.
     fn add_whole_cube(&mut self, cube: &Cube) {
         let floor = cube.floor();
-        cube.cells_by_key(self.sketches, |k, cell| self.add_to(k, cell, floor));
+        if self.counts_only {
+            cube.counts_by_key(|k, cell| self.add_to(k, cell, floor));
+        } else {
+            cube.cells_by_key(self.sketches, |k, cell| self.add_to(k, cell, floor));
+        }
         self.note_overflow(cube);
     }
 
@@ -341,6 +350,7 @@ pub(crate) fn merged_cells_in(
         .map(|_| {
             let mut out = Merged::new(dim, sketches);
             out.subset = subset;
+            out.counts_only = metric.counts_only();
             out
         })
         .collect();
@@ -378,7 +388,11 @@ pub(crate) fn merged_cells_in(
         match &read {
             CubeRead::Direct { key: None } => out.add_whole_cube(cube),
             CubeRead::Direct { key: Some(_) } => {
-                if let Some((k, cell)) = only.and_then(|k| Some((k, cube.get(k, sketches)?))) {
+                let cell = only.and_then(|k| match out.counts_only {
+                    true => Some((k, Cow::Owned(cube.get_counts(k)?))),
+                    false => Some((k, cube.get(k, sketches)?)),
+                });
+                if let Some((k, cell)) = cell {
                     out.add_to(k, &cell, cube.floor());
                 }
                 out.note_overflow(cube);
