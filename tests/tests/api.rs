@@ -504,7 +504,7 @@ fn a_node_runs_without_transparent_huge_pages() {
         .lines()
         .find_map(|l| l.strip_prefix("THP_enabled:"))
         .map(str::trim);
-    // Kernels before 6.0 do not report the flag; there is nothing to check then.
+    // Kernels before 5.0 do not report the flag; there is nothing to check then.
     if let Some(thp) = thp {
         assert_eq!(thp, "0", "{status}");
     }
