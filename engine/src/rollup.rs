@@ -1324,7 +1324,7 @@ impl Rollups {
                 let n = r.len(buf.len())?;
                 table.reserve(n);
                 for _ in 0..n {
-                    table.push(keys.intern(&r.string()?));
+                    table.push(keys.intern(r.str()?));
                 }
                 let mut sorted = table.clone();
                 sorted.sort_unstable();
@@ -1356,7 +1356,7 @@ impl Rollups {
                         next = at + 1;
                         table[at as usize]
                     } else {
-                        keys.intern(&r.string()?)
+                        keys.intern(r.str()?)
                     };
                     cells.push((key, get_cell(&mut r, buf.len())?));
                 }

@@ -327,7 +327,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SegmentMeta, Columns), SegmentError>
     let mut r = Reader::new(&raw);
     let mut request_id = StrColumn::default();
     for _ in 0..rows {
-        request_id.push(&r.string()?);
+        request_id.push(r.str()?);
     }
     finish(&r, "request_id")?;
 
