@@ -776,11 +776,10 @@ fn pack_cell(heads: &mut Vec<u8>, bodies: &mut Vec<u8>, c: &Cell) {
         put_varint(bodies, c.missed);
     }
     if let Some(s) = &c.sketch {
-        let (zeros, bins) = s.parts();
-        put_varint(bodies, zeros);
-        put_varint(bodies, bins.len() as u64);
+        put_varint(bodies, s.zeros());
+        put_varint(bodies, s.bin_count() as u64);
         let mut last = None;
-        for &(key, n) in bins {
+        for (key, n) in s.bins() {
             match last {
                 None => put_varint(bodies, zigzag(i64::from(key))),
                 Some(prev) => put_varint(bodies, (i64::from(key) - i64::from(prev) - 1) as u64),
@@ -1488,12 +1487,11 @@ fn put_cell(out: &mut Vec<u8>, c: &Cell) {
         None => out.push(0),
         Some(s) => {
             out.push(1);
-            let (zeros, bins) = s.parts();
-            put_varint(out, zeros);
-            put_varint(out, bins.len() as u64);
-            for (key, n) in bins {
-                put_varint(out, zigzag(i64::from(*key)));
-                put_varint(out, *n);
+            put_varint(out, s.zeros());
+            put_varint(out, s.bin_count() as u64);
+            for (key, n) in s.bins() {
+                put_varint(out, zigzag(i64::from(key)));
+                put_varint(out, n);
             }
         }
     }
