@@ -174,7 +174,8 @@ impl LatencySketch {
         }
     }
 
-    /// Moves a list of more than [`SPARSE_BINS`] bins to an array.
+    /// Moves a list of more than [`SPARSE_BINS`] bins to an array (after an
+    /// insert: a list read from a packed cell stays one until added to).
     fn densify(&mut self) {
         if let Bins::Sparse(bins) = &self.bins
             && bins.len() > SPARSE_BINS
@@ -289,7 +290,9 @@ impl LatencySketch {
 
     /// Replaces the contents with `zeros` and `bins`, which must come sorted
     /// by key with counts above 0 (as packed cells store them), keeping the
-    /// allocation of a list.
+    /// allocation of a list. The bins stay a list, however many: a cell read
+    /// from a packed cube is mostly read, not added to, and an array is made
+    /// by the first value added ([`LatencySketch::insert_bin`]).
     pub(crate) fn refill(&mut self, zeros: u64, bins: impl Iterator<Item = (i32, u64)>) {
         self.zeros = zeros;
         match &mut self.bins {
@@ -299,7 +302,6 @@ impl LatencySketch {
             }
             Bins::Dense(_) => self.bins = Bins::Sparse(bins.collect()),
         }
-        self.densify();
     }
 
     /// Whether this is the sketch of the one value `us`.
@@ -324,12 +326,10 @@ impl LatencySketch {
             return None;
         }
         bins.retain(|(_, n)| *n > 0);
-        let mut s = Self {
+        Some(Self {
             zeros,
             bins: Bins::Sparse(bins),
-        };
-        s.densify();
-        Some(s)
+        })
     }
 }
 
