@@ -169,16 +169,17 @@ impl LatencySketch {
                     Ok(i) => bins[i].1 += n,
                     Err(i) => bins.insert(i, (key, n)),
                 }
-                self.densify();
+                self.densify(SPARSE_BINS);
             }
         }
     }
 
-    /// Moves a list of more than [`SPARSE_BINS`] bins to an array (after an
-    /// insert: a list read from a packed cell stays one until added to).
-    fn densify(&mut self) {
+    /// Moves a list of more than `past` bins to an array, if their keys allow
+    /// it. Done after an insert with [`SPARSE_BINS`]: a list read from a
+    /// packed cell stays one until added to.
+    fn densify(&mut self, past: usize) {
         if let Bins::Sparse(bins) = &self.bins
-            && bins.len() > SPARSE_BINS
+            && bins.len() > past
             && let Some(d) = Dense::of(bins)
         {
             self.bins = Bins::Dense(d);
@@ -192,7 +193,7 @@ impl LatencySketch {
         self.zeros += other.zeros;
         let (Bins::Sparse(mine), Bins::Sparse(theirs)) = (&mut self.bins, &other.bins) else {
             if other.bins.len() > SPARSE_BINS {
-                self.densify_now();
+                self.densify(0);
             }
             for (key, n) in other.bins() {
                 self.add(key, n);
@@ -212,16 +213,7 @@ impl LatencySketch {
         }
         if !new.is_empty() {
             *mine = merge_sorted(mine, &new);
-            self.densify();
-        }
-    }
-
-    /// Moves the bins to an array, however few (if their keys allow it).
-    fn densify_now(&mut self) {
-        if let Bins::Sparse(bins) = &self.bins
-            && let Some(d) = Dense::of(bins)
-        {
-            self.bins = Bins::Dense(d);
+            self.densify(SPARSE_BINS);
         }
     }
 
