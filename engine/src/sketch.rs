@@ -117,10 +117,14 @@ impl Dense {
 
     /// (key, count) of every bin with a count, by key.
     fn iter(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
-        (self.first..)
-            .zip(&self.counts)
+        // Offsets, not a range of keys from `first`: that range would step
+        // past i32::MAX after a last key there. Every key held fits an i32.
+        let first = i64::from(self.first);
+        self.counts
+            .iter()
+            .enumerate()
             .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (k, *n))
+            .map(move |(i, n)| ((first + i as i64) as i32, *n))
     }
 }
 
@@ -439,6 +443,18 @@ mod tests {
         sum.add(&far);
         assert_eq!(sum.sketch(), merged);
         assert_eq!(LatencySketch::from_parts(0, vec![(2, 1), (1, 1)]), None);
+
+        // Keys at the very top of the range, close enough for an array.
+        let top: Vec<(i32, u64)> = (i32::MAX - 20..=i32::MAX).map(|k| (k, 2)).collect();
+        let mut s = LatencySketch::from_parts(0, top.clone()).unwrap();
+        s.insert_bin(Some(i32::MAX));
+        assert!(matches!(s.bins, Bins::Dense(_)));
+        let mut want = top;
+        want[20].1 += 1;
+        assert_eq!(s.bins().collect::<Vec<_>>(), want);
+        let mut sum = SketchSum::default();
+        sum.add(&s);
+        assert_eq!(sum.sketch(), s);
     }
 
     #[test]
