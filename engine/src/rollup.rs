@@ -260,9 +260,53 @@ pub struct Cube {
     cells: Cells,
     /// Set once the bucket has had more keys than its budget.
     overflow: Option<Box<Overflow>>,
-    /// [`Cube::heaviest`], computed when first asked for and dropped whenever
-    /// the cube changes, so a closed bucket sorts its cells once.
-    heaviest: OnceLock<Box<[(u64, &'static str)]>>,
+    /// Computed when first asked for and dropped whenever the cube changes
+    /// or is packed, so a closed bucket ranks its cells once.
+    ranked: OnceLock<Ranked>,
+}
+
+/// What a cube computes from its counts when first asked: [`Cube::heaviest`]
+/// and, packed, the tables [`Cube::count`] and [`Cube::get_counts`] read.
+#[derive(Debug, Clone)]
+struct Ranked {
+    heaviest: Box<[(u64, &'static str)]>,
+    lookup: Option<Lookup>,
+}
+
+/// A packed cube's key ids to their cells without a search, and their counts
+/// without reading the cells: a threshold top-K counts a few keys in every
+/// cube of a range, and searching each cube's ids and heads was most of it.
+#[derive(Debug, Clone)]
+struct Lookup {
+    /// When the cube holds at least a quarter of the ids in its span (an
+    /// endpoint's day or hour): the position of key id `first + i` among the
+    /// cells, plus 1, at `i` (0 for a key without a cell); at most 16 bytes
+    /// per cell. Otherwise ids are searched.
+    positions: Option<(KeyId, Box<[u32]>)>,
+    /// Each cell's count, in cell order; `None` if one does not fit in 32 bits.
+    counts: Option<Box<[u32]>>,
+}
+
+impl Lookup {
+    /// The tables of a packed cube whose sorted key ids are `ids` and their
+    /// counts `counts`.
+    fn new(ids: &[KeyId], counts: &[u64]) -> Self {
+        let counts = counts
+            .iter()
+            .map(|&n| u32::try_from(n).ok())
+            .collect::<Option<Box<[u32]>>>();
+        let positions = match (ids.first(), ids.last()) {
+            (Some(&first), Some(&last)) if (last - first) as usize / 4 <= ids.len() => {
+                let mut at = vec![0u32; (last - first) as usize + 1];
+                for (i, id) in ids.iter().enumerate() {
+                    at[(id - first) as usize] = i as u32 + 1;
+                }
+                Some((first, at.into_boxed_slice()))
+            }
+            _ => None,
+        };
+        Self { positions, counts }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +321,7 @@ impl Cube {
             dim,
             cells: Cells::Packed(Packed::default()),
             overflow: None,
-            heaviest: OnceLock::new(),
+            ranked: OnceLock::new(),
         }
     }
 
@@ -365,7 +409,7 @@ impl Cube {
                 (cell.count, cell.by_class, cell.missed) = (c.count, c.by_class, c.missed);
             }
             Cells::Packed(p) => {
-                let i = p.ids.binary_search(&key.id).ok()?;
+                let i = self.position(p, key.id)?;
                 p.counts(i, &p.head(i), &mut cell);
             }
         }
@@ -396,10 +440,31 @@ impl Cube {
         }
         match &self.cells {
             Cells::Open(cells) => cells.get(&key.id).map_or(0, |c| c.count),
-            Cells::Packed(p) => p
-                .ids
-                .binary_search(&key.id)
-                .map_or(0, |i| p.head(i).count()),
+            Cells::Packed(p) => {
+                let Some(i) = self.position(p, key.id) else {
+                    return 0;
+                };
+                match self.lookup().and_then(|l| l.counts.as_deref()) {
+                    Some(counts) => counts.get(i).map_or(0, |&n| u64::from(n)),
+                    None => p.head(i).count(),
+                }
+            }
+        }
+    }
+
+    /// The tables of a packed cube once [`Cube::heaviest`] has built them.
+    fn lookup(&self) -> Option<&Lookup> {
+        self.ranked.get().and_then(|r| r.lookup.as_ref())
+    }
+
+    /// Where the cell of `id` is among `p`'s cells (`p` is this cube's).
+    fn position(&self, p: &Packed, id: KeyId) -> Option<usize> {
+        match self.lookup().and_then(|l| l.positions.as_ref()) {
+            Some((first, at)) => {
+                let n = *at.get(id.checked_sub(*first)? as usize)?;
+                (n as usize).checked_sub(1)
+            }
+            None => p.ids.binary_search(&id).ok(),
         }
     }
 
@@ -425,16 +490,37 @@ impl Cube {
     /// (count, key) of the [`HEAVIEST_LISTED`] cells with the most requests,
     /// most first, ties by key ascending: every cell when there are no more.
     pub fn heaviest(&self) -> &[(u64, &'static str)] {
-        self.heaviest.get_or_init(|| {
-            let mut all: Vec<(u64, &'static str)> = Vec::with_capacity(self.len());
-            self.cells(false, |k, c| all.push((c.count, k)));
+        &self.ranked().heaviest
+    }
+
+    fn ranked(&self) -> &Ranked {
+        self.ranked.get_or_init(|| {
+            let mut ids: Vec<KeyId> = Vec::with_capacity(self.len());
+            let mut counts: Vec<u64> = Vec::with_capacity(self.len());
+            self.counts_by_key(|k, c| {
+                ids.push(k.id);
+                counts.push(c.count);
+            });
+            let mut all: Vec<(u64, &'static str)> = Keys::of(self.dim).with_names(|name| {
+                counts
+                    .iter()
+                    .zip(&ids)
+                    .map(|(n, id)| (*n, name(*id)))
+                    .collect()
+            });
             let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
             if all.len() > HEAVIEST_LISTED {
                 all.select_nth_unstable_by(HEAVIEST_LISTED - 1, order);
                 all.truncate(HEAVIEST_LISTED);
             }
             all.sort_unstable_by(order);
-            all.into_boxed_slice()
+            Ranked {
+                heaviest: all.into_boxed_slice(),
+                lookup: match &self.cells {
+                    Cells::Open(_) => None,
+                    Cells::Packed(p) => Some(Lookup::new(&p.ids, &counts)),
+                },
+            }
         })
     }
 
@@ -451,7 +537,7 @@ impl Cube {
 
     /// The cells, unpacked to be changed.
     fn open(&mut self) -> &mut HashMap<KeyId, Cell, foldhash::fast::RandomState> {
-        self.heaviest.take();
+        self.ranked.take();
         if let Cells::Packed(p) = &self.cells {
             let mut cells = HashMap::with_capacity_and_hasher(p.ids.len(), Default::default());
             p.each(true, |id, cell| {
@@ -468,6 +554,7 @@ impl Cube {
     /// Packs the cells: done with a cube once no more requests are added to it.
     fn pack(&mut self) {
         if let Cells::Open(cells) = &self.cells {
+            self.ranked.take();
             let packed = Packed::new(cells.iter().map(|(k, c)| (*k, c)).collect());
             self.cells = Cells::Packed(packed);
         }
@@ -1753,6 +1840,79 @@ mod tests {
                 merged.visit(Granularity::Day, day, to, Dimension::UserId, |cube| {
                     assert!(cube.count(Dimension::UserId.key("u1").unwrap()) > 0);
                 });
+            }
+        }
+    }
+
+    #[test]
+    fn a_ranked_cube_counts_as_its_cells_say() {
+        // Endpoints, so the test's keys are interned apart from other tests'.
+        let keys = Keys::of(Dimension::Endpoint);
+        let ids: Vec<KeyId> = (0..400)
+            .map(|i| keys.intern(&format!("GET /ranked/{i}")))
+            .collect();
+        let cell = |n: u64| {
+            let mut c = Cell::new(false);
+            for _ in 0..n.min(3) {
+                c.add(200, n);
+            }
+            (c.count, c.by_class[1]) = (n, n);
+            c
+        };
+        // Dense: every other id of a run (positions are tabled); sparse: every
+        // 20th (ids are searched); a count past u32::MAX (read from the heads).
+        let dense: Vec<KeyId> = ids[..200].iter().copied().step_by(2).collect();
+        let sparse: Vec<KeyId> = ids.iter().copied().step_by(20).collect();
+        for (which, present, big) in [
+            ("dense", &dense, false),
+            ("sparse", &sparse, false),
+            ("dense, big", &dense, true),
+            ("sparse, big", &sparse, true),
+        ] {
+            let counts = |i: usize| {
+                if big && i == 3 {
+                    5_000_000_000
+                } else {
+                    (i as u64 * 7) % 50 + 1
+                }
+            };
+            let cells: Vec<(KeyId, Cell)> = present
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, cell(counts(i))))
+                .collect();
+            let cube = Cube {
+                dim: Dimension::Endpoint,
+                cells: Cells::Packed(Packed::new(cells.clone())),
+                overflow: None,
+                ranked: OnceLock::new(),
+            };
+            let plain = cube.clone();
+            let heaviest = cube.heaviest();
+            assert_eq!(
+                heaviest.len(),
+                present.len().min(HEAVIEST_LISTED),
+                "{which}"
+            );
+            assert!(heaviest.windows(2).all(|w| w[0].0 >= w[1].0), "{which}");
+            let lookup = cube.lookup().unwrap();
+            assert_eq!(lookup.positions.is_some(), present == &dense, "{which}");
+            assert_eq!(lookup.counts.is_none(), big, "{which}");
+            // Every key, with a cell or not, and ids past either end of the span.
+            for id in ids.iter().copied().chain([0, u32::MAX]) {
+                let key = Key {
+                    dim: Dimension::Endpoint,
+                    id,
+                };
+                let want = cells.iter().find(|(k, _)| *k == id).map(|(_, c)| c.count);
+                assert_eq!(cube.count(key), want.unwrap_or(0), "{which}: id {id}");
+                assert_eq!(plain.count(key), want.unwrap_or(0), "{which}: id {id}");
+                let got = cube.get_counts(key);
+                assert_eq!(got.as_ref().map(|c| c.count), want, "{which}: id {id}");
+                assert_eq!(
+                    got.map(|c| c.by_class),
+                    plain.get_counts(key).map(|c| c.by_class)
+                );
             }
         }
     }

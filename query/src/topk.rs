@@ -534,16 +534,37 @@ fn merge_keys<'k>(
 
 /// The keys of the `k` largest total counts over `cubes` and `raw` (ties by
 /// key ascending), or `None` if the cubes' heaviest lists end too soon to tell.
+///
+/// The lists are read one entry at a time, always from the list whose next
+/// count is largest: that lowers the threshold (the sum of every list's next
+/// count) the most per key met. Small buckets (a partial hour's minutes) hold
+/// a few requests per key, so they are rarely read past their first entries
+/// and do not bring in keys that could never win, each of which would cost a
+/// lookup in every cube.
 fn threshold_top(
     dim: Dimension,
     cubes: &[&Cube],
     raw: &[HashMap<String, Cell>],
     k: usize,
 ) -> Option<Vec<String>> {
-    /// A ranked list: (count, key), most first; `complete` if it holds every key of its source.
+    /// A ranked list: (count, key), most first; `complete` if it holds every
+    /// key of its source; `read` entries of it met so far.
     struct List<'a> {
         ranked: Vec<(u64, &'a str)>,
         complete: bool,
+        read: usize,
+    }
+    impl List<'_> {
+        /// The most requests a key not met in this list yet can have in it: the
+        /// next count down (an incomplete list's last count bounds the keys it
+        /// leaves out).
+        fn bound(&self) -> u64 {
+            match self.ranked.get(self.read) {
+                Some(&(n, _)) => n,
+                None if self.complete => 0,
+                None => self.ranked.last().map_or(0, |&(n, _)| n),
+            }
+        }
     }
     let mut lists: Vec<List<'_>> = cubes
         .iter()
@@ -552,6 +573,7 @@ fn threshold_top(
             List {
                 ranked: heaviest.to_vec(),
                 complete: heaviest.len() == c.len(),
+                read: 0,
             }
         })
         .collect();
@@ -562,6 +584,7 @@ fn threshold_top(
         lists.push(List {
             ranked,
             complete: true,
+            read: 0,
         });
     }
     let total = |key: &str| -> u64 {
@@ -575,47 +598,46 @@ fn threshold_top(
                 .map(|c| c.count)
                 .sum::<u64>()
     };
+    // Lists with entries left to read, by their next count.
+    let mut next: std::collections::BinaryHeap<(u64, usize)> = lists
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.ranked.is_empty())
+        .map(|(i, l)| (l.bound(), i))
+        .collect();
+    let mut threshold: u64 = lists.iter().map(List::bound).sum();
     let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
-    let mut best: Vec<(u64, &str)> = Vec::new();
-    for depth in 0.. {
-        let mut met = false;
-        for list in &lists {
-            if let Some(&(_, key)) = list.ranked.get(depth) {
-                met = true;
-                if seen.insert(key) {
-                    best.push((total(key), key));
-                }
+    // The best k met so far, most first.
+    let mut best: Vec<(u64, &str)> = Vec::with_capacity(k + 1);
+    let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
+    loop {
+        let kth = (best.len() == k).then(|| best.last()).flatten();
+        if threshold == 0 || kth.is_some_and(|b| b.0 > threshold) {
+            // No key not met yet can reach the k-th best (or every key with
+            // a request has been met).
+            return Some(best.iter().map(|(_, key)| (*key).to_owned()).collect());
+        }
+        // Every list is read to its end: complete ones have shown every key
+        // (then the threshold is 0), incomplete ones leave the answer open.
+        let (_, i) = next.pop()?;
+        let list = &mut lists[i];
+        let (_, key) = list.ranked[list.read];
+        let before = list.bound();
+        list.read += 1;
+        let after = list.bound();
+        threshold = threshold - before + after;
+        if list.read < list.ranked.len() {
+            next.push((after, i));
+        }
+        if seen.insert(key) {
+            let met = (total(key), key);
+            let at = best.partition_point(|b| order(b, &met).is_lt());
+            if at < k {
+                best.insert(at, met);
+                best.truncate(k);
             }
         }
-        best.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        best.truncate(k);
-        if !met {
-            // Every list is used up: complete ones have shown every key.
-            return lists
-                .iter()
-                .all(|l| l.complete)
-                .then(|| best.iter().map(|(_, key)| (*key).to_owned()).collect());
-        }
-        // The most requests a key not met yet can have: in each list, no more
-        // than the next count down (an incomplete list's last count bounds the
-        // keys it leaves out).
-        let threshold: u64 = lists
-            .iter()
-            .map(|l| match l.ranked.get(depth + 1) {
-                Some(&(n, _)) => n,
-                None if l.complete => 0,
-                None => l.ranked.last().map_or(0, |&(n, _)| n),
-            })
-            .sum();
-        if best.len() == k && best[k - 1].0 > threshold {
-            return Some(best.iter().map(|(_, key)| (*key).to_owned()).collect());
-        }
-        if threshold == 0 {
-            // Every key with a request has been met.
-            return Some(best.iter().map(|(_, key)| (*key).to_owned()).collect());
-        }
     }
-    None
 }
 
 /// A quantile top-K with a `min_count`, read from whole cubes: a first pass
