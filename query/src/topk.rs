@@ -659,19 +659,28 @@ fn quantile_with_min_count(
     }
     let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
-        let mut counts = Merged::new(dim, false);
+        // Per key: its requests and what its cells may have missed, and the
+        // floors of the over-budget buckets it has a cell in (what
+        // [`Merged::missed`] adds up, without merging whole cells).
+        let mut counts: HashMap<Key, (u64, u64), foldhash::fast::RandomState> = HashMap::default();
+        let mut floor = 0;
         for cube in cubes {
-            counts.add_whole_cube(cube);
+            let f = cube.floor();
+            floor += f;
+            cube.counts_by_key(|k, c| {
+                let (n, seen) = counts.entry(k).or_default();
+                (*n, *seen) = (*n + c.count + c.missed, *seen + f);
+            });
         }
         for part in &raw {
             for (k, cell) in part {
-                counts.add(k, cell, 0);
+                counts.entry(dim.intern(k)).or_default().0 += cell.count + cell.missed;
             }
         }
         let reaching: Vec<String> = counts
-            .groups()
-            .filter(|(_, g)| g.cell.count + counts.missed(g).requests >= q.min_count)
-            .map(|(k, _)| k.to_owned())
+            .iter()
+            .filter(|(_, (n, seen))| n + (floor - (*seen).min(floor)) >= q.min_count)
+            .map(|(k, _)| k.name().to_owned())
             .collect();
         merge_keys(dim, cubes, &raw, &reaching, true)
     });

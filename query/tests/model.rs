@@ -257,6 +257,73 @@ fn top_k_matches_a_brute_force_model_before_and_after_restarts() {
     }
 }
 
+/// A quantile top-K with a `min_count` keeps a key whose listed cells fall
+/// short of it when the buckets that evicted it may hold the rest: here the
+/// key's 9 requests are listed in one hour bucket only (3), and two others
+/// evicted it under a budget of 4 keys (floor 10 each).
+#[test]
+fn min_count_counts_what_over_budget_buckets_may_hold() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut budget = config();
+    budget.rollup_key_budget = 4;
+    let fs = SimFs::new(7);
+    let engine = Engine::open_with(Arc::new(fs.clone()), budget.clone()).unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut events = Vec::new();
+    for hour in 0..3 {
+        let mut add = |endpoint: &str, n: usize| {
+            for _ in 0..n {
+                let mut e = random_event(&mut rng, events.len());
+                e.timestamp = Micros::new(T0 + hour * HOUR + events.len() as i64 * 1_000_000);
+                e.endpoint = endpoint.to_owned();
+                e.method = "GET".into();
+                events.push(e);
+            }
+        };
+        // First, so that the keys added past the budget evict it once
+        // their floor passes its 3 requests.
+        add("GET /t", 3);
+        let others = if hour < 2 { 5 } else { 3 };
+        for p in 0..others {
+            add(&format!("GET /p{p}"), 10);
+        }
+    }
+    rt.block_on(engine.ingest(events.clone(), None)).unwrap();
+    let q = TopK {
+        k: 100,
+        metric: Metric::LatencyP99,
+        by: Grouping::By(Dimension::Endpoint),
+        range: TimeRange {
+            start: Micros::new(T0),
+            end: Micros::new(T0 + 3 * HOUR),
+        },
+        filters: Filters::default(),
+        min_count: 9,
+        order: Order::Desc,
+    };
+    let check = |engine: &Engine, state: &str| {
+        let got = top_k(engine, &q).unwrap();
+        assert!(!got.exact, "{state}: the budget must have evicted keys");
+        let t = got.rows.iter().find(|r| r.key == "GET /t");
+        let t = t.unwrap_or_else(|| panic!("{state}: GET /t left out: {:?}", got.rows));
+        assert_eq!(t.count, 3, "{state}: the listed requests of GET /t");
+        assert!(
+            t.bounds.is_some(),
+            "{state}: GET /t's p99 is bounded, not exact"
+        );
+    };
+    check(&engine, "live");
+    engine.flush().unwrap();
+    check(&engine, "flushed");
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open_with(Arc::new(fs), budget).unwrap();
+    check(&reopened, "restarted");
+    reopened.close().unwrap();
+}
+
 /// Cube buckets over a tiny key budget: every value an answer gives lies
 /// within its bounds, exact values are exact, and a flushed store answers the
 /// same after a clean restart (and within bounds after a crash).
