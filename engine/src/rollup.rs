@@ -1896,7 +1896,14 @@ mod tests {
             );
             assert!(heaviest.windows(2).all(|w| w[0].0 >= w[1].0), "{which}");
             let lookup = cube.lookup().unwrap();
-            assert_eq!(lookup.positions.is_some(), present == &dense, "{which}");
+            // Tabled when the ids span at most 4 per cell (keys other tests
+            // intern in the same process can widen the span).
+            let span = (present[present.len() - 1] - present[0]) as usize + 1;
+            assert_eq!(
+                lookup.positions.is_some(),
+                span / 4 <= present.len(),
+                "{which}"
+            );
             assert_eq!(lookup.counts.is_none(), big, "{which}");
             // Every key, with a cell or not, and ids past either end of the span.
             for id in ids.iter().copied().chain([0, u32::MAX]) {
