@@ -1083,22 +1083,24 @@ impl Engine {
         self.inner.visit_pieces(&st, pieces, dim, f);
     }
 
-    /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the cubes would.
+    /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the
+    /// cubes would; the cells have latency sketches only if `sketches`.
     pub fn aggregate_raw(
         &self,
         range: TimeRange,
         filters: &Filters,
         dim: Dimension,
+        sketches: bool,
     ) -> Result<std::collections::HashMap<String, Cell>> {
         let range = self.inner.cutoffs().retained(&range);
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             let mut out = std::collections::HashMap::new();
-            scan::aggregate(cols, false, &range, filters, dim, &mut out);
+            scan::aggregate(cols, false, &range, filters, (dim, sketches), &mut out);
             vec![out]
         });
         let mut out = std::collections::HashMap::new();
         for (_, cols) in self.frozen_in(&frozen, &range) {
-            scan::aggregate(cols, false, &range, filters, dim, &mut out);
+            scan::aggregate(cols, false, &range, filters, (dim, sketches), &mut out);
         }
         for seg in segments {
             scan::aggregate(
@@ -1106,7 +1108,7 @@ impl Engine {
                 true,
                 &range,
                 filters,
-                dim,
+                (dim, sketches),
                 &mut out,
             );
         }

@@ -147,13 +147,15 @@ fn candidate_rows(cols: &Columns, sorted: bool, range: &TimeRange) -> std::ops::
     }
 }
 
-/// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by `dim`.
+/// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by
+/// `dim`, new cells with a latency sketch if `sketches` (quantiles by user
+/// are answered from raw rows; counts need none).
 pub(crate) fn aggregate(
     cols: &Columns,
     sorted: bool,
     range: &TimeRange,
     filters: &Filters,
-    dim: crate::rollup::Dimension,
+    (dim, sketches): (crate::rollup::Dimension, bool),
     out: &mut std::collections::HashMap<String, crate::rollup::Cell>,
 ) {
     use crate::rollup::{Cell, Dimension};
@@ -184,8 +186,7 @@ pub(crate) fn aggregate(
         match out.get_mut(key) {
             Some(cell) => cell.add(status, latency),
             None => {
-                // Raw answers keep a sketch for every dimension: quantiles by user come from here.
-                let mut cell = Cell::new(true);
+                let mut cell = Cell::new(sketches);
                 cell.add(status, latency);
                 out.insert(key.to_owned(), cell);
             }

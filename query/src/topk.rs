@@ -357,7 +357,7 @@ pub(crate) fn merged_cells_in(
     let Some(read) = read else {
         note("raw");
         for (out, range) in outs.iter_mut().zip(ranges) {
-            for (k, cell) in engine.aggregate_raw(*range, filters, dim)? {
+            for (k, cell) in engine.aggregate_raw(*range, filters, dim, sketches)? {
                 out.add(&k, &cell, 0);
             }
         }
@@ -367,7 +367,7 @@ pub(crate) fn merged_cells_in(
     // Every range's bucket pieces, each with the index of its range.
     let (mut pieces, mut owners, mut raws) = (Vec::new(), Vec::new(), Vec::new());
     for (i, range) in ranges.iter().enumerate() {
-        let (p, raw) = split_plan(engine, &cutoffs, *range, dim, filters)?;
+        let (p, raw) = split_plan(engine, &cutoffs, *range, dim, filters, sketches)?;
         note_sources(&p, &raw, &mut note);
         owners.extend(std::iter::repeat_n(i, p.len()));
         pieces.extend(p);
@@ -439,7 +439,7 @@ fn heaviest_first(
     if !applies {
         return Ok(None);
     }
-    let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters)?;
+    let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters, false)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
         let winners = threshold_top(dim, cubes, &raw, q.k)?;
         Some(merge_keys(dim, cubes, &raw, &winners, false))
@@ -454,13 +454,14 @@ fn heaviest_first(
 type BucketPieces = Vec<(Granularity, toplog_types::Micros, toplog_types::Micros)>;
 
 /// The plan of `range` for `dim`: its bucket pieces, and its raw pieces
-/// aggregated by `dim`.
+/// aggregated by `dim` (with latency sketches if `sketches`).
 fn split_plan(
     engine: &Engine,
     cutoffs: &Cutoffs,
     range: TimeRange,
     dim: Dimension,
     filters: &Filters,
+    sketches: bool,
 ) -> Result<(BucketPieces, Vec<HashMap<String, Cell>>)> {
     let mut pieces = Vec::new();
     let mut raw = Vec::new();
@@ -472,7 +473,7 @@ fn split_plan(
                 from,
                 to,
             } => pieces.push((granularity, from, to)),
-            Piece::Raw(r) => raw.push(engine.aggregate_raw(r, filters, dim)?),
+            Piece::Raw(r) => raw.push(engine.aggregate_raw(r, filters, dim, sketches)?),
         }
     }
     Ok((pieces, raw))
@@ -657,7 +658,7 @@ fn quantile_with_min_count(
     {
         return Ok(None);
     }
-    let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters)?;
+    let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters, true)?;
     let merged = engine.with_rollups(&pieces, dim, |cubes| {
         // Per key: its requests and what its cells may have missed, and the
         // floors of the over-budget buckets it has a cell in (what
