@@ -1095,12 +1095,12 @@ impl Engine {
         let range = self.inner.cutoffs().retained(&range);
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             let mut out = std::collections::HashMap::new();
-            scan::aggregate(cols, false, &range, filters, (dim, sketches), &mut out);
+            scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
             vec![out]
         });
         let mut out = std::collections::HashMap::new();
         for (_, cols) in self.frozen_in(&frozen, &range) {
-            scan::aggregate(cols, false, &range, filters, (dim, sketches), &mut out);
+            scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
         }
         for seg in segments {
             scan::aggregate(
@@ -1108,7 +1108,8 @@ impl Engine {
                 true,
                 &range,
                 filters,
-                (dim, sketches),
+                dim,
+                sketches,
                 &mut out,
             );
         }

@@ -155,7 +155,8 @@ pub(crate) fn aggregate(
     sorted: bool,
     range: &TimeRange,
     filters: &Filters,
-    (dim, sketches): (crate::rollup::Dimension, bool),
+    dim: crate::rollup::Dimension,
+    sketches: bool,
     out: &mut std::collections::HashMap<String, crate::rollup::Cell>,
 ) {
     use crate::rollup::{Cell, Dimension};
