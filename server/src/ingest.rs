@@ -112,8 +112,7 @@ fn read_valid(format: BodyFormat, body: &[u8], limits: &ValidationLimits) -> Opt
         events: Vec<&'a RawValue>,
     }
     let rows: Vec<&[u8]> = match format {
-        BodyFormat::NdJson => body
-            .split(|b| *b == b'\n')
+        BodyFormat::NdJson => lines(body)
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
             .collect(),
         BodyFormat::Json => {
@@ -127,6 +126,22 @@ fn read_valid(format: BodyFormat, body: &[u8], limits: &ValidationLimits) -> Opt
     rows.into_iter()
         .map(|row| Event::from_json_slice(row, limits))
         .collect()
+}
+
+/// The lines of an NDJSON body, without their `\n`; as `split` on `\n`
+/// gives them, a body ending in `\n` included, found with `memchr`'s
+/// vector search instead of a byte at a time.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', body)
+        .map(Some)
+        .chain(std::iter::once(None))
+        .map(move |end| {
+            let end = end.unwrap_or(body.len());
+            let line = &body[start..end];
+            start = end + 1;
+            line
+        })
 }
 
 /// [`parse_events`] through `Value`s: slower, and names the row and the
@@ -170,7 +185,7 @@ fn explain(
         },
         BodyFormat::NdJson => {
             let mut rows = Vec::new();
-            for (line_no, line) in body.split(|b| *b == b'\n').enumerate() {
+            for (line_no, line) in lines(body).enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
@@ -290,6 +305,23 @@ mod tests {
                 .map(|e| e.status.as_u16()),
             Some(400)
         );
+    }
+
+    #[test]
+    fn lines_are_what_split_gives() {
+        for body in [
+            &b""[..],
+            b"\n",
+            b"\n\n",
+            b"a",
+            b"a\n",
+            b"a\nb",
+            b"a\r\n\nbc\n \n",
+            b"\na\n\n",
+        ] {
+            let split: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+            assert_eq!(lines(body).collect::<Vec<_>>(), split, "{body:?}");
+        }
     }
 
     #[test]
