@@ -20,8 +20,8 @@ use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
 use crate::idempotency::{self, KeyIndex, KeyRecord};
 use crate::manifest::{self, KeyFileEntry, Manifest, SegmentEntry};
-use crate::rollup::{self, Cell, Cube, Dimension, Granularity, Rollups};
-use crate::scan::{self, Cursor, Filters, Page, TimeRange};
+use crate::rollup::{self, Cube, Dimension, Granularity, Rollups};
+use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
 use crate::segment::{self, SegmentMeta};
 
 const WAL_DIR: &str = "wal";
@@ -1091,14 +1091,14 @@ impl Engine {
         filters: &Filters,
         dim: Dimension,
         sketches: bool,
-    ) -> Result<std::collections::HashMap<String, Cell>> {
+    ) -> Result<RawCells> {
         let range = self.inner.cutoffs().retained(&range);
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
-            let mut out = std::collections::HashMap::new();
+            let mut out = RawCells::default();
             scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
             vec![out]
         });
-        let mut out = std::collections::HashMap::new();
+        let mut out = RawCells::default();
         for (_, cols) in self.frozen_in(&frozen, &range) {
             scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
         }

@@ -147,6 +147,11 @@ fn candidate_rows(cols: &Columns, sorted: bool, range: &TimeRange) -> std::ops::
     }
 }
 
+/// Raw rows aggregated by a dimension's key, as [`crate::Engine::aggregate_raw`]
+/// returns them.
+pub type RawCells =
+    std::collections::HashMap<String, crate::rollup::Cell, foldhash::fast::RandomState>;
+
 /// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by
 /// `dim`, new cells with a latency sketch if `sketches` (quantiles by user
 /// are answered from raw rows; counts need none).
@@ -157,15 +162,21 @@ pub(crate) fn aggregate(
     filters: &Filters,
     dim: crate::rollup::Dimension,
     sketches: bool,
-    out: &mut std::collections::HashMap<String, crate::rollup::Cell>,
+    out: &mut RawCells,
 ) {
     use crate::rollup::{Cell, Dimension};
     let Some(m) = Matcher::new(cols, filters) else {
         return;
     };
     let (start, end) = (range.start.get(), range.end.get());
+    let rows = candidate_rows(cols, sorted, range);
+    if sorted {
+        // At most a key per row: room made once instead of the map doubling
+        // (and moving its cells) a dozen times over a partial hour's users.
+        out.reserve(rows.len().min(1 << 16));
+    }
     let mut status_key;
-    for i in candidate_rows(cols, sorted, range) {
+    for i in rows {
         if !(start..end).contains(&cols.ts[i]) || !m.matches(i) {
             continue;
         }

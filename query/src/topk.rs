@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
-    Cell, Cube, Cutoffs, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, SketchSum,
-    TimeRange,
+    Cell, Cube, Cutoffs, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, RawCells,
+    SketchSum, TimeRange,
 };
 
 use crate::metric::Missed;
@@ -462,7 +462,7 @@ fn split_plan(
     dim: Dimension,
     filters: &Filters,
     sketches: bool,
-) -> Result<(BucketPieces, Vec<HashMap<String, Cell>>)> {
+) -> Result<(BucketPieces, Vec<RawCells>)> {
     let mut pieces = Vec::new();
     let mut raw = Vec::new();
     let levels = dim.granularities();
@@ -479,11 +479,7 @@ fn split_plan(
     Ok((pieces, raw))
 }
 
-fn note_sources(
-    pieces: &BucketPieces,
-    raw: &[HashMap<String, Cell>],
-    note: &mut impl FnMut(&'static str),
-) {
+fn note_sources(pieces: &BucketPieces, raw: &[RawCells], note: &mut impl FnMut(&'static str)) {
     for (g, _, _) in pieces {
         note(g.name());
     }
@@ -499,7 +495,7 @@ fn note_sources(
 fn merge_keys<'k>(
     dim: Dimension,
     cubes: &[&Cube],
-    raw: &[HashMap<String, Cell>],
+    raw: &[RawCells],
     keys: impl IntoIterator<Item = &'k String> + Clone,
     quantile: bool,
 ) -> Merged {
@@ -545,17 +541,40 @@ fn merge_keys<'k>(
 fn threshold_top(
     dim: Dimension,
     cubes: &[&Cube],
-    raw: &[HashMap<String, Cell>],
+    raw: &[RawCells],
     k: usize,
 ) -> Option<Vec<String>> {
     /// A ranked list: (count, key), most first; `complete` if it holds every
-    /// key of its source; `read` entries of it met so far.
+    /// key of its source; `read` entries of it met so far. Only
+    /// `ranked[..sorted]` is in order (and holds the largest entries): a raw
+    /// part's thousands of keys are put in order a chunk at a time, as reading
+    /// reaches them, and reading rarely goes past the first.
     struct List<'a> {
         ranked: Vec<(u64, &'a str)>,
         complete: bool,
         read: usize,
+        sorted: usize,
+    }
+    /// Most first, ties by key ascending: a total order, keys being distinct in a list.
+    fn most_first(a: &(u64, &str), b: &(u64, &str)) -> std::cmp::Ordering {
+        b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
     }
     impl List<'_> {
+        /// Orders the next chunk of entries if reading has reached the end of
+        /// those in order. Chunks double, so reading a whole list costs about
+        /// one sort of it.
+        fn settle(&mut self) {
+            if self.read < self.sorted || self.sorted == self.ranked.len() {
+                return;
+            }
+            let rest = &mut self.ranked[self.sorted..];
+            let n = rest.len().min(self.sorted.max(64));
+            if n < rest.len() {
+                rest.select_nth_unstable_by(n - 1, most_first);
+            }
+            rest[..n].sort_unstable_by(most_first);
+            self.sorted += n;
+        }
         /// The most requests a key not met in this list yet can have in it: the
         /// next count down (an incomplete list's last count bounds the keys it
         /// leaves out).
@@ -575,18 +594,19 @@ fn threshold_top(
                 ranked: heaviest.to_vec(),
                 complete: heaviest.len() == c.len(),
                 read: 0,
+                sorted: heaviest.len(),
             }
         })
         .collect();
     for part in raw {
-        let mut ranked: Vec<(u64, &str)> =
-            part.iter().map(|(k, c)| (c.count, k.as_str())).collect();
-        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        lists.push(List {
-            ranked,
+        let mut list = List {
+            ranked: part.iter().map(|(k, c)| (c.count, k.as_str())).collect(),
             complete: true,
             read: 0,
-        });
+            sorted: 0,
+        };
+        list.settle();
+        lists.push(list);
     }
     let total = |key: &str| -> u64 {
         let cubed: u64 = dim
@@ -610,7 +630,6 @@ fn threshold_top(
     let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
     // The best k met so far, most first.
     let mut best: Vec<(u64, &str)> = Vec::with_capacity(k + 1);
-    let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
     loop {
         let kth = (best.len() == k).then(|| best.last()).flatten();
         if threshold == 0 || kth.is_some_and(|b| b.0 > threshold) {
@@ -625,6 +644,7 @@ fn threshold_top(
         let (_, key) = list.ranked[list.read];
         let before = list.bound();
         list.read += 1;
+        list.settle();
         let after = list.bound();
         threshold = threshold - before + after;
         if list.read < list.ranked.len() {
@@ -632,7 +652,7 @@ fn threshold_top(
         }
         if seen.insert(key) {
             let met = (total(key), key);
-            let at = best.partition_point(|b| order(b, &met).is_lt());
+            let at = best.partition_point(|b| most_first(b, &met).is_lt());
             if at < k {
                 best.insert(at, met);
                 best.truncate(k);
