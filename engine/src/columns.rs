@@ -3,6 +3,7 @@
 //! endpoint, method) are dictionary-encoded; request ids are stored inline.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use toplog_types::{Event, Micros};
 
@@ -16,6 +17,15 @@ pub(crate) struct StrColumn {
 }
 
 impl StrColumn {
+    /// An empty column with room for `rows` strings of `bytes` bytes in all,
+    /// so decoding a segment's column does not grow it step by step.
+    pub(crate) fn with_capacity(bytes: usize, rows: usize) -> Self {
+        Self {
+            data: String::with_capacity(bytes),
+            ends: Vec::with_capacity(rows),
+        }
+    }
+
     pub(crate) fn push(&mut self, s: &str) {
         self.data.push_str(s);
         self.ends.push(self.data.len() as u32);
@@ -27,11 +37,17 @@ impl StrColumn {
     }
 }
 
+type Lookup = HashMap<String, u32, foldhash::fast::RandomState>;
+
 /// A dictionary of distinct strings and one dictionary id per row.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct DictColumn {
     pub(crate) values: Vec<String>,
-    lookup: HashMap<String, u32, foldhash::fast::RandomState>,
+    /// Value -> dictionary id. Kept up to date by pushes; a column decoded
+    /// from a segment builds it only when a filter first looks a value up
+    /// (most reads only name ids, and a segment's users are a copy of every
+    /// name to hash).
+    lookup: OnceLock<Lookup>,
     /// Interned key id -> dictionary id, for values pushed with their key.
     by_key: HashMap<KeyId, u32, foldhash::fast::RandomState>,
     pub(crate) ids: Vec<u32>,
@@ -40,17 +56,20 @@ pub(crate) struct DictColumn {
 impl DictColumn {
     /// Builds a column from a decoded dictionary and row ids (ids already checked in range).
     pub(crate) fn from_parts(values: Vec<String>, ids: Vec<u32>) -> Self {
-        let lookup = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.clone(), i as u32))
-            .collect();
         Self {
             values,
-            lookup,
+            lookup: OnceLock::new(),
             by_key: HashMap::default(),
             ids,
         }
+    }
+
+    fn index(values: &[String]) -> Lookup {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.clone(), i as u32))
+            .collect()
     }
 
     /// Appends a row; returns the bytes newly retained (0 when the value was known).
@@ -72,13 +91,19 @@ impl DictColumn {
 
     /// The row's dictionary id and the bytes newly retained.
     fn push_value(&mut self, s: &str) -> (u32, usize) {
-        if let Some(&id) = self.lookup.get(s) {
+        if self.lookup.get().is_none() {
+            let _ = self.lookup.set(Self::index(&self.values));
+        }
+        let Some(lookup) = self.lookup.get_mut() else {
+            unreachable!("set above")
+        };
+        if let Some(&id) = lookup.get(s) {
             self.ids.push(id);
             return (id, 0);
         }
         let id = self.values.len() as u32;
+        lookup.insert(s.to_owned(), id);
         self.values.push(s.to_owned());
-        self.lookup.insert(s.to_owned(), id);
         self.ids.push(id);
         (id, 2 * s.len() + 64)
     }
@@ -88,7 +113,10 @@ impl DictColumn {
     }
 
     pub(crate) fn id_of(&self, s: &str) -> Option<u32> {
-        self.lookup.get(s).copied()
+        self.lookup
+            .get_or_init(|| Self::index(&self.values))
+            .get(s)
+            .copied()
     }
 }
 

@@ -329,7 +329,8 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SegmentMeta, Columns), SegmentError>
 
     let raw = block(buf, &blocks[1], "request_id")?;
     let mut r = Reader::new(&raw);
-    let mut request_id = StrColumn::default();
+    // The strings take less than their block (which adds a length to each).
+    let mut request_id = StrColumn::with_capacity(raw.len(), rows);
     for _ in 0..rows {
         request_id.push(r.str()?);
     }
