@@ -86,22 +86,29 @@ impl<'a> Reader<'a> {
         Ok(self.u64()? as i64)
     }
 
+    /// A LEB128 varint of at most 10 bytes whose value fits in 64 bits.
+    /// Reads from the slice left without a bounds-checked read per byte:
+    /// most of a segment's decode is varints.
     pub(crate) fn varint(&mut self) -> Result<u64, CodecError> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
         let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << shift;
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
-                if shift == 63 && b > 1 {
+                if i == 9 && b > 1 {
                     break;
                 }
+                self.pos += i + 1;
                 return Ok(v);
             }
         }
-        Err(CodecError(format!(
-            "malformed varint before byte {}",
-            self.pos
-        )))
+        if rest.len() < 10 && rest.iter().all(|b| b & 0x80 != 0) {
+            return Err(CodecError(format!(
+                "unexpected end of data at byte {} (in a varint)",
+                self.buf.len()
+            )));
+        }
+        Err(CodecError(format!("malformed varint at byte {}", self.pos)))
     }
 
     /// A varint used as a length or count: must not exceed what is left to read / `max`.
@@ -118,8 +125,13 @@ impl<'a> Reader<'a> {
             })
     }
 
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos.min(self.buf.len())
+    }
+
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
-        let n = self.len(self.buf.len() - self.pos.min(self.buf.len()))?;
+        let n = self.len(self.remaining())?;
         self.take(n)
     }
 
@@ -150,6 +162,32 @@ mod tests {
             prop_assert_eq!(r.varint(), Ok(v));
             prop_assert_eq!(r.varint().map(unzigzag), Ok(z));
             prop_assert!(r.is_empty());
+        }
+
+        /// Any bytes: a varint is read whole or not at all, and one read
+        /// agrees with decoding LEB128 a byte at a time.
+        #[test]
+        fn varint_reads_what_leb128_says(bytes in prop::collection::vec(any::<u8>(), 0..12)) {
+            let mut want: Option<(u64, usize)> = None;
+            let mut v: u64 = 0;
+            for (i, &b) in bytes.iter().enumerate().take(10) {
+                v |= u64::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    if !(i == 9 && b > 1) {
+                        want = Some((v, i + 1));
+                    }
+                    break;
+                }
+            }
+            let mut r = Reader::new(&bytes);
+            match (r.varint(), want) {
+                (Ok(got), Some((v, used))) => {
+                    prop_assert_eq!(got, v);
+                    prop_assert_eq!(r.position(), used);
+                }
+                (Err(_), None) => prop_assert_eq!(r.position(), 0),
+                (got, want) => prop_assert!(false, "{:?} against {:?}", got, want),
+            }
         }
     }
 }

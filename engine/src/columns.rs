@@ -17,13 +17,24 @@ pub(crate) struct StrColumn {
 }
 
 impl StrColumn {
-    /// An empty column with room for `rows` strings of `bytes` bytes in all,
-    /// so decoding a segment's column does not grow it step by step.
-    pub(crate) fn with_capacity(bytes: usize, rows: usize) -> Self {
-        Self {
-            data: String::with_capacity(bytes),
-            ends: Vec::with_capacity(rows),
+    /// A column of the strings laid end to end in `data`, string `i` ending
+    /// at `ends[i]` (ascending, the last at `data`'s end); `None` unless the
+    /// bytes are UTF-8 and every end falls between characters. One check of
+    /// the whole instead of one per string: decoding a segment makes
+    /// hundreds of thousands of them.
+    pub(crate) fn from_utf8(mut data: Vec<u8>, ends: Vec<u32>) -> Option<Self> {
+        let in_order = ends.windows(2).all(|w| w[0] <= w[1])
+            && ends.last().map_or(0, |e| *e as usize) == data.len();
+        if !in_order {
+            return None;
         }
+        if data.capacity() - data.len() > data.len() / 8 {
+            data.shrink_to_fit();
+        }
+        let data = String::from_utf8(data).ok()?;
+        ends.iter()
+            .all(|e| data.is_char_boundary(*e as usize))
+            .then_some(Self { data, ends })
     }
 
     pub(crate) fn push(&mut self, s: &str) {
@@ -35,6 +46,19 @@ impl StrColumn {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.data[start..self.ends[i] as usize]
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Bytes of the strings, all together.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
+    }
 }
 
 type Lookup = HashMap<String, u32, foldhash::fast::RandomState>;
@@ -42,7 +66,7 @@ type Lookup = HashMap<String, u32, foldhash::fast::RandomState>;
 /// A dictionary of distinct strings and one dictionary id per row.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct DictColumn {
-    pub(crate) values: Vec<String>,
+    pub(crate) values: StrColumn,
     /// Value -> dictionary id. Kept up to date by pushes; a column decoded
     /// from a segment builds it only when a filter first looks a value up
     /// (most reads only name ids, and a segment's users are a copy of every
@@ -55,7 +79,7 @@ pub(crate) struct DictColumn {
 
 impl DictColumn {
     /// Builds a column from a decoded dictionary and row ids (ids already checked in range).
-    pub(crate) fn from_parts(values: Vec<String>, ids: Vec<u32>) -> Self {
+    pub(crate) fn from_parts(values: StrColumn, ids: Vec<u32>) -> Self {
         Self {
             values,
             lookup: OnceLock::new(),
@@ -64,11 +88,11 @@ impl DictColumn {
         }
     }
 
-    fn index(values: &[String]) -> Lookup {
+    fn index(values: &StrColumn) -> Lookup {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| (v.clone(), i as u32))
+            .map(|(i, v)| (v.to_owned(), i as u32))
             .collect()
     }
 
@@ -103,13 +127,13 @@ impl DictColumn {
         }
         let id = self.values.len() as u32;
         lookup.insert(s.to_owned(), id);
-        self.values.push(s.to_owned());
+        self.values.push(s);
         self.ids.push(id);
         (id, 2 * s.len() + 64)
     }
 
     pub(crate) fn get(&self, i: usize) -> &str {
-        &self.values[self.ids[i] as usize]
+        self.values.get(self.ids[i] as usize)
     }
 
     pub(crate) fn id_of(&self, s: &str) -> Option<u32> {
@@ -237,9 +261,7 @@ impl Columns {
 
     /// Bytes held on the heap, roughly (for cache budgets).
     pub(crate) fn heap_bytes(&self) -> usize {
-        let dict = |d: &DictColumn| {
-            4 * d.ids.len() + d.values.iter().map(|v| 2 * v.len() + 64).sum::<usize>()
-        };
+        let dict = |d: &DictColumn| 4 * d.ids.len() + 2 * d.values.bytes() + 64 * d.values.len();
         (8 + 4 + 2 + 8) * self.len()
             + self.request_id.data.len()
             + dict(&self.user_id)
@@ -282,7 +304,45 @@ impl Columns {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A column built from bytes and ends holds exactly the strings pushed
+    /// one by one, and bytes that are not whole UTF-8 strings are refused.
+    #[test]
+    fn strings_from_bytes_are_checked_whole() {
+        let words = ["", "GET /a", "é", "", "用户-7", "x"];
+        let (mut data, mut ends, mut pushed) = (Vec::new(), Vec::new(), StrColumn::default());
+        for w in words {
+            data.extend_from_slice(w.as_bytes());
+            ends.push(data.len() as u32);
+            pushed.push(w);
+        }
+        let built = StrColumn::from_utf8(data.clone(), ends.clone()).unwrap();
+        assert!(built.iter().eq(words));
+        assert!(built.iter().eq(pushed.iter()));
+        assert_eq!(built.len(), words.len());
+
+        // An end inside "é" (2 bytes after "GET /a"): each part alone is not UTF-8.
+        let mut split = ends.clone();
+        split[2] -= 1;
+        assert!(StrColumn::from_utf8(data.clone(), split).is_none());
+        // Invalid bytes, ends out of order, ends short of the data.
+        let mut bad = data.clone();
+        bad[6] = 0xff;
+        assert!(StrColumn::from_utf8(bad, ends.clone()).is_none());
+        let mut swapped = ends.clone();
+        swapped.swap(1, 2);
+        assert!(StrColumn::from_utf8(data.clone(), swapped).is_none());
+        let short = ends[..ends.len() - 1].to_vec();
+        assert!(StrColumn::from_utf8(data, short).is_none());
+        assert!(
+            StrColumn::from_utf8(Vec::new(), Vec::new())
+                .unwrap()
+                .iter()
+                .eq([] as [&str; 0])
+        );
+    }
 
     /// Rows pushed with their keys' ids make the same columns as rows pushed
     /// by value, whatever mix of the two a memtable saw.
@@ -312,7 +372,7 @@ mod tests {
             };
         }
         assert!(plain.same_rows(&keyed));
-        assert_eq!(plain.user_id.values, keyed.user_id.values);
+        assert!(plain.user_id.values.iter().eq(keyed.user_id.values.iter()));
         assert!(added_keyed >= added_plain);
     }
 }
