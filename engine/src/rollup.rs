@@ -265,6 +265,38 @@ pub struct Cube {
     ranked: OnceLock<Ranked>,
 }
 
+/// The [`HEAVIEST_LISTED`] (count, name) of cells `ids` with `counts`, most
+/// first, ties by name ascending. Only the cells that can be listed are
+/// named and compared by name: those with at least the
+/// [`HEAVIEST_LISTED`]-th largest count. A user hour holds thousands of
+/// keys, most of them tied at a request or two, and naming and comparing
+/// them all was most of ranking it.
+fn heaviest_of(dim: Dimension, ids: &[KeyId], counts: &[u64]) -> Box<[(u64, &'static str)]> {
+    let cut = if counts.len() > HEAVIEST_LISTED {
+        let mut most_first = counts.to_vec();
+        *most_first
+            .select_nth_unstable_by(HEAVIEST_LISTED - 1, |a, b| b.cmp(a))
+            .1
+    } else {
+        0
+    };
+    let mut listed: Vec<(u64, &'static str)> = Keys::of(dim).with_names(|name| {
+        counts
+            .iter()
+            .zip(ids)
+            .filter(|(n, _)| **n >= cut)
+            .map(|(n, id)| (*n, name(*id)))
+            .collect()
+    });
+    let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
+    if listed.len() > HEAVIEST_LISTED {
+        listed.select_nth_unstable_by(HEAVIEST_LISTED - 1, order);
+        listed.truncate(HEAVIEST_LISTED);
+    }
+    listed.sort_unstable_by(order);
+    listed.into_boxed_slice()
+}
+
 /// What a cube computes from its counts when first asked: [`Cube::heaviest`]
 /// and, packed, the tables [`Cube::count`] and [`Cube::get_counts`] read.
 #[derive(Debug, Clone)]
@@ -501,21 +533,8 @@ impl Cube {
                 ids.push(k.id);
                 counts.push(c.count);
             });
-            let mut all: Vec<(u64, &'static str)> = Keys::of(self.dim).with_names(|name| {
-                counts
-                    .iter()
-                    .zip(&ids)
-                    .map(|(n, id)| (*n, name(*id)))
-                    .collect()
-            });
-            let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
-            if all.len() > HEAVIEST_LISTED {
-                all.select_nth_unstable_by(HEAVIEST_LISTED - 1, order);
-                all.truncate(HEAVIEST_LISTED);
-            }
-            all.sort_unstable_by(order);
             Ranked {
-                heaviest: all.into_boxed_slice(),
+                heaviest: heaviest_of(self.dim, &ids, &counts),
                 lookup: match &self.cells {
                     Cells::Open(_) => None,
                     Cells::Packed(p) => Some(Lookup::new(&p.ids, &counts)),
@@ -1656,6 +1675,53 @@ mod tests {
                     "round {round}, status {status}"
                 );
             }
+        }
+    }
+
+    /// A cube's heaviest list is the head of all its cells sorted by count
+    /// (most first) then key, whatever the ties at the list's end.
+    #[test]
+    fn heaviest_lists_the_head_of_the_full_order() {
+        let dim = Dimension::UserId;
+        let mut seed = 7u64;
+        for (n, spread) in [
+            (0, 1),
+            (1, 1),
+            (63, 2),
+            (64, 2),
+            (65, 2),
+            (500, 3),
+            (5000, 3),
+            (5000, 1000),
+        ] {
+            // Names interned out of name order, so id order is not name order.
+            let ids: Vec<KeyId> = (0..n)
+                .map(|i| {
+                    Keys::of(dim).intern(&format!("heaviest-{spread}-{}", (i * 7919) % n.max(1)))
+                })
+                .collect();
+            let counts: Vec<u64> = (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 33) % spread + 1
+                })
+                .collect();
+            let mut want: Vec<(u64, &'static str)> = Keys::of(dim).with_names(|name| {
+                counts
+                    .iter()
+                    .zip(&ids)
+                    .map(|(c, id)| (*c, name(*id)))
+                    .collect()
+            });
+            want.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            want.truncate(HEAVIEST_LISTED);
+            assert_eq!(
+                &*heaviest_of(dim, &ids, &counts),
+                &want[..],
+                "{n} keys, counts 1 to {spread}"
+            );
         }
     }
 
