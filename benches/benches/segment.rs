@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use toplog_benches::events;
-use toplog_engine::{decode_segment_events, encode_segment_events};
+use toplog_engine::{check_segment, decode_segment_events, encode_segment_events};
 use toplog_types::Micros;
 
 const ROWS: usize = 100_000;
@@ -26,6 +26,10 @@ fn segment(c: &mut Criterion) {
     });
     g.bench_function("decode_100k", |b| {
         b.iter(|| decode_segment_events(black_box(&image)))
+    });
+    // Into columns only, as reads decode a segment (no `Event` per row).
+    g.bench_function("decode_columns_100k", |b| {
+        b.iter(|| check_segment(black_box(&image)))
     });
     g.finish();
 }

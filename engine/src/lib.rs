@@ -25,5 +25,7 @@ pub use engine::{
 pub use error::{EngineError, Result};
 pub use rollup::{Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Key, Overflow, Rollups};
 pub use scan::{Cursor, Filters, Page, RawCells, TimeRange};
-pub use segment::{SegmentError, SegmentMeta, decode_segment_events, encode_segment_events};
+pub use segment::{
+    SegmentError, SegmentMeta, check_segment, decode_segment_events, encode_segment_events,
+};
 pub use sketch::{LatencySketch, SKETCH_RELATIVE_ERROR, SketchSum, quantile_index};
