@@ -603,13 +603,19 @@ impl Inner {
     /// Decodes `seg`, checksums checked; of an archived segment, only the row
     /// groups that may hold rows in `range` (`None`: all). Also says whether
     /// all of the segment was read.
-    fn load(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<(Columns, bool)> {
+    fn load(
+        &self,
+        seg: &Segment,
+        range: Option<&TimeRange>,
+        request_ids: bool,
+    ) -> Result<(Columns, bool)> {
         match &seg.stored {
             Stored::Local(bytes) => {
-                let (_, cols) = segment::decode(bytes).map_err(|e| EngineError::Corrupt {
-                    path: seg.path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let (_, cols) =
+                    segment::decode(bytes, request_ids).map_err(|e| EngineError::Corrupt {
+                        path: seg.path.clone(),
+                        reason: e.to_string(),
+                    })?;
                 Ok((cols, true))
             }
             Stored::Archived { key, bytes } => {
@@ -627,21 +633,34 @@ impl Inner {
         }
     }
 
-    /// The rows of `seg` (see [`Inner::load`]) for reads: whole segments are
-    /// kept in the cache, least recently used out first.
-    fn decoded(&self, seg: &Segment, range: Option<&TimeRange>) -> Result<Arc<Columns>> {
-        if let Some(cols) = self.cached(seg.id) {
+    /// The rows of `seg` (see [`Inner::load`]) for reads, with their
+    /// request ids if `request_ids` (a local segment decoded without them
+    /// is decoded again, whole, for the first read that needs them): whole
+    /// segments are kept in the cache, least recently used out first.
+    fn decoded(
+        &self,
+        seg: &Segment,
+        range: Option<&TimeRange>,
+        request_ids: bool,
+    ) -> Result<Arc<Columns>> {
+        let enough = |cols: &Columns| !request_ids || cols.has_request_ids();
+        if let Some(cols) = self.cached(seg.id).filter(|c| enough(c)) {
             return Ok(cols);
         }
-        let (cols, whole) = self.load(seg, range)?;
+        let (cols, whole) = self.load(seg, range, request_ids)?;
         let cols = Arc::new(cols);
         if !whole {
             return Ok(cols);
         }
         let mut cache = lock(&self.decoded);
-        // Another reader may have decoded it meanwhile.
-        if let Some((_, theirs, _)) = cache.iter().find(|(id, _, _)| *id == seg.id) {
-            return Ok(theirs.clone());
+        // Another reader may have decoded it meanwhile: theirs is kept unless
+        // only ours has the request ids.
+        if let Some(at) = cache.iter().position(|(id, _, _)| *id == seg.id) {
+            let theirs = &cache[at].1;
+            if theirs.has_request_ids() || !cols.has_request_ids() {
+                return Ok(theirs.clone());
+            }
+            cache.remove(at);
         }
         cache.push((seg.id, cols.clone(), cols.heap_bytes()));
         let mut held: usize = cache.iter().map(|e| e.2).sum();
@@ -654,9 +673,9 @@ impl Inner {
     /// All rows of `seg` for a maintenance step about to replace it: from the
     /// cache if there, but not added to it.
     fn read_whole(&self, seg: &Segment) -> Result<Arc<Columns>> {
-        match self.cached(seg.id) {
+        match self.cached(seg.id).filter(|c| c.has_request_ids()) {
             Some(cols) => Ok(cols),
-            None => Ok(Arc::new(self.load(seg, None)?.0)),
+            None => Ok(Arc::new(self.load(seg, None, true)?.0)),
         }
     }
 }
@@ -974,7 +993,7 @@ impl Engine {
             {
                 break;
             }
-            let cols = self.inner.decoded(&seg, Some(&range))?;
+            let cols = self.inner.decoded(&seg, Some(&range), true)?;
             candidates.extend(scan::collect(&cols, true, &range, filters, after, want));
             scan::keep_first(&mut candidates, want);
         }
@@ -995,7 +1014,9 @@ impl Engine {
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
             } else {
-                let cols = self.inner.decoded(&seg, Some(&range))?;
+                let cols = self
+                    .inner
+                    .decoded(&seg, Some(&range), filters.request_id.is_some())?;
                 total += scan::count(&cols, true, &range, filters);
             }
         }
@@ -1104,7 +1125,9 @@ impl Engine {
         }
         for seg in segments {
             scan::aggregate(
-                &*self.inner.decoded(&seg, Some(&range))?,
+                &*self
+                    .inner
+                    .decoded(&seg, Some(&range), filters.request_id.is_some())?,
                 true,
                 &range,
                 filters,
@@ -1144,7 +1167,7 @@ impl Engine {
         }
         for seg in segments {
             out.extend(scan::by_latency(
-                &*self.inner.decoded(&seg, Some(&range))?,
+                &*self.inner.decoded(&seg, Some(&range), true)?,
                 &range,
                 filters,
                 k,
@@ -1422,7 +1445,7 @@ impl Engine {
             .read(&path)
             .map_err(io_err("read", &path))
             .and_then(|back| {
-                let (meta, _) = segment::decode(&back).map_err(|e| EngineError::Corrupt {
+                let meta = segment::check_segment(&back).map_err(|e| EngineError::Corrupt {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;

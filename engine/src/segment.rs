@@ -285,13 +285,20 @@ impl<'a> Blocks<'a> {
         })
     }
 
-    /// Column `id`'s bytes, after checking its CRC and its length.
-    fn read(&mut self, id: u8, name: &str) -> Result<&[u8], SegmentError> {
+    /// Column `id`'s compressed bytes, after checking their CRC.
+    fn check(&self, id: u8, name: &str) -> Result<&'a [u8], SegmentError> {
         let b = &self.refs[usize::from(id)];
         let comp = &self.file[b.offset..b.offset + b.comp_len];
         if crc32c::crc32c(comp) != b.crc {
             return Err(SegmentError::Checksum(format!("column `{name}`")));
         }
+        Ok(comp)
+    }
+
+    /// Column `id`'s bytes, after checking its CRC and its length.
+    fn read(&mut self, id: u8, name: &str) -> Result<&[u8], SegmentError> {
+        let b = &self.refs[usize::from(id)];
+        let comp = self.check(id, name)?;
         self.raw.clear();
         self.raw.reserve(b.raw_len as usize);
         self.zstd
@@ -348,8 +355,13 @@ fn dict(raw: &[u8], name: &str, rows: usize) -> Result<DictColumn, SegmentError>
     Ok(DictColumn::from_parts(values, ids))
 }
 
-/// Decodes a whole segment, checking every checksum.
-pub(crate) fn decode(buf: &[u8]) -> Result<(SegmentMeta, Columns), SegmentError> {
+/// Decodes a whole segment, checking every checksum. Without
+/// `request_ids`, the request id column's checksum is checked but the
+/// column is left out (see [`Columns::has_request_ids`]).
+pub(crate) fn decode(
+    buf: &[u8],
+    request_ids: bool,
+) -> Result<(SegmentMeta, Columns), SegmentError> {
     let (meta, refs) = read_footer(buf)?;
     let rows = usize::try_from(meta.rows)
         .ok()
@@ -370,10 +382,16 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SegmentMeta, Columns), SegmentError>
     }
     finish(&r, "timestamp")?;
 
-    let raw = blocks.read(COL_REQUEST_ID, "request_id")?;
-    let mut r = Reader::new(raw);
-    let request_id = strings(&mut r, rows, "request_id")?;
-    finish(&r, "request_id")?;
+    let request_id = if request_ids {
+        let raw = blocks.read(COL_REQUEST_ID, "request_id")?;
+        let mut r = Reader::new(raw);
+        let column = strings(&mut r, rows, "request_id")?;
+        finish(&r, "request_id")?;
+        Some(column)
+    } else {
+        blocks.check(COL_REQUEST_ID, "request_id")?;
+        None
+    };
 
     let user_id = dict(blocks.read(COL_USER_ID, "user_id")?, "user_id", rows)?;
     let endpoint = dict(blocks.read(COL_ENDPOINT, "endpoint")?, "endpoint", rows)?;
@@ -391,9 +409,17 @@ pub(crate) fn decode(buf: &[u8]) -> Result<(SegmentMeta, Columns), SegmentError>
         .collect::<Result<Vec<_>, _>>()?;
     finish(&r, "latency")?;
 
-    let cols = Columns::from_parts(
-        ts, request_id, user_id, endpoint, method, status, latency_us,
+    let left_out = request_id.is_none();
+    let mut cols = Columns::from_parts(
+        ts,
+        request_id.unwrap_or_default(),
+        user_id,
+        endpoint,
+        method,
+        status,
+        latency_us,
     );
+    cols.request_ids_left_out = left_out;
     if let Some((min, max)) = cols.min_max_ts()
         && (min != meta.min_ts.get() || max != meta.max_ts.get())
     {
@@ -421,12 +447,12 @@ pub fn encode_segment_events(
 /// every column, and returns what its footer says (for tools and benchmarks:
 /// reads decode the same way).
 pub fn check_segment(buf: &[u8]) -> Result<SegmentMeta, SegmentError> {
-    decode(buf).map(|(meta, _)| meta)
+    decode(buf, true).map(|(meta, _)| meta)
 }
 
 /// Decodes a segment image into events in stored order.
 pub fn decode_segment_events(buf: &[u8]) -> Result<Vec<Event>, SegmentError> {
-    let (_, cols) = decode(buf)?;
+    let (_, cols) = decode(buf, true)?;
     Ok((0..cols.len()).map(|i| cols.event(i)).collect())
 }
 
@@ -475,6 +501,17 @@ mod tests {
             let meta = read_meta(&img).unwrap();
             prop_assert_eq!(meta.rows, events.len() as u64);
             prop_assert_eq!(check_segment(&img), Ok(meta));
+            // Left out, the request ids are all that differs.
+            let (_, without) = decode(&img, false).unwrap();
+            prop_assert!(!without.has_request_ids() && without.request_id.len() == 0);
+            let (_, with) = decode(&img, true).unwrap();
+            prop_assert!(with.has_request_ids());
+            let rows = |c: &Columns| -> Vec<_> {
+                (0..c.len())
+                    .map(|i| (c.ts[i], c.user_id.get(i).to_owned(), c.endpoint.get(i).to_owned(), c.method.get(i).to_owned(), c.status[i], c.latency_us[i]))
+                    .collect()
+            };
+            prop_assert_eq!(rows(&without), rows(&with));
             // A stable sort keeps equal keys in arrival order, as the encoder does.
             prop_assert_eq!(back, sorted(events));
         }
@@ -492,6 +529,7 @@ mod tests {
                 let mut bad = img.clone();
                 bad[at] ^= flip;
                 prop_assert!(check_segment(&bad).is_err(), "flip at {} of {} accepted", at, img.len());
+                prop_assert!(decode(&bad, false).is_err(), "flip at {} of {} accepted without request ids", at, img.len());
             }
         }
     }

@@ -325,11 +325,22 @@ fn filters_ranges_and_paging_match_a_brute_force_model() {
                 .random_bool(0.3)
                 .then(|| format!("u{}", rng.random_range(0..20))),
             status_code: rng.random_bool(0.3).then_some(200),
+            // Counts without a request id read segments decoded without
+            // their request ids; with one, and pages, decode them again.
+            request_id: rng
+                .random_bool(0.2)
+                .then(|| all[rng.random_range(0..all.len())].request_id.clone()),
             ..Filters::default()
         };
         let mut want: Vec<&Event> = all
             .iter()
             .filter(|e| range.start <= e.timestamp && e.timestamp < range.end)
+            .filter(|e| {
+                filters
+                    .request_id
+                    .as_deref()
+                    .is_none_or(|x| e.request_id == x)
+            })
             .filter(|e| filters.endpoint.as_deref().is_none_or(|x| e.endpoint == x))
             .filter(|e| filters.user_id.as_deref().is_none_or(|x| e.user_id == x))
             .filter(|e| filters.status_code.is_none_or(|x| e.status_code == x))
