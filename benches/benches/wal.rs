@@ -16,7 +16,13 @@ fn open(dir: &std::path::Path) -> Wal {
         fsync: FsyncPolicy::Always,
         ..WalOptions::default()
     };
-    match Wal::open(Arc::new(RealFs), dir, opts, Lsn::ZERO, Box::new(|_, _| {})) {
+    match Wal::open(
+        Arc::new(RealFs),
+        dir,
+        opts,
+        Lsn::ZERO,
+        Box::new(|_, _, _| {}),
+    ) {
         Ok((wal, _)) => wal,
         Err(e) => panic!("open wal: {e}"),
     }

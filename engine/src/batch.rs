@@ -15,8 +15,43 @@ use toplog_types::{Event, Micros};
 
 use crate::codec::{CodecError, Reader, put_bytes, put_varint};
 use crate::columns::Row;
+use crate::keys::KeyId;
+use crate::rollup::key_ids;
 
 const VERSION: u8 = 1;
+
+/// Events to ingest, with their rollup keys' ids ([`key_ids`]) looked up
+/// where this is made. The server makes it on its parse threads: the log
+/// writer's thread applies batches one after another, so it bounds the
+/// ingest rate, and it no longer looks the keys up (hashing and comparing
+/// each event's user id in a map of up to millions).
+#[derive(Debug, Clone, Default)]
+pub struct KeyedEvents {
+    pub(crate) events: Vec<Event>,
+    /// `key_ids` of each event, in order.
+    pub(crate) ids: Vec<[KeyId; 5]>,
+}
+
+impl KeyedEvents {
+    pub fn new(events: Vec<Event>) -> Self {
+        let ids = events.iter().map(|e| key_ids(&Row::of(e))).collect();
+        Self { events, ids }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+impl From<Vec<Event>> for KeyedEvents {
+    fn from(events: Vec<Event>) -> Self {
+        Self::new(events)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Batch {

@@ -15,10 +15,11 @@ use toplog_types::{Event, Lsn, Micros, SegmentId};
 use toplog_wal::{FileBytes, Fs, FsyncPolicy, Wal, WalOptions};
 
 use crate::archive::{self, ArchiveStore};
-use crate::batch::{Batch, Logged};
+use crate::batch::{Batch, KeyedEvents, Logged};
 use crate::columns::Columns;
 use crate::error::{EngineError, Result, io_err};
 use crate::idempotency::{self, KeyIndex, KeyRecord};
+use crate::keys::KeyId;
 use crate::manifest::{self, KeyFileEntry, Manifest, SegmentEntry};
 use crate::rollup::{self, Cube, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
@@ -325,8 +326,12 @@ impl Inner {
     /// Applies one log entry. Deterministic: the same entries in the same order give the same state.
     /// The events go in by chunks, each under the write lock, so readers never
     /// wait for a whole large batch; they may see part of a batch not yet acknowledged.
-    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), String> {
+    /// Applies log entry `lsn`. `ids` are its rows' [`rollup::key_ids`] if
+    /// the appender looked them up (see [`KeyedEvents`]); a replayed entry
+    /// has none, and they are looked up here.
+    fn apply(&self, lsn: Lsn, payload: &[u8], ids: Option<Vec<[KeyId; 5]>>) -> Result<(), String> {
         let batch = Logged::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
+        let ids = ids.filter(|ids| ids.len() == batch.rows.len());
         let plen = self.config.partition_us();
         let _gate = lock(&self.apply_gate);
         let window = window_us(self.config.idempotency_window);
@@ -337,12 +342,15 @@ impl Inner {
                 .is_some()
         });
         if !duplicate {
-            for chunk in batch.rows.chunks(APPLY_CHUNK) {
+            for (c, chunk) in batch.rows.chunks(APPLY_CHUNK).enumerate() {
                 let mut st = self.write();
                 let mut added = 0;
-                for row in chunk {
+                for (i, row) in (c * APPLY_CHUNK..).zip(chunk) {
                     let part = Micros::new(row.ts).floor_to(plen).get();
-                    let ids = rollup::key_ids(row);
+                    let ids = match &ids {
+                        Some(ids) => ids[i],
+                        None => rollup::key_ids(row),
+                    };
                     let key = |d: Dimension| ids[d.index()];
                     let dict_keys = [
                         key(Dimension::UserId),
@@ -841,8 +849,11 @@ impl Engine {
             maintenance: Mutex::new(()),
         });
         let applier = inner.clone();
-        let on_durable: toplog_wal::OnDurable = Box::new(move |lsn, payload| {
-            if let Err(reason) = applier.apply(lsn, payload) {
+        let on_durable: toplog_wal::OnDurable = Box::new(move |lsn, payload, attachment| {
+            let ids = attachment
+                .and_then(|a| a.downcast::<Vec<[KeyId; 5]>>().ok())
+                .map(|ids| *ids);
+            if let Err(reason) = applier.apply(lsn, payload, ids) {
                 applier.poison(reason);
             }
         });
@@ -854,7 +865,7 @@ impl Engine {
         let replayed = replay.len();
         for entry in replay {
             inner
-                .apply(entry.lsn, &entry.payload)
+                .apply(entry.lsn, &entry.payload, None)
                 .map_err(|reason| EngineError::Corrupt {
                     path: root.join(WAL_DIR),
                     reason,
@@ -879,12 +890,15 @@ impl Engine {
 
     /// Appends a batch durably and applies it. Returns once the batch is durable
     /// under the fsync policy and visible to reads. A batch whose idempotency key
-    /// is known is acknowledged again without being applied.
+    /// is known is acknowledged again without being applied. `events` is a
+    /// `Vec<Event>` or, to look their keys up on the caller's thread rather
+    /// than the log writer's, [`KeyedEvents`].
     pub async fn ingest(
         &self,
-        events: Vec<Event>,
+        events: impl Into<KeyedEvents>,
         idempotency_key: Option<String>,
     ) -> Result<IngestReceipt> {
+        let KeyedEvents { events, ids } = events.into();
         self.inner.check_writable()?;
         self.wal.health()?;
         if let Some(rec) = idempotency_key.as_deref().and_then(|k| {
@@ -905,7 +919,7 @@ impl Engine {
         };
         let lsn = self
             .wal
-            .append(batch.encode())
+            .append_attached(batch.encode(), Box::new(ids))
             .await
             .map_err(|_| EngineError::Unavailable("the log writer has stopped".into()))??;
         // Two concurrent batches with one key both reach the log; apply kept the first.

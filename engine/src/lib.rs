@@ -18,6 +18,7 @@ mod segment;
 mod sketch;
 
 pub use archive::ArchiveStore;
+pub use batch::KeyedEvents;
 pub use engine::{
     Cutoffs, DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt, PurgeReport,
     Retention, RollupTier, SegmentInfo, StorageStats,

@@ -13,7 +13,7 @@ use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use toplog_compaction::Maintainer;
-use toplog_engine::{Cursor, Engine, EngineError, Filters, TimeRange};
+use toplog_engine::{Cursor, Engine, EngineError, Filters, KeyedEvents, TimeRange};
 use toplog_types::{EventError, Micros, ValidationLimits};
 
 use crate::config::Config;
@@ -549,9 +549,10 @@ async fn ingest(
                 .raw_keep_for,
         ),
     };
+    // The events' rollup keys are looked up on the parse thread too (see `KeyedEvents`).
     let events = parsing(move || {
         let raw = decode_body(encoding.as_deref(), &body, limit)?;
-        parse_events(format, &raw, &limits)
+        parse_events(format, &raw, &limits).map(KeyedEvents::new)
     })
     .await?;
     if events.is_empty() {

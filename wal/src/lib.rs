@@ -14,4 +14,4 @@ mod writer;
 pub use error::{Result, WalError};
 pub use fs::{FileBytes, Fs, FsFile, RealFs};
 pub use sim_fs::SimFs;
-pub use wal::{Entry, FsyncPolicy, OnDurable, Wal, WalOptions};
+pub use wal::{Attachment, Entry, FsyncPolicy, OnDurable, Wal, WalOptions};

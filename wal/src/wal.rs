@@ -58,8 +58,14 @@ pub struct Entry {
 }
 
 /// Called on the writer thread for each newly appended entry once it is durable under the
-/// policy and before its append is acknowledged, in lsn order.
-pub type OnDurable = Box<dyn FnMut(Lsn, &[u8]) + Send>;
+/// policy and before its append is acknowledged, in lsn order, with what its appender
+/// attached (see [`Wal::append_attached`]).
+pub type OnDurable = Box<dyn FnMut(Lsn, &[u8], Option<Attachment>) + Send>;
+
+/// Something an appender hands to `on_durable` along with its entry, for work it did
+/// before appending that the writer thread need not do again. It is never written:
+/// entries replayed from the log have none.
+pub type Attachment = Box<dyn std::any::Any + Send>;
 
 /// A segmented write-ahead log with group commit. Share it as `Arc<Wal>`.
 #[derive(Debug)]
@@ -128,7 +134,18 @@ impl Wal {
     /// Same as [`Wal::append`] with a term (for a Raft log).
     pub fn append_with_term(&self, term: u64, payload: Vec<u8>) -> oneshot::Receiver<Result<Lsn>> {
         let (tx, rx) = oneshot::channel();
-        self.submit(term, payload, Reply::Async(tx));
+        self.submit(term, payload, None, Reply::Async(tx));
+        rx
+    }
+
+    /// Same as [`Wal::append`], handing `attachment` to `on_durable` with the entry.
+    pub fn append_attached(
+        &self,
+        payload: Vec<u8>,
+        attachment: Attachment,
+    ) -> oneshot::Receiver<Result<Lsn>> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(0, payload, Some(attachment), Reply::Async(tx));
         rx
     }
 
@@ -136,11 +153,11 @@ impl Wal {
     /// benches); it blocks the calling thread.
     pub fn append_blocking(&self, payload: Vec<u8>) -> Result<Lsn> {
         let (tx, rx) = mpsc::channel();
-        self.submit(0, payload, Reply::Blocking(tx));
+        self.submit(0, payload, None, Reply::Blocking(tx));
         rx.recv().unwrap_or(Err(WalError::Closed))
     }
 
-    fn submit(&self, term: u64, payload: Vec<u8>, reply: Reply) {
+    fn submit(&self, term: u64, payload: Vec<u8>, attachment: Option<Attachment>, reply: Reply) {
         if payload.len() > MAX_PAYLOAD {
             return reply.send(Err(WalError::TooLarge { len: payload.len() }));
         }
@@ -155,6 +172,7 @@ impl Wal {
         if let Err(mpsc::SendError(request)) = sender.send(Request::Append {
             term,
             payload,
+            attachment,
             reply,
         }) {
             // The writer thread is gone (it only stops on close or a panic in on_durable).

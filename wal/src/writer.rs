@@ -16,7 +16,7 @@ use crate::error::{Result, WalError};
 use crate::format::{self, HEADER_LEN};
 use crate::fs::{Fs, FsFile};
 use crate::recovery::{self, Segment};
-use crate::wal::{FsyncPolicy, OnDurable, WalOptions};
+use crate::wal::{Attachment, FsyncPolicy, OnDurable, WalOptions};
 
 /// Where an append's result goes.
 #[derive(Debug)]
@@ -43,6 +43,7 @@ pub(crate) enum Request {
     Append {
         term: u64,
         payload: Vec<u8>,
+        attachment: Option<Attachment>,
         reply: Reply,
     },
     TruncatePrefix {
@@ -93,8 +94,12 @@ impl Shared {
 struct Pending {
     lsn: Lsn,
     payload: Vec<u8>,
+    attachment: Option<Attachment>,
     reply: Reply,
 }
+
+/// An append waiting in a group: term, payload, attachment, reply.
+type Queued = (u64, Vec<u8>, Option<Attachment>, Reply);
 
 pub(crate) struct Writer {
     fs: Arc<dyn Fs>,
@@ -172,8 +177,9 @@ impl Writer {
                     Request::Append {
                         term,
                         payload,
+                        attachment,
                         reply,
-                    } => group.push((term, payload, reply)),
+                    } => group.push((term, payload, attachment, reply)),
                     other => {
                         control = Some(other);
                         break;
@@ -207,9 +213,9 @@ impl Writer {
     }
 
     /// Writes, syncs (per policy), applies and acknowledges one group.
-    fn commit(&mut self, group: Vec<(u64, Vec<u8>, Reply)>) {
+    fn commit(&mut self, group: Vec<Queued>) {
         if self.shared.check().is_err() {
-            for (_, _, reply) in group {
+            for (_, _, _, reply) in group {
                 reply.send(self.shared.check().map(|()| Lsn::ZERO));
             }
             return;
@@ -217,7 +223,7 @@ impl Writer {
         let mut pending = Vec::with_capacity(group.len());
         let mut outcome = Ok(());
         self.buf.clear();
-        for (term, payload, reply) in group {
+        for (term, payload, attachment, reply) in group {
             let lsn = self.next_lsn;
             if outcome.is_ok() {
                 outcome = self.frame(lsn, term, &payload);
@@ -225,6 +231,7 @@ impl Writer {
             pending.push(Pending {
                 lsn,
                 payload,
+                attachment,
                 reply,
             });
         }
@@ -248,7 +255,7 @@ impl Writer {
             return;
         }
         for p in pending {
-            (self.on_durable)(p.lsn, &p.payload);
+            (self.on_durable)(p.lsn, &p.payload, p.attachment);
             self.shared.last_lsn.store(p.lsn.get(), Ordering::Release);
             p.reply.send(Ok(p.lsn));
         }

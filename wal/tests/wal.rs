@@ -387,7 +387,7 @@ fn real_disk_round_trip() {
         &dir,
         options(300),
         Lsn::ZERO,
-        Box::new(|_, _| {}),
+        Box::new(|_, _, _| {}),
     )
     .unwrap();
     assert_eq!(replay.len(), 20);
@@ -406,5 +406,75 @@ fn real_disk_round_trip() {
     assert_eq!(
         fs.create(&empty).unwrap_err().kind(),
         io::ErrorKind::AlreadyExists
+    );
+}
+
+/// What an appender attaches reaches `on_durable` with its own entry; an entry
+/// appended without one, and every replayed entry, comes with none.
+#[test]
+fn attachments_reach_on_durable_with_their_entry() {
+    type Seen = Arc<std::sync::Mutex<Vec<(u64, Vec<u8>, Option<u32>)>>>;
+    let fs = SimFs::new(3);
+    let seen: Seen = Arc::default();
+    let callback = |seen: &Seen| -> toplog_wal::OnDurable {
+        let seen = Arc::clone(seen);
+        Box::new(move |lsn, payload, attachment| {
+            let tag = attachment
+                .and_then(|a| a.downcast::<u32>().ok())
+                .map(|b| *b);
+            seen.lock()
+                .unwrap()
+                .push((lsn.get(), payload.to_vec(), tag));
+        })
+    };
+    let (wal, _) = Wal::open(
+        Arc::new(fs.clone()),
+        &dir(),
+        options(1 << 20),
+        Lsn::ZERO,
+        callback(&seen),
+    )
+    .unwrap();
+    let receivers: Vec<_> = (0..20u32)
+        .map(|i| {
+            let payload = format!("entry {i}").into_bytes();
+            if i % 3 == 0 {
+                wal.append(payload)
+            } else {
+                wal.append_attached(payload, Box::new(i))
+            }
+        })
+        .collect();
+    for rx in receivers {
+        rx.blocking_recv().unwrap().unwrap();
+    }
+    let got = seen.lock().unwrap().clone();
+    let want: Vec<_> = (0..20u32)
+        .map(|i| {
+            let tag = (i % 3 != 0).then_some(i);
+            (u64::from(i) + 1, format!("entry {i}").into_bytes(), tag)
+        })
+        .collect();
+    assert_eq!(got, want);
+    wal.close().unwrap();
+
+    let replayed: Seen = Arc::default();
+    let (wal, entries) = Wal::open(
+        Arc::new(fs),
+        &dir(),
+        options(1 << 20),
+        Lsn::ZERO,
+        callback(&replayed),
+    )
+    .unwrap();
+    assert_eq!(
+        entries.len(),
+        20,
+        "the log holds the payloads, not the attachments"
+    );
+    wal.append_blocking(b"after".to_vec()).unwrap();
+    assert_eq!(
+        replayed.lock().unwrap().clone(),
+        vec![(21, b"after".to_vec(), None)]
     );
 }

@@ -30,7 +30,7 @@ pub type AppliedEntry = (Lsn, Vec<u8>);
 impl Applied {
     pub fn callback(&self) -> toplog_wal::OnDurable {
         let seen = Arc::clone(&self.0);
-        Box::new(move |lsn, payload| seen.lock().unwrap().push((lsn, payload.to_vec())))
+        Box::new(move |lsn, payload, _| seen.lock().unwrap().push((lsn, payload.to_vec())))
     }
     pub fn lsns(&self) -> Vec<u64> {
         self.0
@@ -48,7 +48,7 @@ pub fn open(fs: &SimFs, opts: WalOptions, after: u64) -> Result<(Wal, Vec<Entry>
         &dir(),
         opts,
         Lsn::new(after),
-        Box::new(|_, _| {}),
+        Box::new(|_, _, _| {}),
     )
 }
 
