@@ -323,12 +323,11 @@ impl Inner {
         }
     }
 
-    /// Applies one log entry. Deterministic: the same entries in the same order give the same state.
+    /// Applies log entry `lsn`. Deterministic: the same entries in the same order give the same state.
     /// The events go in by chunks, each under the write lock, so readers never
     /// wait for a whole large batch; they may see part of a batch not yet acknowledged.
-    /// Applies log entry `lsn`. `ids` are its rows' [`rollup::key_ids`] if
-    /// the appender looked them up (see [`KeyedEvents`]); a replayed entry
-    /// has none, and they are looked up here.
+    /// `ids` are its rows' [`rollup::key_ids`] if the appender looked them up
+    /// (see [`KeyedEvents`]); a replayed entry has none, and they are looked up here.
     fn apply(&self, lsn: Lsn, payload: &[u8], ids: Option<Vec<[KeyId; 5]>>) -> Result<(), String> {
         let batch = Logged::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
         let ids = ids.filter(|ids| ids.len() == batch.rows.len());
