@@ -148,12 +148,10 @@ impl DictColumn {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Columns {
     pub(crate) ts: Vec<i64>,
-    /// Empty when [`Columns::has_request_ids`] is false.
+    /// Empty in a segment decoded for reads that never name a request
+    /// (counts and aggregates without a request id filter): the ids are most
+    /// of a segment's bytes and of the time to decode it.
     pub(crate) request_id: StrColumn,
-    /// A segment decoded for reads that never name a request (counts and
-    /// aggregates without a request id filter) leaves its request ids out:
-    /// they are most of a segment's bytes and of the time to decode it.
-    pub(crate) request_ids_left_out: bool,
     pub(crate) user_id: DictColumn,
     pub(crate) endpoint: DictColumn,
     pub(crate) method: DictColumn,
@@ -203,7 +201,6 @@ impl Columns {
         Self {
             ts,
             request_id,
-            request_ids_left_out: false,
             user_id,
             endpoint,
             method,
@@ -216,9 +213,9 @@ impl Columns {
         self.ts.len()
     }
 
-    /// Whether every row's request id is here (see `request_ids_left_out`).
+    /// Whether every row's request id is here (see `request_id`).
     pub(crate) fn has_request_ids(&self) -> bool {
-        !self.request_ids_left_out
+        self.request_id.len() == self.len()
     }
 
     /// Appends one event; returns the bytes it added.

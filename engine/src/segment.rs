@@ -409,8 +409,7 @@ pub(crate) fn decode(
         .collect::<Result<Vec<_>, _>>()?;
     finish(&r, "latency")?;
 
-    let left_out = request_id.is_none();
-    let mut cols = Columns::from_parts(
+    let cols = Columns::from_parts(
         ts,
         request_id.unwrap_or_default(),
         user_id,
@@ -419,7 +418,6 @@ pub(crate) fn decode(
         status,
         latency_us,
     );
-    cols.request_ids_left_out = left_out;
     if let Some((min, max)) = cols.min_max_ts()
         && (min != meta.min_ts.get() || max != meta.max_ts.get())
     {
@@ -503,7 +501,8 @@ mod tests {
             prop_assert_eq!(check_segment(&img), Ok(meta));
             // Left out, the request ids are all that differs.
             let (_, without) = decode(&img, false).unwrap();
-            prop_assert!(!without.has_request_ids() && without.request_id.len() == 0);
+            prop_assert!(without.request_id.len() == 0);
+            prop_assert!(events.is_empty() || !without.has_request_ids());
             let (_, with) = decode(&img, true).unwrap();
             prop_assert!(with.has_request_ids());
             let rows = |c: &Columns| -> Vec<_> {
