@@ -24,7 +24,9 @@ pub use engine::{
     Retention, RollupTier, SegmentInfo, StorageStats,
 };
 pub use error::{EngineError, Result};
-pub use rollup::{Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Key, Overflow, Rollups};
+pub use rollup::{
+    Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Key, Overflow, Rollups, most_first,
+};
 pub use scan::{Cursor, Filters, Page, RawCells, TimeRange};
 pub use segment::{
     SegmentError, SegmentMeta, check_segment, decode_segment_events, encode_segment_events,

@@ -265,6 +265,12 @@ pub struct Cube {
     ranked: OnceLock<Ranked>,
 }
 
+/// The order of (count, key) lists: most first, ties by key ascending (a
+/// total order, keys being distinct in a list).
+pub fn most_first(a: &(u64, &str), b: &(u64, &str)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
+}
+
 /// The [`HEAVIEST_LISTED`] (count, name) of cells `ids` with `counts`, most
 /// first, ties by name ascending. Only the cells that can be listed are
 /// named and compared by name: those with at least the
@@ -288,12 +294,11 @@ fn heaviest_of(dim: Dimension, ids: &[KeyId], counts: &[u64]) -> Box<[(u64, &'st
             .map(|(n, id)| (*n, name(*id)))
             .collect()
     });
-    let order = |a: &(u64, &str), b: &(u64, &str)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
     if listed.len() > HEAVIEST_LISTED {
-        listed.select_nth_unstable_by(HEAVIEST_LISTED - 1, order);
+        listed.select_nth_unstable_by(HEAVIEST_LISTED - 1, most_first);
         listed.truncate(HEAVIEST_LISTED);
     }
-    listed.sort_unstable_by(order);
+    listed.sort_unstable_by(most_first);
     listed.into_boxed_slice()
 }
 

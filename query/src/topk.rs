@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use toplog_engine::{
     Cell, Cube, Cutoffs, Dimension, Engine, Filters, Granularity, HEAVIEST_LISTED, Key, RawCells,
-    SketchSum, TimeRange,
+    SketchSum, TimeRange, most_first,
 };
 
 use crate::metric::Missed;
@@ -554,10 +554,6 @@ fn threshold_top(
         complete: bool,
         read: usize,
         sorted: usize,
-    }
-    /// Most first, ties by key ascending: a total order, keys being distinct in a list.
-    fn most_first(a: &(u64, &str), b: &(u64, &str)) -> std::cmp::Ordering {
-        b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
     }
     impl List<'_> {
         /// Orders the next chunk of entries if reading has reached the end of
