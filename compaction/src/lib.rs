@@ -13,5 +13,5 @@ pub use maintenance::{
     Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report, SegmentSummary,
     plan_compactions, run,
 };
-pub use policy::{Policy, PolicyError, format_duration};
+pub use policy::{Policy, PolicyError, PolicyErrorKind, format_duration};
 pub use store::{ArchiveConfig, ArchiveError, ObjectArchive};

@@ -11,7 +11,7 @@ use toplog_engine::{Engine, SegmentInfo};
 use toplog_types::Micros;
 
 use crate::maintenance::{self, Report};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{Policy, PolicyError, PolicyErrorKind};
 
 #[derive(Debug)]
 pub struct Maintainer {
@@ -62,6 +62,7 @@ impl Maintainer {
         next.store(&self.data_dir).map_err(|e| PolicyError {
             field: "retention.json".into(),
             reason: format!("cannot persist the policy: {e}"),
+            kind: PolicyErrorKind::Storage,
         })?;
         *policy = next;
         self.engine.set_retention(next.retention());

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use toplog_engine::Retention;
-use toplog_types::parse_duration;
+use toplog_types::{Arg, Param, Shape};
 
 const FILE: &str = "retention.json";
 const DAY: u64 = 86_400;
@@ -45,14 +45,50 @@ impl Default for Policy {
 pub struct PolicyError {
     pub field: String,
     pub reason: String,
+    pub kind: PolicyErrorKind,
+}
+
+/// What kind of fault a [`PolicyError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyErrorKind {
+    /// A key or value the policy does not take.
+    Invalid,
+    /// Each value is allowed, but they do not fit together (a tier kept
+    /// longer than the one after it).
+    Conflicting,
+    /// The policy could not be read or persisted.
+    Storage,
 }
 
 fn err(field: &str, reason: impl Into<String>) -> PolicyError {
     PolicyError {
         field: field.to_owned(),
         reason: reason.into(),
+        kind: PolicyErrorKind::Invalid,
     }
 }
+
+fn conflict(field: &str, reason: &str) -> PolicyError {
+    PolicyError {
+        kind: PolicyErrorKind::Conflicting,
+        ..err(field, reason)
+    }
+}
+
+/// Every policy value: a duration of 1 to 6 digits and a unit `s`, `m`, `h`
+/// or `d`, so at least a second and far from overflowing any arithmetic.
+const DURATION: Param = Param {
+    name: "duration",
+    shape: Shape::Duration,
+    doc: "How long data is kept (or kept locally), e.g. `7d`.",
+};
+const SECTIONS: [(&str, &[&str]); 2] = [
+    ("raw", &["local_for", "keep_for"]),
+    (
+        "rollups",
+        &["minute_keep_for", "hour_keep_for", "day_keep_for"],
+    ),
+];
 
 /// `d` in the largest unit that divides it: `7d`, `20m`, `90s`.
 pub fn format_duration(d: Duration) -> String {
@@ -126,45 +162,55 @@ impl Policy {
                     continue;
                 };
                 let name = format!("{section}.{key}");
-                let text = v
-                    .as_str()
-                    .ok_or_else(|| err(&name, "expected a duration string such as \"7d\""))?;
-                *slot = parse_duration(text).map_err(|e| err(&name, e.to_string()))?;
+                *slot = match DURATION.parse_json(v) {
+                    Ok(Arg::Duration(us)) => Duration::from_micros(us.unsigned_abs()),
+                    _ => {
+                        return Err(err(
+                            &name,
+                            format!(
+                                "{v} is not a duration: 1 to 6 digits without a leading zero and a unit s, m, h or d (e.g. \"90s\", \"30d\")"
+                            ),
+                        ));
+                    }
+                };
             }
         }
         next.check()?;
         Ok(next)
     }
 
-    fn check(&self) -> Result<(), PolicyError> {
-        let named = [
-            ("raw.local_for", self.raw_local_for),
-            ("raw.keep_for", self.raw_keep_for),
-            ("rollups.minute_keep_for", self.minute_keep_for),
-            ("rollups.hour_keep_for", self.hour_keep_for),
-            ("rollups.day_keep_for", self.day_keep_for),
-        ];
-        for (name, d) in named {
-            if d < Duration::from_secs(1) {
-                return Err(err(name, "must be at least 1s"));
+    /// The JSON Schema (OpenAPI 3.0) of a change: any subset of the policy's keys.
+    pub fn change_schema() -> Value {
+        let mut top = serde_json::Map::new();
+        for (section, keys) in SECTIONS {
+            let mut props = serde_json::Map::new();
+            for key in keys {
+                let mut schema = DURATION.schema();
+                schema["description"] = json!(DURATION.doc);
+                props.insert((*key).to_owned(), schema);
             }
-            if d > Duration::from_secs(100 * 365 * DAY) {
-                return Err(err(name, "must be at most 36500d"));
-            }
+            top.insert(
+                section.to_owned(),
+                json!({"type": "object", "additionalProperties": false, "properties": props}),
+            );
         }
+        json!({"type": "object", "additionalProperties": false, "properties": top})
+    }
+
+    fn check(&self) -> Result<(), PolicyError> {
         if self.raw_local_for > self.raw_keep_for {
-            return Err(err("raw.local_for", "must not exceed raw.keep_for"));
+            return Err(conflict("raw.local_for", "must not exceed raw.keep_for"));
         }
         // Coarser rollups outlive finer ones, so a query past a finer tier's
         // retention loses only its oldest edge, never a middle part.
         if self.minute_keep_for > self.hour_keep_for {
-            return Err(err(
+            return Err(conflict(
                 "rollups.minute_keep_for",
                 "must not exceed rollups.hour_keep_for",
             ));
         }
         if self.hour_keep_for > self.day_keep_for {
-            return Err(err(
+            return Err(conflict(
                 "rollups.hour_keep_for",
                 "must not exceed rollups.day_keep_for",
             ));
@@ -178,7 +224,12 @@ impl Policy {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err(&path.display().to_string(), e.to_string())),
+            Err(e) => {
+                return Err(PolicyError {
+                    kind: PolicyErrorKind::Storage,
+                    ..err(&path.display().to_string(), e.to_string())
+                });
+            }
         };
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| err(&path.display().to_string(), e.to_string()))?;

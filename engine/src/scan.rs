@@ -80,7 +80,9 @@ impl Cursor {
             .collect::<Option<Vec<u8>>>()?;
         Some(Self {
             ts: Micros::new(ts),
-            request_id: String::from_utf8(bytes).ok()?,
+            // Any well-formed cursor is a position, even one this API did not
+            // make: bytes that are not UTF-8 stand for the nearest string.
+            request_id: String::from_utf8_lossy(&bytes).into_owned(),
             skip,
         })
     }

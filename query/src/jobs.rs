@@ -166,7 +166,7 @@ impl AggregationSpec {
             ));
         }
         if self.intervals() > MAX_POINTS {
-            return Err(QueryError::Invalid(
+            return Err(QueryError::TooLarge(
                 "interval",
                 format!(
                     "the range holds {} intervals; at most {MAX_POINTS}",
@@ -224,7 +224,7 @@ pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<Aggregat
             });
         }
         if rows.len() > MAX_ROWS {
-            return Err(QueryError::Invalid(
+            return Err(QueryError::TooLarge(
                 "group_by",
                 format!(
                     "the result exceeds {MAX_ROWS} rows; narrow the range, widen the interval or filter"

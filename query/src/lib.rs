@@ -2,6 +2,7 @@
 //! buckets with finer buckets and raw rows at the edges, merges cells by key,
 //! computes the metric and keeps the best K.
 
+mod aggregation;
 mod history;
 mod jobs;
 mod metric;
@@ -9,6 +10,7 @@ mod plan;
 mod timeseries;
 mod topk;
 
+pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
 pub use history::{DayRow, history};
 pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
 pub use metric::{Metric, Missed};
@@ -21,9 +23,25 @@ pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
 pub enum QueryError {
     #[error(transparent)]
     Engine(#[from] toplog_engine::EngineError),
-    /// A parameter that cannot be answered, and why.
+    /// A parameter whose value its declaration does not allow, and why.
     #[error("`{0}`: {1}")]
     Invalid(&'static str, String),
+    #[error(transparent)]
+    Param(#[from] toplog_types::ParamError),
+    /// A field no declaration names.
+    #[error("`{field}`: unknown field (known: {})", known.join(", "))]
+    UnknownField {
+        field: String,
+        known: &'static [&'static str],
+    },
+    /// Values that are each allowed but do not make a question together
+    /// (a range that ends before it starts), and why.
+    #[error("`{0}`: {1}")]
+    Conflicting(&'static str, String),
+    /// A question larger than a request may ask (too many points or rows),
+    /// naming the limit.
+    #[error("`{0}`: {1}")]
+    TooLarge(&'static str, String),
     /// The job store could not be read or written.
     #[error("job store: {0}")]
     Storage(String),

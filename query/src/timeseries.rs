@@ -78,7 +78,7 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
     let end = q.range.end.get();
     let points = (end - first + q.interval_us - 1) / q.interval_us;
     if points > MAX_POINTS {
-        return Err(QueryError::Invalid(
+        return Err(QueryError::TooLarge(
             "interval",
             format!(
                 "the range holds {points} intervals; at most {MAX_POINTS} per request (widen the interval)"

@@ -610,7 +610,7 @@ fn timeseries_points_match_the_events_in_each_interval() {
     };
     assert!(matches!(
         timeseries(&engine, &too_many),
-        Err(toplog_query::QueryError::Invalid("interval", _))
+        Err(toplog_query::QueryError::TooLarge("interval", _))
     ));
 }
 

@@ -195,6 +195,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         startup_error: OnceLock::new(),
         jobs: OnceLock::new(),
         maintainer: OnceLock::new(),
+        openapi: OnceLock::new(),
     });
     tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), "listening");
 

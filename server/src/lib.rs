@@ -6,7 +6,6 @@ mod cli;
 mod client;
 mod config;
 mod ingest;
-mod openapi;
 
 pub use cli::main;
 pub use config::Config;

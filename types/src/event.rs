@@ -14,6 +14,8 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 pub const MAX_USER_ID_LEN: usize = 128;
 pub const MAX_ENDPOINT_LEN: usize = 256;
 const MAX_METHOD_LEN: usize = 16;
+/// What a method is: letters only, as the schema says it.
+const METHOD_PATTERN: &str = "^[A-Za-z]{1,16}$";
 /// Largest accepted latency: one day. Anything longer is a clock or unit bug.
 pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
 
@@ -106,6 +108,35 @@ impl Event {
     pub fn from_json_slice(bytes: &[u8], limits: &ValidationLimits) -> Option<Self> {
         let fields: Fields<'_> = serde_json::from_slice(bytes).ok()?;
         fields.check(0, limits).ok()
+    }
+
+    /// The JSON Schema (OpenAPI 3.0) of an ingested event, from the limits
+    /// the checks above apply. Optional fields take `null` as absent.
+    pub fn json_schema() -> Value {
+        let text = |min: usize, max: usize| serde_json::json!({"type": "string", "minLength": min, "maxLength": max});
+        let optional = |mut schema: Value| {
+            schema["nullable"] = Value::Bool(true);
+            schema
+        };
+        let max_ms = crate::param::MAX_EPOCH_MS;
+        serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["timestamp", "endpoint", "status_code", "latency_ms"],
+            "properties": {
+                "request_id": optional(text(1, MAX_REQUEST_ID_LEN)),
+                "timestamp": {"oneOf": [
+                    {"type": "string", "format": "date-time"},
+                    {"type": "string", "pattern": crate::param::EPOCH_MS_PATTERN},
+                    {"type": "number", "minimum": 0, "maximum": max_ms},
+                ]},
+                "user_id": optional(text(0, MAX_USER_ID_LEN)),
+                "endpoint": text(1, MAX_ENDPOINT_LEN),
+                "method": optional(serde_json::json!({"type": "string", "pattern": METHOD_PATTERN})),
+                "status_code": {"type": "integer", "minimum": 100, "maximum": 599},
+                "latency_ms": {"type": "number", "minimum": 0, "maximum": MAX_LATENCY_MS},
+            },
+        })
     }
 
     /// The event as the API returns it.
@@ -337,30 +368,26 @@ fn bounded_string(v: Raw<'_>, min: usize, max: usize) -> Result<String, String> 
     let Raw::Str(s) = v else {
         return Err(format!("expected a string, found {}", v.kind()));
     };
-    if s.len() < min || s.len() > max {
-        return Err(format!(
-            "length {} bytes is outside {min} to {max}",
-            s.len()
-        ));
+    let n = s.chars().count();
+    if n < min || n > max {
+        return Err(format!("length {n} characters is outside {min} to {max}"));
     }
     Ok(s.into_owned())
 }
 
 fn parse_timestamp(v: Raw<'_>) -> Result<Micros, String> {
+    let max = crate::param::MAX_EPOCH_MS as f64;
     match v {
-        Raw::Str(s) => Micros::parse(&s).map_err(|e| e.to_string()),
-        Raw::Num(n) => {
-            if let Some(ms) = n.as_i64() {
-                Micros::from_millis(ms).map_err(|e| e.to_string())
-            } else {
-                match n.as_f64() {
-                    Some(ms) if (0.0..253_402_300_800_000.0).contains(&ms) => {
-                        Ok(Micros::new((ms * 1000.0).round() as i64))
-                    }
-                    _ => Err(format!("{n} is not a valid epoch-milliseconds timestamp")),
-                }
-            }
-        }
+        Raw::Str(s) => crate::param::parse_time(&s).ok_or_else(|| {
+            format!("`{s}` is not an RFC 3339 timestamp (e.g. 2026-01-02T03:04:05Z) or epoch milliseconds")
+        }),
+        Raw::Num(n) => match n.as_f64() {
+            Some(ms) if (0.0..=max).contains(&ms) => Ok(Micros::new((ms * 1000.0).round() as i64)),
+            _ => Err(format!(
+                "{n} is not epoch milliseconds (0 to {})",
+                crate::param::MAX_EPOCH_MS
+            )),
+        },
         Raw::Other(kind) => Err(format!(
             "expected an RFC 3339 string or epoch milliseconds, found {kind}"
         )),

@@ -1,10 +1,12 @@
 //! The vocabulary every toplog crate shares: the request event and its
-//! validation, microsecond timestamps, typed ids and durations with units.
+//! validation, microsecond timestamps, typed ids, durations with units, and
+//! the declarations of API parameters (checked and described as JSON Schema).
 //! Nothing here does I/O.
 
 mod duration;
 mod event;
 mod ids;
+mod param;
 mod time;
 
 pub use duration::{DurationError, parse_duration};
@@ -13,4 +15,5 @@ pub use event::{
     ValidationLimits, method_from_endpoint,
 };
 pub use ids::{Lsn, SegmentId};
+pub use param::{Arg, Param, ParamError, Shape};
 pub use time::{Micros, TimeError};

@@ -1,0 +1,161 @@
+//! The API's one error type and how each layer's errors map to a status and code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use toplog_engine::EngineError;
+use toplog_types::EventError;
+
+/// An error as the API returns it: `{"status":"error","error":{"code","message",...}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) row: Option<usize>,
+    pub(crate) field: Option<String>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            row: None,
+            field: None,
+        }
+    }
+
+    pub(crate) fn bad_request(code: &'static str, message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(crate) fn too_large(message: String) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+    }
+
+    pub(crate) fn unsupported(code: &'static str, message: String) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, code, message)
+    }
+
+    pub(crate) fn unavailable(message: String) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub(crate) fn internal(message: String) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// A bad query parameter, named in `field`.
+    pub(crate) fn parameter(name: &str, message: String) -> Self {
+        Self {
+            field: Some(name.to_owned()),
+            ..Self::bad_request("invalid_parameter", format!("`{name}`: {message}"))
+        }
+    }
+
+    /// A JSON body that could not be read: too large (`413`), not declared
+    /// as JSON (`415`), or not well-formed (`400`).
+    pub(crate) fn from_json_body(e: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection;
+        match &e {
+            JsonRejection::MissingJsonContentType(_) => Self::unsupported(
+                "unsupported_media_type",
+                "the body must be sent as `Content-Type: application/json`".into(),
+            ),
+            _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::too_large(e.body_text()),
+            _ => Self::bad_request("malformed_json", e.body_text()),
+        }
+    }
+
+    pub(crate) fn with_row(mut self, row: usize) -> Self {
+        self.row = Some(row);
+        self
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        Self {
+            row: Some(e.row),
+            field: Some(e.field.clone()),
+            ..Self::bad_request("invalid_event", e.to_string())
+        }
+    }
+}
+
+impl From<toplog_types::ParamError> for ApiError {
+    fn from(e: toplog_types::ParamError) -> Self {
+        Self::parameter(e.name, e.message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Wal(toplog_wal::WalError::TooLarge { .. }) => {
+                Self::too_large(e.to_string())
+            }
+            EngineError::Unavailable(_) | EngineError::Wal(_) | EngineError::Archive { .. } => {
+                Self::unavailable(e.to_string())
+            }
+            EngineError::Invalid(m) => Self::bad_request("invalid_request", m),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<toplog_query::QueryError> for ApiError {
+    fn from(e: toplog_query::QueryError) -> Self {
+        use toplog_query::QueryError;
+        let named = |status, code, field: &str, message: String| Self {
+            field: Some(field.to_owned()),
+            ..Self::new(status, code, message)
+        };
+        match e {
+            QueryError::Engine(e) => e.into(),
+            QueryError::Invalid(param, m) => Self::parameter(param, m),
+            QueryError::Param(e) => e.into(),
+            QueryError::UnknownField { ref field, .. } => named(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                field,
+                e.to_string(),
+            ),
+            QueryError::Conflicting(param, _) => named(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "conflicting_parameters",
+                param,
+                e.to_string(),
+            ),
+            QueryError::TooLarge(param, _) => named(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "query_too_large",
+                param,
+                e.to_string(),
+            ),
+            QueryError::Storage(m) => Self::internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(row) = self.row {
+            error["row"] = json!(row);
+        }
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        (
+            self.status,
+            Json(json!({"status": "error", "error": error})),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;

@@ -1,0 +1,182 @@
+//! Ingest, and the stored events: list and count.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use toplog_engine::{Cursor, KeyedEvents};
+use toplog_types::{Micros, ValidationLimits};
+
+use super::params::{self, Params, QuerySpec};
+use super::workers::{blocking, parsing};
+use super::{ApiError, ApiResult, AppState};
+use crate::ingest::{BodyFormat, decode_body, parse_events};
+use toplog_types::{Param, Shape};
+
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: u64 = 10_000;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// What an `Idempotency-Key` may be, as the OpenAPI document says it.
+pub(super) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
+
+pub(super) async fn ingest(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let limit = app.config.max_body_bytes;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(format!("body exceeds the limit of {limit} bytes"))
+        }
+        status => ApiError::new(status, "invalid_body", e.body_text()),
+    })?;
+    let engine = app.engine()?;
+    let text = |name: header::HeaderName| -> ApiResult<Option<String>> {
+        headers
+            .get(&name)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::bad_request("invalid_header", format!("`{name}` is not ASCII"))
+                })
+            })
+            .transpose()
+    };
+    let format = BodyFormat::from_content_type(text(header::CONTENT_TYPE)?.as_deref())?;
+    let encoding = text(header::CONTENT_ENCODING)?;
+    let key = text(header::HeaderName::from_static("idempotency-key"))?;
+    if let Some(k) = &key
+        && (k.is_empty()
+            || k.len() > MAX_IDEMPOTENCY_KEY
+            || !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ),
+        ));
+    }
+    let cfg = &app.config;
+    let limits = ValidationLimits {
+        now: Micros::now(),
+        max_future_us: micros(cfg.clock_skew),
+        max_age_us: micros(
+            app.maintainer
+                .get()
+                .map_or(cfg.policy, |m| m.policy())
+                .raw_keep_for,
+        ),
+    };
+    // The events' rollup keys are looked up on the parse thread too (see `KeyedEvents`).
+    let events = parsing(move || {
+        let raw = decode_body(encoding.as_deref(), &body, limit)?;
+        parse_events(format, &raw, &limits).map(KeyedEvents::new)
+    })
+    .await?;
+    if events.is_empty() {
+        return Ok(Json(json!({"status": "success", "accepted": 0})).into_response());
+    }
+    let receipt = engine.ingest(events, key).await?;
+    let mut resp = Json(
+        json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed}),
+    )
+    .into_response();
+    if receipt.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+pub(super) fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// `GET /api/v1/requests`.
+pub(super) const LIST: QuerySpec = QuerySpec {
+    params: &[
+        params::START,
+        params::END,
+        params::ENDPOINT,
+        params::USER_ID,
+        params::METHOD,
+        params::STATUS_CODE,
+        params::REQUEST_ID,
+        Param {
+            name: "limit",
+            shape: Shape::Int {
+                min: 1,
+                max: MAX_LIMIT,
+            },
+            doc: "Most events to return (1000 by default).",
+        },
+        Param {
+            name: "cursor",
+            shape: Shape::Cursor,
+            doc: "`next_cursor` of the previous page.",
+        },
+    ],
+    required: &[],
+};
+
+/// `GET /api/v1/requests/count`.
+pub(super) const COUNT: QuerySpec = QuerySpec {
+    params: &[
+        params::START,
+        params::END,
+        params::ENDPOINT,
+        params::USER_ID,
+        params::METHOD,
+        params::STATUS_CODE,
+        params::REQUEST_ID,
+    ],
+    required: &[],
+};
+
+pub(super) async fn list_requests(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let p = Params::new(raw, LIST)?;
+    let range = p.range()?;
+    let filters = p.filters()?;
+    let limit = p.small("limit")?.unwrap_or(DEFAULT_LIMIT);
+    let cursor = p
+        .text("cursor")?
+        .map(|c| {
+            Cursor::decode(&c).ok_or_else(|| {
+                ApiError::parameter("cursor", "not a cursor returned by this API".into())
+            })
+        })
+        .transpose()?;
+    let engine = app.engine()?;
+    let page = blocking(move || Ok(engine.scan(range, &filters, cursor.as_ref(), limit)?)).await?;
+    let data: Vec<Value> = page
+        .events
+        .iter()
+        .map(toplog_types::Event::to_json)
+        .collect();
+    Ok(Json(
+        json!({"status": "success", "data": data, "next_cursor": page.next.map(|c| c.encode())}),
+    )
+    .into_response())
+}
+
+pub(super) async fn count_requests(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let p = Params::new(raw, COUNT)?;
+    let range = p.range()?;
+    let filters = p.filters()?;
+    let engine = app.engine()?;
+    let count = blocking(move || Ok(engine.count(range, &filters)?)).await?;
+    Ok(Json(json!({"status": "success", "count": count})).into_response())
+}

@@ -1,0 +1,53 @@
+//! Liveness, readiness, the OpenAPI document, and the answers for unknown routes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+/// The document made once from the route table when the router was built
+/// (the table holds this handler, so the handler cannot name the table).
+pub(super) async fn openapi(State(app): State<Arc<AppState>>) -> Json<Value> {
+    Json(app.openapi.get().cloned().unwrap_or(Value::Null))
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method".into(),
+    )
+}
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+    };
+    let engine = match app.engine() {
+        Ok(e) => e,
+        Err(e) => return not_ready(e.message).into_response(),
+    };
+    match engine.health() {
+        Ok(()) => {
+            let s = engine.stats();
+            Json(json!({"status": "ready", "applied_lsn": s.applied_lsn.get(), "segments": s.segments})).into_response()
+        }
+        Err(e) => not_ready(e.to_string()).into_response(),
+    }
+}

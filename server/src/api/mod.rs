@@ -1,0 +1,59 @@
+//! The REST API under `/api/v1`, plus `/healthz` and `/readyz`. Handlers parse
+//! and check parameters, then hand CPU work to blocking threads.
+
+mod aggregations;
+mod analytics;
+mod error;
+mod events;
+mod health;
+mod openapi;
+mod params;
+mod routes;
+mod storage;
+mod workers;
+
+use std::sync::{Arc, OnceLock};
+
+use toplog_compaction::Maintainer;
+use toplog_engine::Engine;
+
+use crate::config::Config;
+pub(crate) use aggregations::run_job;
+pub(crate) use error::ApiError;
+use error::ApiResult;
+pub(crate) use routes::router;
+
+/// Shared by all handlers. The engine is set once recovery has finished.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) engine: OnceLock<Arc<Engine>>,
+    /// Set when opening the store failed: `/readyz` reports it.
+    pub(crate) startup_error: OnceLock<String>,
+    /// Aggregation jobs; opened with the engine.
+    pub(crate) jobs: OnceLock<Arc<toplog_query::JobStore>>,
+    /// Retention, compaction and tiering; set with the engine.
+    pub(crate) maintainer: OnceLock<Arc<Maintainer>>,
+    /// The OpenAPI document; set with the router.
+    pub(crate) openapi: OnceLock<serde_json::Value>,
+}
+
+impl AppState {
+    fn maintainer(&self) -> ApiResult<Arc<Maintainer>> {
+        self.engine()?;
+        self.maintainer
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("recovering".into()))
+    }
+
+    fn engine(&self) -> ApiResult<Arc<Engine>> {
+        match self.engine.get() {
+            Some(e) => Ok(e.clone()),
+            None => Err(ApiError::unavailable(match self.startup_error.get() {
+                Some(e) => format!("the store failed to open: {e}"),
+                None => "recovering: replaying the write-ahead log".into(),
+            })),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The OpenAPI 3 document, made from the route table: every query parameter it
+//! documents comes from the lists the handlers validate against, so the two
+//! cannot drift.
+
+use serde_json::{Map, Value, json};
+
+use super::events::IDEMPOTENCY_KEY_PATTERN;
+use super::routes::{Body, Route};
+
+/// Events a documented batch holds at most: a bound for generated clients and
+/// fuzzers, not the limit of the server (that is `max_body_bytes`).
+const MAX_DOCUMENTED_BATCH: usize = 1000;
+
+fn schemas() -> Value {
+    // OpenAPI 3.0 wants `required` absent rather than empty.
+    let obj = |props: Value, required: &[&str]| {
+        let mut o = json!({"type": "object", "properties": props});
+        if !required.is_empty() {
+            o["required"] = json!(required);
+        }
+        o
+    };
+    let num = json!({"type": "number"});
+    let int = json!({"type": "integer"});
+    let string = json!({"type": "string"});
+    let nullable_num = json!({"type": "number", "nullable": true});
+    json!({
+        "Error": obj(json!({
+            "status": {"type": "string", "enum": ["error"]},
+            "error": obj(json!({"code": string, "message": string, "row": {"type": "integer", "minimum": 0}, "field": string}), &["code", "message"]),
+        }), &["status", "error"]),
+        "Event": obj(json!({
+            "request_id": string, "timestamp": {"type": "string", "format": "date-time"}, "user_id": string,
+            "endpoint": string, "method": string, "status_code": int, "latency_ms": num,
+        }), &["request_id", "timestamp", "endpoint", "status_code", "latency_ms"]),
+        "EventIn": toplog_types::Event::json_schema(),
+        "Ack": obj(json!({"status": string, "accepted": int, "replayed": {"type": "boolean"}}), &["status", "accepted"]),
+        "Events": obj(json!({
+            "status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+            "next_cursor": {"type": "string", "nullable": true},
+        }), &["status", "data"]),
+        "Count": obj(json!({"status": string, "count": int}), &["status", "count"]),
+        "TopK": obj(json!({
+            "status": string,
+            "data": {"type": "array", "items": obj(json!({
+                "request_id": string, "metric_value": num, "count": int, "lower": num, "upper": num,
+            }), &["request_id", "metric_value", "count"])},
+            "meta": obj(json!({"exact": {"type": "boolean"}, "sources": {"type": "array", "items": string}, "took_ms": num, "unlisted_max_count": int, "retained_from": {"type": "string", "format": "date-time"}}), &["exact", "sources"]),
+        }), &["status", "data", "meta"]),
+        "History": obj(json!({
+            "status": string,
+            "data": {"type": "array", "items": obj(json!({
+                "date": string, "total_requests": int, "average_latency": nullable_num,
+                "error_rate": nullable_num, "p99_latency": nullable_num,
+            }), &["date", "total_requests"])},
+        }), &["status", "data"]),
+        "Timeseries": obj(json!({
+            "status": string,
+            "data": {"type": "array", "items": obj(json!({
+                "key": {"type": "string", "nullable": true},
+                "points": {"type": "array", "items": obj(json!({"time": string, "value": nullable_num, "count": int}), &["time", "count"])},
+            }), &["points"])},
+            "meta": {"type": "object"},
+        }), &["status", "data"]),
+        "Aggregation": toplog_query::AggregationRequest::schema(),
+        "RetentionChange": toplog_compaction::Policy::change_schema(),
+        "Submitted": obj(json!({"status": string, "message": string, "aggregation_id": string}), &["status", "aggregation_id"]),
+        "JobInfo": obj(json!({
+            "aggregation_id": string,
+            "state": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
+            "submitted_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time", "nullable": true},
+            "request": {"type": "object"},
+            "error": string,
+            "result": {"type": "array", "items": {"type": "object"}},
+        }), &["aggregation_id", "state", "submitted_at", "finished_at", "request"]),
+        "Job": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/JobInfo"}}), &["status", "data"]),
+        "Jobs": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/JobInfo"}}}), &["status", "data"]),
+        "Health": obj(json!({"status": {"type": "string", "enum": ["ok", "ready", "not_ready"]}, "reason": string, "applied_lsn": int, "segments": int}), &["status"]),
+        "RetentionPolicy": obj(json!({
+            "raw": obj(json!({"local_for": string, "keep_for": string}), &[]),
+            "rollups": obj(json!({"minute_keep_for": string, "hour_keep_for": string, "day_keep_for": string}), &[]),
+        }), &[]),
+        "Retention": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/RetentionPolicy"}}), &["status", "data"]),
+        "Storage": obj(json!({"status": string, "data": obj(json!({
+            "partitions": {"type": "array", "items": {"type": "object"}},
+            "segments": {"type": "array", "items": {"type": "object"}},
+            "tiers": {"type": "object"}, "kept_from": {"type": "object"}, "archive": {"type": "object"},
+            "memtable": {"type": "object"}, "retention": {"$ref": "#/components/schemas/RetentionPolicy"},
+            "maintenance": {"type": "object"},
+        }), &["partitions", "segments", "tiers"])}), &["status", "data"]),
+        "Maintenance": obj(json!({"status": string, "data": obj(json!({
+            "started_at": string, "took_ms": num,
+            "purged_segments": {"type": "array", "items": {"type": "object"}},
+            "purged_buckets": {"type": "object"},
+            "compacted": {"type": "array", "items": {"type": "object"}},
+            "archived": {"type": "array", "items": {"type": "object"}},
+            "errors": {"type": "array", "items": string},
+        }), &["compacted", "archived", "errors"])}), &["status", "data"]),
+        "OpenApi": {"type": "object"},
+    })
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "Success",
+        202 => "Accepted: the job runs in the background",
+        400 => "Bad input: the error names the row, field or parameter",
+        404 => "Not found",
+        413 => "Body too large",
+        415 => "Unsupported content type or encoding",
+        422 => {
+            "Each value is valid but together they ask what cannot be answered: a range that ends before it starts, or a question over the node's limits (`query_too_large`, naming the limit)"
+        }
+        503 => "Not ready, or not accepting writes (the error says why)",
+        _ => "Other",
+    }
+}
+
+/// The OpenAPI 3 document for `routes`.
+pub(crate) fn document(routes: &[Route]) -> Value {
+    let mut paths = Map::new();
+    for route in routes {
+        let mut params: Vec<Value> = route
+            .query
+            .params
+            .iter()
+            .map(|p| {
+                json!({"name": p.name, "in": "query", "required": route.query.required.contains(&p.name),
+                       "description": p.doc, "schema": p.schema()})
+            })
+            .collect();
+        if route.path.contains("{id}") {
+            params.push(
+                json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
+                               "description": "The aggregation_id returned on submission."}),
+            );
+        }
+        if route.body == Some(Body::Events) {
+            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                               "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+                               "description": "A retried batch with the same key (kept 24 hours) is acknowledged without being applied twice."}));
+        }
+        // `/readyz` answers 503 with its own body, saying why it is not ready.
+        let error_schema = if route.ok.1 == "Health" {
+            "Health"
+        } else {
+            "Error"
+        };
+        let mut responses = Map::new();
+        let mut ok = json!({"description": reason(route.ok.0), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", route.ok.1)}}}});
+        if route.id == "submitAggregation" {
+            ok["links"] = json!({"GetAggregation": {
+                "operationId": "getAggregation",
+                "parameters": {"id": "$response.body#/aggregation_id"},
+                "description": "The job just submitted, with its result once done.",
+            }});
+        }
+        responses.insert(route.ok.0.to_string(), ok);
+        for code in route.errors {
+            responses.insert(
+                code.to_string(),
+                json!({"description": reason(*code), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{error_schema}")}}}}),
+            );
+        }
+        let mut operation = json!({"operationId": route.id, "summary": route.summary,
+                                   "parameters": params, "responses": responses});
+        let body = |schema: &str| {
+            json!({"required": true, "content": {
+                "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}},
+            }})
+        };
+        match route.body {
+            Some(Body::Events) => {
+                let array = json!({"type": "array", "maxItems": MAX_DOCUMENTED_BATCH,
+                                   "items": {"$ref": "#/components/schemas/EventIn"}});
+                operation["requestBody"] = json!({"required": true, "content": {
+                    "application/json": {"schema": {"oneOf": [array, {"type": "object", "additionalProperties": false,
+                                                                      "properties": {"events": array}, "required": ["events"]}]}},
+                    "application/x-ndjson": {"schema": array},
+                }});
+            }
+            Some(Body::Aggregation) => operation["requestBody"] = body("Aggregation"),
+            Some(Body::Retention) => operation["requestBody"] = body("RetentionChange"),
+            None => {}
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[route.method] = operation;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "toplog", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Time-series store for HTTP request analytics. A request whose parameters or body do not match this document is refused with 400, naming the field; one that matches but cannot be answered is refused with 422. NDJSON bodies (application/x-ndjson) hold the same events, one JSON object per line."},
+        "paths": paths,
+        "components": {"schemas": schemas()},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::routes::ROUTES;
+
+    #[test]
+    fn every_route_is_unique_and_its_parameters_declared() {
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for route in &ROUTES {
+            assert!(
+                seen.insert((route.method, route.path)) && ids.insert(route.id),
+                "{} {} ({}) listed twice",
+                route.method,
+                route.path,
+                route.id
+            );
+            for r in route.query.required {
+                assert!(
+                    route.query.params.iter().any(|p| p.name == *r),
+                    "{} {}: required `{r}` is not a parameter",
+                    route.method,
+                    route.path
+                );
+            }
+        }
+        let doc = document(&ROUTES);
+        let schemas = &doc["components"]["schemas"];
+        for route in &ROUTES {
+            assert!(
+                schemas.get(route.ok.1).is_some(),
+                "{} {}: no schema {}",
+                route.method,
+                route.path,
+                route.ok.1
+            );
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The route table: every route with its handler and what the OpenAPI
+//! document says of it. Routes are registered from this table and documented
+//! from it, so a route cannot be served undocumented or documented unserved.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{MethodRouter, get, post, put};
+
+use super::params::QuerySpec;
+use super::{AppState, aggregations, analytics, events, health, storage};
+
+/// What a route takes in its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body {
+    Events,
+    Aggregation,
+    Retention,
+}
+
+/// One route: its handler and its documentation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route {
+    pub(crate) method: &'static str,
+    pub(crate) path: &'static str,
+    /// The OpenAPI `operationId`.
+    pub(crate) id: &'static str,
+    pub(crate) handler: fn() -> MethodRouter<Arc<AppState>>,
+    pub(crate) summary: &'static str,
+    /// Query parameters the handler accepts (its validation list).
+    pub(crate) query: QuerySpec,
+    pub(crate) body: Option<Body>,
+    /// Success status and the component schema of its body.
+    pub(crate) ok: (u16, &'static str),
+    pub(crate) errors: &'static [u16],
+}
+
+/// Every route: registered from this table and documented from it.
+pub(crate) const ROUTES: [Route; 16] = [
+    Route {
+        method: "get",
+        path: "/healthz",
+        id: "healthz",
+        handler: || get(health::healthz),
+        summary: "The process is alive.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Health"),
+        errors: &[],
+    },
+    Route {
+        method: "get",
+        path: "/readyz",
+        id: "readyz",
+        handler: || get(health::readyz),
+        summary: "Recovered and accepting writes; 503 says why not.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Health"),
+        errors: &[503],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/requests",
+        id: "ingest",
+        handler: || post(events::ingest),
+        summary: "Ingest a batch of request events; answered once durable.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Events),
+        ok: (200, "Ack"),
+        errors: &[400, 413, 415, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests",
+        id: "listRequests",
+        handler: || get(events::list_requests),
+        summary: "Stored events in time order, a page at a time.",
+        query: events::LIST,
+        body: None,
+        ok: (200, "Events"),
+        errors: &[400, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/count",
+        id: "countRequests",
+        handler: || get(events::count_requests),
+        summary: "The exact number of stored events matching.",
+        query: events::COUNT,
+        body: None,
+        ok: (200, "Count"),
+        errors: &[400, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/top-k",
+        id: "topK",
+        handler: || get(analytics::top_k),
+        summary: "The top K keys (or requests) by a metric.",
+        query: analytics::TOP_K,
+        body: None,
+        ok: (200, "TopK"),
+        errors: &[400, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/timeseries",
+        id: "timeseries",
+        handler: || get(analytics::timeseries),
+        summary: "Points per interval, for dashboards.",
+        query: analytics::TIMESERIES,
+        body: None,
+        ok: (200, "Timeseries"),
+        errors: &[400, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/history",
+        id: "history",
+        handler: || get(analytics::history),
+        summary: "One row per UTC day.",
+        query: analytics::HISTORY,
+        body: None,
+        ok: (200, "History"),
+        errors: &[400, 422, 503],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/requests/aggregate",
+        id: "submitAggregation",
+        handler: || post(aggregations::submit_aggregation),
+        summary: "Submit a background aggregation.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Aggregation),
+        ok: (202, "Submitted"),
+        errors: &[400, 413, 415, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/aggregate",
+        id: "listAggregations",
+        handler: || get(aggregations::list_aggregations),
+        summary: "Every aggregation job, without results.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Jobs"),
+        errors: &[503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/aggregate/{id}",
+        id: "getAggregation",
+        handler: || get(aggregations::get_aggregation),
+        summary: "One aggregation job with its result.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Job"),
+        errors: &[404, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/storage",
+        id: "storage",
+        handler: || get(storage::storage),
+        summary: "Partitions, segments, tiers with sizes and oldest data, the archive's state.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Storage"),
+        errors: &[503],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/admin/maintenance",
+        id: "runMaintenance",
+        handler: || post(storage::run_maintenance),
+        summary: "Run maintenance now (purge, compaction, tiering); returns what it did.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Maintenance"),
+        errors: &[503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/retention",
+        id: "getRetention",
+        handler: || get(storage::get_retention),
+        summary: "The retention policy.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Retention"),
+        errors: &[503],
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/retention",
+        id: "putRetention",
+        handler: || put(storage::put_retention),
+        summary: "Change any keys of the retention policy; persisted, obeyed at once.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Retention),
+        ok: (200, "Retention"),
+        errors: &[400, 413, 415, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/openapi.json",
+        id: "openapi",
+        handler: || get(health::openapi),
+        summary: "This document.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "OpenApi"),
+        errors: &[],
+    },
+];
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    let _ = state.openapi.set(super::openapi::document(&ROUTES));
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, route| {
+            r.route(route.path, (route.handler)())
+        })
+        .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

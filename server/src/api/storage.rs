@@ -1,0 +1,56 @@
+//! Storage, maintenance and retention routes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use toplog_compaction::PolicyErrorKind;
+
+use super::workers::blocking;
+use super::{ApiError, ApiResult, AppState};
+
+pub(super) async fn storage(State(app): State<Arc<AppState>>) -> ApiResult {
+    let m = app.maintainer()?;
+    let data = blocking(move || Ok(m.storage())).await?;
+    Ok(Json(json!({"status": "success", "data": data})).into_response())
+}
+
+pub(super) async fn run_maintenance(State(app): State<Arc<AppState>>) -> ApiResult {
+    let m = app.maintainer()?;
+    let report = blocking(move || Ok(m.run())).await?;
+    Ok(Json(json!({"status": "success", "data": report})).into_response())
+}
+
+pub(super) async fn get_retention(State(app): State<Arc<AppState>>) -> ApiResult {
+    let policy = app.maintainer()?.policy();
+    Ok(Json(json!({"status": "success", "data": policy.to_json()})).into_response())
+}
+
+pub(super) async fn put_retention(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let m = app.maintainer()?;
+    let Json(change) = body.map_err(ApiError::from_json_body)?;
+    let policy = blocking(move || {
+        m.set_policy(&change).map_err(|e| {
+            let (status, code) = match e.kind {
+                PolicyErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_policy"),
+                PolicyErrorKind::Conflicting => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "conflicting_parameters")
+                }
+                PolicyErrorKind::Storage => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            ApiError {
+                field: Some(e.field.clone()),
+                ..ApiError::new(status, code, e.to_string())
+            }
+        })
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": policy.to_json()})).into_response())
+}
