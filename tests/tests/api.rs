@@ -304,8 +304,8 @@ fn every_bad_input_gets_a_clear_error_and_writes_nothing() {
             json_ct,
             None,
             with("timestamp", json!(now + 6 * 60_000)),
-            400,
-            "invalid_event",
+            422,
+            "timestamp_out_of_window",
             Some("timestamp"),
         ),
         (
@@ -313,8 +313,8 @@ fn every_bad_input_gets_a_clear_error_and_writes_nothing() {
             json_ct,
             None,
             with("timestamp", json!(now - 31 * 86_400_000)),
-            400,
-            "invalid_event",
+            422,
+            "timestamp_out_of_window",
             Some("timestamp"),
         ),
         (

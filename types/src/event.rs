@@ -38,6 +38,9 @@ pub struct EventError {
     pub row: usize,
     pub field: String,
     pub message: String,
+    /// The row is well formed but its timestamp is outside the window the
+    /// node takes now (older than the raw retention, or too far ahead).
+    pub out_of_window: bool,
 }
 
 /// The time window a row's timestamp must fall in, fixed once per batch.
@@ -169,6 +172,14 @@ impl EventError {
             row,
             field: field.to_owned(),
             message,
+            out_of_window: false,
+        }
+    }
+
+    fn out_of_window(self) -> Self {
+        Self {
+            out_of_window: true,
+            ..self
         }
     }
 }
@@ -272,22 +283,22 @@ impl Fields<'_> {
         let earliest = limits.now.saturating_sub_micros(limits.max_age_us);
         let latest = limits.now.saturating_add_micros(limits.max_future_us);
         if timestamp > latest {
-            return Err(err(
+            return Err(EventError::out_of_window(err(
                 "timestamp",
                 format!(
                     "{timestamp} is more than {}s in the future (server time {}); check the sender's clock",
                     limits.max_future_us / 1_000_000,
                     limits.now
                 ),
-            ));
+            )));
         }
         if timestamp < earliest {
-            return Err(err(
+            return Err(EventError::out_of_window(err(
                 "timestamp",
                 format!(
                     "{timestamp} is older than the raw retention (earliest accepted: {earliest})"
                 ),
-            ));
+            )));
         }
         let user_id = match self.user_id {
             None => String::new(),

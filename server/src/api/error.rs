@@ -77,11 +77,18 @@ impl ApiError {
 }
 
 impl From<EventError> for ApiError {
+    /// A malformed row is `400 invalid_event`; a well-formed one whose time
+    /// the node does not take now is `422 timestamp_out_of_window`.
     fn from(e: EventError) -> Self {
+        let (status, code) = if e.out_of_window {
+            (StatusCode::UNPROCESSABLE_ENTITY, "timestamp_out_of_window")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_event")
+        };
         Self {
             row: Some(e.row),
             field: Some(e.field.clone()),
-            ..Self::bad_request("invalid_event", e.to_string())
+            ..Self::new(status, code, e.to_string())
         }
     }
 }

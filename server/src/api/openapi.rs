@@ -149,12 +149,21 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         };
         let mut responses = Map::new();
         let mut ok = json!({"description": reason(route.ok.0), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", route.ok.1)}}}});
-        if route.id == "submitAggregation" {
-            ok["links"] = json!({"GetAggregation": {
-                "operationId": "getAggregation",
-                "parameters": {"id": "$response.body#/aggregation_id"},
-                "description": "The job just submitted, with its result once done.",
-            }});
+        if !route.links.is_empty() {
+            let links: Map<String, Value> = route
+                .links
+                .iter()
+                .map(|l| {
+                    let params: Map<String, Value> = l
+                        .parameters
+                        .iter()
+                        .map(|(name, expr)| ((*name).to_owned(), json!(expr)))
+                        .collect();
+                    let link = json!({"operationId": l.operation, "parameters": params, "description": l.description});
+                    (l.name.to_owned(), link)
+                })
+                .collect();
+            ok["links"] = Value::Object(links);
         }
         responses.insert(route.ok.0.to_string(), ok);
         for code in route.errors {
@@ -215,6 +224,14 @@ mod tests {
                 route.path,
                 route.id
             );
+            for link in route.links {
+                assert!(
+                    ROUTES.iter().any(|r| r.id == link.operation),
+                    "{}: link {} leads to no operation",
+                    route.id,
+                    link.name
+                );
+            }
             for r in route.query.required {
                 assert!(
                     route.query.params.iter().any(|p| p.name == *r),

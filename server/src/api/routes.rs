@@ -19,6 +19,18 @@ pub(crate) enum Body {
     Retention,
 }
 
+/// A follow-up call the success response makes possible (an OpenAPI link):
+/// clients and the fuzzer's stateful phase follow it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link {
+    pub(crate) name: &'static str,
+    /// The `operationId` it leads to.
+    pub(crate) operation: &'static str,
+    /// Its parameters, each from a runtime expression on the response.
+    pub(crate) parameters: &'static [(&'static str, &'static str)],
+    pub(crate) description: &'static str,
+}
+
 /// One route: its handler and its documentation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Route {
@@ -34,6 +46,7 @@ pub(crate) struct Route {
     /// Success status and the component schema of its body.
     pub(crate) ok: (u16, &'static str),
     pub(crate) errors: &'static [u16],
+    pub(crate) links: &'static [Link],
 }
 
 /// Every route: registered from this table and documented from it.
@@ -48,6 +61,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Health"),
         errors: &[],
+        links: &[],
     },
     Route {
         method: "get",
@@ -59,6 +73,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Health"),
         errors: &[503],
+        links: &[],
     },
     Route {
         method: "post",
@@ -69,7 +84,8 @@ pub(crate) const ROUTES: [Route; 16] = [
         query: QuerySpec::NONE,
         body: Some(Body::Events),
         ok: (200, "Ack"),
-        errors: &[400, 413, 415, 503],
+        errors: &[400, 413, 415, 422, 503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -81,6 +97,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Events"),
         errors: &[400, 422, 503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -92,6 +109,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Count"),
         errors: &[400, 422, 503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -103,6 +121,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "TopK"),
         errors: &[400, 422, 503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -114,6 +133,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Timeseries"),
         errors: &[400, 422, 503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -125,6 +145,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "History"),
         errors: &[400, 422, 503],
+        links: &[],
     },
     Route {
         method: "post",
@@ -136,6 +157,12 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: Some(Body::Aggregation),
         ok: (202, "Submitted"),
         errors: &[400, 413, 415, 422, 503],
+        links: &[Link {
+            name: "GetAggregation",
+            operation: "getAggregation",
+            parameters: &[("id", "$response.body#/aggregation_id")],
+            description: "The job just submitted, with its result once done.",
+        }],
     },
     Route {
         method: "get",
@@ -147,6 +174,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Jobs"),
         errors: &[503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -158,6 +186,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Job"),
         errors: &[404, 503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -169,6 +198,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Storage"),
         errors: &[503],
+        links: &[],
     },
     Route {
         method: "post",
@@ -180,6 +210,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Maintenance"),
         errors: &[503],
+        links: &[],
     },
     Route {
         method: "get",
@@ -191,6 +222,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "Retention"),
         errors: &[503],
+        links: &[],
     },
     Route {
         method: "put",
@@ -202,6 +234,12 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: Some(Body::Retention),
         ok: (200, "Retention"),
         errors: &[400, 413, 415, 422, 503],
+        links: &[Link {
+            name: "GetRetention",
+            operation: "getRetention",
+            parameters: &[],
+            description: "The policy now in force.",
+        }],
     },
     Route {
         method: "get",
@@ -213,6 +251,7 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: None,
         ok: (200, "OpenApi"),
         errors: &[],
+        links: &[],
     },
 ];
 
