@@ -1,0 +1,110 @@
+//! Decoded segments kept for repeated reads: a small least-recently-used list
+//! of whole segments by size, shared by every read. A partial read of an
+//! archived segment is never cached, and maintenance reads do not fill it.
+
+use std::sync::Arc;
+
+use toplog_types::SegmentId;
+
+use super::{Inner, Segment, Stored, lock};
+use crate::archive;
+use crate::columns::Columns;
+use crate::error::{EngineError, Result};
+use crate::scan::TimeRange;
+use crate::segment;
+
+/// Bytes of decoded segments kept for repeated reads (paging walks the same
+/// segments; raw queries over a span read the same ones again), least
+/// recently used out first.
+const DECODED_CACHE_BYTES: usize = 256 << 20;
+
+impl Inner {
+    /// A decoded segment from the cache, made the most recently used.
+    fn cached(&self, id: SegmentId) -> Option<Arc<Columns>> {
+        let mut cache = lock(&self.decoded);
+        let at = cache.iter().position(|(cached, _, _)| *cached == id)?;
+        let hit = cache.remove(at);
+        let cols = hit.1.clone();
+        cache.push(hit);
+        Some(cols)
+    }
+
+    /// Decodes `seg`, checksums checked; of an archived segment, only the row
+    /// groups that may hold rows in `range` (`None`: all). Also says whether
+    /// all of the segment was read.
+    fn load(
+        &self,
+        seg: &Segment,
+        range: Option<&TimeRange>,
+        request_ids: bool,
+    ) -> Result<(Columns, bool)> {
+        match &seg.stored {
+            Stored::Local(bytes) => {
+                let (_, cols) =
+                    segment::decode(bytes, request_ids).map_err(|e| EngineError::Corrupt {
+                        path: seg.path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Ok((cols, true))
+            }
+            Stored::Archived { key, bytes } => {
+                // A range over the whole segment reads all of it.
+                let range = range.filter(|r| !r.contains_all(seg.meta.min_ts, seg.meta.max_ts));
+                let cols =
+                    archive::read(&self.archive_store()?, key, *bytes, range).map_err(|e| {
+                        EngineError::Archive {
+                            key: key.clone(),
+                            reason: format!("reading segment {}: {e}", seg.id),
+                        }
+                    })?;
+                Ok((cols, range.is_none()))
+            }
+        }
+    }
+
+    /// The rows of `seg` (see [`Inner::load`]) for reads, with their
+    /// request ids if `request_ids` (a local segment decoded without them
+    /// is decoded again, whole, for the first read that needs them): whole
+    /// segments are kept in the cache, least recently used out first.
+    pub(super) fn decoded(
+        &self,
+        seg: &Segment,
+        range: Option<&TimeRange>,
+        request_ids: bool,
+    ) -> Result<Arc<Columns>> {
+        let enough = |cols: &Columns| !request_ids || cols.has_request_ids();
+        if let Some(cols) = self.cached(seg.id).filter(|c| enough(c)) {
+            return Ok(cols);
+        }
+        let (cols, whole) = self.load(seg, range, request_ids)?;
+        let cols = Arc::new(cols);
+        if !whole {
+            return Ok(cols);
+        }
+        let mut cache = lock(&self.decoded);
+        // Another reader may have decoded it meanwhile: theirs is kept unless
+        // only ours has the request ids.
+        if let Some(at) = cache.iter().position(|(id, _, _)| *id == seg.id) {
+            let theirs = &cache[at].1;
+            if theirs.has_request_ids() || !cols.has_request_ids() {
+                return Ok(theirs.clone());
+            }
+            cache.remove(at);
+        }
+        cache.push((seg.id, cols.clone(), cols.heap_bytes()));
+        let mut held: usize = cache.iter().map(|e| e.2).sum();
+        while held > DECODED_CACHE_BYTES && cache.len() > 1 {
+            held -= cache.remove(0).2;
+        }
+        Ok(cols)
+    }
+
+    /// All rows of `seg` for a maintenance step about to replace it: from the
+    /// cache if there, but not added to it.
+    pub(super) fn read_whole(&self, seg: &Segment) -> Result<Arc<Columns>> {
+        match self.cached(seg.id).filter(|c| c.has_request_ids()) {
+            Some(cols) => Ok(cols),
+            None => Ok(Arc::new(self.load(seg, None, true)?.0)),
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! Maintenance, one step at a time under one lock: compaction of a
+//! partition's segments, archiving segments and rollup files, sweeping the
+//! archive, and purging what is past retention (which also folds per-flush
+//! rollup files into one per granularity and day).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use toplog_types::{Micros, SegmentId};
+
+use super::{
+    Cutoffs, DAY_US, Engine, Inner, ROLLUP_DIR, Retention, SEGMENT_DIR, Segment, SegmentInfo,
+    Stored, lock,
+};
+use crate::archive;
+use crate::columns::Columns;
+use crate::error::{EngineError, Result, io_err};
+use crate::manifest::{self, Manifest, SegmentEntry};
+use crate::rollup::{self, Granularity, Rollups};
+use crate::segment;
+
+/// What [`Engine::purge`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub segments: Vec<SegmentInfo>,
+    /// Buckets dropped per granularity: minute, hour, day.
+    pub buckets: [usize; 3],
+    /// Archived objects that could not be deleted (now unreferenced).
+    pub leftover_objects: Vec<String>,
+}
+
+/// Buckets of one granularity held in the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupTier {
+    pub granularity: Granularity,
+    pub buckets: usize,
+    pub oldest: Option<Micros>,
+}
+
+impl Segment {
+    fn entry(&self) -> SegmentEntry {
+        let info = self.info();
+        SegmentEntry {
+            id: self.id,
+            file: manifest::segment_file_name(self.id),
+            bytes: info.bytes,
+            meta: self.meta,
+            archived: info.archived,
+        }
+    }
+}
+
+impl Inner {
+    fn find_segments(&self, ids: &[SegmentId]) -> Result<Vec<Arc<Segment>>> {
+        let st = self.read();
+        ids.iter()
+            .map(|id| {
+                st.segments
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .cloned()
+                    .ok_or_else(|| EngineError::Invalid(format!("no segment {id}")))
+            })
+            .collect()
+    }
+
+    /// Stores a manifest without the segments `remove` and with `add` (replacing
+    /// any of the same id), then makes reads see the same, under one lock.
+    fn swap_segments(&self, remove: &[SegmentId], add: &[Arc<Segment>]) -> Result<()> {
+        let mut manifest = lock(&self.manifest);
+        self.check_writable()?;
+        let gone = |id: &SegmentId| remove.contains(id) || add.iter().any(|a| a.id == *id);
+        let mut next = manifest.clone();
+        let at = next.segments.iter().position(|e| gone(&e.id));
+        next.segments.retain(|e| !gone(&e.id));
+        let at = at.unwrap_or(next.segments.len()).min(next.segments.len());
+        next.segments.splice(at..at, add.iter().map(|s| s.entry()));
+        self.store_manifest(&next)?;
+        *manifest = next;
+        let mut st = self.write();
+        st.segments.retain(|s| !gone(&s.id));
+        st.segments.extend(add.iter().cloned());
+        drop(st);
+        lock(&self.decoded).retain(|(id, _, _)| !gone(id));
+        Ok(())
+    }
+
+    /// Stores `next` as the manifest (the caller holds the manifest lock).
+    /// On failure the rename may or may not have happened: which manifest a
+    /// restart finds is unknown, so this process stops taking writes.
+    fn store_manifest(&self, next: &Manifest) -> Result<()> {
+        next.store(&self.fs, &self.config.data_dir)
+            .inspect_err(|e| {
+                self.poison(format!("storing the manifest failed: {e}"));
+            })
+    }
+
+    fn remove_quietly(&self, path: &Path, what: &str) {
+        // The manifest no longer names it: a failure leaves an orphan, removed at start-up.
+        if let Err(e) = self.fs.remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove {what}");
+        }
+    }
+
+    /// Writes the changed (granularity, day) buckets to their tier files, drops
+    /// the days wholly past retention, and stores a manifest listing only tier
+    /// files. Returns the buckets dropped per granularity.
+    fn rewrite_rollups(&self, cutoffs: &Cutoffs) -> Result<[usize; 3]> {
+        let mut manifest = lock(&self.manifest);
+        self.check_writable()?;
+        // Under the manifest lock no flush can change `rollups` or `dirty_tiers`.
+        let (mut kept, dirty) = {
+            let st = self.read();
+            (Rollups::clone(&st.rollups), st.dirty_tiers.clone())
+        };
+        let mut dropped = [0; 3];
+        // Whole days only: a day's file goes when its last bucket is past retention.
+        let expired_before = |g: Granularity| cutoffs.rollup(g).floor_to(DAY_US);
+        for g in Granularity::ALL {
+            dropped[g.index()] = kept.drop_before(g, expired_before(g));
+        }
+        let expired = |g: Granularity, day: Micros| day < expired_before(g);
+        let tier_expired = |t: &manifest::RollupTierFile| {
+            Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
+        };
+        let stale_tiers = manifest.rollup_tiers.iter().any(tier_expired);
+        if dirty.is_empty() && manifest.rollup_files.is_empty() && !stale_tiers {
+            return Ok(dropped);
+        }
+        let dir = self.dir(ROLLUP_DIR);
+        let mut next = manifest.clone();
+        next.rollup_generation += 1;
+        let mut written = Vec::new();
+        for &(g, day) in dirty.iter().filter(|(g, day)| !expired(*g, *day)) {
+            let part = kept.slice(g, day, day.saturating_add_micros(DAY_US));
+            let file = format!(
+                "{}-{}-g{}.cube",
+                g.name(),
+                day.utc_date(),
+                next.rollup_generation
+            );
+            let path = dir.join(&file);
+            let image = part
+                .to_file(rollup::TIER_FILE_LEVEL)
+                .map_err(io_err("encoding rollups for", &path))?;
+            manifest::write_durable(&self.fs, &path, &image)?;
+            written.push(manifest::RollupTierFile {
+                file,
+                granularity: g.name().to_owned(),
+                day,
+            });
+        }
+        self.fs
+            .sync_dir(&dir)
+            .map_err(io_err("fsync directory", &dir))?;
+        let replaced = |t: &manifest::RollupTierFile| {
+            written
+                .iter()
+                .any(|w| w.granularity == t.granularity && w.day == t.day)
+                || tier_expired(t)
+        };
+        let (old_tiers, kept_tiers): (Vec<_>, Vec<_>) =
+            next.rollup_tiers.drain(..).partition(|t| replaced(t));
+        next.rollup_tiers = kept_tiers;
+        next.rollup_tiers.extend(written);
+        let old_files = std::mem::take(&mut next.rollup_files);
+        self.store_manifest(&next)?;
+        *manifest = next;
+        {
+            let mut st = self.write();
+            st.rollups = Arc::new(kept);
+            st.dirty_tiers.clear();
+        }
+        drop(manifest);
+        for file in old_files.iter().chain(old_tiers.iter().map(|t| &t.file)) {
+            self.remove_quietly(&dir.join(file), "an old rollup file");
+        }
+        Ok(dropped)
+    }
+}
+
+impl Engine {
+    /// Every stored segment, local or archived.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner
+            .read()
+            .segments
+            .iter()
+            .map(|s| s.info())
+            .collect()
+    }
+
+    /// Buckets held per granularity (minute, hour, day) and the oldest of each.
+    pub fn rollup_tiers(&self) -> Vec<RollupTier> {
+        let st = self.inner.read();
+        [Granularity::Minute, Granularity::Hour, Granularity::Day]
+            .into_iter()
+            .map(|g| {
+                let (buckets, oldest) = st.rollups.extent(g);
+                RollupTier {
+                    granularity: g,
+                    buckets,
+                    oldest,
+                }
+            })
+            .collect()
+    }
+
+    pub fn retention(&self) -> Retention {
+        *self.inner.retention.read()
+    }
+
+    /// Changes what reads see at once; [`Engine::purge`] removes the rest.
+    pub fn set_retention(&self, retention: Retention) {
+        *self.inner.retention.write() = retention;
+    }
+
+    /// The cutoffs of the current retention, now.
+    pub fn cutoffs(&self) -> Cutoffs {
+        self.inner.cutoffs()
+    }
+
+    /// Merges the local segments `ids` of one partition into one segment, rows in
+    /// time order. The new file is written, fsynced, read back and checked (row
+    /// count, time span, every checksum) before one manifest store swaps it for
+    /// the old ones, which are deleted last. A crash at any step leaves either the
+    /// old segments or the new one listed, and start-up removes the other's files.
+    pub fn compact(&self, ids: &[SegmentId]) -> Result<SegmentInfo> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let olds = self.inner.find_segments(ids)?;
+        let [first, rest @ ..] = olds.as_slice() else {
+            return Err(EngineError::Invalid("nothing to compact".into()));
+        };
+        if rest.is_empty() {
+            return Err(EngineError::Invalid(
+                "compaction needs two segments or more".into(),
+            ));
+        }
+        for s in &olds {
+            if matches!(s.stored, Stored::Archived { .. }) {
+                return Err(EngineError::Invalid(format!(
+                    "segment {} is archived",
+                    s.id
+                )));
+            }
+            if (s.meta.partition_start, s.meta.partition_len_us)
+                != (first.meta.partition_start, first.meta.partition_len_us)
+            {
+                return Err(EngineError::Invalid(format!(
+                    "segments {} and {} are in different partitions",
+                    first.id, s.id
+                )));
+            }
+        }
+        let mut cols = Columns::default();
+        for s in &olds {
+            let part = self.inner.read_whole(s)?;
+            for i in 0..part.len() {
+                cols.push(&part.event(i));
+            }
+        }
+        let rows: u64 = olds.iter().map(|s| s.meta.rows).sum();
+        let min_ts = olds.iter().map(|s| s.meta.min_ts).min();
+        let max_ts = olds.iter().map(|s| s.meta.max_ts).max();
+        let image = segment::encode(
+            &cols,
+            first.meta.partition_start,
+            first.meta.partition_len_us,
+        );
+        drop(cols);
+        let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
+        let seg_dir = self.inner.dir(SEGMENT_DIR);
+        let path = seg_dir.join(manifest::segment_file_name(id));
+        manifest::write_durable(&self.inner.fs, &path, &image)?;
+        self.inner
+            .fs
+            .sync_dir(&seg_dir)
+            .map_err(io_err("fsync directory", &seg_dir))?;
+        // Check what the disk holds, not what was meant to be written.
+        let checked = self
+            .inner
+            .fs
+            .read(&path)
+            .map_err(io_err("read", &path))
+            .and_then(|back| {
+                let meta = segment::check_segment(&back).map_err(|e| EngineError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                if back.len() != image.len()
+                    || meta.rows != rows
+                    || Some(meta.min_ts) != min_ts
+                    || Some(meta.max_ts) != max_ts
+                {
+                    return Err(EngineError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "compacted segment holds {} rows, expected {rows}, or its size or time span differs",
+                            meta.rows
+                        ),
+                    });
+                }
+                Ok(meta)
+            });
+        let meta = match checked {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.inner
+                    .remove_quietly(&path, "a compacted segment that failed its check");
+                return Err(e);
+            }
+        };
+        let bytes = self.inner.fs.map(&path).map_err(io_err("map", &path))?;
+        let merged = Arc::new(Segment {
+            id,
+            path,
+            meta,
+            stored: Stored::Local(bytes),
+        });
+        self.inner
+            .swap_segments(ids, std::slice::from_ref(&merged))?;
+        for s in &olds {
+            self.inner.remove_quietly(&s.path, "a compacted segment");
+        }
+        Ok(merged.info())
+    }
+
+    /// Copies local segment `id` to the archive as Parquet, reads the copy back
+    /// and compares every row, then lists the segment as archived and deletes the
+    /// local file. A store that fails leaves the segment local and untouched.
+    pub fn archive_segment(&self, id: SegmentId) -> Result<SegmentInfo> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let store = self.inner.archive_store()?;
+        let seg = self
+            .inner
+            .find_segments(&[id])?
+            .pop()
+            .ok_or_else(|| EngineError::Invalid(format!("no segment {id}")))?;
+        if matches!(seg.stored, Stored::Archived { .. }) {
+            return Ok(seg.info());
+        }
+        let cols = self.inner.read_whole(&seg)?;
+        let key = archive::segment_key(seg.meta.partition_start, id.get());
+        let failed = |e: std::io::Error| EngineError::Archive {
+            key: key.clone(),
+            reason: e.to_string(),
+        };
+        match store.create(&key, bytes::Bytes::from(archive::to_parquet(&cols)?)) {
+            Ok(()) => {}
+            // Left by an attempt that stopped before the manifest named it:
+            // checked below like a new copy.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::info!(%key, "archive object exists from an earlier attempt; verifying it");
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        let size = store.size(&key).map_err(failed)?;
+        let same = match archive::read(&store, &key, size, None) {
+            Ok(back) => back.same_rows(&cols),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "archived copy unreadable");
+                false
+            }
+        };
+        if !same {
+            // Nothing names it: remove it so the next attempt writes it afresh.
+            let _ = store.delete(&key);
+            return Err(EngineError::Archive {
+                key,
+                reason: format!(
+                    "the copy read back differs from segment {id}; the local file is kept"
+                ),
+            });
+        }
+        let archived = Arc::new(Segment {
+            id,
+            path: seg.path.clone(),
+            meta: seg.meta,
+            stored: Stored::Archived { key, bytes: size },
+        });
+        self.inner
+            .swap_segments(&[], std::slice::from_ref(&archived))?;
+        self.inner
+            .remove_quietly(&seg.path, "an archived segment's local file");
+        Ok(archived.info())
+    }
+
+    /// Copies every rollup tier file to the archive as `rollups/<file>` (read
+    /// back and compared byte for byte), then deletes the copies of files that
+    /// have since been replaced or purged. Returns how many files it copied.
+    pub fn archive_rollups(&self) -> Result<usize> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let store = self.inner.archive_store()?;
+        let (tiers, copied) = {
+            let m = lock(&self.inner.manifest);
+            let files: Vec<String> = m.rollup_tiers.iter().map(|t| t.file.clone()).collect();
+            (files, m.archived_rollups.clone())
+        };
+        if tiers == copied {
+            return Ok(0);
+        }
+        let dir = self.inner.dir(ROLLUP_DIR);
+        let mut uploaded = 0;
+        for file in tiers.iter().filter(|f| !copied.contains(f)) {
+            let path = dir.join(file);
+            let bytes =
+                bytes::Bytes::from(self.inner.fs.read(&path).map_err(io_err("read", &path))?);
+            let key = format!("rollups/{file}");
+            let failed = |reason: String| EngineError::Archive {
+                key: key.clone(),
+                reason,
+            };
+            match store.create(&key, bytes.clone()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+            let back = store
+                .get_range(&key, 0..bytes.len() as u64)
+                .map_err(|e| failed(e.to_string()))?;
+            if back != bytes
+                || store.size(&key).map_err(|e| failed(e.to_string()))? != bytes.len() as u64
+            {
+                let _ = store.delete(&key);
+                return Err(failed(
+                    "the copy read back differs from the local file".into(),
+                ));
+            }
+            uploaded += 1;
+        }
+        {
+            let mut manifest = lock(&self.inner.manifest);
+            let mut next = manifest.clone();
+            next.archived_rollups = tiers.clone();
+            self.inner.store_manifest(&next)?;
+            *manifest = next;
+        }
+        for file in copied.iter().filter(|f| !tiers.contains(f)) {
+            let key = format!("rollups/{file}");
+            if let Err(e) = store.delete(&key) {
+                tracing::warn!(%key, error = %e, "could not delete a replaced rollup copy");
+            }
+        }
+        Ok(uploaded)
+    }
+
+    /// Deletes the objects under `raw/` and `rollups/` in the archive that the
+    /// manifest does not name: copies left by a step a crash cut short before
+    /// the manifest named them (whose segment was since compacted or purged),
+    /// or whose deletion failed. Every upload runs under the same lock, so no
+    /// object in flight is taken for an orphan. The archive's prefix must
+    /// belong to this node alone.
+    pub fn sweep_archive(&self) -> Result<Vec<String>> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let store = self.inner.archive_store()?;
+        let mut named: std::collections::HashSet<String> = self
+            .inner
+            .read()
+            .segments
+            .iter()
+            .filter_map(|s| s.info().archived)
+            .collect();
+        named.extend(
+            lock(&self.inner.manifest)
+                .archived_rollups
+                .iter()
+                .map(|f| format!("rollups/{f}")),
+        );
+        let mut swept = Vec::new();
+        for prefix in ["raw/", "rollups/"] {
+            let failed = |e: std::io::Error| EngineError::Archive {
+                key: prefix.to_owned(),
+                reason: e.to_string(),
+            };
+            for key in store.list(prefix).map_err(failed)? {
+                if !named.contains(&key) {
+                    store.delete(&key).map_err(failed)?;
+                    swept.push(key);
+                }
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Removes what is past retention: segments whose newest row is older than
+    /// the raw cutoff (and their archived objects), rollup days wholly past their
+    /// granularity's cutoff. Also folds the per-flush rollup files into one file
+    /// per granularity and day.
+    pub fn purge(&self) -> Result<PurgeReport> {
+        let _one = lock(&self.inner.maintenance);
+        self.inner.check_writable()?;
+        let cutoffs = self.inner.cutoffs();
+        let expired: Vec<Arc<Segment>> = self
+            .inner
+            .read()
+            .segments
+            .iter()
+            .filter(|s| s.meta.max_ts < cutoffs.raw)
+            .cloned()
+            .collect();
+        let mut report = PurgeReport::default();
+        if !expired.is_empty() {
+            let ids: Vec<SegmentId> = expired.iter().map(|s| s.id).collect();
+            self.inner.swap_segments(&ids, &[])?;
+            for s in &expired {
+                match &s.stored {
+                    Stored::Local(_) => self.inner.remove_quietly(&s.path, "a purged segment"),
+                    Stored::Archived { key, .. } => {
+                        let deleted = self.inner.archive_store().and_then(|store| {
+                            store.delete(key).map_err(|e| EngineError::Archive {
+                                key: key.clone(),
+                                reason: e.to_string(),
+                            })
+                        });
+                        if let Err(e) = deleted {
+                            tracing::warn!(error = %e, "purged archive object not deleted");
+                            report.leftover_objects.push(key.clone());
+                        }
+                    }
+                }
+                report.segments.push(s.info());
+            }
+        }
+        report.buckets = self.inner.rewrite_rollups(&cutoffs)?;
+        Ok(report)
+    }
+}

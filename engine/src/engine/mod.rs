@@ -1,0 +1,199 @@
+//! The engine: batches go to the WAL, are applied to per-partition memtables
+//! on the WAL's writer thread in log order (so queries see them before the
+//! client's acknowledgement), and are flushed together into segments. A flush
+//! moves the manifest's `flushed_lsn` forward, then truncates the log.
+
+mod cache;
+mod config;
+mod maintenance;
+mod open;
+mod read;
+mod write;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use toplog_types::{Lsn, Micros, SegmentId};
+use toplog_wal::{FileBytes, Fs, Wal};
+
+use crate::archive::ArchiveStore;
+use crate::columns::Columns;
+use crate::error::{EngineError, Result};
+use crate::idempotency::KeyIndex;
+use crate::manifest::Manifest;
+use crate::rollup::{Granularity, Rollups};
+use crate::segment::SegmentMeta;
+
+pub use config::{Cutoffs, DEFAULT_ROLLUP_KEY_BUDGET, EngineConfig, Retention};
+pub use maintenance::{PurgeReport, RollupTier};
+pub use read::StorageStats;
+pub use write::IngestReceipt;
+
+const WAL_DIR: &str = "wal";
+const SEGMENT_DIR: &str = "segments";
+const KEY_DIR: &str = "idempotency";
+const ROLLUP_DIR: &str = "rollups";
+
+/// A stored segment, for operators and the maintenance policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: SegmentId,
+    pub meta: SegmentMeta,
+    /// Size of the local file, or of the archived object.
+    pub bytes: u64,
+    /// The object key when the segment lives in the archive.
+    pub archived: Option<String>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: SegmentId,
+    path: PathBuf,
+    meta: SegmentMeta,
+    stored: Stored,
+}
+
+#[derive(Debug)]
+enum Stored {
+    Local(FileBytes),
+    Archived { key: String, bytes: u64 },
+}
+
+impl Segment {
+    fn info(&self) -> SegmentInfo {
+        let (bytes, archived) = match &self.stored {
+            Stored::Local(b) => (b.len() as u64, None),
+            Stored::Archived { key, bytes } => (*bytes, Some(key.clone())),
+        };
+        SegmentInfo {
+            id: self.id,
+            meta: self.meta,
+            bytes,
+            archived,
+        }
+    }
+}
+
+/// Memtables taken out by a flush, by partition start.
+type Frozen = Arc<Vec<(i64, Columns)>>;
+
+#[derive(Debug, Default)]
+struct State {
+    /// Open memtables by partition start.
+    active: BTreeMap<i64, Columns>,
+    active_bytes: usize,
+    oldest_unflushed: Option<Instant>,
+    /// Memtables being written out; still served to reads until their segments are in.
+    frozen: Vec<Frozen>,
+    /// `flushed_lsn` of the stored manifest.
+    flushed_lsn: Lsn,
+    segments: Vec<Arc<Segment>>,
+    applied_lsn: Lsn,
+    keys: KeyIndex,
+    /// Cubes over the flushed rows: the merge, in flush order, of the rollups of
+    /// every flush (exactly what start-up rebuilds from the rollup files).
+    /// Replaced, not changed, by a flush: the merge is done outside the lock.
+    rollups: Arc<Rollups>,
+    /// (granularity, UTC day) whose buckets changed since their tier file was written.
+    dirty_tiers: std::collections::BTreeSet<(Granularity, Micros)>,
+    /// Cubes over the rows of the memtables being flushed.
+    frozen_rollups: Vec<Arc<Rollups>>,
+    /// Cubes over the rows of the open memtables, updated as batches are applied.
+    active_rollups: Rollups,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fs: Arc<dyn Fs>,
+    config: EngineConfig,
+    /// A fair lock (parking_lot): a query waiting for it is not overtaken by
+    /// the apply thread taking it again and again for chunk after chunk.
+    state: RwLock<State>,
+    /// The manifest as last stored; holding this lock serialises flushes.
+    manifest: Mutex<Manifest>,
+    /// Held by an apply from start to end and by a flush while it takes the
+    /// memtables, so a flush never splits a batch that is applied in chunks.
+    apply_gate: Mutex<()>,
+    /// Set once after a failure that must not be retried; writes are refused from then on.
+    poisoned: Mutex<Option<String>>,
+    flusher: (Mutex<FlusherSignal>, Condvar),
+    /// Least recently used first, with each entry's size.
+    decoded: Mutex<Vec<(SegmentId, Arc<Columns>, usize)>>,
+    retention: RwLock<Retention>,
+    /// Serialises compaction, archiving and purging against each other.
+    maintenance: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct FlusherSignal {
+    wake: bool,
+    stop: bool,
+}
+
+/// A single node's storage: open it, ingest batches, read events back.
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    wal: Arc<Wal>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read()
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write()
+    }
+
+    fn dir(&self, sub: &str) -> PathBuf {
+        self.config.data_dir.join(sub)
+    }
+
+    fn poison(&self, reason: String) {
+        tracing::error!(%reason, "engine stops accepting writes");
+        lock(&self.poisoned).get_or_insert(reason);
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match lock(&self.poisoned).as_ref() {
+            Some(reason) => Err(EngineError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn archive_store(&self) -> Result<Arc<dyn ArchiveStore>> {
+        self.config.archive.clone().ok_or_else(|| {
+            EngineError::Unavailable("segments are archived but no archive is configured".into())
+        })
+    }
+
+    fn cutoffs(&self) -> Cutoffs {
+        self.retention.read().cutoffs(Micros::now())
+    }
+
+    fn next_segment_id(manifest: &mut Manifest) -> Result<SegmentId> {
+        let id = manifest
+            .last_segment_id
+            .checked_next()
+            .ok_or_else(|| EngineError::Unavailable("segment ids exhausted".into()))?;
+        manifest.last_segment_id = id;
+        Ok(id)
+    }
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+fn window_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,207 @@
+//! Opening a store, and recovery after a crash: the manifest is loaded (or a
+//! new store given an empty one), orphans of an interrupted flush removed,
+//! segments mapped and checked, rollups and idempotency keys loaded, and the
+//! log replayed past `flushed_lsn`, before the flusher thread starts.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use parking_lot::RwLock;
+
+use toplog_wal::{Fs, Wal, WalOptions};
+
+use super::write::{dirty_days, flusher_loop};
+use super::{
+    Engine, EngineConfig, FlusherSignal, Inner, KEY_DIR, ROLLUP_DIR, Retention, SEGMENT_DIR,
+    Segment, State, Stored, WAL_DIR,
+};
+use crate::error::{EngineError, Result, io_err};
+use crate::idempotency;
+use crate::keys::KeyId;
+use crate::manifest::{self, Manifest};
+use crate::rollup::Rollups;
+use crate::segment;
+
+impl Engine {
+    /// Opens the store in `config.data_dir` (creating it if new) on the real disk.
+    pub fn open(config: EngineConfig) -> Result<Self> {
+        Self::open_with(Arc::new(toplog_wal::RealFs), config)
+    }
+
+    /// Opens the store through `fs`: loads the manifest, removes orphans of an
+    /// interrupted flush, loads idempotency keys and replays the log past the
+    /// manifest's `flushed_lsn`.
+    pub fn open_with(fs: Arc<dyn Fs>, config: EngineConfig) -> Result<Self> {
+        let root = config.data_dir.clone();
+        for sub in [WAL_DIR, SEGMENT_DIR, KEY_DIR, ROLLUP_DIR] {
+            let dir = root.join(sub);
+            fs.create_dir_all(&dir)
+                .map_err(io_err("create directory", &dir))?;
+        }
+        fs.sync_dir(&root)
+            .map_err(io_err("fsync directory", &root))?;
+        let manifest = match Manifest::load(&fs, &root)? {
+            Some(m) => m,
+            None => {
+                // A store without a manifest must be empty: otherwise the manifest was lost
+                // and "removing orphans" would delete the data it listed.
+                for sub in [SEGMENT_DIR, KEY_DIR, ROLLUP_DIR] {
+                    let dir = root.join(sub);
+                    if !fs.list(&dir).map_err(io_err("list", &dir))?.is_empty() {
+                        return Err(EngineError::Corrupt {
+                            path: root.join(manifest::FILE),
+                            reason: format!(
+                                "missing, but {} holds files; restore the manifest or move the data away",
+                                dir.display()
+                            ),
+                        });
+                    }
+                }
+                // A new store gets its (empty) manifest at once, so that later a missing
+                // manifest always means a lost one, never a first flush cut short.
+                let fresh = Manifest::default();
+                fresh.store(&fs, &root)?;
+                fresh
+            }
+        };
+
+        let seg_dir = root.join(SEGMENT_DIR);
+        let names: Vec<&str> = manifest
+            .segments
+            .iter()
+            .filter(|s| s.archived.is_none())
+            .map(|s| s.file.as_str())
+            .collect();
+        for path in manifest::remove_orphans(&fs, &seg_dir, &names)? {
+            tracing::info!(path = %path.display(), "removed segment left by an interrupted flush");
+        }
+        let key_dir = root.join(KEY_DIR);
+        let names: Vec<&str> = manifest.key_files.iter().map(|k| k.file.as_str()).collect();
+        manifest::remove_orphans(&fs, &key_dir, &names)?;
+        let rollup_dir = root.join(ROLLUP_DIR);
+        let names: Vec<&str> = (manifest.rollup_files.iter().map(String::as_str))
+            .chain(manifest.rollup_tiers.iter().map(|t| t.file.as_str()))
+            .collect();
+        manifest::remove_orphans(&fs, &rollup_dir, &names)?;
+
+        let budget = config.rollup_key_budget;
+        let mut state = State {
+            applied_lsn: manifest.flushed_lsn,
+            flushed_lsn: manifest.flushed_lsn,
+            rollups: Arc::new(Rollups::new(budget)),
+            active_rollups: Rollups::new(budget),
+            ..State::default()
+        };
+        for entry in &manifest.segments {
+            let path = seg_dir.join(&entry.file);
+            if let Some(key) = &entry.archived {
+                state.segments.push(Arc::new(Segment {
+                    id: entry.id,
+                    path,
+                    meta: entry.meta,
+                    stored: Stored::Archived {
+                        key: key.clone(),
+                        bytes: entry.bytes,
+                    },
+                }));
+                continue;
+            }
+            let bytes = fs.map(&path).map_err(io_err("map", &path))?;
+            let corrupt = |reason: String| EngineError::Corrupt {
+                path: path.clone(),
+                reason,
+            };
+            let meta = segment::read_meta(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            if meta != entry.meta || bytes.len() as u64 != entry.bytes {
+                return Err(corrupt("footer or size disagrees with the manifest".into()));
+            }
+            state.segments.push(Arc::new(Segment {
+                id: entry.id,
+                path,
+                meta,
+                stored: Stored::Local(bytes),
+            }));
+        }
+        // Rollups of flushed rows come from their files; replay adds the rest.
+        // Tier files first (they hold disjoint buckets), then later flushes in order:
+        // the same merges, in the same order, as the running node made.
+        let tier_files = manifest.rollup_tiers.iter().map(|t| (&t.file, false));
+        let flush_files = manifest.rollup_files.iter().map(|f| (f, true));
+        for (file, from_flush) in tier_files.chain(flush_files) {
+            let path = rollup_dir.join(file);
+            let buf = fs.read(&path).map_err(io_err("read", &path))?;
+            let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
+                path: path.clone(),
+                reason: e.0,
+            })?;
+            if from_flush {
+                state.dirty_tiers.extend(dirty_days(&cells));
+            }
+            Arc::make_mut(&mut state.rollups).merge(&cells);
+        }
+        // Every listed key is loaded, however old: replay judges a key's age against the
+        // replayed batch's own receive time, so the outcome cannot depend on when we restart.
+        for kf in &manifest.key_files {
+            let path = key_dir.join(&kf.file);
+            let buf = fs.read(&path).map_err(io_err("read", &path))?;
+            let keys = idempotency::decode(&buf).map_err(|e| EngineError::Corrupt {
+                path: path.clone(),
+                reason: e.0,
+            })?;
+            for (k, rec) in keys {
+                state.keys.load(k, rec);
+            }
+        }
+
+        let flushed = manifest.flushed_lsn;
+        let inner = Arc::new(Inner {
+            fs: fs.clone(),
+            config,
+            state: RwLock::new(state),
+            manifest: Mutex::new(manifest),
+            apply_gate: Mutex::new(()),
+            poisoned: Mutex::new(None),
+            flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
+            decoded: Mutex::new(Vec::new()),
+            retention: RwLock::new(Retention::default()),
+            maintenance: Mutex::new(()),
+        });
+        let applier = inner.clone();
+        let on_durable: toplog_wal::OnDurable = Box::new(move |lsn, payload, attachment| {
+            let ids = attachment
+                .and_then(|a| a.downcast::<Vec<[KeyId; 5]>>().ok())
+                .map(|ids| *ids);
+            if let Err(reason) = applier.apply(lsn, payload, ids) {
+                applier.poison(reason);
+            }
+        });
+        let wal_opts = WalOptions {
+            fsync: inner.config.fsync,
+            segment_bytes: inner.config.wal_segment_bytes,
+        };
+        let (wal, replay) = Wal::open(fs, &root.join(WAL_DIR), wal_opts, flushed, on_durable)?;
+        let replayed = replay.len();
+        for entry in replay {
+            inner
+                .apply(entry.lsn, &entry.payload, None)
+                .map_err(|reason| EngineError::Corrupt {
+                    path: root.join(WAL_DIR),
+                    reason,
+                })?;
+        }
+        tracing::info!(replayed, flushed_lsn = %flushed, "engine recovered");
+
+        let wal = Arc::new(wal);
+        let handle = {
+            let (inner, wal) = (inner.clone(), wal.clone());
+            std::thread::Builder::new()
+                .name("toplog-flush".into())
+                .spawn(move || flusher_loop(&inner, &wal))
+                .map_err(io_err("spawn flusher thread", &root))?
+        };
+        Ok(Self {
+            inner,
+            wal,
+            flusher: Mutex::new(Some(handle)),
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! Reads: every read sees one consistent view (segments, memtables being
+//! flushed, open memtables, and their rollups) taken under a short read lock,
+//! then scans segments through the decoded-segment cache outside it. Data past
+//! retention is hidden from every read.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use toplog_types::{Event, Lsn, Micros};
+
+use super::{Engine, Frozen, Inner, Segment, State};
+use crate::columns::Columns;
+use crate::error::Result;
+use crate::rollup::{Cube, Dimension, Granularity};
+use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
+
+/// A summary of what is stored, for `/readyz` and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageStats {
+    pub segments: usize,
+    pub segment_rows: u64,
+    pub segment_bytes: u64,
+    pub memtable_rows: usize,
+    pub memtable_bytes: usize,
+    pub applied_lsn: Lsn,
+    pub flushed_lsn: Lsn,
+    pub idempotency_keys: usize,
+}
+
+impl Engine {
+    /// Events in `range` matching `filters`, in (timestamp, request id) order, one page at a time.
+    pub fn scan(
+        &self,
+        range: TimeRange,
+        filters: &Filters,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page> {
+        let range = self.inner.cutoffs().retained(&range);
+        let want = limit
+            .saturating_add(after.map_or(0, |c| c.skip as usize))
+            .saturating_add(1);
+        let (mut segments, frozen, mut candidates) = self.snapshot(&range, |cols| {
+            scan::collect(cols, false, &range, filters, after, want)
+        });
+        for (_, cols) in self.frozen_in(&frozen, &range) {
+            candidates.extend(scan::collect(cols, false, &range, filters, after, want));
+        }
+        scan::keep_first(&mut candidates, want);
+        // Visit segments by start time, and stop at the first that starts after the
+        // `want`-th candidate: it, and every later one, can only add rows past the page.
+        segments.sort_by_key(|s| s.meta.min_ts);
+        for seg in segments {
+            if after.is_some_and(|c| seg.meta.max_ts < c.ts) {
+                continue;
+            }
+            if candidates.len() >= want
+                && candidates
+                    .last()
+                    .is_some_and(|e| seg.meta.min_ts > e.timestamp)
+            {
+                break;
+            }
+            let cols = self.inner.decoded(&seg, Some(&range), true)?;
+            candidates.extend(scan::collect(&cols, true, &range, filters, after, want));
+            scan::keep_first(&mut candidates, want);
+        }
+        Ok(scan::page(candidates, after, limit))
+    }
+
+    /// The exact number of stored events in `range` matching `filters`.
+    pub fn count(&self, range: TimeRange, filters: &Filters) -> Result<u64> {
+        let range = self.inner.cutoffs().retained(&range);
+        let (segments, frozen, active) = self.snapshot(&range, |cols| {
+            vec![scan::count(cols, false, &range, filters)]
+        });
+        let mut total: u64 = active.iter().sum();
+        for (_, cols) in self.frozen_in(&frozen, &range) {
+            total += scan::count(cols, false, &range, filters);
+        }
+        for seg in segments {
+            if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
+                total += seg.meta.rows;
+            } else {
+                let cols = self
+                    .inner
+                    .decoded(&seg, Some(&range), filters.request_id.is_some())?;
+                total += scan::count(&cols, true, &range, filters);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Under one read lock (so a concurrent flush is seen entirely or not at all):
+    /// the segments overlapping `range`, the memtables being flushed, and what
+    /// `on_active` makes of each open memtable.
+    fn snapshot<T>(
+        &self,
+        range: &TimeRange,
+        on_active: impl Fn(&Columns) -> Vec<T>,
+    ) -> (Vec<Arc<Segment>>, Vec<Frozen>, Vec<T>) {
+        let st = self.inner.read();
+        let segs = st
+            .segments
+            .iter()
+            .filter(|s| range.overlaps(s.meta.min_ts, s.meta.max_ts))
+            .cloned()
+            .collect();
+        let active = st
+            .active
+            .iter()
+            .filter(|(start, _)| self.inner.partition_overlaps(**start, range))
+            .flat_map(|(_, cols)| on_active(cols))
+            .collect();
+        (segs, st.frozen.clone(), active)
+    }
+
+    /// The memtables among `frozen` whose partition overlaps `range`.
+    fn frozen_in<'a>(
+        &'a self,
+        frozen: &'a [Frozen],
+        range: &'a TimeRange,
+    ) -> impl Iterator<Item = &'a (i64, Columns)> + 'a {
+        frozen
+            .iter()
+            .flat_map(|f| f.iter())
+            .filter(move |(start, _)| self.inner.partition_overlaps(*start, range))
+    }
+
+    /// Calls `f` with the cube of `dim` of every bucket of `g` that starts in
+    /// `[from, to)`. A bucket may come as several cubes (flushed rows, rows being
+    /// flushed, open memtables): their cells add up.
+    pub fn visit_rollups(
+        &self,
+        g: Granularity,
+        from: Micros,
+        to: Micros,
+        dim: Dimension,
+        f: impl FnMut(&Cube),
+    ) {
+        self.with_rollups(&[(g, from, to)], dim, |cubes| {
+            cubes.iter().copied().for_each(f)
+        })
+    }
+
+    /// Calls `f` once, under one read lock, with every cube [`Engine::visit_rollups`]
+    /// would visit for each `(granularity, from, to)` of `pieces`, so they can be
+    /// read side by side.
+    pub fn with_rollups<R>(
+        &self,
+        pieces: &[(Granularity, Micros, Micros)],
+        dim: Dimension,
+        f: impl FnOnce(&[&Cube]) -> R,
+    ) -> R {
+        let st = self.inner.read();
+        let mut cubes = Vec::new();
+        self.inner
+            .visit_pieces(&st, pieces, dim, |_, c| cubes.push(c));
+        f(&cubes)
+    }
+
+    /// [`Engine::with_rollups`] a cube at a time, with the index in `pieces`
+    /// of the piece it belongs to: one lock and one look at the retention for
+    /// many pieces (a time series reads a few per interval).
+    pub fn each_rollup(
+        &self,
+        pieces: &[(Granularity, Micros, Micros)],
+        dim: Dimension,
+        f: impl FnMut(usize, &Cube),
+    ) {
+        let st = self.inner.read();
+        self.inner.visit_pieces(&st, pieces, dim, f);
+    }
+
+    /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the
+    /// cubes would; the cells have latency sketches only if `sketches`.
+    pub fn aggregate_raw(
+        &self,
+        range: TimeRange,
+        filters: &Filters,
+        dim: Dimension,
+        sketches: bool,
+    ) -> Result<RawCells> {
+        let range = self.inner.cutoffs().retained(&range);
+        let (segments, frozen, active) = self.snapshot(&range, |cols| {
+            let mut out = RawCells::default();
+            scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
+            vec![out]
+        });
+        let mut out = RawCells::default();
+        for (_, cols) in self.frozen_in(&frozen, &range) {
+            scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
+        }
+        for seg in segments {
+            scan::aggregate(
+                &*self
+                    .inner
+                    .decoded(&seg, Some(&range), filters.request_id.is_some())?,
+                true,
+                &range,
+                filters,
+                dim,
+                sketches,
+                &mut out,
+            );
+        }
+        for part in active {
+            for (k, cell) in part {
+                match out.get_mut(&k) {
+                    Some(c) => c.merge(&cell),
+                    None => {
+                        out.insert(k, cell);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `k` slowest requests in `range` matching `filters` (fastest with `asc`),
+    /// ties broken by request id.
+    pub fn slowest(
+        &self,
+        range: TimeRange,
+        filters: &Filters,
+        k: usize,
+        asc: bool,
+    ) -> Result<Vec<Event>> {
+        let range = self.inner.cutoffs().retained(&range);
+        let (segments, frozen, mut out) = self.snapshot(&range, |cols| {
+            scan::by_latency(cols, &range, filters, k, asc)
+        });
+        for (_, cols) in self.frozen_in(&frozen, &range) {
+            out.extend(scan::by_latency(cols, &range, filters, k, asc));
+        }
+        for seg in segments {
+            out.extend(scan::by_latency(
+                &*self.inner.decoded(&seg, Some(&range), true)?,
+                &range,
+                filters,
+                k,
+                asc,
+            ));
+        }
+        out.sort_by(scan::latency_order(asc));
+        out.truncate(k);
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> StorageStats {
+        let st = self.inner.read();
+        StorageStats {
+            segments: st.segments.len(),
+            segment_rows: st.segments.iter().map(|s| s.meta.rows).sum(),
+            segment_bytes: st.segments.iter().map(|s| s.info().bytes).sum(),
+            memtable_rows: st.active.values().map(Columns::len).sum(),
+            memtable_bytes: st.active_bytes,
+            applied_lsn: st.applied_lsn,
+            flushed_lsn: st.flushed_lsn,
+            idempotency_keys: st.keys.len(),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+}
+
+impl Inner {
+    /// Whether the partition starting at `start` may hold rows in `range`:
+    /// a read skips memtables of other partitions without scanning them.
+    fn partition_overlaps(&self, start: i64, range: &TimeRange) -> bool {
+        let last = start.saturating_add(self.config.partition_us() - 1);
+        range.overlaps(Micros::new(start), Micros::new(last))
+    }
+
+    /// Calls `f` with every cube of `dim` in `pieces` (and the piece's
+    /// index): flushed, being flushed, then open. Buckets past their retention
+    /// are not read, purged or not.
+    fn visit_pieces<'s>(
+        &self,
+        st: &'s State,
+        pieces: &[(Granularity, Micros, Micros)],
+        dim: Dimension,
+        mut f: impl FnMut(usize, &'s Cube),
+    ) {
+        let cutoffs = self.cutoffs();
+        for (i, &(g, from, to)) in pieces.iter().enumerate() {
+            let from = from.max(cutoffs.rollup(g));
+            st.rollups.visit(g, from, to, dim, |c| f(i, c));
+            for r in &st.frozen_rollups {
+                r.visit(g, from, to, dim, |c| f(i, c));
+            }
+            st.active_rollups.visit(g, from, to, dim, |c| f(i, c));
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The write path: a batch is appended to the WAL, applied to the memtables on
+//! the log's writer thread in log order, and later flushed (by the flusher
+//! thread, [`Engine::flush`] or [`Engine::close`]) into segments, rollup and
+//! idempotency-key files under a new manifest, after which the log is truncated.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLockWriteGuard;
+
+use toplog_types::{Lsn, Micros};
+use toplog_wal::Wal;
+
+use super::{
+    DAY_US, Engine, Frozen, Inner, KEY_DIR, ROLLUP_DIR, SEGMENT_DIR, Segment, Stored, lock,
+    window_us,
+};
+use crate::batch::{Batch, KeyedEvents, Logged};
+use crate::columns::Columns;
+use crate::error::{EngineError, Result, io_err};
+use crate::idempotency::{self, KeyRecord};
+use crate::keys::KeyId;
+use crate::manifest::{self, KeyFileEntry, Manifest, SegmentEntry};
+use crate::rollup::{self, Dimension, Granularity, Rollups};
+use crate::segment;
+
+/// Events applied per hold of the write lock.
+const APPLY_CHUNK: usize = 256;
+
+/// What the engine did with an ingested batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestReceipt {
+    pub accepted: u32,
+    pub lsn: Lsn,
+    /// True when the idempotency key was already known and nothing new was applied.
+    pub replayed: bool,
+}
+
+impl Engine {
+    /// Appends a batch durably and applies it. Returns once the batch is durable
+    /// under the fsync policy and visible to reads. A batch whose idempotency key
+    /// is known is acknowledged again without being applied. `events` is a
+    /// `Vec<Event>` or, to look their keys up on the caller's thread rather
+    /// than the log writer's, [`KeyedEvents`].
+    pub async fn ingest(
+        &self,
+        events: impl Into<KeyedEvents>,
+        idempotency_key: Option<String>,
+    ) -> Result<IngestReceipt> {
+        let KeyedEvents { events, ids } = events.into();
+        self.inner.check_writable()?;
+        self.wal.health()?;
+        if let Some(rec) = idempotency_key.as_deref().and_then(|k| {
+            let window = window_us(self.inner.config.idempotency_window);
+            self.inner.read().keys.get_within(k, Micros::now(), window)
+        }) {
+            return Ok(IngestReceipt {
+                accepted: rec.accepted,
+                lsn: rec.lsn,
+                replayed: true,
+            });
+        }
+        let accepted = events.len() as u32;
+        let batch = Batch {
+            received_at: Micros::now(),
+            idempotency_key,
+            events,
+        };
+        let lsn = self
+            .wal
+            .append_attached(batch.encode(), Box::new(ids))
+            .await
+            .map_err(|_| EngineError::Unavailable("the log writer has stopped".into()))??;
+        // Two concurrent batches with one key both reach the log; apply kept the first.
+        let first = batch
+            .idempotency_key
+            .as_deref()
+            .and_then(|k| self.inner.read().keys.get(k));
+        Ok(match first {
+            Some(rec) if rec.lsn != lsn => IngestReceipt {
+                accepted: rec.accepted,
+                lsn: rec.lsn,
+                replayed: true,
+            },
+            _ => IngestReceipt {
+                accepted,
+                lsn,
+                replayed: false,
+            },
+        })
+    }
+
+    /// Why the engine refuses writes, if it does.
+    pub fn health(&self) -> Result<()> {
+        self.inner.check_writable()?;
+        self.wal.health()?;
+        Ok(())
+    }
+
+    /// Flushes all memtables to segments now.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush(&self.wal)
+    }
+
+    /// Stops the flusher, flushes what is in memory, and closes the log.
+    /// Nothing acknowledged is lost even if the flush fails: the log keeps it.
+    pub fn close(&self) -> Result<()> {
+        {
+            lock(&self.inner.flusher.0).stop = true;
+            self.inner.flusher.1.notify_all();
+        }
+        if let Some(h) = lock(&self.flusher).take()
+            && h.join().is_err()
+        {
+            tracing::error!("flusher thread panicked");
+        }
+        let flushed = if self.inner.check_writable().is_ok() && self.wal.health().is_ok() {
+            self.flush()
+        } else {
+            Ok(())
+        };
+        self.wal.close()?;
+        flushed
+    }
+}
+
+impl Drop for Engine {
+    /// An engine dropped without `close` (a test, a failed start) still stops its flusher;
+    /// the log keeps everything acknowledged.
+    fn drop(&mut self) {
+        lock(&self.inner.flusher.0).stop = true;
+        self.inner.flusher.1.notify_all();
+    }
+}
+
+impl Inner {
+    /// Applies log entry `lsn`. Deterministic: the same entries in the same order give the same state.
+    /// The events go in by chunks, each under the write lock, so readers never
+    /// wait for a whole large batch; they may see part of a batch not yet acknowledged.
+    /// `ids` are its rows' [`rollup::key_ids`] if the appender looked them up
+    /// (see [`KeyedEvents`]); a replayed entry has none, and they are looked up here.
+    pub(super) fn apply(
+        &self,
+        lsn: Lsn,
+        payload: &[u8],
+        ids: Option<Vec<[KeyId; 5]>>,
+    ) -> Result<(), String> {
+        let batch = Logged::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
+        let ids = ids.filter(|ids| ids.len() == batch.rows.len());
+        let plen = self.config.partition_us();
+        let _gate = lock(&self.apply_gate);
+        let window = window_us(self.config.idempotency_window);
+        let duplicate = batch.idempotency_key.is_some_and(|k| {
+            self.read()
+                .keys
+                .get_within(k, batch.received_at, window)
+                .is_some()
+        });
+        if !duplicate {
+            for (c, chunk) in batch.rows.chunks(APPLY_CHUNK).enumerate() {
+                let mut st = self.write();
+                let mut added = 0;
+                for (i, row) in (c * APPLY_CHUNK..).zip(chunk) {
+                    let part = Micros::new(row.ts).floor_to(plen).get();
+                    let ids = match &ids {
+                        Some(ids) => ids[i],
+                        None => rollup::key_ids(row),
+                    };
+                    let key = |d: Dimension| ids[d.index()];
+                    let dict_keys = [
+                        key(Dimension::UserId),
+                        key(Dimension::Endpoint),
+                        key(Dimension::Method),
+                    ];
+                    let memtable = st.active.entry(part).or_default();
+                    added += memtable.push_row_keyed(*row, dict_keys);
+                    st.active_rollups.add_keyed(row, &ids);
+                }
+                st.active_bytes += added;
+                if st.oldest_unflushed.is_none() {
+                    st.oldest_unflushed = Some(Instant::now());
+                }
+                // Hand the lock to any query waiting for it, instead of taking
+                // it straight back for the next chunk.
+                RwLockWriteGuard::unlock_fair(st);
+            }
+        }
+        let mut st = self.write();
+        if !duplicate && let Some(key) = batch.idempotency_key {
+            let rec = KeyRecord {
+                lsn,
+                accepted: batch.rows.len() as u32,
+                received_at: batch.received_at,
+            };
+            st.keys.insert(key.to_owned(), rec);
+        }
+        st.applied_lsn = lsn;
+        let full = st.active_bytes >= self.config.memtable_max_bytes;
+        drop(st);
+        if full {
+            self.wake_flusher();
+        }
+        Ok(())
+    }
+
+    fn wake_flusher(&self) {
+        lock(&self.flusher.0).wake = true;
+        self.flusher.1.notify_one();
+    }
+
+    fn flush_due(&self) -> bool {
+        let st = self.read();
+        st.active_bytes >= self.config.memtable_max_bytes
+            || st
+                .oldest_unflushed
+                .is_some_and(|t| t.elapsed() >= self.config.memtable_max_age)
+    }
+
+    /// Writes every memtable to a segment, stores the manifest, truncates the log.
+    fn flush(&self, wal: &Wal) -> Result<()> {
+        let mut manifest = lock(&self.manifest);
+        // Checked under the manifest lock: a flush that failed before this one left its
+        // rows frozen and out of any segment, so no later flush may move `flushed_lsn`.
+        self.check_writable()?;
+        let (frozen, cells, upto, new_keys) = {
+            let _gate = lock(&self.apply_gate);
+            let mut st = self.write();
+            if st.active.is_empty() && st.applied_lsn == manifest.flushed_lsn {
+                return Ok(());
+            }
+            let parts: Frozen = Arc::new(std::mem::take(&mut st.active).into_iter().collect());
+            let fresh = Rollups::new(self.config.rollup_key_budget);
+            let cells = Arc::new(std::mem::replace(&mut st.active_rollups, fresh));
+            st.active_bytes = 0;
+            st.oldest_unflushed = None;
+            st.frozen.push(parts.clone());
+            st.frozen_rollups.push(cells.clone());
+            (parts, cells, st.applied_lsn, st.keys.take_unflushed())
+        };
+        let result = self.write_flush(&mut manifest, &frozen, &cells, upto, &new_keys);
+        let new_segments = match result {
+            Ok(segs) => segs,
+            Err(e) => {
+                self.poison(format!("flush failed: {e}"));
+                return Err(e);
+            }
+        };
+        // The same merge, in the same order, as start-up's over the rollup files,
+        // into a copy that shares every bucket the flush does not touch, so
+        // ingest and queries do not wait for it. Only flushes (serialised by the
+        // manifest lock) replace `rollups`.
+        let mut merged = Rollups::clone(&self.read().rollups);
+        merged.merge(&cells);
+        {
+            let mut st = self.write();
+            st.dirty_tiers.extend(dirty_days(&cells));
+            // One lock for all, so a reader sees these rows in the segments or the
+            // frozen memtables, never both or neither, and their cells once.
+            st.segments.extend(new_segments);
+            st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+            st.frozen_rollups.retain(|r| !Arc::ptr_eq(r, &cells));
+            st.rollups = Arc::new(merged);
+            st.flushed_lsn = upto;
+            let cutoff =
+                Micros::now().saturating_sub_micros(window_us(self.config.idempotency_window));
+            st.keys.expire(cutoff);
+        }
+        drop(manifest);
+        wal.truncate_prefix(upto)?;
+        Ok(())
+    }
+
+    fn write_flush(
+        &self,
+        manifest: &mut Manifest,
+        parts: &[(i64, Columns)],
+        cells: &Rollups,
+        upto: Lsn,
+        new_keys: &[(String, KeyRecord)],
+    ) -> Result<Vec<Arc<Segment>>> {
+        let plen = self.config.partition_us();
+        let seg_dir = self.dir(SEGMENT_DIR);
+        let key_dir = self.dir(KEY_DIR);
+        let mut next = manifest.clone();
+        let mut created = Vec::new();
+        for (start, cols) in parts {
+            if cols.len() == 0 {
+                continue;
+            }
+            let id = Self::next_segment_id(&mut next)?;
+            let image = segment::encode(cols, Micros::new(*start), plen);
+            let file = manifest::segment_file_name(id);
+            let path = seg_dir.join(&file);
+            manifest::write_durable(&self.fs, &path, &image)?;
+            let meta = segment::read_meta(&image).map_err(|e| EngineError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            next.segments.push(SegmentEntry {
+                id,
+                file,
+                bytes: image.len() as u64,
+                meta,
+                archived: None,
+            });
+            created.push((id, path, meta));
+        }
+        // The cells of exactly the rows this flush writes, built as they were applied:
+        // with the files of earlier flushes and the log past `flushed_lsn`, they
+        // rebuild every rollup.
+        let rollup_dir = self.dir(ROLLUP_DIR);
+        if !cells.is_empty() {
+            let file = format!("{:020}.cube", upto.get());
+            let path = rollup_dir.join(&file);
+            let image = cells
+                .to_file(rollup::FLUSH_FILE_LEVEL)
+                .map_err(io_err("encoding rollups for", &path))?;
+            manifest::write_durable(&self.fs, &path, &image)?;
+            next.rollup_files.push(file);
+        }
+        if !new_keys.is_empty() {
+            let file = format!("{:020}.keys", upto.get());
+            let path = key_dir.join(&file);
+            manifest::write_durable(&self.fs, &path, &idempotency::encode(new_keys))?;
+            let newest = new_keys
+                .iter()
+                .map(|(_, r)| r.received_at)
+                .max()
+                .unwrap_or_default();
+            next.key_files.push(KeyFileEntry { file, newest });
+        }
+        let cutoff = Micros::now().saturating_sub_micros(window_us(self.config.idempotency_window));
+        let (expired, kept): (Vec<_>, Vec<_>) =
+            next.key_files.drain(..).partition(|k| k.newest < cutoff);
+        next.key_files = kept;
+        self.fs
+            .sync_dir(&seg_dir)
+            .map_err(io_err("fsync directory", &seg_dir))?;
+        self.fs
+            .sync_dir(&rollup_dir)
+            .map_err(io_err("fsync directory", &rollup_dir))?;
+        self.fs
+            .sync_dir(&key_dir)
+            .map_err(io_err("fsync directory", &key_dir))?;
+        next.flushed_lsn = upto;
+        next.store(&self.fs, &self.config.data_dir)?;
+        *manifest = next;
+        for k in expired {
+            let path = key_dir.join(&k.file);
+            // The manifest no longer lists it; a failure here only leaves an orphan removed at start-up.
+            if let Err(e) = self.fs.remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove expired key file");
+            }
+        }
+        created
+            .into_iter()
+            .map(|(id, path, meta)| {
+                let bytes = self.fs.map(&path).map_err(io_err("map", &path))?;
+                Ok(Arc::new(Segment {
+                    id,
+                    path,
+                    meta,
+                    stored: Stored::Local(bytes),
+                }))
+            })
+            .collect()
+    }
+}
+
+/// The (granularity, UTC day) of every bucket in `cells`.
+pub(super) fn dirty_days(cells: &Rollups) -> Vec<(Granularity, Micros)> {
+    let mut out: Vec<_> = cells
+        .bucket_starts()
+        .map(|(g, start)| (g, start.floor_to(DAY_US)))
+        .collect();
+    out.dedup();
+    out
+}
+
+pub(super) fn flusher_loop(inner: &Inner, wal: &Wal) {
+    loop {
+        {
+            let (m, cv) = &inner.flusher;
+            let mut sig = lock(m);
+            if !sig.stop && !sig.wake {
+                sig = cv
+                    .wait_timeout(sig, Duration::from_millis(250))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            if sig.stop {
+                return;
+            }
+            sig.wake = false;
+        }
+        if inner.check_writable().is_ok()
+            && inner.flush_due()
+            && let Err(e) = inner.flush(wal)
+        {
+            tracing::error!(error = %e, "flush failed");
+        }
+    }
+}

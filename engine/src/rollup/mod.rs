@@ -1,0 +1,18 @@
+//! Rollup cubes: per time bucket (1 minute, 1 hour, 1 day) and per value of a
+//! dimension, the count, counts by status class, and latency sum/min/max with
+//! a mergeable sketch. Cells are additive, so any set of buckets merges into
+//! the same answer the raw rows would give.
+
+mod buckets;
+mod cell;
+mod cube;
+mod dimension;
+mod file;
+mod packed;
+
+pub use buckets::Rollups;
+pub use cell::Cell;
+pub use cube::{Cube, HEAVIEST_LISTED, Overflow, most_first};
+pub(crate) use dimension::key_ids;
+pub use dimension::{Dimension, Granularity, Key};
+pub(crate) use file::{FLUSH_FILE_LEVEL, TIER_FILE_LEVEL};
