@@ -24,6 +24,12 @@ if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+# The API fuzz test runs Schemathesis (its CLI is `st`), pinned to 4.32.
+if ! st --version 2>/dev/null | grep -q ' 4\.32\.'; then
+  echo "== installing schemathesis 4.32"
+  python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.*'
+fi
+
 # The archive tests run a real S3-compatible server (moto) and read the
 # archived Parquet files with DuckDB, downloading them with boto3.
 if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import duckdb, boto3" >/dev/null 2>&1; then

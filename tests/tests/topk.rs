@@ -229,6 +229,7 @@ fn every_bad_top_k_parameter_is_named() {
         ("k=5&metric=popularity", "metric", 400),
         ("k=5&metric=frequency&by=country", "by", 400),
         ("k=5&metric=frequency&order=sideways", "order", 400),
+        ("k=5&metric=frequency&by=request", "metric", 422),
         (
             "k=5&metric=frequency&start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z",
             "start",

@@ -191,7 +191,7 @@ impl Rollups {
     pub(crate) fn slice(&self, g: Granularity, from: Micros, to: Micros) -> Rollups {
         let mut out = Rollups::new(self.budget);
         out.levels[g.index()] = self.levels[g.index()]
-            .range(from.get()..to.get())
+            .range(from.get()..to.get().max(from.get()))
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         out
@@ -221,7 +221,9 @@ impl Rollups {
         dim: Dimension,
         mut f: impl FnMut(&'a Cube),
     ) {
-        for (_, bucket) in self.levels[g.index()].range(from.get()..to.get()) {
+        // Empty when `from >= to` (a range wholly past retention): the map's
+        // range lookup would panic on a reversed range.
+        for (_, bucket) in self.levels[g.index()].range(from.get()..to.get().max(from.get())) {
             f(&bucket.cubes[dim.index()]);
         }
     }

@@ -17,7 +17,7 @@ pub(super) fn slowest(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
             | Metric::LatencyP95
             | Metric::LatencyP99
     ) {
-        return Err(QueryError::Invalid(
+        return Err(QueryError::Conflicting(
             "metric",
             "`by=request` ranks single requests by latency: use a latency metric".into(),
         ));
