@@ -221,7 +221,10 @@ pub(crate) fn latency_order(asc: bool) -> impl Fn(&Event, &Event) -> std::cmp::O
     }
 }
 
-/// The `k` slowest (or fastest) rows of `cols` in `range` passing `filters`.
+/// The `k` slowest (or fastest) rows of `cols` in `range` passing `filters`,
+/// in [`latency_order`]: exactly `k` (fewer if fewer match), however many
+/// rows tie with the k-th on latency, so a read holds at most `k` events a
+/// segment whatever the latency resolution.
 pub(crate) fn by_latency(
     cols: &Columns,
     range: &TimeRange,
@@ -243,15 +246,30 @@ pub(crate) fn by_latency(
             u64::MAX - cols.latency_us[i]
         }
     };
-    if rows.len() > k && k > 0 {
-        // Keep every row tied with the k-th so the caller's full ordering decides.
-        rows.select_nth_unstable_by_key(k - 1, |&i| key(i));
-        let cut = key(rows[k - 1]);
-        rows.retain(|&i| key(i) <= cut);
+    // [`latency_order`] on row numbers: whole events are built only for rows
+    // tied on latency and request id.
+    let order = |&a: &usize, &b: &usize| {
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| cols.request_id.get(a).cmp(cols.request_id.get(b)))
+            .then_with(|| page_order(&cols.event(a), &cols.event(b)))
+    };
+    if k == 0 {
+        return Vec::new();
     }
-    let mut events: Vec<Event> = rows.into_iter().map(|i| cols.event(i)).collect();
-    events.sort_by(latency_order(asc));
-    events
+    if rows.len() > k {
+        rows.select_nth_unstable_by(k - 1, order);
+        rows.truncate(k);
+    }
+    rows.sort_unstable_by(order);
+    rows.into_iter().map(|i| cols.event(i)).collect()
+}
+
+/// Merges `more` into `best`, the `k` first in [`latency_order`].
+pub(crate) fn keep_first_by_latency(best: &mut Vec<Event>, more: Vec<Event>, k: usize, asc: bool) {
+    best.extend(more);
+    best.sort_by(latency_order(asc));
+    best.truncate(k);
 }
 
 /// Number of rows of `cols` in `range` passing `filters`.
@@ -403,5 +421,44 @@ mod tests {
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
         assert_eq!(Cursor::decode("x"), None);
         assert_eq!(Cursor::decode("1.2.zz"), None);
+    }
+
+    /// Exactly k rows however many tie with the k-th on latency (every row
+    /// tied once came back, a segment's worth for a coarse latency), and
+    /// they are the first k of the full order.
+    #[test]
+    fn by_latency_keeps_exactly_k_of_heavy_ties() {
+        let mut cols = Columns::default();
+        let events: Vec<Event> = (0..500u64)
+            .map(|i| Event {
+                request_id: format!("r{:03}", (i * 7919) % 500),
+                timestamp: Micros::new(1_000 + i as i64),
+                user_id: String::new(),
+                endpoint: "GET /a".into(),
+                method: "GET".into(),
+                status_code: 200,
+                latency_us: (i % 2) * 1000,
+            })
+            .collect();
+        for e in &events {
+            cols.push(e);
+        }
+        let range = TimeRange {
+            start: Micros::new(0),
+            end: Micros::new(10_000),
+        };
+        for (k, asc) in [
+            (1, true),
+            (10, false),
+            (249, true),
+            (251, false),
+            (600, true),
+        ] {
+            let got = by_latency(&cols, &range, &Filters::default(), k, asc);
+            let mut want = events.clone();
+            want.sort_by(latency_order(asc));
+            want.truncate(k);
+            assert_eq!(got, want, "k = {k}, asc = {asc}");
+        }
     }
 }

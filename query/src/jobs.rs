@@ -52,10 +52,13 @@ fn io(path: &Path, op: &str) -> impl FnOnce(std::io::Error) -> QueryError {
 }
 
 impl JobStore {
-    /// Opens (creating) the store in `dir`; returns it and the jobs to run again.
-    pub fn open(dir: &Path) -> Result<(Self, Vec<Job>)> {
+    /// Opens (creating) the store in `dir`; returns it, the jobs to run
+    /// again, and the files in `dir` that are not jobs (left as they are,
+    /// each with why it was skipped: a stray file never stops a start).
+    pub fn open(dir: &Path) -> Result<(Self, Vec<Job>, Vec<String>)> {
         std::fs::create_dir_all(dir).map_err(io(dir, "create"))?;
         let mut jobs = BTreeMap::new();
+        let mut skipped = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir, "list"))? {
             let path = entry.map_err(io(dir, "list"))?.path();
             if path.extension().is_some_and(|e| e == "tmp") {
@@ -63,11 +66,27 @@ impl JobStore {
                 std::fs::remove_file(&path).map_err(io(&path, "remove"))?;
                 continue;
             }
-            let text = std::fs::read(&path).map_err(io(&path, "read"))?;
-            let job: Job = serde_json::from_slice(&text).map_err(|e| {
-                QueryError::Storage(format!("{} is not a job file: {e}", path.display()))
-            })?;
-            jobs.insert(job.aggregation_id.clone(), job);
+            let job = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_json::from_slice::<Job>(&text).map_err(|e| e.to_string()))
+                .and_then(|job| {
+                    let named =
+                        path.file_name() == Some(format!("{}.json", job.aggregation_id).as_ref());
+                    if named {
+                        Ok(job)
+                    } else {
+                        Err(format!(
+                            "holds job {} under another name",
+                            job.aggregation_id
+                        ))
+                    }
+                });
+            match job {
+                Ok(job) => {
+                    jobs.insert(job.aggregation_id.clone(), job);
+                }
+                Err(why) => skipped.push(format!("{}: not a job file ({why})", path.display())),
+            }
         }
         let unfinished = jobs
             .values()
@@ -80,6 +99,7 @@ impl JobStore {
                 jobs: Mutex::new(jobs),
             },
             unfinished,
+            skipped,
         ))
     }
 
@@ -100,6 +120,40 @@ impl JobStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(job.aggregation_id.clone(), job.clone());
         Ok(())
+    }
+
+    /// Deletes the jobs that finished before `before`, results and all;
+    /// returns how many.
+    pub fn expire(&self, before: Micros) -> Result<usize> {
+        let mut jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old: Vec<String> = jobs
+            .values()
+            .filter(|j| j.finished_at.is_some_and(|t| t < before))
+            .map(|j| j.aggregation_id.clone())
+            .collect();
+        for id in &old {
+            let path = self.dir.join(format!("{id}.json"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path, "remove")(e)),
+            }
+            jobs.remove(id);
+        }
+        Ok(old.len())
+    }
+
+    /// How many jobs wait to run.
+    pub fn pending(&self) -> usize {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|j| j.state == JobState::Pending)
+            .count()
     }
 
     pub fn get(&self, id: &str) -> Option<Job> {
@@ -234,4 +288,53 @@ pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<Aggregat
         t += step;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn job(id: &str, state: JobState, finished_at: Option<i64>) -> Job {
+        Job {
+            aggregation_id: id.into(),
+            state,
+            submitted_at: Micros::new(0),
+            finished_at: finished_at.map(Micros::new),
+            request: serde_json::json!({}),
+            result: None,
+            error: None,
+        }
+    }
+
+    /// A stray file is reported and left alone, never a failed open;
+    /// finished jobs past their time are deleted, unfinished ones never.
+    #[test]
+    fn stray_files_are_skipped_and_finished_jobs_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, skipped) = JobStore::open(dir.path()).unwrap();
+        assert!(skipped.is_empty());
+        store.put(&job("old", JobState::Done, Some(10))).unwrap();
+        store.put(&job("new", JobState::Failed, Some(30))).unwrap();
+        store.put(&job("waiting", JobState::Pending, None)).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+        std::fs::write(
+            dir.path().join("renamed.json"),
+            serde_json::to_vec(&job("other", JobState::Done, Some(1))).unwrap(),
+        )
+        .unwrap();
+        drop(store);
+
+        let (store, unfinished, skipped) = JobStore::open(dir.path()).unwrap();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(dir.path().join("notes.txt").exists(), "a stray file is not deleted");
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(store.pending(), 1);
+        assert_eq!(store.expire(Micros::new(20)).unwrap(), 1);
+        let ids: Vec<String> = store.list().into_iter().map(|j| j.aggregation_id).collect();
+        assert_eq!(ids, ["new", "waiting"]);
+        assert!(!dir.path().join("old.json").exists());
+        assert_eq!(store.expire(Micros::new(i64::MAX)).unwrap(), 1);
+        assert_eq!(store.list().len(), 1, "a pending job never expires");
+    }
 }

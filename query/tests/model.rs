@@ -468,6 +468,72 @@ fn slowest_requests_are_ranked_by_latency_then_id() {
     assert_eq!(got, want);
 }
 
+/// Latencies at a coarse resolution tie by the thousand: `by=request` still
+/// answers exactly k rows, the first k by latency then request id, from
+/// memtables and segments alike (it once kept every row tied with the k-th).
+#[test]
+fn slowest_requests_with_heavy_ties_are_exactly_k_by_latency_then_id() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let engine = Engine::open_with(Arc::new(SimFs::new(7)), config()).unwrap();
+    let events: Vec<Event> = (0..3000)
+        .map(|i| {
+            let mut e = random_event(&mut rng, i);
+            e.latency_us = rng.random_range(0..3) * 1000;
+            e
+        })
+        .collect();
+    for part in events.chunks(1000) {
+        rt.block_on(engine.ingest(part.to_vec(), None)).unwrap();
+        if part.len() == 1000 && part[0].request_id != "r2000" {
+            engine.flush().unwrap();
+        }
+    }
+    let range = TimeRange {
+        start: Micros::new(T0),
+        end: Micros::new(T0 + 3 * DAY),
+    };
+    for (k, order) in [
+        (1, Order::Asc),
+        (7, Order::Desc),
+        (50, Order::Asc),
+        (999, Order::Desc),
+    ] {
+        let q = TopK {
+            k,
+            metric: Metric::LatencyMax,
+            by: Grouping::Request,
+            range,
+            filters: Filters::default(),
+            min_count: 0,
+            order,
+        };
+        let got: Vec<String> = top_k(&engine, &q)
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        let mut want: Vec<&Event> = events
+            .iter()
+            .filter(|e| range.start <= e.timestamp && e.timestamp < range.end)
+            .collect();
+        want.sort_by(|a, b| {
+            let by = if order == Order::Asc {
+                a.latency_us.cmp(&b.latency_us)
+            } else {
+                b.latency_us.cmp(&a.latency_us)
+            };
+            by.then_with(|| a.request_id.cmp(&b.request_id))
+        });
+        let want: Vec<String> = want.iter().take(k).map(|e| e.request_id.clone()).collect();
+        assert_eq!(got.len(), k, "k = {k}");
+        assert_eq!(got, want, "k = {k}, {order:?}");
+    }
+}
+
 #[test]
 fn history_has_a_row_per_day_matching_the_events() {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -190,6 +190,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let interval = config.maintenance_interval;
     let state = Arc::new(AppState {
+        queries: crate::api::QueryGate::new(config.max_concurrent_queries, config.query_timeout),
+        aggregations: Arc::new(tokio::sync::Semaphore::new(config.max_running_aggregations)),
         config,
         engine: OnceLock::new(),
         startup_error: OnceLock::new(),
@@ -209,7 +211,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
                 .and_then(|engine| Ok((engine, toplog_query::JobStore::open(&jobs_dir)?)));
             match opened {
-                Ok((engine, (store, unfinished))) => {
+                Ok((engine, (store, unfinished, skipped))) => {
+                    for why in skipped {
+                        tracing::warn!("aggregation jobs: skipped {why}");
+                    }
                     let (engine, store) = (Arc::new(engine), Arc::new(store));
                     let maintainer = Arc::new(Maintainer::new(
                         engine.clone(),
@@ -225,7 +230,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     let _ = state.engine.set(engine.clone());
                     // Jobs cut short by the last stop run again: they only read.
                     for job in unfinished {
-                        runtime.spawn(crate::api::run_job(engine.clone(), store.clone(), job));
+                        runtime.spawn(crate::api::run_job(
+                            engine.clone(),
+                            store.clone(),
+                            state.aggregations.clone(),
+                            job,
+                        ));
                     }
                     tracing::info!("ready");
                     Ok(())

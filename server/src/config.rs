@@ -13,6 +13,8 @@ use toplog_wal::FsyncPolicy;
 /// Segment columns are addressed with 32-bit offsets; memtables stay far below that.
 const MAX_MEMTABLE_BYTES: usize = 512 << 20;
 const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
+/// Most reads or aggregation jobs a node runs at once.
+const MAX_CONCURRENCY: usize = 256;
 /// One batch is one log entry, which the log caps at 256 MiB.
 const MAX_BODY_BYTES: usize = 256 << 20;
 
@@ -76,6 +78,19 @@ pub(crate) struct Settings {
     /// keeps the heaviest keys with error bounds.
     #[arg(long, env = "TOPLOG_ROLLUP_KEY_BUDGET")]
     pub(crate) rollup_key_budget: Option<usize>,
+    /// Reads (queries, listings, counts) that run at once; more wait for a turn.
+    #[arg(long, env = "TOPLOG_MAX_CONCURRENT_QUERIES")]
+    pub(crate) max_concurrent_queries: Option<usize>,
+    /// A read's time budget, waiting for its turn included: past it the
+    /// caller gets `503 overloaded` with `Retry-After`.
+    #[arg(long, env = "TOPLOG_QUERY_TIMEOUT")]
+    pub(crate) query_timeout: Option<String>,
+    /// Aggregation jobs that run at once; more wait as `pending`.
+    #[arg(long, env = "TOPLOG_MAX_RUNNING_AGGREGATIONS")]
+    pub(crate) max_running_aggregations: Option<usize>,
+    /// How long a finished aggregation job (and its result) is kept.
+    #[arg(long, env = "TOPLOG_AGGREGATION_TTL")]
+    pub(crate) aggregation_ttl: Option<String>,
 }
 
 impl Settings {
@@ -98,6 +113,12 @@ impl Settings {
             memtable_max_bytes: self.memtable_max_bytes.or(other.memtable_max_bytes),
             memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
             rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
+            max_concurrent_queries: self.max_concurrent_queries.or(other.max_concurrent_queries),
+            query_timeout: self.query_timeout.or(other.query_timeout),
+            max_running_aggregations: self
+                .max_running_aggregations
+                .or(other.max_running_aggregations),
+            aggregation_ttl: self.aggregation_ttl.or(other.aggregation_ttl),
         }
     }
 }
@@ -119,6 +140,10 @@ pub struct Config {
     pub memtable_max_bytes: usize,
     pub memtable_max_age: Duration,
     pub rollup_key_budget: usize,
+    pub max_concurrent_queries: usize,
+    pub query_timeout: Duration,
+    pub max_running_aggregations: usize,
+    pub aggregation_ttl: Duration,
 }
 
 /// The policy from the `[retention]` table, with the flags over it. A
@@ -198,6 +223,18 @@ impl Config {
         if !(16..=MAX_ROLLUP_KEY_BUDGET).contains(&rollup_key_budget) {
             anyhow::bail!("`rollup_key_budget`: must be from 16 to {MAX_ROLLUP_KEY_BUDGET}");
         }
+        let max_concurrent_queries = s.max_concurrent_queries.unwrap_or(4);
+        if !(1..=MAX_CONCURRENCY).contains(&max_concurrent_queries) {
+            anyhow::bail!("`max_concurrent_queries`: must be from 1 to {MAX_CONCURRENCY}");
+        }
+        let max_running_aggregations = s.max_running_aggregations.unwrap_or(2);
+        if !(1..=MAX_CONCURRENCY).contains(&max_running_aggregations) {
+            anyhow::bail!("`max_running_aggregations`: must be from 1 to {MAX_CONCURRENCY}");
+        }
+        let query_timeout = duration("query_timeout", s.query_timeout, "30s")?;
+        if query_timeout < Duration::from_millis(10) {
+            anyhow::bail!("`query_timeout`: must be at least 10ms");
+        }
         let max_body_bytes = s.max_body_bytes.unwrap_or(64 << 20);
         if !(1..=MAX_BODY_BYTES).contains(&max_body_bytes) {
             anyhow::bail!("`max_body_bytes`: must be from 1 to {MAX_BODY_BYTES} (256 MiB)");
@@ -227,6 +264,10 @@ impl Config {
             memtable_max_bytes,
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
             rollup_key_budget,
+            max_concurrent_queries,
+            query_timeout,
+            max_running_aggregations,
+            aggregation_ttl: duration("aggregation_ttl", s.aggregation_ttl, "24h")?,
         })
     }
 

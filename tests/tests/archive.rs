@@ -606,7 +606,9 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         .json(&old)
         .send()
         .unwrap();
-    assert_eq!(r.status(), 400, "an event older than raw.keep_for");
+    assert_eq!(r.status(), 422, "an event older than raw.keep_for");
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "timestamp_out_of_window", "{body}");
 }
 
 #[test]

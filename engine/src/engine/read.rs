@@ -227,24 +227,22 @@ impl Engine {
         asc: bool,
     ) -> Result<Vec<Event>> {
         let range = self.inner.cutoffs().retained(&range);
-        let (segments, frozen, mut out) = self.snapshot(&range, |cols| {
+        let (segments, frozen, active) = self.snapshot(&range, |cols| {
             scan::by_latency(cols, &range, filters, k, asc)
         });
+        // Each part's k best merged in as it is read: a few k events held at a time.
+        let mut best = Vec::new();
+        scan::keep_first_by_latency(&mut best, active, k, asc);
         for (_, cols) in self.frozen_in(&frozen, &range) {
-            out.extend(scan::by_latency(cols, &range, filters, k, asc));
+            let part = scan::by_latency(cols, &range, filters, k, asc);
+            scan::keep_first_by_latency(&mut best, part, k, asc);
         }
         for seg in segments {
-            out.extend(scan::by_latency(
-                &*self.inner.decoded(&seg, Some(&range), true)?,
-                &range,
-                filters,
-                k,
-                asc,
-            ));
+            let cols = self.inner.decoded(&seg, Some(&range), true)?;
+            let part = scan::by_latency(&cols, &range, filters, k, asc);
+            scan::keep_first_by_latency(&mut best, part, k, asc);
         }
-        out.sort_by(scan::latency_order(asc));
-        out.truncate(k);
-        Ok(out)
+        Ok(best)
     }
 
     pub fn stats(&self) -> StorageStats {

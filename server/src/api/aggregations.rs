@@ -8,6 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use toplog_engine::Engine;
 use toplog_query::AggregationRequest;
 use toplog_types::Micros;
@@ -15,13 +16,21 @@ use toplog_types::Micros;
 use super::workers::blocking;
 use super::{ApiError, ApiResult, AppState};
 
-/// Runs a job to completion, recording each state change durably.
+/// Jobs that may wait to run at once; past it a submission is `503 overloaded`.
+const MAX_PENDING: usize = 1000;
+
+/// Runs a job to completion once one of `turns` is free (it waits as
+/// `pending` until then), recording each state change durably.
 pub(crate) async fn run_job(
     engine: Arc<Engine>,
     store: Arc<toplog_query::JobStore>,
+    turns: Arc<Semaphore>,
     mut job: toplog_query::Job,
 ) {
     use toplog_query::JobState;
+    let Ok(_turn) = turns.acquire_owned().await else {
+        return;
+    };
     let outcome = match AggregationRequest::parse(&job.request) {
         Err(e) => Err(e.to_string()),
         Ok(request) => {
@@ -66,6 +75,12 @@ pub(super) async fn submit_aggregation(
         .get()
         .cloned()
         .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
+    if store.pending() >= MAX_PENDING {
+        return Err(ApiError::overloaded(
+            format!("{MAX_PENDING} aggregation jobs already wait to run; try again later"),
+            5,
+        ));
+    }
     let job = toplog_query::Job {
         aggregation_id: uuid::Uuid::now_v7().to_string(),
         state: toplog_query::JobState::Pending,
@@ -78,9 +93,14 @@ pub(super) async fn submit_aggregation(
     let id = job.aggregation_id.clone();
     {
         let (store, job) = (store.clone(), job.clone());
-        blocking(move || Ok(store.put(&job)?)).await?;
+        let ttl = i64::try_from(app.config.aggregation_ttl.as_micros()).unwrap_or(i64::MAX);
+        blocking(move || {
+            store.expire(Micros::now().saturating_sub_micros(ttl))?;
+            Ok(store.put(&job)?)
+        })
+        .await?;
     }
-    tokio::spawn(run_job(engine, store, job));
+    tokio::spawn(run_job(engine, store, app.aggregations.clone(), job));
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "success", "message": "Aggregation request submitted.", "aggregation_id": id})),

@@ -13,7 +13,6 @@ use toplog_types::Micros;
 use toplog_types::{Param, Shape};
 
 use super::params::{self, Params, QuerySpec};
-use super::workers::blocking;
 use super::{ApiError, ApiResult, AppState};
 
 /// `GET /api/v1/requests/top-k`.
@@ -91,7 +90,10 @@ pub(super) async fn top_k(
         order,
     };
     let engine = app.engine()?;
-    let answer = blocking(move || Ok(toplog_query::top_k(&engine, &q)?)).await?;
+    let answer = app
+        .queries
+        .run(move || Ok(toplog_query::top_k(&engine, &q)?))
+        .await?;
     let data: Vec<Value> = answer
         .rows
         .iter()
@@ -168,8 +170,10 @@ pub(super) async fn history(
     let days = u32::try_from(last - first + 1).unwrap_or(0);
     let first_day = first * DAY_US;
     let engine = app.engine()?;
-    let rows =
-        blocking(move || Ok(toplog_query::history(&engine, Micros::new(first_day), days))).await?;
+    let rows = app
+        .queries
+        .run(move || Ok(toplog_query::history(&engine, Micros::new(first_day), days)))
+        .await?;
     let data: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -249,7 +253,10 @@ pub(super) async fn timeseries(
         limit,
     };
     let engine = app.engine()?;
-    let answer = blocking(move || Ok(toplog_query::timeseries(&engine, &q)?)).await?;
+    let answer = app
+        .queries
+        .run(move || Ok(toplog_query::timeseries(&engine, &q)?))
+        .await?;
     // Typed rows, not `json!` maps: a day of minutes is 1,440 points, and
     // building a map per point cost as much as answering the query.
     #[derive(serde::Serialize)]

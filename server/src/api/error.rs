@@ -15,6 +15,8 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     pub(crate) row: Option<usize>,
     pub(crate) field: Option<String>,
+    /// Seconds for `Retry-After` (busy, not failed).
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             message,
             row: None,
             field: None,
+            retry_after: None,
         }
     }
 
@@ -42,6 +45,14 @@ impl ApiError {
 
     pub(crate) fn unavailable(message: String) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// `503 overloaded`: the node is busy, not broken; retry after `secs`.
+    pub(crate) fn overloaded(message: String, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
     }
 
     pub(crate) fn internal(message: String) -> Self {
@@ -157,11 +168,17 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
-        (
+        let mut response = (
             self.status,
             Json(json!({"status": "error", "error": error})),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

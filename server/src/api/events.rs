@@ -14,7 +14,7 @@ use toplog_engine::{Cursor, KeyedEvents};
 use toplog_types::{Micros, ValidationLimits};
 
 use super::params::{self, Params, QuerySpec};
-use super::workers::{blocking, parsing};
+use super::workers::parsing;
 use super::{ApiError, ApiResult, AppState};
 use crate::ingest::{BodyFormat, decode_body, parse_events};
 use toplog_types::{Param, Shape};
@@ -157,7 +157,10 @@ pub(super) async fn list_requests(
         })
         .transpose()?;
     let engine = app.engine()?;
-    let page = blocking(move || Ok(engine.scan(range, &filters, cursor.as_ref(), limit)?)).await?;
+    let page = app
+        .queries
+        .run(move || Ok(engine.scan(range, &filters, cursor.as_ref(), limit)?))
+        .await?;
     let data: Vec<Value> = page
         .events
         .iter()
@@ -177,6 +180,9 @@ pub(super) async fn count_requests(
     let range = p.range()?;
     let filters = p.filters()?;
     let engine = app.engine()?;
-    let count = blocking(move || Ok(engine.count(range, &filters)?)).await?;
+    let count = app
+        .queries
+        .run(move || Ok(engine.count(range, &filters)?))
+        .await?;
     Ok(Json(json!({"status": "success", "count": count})).into_response())
 }

@@ -22,6 +22,7 @@ pub(crate) use aggregations::run_job;
 pub(crate) use error::ApiError;
 use error::ApiResult;
 pub(crate) use routes::router;
+pub(crate) use workers::QueryGate;
 
 /// Shared by all handlers. The engine is set once recovery has finished.
 #[derive(Debug)]
@@ -34,6 +35,10 @@ pub(crate) struct AppState {
     pub(crate) jobs: OnceLock<Arc<toplog_query::JobStore>>,
     /// Retention, compaction and tiering; set with the engine.
     pub(crate) maintainer: OnceLock<Arc<Maintainer>>,
+    /// Turns for aggregation jobs to run; a job waits as `pending` for one.
+    pub(crate) aggregations: Arc<tokio::sync::Semaphore>,
+    /// Admission and time budget of reads.
+    pub(crate) queries: workers::QueryGate,
     /// The OpenAPI document; set with the router.
     pub(crate) openapi: OnceLock<serde_json::Value>,
 }

@@ -1,9 +1,68 @@
-//! Where handlers run their CPU work: blocking threads for queries, a small
-//! low-priority pool for parsing ingested batches.
+//! Where handlers run their CPU work: blocking threads for queries, behind a
+//! gate that bounds how many run at once and how long each may take, and a
+//! small low-priority pool for parsing ingested batches.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use super::{ApiError, ApiResult};
+
+/// Reads admitted at once, and the time budget of each (waiting included).
+#[derive(Debug)]
+pub(crate) struct QueryGate {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    budget: Duration,
+}
+
+impl QueryGate {
+    pub(crate) fn new(limit: usize, budget: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            budget,
+        }
+    }
+
+    /// Runs a read on a blocking thread once one of the gate's turns is
+    /// free. Past the budget, waiting or running, the caller gets `503
+    /// overloaded` naming it; a read already running finishes on its thread
+    /// and holds its turn until then, so the gate still bounds what runs.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let started = Instant::now();
+        let budget = self.budget;
+        let over = |what: String| {
+            ApiError::overloaded(
+                format!("{what} (the budget `query_timeout` is {budget:?}); try again later"),
+                budget.as_secs().max(1),
+            )
+        };
+        let permit = tokio::time::timeout(budget, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                over(format!(
+                    "all {} query turns (`max_concurrent_queries`) stayed busy",
+                    self.limit
+                ))
+            })?
+            .map_err(|_| ApiError::internal("the query gate is closed".into()))?;
+        let work = tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        });
+        let left = budget.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, work).await {
+            Ok(joined) => joined.map_err(|e| ApiError::internal(format!("worker failed: {e}")))?,
+            Err(_) => Err(over("the query ran past its time budget".into())),
+        }
+    }
+}
 
 /// Runs CPU-bound work off the async reactor.
 pub(super) async fn blocking<T: Send + 'static>(
@@ -51,5 +110,63 @@ pub(super) async fn parsing<T: Send + 'static>(
             .await
             .map_err(|e| ApiError::internal(format!("parser failed: {e}")))?,
         None => blocking(f).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::http::StatusCode;
+
+    /// A gate of one turn: while a read holds it, the next waits its budget
+    /// out and is told `503 overloaded` with `Retry-After`; a read running
+    /// past its budget is answered the same and keeps its turn until it ends.
+    #[test]
+    fn a_busy_or_slow_read_gets_overloaded_with_retry_after() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let gate = Arc::new(QueryGate::new(1, Duration::from_millis(200)));
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let slow = {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    gate.run(move || {
+                        held.recv().ok();
+                        Ok(1)
+                    })
+                    .await
+                })
+            };
+            // The slow read is past its budget: its caller hears so.
+            let e = slow.await.unwrap().unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+            );
+            assert!(e.message.contains("time budget"), "{}", e.message);
+            // It still runs and holds the one turn: the next read waits and is refused.
+            let e = gate.run(|| Ok(2)).await.unwrap_err();
+            assert_eq!((e.code, e.retry_after), ("overloaded", Some(1)));
+            assert!(
+                e.message.contains("max_concurrent_queries"),
+                "{}",
+                e.message
+            );
+            // Once it ends, reads run again.
+            release.send(()).unwrap();
+            let mut answered = None;
+            for _ in 0..50 {
+                if let Ok(n) = gate.run(|| Ok(3)).await {
+                    answered = Some(n);
+                    break;
+                }
+            }
+            assert_eq!(answered, Some(3));
+        });
     }
 }
