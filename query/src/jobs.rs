@@ -327,7 +327,10 @@ mod tests {
 
         let (store, unfinished, skipped) = JobStore::open(dir.path()).unwrap();
         assert_eq!(skipped.len(), 2, "{skipped:?}");
-        assert!(dir.path().join("notes.txt").exists(), "a stray file is not deleted");
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "a stray file is not deleted"
+        );
         assert_eq!(unfinished.len(), 1);
         assert_eq!(store.pending(), 1);
         assert_eq!(store.expire(Micros::new(20)).unwrap(), 1);

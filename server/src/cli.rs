@@ -189,6 +189,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("retention.json: {e}"),
     };
     let interval = config.maintenance_interval;
+    let limits = crate::listen::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+    };
     let state = Arc::new(AppState {
         queries: crate::api::QueryGate::new(config.max_concurrent_queries, config.query_timeout),
         aggregations: Arc::new(tokio::sync::Semaphore::new(config.max_running_aggregations)),
@@ -249,11 +254,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
 
     let app = router(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let server = tokio::spawn(crate::listen::serve(
+        listener,
+        app,
+        limits,
+        shutdown_signal(),
+    ));
     let opened = opener
         .await
         .map_err(|e| anyhow::anyhow!("recovery task failed: {e}"))?;
@@ -263,7 +269,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     server
         .await
-        .map_err(|e| anyhow::anyhow!("server task failed: {e}"))??;
+        .map_err(|e| anyhow::anyhow!("server task failed: {e}"))?;
     // Requests have drained; nothing can append any more.
     if let Some(engine) = state.engine.get().cloned() {
         tokio::task::spawn_blocking(move || engine.close())

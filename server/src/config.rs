@@ -15,6 +15,8 @@ const MAX_MEMTABLE_BYTES: usize = 512 << 20;
 const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
 /// Most reads or aggregation jobs a node runs at once.
 const MAX_CONCURRENCY: usize = 256;
+/// Most client connections a node holds open (each is a file descriptor).
+const MAX_CONNECTIONS: usize = 65_536;
 /// One batch is one log entry, which the log caps at 256 MiB.
 const MAX_BODY_BYTES: usize = 256 << 20;
 
@@ -85,6 +87,15 @@ pub(crate) struct Settings {
     /// caller gets `503 overloaded` with `Retry-After`.
     #[arg(long, env = "TOPLOG_QUERY_TIMEOUT")]
     pub(crate) query_timeout: Option<String>,
+    /// Open client connections at once; more wait, unaccepted, until one closes.
+    #[arg(long, env = "TOPLOG_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// How long a connection may take to send a request's headers.
+    #[arg(long, env = "TOPLOG_HEADER_TIMEOUT")]
+    pub(crate) header_timeout: Option<String>,
+    /// How long a request may take to send its body.
+    #[arg(long, env = "TOPLOG_BODY_TIMEOUT")]
+    pub(crate) body_timeout: Option<String>,
     /// Aggregation jobs that run at once; more wait as `pending`.
     #[arg(long, env = "TOPLOG_MAX_RUNNING_AGGREGATIONS")]
     pub(crate) max_running_aggregations: Option<usize>,
@@ -119,6 +130,9 @@ impl Settings {
                 .max_running_aggregations
                 .or(other.max_running_aggregations),
             aggregation_ttl: self.aggregation_ttl.or(other.aggregation_ttl),
+            max_connections: self.max_connections.or(other.max_connections),
+            header_timeout: self.header_timeout.or(other.header_timeout),
+            body_timeout: self.body_timeout.or(other.body_timeout),
         }
     }
 }
@@ -144,6 +158,9 @@ pub struct Config {
     pub query_timeout: Duration,
     pub max_running_aggregations: usize,
     pub aggregation_ttl: Duration,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 /// The policy from the `[retention]` table, with the flags over it. A
@@ -231,6 +248,20 @@ impl Config {
         if !(1..=MAX_CONCURRENCY).contains(&max_running_aggregations) {
             anyhow::bail!("`max_running_aggregations`: must be from 1 to {MAX_CONCURRENCY}");
         }
+        let max_connections = s.max_connections.unwrap_or(1024);
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            anyhow::bail!("`max_connections`: must be from 1 to {MAX_CONNECTIONS}");
+        }
+        let header_timeout = duration("header_timeout", s.header_timeout, "10s")?;
+        let body_timeout = duration("body_timeout", s.body_timeout, "60s")?;
+        for (key, d) in [
+            ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                anyhow::bail!("`{key}`: must be at least 100ms");
+            }
+        }
         let query_timeout = duration("query_timeout", s.query_timeout, "30s")?;
         if query_timeout < Duration::from_millis(10) {
             anyhow::bail!("`query_timeout`: must be at least 10ms");
@@ -268,6 +299,9 @@ impl Config {
             query_timeout,
             max_running_aggregations,
             aggregation_ttl: duration("aggregation_ttl", s.aggregation_ttl, "24h")?,
+            max_connections,
+            header_timeout,
+            body_timeout,
         })
     }
 

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod config;
 mod ingest;
+mod listen;
 
 pub use cli::main;
 pub use config::Config;
