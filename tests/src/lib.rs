@@ -10,24 +10,67 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `toplog` binary: `$TOPLOG_BIN`, or `target/<profile>/toplog` next to this test.
+/// The `toplog` binary: `$TOPLOG_BIN`, or `target/<profile>/toplog` next to
+/// this test; either way checked to be newer than every source file it is
+/// built from, so a test never runs a stale build.
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOPLOG_BIN") {
-        return PathBuf::from(p);
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let bin = match std::env::var_os("TOPLOG_BIN") {
+                Some(p) => PathBuf::from(p),
+                None => {
+                    let exe = std::env::current_exe().expect("test executable path");
+                    // target/<profile>/deps/<test> -> target/<profile>/toplog
+                    exe.parent()
+                        .and_then(Path::parent)
+                        .map(|d| d.join("toplog"))
+                        .expect("target dir")
+                }
+            };
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
+                panic!(
+                    "{} not found: build it first (`cargo build --bin toplog`) or set TOPLOG_BIN",
+                    bin.display()
+                )
+            });
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            if let Some(newer) = newest_source(&workspace).filter(|(t, _)| *t > built) {
+                panic!(
+                    "{} is older than {}: rebuild it (`cargo build --bin toplog`)",
+                    bin.display(),
+                    newer.1.display()
+                );
+            }
+            bin
+        })
+        .clone()
+}
+
+/// The most recently changed source file the binary is built from.
+fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    fn visit(path: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                visit(&entry.path(), newest);
+            }
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "rs" || e == "toml" || e == "lock")
+            && let Ok(t) = std::fs::metadata(path).and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(n, _)| t > *n)
+        {
+            *newest = Some((t, path.to_path_buf()));
+        }
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/toplog
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("toplog"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo build --bin toplog`) or set TOPLOG_BIN",
-        bin.display()
-    );
-    bin
+    let mut newest = None;
+    for krate in ["types", "wal", "engine", "compaction", "query", "server"] {
+        visit(&workspace.join(krate).join("src"), &mut newest);
+        visit(&workspace.join(krate).join("Cargo.toml"), &mut newest);
+    }
+    visit(&workspace.join("Cargo.toml"), &mut newest);
+    visit(&workspace.join("Cargo.lock"), &mut newest);
+    newest
 }
 
 /// A running node.
@@ -40,10 +83,16 @@ pub struct Server {
 impl Server {
     /// Starts `toplog serve` on 127.0.0.1 with an OS-chosen port and waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("TOPLOG_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -112,10 +161,19 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the process to exit by itself.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// SIGINT (Ctrl-C), which must stop the node as cleanly as SIGTERM.
+    pub fn interrupt(self) -> ExitStatus {
+        self.stop_with(libc::SIGINT)
+    }
+
+    fn stop_with(mut self, signal: libc::c_int) -> ExitStatus {
         // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM failed");
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill -{signal} failed");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -123,7 +181,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "toplog did not exit within 60s of SIGTERM"
+                "toplog did not exit within 60s of signal {signal}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -450,6 +450,130 @@ fn config_file_and_environment_are_honoured() {
     assert!(data.join("MANIFEST").exists() || data.join("wal").exists());
 }
 
+/// Each `TOPLOG_*` variable is read, checked through what it changes.
+#[test]
+fn every_toplog_variable_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[],
+        &[
+            ("TOPLOG_PARTITION", "1h"),
+            ("TOPLOG_MAX_BODY_BYTES", "20000"),
+            ("TOPLOG_CLOCK_SKEW", "1m"),
+            ("TOPLOG_RAW_KEEP_FOR", "2d"),
+            ("TOPLOG_RAW_LOCAL_FOR", "1d"),
+            ("TOPLOG_ARCHIVE_URL", elsewhere.to_str().unwrap()),
+            ("TOPLOG_MEMTABLE_MAX_AGE", "1s"),
+            ("TOPLOG_ROLLUP_KEY_BUDGET", "16"),
+            ("TOPLOG_MAINTENANCE_INTERVAL", "0s"),
+        ],
+    );
+    server.wait_ready();
+    let now = now_ms();
+    let send = |events: Vec<Value>| {
+        post(
+            &server,
+            Some("application/json"),
+            None,
+            serde_json::to_vec(&events).unwrap(),
+        )
+        .0
+    };
+    assert_eq!(
+        post(&server, Some("application/json"), None, vec![b' '; 30_000]).0,
+        413,
+        "TOPLOG_MAX_BODY_BYTES"
+    );
+    assert_eq!(
+        send(vec![event("ahead", now + 120_000)]),
+        422,
+        "TOPLOG_CLOCK_SKEW"
+    );
+    assert_eq!(
+        send(vec![event("old", now - 3 * 86_400_000)]),
+        422,
+        "TOPLOG_RAW_KEEP_FOR"
+    );
+    // Forty users in one minute, over a budget of 16 keys, in two hours.
+    let minute = (now - 600_000).div_euclid(60_000) * 60_000;
+    let mut batch: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut e = event(&format!("u{i}"), minute + i);
+            e["endpoint"] = json!(format!("GET /e{i}"));
+            e
+        })
+        .collect();
+    batch.push(event("earlier", now - 5_400_000));
+    assert_eq!(send(batch), 200);
+    let (_, retention) = get(&server, "/api/v1/retention");
+    assert_eq!(
+        (
+            &retention["data"]["raw"]["keep_for"],
+            &retention["data"]["raw"]["local_for"]
+        ),
+        (&json!("2d"), &json!("1d")),
+        "TOPLOG_RAW_KEEP_FOR, TOPLOG_RAW_LOCAL_FOR"
+    );
+    let (_, top) = get(
+        &server,
+        &format!(
+            "/api/v1/requests/top-k?k=3&metric=frequency&by=endpoint&start={minute}&end={}",
+            minute + 60_000
+        ),
+    );
+    assert_eq!(
+        top["meta"]["exact"], false,
+        "TOPLOG_ROLLUP_KEY_BUDGET: {top}"
+    );
+    // The memtables flush on their own within seconds, into hour partitions.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let storage = loop {
+        let (_, storage) = get(&server, "/api/v1/storage");
+        let in_segments: u64 = storage["data"]["partitions"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["rows"].as_u64()).sum())
+            .unwrap_or(0);
+        if storage["data"]["memtable"]["rows"] == 0 && in_segments == 41 {
+            break storage;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TOPLOG_MEMTABLE_MAX_AGE: {storage}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let data = &storage["data"];
+    let parts = data["partitions"].as_array().unwrap();
+    assert!(parts.len() >= 2, "{data}");
+    for p in parts {
+        // `YYYY-MM-DDTHH:00:00.000000Z` to the next hour.
+        let hour = |k: &str| {
+            let t = p[k].as_str().unwrap();
+            assert!(t.ends_with(":00:00.000000Z"), "TOPLOG_PARTITION: {p}");
+            t[11..13].parse::<u32>().unwrap()
+        };
+        assert_eq!(
+            (hour("start") + 1) % 24,
+            hour("end"),
+            "TOPLOG_PARTITION: {p}"
+        );
+    }
+    assert!(
+        data["archive"]["location"]
+            .as_str()
+            .unwrap()
+            .contains("elsewhere"),
+        "TOPLOG_ARCHIVE_URL: {data}"
+    );
+    assert_eq!(
+        data["maintenance"]["last"],
+        Value::Null,
+        "TOPLOG_MAINTENANCE_INTERVAL: {data}"
+    );
+}
+
 #[test]
 fn a_second_node_on_the_same_data_directory_is_refused_and_the_first_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,12 +609,16 @@ fn a_second_node_on_the_same_data_directory_is_refused_and_the_first_goes_on() {
         stderr.contains("in use by another toplog process"),
         "stderr: {stderr}"
     );
-    // The first node still serves and keeps what it acknowledged, across a restart.
+    // The first node still serves and keeps what it acknowledged, across a
+    // restart after SIGTERM and one after SIGINT.
     assert_eq!(all_events(&first).len(), 1);
     let status = first.terminate();
     assert!(status.success());
     let again = Server::start_ready(dir.path(), &[]);
     assert_eq!(all_events(&again).len(), 1);
+    assert!(again.interrupt().success(), "SIGINT stops the node cleanly");
+    let after_interrupt = Server::start_ready(dir.path(), &[]);
+    assert_eq!(all_events(&after_interrupt).len(), 1);
 }
 
 /// The node turns transparent huge pages off for itself (see
