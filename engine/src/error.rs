@@ -22,6 +22,11 @@ pub enum EngineError {
     /// The object store failed or holds something other than what was written.
     #[error("archive object {key}: {reason}")]
     Archive { key: String, reason: String },
+    /// A read would aggregate raw rows into more groups than its budget.
+    #[error(
+        "the rows read fall into more than {limit} groups (the budget `max_query_groups`); narrow the range or filter"
+    )]
+    TooManyGroups { limit: usize },
     /// A maintenance request that does not apply to the store as it is.
     #[error("{0}")]
     Invalid(String),

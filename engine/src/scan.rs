@@ -156,7 +156,8 @@ pub type RawCells =
 
 /// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by
 /// `dim`, new cells with a latency sketch if `sketches` (quantiles by user
-/// are answered from raw rows; counts need none).
+/// are answered from raw rows; counts need none). `Err` with the budget once
+/// `out` would hold more than `max_groups` keys.
 pub(crate) fn aggregate(
     cols: &Columns,
     sorted: bool,
@@ -164,11 +165,12 @@ pub(crate) fn aggregate(
     filters: &Filters,
     dim: crate::rollup::Dimension,
     sketches: bool,
+    max_groups: usize,
     out: &mut RawCells,
-) {
+) -> crate::Result<()> {
     use crate::rollup::{Cell, Dimension};
     let Some(m) = Matcher::new(cols, filters) else {
-        return;
+        return Ok(());
     };
     let (start, end) = (range.start.get(), range.end.get());
     let rows = candidate_rows(cols, sorted, range);
@@ -200,12 +202,16 @@ pub(crate) fn aggregate(
         match out.get_mut(key) {
             Some(cell) => cell.add(status, latency),
             None => {
+                if out.len() >= max_groups {
+                    return Err(crate::EngineError::TooManyGroups { limit: max_groups });
+                }
                 let mut cell = Cell::new(sketches);
                 cell.add(status, latency);
                 out.insert(key.to_owned(), cell);
             }
         }
     }
+    Ok(())
 }
 
 /// Orders requests for "slowest first" (or fastest with `asc`), ties by request id.

@@ -325,3 +325,50 @@ fn every_bad_top_k_parameter_is_named() {
         json!({"date": "2025-01-01", "total_requests": 0, "average_latency": null, "error_rate": null, "p99_latency": null})
     );
 }
+
+/// A top-K that no cube covers (users filtered by method) aggregates raw
+/// rows into at most `max_query_groups` groups: under it the answer is exact,
+/// past it `422 query_too_large` naming the budget, never a partial answer.
+#[test]
+fn raw_groups_past_the_budget_are_query_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &["--max-query-groups", "100"]);
+    let now = now_ms();
+    let users = |n: usize, method: &str| -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                json!({
+                    "request_id": format!("{method}{i}"),
+                    "timestamp": now - 60_000 - i as i64,
+                    "user_id": format!("user{i}"),
+                    "endpoint": format!("{method} /items"),
+                    "status_code": 200,
+                    "latency_ms": 1.0 + i as f64,
+                })
+            })
+            .collect()
+    };
+    send_all(&server, &users(90, "GET"));
+    send_all(&server, &users(150, "POST"));
+    let top = |method: &str| {
+        get(
+            &server,
+            &format!(
+                "/api/v1/requests/top-k?k=200&metric=frequency&by=user_id&method={method}&start={}",
+                now - 600_000
+            ),
+        )
+    };
+    let (s, body) = top("GET");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(90), "{body}");
+    assert_eq!(body["meta"]["exact"], true, "{body}");
+    let (s, body) = top("POST");
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("query_too_large")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_query_groups"), "{body}");
+}

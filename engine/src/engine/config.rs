@@ -30,6 +30,10 @@ pub struct EngineConfig {
     /// Most keys one cube bucket keeps a cell for; past it the bucket keeps a
     /// heavy-hitter summary (see docs/rollups.md).
     pub rollup_key_budget: usize,
+    /// Most groups one read aggregates raw rows into (a fifth of it when the
+    /// groups carry latency sketches): past it the read stops with
+    /// [`EngineError::TooManyGroups`](crate::EngineError::TooManyGroups).
+    pub max_raw_groups: usize,
     /// Where archived segments are kept and read from.
     pub archive: Option<Arc<dyn ArchiveStore>>,
 }
@@ -103,6 +107,10 @@ impl Cutoffs {
     }
 }
 
+/// The default [`EngineConfig::max_raw_groups`]: about 40 MB of groups
+/// without sketches.
+pub const DEFAULT_MAX_RAW_GROUPS: usize = 250_000;
+
 /// The default [`EngineConfig::rollup_key_budget`].
 pub const DEFAULT_ROLLUP_KEY_BUDGET: usize = 50_000;
 
@@ -117,6 +125,7 @@ impl EngineConfig {
             idempotency_window: Duration::from_secs(86_400),
             wal_segment_bytes: 64 << 20,
             rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
+            max_raw_groups: DEFAULT_MAX_RAW_GROUPS,
             archive: None,
         }
     }

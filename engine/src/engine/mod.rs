@@ -29,7 +29,9 @@ use crate::manifest::Manifest;
 use crate::rollup::{Granularity, Rollups};
 use crate::segment::SegmentMeta;
 
-pub use config::{Cutoffs, DEFAULT_ROLLUP_KEY_BUDGET, EngineConfig, Retention};
+pub use config::{
+    Cutoffs, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET, EngineConfig, Retention,
+};
 pub use maintenance::{PurgeReport, RollupTier};
 pub use read::StorageStats;
 pub use write::IngestReceipt;

@@ -10,7 +10,7 @@ use toplog_types::{Event, Lsn, Micros};
 
 use super::{Engine, Frozen, Inner, Segment, State};
 use crate::columns::Columns;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::rollup::{Cube, Dimension, Granularity};
 use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
 
@@ -182,14 +182,24 @@ impl Engine {
         sketches: bool,
     ) -> Result<RawCells> {
         let range = self.inner.cutoffs().retained(&range);
+        let budget = self.inner.config.max_raw_groups;
+        let max_groups = if sketches {
+            (budget / 5).max(1)
+        } else {
+            budget
+        };
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             let mut out = RawCells::default();
-            scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
-            vec![out]
+            let counted = scan::aggregate(
+                cols, false, &range, filters, dim, sketches, max_groups, &mut out,
+            );
+            vec![counted.map(|()| out)]
         });
         let mut out = RawCells::default();
         for (_, cols) in self.frozen_in(&frozen, &range) {
-            scan::aggregate(cols, false, &range, filters, dim, sketches, &mut out);
+            scan::aggregate(
+                cols, false, &range, filters, dim, sketches, max_groups, &mut out,
+            )?;
         }
         for seg in segments {
             scan::aggregate(
@@ -201,14 +211,18 @@ impl Engine {
                 filters,
                 dim,
                 sketches,
+                max_groups,
                 &mut out,
-            );
+            )?;
         }
         for part in active {
-            for (k, cell) in part {
+            for (k, cell) in part? {
                 match out.get_mut(&k) {
                     Some(c) => c.merge(&cell),
                     None => {
+                        if out.len() >= max_groups {
+                            return Err(EngineError::TooManyGroups { limit: max_groups });
+                        }
                         out.insert(k, cell);
                     }
                 }

@@ -111,10 +111,22 @@ impl From<toplog_types::ParamError> for ApiError {
 }
 
 impl From<EngineError> for ApiError {
+    /// Busy or stopped is `503`; damage found on disk is `500` (a retry
+    /// will not mend it); a read over its budget is `422 query_too_large`.
     fn from(e: EngineError) -> Self {
+        use toplog_wal::WalError;
         match e {
-            EngineError::Wal(toplog_wal::WalError::TooLarge { .. }) => {
-                Self::too_large(e.to_string())
+            EngineError::Wal(WalError::TooLarge { .. }) => Self::too_large(e.to_string()),
+            EngineError::TooManyGroups { .. } => Self {
+                field: None,
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "query_too_large",
+                    e.to_string(),
+                )
+            },
+            EngineError::Wal(WalError::Corrupt { .. }) | EngineError::Corrupt { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }
             EngineError::Unavailable(_) | EngineError::Wal(_) | EngineError::Archive { .. } => {
                 Self::unavailable(e.to_string())
