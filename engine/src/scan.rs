@@ -154,20 +154,32 @@ fn candidate_rows(cols: &Columns, sorted: bool, range: &TimeRange) -> std::ops::
 pub type RawCells =
     std::collections::HashMap<String, crate::rollup::Cell, foldhash::fast::RandomState>;
 
-/// Adds the rows of `cols` in `range` passing `filters` to `out`, keyed by
-/// `dim`, new cells with a latency sketch if `sketches` (quantiles by user
-/// are answered from raw rows; counts need none). `Err` with the budget once
-/// `out` would hold more than `max_groups` keys.
+/// How raw rows are grouped: by `dim`, new cells with a latency sketch if
+/// `sketches` (quantiles by user are answered from raw rows; counts need
+/// none), into at most `max_groups` keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grouping {
+    pub(crate) dim: crate::rollup::Dimension,
+    pub(crate) sketches: bool,
+    pub(crate) max_groups: usize,
+}
+
+/// Adds the rows of `cols` in `range` passing `filters` to `out`, grouped as
+/// `by` says. `Err` with the budget once `out` would hold more than
+/// `by.max_groups` keys.
 pub(crate) fn aggregate(
     cols: &Columns,
     sorted: bool,
     range: &TimeRange,
     filters: &Filters,
-    dim: crate::rollup::Dimension,
-    sketches: bool,
-    max_groups: usize,
+    by: Grouping,
     out: &mut RawCells,
 ) -> crate::Result<()> {
+    let Grouping {
+        dim,
+        sketches,
+        max_groups,
+    } = by;
     use crate::rollup::{Cell, Dimension};
     let Some(m) = Matcher::new(cols, filters) else {
         return Ok(());

@@ -188,18 +188,19 @@ impl Engine {
         } else {
             budget
         };
+        let by = scan::Grouping {
+            dim,
+            sketches,
+            max_groups,
+        };
         let (segments, frozen, active) = self.snapshot(&range, |cols| {
             let mut out = RawCells::default();
-            let counted = scan::aggregate(
-                cols, false, &range, filters, dim, sketches, max_groups, &mut out,
-            );
+            let counted = scan::aggregate(cols, false, &range, filters, by, &mut out);
             vec![counted.map(|()| out)]
         });
         let mut out = RawCells::default();
         for (_, cols) in self.frozen_in(&frozen, &range) {
-            scan::aggregate(
-                cols, false, &range, filters, dim, sketches, max_groups, &mut out,
-            )?;
+            scan::aggregate(cols, false, &range, filters, by, &mut out)?;
         }
         for seg in segments {
             scan::aggregate(
@@ -209,9 +210,7 @@ impl Engine {
                 true,
                 &range,
                 filters,
-                dim,
-                sketches,
-                max_groups,
+                by,
                 &mut out,
             )?;
         }
