@@ -169,6 +169,9 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// How long a batch waits for room among the batches in flight before `503`.
+const INGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a node until SIGINT or SIGTERM, then drains requests and closes the store.
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -197,6 +200,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         queries: crate::api::QueryGate::new(config.max_concurrent_queries, config.query_timeout),
         aggregations: Arc::new(tokio::sync::Semaphore::new(config.max_running_aggregations)),
+        ingest: crate::api::IngestGate::new(config.ingest_queue_bytes, INGEST_WAIT),
         config,
         engine: OnceLock::new(),
         startup_error: OnceLock::new(),

@@ -17,6 +17,8 @@ const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
 const MAX_QUERY_GROUPS: usize = 100_000_000;
 /// Most reads or aggregation jobs a node runs at once.
 const MAX_CONCURRENCY: usize = 256;
+/// Most bytes of ingested batches a node holds in flight.
+const MAX_INGEST_QUEUE_BYTES: usize = 4 << 30;
 /// Most client connections a node holds open (each is a file descriptor).
 const MAX_CONNECTIONS: usize = 65_536;
 /// One batch is one log entry, which the log caps at 256 MiB.
@@ -93,6 +95,10 @@ pub(crate) struct Settings {
     /// caller gets `503 overloaded` with `Retry-After`.
     #[arg(long, env = "TOPLOG_QUERY_TIMEOUT")]
     pub(crate) query_timeout: Option<String>,
+    /// Bytes of ingested batches in flight (parsing, queued for the log, being
+    /// applied); a batch past it waits up to 5 s, then gets `503 overloaded`.
+    #[arg(long, env = "TOPLOG_INGEST_QUEUE_BYTES")]
+    pub(crate) ingest_queue_bytes: Option<usize>,
     /// Open client connections at once; more wait, unaccepted, until one closes.
     #[arg(long, env = "TOPLOG_MAX_CONNECTIONS")]
     pub(crate) max_connections: Option<usize>,
@@ -138,6 +144,7 @@ impl Settings {
                 .or(other.max_running_aggregations),
             aggregation_ttl: self.aggregation_ttl.or(other.aggregation_ttl),
             max_connections: self.max_connections.or(other.max_connections),
+            ingest_queue_bytes: self.ingest_queue_bytes.or(other.ingest_queue_bytes),
             header_timeout: self.header_timeout.or(other.header_timeout),
             body_timeout: self.body_timeout.or(other.body_timeout),
         }
@@ -167,6 +174,7 @@ pub struct Config {
     pub max_running_aggregations: usize,
     pub aggregation_ttl: Duration,
     pub max_connections: usize,
+    pub ingest_queue_bytes: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -284,6 +292,12 @@ impl Config {
         if !(1..=MAX_BODY_BYTES).contains(&max_body_bytes) {
             anyhow::bail!("`max_body_bytes`: must be from 1 to {MAX_BODY_BYTES} (256 MiB)");
         }
+        let ingest_queue_bytes = s.ingest_queue_bytes.unwrap_or(256 << 20);
+        if !(max_body_bytes..=MAX_INGEST_QUEUE_BYTES).contains(&ingest_queue_bytes) {
+            anyhow::bail!(
+                "`ingest_queue_bytes`: must be from `max_body_bytes` ({max_body_bytes}) to {MAX_INGEST_QUEUE_BYTES} (4 GiB)"
+            );
+        }
         Ok(Self {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
             listen: s
@@ -315,6 +329,7 @@ impl Config {
             max_running_aggregations,
             aggregation_ttl: duration("aggregation_ttl", s.aggregation_ttl, "24h")?,
             max_connections,
+            ingest_queue_bytes,
             header_timeout,
             body_timeout,
         })

@@ -38,6 +38,9 @@ pub(super) async fn ingest(
         status => ApiError::new(status, "invalid_body", e.body_text()),
     })?;
     let engine = app.engine()?;
+    // Held until the batch is acknowledged: it bounds what waits to be parsed,
+    // written to the log and applied.
+    let _turn = app.ingest.admit(body.len()).await?;
     let text = |name: header::HeaderName| -> ApiResult<Option<String>> {
         headers
             .get(&name)

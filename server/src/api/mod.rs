@@ -22,7 +22,7 @@ pub(crate) use aggregations::run_job;
 pub(crate) use error::ApiError;
 use error::ApiResult;
 pub(crate) use routes::router;
-pub(crate) use workers::QueryGate;
+pub(crate) use workers::{IngestGate, QueryGate};
 
 /// Shared by all handlers. The engine is set once recovery has finished.
 #[derive(Debug)]
@@ -37,6 +37,8 @@ pub(crate) struct AppState {
     pub(crate) maintainer: OnceLock<Arc<Maintainer>>,
     /// Turns for aggregation jobs to run; a job waits as `pending` for one.
     pub(crate) aggregations: Arc<tokio::sync::Semaphore>,
+    /// Bytes of ingested batches in flight.
+    pub(crate) ingest: workers::IngestGate,
     /// Admission and time budget of reads.
     pub(crate) queries: workers::QueryGate,
     /// The OpenAPI document; set with the router.

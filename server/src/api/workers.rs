@@ -73,6 +73,51 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
+/// Threads parsing ingested batches at once.
+const PARSE_THREADS: usize = 2;
+
+/// Bytes of ingested batches admitted at once (parsing, queued for the log,
+/// or being applied), counted in KiB so a semaphore's permits can hold them.
+#[derive(Debug)]
+pub(crate) struct IngestGate {
+    kib: Arc<Semaphore>,
+    limit_kib: u32,
+    wait: Duration,
+}
+
+impl IngestGate {
+    pub(crate) fn new(limit_bytes: usize, wait: Duration) -> Self {
+        let limit_kib = u32::try_from(limit_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        Self {
+            kib: Arc::new(Semaphore::new(limit_kib as usize)),
+            limit_kib,
+            wait,
+        }
+    }
+
+    /// A turn for a body of `bytes`, held until the batch is acknowledged;
+    /// when the node already holds its limit, waits up to the gate's wait
+    /// and then answers `503 overloaded` with `Retry-After`.
+    pub(super) async fn admit(&self, bytes: usize) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.limit_kib);
+        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::internal("the ingest gate is closed".into())),
+            Err(_) => Err(ApiError::overloaded(
+                format!(
+                    "{} MiB of batches are already being written (the budget `ingest_queue_bytes`); try again shortly",
+                    self.limit_kib / 1024
+                ),
+                1,
+            )),
+        }
+    }
+}
+
 /// Threads for parsing ingested batches, at a lower scheduling priority
 /// (nice 10) than the rest of the node: when ingest saturates the CPU,
 /// queries and the thread applying the log still get it first, so answers
@@ -83,6 +128,9 @@ fn parse_threads() -> Option<&'static tokio::runtime::Runtime> {
     POOL.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            // A fixed pool: batches past it wait their turn (bounded by the
+            // ingest gate's bytes in flight), they never add threads.
+            .max_blocking_threads(PARSE_THREADS)
             .thread_name("toplog-parse")
             .on_thread_start(lower_priority)
             .build()
@@ -167,6 +215,32 @@ mod tests {
                 }
             }
             assert_eq!(answered, Some(3));
+        });
+    }
+
+    /// Batches in flight hold the gate's bytes until acknowledged; one more
+    /// waits, then gets `503 overloaded` with `Retry-After`; room frees as
+    /// batches end. A body larger than the whole budget still gets in alone.
+    #[test]
+    fn ingest_waits_for_room_then_is_overloaded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let gate = IngestGate::new(2048, Duration::from_millis(50));
+            let held = gate.admit(2048).await.unwrap();
+            let e = gate.admit(1).await.unwrap_err();
+            assert_eq!((e.code, e.retry_after), ("overloaded", Some(1)));
+            assert!(e.message.contains("ingest_queue_bytes"), "{}", e.message);
+            drop(held);
+            let a = gate.admit(1000).await.unwrap();
+            let b = gate.admit(1000).await.unwrap();
+            drop((a, b));
+            assert!(
+                gate.admit(10 << 20).await.is_ok(),
+                "a large body gets in alone"
+            );
         });
     }
 }
