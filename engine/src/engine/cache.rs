@@ -10,7 +10,7 @@ use super::{Inner, Segment, Stored, lock};
 use crate::archive;
 use crate::columns::Columns;
 use crate::error::{EngineError, Result};
-use crate::scan::TimeRange;
+use crate::scan::{Filters, TimeRange};
 use crate::segment;
 
 /// Bytes of decoded segments kept for repeated reads (paging walks the same
@@ -97,6 +97,41 @@ impl Inner {
             held -= cache.remove(0).2;
         }
         Ok(cols)
+    }
+
+    /// Whether `seg` may hold rows matching the exact-value filters of
+    /// `filters` (user, endpoint, method): a local segment not decoded yet
+    /// answers from its dictionaries alone, so a point filter over a month
+    /// decodes only the segments that can match. Others say yes.
+    pub(super) fn may_match(&self, seg: &Segment, filters: &Filters) -> Result<bool> {
+        use crate::segment::DictColumnId;
+        let values = [
+            (DictColumnId::UserId, &filters.user_id),
+            (DictColumnId::Endpoint, &filters.endpoint),
+            (DictColumnId::Method, &filters.method),
+        ];
+        if values.iter().all(|(_, v)| v.is_none()) {
+            return Ok(true);
+        }
+        let Stored::Local(bytes) = &seg.stored else {
+            return Ok(true);
+        };
+        if lock(&self.decoded).iter().any(|(id, _, _)| *id == seg.id) {
+            return Ok(true);
+        }
+        for (column, value) in values {
+            let Some(value) = value else { continue };
+            let holds = segment::dictionary_holds(bytes, column, value).map_err(|e| {
+                EngineError::Corrupt {
+                    path: seg.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if !holds {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// All rows of `seg` for a maintenance step about to replace it: from the

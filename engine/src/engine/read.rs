@@ -61,6 +61,9 @@ impl Engine {
             {
                 break;
             }
+            if !self.inner.may_match(&seg, filters)? {
+                continue;
+            }
             let cols = self.inner.decoded(&seg, Some(&range), true)?;
             candidates.extend(scan::collect(&cols, true, &range, filters, after, want));
             scan::keep_first(&mut candidates, want);
@@ -81,7 +84,7 @@ impl Engine {
         for seg in segments {
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
-            } else {
+            } else if self.inner.may_match(&seg, filters)? {
                 let cols = self
                     .inner
                     .decoded(&seg, Some(&range), filters.request_id.is_some())?;
@@ -203,6 +206,9 @@ impl Engine {
             scan::aggregate(cols, false, &range, filters, by, &mut out)?;
         }
         for seg in segments {
+            if !self.inner.may_match(&seg, filters)? {
+                continue;
+            }
             scan::aggregate(
                 &*self
                     .inner
@@ -251,6 +257,9 @@ impl Engine {
             scan::keep_first_by_latency(&mut best, part, k, asc);
         }
         for seg in segments {
+            if !self.inner.may_match(&seg, filters)? {
+                continue;
+            }
             let cols = self.inner.decoded(&seg, Some(&range), true)?;
             let part = scan::by_latency(&cols, &range, filters, k, asc);
             scan::keep_first_by_latency(&mut best, part, k, asc);
