@@ -27,6 +27,12 @@ pub enum EngineError {
         "the rows read fall into more than {limit} groups (the budget `max_query_groups`); narrow the range or filter"
     )]
     TooManyGroups { limit: usize },
+    /// The node holds as many idempotency keys as it may; new keys wait for
+    /// old ones to leave the window.
+    #[error(
+        "the node holds {limit} idempotency keys (the limit `max_idempotency_keys`); a batch with a new key can be taken once older keys leave the 24-hour window, or send it without a key"
+    )]
+    TooManyIdempotencyKeys { limit: usize },
     /// A maintenance request that does not apply to the store as it is.
     #[error("{0}")]
     Invalid(String),

@@ -20,8 +20,9 @@ mod sketch;
 pub use archive::ArchiveStore;
 pub use batch::KeyedEvents;
 pub use engine::{
-    Cutoffs, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig,
-    IngestReceipt, PurgeReport, Retention, RollupTier, SegmentInfo, StorageStats,
+    Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET,
+    Engine, EngineConfig, IngestReceipt, PurgeReport, Retention, RollupTier, SegmentInfo,
+    StorageStats,
 };
 pub use error::{EngineError, Result};
 pub use rollup::{

@@ -239,6 +239,51 @@ fn idempotency_keys_survive_restarts_and_flushes() {
     assert_eq!(e3.count(everything(), &Filters::default()).unwrap(), 10);
 }
 
+/// A key is remembered for its window and no longer; past the limit of keys
+/// a batch with a new key is refused (a known key still replays, a batch
+/// without a key still goes in), and room comes back as keys leave the window.
+#[test]
+fn idempotency_keys_expire_after_their_window_and_new_ones_stop_at_the_limit() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut c = config();
+    c.idempotency_window = Duration::from_millis(300);
+    c.max_idempotency_keys = 2;
+    let engine = Engine::open_with(Arc::new(SimFs::new(5)), c).unwrap();
+    let base = Micros::now().get() - HOUR_US;
+    let batch = |rng: &mut StdRng, tag: &str| -> Vec<Event> {
+        (0..3)
+            .map(|i| event(rng, format!("{tag}-{i}"), base))
+            .collect()
+    };
+    let mut send = |key: Option<&str>, tag: &str| {
+        let events = batch(&mut rng, tag);
+        rt.block_on(engine.ingest(events, key.map(str::to_owned)))
+    };
+    assert!(!send(Some("k1"), "a").unwrap().replayed);
+    assert!(!send(Some("k2"), "b").unwrap().replayed);
+    assert!(matches!(
+        send(Some("k3"), "c"),
+        Err(toplog_engine::EngineError::TooManyIdempotencyKeys { limit: 2 })
+    ));
+    assert!(
+        send(Some("k1"), "a").unwrap().replayed,
+        "a known key still replays"
+    );
+    assert!(
+        !send(None, "d").unwrap().replayed,
+        "a batch without a key goes in"
+    );
+    assert_eq!(engine.count(everything(), &Filters::default()).unwrap(), 9);
+    std::thread::sleep(Duration::from_millis(400));
+    // Past the window: k1 is a new batch again, and there is room for k3.
+    assert!(!send(Some("k1"), "e").unwrap().replayed);
+    assert!(!send(Some("k3"), "f").unwrap().replayed);
+    assert_eq!(engine.count(everything(), &Filters::default()).unwrap(), 15);
+}
+
 #[test]
 fn failed_fsync_stops_writes_and_loses_nothing_acknowledged() {
     let fs = SimFs::new(11);

@@ -19,6 +19,8 @@ const MAX_QUERY_GROUPS: usize = 100_000_000;
 const MAX_CONCURRENCY: usize = 256;
 /// Most bytes of ingested batches a node holds in flight.
 const MAX_INGEST_QUEUE_BYTES: usize = 4 << 30;
+/// Most idempotency keys a node may be told to hold.
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000_000;
 /// Most client connections a node holds open (each is a file descriptor).
 const MAX_CONNECTIONS: usize = 65_536;
 /// One batch is one log entry, which the log caps at 256 MiB.
@@ -99,6 +101,10 @@ pub(crate) struct Settings {
     /// applied); a batch past it waits up to 5 s, then gets `503 overloaded`.
     #[arg(long, env = "TOPLOG_INGEST_QUEUE_BYTES")]
     pub(crate) ingest_queue_bytes: Option<usize>,
+    /// Most idempotency keys held (24 hours of them); a batch with a new key
+    /// past it is `503 overloaded` with `Retry-After`, never an old key forgotten.
+    #[arg(long, env = "TOPLOG_MAX_IDEMPOTENCY_KEYS")]
+    pub(crate) max_idempotency_keys: Option<usize>,
     /// Open client connections at once; more wait, unaccepted, until one closes.
     #[arg(long, env = "TOPLOG_MAX_CONNECTIONS")]
     pub(crate) max_connections: Option<usize>,
@@ -144,6 +150,7 @@ impl Settings {
                 .or(other.max_running_aggregations),
             aggregation_ttl: self.aggregation_ttl.or(other.aggregation_ttl),
             max_connections: self.max_connections.or(other.max_connections),
+            max_idempotency_keys: self.max_idempotency_keys.or(other.max_idempotency_keys),
             ingest_queue_bytes: self.ingest_queue_bytes.or(other.ingest_queue_bytes),
             header_timeout: self.header_timeout.or(other.header_timeout),
             body_timeout: self.body_timeout.or(other.body_timeout),
@@ -174,6 +181,7 @@ pub struct Config {
     pub max_running_aggregations: usize,
     pub aggregation_ttl: Duration,
     pub max_connections: usize,
+    pub max_idempotency_keys: usize,
     pub ingest_queue_bytes: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -270,6 +278,12 @@ impl Config {
         if !(1..=MAX_CONCURRENCY).contains(&max_running_aggregations) {
             anyhow::bail!("`max_running_aggregations`: must be from 1 to {MAX_CONCURRENCY}");
         }
+        let max_idempotency_keys = s
+            .max_idempotency_keys
+            .unwrap_or(toplog_engine::DEFAULT_MAX_IDEMPOTENCY_KEYS);
+        if !(1..=MAX_IDEMPOTENCY_KEYS).contains(&max_idempotency_keys) {
+            anyhow::bail!("`max_idempotency_keys`: must be from 1 to {MAX_IDEMPOTENCY_KEYS}");
+        }
         let max_connections = s.max_connections.unwrap_or(1024);
         if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
             anyhow::bail!("`max_connections`: must be from 1 to {MAX_CONNECTIONS}");
@@ -329,6 +343,7 @@ impl Config {
             max_running_aggregations,
             aggregation_ttl: duration("aggregation_ttl", s.aggregation_ttl, "24h")?,
             max_connections,
+            max_idempotency_keys,
             ingest_queue_bytes,
             header_timeout,
             body_timeout,
@@ -343,6 +358,7 @@ impl Config {
         c.memtable_max_age = self.memtable_max_age;
         c.rollup_key_budget = self.rollup_key_budget;
         c.max_raw_groups = self.max_query_groups;
+        c.max_idempotency_keys = self.max_idempotency_keys;
         c
     }
 }

@@ -638,3 +638,46 @@ fn a_node_runs_without_transparent_huge_pages() {
         assert_eq!(thp, "0", "{status}");
     }
 }
+
+/// Past `max_idempotency_keys`, a batch with a new key is `503 overloaded`
+/// with `Retry-After` (nothing written); known keys still replay.
+#[test]
+fn new_idempotency_keys_past_the_limit_are_refused_not_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &["--max-idempotency-keys", "1"]);
+    let send = |key: &str, id: &str| {
+        client()
+            .post(server.url("/api/v1/requests"))
+            .header("Idempotency-Key", key)
+            .json(&vec![event(id, now_ms())])
+            .send()
+            .unwrap()
+    };
+    assert_eq!(send("k1", "a").status(), 200);
+    let refused = send("k2", "b");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("60")
+    );
+    let body: Value = refused.json().unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_idempotency_keys"),
+        "{body}"
+    );
+    let replay = send("k1", "a");
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.json::<Value>().unwrap()["replayed"], true);
+    assert_eq!(
+        all_events(&server).len(),
+        1,
+        "the refused batch wrote nothing"
+    );
+}

@@ -26,6 +26,9 @@ pub struct EngineConfig {
     pub memtable_max_age: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// Most idempotency keys held; a batch with a new key past it is refused
+    /// with [`EngineError::TooManyIdempotencyKeys`](crate::EngineError::TooManyIdempotencyKeys).
+    pub max_idempotency_keys: usize,
     pub wal_segment_bytes: u64,
     /// Most keys one cube bucket keeps a cell for; past it the bucket keeps a
     /// heavy-hitter summary (see docs/rollups.md).
@@ -107,6 +110,9 @@ impl Cutoffs {
     }
 }
 
+/// The default [`EngineConfig::max_idempotency_keys`]: about 100 MB of keys.
+pub const DEFAULT_MAX_IDEMPOTENCY_KEYS: usize = 2_000_000;
+
 /// The default [`EngineConfig::max_raw_groups`]: about 40 MB of groups
 /// without sketches.
 pub const DEFAULT_MAX_RAW_GROUPS: usize = 250_000;
@@ -123,6 +129,7 @@ impl EngineConfig {
             memtable_max_bytes: 64 << 20,
             memtable_max_age: Duration::from_secs(300),
             idempotency_window: Duration::from_secs(86_400),
+            max_idempotency_keys: DEFAULT_MAX_IDEMPOTENCY_KEYS,
             wal_segment_bytes: 64 << 20,
             rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
             max_raw_groups: DEFAULT_MAX_RAW_GROUPS,

@@ -30,7 +30,8 @@ use crate::rollup::{Granularity, Rollups};
 use crate::segment::SegmentMeta;
 
 pub use config::{
-    Cutoffs, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET, EngineConfig, Retention,
+    Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET,
+    EngineConfig, Retention,
 };
 pub use maintenance::{PurgeReport, RollupTier};
 pub use read::StorageStats;

@@ -148,7 +148,7 @@ impl Engine {
                 reason: e.0,
             })?;
             for (k, rec) in keys {
-                state.keys.load(k, rec);
+                state.keys.load(&k, rec);
             }
         }
 

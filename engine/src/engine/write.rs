@@ -50,15 +50,28 @@ impl Engine {
         let KeyedEvents { events, ids } = events.into();
         self.inner.check_writable()?;
         self.wal.health()?;
-        if let Some(rec) = idempotency_key.as_deref().and_then(|k| {
+        if let Some(key) = idempotency_key.as_deref() {
             let window = window_us(self.inner.config.idempotency_window);
-            self.inner.read().keys.get_within(k, Micros::now(), window)
-        }) {
-            return Ok(IngestReceipt {
-                accepted: rec.accepted,
-                lsn: rec.lsn,
-                replayed: true,
-            });
+            let st = self.inner.read();
+            if let Some(rec) = st.keys.get_within(key, Micros::now(), window) {
+                return Ok(IngestReceipt {
+                    accepted: rec.accepted,
+                    lsn: rec.lsn,
+                    replayed: true,
+                });
+            }
+            // A new key past the limit is refused, never an old one forgotten:
+            // a retry inside the window must not be applied twice.
+            let limit = self.inner.config.max_idempotency_keys;
+            if st.keys.len() >= limit {
+                drop(st);
+                // Keys past the window count no more: forget them first.
+                let mut st = self.inner.write();
+                st.keys.expire(Micros::now().saturating_sub_micros(window));
+                if st.keys.len() >= limit {
+                    return Err(EngineError::TooManyIdempotencyKeys { limit });
+                }
+            }
         }
         let accepted = events.len() as u32;
         let batch = Batch {

@@ -7,6 +7,10 @@ use serde_json::json;
 use toplog_engine::EngineError;
 use toplog_types::EventError;
 
+/// `Retry-After` when the idempotency keys are full: keys leave the window
+/// over time, so a minute brings room back at any steady rate.
+const IDEMPOTENCY_RETRY_SECS: u64 = 60;
+
 /// An error as the API returns it: `{"status":"error","error":{"code","message",...}}`.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -125,6 +129,9 @@ impl From<EngineError> for ApiError {
                     e.to_string(),
                 )
             },
+            EngineError::TooManyIdempotencyKeys { .. } => {
+                Self::overloaded(e.to_string(), IDEMPOTENCY_RETRY_SECS)
+            }
             EngineError::Wal(WalError::Corrupt { .. }) | EngineError::Corrupt { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }
