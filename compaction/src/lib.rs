@@ -5,13 +5,17 @@
 
 mod maintainer;
 mod maintenance;
+mod owner;
 mod policy;
 mod store;
 
 pub use maintainer::Maintainer;
 pub use maintenance::{
-    Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report, SegmentSummary,
-    plan_compactions, run,
+    ArchiveAccess, Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report,
+    SegmentSummary, plan_compactions, run,
+};
+pub use owner::{
+    ArchiveOwner, Claim, NODE_ID_FILE, NodeId, NodeIdError, OWNER_KEY, OwnerError, claim,
 };
 pub use policy::{Policy, PolicyError, PolicyErrorKind, format_duration};
 pub use store::{ArchiveConfig, ArchiveError, ObjectArchive};

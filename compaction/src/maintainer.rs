@@ -10,14 +10,16 @@ use serde_json::{Value, json};
 use toplog_engine::{Engine, SegmentInfo};
 use toplog_types::Micros;
 
-use crate::maintenance::{self, Report};
+use crate::maintenance::{self, ArchiveAccess, Report};
+use crate::owner::ArchiveOwner;
 use crate::policy::{Policy, PolicyError, PolicyErrorKind};
 
 #[derive(Debug)]
 pub struct Maintainer {
     engine: Arc<Engine>,
     data_dir: PathBuf,
-    archive_location: String,
+    /// Checked before every pass: only the archive's owner writes there.
+    owner: Arc<ArchiveOwner>,
     policy: Mutex<Policy>,
     last: Mutex<Option<Report>>,
     /// Passes in a row that ended with errors.
@@ -36,13 +38,13 @@ impl Maintainer {
         engine: Arc<Engine>,
         data_dir: PathBuf,
         policy: Policy,
-        archive_location: String,
+        owner: Arc<ArchiveOwner>,
     ) -> Self {
         engine.set_retention(policy.retention());
         Self {
             engine,
             data_dir,
-            archive_location,
+            owner,
             policy: Mutex::new(policy),
             last: Mutex::new(None),
             failing_passes: Mutex::new(0),
@@ -72,7 +74,11 @@ impl Maintainer {
     /// One pass now (after any pass under way). Blocks: call it off the async threads.
     pub fn run(&self) -> Report {
         let _one = lock(&self.running);
-        let report = maintenance::run(&self.engine, &self.policy());
+        let access = match self.owner.check() {
+            Ok(()) => ArchiveAccess::Owned,
+            Err(e) => ArchiveAccess::Fenced(e.to_string()),
+        };
+        let report = maintenance::run(&self.engine, &self.policy(), &access);
         {
             let mut failing = lock(&self.failing_passes);
             *failing = if report.errors.is_empty() {
@@ -171,7 +177,9 @@ impl Maintainer {
                 "rollup_1d": cutoffs.rollup(toplog_engine::Granularity::Day).to_rfc3339(),
             },
             "archive": {
-                "location": self.archive_location,
+                "location": self.owner.location(),
+                "node_id": self.owner.node().to_string(),
+                "owned": self.owner.is_confirmed(),
                 "status": if archive_errors.is_empty() { "ok" } else { "failing" },
                 "last_errors": archive_errors,
             },

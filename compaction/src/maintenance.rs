@@ -124,14 +124,32 @@ pub fn plan_compactions(segments: &[SegmentInfo]) -> Vec<Vec<SegmentId>> {
     out
 }
 
-/// Runs one pass over `engine` under `policy` at the current time.
-pub fn run(engine: &Engine, policy: &Policy) -> Report {
+/// Whether a pass may write and delete in the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveAccess {
+    /// The archive's owner marker names this node.
+    Owned,
+    /// It does not, or could not be read (the reason): the pass only compacts.
+    Fenced(String),
+}
+
+/// Runs one pass over `engine` under `policy` at the current time. A pass
+/// `Fenced` from the archive skips every step that writes or deletes there
+/// (purge deletes archived objects, so it waits too; reads hide expired rows
+/// meanwhile) and reports why as an archive error.
+pub fn run(engine: &Engine, policy: &Policy, archive: &ArchiveAccess) -> Report {
     let clock = Instant::now();
     let mut report = Report {
         started_at: Micros::now().to_rfc3339(),
         ..Report::default()
     };
     engine.set_retention(policy.retention());
+    if let ArchiveAccess::Fenced(reason) = archive {
+        report.errors.push(format!("archiving: {reason}"));
+        compact(engine, &mut report);
+        report.took_ms = clock.elapsed().as_secs_f64() * 1000.0;
+        return report;
+    }
     match engine.purge() {
         Ok(p) => {
             report.purged_segments = p.segments.iter().map(SegmentSummary::from).collect();
@@ -148,15 +166,7 @@ pub fn run(engine: &Engine, policy: &Policy) -> Report {
         }
         Err(e) => report.errors.push(format!("purge: {e}")),
     }
-    for ids in plan_compactions(&engine.segments()) {
-        match engine.compact(&ids) {
-            Ok(info) => report.compacted.push(Compaction {
-                from: ids.iter().map(|id| id.get()).collect(),
-                into: SegmentSummary::from(&info),
-            }),
-            Err(e) => report.errors.push(format!("compaction of {ids:?}: {e}")),
-        }
-    }
+    compact(engine, &mut report);
     let local_cutoff = Micros::now().saturating_sub_micros(micros(policy.raw_local_for));
     let mut due: Vec<SegmentInfo> = engine
         .segments()
@@ -191,6 +201,19 @@ pub fn run(engine: &Engine, policy: &Policy) -> Report {
     }
     report.took_ms = clock.elapsed().as_secs_f64() * 1000.0;
     report
+}
+
+/// Merges what [`plan_compactions`] picks.
+fn compact(engine: &Engine, report: &mut Report) {
+    for ids in plan_compactions(&engine.segments()) {
+        match engine.compact(&ids) {
+            Ok(info) => report.compacted.push(Compaction {
+                from: ids.iter().map(|id| id.get()).collect(),
+                into: SegmentSummary::from(&info),
+            }),
+            Err(e) => report.errors.push(format!("compaction of {ids:?}: {e}")),
+        }
+    }
 }
 
 fn micros(d: Duration) -> i64 {

@@ -300,11 +300,29 @@ fn compaction_and_archiving_keep_every_row_and_answer() {
         .join("archive/raw/day=2000-01-01/0000000000009999.parquet");
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, b"left by a crash").unwrap();
+    // Objects under the same folders with names a node never writes are not
+    // its to delete.
+    let strangers: Vec<_> = [
+        "raw/day=2000-01-01/notes.txt",
+        "raw/export.parquet",
+        "rollups/by-hand.cube",
+        "OWNER",
+    ]
+    .iter()
+    .map(|k| dir.path().join("archive").join(k))
+    .collect();
+    for s in &strangers {
+        std::fs::write(s, b"not written by a node").unwrap();
+    }
     assert_eq!(
         engine.sweep_archive().unwrap(),
         vec!["raw/day=2000-01-01/0000000000009999.parquet".to_owned()]
     );
     assert!(!orphan.exists());
+    for s in &strangers {
+        assert!(s.exists(), "{} was swept", s.display());
+        std::fs::remove_file(s).unwrap();
+    }
     assert!(engine.sweep_archive().unwrap().is_empty());
     assert_eq!(view(&engine), before);
     // A narrow range reads only what it needs and still gets exactly its rows.

@@ -43,6 +43,48 @@ pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {
     format!("raw/day={}/{id:016}.parquet", partition_start.utc_date())
 }
 
+/// Whether `key` has the form of an object a node writes: a segment copy
+/// (`raw/day=YYYY-MM-DD/<16 digits>.parquet`) or a rollup tier copy
+/// (`rollups/<granularity>-YYYY-MM-DD-g<generation>.cube`). The sweep deletes
+/// nothing else, whatever else lies under the prefix.
+pub(crate) fn is_node_key(key: &str) -> bool {
+    fn is_date(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 10
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                _ => c.is_ascii_digit(),
+            })
+    }
+    fn is_digits(s: &str) -> bool {
+        !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())
+    }
+    if let Some(rest) = key.strip_prefix("raw/day=") {
+        let Some((day, file)) = rest.split_once('/') else {
+            return false;
+        };
+        let Some(id) = file.strip_suffix(".parquet") else {
+            return false;
+        };
+        return is_date(day) && id.len() == 16 && is_digits(id);
+    }
+    if let Some(file) = key.strip_prefix("rollups/") {
+        let Some(stem) = file.strip_suffix(".cube") else {
+            return false;
+        };
+        let Some((name, rest)) = stem.split_once('-') else {
+            return false;
+        };
+        let Some((day, generation)) = rest.split_once("-g") else {
+            return false;
+        };
+        return crate::Granularity::from_name(name).is_some()
+            && is_date(day)
+            && is_digits(generation);
+    }
+    false
+}
+
 /// The rows of `cols`, in their order, as a Parquet file.
 pub(crate) fn to_parquet(cols: &Columns) -> Result<Vec<u8>> {
     let mut w = ParquetEventWriter::new(Vec::new())?;
@@ -234,6 +276,36 @@ mod tests {
                 .filter(|k| k.starts_with(prefix))
                 .cloned()
                 .collect())
+        }
+    }
+
+    #[test]
+    fn node_keys_are_exactly_the_names_a_node_writes() {
+        let day = Micros::new(86_400_000_000 * 20_000);
+        assert!(is_node_key(&segment_key(day, 42)));
+        for key in [
+            "raw/day=2026-11-24/0000000000000001.parquet",
+            "rollups/rollup_1m-2026-11-24-g7.cube",
+            "rollups/rollup_1h-2026-11-24-g12.cube",
+            "rollups/rollup_1d-2026-11-24-g1.cube",
+        ] {
+            assert!(is_node_key(key), "{key}");
+        }
+        for key in [
+            "OWNER",
+            "raw/notes.txt",
+            "raw/day=2026-11-24/1.parquet",
+            "raw/day=2026-11-24/0000000000000001.parquet.bak",
+            "raw/day=2026-11-24/sub/0000000000000001.parquet",
+            "raw/day=2026-1-24/0000000000000001.parquet",
+            "raw2/day=2026-11-24/0000000000000001.parquet",
+            "rollups/rollup_5m-2026-11-24-g1.cube",
+            "rollups/rollup_1m-2026-11-24-g.cube",
+            "rollups/rollup_1m-2026-11-24.cube",
+            "rollups/00000000000000000001.cube",
+            "other/raw/day=2026-11-24/0000000000000001.parquet",
+        ] {
+            assert!(!is_node_key(key), "{key}");
         }
     }
 

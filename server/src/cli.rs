@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use toplog_compaction::{Maintainer, ObjectArchive, Policy};
+use toplog_compaction::{
+    ArchiveOwner, Claim, Maintainer, NodeId, ObjectArchive, OwnerError, Policy,
+};
 use toplog_engine::Engine;
 
 use crate::api::{AppState, router};
@@ -182,9 +185,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Held until the node stops: two nodes on one directory would undo each
     // other's flushes and maintenance.
     let _lock = lock_data_dir(&engine_config.data_dir)?;
-    let archive = ObjectArchive::open(&config.archive, &engine_config.data_dir)?;
-    let archive_location = archive.location().to_owned();
-    engine_config.archive = Some(Arc::new(archive));
+    let node_id = NodeId::load_or_create(&engine_config.data_dir)?;
+    let archive = Arc::new(ObjectArchive::open(
+        &config.archive,
+        &engine_config.data_dir,
+    )?);
+    let owner = Arc::new(ArchiveOwner::new(
+        archive.clone(),
+        archive.location().to_owned(),
+        node_id,
+    ));
+    engine_config.archive = Some(archive);
     // A policy changed through the API outlives restarts and wins over the config.
     let policy = match Policy::load(&engine_config.data_dir) {
         Ok(Some(p)) => p,
@@ -208,7 +219,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         maintainer: OnceLock::new(),
         openapi: OnceLock::new(),
     });
-    tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), "listening");
+    tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 
     // Recovery runs while /healthz already answers and /readyz says "recovering".
     let opener = {
@@ -216,9 +227,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let jobs_dir = engine_config.data_dir.join("jobs");
+            // Claimed while recovery runs; nothing touches the archive before both end.
+            let claim = claim_archive(owner.clone());
             let opened = Engine::open(engine_config)
-                .map_err(anyhow::Error::from)
-                .and_then(|engine| Ok((engine, toplog_query::JobStore::open(&jobs_dir)?)));
+                .context("cannot open the store")
+                .and_then(|engine| {
+                    let jobs =
+                        toplog_query::JobStore::open(&jobs_dir).context("cannot open the store")?;
+                    Ok((engine, jobs))
+                })
+                .and_then(|(engine, jobs)| match claim.wait() {
+                    Ok(()) => Ok((engine, jobs)),
+                    Err(e) => {
+                        if let Err(closing) = engine.close() {
+                            tracing::warn!(error = %closing, "closing the store after a refused start");
+                        }
+                        Err(e.into())
+                    }
+                });
             match opened {
                 Ok((engine, (store, unfinished, skipped))) => {
                     for why in skipped {
@@ -229,7 +255,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                         engine.clone(),
                         engine.data_dir().to_path_buf(),
                         policy,
-                        archive_location,
+                        owner,
                     ));
                     let _ = state.maintainer.set(maintainer.clone());
                     if let Some(every) = interval {
@@ -250,7 +276,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Err(e) => {
-                    let _ = state.startup_error.set(e.to_string());
+                    let _ = state.startup_error.set(format!("{e:#}"));
                     Err(e)
                 }
             }
@@ -269,7 +295,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("recovery task failed: {e}"))?;
     if let Err(e) = opened {
         server.abort();
-        return Err(anyhow::anyhow!("cannot open the store: {e}"));
+        return Err(e);
     }
     server
         .await
@@ -282,6 +308,59 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// How long start-up waits for the archive to say who owns it.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The archive claim under way on a thread of its own.
+struct PendingClaim(std::sync::mpsc::Receiver<Result<Claim, OwnerError>>);
+
+/// Starts claiming the archive for this node (see docs/operations.md, "One
+/// archive, one owner").
+fn claim_archive(owner: Arc<ArchiveOwner>) -> PendingClaim {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("toplog-claim".into())
+        .spawn(move || {
+            let _ = tx.send(owner.claim());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the archive claim; maintenance will claim it");
+    }
+    PendingClaim(rx)
+}
+
+impl PendingClaim {
+    /// Waits for the claim: another owner refuses the start. A store that
+    /// fails or does not answer in time does not (reads of local data and
+    /// ingest need no archive); maintenance then claims the archive before
+    /// it writes or deletes anything there.
+    fn wait(self) -> Result<(), OwnerError> {
+        match self.0.recv_timeout(CLAIM_WAIT) {
+            Ok(Ok(claim)) => {
+                tracing::debug!(?claim, "the archive is this node's");
+                Ok(())
+            }
+            Ok(Err(e)) if e.is_store() => {
+                tracing::warn!(error = %e, "archive owner unknown; maintenance leaves the archive alone until it is");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                tracing::warn!(
+                    "the archive claim ended without an answer; maintenance will claim it"
+                );
+                Ok(())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    "no answer from the archive in {CLAIM_WAIT:?}; maintenance leaves it alone until it answers"
+                );
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Runs maintenance every `every`, off the async threads.

@@ -10,13 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, client, count_rows, now_ms, send_all};
+use toplog_tests::{Server, binary, client, count_rows, now_ms, send_all};
 
 const BUCKET: &str = "toplog-lifecycle";
 /// Bytes of a request a cut proxy lets through: the headers and part of a body.
@@ -607,8 +608,193 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 422, "an event older than raw.keep_for");
-    let body: serde_json::Value = r.json().unwrap();
-    assert_eq!(body["error"]["code"], "timestamp_out_of_window", "{body}");
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "timestamp_out_of_window"
+    );
+
+    // One archive, one owner: the prefix names this node, and a second node
+    // pointed at it refuses to start and touches nothing.
+    let keys = moto.keys();
+    assert!(keys.contains("toplog/OWNER"), "no owner marker: {keys:?}");
+    let node_id = storage(&server)["archive"]["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stderr = refused_start(&dir.path().join("other-node"), &args);
+    assert!(
+        stderr.contains(&format!("belongs to node {node_id}"))
+            && stderr.contains("s3://toplog-lifecycle/toplog"),
+        "{stderr}"
+    );
+    assert_eq!(moto.keys(), keys, "the refused node changed the bucket");
+}
+
+/// Starts `toplog serve` on `data` with `args`, expecting it to refuse:
+/// exit non-zero within 30 s. Returns what it wrote to stderr.
+fn refused_start(data: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env("TOPLOG_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "a second node on the same archive did not refuse to start: {}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    text
+}
+
+/// Every file under `dir` (relative path) with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_node_on_the_same_archive_refuses_to_start_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("shared-archive");
+    let url = format!("file://{}", archive.display());
+    let common = [
+        "--partition",
+        "1m",
+        "--memtable-max-age",
+        "1s",
+        "--raw-local-for",
+        "30s",
+        "--archive-url",
+        &url,
+    ];
+    let a_args = [&common[..], &["--maintenance-interval", "0s"]].concat();
+    let a_data = dir.path().join("a");
+    let a = Server::start_ready(&a_data, &a_args);
+    let events = group(0, 200, now_ms() - 120_000);
+    send_all(&a, &events);
+    wait_flushed(&a, events.len());
+    let report = maintenance(&a);
+    assert_eq!(report["errors"], json!([]), "{report}");
+    assert!(
+        !report["archived"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    // The node's id is kept in its data directory and named by the marker.
+    let s = storage(&a);
+    let a_id = s["archive"]["node_id"].as_str().unwrap().to_owned();
+    assert_eq!(s["archive"]["owned"], true, "{s}");
+    let node_file: Value =
+        serde_json::from_slice(&std::fs::read(a_data.join("NODE_ID")).unwrap()).unwrap();
+    assert_eq!(node_file, json!({"version": 1, "node_id": a_id}));
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(archive.join("OWNER")).unwrap()).unwrap();
+    assert_eq!(marker["owner"], a_id.as_str(), "{marker}");
+    assert_eq!(marker["kind"], "node");
+    // An orphan of A's (an upload a crash cut short): only A's sweep may take it.
+    let orphan = "raw/day=2000-01-01/0000000000009999.parquet";
+    std::fs::create_dir_all(archive.join("raw/day=2000-01-01")).unwrap();
+    std::fs::write(archive.join(orphan), b"left by a crash").unwrap();
+    let before = files(&archive);
+    assert!(
+        before.keys().filter(|k| k.ends_with(".parquet")).count() > 1,
+        "{:?}",
+        before.keys()
+    );
+
+    // B: its own data directory, the same archive, maintenance every second.
+    let b_data = dir.path().join("b");
+    let b_args = [&common[..], &["--maintenance-interval", "1s"]].concat();
+    let stderr = refused_start(&b_data, &b_args);
+    let b_file: Value =
+        serde_json::from_slice(&std::fs::read(b_data.join("NODE_ID")).unwrap()).unwrap();
+    let b_id = b_file["node_id"].as_str().unwrap();
+    assert_ne!(b_id, a_id);
+    for part in [
+        format!("belongs to node {a_id}"),
+        format!("not to this node ({b_id})"),
+        archive.display().to_string(),
+        "OWNER".to_owned(),
+    ] {
+        assert!(stderr.contains(&part), "`{part}` not in stderr: {stderr}");
+    }
+    assert_eq!(files(&archive), before, "B changed A's archive");
+
+    // A goes on as before, and its own sweep takes its orphan.
+    let report = maintenance(&a);
+    assert_eq!(report["errors"], json!([]), "{report}");
+    assert_eq!(report["swept_objects"], json!([orphan]), "{report}");
+    let count = get(&a, "/api/v1/requests/count?start=0")["count"].clone();
+    assert_eq!(count, events.len());
+
+    // Restarted on its data directory, A is still the owner.
+    assert!(a.terminate().success());
+    let a = Server::start_ready(&a_data, &a_args);
+    let s = storage(&a);
+    assert_eq!(s["archive"]["node_id"], a_id.as_str());
+    let report = maintenance(&a);
+    assert_eq!(report["errors"], json!([]), "{report}");
+    assert_eq!(storage(&a)["archive"]["owned"], true);
+    let count = get(&a, "/api/v1/requests/count?start=0")["count"].clone();
+    assert_eq!(
+        count,
+        events.len(),
+        "archived rows read back after a restart"
+    );
+
+    // Handed over on purpose: with A stopped and the marker deleted, B starts
+    // and owns the archive.
+    assert!(a.terminate().success());
+    std::fs::remove_file(archive.join("OWNER")).unwrap();
+    let b = Server::start_ready(&b_data, &b_args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while storage(&b)["archive"]["owned"] != true {
+        assert!(Instant::now() < deadline, "B did not claim the archive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(archive.join("OWNER")).unwrap()).unwrap();
+    assert_eq!(marker["owner"], b_id, "{marker}");
+    let stderr = refused_start(&a_data, &a_args);
+    assert!(
+        stderr.contains(&format!("belongs to node {b_id}")),
+        "{stderr}"
+    );
 }
 
 #[test]

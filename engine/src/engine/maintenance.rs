@@ -451,8 +451,11 @@ impl Engine {
     /// manifest does not name: copies left by a step a crash cut short before
     /// the manifest named them (whose segment was since compacted or purged),
     /// or whose deletion failed. Every upload runs under the same lock, so no
-    /// object in flight is taken for an orphan. The archive's prefix must
-    /// belong to this node alone.
+    /// object in flight is taken for an orphan. Only names a node writes are
+    /// candidates (anything else found there is left alone), and the archive's
+    /// prefix must belong to this node alone: the caller checks its owner
+    /// marker first (toplog-compaction's `ArchiveOwner`), since another node's
+    /// segment copies have the same names as this node's.
     pub fn sweep_archive(&self) -> Result<Vec<String>> {
         let _one = lock(&self.inner.maintenance);
         self.inner.check_writable()?;
@@ -477,7 +480,7 @@ impl Engine {
                 reason: e.to_string(),
             };
             for key in store.list(prefix).map_err(failed)? {
-                if !named.contains(&key) {
+                if !named.contains(&key) && archive::is_node_key(&key) {
                     store.delete(&key).map_err(failed)?;
                     swept.push(key);
                 }
