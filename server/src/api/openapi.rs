@@ -112,7 +112,9 @@ fn reason(code: u16) -> &'static str {
         422 => {
             "Each value is valid but together they ask what cannot be answered: a range that ends before it starts, or a question over the node's limits (`query_too_large`, naming the limit)"
         }
-        503 => "Not ready, or not accepting writes (the error says why)",
+        503 => {
+            "Busy (`overloaded`, with `Retry-After`), recovering, or not accepting writes: the error says which"
+        }
         _ => "Other",
     }
 }
@@ -167,10 +169,15 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         }
         responses.insert(route.ok.0.to_string(), ok);
         for code in route.errors {
-            responses.insert(
-                code.to_string(),
-                json!({"description": reason(*code), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{error_schema}")}}}}),
-            );
+            let mut response = json!({"description": reason(*code), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{error_schema}")}}}});
+            if *code == 503 && error_schema == "Error" {
+                response["headers"] = json!({"Retry-After": {
+                    "description": "With `overloaded`: seconds after which to try again.",
+                    "required": false,
+                    "schema": {"type": "integer", "minimum": 1},
+                }});
+            }
+            responses.insert(code.to_string(), response);
         }
         let mut operation = json!({"operationId": route.id, "summary": route.summary,
                                    "parameters": params, "responses": responses});
