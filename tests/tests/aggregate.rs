@@ -59,6 +59,7 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
     assert_eq!(body["message"], "Aggregation request submitted.");
     let id = body["aggregation_id"].as_str().unwrap().to_owned();
     let job = wait_done(&server, &id);
+    let mut latencies: BTreeMap<(i64, String), Vec<f64>> = BTreeMap::new();
     let mut want: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
     for e in &events {
         let t = e["timestamp"].as_i64().unwrap();
@@ -70,6 +71,13 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
             .or_default();
         slot.0 += 1;
         slot.1 += u64::from(e["status_code"] == 500);
+        latencies
+            .entry((
+                (t - start) / 300_000,
+                e["endpoint"].as_str().unwrap().to_owned(),
+            ))
+            .or_default()
+            .push(e["latency_ms"].as_f64().unwrap());
     }
     let rows = job["result"].as_array().unwrap();
     assert_eq!(rows.len(), want.len(), "{job}");
@@ -85,7 +93,28 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
         // serde_json's default float parsing may be one ulp off the exact value.
         let rate = row["error_rate"].as_f64().unwrap();
         assert!((rate - *errors as f64 / *n as f64).abs() < 1e-12, "{row}");
-        assert!(row["latency"]["p99"].as_f64().is_some());
+        // The average is exact; quantiles come from a sketch with a 1%
+        // relative error, around the value at the quantile's rank (bracketed
+        // by the two usual rank conventions).
+        let mut sorted = latencies[&(*slot, endpoint.clone())].clone();
+        sorted.sort_by(f64::total_cmp);
+        let avg = sorted.iter().sum::<f64>() / sorted.len() as f64;
+        let got_avg = row["latency"]["avg"].as_f64().unwrap();
+        assert!(
+            (got_avg - avg).abs() < 1e-9 * avg.max(1.0),
+            "avg {got_avg} != {avg}: {row}"
+        );
+        let n = sorted.len();
+        for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
+            let a = (q * (n - 1) as f64).floor() as usize;
+            let b = ((q * n as f64).ceil() as usize).saturating_sub(1);
+            let (lo, hi) = (sorted[a.min(b)], sorted[a.max(b)]);
+            let got = row["latency"][name].as_f64().unwrap();
+            assert!(
+                got >= lo / 1.01 - 1e-9 && got <= hi * 1.01 + 1e-9,
+                "{name} {got} outside [{lo}, {hi}] +-1%: {row}"
+            );
+        }
     }
     let list: Value = client()
         .get(server.url("/api/v1/requests/aggregate"))
