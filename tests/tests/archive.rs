@@ -592,14 +592,19 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    let cutoff = now_ms() - 30_000;
+    // Exactly the rows at or after the cutoff at the moment of the read,
+    // which lies between the two instants around it.
+    let earliest_cutoff = now_ms() - 30_000;
     let count = get(&server, "/api/v1/requests/count?start=0")["count"]
         .as_u64()
         .unwrap();
-    let kept = model.iter().filter(|e| ts(e) >= cutoff).count() as u64;
+    let latest_cutoff = now_ms() - 30_000;
+    let kept = |cutoff: i64| model.iter().filter(|e| ts(e) >= cutoff).count() as u64;
     assert!(
-        count <= kept,
-        "{count} rows visible, {kept} at most under the new policy"
+        (kept(latest_cutoff)..=kept(earliest_cutoff)).contains(&count),
+        "{count} rows visible, {}..={} under the new policy",
+        kept(latest_cutoff),
+        kept(earliest_cutoff)
     );
     let old = [event(9_999, now_ms() - 60_000)];
     let r = client()
