@@ -10,18 +10,15 @@ use crate::{AggregateRow, AggregationSpec, Metric, QueryError, Result};
 
 /// The names a request's `metrics` list takes: `latency` (avg, p50, p95 and
 /// p99 together) and every top-K metric.
-pub const AGGREGATION_METRICS: [&str; 10] = [
-    "latency",
-    "frequency",
-    "errors",
-    "error_rate",
-    "latency_avg",
-    "latency_p50",
-    "latency_p90",
-    "latency_p95",
-    "latency_p99",
-    "latency_max",
-];
+pub const AGGREGATION_METRICS: [&str; 10] = {
+    let mut names = ["latency"; 10];
+    let mut i = 0;
+    while i < Metric::NAMES.len() {
+        names[i + 1] = Metric::NAMES[i];
+        i += 1;
+    }
+    names
+};
 /// Most names in `metrics`.
 const MAX_METRICS: usize = 16;
 /// Longest text filter, in characters (an endpoint's limit).
