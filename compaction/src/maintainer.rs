@@ -169,6 +169,12 @@ impl Maintainer {
                 "bytes": s.bytes,
             })).collect::<Vec<_>>(),
             "memtable": {"rows": stats.memtable_rows, "bytes": stats.memtable_bytes},
+            "ingest": {"apply_lock_wait_us": {
+                "count": stats.apply_lock_wait.count,
+                "p50": stats.apply_lock_wait.p50_us,
+                "p99": stats.apply_lock_wait.p99_us,
+                "max": stats.apply_lock_wait.max_us,
+            }},
             "tiers": tiers,
             "kept_from": {
                 "raw": cutoffs.raw.to_rfc3339(),

@@ -21,8 +21,8 @@ pub use archive::ArchiveStore;
 pub use batch::KeyedEvents;
 pub use engine::{
     Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET,
-    Engine, EngineConfig, IngestReceipt, PurgeReport, Retention, RollupTier, SegmentInfo,
-    StorageStats,
+    Engine, EngineConfig, IngestReceipt, LockWaitStats, PurgeReport, Retention, RollupTier,
+    SegmentInfo, StorageStats,
 };
 pub use error::{EngineError, Result};
 pub use rollup::{

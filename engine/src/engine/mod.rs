@@ -5,6 +5,7 @@
 
 mod cache;
 mod config;
+mod lock_wait;
 mod maintenance;
 mod open;
 mod read;
@@ -33,6 +34,7 @@ pub use config::{
     Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET,
     EngineConfig, Retention,
 };
+pub use lock_wait::LockWaitStats;
 pub use maintenance::{PurgeReport, RollupTier};
 pub use read::StorageStats;
 pub use write::IngestReceipt;
@@ -122,6 +124,8 @@ struct Inner {
     /// Held by an apply from start to end and by a flush while it takes the
     /// memtables, so a flush never splits a batch that is applied in chunks.
     apply_gate: Mutex<()>,
+    /// How long applying the log waited for the write lock.
+    apply_waits: lock_wait::LockWaits,
     /// Set once after a failure that must not be retried; writes are refused from then on.
     poisoned: Mutex<Option<String>>,
     flusher: (Mutex<FlusherSignal>, Condvar),
@@ -157,6 +161,18 @@ impl Inner {
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write()
+    }
+
+    /// [`Inner::write`] for applying the log, recording how long it waited.
+    fn write_for_apply(&self) -> RwLockWriteGuard<'_, State> {
+        if let Some(st) = self.state.try_write() {
+            self.apply_waits.record(Duration::ZERO);
+            return st;
+        }
+        let asked = Instant::now();
+        let st = self.state.write();
+        self.apply_waits.record(asked.elapsed());
+        st
     }
 
     fn dir(&self, sub: &str) -> PathBuf {

@@ -159,6 +159,7 @@ impl Engine {
             state: RwLock::new(state),
             manifest: Mutex::new(manifest),
             apply_gate: Mutex::new(()),
+            apply_waits: Default::default(),
             poisoned: Mutex::new(None),
             flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
             decoded: Mutex::new(Vec::new()),

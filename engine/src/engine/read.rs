@@ -15,7 +15,7 @@ use crate::rollup::{Cube, Dimension, Granularity};
 use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
 
 /// A summary of what is stored, for `/readyz` and operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StorageStats {
     pub segments: usize,
     pub segment_rows: u64,
@@ -25,6 +25,8 @@ pub struct StorageStats {
     pub applied_lsn: Lsn,
     pub flushed_lsn: Lsn,
     pub idempotency_keys: usize,
+    /// How long applying the log waited for the state's write lock, recently.
+    pub apply_lock_wait: super::LockWaitStats,
 }
 
 impl Engine {
@@ -278,6 +280,7 @@ impl Engine {
             applied_lsn: st.applied_lsn,
             flushed_lsn: st.flushed_lsn,
             idempotency_keys: st.keys.len(),
+            apply_lock_wait: self.inner.apply_waits.stats(),
         }
     }
 

@@ -171,7 +171,7 @@ impl Inner {
         });
         if !duplicate {
             for (c, chunk) in batch.rows.chunks(APPLY_CHUNK).enumerate() {
-                let mut st = self.write();
+                let mut st = self.write_for_apply();
                 let mut added = 0;
                 for (i, row) in (c * APPLY_CHUNK..).zip(chunk) {
                     let part = Micros::new(row.ts).floor_to(plen).get();
