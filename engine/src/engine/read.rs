@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use toplog_types::{Event, Lsn, Micros};
 
-use super::{Engine, Frozen, Inner, Segment, State};
+use super::{Engine, Frozen, Inner, Segment};
 use crate::columns::Columns;
 use crate::error::{EngineError, Result};
-use crate::rollup::{Cube, Dimension, Granularity};
+use crate::rollup::{Cube, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
 
 /// A summary of what is stored, for `/readyz` and operators.
@@ -157,24 +157,22 @@ impl Engine {
         dim: Dimension,
         f: impl FnOnce(&[&Cube]) -> R,
     ) -> R {
-        let st = self.inner.read();
+        let view = self.inner.rollup_view(pieces);
         let mut cubes = Vec::new();
-        self.inner
-            .visit_pieces(&st, pieces, dim, |_, c| cubes.push(c));
+        view.visit(dim, |_, c| cubes.push(c));
         f(&cubes)
     }
 
     /// [`Engine::with_rollups`] a cube at a time, with the index in `pieces`
-    /// of the piece it belongs to: one lock and one look at the retention for
-    /// many pieces (a time series reads a few per interval).
+    /// of the piece it belongs to: one look at the state and the retention
+    /// for many pieces (a time series reads a few per interval).
     pub fn each_rollup(
         &self,
         pieces: &[(Granularity, Micros, Micros)],
         dim: Dimension,
         f: impl FnMut(usize, &Cube),
     ) {
-        let st = self.inner.read();
-        self.inner.visit_pieces(&st, pieces, dim, f);
+        self.inner.rollup_view(pieces).visit(dim, f);
     }
 
     /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the
@@ -297,24 +295,50 @@ impl Inner {
         range.overlaps(Micros::new(start), Micros::new(last))
     }
 
-    /// Calls `f` with every cube of `dim` in `pieces` (and the piece's
-    /// index): flushed, being flushed, then open. Buckets past their retention
-    /// are not read, purged or not.
-    fn visit_pieces<'s>(
-        &self,
-        st: &'s State,
-        pieces: &[(Granularity, Micros, Micros)],
-        dim: Dimension,
-        mut f: impl FnMut(usize, &'s Cube),
-    ) {
+    /// The rollups a read of `pieces` needs, taken under a short read lock:
+    /// the flushed and being-flushed sets whole (immutable and shared), and
+    /// of the open set only the buckets the pieces name (shared until the
+    /// apply thread next changes one, which then copies it). The read itself
+    /// holds no lock, so applying the log never waits for it. Buckets past
+    /// their retention are left out, purged or not.
+    fn rollup_view(&self, pieces: &[(Granularity, Micros, Micros)]) -> RollupView {
         let cutoffs = self.cutoffs();
-        for (i, &(g, from, to)) in pieces.iter().enumerate() {
-            let from = from.max(cutoffs.rollup(g));
-            st.rollups.visit(g, from, to, dim, |c| f(i, c));
-            for r in &st.frozen_rollups {
+        let pieces: Vec<(Granularity, Micros, Micros)> = pieces
+            .iter()
+            .map(|&(g, from, to)| (g, from.max(cutoffs.rollup(g)), to))
+            .collect();
+        let st = self.read();
+        RollupView {
+            flushed: st.rollups.clone(),
+            frozen: st.frozen_rollups.clone(),
+            open: pieces
+                .iter()
+                .map(|&(g, from, to)| st.active_rollups.slice(g, from, to))
+                .collect(),
+            pieces,
+        }
+    }
+}
+
+/// What [`Inner::rollup_view`] took: cubes to read without the state's lock.
+struct RollupView {
+    flushed: Arc<Rollups>,
+    frozen: Vec<Arc<Rollups>>,
+    /// Per piece, the open buckets it covers.
+    open: Vec<Rollups>,
+    pieces: Vec<(Granularity, Micros, Micros)>,
+}
+
+impl RollupView {
+    /// Calls `f` with every cube of `dim` in the pieces (and the piece's
+    /// index): flushed, being flushed, then open.
+    fn visit<'a>(&'a self, dim: Dimension, mut f: impl FnMut(usize, &'a Cube)) {
+        for (i, &(g, from, to)) in self.pieces.iter().enumerate() {
+            self.flushed.visit(g, from, to, dim, |c| f(i, c));
+            for r in &self.frozen {
                 r.visit(g, from, to, dim, |c| f(i, c));
             }
-            st.active_rollups.visit(g, from, to, dim, |c| f(i, c));
+            self.open[i].visit(g, from, to, dim, |c| f(i, c));
         }
     }
 }
