@@ -169,6 +169,10 @@ impl Maintainer {
                 "bytes": s.bytes,
             })).collect::<Vec<_>>(),
             "memtable": {"rows": stats.memtable_rows, "bytes": stats.memtable_bytes},
+            "interned_keys": toplog_engine::Dimension::ALL
+                .iter()
+                .map(|d| (d.name().to_owned(), json!(d.interned_keys())))
+                .collect::<serde_json::Map<String, Value>>(),
             "ingest": {"apply_lock_wait_us": {
                 "count": stats.apply_lock_wait.count,
                 "p50": stats.apply_lock_wait.p50_us,

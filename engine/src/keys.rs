@@ -59,6 +59,11 @@ impl Keys {
         id
     }
 
+    /// How many keys were interned (the ids given out).
+    pub(crate) fn len(&self) -> usize {
+        self.inner.read_recursive().by_id.len()
+    }
+
     /// Calls `f` with a way to name ids ("" for an id never given, which no
     /// cube holds), under one lock for all. `f` must not intern.
     pub(crate) fn with_names<R>(&self, f: impl FnOnce(&dyn Fn(KeyId) -> &'static str) -> R) -> R {

@@ -82,6 +82,23 @@ impl Dimension {
         Some((class, key.get(2..)?))
     }
 
+    /// The dimension's name, as the API spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dimension::Endpoint => "endpoint",
+            Dimension::StatusCode => "status_code",
+            Dimension::Method => "method",
+            Dimension::UserId => "user_id",
+            Dimension::EndpointStatusClass => "endpoint_status_class",
+        }
+    }
+
+    /// Keys of this dimension the process has interned (they are never
+    /// freed; a restart starts again from what the rollups hold).
+    pub fn interned_keys(self) -> usize {
+        Keys::of(self).len()
+    }
+
     pub(crate) const fn index(self) -> usize {
         match self {
             Dimension::Endpoint => 0,
