@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use toplog_types::SegmentId;
 use toplog_wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +17,19 @@ pub enum EngineError {
     Corrupt { path: PathBuf, reason: String },
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    /// The engine stopped taking writes after a failure it will not retry.
-    #[error("not accepting writes: {0}")]
-    Unavailable(String),
+    /// The engine stopped taking writes after a failure it will not retry
+    /// (the failure's own message).
+    #[error("not accepting writes: {reason}")]
+    Stopped { reason: String },
+    /// The thread writing the log is gone (the engine is closing).
+    #[error("not accepting writes: the log writer has stopped")]
+    LogWriterStopped,
+    /// Segments are archived but no archive is configured to read them from.
+    #[error("segments are archived but no archive is configured")]
+    NoArchive,
+    /// Every segment id has been used.
+    #[error("not accepting writes: segment ids exhausted")]
+    SegmentIdsExhausted,
     /// The object store failed or holds something other than what was written.
     #[error("archive object {key}: {reason}")]
     Archive { key: String, reason: String },
@@ -34,8 +45,21 @@ pub enum EngineError {
     )]
     TooManyIdempotencyKeys { limit: usize },
     /// A maintenance request that does not apply to the store as it is.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Maintenance(#[from] MaintenanceError),
+}
+
+/// Why a maintenance request does not apply to the store as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error("no segment {0}")]
+    NoSuchSegment(SegmentId),
+    #[error("compaction needs two segments or more")]
+    TooFewToCompact,
+    #[error("segment {0} is archived")]
+    Archived(SegmentId),
+    #[error("segments {0} and {1} are in different partitions")]
+    DifferentPartitions(SegmentId, SegmentId),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

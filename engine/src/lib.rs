@@ -24,7 +24,7 @@ pub use engine::{
     Engine, EngineConfig, IngestReceipt, LockWaitStats, PurgeReport, Retention, RollupTier,
     SegmentInfo, StorageStats,
 };
-pub use error::{EngineError, Result};
+pub use error::{EngineError, MaintenanceError, Result};
 pub use rollup::{
     Cell, Cube, Dimension, Granularity, HEAVIEST_LISTED, Key, Overflow, Rollups, most_first,
 };

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::archive;
 use crate::columns::Columns;
-use crate::error::{EngineError, Result, io_err};
+use crate::error::{EngineError, MaintenanceError, Result, io_err};
 use crate::manifest::{self, Manifest, SegmentEntry};
 use crate::rollup::{self, Granularity, Rollups};
 use crate::segment;
@@ -59,7 +59,9 @@ impl Inner {
                     .iter()
                     .find(|s| s.id == *id)
                     .cloned()
-                    .ok_or_else(|| EngineError::Invalid(format!("no segment {id}")))
+                    .ok_or(EngineError::Maintenance(MaintenanceError::NoSuchSegment(
+                        *id,
+                    )))
             })
             .collect()
     }
@@ -230,27 +232,19 @@ impl Engine {
         self.inner.check_writable()?;
         let olds = self.inner.find_segments(ids)?;
         let [first, rest @ ..] = olds.as_slice() else {
-            return Err(EngineError::Invalid("nothing to compact".into()));
+            return Err(MaintenanceError::TooFewToCompact.into());
         };
         if rest.is_empty() {
-            return Err(EngineError::Invalid(
-                "compaction needs two segments or more".into(),
-            ));
+            return Err(MaintenanceError::TooFewToCompact.into());
         }
         for s in &olds {
             if matches!(s.stored, Stored::Archived { .. }) {
-                return Err(EngineError::Invalid(format!(
-                    "segment {} is archived",
-                    s.id
-                )));
+                return Err(MaintenanceError::Archived(s.id).into());
             }
             if (s.meta.partition_start, s.meta.partition_len_us)
                 != (first.meta.partition_start, first.meta.partition_len_us)
             {
-                return Err(EngineError::Invalid(format!(
-                    "segments {} and {} are in different partitions",
-                    first.id, s.id
-                )));
+                return Err(MaintenanceError::DifferentPartitions(first.id, s.id).into());
             }
         }
         let mut cols = Columns::default();
@@ -337,7 +331,9 @@ impl Engine {
             .inner
             .find_segments(&[id])?
             .pop()
-            .ok_or_else(|| EngineError::Invalid(format!("no segment {id}")))?;
+            .ok_or(EngineError::Maintenance(MaintenanceError::NoSuchSegment(
+                id,
+            )))?;
         if matches!(seg.stored, Stored::Archived { .. }) {
             return Ok(seg.info());
         }

@@ -186,15 +186,15 @@ impl Inner {
 
     fn check_writable(&self) -> Result<()> {
         match lock(&self.poisoned).as_ref() {
-            Some(reason) => Err(EngineError::Unavailable(reason.clone())),
+            Some(reason) => Err(EngineError::Stopped {
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
 
     fn archive_store(&self) -> Result<Arc<dyn ArchiveStore>> {
-        self.config.archive.clone().ok_or_else(|| {
-            EngineError::Unavailable("segments are archived but no archive is configured".into())
-        })
+        self.config.archive.clone().ok_or(EngineError::NoArchive)
     }
 
     fn cutoffs(&self) -> Cutoffs {
@@ -205,7 +205,7 @@ impl Inner {
         let id = manifest
             .last_segment_id
             .checked_next()
-            .ok_or_else(|| EngineError::Unavailable("segment ids exhausted".into()))?;
+            .ok_or(EngineError::SegmentIdsExhausted)?;
         manifest.last_segment_id = id;
         Ok(id)
     }

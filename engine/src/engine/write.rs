@@ -83,7 +83,7 @@ impl Engine {
             .wal
             .append_attached(batch.encode(), Box::new(ids))
             .await
-            .map_err(|_| EngineError::Unavailable("the log writer has stopped".into()))??;
+            .map_err(|_| EngineError::LogWriterStopped)??;
         // Two concurrent batches with one key both reach the log; apply kept the first.
         let first = batch
             .idempotency_key

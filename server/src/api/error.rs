@@ -135,10 +135,13 @@ impl From<EngineError> for ApiError {
             EngineError::Wal(WalError::Corrupt { .. }) | EngineError::Corrupt { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }
-            EngineError::Unavailable(_) | EngineError::Wal(_) | EngineError::Archive { .. } => {
-                Self::unavailable(e.to_string())
-            }
-            EngineError::Invalid(m) => Self::bad_request("invalid_request", m),
+            EngineError::Stopped { .. }
+            | EngineError::LogWriterStopped
+            | EngineError::NoArchive
+            | EngineError::SegmentIdsExhausted
+            | EngineError::Wal(_)
+            | EngineError::Archive { .. } => Self::unavailable(e.to_string()),
+            EngineError::Maintenance(_) => Self::bad_request("invalid_request", e.to_string()),
             other => Self::internal(other.to_string()),
         }
     }
