@@ -54,26 +54,66 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         count_rows(&body)
     };
     assert_eq!(ask(&server), want[..3].to_vec());
-    let (_, body) = get(
+    // Errors by endpoint: every endpoint, most errors first, ties by key,
+    // each with its request count, exactly as the model has them.
+    let (s, body) = get(
         &server,
         "/api/v1/requests/top-k?k=10&metric=errors&by=endpoint",
     );
-    for row in body["data"].as_array().unwrap() {
-        let key = row["request_id"].as_str().unwrap();
-        assert_eq!(
-            row["metric_value"].as_f64().unwrap() as u64,
-            errors.get(key).copied().unwrap_or(0)
-        );
-        assert_eq!(row["count"].as_u64().unwrap(), freq[key]);
-    }
-    let (_, body) = get(
+    assert_eq!(s, 200, "{body}");
+    let mut want_errors: Vec<(String, u64, u64)> = freq
+        .iter()
+        .map(|(k, n)| (k.clone(), errors.get(k).copied().unwrap_or(0), *n))
+        .collect();
+    want_errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let got_errors: Vec<(String, u64, u64)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["request_id"].as_str().unwrap().to_owned(),
+                row["metric_value"].as_f64().unwrap() as u64,
+                row["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got_errors, want_errors, "{body}");
+    // p99 by user among users with at least 10 requests: the two largest,
+    // each with bounds around its value and its exact count.
+    let (s, body) = get(
         &server,
         "/api/v1/requests/top-k?k=2&metric=latency_p99&by=user_id&min_count=10",
     );
+    assert_eq!(s, 200, "{body}");
     assert_eq!(body["meta"]["exact"], false);
-    for row in body["data"].as_array().unwrap() {
-        assert!(row["lower"].as_f64().unwrap() <= row["upper"].as_f64().unwrap());
+    let rows = body["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{body}");
+    let mut user_latencies: HashMap<String, Vec<f64>> = HashMap::new();
+    for e in &events {
+        user_latencies
+            .entry(e["user_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["latency_ms"].as_f64().unwrap());
     }
+    for row in rows {
+        let (lo, hi) = (
+            row["lower"].as_f64().unwrap(),
+            row["upper"].as_f64().unwrap(),
+        );
+        let value = row["metric_value"].as_f64().unwrap();
+        assert!(lo <= value && value <= hi, "{row}");
+        let user = row["request_id"].as_str().unwrap();
+        assert_eq!(
+            row["count"].as_u64(),
+            Some(user_latencies[user].len() as u64),
+            "{row}"
+        );
+    }
+    assert!(
+        rows[0]["metric_value"].as_f64() >= rows[1]["metric_value"].as_f64(),
+        "largest first: {body}"
+    );
     let (_, body) = get(
         &server,
         "/api/v1/requests/top-k?k=1&metric=latency_max&by=request",
