@@ -188,21 +188,18 @@ fn parse_date(text: &str) -> Option<i64> {
     Some((date - epoch).num_days())
 }
 
+/// The API's narrower form of [`crate::parse_duration`]: its pattern first
+/// (no `ms`, no leading zero, at most 6 digits), then the one parser.
 fn parse_duration(text: &str) -> Option<i64> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = text.split_at(split);
-    if n.len() > MAX_DURATION_DIGITS || n.starts_with('0') {
+    let fits = (1..=MAX_DURATION_DIGITS).contains(&n.len())
+        && !n.starts_with('0')
+        && matches!(unit, "s" | "m" | "h" | "d");
+    if !fits {
         return None;
     }
-    let n: i64 = digits(n)?.try_into().ok()?;
-    let unit_us: i64 = match unit {
-        "s" => 1_000_000,
-        "m" => 60_000_000,
-        "h" => 3_600_000_000,
-        "d" => 86_400_000_000,
-        _ => return None,
-    };
-    n.checked_mul(unit_us)
+    i64::try_from(crate::parse_duration(text).ok()?.as_micros()).ok()
 }
 
 fn parse_cursor(text: &str) -> Option<()> {

@@ -93,7 +93,7 @@ pub(super) async fn submit_aggregation(
     let id = job.aggregation_id.clone();
     {
         let (store, job) = (store.clone(), job.clone());
-        let ttl = i64::try_from(app.config.aggregation_ttl.as_micros()).unwrap_or(i64::MAX);
+        let ttl = super::events::micros(app.config.aggregation_ttl);
         blocking(move || {
             store.expire(Micros::now().saturating_sub_micros(ttl))?;
             Ok(store.put(&job)?)
