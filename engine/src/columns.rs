@@ -255,6 +255,56 @@ impl Columns {
         ROW_BYTES + r.request_id.len()
     }
 
+    /// Row `i`'s values, borrowed.
+    pub(crate) fn row(&self, i: usize) -> Row<'_> {
+        Row {
+            ts: self.ts[i],
+            request_id: self.request_id.get(i),
+            user_id: self.user_id.get(i),
+            endpoint: self.endpoint.get(i),
+            method: self.method.get(i),
+            status: self.status[i],
+            latency_us: self.latency_us[i],
+        }
+    }
+
+    /// Appends every row of `other` (which must hold its request ids).
+    pub(crate) fn append(&mut self, other: &Columns) {
+        for i in 0..other.len() {
+            self.push_row(other.row(i));
+        }
+    }
+
+    /// The rows of `parts`, one after another, in one set of columns.
+    pub(crate) fn concat<'a>(parts: impl IntoIterator<Item = &'a Columns>) -> Columns {
+        let mut out = Columns::default();
+        parts.into_iter().for_each(|p| out.append(p));
+        out
+    }
+
+    /// The same rows, without the lookups kept for pushing: what a reader
+    /// needs of columns that go on growing (their lookups are rebuilt if a
+    /// filter asks).
+    pub(crate) fn copy_rows(&self) -> Columns {
+        let dict = |d: &DictColumn| DictColumn::from_parts(d.values.clone(), d.ids.clone());
+        Columns {
+            ts: self.ts.clone(),
+            request_id: self.request_id.clone(),
+            user_id: dict(&self.user_id),
+            endpoint: dict(&self.endpoint),
+            method: dict(&self.method),
+            status: self.status.clone(),
+            latency_us: self.latency_us.clone(),
+        }
+    }
+
+    /// Drops what only pushes use, once no more rows will come.
+    pub(crate) fn seal(&mut self) {
+        for d in [&mut self.user_id, &mut self.endpoint, &mut self.method] {
+            d.by_key = HashMap::default();
+        }
+    }
+
     pub(crate) fn event(&self, i: usize) -> Event {
         Event {
             request_id: self.request_id.get(i).to_owned(),

@@ -249,10 +249,7 @@ impl Engine {
         }
         let mut cols = Columns::default();
         for s in &olds {
-            let part = self.inner.read_whole(s)?;
-            for i in 0..part.len() {
-                cols.push(&part.event(i));
-            }
+            cols.append(&*self.inner.read_whole(s)?);
         }
         let rows: u64 = olds.iter().map(|s| s.meta.rows).sum();
         let min_ts = olds.iter().map(|s| s.meta.min_ts).min();

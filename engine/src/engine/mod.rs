@@ -7,6 +7,7 @@ mod cache;
 mod config;
 mod lock_wait;
 mod maintenance;
+mod memtable;
 mod open;
 mod read;
 mod write;
@@ -84,13 +85,13 @@ impl Segment {
     }
 }
 
-/// Memtables taken out by a flush, by partition start.
-type Frozen = Arc<Vec<(i64, Columns)>>;
+/// Memtables taken out by a flush: each partition start's chunks.
+type Frozen = Arc<Vec<(i64, Vec<Arc<Columns>>)>>;
 
 #[derive(Debug, Default)]
 struct State {
     /// Open memtables by partition start.
-    active: BTreeMap<i64, Columns>,
+    active: BTreeMap<i64, memtable::Memtable>,
     active_bytes: usize,
     oldest_unflushed: Option<Instant>,
     /// Memtables being written out; still served to reads until their segments are in.

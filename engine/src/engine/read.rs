@@ -1,16 +1,16 @@
 //! Reads: every read sees one consistent view (segments, memtables being
-//! flushed, open memtables, and their rollups) taken under a short read lock,
-//! then scans segments through the decoded-segment cache outside it. Data past
-//! retention is hidden from every read.
+//! flushed, open memtables' chunks, and their rollups) taken under a short
+//! read lock, then scans it outside the lock, segments through the
+//! decoded-segment cache. Data past retention is hidden from every read.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use toplog_types::{Event, Lsn, Micros};
 
-use super::{Engine, Frozen, Inner, Segment};
+use super::{Engine, Inner, Segment};
 use crate::columns::Columns;
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::rollup::{Cube, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
 
@@ -42,13 +42,15 @@ impl Engine {
         let want = limit
             .saturating_add(after.map_or(0, |c| c.skip as usize))
             .saturating_add(1);
-        let (mut segments, frozen, mut candidates) = self.snapshot(&range, |cols| {
-            scan::collect(cols, false, &range, filters, after, want)
-        });
-        for (_, cols) in self.frozen_in(&frozen, &range) {
+        let View {
+            mut segments,
+            memtables,
+        } = self.inner.view(&range);
+        let mut candidates = Vec::new();
+        for cols in &memtables {
             candidates.extend(scan::collect(cols, false, &range, filters, after, want));
+            scan::keep_first(&mut candidates, want);
         }
-        scan::keep_first(&mut candidates, want);
         // Visit segments by start time, and stop at the first that starts after the
         // `want`-th candidate: it, and every later one, can only add rows past the page.
         segments.sort_by_key(|s| s.meta.min_ts);
@@ -76,13 +78,14 @@ impl Engine {
     /// The exact number of stored events in `range` matching `filters`.
     pub fn count(&self, range: TimeRange, filters: &Filters) -> Result<u64> {
         let range = self.inner.cutoffs().retained(&range);
-        let (segments, frozen, active) = self.snapshot(&range, |cols| {
-            vec![scan::count(cols, false, &range, filters)]
-        });
-        let mut total: u64 = active.iter().sum();
-        for (_, cols) in self.frozen_in(&frozen, &range) {
-            total += scan::count(cols, false, &range, filters);
-        }
+        let View {
+            segments,
+            memtables,
+        } = self.inner.view(&range);
+        let mut total: u64 = memtables
+            .iter()
+            .map(|cols| scan::count(cols, false, &range, filters))
+            .sum();
         for seg in segments {
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
@@ -94,42 +97,6 @@ impl Engine {
             }
         }
         Ok(total)
-    }
-
-    /// Under one read lock (so a concurrent flush is seen entirely or not at all):
-    /// the segments overlapping `range`, the memtables being flushed, and what
-    /// `on_active` makes of each open memtable.
-    fn snapshot<T>(
-        &self,
-        range: &TimeRange,
-        on_active: impl Fn(&Columns) -> Vec<T>,
-    ) -> (Vec<Arc<Segment>>, Vec<Frozen>, Vec<T>) {
-        let st = self.inner.read();
-        let segs = st
-            .segments
-            .iter()
-            .filter(|s| range.overlaps(s.meta.min_ts, s.meta.max_ts))
-            .cloned()
-            .collect();
-        let active = st
-            .active
-            .iter()
-            .filter(|(start, _)| self.inner.partition_overlaps(**start, range))
-            .flat_map(|(_, cols)| on_active(cols))
-            .collect();
-        (segs, st.frozen.clone(), active)
-    }
-
-    /// The memtables among `frozen` whose partition overlaps `range`.
-    fn frozen_in<'a>(
-        &'a self,
-        frozen: &'a [Frozen],
-        range: &'a TimeRange,
-    ) -> impl Iterator<Item = &'a (i64, Columns)> + 'a {
-        frozen
-            .iter()
-            .flat_map(|f| f.iter())
-            .filter(move |(start, _)| self.inner.partition_overlaps(*start, range))
     }
 
     /// Calls `f` with the cube of `dim` of every bucket of `g` that starts in
@@ -196,13 +163,12 @@ impl Engine {
             sketches,
             max_groups,
         };
-        let (segments, frozen, active) = self.snapshot(&range, |cols| {
-            let mut out = RawCells::default();
-            let counted = scan::aggregate(cols, false, &range, filters, by, &mut out);
-            vec![counted.map(|()| out)]
-        });
+        let View {
+            segments,
+            memtables,
+        } = self.inner.view(&range);
         let mut out = RawCells::default();
-        for (_, cols) in self.frozen_in(&frozen, &range) {
+        for cols in &memtables {
             scan::aggregate(cols, false, &range, filters, by, &mut out)?;
         }
         for seg in segments {
@@ -220,19 +186,6 @@ impl Engine {
                 &mut out,
             )?;
         }
-        for part in active {
-            for (k, cell) in part? {
-                match out.get_mut(&k) {
-                    Some(c) => c.merge(&cell),
-                    None => {
-                        if out.len() >= max_groups {
-                            return Err(EngineError::TooManyGroups { limit: max_groups });
-                        }
-                        out.insert(k, cell);
-                    }
-                }
-            }
-        }
         Ok(out)
     }
 
@@ -246,13 +199,13 @@ impl Engine {
         asc: bool,
     ) -> Result<Vec<Event>> {
         let range = self.inner.cutoffs().retained(&range);
-        let (segments, frozen, active) = self.snapshot(&range, |cols| {
-            scan::by_latency(cols, &range, filters, k, asc)
-        });
+        let View {
+            segments,
+            memtables,
+        } = self.inner.view(&range);
         // Each part's k best merged in as it is read: a few k events held at a time.
         let mut best = Vec::new();
-        scan::keep_first_by_latency(&mut best, active, k, asc);
-        for (_, cols) in self.frozen_in(&frozen, &range) {
+        for cols in &memtables {
             let part = scan::by_latency(cols, &range, filters, k, asc);
             scan::keep_first_by_latency(&mut best, part, k, asc);
         }
@@ -273,7 +226,7 @@ impl Engine {
             segments: st.segments.len(),
             segment_rows: st.segments.iter().map(|s| s.meta.rows).sum(),
             segment_bytes: st.segments.iter().map(|s| s.info().bytes).sum(),
-            memtable_rows: st.active.values().map(Columns::len).sum(),
+            memtable_rows: st.active.values().map(|m| m.len()).sum(),
             memtable_bytes: st.active_bytes,
             applied_lsn: st.applied_lsn,
             flushed_lsn: st.flushed_lsn,
@@ -287,7 +240,43 @@ impl Engine {
     }
 }
 
+/// What a read of raw rows sees, taken under one short read lock (so a
+/// concurrent flush is seen entirely or not at all) and read without it.
+struct View {
+    /// The segments overlapping the range.
+    segments: Vec<Arc<Segment>>,
+    /// Chunks of the memtables being flushed and of the open memtables, of
+    /// the partitions overlapping the range.
+    memtables: Vec<Arc<Columns>>,
+}
+
 impl Inner {
+    fn view(&self, range: &TimeRange) -> View {
+        let st = self.read();
+        let segments = st
+            .segments
+            .iter()
+            .filter(|s| range.overlaps(s.meta.min_ts, s.meta.max_ts))
+            .cloned()
+            .collect();
+        let frozen = st
+            .frozen
+            .iter()
+            .flat_map(|f| f.iter())
+            .filter(|(start, _)| self.partition_overlaps(*start, range))
+            .flat_map(|(_, chunks)| chunks.iter().cloned());
+        let open = st
+            .active
+            .iter()
+            .filter(|(start, _)| self.partition_overlaps(**start, range))
+            .flat_map(|(_, m)| m.chunks());
+        let memtables = frozen.chain(open).collect();
+        View {
+            segments,
+            memtables,
+        }
+    }
+
     /// Whether the partition starting at `start` may hold rows in `range`:
     /// a read skips memtables of other partitions without scanning them.
     fn partition_overlaps(&self, start: i64, range: &TimeRange) -> bool {

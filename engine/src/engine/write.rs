@@ -241,7 +241,12 @@ impl Inner {
             if st.active.is_empty() && st.applied_lsn == manifest.flushed_lsn {
                 return Ok(());
             }
-            let parts: Frozen = Arc::new(std::mem::take(&mut st.active).into_iter().collect());
+            let parts: Frozen = Arc::new(
+                std::mem::take(&mut st.active)
+                    .into_iter()
+                    .map(|(start, m)| (start, m.freeze()))
+                    .collect(),
+            );
             let fresh = Rollups::new(self.config.rollup_key_budget);
             let cells = Arc::new(std::mem::replace(&mut st.active_rollups, fresh));
             st.active_bytes = 0;
@@ -286,7 +291,7 @@ impl Inner {
     fn write_flush(
         &self,
         manifest: &mut Manifest,
-        parts: &[(i64, Columns)],
+        parts: &[(i64, Vec<Arc<Columns>>)],
         cells: &Rollups,
         upto: Lsn,
         new_keys: &[(String, KeyRecord)],
@@ -296,12 +301,14 @@ impl Inner {
         let key_dir = self.dir(KEY_DIR);
         let mut next = manifest.clone();
         let mut created = Vec::new();
-        for (start, cols) in parts {
+        for (start, chunks) in parts {
+            let cols = Columns::concat(chunks.iter().map(|c| &**c));
             if cols.len() == 0 {
                 continue;
             }
             let id = Self::next_segment_id(&mut next)?;
-            let image = segment::encode(cols, Micros::new(*start), plen);
+            let image = segment::encode(&cols, Micros::new(*start), plen);
+            drop(cols);
             let file = manifest::segment_file_name(id);
             let path = seg_dir.join(&file);
             manifest::write_durable(&self.fs, &path, &image)?;
