@@ -16,7 +16,7 @@ const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
 /// Most raw groups one read may hold.
 const MAX_QUERY_GROUPS: usize = 100_000_000;
 /// Most reads or aggregation jobs a node runs at once.
-const MAX_CONCURRENCY: usize = 256;
+pub(crate) const MAX_CONCURRENCY: usize = 256;
 /// Most bytes of ingested batches a node holds in flight.
 const MAX_INGEST_QUEUE_BYTES: usize = 4 << 30;
 /// Most idempotency keys a node may be told to hold.

@@ -1,12 +1,13 @@
 //! The vocabulary every toplog crate shares: the request event and its
 //! validation, microsecond timestamps, typed ids, durations with units, and
-//! the declarations of API parameters (checked and described as JSON Schema).
-//! Nothing here does I/O.
+//! the declarations of API parameters (checked and described as JSON Schema),
+//! and the scheduling priorities of the node's threads. Nothing here does I/O.
 
 mod duration;
 mod event;
 mod ids;
 mod param;
+mod priority;
 mod time;
 
 pub use duration::{DurationError, parse_duration};
@@ -16,4 +17,5 @@ pub use event::{
 };
 pub use ids::{Lsn, SegmentId};
 pub use param::{Arg, Param, ParamError, Shape};
+pub use priority::Priority;
 pub use time::{Micros, TimeError};

@@ -38,13 +38,13 @@ pub(crate) async fn run_job(
             if let Err(e) = store.put(&job) {
                 tracing::error!(error = %e, "cannot record job state");
             }
-            tokio::task::spawn_blocking(move || {
+            super::workers::aggregating(move || {
                 toplog_query::aggregate(&engine, &request.spec)
                     .map(|rows| Value::Array(rows.iter().map(|r| request.row_json(r)).collect()))
                     .map_err(|e| e.to_string())
             })
             .await
-            .unwrap_or_else(|e| Err(format!("worker failed: {e}")))
+            .unwrap_or_else(|e| Err(e.message))
         }
     };
     job.finished_at = Some(Micros::now());

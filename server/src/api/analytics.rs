@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use toplog_query::{Grouping, Order, TopK};
 use toplog_types::Micros;
@@ -90,10 +90,14 @@ pub(super) async fn top_k(
         order,
     };
     let engine = app.engine()?;
-    let answer = app
-        .queries
-        .run(move || Ok(toplog_query::top_k(&engine, &q)?))
-        .await?;
+    // The answer is rendered on the read thread too: a top-10,000 is a
+    // megabyte of JSON, work for a read's priority, not the network threads'.
+    app.queries
+        .run(move || Ok(top_k_body(&toplog_query::top_k(&engine, &q)?, started)))
+        .await
+}
+
+fn top_k_body(answer: &toplog_query::TopKAnswer, started: std::time::Instant) -> Response {
     let data: Vec<Value> = answer
         .rows
         .iter()
@@ -117,7 +121,7 @@ pub(super) async fn top_k(
     if let Some(t) = answer.retained_from {
         meta["retained_from"] = json!(t.to_rfc3339());
     }
-    Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
+    Json(json!({"status": "success", "data": data, "meta": meta})).into_response()
 }
 
 const MAX_HISTORY_DAYS: i64 = 366;
@@ -253,10 +257,12 @@ pub(super) async fn timeseries(
         limit,
     };
     let engine = app.engine()?;
-    let answer = app
-        .queries
-        .run(move || Ok(toplog_query::timeseries(&engine, &q)?))
-        .await?;
+    app.queries
+        .run(move || Ok(timeseries_body(&toplog_query::timeseries(&engine, &q)?)))
+        .await
+}
+
+fn timeseries_body(answer: &toplog_query::TimeseriesAnswer) -> Response {
     // Typed rows, not `json!` maps: a day of minutes is 1,440 points, and
     // building a map per point cost as much as answering the query.
     #[derive(serde::Serialize)]
@@ -301,5 +307,5 @@ pub(super) async fn timeseries(
         meta,
         status: "success",
     };
-    Ok(Json(body).into_response())
+    Json(body).into_response()
 }

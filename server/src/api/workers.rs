@@ -1,4 +1,4 @@
-//! Where handlers run their CPU work: blocking threads for queries, behind a
+//! Where handlers run their CPU work: reads on low-priority threads behind a
 //! gate that bounds how many run at once and how long each may take, and a
 //! small low-priority pool for parsing ingested batches.
 
@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use toplog_types::Priority;
 
 use super::{ApiError, ApiResult};
 
@@ -51,14 +52,14 @@ impl QueryGate {
                 ))
             })?
             .map_err(|_| ApiError::internal("the query gate is closed".into()))?;
-        let work = tokio::task::spawn_blocking(move || {
+        let work = READ.run(move || {
             let out = f();
             drop(permit);
             out
         });
         let left = budget.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, work).await {
-            Ok(joined) => joined.map_err(|e| ApiError::internal(format!("worker failed: {e}")))?,
+            Ok(joined) => joined?,
             Err(_) => Err(over("the query ran past its time budget".into())),
         }
     }
@@ -72,9 +73,6 @@ pub(super) async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
-
-/// Threads parsing ingested batches at once.
-const PARSE_THREADS: usize = 2;
 
 /// Bytes of ingested batches admitted at once (parsing, queued for the log,
 /// or being applied), counted in KiB so a semaphore's permits can hold them.
@@ -118,47 +116,72 @@ impl IngestGate {
     }
 }
 
-/// Threads for parsing ingested batches, at a lower scheduling priority
-/// (nice 10) than the rest of the node: when ingest saturates the CPU,
-/// queries and the thread applying the log still get it first, so answers
-/// stay prompt and fresh (BENCHMARKS.md, freshness). `None` if they could
-/// not be started; parsing then shares the query threads.
-fn parse_threads() -> Option<&'static tokio::runtime::Runtime> {
-    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            // A fixed pool: batches past it wait their turn (bounded by the
-            // ingest gate's bytes in flight), they never add threads.
-            .max_blocking_threads(PARSE_THREADS)
-            .thread_name("toplog-parse")
-            .on_thread_start(lower_priority)
-            .build()
-            .ok()
-    })
-    .as_ref()
+/// A pool of threads at a lower scheduling [`Priority`] than the thread
+/// applying the log and the network threads.
+struct Pool {
+    name: &'static str,
+    threads: usize,
+    priority: Priority,
+    runtime: OnceLock<Option<tokio::runtime::Runtime>>,
 }
 
-/// Lowers the calling thread's priority (Linux applies nice per thread).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority has no memory effects; on failure the thread keeps its priority.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+impl Pool {
+    const fn new(name: &'static str, threads: usize, priority: Priority) -> Self {
+        Self {
+            name,
+            threads,
+            priority,
+            runtime: OnceLock::new(),
+        }
+    }
+
+    /// Runs `f` on one of the pool's threads; on the shared blocking threads
+    /// if the pool could not be started.
+    async fn run<T: Send + 'static>(
+        &'static self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        let runtime = self.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                // A fixed pool: work past it waits its turn, it never adds threads.
+                .max_blocking_threads(self.threads)
+                .thread_name(self.name)
+                .on_thread_start(|| self.priority.apply_to_this_thread())
+                .build()
+                .ok()
+        });
+        let joined = match runtime {
+            Some(rt) => rt.spawn_blocking(f).await,
+            None => tokio::task::spawn_blocking(f).await,
+        };
+        joined.map_err(|e| ApiError::internal(format!("{} failed: {e}", self.name)))
     }
 }
+
+/// Threads parsing ingested batches at once.
+static PARSE: Pool = Pool::new("toplog-parse", 2, Priority::Ingest);
+
+/// Threads running reads and aggregation jobs: as many as could be admitted
+/// (`max_concurrent_queries` and `max_running_aggregations` bound what runs).
+static READ: Pool = Pool::new(
+    "toplog-read",
+    2 * crate::config::MAX_CONCURRENCY,
+    Priority::Read,
+);
 
 /// [`blocking`] on the parse threads.
 pub(super) async fn parsing<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    match parse_threads() {
-        Some(pool) => pool
-            .spawn_blocking(f)
-            .await
-            .map_err(|e| ApiError::internal(format!("parser failed: {e}")))?,
-        None => blocking(f).await,
-    }
+    PARSE.run(f).await?
+}
+
+/// An aggregation job's work, on the read threads.
+pub(super) async fn aggregating<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    READ.run(f).await
 }
 
 #[cfg(test)]
