@@ -17,5 +17,5 @@ pub use event::{
 };
 pub use ids::{Lsn, SegmentId};
 pub use param::{Arg, Param, ParamError, Shape};
-pub use priority::Priority;
+pub use priority::run_in_background;
 pub use time::{Micros, TimeError};

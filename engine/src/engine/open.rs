@@ -196,10 +196,7 @@ impl Engine {
             let (inner, wal) = (inner.clone(), wal.clone());
             std::thread::Builder::new()
                 .name("toplog-flush".into())
-                .spawn(move || {
-                    toplog_types::Priority::Ingest.apply_to_this_thread();
-                    flusher_loop(&inner, &wal)
-                })
+                .spawn(move || flusher_loop(&inner, &wal))
                 .map_err(io_err("spawn flusher thread", &root))?
         };
         Ok(Self {

@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use toplog_types::Priority;
 
 use super::{ApiError, ApiResult};
 
@@ -116,21 +115,20 @@ impl IngestGate {
     }
 }
 
-/// A pool of threads at a lower scheduling [`Priority`] than the thread
-/// applying the log and the network threads.
+/// A pool of threads at a lower scheduling priority than the thread
+/// applying the log and the network threads ([`toplog_types::run_in_background`]).
 struct Pool {
     name: &'static str,
     threads: usize,
-    priority: Priority,
+
     runtime: OnceLock<Option<tokio::runtime::Runtime>>,
 }
 
 impl Pool {
-    const fn new(name: &'static str, threads: usize, priority: Priority) -> Self {
+    const fn new(name: &'static str, threads: usize) -> Self {
         Self {
             name,
             threads,
-            priority,
             runtime: OnceLock::new(),
         }
     }
@@ -147,7 +145,7 @@ impl Pool {
                 // A fixed pool: work past it waits its turn, it never adds threads.
                 .max_blocking_threads(self.threads)
                 .thread_name(self.name)
-                .on_thread_start(|| self.priority.apply_to_this_thread())
+                .on_thread_start(toplog_types::run_in_background)
                 .build()
                 .ok()
         });
@@ -160,15 +158,11 @@ impl Pool {
 }
 
 /// Threads parsing ingested batches at once.
-static PARSE: Pool = Pool::new("toplog-parse", 2, Priority::Ingest);
+static PARSE: Pool = Pool::new("toplog-parse", 2);
 
 /// Threads running reads and aggregation jobs: as many as could be admitted
 /// (`max_concurrent_queries` and `max_running_aggregations` bound what runs).
-static READ: Pool = Pool::new(
-    "toplog-read",
-    2 * crate::config::MAX_CONCURRENCY,
-    Priority::Read,
-);
+static READ: Pool = Pool::new("toplog-read", 2 * crate::config::MAX_CONCURRENCY);
 
 /// [`blocking`] on the parse threads.
 pub(super) async fn parsing<T: Send + 'static>(
