@@ -33,11 +33,14 @@ pub enum EngineError {
     /// The object store failed or holds something other than what was written.
     #[error("archive object {key}: {reason}")]
     Archive { key: String, reason: String },
-    /// A read would aggregate raw rows into more groups than its budget.
+    /// A read would hold more memory than its budget (see [`crate::ReadBudget`]).
     #[error(
-        "the rows read fall into more than {limit} groups (the budget `max_query_groups`); narrow the range or filter"
+        "the read would hold more than {limit} bytes (the budget `query_memory_bytes`); narrow the range, filter, or ask for fewer rows"
     )]
-    TooManyGroups { limit: usize },
+    QueryMemory { limit: usize },
+    /// A read ran past its time budget and stopped.
+    #[error("the read ran past its time budget (`query_timeout` is {limit:?}) and stopped")]
+    QueryTimeout { limit: std::time::Duration },
     /// The node holds as many idempotency keys as it may; new keys wait for
     /// old ones to leave the window.
     #[error(

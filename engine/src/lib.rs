@@ -4,6 +4,7 @@
 
 mod archive;
 mod batch;
+pub mod budget;
 mod codec;
 mod columns;
 mod engine;
@@ -19,10 +20,10 @@ mod sketch;
 
 pub use archive::ArchiveStore;
 pub use batch::KeyedEvents;
+pub use budget::ReadBudget;
 pub use engine::{
-    Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MAX_RAW_GROUPS, DEFAULT_ROLLUP_KEY_BUDGET,
-    Engine, EngineConfig, IngestReceipt, LockWaitStats, PurgeReport, Retention, RollupTier,
-    SegmentInfo, StorageStats,
+    Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig,
+    IngestReceipt, LockWaitStats, PurgeReport, Retention, RollupTier, SegmentInfo, StorageStats,
 };
 pub use error::{EngineError, MaintenanceError, Result};
 pub use rollup::{

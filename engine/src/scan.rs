@@ -156,17 +156,20 @@ pub type RawCells =
 
 /// How raw rows are grouped: by `dim`, new cells with a latency sketch if
 /// `sketches` (quantiles by user are answered from raw rows; counts need
-/// none), into at most `max_groups` keys.
+/// none).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Grouping {
     pub(crate) dim: crate::rollup::Dimension,
     pub(crate) sketches: bool,
-    pub(crate) max_groups: usize,
 }
 
+/// What a group of [`RawCells`] holds besides its key's bytes and its cell:
+/// the key's `String` and the map's slot.
+const GROUP_OVERHEAD: usize = std::mem::size_of::<String>() + 16;
+
 /// Adds the rows of `cols` in `range` passing `filters` to `out`, grouped as
-/// `by` says. `Err` with the budget once `out` would hold more than
-/// `by.max_groups` keys.
+/// `by` says, charging each new group and each sketch's growth to the
+/// running read's memory budget (`Err` past it).
 pub(crate) fn aggregate(
     cols: &Columns,
     sorted: bool,
@@ -175,11 +178,7 @@ pub(crate) fn aggregate(
     by: Grouping,
     out: &mut RawCells,
 ) -> crate::Result<()> {
-    let Grouping {
-        dim,
-        sketches,
-        max_groups,
-    } = by;
+    let Grouping { dim, sketches } = by;
     use crate::rollup::{Cell, Dimension};
     let Some(m) = Matcher::new(cols, filters) else {
         return Ok(());
@@ -212,13 +211,16 @@ pub(crate) fn aggregate(
         };
         let (status, latency) = (cols.status[i], cols.latency_us[i]);
         match out.get_mut(key) {
+            Some(cell) if sketches => {
+                let before = cell.bytes();
+                cell.add(status, latency);
+                crate::budget::hold(cell.bytes().saturating_sub(before))?;
+            }
             Some(cell) => cell.add(status, latency),
             None => {
-                if out.len() >= max_groups {
-                    return Err(crate::EngineError::TooManyGroups { limit: max_groups });
-                }
                 let mut cell = Cell::new(sketches);
                 cell.add(status, latency);
+                crate::budget::hold(GROUP_OVERHEAD + key.len() + cell.bytes())?;
                 out.insert(key.to_owned(), cell);
             }
         }

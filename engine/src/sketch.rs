@@ -148,6 +148,14 @@ impl LatencySketch {
         self.insert_bin(Self::bin(us));
     }
 
+    /// Bytes its bins hold on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.bins {
+            Bins::Sparse(bins) => bins.capacity() * std::mem::size_of::<(i32, u64)>(),
+            Bins::Dense(d) => d.counts.capacity() * std::mem::size_of::<u64>(),
+        }
+    }
+
     /// Inserts a value by its [`LatencySketch::bin`].
     pub fn insert_bin(&mut self, bin: Option<i32>) {
         match bin {

@@ -209,7 +209,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         body_timeout: config.body_timeout,
     };
     let state = Arc::new(AppState {
-        queries: crate::api::QueryGate::new(config.max_concurrent_queries, config.query_timeout),
+        queries: crate::api::QueryGate::new(
+            config.max_concurrent_queries,
+            config.query_timeout,
+            config.query_memory_bytes,
+        ),
         aggregations: Arc::new(tokio::sync::Semaphore::new(config.max_running_aggregations)),
         ingest: crate::api::IngestGate::new(config.ingest_queue_bytes, INGEST_WAIT),
         config,
@@ -269,6 +273,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             engine.clone(),
                             store.clone(),
                             state.aggregations.clone(),
+                            state.config.query_memory_bytes,
                             job,
                         ));
                     }

@@ -13,8 +13,10 @@ use toplog_wal::FsyncPolicy;
 /// Segment columns are addressed with 32-bit offsets; memtables stay far below that.
 const MAX_MEMTABLE_BYTES: usize = 512 << 20;
 const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
-/// Most raw groups one read may hold.
-const MAX_QUERY_GROUPS: usize = 100_000_000;
+/// Most memory one read may be allowed.
+const MAX_QUERY_MEMORY_BYTES: usize = 64 << 30;
+/// The default memory budget of a read.
+const DEFAULT_QUERY_MEMORY_BYTES: usize = 128 << 20;
 /// Most reads or aggregation jobs a node runs at once.
 pub(crate) const MAX_CONCURRENCY: usize = 256;
 /// Most bytes of ingested batches a node holds in flight.
@@ -86,10 +88,11 @@ pub(crate) struct Settings {
     /// keeps the heaviest keys with error bounds.
     #[arg(long, env = "TOPLOG_ROLLUP_KEY_BUDGET")]
     pub(crate) rollup_key_budget: Option<usize>,
-    /// Most groups a read aggregates raw rows into (a fifth with latency
-    /// sketches); past it the read is `422 query_too_large`.
-    #[arg(long, env = "TOPLOG_MAX_QUERY_GROUPS")]
-    pub(crate) max_query_groups: Option<usize>,
+    /// Bytes one read (or aggregation job) may hold in what it builds:
+    /// groups, merged keys, candidate rows. Past it the read stops with
+    /// `422 query_too_large`.
+    #[arg(long, env = "TOPLOG_QUERY_MEMORY_BYTES")]
+    pub(crate) query_memory_bytes: Option<usize>,
     /// Reads (queries, listings, counts) that run at once; more wait for a turn.
     #[arg(long, env = "TOPLOG_MAX_CONCURRENT_QUERIES")]
     pub(crate) max_concurrent_queries: Option<usize>,
@@ -143,7 +146,7 @@ impl Settings {
             memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
             rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
             max_concurrent_queries: self.max_concurrent_queries.or(other.max_concurrent_queries),
-            max_query_groups: self.max_query_groups.or(other.max_query_groups),
+            query_memory_bytes: self.query_memory_bytes.or(other.query_memory_bytes),
             query_timeout: self.query_timeout.or(other.query_timeout),
             max_running_aggregations: self
                 .max_running_aggregations
@@ -176,7 +179,7 @@ pub struct Config {
     pub memtable_max_age: Duration,
     pub rollup_key_budget: usize,
     pub max_concurrent_queries: usize,
-    pub max_query_groups: usize,
+    pub query_memory_bytes: usize,
     pub query_timeout: Duration,
     pub max_running_aggregations: usize,
     pub aggregation_ttl: Duration,
@@ -268,11 +271,11 @@ impl Config {
         if !(1..=MAX_CONCURRENCY).contains(&max_concurrent_queries) {
             anyhow::bail!("`max_concurrent_queries`: must be from 1 to {MAX_CONCURRENCY}");
         }
-        let max_query_groups = s
-            .max_query_groups
-            .unwrap_or(toplog_engine::DEFAULT_MAX_RAW_GROUPS);
-        if !(100..=MAX_QUERY_GROUPS).contains(&max_query_groups) {
-            anyhow::bail!("`max_query_groups`: must be from 100 to {MAX_QUERY_GROUPS}");
+        let query_memory_bytes = s.query_memory_bytes.unwrap_or(DEFAULT_QUERY_MEMORY_BYTES);
+        if !(1 << 20..=MAX_QUERY_MEMORY_BYTES).contains(&query_memory_bytes) {
+            anyhow::bail!(
+                "`query_memory_bytes`: must be from 1048576 (1 MiB) to {MAX_QUERY_MEMORY_BYTES} (64 GiB)"
+            );
         }
         let max_running_aggregations = s.max_running_aggregations.unwrap_or(2);
         if !(1..=MAX_CONCURRENCY).contains(&max_running_aggregations) {
@@ -338,7 +341,7 @@ impl Config {
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
             rollup_key_budget,
             max_concurrent_queries,
-            max_query_groups,
+            query_memory_bytes,
             query_timeout,
             max_running_aggregations,
             aggregation_ttl: duration("aggregation_ttl", s.aggregation_ttl, "24h")?,
@@ -357,7 +360,6 @@ impl Config {
         c.memtable_max_bytes = self.memtable_max_bytes;
         c.memtable_max_age = self.memtable_max_age;
         c.rollup_key_budget = self.rollup_key_budget;
-        c.max_raw_groups = self.max_query_groups;
         c.max_idempotency_keys = self.max_idempotency_keys;
         c
     }

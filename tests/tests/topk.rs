@@ -367,12 +367,13 @@ fn every_bad_top_k_parameter_is_named() {
 }
 
 /// A top-K that no cube covers (users filtered by method) aggregates raw
-/// rows into at most `max_query_groups` groups: under it the answer is exact,
-/// past it `422 query_too_large` naming the budget, never a partial answer.
+/// rows into groups charged to the read's memory (`query_memory_bytes`, here
+/// 1 MiB; a group is a few hundred bytes): under it the answer is exact, past
+/// it `422 query_too_large` naming the budget, never a partial answer.
 #[test]
-fn raw_groups_past_the_budget_are_query_too_large() {
+fn raw_groups_past_the_memory_budget_are_query_too_large() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_ready(dir.path(), &["--max-query-groups", "100"]);
+    let server = Server::start_ready(dir.path(), &["--query-memory-bytes", "1048576"]);
     let now = now_ms();
     let users = |n: usize, method: &str| -> Vec<Value> {
         (0..n)
@@ -388,8 +389,8 @@ fn raw_groups_past_the_budget_are_query_too_large() {
             })
             .collect()
     };
-    send_all(&server, &users(90, "GET"));
-    send_all(&server, &users(150, "POST"));
+    send_all(&server, &users(1_000, "GET"));
+    send_all(&server, &users(8_000, "POST"));
     let top = |method: &str| {
         get(
             &server,
@@ -401,7 +402,7 @@ fn raw_groups_past_the_budget_are_query_too_large() {
     };
     let (s, body) = top("GET");
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body["data"].as_array().map(Vec::len), Some(90), "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(200), "{body}");
     assert_eq!(body["meta"]["exact"], true, "{body}");
     let (s, body) = top("POST");
     assert_eq!(
@@ -410,5 +411,5 @@ fn raw_groups_past_the_budget_are_query_too_large() {
         "{body}"
     );
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("max_query_groups"), "{body}");
+    assert!(message.contains("query_memory_bytes"), "{body}");
 }

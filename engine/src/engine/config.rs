@@ -33,10 +33,6 @@ pub struct EngineConfig {
     /// Most keys one cube bucket keeps a cell for; past it the bucket keeps a
     /// heavy-hitter summary (see docs/rollups.md).
     pub rollup_key_budget: usize,
-    /// Most groups one read aggregates raw rows into (a fifth of it when the
-    /// groups carry latency sketches): past it the read stops with
-    /// [`EngineError::TooManyGroups`](crate::EngineError::TooManyGroups).
-    pub max_raw_groups: usize,
     /// Where archived segments are kept and read from.
     pub archive: Option<Arc<dyn ArchiveStore>>,
 }
@@ -113,10 +109,6 @@ impl Cutoffs {
 /// The default [`EngineConfig::max_idempotency_keys`]: about 100 MB of keys.
 pub const DEFAULT_MAX_IDEMPOTENCY_KEYS: usize = 2_000_000;
 
-/// The default [`EngineConfig::max_raw_groups`]: about 40 MB of groups
-/// without sketches.
-pub const DEFAULT_MAX_RAW_GROUPS: usize = 250_000;
-
 /// The default [`EngineConfig::rollup_key_budget`].
 pub const DEFAULT_ROLLUP_KEY_BUDGET: usize = 50_000;
 
@@ -132,7 +124,6 @@ impl EngineConfig {
             max_idempotency_keys: DEFAULT_MAX_IDEMPOTENCY_KEYS,
             wal_segment_bytes: 64 << 20,
             rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
-            max_raw_groups: DEFAULT_MAX_RAW_GROUPS,
             archive: None,
         }
     }

@@ -9,10 +9,15 @@ use std::sync::Arc;
 use toplog_types::{Event, Lsn, Micros};
 
 use super::{Engine, Inner, Segment};
+use crate::budget;
 use crate::columns::Columns;
 use crate::error::Result;
 use crate::rollup::{Cube, Dimension, Granularity, Rollups};
 use crate::scan::{self, Cursor, Filters, Page, RawCells, TimeRange};
+
+/// What a read charges its memory budget per event it holds: the event and
+/// its strings, estimated.
+const EVENT_BYTES: usize = std::mem::size_of::<Event>() + 64;
 
 /// A summary of what is stored, for `/readyz` and operators.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +47,15 @@ impl Engine {
         let want = limit
             .saturating_add(after.map_or(0, |c| c.skip as usize))
             .saturating_add(1);
+        // Each source adds up to `want` candidates before they are cut back to `want`.
+        budget::hold(want.saturating_mul(2).saturating_mul(EVENT_BYTES))?;
         let View {
             mut segments,
             memtables,
         } = self.inner.view(&range);
         let mut candidates = Vec::new();
         for cols in &memtables {
+            budget::check_time()?;
             candidates.extend(scan::collect(cols, false, &range, filters, after, want));
             scan::keep_first(&mut candidates, want);
         }
@@ -65,6 +73,7 @@ impl Engine {
             {
                 break;
             }
+            budget::check_time()?;
             if !self.inner.may_match(&seg, filters)? {
                 continue;
             }
@@ -87,6 +96,7 @@ impl Engine {
             .map(|cols| scan::count(cols, false, &range, filters))
             .sum();
         for seg in segments {
+            budget::check_time()?;
             if filters.is_empty() && range.contains_all(seg.meta.min_ts, seg.meta.max_ts) {
                 total += seg.meta.rows;
             } else if self.inner.may_match(&seg, filters)? {
@@ -152,26 +162,18 @@ impl Engine {
         sketches: bool,
     ) -> Result<RawCells> {
         let range = self.inner.cutoffs().retained(&range);
-        let budget = self.inner.config.max_raw_groups;
-        let max_groups = if sketches {
-            (budget / 5).max(1)
-        } else {
-            budget
-        };
-        let by = scan::Grouping {
-            dim,
-            sketches,
-            max_groups,
-        };
+        let by = scan::Grouping { dim, sketches };
         let View {
             segments,
             memtables,
         } = self.inner.view(&range);
         let mut out = RawCells::default();
         for cols in &memtables {
+            budget::check_time()?;
             scan::aggregate(cols, false, &range, filters, by, &mut out)?;
         }
         for seg in segments {
+            budget::check_time()?;
             if !self.inner.may_match(&seg, filters)? {
                 continue;
             }
@@ -204,12 +206,15 @@ impl Engine {
             memtables,
         } = self.inner.view(&range);
         // Each part's k best merged in as it is read: a few k events held at a time.
+        budget::hold(k.saturating_mul(2).saturating_mul(EVENT_BYTES))?;
         let mut best = Vec::new();
         for cols in &memtables {
+            budget::check_time()?;
             let part = scan::by_latency(cols, &range, filters, k, asc);
             scan::keep_first_by_latency(&mut best, part, k, asc);
         }
         for seg in segments {
+            budget::check_time()?;
             if !self.inner.may_match(&seg, filters)? {
                 continue;
             }

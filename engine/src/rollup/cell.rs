@@ -33,6 +33,11 @@ impl Cell {
         }
     }
 
+    /// Bytes it holds, its sketch's bins included.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.sketch.as_ref().map_or(0, LatencySketch::heap_bytes)
+    }
+
     pub fn add(&mut self, status_code: u16, latency_us: u64) {
         self.add_binned(status_code, latency_us, LatencySketch::bin(latency_us));
     }

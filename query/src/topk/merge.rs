@@ -5,10 +5,11 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use toplog_engine::{
-    Cell, Cube, Cutoffs, Dimension, Engine, Filters, Granularity, Key, RawCells, SketchSum,
-    TimeRange,
+    Cell, Cube, Cutoffs, Dimension, Engine, EngineError, Filters, Granularity, Key, RawCells,
+    SketchSum, TimeRange, budget,
 };
 
 use crate::metric::Missed;
@@ -90,7 +91,13 @@ pub(crate) struct Merged {
     /// Only some keys of the cubes were read (a filter on the grouped
     /// dimension or a status class): the evicted cells also hold other keys.
     subset: bool,
+    /// Why the merge stopped: the read's memory or time ran out
+    /// ([`Merged::finish`] answers it).
+    over: Option<EngineError>,
 }
+
+/// What a read is charged per merged group: its key, its cell and a map slot.
+pub(super) const GROUP_BYTES: usize = std::mem::size_of::<(Key, Group)>() + 16;
 
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -113,6 +120,7 @@ impl Merged {
             sketches,
             counts_only: false,
             subset: false,
+            over: None,
         }
     }
 
@@ -137,11 +145,23 @@ impl Merged {
     /// Merges `cell` into `key`'s group. Without sketches the merged cell drops
     /// its sketch, so count-only metrics never copy or merge bins.
     fn add_to(&mut self, key: Key, cell: &Cell, floor: u64) {
-        let g = self.groups.entry(key).or_insert_with(|| Group {
-            cell: Cell::new(false),
-            floors_seen: 0,
-            sketches: self.sketches.then(SketchSum::default),
-        });
+        if self.over.is_some() {
+            return;
+        }
+        let g = match self.groups.entry(key) {
+            Entry::Occupied(g) => g.into_mut(),
+            Entry::Vacant(slot) => {
+                if let Err(e) = budget::hold(GROUP_BYTES) {
+                    self.over = Some(e);
+                    return;
+                }
+                slot.insert(Group {
+                    cell: Cell::new(false),
+                    floors_seen: 0,
+                    sketches: self.sketches.then(SketchSum::default),
+                })
+            }
+        };
         // The sketch is summed apart: `Cell::merge` leaves a cell without one as it is.
         g.cell.merge(cell);
         g.floors_seen += floor;
@@ -153,12 +173,25 @@ impl Merged {
         }
     }
 
-    /// Puts each group's summed sketch in its cell: done once every cell is in.
-    fn finish(mut self) -> Self {
+    /// Stops the merge if the read is past its time: called between cubes.
+    fn check_time(&mut self) {
+        if self.over.is_none()
+            && let Err(e) = budget::check_time()
+        {
+            self.over = Some(e);
+        }
+    }
+
+    /// Puts each group's summed sketch in its cell: done once every cell is
+    /// in. `Err` if the merge stopped past the read's budget.
+    fn finish(mut self) -> Result<Self> {
+        if let Some(e) = self.over.take() {
+            return Err(e.into());
+        }
         for g in self.groups.values_mut() {
             g.cell.sketch = g.sketches.take().map(|sum| sum.sketch());
         }
-        self
+        Ok(self)
     }
 
     /// Reads every cell of a cube of the grouped dimension.
@@ -297,7 +330,7 @@ pub(crate) fn merged_cells_in(
                 out.add(&k, &cell, 0);
             }
         }
-        return Ok(outs.into_iter().map(Merged::finish).collect());
+        return outs.into_iter().map(Merged::finish).collect();
     };
     let cutoffs = engine.cutoffs();
     // Every range's bucket pieces, each with the index of its range.
@@ -321,6 +354,7 @@ pub(crate) fn merged_cells_in(
     };
     engine.each_rollup(&pieces, cube_dim, |piece, cube| {
         let out = &mut outs[owners[piece]];
+        out.check_time();
         match &read {
             CubeRead::Direct { key: None } => out.add_whole_cube(cube),
             CubeRead::Direct { key: Some(_) } => {
@@ -347,7 +381,7 @@ pub(crate) fn merged_cells_in(
             }
         }
     }
-    Ok(outs.into_iter().map(Merged::finish).collect())
+    outs.into_iter().map(Merged::finish).collect()
 }
 
 /// Bucket pieces of a cube, as `(granularity, from, to)`.
@@ -402,7 +436,7 @@ pub(super) fn merge_keys<'k>(
     raw: &[RawCells],
     keys: impl IntoIterator<Item = &'k String> + Clone,
     quantile: bool,
-) -> Merged {
+) -> Result<Merged> {
     let mut out = Merged::new(dim, quantile);
     let mut ids: Vec<Key> = keys
         .clone()
@@ -411,6 +445,7 @@ pub(super) fn merge_keys<'k>(
         .collect();
     ids.sort_unstable();
     for cube in cubes {
+        out.check_time();
         let floor = cube.floor();
         if quantile {
             cube.cells_of(&ids, true, |k, cell| out.add_to(k, cell, floor));

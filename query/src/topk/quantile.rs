@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use toplog_engine::{Dimension, Engine, Key};
+use toplog_engine::{Dimension, Engine, Key, budget};
 
 use super::TopK;
 use super::merge::{CubeRead, Merged, cube_read_for, merge_keys, note_sources, split_plan};
@@ -32,14 +32,19 @@ pub(super) fn quantile_with_min_count(
         // floors of the over-budget buckets it has a cell in (what
         // [`Merged::missed`] adds up, without merging whole cells).
         let mut counts: HashMap<Key, (u64, u64), foldhash::fast::RandomState> = HashMap::default();
+        // The keys each cube adds are charged to the read's memory.
+        const ENTRY_BYTES: usize = std::mem::size_of::<(Key, (u64, u64))>() + 8;
         let mut floor = 0;
         for cube in cubes {
+            budget::check_time()?;
             let f = cube.floor();
             floor += f;
+            let before = counts.len();
             cube.counts_by_key(|k, c| {
                 let (n, seen) = counts.entry(k).or_default();
                 (*n, *seen) = (*n + c.count + c.missed, *seen + f);
             });
+            budget::hold((counts.len() - before) * ENTRY_BYTES)?;
         }
         for part in &raw {
             for (k, cell) in part {
@@ -52,7 +57,7 @@ pub(super) fn quantile_with_min_count(
             .map(|(k, _)| k.name().to_owned())
             .collect();
         merge_keys(dim, cubes, &raw, &reaching, true)
-    });
+    })?;
     note_sources(&pieces, &raw, note);
     Ok(Some(merged))
 }

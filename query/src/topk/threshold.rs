@@ -36,10 +36,12 @@ pub(super) fn heaviest_first(
         return Ok(None);
     }
     let (pieces, raw) = split_plan(engine, &engine.cutoffs(), q.range, dim, &q.filters, false)?;
-    let merged = engine.with_rollups(&pieces, dim, |cubes| {
-        let winners = threshold_top(dim, cubes, &raw, q.k)?;
-        Some(merge_keys(dim, cubes, &raw, &winners, false))
-    });
+    let merged = engine
+        .with_rollups(&pieces, dim, |cubes| {
+            let winners = threshold_top(dim, cubes, &raw, q.k)?;
+            Some(merge_keys(dim, cubes, &raw, &winners, false))
+        })
+        .transpose()?;
     if merged.is_some() {
         note_sources(&pieces, &raw, note);
     }

@@ -25,6 +25,7 @@ pub(crate) async fn run_job(
     engine: Arc<Engine>,
     store: Arc<toplog_query::JobStore>,
     turns: Arc<Semaphore>,
+    memory_bytes: usize,
     mut job: toplog_query::Job,
 ) {
     use toplog_query::JobState;
@@ -38,7 +39,7 @@ pub(crate) async fn run_job(
             if let Err(e) = store.put(&job) {
                 tracing::error!(error = %e, "cannot record job state");
             }
-            super::workers::aggregating(move || {
+            super::workers::aggregating(memory_bytes, move || {
                 toplog_query::aggregate(&engine, &request.spec)
                     .map(|rows| Value::Array(rows.iter().map(|r| request.row_json(r)).collect()))
                     .map_err(|e| e.to_string())
@@ -100,7 +101,13 @@ pub(super) async fn submit_aggregation(
         })
         .await?;
     }
-    tokio::spawn(run_job(engine, store, app.aggregations.clone(), job));
+    tokio::spawn(run_job(
+        engine,
+        store,
+        app.aggregations.clone(),
+        app.config.query_memory_bytes,
+        job,
+    ));
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "success", "message": "Aggregation request submitted.", "aggregation_id": id})),

@@ -121,7 +121,10 @@ impl From<EngineError> for ApiError {
         use toplog_wal::WalError;
         match e {
             EngineError::Wal(WalError::TooLarge { .. }) => Self::too_large(e.to_string()),
-            EngineError::TooManyGroups { .. } => Self {
+            EngineError::QueryTimeout { limit } => {
+                Self::overloaded(format!("{e}; try again later"), limit.as_secs().max(1))
+            }
+            EngineError::QueryMemory { .. } => Self {
                 field: None,
                 ..Self::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -6,30 +6,35 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use toplog_engine::ReadBudget;
 
 use super::{ApiError, ApiResult};
 
-/// Reads admitted at once, and the time budget of each (waiting included).
+/// Reads admitted at once, and the time (waiting included) and memory
+/// budgets of each.
 #[derive(Debug)]
 pub(crate) struct QueryGate {
     permits: Arc<Semaphore>,
     limit: usize,
     budget: Duration,
+    memory_bytes: usize,
 }
 
 impl QueryGate {
-    pub(crate) fn new(limit: usize, budget: Duration) -> Self {
+    pub(crate) fn new(limit: usize, budget: Duration, memory_bytes: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             budget,
+            memory_bytes,
         }
     }
 
-    /// Runs a read on a blocking thread once one of the gate's turns is
-    /// free. Past the budget, waiting or running, the caller gets `503
-    /// overloaded` naming it; a read already running finishes on its thread
-    /// and holds its turn until then, so the gate still bounds what runs.
+    /// Runs a read on a read thread once one of the gate's turns is free,
+    /// under a [`ReadBudget`]. Past the time budget, waiting or running, the
+    /// caller gets `503 overloaded` naming it, and the read stops at its next
+    /// look at the clock (between sources), holding its turn until then so
+    /// the gate still bounds what runs.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> ApiResult<T> + Send + 'static,
@@ -51,8 +56,13 @@ impl QueryGate {
                 ))
             })?
             .map_err(|_| ApiError::internal("the query gate is closed".into()))?;
+        let read = ReadBudget {
+            memory_bytes: self.memory_bytes,
+            deadline: Some(started + budget),
+            timeout: budget,
+        };
         let work = READ.run(move || {
-            let out = f();
+            let out = read.run(f);
             drop(permit);
             out
         });
@@ -171,11 +181,18 @@ pub(super) async fn parsing<T: Send + 'static>(
     PARSE.run(f).await?
 }
 
-/// An aggregation job's work, on the read threads.
+/// An aggregation job's work, on the read threads, with a memory budget of
+/// `memory_bytes` and no time budget.
 pub(super) async fn aggregating<T: Send + 'static>(
+    memory_bytes: usize,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> ApiResult<T> {
-    READ.run(f).await
+    let budget = ReadBudget {
+        memory_bytes,
+        deadline: None,
+        timeout: Duration::MAX,
+    };
+    READ.run(move || budget.run(f)).await
 }
 
 #[cfg(test)]
@@ -195,7 +212,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let gate = Arc::new(QueryGate::new(1, Duration::from_millis(200)));
+            let gate = Arc::new(QueryGate::new(1, Duration::from_millis(200), 1 << 20));
             let (release, held) = std::sync::mpsc::channel::<()>();
             let slow = {
                 let gate = gate.clone();
