@@ -173,6 +173,8 @@ impl Maintainer {
                 .iter()
                 .map(|d| (d.name().to_owned(), json!(d.interned_keys())))
                 .collect::<serde_json::Map<String, Value>>(),
+            "interned_key_bytes": stats.key_bytes,
+            "key_memory_bytes": stats.key_budget,
             "ingest": {"apply_lock_wait_us": {
                 "count": stats.apply_lock_wait.count,
                 "p50": stats.apply_lock_wait.p50_us,

@@ -15,8 +15,9 @@ use toplog_types::{Event, Micros};
 
 use crate::codec::{CodecError, Reader, put_bytes, put_varint};
 use crate::columns::Row;
-use crate::keys::KeyId;
-use crate::rollup::key_ids;
+use crate::error::{EngineError, Result};
+use crate::keys::{KeyId, Refused};
+use crate::rollup::admitted_key_ids;
 
 const VERSION: u8 = 1;
 
@@ -33,9 +34,26 @@ pub struct KeyedEvents {
 }
 
 impl KeyedEvents {
-    pub fn new(events: Vec<Event>) -> Self {
-        let ids = events.iter().map(|e| key_ids(&Row::of(e))).collect();
-        Self { events, ids }
+    /// The events with their keys' ids; `Err` if one brings a new key the
+    /// node has no room for (see [`EngineError::KeysExhausted`]): then no
+    /// event of the batch is taken.
+    pub fn new(events: Vec<Event>) -> Result<Self> {
+        let ids = events
+            .iter()
+            .map(|e| {
+                admitted_key_ids(&Row::of(e)).map_err(|(dim, refused)| match refused {
+                    Refused::Budget(budget) => EngineError::KeysExhausted {
+                        dimension: dim.name(),
+                        budget: Some(budget),
+                    },
+                    Refused::Ids => EngineError::KeysExhausted {
+                        dimension: dim.name(),
+                        budget: None,
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { events, ids })
     }
 
     pub fn len(&self) -> usize {
@@ -48,8 +66,14 @@ impl KeyedEvents {
 }
 
 impl From<Vec<Event>> for KeyedEvents {
+    /// Events whose keys the log writer's thread looks up as it applies
+    /// them, outside the key budget: for tools and tests that write to an
+    /// engine directly. The node's own ingest goes through [`KeyedEvents::new`].
     fn from(events: Vec<Event>) -> Self {
-        Self::new(events)
+        Self {
+            events,
+            ids: Vec::new(),
+        }
     }
 }
 

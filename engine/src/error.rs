@@ -47,6 +47,14 @@ pub enum EngineError {
         "the node holds {limit} idempotency keys (the limit `max_idempotency_keys`); a batch with a new key can be taken once older keys leave the 24-hour window, or send it without a key"
     )]
     TooManyIdempotencyKeys { limit: usize },
+    /// A batch brings a key the node cannot take: the interned names of all
+    /// dimensions hold `budget` bytes, or (`None`) the dimension has used
+    /// every id.
+    #[error("{}", keys_exhausted(dimension, budget))]
+    KeysExhausted {
+        dimension: &'static str,
+        budget: Option<usize>,
+    },
     /// A maintenance request that does not apply to the store as it is.
     #[error(transparent)]
     Maintenance(#[from] MaintenanceError),
@@ -66,6 +74,17 @@ pub enum MaintenanceError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+fn keys_exhausted(dimension: &str, budget: &Option<usize>) -> String {
+    match budget {
+        Some(b) => format!(
+            "a new `{dimension}` is refused: the node's distinct keys hold {b} bytes (the budget `key_memory_bytes`); events with known keys are still taken. A restart frees the keys no retained data holds"
+        ),
+        None => format!(
+            "a new `{dimension}` is refused: every one of its 2^32 ids is in use; events with known keys are still taken"
+        ),
+    }
+}
 
 /// Wraps an `io::Error` with the operation and path it came from.
 pub(crate) fn io_err(

@@ -15,6 +15,8 @@ const MAX_MEMTABLE_BYTES: usize = 512 << 20;
 const MAX_ROLLUP_KEY_BUDGET: usize = 10_000_000;
 /// Most memory one read may be allowed.
 const MAX_QUERY_MEMORY_BYTES: usize = 64 << 30;
+/// Most memory the distinct keys may be allowed.
+const MAX_KEY_MEMORY_BYTES: usize = 1 << 40;
 /// The default memory budget of a read.
 const DEFAULT_QUERY_MEMORY_BYTES: usize = 128 << 20;
 /// Most reads or aggregation jobs a node runs at once.
@@ -93,6 +95,11 @@ pub(crate) struct Settings {
     /// `422 query_too_large`.
     #[arg(long, env = "TOPLOG_QUERY_MEMORY_BYTES")]
     pub(crate) query_memory_bytes: Option<usize>,
+    /// Bytes the distinct keys (users, endpoints, methods, status codes)
+    /// may hold in memory; past it a batch bringing a new key is `503
+    /// overloaded` (known keys are still taken).
+    #[arg(long, env = "TOPLOG_KEY_MEMORY_BYTES")]
+    pub(crate) key_memory_bytes: Option<usize>,
     /// Reads (queries, listings, counts) that run at once; more wait for a turn.
     #[arg(long, env = "TOPLOG_MAX_CONCURRENT_QUERIES")]
     pub(crate) max_concurrent_queries: Option<usize>,
@@ -147,6 +154,7 @@ impl Settings {
             rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
             max_concurrent_queries: self.max_concurrent_queries.or(other.max_concurrent_queries),
             query_memory_bytes: self.query_memory_bytes.or(other.query_memory_bytes),
+            key_memory_bytes: self.key_memory_bytes.or(other.key_memory_bytes),
             query_timeout: self.query_timeout.or(other.query_timeout),
             max_running_aggregations: self
                 .max_running_aggregations
@@ -180,6 +188,7 @@ pub struct Config {
     pub rollup_key_budget: usize,
     pub max_concurrent_queries: usize,
     pub query_memory_bytes: usize,
+    pub key_memory_bytes: usize,
     pub query_timeout: Duration,
     pub max_running_aggregations: usize,
     pub aggregation_ttl: Duration,
@@ -277,6 +286,14 @@ impl Config {
                 "`query_memory_bytes`: must be from 1048576 (1 MiB) to {MAX_QUERY_MEMORY_BYTES} (64 GiB)"
             );
         }
+        let key_memory_bytes = s
+            .key_memory_bytes
+            .unwrap_or(toplog_engine::DEFAULT_KEY_MEMORY_BYTES);
+        if !(1 << 20..=MAX_KEY_MEMORY_BYTES).contains(&key_memory_bytes) {
+            anyhow::bail!(
+                "`key_memory_bytes`: must be from 1048576 (1 MiB) to {MAX_KEY_MEMORY_BYTES} (1 TiB)"
+            );
+        }
         let max_running_aggregations = s.max_running_aggregations.unwrap_or(2);
         if !(1..=MAX_CONCURRENCY).contains(&max_running_aggregations) {
             anyhow::bail!("`max_running_aggregations`: must be from 1 to {MAX_CONCURRENCY}");
@@ -342,6 +359,7 @@ impl Config {
             rollup_key_budget,
             max_concurrent_queries,
             query_memory_bytes,
+            key_memory_bytes,
             query_timeout,
             max_running_aggregations,
             aggregation_ttl: duration("aggregation_ttl", s.aggregation_ttl, "24h")?,
@@ -361,6 +379,7 @@ impl Config {
         c.memtable_max_age = self.memtable_max_age;
         c.rollup_key_budget = self.rollup_key_budget;
         c.max_idempotency_keys = self.max_idempotency_keys;
+        c.key_memory_bytes = self.key_memory_bytes;
         c
     }
 }

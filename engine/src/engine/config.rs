@@ -33,6 +33,10 @@ pub struct EngineConfig {
     /// Most keys one cube bucket keeps a cell for; past it the bucket keeps a
     /// heavy-hitter summary (see docs/rollups.md).
     pub rollup_key_budget: usize,
+    /// Bytes the distinct keys (users, endpoints, ...) of the whole process
+    /// may hold; past it a batch bringing a new key is refused with
+    /// [`EngineError::KeysExhausted`](crate::EngineError::KeysExhausted).
+    pub key_memory_bytes: usize,
     /// Where archived segments are kept and read from.
     pub archive: Option<Arc<dyn ArchiveStore>>,
 }
@@ -109,6 +113,10 @@ impl Cutoffs {
 /// The default [`EngineConfig::max_idempotency_keys`]: about 100 MB of keys.
 pub const DEFAULT_MAX_IDEMPOTENCY_KEYS: usize = 2_000_000;
 
+/// The default [`EngineConfig::key_memory_bytes`]: 512 MiB, about 7 million
+/// keys of 30 bytes.
+pub const DEFAULT_KEY_MEMORY_BYTES: usize = 512 << 20;
+
 /// The default [`EngineConfig::rollup_key_budget`].
 pub const DEFAULT_ROLLUP_KEY_BUDGET: usize = 50_000;
 
@@ -124,6 +132,7 @@ impl EngineConfig {
             max_idempotency_keys: DEFAULT_MAX_IDEMPOTENCY_KEYS,
             wal_segment_bytes: 64 << 20,
             rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
+            key_memory_bytes: DEFAULT_KEY_MEMORY_BYTES,
             archive: None,
         }
     }

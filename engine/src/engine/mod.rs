@@ -32,7 +32,8 @@ use crate::rollup::{Granularity, Rollups};
 use crate::segment::SegmentMeta;
 
 pub use config::{
-    Cutoffs, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET, EngineConfig, Retention,
+    Cutoffs, DEFAULT_KEY_MEMORY_BYTES, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET,
+    EngineConfig, Retention,
 };
 pub use lock_wait::LockWaitStats;
 pub use maintenance::{PurgeReport, RollupTier};

@@ -31,6 +31,7 @@ impl Engine {
     /// interrupted flush, loads idempotency keys and replays the log past the
     /// manifest's `flushed_lsn`.
     pub fn open_with(fs: Arc<dyn Fs>, config: EngineConfig) -> Result<Self> {
+        crate::keys::set_budget(config.key_memory_bytes);
         let root = config.data_dir.clone();
         for sub in [WAL_DIR, SEGMENT_DIR, KEY_DIR, ROLLUP_DIR] {
             let dir = root.join(sub);

@@ -32,6 +32,9 @@ pub struct StorageStats {
     pub idempotency_keys: usize,
     /// How long applying the log waited for the state's write lock, recently.
     pub apply_lock_wait: super::LockWaitStats,
+    /// Bytes the process's distinct keys hold, and their budget.
+    pub key_bytes: usize,
+    pub key_budget: usize,
 }
 
 impl Engine {
@@ -237,6 +240,8 @@ impl Engine {
             flushed_lsn: st.flushed_lsn,
             idempotency_keys: st.keys.len(),
             apply_lock_wait: self.inner.apply_waits.stats(),
+            key_bytes: crate::keys::bytes(),
+            key_budget: self.inner.config.key_memory_bytes,
         }
     }
 

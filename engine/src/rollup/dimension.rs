@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use toplog_types::Event;
 
 use crate::columns::Row;
-use crate::keys::{KeyId, Keys};
+use crate::keys::{KeyId, Keys, Refused};
 
 /// A bucket length maintained by the cubes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,33 +171,63 @@ impl Key {
 /// (the status code, the endpoint x class) are remembered per thread by the
 /// numbers, so no key string is built for them: ids never change.
 pub(crate) fn key_ids(r: &Row<'_>) -> [KeyId; 5] {
+    let interned: Result<_, std::convert::Infallible> =
+        key_ids_with(r, |d, name| Ok(Keys::of(d).intern(name)));
+    match interned {
+        Ok(ids) => ids,
+    }
+}
+
+/// [`key_ids`] of a new event's row: `Err` naming the dimension if one of its
+/// keys is new and refused ([`Keys::admit`]).
+pub(crate) fn admitted_key_ids(r: &Row<'_>) -> Result<[KeyId; 5], (Dimension, Refused)> {
+    key_ids_with(r, |d, name| Keys::of(d).admit(name).map_err(|e| (d, e)))
+}
+
+/// Most entries a thread's derived-key map holds before it starts again
+/// (it is a cache: every entry can be looked up again).
+const MAX_DERIVED: usize = 1 << 16;
+
+fn key_ids_with<E>(
+    r: &Row<'_>,
+    id: impl Fn(Dimension, &str) -> Result<KeyId, E>,
+) -> Result<[KeyId; 5], E> {
     type Derived = HashMap<(KeyId, u16), KeyId, foldhash::fast::RandomState>;
     thread_local! {
         /// (u32::MAX, status code) -> status key; (endpoint, class) -> endpoint x class key.
         static DERIVED: std::cell::RefCell<Derived> = Default::default();
     }
-    let id = |d: Dimension, name: &str| Keys::of(d).intern(name);
-    let endpoint = id(Dimension::Endpoint, r.endpoint);
+    let endpoint = id(Dimension::Endpoint, r.endpoint)?;
     let class = r.status / 100;
-    let (status, endpoint_class) = DERIVED.with_borrow_mut(|derived| {
-        let status = *derived
-            .entry((KeyId::MAX, r.status))
-            .or_insert_with(|| id(Dimension::StatusCode, &r.status.to_string()));
-        let endpoint_class = *derived.entry((endpoint, class)).or_insert_with(|| {
-            id(
-                Dimension::EndpointStatusClass,
-                &Dimension::endpoint_class_key(class, r.endpoint),
-            )
+    let derived = |key: (KeyId, u16), make: &dyn Fn() -> Result<KeyId, E>| {
+        if let Some(id) = DERIVED.with_borrow(|d| d.get(&key).copied()) {
+            return Ok(id);
+        }
+        let id = make()?;
+        DERIVED.with_borrow_mut(|d| {
+            if d.len() >= MAX_DERIVED {
+                d.clear();
+            }
+            d.insert(key, id);
         });
-        (status, endpoint_class)
-    });
+        Ok(id)
+    };
+    let status = derived((KeyId::MAX, r.status), &|| {
+        id(Dimension::StatusCode, &r.status.to_string())
+    })?;
+    let endpoint_class = derived((endpoint, class), &|| {
+        id(
+            Dimension::EndpointStatusClass,
+            &Dimension::endpoint_class_key(class, r.endpoint),
+        )
+    })?;
     let mut ids = [0; 5];
     ids[Dimension::Endpoint.index()] = endpoint;
     ids[Dimension::StatusCode.index()] = status;
-    ids[Dimension::Method.index()] = id(Dimension::Method, r.method);
-    ids[Dimension::UserId.index()] = id(Dimension::UserId, r.user_id);
+    ids[Dimension::Method.index()] = id(Dimension::Method, r.method)?;
+    ids[Dimension::UserId.index()] = id(Dimension::UserId, r.user_id)?;
     ids[Dimension::EndpointStatusClass.index()] = endpoint_class;
-    ids
+    Ok(ids)
 }
 
 #[cfg(test)]

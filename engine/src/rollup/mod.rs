@@ -13,6 +13,6 @@ mod packed;
 pub use buckets::Rollups;
 pub use cell::Cell;
 pub use cube::{Cube, HEAVIEST_LISTED, Overflow, most_first};
-pub(crate) use dimension::key_ids;
 pub use dimension::{Dimension, Granularity, Key};
+pub(crate) use dimension::{admitted_key_ids, key_ids};
 pub(crate) use file::{FLUSH_FILE_LEVEL, TIER_FILE_LEVEL};

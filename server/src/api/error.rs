@@ -132,7 +132,7 @@ impl From<EngineError> for ApiError {
                     e.to_string(),
                 )
             },
-            EngineError::TooManyIdempotencyKeys { .. } => {
+            EngineError::TooManyIdempotencyKeys { .. } | EngineError::KeysExhausted { .. } => {
                 Self::overloaded(e.to_string(), IDEMPOTENCY_RETRY_SECS)
             }
             EngineError::Wal(WalError::Corrupt { .. }) | EngineError::Corrupt { .. } => {

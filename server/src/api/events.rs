@@ -80,7 +80,8 @@ pub(super) async fn ingest(
     // The events' rollup keys are looked up on the parse thread too (see `KeyedEvents`).
     let events = parsing(move || {
         let raw = decode_body(encoding.as_deref(), &body, limit)?;
-        parse_events(format, &raw, &limits).map(KeyedEvents::new)
+        let events = parse_events(format, &raw, &limits)?;
+        Ok(KeyedEvents::new(events)?)
     })
     .await?;
     if events.is_empty() {
