@@ -142,6 +142,15 @@ impl SimFs {
         lock(&self.state).sync_count
     }
 
+    /// Bytes written to files but not yet synced: what a crash now would lose.
+    pub fn unsynced_bytes(&self) -> u64 {
+        lock(&self.state)
+            .inodes
+            .values()
+            .map(|i| (i.current.len() - i.durable.len()) as u64)
+            .sum()
+    }
+
     /// Makes every sync take this long (outside the disk lock), like a real fsync;
     /// used to make group commit observable.
     pub fn set_sync_latency(&self, latency: Duration) {
