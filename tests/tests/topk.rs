@@ -79,8 +79,10 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         })
         .collect();
     assert_eq!(got_errors, want_errors, "{body}");
-    // p99 by user among users with at least 10 requests: the two largest,
-    // each with bounds around its value and its exact count.
+    // p99 by user among users with at least 10 requests: each row's value
+    // within 1% of the model's nearest-rank p99 and its bounds holding it,
+    // its exact count, largest first, and no user left out whose p99 is
+    // surely above a row's.
     let (s, body) = get(
         &server,
         "/api/v1/requests/top-k?k=2&metric=latency_p99&by=user_id&min_count=10",
@@ -96,14 +98,29 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
             .or_default()
             .push(e["latency_ms"].as_f64().unwrap());
     }
+    let p99: HashMap<&str, f64> = user_latencies
+        .iter()
+        .map(|(u, l)| {
+            let mut l = l.clone();
+            l.sort_by(f64::total_cmp);
+            let rank = (0.99 * l.len() as f64 - 1e-9).ceil() as usize;
+            (u.as_str(), l[rank.max(1) - 1])
+        })
+        .collect();
     for row in rows {
         let (lo, hi) = (
             row["lower"].as_f64().unwrap(),
             row["upper"].as_f64().unwrap(),
         );
         let value = row["metric_value"].as_f64().unwrap();
-        assert!(lo <= value && value <= hi, "{row}");
         let user = row["request_id"].as_str().unwrap();
+        let truth = p99[user];
+        assert!(lo <= value && value <= hi, "{row}");
+        assert!(lo <= truth && truth <= hi, "{row}: true p99 {truth}");
+        assert!(
+            (value - truth).abs() <= truth * 0.01,
+            "{row}: true p99 {truth}"
+        );
         assert_eq!(
             row["count"].as_u64(),
             Some(user_latencies[user].len() as u64),
@@ -114,11 +131,52 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
         rows[0]["metric_value"].as_f64() >= rows[1]["metric_value"].as_f64(),
         "largest first: {body}"
     );
-    let (_, body) = get(
+    let listed: Vec<&str> = rows
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    let last_upper = rows[1]["upper"].as_f64().unwrap();
+    for (user, truth) in &p99 {
+        assert!(
+            listed.contains(user) || *truth <= last_upper * 1.01,
+            "{user} (true p99 {truth}) left out of {body}"
+        );
+    }
+    // The slowest requests: ties on latency by request id, each row whole.
+    let (s, body) = get(
         &server,
-        "/api/v1/requests/top-k?k=1&metric=latency_max&by=request",
+        "/api/v1/requests/top-k?k=3&metric=latency_max&by=request",
     );
-    assert_eq!(body["data"][0]["metric_value"], 49.5);
+    assert_eq!(s, 200, "{body}");
+    let mut slowest: Vec<(f64, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["latency_ms"].as_f64().unwrap(),
+                e["request_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let got: Vec<(f64, String, u64)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metric_value"].as_f64().unwrap(),
+                r["request_id"].as_str().unwrap().to_owned(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want_slowest: Vec<(f64, String, u64)> = slowest[..3]
+        .iter()
+        .map(|(l, id)| (*l, id.clone(), 1))
+        .collect();
+    assert_eq!(got, want_slowest, "{body}");
+    // Today's history row against the model: requests, mean latency and
+    // error rate exactly, p99 within 1%.
     let today = toplog_tests::utc(now_ms()).0;
     let (s, body) = get(
         &server,
@@ -126,13 +184,35 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
     );
     assert_eq!(s, 200, "{body}");
     let midnight = now.div_euclid(86_400_000) * 86_400_000;
-    let in_today = events
+    let mut in_today: Vec<(f64, bool)> = events
         .iter()
         .filter(|e| e["timestamp"].as_i64().unwrap() >= midnight)
-        .count();
+        .map(|e| (e["latency_ms"].as_f64().unwrap(), e["status_code"] == 503))
+        .collect();
+    let day = &body["data"][0];
     assert_eq!(
-        body["data"][0]["total_requests"].as_u64(),
-        Some(in_today as u64)
+        day["total_requests"].as_u64(),
+        Some(in_today.len() as u64),
+        "{body}"
+    );
+    let n = in_today.len() as f64;
+    let mean = in_today.iter().map(|(l, _)| l).sum::<f64>() / n;
+    let errors = in_today.iter().filter(|(_, e)| *e).count() as f64 / n;
+    assert!(
+        (day["average_latency"].as_f64().unwrap() - mean).abs() < 1e-9,
+        "{body}: mean {mean}"
+    );
+    assert!(
+        (day["error_rate"].as_f64().unwrap() - errors).abs() < 1e-12,
+        "{body}: {errors}"
+    );
+    in_today.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let rank = (0.99 * n - 1e-9).ceil() as usize;
+    let truth = in_today[rank.max(1) - 1].0;
+    let got = day["p99_latency"].as_f64().unwrap();
+    assert!(
+        (got - truth).abs() <= truth * 0.01,
+        "{body}: true p99 {truth}"
     );
     // The CLI asks the same node and prints the same ranking.
     let cli = |args: &[&str]| {
