@@ -25,18 +25,39 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// What an `Idempotency-Key` may be, as the OpenAPI document says it.
 pub(super) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
+/// The body of an ingest request, or the error for one too large or cut short.
+pub(super) fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    let limit = app.config.max_body_bytes;
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(format!("body exceeds the limit of {limit} bytes"))
+        }
+        status => ApiError::new(status, "invalid_body", e.body_text()),
+    })
+}
+
+/// The window ingested timestamps must fall in, now.
+pub(super) fn validation_limits(app: &AppState) -> ValidationLimits {
+    let cfg = &app.config;
+    ValidationLimits {
+        now: Micros::now(),
+        max_future_us: micros(cfg.clock_skew),
+        max_age_us: micros(
+            app.maintainer
+                .get()
+                .map_or(cfg.policy, |m| m.policy())
+                .raw_keep_for,
+        ),
+    }
+}
+
 pub(super) async fn ingest(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let limit = app.config.max_body_bytes;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::too_large(format!("body exceeds the limit of {limit} bytes"))
-        }
-        status => ApiError::new(status, "invalid_body", e.body_text()),
-    })?;
+    let body = read_body(&app, body)?;
     let engine = app.engine()?;
     // Held until the batch is acknowledged: it bounds what waits to be parsed,
     // written to the log and applied.
@@ -66,17 +87,7 @@ pub(super) async fn ingest(
             ),
         ));
     }
-    let cfg = &app.config;
-    let limits = ValidationLimits {
-        now: Micros::now(),
-        max_future_us: micros(cfg.clock_skew),
-        max_age_us: micros(
-            app.maintainer
-                .get()
-                .map_or(cfg.policy, |m| m.policy())
-                .raw_keep_for,
-        ),
-    };
+    let limits = validation_limits(&app);
     // The events' rollup keys are looked up on the parse thread too (see `KeyedEvents`).
     let events = parsing(move || {
         let raw = decode_body(encoding.as_deref(), &body, limit)?;

@@ -34,6 +34,8 @@ fn schemas() -> Value {
             "endpoint": string, "method": string, "status_code": int, "latency_ms": num,
         }), &["request_id", "timestamp", "endpoint", "status_code", "latency_ms"]),
         "EventIn": toplog_types::Event::json_schema(),
+        "TracesAck": obj(json!({"partialSuccess": obj(json!({"rejectedSpans": string, "errorMessage": string}), &[])}), &[]),
+        "TracesIn": obj(json!({"resourceSpans": {"type": "array", "nullable": true, "items": {"type": "object"}}}), &[]),
         "Ack": obj(json!({"status": string, "accepted": int, "replayed": {"type": "boolean"}}), &["status", "accepted"]),
         "Events": obj(json!({
             "status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
@@ -167,6 +169,11 @@ pub(crate) fn document(routes: &[Route]) -> Value {
                 .collect();
             ok["links"] = Value::Object(links);
         }
+        if route.body == Some(Body::Traces) {
+            // OTLP/HTTP answers in the request's encoding.
+            ok["content"]["application/x-protobuf"] =
+                json!({"schema": {"type": "string", "format": "binary"}});
+        }
         responses.insert(route.ok.0.to_string(), ok);
         for code in route.errors {
             let mut response = json!({"description": reason(*code), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{error_schema}")}}}});
@@ -176,6 +183,10 @@ pub(crate) fn document(routes: &[Route]) -> Value {
                     "required": false,
                     "schema": {"type": "integer", "minimum": 1},
                 }});
+            }
+            if route.body == Some(Body::Traces) {
+                response["content"]["application/x-protobuf"] = json!({"schema": {"type": "string", "format": "binary",
+                    "description": "A google.rpc.Status, for a protobuf request"}});
             }
             responses.insert(code.to_string(), response);
         }
@@ -194,6 +205,12 @@ pub(crate) fn document(routes: &[Route]) -> Value {
                     "application/json": {"schema": {"oneOf": [array, {"type": "object", "additionalProperties": false,
                                                                       "properties": {"events": array}, "required": ["events"]}]}},
                     "application/x-ndjson": {"schema": array},
+                }});
+            }
+            Some(Body::Traces) => {
+                operation["requestBody"] = json!({"required": true, "content": {
+                    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/TracesIn"}},
                 }});
             }
             Some(Body::Aggregation) => operation["requestBody"] = body("Aggregation"),

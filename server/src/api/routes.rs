@@ -9,12 +9,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, get, post, put};
 
 use super::params::QuerySpec;
-use super::{AppState, aggregations, analytics, events, health, storage};
+use super::{AppState, aggregations, analytics, events, health, storage, traces};
 
 /// What a route takes in its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Body {
     Events,
+    /// An OTLP trace export, in protobuf or JSON.
+    Traces,
     Aggregation,
     Retention,
 }
@@ -50,7 +52,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 16] = [
+pub(crate) const ROUTES: [Route; 17] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -85,6 +87,18 @@ pub(crate) const ROUTES: [Route; 16] = [
         body: Some(Body::Events),
         ok: (200, "Ack"),
         errors: &[400, 413, 415, 422, 503],
+        links: &[],
+    },
+    Route {
+        method: "post",
+        path: "/v1/traces",
+        id: "exportTraces",
+        handler: || post(traces::export),
+        summary: "OpenTelemetry traces (OTLP/HTTP, protobuf or JSON): each SERVER span becomes an event; answered once durable.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Traces),
+        ok: (200, "TracesAck"),
+        errors: &[400, 413, 415, 503],
         links: &[],
     },
     Route {

@@ -1,0 +1,132 @@
+//! `POST /v1/traces`: OpenTelemetry traces over OTLP/HTTP, in protobuf
+//! (`application/x-protobuf`) or OTLP/JSON (`application/json`), gzip or
+//! zstd too, as the OTLP specification defines the endpoint. Each SERVER
+//! span becomes an event ([`toplog_formats::otlp`]); spans that cannot be
+//! used are counted in a partial success. A retried export (the same bytes)
+//! is acknowledged without being stored twice.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prost::Message;
+use toplog_engine::KeyedEvents;
+use toplog_formats::otlp::{self, ExportTraceServiceResponse, RpcStatus};
+
+use super::events::{read_body, validation_limits};
+use super::workers::parsing;
+use super::{ApiError, ApiResult, AppState};
+use crate::ingest::decode_body;
+
+const PROTOBUF: &str = "application/x-protobuf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+pub(super) async fn export(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let mime = header(header::CONTENT_TYPE).map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    let encoding = match mime.as_deref() {
+        Some(PROTOBUF) => Encoding::Protobuf,
+        Some("application/json") => Encoding::Json,
+        _ => {
+            return ApiError::unsupported(
+                "unsupported_content_type",
+                format!("OTLP/HTTP takes {PROTOBUF} or application/json"),
+            )
+            .into_response();
+        }
+    };
+    let compression = header(header::CONTENT_ENCODING).map(str::to_owned);
+    match accept(&app, encoding, compression, body).await {
+        Ok(partial) => respond(encoding, partial),
+        // Refusals of a protobuf request are a `google.rpc.Status` in protobuf.
+        Err(e) if encoding == Encoding::Protobuf => {
+            let status = RpcStatus {
+                code: rpc_code(e.status),
+                message: e.message.clone(),
+            };
+            let mut response = e.into_response();
+            *response.body_mut() = status.encode_to_vec().into();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Decodes, maps and stores the export; what it could not use.
+async fn accept(
+    app: &Arc<AppState>,
+    encoding: Encoding,
+    compression: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Option<otlp::ExportTracePartialSuccess>> {
+    let limit = app.config.max_body_bytes;
+    let body = read_body(app, body)?;
+    let engine = app.engine()?;
+    let _turn = app.ingest.admit(body.len()).await?;
+    let limits = validation_limits(app);
+    let (events, partial, key) = parsing(move || {
+        let raw = decode_body(compression.as_deref(), &body, limit)?;
+        let request = match encoding {
+            Encoding::Protobuf => otlp::decode_protobuf(&raw),
+            Encoding::Json => otlp::decode_json(&raw),
+        }
+        .map_err(|e| ApiError::bad_request("invalid_otlp", e.to_string()))?;
+        let spans = otlp::server_spans(&request, &limits);
+        let partial = otlp::partial_success(&spans);
+        Ok((
+            KeyedEvents::new(spans.events)?,
+            partial,
+            otlp::idempotency_key(&raw),
+        ))
+    })
+    .await?;
+    if !events.is_empty() {
+        engine.ingest(events, Some(key)).await?;
+    }
+    Ok(partial)
+}
+
+fn respond(encoding: Encoding, partial: Option<otlp::ExportTracePartialSuccess>) -> Response {
+    match encoding {
+        Encoding::Json => Json(otlp::response_json(partial.as_ref())).into_response(),
+        Encoding::Protobuf => {
+            let body = ExportTraceServiceResponse {
+                partial_success: partial,
+            }
+            .encode_to_vec();
+            ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response()
+        }
+    }
+}
+
+/// The `google.rpc.Code` of an HTTP status, as OTLP/HTTP pairs them.
+fn rpc_code(status: StatusCode) -> i32 {
+    match status.as_u16() {
+        400 | 415 | 422 => 3, // INVALID_ARGUMENT
+        413 => 8,             // RESOURCE_EXHAUSTED
+        503 => 14,            // UNAVAILABLE
+        _ => 13,              // INTERNAL
+    }
+}
