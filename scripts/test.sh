@@ -37,10 +37,11 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import duckdb, boto
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' duckdb boto3
 fi
 
-# The OpenTelemetry test sends spans with the real Python SDK and its OTLP/HTTP exporter.
-if ! python3 -c "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http" >/dev/null 2>&1; then
+# The OpenTelemetry tests send spans with the real Python SDK and its OTLP
+# exporters (HTTP and gRPC), and ask the gRPC health service with grpcio.
+if ! python3 -c "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc, grpc" >/dev/null 2>&1; then
   echo "== installing the OpenTelemetry SDK and OTLP exporter"
-  python3 -m pip install --quiet --disable-pip-version-check 'opentelemetry-sdk==1.*' 'opentelemetry-exporter-otlp-proto-http==1.*'
+  python3 -m pip install --quiet --disable-pip-version-check 'opentelemetry-sdk==1.*' 'opentelemetry-exporter-otlp-proto-http==1.*' 'opentelemetry-exporter-otlp-proto-grpc==1.*'
 fi
 
 echo "== cargo fmt --check"

@@ -288,7 +288,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let app = router(state.clone());
+    // gRPC first: its routes answer by content type (`application/grpc`)
+    // under their own paths; everything else is the REST router's.
+    let app = crate::grpc::router(state.clone())
+        .await
+        .merge(router(state.clone()));
     let server = tokio::spawn(crate::listen::serve(
         listener,
         app,

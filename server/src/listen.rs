@@ -1,14 +1,17 @@
 //! The HTTP server loop: accepts connections up to `max_connections` (the
-//! rest wait in the kernel's backlog), gives each `header_timeout` to send a
-//! request's headers and `body_timeout` for its body, and drains open
-//! connections on shutdown. axum's own `serve` has neither limit nor timeout.
+//! rest wait in the kernel's backlog), speaks HTTP/1.1 (REST) or HTTP/2
+//! (gRPC, and REST over h2c) on each as the client opens it, gives each
+//! `header_timeout` to send a request's headers and `body_timeout` for its
+//! body, and drains open connections on shutdown. axum's own `serve` has
+//! neither limit nor timeout.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -57,10 +60,20 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = hyper::server::conn::http1::Builder::new()
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .header_read_timeout(limits.header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // A client that stops answering pings is let go.
+            .keep_alive_interval(limits.header_timeout)
+            .keep_alive_timeout(limits.header_timeout);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

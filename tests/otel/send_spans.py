@@ -1,18 +1,16 @@
 #!/usr/bin/env python3
-"""Sends spans to a toplog node with the OpenTelemetry Python SDK and its
-OTLP/HTTP (protobuf) exporter, then prints, as one JSON array, the events the
-node should store: one per SERVER span with a method and a status, in the
-form `GET /api/v1/requests` lists them.
+"""Sends spans to a toplog node with the OpenTelemetry Python SDK and one of
+its OTLP exporters (HTTP with protobuf, or gRPC), then prints, as one JSON
+array, the events the node should store: one per SERVER span with a method
+and a status, in the form `GET /api/v1/requests` lists them.
 
-    send_spans.py BASE_URL SPANS none|gzip
+    send_spans.py BASE_URL SPANS none|gzip http|grpc
 """
 import datetime
 import json
 import sys
 import time
 
-from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -25,11 +23,22 @@ def rfc3339(us):
 
 
 def main():
-    base, n, compression = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    exporter = OTLPSpanExporter(
-        endpoint=base + "/v1/traces",
-        compression=Compression.Gzip if compression == "gzip" else Compression.NoCompression,
-    )
+    base, n, compression, transport = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if transport == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        exporter = OTLPSpanExporter(
+            endpoint=base.removeprefix("http://"),
+            insecure=True,
+            compression=grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression,
+        )
+    else:
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        exporter = OTLPSpanExporter(
+            endpoint=base + "/v1/traces",
+            compression=Compression.Gzip if compression == "gzip" else Compression.NoCompression,
+        )
     provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
     provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=64))
     tracer = provider.get_tracer("toplog-test")

@@ -1,6 +1,6 @@
-//! OpenTelemetry traces in, over OTLP/HTTP: the real Python SDK and its
-//! exporter send spans (protobuf, plain and gzip) and the node stores one
-//! event per SERVER span, equal to what was sent; OTLP/JSON as the
+//! OpenTelemetry traces in, over OTLP/HTTP and OTLP/gRPC on the REST port:
+//! the real Python SDK and its exporters send spans (plain and gzip) and the
+//! node stores one event per SERVER span, equal to what was sent; OTLP/JSON as the
 //! specification writes it is taken too, with a partial success for spans
 //! that cannot be used; a retried export is stored once; bad input of each
 //! kind gets its documented error and stores nothing.
@@ -11,10 +11,21 @@ use std::process::Command;
 use serde_json::{Value, json};
 use toplog_tests::{Server, all_events, client};
 
-fn sent_by_the_sdk(server: &Server, spans: usize, compression: &str) -> Vec<Value> {
+fn sent_by_the_sdk(
+    server: &Server,
+    spans: usize,
+    compression: &str,
+    transport: &str,
+) -> Vec<Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otel/send_spans.py");
     let out = Command::new("python3")
-        .args([script, &server.base, &spans.to_string(), compression])
+        .args([
+            script,
+            &server.base,
+            &spans.to_string(),
+            compression,
+            transport,
+        ])
         .output()
         .expect("python3");
     assert!(
@@ -44,10 +55,12 @@ fn spans_from_the_sdk_and_otlp_json_become_the_events_sent() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_ready(dir.path(), &["--max-body-bytes", "65536"]);
 
-    // The SDK's exporter, protobuf, plain and gzip: every server span with a
-    // method and status is stored as sent; the rest is not.
-    let mut want = sent_by_the_sdk(&server, 300, "none");
-    want.extend(sent_by_the_sdk(&server, 200, "gzip"));
+    // The SDK's exporters, HTTP (protobuf) and gRPC, plain and gzip: every
+    // server span with a method and status is stored as sent; the rest is not.
+    let mut want = sent_by_the_sdk(&server, 300, "none", "http");
+    want.extend(sent_by_the_sdk(&server, 200, "gzip", "http"));
+    want.extend(sent_by_the_sdk(&server, 300, "none", "grpc"));
+    want.extend(sent_by_the_sdk(&server, 200, "gzip", "grpc"));
     assert_eq!(by_id(all_events(&server)), by_id(want.clone()));
 
     // OTLP/JSON as the specification writes it: hex ids, 64-bit integers as
@@ -165,4 +178,57 @@ fn spans_from_the_sdk_and_otlp_json_become_the_events_sent() {
     let r = post(&server, "application/x-protobuf", vec![0; 100_000]);
     assert_eq!(r.status(), 413);
     assert_eq!(all_events(&server).len(), stored_count);
+}
+
+/// The standard gRPC health service answers on the REST port: the node, and
+/// the trace service by name, are SERVING; an unknown service is NOT_FOUND.
+/// A malformed export is refused by gRPC (`INTERNAL`), one past
+/// `max_body_bytes` with `OUT_OF_RANGE`, and neither stores anything.
+#[test]
+fn grpc_health_answers_on_the_rest_port_and_bad_exports_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &["--max-body-bytes", "65536"]);
+    let script = r#"
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+def name(s):
+    raw = s.encode()
+    return (b"\x0a" + bytes([len(raw)]) + raw) if raw else b""
+for service in ["", "opentelemetry.proto.collector.trace.v1.TraceService"]:
+    print(check(name(service), timeout=10).hex())
+try:
+    check(name("no.such.Service"), timeout=10)
+    print("answered")
+except grpc.RpcError as e:
+    print(e.code().name)
+export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                             request_serializer=lambda b: b, response_deserializer=lambda b: b)
+# Not protobuf; then a well-formed 100,000-byte message (one unknown field).
+for body in [b"\xff\xff\xff", b"\x7a" + bytes([0xa0, 0x8d, 0x06]) + b"x" * 100000]:
+    try:
+        export(body, timeout=10)
+        print("answered")
+    except grpc.RpcError as e:
+        print(e.code().name)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, server.base.trim_start_matches("http://")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // HealthCheckResponse { status: SERVING (1) } is the bytes 08 01.
+    assert_eq!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["0801", "0801", "NOT_FOUND", "INTERNAL", "OUT_OF_RANGE"]
+    );
+    assert!(all_events(&server).is_empty());
 }

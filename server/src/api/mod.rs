@@ -10,7 +10,7 @@ mod openapi;
 mod params;
 mod routes;
 mod storage;
-mod traces;
+pub(crate) mod traces;
 mod workers;
 
 use std::sync::{Arc, OnceLock};

@@ -15,7 +15,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
 use toplog_engine::KeyedEvents;
-use toplog_formats::otlp::{self, ExportTraceServiceResponse, RpcStatus};
+use toplog_formats::otlp::{
+    self, ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus,
+};
 
 use super::events::{read_body, validation_limits};
 use super::workers::parsing;
@@ -83,7 +85,7 @@ async fn accept(
 ) -> ApiResult<Option<otlp::ExportTracePartialSuccess>> {
     let limit = app.config.max_body_bytes;
     let body = read_body(app, body)?;
-    let engine = app.engine()?;
+    app.engine()?;
     let _turn = app.ingest.admit(body.len()).await?;
     let limits = validation_limits(app);
     let (events, partial, key) = parsing(move || {
@@ -93,19 +95,53 @@ async fn accept(
             Encoding::Json => otlp::decode_json(&raw),
         }
         .map_err(|e| ApiError::bad_request("invalid_otlp", e.to_string()))?;
-        let spans = otlp::server_spans(&request, &limits);
-        let partial = otlp::partial_success(&spans);
-        Ok((
-            KeyedEvents::new(spans.events)?,
-            partial,
-            otlp::idempotency_key(&raw),
-        ))
+        mapped(&request, &raw, &limits)
     })
     .await?;
-    if !events.is_empty() {
-        engine.ingest(events, Some(key)).await?;
-    }
+    store(app, events, key).await?;
     Ok(partial)
+}
+
+/// An export tonic has decoded (OTLP/gRPC): admitted by its encoded size,
+/// mapped and stored as `POST /v1/traces` does; what it could not use.
+pub(crate) async fn export_message(
+    app: &Arc<AppState>,
+    request: ExportTraceServiceRequest,
+) -> ApiResult<Option<otlp::ExportTracePartialSuccess>> {
+    app.engine()?;
+    let _turn = app.ingest.admit(request.encoded_len()).await?;
+    let limits = validation_limits(app);
+    // Re-encoded, the same message gives the same bytes: a retry, the same key.
+    let (events, partial, key) =
+        parsing(move || mapped(&request, &request.encode_to_vec(), &limits)).await?;
+    store(app, events, key).await?;
+    Ok(partial)
+}
+
+/// The events of an export's server spans, what could not be used, and the
+/// export's idempotency key (from `bytes`, its encoding as received).
+type Mapped = (KeyedEvents, Option<otlp::ExportTracePartialSuccess>, String);
+
+fn mapped(
+    request: &ExportTraceServiceRequest,
+    bytes: &[u8],
+    limits: &toplog_types::ValidationLimits,
+) -> ApiResult<Mapped> {
+    let spans = otlp::server_spans(request, limits);
+    let partial = otlp::partial_success(&spans);
+    Ok((
+        KeyedEvents::new(spans.events)?,
+        partial,
+        otlp::idempotency_key(bytes),
+    ))
+}
+
+/// Stores an export's events durably under its key (nothing if none).
+async fn store(app: &AppState, events: KeyedEvents, key: String) -> ApiResult<()> {
+    if !events.is_empty() {
+        app.engine()?.ingest(events, Some(key)).await?;
+    }
+    Ok(())
 }
 
 fn respond(encoding: Encoding, partial: Option<otlp::ExportTracePartialSuccess>) -> Response {
