@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -60,23 +59,30 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            // A client that stops answering pings is let go.
-            .keep_alive_interval(limits.header_timeout)
-            .keep_alive_timeout(limits.header_timeout);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (app, watcher) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // Which protocol the client speaks, from its first bytes: a client
+            // that sends nothing in time is let go like one with slow headers.
+            let served = match sniff(&stream, limits.header_timeout).await {
+                None => Ok(()),
+                Some(Protocol::Http2) => {
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        // A client that stops answering pings is let go.
+                        .keep_alive_interval(limits.header_timeout)
+                        .keep_alive_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                    watcher.watch(conn).await
+                }
+                Some(Protocol::Http1) => {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended");
             }
             drop(permit);
@@ -84,4 +90,38 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC, h2c).
+    Http2,
+}
+
+/// The protocol of a new connection, from the bytes it sent first (peeked,
+/// not consumed); `None` if it closed or sent too little before `timeout`.
+async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Protocol> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Protocol::Http2);
+        }
+        // Part of the preface so far: peek again once more may have come.
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(5)),
+        )
+        .await;
+    }
 }
