@@ -20,8 +20,6 @@ use crate::ingest::{BodyFormat, decode_body, parse_events};
 use toplog_types::{Param, Shape};
 
 const DEFAULT_LIMIT: usize = 1000;
-/// Bodies up to this size are parsed on the thread that received them.
-const INLINE_PARSE_BYTES: usize = 256 << 10;
 const MAX_LIMIT: u64 = 10_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// What an `Idempotency-Key` may be, as the OpenAPI document says it.
@@ -90,25 +88,13 @@ pub(super) async fn ingest(
         ));
     }
     let limits = validation_limits(&app);
-    let small = body.len() <= INLINE_PARSE_BYTES;
-    let compression_free = encoding
-        .as_deref()
-        .is_none_or(|e| e.trim().is_empty() || e.trim().eq_ignore_ascii_case("identity"));
-    // The events' rollup keys are looked up where they are parsed too (see `KeyedEvents`).
-    let parse = move || {
+    // The events' rollup keys are looked up on the parse thread too (see `KeyedEvents`).
+    let events = parsing(move || {
         let raw = decode_body(encoding.as_deref(), &body, limit)?;
         let events = parse_events(format, &raw, &limits)?;
         Ok(KeyedEvents::new(events)?)
-    };
-    // A small batch (a service's interactive flush, a millisecond of work) is
-    // parsed here, at the network threads' priority, so its acknowledgement
-    // never waits behind reads for the CPU; a bulk load goes to the parse
-    // threads, where it shares the CPU with reads.
-    let events = if small && compression_free {
-        parse()?
-    } else {
-        parsing(parse).await?
-    };
+    })
+    .await?;
     if events.is_empty() {
         return Ok(Json(json!({"status": "success", "accepted": 0})).into_response());
     }
