@@ -44,6 +44,12 @@ if ! python3 -c "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.htt
   python3 -m pip install --quiet --disable-pip-version-check 'opentelemetry-sdk==1.*' 'opentelemetry-exporter-otlp-proto-http==1.*' 'opentelemetry-exporter-otlp-proto-grpc==1.*'
 fi
 
+# The gRPC test builds a Python client from the .proto with grpcio-tools.
+if ! python3 -c "import grpc_tools" >/dev/null 2>&1; then
+  echo "== installing grpcio-tools"
+  python3 -m pip install --quiet --disable-pip-version-check 'grpcio-tools==1.*'
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

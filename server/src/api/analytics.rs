@@ -66,11 +66,33 @@ pub(super) async fn top_k(
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
     let started = std::time::Instant::now();
-    let p = Params::new(raw, TOP_K)?;
+    let q = top_k_query(&Params::new(raw, TOP_K)?)?;
+    let engine = app.engine()?;
+    // The answer is rendered on the read thread too: a top-10,000 is a
+    // megabyte of JSON, work for a read's priority, not the network threads'.
+    app.queries
+        .run(move || Ok(top_k_body(&toplog_query::top_k(&engine, &q)?, started)))
+        .await
+}
+
+/// A top-K given by parameter values (a gRPC request's), checked as the
+/// query string is, and answered.
+pub(crate) async fn top_k_by_values(
+    app: &AppState,
+    values: HashMap<String, String>,
+) -> ApiResult<toplog_query::TopKAnswer> {
+    let q = top_k_query(&Params::from_values(values, TOP_K)?)?;
+    let engine = app.engine()?;
+    app.queries
+        .run(move || Ok(toplog_query::top_k(&engine, &q)?))
+        .await
+}
+
+fn top_k_query(p: &Params) -> ApiResult<TopK> {
     let k = p
         .small("k")?
         .ok_or_else(|| ApiError::internal("`k` is required".into()))?;
-    let metric = metric(&p)?;
+    let metric = metric(p)?;
     let by = Grouping::parse(p.choice("by")?.unwrap_or("endpoint"))
         .ok_or_else(|| ApiError::internal("`by` declares an unknown grouping".into()))?;
     let order = match p.choice("order")? {
@@ -80,7 +102,7 @@ pub(super) async fn top_k(
     let range = p.recent_range()?;
     let filters = p.query_filters()?;
     let min_count = p.int("min_count")?.unwrap_or(0);
-    let q = TopK {
+    Ok(TopK {
         k,
         metric,
         by,
@@ -88,13 +110,7 @@ pub(super) async fn top_k(
         filters,
         min_count,
         order,
-    };
-    let engine = app.engine()?;
-    // The answer is rendered on the read thread too: a top-10,000 is a
-    // megabyte of JSON, work for a read's priority, not the network threads'.
-    app.queries
-        .run(move || Ok(top_k_body(&toplog_query::top_k(&engine, &q)?, started)))
-        .await
+    })
 }
 
 fn top_k_body(answer: &toplog_query::TopKAnswer, started: std::time::Instant) -> Response {

@@ -25,6 +25,49 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// What an `Idempotency-Key` may be, as the OpenAPI document says it.
 pub(super) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
+/// Refuses an idempotency key that is not 1 to 255 visible ASCII characters,
+/// naming `what` (a header or a field) with `code`.
+fn check_idempotency_key(key: Option<&str>, code: &'static str, what: &str) -> ApiResult<()> {
+    match key {
+        Some(k)
+            if k.is_empty()
+                || k.len() > MAX_IDEMPOTENCY_KEY
+                || !k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(ApiError::bad_request(
+                code,
+                format!("`{what}` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Ingests rows given as JSON objects (a gRPC request's events), each
+/// checked as a row of `POST /api/v1/requests` is; `size` is what the
+/// request weighs against `ingest_queue_bytes`.
+pub(crate) async fn ingest_rows(
+    app: &AppState,
+    rows: Vec<Value>,
+    key: Option<String>,
+    size: usize,
+) -> ApiResult<toplog_engine::IngestReceipt> {
+    check_idempotency_key(key.as_deref(), "invalid_parameter", "idempotency_key")?;
+    let engine = app.engine()?;
+    let _turn = app.ingest.admit(size).await?;
+    let limits = validation_limits(app);
+    let events = parsing(move || {
+        let events = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| toplog_types::Event::from_json(row, i, &limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KeyedEvents::new(events)?)
+    })
+    .await?;
+    Ok(engine.ingest(events, key).await?)
+}
+
 /// The body of an ingest request, or the error for one too large or cut short.
 pub(super) fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     let limit = app.config.max_body_bytes;
@@ -75,18 +118,7 @@ pub(super) async fn ingest(
     let format = BodyFormat::from_content_type(text(header::CONTENT_TYPE)?.as_deref())?;
     let encoding = text(header::CONTENT_ENCODING)?;
     let key = text(header::HeaderName::from_static("idempotency-key"))?;
-    if let Some(k) = &key
-        && (k.is_empty()
-            || k.len() > MAX_IDEMPOTENCY_KEY
-            || !k.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_header",
-            format!(
-                "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-            ),
-        ));
-    }
+    check_idempotency_key(key.as_deref(), "invalid_header", "Idempotency-Key")?;
     let limits = validation_limits(&app);
     // The events' rollup keys are looked up on the parse thread too (see `KeyedEvents`).
     let events = parsing(move || {
@@ -159,7 +191,28 @@ pub(super) async fn list_requests(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let p = Params::new(raw, LIST)?;
+    let page = page_of(&app, Params::new(raw, LIST)?).await?;
+    let data: Vec<Value> = page
+        .events
+        .iter()
+        .map(toplog_types::Event::to_json)
+        .collect();
+    Ok(Json(
+        json!({"status": "success", "data": data, "next_cursor": page.next.map(|c| c.encode())}),
+    )
+    .into_response())
+}
+
+/// A page of events given by parameter values (a gRPC request's), checked
+/// as the query string is.
+pub(crate) async fn page_by_values(
+    app: &AppState,
+    values: HashMap<String, String>,
+) -> ApiResult<toplog_engine::Page> {
+    page_of(app, Params::from_values(values, LIST)?).await
+}
+
+async fn page_of(app: &AppState, p: Params) -> ApiResult<toplog_engine::Page> {
     let range = p.range()?;
     let filters = p.filters()?;
     let limit = p.small("limit")?.unwrap_or(DEFAULT_LIMIT);
@@ -172,32 +225,33 @@ pub(super) async fn list_requests(
         })
         .transpose()?;
     let engine = app.engine()?;
-    let page = app
-        .queries
+    app.queries
         .run(move || Ok(engine.scan(range, &filters, cursor.as_ref(), limit)?))
-        .await?;
-    let data: Vec<Value> = page
-        .events
-        .iter()
-        .map(toplog_types::Event::to_json)
-        .collect();
-    Ok(Json(
-        json!({"status": "success", "data": data, "next_cursor": page.next.map(|c| c.encode())}),
-    )
-    .into_response())
+        .await
 }
 
 pub(super) async fn count_requests(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let p = Params::new(raw, COUNT)?;
+    let count = count_of(&app, Params::new(raw, COUNT)?).await?;
+    Ok(Json(json!({"status": "success", "count": count})).into_response())
+}
+
+/// A count given by parameter values (a gRPC request's), checked as the
+/// query string is.
+pub(crate) async fn count_by_values(
+    app: &AppState,
+    values: HashMap<String, String>,
+) -> ApiResult<u64> {
+    count_of(app, Params::from_values(values, COUNT)?).await
+}
+
+async fn count_of(app: &AppState, p: Params) -> ApiResult<u64> {
     let range = p.range()?;
     let filters = p.filters()?;
     let engine = app.engine()?;
-    let count = app
-        .queries
+    app.queries
         .run(move || Ok(engine.count(range, &filters)?))
-        .await?;
-    Ok(Json(json!({"status": "success", "count": count})).into_response())
+        .await
 }

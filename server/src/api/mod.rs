@@ -2,9 +2,9 @@
 //! and check parameters, then hand CPU work to blocking threads.
 
 mod aggregations;
-mod analytics;
+pub(crate) mod analytics;
 mod error;
-mod events;
+pub(crate) mod events;
 mod health;
 mod openapi;
 mod params;

@@ -103,6 +103,11 @@ impl Params {
     ) -> ApiResult<Self> {
         let Query(values) =
             raw.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+        Self::from_values(values, spec)
+    }
+
+    /// [`Params::new`] of values given by name (a gRPC request's fields).
+    pub(super) fn from_values(values: HashMap<String, String>, spec: QuerySpec) -> ApiResult<Self> {
         if let Some(bad) = values
             .keys()
             .find(|k| !spec.params.iter().any(|p| p.name == k.as_str()))

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Calls every RPC of toplog.v1.Toplog with a client made by grpcio-tools
+from proto/toplog/v1/toplog.proto (not toplog's own code), and server
+reflection with a raw call; prints what each answered as one JSON object.
+
+    every_rpc.py HOST:PORT PROTO_ROOT
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+
+import grpc
+from grpc_tools import protoc
+
+
+def main():
+    target, root = sys.argv[1], sys.argv[2]
+    out = tempfile.mkdtemp()
+    assert protoc.main(["protoc", f"-I{root}", f"--python_out={out}", f"--grpc_python_out={out}",
+                        os.path.join(root, "toplog/v1/toplog.proto")]) == 0
+    sys.path.insert(0, out)
+    from toplog.v1 import toplog_pb2 as pb, toplog_pb2_grpc as rpc
+
+    channel = grpc.insecure_channel(target)
+    api = rpc.ToplogStub(channel)
+    now_us = time.time_ns() // 1000
+    def event(i, status=200):
+        return pb.Event(request_id=f"g{i}", timestamp_us=now_us - 60_000_000 + i,
+                        user_id=f"u{i % 3}", endpoint=["GET /a", "POST /b/{id}"][i % 2],
+                        status_code=status, latency_ms=1.5 + i)
+    seen = {}
+    r = api.Ingest(pb.IngestRequest(events=[event(i) for i in range(5)], idempotency_key="k-1"))
+    seen["ingest"] = [r.accepted, r.replayed]
+    r = api.Ingest(pb.IngestRequest(events=[event(i) for i in range(5)], idempotency_key="k-1"))
+    seen["ingest_again"] = [r.accepted, r.replayed]
+    try:
+        api.Ingest(pb.IngestRequest(events=[event(100), event(101, status=99)]))
+        seen["bad"] = "answered"
+    except grpc.RpcError as e:
+        details = dict(e.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+        seen["bad"] = [e.code().name, b"events[1].status_code" in details]
+    replies = api.IngestStream(iter([pb.IngestRequest(events=[event(10 + b * 3 + i) for i in range(3)])
+                                     for b in range(4)]))
+    seen["stream"] = [r.accepted for r in replies]
+    top = api.TopK(pb.TopKRequest(k=5, metric="frequency", by="endpoint",
+                                  range=pb.TimeRange(start_us=now_us - 3_600_000_000)))
+    seen["top_k"] = [[row.key, row.count] for row in top.rows] + [top.exact]
+    try:
+        api.TopK(pb.TopKRequest(k=5, metric="no_such_metric"))
+        seen["top_k_bad"] = "answered"
+    except grpc.RpcError as e:
+        details = dict(e.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+        seen["top_k_bad"] = [e.code().name, b"metric" in details]
+    seen["count"] = api.Count(pb.CountRequest(filters=pb.Filters(user_id="u1"),
+                                             range=pb.TimeRange(start_us=0))).count
+    ids, cursor = [], ""
+    while True:
+        page = api.ListRequests(pb.ListRequestsRequest(limit=4, cursor=cursor,
+                                                       range=pb.TimeRange(start_us=0)))
+        ids += [e.request_id for e in page.events]
+        if not page.next_cursor:
+            break
+        cursor = page.next_cursor
+    seen["list"] = ids
+    # Server reflection (grpc.reflection.v1): list_services, field 7.
+    reflect = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                    request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    answer = b"".join(reflect(iter([b"\x3a\x00"])))
+    seen["reflection"] = [name for name in ["toplog.v1.Toplog", "grpc.health.v1.Health"]
+                          if name.encode() in answer]
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()
