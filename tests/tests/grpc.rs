@@ -54,3 +54,85 @@ fn a_grpcio_client_calls_every_rpc() {
         "{seen}"
     );
 }
+
+/// kill -9 while an IngestStream is sending: every batch acknowledged before
+/// the kill is stored after the restart, and resending every batch with its
+/// key stores none twice (acknowledged ones come back `replayed`).
+#[test]
+fn kill_9_during_an_ingest_stream_loses_no_acknowledged_batch_and_duplicates_none() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    const BATCHES: usize = 400;
+    const SIZE: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/stream_batches.py");
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let base_us = (toplog_tests::now_ms() - 600_000) * 1000;
+    let run = |server: &Server, mode: &str| {
+        Command::new("python3")
+            .args([
+                script,
+                server.base.trim_start_matches("http://"),
+                proto,
+                mode,
+                &BATCHES.to_string(),
+                &SIZE.to_string(),
+            ])
+            .env("BASE_US", base_us.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3")
+    };
+    let mut streaming = run(&server, "stream");
+    let mut lines = BufReader::new(streaming.stdout.take().unwrap()).lines();
+    let mut acked = Vec::new();
+    // Kill the node once some batches are acknowledged, the stream still going.
+    while acked.len() < 40 {
+        let line = lines.next().expect("stream ended early").unwrap();
+        acked.push(line.parse::<usize>().expect(&line));
+    }
+    server.kill9();
+    for line in lines {
+        let line = line.unwrap();
+        match line.parse::<usize>() {
+            Ok(n) => acked.push(n),
+            Err(_) => assert!(line.starts_with("broken"), "{line}"),
+        }
+    }
+    streaming.wait().unwrap();
+    assert!(
+        acked.len() < BATCHES,
+        "the kill came after the stream ended"
+    );
+    assert_eq!(acked, (0..acked.len()).collect::<Vec<_>>(), "acks in order");
+
+    let server = Server::start_ready(dir.path(), &[]);
+    let count = |server: &Server| {
+        let body: Value = toplog_tests::client()
+            .get(server.url("/api/v1/requests/count?start=0"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["count"].as_u64().unwrap() as usize
+    };
+    let stored = count(&server);
+    assert!(
+        stored >= acked.len() * SIZE,
+        "{stored} stored, {} acknowledged",
+        acked.len()
+    );
+    assert_eq!(stored % SIZE, 0, "a batch stored in part");
+
+    let resend = run(&server, "resend").wait_with_output().unwrap();
+    assert!(resend.status.success());
+    for line in String::from_utf8(resend.stdout).unwrap().lines() {
+        let f: Vec<usize> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        assert_eq!(f[1], SIZE, "{line}");
+        if f[0] < acked.len() {
+            assert_eq!(f[2], 1, "acknowledged batch {} applied again", f[0]);
+        }
+    }
+    assert_eq!(count(&server), BATCHES * SIZE, "every batch exactly once");
+}
