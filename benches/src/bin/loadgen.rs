@@ -3,7 +3,8 @@
 //! - `loadgen generate --events N --out FILE`: the workload as NDJSON, or as
 //!   Parquet when FILE ends in `.parquet`.
 //! - `loadgen send --server URL --events N`: sends the workload over HTTP
-//!   (NDJSON batches on N connections) and reports acknowledged events/s,
+//!   (NDJSON batches on N connections; `--protocol grpc`: toplog.v1 `Ingest`
+//!   calls on N HTTP/2 connections) and reports acknowledged events/s,
 //!   acknowledgement latency, freshness (acknowledged -> visible in a top-K
 //!   answer), then runs the query mix.
 //! - `loadgen query --server URL`: the query mix alone: per query, p50/p99 of
@@ -21,6 +22,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use toplog_proto::v1;
 
 use clap::{Args, Parser, Subcommand};
 use toplog_benches::workload::{Generator, Workload, ndjson_line};
@@ -35,6 +37,12 @@ const DAY_US: i64 = 24 * HOUR_US;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Http,
+    Grpc,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +70,10 @@ enum Cmd {
         /// endpoint `GET /loadgen/probe/<n>`); 0 for none.
         #[arg(long, default_value_t = 100)]
         probes: usize,
+        /// How batches go: NDJSON over HTTP, or toplog.v1 `Ingest` over gRPC
+        /// (same port, one HTTP/2 connection per `--connections`).
+        #[arg(long, value_enum, default_value_t = Protocol::Http)]
+        protocol: Protocol,
     },
     /// Runs the query mix against a loaded node.
     Query {
@@ -194,8 +206,9 @@ fn main() -> anyhow::Result<()> {
             connections,
             batch,
             probes,
+            protocol,
         } => rt.block_on(async move {
-            let ingest = send(&w, &q, connections, batch, probes).await?;
+            let ingest = send(&w, &q, connections, batch, probes, protocol).await?;
             query_mix(&q, ingest).await
         }),
         Cmd::Query { q } => rt.block_on(query_mix(&q, serde_json::Value::Null)),
@@ -208,31 +221,57 @@ async fn send(
     connections: usize,
     batch: usize,
     probes: usize,
+    protocol: Protocol,
 ) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     let mut body = String::new();
     let mut in_body = 0;
+    let mut requests: Vec<v1::IngestRequest> = Vec::new();
+    let mut request = v1::IngestRequest::default();
     for e in w.generator() {
-        ndjson_line(&e, &mut body);
-        body.push('\n');
+        match protocol {
+            Protocol::Http => {
+                ndjson_line(&e, &mut body);
+                body.push('\n');
+            }
+            Protocol::Grpc => request.events.push(v1::Event {
+                latency_ms: e.latency_ms(),
+                request_id: e.request_id,
+                timestamp_us: e.timestamp.get(),
+                user_id: e.user_id,
+                endpoint: e.endpoint,
+                method: e.method,
+                status_code: u32::from(e.status_code),
+            }),
+        }
         in_body += 1;
         if in_body == batch {
             bodies.push(std::mem::take(&mut body).into_bytes());
+            requests.push(std::mem::take(&mut request));
             in_body = 0;
         }
     }
     if in_body > 0 {
         bodies.push(body.into_bytes());
+        requests.push(request);
     }
-    let bytes: usize = bodies.iter().map(Vec::len).sum();
+    let bytes: usize = match protocol {
+        Protocol::Http => bodies.iter().map(Vec::len).sum(),
+        Protocol::Grpc => requests.iter().map(prost::Message::encoded_len).sum(),
+    };
     eprintln!(
-        "generated {} events in {} requests ({:.0} MiB of NDJSON) in {:.1} s",
+        "generated {} events in {} requests ({:.0} MiB of {}) in {:.1} s",
         w.events,
         bodies.len(),
         bytes as f64 / (1 << 20) as f64,
+        match protocol {
+            Protocol::Http => "NDJSON",
+            Protocol::Grpc => "protobuf",
+        },
         started.elapsed().as_secs_f64()
     );
+    let requests = Arc::new(requests);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections * 2)
         .timeout(Duration::from_secs(300))
@@ -245,8 +284,27 @@ async fn send(
     for _ in 0..connections {
         let (client, url, bodies, next) =
             (client.clone(), url.clone(), bodies.clone(), next.clone());
+        let requests = requests.clone();
+        let server = q.server.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            if protocol == Protocol::Grpc {
+                let mut grpc = v1::toplog_client::ToplogClient::connect(server)
+                    .await?
+                    .max_encoding_message_size(usize::MAX);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(request) = requests.get(i) else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    grpc.ingest(request.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("batch {i}: {e}"))?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                return Ok(latencies);
+            }
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
@@ -286,7 +344,11 @@ async fn send(
         "ack_ms": {"p50": a50, "p99": a99},
     });
     println!(
-        "ingest: {} events in {secs:.1} s = {:.0} events/s acknowledged ({connections} connections, {batch} per request); ack latency p50 {a50:.1} ms, p99 {a99:.1} ms",
+        "ingest ({}): {} events in {secs:.1} s = {:.0} events/s acknowledged ({connections} connections, {batch} per request); ack latency p50 {a50:.1} ms, p99 {a99:.1} ms",
+        match protocol {
+            Protocol::Http => "NDJSON over HTTP",
+            Protocol::Grpc => "gRPC",
+        },
         w.events,
         w.events as f64 / secs
     );
