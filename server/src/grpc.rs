@@ -24,7 +24,7 @@ use toplog_proto::v1::{
     self,
     toplog_server::{Toplog, ToplogServer},
 };
-use toplog_types::Micros;
+use toplog_types::{Micros, TypedRow};
 
 use crate::api::{ApiError, AppState, analytics, events, traces};
 
@@ -241,46 +241,45 @@ impl Toplog for Api {
     }
 }
 
-/// A batch through the checks of `POST /api/v1/requests`, each event as the
-/// JSON row it stands for.
+/// A batch through the checks of `POST /api/v1/requests`, each event by
+/// its typed fields ([`toplog_types::Event::from_typed`]).
 async fn ingest(app: &AppState, batch: v1::IngestRequest) -> Result<v1::IngestReply, Status> {
-    use serde_json::{Map, Value, json};
     if batch.events.is_empty() {
         return Ok(v1::IngestReply::default());
     }
     let size = batch.encoded_len();
-    let rows: Vec<Value> = batch
-        .events
-        .into_iter()
-        .map(|e| {
-            let mut row = Map::new();
-            if !e.request_id.is_empty() {
-                row.insert("request_id".into(), json!(e.request_id));
-            }
-            // RFC 3339 with microseconds: the row's own precision.
-            row.insert(
-                "timestamp".into(),
-                json!(Micros::new(e.timestamp_us).to_rfc3339()),
-            );
-            row.insert("user_id".into(), json!(e.user_id));
-            row.insert("endpoint".into(), json!(e.endpoint));
-            if !e.method.is_empty() {
-                row.insert("method".into(), json!(e.method));
-            }
-            row.insert("status_code".into(), json!(e.status_code));
-            row.insert("latency_ms".into(), json!(e.latency_ms));
-            Value::Object(row)
-        })
-        .collect();
     let key = (!batch.idempotency_key.is_empty()).then_some(batch.idempotency_key);
-    let receipt = events::ingest_rows(app, rows, key, size)
-        .await
-        .map_err(status)?;
+    let events = batch.events;
+    let receipt = events::ingest_checked(app, key, size, move |limits| {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let row = TypedRow {
+                    request_id: non_empty(&e.request_id),
+                    timestamp_us: e.timestamp_us,
+                    user_id: &e.user_id,
+                    endpoint: &e.endpoint,
+                    method: non_empty(&e.method),
+                    status_code: e.status_code,
+                    latency_ms: e.latency_ms,
+                };
+                toplog_types::Event::from_typed(row, i, limits)
+            })
+            .collect()
+    })
+    .await
+    .map_err(status)?;
     Ok(v1::IngestReply {
         accepted: receipt.accepted,
         lsn: receipt.lsn.get(),
         replayed: receipt.replayed,
     })
+}
+
+/// An optional string field: proto3 sends an absent one as "".
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 /// A request's range and filters as the REST parameters they stand for.

@@ -31,6 +31,20 @@ pub struct Event {
     pub latency_us: u64,
 }
 
+/// One row given with typed fields (a protobuf message's), before its checks.
+#[derive(Debug, Clone, Copy)]
+pub struct TypedRow<'a> {
+    /// `None`: a UUIDv7 is generated.
+    pub request_id: Option<&'a str>,
+    pub timestamp_us: i64,
+    pub user_id: &'a str,
+    pub endpoint: &'a str,
+    /// `None`: taken from the endpoint.
+    pub method: Option<&'a str>,
+    pub status_code: u32,
+    pub latency_ms: f64,
+}
+
 /// Why a row was rejected: the row (0-based), the field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("row {row}: field `{field}`: {message}")]
@@ -101,6 +115,31 @@ impl Event {
             latency_ms: field("latency_ms"),
         }
         .check(row, limits)
+    }
+
+    /// An event from typed fields (a protobuf message's), through the same
+    /// checks as [`Event::from_json`]: the timestamp is checked as epoch
+    /// milliseconds (`timestamp_us / 1000`, exact to the microsecond), a
+    /// latency that is not finite is refused as a non-number would be.
+    pub fn from_typed(
+        row: TypedRow<'_>,
+        index: usize,
+        limits: &ValidationLimits,
+    ) -> Result<Self, EventError> {
+        let num = |f: f64| match Number::from_f64(f) {
+            Some(n) => Raw::Num(n),
+            None => Raw::Other("a number that is not finite"),
+        };
+        Fields {
+            request_id: row.request_id.map(|s| Raw::Str(Cow::Borrowed(s))),
+            timestamp: Some(num(row.timestamp_us as f64 / 1000.0)),
+            user_id: Some(Raw::Str(Cow::Borrowed(row.user_id))),
+            endpoint: Some(Raw::Str(Cow::Borrowed(row.endpoint))),
+            method: row.method.map(|s| Raw::Str(Cow::Borrowed(s))),
+            status_code: Some(Raw::Num(Number::from(row.status_code))),
+            latency_ms: Some(num(row.latency_ms)),
+        }
+        .check(index, limits)
     }
 
     /// The event in the bytes of one JSON object, read straight from them
@@ -427,6 +466,43 @@ mod tests {
             max_future_us: 300_000_000,
             max_age_us: 30 * 86_400_000_000,
         }
+    }
+
+    /// Typed fields get the checks JSON rows get, with the same answers,
+    /// and keep the timestamp to the microsecond.
+    #[test]
+    fn typed_rows_are_checked_as_json_rows_are() {
+        let now = limits().now.get();
+        let typed = |status: u32, latency_ms: f64, method: Option<&'static str>| TypedRow {
+            request_id: Some("r-1"),
+            timestamp_us: now - 123_457,
+            user_id: "u",
+            endpoint: "GET /a/{id}",
+            method,
+            status_code: status,
+            latency_ms,
+        };
+        let e = Event::from_typed(typed(201, 2.5, None), 0, &limits()).unwrap();
+        assert_eq!(e.timestamp.get(), now - 123_457);
+        let json = serde_json::json!({"request_id": "r-1", "timestamp": Micros::new(now - 123_457).to_rfc3339(),
+            "user_id": "u", "endpoint": "GET /a/{id}", "status_code": 201, "latency_ms": 2.5});
+        assert_eq!(Event::from_json(&json, 0, &limits()).unwrap(), e);
+        assert_eq!(e.method, "GET");
+        for (row, field) in [
+            (typed(99, 1.0, None), "status_code"),
+            (typed(200, f64::NAN, None), "latency_ms"),
+            (typed(200, -1.0, None), "latency_ms"),
+            (typed(200, 1.0, Some("G3T")), "method"),
+        ] {
+            let err = Event::from_typed(row, 4, &limits()).unwrap_err();
+            assert_eq!((err.row, err.field.as_str()), (4, field), "{err}");
+        }
+        let old = TypedRow {
+            timestamp_us: now - 31 * 86_400_000_000,
+            ..typed(200, 1.0, None)
+        };
+        let err = Event::from_typed(old, 0, &limits()).unwrap_err();
+        assert!(err.out_of_window && err.field == "timestamp", "{err}");
     }
 
     fn ok_row() -> Value {

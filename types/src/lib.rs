@@ -13,7 +13,7 @@ mod time;
 pub use duration::{DurationError, parse_duration};
 pub use event::{
     Event, EventError, MAX_ENDPOINT_LEN, MAX_LATENCY_MS, MAX_REQUEST_ID_LEN, MAX_USER_ID_LEN,
-    ValidationLimits, method_from_endpoint,
+    TypedRow, ValidationLimits, method_from_endpoint,
 };
 pub use ids::{Lsn, SegmentId};
 pub use param::{Arg, Param, ParamError, Shape};

@@ -43,28 +43,22 @@ fn check_idempotency_key(key: Option<&str>, code: &'static str, what: &str) -> A
     }
 }
 
-/// Ingests rows given as JSON objects (a gRPC request's events), each
-/// checked as a row of `POST /api/v1/requests` is; `size` is what the
-/// request weighs against `ingest_queue_bytes`.
-pub(crate) async fn ingest_rows(
+/// Ingests the events `check` makes of a request (a gRPC request's typed
+/// events, each through [`toplog_types::Event::from_typed`]) on the parse
+/// threads; `size` is what the request weighs against `ingest_queue_bytes`.
+pub(crate) async fn ingest_checked(
     app: &AppState,
-    rows: Vec<Value>,
     key: Option<String>,
     size: usize,
+    check: impl FnOnce(&ValidationLimits) -> Result<Vec<toplog_types::Event>, toplog_types::EventError>
+    + Send
+    + 'static,
 ) -> ApiResult<toplog_engine::IngestReceipt> {
     check_idempotency_key(key.as_deref(), "invalid_parameter", "idempotency_key")?;
     let engine = app.engine()?;
     let _turn = app.ingest.admit(size).await?;
     let limits = validation_limits(app);
-    let events = parsing(move || {
-        let events = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| toplog_types::Event::from_json(row, i, &limits))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(KeyedEvents::new(events)?)
-    })
-    .await?;
+    let events = parsing(move || Ok(KeyedEvents::new(check(&limits)?)?)).await?;
     Ok(engine.ingest(events, key).await?)
 }
 
