@@ -252,15 +252,15 @@ async fn ingest(app: &AppState, batch: v1::IngestRequest) -> Result<v1::IngestRe
     let events = batch.events;
     let receipt = events::ingest_checked(app, key, size, move |limits| {
         events
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, e)| {
                 let row = TypedRow {
-                    request_id: non_empty(&e.request_id),
+                    request_id: non_empty(e.request_id),
                     timestamp_us: e.timestamp_us,
-                    user_id: &e.user_id,
-                    endpoint: &e.endpoint,
-                    method: non_empty(&e.method),
+                    user_id: e.user_id.into(),
+                    endpoint: e.endpoint.into(),
+                    method: non_empty(e.method),
                     status_code: e.status_code,
                     latency_ms: e.latency_ms,
                 };
@@ -278,8 +278,8 @@ async fn ingest(app: &AppState, batch: v1::IngestRequest) -> Result<v1::IngestRe
 }
 
 /// An optional string field: proto3 sends an absent one as "".
-fn non_empty(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
+fn non_empty(s: String) -> Option<std::borrow::Cow<'static, str>> {
+    (!s.is_empty()).then_some(s.into())
 }
 
 /// A request's range and filters as the REST parameters they stand for.

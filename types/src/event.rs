@@ -31,16 +31,17 @@ pub struct Event {
     pub latency_us: u64,
 }
 
-/// One row given with typed fields (a protobuf message's), before its checks.
-#[derive(Debug, Clone, Copy)]
+/// One row given with typed fields (a protobuf message's), before its
+/// checks. Strings given owned are kept, not copied.
+#[derive(Debug, Clone)]
 pub struct TypedRow<'a> {
     /// `None`: a UUIDv7 is generated.
-    pub request_id: Option<&'a str>,
+    pub request_id: Option<Cow<'a, str>>,
     pub timestamp_us: i64,
-    pub user_id: &'a str,
-    pub endpoint: &'a str,
+    pub user_id: Cow<'a, str>,
+    pub endpoint: Cow<'a, str>,
     /// `None`: taken from the endpoint.
-    pub method: Option<&'a str>,
+    pub method: Option<Cow<'a, str>>,
     pub status_code: u32,
     pub latency_ms: f64,
 }
@@ -131,11 +132,11 @@ impl Event {
             None => Raw::Other("a number that is not finite"),
         };
         Fields {
-            request_id: row.request_id.map(|s| Raw::Str(Cow::Borrowed(s))),
+            request_id: row.request_id.map(Raw::Str),
             timestamp: Some(num(row.timestamp_us as f64 / 1000.0)),
-            user_id: Some(Raw::Str(Cow::Borrowed(row.user_id))),
-            endpoint: Some(Raw::Str(Cow::Borrowed(row.endpoint))),
-            method: row.method.map(|s| Raw::Str(Cow::Borrowed(s))),
+            user_id: Some(Raw::Str(row.user_id)),
+            endpoint: Some(Raw::Str(row.endpoint)),
+            method: row.method.map(Raw::Str),
             status_code: Some(Raw::Num(Number::from(row.status_code))),
             latency_ms: Some(num(row.latency_ms)),
         }
@@ -457,6 +458,7 @@ fn kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
 
@@ -474,11 +476,11 @@ mod tests {
     fn typed_rows_are_checked_as_json_rows_are() {
         let now = limits().now.get();
         let typed = |status: u32, latency_ms: f64, method: Option<&'static str>| TypedRow {
-            request_id: Some("r-1"),
+            request_id: Some("r-1".into()),
             timestamp_us: now - 123_457,
-            user_id: "u",
-            endpoint: "GET /a/{id}",
-            method,
+            user_id: "u".into(),
+            endpoint: Cow::Owned("GET /a/{id}".to_owned()),
+            method: method.map(Cow::Borrowed),
             status_code: status,
             latency_ms,
         };
