@@ -68,6 +68,9 @@ pub(crate) async fn serve(
                 Some(Protocol::Http2) => {
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
+                        // Windows that grow with the link: a 1 MiB batch is not
+                        // sent 64 KiB (the default window) per round trip.
+                        .adaptive_window(true)
                         // A client that stops answering pings is let go.
                         .keep_alive_interval(limits.header_timeout)
                         .keep_alive_timeout(limits.header_timeout)
