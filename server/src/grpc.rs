@@ -223,19 +223,7 @@ impl Toplog for Api {
             .await
             .map_err(status)?;
         Ok(Response::new(v1::ListRequestsReply {
-            events: page
-                .events
-                .into_iter()
-                .map(|e| v1::Event {
-                    latency_ms: e.latency_ms(),
-                    request_id: e.request_id,
-                    timestamp_us: e.timestamp.get(),
-                    user_id: e.user_id,
-                    endpoint: e.endpoint,
-                    method: e.method,
-                    status_code: u32::from(e.status_code),
-                })
-                .collect(),
+            events: page.events.into_iter().map(v1::Event::from).collect(),
             next_cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
         }))
     }

@@ -235,15 +235,7 @@ async fn send(
                 ndjson_line(&e, &mut body);
                 body.push('\n');
             }
-            Protocol::Grpc => request.events.push(v1::Event {
-                latency_ms: e.latency_ms(),
-                request_id: e.request_id,
-                timestamp_us: e.timestamp.get(),
-                user_id: e.user_id,
-                endpoint: e.endpoint,
-                method: e.method,
-                status_code: u32::from(e.status_code),
-            }),
+            Protocol::Grpc => request.events.push(e.into()),
         }
         in_body += 1;
         if in_body == batch {
