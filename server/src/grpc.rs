@@ -196,6 +196,72 @@ impl Toplog for Api {
         }))
     }
 
+    async fn timeseries(
+        &self,
+        request: Request<v1::TimeseriesRequest>,
+    ) -> Result<Response<v1::TimeseriesReply>, Status> {
+        let r = request.into_inner();
+        let mut values = range_and_filters(r.range, r.filters);
+        values.insert("metric".into(), r.metric);
+        for (name, value) in [("interval", r.interval), ("by", r.by)] {
+            if !value.is_empty() {
+                values.insert(name.into(), value);
+            }
+        }
+        if r.limit > 0 {
+            values.insert("limit".into(), r.limit.to_string());
+        }
+        let answer = analytics::timeseries_by_values(&self.app, values)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::TimeseriesReply {
+            series: answer
+                .series
+                .into_iter()
+                .map(|s| v1::Series {
+                    key: s.key,
+                    points: s
+                        .points
+                        .into_iter()
+                        .map(|p| v1::Point {
+                            time_us: p.start.get(),
+                            value: p.value,
+                            count: p.count,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            exact: answer.exact,
+            sources: answer.sources.iter().map(|s| (*s).to_owned()).collect(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::HistoryReply>, Status> {
+        let r = request.into_inner();
+        let values = HashMap::from([
+            ("start_date".to_owned(), r.start_date),
+            ("end_date".to_owned(), r.end_date),
+        ]);
+        let rows = analytics::history_by_values(&self.app, values)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::HistoryReply {
+            days: rows
+                .into_iter()
+                .map(|d| v1::Day {
+                    date: d.date.to_rfc3339().get(..10).unwrap_or_default().to_owned(),
+                    total_requests: d.total_requests,
+                    average_latency: d.average_latency,
+                    error_rate: d.error_rate,
+                    p99_latency: d.p99_latency,
+                })
+                .collect(),
+        }))
+    }
+
     async fn count(
         &self,
         request: Request<v1::CountRequest>,

@@ -53,6 +53,18 @@ def main():
     except grpc.RpcError as e:
         details = dict(e.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
         seen["top_k_bad"] = [e.code().name, b"metric" in details]
+    series = api.Timeseries(pb.TimeseriesRequest(metric="frequency", interval="1h", by="endpoint",
+                                                 range=pb.TimeRange(start_us=now_us - 7_200_000_000)))
+    seen["timeseries"] = sorted([s.key, sum(p.count for p in s.points)] for s in series.series)
+    today = time.strftime("%Y-%m-%d", time.gmtime((now_us - 60_000_000) // 1_000_000))
+    days = api.History(pb.HistoryRequest(start_date=today, end_date=today)).days
+    seen["history"] = [[d.date, d.total_requests] for d in days]
+    try:
+        api.History(pb.HistoryRequest(start_date=today, end_date="2000-01-01"))
+        seen["history_bad"] = "answered"
+    except grpc.RpcError as e:
+        details = dict(e.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+        seen["history_bad"] = [e.code().name, b"end_date" in details]
     seen["count"] = api.Count(pb.CountRequest(filters=pb.Filters(user_id="u1"),
                                              range=pb.TimeRange(start_us=0))).count
     ids, cursor = [], ""

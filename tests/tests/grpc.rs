@@ -42,6 +42,18 @@ fn a_grpcio_client_calls_every_rpc() {
         json!(["INVALID_ARGUMENT", true]),
         "{seen}"
     );
+    assert_eq!(
+        seen["timeseries"],
+        json!([["GET /a", 9], ["POST /b/{id}", 8]]),
+        "{seen}"
+    );
+    let today = &seen["history"][0][0];
+    assert_eq!(seen["history"], json!([[today, 17]]), "{seen}");
+    assert_eq!(
+        seen["history_bad"],
+        json!(["INVALID_ARGUMENT", true]),
+        "{seen}"
+    );
     // u1: i % 3 == 1 among 0-4 and 10-21: 1, 4, 10, 13, 16, 19.
     assert_eq!(seen["count"], 6, "{seen}");
     let mut want: Vec<String> = (0..5).chain(10..22).map(|i| format!("g{i}")).collect();

@@ -164,8 +164,33 @@ pub(super) async fn history(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
+    let rows = history_of(&app, Params::new(raw, HISTORY)?).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "date": r.date.to_rfc3339().get(..10),
+                "total_requests": r.total_requests,
+                "average_latency": r.average_latency,
+                "error_rate": r.error_rate,
+                "p99_latency": r.p99_latency,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": data})).into_response())
+}
+
+/// A history given by parameter values (a gRPC request's), checked as the
+/// query string is.
+pub(crate) async fn history_by_values(
+    app: &AppState,
+    values: HashMap<String, String>,
+) -> ApiResult<Vec<toplog_query::DayRow>> {
+    history_of(app, Params::from_values(values, HISTORY)?).await
+}
+
+async fn history_of(app: &AppState, p: Params) -> ApiResult<Vec<toplog_query::DayRow>> {
     use toplog_query::QueryError;
-    let p = Params::new(raw, HISTORY)?;
     let required =
         |d: Option<i64>| d.ok_or_else(|| ApiError::internal("a date is required".into()));
     let (first, last) = (
@@ -190,23 +215,9 @@ pub(super) async fn history(
     let days = u32::try_from(last - first + 1).unwrap_or(0);
     let first_day = first * DAY_US;
     let engine = app.engine()?;
-    let rows = app
-        .queries
+    app.queries
         .run(move || Ok(toplog_query::history(&engine, Micros::new(first_day), days)))
-        .await?;
-    let data: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "date": r.date.to_rfc3339().get(..10),
-                "total_requests": r.total_requests,
-                "average_latency": r.average_latency,
-                "error_rate": r.error_rate,
-                "p99_latency": r.p99_latency,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"status": "success", "data": data})).into_response())
+        .await
 }
 
 /// `GET /api/v1/requests/timeseries`.
@@ -251,9 +262,29 @@ pub(super) async fn timeseries(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
+    let q = timeseries_query(&Params::new(raw, TIMESERIES)?)?;
+    let engine = app.engine()?;
+    app.queries
+        .run(move || Ok(timeseries_body(&toplog_query::timeseries(&engine, &q)?)))
+        .await
+}
+
+/// A time series given by parameter values (a gRPC request's), checked as
+/// the query string is, and answered.
+pub(crate) async fn timeseries_by_values(
+    app: &AppState,
+    values: HashMap<String, String>,
+) -> ApiResult<toplog_query::TimeseriesAnswer> {
+    let q = timeseries_query(&Params::from_values(values, TIMESERIES)?)?;
+    let engine = app.engine()?;
+    app.queries
+        .run(move || Ok(toplog_query::timeseries(&engine, &q)?))
+        .await
+}
+
+fn timeseries_query(p: &Params) -> ApiResult<toplog_query::TimeseriesQuery> {
     use toplog_engine::Dimension;
-    let p = Params::new(raw, TIMESERIES)?;
-    let metric = metric(&p)?;
+    let metric = metric(p)?;
     let interval_us = p.duration("interval")?.unwrap_or(DEFAULT_INTERVAL_US);
     let range = p.recent_range()?;
     let filters = p.query_filters()?;
@@ -264,18 +295,14 @@ pub(super) async fn timeseries(
         _ => Dimension::Method,
     });
     let limit = p.small("limit")?.unwrap_or(10);
-    let q = toplog_query::TimeseriesQuery {
+    Ok(toplog_query::TimeseriesQuery {
         metric,
         interval_us,
         range,
         filters,
         by,
         limit,
-    };
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(timeseries_body(&toplog_query::timeseries(&engine, &q)?)))
-        .await
+    })
 }
 
 fn timeseries_body(answer: &toplog_query::TimeseriesAnswer) -> Response {
