@@ -74,15 +74,6 @@ pub fn hold(bytes: usize) -> Result<()> {
     })
 }
 
-/// Gives back `bytes` the running read no longer holds.
-pub fn release(bytes: usize) {
-    RUNNING.with(|r| {
-        if let Some(run) = r.borrow_mut().as_mut() {
-            run.held = run.held.saturating_sub(bytes);
-        }
-    })
-}
-
 /// `Err` naming the time budget once the running read is past its deadline.
 pub fn check_time() -> Result<()> {
     RUNNING.with(|r| match r.borrow().as_ref() {
@@ -109,7 +100,7 @@ mod tests {
     }
 
     /// Charges count against the running read only, up to its limit
-    /// inclusive; what is given back can be taken again; outside a read,
+    /// inclusive; outside a read,
     /// nothing is refused; the thread is clean after a read, even one that
     /// panicked.
     #[test]
@@ -122,8 +113,6 @@ mod tests {
                 hold(1),
                 Err(EngineError::QueryMemory { limit: 100 })
             ));
-            release(51);
-            hold(50).unwrap();
             // A nested read has a budget of its own, and the outer one resumes.
             budget(10, Duration::from_secs(60)).run(|| assert!(hold(11).is_err()));
             assert!(hold(1).is_err());

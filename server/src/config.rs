@@ -199,6 +199,24 @@ pub struct Config {
     pub body_timeout: Duration,
 }
 
+/// `value` (or `default` when unset), refused naming `name` outside `range`.
+fn within(
+    name: &str,
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> anyhow::Result<usize> {
+    let value = value.unwrap_or(default);
+    if !range.contains(&value) {
+        anyhow::bail!(
+            "`{name}`: must be from {} to {}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(value)
+}
+
 /// The policy from the `[retention]` table, with the flags over it. A
 /// `raw_keep_for` under the default `raw.local_for` lowers that to match.
 fn policy(
@@ -266,48 +284,54 @@ impl Config {
             }
             other => anyhow::bail!("`fsync`: `{other}` is not one of always, interval, never"),
         };
-        let memtable_max_bytes = s.memtable_max_bytes.unwrap_or(64 << 20);
-        if !(1..=MAX_MEMTABLE_BYTES).contains(&memtable_max_bytes) {
-            anyhow::bail!("`memtable_max_bytes`: must be from 1 to {MAX_MEMTABLE_BYTES} (512 MiB)");
-        }
-        let rollup_key_budget = s
-            .rollup_key_budget
-            .unwrap_or(toplog_engine::DEFAULT_ROLLUP_KEY_BUDGET);
-        if !(16..=MAX_ROLLUP_KEY_BUDGET).contains(&rollup_key_budget) {
-            anyhow::bail!("`rollup_key_budget`: must be from 16 to {MAX_ROLLUP_KEY_BUDGET}");
-        }
-        let max_concurrent_queries = s.max_concurrent_queries.unwrap_or(4);
-        if !(1..=MAX_CONCURRENCY).contains(&max_concurrent_queries) {
-            anyhow::bail!("`max_concurrent_queries`: must be from 1 to {MAX_CONCURRENCY}");
-        }
-        let query_memory_bytes = s.query_memory_bytes.unwrap_or(DEFAULT_QUERY_MEMORY_BYTES);
-        if !(1 << 20..=MAX_QUERY_MEMORY_BYTES).contains(&query_memory_bytes) {
-            anyhow::bail!(
-                "`query_memory_bytes`: must be from 1048576 (1 MiB) to {MAX_QUERY_MEMORY_BYTES} (64 GiB)"
-            );
-        }
-        let key_memory_bytes = s
-            .key_memory_bytes
-            .unwrap_or(toplog_engine::DEFAULT_KEY_MEMORY_BYTES);
-        if !(1 << 20..=MAX_KEY_MEMORY_BYTES).contains(&key_memory_bytes) {
-            anyhow::bail!(
-                "`key_memory_bytes`: must be from 1048576 (1 MiB) to {MAX_KEY_MEMORY_BYTES} (1 TiB)"
-            );
-        }
-        let max_running_aggregations = s.max_running_aggregations.unwrap_or(2);
-        if !(1..=MAX_CONCURRENCY).contains(&max_running_aggregations) {
-            anyhow::bail!("`max_running_aggregations`: must be from 1 to {MAX_CONCURRENCY}");
-        }
-        let max_idempotency_keys = s
-            .max_idempotency_keys
-            .unwrap_or(toplog_engine::DEFAULT_MAX_IDEMPOTENCY_KEYS);
-        if !(1..=MAX_IDEMPOTENCY_KEYS).contains(&max_idempotency_keys) {
-            anyhow::bail!("`max_idempotency_keys`: must be from 1 to {MAX_IDEMPOTENCY_KEYS}");
-        }
-        let max_connections = s.max_connections.unwrap_or(1024);
-        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
-            anyhow::bail!("`max_connections`: must be from 1 to {MAX_CONNECTIONS}");
-        }
+        let memtable_max_bytes = within(
+            "memtable_max_bytes",
+            s.memtable_max_bytes,
+            64 << 20,
+            1..=MAX_MEMTABLE_BYTES,
+        )?;
+        let rollup_key_budget = within(
+            "rollup_key_budget",
+            s.rollup_key_budget,
+            toplog_engine::DEFAULT_ROLLUP_KEY_BUDGET,
+            16..=MAX_ROLLUP_KEY_BUDGET,
+        )?;
+        let max_concurrent_queries = within(
+            "max_concurrent_queries",
+            s.max_concurrent_queries,
+            4,
+            1..=MAX_CONCURRENCY,
+        )?;
+        let query_memory_bytes = within(
+            "query_memory_bytes",
+            s.query_memory_bytes,
+            DEFAULT_QUERY_MEMORY_BYTES,
+            1 << 20..=MAX_QUERY_MEMORY_BYTES,
+        )?;
+        let key_memory_bytes = within(
+            "key_memory_bytes",
+            s.key_memory_bytes,
+            toplog_engine::DEFAULT_KEY_MEMORY_BYTES,
+            1 << 20..=MAX_KEY_MEMORY_BYTES,
+        )?;
+        let max_running_aggregations = within(
+            "max_running_aggregations",
+            s.max_running_aggregations,
+            2,
+            1..=MAX_CONCURRENCY,
+        )?;
+        let max_idempotency_keys = within(
+            "max_idempotency_keys",
+            s.max_idempotency_keys,
+            toplog_engine::DEFAULT_MAX_IDEMPOTENCY_KEYS,
+            1..=MAX_IDEMPOTENCY_KEYS,
+        )?;
+        let max_connections = within(
+            "max_connections",
+            s.max_connections,
+            1024,
+            1..=MAX_CONNECTIONS,
+        )?;
         let header_timeout = duration("header_timeout", s.header_timeout, "10s")?;
         let body_timeout = duration("body_timeout", s.body_timeout, "60s")?;
         for (key, d) in [
@@ -322,10 +346,12 @@ impl Config {
         if query_timeout < Duration::from_millis(10) {
             anyhow::bail!("`query_timeout`: must be at least 10ms");
         }
-        let max_body_bytes = s.max_body_bytes.unwrap_or(64 << 20);
-        if !(1..=MAX_BODY_BYTES).contains(&max_body_bytes) {
-            anyhow::bail!("`max_body_bytes`: must be from 1 to {MAX_BODY_BYTES} (256 MiB)");
-        }
+        let max_body_bytes = within(
+            "max_body_bytes",
+            s.max_body_bytes,
+            64 << 20,
+            1..=MAX_BODY_BYTES,
+        )?;
         let ingest_queue_bytes = s.ingest_queue_bytes.unwrap_or(256 << 20);
         if !(max_body_bytes..=MAX_INGEST_QUEUE_BYTES).contains(&ingest_queue_bytes) {
             anyhow::bail!(
