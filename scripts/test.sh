@@ -50,6 +50,17 @@ if ! python3 -c "import grpc_tools" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'grpcio-tools==1.*'
 fi
 
+# The import test runs a real nginx, driven by wrk. Installing nginx starts
+# the distribution's own server; it is stopped: the test starts its own.
+if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null 2>&1; then
+  echo "== installing nginx, wrk"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends nginx wrk >/dev/null 2>&1 \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends nginx wrk >/dev/null; }
+  service nginx stop >/dev/null 2>&1 || true
+fi
+export PATH="$PATH:/usr/sbin"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -1,7 +1,56 @@
 //! Route templates for raw paths: `/items/123` and `/items/456` are one
 //! endpoint, `/items/{id}`. A segment becomes `{id}` when it is a number, a
 //! UUID, or a long run of hex digits (16 or more: hashes, object ids); the
-//! query string and fragment are dropped.
+//! query string and fragment are dropped. [`RouteRules`] put an operator's
+//! own rules (regular expressions) before that.
+
+/// An operator's rules, tried in order on a path without its query string:
+/// the first whose pattern matches gives the template (`$1`, `${name}`
+/// expand to its groups); a path no rule matches gets [`template`].
+#[derive(Debug, Clone, Default)]
+pub struct RouteRules {
+    rules: Vec<(regex::Regex, String)>,
+}
+
+/// A rule whose pattern is not a regular expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route rule {index}: `{pattern}` is not a regular expression: {reason}")]
+pub struct RuleError {
+    pub index: usize,
+    pub pattern: String,
+    pub reason: String,
+}
+
+impl RouteRules {
+    /// Rules from (pattern, template) pairs, in the order given.
+    pub fn new<'a>(rules: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, RuleError> {
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, (pattern, to))| {
+                regex::Regex::new(pattern)
+                    .map(|re| (re, to.to_owned()))
+                    .map_err(|e| RuleError {
+                        index,
+                        pattern: pattern.to_owned(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The route template of `path` (a path, or a whole URL).
+    pub fn template(&self, path: &str) -> String {
+        let bare = path_of(path).split(['?', '#']).next().unwrap_or("");
+        for (re, to) in &self.rules {
+            if re.is_match(bare) {
+                return re.replace(bare, to.as_str()).into_owned();
+            }
+        }
+        template(path)
+    }
+}
 
 /// The route template of `path` (a path, or a whole URL whose path is taken).
 pub fn template(path: &str) -> String {
@@ -40,7 +89,28 @@ fn is_id(segment: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_first_matching_rule_wins_and_the_rest_are_templated() {
+        let rules = RouteRules::new([
+            (r"^/users/[^/]+/avatar$", "/users/{name}/avatar"),
+            (r"^/static/.*", "/static/*"),
+            (r"^/v(\d+)/.*$", "/v$1/*"),
+        ])
+        .unwrap();
+        for (path, want) in [
+            ("/users/alice/avatar?s=64", "/users/{name}/avatar"),
+            ("/static/css/site.css", "/static/*"),
+            ("/v2/anything/9", "/v2/*"),
+            ("/items/123", "/items/{id}"),
+        ] {
+            assert_eq!(rules.template(path), want, "{path}");
+        }
+        let e = RouteRules::new([("ok", "x"), ("(unclosed", "y")]).unwrap_err();
+        assert_eq!((e.index, e.pattern.as_str()), (1, "(unclosed"));
+    }
 
     #[test]
     fn ids_become_placeholders_and_words_stay() {

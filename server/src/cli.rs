@@ -54,6 +54,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send access logs (nginx, Apache) or NDJSON files to a node, each line
+    /// once, however often it is run; `--follow` tails them across rotation.
+    Import(crate::import::ImportArgs),
     /// Print one row per day: requests, average and p99 latency, error rate.
     History {
         #[arg(long, default_value_t = 30)]
@@ -112,6 +115,7 @@ pub fn main() -> ExitCode {
             };
             printed(crate::client::top(&args))
         }
+        Command::Import(args) => printed(crate::import::run(args)),
         Command::History { days, server, json } => {
             printed(crate::client::history(&server, days, json))
         }
@@ -211,6 +215,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         queries: crate::api::QueryGate::new(
             config.max_concurrent_queries,
+            config.read_threads,
             config.query_timeout,
             config.query_memory_bytes,
         ),

@@ -77,6 +77,9 @@ pub(crate) struct Settings {
     /// `rollups.minute_keep_for`, `rollups.hour_keep_for`, `rollups.day_keep_for`.
     #[arg(skip)]
     pub(crate) retention: Option<toml::Table>,
+    /// `[import]` in the file: `toplog import`'s, not the node's.
+    #[arg(skip)]
+    pub(crate) import: Option<toml::Table>,
     /// `[archive]` in the file.
     #[arg(skip)]
     pub(crate) archive: Option<ArchiveConfig>,
@@ -103,6 +106,11 @@ pub(crate) struct Settings {
     /// Reads (queries, listings, counts) that run at once; more wait for a turn.
     #[arg(long, env = "TOPLOG_MAX_CONCURRENT_QUERIES")]
     pub(crate) max_concurrent_queries: Option<usize>,
+    /// Threads computing reads (default: one fewer than the cores, at least
+    /// one), so that reads never take every core from ingest; reads admitted
+    /// past it wait for a thread.
+    #[arg(long, env = "TOPLOG_READ_THREADS")]
+    pub(crate) read_threads: Option<usize>,
     /// A read's time budget, waiting for its turn included: past it the
     /// caller gets `503 overloaded` with `Retry-After`.
     #[arg(long, env = "TOPLOG_QUERY_TIMEOUT")]
@@ -149,10 +157,12 @@ impl Settings {
             maintenance_interval: self.maintenance_interval.or(other.maintenance_interval),
             retention: self.retention.or(other.retention),
             archive: self.archive.or(other.archive),
+            import: self.import.or(other.import),
             memtable_max_bytes: self.memtable_max_bytes.or(other.memtable_max_bytes),
             memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
             rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
             max_concurrent_queries: self.max_concurrent_queries.or(other.max_concurrent_queries),
+            read_threads: self.read_threads.or(other.read_threads),
             query_memory_bytes: self.query_memory_bytes.or(other.query_memory_bytes),
             key_memory_bytes: self.key_memory_bytes.or(other.key_memory_bytes),
             query_timeout: self.query_timeout.or(other.query_timeout),
@@ -187,6 +197,7 @@ pub struct Config {
     pub memtable_max_age: Duration,
     pub rollup_key_budget: usize,
     pub max_concurrent_queries: usize,
+    pub read_threads: usize,
     pub query_memory_bytes: usize,
     pub key_memory_bytes: usize,
     pub query_timeout: Duration,
@@ -302,6 +313,12 @@ impl Config {
             4,
             1..=MAX_CONCURRENCY,
         )?;
+        let read_threads = within(
+            "read_threads",
+            s.read_threads,
+            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            1..=MAX_CONCURRENCY,
+        )?;
         let query_memory_bytes = within(
             "query_memory_bytes",
             s.query_memory_bytes,
@@ -384,6 +401,7 @@ impl Config {
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
             rollup_key_budget,
             max_concurrent_queries,
+            read_threads,
             query_memory_bytes,
             key_memory_bytes,
             query_timeout,

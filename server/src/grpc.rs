@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use futures::Stream;
 use prost::Message;
+use serde_json::{Value, json};
 use tonic::Streaming;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
@@ -26,7 +27,7 @@ use toplog_proto::v1::{
 };
 use toplog_types::{Micros, TypedRow};
 
-use crate::api::{ApiError, AppState, analytics, events, traces};
+use crate::api::{ApiError, AppState, aggregations, analytics, events, traces};
 
 /// The gRPC services, as routes to merge into the REST router.
 pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
@@ -55,7 +56,7 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
             &service_path::<tonic_health::pb::health_server::HealthServer<()>>(),
             health_service,
         );
-    match reflection {
+    let router = match reflection {
         Ok(service) => router.route_service(
             &service_path::<tonic_reflection::server::v1::ServerReflectionServer<()>>(),
             service,
@@ -64,7 +65,47 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
             tracing::error!(error = %e, "gRPC server reflection is off");
             router
         }
-    }
+    };
+    router.layer(axum::middleware::map_response(refusal_codes))
+}
+
+/// gRPC's own refusals of a message, before any handler sees it, in the
+/// codes toplog answers for the same faults in a message it reads:
+/// `INVALID_ARGUMENT` for bytes that are not the message (tonic says
+/// `INTERNAL`), `RESOURCE_EXHAUSTED` for one past `max_body_bytes` (tonic
+/// says `OUT_OF_RANGE`). Both in the headers of a trailers-only answer and
+/// in the trailers of a stream.
+async fn refusal_codes(response: axum::response::Response) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = response.into_parts();
+    recode(&mut parts.headers);
+    let body = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            recode(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+fn recode(headers: &mut axum::http::HeaderMap) {
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ");
+    let recoded = match code {
+        Some("13") if message.starts_with("failed to decode Protobuf message") => {
+            Code::InvalidArgument
+        }
+        Some("11") if message.contains("decoded message length too large") => {
+            Code::ResourceExhausted
+        }
+        _ => return,
+    };
+    headers.insert("grpc-status", axum::http::HeaderValue::from(recoded as i32));
 }
 
 /// `/<package.Service>/{*method}`: the paths of a service's calls.
@@ -106,6 +147,8 @@ fn status(e: ApiError) -> Status {
         (Some(row), f) => format!("events[{row}].{f}"),
         (None, "start") => "range.start_us".to_owned(),
         (None, "end") => "range.end_us".to_owned(),
+        (None, "start_time") => "start_us".to_owned(),
+        (None, "end_time") => "end_us".to_owned(),
         (None, f) => f.to_owned(),
     });
     match field {
@@ -293,8 +336,161 @@ impl Toplog for Api {
             next_cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
         }))
     }
+
+    async fn submit_aggregation(
+        &self,
+        request: Request<v1::SubmitAggregationRequest>,
+    ) -> Result<Response<v1::SubmitAggregationReply>, Status> {
+        let body = aggregation_body(&request.into_inner());
+        let aggregation_id = aggregations::submit(&self.app, body)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::SubmitAggregationReply { aggregation_id }))
+    }
+
+    async fn get_aggregation(
+        &self,
+        request: Request<v1::GetAggregationRequest>,
+    ) -> Result<Response<v1::Aggregation>, Status> {
+        let id = request.into_inner().aggregation_id;
+        let job = aggregations::job(&self.app, &id).map_err(status)?;
+        Ok(Response::new(aggregation(&job, true)))
+    }
+
+    async fn list_aggregations(
+        &self,
+        _: Request<v1::ListAggregationsRequest>,
+    ) -> Result<Response<v1::ListAggregationsReply>, Status> {
+        let jobs = aggregations::all_jobs(&self.app).map_err(status)?;
+        Ok(Response::new(v1::ListAggregationsReply {
+            aggregations: jobs.iter().map(|j| aggregation(j, false)).collect(),
+        }))
+    }
 }
 
+/// The REST body of an aggregation request, for its one checker
+/// ([`toplog_query::AggregationRequest::parse`]).
+fn aggregation_body(r: &v1::SubmitAggregationRequest) -> Value {
+    let mut body = json!({
+        "start_time": Micros::new(r.start_us).to_rfc3339(),
+        "end_time": Micros::new(r.end_us).to_rfc3339(),
+        "metrics": r.metrics,
+    });
+    if !r.interval.is_empty() {
+        body["interval"] = json!(r.interval);
+    }
+    if !r.group_by.is_empty() {
+        body["group_by"] = json!(r.group_by);
+    }
+    if let Some(f) = &r.filters {
+        let mut filters = serde_json::Map::new();
+        let texts = [
+            ("endpoint", &f.endpoint),
+            ("user_id", &f.user_id),
+            ("method", &f.method),
+            ("request_id", &f.request_id),
+        ];
+        for (name, value) in texts {
+            if let Some(v) = value {
+                filters.insert(name.into(), json!(v));
+            }
+        }
+        for (name, value) in [
+            ("status_code", f.status_code),
+            ("status_class", f.status_class),
+        ] {
+            if let Some(v) = value {
+                filters.insert(name.into(), json!(v));
+            }
+        }
+        body["filters"] = Value::Object(filters);
+    }
+    body
+}
+
+/// A job as gRPC shows it; its rows only `with_rows`.
+fn aggregation(job: &toplog_query::Job, with_rows: bool) -> v1::Aggregation {
+    let request = &job.request;
+    let time = |v: &Value| match v {
+        Value::String(s) => Micros::parse(s).map_or(0, Micros::get),
+        v => v.as_f64().map_or(0, |ms| (ms * 1000.0).round() as i64),
+    };
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let f = &request["filters"];
+    let filter_text = |name: &str| f[name].as_str().map(str::to_owned);
+    let filter_number = |name: &str| f[name].as_u64().and_then(|n| u32::try_from(n).ok());
+    let rows = match (&job.result, with_rows) {
+        (Some(Value::Array(rows)), true) => rows.iter().map(aggregate_row).collect(),
+        _ => Vec::new(),
+    };
+    v1::Aggregation {
+        aggregation_id: job.aggregation_id.clone(),
+        state: text(&json!(job.state)),
+        submitted_at_us: job.submitted_at.get(),
+        finished_at_us: job.finished_at.map_or(0, Micros::get),
+        error: job.error.clone().unwrap_or_default(),
+        request: Some(v1::SubmitAggregationRequest {
+            start_us: time(&request["start_time"]),
+            end_us: time(&request["end_time"]),
+            metrics: request["metrics"]
+                .as_array()
+                .map(|m| m.iter().map(text).collect())
+                .unwrap_or_default(),
+            interval: text(&request["interval"]),
+            group_by: text(&request["group_by"]),
+            filters: f.is_object().then(|| v1::Filters {
+                endpoint: filter_text("endpoint"),
+                user_id: filter_text("user_id"),
+                method: filter_text("method"),
+                status_code: filter_number("status_code"),
+                status_class: filter_number("status_class"),
+                request_id: None,
+            }),
+        }),
+        rows,
+    }
+}
+
+/// One result row, as `GET /api/v1/requests/aggregate/{id}` shows it, in
+/// typed fields: `latency` becomes `latency_avg`, `latency_p50`, ...
+fn aggregate_row(row: &Value) -> v1::AggregateRow {
+    let time = |k: &str| {
+        row[k]
+            .as_str()
+            .and_then(|s| Micros::parse(s).ok())
+            .map_or(0, Micros::get)
+    };
+    let mut values = HashMap::new();
+    for (name, v) in row.as_object().into_iter().flatten() {
+        match (name.as_str(), v) {
+            ("start" | "end" | "group" | "exact" | "missed_requests", _) => {}
+            ("latency", Value::Object(parts)) => {
+                for (part, v) in parts {
+                    if let Some(x) = v.as_f64() {
+                        values.insert(format!("latency_{part}"), x);
+                    }
+                }
+            }
+            (name, v) => {
+                if let Some(x) = v.as_f64() {
+                    values.insert(name.to_owned(), x);
+                }
+            }
+        }
+    }
+    v1::AggregateRow {
+        start_us: time("start"),
+        end_us: time("end"),
+        group: match &row["group"] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        },
+        values,
+        exact: row["exact"].as_bool().unwrap_or(true),
+        missed_requests: row["missed_requests"].as_u64().unwrap_or(0),
+    }
+}
 /// A batch through the checks of `POST /api/v1/requests`, each event by
 /// its typed fields ([`toplog_types::Event::from_typed`]).
 async fn ingest(app: &AppState, batch: v1::IngestRequest) -> Result<v1::IngestReply, Status> {

@@ -1,11 +1,12 @@
 //! The `toplog` binary's library: configuration, the REST API over the engine,
-//! and the command line. No storage logic lives here.
+//! and the command line (`toplog import` among its commands). No storage logic lives here.
 
 mod api;
 mod cli;
 mod client;
 mod config;
 mod grpc;
+mod import;
 mod ingest;
 mod listen;
 

@@ -76,6 +76,34 @@ def main():
             break
         cursor = page.next_cursor
     seen["list"] = ids
+    # A background aggregation: submitted, polled until done, listed.
+    job = api.SubmitAggregation(pb.SubmitAggregationRequest(
+        start_us=now_us - 3_600_000_000, end_us=now_us + 60_000_000,
+        metrics=["frequency", "latency"], group_by="endpoint", filters=pb.Filters(method="GET")))
+    for _ in range(400):
+        got = api.GetAggregation(pb.GetAggregationRequest(aggregation_id=job.aggregation_id))
+        if got.state in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    seen["aggregation"] = [got.state, got.request.group_by, list(got.request.metrics),
+                           got.request.filters.method, got.finished_at_us >= got.submitted_at_us > 0,
+                           [[r.group, r.values["frequency"], sorted(r.values), r.exact] for r in got.rows]]
+    listed = api.ListAggregations(pb.ListAggregationsRequest()).aggregations
+    seen["aggregations_listed"] = [[a.aggregation_id == job.aggregation_id, a.state, len(a.rows)] for a in listed]
+    def refused(call, request, field):
+        try:
+            call(request)
+            return "answered"
+        except grpc.RpcError as e:
+            details = dict(e.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+            return [e.code().name, field.encode() in details]
+    seen["aggregation_bad"] = [
+        refused(api.SubmitAggregation, pb.SubmitAggregationRequest(
+            start_us=now_us, end_us=now_us - 1, metrics=["frequency"]), "start_us"),
+        refused(api.SubmitAggregation, pb.SubmitAggregationRequest(
+            start_us=now_us - 1, end_us=now_us, metrics=["no_such_metric"]), "metrics"),
+        refused(api.GetAggregation, pb.GetAggregationRequest(aggregation_id="no-such-job"), ""),
+    ]
     # Server reflection (grpc.reflection.v1): list_services, field 7.
     reflect = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
                                     request_serializer=lambda b: b, response_deserializer=lambda b: b)

@@ -60,6 +60,34 @@ fn a_grpcio_client_calls_every_rpc() {
     // Listed in time order: g<i> is at now - 60 s + i µs.
     want.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
     assert_eq!(seen["list"], json!(want), "{seen}");
+    // The 9 GET /a events, their latencies 1.5 + i ms for the even i.
+    assert_eq!(
+        seen["aggregation"],
+        json!([
+            "done",
+            "endpoint",
+            ["frequency", "latency"],
+            "GET",
+            true,
+            [[
+                "GET /a",
+                9.0,
+                ["frequency", "latency_avg", "latency_p50", "latency_p95", "latency_p99"],
+                true
+            ]]
+        ]),
+        "{seen}"
+    );
+    assert_eq!(seen["aggregations_listed"], json!([[true, "done", 0]]), "{seen}");
+    assert_eq!(
+        seen["aggregation_bad"],
+        json!([
+            ["INVALID_ARGUMENT", true],
+            ["INVALID_ARGUMENT", true],
+            ["NOT_FOUND", true]
+        ]),
+        "{seen}"
+    );
     assert_eq!(
         seen["reflection"],
         json!(["toplog.v1.Toplog", "grpc.health.v1.Health"]),

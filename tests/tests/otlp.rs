@@ -182,8 +182,9 @@ fn spans_from_the_sdk_and_otlp_json_become_the_events_sent() {
 
 /// The standard gRPC health service answers on the REST port: the node, and
 /// the trace service by name, are SERVING; an unknown service is NOT_FOUND.
-/// A malformed export is refused by gRPC (`INTERNAL`), one past
-/// `max_body_bytes` with `OUT_OF_RANGE`, and neither stores anything.
+/// A malformed message is refused with `INVALID_ARGUMENT`, one past
+/// `max_body_bytes` with `RESOURCE_EXHAUSTED`, on OTLP's Export and on
+/// toplog's Ingest and IngestStream alike, and none stores anything.
 #[test]
 fn grpc_health_answers_on_the_rest_port_and_bad_exports_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,13 +206,18 @@ except grpc.RpcError as e:
     print(e.code().name)
 export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+ingest = channel.unary_unary("/toplog.v1.Toplog/Ingest",
+                             request_serializer=lambda b: b, response_deserializer=lambda b: b)
+stream = channel.stream_stream("/toplog.v1.Toplog/IngestStream",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
 # Not protobuf; then a well-formed 100,000-byte message (one unknown field).
-for body in [b"\xff\xff\xff", b"\x7a" + bytes([0xa0, 0x8d, 0x06]) + b"x" * 100000]:
-    try:
-        export(body, timeout=10)
-        print("answered")
-    except grpc.RpcError as e:
-        print(e.code().name)
+for call in [export, ingest, lambda body, timeout: list(stream(iter([body]), timeout=timeout))]:
+    for body in [b"\xff\xff\xff", b"\x7a" + bytes([0xa0, 0x8d, 0x06]) + b"x" * 100000]:
+        try:
+            call(body, timeout=10)
+            print("answered")
+        except grpc.RpcError as e:
+            print(e.code().name)
 "#;
     let out = Command::new("python3")
         .args(["-c", script, server.base.trim_start_matches("http://")])
@@ -228,7 +234,17 @@ for body in [b"\xff\xff\xff", b"\x7a" + bytes([0xa0, 0x8d, 0x06]) + b"x" * 10000
             .unwrap()
             .lines()
             .collect::<Vec<_>>(),
-        ["0801", "0801", "NOT_FOUND", "INTERNAL", "OUT_OF_RANGE"]
+        [
+            "0801",
+            "0801",
+            "NOT_FOUND",
+            "INVALID_ARGUMENT",
+            "RESOURCE_EXHAUSTED",
+            "INVALID_ARGUMENT",
+            "RESOURCE_EXHAUSTED",
+            "INVALID_ARGUMENT",
+            "RESOURCE_EXHAUSTED"
+        ]
     );
     assert!(all_events(&server).is_empty());
 }

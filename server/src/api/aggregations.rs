@@ -69,13 +69,20 @@ pub(super) async fn submit_aggregation(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(ApiError::from_json_body)?;
+    let id = submit(&app, body).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "success", "message": "Aggregation request submitted.", "aggregation_id": id})),
+    )
+        .into_response())
+}
+
+/// Checks an aggregation request (the body of `POST
+/// /api/v1/requests/aggregate`), records the job and starts it; its id.
+pub(crate) async fn submit(app: &AppState, body: Value) -> ApiResult<String> {
     AggregationRequest::parse(&body)?;
     let engine = app.engine()?;
-    let store = app
-        .jobs
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
+    let store = jobs(app)?;
     if store.pending() >= MAX_PENDING {
         return Err(ApiError::overloaded(
             format!("{MAX_PENDING} aggregation jobs already wait to run; try again later"),
@@ -108,11 +115,30 @@ pub(super) async fn submit_aggregation(
         app.config.query_memory_bytes,
         job,
     ));
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "success", "message": "Aggregation request submitted.", "aggregation_id": id})),
-    )
-        .into_response())
+    Ok(id)
+}
+
+fn jobs(app: &AppState) -> ApiResult<Arc<toplog_query::JobStore>> {
+    app.jobs
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("recovering".into()))
+}
+
+/// The job `id`; `404 not_found` if there is none (or it expired).
+pub(crate) fn job(app: &AppState, id: &str) -> ApiResult<toplog_query::Job> {
+    jobs(app)?.get(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no aggregation `{id}`"),
+        )
+    })
+}
+
+/// Every job kept.
+pub(crate) fn all_jobs(app: &AppState) -> ApiResult<Vec<toplog_query::Job>> {
+    Ok(jobs(app)?.list())
 }
 
 fn job_json(job: &toplog_query::Job, with_result: bool) -> Value {
@@ -136,27 +162,11 @@ pub(super) async fn get_aggregation(
     State(app): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult {
-    let store = app
-        .jobs
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
-    let job = store.get(&id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no aggregation `{id}`"),
-        )
-    })?;
+    let job = job(&app, &id)?;
     Ok(Json(json!({"status": "success", "data": job_json(&job, true)})).into_response())
 }
 
 pub(super) async fn list_aggregations(State(app): State<Arc<AppState>>) -> ApiResult {
-    let store = app
-        .jobs
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("recovering".into()))?;
-    let jobs: Vec<Value> = store.list().iter().map(|j| job_json(j, false)).collect();
+    let jobs: Vec<Value> = all_jobs(&app)?.iter().map(|j| job_json(j, false)).collect();
     Ok(Json(json!({"status": "success", "data": jobs})).into_response())
 }

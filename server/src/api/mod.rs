@@ -1,7 +1,7 @@
 //! The REST API under `/api/v1`, plus `/healthz` and `/readyz`. Handlers parse
 //! and check parameters, then hand CPU work to blocking threads.
 
-mod aggregations;
+pub(crate) mod aggregations;
 pub(crate) mod analytics;
 mod error;
 pub(crate) mod events;

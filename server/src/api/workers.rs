@@ -10,23 +10,27 @@ use toplog_engine::ReadBudget;
 
 use super::{ApiError, ApiResult};
 
-/// Reads admitted at once, and the time (waiting included) and memory
-/// budgets of each.
+/// Reads admitted at once, the threads they run on, and the time (waiting
+/// included) and memory budgets of each.
 #[derive(Debug)]
 pub(crate) struct QueryGate {
     permits: Arc<Semaphore>,
     limit: usize,
     budget: Duration,
     memory_bytes: usize,
+    threads: Pool,
 }
 
 impl QueryGate {
-    pub(crate) fn new(limit: usize, budget: Duration, memory_bytes: usize) -> Self {
+    /// `threads` reads compute at once (`read_threads`); the others admitted
+    /// (up to `limit`) wait for one of them, on the same time budget.
+    pub(crate) fn new(limit: usize, threads: usize, budget: Duration, memory_bytes: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             budget,
             memory_bytes,
+            threads: Pool::new("toplog-read", threads),
         }
     }
 
@@ -61,7 +65,7 @@ impl QueryGate {
             deadline: Some(started + budget),
             timeout: budget,
         };
-        let work = READ.run(move || {
+        let work = self.threads.run(move || {
             let out = read.run(f);
             drop(permit);
             out
@@ -127,6 +131,7 @@ impl IngestGate {
 
 /// A pool of threads at a lower scheduling priority than the thread
 /// applying the log and the network threads ([`toplog_types::run_in_background`]).
+#[derive(Debug)]
 struct Pool {
     name: &'static str,
     threads: usize,
@@ -145,10 +150,7 @@ impl Pool {
 
     /// Runs `f` on one of the pool's threads; on the shared blocking threads
     /// if the pool could not be started.
-    async fn run<T: Send + 'static>(
-        &'static self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> ApiResult<T> {
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
         let runtime = self.runtime.get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -167,12 +169,22 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Its threads are left to end on their own: a runtime may not wait for
+    /// them from inside another.
+    fn drop(&mut self) {
+        if let Some(Some(runtime)) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Threads parsing ingested batches at once.
 static PARSE: Pool = Pool::new("toplog-parse", 2);
 
-/// Threads running reads and aggregation jobs: as many as could be admitted
-/// (`max_concurrent_queries` and `max_running_aggregations` bound what runs).
-static READ: Pool = Pool::new("toplog-read", 2 * crate::config::MAX_CONCURRENCY);
+/// Threads running aggregation jobs: as many as could be admitted
+/// (`max_running_aggregations` bounds what runs).
+static JOBS: Pool = Pool::new("toplog-job", crate::config::MAX_CONCURRENCY);
 
 /// [`blocking`] on the parse threads.
 pub(super) async fn parsing<T: Send + 'static>(
@@ -192,7 +204,7 @@ pub(super) async fn aggregating<T: Send + 'static>(
         deadline: None,
         timeout: Duration::MAX,
     };
-    READ.run(move || budget.run(f)).await
+    JOBS.run(move || budget.run(f)).await
 }
 
 #[cfg(test)]
@@ -212,7 +224,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let gate = Arc::new(QueryGate::new(1, Duration::from_millis(200), 1 << 20));
+            let gate = Arc::new(QueryGate::new(1, 1, Duration::from_millis(200), 1 << 20));
             let (release, held) = std::sync::mpsc::channel::<()>();
             let slow = {
                 let gate = gate.clone();
