@@ -67,6 +67,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build the toplog binary for end-to-end tests"
 cargo build --locked --bin toplog
+cargo build --locked -p toplog-examples --example grpc_client
 export TOPLOG_BIN="$CARGO_TARGET_DIR/debug/toplog"
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast "$@"

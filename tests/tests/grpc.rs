@@ -72,13 +72,23 @@ fn a_grpcio_client_calls_every_rpc() {
             [[
                 "GET /a",
                 9.0,
-                ["frequency", "latency_avg", "latency_p50", "latency_p95", "latency_p99"],
+                [
+                    "frequency",
+                    "latency_avg",
+                    "latency_p50",
+                    "latency_p95",
+                    "latency_p99"
+                ],
                 true
             ]]
         ]),
         "{seen}"
     );
-    assert_eq!(seen["aggregations_listed"], json!([[true, "done", 0]]), "{seen}");
+    assert_eq!(
+        seen["aggregations_listed"],
+        json!([[true, "done", 0]]),
+        "{seen}"
+    );
     assert_eq!(
         seen["aggregation_bad"],
         json!([
@@ -92,6 +102,42 @@ fn a_grpcio_client_calls_every_rpc() {
         seen["reflection"],
         json!(["toplog.v1.Toplog", "grpc.health.v1.Health"]),
         "{seen}"
+    );
+}
+
+/// The Rust client in `examples/` (built by scripts/test.sh) ingests with
+/// a key, is told the retry was replayed, and reads the top endpoints.
+#[test]
+fn the_rust_client_example_ingests_and_asks_a_top_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(dir.path(), &[]);
+    let example = toplog_tests::binary()
+        .parent()
+        .unwrap()
+        .join("examples/grpc_client");
+    assert!(
+        example.exists(),
+        "{} not found: build it (`cargo build -p toplog-examples --example grpc_client`)",
+        example.display()
+    );
+    let out = Command::new(&example).arg(&server.base).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2..].sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "sent: 30 events, replayed: false",
+            "sent again: 30 events, replayed: true",
+            "GET /health\t10",
+            "GET /items/{id}\t10",
+            "POST /orders\t10"
+        ]
     );
 }
 

@@ -264,6 +264,51 @@ mod tests {
         });
     }
 
+    /// Reads admitted past `read_threads` wait for a thread: with one, a
+    /// second read runs only once the first ends; with two, at once.
+    #[test]
+    fn reads_past_read_threads_wait_for_a_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for threads in [1, 2] {
+                let gate = Arc::new(QueryGate::new(4, threads, Duration::from_secs(30), 1 << 20));
+                let (release, held) = std::sync::mpsc::channel::<()>();
+                let first = {
+                    let gate = gate.clone();
+                    tokio::spawn(async move {
+                        gate.run(move || {
+                            held.recv().ok();
+                            Ok(1)
+                        })
+                        .await
+                    })
+                };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let second = {
+                    let gate = gate.clone();
+                    tokio::spawn(async move { gate.run(|| Ok(2)).await })
+                };
+                let early = tokio::time::timeout(Duration::from_millis(500), second).await;
+                match (threads, early) {
+                    (1, Err(_)) => {
+                        release.send(()).unwrap();
+                        assert_eq!(first.await.unwrap().unwrap(), 1);
+                    }
+                    (2, Ok(answer)) => {
+                        assert_eq!(answer.unwrap().unwrap(), 2);
+                        release.send(()).unwrap();
+                        assert_eq!(first.await.unwrap().unwrap(), 1);
+                    }
+                    (threads, early) => panic!("{threads} read threads: {early:?}"),
+                }
+            }
+        });
+    }
+
     /// Batches in flight hold the gate's bytes until acknowledged; one more
     /// waits, then gets `503 overloaded` with `Retry-After`; room frees as
     /// batches end. A body larger than the whole budget still gets in alone.
