@@ -1,6 +1,7 @@
 //! Events as Apache Parquet, readable by DuckDB, ClickHouse, Spark or Athena:
 //! zstd, dictionary-encoded strings, `timestamp` as microseconds since the
-//! epoch in UTC, latency in milliseconds as the ingest API takes it.
+//! epoch in UTC, latency in milliseconds as the ingest API takes it. And
+//! rows read back from such files, whoever wrote them ([`ParquetRows`]).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use toplog_types::Event;
+use toplog_types::{Event, TypedRow};
 
 use crate::{EngineError, Result};
 
@@ -117,6 +118,145 @@ fn record_batch(events: &[Event]) -> Result<RecordBatch> {
         Arc::new(latency.finish()),
     ];
     RecordBatch::try_new(event_schema(), columns).map_err(|e| EngineError::Parquet(e.into()))
+}
+
+/// Rows of a Parquet file with the columns of [`event_schema`] by name,
+/// written by toplog or by another tool: any timestamp unit (or an integer
+/// of microseconds), any integer status, any numeric latency, any string
+/// encoding. `request_id`, `user_id` and `method` may be missing or null;
+/// the other columns are required. Each row comes back unchecked, as a
+/// [`TypedRow`], or as the field that could not be read.
+pub struct ParquetRows {
+    batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    total_rows: u64,
+}
+
+/// One row, or the field that made it unreadable and why.
+pub type ParquetRow = std::result::Result<TypedRow<'static>, (&'static str, String)>;
+
+impl ParquetRows {
+    /// Rows from `file`, after skipping its first `skip` rows, `batch` at a time.
+    pub fn open(file: std::fs::File, skip: usize, batch: usize) -> Result<Self> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        for required in ["timestamp", "endpoint", "status_code", "latency_ms"] {
+            if !names.iter().any(|n| n == required) {
+                return Err(EngineError::Parquet(
+                    parquet::errors::ParquetError::General(format!(
+                        "no `{required}` column (the columns are {})",
+                        names.join(", ")
+                    )),
+                ));
+            }
+        }
+        let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let batches = builder
+            .with_offset(skip)
+            .with_batch_size(batch.max(1))
+            .build()?;
+        Ok(Self {
+            batches,
+            total_rows,
+        })
+    }
+
+    /// Rows in the whole file, from its footer.
+    pub fn total_rows(&self) -> u64 {
+        self.total_rows
+    }
+
+    /// The next rows, or `None` at the end.
+    pub fn next_rows(&mut self) -> Result<Option<Vec<ParquetRow>>> {
+        let Some(batch) = self.batches.next() else {
+            return Ok(None);
+        };
+        let batch = batch.map_err(|e| EngineError::Parquet(e.into()))?;
+        Ok(Some(typed_rows(&batch)))
+    }
+}
+
+/// The rows of one record batch, each column cast to the type the checks take.
+fn typed_rows(b: &RecordBatch) -> Vec<ParquetRow> {
+    use arrow::array::{Array, AsArray};
+    use arrow::compute::cast;
+    use arrow::datatypes::{Float64Type, Int64Type};
+    let n = b.num_rows();
+    let column = |name: &'static str,
+                  to: &DataType|
+     -> std::result::Result<Option<ArrayRef>, (&'static str, String)> {
+        let Some(col) = b.column_by_name(name) else {
+            return Ok(None);
+        };
+        let col = match col.data_type() {
+            DataType::Timestamp(..) if *to == DataType::Int64 => {
+                let us = cast(col, &DataType::Timestamp(TimeUnit::Microsecond, None));
+                us.and_then(|c| cast(&c, &DataType::Int64))
+            }
+            _ => cast(col, to),
+        };
+        col.map(Some)
+            .map_err(|e| (name, format!("cannot be read as {to}: {e}")))
+    };
+    let columns = (|| {
+        Ok::<_, (&'static str, String)>((
+            column("request_id", &DataType::Utf8)?,
+            column("timestamp", &DataType::Int64)?,
+            column("user_id", &DataType::Utf8)?,
+            column("endpoint", &DataType::Utf8)?,
+            column("method", &DataType::Utf8)?,
+            column("status_code", &DataType::Int64)?,
+            column("latency_ms", &DataType::Float64)?,
+        ))
+    })();
+    let (rid, ts, uid, ep, m, st, lat) = match columns {
+        Ok(c) => c,
+        Err(e) => return vec![Err(e); n],
+    };
+    let text = |c: &Option<ArrayRef>, r: usize| {
+        c.as_ref()
+            .map(|c| c.as_string::<i32>())
+            .filter(|c| c.is_valid(r))
+            .map(|c| c.value(r).to_owned())
+    };
+    let (Some(ts), Some(ep), Some(st), Some(lat)) = (&ts, &ep, &st, &lat) else {
+        return vec![Err(("", "a required column is missing".into())); n];
+    };
+    let (ts, st, lat) = (
+        ts.as_primitive::<Int64Type>(),
+        st.as_primitive::<Int64Type>(),
+        lat.as_primitive::<Float64Type>(),
+    );
+    let ep = ep.as_string::<i32>();
+    (0..n)
+        .map(|r| {
+            let required = |valid: bool, name: &'static str| {
+                if valid {
+                    Ok(())
+                } else {
+                    Err((name, "is null".to_owned()))
+                }
+            };
+            required(ts.is_valid(r), "timestamp")?;
+            required(ep.is_valid(r), "endpoint")?;
+            required(st.is_valid(r), "status_code")?;
+            required(lat.is_valid(r), "latency_ms")?;
+            Ok(TypedRow {
+                request_id: text(&rid, r).map(Into::into),
+                timestamp_us: ts.value(r),
+                user_id: text(&uid, r).unwrap_or_default().into(),
+                endpoint: ep.value(r).to_owned().into(),
+                method: text(&m, r).map(Into::into),
+                status_code: u32::try_from(st.value(r)).unwrap_or(u32::MAX),
+                latency_ms: lat.value(r),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

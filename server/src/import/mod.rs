@@ -1,4 +1,5 @@
-//! `toplog import`: access logs and NDJSON files sent to a node in batches.
+//! `toplog import`: access logs, NDJSON and Parquet files sent to a node in
+//! batches.
 //!
 //! Each batch goes under an idempotency key made of the file's identity (a
 //! hash of its first line) and the batch's byte range, and the importer's
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+use toplog_engine::parquet::{ParquetRow, ParquetRows};
 use toplog_formats::access_log::LogFormat;
 use toplog_formats::route::RouteRules;
 use toplog_types::{Event, Micros, ValidationLimits};
@@ -47,8 +49,9 @@ pub(crate) struct ImportArgs {
     #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// nginx-timed (combined + $request_time), apache-combined (+ %D),
-    /// ndjson (the events of POST /api/v1/requests, one per line);
-    /// nginx-combined is refused: it has no latency.
+    /// ndjson (the events of POST /api/v1/requests, one per line), parquet
+    /// (columns named as the archive's); nginx-combined is refused: it has
+    /// no latency.
     #[arg(long, default_value = "nginx-timed")]
     format: String,
     /// Keep reading each file as it grows, across rotation (like `tail -F`),
@@ -86,10 +89,12 @@ struct RouteRule {
     template: String,
 }
 
-/// How lines become events.
+/// How a file's records become events.
 enum Parser {
     Log(LogFormat),
     Ndjson,
+    /// Rows of a Parquet file ([`ParquetRows`]).
+    Parquet,
 }
 
 /// Set by SIGINT or SIGTERM: finish the batch in hand and stop.
@@ -109,6 +114,7 @@ const REPORTED_LINES: u64 = 20;
 pub(crate) fn run(args: ImportArgs) -> anyhow::Result<String> {
     let parser = match args.format.as_str() {
         "ndjson" => Parser::Ndjson,
+        "parquet" => Parser::Parquet,
         name => Parser::Log(LogFormat::named(name).context("--format")?),
     };
     if args.follow
@@ -240,6 +246,7 @@ impl Importer {
         }
     }
 
+    /// The event of one line (of a line format).
     fn event(&self, line: &[u8], limits: &ValidationLimits) -> Result<Event, String> {
         let text =
             std::str::from_utf8(line).map_err(|_| "the line is not UTF-8 text".to_owned())?;
@@ -255,12 +262,30 @@ impl Importer {
                     serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
                 Event::from_json(&value, 0, limits)
             }
+            Parser::Parquet => return Err("a Parquet file has no lines".into()),
         };
         checked.map_err(|e| format!("field `{}`: {}", e.field, e.message))
     }
 
+    /// The event of one Parquet row.
+    fn row_event(row: ParquetRow, limits: &ValidationLimits) -> Result<Event, String> {
+        let row = row.map_err(|(field, why)| format!("field `{field}`: {why}"))?;
+        Event::from_typed(row, 0, limits).map_err(|e| format!("field `{}`: {}", e.field, e.message))
+    }
+
+    /// Where record `n` (1-based) of `path` is, for messages.
+    fn place(&self, path: &Path, n: u64) -> String {
+        match self.parser {
+            Parser::Parquet => format!("{}: row {n}", path.display()),
+            _ => format!("{}:{n}", path.display()),
+        }
+    }
+
     /// Imports a whole file, from where earlier runs left it.
     fn import(&self, path: &Path) -> anyhow::Result<()> {
+        if let Parser::Parquet = self.parser {
+            return self.import_parquet(path);
+        }
         let (identity, mut lines) = Lines::open(path)?;
         let Some(identity) = identity else {
             return Ok(()); // empty: nothing to send
@@ -307,8 +332,8 @@ impl Importer {
             line_no += 1;
             if let Err(why) = self.event(&line, &limits) {
                 anyhow::bail!(
-                    "{}:{line_no}: {why}\nnothing from {} was sent (--on-error skip leaves such lines out)",
-                    path.display(),
+                    "{}: {why}\nnothing from {} was sent (--on-error skip leaves such lines out)",
+                    self.place(path, line_no),
                     path.display()
                 );
             }
@@ -320,50 +345,111 @@ impl Importer {
     /// line too), a batch at a time.
     fn pump(&self, r: &mut Reading<'_>, lines: &mut Lines, last: bool) -> anyhow::Result<()> {
         let limits = Self::limits();
-        loop {
-            if STOP.load(Ordering::Relaxed) {
-                return Ok(());
-            }
+        while !STOP.load(Ordering::Relaxed) {
             let Some((line, end)) = lines.next_line(last)? else {
                 break;
             };
-            let line_no = r.at.line + 1;
-            match self.event(&line, &limits) {
-                Ok(event) => {
-                    r.events.push(event);
-                    r.lines.push(line_no);
-                }
-                Err(why) => match self.on_error {
-                    OnError::Fail => {
-                        self.ship(r)?;
-                        anyhow::bail!(
-                            "{}:{line_no}: {why}\nthe lines before it are stored; a run with --on-error skip goes on past it",
-                            r.path.display()
-                        );
-                    }
-                    OnError::Skip => self.report_skipped(r.path, line_no, &why),
-                },
-            }
-            r.at = Position {
+            let n = r.at.line + 1;
+            let event = self.event(&line, &limits);
+            let to = Position {
                 offset: end,
-                line: line_no,
+                line: n,
             };
-            self.counts
-                .bytes
-                .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-            let resend_ends = r.resend.is_some_and(|to| r.at.offset >= to.offset);
-            if r.events.len() >= self.batch_lines || resend_ends {
-                self.ship(r)?;
-            }
+            self.take(r, event, to, line.len() as u64 + 1)?;
         }
         self.ship(r)
+    }
+
+    /// Imports a Parquet file, a batch of rows at a time; its position is
+    /// counted in rows.
+    fn import_parquet(&self, path: &Path) -> anyhow::Result<()> {
+        let open = |skip: u64| -> anyhow::Result<ParquetRows> {
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+            ParquetRows::open(file, skip, self.batch_lines)
+                .with_context(|| format!("{} is not a Parquet file of events", path.display()))
+        };
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let identity = source::parquet_identity(&file)
+            .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+        let mut reading = self.reading(path, identity);
+        let limits = Self::limits();
+        if self.on_error == OnError::Fail {
+            let mut rows = open(reading.done.offset)?;
+            let mut n = reading.done.line;
+            while let Some(batch) = rows
+                .next_rows()
+                .with_context(|| format!("cannot read {}", path.display()))?
+            {
+                for row in batch {
+                    n += 1;
+                    if let Err(why) = Self::row_event(row, &limits) {
+                        anyhow::bail!(
+                            "{}: {why}\nnothing from {} was sent (--on-error skip leaves such rows out)",
+                            self.place(path, n),
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+        let mut rows = open(reading.done.offset)?;
+        while let Some(batch) = rows
+            .next_rows()
+            .with_context(|| format!("cannot read {}", path.display()))?
+        {
+            for row in batch {
+                if STOP.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let n = reading.at.line + 1;
+                let event = Self::row_event(row, &limits);
+                self.take(&mut reading, event, Position { offset: n, line: n }, 0)?;
+            }
+        }
+        self.ship(&mut reading)
+    }
+
+    /// One record read, up to `to`: kept for the batch, or reported (and
+    /// the import stopped, with `--on-error fail`); a full batch is sent.
+    fn take(
+        &self,
+        r: &mut Reading<'_>,
+        event: Result<Event, String>,
+        to: Position,
+        bytes: u64,
+    ) -> anyhow::Result<()> {
+        match event {
+            Ok(event) => {
+                r.events.push(event);
+                r.lines.push(to.line);
+            }
+            Err(why) => match self.on_error {
+                OnError::Fail => {
+                    self.ship(r)?;
+                    anyhow::bail!(
+                        "{}: {why}\nwhat comes before it is stored; a run with --on-error skip goes on past it",
+                        self.place(r.path, to.line)
+                    );
+                }
+                OnError::Skip => self.report_skipped(r.path, to.line, &why),
+            },
+        }
+        r.at = to;
+        self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let resend_ends = r.resend.is_some_and(|end| r.at.offset >= end.offset);
+        if r.events.len() >= self.batch_lines || resend_ends {
+            self.ship(r)?;
+        }
+        Ok(())
     }
 
     fn report_skipped(&self, path: &Path, line: u64, why: &str) {
         self.counts.skipped_lines.fetch_add(1, Ordering::Relaxed);
         match self.reported.fetch_add(1, Ordering::Relaxed) {
             n if n < REPORTED_LINES => {
-                eprintln!("toplog import: {}:{line}: skipped: {why}", path.display())
+                eprintln!("toplog import: {}: skipped: {why}", self.place(path, line))
             }
             REPORTED_LINES => {
                 eprintln!("toplog import: more bad lines skipped; the count is in the summary")
@@ -407,9 +493,9 @@ impl Importer {
                     let line = r.lines[row];
                     if self.on_error == OnError::Fail {
                         anyhow::bail!(
-                            "{}:{line}: the node refused it: {message}\nnothing from line {} on was stored",
-                            r.path.display(),
-                            r.done.line + 1
+                            "{}: the node refused it: {message}\nnothing from {} on was stored",
+                            self.place(r.path, line),
+                            self.place(r.path, r.done.line + 1)
                         );
                     }
                     self.report_skipped(r.path, line, &format!("the node refused it: {message}"));

@@ -40,6 +40,25 @@ pub(super) fn plain_identity(file: &File) -> std::io::Result<Option<String>> {
     }
 }
 
+/// The identity of a Parquet file: a hash of its footer (the metadata and
+/// its length), which names every row group's place and statistics.
+pub(super) fn parquet_identity(file: &File) -> std::io::Result<String> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let len = file.metadata()?.len();
+    let mut tail = [0u8; 8];
+    if len < 12 {
+        return Err(bad("too short to be Parquet"));
+    }
+    file.read_exact_at(&mut tail, len - 8)?;
+    let meta_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if &tail[4..] != b"PAR1" || meta_len + 12 > len {
+        return Err(bad("no Parquet footer"));
+    }
+    let mut footer = vec![0u8; meta_len as usize + 8];
+    file.read_exact_at(&mut footer, len - 8 - meta_len)?;
+    Ok(identity_of(&footer))
+}
+
 /// How a file's bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Compression {
