@@ -153,26 +153,12 @@ pub fn main() -> ExitCode {
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display()))?;
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock(2) on a descriptor this function owns, no memory involved.
-    // (`File::try_lock` needs Rust 1.89; the workspace supports 1.88.)
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(file);
-    }
-    match std::io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => anyhow::bail!(
+    match crate::lock::try_lock(&dir.join("LOCK"))? {
+        Some(file) => Ok(file),
+        None => anyhow::bail!(
             "the data directory {} is in use by another toplog process",
             dir.display()
         ),
-        e => anyhow::bail!("cannot lock {}: {e}", path.display()),
     }
 }
 

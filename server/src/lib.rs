@@ -9,6 +9,7 @@ mod grpc;
 mod import;
 mod ingest;
 mod listen;
+mod lock;
 
 pub use cli::main;
 pub use config::Config;

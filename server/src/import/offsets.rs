@@ -64,21 +64,12 @@ impl Offsets {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let lock_path = path.with_extension("lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock(2) on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Some(lock) = crate::lock::try_lock(&path.with_extension("lock"))? else {
             anyhow::bail!(
                 "another `toplog import` is using the offset file {} (give each its own with --state)",
                 path.display()
             );
-        }
+        };
         let files = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
                 format!("the offset file {} is not one toplog wrote", path.display())
