@@ -34,7 +34,7 @@ pub fn binary() -> PathBuf {
                     bin.display()
                 )
             });
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let workspace = manifest_dir().join("..");
             if let Some(newer) = newest_source(&workspace).filter(|(t, _)| *t > built) {
                 panic!(
                     "{} is older than {}: rebuild it (`cargo build --bin toplog`)",
@@ -45,6 +45,14 @@ pub fn binary() -> PathBuf {
             bin
         })
         .clone()
+}
+
+/// This crate's directory in the checkout being tested: taken when the
+/// test runs (cargo and nextest set it), so a target directory shared by
+/// several checkouts never points a test at another checkout's files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// The most recently changed source file the binary is built from.

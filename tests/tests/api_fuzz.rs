@@ -24,9 +24,11 @@ fn setting(name: &str, default: u64) -> String {
 
 /// Runs Schemathesis against `server` on the operations `scope` selects.
 fn schemathesis(server: &Server, scope: &[&str]) {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis.toml");
+    let config = toplog_tests::manifest_dir().join("schemathesis.toml");
     let out = Command::new("st")
-        .args(["--no-color", "--config-file", config, "run"])
+        .args(["--no-color", "--config-file"])
+        .arg(&config)
+        .arg("run")
         .arg(server.url("/api/v1/openapi.json"))
         .args(["--checks", "all"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])

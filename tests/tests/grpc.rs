@@ -12,10 +12,12 @@ use toplog_tests::Server;
 fn a_grpcio_client_calls_every_rpc() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_ready(dir.path(), &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/every_rpc.py");
-    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let script = toplog_tests::manifest_dir().join("grpc/every_rpc.py");
+    let proto = toplog_tests::manifest_dir().join("../proto");
     let out = Command::new("python3")
-        .args([script, server.base.trim_start_matches("http://"), proto])
+        .arg(&script)
+        .arg(server.base.trim_start_matches("http://"))
+        .arg(&proto)
         .output()
         .expect("python3");
     assert!(
@@ -152,19 +154,15 @@ fn kill_9_during_an_ingest_stream_loses_no_acknowledged_batch_and_duplicates_non
     const SIZE: usize = 50;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_ready(dir.path(), &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/stream_batches.py");
-    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let script = toplog_tests::manifest_dir().join("grpc/stream_batches.py");
+    let proto = toplog_tests::manifest_dir().join("../proto");
     let base_us = (toplog_tests::now_ms() - 600_000) * 1000;
     let run = |server: &Server, mode: &str| {
         Command::new("python3")
-            .args([
-                script,
-                server.base.trim_start_matches("http://"),
-                proto,
-                mode,
-                &BATCHES.to_string(),
-                &SIZE.to_string(),
-            ])
+            .arg(&script)
+            .arg(server.base.trim_start_matches("http://"))
+            .arg(&proto)
+            .args([mode, &BATCHES.to_string(), &SIZE.to_string()])
             .env("BASE_US", base_us.to_string())
             .stdout(Stdio::piped())
             .spawn()

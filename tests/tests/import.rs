@@ -104,7 +104,7 @@ http {{
     fn traffic(&self, seconds: u32) {
         let out = Command::new("wrk")
             .args(["-t1", "-c2", &format!("-d{seconds}s"), "-s"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/traffic.lua"))
+            .arg(toplog_tests::manifest_dir().join("nginx/traffic.lua"))
             .arg(format!("http://127.0.0.1:{}", self.port))
             .output()
             .expect("wrk (apt-get install wrk)");

@@ -17,15 +17,10 @@ fn sent_by_the_sdk(
     compression: &str,
     transport: &str,
 ) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otel/send_spans.py");
+    let script = toplog_tests::manifest_dir().join("otel/send_spans.py");
     let out = Command::new("python3")
-        .args([
-            script,
-            &server.base,
-            &spans.to_string(),
-            compression,
-            transport,
-        ])
+        .arg(&script)
+        .args([&server.base, &spans.to_string(), compression, transport])
         .output()
         .expect("python3");
     assert!(

@@ -117,6 +117,11 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<String> {
         "parquet" => Parser::Parquet,
         name => Parser::Log(LogFormat::named(name).context("--format")?),
     };
+    if args.follow && matches!(parser, Parser::Parquet) {
+        anyhow::bail!(
+            "--follow reads growing text files; a Parquet file is complete: import it without --follow"
+        );
+    }
     if args.follow
         && args
             .files
@@ -153,7 +158,16 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<String> {
             let followers: Vec<_> = args
                 .files
                 .iter()
-                .map(|path| s.spawn(|| importer.follow(path)))
+                .map(|path| {
+                    s.spawn(|| {
+                        let followed = importer.follow(path);
+                        if followed.is_err() {
+                            // One file cannot go on: the import stops, with what it sent kept.
+                            STOP.store(true, Ordering::Relaxed);
+                        }
+                        followed
+                    })
+                })
                 .collect();
             followers
                 .into_iter()
@@ -478,7 +492,7 @@ impl Importer {
                 serde_json::to_writer(&mut body, &e.to_json())?;
                 body.push(b'\n');
             }
-            match self.sender.send(&key, body)? {
+            match self.sender.send(&key, body, &STOP)? {
                 Answer::Stored { replayed } => {
                     let n = r.events.len() as u64;
                     let counter = if replayed {

@@ -2,6 +2,7 @@
 //! idempotency key, retrying what may pass later (the node unreachable,
 //! restarting or overloaded) with the same key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -35,8 +36,15 @@ impl Sender {
         })
     }
 
-    /// Sends `body` (NDJSON) under `key` until the node answers for good.
-    pub(super) fn send(&self, key: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+    /// Sends `body` (NDJSON) under `key` until the node answers for good,
+    /// or `stop` is set (the batch stays written down as being sent, and
+    /// the next run sends it again under the same key).
+    pub(super) fn send(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<Answer> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         loop {
@@ -46,6 +54,11 @@ impl Sender {
                 Err(Failure::Transient { why, retry_after }) => {
                     if started.elapsed() > RETRY_FOR {
                         anyhow::bail!("gave up after {RETRY_FOR:?}: {why}");
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        anyhow::bail!(
+                            "stopped while the node could not take a batch ({why}); the next run sends it again"
+                        );
                     }
                     tracing::debug!(%why, "retrying the batch");
                     retry_after.unwrap_or(pause)
