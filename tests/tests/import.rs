@@ -3,7 +3,8 @@
 //! across rotation by rename (nginx reopening its log), a kill -9 and
 //! restart of the importer, and copy-and-truncate rotation; a re-run over
 //! every file, compressed or not, stores nothing twice; bad lines are
-//! reported by file and line, and refused or skipped as asked.
+//! reported by file and line, and refused or skipped as asked; the
+//! operator's route rules apply; Parquet from DuckDB is imported once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -446,6 +447,33 @@ fn bad_lines_are_named_and_refused_or_skipped_and_formats_without_latency_refuse
         text(&out)
     );
     assert_eq!(stored(&server, ""), 12_004);
+
+    // The operator's route rules, from the `[import]` table of the config
+    // file, come before the built-in templates.
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(
+        &config,
+        "[import]\nroute_rules = [{ pattern = \"^/users/[^/]+/avatar$\", template = \"/users/{name}/avatar\" }]\n",
+    )
+    .unwrap();
+    let users = dir.path().join("users.log");
+    let text_of_users = [
+        line("/users/alice/avatar", 200),
+        line("/users/bob/avatar?s=64", 200),
+        line("/users/42", 200),
+    ]
+    .join("\n")
+        + "\n";
+    std::fs::write(&users, text_of_users).unwrap();
+    let out = run(import(&server, &state, &["--config"])
+        .arg(&config)
+        .arg(&users));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stored(&server, "?endpoint=GET%20/users/%7Bname%7D/avatar"),
+        2
+    );
+    assert_eq!(stored(&server, "?endpoint=GET%20/users/%7Bid%7D"), 1);
 }
 
 /// Parquet written by another tool (DuckDB, with its own column types) is
