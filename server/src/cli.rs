@@ -57,6 +57,16 @@ enum Command {
     /// Send access logs (nginx, Apache) or NDJSON files to a node, each line
     /// once, however often it is run; `--follow` tails them across rotation.
     Import(crate::import::ImportArgs),
+    /// Write a self-signed CA and certificates for trying TLS out: ca.pem,
+    /// node.pem and client.pem with their keys (mode 0600).
+    Cert {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Names and addresses the node certificate is for.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        hosts: Vec<String>,
+    },
     /// Print one row per day: requests, average and p99 latency, error rate.
     History {
         #[arg(long, default_value_t = 30)]
@@ -116,6 +126,18 @@ pub fn main() -> ExitCode {
             printed(crate::client::top(&args))
         }
         Command::Import(args) => printed(crate::import::run(args)),
+        Command::Cert { out, hosts } => {
+            printed(crate::tls::write_certificates(&out, &hosts).map(|written| {
+                let names: Vec<String> =
+                    written.0.iter().map(|p| p.display().to_string()).collect();
+                format!(
+                    "wrote {}\nserve with: --tls-cert-file {} --tls-key-file {}",
+                    names.join(", "),
+                    out.join("node.pem").display(),
+                    out.join("node.key").display()
+                )
+            }))
+        }
         Command::History { days, server, json } => {
             printed(crate::client::history(&server, days, json))
         }
@@ -193,6 +215,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("retention.json: {e}"),
     };
     let interval = config.maintenance_interval;
+    let tls = match &config.tls {
+        None => None,
+        Some(settings) => {
+            let tls = crate::tls::Tls::load(settings.clone())?;
+            tokio::spawn(tls.clone().watch());
+            Some(tls)
+        }
+    };
+    let config_tls = tls.is_some();
     let limits = crate::listen::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
@@ -214,7 +245,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         maintainer: OnceLock::new(),
         openapi: OnceLock::new(),
     });
-    tracing::info!(address = %local, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
+    tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 
     // Recovery runs while /healthz already answers and /readyz says "recovering".
     let opener = {
@@ -288,6 +319,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         listener,
         app,
         limits,
+        tls,
         shutdown_signal(),
     ));
     let opened = opener

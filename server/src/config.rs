@@ -77,6 +77,23 @@ pub(crate) struct Settings {
     /// `rollups.minute_keep_for`, `rollups.hour_keep_for`, `rollups.day_keep_for`.
     #[arg(skip)]
     pub(crate) retention: Option<toml::Table>,
+    /// The node's TLS certificate chain (PEM); with `tls_key_file`, the port
+    /// speaks TLS only (`[tls] cert_file` in the file).
+    #[arg(long, env = "TOPLOG_TLS_CERT_FILE")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM) (`[tls] key_file`).
+    #[arg(long, env = "TOPLOG_TLS_KEY_FILE")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// CAs of client certificates to verify (`[tls] client_ca_file`).
+    #[arg(long, env = "TOPLOG_TLS_CLIENT_CA_FILE")]
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a verified certificate (`[tls] require_client_cert`).
+    #[arg(long, env = "TOPLOG_TLS_REQUIRE_CLIENT_CERT")]
+    pub(crate) tls_require_client_cert: Option<bool>,
+    /// `[tls]` in the file: `cert_file`, `key_file`, `client_ca_file`,
+    /// `require_client_cert`.
+    #[arg(skip)]
+    pub(crate) tls: Option<crate::tls::TlsSettings>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -158,6 +175,13 @@ impl Settings {
             retention: self.retention.or(other.retention),
             archive: self.archive.or(other.archive),
             import: self.import.or(other.import),
+            tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
+            tls_key_file: self.tls_key_file.or(other.tls_key_file),
+            tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
+            tls_require_client_cert: self
+                .tls_require_client_cert
+                .or(other.tls_require_client_cert),
+            tls: self.tls.or(other.tls),
             memtable_max_bytes: self.memtable_max_bytes.or(other.memtable_max_bytes),
             memtable_max_age: self.memtable_max_age.or(other.memtable_max_age),
             rollup_key_budget: self.rollup_key_budget.or(other.rollup_key_budget),
@@ -191,6 +215,8 @@ pub struct Config {
     /// The retention policy before any change made through the API.
     pub policy: Policy,
     pub archive: ArchiveConfig,
+    /// `None`: plain TCP.
+    pub tls: Option<crate::tls::TlsSettings>,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
@@ -375,7 +401,16 @@ impl Config {
                 "`ingest_queue_bytes`: must be from `max_body_bytes` ({max_body_bytes}) to {MAX_INGEST_QUEUE_BYTES} (4 GiB)"
             );
         }
+        let tls = crate::tls::TlsSettings {
+            cert_file: s.tls_cert_file,
+            key_file: s.tls_key_file,
+            client_ca_file: s.tls_client_ca_file,
+            require_client_cert: s.tls_require_client_cert,
+        }
+        .or(s.tls.unwrap_or_default());
+        let tls = tls.check()?.then_some(tls);
         Ok(Self {
+            tls,
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
             listen: s
                 .listen

@@ -10,6 +10,7 @@ mod import;
 mod ingest;
 mod listen;
 mod lock;
+mod tls;
 
 pub use cli::main;
 pub use config::Config;

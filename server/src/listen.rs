@@ -2,7 +2,8 @@
 //! rest wait in the kernel's backlog), speaks HTTP/1.1 (REST) or HTTP/2
 //! (gRPC, and REST over h2c) on each as the client opens it, gives each
 //! `header_timeout` to send a request's headers and `body_timeout` for its
-//! body, and drains open connections on shutdown. axum's own `serve` has
+//! body, and drains open connections on shutdown; with TLS, the handshake
+//! comes first (within `header_timeout` too). axum's own `serve` has
 //! neither limit nor timeout.
 
 use std::future::Future;
@@ -16,6 +17,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::tls::Tls;
 
 /// How the server treats connections.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +34,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let app = app.layer(RequestBodyTimeoutLayer::new(limits.body_timeout));
@@ -59,31 +63,24 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, watcher) = (app.clone(), graceful.watcher());
+        let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            // Which protocol the client speaks, from its first bytes: a client
-            // that sends nothing in time is let go like one with slow headers.
-            let served = match sniff(&stream, limits.header_timeout).await {
-                None => Ok(()),
-                Some(Protocol::Http2) => {
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        // Windows that grow with the link: a 1 MiB batch is not
-                        // sent 64 KiB (the default window) per round trip.
-                        .adaptive_window(true)
-                        // A client that stops answering pings is let go.
-                        .keep_alive_interval(limits.header_timeout)
-                        .keep_alive_timeout(limits.header_timeout)
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-                    watcher.watch(conn).await
-                }
-                Some(Protocol::Http1) => {
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits.header_timeout)
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-                    watcher.watch(conn).await
-                }
+            // Which protocol the client speaks: from its first bytes, or
+            // with TLS from the handshake (ALPN). A client that sends
+            // nothing in time is let go like one with slow headers.
+            let served = match tls {
+                None => match sniff(&stream, limits.header_timeout).await {
+                    None => Ok(()),
+                    Some(protocol) => {
+                        serve_connection(stream, protocol, app, limits, watcher).await
+                    }
+                },
+                Some(tls) => match handshake(stream, &tls, limits.header_timeout).await {
+                    None => Ok(()),
+                    Some((stream, protocol)) => {
+                        serve_connection(stream, protocol, app, limits, watcher).await
+                    }
+                },
             };
             if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended");
@@ -93,6 +90,84 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection in `protocol` until it ends or the server drains.
+async fn serve_connection<I>(
+    io: I,
+    protocol: Protocol,
+    app: Router,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match protocol {
+        Protocol::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                // Windows that grow with the link: a 1 MiB batch is not
+                // sent 64 KiB (the default window) per round trip.
+                .adaptive_window(true)
+                // A client that stops answering pings is let go.
+                .keep_alive_interval(limits.header_timeout)
+                .keep_alive_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+            watcher.watch(conn).await
+        }
+        Protocol::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+            watcher.watch(conn).await
+        }
+    }
+}
+
+/// The TLS handshake of a new connection, within `timeout`, and the
+/// protocol its client chose (ALPN `h2`, else HTTP/1.1). A client that
+/// speaks plain HTTP to the TLS port is told so in plain text and let go.
+async fn handshake(
+    mut stream: tokio::net::TcpStream,
+    tls: &Tls,
+    timeout: Duration,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Protocol,
+)> {
+    /// The first byte of a TLS record carrying a handshake.
+    const HANDSHAKE: u8 = 0x16;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            use tokio::io::AsyncWriteExt;
+            const BODY: &str = "this port speaks TLS: use https:// (gRPC: a TLS channel)\n";
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            );
+            let _ = tokio::time::timeout(timeout, stream.write_all(answer.as_bytes())).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        _ => return None,
+    }
+    let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    Some((stream, protocol))
 }
 
 enum Protocol {
