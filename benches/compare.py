@@ -111,7 +111,8 @@ def start_toplog(work, *flags):
     shutil.rmtree(data, ignore_errors=True)
     port = free_port()
     server = subprocess.Popen(
-        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", *flags],
+        # Loopback only, and no API keys: the engine is what is measured.
+        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--auth", "off", *flags],
         stderr=open(work / "toplog.log", "w"),
     )
     base = f"http://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ for round in 1 2 3; do
   for protocol in http grpc; do
     data=$(mktemp -d)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$bin/toplog" serve --listen "127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1 &
+    "$bin/toplog" serve --listen "127.0.0.1:$port" --data-dir "$data" --auth off >/dev/null 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
     "$bin/loadgen" send --server "http://127.0.0.1:$port" --events "$events" --probes 0 --repeat 1 \

@@ -38,7 +38,7 @@ def free_port():
 def start(binary, data, port):
     proc = subprocess.Popen(
         [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
-         "--max-concurrent-queries", "8"],
+         "--max-concurrent-queries", "8", "--auth", "off"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):

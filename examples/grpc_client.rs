@@ -3,7 +3,8 @@
 //! endpoints by request count over the last hour.
 //!
 //! ```sh
-//! cargo run -p toplog-examples --example grpc_client -- http://127.0.0.1:8080
+//! TOPLOG_API_KEY=$(cat toplog-data/admin.key) \
+//!   cargo run -p toplog-examples --example grpc_client -- http://127.0.0.1:8080
 //! ```
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +16,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let mut toplog = ToplogClient::connect(server).await?;
+    // Every call shows the API key, as `authorization: Bearer tlk_...`.
+    let key: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", std::env::var("TOPLOG_API_KEY")?).parse()?;
+    let channel = tonic::transport::Endpoint::from_shared(server)?
+        .connect()
+        .await?;
+    let mut toplog =
+        ToplogClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert("authorization", key.clone());
+            Ok(request)
+        });
 
     let now_us = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros())?;
     let events: Vec<Event> = (0..30)

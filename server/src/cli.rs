@@ -48,8 +48,8 @@ enum Command {
         /// How far back from now, e.g. 15m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         since: String,
-        #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
-        server: String,
+        #[command(flatten)]
+        target: crate::client::Target,
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -71,8 +71,8 @@ enum Command {
     History {
         #[arg(long, default_value_t = 30)]
         days: u32,
-        #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
-        server: String,
+        #[command(flatten)]
+        target: crate::client::Target,
         #[arg(long)]
         json: bool,
     },
@@ -105,7 +105,7 @@ pub fn main() -> ExitCode {
             metric,
             by,
             since,
-            server,
+            target,
             json,
         } => {
             let since = match toplog_types::parse_duration(&since) {
@@ -116,7 +116,7 @@ pub fn main() -> ExitCode {
                 }
             };
             let args = crate::client::TopArgs {
-                server: &server,
+                target: &target,
                 k,
                 metric: &metric,
                 by: &by,
@@ -138,8 +138,8 @@ pub fn main() -> ExitCode {
                 )
             }))
         }
-        Command::History { days, server, json } => {
-            printed(crate::client::history(&server, days, json))
+        Command::History { days, target, json } => {
+            printed(crate::client::history(&target, days, json))
         }
         Command::Serve { config, settings } => {
             let config = match Config::resolve(*settings, config.as_deref()) {
@@ -224,6 +224,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let config_tls = tls.is_some();
+    let auth = Arc::new(if config.auth {
+        crate::auth::Auth::open(
+            &engine_config.data_dir,
+            std::env::var("TOPLOG_ADMIN_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+                .as_deref(),
+        )?
+    } else {
+        tracing::warn!(
+            "access control is off (`auth = \"off\"`): anyone who can reach this node may do anything"
+        );
+        crate::auth::Auth::off()
+    });
     let limits = crate::listen::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
@@ -244,6 +258,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         jobs: OnceLock::new(),
         maintainer: OnceLock::new(),
         openapi: OnceLock::new(),
+        auth,
     });
     tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 

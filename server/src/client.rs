@@ -4,14 +4,51 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Fetches `path` from the node at `server`; an API error becomes a readable message.
-fn fetch(server: &str, path: &str) -> anyhow::Result<Value> {
+/// The node a command talks to, and the API key it shows.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
+    #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub(crate) server: String,
+    /// An API key (`tlk_...`); without it, `<data-dir>/admin.key` if there is one.
+    #[arg(long, env = "TOPLOG_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The node's data directory, whose `admin.key` is the key when none is given.
+    #[arg(long, env = "TOPLOG_DATA_DIR", default_value = "./toplog-data")]
+    data_dir: std::path::PathBuf,
+}
+
+impl Target {
+    /// The key to show: the one given, else the node's first admin key
+    /// when this runs where the node keeps its data.
+    pub(crate) fn api_key(&self) -> Option<String> {
+        self.api_key.clone().or_else(|| {
+            std::fs::read_to_string(self.data_dir.join("admin.key"))
+                .ok()
+                .map(|k| k.trim().to_owned())
+        })
+    }
+
+    /// `request` with the key as `Authorization: Bearer`, if there is one.
+    pub(crate) fn authorize(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> reqwest::blocking::RequestBuilder {
+        match self.api_key() {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+}
+
+/// Fetches `path` from the node; an API error becomes a readable message.
+fn fetch(target: &Target, path: &str) -> anyhow::Result<Value> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
+    let server = &target.server;
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    let resp = client
-        .get(&url)
+    let resp = target
+        .authorize(client.get(&url))
         .send()
         .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e}"))?;
     let status = resp.status();
@@ -69,7 +106,7 @@ fn number(v: &Value) -> String {
 }
 
 pub(crate) struct TopArgs<'a> {
-    pub(crate) server: &'a str,
+    pub(crate) target: &'a Target,
     pub(crate) k: usize,
     pub(crate) metric: &'a str,
     pub(crate) by: &'a str,
@@ -88,7 +125,7 @@ pub(crate) fn top(a: &TopArgs<'_>) -> anyhow::Result<String> {
         start.get() / 1000,
         end.get() / 1000 + 1
     );
-    let body = fetch(a.server, &path)?;
+    let body = fetch(a.target, &path)?;
     if a.json {
         return Ok(serde_json::to_string_pretty(&body)?);
     }
@@ -120,11 +157,11 @@ pub(crate) fn top(a: &TopArgs<'_>) -> anyhow::Result<String> {
     ))
 }
 
-pub(crate) fn history(server: &str, days: u32, json: bool) -> anyhow::Result<String> {
+pub(crate) fn history(target: &Target, days: u32, json: bool) -> anyhow::Result<String> {
     let today = chrono::Utc::now().date_naive();
     let first = today - chrono::Days::new(u64::from(days.max(1)) - 1);
     let body = fetch(
-        server,
+        target,
         &format!("/api/v1/requests/history?start_date={first}&end_date={today}"),
     )?;
     if json {

@@ -94,6 +94,11 @@ pub(crate) struct Settings {
     /// `require_client_cert`.
     #[arg(skip)]
     pub(crate) tls: Option<crate::tls::TlsSettings>,
+    /// `on` (default): every route but the health checks needs an API key.
+    /// `off`: no checks at all, for local experiments; refused unless the
+    /// node listens on a loopback address.
+    #[arg(long, env = "TOPLOG_AUTH")]
+    pub(crate) auth: Option<String>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -175,6 +180,7 @@ impl Settings {
             retention: self.retention.or(other.retention),
             archive: self.archive.or(other.archive),
             import: self.import.or(other.import),
+            auth: self.auth.or(other.auth),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -217,6 +223,8 @@ pub struct Config {
     pub archive: ArchiveConfig,
     /// `None`: plain TCP.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Whether every call but the health checks needs an API key.
+    pub auth: bool,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
@@ -409,12 +417,22 @@ impl Config {
         }
         .or(s.tls.unwrap_or_default());
         let tls = tls.check()?.then_some(tls);
+        let listen = s
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let auth = match s.auth.as_deref().unwrap_or("on") {
+            "on" => true,
+            "off" if listen.ip().is_loopback() => false,
+            "off" => anyhow::bail!(
+                "`auth = \"off\"` is for local experiments: it needs a loopback `listen` address, not {listen}"
+            ),
+            other => anyhow::bail!("`auth`: `{other}` is not one of on, off"),
+        };
         Ok(Self {
             tls,
+            auth,
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
-            listen: s
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen,
             partition,
             fsync,
             max_body_bytes,

@@ -32,6 +32,7 @@ use crate::api::{ApiError, AppState, aggregations, analytics, events, traces};
 /// The gRPC services, as routes to merge into the REST router.
 pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
+    let auth = state.auth.clone();
     let traces = TraceServiceServer::new(Traces { app: state.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -66,7 +67,12 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
             router
         }
     };
-    router.layer(axum::middleware::map_response(refusal_codes))
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::grpc,
+        ))
+        .layer(axum::middleware::map_response(refusal_codes))
 }
 
 /// gRPC's own refusals of a message, before any handler sees it, in the

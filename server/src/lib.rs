@@ -2,6 +2,7 @@
 //! and the command line (`toplog import` among its commands). No storage logic lives here.
 
 mod api;
+mod auth;
 mod cli;
 mod client;
 mod config;

@@ -8,6 +8,7 @@ and a status, in the form `GET /api/v1/requests` lists them.
 """
 import datetime
 import json
+import os
 import sys
 import time
 
@@ -24,12 +25,15 @@ def rfc3339(us):
 
 def main():
     base, n, compression, transport = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    # The node's API key, as a collector or SDK would send it.
+    auth = {"authorization": "Bearer " + os.environ["TOPLOG_API_KEY"]}
     if transport == "grpc":
         import grpc
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         exporter = OTLPSpanExporter(
             endpoint=base.removeprefix("http://"),
             insecure=True,
+            headers=auth,
             compression=grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression,
         )
     else:
@@ -37,6 +41,7 @@ def main():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         exporter = OTLPSpanExporter(
             endpoint=base + "/v1/traces",
+            headers=auth,
             compression=Compression.Gzip if compression == "gzip" else Compression.NoCompression,
         )
     provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))

@@ -81,6 +81,11 @@ fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     newest
 }
 
+/// The admin API key every node the harness starts is given at first start
+/// (`TOPLOG_ADMIN_KEY`), and that [`client`] shows; hand it to other
+/// clients as `TOPLOG_API_KEY`.
+pub const ADMIN_KEY: &str = "tlk_0000000a11ce_00000000000000000000000000000000000000ad";
+
 /// A running node.
 pub struct Server {
     child: Child,
@@ -100,6 +105,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .env("TOPLOG_ADMIN_KEY", ADMIN_KEY)
             .envs(env.iter().copied())
             .env("TOPLOG_LOG", "info")
             .stdin(Stdio::null())
@@ -203,8 +209,15 @@ impl Drop for Server {
     }
 }
 
+/// An HTTP client that shows [`ADMIN_KEY`].
 pub fn client() -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_KEY}")).expect("header"),
+    );
     reqwest::blocking::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client")

@@ -31,6 +31,10 @@ fn schemathesis(server: &Server, scope: &[&str]) {
         .arg("run")
         .arg(server.url("/api/v1/openapi.json"))
         .args(["--checks", "all"])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", toplog_tests::ADMIN_KEY),
+        ])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", &setting("TOPLOG_FUZZ_EXAMPLES", 200)])
         .args(["--seed", &setting("TOPLOG_FUZZ_SEED", 1)])

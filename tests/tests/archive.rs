@@ -639,6 +639,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
 /// exit non-zero within 30 s. Returns what it wrote to stderr.
 fn refused_start(data: &Path, args: &[&str]) -> String {
     let mut child = Command::new(binary())
+        .env("TOPLOG_ADMIN_KEY", toplog_tests::ADMIN_KEY)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(args)

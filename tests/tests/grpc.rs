@@ -15,6 +15,7 @@ fn a_grpcio_client_calls_every_rpc() {
     let script = toplog_tests::manifest_dir().join("grpc/every_rpc.py");
     let proto = toplog_tests::manifest_dir().join("../proto");
     let out = Command::new("python3")
+        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
         .arg(&script)
         .arg(server.base.trim_start_matches("http://"))
         .arg(&proto)
@@ -122,7 +123,11 @@ fn the_rust_client_example_ingests_and_asks_a_top_k() {
         "{} not found: build it (`cargo build -p toplog-examples --example grpc_client`)",
         example.display()
     );
-    let out = Command::new(&example).arg(&server.base).output().unwrap();
+    let out = Command::new(&example)
+        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
+        .arg(&server.base)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -159,6 +164,7 @@ fn kill_9_during_an_ingest_stream_loses_no_acknowledged_batch_and_duplicates_non
     let base_us = (toplog_tests::now_ms() - 600_000) * 1000;
     let run = |server: &Server, mode: &str| {
         Command::new("python3")
+            .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
             .arg(&script)
             .arg(server.base.trim_start_matches("http://"))
             .arg(&proto)

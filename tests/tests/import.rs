@@ -209,6 +209,7 @@ fn wait_for(server: &Server, logs: &[PathBuf], importer: &mut Child) {
 
 fn import(server: &Server, state: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary());
+    cmd.env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY);
     cmd.arg("import")
         .args(["--server", &server.base, "--state"])
         .arg(state)

@@ -36,6 +36,7 @@ fn openapi_document_validates_and_lists_only_served_routes() {
                     .body("{}")
                     .send()
                     .unwrap(),
+                "delete" => client().delete(&url).send().unwrap(),
                 other => panic!("unexpected method {other}"),
             };
             let status = resp.status().as_u16();

@@ -19,6 +19,7 @@ fn sent_by_the_sdk(
 ) -> Vec<Value> {
     let script = toplog_tests::manifest_dir().join("otel/send_spans.py");
     let out = Command::new("python3")
+        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
         .arg(&script)
         .args([&server.base, &spans.to_string(), compression, transport])
         .output()
@@ -185,8 +186,9 @@ fn grpc_health_answers_on_the_rest_port_and_bad_exports_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_ready(dir.path(), &["--max-body-bytes", "65536"]);
     let script = r#"
-import sys, grpc
+import os, sys, grpc
 channel = grpc.insecure_channel(sys.argv[1])
+key = [("authorization", "Bearer " + os.environ["TOPLOG_API_KEY"])]
 check = channel.unary_unary("/grpc.health.v1.Health/Check",
                             request_serializer=lambda b: b, response_deserializer=lambda b: b)
 def name(s):
@@ -206,15 +208,16 @@ ingest = channel.unary_unary("/toplog.v1.Toplog/Ingest",
 stream = channel.stream_stream("/toplog.v1.Toplog/IngestStream",
                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
 # Not protobuf; then a well-formed 100,000-byte message (one unknown field).
-for call in [export, ingest, lambda body, timeout: list(stream(iter([body]), timeout=timeout))]:
+for call in [export, ingest, lambda body, timeout, metadata: list(stream(iter([body]), timeout=timeout, metadata=metadata))]:
     for body in [b"\xff\xff\xff", b"\x7a" + bytes([0xa0, 0x8d, 0x06]) + b"x" * 100000]:
         try:
-            call(body, timeout=10)
+            call(body, timeout=10, metadata=key)
             print("answered")
         except grpc.RpcError as e:
             print(e.code().name)
 "#;
     let out = Command::new("python3")
+        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
         .args(["-c", script, server.base.trim_start_matches("http://")])
         .output()
         .unwrap();

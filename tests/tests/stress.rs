@@ -112,7 +112,11 @@ fn worst_case_queries_while_ingesting_stay_in_budget() {
                     .timeout(Duration::from_secs(300))
                     .build()
                     .unwrap();
-                let r = http.get(server.url(&path)).send().unwrap();
+                let r = http
+                    .get(server.url(&path))
+                    .bearer_auth(toplog_tests::ADMIN_KEY)
+                    .send()
+                    .unwrap();
                 let status = r.status().as_u16();
                 let retry_after = r.headers().get("retry-after").is_some();
                 let body: Value = r.json().unwrap();

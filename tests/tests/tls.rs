@@ -40,6 +40,7 @@ fn ask(url: &str, args: &[&Path]) -> String {
 
 fn ask_with(url: &str, flags: &[&str], files: &[&Path]) -> String {
     let mut cmd = Command::new("python3");
+    cmd.env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY);
     cmd.arg(manifest_dir().join("tls/ask.py"))
         .arg(url)
         .args(flags);

@@ -217,6 +217,7 @@ fn top_k_answers_match_what_was_sent_and_survive_kill_9() {
     // The CLI asks the same node and prints the same ranking.
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(toplog_tests::binary())
+            .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
             .args(args)
             .args(["--server", &server.base])
             .output()

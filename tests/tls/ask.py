@@ -5,6 +5,7 @@ health check over a TLS channel; prints `<status> <body>` or `error <what>`.
     ask.py URL [--ca FILE] [--cert FILE --key FILE] [--post BODY] [--grpc-health]
 """
 import argparse
+import os
 import ssl
 import sys
 import urllib.error
@@ -37,7 +38,10 @@ def main():
         if a.cert:
             context.load_cert_chain(a.cert, a.key)
     data = a.post.encode() if a.post else None
-    request = urllib.request.Request(a.url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("TOPLOG_API_KEY"):
+        headers["Authorization"] = "Bearer " + os.environ["TOPLOG_API_KEY"]
+    request = urllib.request.Request(a.url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as r:
             print(r.status, r.read().decode()[:300].replace("\n", " "))

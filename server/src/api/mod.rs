@@ -6,6 +6,7 @@ pub(crate) mod analytics;
 mod error;
 pub(crate) mod events;
 mod health;
+mod keys;
 mod openapi;
 mod params;
 mod routes;
@@ -44,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) queries: workers::QueryGate,
     /// The OpenAPI document; set with the router.
     pub(crate) openapi: OnceLock<serde_json::Value>,
+    /// Who may do what.
+    pub(crate) auth: Arc<crate::auth::Auth>,
 }
 
 impl AppState {

@@ -2,6 +2,7 @@
 //! documents comes from the lists the handlers validate against, so the two
 //! cannot drift.
 
+use crate::auth::Access;
 use serde_json::{Map, Value, json};
 
 use super::events::IDEMPOTENCY_KEY_PATTERN;
@@ -77,6 +78,13 @@ fn schemas() -> Value {
             "result": {"type": "array", "items": {"type": "object"}},
         }), &["aggregation_id", "state", "submitted_at", "finished_at", "request"]),
         "Job": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/JobInfo"}}), &["status", "data"]),
+        "KeyIn": super::keys::schema(),
+        "KeyInfo": obj(json!({"id": string, "prefix": string, "name": string, "role": string,
+            "created_at": string, "expires_at": {"type": "string", "nullable": true},
+            "last_used_at": {"type": "string", "nullable": true}, "key": string}), &["id", "name", "role"]),
+        "KeyCreated": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/KeyInfo"}}), &["status", "data"]),
+        "Keys": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}}), &["status", "data"]),
+        "KeyRevoked": obj(json!({"status": string, "revoked": string}), &["status", "revoked"]),
         "Jobs": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/JobInfo"}}}), &["status", "data"]),
         "Health": obj(json!({"status": {"type": "string", "enum": ["ok", "ready", "not_ready"]}, "reason": string, "applied_lsn": int, "segments": int}), &["status"]),
         "RetentionPolicy": obj(json!({
@@ -135,9 +143,14 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             })
             .collect();
         if route.path.contains("{id}") {
+            let doc = if route.path.starts_with("/api/v1/keys") {
+                "The key's id."
+            } else {
+                "The aggregation_id returned on submission."
+            };
             params.push(
                 json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
-                               "description": "The aggregation_id returned on submission."}),
+                               "description": doc}),
             );
         }
         if route.body == Some(Body::Events) {
@@ -190,8 +203,25 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             }
             responses.insert(code.to_string(), response);
         }
+        let (security, role) = match route.access {
+            Access::Open => (json!([]), None),
+            Access::Needs(role) => {
+                for (code, why) in [
+                    (401, "invalid_token or expired_token"),
+                    (403, "insufficient_role"),
+                ] {
+                    responses.insert(code.to_string(), json!({"description": why,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
+                }
+                (json!([{"apiKey": []}]), Some(role.name()))
+            }
+        };
         let mut operation = json!({"operationId": route.id, "summary": route.summary,
-                                   "parameters": params, "responses": responses});
+                                   "parameters": params, "responses": responses, "security": security});
+        if let Some(role) = role {
+            // The role it needs, for people and for the access tests.
+            operation["x-toplog-role"] = json!(role);
+        }
         let body = |schema: &str| {
             json!({"required": true, "content": {
                 "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}},
@@ -215,6 +245,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             }
             Some(Body::Aggregation) => operation["requestBody"] = body("Aggregation"),
             Some(Body::Retention) => operation["requestBody"] = body("RetentionChange"),
+            Some(Body::Key) => operation["requestBody"] = body("KeyIn"),
             None => {}
         }
         let entry = paths
@@ -227,7 +258,10 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         "info": {"title": "toplog", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Time-series store for HTTP request analytics. A request whose parameters or body do not match this document is refused with 400, naming the field; one that matches but cannot be answered is refused with 422. NDJSON bodies (application/x-ndjson) hold the same events, one JSON object per line."},
         "paths": paths,
-        "components": {"schemas": schemas()},
+        "components": {"schemas": schemas(), "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (`tlk_...`) as `Authorization: Bearer <key>`; `<data_dir>/admin.key` holds the first one.",
+        }}},
     })
 }
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::params::QuerySpec;
-use super::{AppState, aggregations, analytics, events, health, storage, traces};
+use super::{AppState, aggregations, analytics, events, health, keys, storage, traces};
+use crate::auth::{Access, Role};
 
 /// What a route takes in its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub(crate) enum Body {
     Traces,
     Aggregation,
     Retention,
+    /// A new API key's name, role and expiry.
+    Key,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -49,10 +52,12 @@ pub(crate) struct Route {
     pub(crate) ok: (u16, &'static str),
     pub(crate) errors: &'static [u16],
     pub(crate) links: &'static [Link],
+    /// Who may call it.
+    pub(crate) access: Access,
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 17] = [
+pub(crate) const ROUTES: [Route; 20] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -64,6 +69,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Health"),
         errors: &[],
         links: &[],
+        access: Access::Open,
     },
     Route {
         method: "get",
@@ -76,6 +82,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Health"),
         errors: &[503],
         links: &[],
+        access: Access::Open,
     },
     Route {
         method: "post",
@@ -88,6 +95,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Ack"),
         errors: &[400, 413, 415, 422, 503],
         links: &[],
+        access: Access::Needs(Role::Writer),
     },
     Route {
         method: "post",
@@ -100,6 +108,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "TracesAck"),
         errors: &[400, 413, 415, 503],
         links: &[],
+        access: Access::Needs(Role::Writer),
     },
     Route {
         method: "get",
@@ -112,6 +121,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Events"),
         errors: &[400, 422, 503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -124,6 +134,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Count"),
         errors: &[400, 422, 503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -136,6 +147,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "TopK"),
         errors: &[400, 422, 503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -148,6 +160,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Timeseries"),
         errors: &[400, 422, 503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -160,6 +173,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "History"),
         errors: &[400, 422, 503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "post",
@@ -177,6 +191,7 @@ pub(crate) const ROUTES: [Route; 17] = [
             parameters: &[("id", "$response.body#/aggregation_id")],
             description: "The job just submitted, with its result once done.",
         }],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -189,6 +204,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Jobs"),
         errors: &[503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -201,6 +217,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Job"),
         errors: &[404, 503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
@@ -213,6 +230,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Storage"),
         errors: &[503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "post",
@@ -225,6 +243,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Maintenance"),
         errors: &[503],
         links: &[],
+        access: Access::Needs(Role::Admin),
     },
     Route {
         method: "get",
@@ -237,6 +256,7 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "Retention"),
         errors: &[503],
         links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "put",
@@ -254,6 +274,7 @@ pub(crate) const ROUTES: [Route; 17] = [
             parameters: &[],
             description: "The policy now in force.",
         }],
+        access: Access::Needs(Role::Admin),
     },
     Route {
         method: "get",
@@ -266,6 +287,51 @@ pub(crate) const ROUTES: [Route; 17] = [
         ok: (200, "OpenApi"),
         errors: &[],
         links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/keys",
+        id: "createKey",
+        handler: || post(keys::create_key),
+        summary: "Make an API key with a name, role and optional expiry; its secret is in this answer only.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Key),
+        ok: (201, "KeyCreated"),
+        errors: &[400, 409, 413, 415],
+        links: &[Link {
+            name: "RevokeKey",
+            operation: "revokeKey",
+            parameters: &[("id", "$response.body#/data/id")],
+            description: "Revoke the key just made.",
+        }],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/keys",
+        id: "listKeys",
+        handler: || get(keys::list_keys),
+        summary: "Every API key, without secrets: id, prefix, name, role, created, last used, expiry.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Keys"),
+        errors: &[409],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/keys/{id}",
+        id: "revokeKey",
+        handler: || delete(keys::revoke_key),
+        summary: "Revoke an API key; calls with it are refused at once.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "KeyRevoked"),
+        errors: &[404, 409],
+        links: &[],
+        access: Access::Needs(Role::Admin),
     },
 ];
 
@@ -275,7 +341,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     ROUTES
         .iter()
         .fold(Router::new(), |r, route| {
-            r.route(route.path, (route.handler)())
+            let guard = axum::middleware::from_fn_with_state(
+                (state.auth.clone(), route.access),
+                crate::auth::rest,
+            );
+            r.route(route.path, (route.handler)().route_layer(guard))
         })
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)

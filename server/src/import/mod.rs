@@ -46,8 +46,8 @@ pub(crate) struct ImportArgs {
     /// Files to send: plain, gzip (`.gz`) or zstd (`.zst`).
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    #[arg(long, env = "TOPLOG_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    #[command(flatten)]
+    target: crate::client::Target,
     /// nginx-timed (combined + $request_time), apache-combined (+ %D),
     /// ndjson (the events of POST /api/v1/requests, one per line), parquet
     /// (columns named as the archive's); nginx-combined is refused: it has
@@ -144,7 +144,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<String> {
     }
     let progress = Progress::start();
     let importer = Importer {
-        sender: Sender::new(&args.server)?,
+        sender: Sender::new(args.target.clone())?,
         offsets: Mutex::new(offsets),
         parser,
         routes,

@@ -22,17 +22,17 @@ pub(super) enum Answer {
 pub(super) struct Sender {
     client: reqwest::blocking::Client,
     url: String,
-    server: String,
+    target: crate::client::Target,
 }
 
 impl Sender {
-    pub(super) fn new(server: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(target: crate::client::Target) -> anyhow::Result<Self> {
         Ok(Self {
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()?,
-            url: format!("{}/api/v1/requests", server.trim_end_matches('/')),
-            server: server.to_owned(),
+            url: format!("{}/api/v1/requests", target.server.trim_end_matches('/')),
+            target,
         })
     }
 
@@ -71,14 +71,14 @@ impl Sender {
 
     fn try_send(&self, key: &str, body: Vec<u8>) -> Result<Answer, Failure> {
         let resp = self
-            .client
-            .post(&self.url)
+            .target
+            .authorize(self.client.post(&self.url))
             .header("Content-Type", "application/x-ndjson")
             .header("Idempotency-Key", key)
             .body(body)
             .send()
             .map_err(|e| Failure::Transient {
-                why: format!("cannot reach {}: {e}", self.server),
+                why: format!("cannot reach {}: {e}", self.target.server),
                 retry_after: None,
             })?;
         let status = resp.status();
@@ -108,6 +108,7 @@ impl Sender {
                 why: format!("{status}: {message}"),
                 retry_after,
             }),
+            // Refused for who is asking, or anything else that will not change.
             _ => Err(Failure::Final(format!("{status}: {message}"))),
         }
     }

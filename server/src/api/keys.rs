@@ -1,0 +1,142 @@
+//! API keys: made, listed (never with their secret) and revoked by an admin.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use toplog_types::{Arg, Param, Shape};
+
+use super::{ApiError, ApiResult, AppState};
+use crate::auth::{KeyStore, Role};
+
+const NAME: Param = Param {
+    name: "name",
+    shape: Shape::Text { min: 1, max: 64 },
+    doc: "What the key is for, for people reading the list.",
+};
+const ROLE: Param = Param {
+    name: "role",
+    shape: Shape::Choice(&["admin", "writer", "viewer", "peer"]),
+    doc: "admin: everything; writer: ingest; viewer: every read; peer: a cluster node.",
+};
+const EXPIRES_AT: Param = Param {
+    name: "expires_at",
+    shape: Shape::Time,
+    doc: "When the key stops working: RFC 3339 or epoch milliseconds; absent: never.",
+};
+
+fn store(app: &AppState) -> ApiResult<&KeyStore> {
+    app.auth.keys().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "auth_off",
+            "access control is off (`auth = \"off\"`): there are no keys".into(),
+        )
+    })
+}
+
+/// The JSON Schema of a new key's body, from the same declarations.
+pub(crate) fn schema() -> Value {
+    let described = |p: &Param| {
+        let mut s = p.schema();
+        s["description"] = json!(p.doc);
+        s
+    };
+    let mut expires = described(&EXPIRES_AT);
+    expires["nullable"] = json!(true);
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "role"],
+        "properties": {"name": described(&NAME), "role": described(&ROLE), "expires_at": expires},
+    })
+}
+
+pub(super) async fn create_key(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(ApiError::from_json_body)?;
+    let Value::Object(obj) = &body else {
+        return Err(ApiError::parameter("body", "expected a JSON object".into()));
+    };
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| ![NAME.name, ROLE.name, EXPIRES_AT.name].contains(&k.as_str()))
+    {
+        return Err(ApiError::parameter(
+            unknown,
+            "unknown field (known: name, role, expires_at)".into(),
+        ));
+    }
+    let required = |p: &Param| {
+        obj.get(p.name)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| ApiError::parameter(p.name, "is required".into()))
+            .and_then(|v| Ok(p.parse_json(v)?))
+    };
+    let (Arg::Text(name), Arg::Choice(role)) = (required(&NAME)?, required(&ROLE)?) else {
+        return Err(ApiError::internal(
+            "a key's name or role was read as another shape".into(),
+        ));
+    };
+    let role =
+        Role::named(role).ok_or_else(|| ApiError::parameter(ROLE.name, "unknown role".into()))?;
+    let expires_at = match obj.get(EXPIRES_AT.name).filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => match EXPIRES_AT.parse_json(v)? {
+            Arg::Time(t) => Some(t),
+            _ => {
+                return Err(ApiError::parameter(
+                    EXPIRES_AT.name,
+                    "an RFC 3339 time".into(),
+                ));
+            }
+        },
+    };
+    let (stored, key) = store(&app)?
+        .create(&name, role, expires_at)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let mut data = stored.to_json(None);
+    data["key"] = json!(key);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"status": "success", "data": data})),
+    )
+        .into_response())
+}
+
+pub(super) async fn list_keys(State(app): State<Arc<AppState>>) -> ApiResult {
+    Ok(Json(json!({"status": "success", "data": store(&app)?.list()})).into_response())
+}
+
+/// Revokes a key at once. The key making the call cannot revoke itself,
+/// so an admin cannot lock every admin out by mistake.
+pub(super) async fn revoke_key(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult {
+    if crate::auth::key_id(&headers) == Some(id.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "own_key",
+            "a key cannot revoke itself: revoke it with another admin key".into(),
+        ));
+    }
+    match store(&app)?
+        .revoke(&id)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+    {
+        true => Ok(Json(json!({"status": "success", "revoked": id})).into_response()),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no key `{id}`"),
+        )),
+    }
+}

@@ -1,0 +1,278 @@
+//! Who may do what. Every route and RPC names the role it needs (REST in
+//! the route table, gRPC in [`RPCS`]); a caller shows an API key as
+//! `Authorization: Bearer tlk_...` (gRPC: the same metadata). Only
+//! `/healthz`, `/readyz` and the gRPC health service are open. A refusal is
+//! `401` (`invalid_token`, `expired_token`: who are you?) or `403`
+//! (`insufficient_role`), and says nothing more.
+
+pub(crate) mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiError;
+pub(crate) use keys::KeyStore;
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    /// Everything but the peers' own service.
+    Admin,
+    /// Ingest: REST, gRPC and OTLP.
+    Writer,
+    /// Every read.
+    Viewer,
+    /// A cluster node: the only principal allowed on the Raft service.
+    Peer,
+}
+
+impl Role {
+    pub(crate) const ALL: [Role; 4] = [Role::Admin, Role::Writer, Role::Viewer, Role::Peer];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Writer => "writer",
+            Role::Viewer => "viewer",
+            Role::Peer => "peer",
+        }
+    }
+
+    pub(crate) fn named(name: &str) -> Option<Role> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Whether this role may call what `needed` is asked for.
+    pub(crate) fn may(self, needed: Role) -> bool {
+        self == needed || (self == Role::Admin && needed != Role::Peer)
+    }
+}
+
+/// What a route or RPC asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Anyone (health checks).
+    Open,
+    Needs(Role),
+}
+
+/// Why a caller is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthError {
+    /// No credentials, or ones the node does not know.
+    InvalidToken,
+    ExpiredToken,
+    InsufficientRole,
+}
+
+impl AuthError {
+    fn code(self) -> &'static str {
+        match self {
+            AuthError::InvalidToken => "invalid_token",
+            AuthError::ExpiredToken => "expired_token",
+            AuthError::InsufficientRole => "insufficient_role",
+        }
+    }
+
+    fn api_error(self) -> Response {
+        let status = match self {
+            AuthError::InsufficientRole => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        let message = match self {
+            AuthError::InvalidToken => "send a valid API key: `Authorization: Bearer tlk_...`",
+            AuthError::ExpiredToken => "the API key has expired",
+            AuthError::InsufficientRole => "the API key's role may not do this",
+        };
+        let mut response = ApiError::new(status, self.code(), message.into()).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+
+    fn grpc_status(self) -> tonic::Status {
+        match self {
+            AuthError::InsufficientRole => tonic::Status::permission_denied(self.code()),
+            _ => tonic::Status::unauthenticated(self.code()),
+        }
+    }
+}
+
+/// The node's access control: its keys, or none when `auth = "off"`.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    keys: Option<KeyStore>,
+}
+
+impl Auth {
+    /// Access control off: every call is allowed (loopback only; see config).
+    pub(crate) fn off() -> Self {
+        Self { keys: None }
+    }
+
+    /// The keys in `data_dir`. With none yet, an admin key is made: the one
+    /// given (`TOPLOG_ADMIN_KEY`, for provisioning), else a new one written
+    /// to `<data_dir>/admin.key` (mode 0600) and logged where it is, once.
+    pub(crate) fn open(data_dir: &Path, given: Option<&str>) -> anyhow::Result<Self> {
+        let keys = KeyStore::open(data_dir)?;
+        if keys.is_empty() {
+            match given {
+                Some(key) => {
+                    keys.add(key, "admin", Role::Admin, None)
+                        .map_err(|e| anyhow::anyhow!("TOPLOG_ADMIN_KEY: {e}"))?;
+                    tracing::info!("the admin key is the one given in TOPLOG_ADMIN_KEY");
+                }
+                None => {
+                    let (_, key) = keys.create("admin", Role::Admin, None)?;
+                    let path = data_dir.join("admin.key");
+                    write_private(&path, format!("{key}\n").as_bytes())?;
+                    tracing::info!(path = %path.display(), "made an admin API key; it is in this file (mode 0600), and nowhere else");
+                }
+            }
+        }
+        Ok(Self { keys: Some(keys) })
+    }
+
+    pub(crate) fn keys(&self) -> Option<&KeyStore> {
+        self.keys.as_ref()
+    }
+
+    /// Whether the caller behind `headers` may do what `access` asks.
+    fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), AuthError> {
+        let (Some(keys), Access::Needs(needed)) = (&self.keys, access) else {
+            return Ok(());
+        };
+        let role = keys.verify(bearer(headers).ok_or(AuthError::InvalidToken)?)?;
+        if role.may(needed) {
+            Ok(())
+        } else {
+            Err(AuthError::InsufficientRole)
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// The id of the API key a request shows, if it shows one.
+pub(crate) fn key_id(headers: &HeaderMap) -> Option<&str> {
+    keys::id_of(bearer(headers)?)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A REST route's check, before its handler.
+pub(crate) async fn rest(
+    State((auth, access)): State<(Arc<Auth>, Access)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match auth.check(request.headers(), access) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.api_error(),
+    }
+}
+
+/// Every gRPC method served, and what it needs. A method not listed is
+/// refused (`PERMISSION_DENIED`), so a new RPC cannot be served unguarded.
+pub(crate) const RPCS: [(&str, Access); 14] = [
+    ("/toplog.v1.Toplog/Ingest", Access::Needs(Role::Writer)),
+    (
+        "/toplog.v1.Toplog/IngestStream",
+        Access::Needs(Role::Writer),
+    ),
+    ("/toplog.v1.Toplog/TopK", Access::Needs(Role::Viewer)),
+    ("/toplog.v1.Toplog/Timeseries", Access::Needs(Role::Viewer)),
+    ("/toplog.v1.Toplog/History", Access::Needs(Role::Viewer)),
+    ("/toplog.v1.Toplog/Count", Access::Needs(Role::Viewer)),
+    (
+        "/toplog.v1.Toplog/ListRequests",
+        Access::Needs(Role::Viewer),
+    ),
+    (
+        "/toplog.v1.Toplog/SubmitAggregation",
+        Access::Needs(Role::Viewer),
+    ),
+    (
+        "/toplog.v1.Toplog/GetAggregation",
+        Access::Needs(Role::Viewer),
+    ),
+    (
+        "/toplog.v1.Toplog/ListAggregations",
+        Access::Needs(Role::Viewer),
+    ),
+    (
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Access::Needs(Role::Writer),
+    ),
+    ("/grpc.health.v1.Health/Check", Access::Open),
+    ("/grpc.health.v1.Health/Watch", Access::Open),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Access::Needs(Role::Viewer),
+    ),
+];
+
+/// The gRPC services' check, by method path.
+pub(crate) async fn grpc(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let access = RPCS
+        .iter()
+        .find(|(path, _)| *path == request.uri().path())
+        .map(|(_, access)| *access);
+    let checked = match access {
+        Some(access) => auth.check(request.headers(), access),
+        None => Err(AuthError::InsufficientRole),
+    };
+    match checked {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.grpc_status().into_http::<axum::body::Body>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_may_all_but_the_peers_service_and_the_others_their_own() {
+        for role in Role::ALL {
+            for needed in Role::ALL {
+                let want = role == needed || (role == Role::Admin && needed != Role::Peer);
+                assert_eq!(role.may(needed), want, "{role:?} for {needed:?}");
+            }
+            assert_eq!(Role::named(role.name()), Some(role));
+        }
+    }
+}
