@@ -231,6 +231,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .ok()
                 .filter(|k| !k.is_empty())
                 .as_deref(),
+            &config.rate_limits,
         )?
     } else {
         tracing::warn!(

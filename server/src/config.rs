@@ -99,6 +99,11 @@ pub(crate) struct Settings {
     /// node listens on a loopback address.
     #[arg(long, env = "TOPLOG_AUTH")]
     pub(crate) auth: Option<String>,
+    /// `[rate_limits]` in the file: `admin`, `writer` (events), `viewer`,
+    /// `peer` and `failed_auth` (per client address), each a rate such as
+    /// `100/s` or `none`.
+    #[arg(skip)]
+    pub(crate) rate_limits: Option<crate::auth::RateSettings>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -181,6 +186,7 @@ impl Settings {
             archive: self.archive.or(other.archive),
             import: self.import.or(other.import),
             auth: self.auth.or(other.auth),
+            rate_limits: self.rate_limits.or(other.rate_limits),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -225,6 +231,7 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Whether every call but the health checks needs an API key.
     pub auth: bool,
+    pub rate_limits: crate::auth::RateSettings,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
@@ -431,6 +438,7 @@ impl Config {
         Ok(Self {
             tls,
             auth,
+            rate_limits: s.rate_limits.clone().unwrap_or_default(),
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
             listen,
             partition,

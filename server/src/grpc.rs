@@ -28,6 +28,7 @@ use toplog_proto::v1::{
 use toplog_types::{Micros, TypedRow};
 
 use crate::api::{ApiError, AppState, aggregations, analytics, events, traces};
+use crate::auth::Caller;
 
 /// The gRPC services, as routes to merge into the REST router.
 pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
@@ -129,7 +130,8 @@ impl TraceService for Traces {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let partial = traces::export_message(&self.app, request.into_inner())
+        let caller = request.extensions().get::<Caller>().cloned();
+        let partial = traces::export_message(&self.app, caller.as_ref(), request.into_inner())
             .await
             .map_err(status)?;
         Ok(Response::new(ExportTraceServiceResponse {
@@ -143,7 +145,7 @@ impl TraceService for Traces {
 fn status(e: ApiError) -> Status {
     let code = match e.status {
         StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Code::InvalidArgument,
-        StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
         StatusCode::NOT_FOUND => Code::NotFound,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
         _ => Code::Internal,
@@ -180,7 +182,8 @@ impl Toplog for Api {
         &self,
         request: Request<v1::IngestRequest>,
     ) -> Result<Response<v1::IngestReply>, Status> {
-        ingest(&self.app, request.into_inner())
+        let caller = request.extensions().get::<Caller>().cloned();
+        ingest(&self.app, caller.as_ref(), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -192,18 +195,21 @@ impl Toplog for Api {
         request: Request<Streaming<v1::IngestRequest>>,
     ) -> Result<Response<Replies>, Status> {
         let app = self.app.clone();
+        let caller = request.extensions().get::<Caller>().cloned();
         // One batch at a time, in order; the first refusal ends the stream.
-        let replies =
-            futures::stream::unfold(Some((request.into_inner(), app)), |state| async move {
-                let (mut inbound, app) = state?;
+        let replies = futures::stream::unfold(
+            Some((request.into_inner(), app, caller)),
+            |state| async move {
+                let (mut inbound, app, caller) = state?;
                 let reply = match inbound.message().await {
                     Ok(None) => return None,
-                    Ok(Some(batch)) => ingest(&app, batch).await,
+                    Ok(Some(batch)) => ingest(&app, caller.as_ref(), batch).await,
                     Err(e) => Err(e),
                 };
-                let next = reply.is_ok().then_some((inbound, app));
+                let next = reply.is_ok().then_some((inbound, app, caller));
                 Some((reply, next))
-            });
+            },
+        );
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -499,14 +505,18 @@ fn aggregate_row(row: &Value) -> v1::AggregateRow {
 }
 /// A batch through the checks of `POST /api/v1/requests`, each event by
 /// its typed fields ([`toplog_types::Event::from_typed`]).
-async fn ingest(app: &AppState, batch: v1::IngestRequest) -> Result<v1::IngestReply, Status> {
+async fn ingest(
+    app: &AppState,
+    caller: Option<&Caller>,
+    batch: v1::IngestRequest,
+) -> Result<v1::IngestReply, Status> {
     if batch.events.is_empty() {
         return Ok(v1::IngestReply::default());
     }
     let size = batch.encoded_len();
     let key = (!batch.idempotency_key.is_empty()).then_some(batch.idempotency_key);
     let events = batch.events;
-    let receipt = events::ingest_checked(app, key, size, move |limits| {
+    let receipt = events::ingest_checked(app, caller, key, size, move |limits| {
         events
             .into_iter()
             .enumerate()

@@ -50,9 +50,9 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, do not spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -63,7 +63,15 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
+        let (watcher, tls) = (graceful.watcher(), tls.clone());
+        // Each request knows the address it came from (rate limits on failed logins).
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(crate::auth::ClientAddr(peer));
+                r
+            },
+        );
         tokio::spawn(async move {
             // Which protocol the client speaks: from its first bytes, or
             // with TLS from the handshake (ALPN). A client that sends
@@ -93,15 +101,23 @@ pub(crate) async fn serve(
 }
 
 /// Serves one connection in `protocol` until it ends or the server drains.
-async fn serve_connection<I>(
+async fn serve_connection<I, S>(
     io: I,
     protocol: Protocol,
-    app: Router,
+    app: S,
     limits: Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     match protocol {
         Protocol::Http2 => {

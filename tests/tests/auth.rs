@@ -53,7 +53,13 @@ fn may(caller: &str, needed: &str) -> bool {
 #[test]
 fn every_route_and_rpc_answers_each_caller_as_its_role_says() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_ready(dir.path(), &[]);
+    // Many refused calls from one address: let them through the guessing limit.
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(&config, "[rate_limits]\nfailed_auth = \"100000/s\"\n").unwrap();
+    let server = Server::start_ready(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
     let mut callers: Vec<(&str, Option<String>)> = vec![
         ("none", None),
         (
@@ -360,4 +366,133 @@ fn the_first_start_writes_a_private_admin_key_and_auth_off_needs_loopback() {
             .status(),
         200
     );
+}
+
+/// Sends `n` events as the key's holder; the status.
+fn ingest(server: &Server, key: &str, n: usize) -> reqwest::blocking::Response {
+    let now = toplog_tests::now_ms();
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"timestamp": now - i as i64, "endpoint": "GET /rl", "status_code": 200, "latency_ms": 1}))
+        .collect();
+    as_caller(Some(key))
+        .post(server.url("/api/v1/requests"))
+        .json(&events)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn rate_limits_refuse_with_retry_after_recover_and_slow_key_guessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(
+        &config,
+        "[rate_limits]\nviewer = \"5/s\"\nwriter = \"1000/m\"\nfailed_auth = \"3/m\"\n",
+    )
+    .unwrap();
+    let server = Server::start_ready(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (_, viewer) = make_key(&server, "dash", "viewer", None);
+    let (_, writer) = make_key(&server, "shipper", "writer", None);
+
+    // Calls: a bucket of 5, each call one token, the headers saying so.
+    let count = || {
+        as_caller(Some(&viewer))
+            .get(server.url("/api/v1/requests/count"))
+            .send()
+            .unwrap()
+    };
+    for left in (0..5).rev() {
+        let r = count();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-limit"], "5");
+        assert_eq!(
+            r.headers()["ratelimit-remaining"],
+            left.to_string().as_str()
+        );
+    }
+    let r = count();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "rate_limited");
+    std::thread::sleep(std::time::Duration::from_secs(wait));
+    assert_eq!(count().status(), 200, "the bucket refills");
+
+    // Ingest counts events: 600 of 1000, then 600 more is over; a batch
+    // larger than the bucket could ever pass is told so, without Retry-After.
+    assert_eq!(ingest(&server, &writer, 600).status(), 200);
+    let r = ingest(&server, &writer, 600);
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let r = ingest(&server, &writer, 1001);
+    assert_eq!(r.status(), 429);
+    assert!(!r.headers().contains_key("retry-after"));
+    assert!(r.text().unwrap().contains("smaller batches"));
+    // gRPC: over the rate is RESOURCE_EXHAUSTED.
+    let (_, grpc_viewer) = make_key(&server, "grpc", "viewer", None);
+    let script = r#"
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+count = channel.unary_unary("/toplog.v1.Toplog/Count", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+for _ in range(6):
+    try:
+        count(b"", timeout=10, metadata=[("authorization", "Bearer " + sys.argv[2])])
+        print("OK")
+    except grpc.RpcError as e:
+        print(e.code().name)
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            server.base.trim_start_matches("http://"),
+            &grpc_viewer,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["OK", "OK", "OK", "OK", "OK", "RESOURCE_EXHAUSTED"]
+    );
+
+    // Guessing keys from one address: 3 failures, then that address is
+    // refused whatever it sends; another address is not.
+    let from = |ip: [u8; 4], key: &str| {
+        reqwest::blocking::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+            .get(server.url("/api/v1/requests/count"))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let guess = "tlk_0123456789ab_0123456789abcdef0123456789abcdef01234567";
+    let tries: Vec<u16> = (0..4).map(|_| from([127, 0, 0, 7], guess)).collect();
+    assert_eq!(tries, [401, 401, 401, 429]);
+    let (_, fresh) = make_key(&server, "fresh", "viewer", None);
+    assert_eq!(
+        from([127, 0, 0, 7], &fresh),
+        429,
+        "the guessing address is slowed down"
+    );
+    assert_eq!(from([127, 0, 0, 1], &fresh), 200, "other addresses are not");
 }

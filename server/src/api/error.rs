@@ -21,6 +21,8 @@ pub(crate) struct ApiError {
     pub(crate) field: Option<String>,
     /// Seconds for `Retry-After` (busy, not failed).
     pub(crate) retry_after: Option<u64>,
+    /// `RateLimit-Limit` and `RateLimit-Remaining`, for `429 rate_limited`.
+    pub(crate) rate_limit: Option<(u32, u32)>,
 }
 
 impl ApiError {
@@ -32,7 +34,14 @@ impl ApiError {
             row: None,
             field: None,
             retry_after: None,
+            rate_limit: None,
         }
+    }
+
+    /// The same error, telling the caller to retry after `secs`.
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub(crate) fn bad_request(code: &'static str, message: String) -> Self {
@@ -88,6 +97,12 @@ impl ApiError {
     pub(crate) fn with_row(mut self, row: usize) -> Self {
         self.row = Some(row);
         self
+    }
+}
+
+impl From<crate::auth::Limited> for ApiError {
+    fn from(l: crate::auth::Limited) -> Self {
+        crate::auth::too_many(l)
     }
 }
 
@@ -202,6 +217,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if let Some((limit, remaining)) = self.rate_limit {
+            let headers = response.headers_mut();
+            headers.insert("ratelimit-limit", limit.into());
+            headers.insert("ratelimit-remaining", remaining.into());
         }
         response
     }

@@ -16,6 +16,7 @@ use toplog_types::{Micros, ValidationLimits};
 use super::params::{self, Params, QuerySpec};
 use super::workers::parsing;
 use super::{ApiError, ApiResult, AppState};
+use crate::auth::Caller;
 use crate::ingest::{BodyFormat, decode_body, parse_events};
 use toplog_types::{Param, Shape};
 
@@ -48,6 +49,7 @@ fn check_idempotency_key(key: Option<&str>, code: &'static str, what: &str) -> A
 /// threads; `size` is what the request weighs against `ingest_queue_bytes`.
 pub(crate) async fn ingest_checked(
     app: &AppState,
+    caller: Option<&Caller>,
     key: Option<String>,
     size: usize,
     check: impl FnOnce(&ValidationLimits) -> Result<Vec<toplog_types::Event>, toplog_types::EventError>
@@ -59,6 +61,7 @@ pub(crate) async fn ingest_checked(
     let _turn = app.ingest.admit(size).await?;
     let limits = validation_limits(app);
     let events = parsing(move || Ok(KeyedEvents::new(check(&limits)?)?)).await?;
+    app.auth.spend_events(caller, events.len())?;
     Ok(engine.ingest(events, key).await?)
 }
 
@@ -90,6 +93,7 @@ pub(super) fn validation_limits(app: &AppState) -> ValidationLimits {
 
 pub(super) async fn ingest(
     State(app): State<Arc<AppState>>,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -124,6 +128,8 @@ pub(super) async fn ingest(
     if events.is_empty() {
         return Ok(Json(json!({"status": "success", "accepted": 0})).into_response());
     }
+    app.auth
+        .spend_events(caller.as_ref().map(|c| &c.0), events.len())?;
     let receipt = engine.ingest(events, key).await?;
     let mut resp = Json(
         json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed}),

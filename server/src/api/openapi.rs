@@ -213,6 +213,16 @@ pub(crate) fn document(routes: &[Route]) -> Value {
                     responses.insert(code.to_string(), json!({"description": why,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
                 }
+                responses.insert("429".into(), json!({
+                    "description": "rate_limited: over the key's rate, or too many failed logins from this address",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "headers": {
+                        "Retry-After": {"description": "Seconds after which to try again.", "required": false,
+                                        "schema": {"type": "integer", "minimum": 1}},
+                        "RateLimit-Limit": {"description": "The key's bucket size.", "required": false, "schema": {"type": "integer"}},
+                        "RateLimit-Remaining": {"description": "Tokens left.", "required": false, "schema": {"type": "integer"}},
+                    },
+                }));
                 (json!([{"apiKey": []}]), Some(role.name()))
             }
         };

@@ -22,6 +22,7 @@ use toplog_formats::otlp::{
 use super::events::{read_body, validation_limits};
 use super::workers::parsing;
 use super::{ApiError, ApiResult, AppState};
+use crate::auth::Caller;
 use crate::ingest::decode_body;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -34,6 +35,7 @@ enum Encoding {
 
 pub(super) async fn export(
     State(app): State<Arc<AppState>>,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -57,7 +59,8 @@ pub(super) async fn export(
         }
     };
     let compression = header(header::CONTENT_ENCODING).map(str::to_owned);
-    match accept(&app, encoding, compression, body).await {
+    let caller = caller.map(|c| c.0);
+    match accept(&app, caller.as_ref(), encoding, compression, body).await {
         Ok(partial) => respond(encoding, partial),
         // Refusals of a protobuf request are a `google.rpc.Status` in protobuf.
         Err(e) if encoding == Encoding::Protobuf => {
@@ -79,6 +82,7 @@ pub(super) async fn export(
 /// Decodes, maps and stores the export; what it could not use.
 async fn accept(
     app: &Arc<AppState>,
+    caller: Option<&Caller>,
     encoding: Encoding,
     compression: Option<String>,
     body: Result<Bytes, BytesRejection>,
@@ -98,7 +102,7 @@ async fn accept(
         mapped(&request, &raw, &limits)
     })
     .await?;
-    store(app, events, key).await?;
+    store(app, caller, events, key).await?;
     Ok(partial)
 }
 
@@ -106,6 +110,7 @@ async fn accept(
 /// mapped and stored as `POST /v1/traces` does; what it could not use.
 pub(crate) async fn export_message(
     app: &Arc<AppState>,
+    caller: Option<&Caller>,
     request: ExportTraceServiceRequest,
 ) -> ApiResult<Option<otlp::ExportTracePartialSuccess>> {
     app.engine()?;
@@ -114,7 +119,7 @@ pub(crate) async fn export_message(
     // Re-encoded, the same message gives the same bytes: a retry, the same key.
     let (events, partial, key) =
         parsing(move || mapped(&request, &request.encode_to_vec(), &limits)).await?;
-    store(app, events, key).await?;
+    store(app, caller, events, key).await?;
     Ok(partial)
 }
 
@@ -137,8 +142,15 @@ fn mapped(
 }
 
 /// Stores an export's events durably under its key (nothing if none).
-async fn store(app: &AppState, events: KeyedEvents, key: String) -> ApiResult<()> {
+/// Stores the events, spending one of the caller's ingest tokens each.
+async fn store(
+    app: &AppState,
+    caller: Option<&Caller>,
+    events: KeyedEvents,
+    key: String,
+) -> ApiResult<()> {
     if !events.is_empty() {
+        app.auth.spend_events(caller, events.len())?;
         app.engine()?.ingest(events, Some(key)).await?;
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! (`insufficient_role`), and says nothing more.
 
 pub(crate) mod keys;
+pub(crate) mod limits;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,9 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
 pub(crate) use keys::KeyStore;
+use limits::{Left, RateLimits};
+pub(crate) use limits::{Limited, RateSettings};
 
 /// What a principal may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Role {
     /// Everything but the peers' own service.
@@ -109,22 +112,49 @@ impl AuthError {
     }
 }
 
-/// The node's access control: its keys, or none when `auth = "off"`.
+/// Who made a call: their key's id (a request extension, for the handlers
+/// that spend per event).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) id: String,
+}
+
+/// The address a connection comes from (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) std::net::SocketAddr);
+
+/// Why a call is refused.
+enum Refusal {
+    Auth(AuthError),
+    Limited(Limited),
+}
+
+/// The node's access control: its keys and rate limits, or none when
+/// `auth = "off"`.
 #[derive(Debug)]
 pub(crate) struct Auth {
     keys: Option<KeyStore>,
+    limits: Option<RateLimits>,
 }
 
 impl Auth {
     /// Access control off: every call is allowed (loopback only; see config).
     pub(crate) fn off() -> Self {
-        Self { keys: None }
+        Self {
+            keys: None,
+            limits: None,
+        }
     }
 
     /// The keys in `data_dir`. With none yet, an admin key is made: the one
     /// given (`TOPLOG_ADMIN_KEY`, for provisioning), else a new one written
     /// to `<data_dir>/admin.key` (mode 0600) and logged where it is, once.
-    pub(crate) fn open(data_dir: &Path, given: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        given: Option<&str>,
+        rates: &RateSettings,
+    ) -> anyhow::Result<Self> {
+        let limits = RateLimits::new(rates)?;
         let keys = KeyStore::open(data_dir)?;
         if keys.is_empty() {
             match given {
@@ -141,25 +171,122 @@ impl Auth {
                 }
             }
         }
-        Ok(Self { keys: Some(keys) })
+        Ok(Self {
+            keys: Some(keys),
+            limits: Some(limits),
+        })
     }
 
     pub(crate) fn keys(&self) -> Option<&KeyStore> {
         self.keys.as_ref()
     }
 
-    /// Whether the caller behind `headers` may do what `access` asks.
-    fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), AuthError> {
+    /// Whether the caller behind `headers`, from `ip`, may do what
+    /// `access` asks; with `spend`, the call takes a token from its key's
+    /// bucket. An address that failed too often is refused whatever it shows.
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        access: Access,
+        ip: Option<std::net::IpAddr>,
+        spend: bool,
+    ) -> Result<(Option<Caller>, Option<Left>), Refusal> {
         let (Some(keys), Access::Needs(needed)) = (&self.keys, access) else {
-            return Ok(());
+            return Ok((None, None));
         };
-        let role = keys.verify(bearer(headers).ok_or(AuthError::InvalidToken)?)?;
-        if role.may(needed) {
-            Ok(())
-        } else {
-            Err(AuthError::InsufficientRole)
+        if let (Some(limits), Some(ip)) = (&self.limits, ip)
+            && let Some(limited) = limits.blocked(ip)
+        {
+            return Err(Refusal::Limited(limited));
+        }
+        let token = bearer(headers);
+        let verified = token
+            .ok_or(AuthError::InvalidToken)
+            .and_then(|t| keys.verify(t));
+        let role = match verified {
+            Ok(role) => role,
+            Err(e) => {
+                if let (Some(limits), Some(ip)) = (&self.limits, ip)
+                    && let Some(limited) = limits.failed(ip)
+                {
+                    return Err(Refusal::Limited(limited));
+                }
+                return Err(Refusal::Auth(e));
+            }
+        };
+        if !role.may(needed) {
+            return Err(Refusal::Auth(AuthError::InsufficientRole));
+        }
+        let caller = Caller {
+            id: token.and_then(keys::id_of).unwrap_or_default().to_owned(),
+        };
+        let left = match (&self.limits, spend) {
+            (Some(limits), true) => limits
+                .spend(&caller.id, role, 1)
+                .map_err(Refusal::Limited)?,
+            _ => None,
+        };
+        Ok((Some(caller), left))
+    }
+
+    /// Spends `events` tokens of the caller's ingest bucket (the writer
+    /// rate, whatever the key's role).
+    pub(crate) fn spend_events(
+        &self,
+        caller: Option<&Caller>,
+        events: usize,
+    ) -> Result<(), Limited> {
+        match (&self.limits, caller) {
+            (Some(limits), Some(c)) => limits
+                .spend(
+                    &c.id,
+                    Role::Writer,
+                    u32::try_from(events).unwrap_or(u32::MAX),
+                )
+                .map(drop),
+            _ => Ok(()),
         }
     }
+}
+
+/// Ingest (the routes and RPCs that need the writer role) is counted in
+/// events by its handler; every other call is counted here, as one.
+fn counted_per_call(access: Access) -> bool {
+    access != Access::Needs(Role::Writer)
+}
+
+/// `429 rate_limited` with `Retry-After` and `RateLimit-*` headers.
+pub(crate) fn too_many(limited: Limited) -> ApiError {
+    let mut e = match limited.retry_after {
+        Some(wait) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "over this key's rate ({} at once); try again later",
+                limited.limit
+            ),
+        )
+        .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64),
+        None => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more events at once than this key's rate ever allows ({}): send smaller batches",
+                limited.limit
+            ),
+        ),
+    };
+    e.rate_limit = Some((limited.limit, 0));
+    e
+}
+
+fn with_left(mut response: Response, left: Option<Left>) -> Response {
+    if let Some(left) = left {
+        let headers = response.headers_mut();
+        headers.insert("ratelimit-limit", left.limit.into());
+        headers.insert("ratelimit-remaining", left.remaining.into());
+    }
+    response
 }
 
 /// The token of `Authorization: Bearer <token>`.
@@ -196,12 +323,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// A REST route's check, before its handler.
 pub(crate) async fn rest(
     State((auth, access)): State<(Arc<Auth>, Access)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    match auth.check(request.headers(), access) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.api_error(),
+    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    match auth.admit(request.headers(), access, ip, counted_per_call(access)) {
+        Ok((caller, left)) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            with_left(next.run(request).await, left)
+        }
+        Err(Refusal::Auth(e)) => e.api_error(),
+        Err(Refusal::Limited(l)) => too_many(l).into_response(),
     }
 }
 
@@ -246,18 +380,32 @@ pub(crate) const RPCS: [(&str, Access); 14] = [
 ];
 
 /// The gRPC services' check, by method path.
-pub(crate) async fn grpc(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+pub(crate) async fn grpc(
+    State(auth): State<Arc<Auth>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let access = RPCS
         .iter()
         .find(|(path, _)| *path == request.uri().path())
         .map(|(_, access)| *access);
-    let checked = match access {
-        Some(access) => auth.check(request.headers(), access),
-        None => Err(AuthError::InsufficientRole),
+    let Some(access) = access else {
+        return AuthError::InsufficientRole
+            .grpc_status()
+            .into_http::<axum::body::Body>();
     };
-    match checked {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.grpc_status().into_http::<axum::body::Body>(),
+    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    match auth.admit(request.headers(), access, ip, counted_per_call(access)) {
+        Ok((caller, left)) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            with_left(next.run(request).await, left)
+        }
+        Err(Refusal::Auth(e)) => e.grpc_status().into_http::<axum::body::Body>(),
+        Err(Refusal::Limited(l)) => {
+            tonic::Status::resource_exhausted(too_many(l).message).into_http::<axum::body::Body>()
+        }
     }
 }
 
