@@ -117,7 +117,7 @@ fn every_route_and_rpc_answers_each_caller_as_its_role_says() {
             }
         }
     }
-    assert_eq!(checked, 20 * callers.len(), "every route, every caller");
+    assert_eq!(checked, 21 * callers.len(), "every route, every caller");
 
     // gRPC: every method of toplog.v1.Toplog (from the .proto), OTLP's
     // Export and the health check, each caller.
@@ -265,6 +265,45 @@ fn api_keys_are_made_listed_without_secrets_revoked_and_expire() {
             .unwrap()
             .status(),
         401
+    );
+
+    // The audit log kept every change an admin made, across the restart:
+    // who, what, from where, with what answer (the viewer's refused try is
+    // not a change).
+    let audit: Value = client()
+        .get(server.url("/api/v1/audit"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let seen: Vec<(String, String, u64)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                (&e["key_id"], &e["from"]),
+                (&json!("0000000a11ce"), &json!("127.0.0.1")),
+                "{e}"
+            );
+            (
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let own = format!("/api/v1/keys/{}", &ADMIN_KEY[4..16]);
+    let revoked = format!("/api/v1/keys/{viewer_id}");
+    assert_eq!(
+        seen,
+        [
+            ("POST".to_owned(), "/api/v1/keys".to_owned(), 201),
+            ("POST".into(), "/api/v1/keys".into(), 201),
+            ("POST".into(), "/api/v1/keys".into(), 201),
+            ("DELETE".into(), own, 409),
+            ("DELETE".into(), revoked, 200),
+        ]
     );
 }
 

@@ -3,13 +3,17 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use std::collections::HashMap;
+
+use axum::extract::Query;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use toplog_types::{Arg, Param, Shape};
 
+use super::params::{Params, QuerySpec};
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::{KeyStore, Role};
 
@@ -139,4 +143,37 @@ pub(super) async fn revoke_key(
             format!("no key `{id}`"),
         )),
     }
+}
+
+/// `GET /api/v1/audit`.
+pub(super) const AUDIT: QuerySpec = QuerySpec {
+    params: &[Param {
+        name: "limit",
+        shape: Shape::Int {
+            min: 1,
+            max: 10_000,
+        },
+        doc: "Most entries, the latest (1000 by default).",
+    }],
+    required: &[],
+};
+
+pub(super) async fn audit(
+    State(app): State<Arc<AppState>>,
+    raw: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let limit = Params::new(raw, AUDIT)?.small("limit")?.unwrap_or(1000);
+    let entries = super::workers::blocking(move || {
+        let log = app.auth.audit().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "auth_off",
+                "access control is off (`auth = \"off\"`): nothing is audited".into(),
+            )
+        })?;
+        log.last(limit)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": entries})).into_response())
 }

@@ -84,6 +84,9 @@ fn schemas() -> Value {
             "last_used_at": {"type": "string", "nullable": true}, "key": string}), &["id", "name", "role"]),
         "KeyCreated": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/KeyInfo"}}), &["status", "data"]),
         "Keys": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}}), &["status", "data"]),
+        "Audit": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
+            "time": string, "key_id": string, "from": {"type": "string", "nullable": true},
+            "method": string, "path": string, "status": int}), &["time", "key_id", "method", "path", "status"])}}), &["status", "data"]),
         "KeyRevoked": obj(json!({"status": string, "revoked": string}), &["status", "revoked"]),
         "Jobs": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/JobInfo"}}}), &["status", "data"]),
         "Health": obj(json!({"status": {"type": "string", "enum": ["ok", "ready", "not_ready"]}, "reason": string, "applied_lsn": int, "segments": int}), &["status"]),

@@ -57,7 +57,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 20] = [
+pub(crate) const ROUTES: [Route; 21] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -330,6 +330,19 @@ pub(crate) const ROUTES: [Route; 20] = [
         body: None,
         ok: (200, "KeyRevoked"),
         errors: &[404, 409],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/audit",
+        id: "audit",
+        handler: || get(keys::audit),
+        summary: "The last changes made through admin routes: who (key id), what, when, from where, with what answer.",
+        query: keys::AUDIT,
+        body: None,
+        ok: (200, "Audit"),
+        errors: &[400, 409],
         links: &[],
         access: Access::Needs(Role::Admin),
     },

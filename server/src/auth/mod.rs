@@ -5,6 +5,7 @@
 //! `401` (`invalid_token`, `expired_token`: who are you?) or `403`
 //! (`insufficient_role`), and says nothing more.
 
+pub(crate) mod audit;
 pub(crate) mod keys;
 pub(crate) mod limits;
 
@@ -135,6 +136,7 @@ enum Refusal {
 pub(crate) struct Auth {
     keys: Option<KeyStore>,
     limits: Option<RateLimits>,
+    audit: Option<audit::AuditLog>,
 }
 
 impl Auth {
@@ -143,6 +145,7 @@ impl Auth {
         Self {
             keys: None,
             limits: None,
+            audit: None,
         }
     }
 
@@ -174,11 +177,16 @@ impl Auth {
         Ok(Self {
             keys: Some(keys),
             limits: Some(limits),
+            audit: Some(audit::AuditLog::open(data_dir)?),
         })
     }
 
     pub(crate) fn keys(&self) -> Option<&KeyStore> {
         self.keys.as_ref()
+    }
+
+    pub(crate) fn audit(&self) -> Option<&audit::AuditLog> {
+        self.audit.as_ref()
     }
 
     /// Whether the caller behind `headers`, from `ip`, may do what
@@ -329,10 +337,30 @@ pub(crate) async fn rest(
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
     match auth.admit(request.headers(), access, ip, counted_per_call(access)) {
         Ok((caller, left)) => {
+            // Admin routes that may change something are audited.
+            let audited = (access == Access::Needs(Role::Admin)
+                && request.method() != axum::http::Method::GET)
+                .then(|| {
+                    (
+                        request.method().to_string(),
+                        request.uri().path().to_owned(),
+                    )
+                });
+            let key_id = caller.as_ref().map(|c| c.id.clone());
             if let Some(caller) = caller {
                 request.extensions_mut().insert(caller);
             }
-            with_left(next.run(request).await, left)
+            let response = next.run(request).await;
+            if let (Some((method, path)), Some(log)) = (audited, auth.audit()) {
+                log.record(&audit::Entry {
+                    key_id: key_id.as_deref().unwrap_or(""),
+                    from: ip,
+                    method: &method,
+                    path: &path,
+                    status: response.status().as_u16(),
+                });
+            }
+            with_left(response, left)
         }
         Err(Refusal::Auth(e)) => e.api_error(),
         Err(Refusal::Limited(l)) => too_many(l).into_response(),
