@@ -50,6 +50,12 @@ if ! python3 -c "import grpc_tools" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'grpcio-tools==1.*'
 fi
 
+# The JWT test's stand-in identity provider signs tokens with PyJWT.
+if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
+  echo "== installing PyJWT"
+  python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]==2.*'
+fi
+
 # The import test runs a real nginx, driven by wrk. Installing nginx starts
 # the distribution's own server; it is stopped: the test starts its own.
 if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null 2>&1; then

@@ -232,6 +232,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .filter(|k| !k.is_empty())
                 .as_deref(),
             &config.rate_limits,
+            &config.jwt,
         )?
     } else {
         tracing::warn!(

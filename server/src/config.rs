@@ -104,6 +104,9 @@ pub(crate) struct Settings {
     /// `100/s` or `none`.
     #[arg(skip)]
     pub(crate) rate_limits: Option<crate::auth::RateSettings>,
+    /// `[jwt]` in the file: bearer JWTs from an identity provider.
+    #[arg(skip)]
+    pub(crate) jwt: Option<crate::auth::JwtSettings>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -187,6 +190,7 @@ impl Settings {
             import: self.import.or(other.import),
             auth: self.auth.or(other.auth),
             rate_limits: self.rate_limits.or(other.rate_limits),
+            jwt: self.jwt.or(other.jwt),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -232,6 +236,7 @@ pub struct Config {
     /// Whether every call but the health checks needs an API key.
     pub auth: bool,
     pub rate_limits: crate::auth::RateSettings,
+    pub jwt: crate::auth::JwtSettings,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
@@ -439,6 +444,7 @@ impl Config {
             tls,
             auth,
             rate_limits: s.rate_limits.clone().unwrap_or_default(),
+            jwt: s.jwt.clone().unwrap_or_default(),
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("./toplog-data")),
             listen,
             partition,

@@ -6,6 +6,7 @@
 //! (`insufficient_role`), and says nothing more.
 
 pub(crate) mod audit;
+pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod limits;
 
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
+pub(crate) use jwt::JwtSettings;
 pub(crate) use keys::KeyStore;
 use limits::{Left, RateLimits};
 pub(crate) use limits::{Limited, RateSettings};
@@ -135,6 +137,8 @@ enum Refusal {
 #[derive(Debug)]
 pub(crate) struct Auth {
     keys: Option<KeyStore>,
+    /// Bearer JWTs from an identity provider, when `[jwt]` is set.
+    jwt: Option<jwt::Jwt>,
     limits: Option<RateLimits>,
     audit: Option<audit::AuditLog>,
 }
@@ -144,6 +148,7 @@ impl Auth {
     pub(crate) fn off() -> Self {
         Self {
             keys: None,
+            jwt: None,
             limits: None,
             audit: None,
         }
@@ -156,8 +161,10 @@ impl Auth {
         data_dir: &Path,
         given: Option<&str>,
         rates: &RateSettings,
+        jwt: &JwtSettings,
     ) -> anyhow::Result<Self> {
         let limits = RateLimits::new(rates)?;
+        let jwt = jwt::Jwt::new(jwt)?;
         let keys = KeyStore::open(data_dir)?;
         if keys.is_empty() {
             match given {
@@ -176,6 +183,7 @@ impl Auth {
         }
         Ok(Self {
             keys: Some(keys),
+            jwt,
             limits: Some(limits),
             audit: Some(audit::AuditLog::open(data_dir)?),
         })
@@ -192,7 +200,7 @@ impl Auth {
     /// Whether the caller behind `headers`, from `ip`, may do what
     /// `access` asks; with `spend`, the call takes a token from its key's
     /// bucket. An address that failed too often is refused whatever it shows.
-    fn admit(
+    async fn admit(
         &self,
         headers: &HeaderMap,
         access: Access,
@@ -208,11 +216,20 @@ impl Auth {
             return Err(Refusal::Limited(limited));
         }
         let token = bearer(headers);
-        let verified = token
-            .ok_or(AuthError::InvalidToken)
-            .and_then(|t| keys.verify(t));
-        let role = match verified {
-            Ok(role) => role,
+        // An API key, or else a JWT when an identity provider is set.
+        let verified = match (token, &self.jwt) {
+            (None, _) => Err(AuthError::InvalidToken),
+            (Some(t), _) if t.starts_with(keys::PREFIX) => keys
+                .verify(t)
+                .map(|role| (keys::id_of(t).unwrap_or_default().to_owned(), vec![role])),
+            (Some(t), Some(jwt)) => jwt
+                .verify(t)
+                .await
+                .map(|(subject, roles)| (format!("jwt:{subject}"), roles)),
+            (Some(_), None) => Err(AuthError::InvalidToken),
+        };
+        let (id, roles) = match verified {
+            Ok(v) => v,
             Err(e) => {
                 if let (Some(limits), Some(ip)) = (&self.limits, ip)
                     && let Some(limited) = limits.failed(ip)
@@ -222,12 +239,10 @@ impl Auth {
                 return Err(Refusal::Auth(e));
             }
         };
-        if !role.may(needed) {
+        let Some(role) = roles.into_iter().find(|r| r.may(needed)) else {
             return Err(Refusal::Auth(AuthError::InsufficientRole));
-        }
-        let caller = Caller {
-            id: token.and_then(keys::id_of).unwrap_or_default().to_owned(),
         };
+        let caller = Caller { id };
         let left = match (&self.limits, spend) {
             (Some(limits), true) => limits
                 .spend(&caller.id, role, 1)
@@ -335,7 +350,10 @@ pub(crate) async fn rest(
     next: Next,
 ) -> Response {
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
-    match auth.admit(request.headers(), access, ip, counted_per_call(access)) {
+    match auth
+        .admit(request.headers(), access, ip, counted_per_call(access))
+        .await
+    {
         Ok((caller, left)) => {
             // Admin routes that may change something are audited.
             let audited = (access == Access::Needs(Role::Admin)
@@ -423,7 +441,10 @@ pub(crate) async fn grpc(
             .into_http::<axum::body::Body>();
     };
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
-    match auth.admit(request.headers(), access, ip, counted_per_call(access)) {
+    match auth
+        .admit(request.headers(), access, ip, counted_per_call(access))
+        .await
+    {
         Ok((caller, left)) => {
             if let Some(caller) = caller {
                 request.extensions_mut().insert(caller);
