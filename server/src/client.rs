@@ -15,6 +15,9 @@ pub(crate) struct Target {
     /// The node's data directory, whose `admin.key` is the key when none is given.
     #[arg(long, env = "TOPLOG_DATA_DIR", default_value = "./toplog-data")]
     data_dir: std::path::PathBuf,
+    /// A CA certificate (PEM) to trust for an `https://` server, besides the system's.
+    #[arg(long, env = "TOPLOG_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -26,6 +29,20 @@ impl Target {
                 .ok()
                 .map(|k| k.trim().to_owned())
         })
+    }
+
+    /// An HTTP client that trusts `--ca-file` too, with `timeout`.
+    pub(crate) fn client(&self, timeout: Duration) -> anyhow::Result<reqwest::blocking::Client> {
+        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+        if let Some(file) = &self.ca_file {
+            let pem = std::fs::read(file)
+                .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", file.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("--ca-file {}: not a PEM certificate: {e}", file.display())
+            })?;
+            builder = builder.add_root_certificate(ca);
+        }
+        Ok(builder.build()?)
     }
 
     /// `request` with the key as `Authorization: Bearer`, if there is one.
@@ -42,9 +59,7 @@ impl Target {
 
 /// Fetches `path` from the node; an API error becomes a readable message.
 fn fetch(target: &Target, path: &str) -> anyhow::Result<Value> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let client = target.client(Duration::from_secs(60))?;
     let server = &target.server;
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let resp = target

@@ -295,29 +295,15 @@ pub(crate) fn write_certificates(dir: &Path, hosts: &[String]) -> anyhow::Result
     let mut written = Vec::new();
     for (name, text, secret) in files {
         let path = dir.join(name);
-        write_file(&path, text.as_bytes(), secret)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        if secret {
+            crate::lock::write_private(&path, text.as_bytes())?;
+        } else {
+            std::fs::write(&path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         written.push(path);
     }
     Ok(Written(written))
-}
-
-fn write_file(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if secret {
-        options.mode(0o600);
-    }
-    let mut f = options.open(path)?;
-    if secret {
-        // An existing file keeps its mode on open: make it private too.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

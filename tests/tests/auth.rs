@@ -46,6 +46,16 @@ fn as_caller(key: Option<&str>) -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// The status of `GET path` as the holder of `key` (or of none).
+fn get_status(server: &Server, key: Option<&str>, path: &str) -> u16 {
+    as_caller(key)
+        .get(server.url(path))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn may(caller: &str, needed: &str) -> bool {
     caller == needed || (caller == "admin" && needed != "peer")
 }
@@ -183,14 +193,7 @@ fn api_keys_are_made_listed_without_secrets_revoked_and_expire() {
     let (viewer_id, viewer) = make_key(&server, "dashboard", "viewer", None);
     let (_, brief) = make_key(&server, "brief", "viewer", Some(soon));
     let (_, writer) = make_key(&server, "shipper", "writer", None);
-    let count = |key: &str| {
-        as_caller(Some(key))
-            .get(server.url("/api/v1/requests/count"))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let count = |key: &str| get_status(&server, Some(key), "/api/v1/requests/count");
     assert_eq!(
         (count(&viewer), count(&brief), count(&writer)),
         (200, 200, 403)
@@ -259,11 +262,7 @@ fn api_keys_are_made_listed_without_secrets_revoked_and_expire() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        as_caller(Some(&viewer))
-            .get(server.url("/api/v1/requests/count"))
-            .send()
-            .unwrap()
-            .status(),
+        get_status(&server, Some(viewer.as_str()), "/api/v1/requests/count"),
         401
     );
 
@@ -322,22 +321,8 @@ fn the_first_start_writes_a_private_admin_key_and_auth_off_needs_loopback() {
     );
     let key = std::fs::read_to_string(&file).unwrap().trim().to_owned();
     assert!(key.starts_with("tlk_") && key != ADMIN_KEY, "{key}");
-    assert_eq!(
-        as_caller(None)
-            .get(server.url("/api/v1/keys"))
-            .send()
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        as_caller(Some(&key))
-            .get(server.url("/api/v1/keys"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&server, None, "/api/v1/keys"), 401);
+    assert_eq!(get_status(&server, Some(key.as_str()), "/api/v1/keys"), 200);
     assert!(
         !std::fs::read_to_string(data.join("keys.json"))
             .unwrap()
@@ -367,14 +352,7 @@ fn the_first_start_writes_a_private_admin_key_and_auth_off_needs_loopback() {
     let server = Server::start_with_env(&data, &[], &[("TOPLOG_ADMIN_KEY", "")]);
     server.wait_ready();
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), key);
-    assert_eq!(
-        as_caller(Some(&key))
-            .get(server.url("/api/v1/keys"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&server, Some(key.as_str()), "/api/v1/keys"), 200);
     drop(server);
 
     // `auth = "off"`: only on loopback, and then nothing is asked.
@@ -397,14 +375,7 @@ fn the_first_start_writes_a_private_admin_key_and_auth_off_needs_loopback() {
         String::from_utf8_lossy(&out.stderr)
     );
     let open = Server::start_ready(&dir.path().join("open"), &["--auth", "off"]);
-    assert_eq!(
-        as_caller(None)
-            .get(open.url("/api/v1/requests/count"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&open, None, "/api/v1/requests/count"), 200);
 }
 
 /// Sends `n` events as the key's holder; the status.

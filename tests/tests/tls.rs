@@ -128,6 +128,29 @@ fn rest_and_grpc_over_tls_with_reload_and_plain_http_refused() {
     let target = server.base.trim_start_matches("http://");
     assert_eq!(ask_with(target, &["--grpc-health"], &[&ca_a]), "grpc 0801");
 
+    // The CLI over TLS, trusting the node's CA with --ca-file.
+    let out = Command::new(binary())
+        .args([
+            "history",
+            "--days",
+            "1",
+            "--json",
+            "--server",
+            &https(&server, ""),
+        ])
+        .arg("--ca-file")
+        .arg(&ca_a)
+        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history["data"][0]["total_requests"], 1, "{history}");
+
     // A client that does not trust the node's CA is refused by its own check;
     // plain HTTP to the TLS port is told to use TLS, and the node goes on.
     let said = ask(&https(&server, "/healthz"), &[&ca_b]);

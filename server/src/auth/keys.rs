@@ -77,6 +77,15 @@ fn parts(presented: &str) -> Option<(&str, &str)> {
     (hexish(id, ID_BYTES) && hexish(secret, SECRET_BYTES)).then_some((id, secret))
 }
 
+/// A new key, not yet stored.
+pub(crate) fn new_key() -> anyhow::Result<String> {
+    Ok(format!(
+        "{PREFIX}{}_{}",
+        random_hex(ID_BYTES)?,
+        random_hex(SECRET_BYTES)?
+    ))
+}
+
 /// The id part of a key, if it has the key's shape.
 pub(crate) fn id_of(key: &str) -> Option<&str> {
     parts(key).map(|(id, _)| id)

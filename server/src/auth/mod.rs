@@ -174,9 +174,19 @@ impl Auth {
                     tracing::info!("the admin key is the one given in TOPLOG_ADMIN_KEY");
                 }
                 None => {
-                    let (_, key) = keys.create("admin", Role::Admin, None)?;
+                    // The file first: a start that stops before storing the
+                    // key leaves a file the next start takes, never a stored
+                    // key nobody holds.
                     let path = data_dir.join("admin.key");
-                    write_private(&path, format!("{key}\n").as_bytes())?;
+                    let key = match std::fs::read_to_string(&path) {
+                        Ok(left) if keys::id_of(left.trim()).is_some() => left.trim().to_owned(),
+                        _ => {
+                            let key = keys::new_key()?;
+                            crate::lock::write_private(&path, format!("{key}\n").as_bytes())?;
+                            key
+                        }
+                    };
+                    keys.add(&key, "admin", Role::Admin, None)?;
                     tracing::info!(path = %path.display(), "made an admin API key; it is in this file (mode 0600), and nowhere else");
                 }
             }
@@ -327,20 +337,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The id of the API key a request shows, if it shows one.
 pub(crate) fn key_id(headers: &HeaderMap) -> Option<&str> {
     keys::id_of(bearer(headers)?)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// A REST route's check, before its handler.

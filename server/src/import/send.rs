@@ -28,9 +28,7 @@ pub(super) struct Sender {
 impl Sender {
     pub(super) fn new(target: crate::client::Target) -> anyhow::Result<Self> {
         Ok(Self {
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
+            client: target.client(Duration::from_secs(120))?,
             url: format!("{}/api/v1/requests", target.server.trim_end_matches('/')),
             target,
         })
