@@ -436,6 +436,27 @@ fn rate_limits_refuse_with_retry_after_recover_and_slow_key_guessing() {
     std::thread::sleep(std::time::Duration::from_secs(wait));
     assert_eq!(count().status(), 200, "the bucket refills");
 
+    // A key with a rate of its own: 2 at once, whatever its role's.
+    let r = client()
+        .post(server.url("/api/v1/keys"))
+        .json(&json!({"name": "slow", "role": "viewer", "rate_limit": "2/s"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["data"]["rate_limit"], "2/s");
+    let slow = body["data"]["key"].as_str().unwrap().to_owned();
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| get_status(&server, Some(slow.as_str()), "/api/v1/requests/count"))
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    let r = client()
+        .post(server.url("/api/v1/keys"))
+        .json(&json!({"name": "bad", "role": "viewer", "rate_limit": "fast"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
     // Ingest counts events: 600 of 1000, then 600 more is over; a batch
     // larger than the bucket could ever pass is told so, without Retry-After.
     assert_eq!(ingest(&server, &writer, 600).status(), 200);

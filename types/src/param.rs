@@ -47,6 +47,9 @@ pub enum Shape {
     /// A `next_cursor` of an earlier page: a position, any well-formed one
     /// is valid.
     Cursor,
+    /// A rate: 1 to 9 digits, `/` and a unit `s`, `m` or `h` (`100/s`), or
+    /// `none`.
+    Rate,
 }
 
 /// One parameter: its name, shape and meaning.
@@ -111,6 +114,9 @@ impl Param {
             Shape::Cursor => parse_cursor(text)
                 .map(|()| Arg::Text(text.to_owned()))
                 .ok_or_else(|| bad("is not a `next_cursor` this API returned".into())),
+            Shape::Rate => is_rate(text)
+                .then(|| Arg::Text(text.to_owned()))
+                .ok_or_else(|| bad(format!("`{text}` is not a rate like 100/s, 6000/m or 100000/h, or `none`"))),
         }
     }
 
@@ -147,6 +153,7 @@ impl Param {
                 json!({"type": "string", "minLength": min, "maxLength": max})
             }
             Shape::Cursor => json!({"type": "string", "pattern": CURSOR_PATTERN}),
+            Shape::Rate => json!({"type": "string", "pattern": RATE_PATTERN}),
         }
     }
 }
@@ -155,6 +162,22 @@ const DURATION_PATTERN: &str = "^[1-9][0-9]{0,5}(s|m|h|d)$";
 /// A cursor: a time, a count of rows at that time already read (below the
 /// engine's limit of a million) and the hex of a request id (up to 128
 /// characters, so 512 bytes).
+const RATE_PATTERN: &str = "^(none|[1-9][0-9]{0,8}/[smh])$";
+
+/// Whether `text` matches [`RATE_PATTERN`].
+fn is_rate(text: &str) -> bool {
+    if text == "none" {
+        return true;
+    }
+    let Some((count, unit)) = text.split_once('/') else {
+        return false;
+    };
+    (1..=9).contains(&count.len())
+        && !count.starts_with('0')
+        && count.bytes().all(|b| b.is_ascii_digit())
+        && matches!(unit, "s" | "m" | "h")
+}
+
 const CURSOR_PATTERN: &str = "^(0|[1-9][0-9]{0,17})\\.(0|[1-9][0-9]{0,5})\\.([0-9a-f]{2}){0,512}$";
 
 /// Plain decimal digits, no sign and no leading zero (what JSON Schema's

@@ -27,6 +27,11 @@ const ROLE: Param = Param {
     shape: Shape::Choice(&["admin", "writer", "viewer", "peer"]),
     doc: "admin: everything; writer: ingest; viewer: every read; peer: a cluster node.",
 };
+const RATE_LIMIT: Param = Param {
+    name: "rate_limit",
+    shape: Shape::Rate,
+    doc: "This key's own rate (e.g. 100/s; `none`: no limit) instead of its role's ([rate_limits]).",
+};
 const EXPIRES_AT: Param = Param {
     name: "expires_at",
     shape: Shape::Time,
@@ -50,13 +55,17 @@ pub(crate) fn schema() -> Value {
         s["description"] = json!(p.doc);
         s
     };
-    let mut expires = described(&EXPIRES_AT);
-    expires["nullable"] = json!(true);
+    let nullable = |p: &Param| {
+        let mut s = described(p);
+        s["nullable"] = json!(true);
+        s
+    };
     json!({
         "type": "object",
         "additionalProperties": false,
         "required": ["name", "role"],
-        "properties": {"name": described(&NAME), "role": described(&ROLE), "expires_at": expires},
+        "properties": {"name": described(&NAME), "role": described(&ROLE),
+                       "expires_at": nullable(&EXPIRES_AT), "rate_limit": nullable(&RATE_LIMIT)},
     })
 }
 
@@ -70,11 +79,11 @@ pub(super) async fn create_key(
     };
     if let Some(unknown) = obj
         .keys()
-        .find(|k| ![NAME.name, ROLE.name, EXPIRES_AT.name].contains(&k.as_str()))
+        .find(|k| ![NAME.name, ROLE.name, EXPIRES_AT.name, RATE_LIMIT.name].contains(&k.as_str()))
     {
         return Err(ApiError::parameter(
             unknown,
-            "unknown field (known: name, role, expires_at)".into(),
+            "unknown field (known: name, role, expires_at, rate_limit)".into(),
         ));
     }
     let required = |p: &Param| {
@@ -102,8 +111,20 @@ pub(super) async fn create_key(
             }
         },
     };
+    let rate_limit = match obj.get(RATE_LIMIT.name).filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => match RATE_LIMIT.parse_json(v)? {
+            Arg::Text(t) => Some(t),
+            _ => {
+                return Err(ApiError::parameter(
+                    RATE_LIMIT.name,
+                    "a rate such as 100/s".into(),
+                ));
+            }
+        },
+    };
     let (stored, key) = store(&app)?
-        .create(&name, role, expires_at)
+        .create(&name, role, expires_at, rate_limit)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let mut data = stored.to_json(None);
     data["key"] = json!(key);

@@ -26,6 +26,9 @@ pub(crate) struct StoredKey {
     pub(crate) role: Role,
     pub(crate) created_at: i64,
     pub(crate) expires_at: Option<i64>,
+    /// This key's own rate (`100/s`, or `none`), instead of its role's.
+    #[serde(default)]
+    pub(crate) rate_limit: Option<String>,
     /// Hex SHA-256 of the secret part.
     sha256: String,
 }
@@ -40,6 +43,7 @@ impl StoredKey {
             "role": self.role,
             "created_at": Micros::new(self.created_at).to_rfc3339(),
             "expires_at": self.expires_at.map(|t| Micros::new(t).to_rfc3339()),
+            "rate_limit": self.rate_limit,
             "last_used_at": last_used.map(Micros::to_rfc3339),
         })
     }
@@ -124,13 +128,10 @@ impl KeyStore {
         name: &str,
         role: Role,
         expires_at: Option<Micros>,
+        rate_limit: Option<String>,
     ) -> anyhow::Result<(StoredKey, String)> {
-        let key = format!(
-            "{PREFIX}{}_{}",
-            random_hex(ID_BYTES)?,
-            random_hex(SECRET_BYTES)?
-        );
-        let stored = self.add(&key, name, role, expires_at)?;
+        let key = new_key()?;
+        let stored = self.add(&key, name, role, expires_at, rate_limit)?;
         Ok((stored, key))
     }
 
@@ -141,6 +142,7 @@ impl KeyStore {
         name: &str,
         role: Role,
         expires_at: Option<Micros>,
+        rate_limit: Option<String>,
     ) -> anyhow::Result<StoredKey> {
         let (id, secret) = parts(key).ok_or_else(|| {
             anyhow::anyhow!(
@@ -155,6 +157,7 @@ impl KeyStore {
             role,
             created_at: Micros::now().get(),
             expires_at: expires_at.map(Micros::get),
+            rate_limit,
             sha256: sha256_hex(secret.as_bytes()),
         };
         let mut keys = self
@@ -199,8 +202,8 @@ impl KeyStore {
             .collect()
     }
 
-    /// The role of a presented key.
-    pub(crate) fn verify(&self, presented: &str) -> Result<Role, AuthError> {
+    /// The role of a presented key, and its own rate if it has one.
+    pub(crate) fn verify(&self, presented: &str) -> Result<(Role, Option<String>), AuthError> {
         let (id, secret) = parts(presented).ok_or(AuthError::InvalidToken)?;
         let hash = sha256_hex(secret.as_bytes());
         let keys = self.read();
@@ -227,7 +230,7 @@ impl KeyStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key.id.clone(), now);
-        Ok(key.role)
+        Ok((key.role, key.rate_limit.clone()))
     }
 
     fn save(&self, keys: &[StoredKey]) -> anyhow::Result<()> {
@@ -263,9 +266,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
         assert!(store.is_empty());
-        let (viewer, key) = store.create("dash", Role::Viewer, None).unwrap();
+        let (viewer, key) = store.create("dash", Role::Viewer, None, None).unwrap();
         assert!(key.starts_with(PREFIX) && parts(&key).is_some());
-        assert_eq!(store.verify(&key), Ok(Role::Viewer));
+        assert_eq!(store.verify(&key), Ok((Role::Viewer, None)));
         // Same id, another secret; garbage; an expired key.
         let forged = format!("{PREFIX}{}_{}", viewer.id, "0".repeat(2 * SECRET_BYTES));
         assert_eq!(store.verify(&forged), Err(AuthError::InvalidToken));
@@ -275,6 +278,7 @@ mod tests {
                 "old",
                 Role::Writer,
                 Some(Micros::now().saturating_sub_micros(1)),
+                None,
             )
             .unwrap();
         assert_eq!(store.verify(&old), Err(AuthError::ExpiredToken));
@@ -284,7 +288,7 @@ mod tests {
             "no secret on disk"
         );
         let store = KeyStore::open(dir.path()).unwrap();
-        assert_eq!(store.verify(&key), Ok(Role::Viewer));
+        assert_eq!(store.verify(&key), Ok((Role::Viewer, None)));
         assert!(store.revoke(&viewer.id).unwrap());
         assert_eq!(store.verify(&key), Err(AuthError::InvalidToken));
         assert!(!store.revoke(&viewer.id).unwrap());

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -19,6 +19,12 @@ use serde::Deserialize;
 use super::Role;
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+type Direct = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
 
 /// A rate: `count` per `per`, as `"100/s"`, `"6000/m"`, `"100000/h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +92,14 @@ pub(crate) struct Left {
     pub(crate) remaining: u32,
 }
 
+/// A key's own bucket: the rate as written, the bucket, its size.
+type OwnBucket = (String, Arc<Direct>, u32);
+
 /// The node's rate limits.
 pub(crate) struct RateLimits {
     per_role: HashMap<Role, (Keyed<String>, u32)>,
+    /// Keys with a rate of their own, by key id.
+    own: Mutex<HashMap<String, OwnBucket>>,
     failed: (Keyed<IpAddr>, u32),
     /// Addresses refused until then, for failing too often.
     blocked: Mutex<HashMap<IpAddr, Instant>>,
@@ -97,6 +108,34 @@ pub(crate) struct RateLimits {
 impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimits").finish_non_exhaustive()
+    }
+}
+
+/// What governor said, as a count left or a refusal.
+fn outcome(
+    checked: Result<
+        Result<
+            governor::middleware::StateSnapshot,
+            governor::NotUntil<governor::clock::QuantaInstant>,
+        >,
+        governor::InsufficientCapacity,
+    >,
+    limit: u32,
+) -> Result<Option<Left>, Limited> {
+    match checked {
+        Ok(Ok(snapshot)) => Ok(Some(Left {
+            limit,
+            remaining: snapshot.remaining_burst_capacity(),
+        })),
+        Ok(Err(not_until)) => Err(Limited {
+            retry_after: Some(not_until.wait_time_from(DefaultClock::default().now())),
+            limit,
+        }),
+        // More than the bucket ever holds at once: it would never pass.
+        Err(_) => Err(Limited {
+            retry_after: None,
+            limit,
+        }),
     }
 }
 
@@ -135,6 +174,7 @@ impl RateLimits {
         )?;
         Ok(Self {
             per_role,
+            own: Mutex::new(HashMap::new()),
             failed: (
                 RateLimiter::keyed(failed.quota()).with_middleware(),
                 failed.count.get(),
@@ -143,28 +183,48 @@ impl RateLimits {
         })
     }
 
-    /// Spends `n` tokens of key `id` (of `role`); `None` if the role has no limit.
-    pub(crate) fn spend(&self, id: &str, role: Role, n: u32) -> Result<Option<Left>, Limited> {
+    /// Spends `n` tokens of key `id`: from its own bucket when it has a
+    /// rate of its own (`own`), else from its role's; `None` if there is no
+    /// limit.
+    pub(crate) fn spend(
+        &self,
+        id: &str,
+        role: Role,
+        own: Option<&str>,
+        n: u32,
+    ) -> Result<Option<Left>, Limited> {
+        let n = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+        if let Some(text) = own {
+            let Some(rate) = Rate::parse(text) else {
+                return Ok(None); // `none`
+            };
+            let (limiter, limit) = {
+                let mut own = self
+                    .own
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let entry = own.entry(id.to_owned()).or_insert_with(|| {
+                    (
+                        text.to_owned(),
+                        Arc::new(RateLimiter::direct(rate.quota()).with_middleware()),
+                        rate.count.get(),
+                    )
+                });
+                if entry.0 != text {
+                    *entry = (
+                        text.to_owned(),
+                        Arc::new(RateLimiter::direct(rate.quota()).with_middleware()),
+                        rate.count.get(),
+                    );
+                }
+                (entry.1.clone(), entry.2)
+            };
+            return outcome(limiter.check_n(n), limit);
+        }
         let Some((limiter, limit)) = self.per_role.get(&role) else {
             return Ok(None);
         };
-        let limit = *limit;
-        let n = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
-        match limiter.check_key_n(&id.to_owned(), n) {
-            Ok(Ok(snapshot)) => Ok(Some(Left {
-                limit,
-                remaining: snapshot.remaining_burst_capacity(),
-            })),
-            Ok(Err(not_until)) => Err(Limited {
-                retry_after: Some(not_until.wait_time_from(DefaultClock::default().now())),
-                limit,
-            }),
-            // More than the bucket ever holds at once: it would never pass.
-            Err(_) => Err(Limited {
-                retry_after: None,
-                limit,
-            }),
-        }
+        outcome(limiter.check_key_n(&id.to_owned(), n), *limit)
     }
 
     /// Whether `ip` is refused for failing too often, and for how long.
@@ -232,37 +292,44 @@ mod tests {
         .unwrap();
         for left in [2, 1, 0] {
             assert_eq!(
-                limits.spend("k", Role::Viewer, 1),
+                limits.spend("k", Role::Viewer, None, 1),
                 Ok(Some(Left {
                     limit: 3,
                     remaining: left
                 }))
             );
         }
-        let refused = limits.spend("k", Role::Viewer, 1).unwrap_err();
+        let refused = limits.spend("k", Role::Viewer, None, 1).unwrap_err();
         let wait = refused.retry_after.unwrap();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(334),
             "{wait:?}"
         );
         assert!(
-            limits.spend("other", Role::Viewer, 1).is_ok(),
+            limits.spend("other", Role::Viewer, None, 1).is_ok(),
             "each key has its own bucket"
         );
         // Events: a batch spends one token per event, and one bigger than the bucket never passes.
-        assert!(limits.spend("w", Role::Writer, 10).is_ok());
-        assert!(limits.spend("w", Role::Writer, 1).is_err());
+        assert!(limits.spend("w", Role::Writer, None, 10).is_ok());
+        assert!(limits.spend("w", Role::Writer, None, 1).is_err());
         assert_eq!(
             limits
-                .spend("w2", Role::Writer, 11)
+                .spend("w2", Role::Writer, None, 11)
                 .unwrap_err()
                 .retry_after,
             None
         );
         assert_eq!(
-            limits.spend("p", Role::Peer, 1_000_000),
+            limits.spend("p", Role::Peer, None, 1_000_000),
             Ok(None),
             "peers have no limit by default"
+        );
+        // A key's own rate wins over its role's; `none` is no limit.
+        assert!(limits.spend("own", Role::Viewer, Some("1/s"), 1).is_ok());
+        assert!(limits.spend("own", Role::Viewer, Some("1/s"), 1).is_err());
+        assert_eq!(
+            limits.spend("free", Role::Viewer, Some("none"), 1_000),
+            Ok(None)
         );
         // Two failures pass; the third is refused and blocks the address,
         // whatever it sends next.

@@ -115,11 +115,12 @@ impl AuthError {
     }
 }
 
-/// Who made a call: their key's id (a request extension, for the handlers
-/// that spend per event).
+/// Who made a call: their key's id and own rate, if any (a request
+/// extension, for the handlers that spend per event).
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) id: String,
+    pub(crate) rate: Option<String>,
 }
 
 /// The address a connection comes from (a request extension).
@@ -169,7 +170,7 @@ impl Auth {
         if keys.is_empty() {
             match given {
                 Some(key) => {
-                    keys.add(key, "admin", Role::Admin, None)
+                    keys.add(key, "admin", Role::Admin, None, None)
                         .map_err(|e| anyhow::anyhow!("TOPLOG_ADMIN_KEY: {e}"))?;
                     tracing::info!("the admin key is the one given in TOPLOG_ADMIN_KEY");
                 }
@@ -186,7 +187,7 @@ impl Auth {
                             key
                         }
                     };
-                    keys.add(&key, "admin", Role::Admin, None)?;
+                    keys.add(&key, "admin", Role::Admin, None, None)?;
                     tracing::info!(path = %path.display(), "made an admin API key; it is in this file (mode 0600), and nowhere else");
                 }
             }
@@ -229,16 +230,20 @@ impl Auth {
         // An API key, or else a JWT when an identity provider is set.
         let verified = match (token, &self.jwt) {
             (None, _) => Err(AuthError::InvalidToken),
-            (Some(t), _) if t.starts_with(keys::PREFIX) => keys
-                .verify(t)
-                .map(|role| (keys::id_of(t).unwrap_or_default().to_owned(), vec![role])),
+            (Some(t), _) if t.starts_with(keys::PREFIX) => keys.verify(t).map(|(role, rate)| {
+                (
+                    keys::id_of(t).unwrap_or_default().to_owned(),
+                    vec![role],
+                    rate,
+                )
+            }),
             (Some(t), Some(jwt)) => jwt
                 .verify(t)
                 .await
-                .map(|(subject, roles)| (format!("jwt:{subject}"), roles)),
+                .map(|(subject, roles)| (format!("jwt:{subject}"), roles, None)),
             (Some(_), None) => Err(AuthError::InvalidToken),
         };
-        let (id, roles) = match verified {
+        let (id, roles, rate) = match verified {
             Ok(v) => v,
             Err(e) => {
                 if let (Some(limits), Some(ip)) = (&self.limits, ip)
@@ -252,10 +257,10 @@ impl Auth {
         let Some(role) = roles.into_iter().find(|r| r.may(needed)) else {
             return Err(Refusal::Auth(AuthError::InsufficientRole));
         };
-        let caller = Caller { id };
+        let caller = Caller { id, rate };
         let left = match (&self.limits, spend) {
             (Some(limits), true) => limits
-                .spend(&caller.id, role, 1)
+                .spend(&caller.id, role, caller.rate.as_deref(), 1)
                 .map_err(Refusal::Limited)?,
             _ => None,
         };
@@ -274,6 +279,7 @@ impl Auth {
                 .spend(
                     &c.id,
                     Role::Writer,
+                    c.rate.as_deref(),
                     u32::try_from(events).unwrap_or(u32::MAX),
                 )
                 .map(drop),
