@@ -185,32 +185,21 @@ impl AggregationRequest {
 
     /// The request body's JSON Schema (OpenAPI 3.0), from the same declarations.
     pub fn schema() -> Value {
-        let nullable = |p: &Param| {
-            let mut s = p.schema();
-            s["nullable"] = json!(true);
-            s["description"] = json!(p.doc);
-            s
-        };
-        let described = |p: &Param| {
-            let mut s = p.schema();
-            s["description"] = json!(p.doc);
-            s
-        };
         let filters: Map<String, Value> = FILTERS
             .iter()
-            .map(|p| (p.name.to_owned(), described(p)))
+            .map(|p| (p.name.to_owned(), p.field_schema()))
             .collect();
         json!({
             "type": "object",
             "additionalProperties": false,
             "required": ["start_time", "end_time", "metrics"],
             "properties": {
-                "start_time": described(&START),
-                "end_time": described(&END),
+                "start_time": START.field_schema(),
+                "end_time": END.field_schema(),
                 "metrics": {"type": "array", "minItems": 1, "maxItems": MAX_METRICS,
                             "items": METRIC.schema(), "description": METRIC.doc},
-                "interval": nullable(&INTERVAL),
-                "group_by": nullable(&GROUP_BY),
+                "interval": INTERVAL.optional_field_schema(),
+                "group_by": GROUP_BY.optional_field_schema(),
                 "filters": {"type": "object", "additionalProperties": false, "nullable": true,
                             "properties": filters},
             },

@@ -138,6 +138,21 @@ impl Param {
         }
     }
 
+    /// [`Param::schema`] with the parameter's meaning as its description:
+    /// a field of a JSON body.
+    pub fn field_schema(&self) -> Value {
+        let mut s = self.schema();
+        s["description"] = json!(self.doc);
+        s
+    }
+
+    /// [`Param::field_schema`] of an optional field, which may be `null`.
+    pub fn optional_field_schema(&self) -> Value {
+        let mut s = self.field_schema();
+        s["nullable"] = json!(true);
+        s
+    }
+
     /// The parameter's schema, as OpenAPI 3.0 writes JSON Schema.
     pub fn schema(&self) -> Value {
         match self.shape {

@@ -24,7 +24,7 @@ const NAME: Param = Param {
 };
 const ROLE: Param = Param {
     name: "role",
-    shape: Shape::Choice(&["admin", "writer", "viewer", "peer"]),
+    shape: Shape::Choice(&crate::auth::ROLE_NAMES),
     doc: "admin: everything; writer: ingest; viewer: every read; peer: a cluster node.",
 };
 const RATE_LIMIT: Param = Param {
@@ -50,22 +50,13 @@ fn store(app: &AppState) -> ApiResult<&KeyStore> {
 
 /// The JSON Schema of a new key's body, from the same declarations.
 pub(crate) fn schema() -> Value {
-    let described = |p: &Param| {
-        let mut s = p.schema();
-        s["description"] = json!(p.doc);
-        s
-    };
-    let nullable = |p: &Param| {
-        let mut s = described(p);
-        s["nullable"] = json!(true);
-        s
-    };
     json!({
         "type": "object",
         "additionalProperties": false,
         "required": ["name", "role"],
-        "properties": {"name": described(&NAME), "role": described(&ROLE),
-                       "expires_at": nullable(&EXPIRES_AT), "rate_limit": nullable(&RATE_LIMIT)},
+        "properties": {"name": NAME.field_schema(), "role": ROLE.field_schema(),
+                       "expires_at": EXPIRES_AT.optional_field_schema(),
+                       "rate_limit": RATE_LIMIT.optional_field_schema()},
     })
 }
 

@@ -39,16 +39,14 @@ pub(crate) enum Role {
     Peer,
 }
 
+/// The roles' names, in the order of [`Role::ALL`].
+pub(crate) const ROLE_NAMES: [&str; 4] = ["admin", "writer", "viewer", "peer"];
+
 impl Role {
     pub(crate) const ALL: [Role; 4] = [Role::Admin, Role::Writer, Role::Viewer, Role::Peer];
 
     pub(crate) fn name(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Writer => "writer",
-            Role::Viewer => "viewer",
-            Role::Peer => "peer",
-        }
+        ROLE_NAMES[self as usize]
     }
 
     pub(crate) fn named(name: &str) -> Option<Role> {
@@ -472,6 +470,7 @@ mod tests {
                 assert_eq!(role.may(needed), want, "{role:?} for {needed:?}");
             }
             assert_eq!(Role::named(role.name()), Some(role));
+            assert_eq!(serde_json::to_value(role).unwrap_or_default(), role.name());
         }
     }
 }
