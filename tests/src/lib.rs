@@ -209,6 +209,18 @@ impl Drop for Server {
     }
 }
 
+/// Runs `cmd` to its end; fails the test, with what it wrote to stderr,
+/// unless it succeeded.
+pub fn succeeded(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// An HTTP client that shows [`ADMIN_KEY`].
 pub fn client() -> reqwest::blocking::Client {
     let mut headers = reqwest::header::HeaderMap::new();

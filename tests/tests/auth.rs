@@ -136,17 +136,12 @@ fn every_route_and_rpc_answers_each_caller_as_its_role_says() {
         .map(|(name, key)| (name.to_string(), json!(key)))
         .collect::<serde_json::Map<_, _>>()
         .into();
-    let out = Command::new("python3")
-        .arg(manifest_dir().join("grpc/each_caller.py"))
-        .arg(server.base.trim_start_matches("http://"))
-        .arg(manifest_dir().join("../proto"))
-        .arg(keys.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = toplog_tests::succeeded(
+        Command::new("python3")
+            .arg(manifest_dir().join("grpc/each_caller.py"))
+            .arg(server.base.trim_start_matches("http://"))
+            .arg(manifest_dir().join("../proto"))
+            .arg(keys.to_string()),
     );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     let methods = seen.as_object().unwrap();
@@ -329,23 +324,18 @@ fn the_first_start_writes_a_private_admin_key_and_auth_off_needs_loopback() {
             .contains(&key[18..])
     );
     // The CLI on the node's own data directory finds the key by itself.
-    let out = Command::new(binary())
-        .args([
-            "history",
-            "--days",
-            "1",
-            "--server",
-            &server.base,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env_remove("TOPLOG_API_KEY")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    toplog_tests::succeeded(
+        Command::new(binary())
+            .args([
+                "history",
+                "--days",
+                "1",
+                "--server",
+                &server.base,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env_remove("TOPLOG_API_KEY"),
     );
     // A restart keeps the key, and writes no other.
     server.terminate();
@@ -480,20 +470,12 @@ for _ in range(6):
     except grpc.RpcError as e:
         print(e.code().name)
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            server.base.trim_start_matches("http://"),
-            &grpc_viewer,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = toplog_tests::succeeded(Command::new("python3").args([
+        "-c",
+        script,
+        server.base.trim_start_matches("http://"),
+        &grpc_viewer,
+    ]));
     assert_eq!(
         String::from_utf8(out.stdout)
             .unwrap()

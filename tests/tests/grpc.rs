@@ -123,15 +123,10 @@ fn the_rust_client_example_ingests_and_asks_a_top_k() {
         "{} not found: build it (`cargo build -p toplog-examples --example grpc_client`)",
         example.display()
     );
-    let out = Command::new(&example)
-        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
-        .arg(&server.base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = toplog_tests::succeeded(
+        Command::new(&example)
+            .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
+            .arg(&server.base),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();

@@ -216,15 +216,10 @@ for call in [export, ingest, lambda body, timeout, metadata: list(stream(iter([b
         except grpc.RpcError as e:
             print(e.code().name)
 "#;
-    let out = Command::new("python3")
-        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
-        .args(["-c", script, server.base.trim_start_matches("http://")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = toplog_tests::succeeded(
+        Command::new("python3")
+            .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
+            .args(["-c", script, server.base.trim_start_matches("http://")]),
     );
     // HealthCheckResponse { status: SERVING (1) } is the bytes 08 01.
     assert_eq!(

@@ -11,16 +11,11 @@ use std::time::{Duration, Instant};
 use toplog_tests::{Server, binary, manifest_dir, now_ms};
 
 fn make_certs(dir: &Path) {
-    let out = Command::new(binary())
-        .args(["cert", "--out"])
-        .arg(dir)
-        .args(["--host", "127.0.0.1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    toplog_tests::succeeded(
+        Command::new(binary())
+            .args(["cert", "--out"])
+            .arg(dir)
+            .args(["--host", "127.0.0.1"]),
     );
     for name in ["ca.pem", "node.pem", "node.key", "client.pem", "client.key"] {
         assert!(dir.join(name).exists(), "{name}");
@@ -129,24 +124,19 @@ fn rest_and_grpc_over_tls_with_reload_and_plain_http_refused() {
     assert_eq!(ask_with(target, &["--grpc-health"], &[&ca_a]), "grpc 0801");
 
     // The CLI over TLS, trusting the node's CA with --ca-file.
-    let out = Command::new(binary())
-        .args([
-            "history",
-            "--days",
-            "1",
-            "--json",
-            "--server",
-            &https(&server, ""),
-        ])
-        .arg("--ca-file")
-        .arg(&ca_a)
-        .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = toplog_tests::succeeded(
+        Command::new(binary())
+            .args([
+                "history",
+                "--days",
+                "1",
+                "--json",
+                "--server",
+                &https(&server, ""),
+            ])
+            .arg("--ca-file")
+            .arg(&ca_a)
+            .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY),
     );
     let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(history["data"][0]["total_requests"], 1, "{history}");
