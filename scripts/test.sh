@@ -36,6 +36,12 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import duckdb, boto
   echo "== installing moto[server], duckdb"
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' duckdb boto3
 fi
+# The encryption test reads the encrypted archive with DuckDB, which reads
+# arrow-rs's encrypted Parquet from 1.5.6 on.
+if ! python3 -c "import duckdb, sys; sys.exit(tuple(map(int, duckdb.__version__.split('.')[:3])) < (1, 5, 6))" >/dev/null 2>&1; then
+  echo "== upgrading duckdb"
+  python3 -m pip install --quiet --disable-pip-version-check 'duckdb>=1.5.6'
+fi
 
 # The OpenTelemetry tests send spans with the real Python SDK and its OTLP
 # exporters (HTTP and gRPC), and ask the gRPC health service with grpcio.

@@ -9,7 +9,7 @@ mod owner;
 mod policy;
 mod store;
 
-pub use maintainer::Maintainer;
+pub use maintainer::{Maintainer, RekeyError};
 pub use maintenance::{
     ArchiveAccess, Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report,
     SegmentSummary, plan_compactions, run,

@@ -7,12 +7,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
-use toplog_engine::{Engine, SegmentInfo};
+use toplog_engine::{Engine, EngineError, RekeyReport, SegmentInfo};
 use toplog_types::Micros;
 
 use crate::maintenance::{self, ArchiveAccess, Report};
 use crate::owner::ArchiveOwner;
 use crate::policy::{Policy, PolicyError, PolicyErrorKind};
+
+/// Why a rekey stopped; what it finished stays done, and running it again
+/// finishes the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error("the archive is not this node's to write: {0}")]
+    Fenced(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Policy(String),
+}
 
 #[derive(Debug)]
 pub struct Maintainer {
@@ -61,11 +73,12 @@ impl Maintainer {
     pub fn set_policy(&self, change: &Value) -> Result<Policy, PolicyError> {
         let mut policy = lock(&self.policy);
         let next = policy.updated(change)?;
-        next.store(&self.data_dir).map_err(|e| PolicyError {
-            field: "retention.json".into(),
-            reason: format!("cannot persist the policy: {e}"),
-            kind: PolicyErrorKind::Storage,
-        })?;
+        next.store(&self.data_dir, self.engine.cipher())
+            .map_err(|e| PolicyError {
+                field: "retention.json".into(),
+                reason: format!("cannot persist the policy: {e}"),
+                kind: PolicyErrorKind::Storage,
+            })?;
         *policy = next;
         self.engine.set_retention(next.retention());
         Ok(next)
@@ -89,6 +102,27 @@ impl Maintainer {
         }
         *lock(&self.last) = Some(report.clone());
         report
+    }
+
+    /// Writes everything the store and the stored retention policy hold
+    /// under another key than the current one again (see [`Engine::rekey`]),
+    /// between maintenance passes and only while this node owns its archive.
+    pub fn rekey(&self) -> Result<RekeyReport, RekeyError> {
+        let _one = lock(&self.running);
+        self.owner
+            .check()
+            .map_err(|e| RekeyError::Fenced(e.to_string()))?;
+        let report = self.engine.rekey()?;
+        let policy = lock(&self.policy);
+        if Policy::load(&self.data_dir, self.engine.cipher())
+            .map_err(|e| RekeyError::Policy(e.to_string()))?
+            .is_some()
+        {
+            policy
+                .store(&self.data_dir, self.engine.cipher())
+                .map_err(|e| RekeyError::Policy(format!("cannot store retention.json: {e}")))?;
+        }
+        Ok(report)
     }
 
     /// Partitions, segments, tiers with their sizes and oldest data, the archive's

@@ -3,11 +3,11 @@
 //! (`90s`, `20m`, `7d`, `365d`). Changed at run time and persisted in
 //! `<data_dir>/retention.json` (temp file, fsync, rename, directory fsync).
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use toplog_crypt::{Cipher, load_state_file, store_state_file};
 use toplog_engine::Retention;
 use toplog_types::{Arg, Param, Shape};
 
@@ -219,11 +219,11 @@ impl Policy {
     }
 
     /// The policy persisted in `data_dir`, if any.
-    pub fn load(data_dir: &Path) -> Result<Option<Policy>, PolicyError> {
+    pub fn load(data_dir: &Path, cipher: &Cipher) -> Result<Option<Policy>, PolicyError> {
         let path = data_dir.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        let text = match load_state_file(&path, cipher) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 return Err(PolicyError {
                     kind: PolicyErrorKind::Storage,
@@ -231,19 +231,15 @@ impl Policy {
                 });
             }
         };
-        let value: Value = serde_json::from_str(&text)
+        let value: Value = serde_json::from_slice(&text)
             .map_err(|e| err(&path.display().to_string(), e.to_string()))?;
         Policy::default().updated(&value).map(Some)
     }
 
     /// Persists the policy in `data_dir` atomically.
-    pub fn store(&self, data_dir: &Path) -> std::io::Result<()> {
-        let tmp = data_dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(self.to_json().to_string().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, data_dir.join(FILE))?;
-        std::fs::File::open(data_dir)?.sync_all()
+    pub fn store(&self, data_dir: &Path, cipher: &Cipher) -> std::io::Result<()> {
+        let plain = self.to_json().to_string().into_bytes();
+        store_state_file(&data_dir.join(FILE), plain, cipher)
     }
 }
 

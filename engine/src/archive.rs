@@ -11,10 +11,12 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt16Type};
 use bytes::{Buf, Bytes};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::encryption::decrypt::{FileDecryptionProperties, KeyRetriever};
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
+use toplog_crypt::Cipher;
 use toplog_types::Micros;
 
 use crate::columns::{Columns, Row};
@@ -86,8 +88,12 @@ pub(crate) fn is_node_key(key: &str) -> bool {
 }
 
 /// The rows of `cols`, in their order, as a Parquet file.
-pub(crate) fn to_parquet(cols: &Columns) -> Result<Vec<u8>> {
-    let mut w = ParquetEventWriter::new(Vec::new())?;
+/// Encrypted (Parquet modular encryption) under `cipher`'s current key, if any.
+pub(crate) fn to_parquet(cols: &Columns, cipher: &Cipher) -> Result<Vec<u8>> {
+    let mut w = match cipher.current_key() {
+        Some((id, key)) => ParquetEventWriter::encrypted(Vec::new(), id, key)?,
+        None => ParquetEventWriter::new(Vec::new())?,
+    };
     for i in 0..cols.len() {
         w.write(&cols.event(i))?;
     }
@@ -132,20 +138,52 @@ impl ChunkReader for Remote {
     }
 }
 
+/// Whether object `key` (of `len` bytes) is Parquet with an encrypted
+/// footer (it ends with `PARE`; a plaintext footer ends with `PAR1`).
+pub(crate) fn is_encrypted(store: &Arc<dyn ArchiveStore>, key: &str, len: u64) -> io::Result<bool> {
+    if len < 4 {
+        return Ok(false);
+    }
+    Ok(&store.get_range(key, len - 4..len)?[..] == b"PARE")
+}
+
+/// The object's encryption key, found by the id its footer names.
+struct Keys(Cipher);
+
+impl KeyRetriever for Keys {
+    fn retrieve_key(&self, key_metadata: &[u8]) -> parquet::errors::Result<Vec<u8>> {
+        let id = String::from_utf8_lossy(key_metadata);
+        match self.0.key(&id) {
+            Some(key) => Ok(key.to_vec()),
+            None => Err(ParquetError::General(format!(
+                "encrypted under key `{id}`, which the node's keys do not list"
+            ))),
+        }
+    }
+}
+
 /// Reads the rows of archived object `key` (of `len` bytes) from the row groups
-/// whose timestamp statistics overlap `range` (all of them for `None`).
+/// whose timestamp statistics overlap `range` (all of them for `None`). An
+/// object written encrypted (`encrypted`) is opened with `cipher`'s keys.
 pub(crate) fn read(
     store: &Arc<dyn ArchiveStore>,
     key: &str,
     len: u64,
     range: Option<&TimeRange>,
+    encrypted: Option<&Cipher>,
 ) -> Result<Columns> {
     let remote = Remote {
         store: store.clone(),
         key: key.to_owned(),
         len,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(remote)?;
+    let mut options = ArrowReaderOptions::new();
+    if let Some(cipher) = encrypted {
+        let keys =
+            FileDecryptionProperties::with_key_retriever(Arc::new(Keys(cipher.clone()))).build()?;
+        options = options.with_file_decryption_properties(keys);
+    }
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(remote, options)?;
     if builder.schema().fields() != event_schema().fields() {
         return Err(EngineError::Parquet(ParquetError::General(format!(
             "{key}: not an events file (columns differ)"
@@ -334,7 +372,7 @@ mod tests {
         let len = bytes.len() as u64;
         store.create("raw/x.parquet", bytes).unwrap();
 
-        let all = read(&store, "raw/x.parquet", len, None).unwrap();
+        let all = read(&store, "raw/x.parquet", len, None, None).unwrap();
         assert!(all.same_rows(&cols), "the whole file reads back as written");
 
         // Rows 350..420 lie in row groups 3 and 4.
@@ -342,12 +380,73 @@ mod tests {
             start: Micros::new(350 * 10_000),
             end: Micros::new(420 * 10_000),
         };
-        let part = read(&store, "raw/x.parquet", len, Some(&range)).unwrap();
+        let part = read(&store, "raw/x.parquet", len, Some(&range), None).unwrap();
         assert_eq!(part.len(), 200);
         assert_eq!(part.ts.first(), Some(&3_000_000));
         assert_eq!(part.ts.last(), Some(&4_990_000));
         for i in 0..part.len() {
             assert_eq!(part.event(i), cols.event(300 + i));
         }
+    }
+
+    #[test]
+    fn an_encrypted_copy_hides_its_rows_and_opens_only_with_its_key() {
+        let cols = sample(300);
+        let key = |id: &str, first: &str| {
+            Cipher::new(
+                toplog_crypt::Keyring::from_env_value(&format!("{id}:{}", first.repeat(32)))
+                    .unwrap(),
+            )
+        };
+        let k1 = key("k1", "a1");
+        let bytes = Bytes::from(to_parquet(&cols, &k1).unwrap());
+        assert!(
+            !bytes.windows(7).any(|w| w == b"/secret"),
+            "no endpoint in plaintext"
+        );
+        assert!(
+            !bytes.windows(9).any(|w| w == b"user-0001"),
+            "no user id in plaintext"
+        );
+        let store: Arc<dyn ArchiveStore> = Arc::new(Memory::default());
+        let len = bytes.len() as u64;
+        store.create("raw/x.parquet", bytes).unwrap();
+        let back = read(&store, "raw/x.parquet", len, None, Some(&k1)).unwrap();
+        assert!(back.same_rows(&cols));
+        // Rotated: the old key still listed reads it.
+        let rotated = Cipher::new(
+            toplog_crypt::Keyring::from_env_value(&format!(
+                "k2:{},k1:{}",
+                "b2".repeat(32),
+                "a1".repeat(32)
+            ))
+            .unwrap(),
+        );
+        assert!(
+            read(&store, "raw/x.parquet", len, None, Some(&rotated))
+                .unwrap()
+                .same_rows(&cols)
+        );
+        let unknown = read(&store, "raw/x.parquet", len, None, Some(&key("k9", "11"))).unwrap_err();
+        assert!(unknown.to_string().contains("key `k1`"), "{unknown}");
+        let wrong = key("k1", "22");
+        assert!(read(&store, "raw/x.parquet", len, None, Some(&wrong)).is_err());
+        assert!(read(&store, "raw/x.parquet", len, None, None).is_err());
+    }
+
+    fn sample(n: i64) -> Columns {
+        let mut cols = Columns::default();
+        for i in 0..n {
+            cols.push(&toplog_types::Event {
+                request_id: format!("r{i:04}"),
+                timestamp: Micros::new(i * 10_000),
+                user_id: format!("user-{:04}", i % 37),
+                endpoint: format!("/secret/{}", i % 5),
+                method: "GET".into(),
+                status_code: 200,
+                latency_us: (i as u64) * 1_001,
+            });
+        }
+        cols
     }
 }

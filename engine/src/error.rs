@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use toplog_crypt::OpenError;
 use toplog_types::SegmentId;
 use toplog_wal::WalError;
 
@@ -15,6 +16,10 @@ pub enum EngineError {
     },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// A stored file or log entry is encrypted under a key the node does not
+    /// have, or that does not decrypt it.
+    #[error("{path}: {reason}")]
+    Encryption { path: PathBuf, reason: OpenError },
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     /// The engine stopped taking writes after a failure it will not retry
@@ -84,6 +89,26 @@ fn keys_exhausted(dimension: &str, budget: &Option<usize>) -> String {
             "a new `{dimension}` is refused: every one of its 2^32 ids is in use; events with known keys are still taken"
         ),
     }
+}
+
+/// A segment's error with its file: encryption errors as such, the rest as corruption.
+pub(crate) fn segment_err(path: &std::path::Path, e: crate::SegmentError) -> EngineError {
+    match e {
+        crate::SegmentError::Encryption { reason, .. } => EngineError::Encryption {
+            path: path.to_path_buf(),
+            reason,
+        },
+        e => EngineError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Wraps an [`OpenError`] with the file it came from.
+pub(crate) fn sealed_err(path: &std::path::Path) -> impl FnOnce(OpenError) -> EngineError {
+    let path = path.to_path_buf();
+    move |reason| EngineError::Encryption { path, reason }
 }
 
 /// Wraps an `io::Error` with the operation and path it came from.

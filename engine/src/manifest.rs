@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use toplog_crypt::Cipher;
 use toplog_types::{Lsn, Micros, SegmentId};
 use toplog_wal::Fs;
 
-use crate::error::{EngineError, Result, io_err};
+use crate::error::{EngineError, Result, io_err, sealed_err};
 use crate::segment::SegmentMeta;
 
 const MAGIC: &[u8; 8] = b"TPLGMAN\0";
@@ -64,6 +65,9 @@ pub(crate) struct SegmentEntry {
     /// and `bytes` is the object's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) archived: Option<String>,
+    /// The id of the key the archived object is encrypted under; none: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) archive_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,13 +83,14 @@ pub(crate) fn segment_file_name(id: SegmentId) -> String {
 
 impl Manifest {
     /// Reads the manifest in `dir`; `None` for a new store.
-    pub(crate) fn load(fs: &Arc<dyn Fs>, dir: &Path) -> Result<Option<Self>> {
+    pub(crate) fn load(fs: &Arc<dyn Fs>, dir: &Path, cipher: &Cipher) -> Result<Option<Self>> {
         let path = dir.join(FILE);
-        let buf = match fs.read(&path) {
+        let sealed = match fs.read(&path) {
             Ok(buf) => buf,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read", &path)(e)),
         };
+        let buf = cipher.open(&sealed).map_err(sealed_err(&path))?;
         let corrupt = |reason: String| EngineError::Corrupt {
             path: path.clone(),
             reason,
@@ -111,7 +116,7 @@ impl Manifest {
     }
 
     /// Atomically replaces the manifest in `dir` with `self`.
-    pub(crate) fn store(&self, fs: &Arc<dyn Fs>, dir: &Path) -> Result<()> {
+    pub(crate) fn store(&self, fs: &Arc<dyn Fs>, dir: &Path, cipher: &Cipher) -> Result<()> {
         let payload = serde_json::to_vec(self).map_err(|e| EngineError::Corrupt {
             path: dir.join(FILE),
             reason: format!("cannot serialize manifest: {e}"),
@@ -126,7 +131,7 @@ impl Manifest {
         if fs.exists(&tmp) {
             fs.remove_file(&tmp).map_err(io_err("remove", &tmp))?;
         }
-        write_durable(fs, &tmp, &buf)?;
+        write_durable(fs, &tmp, &cipher.seal(buf))?;
         let path = dir.join(FILE);
         fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
         fs.sync_dir(dir).map_err(io_err("fsync directory", dir))

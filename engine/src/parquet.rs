@@ -13,7 +13,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use toplog_crypt::KEY_BYTES;
 use toplog_types::{Event, TypedRow};
 
 use crate::{EngineError, Result};
@@ -21,6 +23,8 @@ use crate::{EngineError, Result};
 /// Rows per row group: large enough for scans, small enough that time-range
 /// pruning by row-group statistics skips most of a day's file.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Rows per row group of an encrypted file, whose column chunks are one page each.
+const ENCRYPTED_ROW_GROUP_ROWS: usize = 100_000;
 /// Rows buffered before they are handed to the Parquet writer.
 const BATCH_ROWS: usize = 1 << 16;
 
@@ -54,9 +58,37 @@ impl<W: Write + Send> ParquetEventWriter<W> {
 
     /// A writer whose row groups hold at most `rows` rows.
     pub(crate) fn with_row_groups_of(out: W, rows: usize) -> Result<Self> {
-        let props = WriterProperties::builder()
+        Self::with_properties(
+            out,
+            WriterProperties::builder().set_max_row_group_row_count(Some(rows.max(1))),
+        )
+    }
+
+    /// A writer of a file encrypted with Parquet modular encryption: AES-GCM,
+    /// footer and every column under `key`, the key's id as the footer's key
+    /// metadata. DuckDB (1.5.6 and later) reads it given the key: it decrypts
+    /// only the first data page of a column chunk, so each chunk is written
+    /// as one page, in row groups small enough (`ENCRYPTED_ROW_GROUP_ROWS`)
+    /// to keep a page bounded. No bloom filters and no AAD prefix, which
+    /// DuckDB cannot read either.
+    pub fn encrypted(out: W, key_id: &str, key: &[u8; KEY_BYTES]) -> Result<Self> {
+        let encryption = FileEncryptionProperties::builder(key.to_vec())
+            .with_footer_key_metadata(key_id.as_bytes().to_vec())
+            .build()?;
+        Self::with_properties(
+            out,
+            WriterProperties::builder()
+                .with_file_encryption_properties(encryption)
+                .set_max_row_group_row_count(Some(ENCRYPTED_ROW_GROUP_ROWS))
+                .set_data_page_row_count_limit(usize::MAX)
+                .set_data_page_size_limit(usize::MAX)
+                .set_dictionary_page_size_limit(usize::MAX),
+        )
+    }
+
+    fn with_properties(out: W, props: WriterPropertiesBuilder) -> Result<Self> {
+        let props = props
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_max_row_group_row_count(Some(rows.max(1)))
             .build();
         let writer = ArrowWriter::try_new(out, event_schema(), Some(props))?;
         Ok(Self {

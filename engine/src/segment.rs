@@ -5,13 +5,19 @@
 //! | part    | bytes                                                            |
 //! |---------|------------------------------------------------------------------|
 //! | header  | magic `TPLGSEG\0` (8), version u32 = 1, reserved u32 = 0         |
-//! | blocks  | one zstd frame per column, back to back, in column-id order      |
+//! | blocks  | one zstd frame per column, back to back, in column-id order;     |
+//! |         | with encryption on, each frame sealed in its own envelope        |
 //! | footer  | rows u64, min_ts i64, max_ts i64, partition_start i64,           |
 //! |         | partition_len i64, ncols u8, per column: id u8, offset u64,      |
 //! |         | comp_len u32, raw_len u32, crc32c u32 (of the compressed block), |
 //! |         | header_crc u32, footer_crc u32 (of the footer bytes before it)   |
 //! | trailer | footer_len u32, magic `TPLGEND\0` (8)                            |
+//!
+//! Sealing each block on its own keeps segments memory-mapped: a read opens
+//! only the blocks it decodes. The footer holds no stored value, only counts,
+//! times and offsets, and stays plain so start-up reads it without a key.
 
+use toplog_crypt::{Cipher, KeyUse, OpenError};
 use toplog_types::{Event, Micros};
 
 use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
@@ -60,6 +66,11 @@ pub enum SegmentError {
     Checksum(String),
     #[error("malformed segment: {0}")]
     Malformed(String),
+    #[error("column `{column}`: {reason}")]
+    Encryption {
+        column: &'static str,
+        reason: OpenError,
+    },
 }
 
 impl From<CodecError> for SegmentError {
@@ -69,7 +80,12 @@ impl From<CodecError> for SegmentError {
 }
 
 /// Encodes the rows of `cols` (in sorted order) as a segment file image.
-pub(crate) fn encode(cols: &Columns, partition_start: Micros, partition_len_us: i64) -> Vec<u8> {
+pub(crate) fn encode(
+    cols: &Columns,
+    partition_start: Micros,
+    partition_len_us: i64,
+    cipher: &Cipher,
+) -> Vec<u8> {
     let order = cols.sorted_order();
     let n = order.len();
     let mut blocks: Vec<(u8, Vec<u8>)> = Vec::with_capacity(usize::from(NCOLS));
@@ -131,6 +147,7 @@ pub(crate) fn encode(cols: &Columns, partition_start: Micros, partition_len_us: 
     for (id, raw) in &blocks {
         // zstd on an in-memory buffer only fails on allocation failure; store the block raw then.
         let comp = zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_else(|_| raw.clone());
+        let comp = cipher.seal(comp);
         let offset = out.len() as u64;
         entries.push((
             *id,
@@ -267,18 +284,20 @@ pub(crate) fn read_meta(buf: &[u8]) -> Result<SegmentMeta, SegmentError> {
 /// 4 KiB on a segment's first read.
 struct Blocks<'a> {
     file: &'a [u8],
+    cipher: &'a Cipher,
     refs: Vec<BlockRef>,
     zstd: zstd::bulk::Decompressor<'static>,
     raw: Vec<u8>,
 }
 
 impl<'a> Blocks<'a> {
-    fn new(file: &'a [u8], refs: Vec<BlockRef>) -> Result<Self, SegmentError> {
+    fn new(file: &'a [u8], refs: Vec<BlockRef>, cipher: &'a Cipher) -> Result<Self, SegmentError> {
         let zstd = zstd::bulk::Decompressor::new()
             .map_err(|e| SegmentError::Malformed(format!("zstd: {e}")))?;
         let most = refs.iter().map(|b| b.raw_len as usize).max().unwrap_or(0);
         Ok(Self {
             file,
+            cipher,
             refs,
             zstd,
             raw: Vec::with_capacity(most),
@@ -296,13 +315,20 @@ impl<'a> Blocks<'a> {
     }
 
     /// Column `id`'s bytes, after checking its CRC and its length.
-    fn read(&mut self, id: u8, name: &str) -> Result<&[u8], SegmentError> {
+    fn read(&mut self, id: u8, name: &'static str) -> Result<&[u8], SegmentError> {
         let b = &self.refs[usize::from(id)];
-        let comp = self.check(id, name)?;
+        let stored = self.check(id, name)?;
+        let comp = self
+            .cipher
+            .open(stored)
+            .map_err(|reason| SegmentError::Encryption {
+                column: name,
+                reason,
+            })?;
         self.raw.clear();
         self.raw.reserve(b.raw_len as usize);
         self.zstd
-            .decompress_to_buffer(comp, &mut self.raw)
+            .decompress_to_buffer(&comp, &mut self.raw)
             .map_err(|e| SegmentError::Malformed(format!("column `{name}`: {e}")))?;
         if self.raw.len() != b.raw_len as usize {
             return Err(SegmentError::Malformed(format!(
@@ -371,6 +397,7 @@ pub(crate) fn dictionary_holds(
     buf: &[u8],
     column: DictColumnId,
     value: &str,
+    cipher: &Cipher,
 ) -> Result<bool, SegmentError> {
     let (id, name) = match column {
         DictColumnId::UserId => (COL_USER_ID, "user_id"),
@@ -378,7 +405,7 @@ pub(crate) fn dictionary_holds(
         DictColumnId::Method => (COL_METHOD, "method"),
     };
     let (_, refs) = read_footer(buf)?;
-    let mut blocks = Blocks::new(buf, refs)?;
+    let mut blocks = Blocks::new(buf, refs, cipher)?;
     let raw = blocks.read(id, name)?;
     let mut r = Reader::new(raw);
     for _ in 0..r.len(raw.len())? {
@@ -395,6 +422,7 @@ pub(crate) fn dictionary_holds(
 pub(crate) fn decode(
     buf: &[u8],
     request_ids: bool,
+    cipher: &Cipher,
 ) -> Result<(SegmentMeta, Columns), SegmentError> {
     let (meta, refs) = read_footer(buf)?;
     let rows = usize::try_from(meta.rows)
@@ -402,7 +430,7 @@ pub(crate) fn decode(
         .filter(|r| *r <= buf.len())
         .ok_or_else(|| SegmentError::Malformed(format!("row count {} is impossible", meta.rows)))?;
 
-    let mut blocks = Blocks::new(buf, refs)?;
+    let mut blocks = Blocks::new(buf, refs, cipher)?;
     let raw = blocks.read(COL_TS, "timestamp")?;
     let mut r = Reader::new(raw);
     let mut ts = Vec::with_capacity(rows);
@@ -462,6 +490,29 @@ pub(crate) fn decode(
     Ok((meta, cols))
 }
 
+/// What the segment in `buf` is written under (its first block's envelope;
+/// every block of a segment is sealed under the same key). Reads the header
+/// only.
+pub(crate) fn key_use(buf: &[u8]) -> Result<KeyUse, SegmentError> {
+    let (_, refs) = read_footer(buf)?;
+    let first = &refs[usize::from(COL_TS)];
+    Cipher::key_use(&buf[first.offset..first.offset + first.comp_len]).map_err(|reason| {
+        SegmentError::Encryption {
+            column: "timestamp",
+            reason,
+        }
+    })
+}
+
+/// Opens the segment's timestamp block: whether `cipher` has the key the
+/// segment is written under, checked without decoding the segment.
+pub(crate) fn check_key(buf: &[u8], cipher: &Cipher) -> Result<(), SegmentError> {
+    let (_, refs) = read_footer(buf)?;
+    Blocks::new(buf, refs, cipher)?
+        .read(COL_TS, "timestamp")
+        .map(|_| ())
+}
+
 /// Encodes events as a segment image (for benchmarks and tools).
 pub fn encode_segment_events(
     events: &[Event],
@@ -472,19 +523,19 @@ pub fn encode_segment_events(
     for e in events {
         cols.push(e);
     }
-    encode(&cols, partition_start, partition_len_us)
+    encode(&cols, partition_start, partition_len_us, &Cipher::off())
 }
 
 /// Decodes a whole segment image into columns, checking every checksum and
 /// every column, and returns what its footer says (for tools and benchmarks:
 /// reads decode the same way).
 pub fn check_segment(buf: &[u8]) -> Result<SegmentMeta, SegmentError> {
-    decode(buf, true).map(|(meta, _)| meta)
+    decode(buf, true, &Cipher::off()).map(|(meta, _)| meta)
 }
 
 /// Decodes a segment image into events in stored order.
 pub fn decode_segment_events(buf: &[u8]) -> Result<Vec<Event>, SegmentError> {
-    let (_, cols) = decode(buf, true)?;
+    let (_, cols) = decode(buf, true, &Cipher::off())?;
     Ok((0..cols.len()).map(|i| cols.event(i)).collect())
 }
 
@@ -540,10 +591,10 @@ mod tests {
                 (DictColumnId::Method, |e: &Event| e.method.clone()),
             ] {
                 for e in &events {
-                    prop_assert!(dictionary_holds(&img, column, &value_of(e)).unwrap());
+                    prop_assert!(dictionary_holds(&img, column, &value_of(e), &Cipher::off()).unwrap());
                 }
                 let anywhere = events.iter().any(|e| value_of(e) == probe);
-                prop_assert_eq!(dictionary_holds(&img, column, &probe).unwrap(), anywhere);
+                prop_assert_eq!(dictionary_holds(&img, column, &probe, &Cipher::off()).unwrap(), anywhere);
             }
         }
 
@@ -555,10 +606,10 @@ mod tests {
             prop_assert_eq!(meta.rows, events.len() as u64);
             prop_assert_eq!(check_segment(&img), Ok(meta));
             // Left out, the request ids are all that differs.
-            let (_, without) = decode(&img, false).unwrap();
+            let (_, without) = decode(&img, false, &Cipher::off()).unwrap();
             prop_assert!(without.request_id.len() == 0);
             prop_assert!(events.is_empty() || !without.has_request_ids());
-            let (_, with) = decode(&img, true).unwrap();
+            let (_, with) = decode(&img, true, &Cipher::off()).unwrap();
             prop_assert!(with.has_request_ids());
             let rows = |c: &Columns| -> Vec<_> {
                 (0..c.len())
@@ -583,7 +634,7 @@ mod tests {
                 let mut bad = img.clone();
                 bad[at] ^= flip;
                 prop_assert!(check_segment(&bad).is_err(), "flip at {} of {} accepted", at, img.len());
-                prop_assert!(decode(&bad, false).is_err(), "flip at {} of {} accepted without request ids", at, img.len());
+                prop_assert!(decode(&bad, false, &Cipher::off()).is_err(), "flip at {} of {} accepted without request ids", at, img.len());
             }
         }
     }

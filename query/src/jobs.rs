@@ -4,11 +4,11 @@
 //! pending or running at start-up are run again (they are pure reads).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use toplog_crypt::{Cipher, open_state, store_state_file};
 use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
 use toplog_types::Micros;
 
@@ -42,6 +42,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct JobStore {
     dir: PathBuf,
+    cipher: Cipher,
     jobs: Mutex<BTreeMap<String, Job>>,
 }
 
@@ -55,7 +56,8 @@ impl JobStore {
     /// Opens (creating) the store in `dir`; returns it, the jobs to run
     /// again, and the files in `dir` that are not jobs (left as they are,
     /// each with why it was skipped: a stray file never stops a start).
-    pub fn open(dir: &Path) -> Result<(Self, Vec<Job>, Vec<String>)> {
+    /// A job file under a key `cipher` lacks stops the open.
+    pub fn open(dir: &Path, cipher: &Cipher) -> Result<(Self, Vec<Job>, Vec<String>)> {
         std::fs::create_dir_all(dir).map_err(io(dir, "create"))?;
         let mut jobs = BTreeMap::new();
         let mut skipped = Vec::new();
@@ -66,9 +68,11 @@ impl JobStore {
                 std::fs::remove_file(&path).map_err(io(&path, "remove"))?;
                 continue;
             }
-            let job = std::fs::read(&path)
+            let bytes = std::fs::read(&path).map_err(io(&path, "read"))?;
+            let plain = open_state(&path, &bytes, cipher)
+                .map_err(|e| QueryError::Storage(e.to_string()))?;
+            let job = serde_json::from_slice::<Job>(&plain)
                 .map_err(|e| e.to_string())
-                .and_then(|text| serde_json::from_slice::<Job>(&text).map_err(|e| e.to_string()))
                 .and_then(|job| {
                     let named =
                         path.file_name() == Some(format!("{}.json", job.aggregation_id).as_ref());
@@ -96,6 +100,7 @@ impl JobStore {
         Ok((
             Self {
                 dir: dir.to_path_buf(),
+                cipher: cipher.clone(),
                 jobs: Mutex::new(jobs),
             },
             unfinished,
@@ -106,20 +111,23 @@ impl JobStore {
     /// Stores `job` durably, replacing any earlier version.
     pub fn put(&self, job: &Job) -> Result<()> {
         let path = self.dir.join(format!("{}.json", job.aggregation_id));
-        let tmp = self.dir.join(format!("{}.json.tmp", job.aggregation_id));
         let bytes = serde_json::to_vec(job).map_err(|e| QueryError::Storage(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-        f.write_all(&bytes).map_err(io(&tmp, "write"))?;
-        f.sync_all().map_err(io(&tmp, "fsync"))?;
-        std::fs::rename(&tmp, &path).map_err(io(&tmp, "rename"))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir, "fsync"))?;
+        store_state_file(&path, bytes, &self.cipher).map_err(io(&path, "store"))?;
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(job.aggregation_id.clone(), job.clone());
         Ok(())
+    }
+
+    /// Writes every job again under the cipher's current key (a rekey);
+    /// returns how many.
+    pub fn reseal(&self) -> Result<usize> {
+        let jobs = self.list();
+        for job in &jobs {
+            self.put(job)?;
+        }
+        Ok(jobs.len())
     }
 
     /// Deletes the jobs that finished before `before`, results and all;
@@ -312,7 +320,7 @@ mod tests {
     #[test]
     fn stray_files_are_skipped_and_finished_jobs_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _, skipped) = JobStore::open(dir.path()).unwrap();
+        let (store, _, skipped) = JobStore::open(dir.path(), &Cipher::off()).unwrap();
         assert!(skipped.is_empty());
         store.put(&job("old", JobState::Done, Some(10))).unwrap();
         store.put(&job("new", JobState::Failed, Some(30))).unwrap();
@@ -325,7 +333,7 @@ mod tests {
         .unwrap();
         drop(store);
 
-        let (store, unfinished, skipped) = JobStore::open(dir.path()).unwrap();
+        let (store, unfinished, skipped) = JobStore::open(dir.path(), &Cipher::off()).unwrap();
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(
             dir.path().join("notes.txt").exists(),

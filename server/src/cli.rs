@@ -209,7 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     engine_config.archive = Some(archive);
     // A policy changed through the API outlives restarts and wins over the config.
-    let policy = match Policy::load(&engine_config.data_dir) {
+    let policy = match Policy::load(&engine_config.data_dir, &engine_config.cipher) {
         Ok(Some(p)) => p,
         Ok(None) => config.policy,
         Err(e) => anyhow::bail!("retention.json: {e}"),
@@ -233,6 +233,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .as_deref(),
             &config.rate_limits,
             &config.jwt,
+            &engine_config.cipher,
         )?
     } else {
         tracing::warn!(
@@ -270,13 +271,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let jobs_dir = engine_config.data_dir.join("jobs");
+            let cipher = engine_config.cipher.clone();
             // Claimed while recovery runs; nothing touches the archive before both end.
             let claim = claim_archive(owner.clone());
             let opened = Engine::open(engine_config)
                 .context("cannot open the store")
                 .and_then(|engine| {
                     let jobs =
-                        toplog_query::JobStore::open(&jobs_dir).context("cannot open the store")?;
+                        toplog_query::JobStore::open(&jobs_dir, &cipher).context("cannot open the store")?;
                     Ok((engine, jobs))
                 })
                 .and_then(|(engine, jobs)| match claim.wait() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toplog_compaction::{ArchiveConfig, Policy};
+use toplog_crypt::{Cipher, Keyring};
 use toplog_types::parse_duration;
 use toplog_wal::FsyncPolicy;
 
@@ -107,6 +108,15 @@ pub(crate) struct Settings {
     /// `[jwt]` in the file: bearer JWTs from an identity provider.
     #[arg(skip)]
     pub(crate) jwt: Option<crate::auth::JwtSettings>,
+    /// The encryption key file (TOML: `current = "<id>"` and `[keys]` of
+    /// `<id> = "<64 hex digits>"`); with it, everything the node stores is
+    /// encrypted (`[encryption] key_file` in the file). `TOPLOG_ENCRYPTION_KEY`
+    /// (`<id>:<64 hex digits>`, current first) gives the keys themselves instead.
+    #[arg(long, env = "TOPLOG_ENCRYPTION_KEY_FILE")]
+    pub(crate) encryption_key_file: Option<PathBuf>,
+    /// `[encryption]` in the file: `key_file`.
+    #[arg(skip)]
+    pub(crate) encryption: Option<EncryptionSettings>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -191,6 +201,8 @@ impl Settings {
             auth: self.auth.or(other.auth),
             rate_limits: self.rate_limits.or(other.rate_limits),
             jwt: self.jwt.or(other.jwt),
+            encryption_key_file: self.encryption_key_file.or(other.encryption_key_file),
+            encryption: self.encryption.or(other.encryption),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -219,6 +231,33 @@ impl Settings {
     }
 }
 
+/// `[encryption]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EncryptionSettings {
+    key_file: Option<PathBuf>,
+}
+
+/// The key ring from the key file (flag, variable or `[encryption]`) or from
+/// `TOPLOG_ENCRYPTION_KEY`; off without either. Both at once is refused: which
+/// one holds the current key would be a guess.
+fn cipher(s: &Settings) -> anyhow::Result<Cipher> {
+    let file = (s.encryption_key_file.clone())
+        .or_else(|| s.encryption.as_ref().and_then(|e| e.key_file.clone()));
+    let value = std::env::var("TOPLOG_ENCRYPTION_KEY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let keys = match (file, value) {
+        (None, None) => return Ok(Cipher::off()),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both an encryption key file and TOPLOG_ENCRYPTION_KEY are set; give the keys one way"
+        ),
+        (Some(path), None) => Keyring::load(&path)?,
+        (None, Some(value)) => Keyring::from_env_value(&value)?,
+    };
+    Ok(Cipher::new(keys))
+}
+
 /// The resolved configuration of a node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -237,6 +276,8 @@ pub struct Config {
     pub auth: bool,
     pub rate_limits: crate::auth::RateSettings,
     pub jwt: crate::auth::JwtSettings,
+    /// What the node's files are written under (off: plaintext).
+    pub cipher: Cipher,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
@@ -323,6 +364,7 @@ impl Config {
             }
         };
         let s = flags.or(from_file);
+        let cipher = cipher(&s)?;
         let partition = duration("partition", s.partition, "1d")?;
         let day = Duration::from_secs(86_400);
         if partition < Duration::from_secs(60)
@@ -441,6 +483,7 @@ impl Config {
             other => anyhow::bail!("`auth`: `{other}` is not one of on, off"),
         };
         Ok(Self {
+            cipher,
             tls,
             auth,
             rate_limits: s.rate_limits.clone().unwrap_or_default(),
@@ -491,6 +534,7 @@ impl Config {
         c.rollup_key_budget = self.rollup_key_budget;
         c.max_idempotency_keys = self.max_idempotency_keys;
         c.key_memory_bytes = self.key_memory_bytes;
+        c.cipher = self.cipher.clone();
         c
     }
 }

@@ -133,6 +133,14 @@ impl Param {
                 None => Err(bad(format!("{n} is not a whole number in range"))),
             },
             (Shape::Int { .. }, _) => Err(bad(format!("expected a whole number, found {value}"))),
+            // As the schema says: in JSON, epoch milliseconds are a number.
+            (Shape::Time, Value::String(s))
+                if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Err(bad(format!(
+                    "`{s}` is a string: give epoch milliseconds as a number, or an RFC 3339 time"
+                )))
+            }
             (_, Value::String(s)) => self.parse(s),
             _ => Err(bad(format!("expected a string, found {value}"))),
         }
@@ -273,6 +281,20 @@ mod tests {
         assert!(k.parse_json(&json!(3)).is_ok());
         assert!(k.parse_json(&json!("3")).is_err());
         assert!(k.parse_json(&json!(3.5)).is_err());
+    }
+
+    #[test]
+    fn a_json_time_is_an_rfc_3339_string_or_a_number_of_milliseconds() {
+        let t = p(Shape::Time);
+        assert_eq!(
+            t.parse_json(&json!(4)).ok(),
+            Some(Arg::Time(Micros::new(4_000)))
+        );
+        assert!(t.parse_json(&json!("2026-01-02T03:04:05Z")).is_ok());
+        // The query string's "4" is a number; in JSON, "4" is a string.
+        assert!(t.parse("4").is_ok());
+        let err = t.parse_json(&json!("4")).unwrap_err();
+        assert!(err.message.contains("as a number"), "{}", err.message);
     }
 
     #[test]

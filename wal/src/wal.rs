@@ -198,6 +198,22 @@ impl Wal {
         rx.recv().unwrap_or(Err(WalError::Closed))
     }
 
+    /// Ends the file being written (if it holds an entry) and starts the next,
+    /// so a later [`Wal::truncate_prefix`] can remove every entry written so far
+    /// (a rekey does this to retire the key they were written under).
+    pub fn roll(&self) -> Result<()> {
+        self.shared.check()?;
+        let (tx, rx) = mpsc::channel();
+        {
+            let guard = lock(&self.requests);
+            let sender = guard.as_ref().ok_or(WalError::Closed)?;
+            sender
+                .send(Request::Roll { reply: tx })
+                .map_err(|_| WalError::Closed)?;
+        }
+        rx.recv().unwrap_or(Err(WalError::Closed))
+    }
+
     /// Ok while healthy; after a failed write or fsync, the latched error as `Poisoned`.
     pub fn health(&self) -> Result<()> {
         self.shared.check()

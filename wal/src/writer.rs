@@ -50,6 +50,9 @@ pub(crate) enum Request {
         upto: Lsn,
         reply: mpsc::Sender<Result<()>>,
     },
+    Roll {
+        reply: mpsc::Sender<Result<()>>,
+    },
     Close {
         reply: mpsc::Sender<Result<()>>,
     },
@@ -195,6 +198,9 @@ impl Writer {
                 Some(Request::TruncatePrefix { upto, reply }) => {
                     let _ = reply.send(self.truncate_prefix(upto));
                 }
+                Some(Request::Roll { reply }) => {
+                    let _ = reply.send(self.roll_if_written());
+                }
                 Some(Request::Close { reply }) => {
                     let _ = reply.send(self.finish());
                     return;
@@ -318,6 +324,20 @@ impl Writer {
         tracing::debug!(file = %segment.path.display(), "started a new write-ahead log file");
         self.segments.push(segment);
         self.file = file;
+        Ok(())
+    }
+
+    /// Starts a new file unless the current one holds no entry yet.
+    fn roll_if_written(&mut self) -> Result<()> {
+        self.shared.check()?;
+        let written = self
+            .segments
+            .last()
+            .is_some_and(|s| s.first.get() < self.next_lsn.get());
+        if written && let Err(e) = self.roll() {
+            self.shared.poison(e);
+            return self.shared.check();
+        }
         Ok(())
     }
 

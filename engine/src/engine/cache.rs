@@ -9,7 +9,7 @@ use toplog_types::SegmentId;
 use super::{Inner, Segment, Stored, lock};
 use crate::archive;
 use crate::columns::Columns;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Result, segment_err};
 use crate::scan::{Filters, TimeRange};
 use crate::segment;
 
@@ -40,22 +40,18 @@ impl Inner {
     ) -> Result<(Columns, bool)> {
         match &seg.stored {
             Stored::Local(bytes) => {
-                let (_, cols) =
-                    segment::decode(bytes, request_ids).map_err(|e| EngineError::Corrupt {
-                        path: seg.path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let (_, cols) = segment::decode(bytes, request_ids, &self.config.cipher)
+                    .map_err(|e| segment_err(&seg.path, e))?;
                 Ok((cols, true))
             }
-            Stored::Archived { key, bytes } => {
+            Stored::Archived { key, bytes, key_id } => {
+                let encrypted = key_id.as_ref().map(|_| &self.config.cipher);
                 // A range over the whole segment reads all of it.
                 let range = range.filter(|r| !r.contains_all(seg.meta.min_ts, seg.meta.max_ts));
-                let cols =
-                    archive::read(&self.archive_store()?, key, *bytes, range).map_err(|e| {
-                        EngineError::Archive {
-                            key: key.clone(),
-                            reason: format!("reading segment {}: {e}", seg.id),
-                        }
+                let cols = archive::read(&self.archive_store()?, key, *bytes, range, encrypted)
+                    .map_err(|e| EngineError::Archive {
+                        key: key.clone(),
+                        reason: format!("reading segment {}: {e}", seg.id),
                     })?;
                 Ok((cols, range.is_none()))
             }
@@ -121,12 +117,8 @@ impl Inner {
         }
         for (column, value) in values {
             let Some(value) = value else { continue };
-            let holds = segment::dictionary_holds(bytes, column, value).map_err(|e| {
-                EngineError::Corrupt {
-                    path: seg.path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let holds = segment::dictionary_holds(bytes, column, value, &self.config.cipher)
+                .map_err(|e| segment_err(&seg.path, e))?;
             if !holds {
                 return Ok(false);
             }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use toplog_crypt::Cipher;
 use toplog_types::Micros;
 use toplog_wal::FsyncPolicy;
 
@@ -39,6 +40,9 @@ pub struct EngineConfig {
     pub key_memory_bytes: usize,
     /// Where archived segments are kept and read from.
     pub archive: Option<Arc<dyn ArchiveStore>>,
+    /// Encryption at rest: what every file, log entry and archived object is
+    /// written under (off: plaintext).
+    pub cipher: Cipher,
 }
 
 /// How long each kind of data stays visible to reads; `None` keeps it forever.
@@ -134,6 +138,7 @@ impl EngineConfig {
             rollup_key_budget: DEFAULT_ROLLUP_KEY_BUDGET,
             key_memory_bytes: DEFAULT_KEY_MEMORY_BYTES,
             archive: None,
+            cipher: Cipher::off(),
         }
     }
 

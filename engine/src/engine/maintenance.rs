@@ -14,7 +14,7 @@ use super::{
 };
 use crate::archive;
 use crate::columns::Columns;
-use crate::error::{EngineError, MaintenanceError, Result, io_err};
+use crate::error::{EngineError, MaintenanceError, Result, io_err, segment_err};
 use crate::manifest::{self, Manifest, SegmentEntry};
 use crate::rollup::{self, Granularity, Rollups};
 use crate::segment;
@@ -46,6 +46,10 @@ impl Segment {
             bytes: info.bytes,
             meta: self.meta,
             archived: info.archived,
+            archive_key_id: match &self.stored {
+                Stored::Archived { key_id, .. } => key_id.clone(),
+                Stored::Local(_) => None,
+            },
         }
     }
 }
@@ -90,8 +94,8 @@ impl Inner {
     /// Stores `next` as the manifest (the caller holds the manifest lock).
     /// On failure the rename may or may not have happened: which manifest a
     /// restart finds is unknown, so this process stops taking writes.
-    fn store_manifest(&self, next: &Manifest) -> Result<()> {
-        next.store(&self.fs, &self.config.data_dir)
+    pub(super) fn store_manifest(&self, next: &Manifest) -> Result<()> {
+        next.store(&self.fs, &self.config.data_dir, &self.config.cipher)
             .inspect_err(|e| {
                 self.poison(format!("storing the manifest failed: {e}"));
             })
@@ -107,7 +111,7 @@ impl Inner {
     /// Writes the changed (granularity, day) buckets to their tier files, drops
     /// the days wholly past retention, and stores a manifest listing only tier
     /// files. Returns the buckets dropped per granularity.
-    fn rewrite_rollups(&self, cutoffs: &Cutoffs) -> Result<[usize; 3]> {
+    pub(super) fn rewrite_rollups(&self, cutoffs: &Cutoffs) -> Result<[usize; 3]> {
         let mut manifest = lock(&self.manifest);
         self.check_writable()?;
         // Under the manifest lock no flush can change `rollups` or `dirty_tiers`.
@@ -145,7 +149,7 @@ impl Inner {
             let image = part
                 .to_file(rollup::TIER_FILE_LEVEL)
                 .map_err(io_err("encoding rollups for", &path))?;
-            manifest::write_durable(&self.fs, &path, &image)?;
+            manifest::write_durable(&self.fs, &path, &self.config.cipher.seal(image))?;
             written.push(manifest::RollupTierFile {
                 file,
                 granularity: g.name().to_owned(),
@@ -182,6 +186,12 @@ impl Inner {
 }
 
 impl Engine {
+    /// What this engine's files are written under, for the node's other
+    /// state files to use the same.
+    pub fn cipher(&self) -> &toplog_crypt::Cipher {
+        &self.inner.config.cipher
+    }
+
     /// Every stored segment, local or archived.
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.inner
@@ -231,13 +241,21 @@ impl Engine {
         let _one = lock(&self.inner.maintenance);
         self.inner.check_writable()?;
         let olds = self.inner.find_segments(ids)?;
-        let [first, rest @ ..] = olds.as_slice() else {
-            return Err(MaintenanceError::TooFewToCompact.into());
-        };
-        if rest.is_empty() {
+        if olds.len() < 2 {
             return Err(MaintenanceError::TooFewToCompact.into());
         }
-        for s in &olds {
+        self.rewrite_segments(&olds)
+    }
+
+    /// Writes the rows of the local segments `olds` (one partition's, one at
+    /// least) as one new segment under the current key, checked as
+    /// [`Engine::compact`] says, and swaps it for them. The caller holds the
+    /// maintenance lock.
+    pub(super) fn rewrite_segments(&self, olds: &[Arc<Segment>]) -> Result<SegmentInfo> {
+        let [first, ..] = olds else {
+            return Err(MaintenanceError::TooFewToCompact.into());
+        };
+        for s in olds {
             if matches!(s.stored, Stored::Archived { .. }) {
                 return Err(MaintenanceError::Archived(s.id).into());
             }
@@ -248,16 +266,19 @@ impl Engine {
             }
         }
         let mut cols = Columns::default();
-        for s in &olds {
+        for s in olds {
             cols.append(&*self.inner.read_whole(s)?);
         }
+        let ids: Vec<SegmentId> = olds.iter().map(|s| s.id).collect();
         let rows: u64 = olds.iter().map(|s| s.meta.rows).sum();
         let min_ts = olds.iter().map(|s| s.meta.min_ts).min();
         let max_ts = olds.iter().map(|s| s.meta.max_ts).max();
+        let cipher = &self.inner.config.cipher;
         let image = segment::encode(
             &cols,
             first.meta.partition_start,
             first.meta.partition_len_us,
+            cipher,
         );
         drop(cols);
         let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
@@ -275,10 +296,8 @@ impl Engine {
             .read(&path)
             .map_err(io_err("read", &path))
             .and_then(|back| {
-                let meta = segment::check_segment(&back).map_err(|e| EngineError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let (meta, _) =
+                    segment::decode(&back, true, cipher).map_err(|e| segment_err(&path, e))?;
                 if back.len() != image.len()
                     || meta.rows != rows
                     || Some(meta.min_ts) != min_ts
@@ -310,8 +329,8 @@ impl Engine {
             stored: Stored::Local(bytes),
         });
         self.inner
-            .swap_segments(ids, std::slice::from_ref(&merged))?;
-        for s in &olds {
+            .swap_segments(&ids, std::slice::from_ref(&merged))?;
+        for s in olds {
             self.inner.remove_quietly(&s.path, "a compacted segment");
         }
         Ok(merged.info())
@@ -323,7 +342,7 @@ impl Engine {
     pub fn archive_segment(&self, id: SegmentId) -> Result<SegmentInfo> {
         let _one = lock(&self.inner.maintenance);
         self.inner.check_writable()?;
-        let store = self.inner.archive_store()?;
+        self.inner.archive_store()?;
         let seg = self
             .inner
             .find_segments(&[id])?
@@ -335,12 +354,45 @@ impl Engine {
             return Ok(seg.info());
         }
         let cols = self.inner.read_whole(&seg)?;
+        let archived = Arc::new(self.upload_checked(&seg, id, &cols)?);
+        self.inner
+            .swap_segments(&[], std::slice::from_ref(&archived))?;
+        self.inner
+            .remove_quietly(&seg.path, "an archived segment's local file");
+        Ok(archived.info())
+    }
+
+    /// Copies archived segment `seg` (stored under an old key) to a new object
+    /// under the current key, as segment `id` anew, checked row by row; then
+    /// lists the copy instead and deletes the old object (one the sweep
+    /// removes if that fails). The caller holds the maintenance lock.
+    pub(super) fn rearchive_segment(&self, seg: &Segment) -> Result<SegmentInfo> {
+        let cols = self.inner.read_whole(seg)?;
+        let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
+        let copy = Arc::new(self.upload_checked(seg, id, &cols)?);
+        self.inner
+            .swap_segments(&[seg.id], std::slice::from_ref(&copy))?;
+        if let Stored::Archived { key, .. } = &seg.stored
+            && let Err(e) = self.inner.archive_store()?.delete(key)
+        {
+            tracing::warn!(%key, error = %e, "could not delete an archived segment's old copy");
+        }
+        Ok(copy.info())
+    }
+
+    /// Writes `cols` (the rows of `seg`) to the archive as Parquet named for
+    /// segment `id`, under the current key, reads the copy back and compares
+    /// every row. Returns the segment as archived there; nothing lists it yet.
+    fn upload_checked(&self, seg: &Segment, id: SegmentId, cols: &Columns) -> Result<Segment> {
+        let store = self.inner.archive_store()?;
+        let cipher = &self.inner.config.cipher;
         let key = archive::segment_key(seg.meta.partition_start, id.get());
         let failed = |e: std::io::Error| EngineError::Archive {
             key: key.clone(),
             reason: e.to_string(),
         };
-        match store.create(&key, bytes::Bytes::from(archive::to_parquet(&cols)?)) {
+        let bytes = bytes::Bytes::from(archive::to_parquet(cols, cipher)?);
+        match store.create(&key, bytes.clone()) {
             Ok(()) => {}
             // Left by an attempt that stopped before the manifest named it:
             // checked below like a new copy.
@@ -350,34 +402,42 @@ impl Engine {
             Err(e) => return Err(failed(e)),
         }
         let size = store.size(&key).map_err(failed)?;
-        let same = match archive::read(&store, &key, size, None) {
-            Ok(back) => back.same_rows(&cols),
-            Err(e) => {
-                tracing::warn!(%key, error = %e, "archived copy unreadable");
-                false
-            }
-        };
+        // Read back with the current key alone: a copy left under an older
+        // key (or in plaintext) is not taken for one under the current key.
+        let current = cipher.current_only();
+        let encrypted = cipher.is_on().then_some(&current);
+        let same = archive::is_encrypted(&store, &key, size).map_err(failed)? == cipher.is_on()
+            && match archive::read(&store, &key, size, None, encrypted) {
+                Ok(back) => back.same_rows(cols),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "archived copy unreadable");
+                    false
+                }
+            };
         if !same {
             // Nothing names it: remove it so the next attempt writes it afresh.
             let _ = store.delete(&key);
             return Err(EngineError::Archive {
                 key,
                 reason: format!(
-                    "the copy read back differs from segment {id}; the local file is kept"
+                    "the copy read back differs from segment {}; the segment is kept as it was",
+                    seg.id
                 ),
             });
         }
-        let archived = Arc::new(Segment {
+        Ok(Segment {
             id,
-            path: seg.path.clone(),
+            path: self
+                .inner
+                .dir(SEGMENT_DIR)
+                .join(manifest::segment_file_name(id)),
             meta: seg.meta,
-            stored: Stored::Archived { key, bytes: size },
-        });
-        self.inner
-            .swap_segments(&[], std::slice::from_ref(&archived))?;
-        self.inner
-            .remove_quietly(&seg.path, "an archived segment's local file");
-        Ok(archived.info())
+            stored: Stored::Archived {
+                key,
+                bytes: size,
+                key_id: cipher.current_key().map(|(id, _)| id.to_owned()),
+            },
+        })
     }
 
     /// Copies every rollup tier file to the archive as `rollups/<file>` (read
@@ -385,6 +445,11 @@ impl Engine {
     /// have since been replaced or purged. Returns how many files it copied.
     pub fn archive_rollups(&self) -> Result<usize> {
         let _one = lock(&self.inner.maintenance);
+        self.archive_rollups_locked()
+    }
+
+    /// [`Engine::archive_rollups`] for a caller holding the maintenance lock.
+    pub(super) fn archive_rollups_locked(&self) -> Result<usize> {
         self.inner.check_writable()?;
         let store = self.inner.archive_store()?;
         let (tiers, copied) = {

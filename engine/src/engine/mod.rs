@@ -10,6 +10,7 @@ mod maintenance;
 mod memtable;
 mod open;
 mod read;
+mod rekey;
 mod write;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ pub use config::{
 pub use lock_wait::LockWaitStats;
 pub use maintenance::{PurgeReport, RollupTier};
 pub use read::StorageStats;
+pub use rekey::{KeyUsage, RekeyReport};
 pub use write::IngestReceipt;
 
 const WAL_DIR: &str = "wal";
@@ -67,14 +69,19 @@ struct Segment {
 #[derive(Debug)]
 enum Stored {
     Local(FileBytes),
-    Archived { key: String, bytes: u64 },
+    Archived {
+        key: String,
+        bytes: u64,
+        /// What the object is encrypted under; none: plaintext.
+        key_id: Option<String>,
+    },
 }
 
 impl Segment {
     fn info(&self) -> SegmentInfo {
         let (bytes, archived) = match &self.stored {
             Stored::Local(b) => (b.len() as u64, None),
-            Stored::Archived { key, bytes } => (*bytes, Some(key.clone())),
+            Stored::Archived { key, bytes, .. } => (*bytes, Some(key.clone())),
         };
         SegmentInfo {
             id: self.id,

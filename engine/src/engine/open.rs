@@ -14,7 +14,7 @@ use super::{
     Engine, EngineConfig, FlusherSignal, Inner, KEY_DIR, ROLLUP_DIR, Retention, SEGMENT_DIR,
     Segment, State, Stored, WAL_DIR,
 };
-use crate::error::{EngineError, Result, io_err};
+use crate::error::{EngineError, Result, io_err, sealed_err, segment_err};
 use crate::idempotency;
 use crate::keys::KeyId;
 use crate::manifest::{self, Manifest};
@@ -40,7 +40,7 @@ impl Engine {
         }
         fs.sync_dir(&root)
             .map_err(io_err("fsync directory", &root))?;
-        let manifest = match Manifest::load(&fs, &root)? {
+        let manifest = match Manifest::load(&fs, &root, &config.cipher)? {
             Some(m) => m,
             None => {
                 // A store without a manifest must be empty: otherwise the manifest was lost
@@ -60,7 +60,7 @@ impl Engine {
                 // A new store gets its (empty) manifest at once, so that later a missing
                 // manifest always means a lost one, never a first flush cut short.
                 let fresh = Manifest::default();
-                fresh.store(&fs, &root)?;
+                fresh.store(&fs, &root, &config.cipher)?;
                 fresh
             }
         };
@@ -92,9 +92,27 @@ impl Engine {
             active_rollups: Rollups::new(budget),
             ..State::default()
         };
+        let mut keys_checked = Vec::new();
         for entry in &manifest.segments {
             let path = seg_dir.join(&entry.file);
             if let Some(key) = &entry.archived {
+                // Its key is checked here, not at the first query that reads it.
+                if let Some(id) = &entry.archive_key_id
+                    && config.cipher.key(id).is_none()
+                {
+                    return Err(EngineError::Archive {
+                        key: key.clone(),
+                        reason: match config.cipher.keyring() {
+                            Some(ring) => format!(
+                                "encrypted under key `{id}`, which {} does not list",
+                                ring.origin()
+                            ),
+                            None => format!(
+                                "encrypted under key `{id}`, and no encryption key is configured"
+                            ),
+                        },
+                    });
+                }
                 state.segments.push(Arc::new(Segment {
                     id: entry.id,
                     path,
@@ -102,6 +120,7 @@ impl Engine {
                     stored: Stored::Archived {
                         key: key.clone(),
                         bytes: entry.bytes,
+                        key_id: entry.archive_key_id.clone(),
                     },
                 }));
                 continue;
@@ -114,6 +133,13 @@ impl Engine {
             let meta = segment::read_meta(&bytes).map_err(|e| corrupt(e.to_string()))?;
             if meta != entry.meta || bytes.len() as u64 != entry.bytes {
                 return Err(corrupt("footer or size disagrees with the manifest".into()));
+            }
+            // A key missing or wrong stops the start here, naming the file,
+            // not the first query that reads it: one block is opened per key.
+            let used = segment::key_use(&bytes).map_err(|e| segment_err(&path, e))?;
+            if !keys_checked.contains(&used) {
+                segment::check_key(&bytes, &config.cipher).map_err(|e| segment_err(&path, e))?;
+                keys_checked.push(used);
             }
             state.segments.push(Arc::new(Segment {
                 id: entry.id,
@@ -129,7 +155,8 @@ impl Engine {
         let flush_files = manifest.rollup_files.iter().map(|f| (f, true));
         for (file, from_flush) in tier_files.chain(flush_files) {
             let path = rollup_dir.join(file);
-            let buf = fs.read(&path).map_err(io_err("read", &path))?;
+            let sealed = fs.read(&path).map_err(io_err("read", &path))?;
+            let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
             let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
                 path: path.clone(),
                 reason: e.0,
@@ -143,7 +170,8 @@ impl Engine {
         // replayed batch's own receive time, so the outcome cannot depend on when we restart.
         for kf in &manifest.key_files {
             let path = key_dir.join(&kf.file);
-            let buf = fs.read(&path).map_err(io_err("read", &path))?;
+            let sealed = fs.read(&path).map_err(io_err("read", &path))?;
+            let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
             let keys = idempotency::decode(&buf).map_err(|e| EngineError::Corrupt {
                 path: path.clone(),
                 reason: e.0,

@@ -81,7 +81,7 @@ impl Engine {
         };
         let lsn = self
             .wal
-            .append_attached(batch.encode(), Box::new(ids))
+            .append_attached(self.inner.config.cipher.seal(batch.encode()), Box::new(ids))
             .await
             .map_err(|_| EngineError::LogWriterStopped)??;
         // Two concurrent batches with one key both reach the log; apply kept the first.
@@ -158,7 +158,10 @@ impl Inner {
         payload: &[u8],
         ids: Option<Vec<[KeyId; 5]>>,
     ) -> Result<(), String> {
-        let batch = Logged::decode(payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
+        let payload = (self.config.cipher)
+            .open(payload)
+            .map_err(|e| format!("log entry {lsn}: {e}"))?;
+        let batch = Logged::decode(&payload).map_err(|e| format!("log entry {lsn}: {e}"))?;
         let ids = ids.filter(|ids| ids.len() == batch.rows.len());
         let plen = self.config.partition_us();
         let _gate = lock(&self.apply_gate);
@@ -307,7 +310,7 @@ impl Inner {
                 continue;
             }
             let id = Self::next_segment_id(&mut next)?;
-            let image = segment::encode(&cols, Micros::new(*start), plen);
+            let image = segment::encode(&cols, Micros::new(*start), plen, &self.config.cipher);
             drop(cols);
             let file = manifest::segment_file_name(id);
             let path = seg_dir.join(&file);
@@ -322,6 +325,7 @@ impl Inner {
                 bytes: image.len() as u64,
                 meta,
                 archived: None,
+                archive_key_id: None,
             });
             created.push((id, path, meta));
         }
@@ -335,13 +339,14 @@ impl Inner {
             let image = cells
                 .to_file(rollup::FLUSH_FILE_LEVEL)
                 .map_err(io_err("encoding rollups for", &path))?;
-            manifest::write_durable(&self.fs, &path, &image)?;
+            manifest::write_durable(&self.fs, &path, &self.config.cipher.seal(image))?;
             next.rollup_files.push(file);
         }
         if !new_keys.is_empty() {
             let file = format!("{:020}.keys", upto.get());
             let path = key_dir.join(&file);
-            manifest::write_durable(&self.fs, &path, &idempotency::encode(new_keys))?;
+            let image = self.config.cipher.seal(idempotency::encode(new_keys));
+            manifest::write_durable(&self.fs, &path, &image)?;
             let newest = new_keys
                 .iter()
                 .map(|(_, r)| r.received_at)
@@ -363,7 +368,7 @@ impl Inner {
             .sync_dir(&key_dir)
             .map_err(io_err("fsync directory", &key_dir))?;
         next.flushed_lsn = upto;
-        next.store(&self.fs, &self.config.data_dir)?;
+        next.store(&self.fs, &self.config.data_dir, &self.config.cipher)?;
         *manifest = next;
         for k in expired {
             let path = key_dir.join(&k.file);

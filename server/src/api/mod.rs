@@ -3,6 +3,7 @@
 
 pub(crate) mod aggregations;
 pub(crate) mod analytics;
+mod encryption;
 mod error;
 pub(crate) mod events;
 mod health;

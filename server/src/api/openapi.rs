@@ -25,7 +25,7 @@ fn schemas() -> Value {
     let int = json!({"type": "integer"});
     let string = json!({"type": "string"});
     let nullable_num = json!({"type": "number", "nullable": true});
-    json!({
+    let mut schemas = json!({
         "Error": obj(json!({
             "status": {"type": "string", "enum": ["error"]},
             "error": obj(json!({"code": string, "message": string, "row": {"type": "integer", "minimum": 0}, "field": string}), &["code", "message"]),
@@ -111,7 +111,26 @@ fn schemas() -> Value {
             "errors": {"type": "array", "items": string},
         }), &["compacted", "archived", "errors"])}), &["status", "data"]),
         "OpenApi": {"type": "object"},
-    })
+    });
+    let encryption = json!({
+        "EncryptionState": obj(json!({
+            "enabled": {"type": "boolean"}, "current_key": {"type": "string", "nullable": true},
+            "keys": {"type": "array", "items": string},
+            "files_by_key": {"type": "object", "additionalProperties": int},
+            "plaintext_files": int,
+            "retirable_keys": {"type": "array", "items": string},
+        }), &["enabled", "current_key", "keys", "files_by_key", "plaintext_files", "retirable_keys"]),
+        "Encryption": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/EncryptionState"}}), &["status", "data"]),
+        "Rekey": obj(json!({"status": string, "data": obj(json!({
+            "rewritten": obj(json!({"segments": int, "archived_segments": int, "rollup_files": int, "key_files": int, "jobs": int}),
+                &["segments", "archived_segments", "rollup_files", "key_files", "jobs"]),
+            "encryption": {"$ref": "#/components/schemas/EncryptionState"},
+        }), &["rewritten", "encryption"])}), &["status", "data"]),
+    });
+    if let (Value::Object(all), Value::Object(more)) = (&mut schemas, encryption) {
+        all.extend(more);
+    }
+    schemas
 }
 
 fn reason(code: u16) -> &'static str {

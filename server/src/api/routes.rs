@@ -9,7 +9,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::params::QuerySpec;
-use super::{AppState, aggregations, analytics, events, health, keys, storage, traces};
+use super::{AppState, aggregations, analytics, encryption, events, health, keys, storage, traces};
 use crate::auth::{Access, Role};
 
 /// What a route takes in its body.
@@ -57,7 +57,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 21] = [
+pub(crate) const ROUTES: [Route; 23] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -243,6 +243,37 @@ pub(crate) const ROUTES: [Route; 21] = [
         ok: (200, "Maintenance"),
         errors: &[503],
         links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/admin/encryption",
+        id: "encryption",
+        handler: || get(encryption::status),
+        summary: "Encryption at rest: the current key, the keys listed, how many stored files are under each (and in plaintext), and which keys no file needs any more.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Encryption"),
+        errors: &[503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/admin/rekey",
+        id: "rekey",
+        handler: || post(encryption::rekey),
+        summary: "Write everything stored under an old key (or in plaintext) again under the current key, archive included, so an old key can leave the key file.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Rekey"),
+        errors: &[409, 503],
+        links: &[Link {
+            name: "Encryption",
+            operation: "encryption",
+            parameters: &[],
+            description: "Which keys the stored data is under now.",
+        }],
         access: Access::Needs(Role::Admin),
     },
     Route {

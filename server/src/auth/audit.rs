@@ -9,13 +9,25 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use toplog_crypt::{Cipher, OpenError};
 use toplog_types::Micros;
 
 /// The audit file, opened for appending.
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     path: PathBuf,
+    cipher: Cipher,
     file: Mutex<std::fs::File>,
+}
+
+fn append_to(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// One change.
@@ -28,17 +40,12 @@ pub(crate) struct Entry<'a> {
 }
 
 impl AuditLog {
-    pub(crate) fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
+    pub(crate) fn open(data_dir: &Path, cipher: &Cipher) -> anyhow::Result<Self> {
         let path = data_dir.join("audit.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let file = append_to(&path)?;
         Ok(Self {
             path,
+            cipher: cipher.clone(),
             file: Mutex::new(file),
         })
     }
@@ -57,7 +64,8 @@ impl AuditLog {
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let written = writeln!(file, "{line}").and_then(|()| file.sync_data());
+        let sealed = self.cipher.seal_line(&line.to_string());
+        let written = writeln!(file, "{sealed}").and_then(|()| file.sync_data());
         if let Err(e) = written {
             tracing::error!(error = %e, path = %self.path.display(), ?line, "cannot write the audit log");
         }
@@ -65,19 +73,58 @@ impl AuditLog {
 
     /// The last `limit` entries, oldest first.
     pub(crate) fn last(&self, limit: usize) -> anyhow::Result<Vec<Value>> {
-        let file = std::fs::File::open(&self.path)
-            .with_context(|| format!("cannot read {}", self.path.display()))?;
         let mut out = std::collections::VecDeque::with_capacity(limit.min(10_000));
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line?;
-            // A line cut by a crash mid-write is left out, not an error.
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if out.len() == limit {
-                    out.pop_front();
-                }
-                out.push_back(v);
+        for v in self.entries()? {
+            if out.len() == limit {
+                out.pop_front();
             }
+            out.push_back(v);
         }
         Ok(out.into())
+    }
+
+    /// Every entry, oldest first. A line cut by a crash mid-write (only the
+    /// last line can be) is left out; a line under a key the node lacks is
+    /// an error naming the file.
+    fn entries(&self) -> anyhow::Result<Vec<Value>> {
+        let file = std::fs::File::open(&self.path)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        let lines = std::io::BufReader::new(file)
+            .lines()
+            .collect::<std::io::Result<Vec<String>>>()?;
+        let mut out = Vec::with_capacity(lines.len());
+        for (n, line) in lines.iter().enumerate() {
+            let last = n + 1 == lines.len();
+            let parsed = match self.cipher.open_line(line) {
+                Ok(text) => serde_json::from_str::<Value>(&text).ok(),
+                // Torn: cut short, or its tag cut off.
+                Err(OpenError::Malformed(_) | OpenError::WrongKey { .. }) if last => None,
+                Err(e) => anyhow::bail!("{} line {}: {e}", self.path.display(), n + 1),
+            };
+            match parsed {
+                Some(v) => out.push(v),
+                None if last => {}
+                None => anyhow::bail!("{} line {}: not an audit entry", self.path.display(), n + 1),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes every entry again under the cipher's current key (a rekey):
+    /// a new file, synced, renamed over the old one.
+    pub(crate) fn reseal(&self) -> anyhow::Result<()> {
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut text = String::new();
+        for v in self.entries()? {
+            text.push_str(&self.cipher.seal_line(&v.to_string()));
+            text.push('\n');
+        }
+        toplog_crypt::store_state_file(&self.path, text.into_bytes(), &toplog_crypt::Cipher::off())
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        *file = append_to(&self.path)?;
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Mutex, RwLock};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use toplog_crypt::{Cipher, load_state_file, store_state_file};
 use toplog_types::Micros;
 
 use super::{AuthError, Role};
@@ -53,6 +54,7 @@ impl StoredKey {
 #[derive(Debug)]
 pub(crate) struct KeyStore {
     path: PathBuf,
+    cipher: Cipher,
     keys: RwLock<Vec<StoredKey>>,
     /// When each key was last used, since the node started (not persisted).
     last_used: Mutex<HashMap<String, Micros>>,
@@ -97,16 +99,16 @@ pub(crate) fn id_of(key: &str) -> Option<&str> {
 
 impl KeyStore {
     /// The keys in `<data_dir>/keys.json` (none if it does not exist).
-    pub(crate) fn open(data_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(data_dir: &Path, cipher: &Cipher) -> anyhow::Result<Self> {
         let path = data_dir.join("keys.json");
-        let keys = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        let keys = match load_state_file(&path, cipher)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a key file toplog wrote", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            None => Vec::new(),
         };
         Ok(Self {
             path,
+            cipher: cipher.clone(),
             keys: RwLock::new(keys),
             last_used: Mutex::new(HashMap::new()),
         })
@@ -234,25 +236,21 @@ impl KeyStore {
     }
 
     fn save(&self, keys: &[StoredKey]) -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().with_context(|| format!("cannot write {}", self.path.display()))
+        let plain = serde_json::to_vec_pretty(keys)?;
+        store_state_file(&self.path, plain, &self.cipher)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// Writes the keys again under the cipher's current key (a rekey).
+    pub(crate) fn reseal(&self) -> anyhow::Result<()> {
+        let keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.is_empty() && !self.path.exists() {
+            return Ok(());
+        }
+        self.save(&keys)
     }
 }
 
@@ -264,7 +262,7 @@ mod tests {
     #[test]
     fn keys_verify_by_secret_expire_survive_a_reopen_and_revoke_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(dir.path()).unwrap();
+        let store = KeyStore::open(dir.path(), &Cipher::off()).unwrap();
         assert!(store.is_empty());
         let (viewer, key) = store.create("dash", Role::Viewer, None, None).unwrap();
         assert!(key.starts_with(PREFIX) && parts(&key).is_some());
@@ -287,7 +285,7 @@ mod tests {
             !text.contains(&key[PREFIX.len() + 2 * ID_BYTES + 1..]),
             "no secret on disk"
         );
-        let store = KeyStore::open(dir.path()).unwrap();
+        let store = KeyStore::open(dir.path(), &Cipher::off()).unwrap();
         assert_eq!(store.verify(&key), Ok((Role::Viewer, None)));
         assert!(store.revoke(&viewer.id).unwrap());
         assert_eq!(store.verify(&key), Err(AuthError::InvalidToken));

@@ -161,10 +161,11 @@ impl Auth {
         given: Option<&str>,
         rates: &RateSettings,
         jwt: &JwtSettings,
+        cipher: &toplog_crypt::Cipher,
     ) -> anyhow::Result<Self> {
         let limits = RateLimits::new(rates)?;
         let jwt = jwt::Jwt::new(jwt)?;
-        let keys = KeyStore::open(data_dir)?;
+        let keys = KeyStore::open(data_dir, cipher)?;
         if keys.is_empty() {
             match given {
                 Some(key) => {
@@ -194,7 +195,7 @@ impl Auth {
             keys: Some(keys),
             jwt,
             limits: Some(limits),
-            audit: Some(audit::AuditLog::open(data_dir)?),
+            audit: Some(audit::AuditLog::open(data_dir, cipher)?),
         })
     }
 

@@ -1,0 +1,134 @@
+//! Encryption at rest, for admins: which keys the stored data is under, and
+//! the rekey that moves all of it to the current key so an old key can go.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use toplog_compaction::RekeyError;
+use toplog_crypt::{Cipher, KeyUse};
+use toplog_engine::KeyUsage;
+
+use super::workers::blocking;
+use super::{ApiError, ApiResult, AppState};
+
+pub(super) async fn status(State(app): State<Arc<AppState>>) -> ApiResult {
+    let engine = app.engine()?;
+    let data_dir = app.config.data_dir.clone();
+    let cipher = app.config.cipher.clone();
+    let usage = blocking(move || {
+        let mut usage = engine.key_usage()?;
+        count_state_files(&data_dir, &mut usage);
+        Ok(usage)
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": describe(&cipher, &usage)})).into_response())
+}
+
+pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
+    // With encryption off there is nothing to do but flush: a node that
+    // started without keys holds nothing sealed.
+    let cipher = app.config.cipher.clone();
+    let maintainer = app.maintainer()?;
+    let engine = app.engine()?;
+    let jobs = app.jobs.get().cloned();
+    let state = app.clone();
+    let data_dir = app.config.data_dir.clone();
+    let data = blocking(move || {
+        let store = maintainer.rekey().map_err(|e| match e {
+            RekeyError::Engine(e) => ApiError::from(e),
+            RekeyError::Fenced(why) => ApiError::new(StatusCode::CONFLICT, "archive_fenced", why),
+            RekeyError::Policy(why) => ApiError::internal(why),
+        })?;
+        let jobs = match jobs {
+            Some(jobs) => jobs.reseal().map_err(ApiError::from)?,
+            None => 0,
+        };
+        if let Some(keys) = state.auth.keys() {
+            keys.reseal()
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        }
+        if let Some(audit) = state.auth.audit() {
+            audit
+                .reseal()
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        }
+        let mut usage = engine.key_usage()?;
+        count_state_files(&data_dir, &mut usage);
+        Ok(json!({
+            "rewritten": {
+                "segments": store.segments,
+                "archived_segments": store.archived_segments,
+                "rollup_files": store.rollup_files,
+                "key_files": store.key_files,
+                "jobs": jobs,
+            },
+            "encryption": describe(&cipher, &usage),
+        }))
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": data})).into_response())
+}
+
+/// The node's small state files (retention policy, jobs, API keys, audit
+/// lines) by the key each is under. One that cannot be read is left out:
+/// the routes that use it report why.
+fn count_state_files(data_dir: &Path, usage: &mut KeyUsage) {
+    let mut count = |used: Result<KeyUse, _>| {
+        if let Ok(used) = used {
+            *usage.entry(used).or_default() += 1;
+        }
+    };
+    let mut files = vec![data_dir.join("retention.json"), data_dir.join("keys.json")];
+    if let Ok(dir) = std::fs::read_dir(data_dir.join("jobs")) {
+        files.extend(
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json")),
+        );
+    }
+    for path in files {
+        if let Ok(bytes) = std::fs::read(&path) {
+            count(Cipher::key_use(&bytes));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(data_dir.join("audit.log")) {
+        for line in text.lines() {
+            count(Cipher::line_key_use(line));
+        }
+    }
+}
+
+fn describe(cipher: &Cipher, usage: &KeyUsage) -> Value {
+    let mut by_key = BTreeMap::new();
+    let mut plaintext = 0;
+    for (used, n) in usage {
+        match used {
+            KeyUse::Plain => plaintext += n,
+            KeyUse::Key(id) => {
+                by_key.insert(id.clone(), *n);
+            }
+        }
+    }
+    let keys: Vec<&str> = cipher
+        .keyring()
+        .map(|k| k.ids().collect())
+        .unwrap_or_default();
+    let retirable: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|id| Some(*id) != cipher.current_key().map(|(c, _)| c) && !by_key.contains_key(*id))
+        .collect();
+    json!({
+        "enabled": cipher.is_on(),
+        "current_key": cipher.current_key().map(|(id, _)| id),
+        "keys": keys,
+        "files_by_key": by_key,
+        "plaintext_files": plaintext,
+        "retirable_keys": retirable,
+    })
+}
