@@ -468,6 +468,7 @@ impl Config {
             key_file: s.tls_key_file,
             client_ca_file: s.tls_client_ca_file,
             require_client_cert: s.tls_require_client_cert,
+            client_roles: None,
         }
         .or(s.tls.unwrap_or_default());
         let tls = tls.check()?.then_some(tls);

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::auth::{ClientAddr, ClientCert};
 use crate::tls::Tls;
 
 /// How the server treats connections.
@@ -63,15 +64,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (watcher, tls) = (graceful.watcher(), tls.clone());
-        // Each request knows the address it came from (rate limits on failed logins).
-        let app = tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut r: axum::http::Request<hyper::body::Incoming>| {
-                r.extensions_mut().insert(crate::auth::ClientAddr(peer));
-                r
-            },
-        );
+        let (watcher, tls, app) = (graceful.watcher(), tls.clone(), app.clone());
         tokio::spawn(async move {
             // Which protocol the client speaks: from its first bytes, or
             // with TLS from the handshake (ALPN). A client that sends
@@ -80,12 +73,16 @@ pub(crate) async fn serve(
                 None => match sniff(&stream, limits.header_timeout).await {
                     None => Ok(()),
                     Some(protocol) => {
+                        let app = for_client(app, peer, None);
                         serve_connection(stream, protocol, app, limits, watcher).await
                     }
                 },
                 Some(tls) => match handshake(stream, &tls, limits.header_timeout).await {
                     None => Ok(()),
                     Some((stream, protocol)) => {
+                        let cert = (stream.get_ref().1.peer_certificates())
+                            .and_then(|chain| tls.client_identity(chain));
+                        let app = for_client(app, peer, cert);
                         serve_connection(stream, protocol, app, limits, watcher).await
                     }
                 },
@@ -98,6 +95,33 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// `app` for one connection: each request knows the address it came from
+/// (rate limits on failed logins) and the role of the client certificate
+/// the connection showed, if it has one.
+fn for_client(
+    app: Router,
+    peer: std::net::SocketAddr,
+    cert: Option<ClientCert>,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::ServiceExt::map_request(
+        app,
+        move |mut r: axum::http::Request<hyper::body::Incoming>| {
+            r.extensions_mut().insert(ClientAddr(peer));
+            if let Some(cert) = &cert {
+                r.extensions_mut().insert(cert.clone());
+            }
+            r
+        },
+    )
 }
 
 /// Serves one connection in `protocol` until it ends or the server drains.

@@ -6,6 +6,7 @@
 //! refuses connections without one. `toplog cert` writes a CA and
 //! certificates for trying it out.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+use x509_parser::extensions::GeneralName;
+
+use crate::auth::{ClientCert, Role};
 
 /// `[tls]` in the configuration file, with the flags over it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -29,6 +33,11 @@ pub struct TlsSettings {
     pub client_ca_file: Option<PathBuf>,
     /// Refuse connections without a verified client certificate.
     pub require_client_cert: Option<bool>,
+    /// Roles of verified client certificates, by name: a certificate whose
+    /// subject common name, DNS name or URI is listed has that role (a
+    /// cluster peer's certificate maps to `peer`). Others carry no role: their
+    /// callers show a key or token as anyone does.
+    pub client_roles: Option<BTreeMap<String, String>>,
 }
 
 impl TlsSettings {
@@ -39,11 +48,27 @@ impl TlsSettings {
             key_file: self.key_file.or(other.key_file),
             client_ca_file: self.client_ca_file.or(other.client_ca_file),
             require_client_cert: self.require_client_cert.or(other.require_client_cert),
+            client_roles: self.client_roles.or(other.client_roles),
         }
     }
 
     /// Whether TLS is on; refuses half a configuration.
     pub(crate) fn check(&self) -> anyhow::Result<bool> {
+        if let Some(roles) = &self.client_roles {
+            if self.client_ca_file.is_none() {
+                anyhow::bail!(
+                    "`tls.client_roles` needs `tls.client_ca_file`: only verified certificates carry a role"
+                );
+            }
+            for (name, role) in roles {
+                if Role::named(role).is_none() {
+                    anyhow::bail!(
+                        "`tls.client_roles.\"{name}\"`: `{role}` is not one of {}",
+                        crate::auth::ROLE_NAMES.join(", ")
+                    );
+                }
+            }
+        }
         match (&self.cert_file, &self.key_file) {
             (None, None)
                 if self.client_ca_file.is_some() || self.require_client_cert == Some(true) =>
@@ -94,6 +119,35 @@ impl Tls {
             current: RwLock::new(Arc::new(config)),
             loaded: Mutex::new(stamps),
         }))
+    }
+
+    /// The role of a connection's verified client certificate chain (leaf
+    /// first), if its leaf names a listed name.
+    pub(crate) fn client_identity(&self, chain: &[CertificateDer<'_>]) -> Option<ClientCert> {
+        let roles = self.settings.client_roles.as_ref()?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+        let common_names = leaf
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok());
+        let alternatives = leaf
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| san.value.general_names.iter())
+            .into_iter()
+            .flatten()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(s) | GeneralName::URI(s) => Some(*s),
+                _ => None,
+            });
+        common_names.chain(alternatives).find_map(|name| {
+            let role = Role::named(roles.get(name)?)?;
+            Some(ClientCert {
+                name: name.to_owned(),
+                role,
+            })
+        })
     }
 
     /// An acceptor with the configuration in use now.
@@ -263,26 +317,30 @@ pub(crate) fn write_certificates(dir: &Path, hosts: &[String]) -> anyhow::Result
     ];
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::from_params(&ca, &ca_key);
-    let leaf = |names: Vec<String>, common_name: &str, usage: ExtendedKeyUsagePurpose| {
+    let leaf = |names: Vec<String>, common_name: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names)?;
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let cert = params.signed_by(&key, &issuer)?;
         Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
     };
+    // A node is a server, and a client of its peers.
     let (node_pem, node_key) = leaf(
         hosts.to_vec(),
         "toplog node",
-        ExtendedKeyUsagePurpose::ServerAuth,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     )?;
     let (client_pem, client_key) = leaf(
         Vec::new(),
         "toplog client",
-        ExtendedKeyUsagePurpose::ClientAuth,
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
     )?;
     let files = [
         ("ca.pem", ca_cert.pem(), false),
@@ -320,6 +378,7 @@ mod tests {
             key_file: Some(dir.path().join("node.key")),
             client_ca_file: Some(dir.path().join("ca.pem")),
             require_client_cert: Some(true),
+            client_roles: None,
         };
         assert!(settings.check().unwrap());
         let tls = Tls::load(settings.clone()).unwrap();

@@ -231,3 +231,69 @@ fn client_certificates_are_required_when_asked_for() {
     );
     assert!(ask(&https(&server, "/healthz"), &[&ca, &cert, &key]).starts_with("200"));
 }
+
+#[test]
+fn a_client_certificate_the_config_names_carries_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n\
+             [tls.client_roles]\n\"toplog client\" = \"viewer\"\n",
+            certs.join("node.pem"),
+            certs.join("node.key"),
+            certs.join("ca.pem"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let ca = certs.join("ca.pem");
+    let (client_pem, client_key) = (certs.join("client.pem"), certs.join("client.key"));
+    let client: [&Path; 3] = [&ca, &client_pem, &client_key];
+    let count = https(&server, "/api/v1/requests/count?start=0");
+    eventually("ready over TLS", || {
+        let said = ask(&https(&server, "/readyz"), &[&ca]);
+        (!said.starts_with("200")).then_some(said)
+    });
+    // No key: the certificate's role decides.
+    let said = ask_with(&count, &["--no-key"], &client);
+    assert!(
+        said.starts_with("200 "),
+        "a viewer's certificate reads: {said}"
+    );
+    let said = ask_with(
+        &https(&server, "/api/v1/requests"),
+        &["--no-key", "--post", "[]"],
+        &client,
+    );
+    assert!(
+        said.starts_with("403 ") && said.contains("insufficient_role"),
+        "a viewer's certificate may not write: {said}"
+    );
+    // Without a certificate, or with one the map does not name: who are you?
+    let said = ask_with(&count, &["--no-key"], &[&ca]);
+    assert!(said.starts_with("401 "), "no certificate, no key: {said}");
+    let (node_pem, node_key) = (certs.join("node.pem"), certs.join("node.key"));
+    let node: [&Path; 3] = [&ca, &node_pem, &node_key];
+    let said = ask_with(&count, &["--no-key"], &node);
+    assert!(
+        said.starts_with("401 "),
+        "a certificate not in the map: {said}"
+    );
+    // A key still works beside a certificate, with the key's role.
+    let said = ask_with(
+        &https(&server, "/api/v1/requests"),
+        &["--post", "[]"],
+        &client,
+    );
+    assert!(
+        !said.starts_with("401") && !said.starts_with("403"),
+        "{said}"
+    );
+}

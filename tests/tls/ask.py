@@ -2,7 +2,7 @@
 """One HTTPS (or HTTP) request with Python's own ssl module, or a gRPC
 health check over a TLS channel; prints `<status> <body>` or `error <what>`.
 
-    ask.py URL [--ca FILE] [--cert FILE --key FILE] [--post BODY] [--grpc-health]
+    ask.py URL [--ca FILE] [--cert FILE --key FILE] [--post BODY] [--grpc-health] [--no-key]
 """
 import argparse
 import os
@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--key")
     ap.add_argument("--post")
     ap.add_argument("--grpc-health", action="store_true")
+    ap.add_argument("--no-key", action="store_true", help="send no API key (TOPLOG_API_KEY)")
     a = ap.parse_args()
     if a.grpc_health:
         import grpc
@@ -39,7 +40,7 @@ def main():
             context.load_cert_chain(a.cert, a.key)
     data = a.post.encode() if a.post else None
     headers = {"Content-Type": "application/json"}
-    if os.environ.get("TOPLOG_API_KEY"):
+    if os.environ.get("TOPLOG_API_KEY") and not a.no_key:
         headers["Authorization"] = "Bearer " + os.environ["TOPLOG_API_KEY"]
     request = urllib.request.Request(a.url, data=data, headers=headers)
     try:

@@ -125,6 +125,15 @@ pub(crate) struct Caller {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) std::net::SocketAddr);
 
+/// A connection's verified client certificate that the `[tls]`
+/// `client_roles` map gives a role (a request extension).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientCert {
+    /// The certificate's name the map lists.
+    pub(crate) name: String,
+    pub(crate) role: Role,
+}
+
 /// Why a call is refused.
 enum Refusal {
     Auth(AuthError),
@@ -213,6 +222,7 @@ impl Auth {
     async fn admit(
         &self,
         headers: &HeaderMap,
+        cert: Option<&ClientCert>,
         access: Access,
         ip: Option<std::net::IpAddr>,
         spend: bool,
@@ -226,9 +236,13 @@ impl Auth {
             return Err(Refusal::Limited(limited));
         }
         let token = bearer(headers);
-        // An API key, or else a JWT when an identity provider is set.
+        // An API key, or else a JWT when an identity provider is set; with
+        // neither, a client certificate with a role.
         let verified = match (token, &self.jwt) {
-            (None, _) => Err(AuthError::InvalidToken),
+            (None, _) => match cert {
+                Some(c) => Ok((format!("cert:{}", c.name), vec![c.role], None)),
+                None => Err(AuthError::InvalidToken),
+            },
             (Some(t), _) if t.starts_with(keys::PREFIX) => keys.verify(t).map(|(role, rate)| {
                 (
                     keys::id_of(t).unwrap_or_default().to_owned(),
@@ -352,7 +366,13 @@ pub(crate) async fn rest(
 ) -> Response {
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
     match auth
-        .admit(request.headers(), access, ip, counted_per_call(access))
+        .admit(
+            request.headers(),
+            request.extensions().get::<ClientCert>(),
+            access,
+            ip,
+            counted_per_call(access),
+        )
         .await
     {
         Ok((caller, left)) => {
@@ -443,7 +463,13 @@ pub(crate) async fn grpc(
     };
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
     match auth
-        .admit(request.headers(), access, ip, counted_per_call(access))
+        .admit(
+            request.headers(),
+            request.extensions().get::<ClientCert>(),
+            access,
+            ip,
+            counted_per_call(access),
+        )
         .await
     {
         Ok((caller, left)) => {
