@@ -4,6 +4,7 @@
 //! |------------|----------------------------------------------------------|
 //! | magic      | `TPLGENC\0` (8)                                          |
 //! | version    | u8 = 1                                                   |
+//! | scheme     | u8 = 1: AES-256-GCM, a 96-bit nonce drawn at random      |
 //! | key id     | u8 length, then the id (ASCII)                           |
 //! | nonce      | 12 bytes from the system's random source, new each seal  |
 //! | ciphertext | AES-256-GCM of the plaintext, same length                |
@@ -23,6 +24,8 @@ use crate::keyring::{KEY_BYTES, Keyring};
 
 const MAGIC: &[u8; 8] = b"TPLGENC\0";
 const VERSION: u8 = 1;
+/// AES-256-GCM with a random 96-bit nonce per envelope.
+const SCHEME_AES_256_GCM_RANDOM_NONCE: u8 = 1;
 const TAG_LEN: usize = 16;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The magic in hex: how a sealed line starts.
@@ -84,6 +87,12 @@ fn header(bytes: &[u8]) -> Result<Option<Header<'_>>, OpenError> {
     if version != VERSION {
         return Err(OpenError::Malformed("unknown version"));
     }
+    let (&scheme, rest) = rest
+        .split_first()
+        .ok_or(OpenError::Malformed("no scheme"))?;
+    if scheme != SCHEME_AES_256_GCM_RANDOM_NONCE {
+        return Err(OpenError::Malformed("unknown cipher or nonce scheme"));
+    }
     let (&id_len, rest) = rest
         .split_first()
         .ok_or(OpenError::Malformed("no key id"))?;
@@ -98,7 +107,7 @@ fn header(bytes: &[u8]) -> Result<Option<Header<'_>>, OpenError> {
     Ok(Some(Header {
         key_id,
         nonce,
-        len: MAGIC.len() + 2 + id_len + NONCE_LEN,
+        len: MAGIC.len() + 3 + id_len + NONCE_LEN,
     }))
 }
 
@@ -135,9 +144,10 @@ impl Cipher {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce);
         let mut out =
-            Vec::with_capacity(MAGIC.len() + 2 + key.id.len() + NONCE_LEN + plain.len() + TAG_LEN);
+            Vec::with_capacity(MAGIC.len() + 3 + key.id.len() + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
+        out.push(SCHEME_AES_256_GCM_RANDOM_NONCE);
         out.push(key.id.len() as u8);
         out.extend_from_slice(key.id.as_bytes());
         out.extend_from_slice(&nonce);

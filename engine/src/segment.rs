@@ -638,4 +638,63 @@ mod tests {
             }
         }
     }
+
+    fn cipher(spec: &str) -> Cipher {
+        Cipher::new(toplog_crypt::Keyring::from_env_value(spec).unwrap())
+    }
+
+    #[test]
+    fn an_encrypted_segment_seals_every_block_and_opens_only_with_its_key() {
+        let events: Vec<Event> = (0..200)
+            .map(|i| Event {
+                request_id: format!("req-needle-{i}"),
+                timestamp: Micros::new(1_000_000 + i),
+                user_id: format!("needle-user-{}", i % 7),
+                endpoint: format!("/secret-endpoint/{}", i % 3),
+                method: "GET".into(),
+                status_code: 200,
+                latency_us: 1_000 + i as u64,
+            })
+            .collect();
+        let mut cols = Columns::default();
+        for e in &events {
+            cols.push(e);
+        }
+        let k1 = cipher(&format!("k1:{}", "a1".repeat(32)));
+        let img = encode(&cols, Micros::new(0), 86_400_000_000, &k1);
+        for needle in ["req-needle", "needle-user", "secret-endpoint"] {
+            assert!(
+                !img.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle}"
+            );
+        }
+        assert_eq!(key_use(&img).unwrap(), KeyUse::Key("k1".into()));
+        // The footer stays plain: start-up reads it without a key.
+        assert_eq!(read_meta(&img).unwrap().rows, 200);
+        let (_, back) = decode(&img, true, &k1).unwrap();
+        assert_eq!(
+            (0..back.len()).map(|i| back.event(i)).collect::<Vec<_>>(),
+            sorted(events)
+        );
+        assert!(dictionary_holds(&img, DictColumnId::UserId, "needle-user-3", &k1).unwrap());
+        check_key(&img, &k1).unwrap();
+        // Rotated, the old key still listed: it reads.
+        let rotated = cipher(&format!("k2:{},k1:{}", "b2".repeat(32), "a1".repeat(32)));
+        assert!(decode(&img, false, &rotated).is_ok());
+        for (other, want) in [
+            (Cipher::off(), "no encryption key is configured"),
+            (cipher(&format!("k2:{}", "b2".repeat(32))), "does not list"),
+            (
+                cipher(&format!("k1:{}", "c3".repeat(32))),
+                "does not decrypt it",
+            ),
+        ] {
+            let err = check_key(&img, &other).unwrap_err().to_string();
+            assert!(
+                err.starts_with("column `timestamp`: ") && err.contains(want),
+                "{err}"
+            );
+            assert!(decode(&img, false, &other).is_err());
+        }
+    }
 }
