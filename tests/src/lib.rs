@@ -320,3 +320,25 @@ pub fn count_rows(body: &Value) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// Every file under `dir`, by its path relative to `dir`, with its bytes.
+pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("list a directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                out.insert(rel, std::fs::read(&path).expect("read a file"));
+            }
+        }
+    }
+    out
+}

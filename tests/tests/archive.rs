@@ -675,24 +675,6 @@ fn refused_start(data: &Path, args: &[&str]) -> String {
     text
 }
 
-/// Every file under `dir` (relative path) with its bytes.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_second_node_on_the_same_archive_refuses_to_start_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -736,7 +718,7 @@ fn a_second_node_on_the_same_archive_refuses_to_start_and_deletes_nothing() {
     let orphan = "raw/day=2000-01-01/0000000000009999.parquet";
     std::fs::create_dir_all(archive.join("raw/day=2000-01-01")).unwrap();
     std::fs::write(archive.join(orphan), b"left by a crash").unwrap();
-    let before = files(&archive);
+    let before = toplog_tests::files(&archive);
     assert!(
         before.keys().filter(|k| k.ends_with(".parquet")).count() > 1,
         "{:?}",
@@ -759,7 +741,11 @@ fn a_second_node_on_the_same_archive_refuses_to_start_and_deletes_nothing() {
     ] {
         assert!(stderr.contains(&part), "`{part}` not in stderr: {stderr}");
     }
-    assert_eq!(files(&archive), before, "B changed A's archive");
+    assert_eq!(
+        toplog_tests::files(&archive),
+        before,
+        "B changed A's archive"
+    );
 
     // A goes on as before, and its own sweep takes its orphan.
     let report = maintenance(&a);

@@ -132,19 +132,10 @@ fn assert_same(now: &[Value], then: &[Value]) {
 /// Every file under `dir` holding one of the needles, with the needle.
 fn plaintext_hits(dir: &Path) -> Vec<String> {
     let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            for needle in NEEDLES {
-                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                    hits.push(format!("{} holds {needle}", path.display()));
-                }
+    for (path, bytes) in toplog_tests::files(dir) {
+        for needle in NEEDLES {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                hits.push(format!("{path} holds {needle}"));
             }
         }
     }

@@ -295,7 +295,8 @@ mod tests {
         assert!(t.parse("4").is_ok());
         let err = t.parse_json(&json!("4")).map(|_| ()).err();
         assert!(
-            err.as_ref().is_some_and(|e| e.message.contains("as a number")),
+            err.as_ref()
+                .is_some_and(|e| e.message.contains("as a number")),
             "{err:?}"
         );
     }

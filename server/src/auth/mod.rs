@@ -216,17 +216,20 @@ impl Auth {
         self.audit.as_ref()
     }
 
-    /// Whether the caller behind `headers`, from `ip`, may do what
-    /// `access` asks; with `spend`, the call takes a token from its key's
-    /// bucket. An address that failed too often is refused whatever it shows.
+    /// Whether the caller of a request with `headers` and `extensions` (its
+    /// key or token, else its client certificate's role) may do what
+    /// `access` asks; a call not counted in events by its handler takes a
+    /// token from the caller's bucket. An address that failed too often is
+    /// refused whatever it shows.
     async fn admit(
         &self,
         headers: &HeaderMap,
-        cert: Option<&ClientCert>,
+        extensions: &axum::http::Extensions,
         access: Access,
-        ip: Option<std::net::IpAddr>,
-        spend: bool,
     ) -> Result<(Option<Caller>, Option<Left>), Refusal> {
+        let ip = client_ip(extensions);
+        let cert = extensions.get::<ClientCert>();
+        let spend = counted_per_call(access);
         let (Some(keys), Access::Needs(needed)) = (&self.keys, access) else {
             return Ok((None, None));
         };
@@ -301,6 +304,11 @@ impl Auth {
     }
 }
 
+/// The address a request came from, as the server loop recorded it.
+fn client_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions.get::<ClientAddr>().map(|a| a.0.ip())
+}
+
 /// Ingest (the routes and RPCs that need the writer role) is counted in
 /// events by its handler; every other call is counted here, as one.
 fn counted_per_call(access: Access) -> bool {
@@ -364,15 +372,9 @@ pub(crate) async fn rest(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let ip = client_ip(request.extensions());
     match auth
-        .admit(
-            request.headers(),
-            request.extensions().get::<ClientCert>(),
-            access,
-            ip,
-            counted_per_call(access),
-        )
+        .admit(request.headers(), request.extensions(), access)
         .await
     {
         Ok((caller, left)) => {
@@ -461,15 +463,8 @@ pub(crate) async fn grpc(
             .grpc_status()
             .into_http::<axum::body::Body>();
     };
-    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
     match auth
-        .admit(
-            request.headers(),
-            request.extensions().get::<ClientCert>(),
-            access,
-            ip,
-            counted_per_call(access),
-        )
+        .admit(request.headers(), request.extensions(), access)
         .await
     {
         Ok((caller, left)) => {
