@@ -1,0 +1,23 @@
+use thiserror::Error;
+
+/// Why a replication step failed.
+#[derive(Debug, Error)]
+pub enum ReplicationError {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("a Raft entry does not decode: {0}")]
+    Decode(#[from] protobuf::ProtobufError),
+    /// Writes go to the leader; this node knows it (or 0: none known).
+    #[error("this node does not lead (leader: {leader_id})")]
+    NotLeader { leader_id: u64 },
+    /// The leader did not take the proposal (a leadership transfer under way).
+    #[error("the proposal was not taken; retry")]
+    Dropped,
+    /// Writing the Raft state failed: the node stops and is reopened.
+    #[error("writing the Raft state failed: {0}")]
+    Disk(String),
+    #[error("inconsistent Raft state: {0}")]
+    Inconsistent(String),
+}
+
+pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;

@@ -1,0 +1,12 @@
+//! Raft replication on raft-rs: the node loop ([`RaftNode`]), what it keeps
+//! across restarts ([`Durable`]) and what it applies committed entries to
+//! ([`StateMachine`]). See docs/cluster.md.
+
+mod durable;
+mod error;
+mod node;
+
+pub use durable::{Durable, Persisted};
+pub use error::{ReplicationError, Result};
+pub use node::{Outcome, RaftNode, StateMachine, Ticket, Timing};
+pub use raft::prelude::Message;
