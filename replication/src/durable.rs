@@ -16,14 +16,18 @@ pub struct Persisted {
 }
 
 /// A node's durable Raft state.
+///
+/// The commit index may be kept lazily (written with the next term or vote
+/// change): entries are applied only once committed, so a restart takes the
+/// state machine's applied index as committed when the kept one is behind.
 pub trait Durable {
     /// What was written, or `None` for a node that has never run.
-    fn load(&self) -> Result<Option<Persisted>>;
+    fn load(&mut self) -> Result<Option<Persisted>>;
     /// Appends `entries` (replacing any kept entry at their indexes or
-    /// after: a new leader's log wins over an uncommitted tail) and sets the
-    /// hard state, in one durable write.
+    /// after: a new leader's log wins over an uncommitted tail) and makes
+    /// the hard state's term and vote durable, before it returns.
     fn save(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()>;
-    /// Records a newer commit index.
+    /// Notes a newer commit index (kept lazily, see above).
     fn save_commit(&mut self, commit: u64) -> Result<()>;
     /// Records a configuration applied from the log.
     fn save_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;

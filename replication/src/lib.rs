@@ -4,9 +4,11 @@
 
 mod durable;
 mod error;
+mod log_store;
 mod node;
 
 pub use durable::{Durable, Persisted};
 pub use error::{ReplicationError, Result};
+pub use log_store::LogStore;
 pub use node::{Outcome, RaftNode, StateMachine, Ticket, Timing};
 pub use raft::prelude::Message;

@@ -132,12 +132,18 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
                 }
             }
         }
+        // Only committed entries are applied: an applied index past the
+        // kept commit index (kept lazily) is committed.
         let applied = machine.applied();
         let committed = storage.initial_state()?.hard_state.commit;
         if applied > committed {
-            return Err(ReplicationError::Inconsistent(format!(
-                "the state machine has applied index {applied}, past the log's commit index {committed}"
-            )));
+            let last = storage.last_index()?;
+            if applied > last {
+                return Err(ReplicationError::Inconsistent(format!(
+                    "the state machine has applied index {applied}, past the end of the Raft log ({last})"
+                )));
+            }
+            storage.wl().mut_hard_state().set_commit(applied);
         }
         let mut config = Config {
             id,

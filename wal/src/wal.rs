@@ -157,6 +157,46 @@ impl Wal {
         rx.recv().unwrap_or(Err(WalError::Closed))
     }
 
+    /// Appends `frames` (term, payload) as one group: one write, one fsync
+    /// (under `FsyncPolicy::Always`), nothing else between them. Blocks until
+    /// they are durable; returns the lsn of the first. For a Raft log, whose
+    /// entries of one Ready must become durable together.
+    pub fn append_batch_blocking(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<Lsn> {
+        if let Some(big) = frames.iter().find(|(_, p)| p.len() > MAX_PAYLOAD) {
+            return Err(WalError::TooLarge { len: big.1.len() });
+        }
+        let count = frames.len();
+        if count == 0 {
+            return Ok(Lsn::new(self.last_lsn().get().saturating_add(1)));
+        }
+        self.shared.check()?;
+        let (tx, rx) = mpsc::channel();
+        self.control(Request::AppendBatch { frames, reply: tx })?;
+        let mut first = None;
+        for _ in 0..count {
+            let lsn = rx.recv().unwrap_or(Err(WalError::Closed))?;
+            first.get_or_insert(lsn);
+        }
+        first.ok_or(WalError::Closed)
+    }
+
+    /// Removes every entry with lsn >= `from`; the next append gets `from`.
+    /// For a Raft log, whose uncommitted tail a new leader's entries replace.
+    /// Blocks; durable when it returns.
+    pub fn truncate_suffix(&self, from: Lsn) -> Result<()> {
+        self.shared.check()?;
+        let (tx, rx) = mpsc::channel();
+        self.control(Request::TruncateSuffix { from, reply: tx })?;
+        rx.recv().unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Hands `request` to the writer thread.
+    fn control(&self, request: Request) -> Result<()> {
+        let guard = lock(&self.requests);
+        let sender = guard.as_ref().ok_or(WalError::Closed)?;
+        sender.send(request).map_err(|_| WalError::Closed)
+    }
+
     fn submit(&self, term: u64, payload: Vec<u8>, attachment: Option<Attachment>, reply: Reply) {
         if payload.len() > MAX_PAYLOAD {
             return reply.send(Err(WalError::TooLarge { len: payload.len() }));
@@ -188,13 +228,7 @@ impl Wal {
     pub fn truncate_prefix(&self, upto: Lsn) -> Result<()> {
         self.shared.check()?;
         let (tx, rx) = mpsc::channel();
-        {
-            let guard = lock(&self.requests);
-            let sender = guard.as_ref().ok_or(WalError::Closed)?;
-            sender
-                .send(Request::TruncatePrefix { upto, reply: tx })
-                .map_err(|_| WalError::Closed)?;
-        }
+        self.control(Request::TruncatePrefix { upto, reply: tx })?;
         rx.recv().unwrap_or(Err(WalError::Closed))
     }
 
@@ -204,13 +238,7 @@ impl Wal {
     pub fn roll(&self) -> Result<()> {
         self.shared.check()?;
         let (tx, rx) = mpsc::channel();
-        {
-            let guard = lock(&self.requests);
-            let sender = guard.as_ref().ok_or(WalError::Closed)?;
-            sender
-                .send(Request::Roll { reply: tx })
-                .map_err(|_| WalError::Closed)?;
-        }
+        self.control(Request::Roll { reply: tx })?;
         rx.recv().unwrap_or(Err(WalError::Closed))
     }
 

@@ -46,8 +46,17 @@ pub(crate) enum Request {
         attachment: Option<Attachment>,
         reply: Reply,
     },
+    /// Frames (term, payload) committed in one group, each answered on `reply`.
+    AppendBatch {
+        frames: Vec<(u64, Vec<u8>)>,
+        reply: mpsc::Sender<Result<Lsn>>,
+    },
     TruncatePrefix {
         upto: Lsn,
+        reply: mpsc::Sender<Result<()>>,
+    },
+    TruncateSuffix {
+        from: Lsn,
         reply: mpsc::Sender<Result<()>>,
     },
     Roll {
@@ -183,6 +192,11 @@ impl Writer {
                         attachment,
                         reply,
                     } => group.push((term, payload, attachment, reply)),
+                    Request::AppendBatch { frames, reply } => {
+                        for (term, payload) in frames {
+                            group.push((term, payload, None, Reply::Blocking(reply.clone())));
+                        }
+                    }
                     other => {
                         control = Some(other);
                         break;
@@ -194,7 +208,10 @@ impl Writer {
                 self.commit(group);
             }
             match control {
-                None | Some(Request::Append { .. }) => {}
+                None | Some(Request::Append { .. } | Request::AppendBatch { .. }) => {}
+                Some(Request::TruncateSuffix { from, reply }) => {
+                    let _ = reply.send(self.truncate_suffix(from));
+                }
                 Some(Request::TruncatePrefix { upto, reply }) => {
                     let _ = reply.send(self.truncate_prefix(upto));
                 }
@@ -338,6 +355,67 @@ impl Writer {
             self.shared.poison(e);
             return self.shared.check();
         }
+        Ok(())
+    }
+
+    /// Removes every frame with lsn >= `from`: later files go whole, the
+    /// file holding `from` is cut at its frame (and fsynced); the next frame
+    /// gets `from`.
+    fn truncate_suffix(&mut self, from: Lsn) -> Result<()> {
+        self.shared.check()?;
+        if from >= self.next_lsn {
+            return Ok(());
+        }
+        let result = self.cut_from(from);
+        if let Err(e) = &result {
+            self.shared
+                .poison(format!("cutting the log's tail failed: {e}"));
+        }
+        result
+    }
+
+    fn cut_from(&mut self, from: Lsn) -> Result<()> {
+        let Some(keep) = self.segments.iter().rposition(|s| s.first <= from) else {
+            return Err(WalError::corrupt(
+                &self.dir,
+                0,
+                format!("cannot cut the log at lsn {from}: it starts after it"),
+            ));
+        };
+        self.sync().map_err(WalError::Poisoned)?;
+        for segment in self.segments.drain(keep + 1..).rev() {
+            self.fs
+                .remove_file(&segment.path)
+                .map_err(|e| WalError::io(&segment.path, "remove", e))?;
+        }
+        let path = self.segments[keep].path.clone();
+        let bytes = self
+            .fs
+            .read(&path)
+            .map_err(|e| WalError::io(&path, "read", e))?;
+        let mut pos = HEADER_LEN;
+        while pos < bytes.len() {
+            let frame = format::decode_frame(&bytes, pos)
+                .map_err(|e| WalError::corrupt(&path, pos as u64, e.to_string()))?;
+            if frame.lsn >= from {
+                break;
+            }
+            pos = frame.end;
+        }
+        self.fs
+            .truncate(&path, pos as u64)
+            .map_err(|e| WalError::io(&path, "truncate", e))?;
+        self.file = self
+            .fs
+            .open_append(&path)
+            .map_err(|e| WalError::io(&path, "open", e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| WalError::io(&self.dir, "fsync directory", e))?;
+        self.next_lsn = from;
+        self.shared
+            .last_lsn
+            .store(from.get().saturating_sub(1), Ordering::Release);
         Ok(())
     }
 

@@ -228,6 +228,51 @@ fn truncate_prefix_removes_whole_old_files_only() {
 }
 
 #[test]
+fn a_cut_tail_is_gone_after_a_crash_and_numbering_resumes_at_the_cut() {
+    // Small files: the cuts fall inside a file, at a file's first frame, and
+    // take whole later files with them.
+    for cut in [1u64, 7, 12, 13, 29, 30] {
+        let fs = SimFs::new(cut);
+        let (wal, _) = open(&fs, options(200), 0).unwrap();
+        for i in 1..=30u8 {
+            wal.append_blocking(vec![i; 50]).unwrap();
+        }
+        wal.truncate_suffix(Lsn::new(cut)).unwrap();
+        assert_eq!(wal.last_lsn(), Lsn::new(cut - 1));
+        // A Raft leader's entries replace the tail, in one group.
+        let first = wal
+            .append_batch_blocking(vec![(7, vec![200; 40]), (7, vec![201; 40])])
+            .unwrap();
+        assert_eq!(first, Lsn::new(cut));
+        wal.close().unwrap();
+        drop(wal);
+        fs.crash();
+        let (wal, replay) = open(&fs, options(200), 0).unwrap();
+        let got: Vec<(u64, u64, u8)> = replay
+            .iter()
+            .map(|e| (e.lsn.get(), e.term, e.payload[0]))
+            .collect();
+        let mut want: Vec<(u64, u64, u8)> = (1..cut).map(|i| (i, 0, i as u8)).collect();
+        want.extend([(cut, 7, 200), (cut + 1, 7, 201)]);
+        assert_eq!(got, want, "cut at {cut}");
+        assert_eq!(wal.append_blocking(vec![9]).unwrap(), Lsn::new(cut + 2));
+    }
+}
+
+#[test]
+fn a_batch_is_one_group_with_one_fsync() {
+    let fs = SimFs::new(3);
+    let (wal, _) = open(&fs, options(1 << 30), 0).unwrap();
+    let before = wal.sync_count();
+    let first = wal
+        .append_batch_blocking((0..50u8).map(|i| (3, vec![i; 10])).collect())
+        .unwrap();
+    assert_eq!(first, Lsn::new(1));
+    assert_eq!(wal.last_lsn(), Lsn::new(50));
+    assert_eq!(wal.sync_count() - before, 1, "fifty entries, one fsync");
+}
+
+#[test]
 fn numbering_continues_past_after_when_the_log_is_behind() {
     let fs = SimFs::new(11);
     let (wal, _) = open(&fs, options(1 << 20), 0).unwrap();

@@ -1,0 +1,368 @@
+//! The Raft state on disk, with the project's `wal` crate.
+//!
+//! ```text
+//! <dir>/log/wal-<index>.log   the Raft log: one frame per entry, lsn = the
+//!                             entry's index, term = its term (docs/format.md)
+//! <dir>/STATE                 term, vote, commit index and configuration
+//! ```
+//!
+//! The entries of one Ready go to the log as one group: one write, one
+//! fsync. A new leader's entries that replace an uncommitted tail first cut
+//! the log at their first index. `STATE` is replaced whole (temp file,
+//! fsync, rename, directory fsync) when the term, the vote or the
+//! configuration changes, which is rare; the commit index rides along then
+//! (see [`Durable`] on why that is enough).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft::prelude::{ConfState, Entry, EntryType, HardState};
+use serde::{Deserialize, Serialize};
+use toplog_types::Lsn;
+use toplog_wal::{Fs, Wal, WalOptions};
+
+use crate::durable::{Durable, Persisted};
+use crate::error::{ReplicationError, Result};
+
+const STATE: &str = "STATE";
+const STATE_TMP: &str = "STATE.tmp";
+const STATE_VERSION: u32 = 1;
+
+/// `STATE`, as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    term: u64,
+    vote: u64,
+    commit: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners_next: Vec<u64>,
+    auto_leave: bool,
+}
+
+impl StateFile {
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+            ..HardState::default()
+        }
+    }
+
+    fn conf_state(&self) -> ConfState {
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            learners_next: self.learners_next.clone(),
+            auto_leave: self.auto_leave,
+            ..ConfState::default()
+        }
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) {
+        self.voters = cs.voters.clone();
+        self.learners = cs.learners.clone();
+        self.voters_outgoing = cs.voters_outgoing.clone();
+        self.learners_next = cs.learners_next.clone();
+        self.auto_leave = cs.auto_leave;
+    }
+}
+
+/// A node's Raft state in `<dir>`.
+pub struct LogStore {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    wal: Wal,
+    state: StateFile,
+    /// Index of the last entry in the log.
+    last_index: u64,
+    /// What was read at open, until [`Durable::load`] takes it.
+    loaded: Option<Persisted>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.dir)
+            .field("last_index", &self.last_index)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+fn disk(what: &str, path: &Path, e: impl std::fmt::Display) -> ReplicationError {
+    ReplicationError::Disk(format!("{what} {}: {e}", path.display()))
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    let kind = match entry.get_entry_type() {
+        EntryType::EntryNormal => 0u8,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    };
+    let mut out = Vec::with_capacity(5 + entry.context.len() + entry.data.len());
+    out.push(kind);
+    out.extend_from_slice(&(entry.context.len() as u32).to_le_bytes());
+    out.extend_from_slice(&entry.context);
+    out.extend_from_slice(&entry.data);
+    out
+}
+
+fn decode(index: u64, term: u64, payload: &[u8]) -> Option<Entry> {
+    let (&kind, rest) = payload.split_first()?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let context = rest.get(4..4 + len)?;
+    let data = rest.get(4 + len..)?;
+    let mut entry = Entry::default();
+    entry.set_entry_type(match kind {
+        0 => EntryType::EntryNormal,
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => return None,
+    });
+    entry.index = index;
+    entry.term = term;
+    entry.context = context.to_vec().into();
+    entry.data = data.to_vec().into();
+    Some(entry)
+}
+
+impl LogStore {
+    /// Opens (creating) the Raft state in `dir` and reads it back.
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, options: WalOptions) -> Result<Self> {
+        fs.create_dir_all(dir).map_err(|e| disk("create", dir, e))?;
+        let state_path = dir.join(STATE);
+        let state = match fs.read(&state_path) {
+            Ok(bytes) => {
+                let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    ReplicationError::Inconsistent(format!("{}: {e}", state_path.display()))
+                })?;
+                if state.version != STATE_VERSION {
+                    return Err(ReplicationError::Inconsistent(format!(
+                        "{}: version {} (this build reads {STATE_VERSION})",
+                        state_path.display(),
+                        state.version
+                    )));
+                }
+                Some(state)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(disk("read", &state_path, e)),
+        };
+        let log_dir = dir.join("log");
+        let (wal, frames) = Wal::open(
+            fs.clone(),
+            &log_dir,
+            options,
+            Lsn::ZERO,
+            Box::new(|_, _, _| {}),
+        )
+        .map_err(|e| disk("open the Raft log in", &log_dir, e))?;
+        let mut entries = Vec::with_capacity(frames.len());
+        for f in frames {
+            let entry = decode(f.lsn.get(), f.term, &f.payload).ok_or_else(|| {
+                ReplicationError::Inconsistent(format!(
+                    "{}: entry {} does not decode",
+                    log_dir.display(),
+                    f.lsn
+                ))
+            })?;
+            entries.push(entry);
+        }
+        let last_index = entries.last().map_or(0, |e| e.index);
+        let loaded = match &state {
+            None if entries.is_empty() => None,
+            None => {
+                return Err(ReplicationError::Inconsistent(format!(
+                    "{} holds entries but {} is missing",
+                    log_dir.display(),
+                    state_path.display()
+                )));
+            }
+            Some(s) => Some(Persisted {
+                hard_state: {
+                    let mut hs = s.hard_state();
+                    // Kept lazily, it may name entries a crash cut off the
+                    // tail: only what the log holds can be known committed.
+                    hs.commit = hs.commit.min(last_index);
+                    hs
+                },
+                conf_state: s.conf_state(),
+                entries,
+            }),
+        };
+        Ok(Self {
+            fs,
+            dir: dir.to_path_buf(),
+            wal,
+            state: state.unwrap_or(StateFile {
+                version: STATE_VERSION,
+                ..StateFile::default()
+            }),
+            last_index,
+            loaded,
+        })
+    }
+
+    fn store_state(&mut self) -> Result<()> {
+        let bytes = serde_json::to_vec(&self.state)
+            .map_err(|e| ReplicationError::Inconsistent(e.to_string()))?;
+        let tmp = self.dir.join(STATE_TMP);
+        let path = self.dir.join(STATE);
+        if self.fs.exists(&tmp) {
+            self.fs
+                .remove_file(&tmp)
+                .map_err(|e| disk("remove", &tmp, e))?;
+        }
+        let mut f = self.fs.create(&tmp).map_err(|e| disk("create", &tmp, e))?;
+        f.write_all(&bytes).map_err(|e| disk("write", &tmp, e))?;
+        f.sync().map_err(|e| disk("fsync", &tmp, e))?;
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(|e| disk("rename", &tmp, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| disk("fsync", &self.dir, e))
+    }
+}
+
+impl Durable for LogStore {
+    fn load(&mut self) -> Result<Option<Persisted>> {
+        Ok(self.loaded.take())
+    }
+
+    fn save(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        if let Some(first) = entries.first() {
+            if first.index <= self.last_index {
+                self.wal
+                    .truncate_suffix(Lsn::new(first.index))
+                    .map_err(|e| disk("cut the Raft log in", &self.dir, e))?;
+                self.last_index = first.index - 1;
+            }
+            if first.index != self.last_index + 1 {
+                return Err(ReplicationError::Inconsistent(format!(
+                    "entries from {} do not follow the log's last entry {}",
+                    first.index, self.last_index
+                )));
+            }
+            let frames = entries.iter().map(|e| (e.term, encode(e))).collect();
+            let at = self
+                .wal
+                .append_batch_blocking(frames)
+                .map_err(|e| disk("append to the Raft log in", &self.dir, e))?;
+            if at.get() != first.index {
+                return Err(ReplicationError::Inconsistent(format!(
+                    "entry {} was written at {at}",
+                    first.index
+                )));
+            }
+            self.last_index = entries.last().map_or(self.last_index, |e| e.index);
+        }
+        if let Some(hs) = hard_state {
+            let changed = (hs.term, hs.vote) != (self.state.term, self.state.vote);
+            self.state.commit = hs.commit.min(self.last_index);
+            if changed {
+                self.state.term = hs.term;
+                self.state.vote = hs.vote;
+                self.store_state()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn save_commit(&mut self, commit: u64) -> Result<()> {
+        self.state.commit = commit.min(self.last_index);
+        Ok(())
+    }
+
+    fn save_conf_state(&mut self, conf_state: &ConfState) -> Result<()> {
+        self.state.set_conf_state(conf_state);
+        self.store_state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use toplog_wal::SimFs;
+
+    fn entry(index: u64, term: u64, data: &str) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.as_bytes().to_vec().into(),
+            ..Entry::default()
+        }
+    }
+
+    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..HardState::default()
+        }
+    }
+
+    fn open(fs: &SimFs) -> LogStore {
+        LogStore::open(
+            Arc::new(fs.clone()),
+            Path::new("/raft"),
+            WalOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replaced_tail_term_vote_and_configuration_survive_a_crash() {
+        let fs = SimFs::new(1);
+        let mut store = open(&fs);
+        assert!(store.load().unwrap().is_none(), "a new node");
+        store
+            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        let first: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &format!("a{i}"))).collect();
+        store.save(&first, Some(&hs(1, 2, 0))).unwrap();
+        store.save_commit(3).unwrap();
+        // A new leader in term 2 replaces the uncommitted 4 and 5.
+        let second = [entry(4, 2, "b4"), entry(5, 2, "b5"), entry(6, 2, "b6")];
+        store.save(&second, Some(&hs(2, 3, 3))).unwrap();
+        drop(store);
+        fs.crash();
+
+        let mut store = open(&fs);
+        let back = store.load().unwrap().expect("state");
+        let got: Vec<(u64, u64, Vec<u8>)> = back
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect();
+        let want: Vec<(u64, u64, Vec<u8>)> = [
+            (1, 1, "a1"),
+            (2, 1, "a2"),
+            (3, 1, "a3"),
+            (4, 2, "b4"),
+            (5, 2, "b5"),
+            (6, 2, "b6"),
+        ]
+        .iter()
+        .map(|(i, t, d)| (*i, *t, d.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            (
+                back.hard_state.term,
+                back.hard_state.vote,
+                back.hard_state.commit
+            ),
+            (2, 3, 3)
+        );
+        assert_eq!(back.conf_state.voters, vec![1, 2, 3]);
+    }
+}
