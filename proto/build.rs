@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("toplog_descriptor.bin"))
         .compile_protos(&["toplog/v1/toplog.proto"], &["."])?;
+    // The cluster's own service: not in the descriptor set reflection serves.
+    tonic_prost_build::configure().compile_protos(&["toplog/raft/v1/raft.proto"], &["."])?;
     println!("cargo:rerun-if-changed=toplog/v1/toplog.proto");
+    println!("cargo:rerun-if-changed=toplog/raft/v1/raft.proto");
     Ok(())
 }

@@ -9,6 +9,12 @@ pub mod v1 {
     tonic::include_proto!("toplog.v1");
 }
 
+/// The generated `toplog.raft.v1` package: Raft traffic between nodes.
+#[allow(clippy::all, clippy::pedantic, unreachable_pub)]
+pub mod raft_v1 {
+    tonic::include_proto!("toplog.raft.v1");
+}
+
 /// The encoded descriptors of `toplog.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("toplog_descriptor");
 

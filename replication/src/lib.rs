@@ -2,11 +2,13 @@
 //! across restarts ([`Durable`]) and what it applies committed entries to
 //! ([`StateMachine`]). See docs/cluster.md.
 
+mod driver;
 mod durable;
 mod error;
 mod log_store;
 mod node;
 
+pub use driver::{Driver, NodeStatus, Outbound, decode_message, encode_message};
 pub use durable::{Durable, Persisted};
 pub use error::{ReplicationError, Result};
 pub use log_store::LogStore;

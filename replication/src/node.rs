@@ -181,6 +181,16 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         self.raw.raft.term
     }
 
+    /// `leader`, `candidate`, `pre_candidate` or `follower`.
+    pub fn role_name(&self) -> &'static str {
+        match self.raw.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre_candidate",
+            StateRole::Follower => "follower",
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }

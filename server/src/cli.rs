@@ -234,6 +234,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             &config.rate_limits,
             &config.jwt,
             &engine_config.cipher,
+            config.cluster.as_ref().map(|c| c.secret()),
         )?
     } else {
         tracing::warn!(
@@ -241,6 +242,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         crate::auth::Auth::off()
     });
+    let cluster = match &config.cluster {
+        None => None,
+        Some(settings) => {
+            let cluster = crate::cluster::Cluster::start(
+                settings,
+                &engine_config.data_dir,
+                &tokio::runtime::Handle::current(),
+            )
+            .context("cannot start the cluster's Raft node")?;
+            tracing::info!(node_id = settings.node_id, members = ?settings.members, "a member of a Raft cluster");
+            Some(cluster)
+        }
+    };
     let limits = crate::listen::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
@@ -262,6 +276,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         maintainer: OnceLock::new(),
         openapi: OnceLock::new(),
         auth,
+        cluster,
     });
     tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 

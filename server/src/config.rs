@@ -117,6 +117,17 @@ pub(crate) struct Settings {
     /// `[encryption]` in the file: `key_file`.
     #[arg(skip)]
     pub(crate) encryption: Option<EncryptionSettings>,
+    /// This node's id in its cluster (1, 2, ...); with `cluster`.
+    #[arg(long, env = "TOPLOG_NODE_ID")]
+    pub(crate) node_id: Option<u64>,
+    /// The cluster's first members, `<id>=<url>,...` (each node's one listen
+    /// URL); it bootstraps the Raft group once.
+    #[arg(long, env = "TOPLOG_CLUSTER")]
+    pub(crate) cluster: Option<String>,
+    /// A file holding the secret every node of the cluster presents to the
+    /// others (without mutual TLS, the proof of the `peer` role).
+    #[arg(long, env = "TOPLOG_CLUSTER_SECRET_FILE")]
+    pub(crate) cluster_secret_file: Option<PathBuf>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -203,6 +214,9 @@ impl Settings {
             jwt: self.jwt.or(other.jwt),
             encryption_key_file: self.encryption_key_file.or(other.encryption_key_file),
             encryption: self.encryption.or(other.encryption),
+            node_id: self.node_id.or(other.node_id),
+            cluster: self.cluster.or(other.cluster),
+            cluster_secret_file: self.cluster_secret_file.or(other.cluster_secret_file),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -278,6 +292,8 @@ pub struct Config {
     pub jwt: crate::auth::JwtSettings,
     /// What the node's files are written under (off: plaintext).
     pub cipher: Cipher,
+    /// `None`: a single node.
+    pub(crate) cluster: Option<crate::cluster::ClusterSettings>,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
     pub memtable_max_bytes: usize,
@@ -483,7 +499,18 @@ impl Config {
             ),
             other => anyhow::bail!("`auth`: `{other}` is not one of on, off"),
         };
+        let cluster = crate::cluster::ClusterSettings::resolve(
+            s.node_id,
+            s.cluster.as_deref(),
+            s.cluster_secret_file.as_deref(),
+        )?;
+        if cluster.is_some() && !auth {
+            anyhow::bail!(
+                "a cluster needs access control on: only the `peer` role may send Raft messages (`auth = \"off\"` is for a single node)"
+            );
+        }
         Ok(Self {
+            cluster,
             cipher,
             tls,
             auth,

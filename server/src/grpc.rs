@@ -27,13 +27,19 @@ use toplog_proto::v1::{
 };
 use toplog_types::{Micros, TypedRow};
 
+use toplog_proto::raft_v1::raft_server::RaftServer;
+
 use crate::api::{ApiError, AppState, aggregations, analytics, events, traces};
 use crate::auth::Caller;
+
+/// Largest batch of Raft messages a peer may send (entries of 4 MiB at most each).
+const RAFT_BATCH_BYTES: usize = 512 << 20;
 
 /// The gRPC services, as routes to merge into the REST router.
 pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
     let auth = state.auth.clone();
+    let state_cluster = state.cluster.clone();
     let traces = TraceServiceServer::new(Traces { app: state.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -58,6 +64,17 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
             &service_path::<tonic_health::pb::health_server::HealthServer<()>>(),
             health_service,
         );
+    // A cluster's Raft traffic: only the peer role reaches it (RPCS).
+    let router = match &state_cluster {
+        Some(cluster) => router.route_service(
+            &service_path::<RaftServer<crate::cluster::RaftService>>(),
+            RaftServer::new(crate::cluster::RaftService {
+                cluster: cluster.clone(),
+            })
+            .max_decoding_message_size(RAFT_BATCH_BYTES),
+        ),
+        None => router,
+    };
     let router = match reflection {
         Ok(service) => router.route_service(
             &service_path::<tonic_reflection::server::v1::ServerReflectionServer<()>>(),

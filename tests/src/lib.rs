@@ -101,8 +101,19 @@ impl Server {
 
     /// [`Server::start`] with these environment variables set.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_listening("127.0.0.1:0", data_dir, extra, env)
+    }
+
+    /// [`Server::start_with_env`] on a given address (a cluster's members
+    /// name each other's before they start).
+    pub fn start_listening(
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("TOPLOG_ADMIN_KEY", ADMIN_KEY)
@@ -341,4 +352,13 @@ pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// A port free on 127.0.0.1 now (the OS's choice; for a node that must
+/// know its address before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -17,19 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, binary, client, count_rows, now_ms, send_all};
+use toplog_tests::{Server, binary, client, count_rows, free_port, now_ms, send_all};
 
 const BUCKET: &str = "toplog-lifecycle";
 /// Bytes of a request a cut proxy lets through: the headers and part of a body.
 const CUT_AFTER: usize = 1024;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `moto_server` on a free port, killed on drop.
 struct Moto {

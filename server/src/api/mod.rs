@@ -3,6 +3,7 @@
 
 pub(crate) mod aggregations;
 pub(crate) mod analytics;
+mod cluster;
 mod encryption;
 mod error;
 pub(crate) mod events;
@@ -48,6 +49,8 @@ pub(crate) struct AppState {
     pub(crate) openapi: OnceLock<serde_json::Value>,
     /// Who may do what.
     pub(crate) auth: Arc<crate::auth::Auth>,
+    /// This node's Raft group, when it is one of a cluster.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {

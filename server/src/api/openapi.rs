@@ -120,6 +120,13 @@ fn schemas() -> Value {
             "plaintext_files": int,
             "retirable_keys": {"type": "array", "items": string},
         }), &["enabled", "current_key", "keys", "files_by_key", "plaintext_files", "retirable_keys"]),
+        "Cluster": obj(json!({"status": string, "data": obj(json!({
+            "clustered": {"type": "boolean"}, "node_id": int,
+            "leader_id": {"type": "integer", "nullable": true}, "term": int,
+            "role": {"type": "string", "enum": ["leader", "candidate", "pre_candidate", "follower"]},
+            "commit_index": int, "applied_index": int, "stopped": {"type": "string", "nullable": true},
+            "members": {"type": "array", "items": obj(json!({"id": int, "url": string}), &["id", "url"])},
+        }), &["clustered"])}), &["status", "data"]),
         "Encryption": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/EncryptionState"}}), &["status", "data"]),
         "Rekey": obj(json!({"status": string, "data": obj(json!({
             "rewritten": obj(json!({"segments": int, "archived_segments": int, "rollup_files": int, "key_files": int, "jobs": int}),

@@ -9,7 +9,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::params::QuerySpec;
-use super::{AppState, aggregations, analytics, encryption, events, health, keys, storage, traces};
+use super::{
+    AppState, aggregations, analytics, cluster, encryption, events, health, keys, storage, traces,
+};
 use crate::auth::{Access, Role};
 
 /// What a route takes in its body.
@@ -57,7 +59,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 23] = [
+pub(crate) const ROUTES: [Route; 24] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -242,6 +244,19 @@ pub(crate) const ROUTES: [Route; 23] = [
         body: None,
         ok: (200, "Maintenance"),
         errors: &[503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/cluster",
+        id: "cluster",
+        handler: || get(cluster::cluster),
+        summary: "The cluster as this node sees it: its id, the leader it knows, term, role, commit and applied index, and the members (`clustered: false` for a single node).",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "Cluster"),
+        errors: &[],
         links: &[],
         access: Access::Needs(Role::Admin),
     },

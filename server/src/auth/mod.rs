@@ -149,6 +149,8 @@ pub(crate) struct Auth {
     jwt: Option<jwt::Jwt>,
     limits: Option<RateLimits>,
     audit: Option<audit::AuditLog>,
+    /// The secret a cluster's nodes present to each other: the `peer` role.
+    cluster_secret: Option<String>,
 }
 
 impl Auth {
@@ -159,6 +161,7 @@ impl Auth {
             jwt: None,
             limits: None,
             audit: None,
+            cluster_secret: None,
         }
     }
 
@@ -171,6 +174,7 @@ impl Auth {
         rates: &RateSettings,
         jwt: &JwtSettings,
         cipher: &toplog_crypt::Cipher,
+        cluster_secret: Option<&str>,
     ) -> anyhow::Result<Self> {
         let limits = RateLimits::new(rates)?;
         let jwt = jwt::Jwt::new(jwt)?;
@@ -205,6 +209,7 @@ impl Auth {
             jwt,
             limits: Some(limits),
             audit: Some(audit::AuditLog::open(data_dir, cipher)?),
+            cluster_secret: cluster_secret.map(str::to_owned),
         })
     }
 
@@ -241,7 +246,16 @@ impl Auth {
         let token = bearer(headers);
         // An API key, or else a JWT when an identity provider is set; with
         // neither, a client certificate with a role.
+        let is_cluster_secret = |t: &str| {
+            self.cluster_secret.as_deref().is_some_and(|s| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(s.as_bytes(), t.as_bytes())
+                    .is_ok()
+            })
+        };
         let verified = match (token, &self.jwt) {
+            (Some(t), _) if is_cluster_secret(t) => {
+                Ok(("peer:cluster-secret".to_owned(), vec![Role::Peer], None))
+            }
             (None, _) => match cert {
                 Some(c) => Ok((format!("cert:{}", c.name), vec![c.role], None)),
                 None => Err(AuthError::InvalidToken),
@@ -410,7 +424,7 @@ pub(crate) async fn rest(
 
 /// Every gRPC method served, and what it needs. A method not listed is
 /// refused (`PERMISSION_DENIED`), so a new RPC cannot be served unguarded.
-pub(crate) const RPCS: [(&str, Access); 14] = [
+pub(crate) const RPCS: [(&str, Access); 15] = [
     ("/toplog.v1.Toplog/Ingest", Access::Needs(Role::Writer)),
     (
         "/toplog.v1.Toplog/IngestStream",
@@ -440,6 +454,7 @@ pub(crate) const RPCS: [(&str, Access); 14] = [
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         Access::Needs(Role::Writer),
     ),
+    ("/toplog.raft.v1.Raft/Send", Access::Needs(Role::Peer)),
     ("/grpc.health.v1.Health/Check", Access::Open),
     ("/grpc.health.v1.Health/Watch", Access::Open),
     (

@@ -1,0 +1,268 @@
+//! The node as a member of a Raft cluster: its settings, its Raft node on a
+//! thread of its own (toplog-replication), and the transport between nodes:
+//! the `toplog.raft.v1.Raft` gRPC service on the node's one port, which only
+//! the `peer` role may call (the auth layer checks the caller before a byte
+//! of the message is decoded), and a client per peer that batches what the
+//! node sends.
+//!
+//! In progress (issue 21): the group elects a leader and keeps its log and
+//! configuration; ingest and the rest of the node's state do not go through
+//! it yet, and peers authenticate with the cluster secret only.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use toplog_proto::raft_v1::raft_client::RaftClient;
+use toplog_proto::raft_v1::raft_server::Raft;
+use toplog_proto::raft_v1::{Accepted, Messages};
+use toplog_replication::{
+    Driver, LogStore, Message, NodeStatus, RaftNode, ReplicationError, StateMachine, Timing,
+    decode_message, encode_message,
+};
+
+/// The Raft clock: elections after 10 to 20 ticks without a leader.
+const TICK: Duration = Duration::from_millis(100);
+/// Batches queued for one peer before newer ones are dropped (Raft resends).
+const PEER_QUEUE: usize = 1024;
+/// Shortest cluster secret taken.
+const MIN_SECRET_LEN: usize = 16;
+
+/// `node_id`, `cluster` and `cluster_secret_file`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterSettings {
+    pub(crate) node_id: u64,
+    /// The first members: id and the URL each listens on.
+    pub(crate) members: BTreeMap<u64, String>,
+    secret: String,
+}
+
+impl ClusterSettings {
+    /// `None` for a single node; an error names the setting that is wrong.
+    pub(crate) fn resolve(
+        node_id: Option<u64>,
+        cluster: Option<&str>,
+        secret_file: Option<&Path>,
+    ) -> anyhow::Result<Option<Self>> {
+        let (node_id, cluster) = match (node_id, cluster) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => anyhow::bail!("`node_id` is set but `cluster` is not"),
+            (None, Some(_)) => anyhow::bail!("`cluster` is set but `node_id` is not"),
+            (Some(id), Some(c)) => (id, c),
+        };
+        let mut members = BTreeMap::new();
+        for item in cluster.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (id, url) = item
+                .split_once('=')
+                .with_context(|| format!("`cluster`: `{item}` is not `<id>=<url>`"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .ok()
+                .filter(|id| *id > 0)
+                .with_context(|| format!("`cluster`: `{id}` is not a node id (1, 2, ...)"))?;
+            let url = url.trim().trim_end_matches('/');
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                anyhow::bail!("`cluster`: node {id}'s URL `{url}` is not http:// or https://");
+            }
+            if members.insert(id, url.to_owned()).is_some() {
+                anyhow::bail!("`cluster`: node {id} is listed twice");
+            }
+        }
+        if !members.contains_key(&node_id) {
+            anyhow::bail!("`node_id` {node_id} is not in `cluster`");
+        }
+        let Some(secret_file) = secret_file else {
+            anyhow::bail!(
+                "a node started with `cluster` needs `cluster_secret_file`: peers prove their `peer` role with it"
+            );
+        };
+        let secret = std::fs::read_to_string(secret_file)
+            .with_context(|| format!("`cluster_secret_file` {}", secret_file.display()))?
+            .trim()
+            .to_owned();
+        if secret.len() < MIN_SECRET_LEN
+            || secret.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            anyhow::bail!(
+                "`cluster_secret_file` {}: the secret must be {MIN_SECRET_LEN} or more printable characters without spaces",
+                secret_file.display()
+            );
+        }
+        Ok(Some(Self {
+            node_id,
+            members,
+            secret,
+        }))
+    }
+
+    /// What peers present, as a bearer token.
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
+/// The state machine of the cluster's log. Nothing is proposed to the log
+/// yet (ingest does not go through it), so nothing reaches it.
+struct NothingProposed;
+
+impl StateMachine for NothingProposed {
+    fn apply(&mut self, index: u64, _data: &[u8]) -> toplog_replication::Result<()> {
+        Err(ReplicationError::Inconsistent(format!(
+            "entry {index} holds data, and this build proposes none"
+        )))
+    }
+
+    fn applied(&self) -> u64 {
+        0
+    }
+}
+
+/// This node's place in its cluster.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    settings: ClusterSettings,
+    driver: Driver,
+}
+
+impl Cluster {
+    /// Opens the Raft state in `<data_dir>/raft` and starts the node and its
+    /// clients to the peers (on `runtime`).
+    pub(crate) fn start(
+        settings: &ClusterSettings,
+        data_dir: &Path,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<Self>> {
+        let store = LogStore::open(
+            Arc::new(toplog_wal::RealFs),
+            &data_dir.join("raft"),
+            toplog_wal::WalOptions::default(),
+        )?;
+        let voters: Vec<u64> = settings.members.keys().copied().collect();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RaftNode::open(
+            settings.node_id,
+            &voters,
+            store,
+            NothingProposed,
+            Timing::default(),
+            &logger,
+        )?;
+        let mut peers = BTreeMap::new();
+        for (id, url) in &settings.members {
+            if *id == settings.node_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            runtime.spawn(peer_loop(
+                url.clone(),
+                settings.node_id,
+                settings.secret.clone(),
+                rx,
+            ));
+            peers.insert(*id, tx);
+        }
+        let outbound = Box::new(move |messages: Vec<Message>| {
+            let mut by_peer: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+            for m in messages {
+                by_peer.entry(m.to).or_default().push(m);
+            }
+            for (to, batch) in by_peer {
+                if let Some(tx) = peers.get(&to) {
+                    // A full queue drops the batch: Raft sends again.
+                    let _ = tx.try_send(batch);
+                }
+            }
+        });
+        let driver = Driver::spawn(node, TICK, outbound)?;
+        Ok(Arc::new(Self {
+            settings: settings.clone(),
+            driver,
+        }))
+    }
+
+    pub(crate) fn status(&self) -> NodeStatus {
+        self.driver.status()
+    }
+
+    pub(crate) fn members(&self) -> &BTreeMap<u64, String> {
+        &self.settings.members
+    }
+}
+
+/// Sends what the node has for one peer, a batch per call, coalescing what
+/// queued up meanwhile. A failed call is dropped: Raft sends again.
+async fn peer_loop(url: String, from: u64, secret: String, mut rx: mpsc::Receiver<Vec<Message>>) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5)),
+        Err(e) => {
+            tracing::error!(%url, error = %e, "a peer's URL is not usable");
+            return;
+        }
+    };
+    let mut client = RaftClient::new(endpoint.connect_lazy());
+    let bearer = match format!("Bearer {secret}").parse::<tonic::metadata::MetadataValue<_>>() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "the cluster secret is not a header value");
+            return;
+        }
+    };
+    while let Some(mut batch) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let messages = batch
+            .iter()
+            .filter_map(|m| encode_message(m).ok())
+            .collect();
+        let mut request = tonic::Request::new(Messages { from, messages });
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        if let Err(e) = client.send(request).await {
+            tracing::debug!(%url, error = %e, "Raft messages not delivered");
+        }
+    }
+}
+
+/// The `toplog.raft.v1.Raft` service: reached only by callers the auth layer
+/// took for peers.
+#[derive(Debug)]
+pub(crate) struct RaftService {
+    pub(crate) cluster: Arc<Cluster>,
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn send(
+        &self,
+        request: tonic::Request<Messages>,
+    ) -> Result<tonic::Response<Accepted>, tonic::Status> {
+        let me = self.cluster.settings.node_id;
+        let batch = request.into_inner();
+        if !self.cluster.settings.members.contains_key(&batch.from) {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {} is not a member",
+                batch.from
+            )));
+        }
+        for (i, bytes) in batch.messages.iter().enumerate() {
+            let message = decode_message(bytes)
+                .map_err(|e| tonic::Status::invalid_argument(format!("messages[{i}]: {e}")))?;
+            if message.to != me || message.from != batch.from {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "messages[{i}]: from {} to {}, in a batch from {} to {me}",
+                    message.from, message.to, batch.from
+                )));
+            }
+            self.cluster.driver.step(message);
+        }
+        Ok(tonic::Response::new(Accepted {}))
+    }
+}

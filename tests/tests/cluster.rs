@@ -1,0 +1,254 @@
+//! A Raft cluster of real toplog processes on loopback (issue 21, first
+//! part: the group itself). Three nodes elect one leader; killing the leader
+//! with kill -9, again and again, has the others elect a new one in a later
+//! term, and the killed node rejoins as a follower; one node alone elects no
+//! one; the Raft service answers only peers, and decodes nothing before it
+//! knows the caller is one; a node started with `--cluster` and no way for
+//! peers to prove themselves refuses to start.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use toplog_tests::{ADMIN_KEY, Server, binary, client, free_port};
+
+const SECRET: &str = "a-cluster-secret-of-thirty-two-c";
+
+struct Cluster {
+    dir: PathBuf,
+    spec: String,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Server>>,
+}
+
+impl Cluster {
+    fn start(dir: &Path, size: usize) -> Self {
+        std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+        let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let spec = (ports.iter().enumerate())
+            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            dir: dir.to_path_buf(),
+            spec,
+            ports,
+            nodes: (0..size).map(|_| None).collect(),
+        };
+        for id in 1..=size as u64 {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    fn restart(&mut self, id: u64) {
+        let i = (id - 1) as usize;
+        let secret = self.dir.join("secret");
+        let server = Server::start_listening(
+            &format!("127.0.0.1:{}", self.ports[i]),
+            &self.dir.join(format!("node{id}")),
+            &[
+                "--node-id",
+                &id.to_string(),
+                "--cluster",
+                &self.spec,
+                "--cluster-secret-file",
+                secret.to_str().unwrap(),
+            ],
+            &[],
+        );
+        self.nodes[i] = Some(server);
+    }
+
+    fn kill9(&mut self, id: u64) {
+        if let Some(node) = self.nodes[(id - 1) as usize].take() {
+            node.kill9();
+        }
+    }
+
+    fn status(&self, id: u64) -> Option<Value> {
+        let node = self.nodes[(id - 1) as usize].as_ref()?;
+        let r = client().get(node.url("/api/v1/cluster")).send().ok()?;
+        let body: Value = r.json().ok()?;
+        Some(body["data"].clone())
+    }
+
+    fn live(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|id| self.nodes[(id - 1) as usize].is_some())
+            .collect()
+    }
+
+    /// Waits until every live node names the same leader in the same term;
+    /// returns (leader, term).
+    fn agreed_leader(&self, within: Duration) -> (u64, u64) {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen: Vec<Option<Value>> = self.live().iter().map(|id| self.status(*id)).collect();
+            let views: Vec<(Option<u64>, u64)> = seen
+                .iter()
+                .flatten()
+                .map(|s| (s["leader_id"].as_u64(), s["term"].as_u64().unwrap_or(0)))
+                .collect();
+            if views.len() == self.live().len()
+                && let Some((Some(leader), term)) = views.first().copied()
+                && views.iter().all(|v| *v == (Some(leader), term))
+                && self.live().contains(&leader)
+            {
+                let role = self.status(leader).unwrap()["role"].clone();
+                if role == "leader" {
+                    return (leader, term);
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A raw gRPC call to the Raft service with `body` and `authorization`:
+/// the status code's name.
+fn raft_call(port: u16, authorization: Option<&str>, body: &[u8]) -> String {
+    let script = r#"
+import sys, grpc
+port, auth, body = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+send = channel.unary_unary("/toplog.raft.v1.Raft/Send",
+                           request_serializer=lambda b: b, response_deserializer=lambda b: b)
+metadata = [("authorization", auth)] if auth else []
+try:
+    send(body, metadata=metadata, timeout=10)
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name)
+"#;
+    let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &port.to_string(),
+            authorization.unwrap_or(""),
+            &hex,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let (mut leader, mut term) = cluster.agreed_leader(Duration::from_secs(20));
+
+    for round in 0..3 {
+        cluster.kill9(leader);
+        let (next, next_term) = cluster.agreed_leader(Duration::from_secs(10));
+        assert_ne!(next, leader, "round {round}");
+        assert!(
+            next_term > term,
+            "round {round}: term {next_term} after {term}"
+        );
+        // The killed node comes back as a follower of the new leader.
+        cluster.restart(leader);
+        let (again, again_term) = cluster.agreed_leader(Duration::from_secs(10));
+        assert_eq!(
+            (again, again_term),
+            (next, next_term),
+            "round {round}: the rejoin moved the leader"
+        );
+        (leader, term) = (next, next_term);
+    }
+
+    // The Raft service: nothing for callers who are not peers, and bytes are
+    // decoded only for a peer (garbage from one is a clean refusal).
+    let port = cluster.ports[0];
+    let garbage = [0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    assert_eq!(raft_call(port, None, &garbage), "UNAUTHENTICATED");
+    assert_eq!(
+        raft_call(port, Some("Bearer not-the-secret-of-the-cluster"), &garbage),
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        raft_call(port, Some(&format!("Bearer {ADMIN_KEY}")), &garbage),
+        "PERMISSION_DENIED"
+    );
+    assert_eq!(
+        raft_call(port, Some(&format!("Bearer {SECRET}")), &garbage),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        cluster.agreed_leader(Duration::from_secs(10)),
+        (leader, term),
+        "a refused call changed nothing"
+    );
+
+    // Two nodes killed: the one left elects no one.
+    let others: Vec<u64> = cluster
+        .live()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let alone = others[0];
+    cluster.kill9(leader);
+    cluster.kill9(others[1]);
+    std::thread::sleep(Duration::from_secs(4));
+    let status = cluster.status(alone).unwrap();
+    assert_ne!(status["role"], "leader", "{status}");
+}
+
+#[test]
+fn a_cluster_member_without_a_way_to_prove_peers_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--node-id",
+            "1",
+            "--cluster",
+            "1=http://127.0.0.1:1,2=http://127.0.0.1:2",
+        ])
+        .env("TOPLOG_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs `cluster_secret_file`"), "{stderr}");
+    // Without access control nothing would keep others off the Raft service.
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let out = Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .args([
+            "--node-id",
+            "1",
+            "--cluster",
+            "1=http://127.0.0.1:1",
+            "--cluster-secret-file",
+        ])
+        .arg(dir.path().join("secret"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a cluster needs access control on"),
+        "{stderr}"
+    );
+}
