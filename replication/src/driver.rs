@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use raft::prelude::Message;
+use tokio::sync::oneshot;
 
 use crate::durable::Durable;
 use crate::error::{ReplicationError, Result};
-use crate::node::{RaftNode, StateMachine};
+use crate::node::{Outcome, RaftNode, StateMachine, Ticket};
 
 /// What a node is, as last published.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -30,6 +33,7 @@ pub struct NodeStatus {
 
 enum Input {
     Message(Message),
+    Propose(Vec<u8>, oneshot::Sender<Result<Outcome>>),
     Stop,
 }
 
@@ -69,10 +73,24 @@ impl Driver {
             .name(format!("toplog-raft-{}", node.id()))
             .spawn(move || {
                 let mut next_tick = Instant::now() + tick;
+                // Proposals made here, answered when applied here or lost.
+                let mut waiting: BTreeMap<Ticket, oneshot::Sender<Result<Outcome>>> =
+                    BTreeMap::new();
                 loop {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     let turn = match rx.recv_timeout(wait) {
                         Ok(Input::Message(m)) => node.step(m),
+                        Ok(Input::Propose(data, reply)) => {
+                            match node.propose(data) {
+                                Ok(ticket) => {
+                                    waiting.insert(ticket, reply);
+                                }
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                }
+                            }
+                            Ok(())
+                        }
                         Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                         Err(RecvTimeoutError::Timeout) => {
                             node.tick();
@@ -85,6 +103,11 @@ impl Driver {
                         Ok(messages) => {
                             if !messages.is_empty() {
                                 outbound(messages);
+                            }
+                            for (ticket, outcome) in node.take_outcomes() {
+                                if let Some(reply) = waiting.remove(&ticket) {
+                                    let _ = reply.send(Ok(outcome));
+                                }
                             }
                             publish(&published, status_of(&node, None));
                         }
@@ -108,6 +131,16 @@ impl Driver {
     /// A message from a peer, already authenticated and decoded.
     pub fn step(&self, message: Message) {
         let _ = self.inputs.send(Input::Message(message));
+    }
+
+    /// Proposes `data` to the group through this node, which must lead.
+    /// Resolves once the entry is applied here ([`Outcome::Applied`]: a
+    /// quorum holds it durably) or known lost; with an error if this node
+    /// does not lead; closed if the node stops first.
+    pub fn propose(&self, data: Vec<u8>) -> oneshot::Receiver<Result<Outcome>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inputs.send(Input::Propose(data, tx));
+        rx
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -155,4 +188,93 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>> {
 /// rust-protobuf 2 has an advisory (RUSTSEC-2024-0437) for crafted input.
 pub fn decode_message(bytes: &[u8]) -> Result<Message> {
     Ok(protobuf::Message::parse_from_bytes(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::{LogStore, Timing};
+    use std::sync::OnceLock;
+    use toplog_wal::{SimFs, WalOptions};
+
+    /// What was applied, in order.
+    #[derive(Clone, Default)]
+    struct Applied(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl StateMachine for Applied {
+        fn apply(&mut self, _index: u64, data: &[u8]) -> Result<()> {
+            self.0.lock().unwrap().push(data.to_vec());
+            Ok(())
+        }
+        fn applied(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn proposals_to_the_leader_are_applied_everywhere_and_a_follower_names_the_leader() {
+        let registry: Arc<OnceLock<BTreeMap<u64, Driver>>> = Arc::new(OnceLock::new());
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut drivers = BTreeMap::new();
+        let mut applied = BTreeMap::new();
+        for id in 1..=3u64 {
+            let store = LogStore::open(
+                Arc::new(SimFs::new(id)),
+                std::path::Path::new("/raft"),
+                WalOptions::default(),
+            )
+            .unwrap();
+            let machine = Applied::default();
+            applied.insert(id, machine.clone());
+            let timing = Timing {
+                fixed_election_ticks: Some(10 + 5 * id as usize),
+                ..Timing::default()
+            };
+            let node = RaftNode::open(id, &[1, 2, 3], store, machine, timing, &logger).unwrap();
+            let peers = registry.clone();
+            let outbound: Outbound = Box::new(move |messages| {
+                for m in messages {
+                    if let Some(to) = peers.get().and_then(|d| d.get(&m.to)) {
+                        to.step(m);
+                    }
+                }
+            });
+            drivers.insert(
+                id,
+                Driver::spawn(node, Duration::from_millis(5), outbound).unwrap(),
+            );
+        }
+        let _ = registry.set(drivers);
+        let drivers = registry.get().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let leader = loop {
+            if let Some((id, _)) = drivers.iter().find(|(_, d)| d.status().role == "leader") {
+                break *id;
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let values: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
+        for v in &values {
+            let outcome = rt
+                .block_on(drivers[&leader].propose(v.clone()))
+                .unwrap()
+                .unwrap();
+            assert_eq!(outcome, Outcome::Applied);
+        }
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        match rt.block_on(drivers[&follower].propose(vec![9])).unwrap() {
+            Err(ReplicationError::NotLeader { leader_id }) => assert_eq!(leader_id, leader),
+            other => panic!("a follower took a proposal: {other:?}"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while applied.values().any(|a| *a.0.lock().unwrap() != values) {
+            assert!(Instant::now() < deadline, "not applied everywhere");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
