@@ -26,6 +26,9 @@ pub enum EngineError {
     /// (the failure's own message).
     #[error("not accepting writes: {reason}")]
     Stopped { reason: String },
+    /// The engine's log is a Raft group's: batches are proposed there.
+    #[error("this engine's log is replicated: batches go through the cluster")]
+    Replicated,
     /// The thread writing the log is gone (the engine is closing).
     #[error("not accepting writes: the log writer has stopped")]
     LogWriterStopped,

@@ -33,7 +33,7 @@ pub struct NodeStatus {
 
 enum Input {
     Message(Message),
-    Propose(Vec<u8>, oneshot::Sender<Result<Outcome>>),
+    Propose(Vec<u8>, oneshot::Sender<Result<u64>>),
     Stop,
 }
 
@@ -74,8 +74,7 @@ impl Driver {
             .spawn(move || {
                 let mut next_tick = Instant::now() + tick;
                 // Proposals made here, answered when applied here or lost.
-                let mut waiting: BTreeMap<Ticket, oneshot::Sender<Result<Outcome>>> =
-                    BTreeMap::new();
+                let mut waiting: BTreeMap<Ticket, oneshot::Sender<Result<u64>>> = BTreeMap::new();
                 loop {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     let turn = match rx.recv_timeout(wait) {
@@ -106,7 +105,10 @@ impl Driver {
                             }
                             for (ticket, outcome) in node.take_outcomes() {
                                 if let Some(reply) = waiting.remove(&ticket) {
-                                    let _ = reply.send(Ok(outcome));
+                                    let _ = reply.send(match outcome {
+                                        Outcome::Applied => Ok(ticket.index),
+                                        Outcome::Lost => Err(ReplicationError::Lost),
+                                    });
                                 }
                             }
                             publish(&published, status_of(&node, None));
@@ -134,13 +136,16 @@ impl Driver {
     }
 
     /// Proposes `data` to the group through this node, which must lead.
-    /// Resolves once the entry is applied here ([`Outcome::Applied`]: a
-    /// quorum holds it durably) or known lost; with an error if this node
-    /// does not lead; closed if the node stops first.
-    pub fn propose(&self, data: Vec<u8>) -> oneshot::Receiver<Result<Outcome>> {
+    /// Resolves with the entry's index once it is applied here (a quorum
+    /// holds it durably); [`ReplicationError::Lost`] if another entry took
+    /// its index, `NotLeader` from a follower, `Stopped` if the node stops
+    /// first.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<u64> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.inputs.send(Input::Propose(data, tx));
-        rx
+        if self.inputs.send(Input::Propose(data, tx)).is_err() {
+            return Err(ReplicationError::Stopped);
+        }
+        rx.await.unwrap_or(Err(ReplicationError::Stopped))
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -174,7 +179,7 @@ fn status_of<D: Durable, M: StateMachine>(
         term: node.term(),
         role: node.role_name(),
         commit_index: node.commit_index(),
-        applied_index: node.machine().applied(),
+        applied_index: node.applied_index(),
         stopped,
     }
 }
@@ -259,15 +264,14 @@ mod tests {
             .build()
             .unwrap();
         let values: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
+        let mut last = 0;
         for v in &values {
-            let outcome = rt
-                .block_on(drivers[&leader].propose(v.clone()))
-                .unwrap()
-                .unwrap();
-            assert_eq!(outcome, Outcome::Applied);
+            let index = rt.block_on(drivers[&leader].propose(v.clone())).unwrap();
+            assert!(index > last, "{index} after {last}");
+            last = index;
         }
         let follower = (1..=3).find(|id| *id != leader).unwrap();
-        match rt.block_on(drivers[&follower].propose(vec![9])).unwrap() {
+        match rt.block_on(drivers[&follower].propose(vec![9])) {
             Err(ReplicationError::NotLeader { leader_id }) => assert_eq!(leader_id, leader),
             other => panic!("a follower took a proposal: {other:?}"),
         }

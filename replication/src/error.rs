@@ -13,6 +13,13 @@ pub enum ReplicationError {
     /// The leader did not take the proposal (a leadership transfer under way).
     #[error("the proposal was not taken; retry")]
     Dropped,
+    /// Leadership changed before the entry was committed: it will never be
+    /// applied.
+    #[error("leadership changed before the write was committed; it was not applied: retry")]
+    Lost,
+    /// The node stopped before the proposal was decided.
+    #[error("the Raft node stopped")]
+    Stopped,
     /// Writing the Raft state failed: the node stops and is reopened.
     #[error("writing the Raft state failed: {0}")]
     Disk(String),

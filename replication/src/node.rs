@@ -200,6 +200,11 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         self.raw.raft.leader_id
     }
 
+    /// The last entry applied (in memory: the state machine may keep less).
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
     }

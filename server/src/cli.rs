@@ -242,19 +242,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         crate::auth::Auth::off()
     });
-    let cluster = match &config.cluster {
-        None => None,
-        Some(settings) => {
-            let cluster = crate::cluster::Cluster::start(
-                settings,
-                &engine_config.data_dir,
-                &tokio::runtime::Handle::current(),
-            )
-            .context("cannot start the cluster's Raft node")?;
-            tracing::info!(node_id = settings.node_id, members = ?settings.members, "a member of a Raft cluster");
-            Some(cluster)
-        }
-    };
+    // A cluster member's engine takes its batches from the Raft log.
+    engine_config.replicated = config.cluster.is_some();
     let limits = crate::listen::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
@@ -276,7 +265,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         maintainer: OnceLock::new(),
         openapi: OnceLock::new(),
         auth,
-        cluster,
+        cluster: OnceLock::new(),
     });
     tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 
@@ -332,6 +321,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             state.config.query_memory_bytes,
                             job,
                         ));
+                    }
+                    // A cluster member's Raft node delivers what the engine
+                    // has not flushed, then its new entries.
+                    if let Some(settings) = &state.config.cluster {
+                        let started = crate::cluster::Cluster::start(
+                            settings,
+                            engine.data_dir(),
+                            &runtime,
+                            engine.clone(),
+                        )
+                        .context("cannot start the cluster's Raft node");
+                        match started {
+                            Ok(cluster) => {
+                                tracing::info!(node_id = settings.node_id, members = ?settings.members, "a member of a Raft cluster");
+                                let _ = state.cluster.set(cluster);
+                            }
+                            Err(e) => {
+                                let _ = state.startup_error.set(format!("{e:#}"));
+                                return Err(e);
+                            }
+                        }
                     }
                     tracing::info!("ready");
                     Ok(())

@@ -5,9 +5,11 @@
 //! of the message is decoded), and a client per peer that batches what the
 //! node sends.
 //!
-//! In progress (issue 21): the group elects a leader and keeps its log and
-//! configuration; ingest and the rest of the node's state do not go through
-//! it yet, and peers authenticate with the cluster secret only.
+//! In progress (issue 21): ingest batches go through the log and every
+//! member applies them to its engine; writes sent to a follower are refused
+//! with the leader's URL (not forwarded yet); the rest of the node's state
+//! does not go through the log yet; peers authenticate with the cluster
+//! secret only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
+use toplog_engine::Engine;
 use toplog_proto::raft_v1::raft_client::RaftClient;
 use toplog_proto::raft_v1::raft_server::Raft;
 use toplog_proto::raft_v1::{Accepted, Messages};
@@ -105,19 +108,20 @@ impl ClusterSettings {
     }
 }
 
-/// The state machine of the cluster's log. Nothing is proposed to the log
-/// yet (ingest does not go through it), so nothing reaches it.
-struct NothingProposed;
+/// The cluster's log applies to the engine: each entry an ingest batch, as
+/// the engine's own log holds them. What the engine has flushed is what
+/// survives a restart; the log delivers the rest again.
+struct EngineMachine(Arc<Engine>);
 
-impl StateMachine for NothingProposed {
-    fn apply(&mut self, index: u64, _data: &[u8]) -> toplog_replication::Result<()> {
-        Err(ReplicationError::Inconsistent(format!(
-            "entry {index} holds data, and this build proposes none"
-        )))
+impl StateMachine for EngineMachine {
+    fn apply(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
+        self.0
+            .apply_replicated(index, data)
+            .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}")))
     }
 
     fn applied(&self) -> u64 {
-        0
+        self.0.flushed_index()
     }
 }
 
@@ -135,6 +139,7 @@ impl Cluster {
         settings: &ClusterSettings,
         data_dir: &Path,
         runtime: &tokio::runtime::Handle,
+        engine: Arc<Engine>,
     ) -> anyhow::Result<Arc<Self>> {
         let store = LogStore::open(
             Arc::new(toplog_wal::RealFs),
@@ -147,7 +152,7 @@ impl Cluster {
             settings.node_id,
             &voters,
             store,
-            NothingProposed,
+            EngineMachine(engine),
             Timing::default(),
             &logger,
         )?;
@@ -182,6 +187,17 @@ impl Cluster {
             settings: settings.clone(),
             driver,
         }))
+    }
+
+    /// Proposes `payload` through this node; the entry's index once it is
+    /// applied here.
+    pub(crate) async fn propose(&self, payload: Vec<u8>) -> toplog_replication::Result<u64> {
+        self.driver.propose(payload).await
+    }
+
+    /// The URL of node `id`, if it is a member.
+    pub(crate) fn url_of(&self, id: u64) -> Option<&str> {
+        self.settings.members.get(&id).map(String::as_str)
     }
 
     pub(crate) fn status(&self) -> NodeStatus {
@@ -235,7 +251,7 @@ async fn peer_loop(url: String, from: u64, secret: String, mut rx: mpsc::Receive
 /// took for peers.
 #[derive(Debug)]
 pub(crate) struct RaftService {
-    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) app: Arc<crate::api::AppState>,
 }
 
 #[tonic::async_trait]
@@ -244,9 +260,12 @@ impl Raft for RaftService {
         &self,
         request: tonic::Request<Messages>,
     ) -> Result<tonic::Response<Accepted>, tonic::Status> {
-        let me = self.cluster.settings.node_id;
+        let Some(cluster) = self.app.cluster.get() else {
+            return Err(tonic::Status::unavailable("the Raft node is starting"));
+        };
+        let me = cluster.settings.node_id;
         let batch = request.into_inner();
-        if !self.cluster.settings.members.contains_key(&batch.from) {
+        if !cluster.settings.members.contains_key(&batch.from) {
             return Err(tonic::Status::permission_denied(format!(
                 "node {} is not a member",
                 batch.from
@@ -261,7 +280,7 @@ impl Raft for RaftService {
                     message.from, message.to, batch.from
                 )));
             }
-            self.cluster.driver.step(message);
+            cluster.driver.step(message);
         }
         Ok(tonic::Response::new(Accepted {}))
     }

@@ -39,7 +39,7 @@ const RAFT_BATCH_BYTES: usize = 512 << 20;
 pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
     let auth = state.auth.clone();
-    let state_cluster = state.cluster.clone();
+    let state_cluster = state.config.cluster.is_some().then(|| state.clone());
     let traces = TraceServiceServer::new(Traces { app: state.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -65,13 +65,11 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
             health_service,
         );
     // A cluster's Raft traffic: only the peer role reaches it (RPCS).
-    let router = match &state_cluster {
-        Some(cluster) => router.route_service(
+    let router = match state_cluster {
+        Some(app) => router.route_service(
             &service_path::<RaftServer<crate::cluster::RaftService>>(),
-            RaftServer::new(crate::cluster::RaftService {
-                cluster: cluster.clone(),
-            })
-            .max_decoding_message_size(RAFT_BATCH_BYTES),
+            RaftServer::new(crate::cluster::RaftService { app })
+                .max_decoding_message_size(RAFT_BATCH_BYTES),
         ),
         None => router,
     };

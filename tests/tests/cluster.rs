@@ -252,3 +252,97 @@ fn a_cluster_member_without_a_way_to_prove_peers_does_not_start() {
         "{stderr}"
     );
 }
+
+/// `n` events of batch `b`, timestamped a minute ago.
+fn batch(b: usize, n: usize) -> Vec<Value> {
+    let t = toplog_tests::now_ms() - 60_000;
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"request_id": format!("b{b}-{i}"), "timestamp": t + i as i64,
+                "endpoint": format!("/e/{}", (b + i) % 5), "user_id": format!("u{}", i % 7),
+                "method": "GET", "status_code": if i % 10 == 0 { 500 } else { 200 }, "latency_ms": 1.5})
+        })
+        .collect()
+}
+
+/// Sends batch `b` under its idempotency key to node `id`: the answer.
+fn send(cluster: &Cluster, id: u64, b: usize, n: usize) -> (u16, Value) {
+    let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+    let r = client()
+        .post(node.url("/api/v1/requests"))
+        .header("idempotency-key", format!("batch-{b}"))
+        .json(&batch(b, n))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn get(cluster: &Cluster, id: u64, path: &str) -> Value {
+    let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+    client().get(node.url(path)).send().unwrap().json().unwrap()
+}
+
+#[test]
+fn every_acknowledged_batch_is_on_every_node_once_across_leader_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let (mut leader, _) = cluster.agreed_leader(Duration::from_secs(20));
+    const PER_BATCH: usize = 40;
+    let mut acked = std::collections::BTreeSet::new();
+    let mut next = 0;
+    for round in 0..3 {
+        for _ in 0..10 {
+            let (status, body) = send(&cluster, leader, next, PER_BATCH);
+            assert_eq!(status, 200, "round {round}, batch {next}: {body}");
+            assert_eq!(body["accepted"], PER_BATCH);
+            acked.insert(next);
+            next += 1;
+        }
+        // A follower refuses a write and says who leads.
+        let follower = cluster.live().into_iter().find(|id| *id != leader).unwrap();
+        let (status, body) = send(&cluster, follower, 9_999, 1);
+        assert_eq!(status, 503, "{body}");
+        let url = format!("127.0.0.1:{}", cluster.ports[(leader - 1) as usize]);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(&url),
+            "{body}"
+        );
+
+        cluster.kill9(leader);
+        let (new_leader, _) = cluster.agreed_leader(Duration::from_secs(15));
+        // Everything sent again under its key: acknowledged, stored once.
+        for b in acked.clone() {
+            let (status, body) = send(&cluster, new_leader, b, PER_BATCH);
+            assert_eq!(status, 200, "resend of batch {b}: {body}");
+            assert_eq!(body["accepted"], PER_BATCH, "{body}");
+        }
+        cluster.restart(leader);
+        leader = new_leader;
+        cluster.agreed_leader(Duration::from_secs(15));
+    }
+    // Every node, once it has applied all the leader committed, holds every
+    // acknowledged event exactly once and answers alike.
+    let want = acked.len() * PER_BATCH;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts: Vec<Value> = (1..=3)
+            .map(|id| get(&cluster, id, "/api/v1/requests/count?start=0")["count"].clone())
+            .collect();
+        if counts.iter().all(|c| *c == want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts {counts:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let top = "/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start=0";
+    let answers: Vec<Value> = (1..=3)
+        .map(|id| get(&cluster, id, top)["data"].clone())
+        .collect();
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let events = toplog_tests::all_events(cluster.nodes[0].as_ref().unwrap());
+    let ids: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((ids.len(), events.len()), (want, want), "each event once");
+}

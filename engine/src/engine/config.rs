@@ -43,6 +43,11 @@ pub struct EngineConfig {
     /// Encryption at rest: what every file, log entry and archived object is
     /// written under (off: plaintext).
     pub cipher: Cipher,
+    /// The log is a Raft group's, not the engine's own: no local write-ahead
+    /// log; batches arrive through [`Engine::apply_replicated`](super::Engine::apply_replicated)
+    /// in log order, and after a restart the group delivers again every
+    /// entry after [`Engine::flushed_index`](super::Engine::flushed_index).
+    pub replicated: bool,
 }
 
 /// How long each kind of data stays visible to reads; `None` keeps it forever.
@@ -139,6 +144,7 @@ impl EngineConfig {
             key_memory_bytes: DEFAULT_KEY_MEMORY_BYTES,
             archive: None,
             cipher: Cipher::off(),
+            replicated: false,
         }
     }
 

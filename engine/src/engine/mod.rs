@@ -40,7 +40,7 @@ pub use lock_wait::LockWaitStats;
 pub use maintenance::{PurgeReport, RollupTier};
 pub use read::StorageStats;
 pub use rekey::{KeyUsage, RekeyReport};
-pub use write::IngestReceipt;
+pub use write::{IngestReceipt, Proposal};
 
 const WAL_DIR: &str = "wal";
 const SEGMENT_DIR: &str = "segments";
@@ -154,7 +154,8 @@ struct FlusherSignal {
 #[derive(Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
-    wal: Arc<Wal>,
+    /// The engine's own log; `None` when the log is a Raft group's.
+    wal: Option<Arc<Wal>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 

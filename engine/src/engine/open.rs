@@ -195,6 +195,10 @@ impl Engine {
             retention: RwLock::new(Retention::default()),
             maintenance: Mutex::new(()),
         });
+        if inner.config.replicated {
+            tracing::info!(flushed_lsn = %flushed, "engine recovered; the replicated log delivers the rest");
+            return Self::with_flusher(inner, None, &root);
+        }
         let applier = inner.clone();
         let on_durable: toplog_wal::OnDurable = Box::new(move |lsn, payload, attachment| {
             let ids = attachment
@@ -220,13 +224,20 @@ impl Engine {
         }
         tracing::info!(replayed, flushed_lsn = %flushed, "engine recovered");
 
-        let wal = Arc::new(wal);
+        Self::with_flusher(inner, Some(Arc::new(wal)), &root)
+    }
+
+    fn with_flusher(
+        inner: Arc<Inner>,
+        wal: Option<Arc<Wal>>,
+        root: &std::path::Path,
+    ) -> Result<Self> {
         let handle = {
             let (inner, wal) = (inner.clone(), wal.clone());
             std::thread::Builder::new()
                 .name("toplog-flush".into())
-                .spawn(move || flusher_loop(&inner, &wal))
-                .map_err(io_err("spawn flusher thread", &root))?
+                .spawn(move || flusher_loop(&inner, wal.as_deref()))
+                .map_err(io_err("spawn flusher thread", root))?
         };
         Ok(Self {
             inner,

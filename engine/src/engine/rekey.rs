@@ -149,10 +149,14 @@ impl Engine {
         let writes = self.inner.config.cipher.writes();
         let mut report = RekeyReport::default();
 
-        self.wal.roll()?;
+        if let Some(wal) = &self.wal {
+            wal.roll()?;
+        }
         self.flush()?;
         let flushed = lock(&self.inner.manifest).flushed_lsn;
-        self.wal.truncate_prefix(flushed)?;
+        if let Some(wal) = &self.wal {
+            wal.truncate_prefix(flushed)?;
+        }
 
         let segments = self.inner.read().segments.clone();
         for seg in segments {

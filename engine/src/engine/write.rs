@@ -27,6 +27,21 @@ use crate::segment;
 /// Events applied per hold of the write lock.
 const APPLY_CHUNK: usize = 256;
 
+/// A batch made into an entry for a replicated log.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    payload: Vec<u8>,
+    accepted: u32,
+    idempotency_key: Option<String>,
+}
+
+impl Proposal {
+    /// The entry's bytes, taken out to propose (the rest stays for the receipt).
+    pub fn take_payload(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.payload)
+    }
+}
+
 /// What the engine did with an ingested batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestReceipt {
@@ -49,7 +64,8 @@ impl Engine {
     ) -> Result<IngestReceipt> {
         let KeyedEvents { events, ids } = events.into();
         self.inner.check_writable()?;
-        self.wal.health()?;
+        let wal = self.wal.as_ref().ok_or(EngineError::Replicated)?;
+        wal.health()?;
         if let Some(key) = idempotency_key.as_deref() {
             let window = window_us(self.inner.config.idempotency_window);
             let st = self.inner.read();
@@ -79,8 +95,7 @@ impl Engine {
             idempotency_key,
             events,
         };
-        let lsn = self
-            .wal
+        let lsn = wal
             .append_attached(self.inner.config.cipher.seal(batch.encode()), Box::new(ids))
             .await
             .map_err(|_| EngineError::LogWriterStopped)??;
@@ -106,13 +121,93 @@ impl Engine {
     /// Why the engine refuses writes, if it does.
     pub fn health(&self) -> Result<()> {
         self.inner.check_writable()?;
-        self.wal.health()?;
+        if let Some(wal) = &self.wal {
+            wal.health()?;
+        }
         Ok(())
     }
 
     /// Flushes all memtables to segments now.
     pub fn flush(&self) -> Result<()> {
-        self.inner.flush(&self.wal)
+        self.inner.flush(self.wal.as_deref())
+    }
+
+    /// Applies entry `index` of a replicated log (the engine opened with
+    /// `replicated`): `payload` is what [`Engine::propose_payload`] made.
+    /// Entries come in index order, each once; after a restart, from
+    /// [`Engine::flushed_index`] + 1.
+    pub fn apply_replicated(&self, index: u64, payload: &[u8]) -> Result<()> {
+        self.inner.check_writable()?;
+        self.inner
+            .apply(Lsn::new(index), payload, None)
+            .map_err(|reason| {
+                self.inner.poison(reason.clone());
+                EngineError::Stopped { reason }
+            })
+    }
+
+    /// The last log index whose effects are in segments on disk: what a
+    /// replicated log must deliver again after it, at a restart.
+    pub fn flushed_index(&self) -> u64 {
+        self.inner.read().flushed_lsn.get()
+    }
+
+    /// A batch as an entry of a replicated log, after the checks
+    /// [`Engine::ingest`] makes first; or, for an idempotency key already
+    /// known, its receipt (nothing to propose).
+    pub fn propose_payload(
+        &self,
+        events: impl Into<KeyedEvents>,
+        idempotency_key: Option<String>,
+    ) -> Result<std::result::Result<Proposal, IngestReceipt>> {
+        let KeyedEvents { events, .. } = events.into();
+        self.inner.check_writable()?;
+        if let Some(key) = idempotency_key.as_deref() {
+            let window = window_us(self.inner.config.idempotency_window);
+            if let Some(rec) = self
+                .inner
+                .read()
+                .keys
+                .get_within(key, Micros::now(), window)
+            {
+                return Ok(Err(IngestReceipt {
+                    accepted: rec.accepted,
+                    lsn: rec.lsn,
+                    replayed: true,
+                }));
+            }
+        }
+        let accepted = events.len() as u32;
+        let batch = Batch {
+            received_at: Micros::now(),
+            idempotency_key,
+            events,
+        };
+        Ok(Ok(Proposal {
+            payload: self.inner.config.cipher.seal(batch.encode()),
+            accepted,
+            idempotency_key: batch.idempotency_key,
+        }))
+    }
+
+    /// The receipt of `proposal`, applied here at `index`.
+    pub fn receipt(&self, proposal: &Proposal, index: u64) -> IngestReceipt {
+        let lsn = Lsn::new(index);
+        // Two proposals with one key: apply kept the first.
+        let first =
+            (proposal.idempotency_key.as_deref()).and_then(|k| self.inner.read().keys.get(k));
+        match first {
+            Some(rec) if rec.lsn != lsn => IngestReceipt {
+                accepted: rec.accepted,
+                lsn: rec.lsn,
+                replayed: true,
+            },
+            _ => IngestReceipt {
+                accepted: proposal.accepted,
+                lsn,
+                replayed: false,
+            },
+        }
     }
 
     /// Stops the flusher, flushes what is in memory, and closes the log.
@@ -127,12 +222,15 @@ impl Engine {
         {
             tracing::error!("flusher thread panicked");
         }
-        let flushed = if self.inner.check_writable().is_ok() && self.wal.health().is_ok() {
+        let healthy = self.wal.as_ref().is_none_or(|w| w.health().is_ok());
+        let flushed = if self.inner.check_writable().is_ok() && healthy {
             self.flush()
         } else {
             Ok(())
         };
-        self.wal.close()?;
+        if let Some(wal) = &self.wal {
+            wal.close()?;
+        }
         flushed
     }
 }
@@ -233,7 +331,7 @@ impl Inner {
     }
 
     /// Writes every memtable to a segment, stores the manifest, truncates the log.
-    fn flush(&self, wal: &Wal) -> Result<()> {
+    fn flush(&self, wal: Option<&Wal>) -> Result<()> {
         let mut manifest = lock(&self.manifest);
         // Checked under the manifest lock: a flush that failed before this one left its
         // rows frozen and out of any segment, so no later flush may move `flushed_lsn`.
@@ -287,7 +385,9 @@ impl Inner {
             st.keys.expire(cutoff);
         }
         drop(manifest);
-        wal.truncate_prefix(upto)?;
+        if let Some(wal) = wal {
+            wal.truncate_prefix(upto)?;
+        }
         Ok(())
     }
 
@@ -402,7 +502,7 @@ pub(super) fn dirty_days(cells: &Rollups) -> Vec<(Granularity, Micros)> {
     out
 }
 
-pub(super) fn flusher_loop(inner: &Inner, wal: &Wal) {
+pub(super) fn flusher_loop(inner: &Inner, wal: Option<&Wal>) {
     loop {
         {
             let (m, cv) = &inner.flusher;

@@ -11,7 +11,12 @@ use serde_json::json;
 use super::{ApiResult, AppState};
 
 pub(super) async fn cluster(State(app): State<Arc<AppState>>) -> ApiResult {
-    let data = match &app.cluster {
+    let data = match app.cluster.get() {
+        None if app.config.cluster.is_some() => {
+            return Err(super::ApiError::unavailable(
+                "recovering: the Raft node starts once the store is open".into(),
+            ));
+        }
         None => json!({"clustered": false}),
         Some(cluster) => {
             let s = cluster.status();

@@ -57,12 +57,63 @@ pub(crate) async fn ingest_checked(
     + 'static,
 ) -> ApiResult<toplog_engine::IngestReceipt> {
     check_idempotency_key(key.as_deref(), "invalid_parameter", "idempotency_key")?;
-    let engine = app.engine()?;
+    app.engine()?;
     let _turn = app.ingest.admit(size).await?;
     let limits = validation_limits(app);
     let events = parsing(move || Ok(KeyedEvents::new(check(&limits)?)?)).await?;
     app.auth.spend_events(caller, events.len())?;
-    Ok(engine.ingest(events, key).await?)
+    store(app, events, key).await
+}
+
+/// Stores a checked batch: in the engine's own log on a single node, through
+/// the Raft log in a cluster (applied on every member; acknowledged once a
+/// quorum holds it and this node has applied it). Every ingest path ends
+/// here.
+pub(crate) async fn store(
+    app: &AppState,
+    events: KeyedEvents,
+    key: Option<String>,
+) -> ApiResult<toplog_engine::IngestReceipt> {
+    let engine = app.engine()?;
+    if app.config.cluster.is_none() {
+        return Ok(engine.ingest(events, key).await?);
+    }
+    let cluster = app.cluster.get().cloned().ok_or_else(|| {
+        ApiError::unavailable("recovering: the Raft node starts once the store is open".into())
+    })?;
+    let mut proposal = match engine.propose_payload(events, key)? {
+        Ok(proposal) => proposal,
+        Err(known) => return Ok(known),
+    };
+    let index = cluster
+        .propose(proposal.take_payload())
+        .await
+        .map_err(|e| not_written(&cluster, e))?;
+    Ok(engine.receipt(&proposal, index))
+}
+
+/// `503` for a write this node could not put through the Raft log, saying
+/// where to send it.
+fn not_written(
+    cluster: &crate::cluster::Cluster,
+    e: toplog_replication::ReplicationError,
+) -> ApiError {
+    use toplog_replication::ReplicationError;
+    let message = match e {
+        ReplicationError::NotLeader { leader_id: 0 } => {
+            "no leader is known (an election, or no quorum); nothing was written: retry".to_owned()
+        }
+        ReplicationError::NotLeader { leader_id } => match cluster.url_of(leader_id) {
+            Some(url) => format!(
+                "this node does not lead; send writes to node {leader_id} at {url}; nothing was written"
+            ),
+            None => format!("this node does not lead (node {leader_id} does); nothing was written"),
+        },
+        other => format!(
+            "{other}; nothing was acknowledged: retry (an idempotency key makes the retry safe)"
+        ),
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
 }
 
 /// The body of an ingest request, or the error for one too large or cut short.
@@ -99,7 +150,8 @@ pub(super) async fn ingest(
 ) -> ApiResult {
     let limit = app.config.max_body_bytes;
     let body = read_body(&app, body)?;
-    let engine = app.engine()?;
+    // Refused at once while the store recovers, before the body is parsed.
+    app.engine()?;
     // Held until the batch is acknowledged: it bounds what waits to be parsed,
     // written to the log and applied.
     let _turn = app.ingest.admit(body.len()).await?;
@@ -130,7 +182,7 @@ pub(super) async fn ingest(
     }
     app.auth
         .spend_events(caller.as_ref().map(|c| &c.0), events.len())?;
-    let receipt = engine.ingest(events, key).await?;
+    let receipt = store(&app, events, key).await?;
     let mut resp = Json(
         json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed}),
     )

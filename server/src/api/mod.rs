@@ -49,8 +49,9 @@ pub(crate) struct AppState {
     pub(crate) openapi: OnceLock<serde_json::Value>,
     /// Who may do what.
     pub(crate) auth: Arc<crate::auth::Auth>,
-    /// This node's Raft group, when it is one of a cluster.
-    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// This node's Raft group, when it is one of a cluster; set once the
+    /// engine is open.
+    pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {

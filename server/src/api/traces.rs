@@ -151,7 +151,7 @@ async fn store(
 ) -> ApiResult<()> {
     if !events.is_empty() {
         app.auth.spend_events(caller, events.len())?;
-        app.engine()?.ingest(events, Some(key)).await?;
+        super::events::store(app, events, Some(key)).await?;
     }
     Ok(())
 }
