@@ -191,7 +191,16 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
         "a refused call changed nothing"
     );
 
-    // Two nodes killed: the one left elects no one.
+    // Every member takes traffic (a load balancer asks /readyz).
+    for id in cluster.live() {
+        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+        assert_eq!(
+            client().get(node.url("/readyz")).send().unwrap().status(),
+            200
+        );
+    }
+
+    // Two nodes killed: the one left elects no one, and says it is not ready.
     let others: Vec<u64> = cluster
         .live()
         .into_iter()
@@ -200,7 +209,23 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
     let alone = others[0];
     cluster.kill9(leader);
     cluster.kill9(others[1]);
-    std::thread::sleep(Duration::from_secs(4));
+    let node = cluster.nodes[(alone - 1) as usize].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body: Value = loop {
+        let r = client().get(node.url("/readyz")).send().unwrap();
+        if r.status() == 503 {
+            break r.json().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a node alone still says it is ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        body["reason"].as_str().unwrap().contains("no leader"),
+        "{body}"
+    );
     let status = cluster.status(alone).unwrap();
     assert_ne!(status["role"], "leader", "{status}");
 }

@@ -32,6 +32,35 @@ pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Entries a member may trail its known commit index by and still take
+/// traffic.
+const READY_LAG: u64 = 1_000;
+
+/// A cluster member takes traffic while it knows a leader and has applied
+/// what it knows committed, within [`READY_LAG`] entries.
+fn cluster_ready(app: &AppState) -> Result<(), String> {
+    if app.config.cluster.is_none() {
+        return Ok(());
+    }
+    let Some(cluster) = app.cluster.get() else {
+        return Err("the Raft node is starting".into());
+    };
+    let s = cluster.status();
+    if let Some(why) = s.stopped {
+        return Err(format!("the Raft node stopped: {why}"));
+    }
+    if s.leader_id == 0 {
+        return Err("no leader is known: an election, or no quorum".into());
+    }
+    let behind = s.commit_index.saturating_sub(s.applied_index);
+    if behind > READY_LAG {
+        return Err(format!(
+            "applying the log: {behind} committed entries not applied yet"
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let not_ready = |reason: String| {
         (
@@ -43,6 +72,9 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         Ok(e) => e,
         Err(e) => return not_ready(e.message).into_response(),
     };
+    if let Err(reason) = cluster_ready(&app) {
+        return not_ready(reason).into_response();
+    }
     match engine.health() {
         Ok(()) => {
             let s = engine.stats();
