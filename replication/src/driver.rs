@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use raft::prelude::Message;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::durable::Durable;
 use crate::error::{ReplicationError, Result};
@@ -41,6 +41,8 @@ enum Input {
 pub struct Driver {
     inputs: mpsc::Sender<Input>,
     status: Arc<Mutex<NodeStatus>>,
+    /// The last entry applied here.
+    applied: watch::Receiver<u64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -69,6 +71,7 @@ impl Driver {
         let (inputs, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(status_of(&node, None)));
         let published = status.clone();
+        let (applied_tx, applied) = watch::channel(node.applied_index());
         let thread = std::thread::Builder::new()
             .name(format!("toplog-raft-{}", node.id()))
             .spawn(move || {
@@ -103,6 +106,10 @@ impl Driver {
                             if !messages.is_empty() {
                                 outbound(messages);
                             }
+                            applied_tx.send_if_modified(|a| {
+                                let now = node.applied_index();
+                                (*a != now).then(|| *a = now).is_some()
+                            });
                             for (ticket, outcome) in node.take_outcomes() {
                                 if let Some(reply) = waiting.remove(&ticket) {
                                     let _ = reply.send(match outcome {
@@ -126,6 +133,7 @@ impl Driver {
         Ok(Self {
             inputs,
             status,
+            applied,
             thread: Some(thread),
         })
     }
@@ -146,6 +154,14 @@ impl Driver {
             return Err(ReplicationError::Stopped);
         }
         rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// Waits until entry `index` is applied here, for at most `limit`;
+    /// whether it was.
+    pub async fn wait_applied(&self, index: u64, limit: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        let reached = applied.wait_for(|a| *a >= index);
+        matches!(tokio::time::timeout(limit, reached).await, Ok(Ok(_)))
     }
 
     pub fn status(&self) -> NodeStatus {

@@ -6,10 +6,10 @@
 //! node sends.
 //!
 //! In progress (issue 21): ingest batches go through the log and every
-//! member applies them to its engine; writes sent to a follower are refused
-//! with the leader's URL (not forwarded yet); the rest of the node's state
-//! does not go through the log yet; peers authenticate with the cluster
-//! secret only.
+//! member applies them to its engine; a write sent to a follower is handed
+//! to the leader (`Propose`); the rest of the node's state does not go
+//! through the log yet, the log is never compacted, and peers authenticate
+//! with the cluster secret only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use toplog_engine::Engine;
 use toplog_proto::raft_v1::raft_client::RaftClient;
 use toplog_proto::raft_v1::raft_server::Raft;
-use toplog_proto::raft_v1::{Accepted, Messages};
+use toplog_proto::raft_v1::{Accepted, Messages, Proposal, Proposed};
 use toplog_replication::{
     Driver, LogStore, Message, NodeStatus, RaftNode, ReplicationError, StateMachine, Timing,
     decode_message, encode_message,
@@ -31,6 +31,8 @@ use toplog_replication::{
 const TICK: Duration = Duration::from_millis(100);
 /// Batches queued for one peer before newer ones are dropped (Raft resends).
 const PEER_QUEUE: usize = 1024;
+/// How long a forwarded write may take, and its applying here after.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest cluster secret taken.
 const MIN_SECRET_LEN: usize = 16;
 
@@ -195,6 +197,37 @@ impl Cluster {
         self.driver.propose(payload).await
     }
 
+    /// Hands `payload` to leader `leader_id` to propose (a write this
+    /// follower took), then waits until the entry is applied here too; its
+    /// index.
+    pub(crate) async fn forward(
+        &self,
+        leader_id: u64,
+        payload: Vec<u8>,
+    ) -> Result<u64, tonic::Status> {
+        let url = self.url_of(leader_id).ok_or_else(|| {
+            tonic::Status::unavailable(format!("node {leader_id} is not a member"))
+        })?;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(FORWARD_TIMEOUT);
+        let mut client = RaftClient::new(endpoint.connect_lazy());
+        let mut request = tonic::Request::new(Proposal { payload });
+        let bearer = format!("Bearer {}", self.settings.secret)
+            .parse()
+            .map_err(|_| tonic::Status::internal("the cluster secret is not a header value"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        let index = client.propose(request).await?.into_inner().index;
+        if self.driver.wait_applied(index, FORWARD_TIMEOUT).await {
+            Ok(index)
+        } else {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "entry {index} is committed, and not yet applied on this node"
+            )))
+        }
+    }
+
     /// The URL of node `id`, if it is a member.
     pub(crate) fn url_of(&self, id: u64) -> Option<&str> {
         self.settings.members.get(&id).map(String::as_str)
@@ -283,5 +316,26 @@ impl Raft for RaftService {
             cluster.driver.step(message);
         }
         Ok(tonic::Response::new(Accepted {}))
+    }
+
+    async fn propose(
+        &self,
+        request: tonic::Request<Proposal>,
+    ) -> Result<tonic::Response<Proposed>, tonic::Status> {
+        let Some(cluster) = self.app.cluster.get() else {
+            return Err(tonic::Status::unavailable("the Raft node is starting"));
+        };
+        match cluster.propose(request.into_inner().payload).await {
+            Ok(index) => Ok(tonic::Response::new(Proposed { index })),
+            Err(ReplicationError::NotLeader { leader_id }) => {
+                Err(tonic::Status::failed_precondition(format!(
+                    "this node does not lead (leader: {leader_id})"
+                )))
+            }
+            Err(e @ (ReplicationError::Lost | ReplicationError::Dropped)) => {
+                Err(tonic::Status::aborted(e.to_string()))
+            }
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        }
     }
 }

@@ -85,30 +85,34 @@ pub(crate) async fn store(
         Ok(proposal) => proposal,
         Err(known) => return Ok(known),
     };
-    let index = cluster
-        .propose(proposal.take_payload())
-        .await
-        .map_err(|e| not_written(&cluster, e))?;
+    let payload = proposal.take_payload();
+    let index = match cluster.propose(payload.clone()).await {
+        Ok(index) => index,
+        // Taken here, written through the leader: the client does not notice.
+        Err(toplog_replication::ReplicationError::NotLeader { leader_id }) if leader_id != 0 => cluster
+            .forward(leader_id, payload)
+            .await
+            .map_err(|status| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_leader",
+                    format!(
+                        "the leader (node {leader_id}) did not take the write: {}; nothing was acknowledged: retry (an idempotency key makes the retry safe)",
+                        status.message()
+                    ),
+                )
+            })?,
+        Err(e) => return Err(not_written(e)),
+    };
     Ok(engine.receipt(&proposal, index))
 }
 
-/// `503` for a write this node could not put through the Raft log, saying
-/// where to send it.
-fn not_written(
-    cluster: &crate::cluster::Cluster,
-    e: toplog_replication::ReplicationError,
-) -> ApiError {
-    use toplog_replication::ReplicationError;
+/// `503` for a write this node could not put through the Raft log.
+fn not_written(e: toplog_replication::ReplicationError) -> ApiError {
     let message = match e {
-        ReplicationError::NotLeader { leader_id: 0 } => {
+        toplog_replication::ReplicationError::NotLeader { .. } => {
             "no leader is known (an election, or no quorum); nothing was written: retry".to_owned()
         }
-        ReplicationError::NotLeader { leader_id } => match cluster.url_of(leader_id) {
-            Some(url) => format!(
-                "this node does not lead; send writes to node {leader_id} at {url}; nothing was written"
-            ),
-            None => format!("this node does not lead (node {leader_id} does); nothing was written"),
-        },
         other => format!(
             "{other}; nothing was acknowledged: retry (an idempotency key makes the retry safe)"
         ),

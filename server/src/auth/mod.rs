@@ -424,7 +424,7 @@ pub(crate) async fn rest(
 
 /// Every gRPC method served, and what it needs. A method not listed is
 /// refused (`PERMISSION_DENIED`), so a new RPC cannot be served unguarded.
-pub(crate) const RPCS: [(&str, Access); 15] = [
+pub(crate) const RPCS: [(&str, Access); 16] = [
     ("/toplog.v1.Toplog/Ingest", Access::Needs(Role::Writer)),
     (
         "/toplog.v1.Toplog/IngestStream",
@@ -455,6 +455,7 @@ pub(crate) const RPCS: [(&str, Access); 15] = [
         Access::Needs(Role::Writer),
     ),
     ("/toplog.raft.v1.Raft/Send", Access::Needs(Role::Peer)),
+    ("/toplog.raft.v1.Raft/Propose", Access::Needs(Role::Peer)),
     ("/grpc.health.v1.Health/Check", Access::Open),
     ("/grpc.health.v1.Health/Watch", Access::Open),
     (
