@@ -64,6 +64,14 @@ impl Cluster {
         self.nodes[i] = Some(server);
     }
 
+    /// Sends `signal` to node `id`'s process (SIGSTOP freezes it, SIGCONT
+    /// resumes it).
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        let pid = self.nodes[(id - 1) as usize].as_ref().unwrap().pid();
+        // SAFETY: kill(2) with a pid this test started and a valid signal.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+    }
+
     fn kill9(&mut self, id: u64) {
         if let Some(node) = self.nodes[(id - 1) as usize].take() {
             node.kill9();
@@ -86,18 +94,23 @@ impl Cluster {
     /// Waits until every live node names the same leader in the same term;
     /// returns (leader, term).
     fn agreed_leader(&self, within: Duration) -> (u64, u64) {
+        self.agreed_leader_among(&self.live(), within)
+    }
+
+    /// [`Cluster::agreed_leader`] among `ids` only.
+    fn agreed_leader_among(&self, ids: &[u64], within: Duration) -> (u64, u64) {
         let deadline = Instant::now() + within;
         loop {
-            let seen: Vec<Option<Value>> = self.live().iter().map(|id| self.status(*id)).collect();
+            let seen: Vec<Option<Value>> = ids.iter().map(|id| self.status(*id)).collect();
             let views: Vec<(Option<u64>, u64)> = seen
                 .iter()
                 .flatten()
                 .map(|s| (s["leader_id"].as_u64(), s["term"].as_u64().unwrap_or(0)))
                 .collect();
-            if views.len() == self.live().len()
+            if views.len() == ids.len()
                 && let Some((Some(leader), term)) = views.first().copied()
                 && views.iter().all(|v| *v == (Some(leader), term))
-                && self.live().contains(&leader)
+                && ids.contains(&leader)
             {
                 let role = self.status(leader).unwrap()["role"].clone();
                 if role == "leader" {
@@ -381,4 +394,70 @@ fn every_acknowledged_batch_is_on_every_node_once_across_leader_kills() {
         .map(|e| e["request_id"].as_str().unwrap())
         .collect();
     assert_eq!((ids.len(), events.len()), (want, want), "each event once");
+}
+
+#[test]
+fn a_frozen_leader_is_replaced_and_steps_down_when_it_wakes_without_acknowledging_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let (leader, term) = cluster.agreed_leader(Duration::from_secs(20));
+    let (status, body) = send(&cluster, leader, 0, 20);
+    assert_eq!(status, 200, "{body}");
+
+    cluster.signal(leader, libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    // Three of the longest election timeouts (20 ticks of 100 ms each).
+    let (next, next_term) = cluster.agreed_leader_among(&others, Duration::from_secs(6));
+    assert!(frozen_at.elapsed() < Duration::from_secs(6));
+    assert!(
+        next != leader && next_term > term,
+        "{next} in {next_term} after {leader} in {term}"
+    );
+    let (status, body) = send(&cluster, next, 1, 20);
+    assert_eq!(status, 200, "{body}");
+
+    // A write the frozen leader takes when it wakes: it may be written
+    // through the new leader, or refused; never acknowledged by the old
+    // leader alone.
+    let late = {
+        let node = cluster.nodes[(leader - 1) as usize].as_ref().unwrap();
+        let url = node.url("/api/v1/requests");
+        std::thread::spawn(move || {
+            let r = client()
+                .post(url)
+                .header("idempotency-key", "batch-2")
+                .json(&batch(2, 20))
+                .send()
+                .unwrap();
+            r.status().as_u16()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.signal(leader, libc::SIGCONT);
+    let late_status = late.join().unwrap();
+    assert!(late_status == 200 || late_status == 503, "{late_status}");
+
+    // It steps down: one leader, the new one, for all three.
+    let (after, after_term) = cluster.agreed_leader(Duration::from_secs(10));
+    assert_ne!(after, leader, "the woken leader took over again");
+    assert!(after_term >= next_term);
+    let want = if late_status == 200 { 60 } else { 40 };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts: Vec<Value> = (1..=3)
+            .map(|id| get(&cluster, id, "/api/v1/requests/count?start=0")["count"].clone())
+            .collect();
+        // A refused write may still have been committed by the new leader
+        // (then it is there once); an acknowledged one must be.
+        if counts
+            .iter()
+            .all(|c| *c == want || (late_status == 503 && *c == 60))
+            && counts.windows(2).all(|w| w[0] == w[1])
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts {counts:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
