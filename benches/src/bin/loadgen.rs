@@ -1,4 +1,5 @@
-//! Load generator for a running toplog node.
+//! Load generator for a running toplog node. With `TOPLOG_API_KEY` set, it
+//! shows that key (a node with access control on).
 //!
 //! - `loadgen generate --events N --out FILE`: the workload as NDJSON, or as
 //!   Parquet when FILE ends in `.parquet`.
@@ -274,6 +275,7 @@ async fn send(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections * 2)
         .timeout(Duration::from_secs(300))
+        .default_headers(api_key_header()?)
         .build()?;
     let url = format!("{}/api/v1/requests", q.server);
     let bodies = Arc::new(bodies);
@@ -441,9 +443,24 @@ struct MixQuery {
     path: String,
 }
 
+/// `Authorization: Bearer $TOPLOG_API_KEY` when the variable is set (a node
+/// with access control on); no header otherwise.
+fn api_key_header() -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(key) = std::env::var("TOPLOG_API_KEY") {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse()?,
+        );
+    }
+    Ok(headers)
+}
+
 /// The query mix, each run `repeat` times over ranges ending at `--now`.
 async fn query_mix(q: &QueryArgs, ingest: serde_json::Value) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .default_headers(api_key_header()?)
+        .build()?;
     let now = q
         .now
         .map_or_else(Micros::now, |s| Micros::new(s * 1_000_000));
