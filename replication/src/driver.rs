@@ -34,6 +34,7 @@ pub struct NodeStatus {
 enum Input {
     Message(Message),
     Propose(Vec<u8>, oneshot::Sender<Result<u64>>),
+    TransferLeadership(u64, oneshot::Sender<Result<()>>),
     Stop,
 }
 
@@ -82,6 +83,10 @@ impl Driver {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     let turn = match rx.recv_timeout(wait) {
                         Ok(Input::Message(m)) => node.step(m),
+                        Ok(Input::TransferLeadership(to, reply)) => {
+                            let _ = reply.send(node.transfer_leadership(to));
+                            Ok(())
+                        }
                         Ok(Input::Propose(data, reply)) => {
                             match node.propose(data) {
                                 Ok(ticket) => {
@@ -151,6 +156,16 @@ impl Driver {
     pub async fn propose(&self, data: Vec<u8>) -> Result<u64> {
         let (tx, rx) = oneshot::channel();
         if self.inputs.send(Input::Propose(data, tx)).is_err() {
+            return Err(ReplicationError::Stopped);
+        }
+        rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// Starts handing leadership to node `to`; this node must lead. The
+    /// status shows when `to` leads.
+    pub async fn transfer_leadership(&self, to: u64) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.inputs.send(Input::TransferLeadership(to, tx)).is_err() {
             return Err(ReplicationError::Stopped);
         }
         rx.await.unwrap_or(Err(ReplicationError::Stopped))

@@ -231,6 +231,18 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         }
     }
 
+    /// Hands leadership to `to` (a voter) once it has caught up; this node
+    /// must lead. raft-rs aborts the transfer after an election timeout.
+    pub fn transfer_leadership(&mut self, to: u64) -> Result<()> {
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader {
+                leader_id: self.leader_id(),
+            });
+        }
+        self.raw.transfer_leader(to);
+        Ok(())
+    }
+
     /// Appends `data` to the log if this node leads; the ticket says where.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<Ticket> {
         if !self.is_leader() {

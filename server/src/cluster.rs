@@ -228,6 +228,11 @@ impl Cluster {
         }
     }
 
+    /// Hands leadership to member `to` (this node must lead).
+    pub(crate) async fn transfer_leadership(&self, to: u64) -> toplog_replication::Result<()> {
+        self.driver.transfer_leadership(to).await
+    }
+
     /// The URL of node `id`, if it is a member.
     pub(crate) fn url_of(&self, id: u64) -> Option<&str> {
         self.settings.members.get(&id).map(String::as_str)

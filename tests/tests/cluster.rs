@@ -206,6 +206,31 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
         "a refused call changed nothing"
     );
 
+    // Leadership handed over on request, to a member the leader names.
+    let to = cluster.live().into_iter().find(|id| *id != leader).unwrap();
+    let node = cluster.nodes[(leader - 1) as usize].as_ref().unwrap();
+    let r = client()
+        .post(node.url("/api/v1/cluster/leader"))
+        .json(&serde_json::json!({"node_id": to}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let (now, now_term) = cluster.agreed_leader(Duration::from_secs(10));
+    assert_eq!(now, to);
+    assert!(now_term >= term);
+    leader = now;
+    let r = client()
+        .post(node.url("/api/v1/cluster/leader"))
+        .json(&serde_json::json!({"node_id": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        409,
+        "a follower does not transfer: {:?}",
+        r.text()
+    );
+
     // Every member takes traffic (a load balancer asks /readyz).
     for id in cluster.live() {
         let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();

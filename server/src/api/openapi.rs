@@ -120,6 +120,9 @@ fn schemas() -> Value {
             "plaintext_files": int,
             "retirable_keys": {"type": "array", "items": string},
         }), &["enabled", "current_key", "keys", "files_by_key", "plaintext_files", "retirable_keys"]),
+        "LeaderIn": {"type": "object", "additionalProperties": false, "required": ["node_id"],
+                     "properties": {"node_id": {"type": "integer", "minimum": 1, "description": "The member to lead."}}},
+        "Leader": obj(json!({"status": string, "leader_id": int}), &["status", "leader_id"]),
         "Cluster": obj(json!({"status": string, "data": obj(json!({
             "clustered": {"type": "boolean"}, "node_id": int,
             "leader_id": {"type": "integer", "nullable": true}, "term": int,
@@ -285,6 +288,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::Aggregation) => operation["requestBody"] = body("Aggregation"),
             Some(Body::Retention) => operation["requestBody"] = body("RetentionChange"),
             Some(Body::Key) => operation["requestBody"] = body("KeyIn"),
+            Some(Body::Leader) => operation["requestBody"] = body("LeaderIn"),
             None => {}
         }
         let entry = paths

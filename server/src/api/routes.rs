@@ -24,6 +24,8 @@ pub(crate) enum Body {
     Retention,
     /// A new API key's name, role and expiry.
     Key,
+    /// The member to hand leadership to.
+    Leader,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -59,7 +61,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 24] = [
+pub(crate) const ROUTES: [Route; 25] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -257,6 +259,19 @@ pub(crate) const ROUTES: [Route; 24] = [
         body: None,
         ok: (200, "Cluster"),
         errors: &[],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/cluster/leader",
+        id: "transferLeadership",
+        handler: || post(cluster::transfer_leadership),
+        summary: "Hand leadership to another member (send it to the leader); answered once that member leads. 404 on a single node.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Leader),
+        ok: (200, "Leader"),
+        errors: &[400, 404, 409, 413, 415, 503],
         links: &[],
         access: Access::Needs(Role::Admin),
     },
