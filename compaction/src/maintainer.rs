@@ -114,10 +114,7 @@ impl Maintainer {
             .map_err(|e| RekeyError::Fenced(e.to_string()))?;
         let report = self.engine.rekey()?;
         let policy = lock(&self.policy);
-        if Policy::load(&self.data_dir, self.engine.cipher())
-            .map_err(|e| RekeyError::Policy(e.to_string()))?
-            .is_some()
-        {
+        if Policy::is_stored(&self.data_dir) {
             policy
                 .store(&self.data_dir, self.engine.cipher())
                 .map_err(|e| RekeyError::Policy(format!("cannot store retention.json: {e}")))?;

@@ -218,6 +218,11 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether a policy changed through the API is stored in `data_dir`.
+    pub fn is_stored(data_dir: &Path) -> bool {
+        data_dir.join(FILE).exists()
+    }
+
     /// The policy persisted in `data_dir`, if any.
     pub fn load(data_dir: &Path, cipher: &Cipher) -> Result<Option<Policy>, PolicyError> {
         let path = data_dir.join(FILE);

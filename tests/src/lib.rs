@@ -362,3 +362,12 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// `GET path` as the admin; fails the test unless it answers 200; the body.
+pub fn get_ok(server: &Server, path: &str) -> Value {
+    let r = client().get(server.url(path)).send().expect("GET");
+    let status = r.status();
+    let body: Value = r.json().expect("a JSON body");
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}

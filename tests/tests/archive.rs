@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, binary, client, count_rows, free_port, now_ms, send_all};
+use toplog_tests::{Server, binary, client, count_rows, free_port, get_ok, now_ms, send_all};
 
 const BUCKET: &str = "toplog-lifecycle";
 /// Bytes of a request a cut proxy lets through: the headers and part of a body.
@@ -185,14 +185,6 @@ fn group(first: usize, n: usize, from: i64) -> Vec<Value> {
         .collect()
 }
 
-fn get(server: &Server, path: &str) -> Value {
-    let r = client().get(server.url(path)).send().unwrap();
-    let status = r.status();
-    let body: Value = r.json().unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    body
-}
-
 fn maintenance(server: &Server) -> Value {
     let r = client()
         .post(server.url("/api/v1/admin/maintenance"))
@@ -224,7 +216,7 @@ fn ts(e: &Value) -> i64 {
 
 /// Checks the node's answers against the model: the events it should still hold.
 fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str) {
-    let count = get(server, "/api/v1/requests/count?start=0")["count"].clone();
+    let count = get_ok(server, "/api/v1/requests/count?start=0")["count"].clone();
     assert_eq!(count, model.len(), "{step}: count of everything");
 
     // Raw scan with filters.
@@ -232,7 +224,7 @@ fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str)
         .iter()
         .filter(|e| e["endpoint"] == "GET /a" && e["status_code"] == 500)
         .count();
-    let got = get(
+    let got = get_ok(
         server,
         "/api/v1/requests/count?start=0&endpoint=GET%20/a&status_code=500",
     );
@@ -247,7 +239,7 @@ fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str)
             .total_cmp(&a["latency_ms"].as_f64().unwrap())
     });
     let want: Vec<&Value> = slow.iter().take(10).map(|e| &e["request_id"]).collect();
-    let body = get(
+    let body = get_ok(
         server,
         "/api/v1/requests/top-k?k=10&metric=latency_max&by=request&start=0",
     );
@@ -261,7 +253,7 @@ fn check_answers(server: &Server, model: &[Value], rollup_from: i64, step: &str)
 
     // Top endpoints by frequency from a minute boundary on: the rollups.
     let want = ranked_endpoints(model.iter().filter(|e| ts(e) >= rollup_from));
-    let body = get(
+    let body = get_ok(
         server,
         &format!("/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start={rollup_from}"),
     );
@@ -283,7 +275,7 @@ fn ranked_endpoints<'a>(events: impl Iterator<Item = &'a Value>) -> Vec<(String,
 }
 
 fn storage(server: &Server) -> Value {
-    get(server, "/api/v1/storage")["data"].clone()
+    get_ok(server, "/api/v1/storage")["data"].clone()
 }
 
 #[test]
@@ -319,7 +311,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let args = ["--config", config.to_str().unwrap()];
     let server = Server::start_ready(&data, &args);
 
-    let policy = get(&server, "/api/v1/retention")["data"].clone();
+    let policy = get_ok(&server, "/api/v1/retention")["data"].clone();
     assert_eq!(policy["raw"], json!({"local_for": "1m", "keep_for": "4m"}));
 
     // Four groups of 100 events, 10 s each; the oldest group is 70 s clear of
@@ -422,7 +414,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let late = group(500, 10, t0 - 5_000);
     send_all(&server, &late);
     model.extend(late);
-    let recent = get(
+    let recent = get_ok(
         &server,
         &format!("/api/v1/requests/count?start={}", t0 - 15_000),
     );
@@ -476,7 +468,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
                 m + 60_000,
                 endpoint.replace(' ', "%20")
             );
-            total += get(&server, &path)["count"].as_u64().unwrap();
+            total += get_ok(&server, &path)["count"].as_u64().unwrap();
         }
         assert_eq!(
             total, *n,
@@ -531,7 +523,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     check_answers(&server, &model, rollup_from, "after the purge");
     // A range reaching past retention is answered from where the data is
     // complete, and says so: exact from that instant.
-    let body = get(
+    let body = get_ok(
         &server,
         &format!(
             "/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start={}",
@@ -545,7 +537,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let want = ranked_endpoints(model.iter().filter(|e| toplog_tests::utc(ts(e)).1 >= from));
     assert_eq!(count_rows(&body), want, "top endpoints from {from}");
     // A time series over the same range says the same.
-    let body = get(
+    let body = get_ok(
         &server,
         &format!(
             "/api/v1/requests/timeseries?metric=frequency&interval=1m&start={}",
@@ -572,7 +564,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     // A restart reads the archive back and keeps the changed policy.
     assert!(server.terminate().success());
     let server = Server::start_ready(&data, &args);
-    let policy = get(&server, "/api/v1/retention")["data"].clone();
+    let policy = get_ok(&server, "/api/v1/retention")["data"].clone();
     assert_eq!(policy["rollups"]["day_keep_for"], "400d");
     check_answers(&server, &model, rollup_from, "after a restart");
 
@@ -587,7 +579,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     // Exactly the rows at or after the cutoff at the moment of the read,
     // which lies between the two instants around it.
     let earliest_cutoff = now_ms() - 30_000;
-    let count = get(&server, "/api/v1/requests/count?start=0")["count"]
+    let count = get_ok(&server, "/api/v1/requests/count?start=0")["count"]
         .as_u64()
         .unwrap();
     let latest_cutoff = now_ms() - 30_000;
@@ -743,7 +735,7 @@ fn a_second_node_on_the_same_archive_refuses_to_start_and_deletes_nothing() {
     let report = maintenance(&a);
     assert_eq!(report["errors"], json!([]), "{report}");
     assert_eq!(report["swept_objects"], json!([orphan]), "{report}");
-    let count = get(&a, "/api/v1/requests/count?start=0")["count"].clone();
+    let count = get_ok(&a, "/api/v1/requests/count?start=0")["count"].clone();
     assert_eq!(count, events.len());
 
     // Restarted on its data directory, A is still the owner.
@@ -754,7 +746,7 @@ fn a_second_node_on_the_same_archive_refuses_to_start_and_deletes_nothing() {
     let report = maintenance(&a);
     assert_eq!(report["errors"], json!([]), "{report}");
     assert_eq!(storage(&a)["archive"]["owned"], true);
-    let count = get(&a, "/api/v1/requests/count?start=0")["count"].clone();
+    let count = get_ok(&a, "/api/v1/requests/count?start=0")["count"].clone();
     assert_eq!(
         count,
         events.len(),
@@ -822,6 +814,6 @@ fn the_scheduler_tiers_to_the_default_folder_archive_on_its_own() {
         assert!(object.exists(), "{}", object.display());
     }
     assert!(!s["maintenance"]["last"].is_null(), "no pass recorded: {s}");
-    let count = get(&server, "/api/v1/requests/count?start=0")["count"].clone();
+    let count = get_ok(&server, "/api/v1/requests/count?start=0")["count"].clone();
     assert_eq!(count, events.len());
 }

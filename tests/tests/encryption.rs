@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{ADMIN_KEY, Server, binary, client, now_ms, send_all};
+use toplog_tests::{ADMIN_KEY, Server, binary, client, get_ok, now_ms, send_all};
 
 const K1: &str = "6b31000000000000000000000000000000000000000000000000000000000001";
 const K1_WRONG: &str = "6b310000000000000000000000000000000000000000000000000000000000ff";
@@ -59,14 +59,6 @@ fn refused_start(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn get(server: &Server, path: &str) -> Value {
-    let r = client().get(server.url(path)).send().unwrap();
-    let status = r.status();
-    let body: Value = r.json().unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    body
-}
-
 fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     let r = client().post(server.url(path)).json(body).send().unwrap();
     (r.status().as_u16(), r.json().unwrap())
@@ -104,7 +96,7 @@ fn answers(server: &Server) -> Vec<Value> {
     ]
     .iter()
     .map(|p| {
-        let mut body = get(server, p);
+        let mut body = get_ok(server, p);
         // Which node and sources answered may differ; the answer may not.
         if let Some(o) = body.as_object_mut() {
             o.remove("meta");
@@ -147,7 +139,7 @@ fn wait_archived(server: &Server, rows: usize) {
     loop {
         let (status, report) = post(server, "/api/v1/admin/maintenance", &json!({}));
         assert_eq!(status, 200, "{report}");
-        let s = get(server, "/api/v1/storage")["data"].clone();
+        let s = get_ok(server, "/api/v1/storage")["data"].clone();
         if s["tiers"]["raw_archive"]["rows"] == rows {
             return;
         }
@@ -157,7 +149,7 @@ fn wait_archived(server: &Server, rows: usize) {
 }
 
 fn encryption(server: &Server) -> Value {
-    get(server, "/api/v1/admin/encryption")["data"].clone()
+    get_ok(server, "/api/v1/admin/encryption")["data"].clone()
 }
 
 /// DuckDB reads every archived Parquet file with the key: the count per endpoint.
@@ -254,7 +246,7 @@ fn encrypted_at_rest_rotated_and_rekeyed_with_every_answer_unchanged() {
     let state = encryption(&server);
     assert_eq!(state["current_key"], "k1", "{state}");
     assert_eq!(state["plaintext_files"], 0, "{state}");
-    let audit = get(&server, "/api/v1/audit")["data"].clone();
+    let audit = get_ok(&server, "/api/v1/audit")["data"].clone();
     assert!(
         audit.to_string().contains("/api/v1/keys/req-needle"),
         "{audit}"
@@ -361,9 +353,9 @@ fn encrypted_at_rest_rotated_and_rekeyed_with_every_answer_unchanged() {
     let server = start(&data, &only_k2);
     assert_same(&answers(&server), &rotated_answers);
     let job_id = job["aggregation_id"].as_str().unwrap();
-    let job = get(&server, &format!("/api/v1/requests/aggregate/{job_id}"));
+    let job = get_ok(&server, &format!("/api/v1/requests/aggregate/{job_id}"));
     assert_eq!(job["data"]["state"], "done", "{job}");
-    let audit = get(&server, "/api/v1/audit")["data"].clone();
+    let audit = get_ok(&server, "/api/v1/audit")["data"].clone();
     assert!(audit.to_string().contains("/api/v1/admin/rekey"), "{audit}");
     assert_eq!(
         duckdb_counts(&archive, K2),
