@@ -86,10 +86,12 @@ pub(crate) async fn store(
         Err(known) => return Ok(known),
     };
     let payload = proposal.take_payload();
-    let index = match cluster.propose(payload.clone()).await {
-        Ok(index) => index,
-        // Taken here, written through the leader: the client does not notice.
-        Err(toplog_replication::ReplicationError::NotLeader { leader_id }) if leader_id != 0 => cluster
+    // A follower hands the write to the leader it knows (the client does not
+    // notice); the leader, or a node that knows none, proposes it itself.
+    let status = cluster.status();
+    let leader_id = status.leader_id;
+    let index = if leader_id != 0 && leader_id != status.node_id {
+        cluster
             .forward(leader_id, payload)
             .await
             .map_err(|status| {
@@ -101,8 +103,9 @@ pub(crate) async fn store(
                         status.message()
                     ),
                 )
-            })?,
-        Err(e) => return Err(not_written(e)),
+            })?
+    } else {
+        cluster.propose(payload).await.map_err(not_written)?
     };
     Ok(engine.receipt(&proposal, index))
 }
