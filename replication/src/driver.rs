@@ -27,6 +27,8 @@ pub struct NodeStatus {
     pub role: &'static str,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The first entry its log holds (those before are compacted away).
+    pub first_index: u64,
     /// Why the node stopped, if it did (a failed disk write: fail-stop).
     pub stopped: Option<String>,
 }
@@ -35,6 +37,7 @@ enum Input {
     Message(Message),
     Propose(Vec<u8>, oneshot::Sender<Result<u64>>),
     TransferLeadership(u64, oneshot::Sender<Result<()>>),
+    SnapshotFetched(u64),
     Stop,
 }
 
@@ -98,11 +101,15 @@ impl Driver {
                             }
                             Ok(())
                         }
+                        Ok(Input::SnapshotFetched(peer)) => {
+                            node.snapshot_fetched(peer);
+                            Ok(())
+                        }
                         Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                         Err(RecvTimeoutError::Timeout) => {
                             node.tick();
                             next_tick = Instant::now() + tick;
-                            Ok(())
+                            node.maintain()
                         }
                     };
                     let turn = turn.and_then(|()| node.process_ready());
@@ -120,6 +127,7 @@ impl Driver {
                                     let _ = reply.send(match outcome {
                                         Outcome::Applied => Ok(ticket.index),
                                         Outcome::Lost => Err(ReplicationError::Lost),
+                                        Outcome::Unknown => Err(ReplicationError::Unknown),
                                     });
                                 }
                             }
@@ -159,6 +167,12 @@ impl Driver {
             return Err(ReplicationError::Stopped);
         }
         rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// Follower `peer` fetched part of the snapshot this leader sent it (so
+    /// the send is not yet taken as failed).
+    pub fn snapshot_fetched(&self, peer: u64) {
+        let _ = self.inputs.send(Input::SnapshotFetched(peer));
     }
 
     /// Starts handing leadership to node `to`; this node must lead. The
@@ -211,6 +225,7 @@ fn status_of<D: Durable, M: StateMachine>(
         role: node.role_name(),
         commit_index: node.commit_index(),
         applied_index: node.applied_index(),
+        first_index: node.first_index(),
         stopped,
     }
 }
@@ -245,6 +260,14 @@ mod tests {
         }
         fn applied(&self) -> u64 {
             0
+        }
+        fn snapshot(&mut self, _at_least: u64) -> Result<Option<(u64, Vec<u8>)>> {
+            Ok(None)
+        }
+        fn install(&mut self, index: u64, _data: &[u8]) -> Result<()> {
+            Err(ReplicationError::Inconsistent(format!(
+                "no snapshot expected (at {index})"
+            )))
         }
     }
 

@@ -1,8 +1,9 @@
 //! What a node keeps of its Raft state across restarts: the log, the hard
-//! state (term, vote, commit) and the configuration. Each write is durable
+//! state (term, vote, commit), the configuration, and where the log starts
+//! (after a compaction or an installed snapshot). Each write is durable
 //! (fsynced) when the call returns; a failed write leaves the previous state.
 
-use raft::prelude::{ConfState, Entry, HardState};
+use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 
 use crate::error::Result;
 
@@ -11,8 +12,17 @@ use crate::error::Result;
 pub struct Persisted {
     pub hard_state: HardState,
     pub conf_state: ConfState,
-    /// The log, in index order, from the first entry kept.
+    /// The index of the entry whose application made `conf_state`
+    /// (0: the first configuration, or one a snapshot brought).
+    pub conf_index: u64,
+    /// The entry before the first one kept: its index and term ((0, 0) for
+    /// a log that was never compacted).
+    pub start: (u64, u64),
+    /// The log, in index order, from `start.0 + 1`.
     pub entries: Vec<Entry>,
+    /// A snapshot whose installation began and did not finish: the state
+    /// machine says whether it got it (see [`Durable::begin_install`]).
+    pub installing: Option<SnapshotMetadata>,
 }
 
 /// A node's durable Raft state.
@@ -29,6 +39,20 @@ pub trait Durable {
     fn save(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()>;
     /// Notes a newer commit index (kept lazily, see above).
     fn save_commit(&mut self, commit: u64) -> Result<()>;
-    /// Records a configuration applied from the log.
-    fn save_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;
+    /// Records the configuration made by applying entry `index`.
+    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()>;
+    /// Drops the entries up to `index` (applied, and kept by the state
+    /// machine), remembering `term`, the term of entry `index`.
+    fn compact(&mut self, index: u64, term: u64) -> Result<()>;
+    /// Notes, before the state machine installs it, that snapshot `meta` is
+    /// being installed: a restart finds the note and asks the state machine
+    /// whether the install finished ([`Durable::finish_install`]) or not
+    /// ([`Durable::abandon_install`]).
+    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()>;
+    /// The state machine holds snapshot `meta`: the log is emptied and
+    /// starts after it, its configuration is the snapshot's, and the note
+    /// is cleared.
+    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()>;
+    /// The install noted did not reach the state machine: the note is cleared.
+    fn abandon_install(&mut self) -> Result<()>;
 }

@@ -17,6 +17,12 @@ pub enum ReplicationError {
     /// applied.
     #[error("leadership changed before the write was committed; it was not applied: retry")]
     Lost,
+    /// A snapshot covering the entry replaced this node's log before the
+    /// entry was applied here: it may or may not have been committed.
+    #[error(
+        "the write's outcome is not known on this node (a snapshot replaced its log): retry it with its idempotency key"
+    )]
+    Unknown,
     /// The node stopped before the proposal was decided.
     #[error("the Raft node stopped")]
     Stopped,

@@ -7,10 +7,11 @@ mod durable;
 mod error;
 mod log_store;
 mod node;
+mod storage;
 
 pub use driver::{Driver, NodeStatus, Outbound, decode_message, encode_message};
 pub use durable::{Durable, Persisted};
 pub use error::{ReplicationError, Result};
 pub use log_store::LogStore;
 pub use node::{Outcome, RaftNode, StateMachine, Ticket, Timing};
-pub use raft::prelude::Message;
+pub use raft::prelude::{Message, MessageType};

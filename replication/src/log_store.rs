@@ -3,7 +3,9 @@
 //! ```text
 //! <dir>/log/wal-<index>.log   the Raft log: one frame per entry, lsn = the
 //!                             entry's index, term = its term (docs/format.md)
-//! <dir>/STATE                 term, vote, commit index and configuration
+//! <dir>/STATE                 term, vote, commit index, configuration, and
+//!                             where the log starts (after a compaction or
+//!                             an installed snapshot)
 //! ```
 //!
 //! The entries of one Ready go to the log as one group: one write, one
@@ -11,12 +13,16 @@
 //! the log at their first index. `STATE` is replaced whole (temp file,
 //! fsync, rename, directory fsync) when the term, the vote or the
 //! configuration changes, which is rare; the commit index rides along then
-//! (see [`Durable`] on why that is enough).
+//! (see [`Durable`] on why that is enough). A compaction writes `STATE`
+//! first, then deletes the log files it covers (a crash between leaves
+//! entries the next open skips); installing a snapshot notes it in `STATE`,
+//! and once the state machine holds it, empties the log, then writes
+//! `STATE` with the log's new start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use raft::prelude::{ConfState, Entry, EntryType, HardState};
+use raft::prelude::{ConfState, Entry, EntryType, HardState, SnapshotMetadata};
 use serde::{Deserialize, Serialize};
 use toplog_types::Lsn;
 use toplog_wal::{Fs, Wal, WalOptions};
@@ -41,6 +47,62 @@ struct StateFile {
     voters_outgoing: Vec<u64>,
     learners_next: Vec<u64>,
     auto_leave: bool,
+    /// The entry whose application made the configuration above.
+    #[serde(default)]
+    conf_index: u64,
+    /// The entry before the log's first: index and term.
+    #[serde(default)]
+    start_index: u64,
+    #[serde(default)]
+    start_term: u64,
+    /// A snapshot being installed.
+    #[serde(default)]
+    installing: Option<InstallNote>,
+}
+
+/// A snapshot's position and configuration, noted while it is installed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallNote {
+    index: u64,
+    term: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners_next: Vec<u64>,
+    auto_leave: bool,
+}
+
+impl InstallNote {
+    fn of(meta: &SnapshotMetadata) -> Self {
+        let cs = meta.get_conf_state();
+        Self {
+            index: meta.index,
+            term: meta.term,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+
+    fn meta(&self) -> SnapshotMetadata {
+        let mut meta = SnapshotMetadata {
+            index: self.index,
+            term: self.term,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            learners_next: self.learners_next.clone(),
+            auto_leave: self.auto_leave,
+            ..ConfState::default()
+        });
+        meta
+    }
 }
 
 impl StateFile {
@@ -77,6 +139,7 @@ impl StateFile {
 pub struct LogStore {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
+    options: WalOptions,
     wal: Wal,
     state: StateFile,
     /// Index of the last entry in the log.
@@ -155,14 +218,8 @@ impl LogStore {
             Err(e) => return Err(disk("read", &state_path, e)),
         };
         let log_dir = dir.join("log");
-        let (wal, frames) = Wal::open(
-            fs.clone(),
-            &log_dir,
-            options,
-            Lsn::ZERO,
-            Box::new(|_, _, _| {}),
-        )
-        .map_err(|e| disk("open the Raft log in", &log_dir, e))?;
+        let start = state.as_ref().map_or(0, |s| s.start_index);
+        let (wal, frames) = open_log(&fs, &log_dir, options, start)?;
         let mut entries = Vec::with_capacity(frames.len());
         for f in frames {
             let entry = decode(f.lsn.get(), f.term, &f.payload).ok_or_else(|| {
@@ -174,7 +231,7 @@ impl LogStore {
             })?;
             entries.push(entry);
         }
-        let last_index = entries.last().map_or(0, |e| e.index);
+        let last_index = entries.last().map_or(start, |e| e.index);
         let loaded = match &state {
             None if entries.is_empty() => None,
             None => {
@@ -193,12 +250,16 @@ impl LogStore {
                     hs
                 },
                 conf_state: s.conf_state(),
+                conf_index: s.conf_index,
+                start: (s.start_index, s.start_term),
                 entries,
+                installing: s.installing.as_ref().map(InstallNote::meta),
             }),
         };
         Ok(Self {
             fs,
             dir: dir.to_path_buf(),
+            options,
             wal,
             state: state.unwrap_or(StateFile {
                 version: STATE_VERSION,
@@ -207,6 +268,10 @@ impl LogStore {
             last_index,
             loaded,
         })
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.join("log")
     }
 
     fn store_state(&mut self) -> Result<()> {
@@ -280,10 +345,90 @@ impl Durable for LogStore {
         Ok(())
     }
 
-    fn save_conf_state(&mut self, conf_state: &ConfState) -> Result<()> {
+    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()> {
         self.state.set_conf_state(conf_state);
+        self.state.conf_index = index;
         self.store_state()
     }
+
+    fn compact(&mut self, index: u64, term: u64) -> Result<()> {
+        if index <= self.state.start_index {
+            return Ok(());
+        }
+        if index > self.last_index {
+            return Err(ReplicationError::Inconsistent(format!(
+                "compacting to entry {index}, past the log's last entry {}",
+                self.last_index
+            )));
+        }
+        self.state.start_index = index;
+        self.state.start_term = term;
+        self.store_state()?;
+        self.wal
+            .truncate_prefix(Lsn::new(index))
+            .map_err(|e| disk("compact the Raft log in", &self.dir, e))
+    }
+
+    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        self.state.installing = Some(InstallNote::of(meta));
+        self.store_state()
+    }
+
+    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        // The log first: a crash before `STATE` is written finds the note
+        // again and finishes then.
+        let log_dir = self.log_dir();
+        self.wal
+            .close()
+            .map_err(|e| disk("close the Raft log in", &log_dir, e))?;
+        for name in self
+            .fs
+            .list(&log_dir)
+            .map_err(|e| disk("list", &log_dir, e))?
+        {
+            let path = log_dir.join(name);
+            self.fs
+                .remove_file(&path)
+                .map_err(|e| disk("remove", &path, e))?;
+        }
+        self.fs
+            .sync_dir(&log_dir)
+            .map_err(|e| disk("fsync", &log_dir, e))?;
+        let (wal, _) = open_log(&self.fs, &log_dir, self.options, meta.index)?;
+        self.wal = wal;
+        self.last_index = meta.index;
+        self.state.set_conf_state(meta.get_conf_state());
+        self.state.conf_index = meta.index;
+        self.state.start_index = meta.index;
+        self.state.start_term = meta.term;
+        self.state.term = self.state.term.max(meta.term);
+        self.state.commit = self.state.commit.max(meta.index);
+        self.state.installing = None;
+        self.store_state()
+    }
+
+    fn abandon_install(&mut self) -> Result<()> {
+        if self.state.installing.take().is_some() {
+            self.store_state()?;
+        }
+        Ok(())
+    }
+}
+
+fn open_log(
+    fs: &Arc<dyn Fs>,
+    dir: &Path,
+    options: WalOptions,
+    after: u64,
+) -> Result<(Wal, Vec<toplog_wal::Entry>)> {
+    Wal::open(
+        fs.clone(),
+        dir,
+        options,
+        Lsn::new(after),
+        Box::new(|_, _, _| {}),
+    )
+    .map_err(|e| disk("open the Raft log in", dir, e))
 }
 
 #[cfg(test)]
@@ -325,7 +470,7 @@ mod tests {
         let mut store = open(&fs);
         assert!(store.load().unwrap().is_none(), "a new node");
         store
-            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])))
+            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])), 0)
             .unwrap();
         let first: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &format!("a{i}"))).collect();
         store.save(&first, Some(&hs(1, 2, 0))).unwrap();
@@ -364,5 +509,61 @@ mod tests {
             (2, 3, 3)
         );
         assert_eq!(back.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn compaction_and_an_installed_snapshot_move_the_log_start_across_crashes() {
+        let fs = SimFs::new(2);
+        let mut store = open(&fs);
+        store.load().unwrap();
+        store
+            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])), 0)
+            .unwrap();
+        let entries: Vec<Entry> = (1..=300).map(|i| entry(i, 1, &format!("e{i}"))).collect();
+        store.save(&entries, Some(&hs(1, 1, 300))).unwrap();
+        store.compact(250, 1).unwrap();
+        drop(store);
+        fs.crash();
+
+        let mut store = open(&fs);
+        let back = store.load().unwrap().expect("state");
+        assert_eq!(back.start, (250, 1));
+        let indexes: Vec<u64> = back.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, (251..=300).collect::<Vec<_>>());
+
+        // An install noted, then a crash before the state machine had it.
+        let mut meta = SnapshotMetadata {
+            index: 500,
+            term: 3,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(ConfState::from((vec![1, 2, 3, 4], vec![])));
+        store.begin_install(&meta).unwrap();
+        drop(store);
+        fs.crash();
+        let mut store = open(&fs);
+        let back = store.load().unwrap().expect("state");
+        assert_eq!(back.installing.as_ref().map(|m| m.index), Some(500));
+        assert_eq!(
+            back.entries.len(),
+            50,
+            "the log is untouched until the install finishes"
+        );
+
+        store.finish_install(&meta).unwrap();
+        store
+            .save(&[entry(501, 3, "after")], Some(&hs(3, 0, 501)))
+            .unwrap();
+        drop(store);
+        fs.crash();
+        let mut store = open(&fs);
+        let back = store.load().unwrap().expect("state");
+        assert_eq!(back.installing, None);
+        assert_eq!(back.start, (500, 3));
+        assert_eq!(back.conf_state.voters, vec![1, 2, 3, 4]);
+        assert_eq!(back.conf_index, 500);
+        let got: Vec<(u64, u64)> = back.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, vec![(501, 3)]);
+        assert_eq!(back.hard_state.term, 3);
     }
 }

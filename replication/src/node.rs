@@ -13,15 +13,26 @@
 //! on disk, which the simulation found); then go the messages that depend on
 //! the write; after `advance`, the light ready's commit index is recorded
 //! before its committed entries are applied.
+//!
+//! Snapshots: the log is compacted once the state machine keeps (durably)
+//! more than [`Timing::log_keep`] entries past the log's start; a follower
+//! the log no longer reaches is sent a snapshot the state machine makes
+//! ([`StateMachine::snapshot`]) on the node's next turn. A snapshot a node
+//! receives is installed in three durable steps (a note, the state machine,
+//! the log), so a crash at any point resumes or abandons it whole.
 
 use std::collections::BTreeMap;
 
 use raft::prelude::*;
-use raft::storage::MemStorage;
-use raft::{StateRole, Storage};
+use raft::{ProgressState, SnapshotStatus, StateRole};
 
-use crate::durable::{Durable, Persisted};
+use crate::durable::Durable;
 use crate::error::{ReplicationError, Result};
+use crate::storage::NodeStorage;
+
+/// Ticks a follower sent a snapshot may go without fetching any of it
+/// before the leader takes the send as failed and offers it again.
+const SNAPSHOT_SILENCE_TICKS: u32 = 100;
 
 /// What a node applies committed entries to.
 pub trait StateMachine {
@@ -32,6 +43,14 @@ pub trait StateMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Result<()>;
     /// The index of the last entry applied (and kept): where a restart resumes.
     fn applied(&self) -> u64;
+    /// Makes a snapshot of what is kept, at an index of `at_least` or more
+    /// and at most what was applied: that index and the snapshot's data
+    /// (what a follower's [`StateMachine::install`] takes). `None` when it
+    /// cannot yet (a flush is needed first): the node asks again later.
+    fn snapshot(&mut self, at_least: u64) -> Result<Option<(u64, Vec<u8>)>>;
+    /// Replaces everything with the snapshot made at `index` from `data`,
+    /// durably: afterwards [`StateMachine::applied`] is `index`.
+    fn install(&mut self, index: u64, data: &[u8]) -> Result<()>;
 }
 
 /// A proposal as the log knows it: the index and term it was appended at.
@@ -50,6 +69,9 @@ pub enum Outcome {
     /// Another entry took its index (leadership changed before it was
     /// committed): it will never be applied.
     Lost,
+    /// A snapshot covering its index was installed here: whether it was
+    /// committed is not known here.
+    Unknown,
 }
 
 /// Timing, in ticks.
@@ -63,6 +85,10 @@ pub struct Timing {
     /// otherwise draws it from a thread-local random source, which a
     /// deterministic simulation cannot replay).
     pub fixed_election_ticks: Option<usize>,
+    /// Entries the log keeps before the state machine's applied index, for
+    /// followers a little behind; a follower further behind gets a
+    /// snapshot. The log is compacted when it holds twice this many.
+    pub log_keep: u64,
 }
 
 impl Default for Timing {
@@ -71,18 +97,24 @@ impl Default for Timing {
             election_ticks: 10,
             heartbeat_ticks: 2,
             fixed_election_ticks: None,
+            log_keep: 1000,
         }
     }
 }
 
 /// One member of a Raft group.
 pub struct RaftNode<D: Durable, M: StateMachine> {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<NodeStorage>,
     durable: D,
     machine: M,
     /// Proposals made here and not yet decided, by index.
     pending: BTreeMap<u64, u64>,
     outcomes: Vec<(Ticket, Outcome)>,
+    /// The entry whose application made the configuration in force.
+    conf_index: u64,
+    log_keep: u64,
+    /// Followers sent a snapshot: ticks since they last fetched a part of it.
+    snapshots_out: BTreeMap<u64, u32>,
 }
 
 impl<D: Durable, M: StateMachine> std::fmt::Debug for RaftNode<D, M> {
@@ -110,40 +142,58 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         logger: &slog::Logger,
     ) -> Result<Self> {
         let state = durable.load()?;
-        let storage = MemStorage::new();
+        let storage = NodeStorage::default();
+        let mut conf_index = 0;
         {
             let mut core = storage.wl();
-            match &state {
+            match state {
                 None => {
                     // Kept at once: a node restarted without its first
                     // configuration would never stand for election.
                     let first = ConfState::from((voters.to_vec(), vec![]));
-                    durable.save_conf_state(&first)?;
+                    durable.save_conf_state(&first, 0)?;
                     core.set_conf_state(first);
                 }
-                Some(Persisted {
-                    hard_state,
-                    conf_state,
-                    entries,
-                }) => {
-                    core.set_conf_state(conf_state.clone());
-                    core.append(entries)?;
-                    core.set_hardstate(hard_state.clone());
+                Some(p) => {
+                    core.compact(p.start.0, p.start.1);
+                    core.append(&p.entries)?;
+                    core.set_hard_state(p.hard_state);
+                    core.set_conf_state(p.conf_state);
+                    conf_index = p.conf_index;
+                    if let Some(meta) = p.installing {
+                        // A restart during an install: the state machine
+                        // says how far it got.
+                        if machine.applied() >= meta.index {
+                            durable.finish_install(&meta)?;
+                            core.restore(&meta);
+                            conf_index = meta.index;
+                        } else {
+                            durable.abandon_install()?;
+                        }
+                    }
                 }
             }
         }
         // Only committed entries are applied: an applied index past the
         // kept commit index (kept lazily) is committed.
         let applied = machine.applied();
-        let committed = storage.initial_state()?.hard_state.commit;
-        if applied > committed {
-            let last = storage.last_index()?;
-            if applied > last {
+        {
+            let mut core = storage.wl();
+            if applied > core.commit() {
+                let last = core.last_index();
+                if applied > last {
+                    return Err(ReplicationError::Inconsistent(format!(
+                        "the state machine has applied index {applied}, past the end of the Raft log ({last})"
+                    )));
+                }
+                core.set_commit(applied);
+            }
+            if applied + 1 < core.first_index() {
                 return Err(ReplicationError::Inconsistent(format!(
-                    "the state machine has applied index {applied}, past the end of the Raft log ({last})"
+                    "the state machine has applied index {applied}, and the Raft log starts at {}",
+                    core.first_index()
                 )));
             }
-            storage.wl().mut_hard_state().set_commit(applied);
         }
         let mut config = Config {
             id,
@@ -170,6 +220,9 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             machine,
             pending: BTreeMap::new(),
             outcomes: Vec::new(),
+            conf_index,
+            log_keep: timing.log_keep.max(1),
+            snapshots_out: BTreeMap::new(),
         })
     }
 
@@ -217,13 +270,118 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         &self.durable
     }
 
-    /// One tick of the logical clock.
+    /// The first entry the log holds.
+    pub fn first_index(&self) -> u64 {
+        self.raw.store().rl().first_index()
+    }
+
+    /// One tick of the logical clock. A follower sent a snapshot that has
+    /// fetched none of it for a while is taken as failed (the message was
+    /// lost, or the follower restarted): it is offered again.
     pub fn tick(&mut self) {
         self.raw.tick();
+        let mut failed = Vec::new();
+        let leading = self.is_leader();
+        let prs = self.raw.raft.prs();
+        self.snapshots_out.retain(|peer, silent| {
+            let sending = leading
+                && prs
+                    .get(*peer)
+                    .is_some_and(|p| p.state == ProgressState::Snapshot);
+            *silent += 1;
+            if sending && *silent > SNAPSHOT_SILENCE_TICKS {
+                failed.push(*peer);
+                return false;
+            }
+            sending
+        });
+        for peer in failed {
+            self.raw.report_snapshot(peer, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Follower `peer` fetched part of the snapshot it was sent.
+    pub fn snapshot_fetched(&mut self, peer: u64) {
+        if let Some(silent) = self.snapshots_out.get_mut(&peer) {
+            *silent = 0;
+        }
+    }
+
+    /// Makes the snapshot raft-rs asked for, and compacts the log up to what
+    /// the state machine keeps. Called between turns (the driver does it
+    /// each tick).
+    pub fn maintain(&mut self) -> Result<()> {
+        let wanted = self.raw.store().wl().take_wanted();
+        if wanted {
+            let start = self.first_index() - 1;
+            // The configuration sent is the one in force: made at or before the index.
+            let at_least = start.max(self.conf_index);
+            match self.machine.snapshot(at_least)? {
+                Some((index, data)) if index >= at_least && index <= self.applied_index() => {
+                    let term = self.raw.raft.raft_log.term(index)?;
+                    let mut snapshot = Snapshot {
+                        data: data.into(),
+                        ..Snapshot::default()
+                    };
+                    let meta = snapshot.mut_metadata();
+                    meta.index = index;
+                    meta.term = term;
+                    meta.set_conf_state(self.raw.store().rl().conf_state().clone());
+                    self.raw.store().wl().offer(snapshot);
+                }
+                Some((index, _)) => {
+                    return Err(ReplicationError::Inconsistent(format!(
+                        "a snapshot was made at {index}, outside {at_least}..={}",
+                        self.applied_index()
+                    )));
+                }
+                // Asked again at the next turn.
+                None => self.raw.store().wl().offer_later(),
+            }
+        }
+        let kept = self.machine.applied().min(self.applied_index());
+        let start = self.first_index() - 1;
+        if kept >= start + 2 * self.log_keep {
+            let upto = kept - self.log_keep;
+            let term = self.raw.raft.raft_log.term(upto)?;
+            self.durable.compact(upto, term)?;
+            self.raw.store().wl().compact(upto, term);
+        }
+        Ok(())
     }
 
     /// A message from a peer (already authenticated and decoded).
-    pub fn step(&mut self, message: Message) -> Result<()> {
+    ///
+    /// Two guards for a member that lost its disk and came back under its
+    /// id (Raft assumes a node keeps what it acknowledged): as follower, a
+    /// heartbeat that would commit past the end of its log commits nothing
+    /// (raft-rs would panic); as leader, a follower's rejection naming a
+    /// last entry before what it had acknowledged resets what the leader
+    /// counts it as holding, so the leader probes it again from there and
+    /// sends it a snapshot if its log no longer reaches that far.
+    pub fn step(&mut self, mut message: Message) -> Result<()> {
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat if message.commit > self.raw.raft.raft_log.last_index() => {
+                message.commit = self.commit_index();
+            }
+            MessageType::MsgAppendResponse if message.reject && self.is_leader() => {
+                if let Some(pr) = self.raw.raft.mut_prs().get_mut(message.from)
+                    && message.reject_hint < pr.matched
+                {
+                    tracing::warn!(
+                        peer = message.from,
+                        acknowledged = pr.matched,
+                        holds = message.reject_hint,
+                        "a follower lost entries it had acknowledged (a lost or replaced disk): sending it the log again"
+                    );
+                    pr.become_probe();
+                    pr.matched = 0;
+                    pr.next_idx = message.reject_hint + 1;
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
         match self.raw.step(message) {
             // A message from a peer no longer in the group, or from an old term.
             Ok(()) | Err(raft::Error::StepPeerNotFound | raft::Error::StepLocalMsg) => Ok(()),
@@ -279,9 +437,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         let mut ready = self.raw.ready();
         out.extend(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            return Err(ReplicationError::Inconsistent(
-                "a snapshot arrived, and this node cannot install snapshots yet".into(),
-            ));
+            self.install(ready.snapshot())?;
         }
         // New entries and the hard state in one durable write, before any
         // message that says they are here, and before the entries this
@@ -292,7 +448,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             let mut core = self.raw.store().wl();
             core.append(ready.entries())?;
             if let Some(hs) = ready.hs() {
-                core.set_hardstate(hs.clone());
+                core.set_hard_state(hs.clone());
             }
         }
         let committed = ready.take_committed_entries();
@@ -301,13 +457,38 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.durable.save_commit(commit)?;
-            self.raw.store().wl().mut_hard_state().set_commit(commit);
+            self.raw.store().wl().set_commit(commit);
         }
         out.extend(light.take_messages());
         let committed = light.take_committed_entries();
         self.apply(committed)?;
         self.raw.advance_apply();
+        for m in &out {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_out.insert(m.to, 0);
+            }
+        }
         Ok(out)
+    }
+
+    /// Installs a snapshot a leader sent (see the module's docs).
+    fn install(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let meta = snapshot.get_metadata();
+        self.durable.begin_install(meta)?;
+        self.machine.install(meta.index, &snapshot.data)?;
+        self.durable.finish_install(meta)?;
+        self.raw.store().wl().restore(meta);
+        self.conf_index = meta.index;
+        // Proposals it covers were committed or lost; which, this node
+        // cannot tell.
+        let covered: Vec<u64> = self.pending.range(..=meta.index).map(|(i, _)| *i).collect();
+        for index in covered {
+            if let Some(term) = self.pending.remove(&index) {
+                self.outcomes
+                    .push((Ticket { index, term }, Outcome::Unknown));
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
@@ -330,8 +511,9 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
                         protobuf::Message::merge_from_bytes(&mut cc, &entry.data)?;
                         self.raw.apply_conf_change(&cc)?
                     };
-                    self.durable.save_conf_state(&cs)?;
+                    self.durable.save_conf_state(&cs, entry.index)?;
                     self.raw.store().wl().set_conf_state(cs);
+                    self.conf_index = entry.index;
                 }
             }
             if let Some(term) = self.pending.remove(&entry.index) {

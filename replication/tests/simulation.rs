@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use raft::prelude::{ConfState, Entry, HardState};
+use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use toplog_replication::{
@@ -69,15 +69,49 @@ impl Durable for SimDurable {
         self.write(|_| {})
     }
 
-    fn save_conf_state(&mut self, conf_state: &ConfState) -> Result<()> {
-        self.write(|p| p.conf_state = conf_state.clone())
+    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()> {
+        self.write(|p| {
+            p.conf_state = conf_state.clone();
+            p.conf_index = index;
+        })
+    }
+
+    fn compact(&mut self, index: u64, term: u64) -> Result<()> {
+        self.write(|p| {
+            p.entries.retain(|e| e.index > index);
+            p.start = (index, term);
+        })
+    }
+
+    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        self.write(|p| p.installing = Some(meta.clone()))
+    }
+
+    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        self.write(|p| {
+            p.entries.clear();
+            p.start = (meta.index, meta.term);
+            p.conf_state = meta.get_conf_state().clone();
+            p.conf_index = meta.index;
+            p.hard_state.term = p.hard_state.term.max(meta.term);
+            p.hard_state.commit = p.hard_state.commit.max(meta.index);
+            p.installing = None;
+        })
+    }
+
+    fn abandon_install(&mut self) -> Result<()> {
+        self.write(|p| p.installing = None)
     }
 }
+
+/// Snapshots installed, by every run of the process.
+static INSTALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Applied entries: (index, data), in order.
 type AppliedLog = Vec<(u64, Vec<u8>)>;
 
 /// The applied entries, kept across crashes as the engine keeps its own.
+/// A snapshot is the whole list.
 #[derive(Debug, Clone, Default)]
 struct Applied(Arc<Mutex<AppliedLog>>);
 
@@ -95,6 +129,33 @@ impl StateMachine for Applied {
 
     fn applied(&self) -> u64 {
         self.0.lock().unwrap().last().map_or(0, |(i, _)| *i)
+    }
+
+    fn snapshot(&mut self, at_least: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let log = self.0.lock().unwrap();
+        let applied = log.last().map_or(0, |(i, _)| *i);
+        if applied < at_least {
+            return Ok(None);
+        }
+        Ok(Some((applied, serde_json::to_vec(&*log).unwrap())))
+    }
+
+    fn install(&mut self, index: u64, data: &[u8]) -> Result<()> {
+        let theirs: AppliedLog = serde_json::from_slice(data).unwrap();
+        assert_eq!(
+            theirs.last().map_or(0, |(i, _)| *i),
+            index,
+            "a snapshot's index"
+        );
+        let mut mine = self.0.lock().unwrap();
+        assert!(
+            theirs.starts_with(&mine),
+            "a snapshot at {index} does not extend what this node applied (up to {:?})",
+            mine.last().map(|(i, _)| i)
+        );
+        *mine = theirs;
+        INSTALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -128,10 +189,38 @@ impl Durable for Store {
         }
     }
 
-    fn save_conf_state(&mut self, conf_state: &ConfState) -> Result<()> {
+    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()> {
         match self {
-            Store::Memory(d) => d.save_conf_state(conf_state),
-            Store::Log(d) => d.save_conf_state(conf_state),
+            Store::Memory(d) => d.save_conf_state(conf_state, index),
+            Store::Log(d) => d.save_conf_state(conf_state, index),
+        }
+    }
+
+    fn compact(&mut self, index: u64, term: u64) -> Result<()> {
+        match self {
+            Store::Memory(d) => d.compact(index, term),
+            Store::Log(d) => d.compact(index, term),
+        }
+    }
+
+    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        match self {
+            Store::Memory(d) => d.begin_install(meta),
+            Store::Log(d) => d.begin_install(meta),
+        }
+    }
+
+    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        match self {
+            Store::Memory(d) => d.finish_install(meta),
+            Store::Log(d) => d.finish_install(meta),
+        }
+    }
+
+    fn abandon_install(&mut self) -> Result<()> {
+        match self {
+            Store::Memory(d) => d.abandon_install(),
+            Store::Log(d) => d.abandon_install(),
         }
     }
 }
@@ -189,6 +278,8 @@ impl World {
         let ids: Vec<u64> = (1..=size).collect();
         // Distinct election timeouts, in an order the seed picks: raft-rs
         // would draw them from a random source the seed does not govern.
+        // Short logs: nodes down or cut off for a while need a snapshot.
+        let log_keep = rng.random_range(3..30);
         let mut slots: Vec<usize> = (0..ids.len()).collect();
         for i in (1..slots.len()).rev() {
             slots.swap(i, rng.random_range(0..=i));
@@ -199,6 +290,7 @@ impl World {
                 election_ticks: 10,
                 heartbeat_ticks: 2,
                 fixed_election_ticks: Some(10 + 4 * slot),
+                log_keep,
             })
             .collect();
         let mut world = Self {
@@ -298,7 +390,16 @@ impl World {
         let Some(Some(node)) = self.nodes.get_mut(&id) else {
             return;
         };
-        match node.process_ready() {
+        let turn = node.process_ready();
+        self.after_turn(id, turn, faults);
+    }
+
+    /// What node `id`'s turn sent and decided; a failed disk write crashes it.
+    fn after_turn(&mut self, id: u64, turn: Result<Vec<Message>>, faults: &Faults) {
+        let Some(Some(node)) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        match turn {
             Ok(msgs) => {
                 let outcomes = node.take_outcomes();
                 self.observe(id);
@@ -406,6 +507,8 @@ impl World {
         for id in self.ids.clone() {
             if let Some(Some(node)) = self.nodes.get_mut(&id) {
                 node.tick();
+                let turn = node.maintain().map(|()| Vec::new());
+                self.after_turn(id, turn, faults);
                 self.ready(id, faults);
             }
         }
@@ -574,6 +677,11 @@ fn raft_groups_keep_every_acknowledged_write_under_faults() {
         acked * 4 > proposed,
         "only {acked} of {proposed} proposals acknowledged"
     );
+    let installs = INSTALLS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{acked} of {proposed} proposals acknowledged; {installs} snapshots installed");
+    if seeds().len() >= 100 {
+        assert!(installs > 0, "no run needed a snapshot");
+    }
 }
 
 /// The same runs with each node's Raft state in the wal-backed [`LogStore`]

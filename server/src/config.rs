@@ -128,6 +128,11 @@ pub(crate) struct Settings {
     /// others (without mutual TLS, the proof of the `peer` role).
     #[arg(long, env = "TOPLOG_CLUSTER_SECRET_FILE")]
     pub(crate) cluster_secret_file: Option<PathBuf>,
+    /// Raft log entries a member keeps behind what its store has flushed,
+    /// for followers a little behind (default 1000); one further behind is
+    /// sent a snapshot.
+    #[arg(long, env = "TOPLOG_RAFT_LOG_KEEP")]
+    pub(crate) raft_log_keep: Option<u64>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -217,6 +222,7 @@ impl Settings {
             node_id: self.node_id.or(other.node_id),
             cluster: self.cluster.or(other.cluster),
             cluster_secret_file: self.cluster_secret_file.or(other.cluster_secret_file),
+            raft_log_keep: self.raft_log_keep.or(other.raft_log_keep),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -503,6 +509,7 @@ impl Config {
             s.node_id,
             s.cluster.as_deref(),
             s.cluster_secret_file.as_deref(),
+            s.raft_log_keep,
         )?;
         if cluster.is_some() && !auth {
             anyhow::bail!(

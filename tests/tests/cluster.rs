@@ -23,10 +23,16 @@ struct Cluster {
     spec: String,
     ports: Vec<u16>,
     nodes: Vec<Option<Server>>,
+    /// Flags every node gets besides its cluster's.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     fn start(dir: &Path, size: usize) -> Self {
+        Self::start_with(dir, size, &[])
+    }
+
+    fn start_with(dir: &Path, size: usize, extra: &[&str]) -> Self {
         std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
         let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let spec = (ports.iter().enumerate())
@@ -38,6 +44,7 @@ impl Cluster {
             spec,
             ports,
             nodes: (0..size).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for id in 1..=size as u64 {
             cluster.restart(id);
@@ -48,20 +55,27 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let i = (id - 1) as usize;
         let secret = self.dir.join("secret");
+        let id_arg = id.to_string();
+        let mut args = vec![
+            "--node-id",
+            &id_arg,
+            "--cluster",
+            &self.spec,
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
         let server = Server::start_listening(
             &format!("127.0.0.1:{}", self.ports[i]),
-            &self.dir.join(format!("node{id}")),
-            &[
-                "--node-id",
-                &id.to_string(),
-                "--cluster",
-                &self.spec,
-                "--cluster-secret-file",
-                secret.to_str().unwrap(),
-            ],
+            &self.data_dir(id),
+            &args,
             &[],
         );
         self.nodes[i] = Some(server);
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}"))
     }
 
     /// Sends `signal` to node `id`'s process (SIGSTOP freezes it, SIGCONT
@@ -485,4 +499,93 @@ fn a_frozen_leader_is_replaced_and_steps_down_when_it_wakes_without_acknowledgin
         assert!(Instant::now() < deadline, "counts {counts:?}, want {want}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until every live node holds `want` events and answers a top-K and
+/// the count alike; the answers' top-K.
+fn converged(cluster: &Cluster, want: usize, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let counts: Vec<Value> = (cluster.live().iter())
+            .map(|id| get(cluster, *id, "/api/v1/requests/count?start=0")["count"].clone())
+            .collect();
+        if counts.iter().all(|c| *c == want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts {counts:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let top = "/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start=0";
+    let answers: Vec<Value> = (cluster.live().iter())
+        .map(|id| get(cluster, *id, top)["data"].clone())
+        .collect();
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    answers[0].clone()
+}
+
+#[test]
+fn a_wiped_node_catches_up_by_snapshot_and_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short log, flushed often: it is compacted within the test.
+    let mut cluster = Cluster::start_with(
+        dir.path(),
+        3,
+        &["--raft-log-keep", "4", "--memtable-max-age", "100ms"],
+    );
+    let (leader, _) = cluster.agreed_leader(Duration::from_secs(20));
+    const PER_BATCH: usize = 40;
+    for b in 0..20 {
+        let (status, body) = send(&cluster, leader, b, PER_BATCH);
+        assert_eq!(status, 200, "batch {b}: {body}");
+    }
+    // A follower's disk is lost: killed, its data directory wiped.
+    let lost = cluster.live().into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill9(lost);
+    std::fs::remove_dir_all(cluster.data_dir(lost)).unwrap();
+    for b in 20..40 {
+        let (status, body) = send(&cluster, leader, b, PER_BATCH);
+        assert_eq!(status, 200, "batch {b}: {body}");
+    }
+    // The leader's log no longer starts at the beginning.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.status(leader).unwrap()["log_first_index"]
+        .as_u64()
+        .unwrap()
+        <= 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the leader's log was never compacted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.restart(lost);
+    let top = converged(&cluster, 40 * PER_BATCH, Duration::from_secs(30));
+    let status = cluster.status(lost).unwrap();
+    assert!(
+        status["log_first_index"].as_u64().unwrap() > 1,
+        "node {lost} caught up without a snapshot: {status}"
+    );
+    let events = toplog_tests::all_events(cluster.nodes[(lost - 1) as usize].as_ref().unwrap());
+    let ids: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((ids.len(), events.len()), (40 * PER_BATCH, 40 * PER_BATCH));
+
+    // What it installed survives kill -9, and it follows the log on from it.
+    cluster.kill9(lost);
+    cluster.restart(lost);
+    for b in 40..45 {
+        let (status, body) = send(&cluster, leader, b, PER_BATCH);
+        assert_eq!(status, 200, "batch {b}: {body}");
+    }
+    let after = converged(&cluster, 45 * PER_BATCH, Duration::from_secs(30));
+    assert_ne!(after, top, "five more batches changed no count");
+    // It can lead: the group keeps going with it and one other.
+    cluster.kill9(leader);
+    let (next, _) = cluster.agreed_leader(Duration::from_secs(15));
+    let (status, body) = send(&cluster, next, 45, PER_BATCH);
+    assert_eq!(status, 200, "{body}");
+    converged(&cluster, 46 * PER_BATCH, Duration::from_secs(30));
 }

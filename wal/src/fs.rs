@@ -21,6 +21,9 @@ pub trait Fs: Send + Sync + fmt::Debug + 'static {
     /// A read-only view of the whole file: memory-mapped (memmap2) on the real disk.
     fn map(&self, path: &Path) -> io::Result<FileBytes>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Gives the file at `from` a second name `to` (error AlreadyExists if
+    /// present); durable once `to`'s directory is synced.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Cuts the file to `len` bytes and fsyncs it.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
@@ -159,6 +162,10 @@ impl Fs for RealFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

@@ -324,6 +324,17 @@ impl Fs for SimFs {
         Ok(())
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = lock(&self.state);
+        Self::check_dir(&s, &parent_of(to))?;
+        if s.names.contains_key(to) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists"));
+        }
+        let id = *s.names.get(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut s = lock(&self.state);
         s.names

@@ -4,6 +4,7 @@
 //! moves the manifest's `flushed_lsn` forward, then truncates the log.
 
 mod cache;
+mod checkpoint;
 mod config;
 mod lock_wait;
 mod maintenance;
@@ -147,6 +148,8 @@ struct Inner {
 #[derive(Debug, Default)]
 struct FlusherSignal {
     wake: bool,
+    /// Flush at the next wake even if no memtable is due.
+    now: bool,
     stop: bool,
 }
 

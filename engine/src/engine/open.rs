@@ -3,6 +3,7 @@
 //! segments mapped and checked, rollups and idempotency keys loaded, and the
 //! log replayed past `flushed_lsn`, before the flusher thread starts.
 
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
 use parking_lot::RwLock;
@@ -65,121 +66,8 @@ impl Engine {
             }
         };
 
-        let seg_dir = root.join(SEGMENT_DIR);
-        let names: Vec<&str> = manifest
-            .segments
-            .iter()
-            .filter(|s| s.archived.is_none())
-            .map(|s| s.file.as_str())
-            .collect();
-        for path in manifest::remove_orphans(&fs, &seg_dir, &names)? {
-            tracing::info!(path = %path.display(), "removed segment left by an interrupted flush");
-        }
-        let key_dir = root.join(KEY_DIR);
-        let names: Vec<&str> = manifest.key_files.iter().map(|k| k.file.as_str()).collect();
-        manifest::remove_orphans(&fs, &key_dir, &names)?;
-        let rollup_dir = root.join(ROLLUP_DIR);
-        let names: Vec<&str> = (manifest.rollup_files.iter().map(String::as_str))
-            .chain(manifest.rollup_tiers.iter().map(|t| t.file.as_str()))
-            .collect();
-        manifest::remove_orphans(&fs, &rollup_dir, &names)?;
-
-        let budget = config.rollup_key_budget;
-        let mut state = State {
-            applied_lsn: manifest.flushed_lsn,
-            flushed_lsn: manifest.flushed_lsn,
-            rollups: Arc::new(Rollups::new(budget)),
-            active_rollups: Rollups::new(budget),
-            ..State::default()
-        };
-        let mut keys_checked = Vec::new();
-        for entry in &manifest.segments {
-            let path = seg_dir.join(&entry.file);
-            if let Some(key) = &entry.archived {
-                // Its key is checked here, not at the first query that reads it.
-                if let Some(id) = &entry.archive_key_id
-                    && config.cipher.key(id).is_none()
-                {
-                    return Err(EngineError::Archive {
-                        key: key.clone(),
-                        reason: match config.cipher.keyring() {
-                            Some(ring) => format!(
-                                "encrypted under key `{id}`, which {} does not list",
-                                ring.origin()
-                            ),
-                            None => format!(
-                                "encrypted under key `{id}`, and no encryption key is configured"
-                            ),
-                        },
-                    });
-                }
-                state.segments.push(Arc::new(Segment {
-                    id: entry.id,
-                    path,
-                    meta: entry.meta,
-                    stored: Stored::Archived {
-                        key: key.clone(),
-                        bytes: entry.bytes,
-                        key_id: entry.archive_key_id.clone(),
-                    },
-                }));
-                continue;
-            }
-            let bytes = fs.map(&path).map_err(io_err("map", &path))?;
-            let corrupt = |reason: String| EngineError::Corrupt {
-                path: path.clone(),
-                reason,
-            };
-            let meta = segment::read_meta(&bytes).map_err(|e| corrupt(e.to_string()))?;
-            if meta != entry.meta || bytes.len() as u64 != entry.bytes {
-                return Err(corrupt("footer or size disagrees with the manifest".into()));
-            }
-            // A key missing or wrong stops the start here, naming the file,
-            // not the first query that reads it: one block is opened per key.
-            let used = segment::key_use(&bytes).map_err(|e| segment_err(&path, e))?;
-            if !keys_checked.contains(&used) {
-                segment::check_key(&bytes, &config.cipher).map_err(|e| segment_err(&path, e))?;
-                keys_checked.push(used);
-            }
-            state.segments.push(Arc::new(Segment {
-                id: entry.id,
-                path,
-                meta,
-                stored: Stored::Local(bytes),
-            }));
-        }
-        // Rollups of flushed rows come from their files; replay adds the rest.
-        // Tier files first (they hold disjoint buckets), then later flushes in order:
-        // the same merges, in the same order, as the running node made.
-        let tier_files = manifest.rollup_tiers.iter().map(|t| (&t.file, false));
-        let flush_files = manifest.rollup_files.iter().map(|f| (f, true));
-        for (file, from_flush) in tier_files.chain(flush_files) {
-            let path = rollup_dir.join(file);
-            let sealed = fs.read(&path).map_err(io_err("read", &path))?;
-            let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
-            let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
-                path: path.clone(),
-                reason: e.0,
-            })?;
-            if from_flush {
-                state.dirty_tiers.extend(dirty_days(&cells));
-            }
-            Arc::make_mut(&mut state.rollups).merge(&cells);
-        }
-        // Every listed key is loaded, however old: replay judges a key's age against the
-        // replayed batch's own receive time, so the outcome cannot depend on when we restart.
-        for kf in &manifest.key_files {
-            let path = key_dir.join(&kf.file);
-            let sealed = fs.read(&path).map_err(io_err("read", &path))?;
-            let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
-            let keys = idempotency::decode(&buf).map_err(|e| EngineError::Corrupt {
-                path: path.clone(),
-                reason: e.0,
-            })?;
-            for (k, rec) in keys {
-                state.keys.load(&k, rec);
-            }
-        }
+        remove_unlisted(&fs, &root, &manifest)?;
+        let state = load_state(&fs, &root, &manifest, &config)?;
 
         let flushed = manifest.flushed_lsn;
         let inner = Arc::new(Inner {
@@ -245,4 +133,140 @@ impl Engine {
             flusher: Mutex::new(Some(handle)),
         })
     }
+}
+
+/// Removes the files in the store's directories that `manifest` does not
+/// list: leftovers of a flush, compaction or snapshot install cut short.
+pub(super) fn remove_unlisted(fs: &Arc<dyn Fs>, root: &Path, manifest: &Manifest) -> Result<()> {
+    let seg_dir = root.join(SEGMENT_DIR);
+    let names: Vec<&str> = manifest
+        .segments
+        .iter()
+        .filter(|s| s.archived.is_none())
+        .map(|s| s.file.as_str())
+        .collect();
+    for path in manifest::remove_orphans(fs, &seg_dir, &names)? {
+        tracing::info!(path = %path.display(), "removed segment left by an interrupted flush");
+    }
+    let key_dir = root.join(KEY_DIR);
+    let names: Vec<&str> = manifest.key_files.iter().map(|k| k.file.as_str()).collect();
+    manifest::remove_orphans(fs, &key_dir, &names)?;
+    let rollup_dir = root.join(ROLLUP_DIR);
+    let names: Vec<&str> = (manifest.rollup_files.iter().map(String::as_str))
+        .chain(manifest.rollup_tiers.iter().map(|t| t.file.as_str()))
+        .collect();
+    manifest::remove_orphans(fs, &rollup_dir, &names)?;
+
+    Ok(())
+}
+
+/// The in-memory state of the store `manifest` describes: its segments
+/// mapped and checked, its rollups and idempotency keys loaded.
+pub(super) fn load_state(
+    fs: &Arc<dyn Fs>,
+    root: &Path,
+    manifest: &Manifest,
+    config: &EngineConfig,
+) -> Result<State> {
+    let seg_dir = root.join(SEGMENT_DIR);
+    let key_dir = root.join(KEY_DIR);
+    let rollup_dir = root.join(ROLLUP_DIR);
+    let budget = config.rollup_key_budget;
+    let mut state = State {
+        applied_lsn: manifest.flushed_lsn,
+        flushed_lsn: manifest.flushed_lsn,
+        rollups: Arc::new(Rollups::new(budget)),
+        active_rollups: Rollups::new(budget),
+        ..State::default()
+    };
+    let mut keys_checked = Vec::new();
+    for entry in &manifest.segments {
+        let path = seg_dir.join(&entry.file);
+        if let Some(key) = &entry.archived {
+            // Its key is checked here, not at the first query that reads it.
+            if let Some(id) = &entry.archive_key_id
+                && config.cipher.key(id).is_none()
+            {
+                return Err(EngineError::Archive {
+                    key: key.clone(),
+                    reason: match config.cipher.keyring() {
+                        Some(ring) => format!(
+                            "encrypted under key `{id}`, which {} does not list",
+                            ring.origin()
+                        ),
+                        None => format!(
+                            "encrypted under key `{id}`, and no encryption key is configured"
+                        ),
+                    },
+                });
+            }
+            state.segments.push(Arc::new(Segment {
+                id: entry.id,
+                path,
+                meta: entry.meta,
+                stored: Stored::Archived {
+                    key: key.clone(),
+                    bytes: entry.bytes,
+                    key_id: entry.archive_key_id.clone(),
+                },
+            }));
+            continue;
+        }
+        let bytes = fs.map(&path).map_err(io_err("map", &path))?;
+        let corrupt = |reason: String| EngineError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let meta = segment::read_meta(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if meta != entry.meta || bytes.len() as u64 != entry.bytes {
+            return Err(corrupt("footer or size disagrees with the manifest".into()));
+        }
+        // A key missing or wrong stops the start here, naming the file,
+        // not the first query that reads it: one block is opened per key.
+        let used = segment::key_use(&bytes).map_err(|e| segment_err(&path, e))?;
+        if !keys_checked.contains(&used) {
+            segment::check_key(&bytes, &config.cipher).map_err(|e| segment_err(&path, e))?;
+            keys_checked.push(used);
+        }
+        state.segments.push(Arc::new(Segment {
+            id: entry.id,
+            path,
+            meta,
+            stored: Stored::Local(bytes),
+        }));
+    }
+    // Rollups of flushed rows come from their files; replay adds the rest.
+    // Tier files first (they hold disjoint buckets), then later flushes in order:
+    // the same merges, in the same order, as the running node made.
+    let tier_files = manifest.rollup_tiers.iter().map(|t| (&t.file, false));
+    let flush_files = manifest.rollup_files.iter().map(|f| (f, true));
+    for (file, from_flush) in tier_files.chain(flush_files) {
+        let path = rollup_dir.join(file);
+        let sealed = fs.read(&path).map_err(io_err("read", &path))?;
+        let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
+        let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
+            path: path.clone(),
+            reason: e.0,
+        })?;
+        if from_flush {
+            state.dirty_tiers.extend(dirty_days(&cells));
+        }
+        Arc::make_mut(&mut state.rollups).merge(&cells);
+    }
+    // Every listed key is loaded, however old: replay judges a key's age against the
+    // replayed batch's own receive time, so the outcome cannot depend on when we restart.
+    for kf in &manifest.key_files {
+        let path = key_dir.join(&kf.file);
+        let sealed = fs.read(&path).map_err(io_err("read", &path))?;
+        let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
+        let keys = idempotency::decode(&buf).map_err(|e| EngineError::Corrupt {
+            path: path.clone(),
+            reason: e.0,
+        })?;
+        for (k, rec) in keys {
+            state.keys.load(&k, rec);
+        }
+    }
+
+    Ok(state)
 }

@@ -317,6 +317,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Has the flusher flush what is in memory, due or not.
+    pub(super) fn request_flush(&self) {
+        lock(&self.flusher.0).now = true;
+        self.wake_flusher();
+    }
+
     fn wake_flusher(&self) {
         lock(&self.flusher.0).wake = true;
         self.flusher.1.notify_one();
@@ -504,7 +510,7 @@ pub(super) fn dirty_days(cells: &Rollups) -> Vec<(Granularity, Micros)> {
 
 pub(super) fn flusher_loop(inner: &Inner, wal: Option<&Wal>) {
     loop {
-        {
+        let asked = {
             let (m, cv) = &inner.flusher;
             let mut sig = lock(m);
             if !sig.stop && !sig.wake {
@@ -517,9 +523,10 @@ pub(super) fn flusher_loop(inner: &Inner, wal: Option<&Wal>) {
                 return;
             }
             sig.wake = false;
-        }
+            std::mem::take(&mut sig.now)
+        };
         if inner.check_writable().is_ok()
-            && inner.flush_due()
+            && (asked || inner.flush_due())
             && let Err(e) = inner.flush(wal)
         {
             tracing::error!(error = %e, "flush failed");

@@ -39,6 +39,8 @@ pub(super) async fn cluster(State(app): State<Arc<AppState>>) -> ApiResult {
                 "role": s.role,
                 "commit_index": s.commit_index,
                 "applied_index": s.applied_index,
+                "log_first_index": s.first_index,
+                "receiving_snapshot": cluster.receiving_snapshot(),
                 "stopped": s.stopped,
                 "members": members,
             })

@@ -49,6 +49,11 @@ fn cluster_ready(app: &AppState) -> Result<(), String> {
     if let Some(why) = s.stopped {
         return Err(format!("the Raft node stopped: {why}"));
     }
+    if let Some(index) = cluster.receiving_snapshot() {
+        return Err(format!(
+            "installing a snapshot (at index {index}) from the leader"
+        ));
+    }
     if s.leader_id == 0 {
         return Err("no leader is known: an election, or no quorum".into());
     }

@@ -7,9 +7,12 @@
 //!
 //! In progress (issue 21): ingest batches go through the log and every
 //! member applies them to its engine; a write sent to a follower is handed
-//! to the leader (`Propose`); the rest of the node's state does not go
-//! through the log yet, the log is never compacted, and peers authenticate
-//! with the cluster secret only.
+//! to the leader (`Propose`); the log is compacted behind what the engine
+//! has flushed, and a member it no longer reaches gets a snapshot
+//! ([`snapshot`]); the rest of the node's state does not go through the log
+//! yet, and peers authenticate with the cluster secret only.
+
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,11 +24,15 @@ use tokio::sync::mpsc;
 use toplog_engine::Engine;
 use toplog_proto::raft_v1::raft_client::RaftClient;
 use toplog_proto::raft_v1::raft_server::Raft;
-use toplog_proto::raft_v1::{Accepted, Messages, Proposal, Proposed};
+use toplog_proto::raft_v1::{
+    Accepted, Messages, Proposal, Proposed, SnapshotChunk, SnapshotRequest,
+};
 use toplog_replication::{
     Driver, LogStore, Message, NodeStatus, RaftNode, ReplicationError, StateMachine, Timing,
     decode_message, encode_message,
 };
+
+use snapshot::{Descriptor, SnapshotDirs};
 
 /// The Raft clock: elections after 10 to 20 ticks without a leader.
 const TICK: Duration = Duration::from_millis(100);
@@ -43,6 +50,8 @@ pub(crate) struct ClusterSettings {
     /// The first members: id and the URL each listens on.
     pub(crate) members: BTreeMap<u64, String>,
     secret: String,
+    /// Raft log entries kept behind what the store has flushed.
+    log_keep: u64,
 }
 
 impl ClusterSettings {
@@ -51,6 +60,7 @@ impl ClusterSettings {
         node_id: Option<u64>,
         cluster: Option<&str>,
         secret_file: Option<&Path>,
+        log_keep: Option<u64>,
     ) -> anyhow::Result<Option<Self>> {
         let (node_id, cluster) = match (node_id, cluster) {
             (None, None) => return Ok(None),
@@ -97,10 +107,15 @@ impl ClusterSettings {
                 secret_file.display()
             );
         }
+        let log_keep = log_keep.unwrap_or(Timing::default().log_keep);
+        if log_keep == 0 {
+            anyhow::bail!("`raft_log_keep` must be 1 or more");
+        }
         Ok(Some(Self {
             node_id,
             members,
             secret,
+            log_keep,
         }))
     }
 
@@ -112,18 +127,34 @@ impl ClusterSettings {
 
 /// The cluster's log applies to the engine: each entry an ingest batch, as
 /// the engine's own log holds them. What the engine has flushed is what
-/// survives a restart; the log delivers the rest again.
-struct EngineMachine(Arc<Engine>);
+/// survives a restart; the log delivers the rest again. A snapshot is a
+/// checkpoint of the engine ([`snapshot`]).
+struct EngineMachine {
+    engine: Arc<Engine>,
+    snapshots: SnapshotDirs,
+}
 
 impl StateMachine for EngineMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
-        self.0
+        self.engine
             .apply_replicated(index, data)
             .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}")))
     }
 
     fn applied(&self) -> u64 {
-        self.0.flushed_index()
+        self.engine.flushed_index()
+    }
+
+    fn snapshot(&mut self, at_least: u64) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
+        self.snapshots
+            .make(&self.engine, at_least)
+            .map_err(ReplicationError::Disk)
+    }
+
+    fn install(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
+        self.snapshots
+            .install(&self.engine, index, data)
+            .map_err(ReplicationError::Disk)
     }
 }
 
@@ -132,6 +163,9 @@ impl StateMachine for EngineMachine {
 pub(crate) struct Cluster {
     settings: ClusterSettings,
     driver: Driver,
+    snapshots: SnapshotDirs,
+    /// The snapshot being fetched, if one is.
+    receiving: std::sync::Mutex<Option<u64>>,
 }
 
 impl Cluster {
@@ -143,19 +177,28 @@ impl Cluster {
         runtime: &tokio::runtime::Handle,
         engine: Arc<Engine>,
     ) -> anyhow::Result<Arc<Self>> {
+        let raft_dir = data_dir.join("raft");
         let store = LogStore::open(
             Arc::new(toplog_wal::RealFs),
-            &data_dir.join("raft"),
+            &raft_dir,
             toplog_wal::WalOptions::default(),
         )?;
+        let snapshots = SnapshotDirs::open(&raft_dir)
+            .with_context(|| format!("snapshot directories in {}", raft_dir.display()))?;
         let voters: Vec<u64> = settings.members.keys().copied().collect();
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let node = RaftNode::open(
             settings.node_id,
             &voters,
             store,
-            EngineMachine(engine),
-            Timing::default(),
+            EngineMachine {
+                engine,
+                snapshots: snapshots.clone(),
+            },
+            Timing {
+                log_keep: settings.log_keep,
+                ..Timing::default()
+            },
             &logger,
         )?;
         let mut peers = BTreeMap::new();
@@ -188,6 +231,8 @@ impl Cluster {
         Ok(Arc::new(Self {
             settings: settings.clone(),
             driver,
+            snapshots,
+            receiving: std::sync::Mutex::new(None),
         }))
     }
 
@@ -214,10 +259,9 @@ impl Cluster {
             .timeout(FORWARD_TIMEOUT);
         let mut client = RaftClient::new(endpoint.connect_lazy());
         let mut request = tonic::Request::new(Proposal { payload });
-        let bearer = format!("Bearer {}", self.settings.secret)
-            .parse()
-            .map_err(|_| tonic::Status::internal("the cluster secret is not a header value"))?;
-        request.metadata_mut().insert("authorization", bearer);
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer()?);
         let index = client.propose(request).await?.into_inner().index;
         if self.driver.wait_applied(index, FORWARD_TIMEOUT).await {
             Ok(index)
@@ -226,6 +270,96 @@ impl Cluster {
                 "entry {index} is committed, and not yet applied on this node"
             )))
         }
+    }
+
+    /// The cluster secret as a bearer token.
+    fn bearer(
+        &self,
+    ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
+        format!("Bearer {}", self.settings.secret)
+            .parse()
+            .map_err(|_| tonic::Status::internal("the cluster secret is not a header value"))
+    }
+
+    /// Whether a snapshot is being fetched or installed here.
+    pub(crate) fn receiving_snapshot(&self) -> Option<u64> {
+        *self
+            .receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A leader's message offering a snapshot: its files are fetched from
+    /// that leader, then the message goes to the Raft node, which installs
+    /// it. One at a time; an offer that arrives meanwhile is dropped (the
+    /// leader offers again).
+    fn receive_snapshot(self: &Arc<Self>, message: Message) {
+        let descriptor = match Descriptor::parse(&message.get_snapshot().data) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(from = message.from, error = %e, "a snapshot offer refused");
+                return;
+            }
+        };
+        {
+            let mut receiving = self
+                .receiving
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if receiving.is_some() {
+                return;
+            }
+            *receiving = Some(descriptor.index);
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let from = message.from;
+            let started = std::time::Instant::now();
+            let fetched = cluster.fetch_snapshot(from, &descriptor).await;
+            match fetched {
+                Ok(()) => {
+                    tracing::info!(
+                        from,
+                        index = descriptor.index,
+                        bytes = descriptor.bytes(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "snapshot received"
+                    );
+                    cluster.driver.step(message);
+                    // Installed on the Raft thread at its next turn.
+                    let _ = cluster
+                        .driver
+                        .wait_applied(descriptor.index, Duration::from_secs(60))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(from, index = descriptor.index, error = %e, "snapshot not received")
+                }
+            }
+            *cluster
+                .receiving
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        });
+    }
+
+    async fn fetch_snapshot(&self, from: u64, descriptor: &Descriptor) -> Result<(), String> {
+        let url = self
+            .url_of(from)
+            .ok_or_else(|| format!("node {from} is not a member"))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1));
+        let mut client = RaftClient::new(endpoint.connect_lazy());
+        let bearer = self.bearer().map_err(|e| e.message().to_owned())?;
+        snapshot::fetch(
+            &mut client,
+            &bearer,
+            self.settings.node_id,
+            descriptor,
+            &self.snapshots,
+        )
+        .await
     }
 
     /// Hands leadership to member `to` (this node must lead).
@@ -318,9 +452,35 @@ impl Raft for RaftService {
                     message.from, message.to, batch.from
                 )));
             }
-            cluster.driver.step(message);
+            if message.get_msg_type() == toplog_replication::MessageType::MsgSnapshot {
+                cluster.receive_snapshot(message);
+            } else {
+                cluster.driver.step(message);
+            }
         }
         Ok(tonic::Response::new(Accepted {}))
+    }
+
+    type FetchSnapshotStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotChunk, tonic::Status>> + Send>>;
+
+    async fn fetch_snapshot(
+        &self,
+        request: tonic::Request<SnapshotRequest>,
+    ) -> Result<tonic::Response<Self::FetchSnapshotStream>, tonic::Status> {
+        let Some(cluster) = self.app.cluster.get() else {
+            return Err(tonic::Status::unavailable("the Raft node is starting"));
+        };
+        let SnapshotRequest { from, index } = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let driver = cluster.clone();
+        cluster
+            .snapshots
+            .send(index, tx, move || driver.driver.snapshot_fetched(from))?;
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        Ok(tonic::Response::new(Box::pin(chunks)))
     }
 
     async fn propose(
@@ -337,9 +497,10 @@ impl Raft for RaftService {
                     "this node does not lead (leader: {leader_id})"
                 )))
             }
-            Err(e @ (ReplicationError::Lost | ReplicationError::Dropped)) => {
-                Err(tonic::Status::aborted(e.to_string()))
-            }
+            Err(
+                e
+                @ (ReplicationError::Lost | ReplicationError::Dropped | ReplicationError::Unknown),
+            ) => Err(tonic::Status::aborted(e.to_string())),
             Err(e) => Err(tonic::Status::unavailable(e.to_string())),
         }
     }
