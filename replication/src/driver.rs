@@ -38,6 +38,7 @@ enum Input {
     Propose(Vec<u8>, oneshot::Sender<Result<u64>>),
     TransferLeadership(u64, oneshot::Sender<Result<()>>),
     SnapshotFetched(u64),
+    ReadIndex(oneshot::Sender<u64>),
     Stop,
 }
 
@@ -82,6 +83,9 @@ impl Driver {
                 let mut next_tick = Instant::now() + tick;
                 // Proposals made here, answered when applied here or lost.
                 let mut waiting: BTreeMap<Ticket, oneshot::Sender<Result<u64>>> = BTreeMap::new();
+                // Reads waiting for their index, by id.
+                let mut reads: BTreeMap<u64, oneshot::Sender<u64>> = BTreeMap::new();
+                let mut next_read = 0u64;
                 loop {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     let turn = match rx.recv_timeout(wait) {
@@ -101,6 +105,12 @@ impl Driver {
                             }
                             Ok(())
                         }
+                        Ok(Input::ReadIndex(reply)) => {
+                            next_read += 1;
+                            node.read_index(next_read);
+                            reads.insert(next_read, reply);
+                            Ok(())
+                        }
                         Ok(Input::SnapshotFetched(peer)) => {
                             node.snapshot_fetched(peer);
                             Ok(())
@@ -109,6 +119,8 @@ impl Driver {
                         Err(RecvTimeoutError::Timeout) => {
                             node.tick();
                             next_tick = Instant::now() + tick;
+                            // A read whose caller gave up is forgotten.
+                            reads.retain(|_, reply| !reply.is_closed());
                             node.maintain()
                         }
                     };
@@ -122,6 +134,11 @@ impl Driver {
                                 let now = node.applied_index();
                                 (*a != now).then(|| *a = now).is_some()
                             });
+                            for (id, index) in node.take_reads() {
+                                if let Some(reply) = reads.remove(&id) {
+                                    let _ = reply.send(index);
+                                }
+                            }
                             for (ticket, outcome) in node.take_outcomes() {
                                 if let Some(reply) = waiting.remove(&ticket) {
                                     let _ = reply.send(match outcome {
@@ -183,6 +200,29 @@ impl Driver {
             return Err(ReplicationError::Stopped);
         }
         rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// A linearizable read's wait (ReadIndex): resolves once this node has
+    /// applied everything committed when the read arrived, as the leader
+    /// confirmed with a quorum; the index it waited for. Waits at most
+    /// `limit`: without a leader or a quorum, [`ReplicationError::NoQuorum`].
+    pub async fn read_barrier(&self, limit: Duration) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let (tx, rx) = oneshot::channel();
+        if self.inputs.send(Input::ReadIndex(tx)).is_err() {
+            return Err(ReplicationError::Stopped);
+        }
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(index)) => index,
+            Ok(Err(_)) => return Err(ReplicationError::Stopped),
+            Err(_) => return Err(ReplicationError::NoQuorum),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.wait_applied(index, left).await {
+            Ok(index)
+        } else {
+            Err(ReplicationError::NoQuorum)
+        }
     }
 
     /// Waits until entry `index` is applied here, for at most `limit`;
@@ -315,6 +355,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         let values: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
@@ -325,6 +366,12 @@ mod tests {
             last = index;
         }
         let follower = (1..=3).find(|id| *id != leader).unwrap();
+        // A linearizable read on a follower sees every write acknowledged before it.
+        let index = rt
+            .block_on(drivers[&follower].read_barrier(Duration::from_secs(10)))
+            .unwrap();
+        assert!(index >= last, "read at {index}, last write at {last}");
+        assert_eq!(*applied[&follower].0.lock().unwrap(), values);
         match rt.block_on(drivers[&follower].propose(vec![9])) {
             Err(ReplicationError::NotLeader { leader_id }) => assert_eq!(leader_id, leader),
             other => panic!("a follower took a proposal: {other:?}"),

@@ -23,6 +23,10 @@ pub enum ReplicationError {
         "the write's outcome is not known on this node (a snapshot replaced its log): retry it with its idempotency key"
     )]
     Unknown,
+    /// A linearizable read found no leader confirmed by a quorum in time
+    /// (or this node could not apply what it must see).
+    #[error("no leader confirmed by a quorum answered in time (an election, or no quorum)")]
+    NoQuorum,
     /// The node stopped before the proposal was decided.
     #[error("the Raft node stopped")]
     Stopped,

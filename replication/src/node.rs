@@ -110,6 +110,9 @@ pub struct RaftNode<D: Durable, M: StateMachine> {
     /// Proposals made here and not yet decided, by index.
     pending: BTreeMap<u64, u64>,
     outcomes: Vec<(Ticket, Outcome)>,
+    /// Reads confirmed by a quorum: (the read's id, the commit index it
+    /// must see applied).
+    reads: Vec<(u64, u64)>,
     /// The entry whose application made the configuration in force.
     conf_index: u64,
     log_keep: u64,
@@ -220,6 +223,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             machine,
             pending: BTreeMap::new(),
             outcomes: Vec::new(),
+            reads: Vec::new(),
             conf_index,
             log_keep: timing.log_keep.max(1),
             snapshots_out: BTreeMap::new(),
@@ -421,6 +425,19 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         Ok(Ticket { index, term })
     }
 
+    /// Asks the leader for the commit index a linearizable read must see
+    /// applied (ReadIndex: the leader confirms with a quorum that it still
+    /// leads). The answer comes from [`RaftNode::take_reads`] under `id`;
+    /// none comes if no leader is known or leadership changes meanwhile.
+    pub fn read_index(&mut self, id: u64) {
+        self.raw.read_index(id.to_le_bytes().to_vec());
+    }
+
+    /// Reads confirmed since the last call: (id, index to wait for).
+    pub fn take_reads(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.reads)
+    }
+
     /// How proposals made here ended, since the last call.
     pub fn take_outcomes(&mut self) -> Vec<(Ticket, Outcome)> {
         std::mem::take(&mut self.outcomes)
@@ -436,6 +453,11 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         }
         let mut ready = self.raw.ready();
         out.extend(ready.take_messages());
+        for rs in ready.take_read_states() {
+            if let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+                self.reads.push((u64::from_le_bytes(id), rs.index));
+            }
+        }
         if !ready.snapshot().is_empty() {
             self.install(ready.snapshot())?;
         }

@@ -245,25 +245,29 @@ impl Toplog for Api {
         if r.ascending {
             values.insert("order".into(), "asc".into());
         }
-        let answer = analytics::top_k_by_values(&self.app, values)
+        consistency(&mut values, r.consistency);
+        let (answer, point) = analytics::top_k_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::TopKReply {
-            rows: answer
-                .rows
-                .into_iter()
-                .map(|row| v1::TopKRow {
-                    key: row.key,
-                    value: row.value,
-                    count: row.count,
-                    lower: row.bounds.map(|b| b.0),
-                    upper: row.bounds.map(|b| b.1),
-                })
-                .collect(),
-            exact: answer.exact,
-            sources: answer.sources.iter().map(|s| (*s).to_owned()).collect(),
-            unlisted_max_count: answer.unlisted_max_count,
-        }))
+        Ok(served(
+            point,
+            v1::TopKReply {
+                rows: answer
+                    .rows
+                    .into_iter()
+                    .map(|row| v1::TopKRow {
+                        key: row.key,
+                        value: row.value,
+                        count: row.count,
+                        lower: row.bounds.map(|b| b.0),
+                        upper: row.bounds.map(|b| b.1),
+                    })
+                    .collect(),
+                exact: answer.exact,
+                sources: answer.sources.iter().map(|s| (*s).to_owned()).collect(),
+                unlisted_max_count: answer.unlisted_max_count,
+            },
+        ))
     }
 
     async fn timeseries(
@@ -281,29 +285,33 @@ impl Toplog for Api {
         if r.limit > 0 {
             values.insert("limit".into(), r.limit.to_string());
         }
-        let answer = analytics::timeseries_by_values(&self.app, values)
+        consistency(&mut values, r.consistency);
+        let (answer, point) = analytics::timeseries_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::TimeseriesReply {
-            series: answer
-                .series
-                .into_iter()
-                .map(|s| v1::Series {
-                    key: s.key,
-                    points: s
-                        .points
-                        .into_iter()
-                        .map(|p| v1::Point {
-                            time_us: p.start.get(),
-                            value: p.value,
-                            count: p.count,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            exact: answer.exact,
-            sources: answer.sources.iter().map(|s| (*s).to_owned()).collect(),
-        }))
+        Ok(served(
+            point,
+            v1::TimeseriesReply {
+                series: answer
+                    .series
+                    .into_iter()
+                    .map(|s| v1::Series {
+                        key: s.key,
+                        points: s
+                            .points
+                            .into_iter()
+                            .map(|p| v1::Point {
+                                time_us: p.start.get(),
+                                value: p.value,
+                                count: p.count,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                exact: answer.exact,
+                sources: answer.sources.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        ))
     }
 
     async fn history(
@@ -311,25 +319,29 @@ impl Toplog for Api {
         request: Request<v1::HistoryRequest>,
     ) -> Result<Response<v1::HistoryReply>, Status> {
         let r = request.into_inner();
-        let values = HashMap::from([
+        let mut values = HashMap::from([
             ("start_date".to_owned(), r.start_date),
             ("end_date".to_owned(), r.end_date),
         ]);
-        let rows = analytics::history_by_values(&self.app, values)
+        consistency(&mut values, r.consistency);
+        let (rows, point) = analytics::history_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::HistoryReply {
-            days: rows
-                .into_iter()
-                .map(|d| v1::Day {
-                    date: d.date.to_rfc3339().get(..10).unwrap_or_default().to_owned(),
-                    total_requests: d.total_requests,
-                    average_latency: d.average_latency,
-                    error_rate: d.error_rate,
-                    p99_latency: d.p99_latency,
-                })
-                .collect(),
-        }))
+        Ok(served(
+            point,
+            v1::HistoryReply {
+                days: rows
+                    .into_iter()
+                    .map(|d| v1::Day {
+                        date: d.date.to_rfc3339().get(..10).unwrap_or_default().to_owned(),
+                        total_requests: d.total_requests,
+                        average_latency: d.average_latency,
+                        error_rate: d.error_rate,
+                        p99_latency: d.p99_latency,
+                    })
+                    .collect(),
+            },
+        ))
     }
 
     async fn count(
@@ -337,10 +349,12 @@ impl Toplog for Api {
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountReply>, Status> {
         let r = request.into_inner();
-        let count = events::count_by_values(&self.app, range_and_filters(r.range, r.filters))
+        let mut values = range_and_filters(r.range, r.filters);
+        consistency(&mut values, r.consistency);
+        let (count, point) = events::count_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::CountReply { count }))
+        Ok(served(point, v1::CountReply { count }))
     }
 
     async fn list_requests(
@@ -355,13 +369,17 @@ impl Toplog for Api {
         if !r.cursor.is_empty() {
             values.insert("cursor".into(), r.cursor);
         }
-        let page = events::page_by_values(&self.app, values)
+        consistency(&mut values, r.consistency);
+        let (page, point) = events::page_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::ListRequestsReply {
-            events: page.events.into_iter().map(v1::Event::from).collect(),
-            next_cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
-        }))
+        Ok(served(
+            point,
+            v1::ListRequestsReply {
+                events: page.events.into_iter().map(v1::Event::from).collect(),
+                next_cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
+            },
+        ))
     }
 
     async fn submit_aggregation(
@@ -561,6 +579,24 @@ async fn ingest(
 /// An optional string field: proto3 sends an absent one as "".
 fn non_empty(s: String) -> Option<std::borrow::Cow<'static, str>> {
     (!s.is_empty()).then_some(s.into())
+}
+
+/// A read's `consistency` as its query-string value (absent: eventual).
+fn consistency(values: &mut HashMap<String, String>, c: i32) {
+    if c == v1::Consistency::Strong as i32 {
+        values.insert("consistency".into(), "strong".into());
+    }
+}
+
+/// A read's reply, with where a cluster served it in the metadata.
+fn served<T>(point: Option<crate::api::ReadPoint>, reply: T) -> Response<T> {
+    let mut response = Response::new(reply);
+    if let Some(p) = point {
+        let meta = response.metadata_mut();
+        meta.insert("toplog-node-id", p.node_id.into());
+        meta.insert("toplog-applied-index", p.applied_index.into());
+    }
+    response
 }
 
 /// A request's range and filters as the REST parameters they stand for.

@@ -280,6 +280,17 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
         body["reason"].as_str().unwrap().contains("no leader"),
         "{body}"
     );
+    // A strong read cannot be served by a minority; an eventual one is.
+    let r = client()
+        .get(node.url("/api/v1/requests/count?start=0&consistency=strong"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text());
+    let r = client()
+        .get(node.url("/api/v1/requests/count?start=0"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
     let status = cluster.status(alone).unwrap();
     assert_ne!(status["role"], "leader", "{status}");
 }
@@ -370,12 +381,30 @@ fn every_acknowledged_batch_is_on_every_node_once_across_leader_kills() {
     let mut acked = std::collections::BTreeSet::new();
     let mut next = 0;
     for round in 0..3 {
+        let mut last_index = 0;
         for _ in 0..10 {
             let (status, body) = send(&cluster, leader, next, PER_BATCH);
             assert_eq!(status, 200, "round {round}, batch {next}: {body}");
             assert_eq!(body["accepted"], PER_BATCH);
+            assert_eq!(body["leader_id"], leader, "{body}");
+            last_index = body["index"].as_u64().unwrap();
             acked.insert(next);
             next += 1;
+        }
+        // A strong read on any member sees every acknowledged write, and
+        // says where it was served.
+        for id in cluster.live() {
+            let r = get(
+                &cluster,
+                id,
+                "/api/v1/requests/count?start=0&consistency=strong",
+            );
+            assert_eq!(r["count"], acked.len() * PER_BATCH, "node {id}: {r}");
+            assert_eq!(r["meta"]["node_id"], id, "{r}");
+            assert!(
+                r["meta"]["applied_index"].as_u64().unwrap() >= last_index,
+                "{r}"
+            );
         }
         // A write sent to a follower goes through the leader unnoticed,
         // and the follower answers once it has applied it.

@@ -13,7 +13,7 @@ use toplog_types::Micros;
 use toplog_types::{Param, Shape};
 
 use super::params::{self, Params, QuerySpec};
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, ReadPoint};
 
 /// `GET /api/v1/requests/top-k`.
 /// The required `metric`.
@@ -25,6 +25,7 @@ fn metric(p: &Params) -> ApiResult<toplog_query::Metric> {
 
 pub(super) const TOP_K: QuerySpec = QuerySpec {
     params: &[
+        params::CONSISTENCY,
         Param {
             name: "k",
             shape: Shape::Int { min: 1, max: MAX_K },
@@ -66,13 +67,18 @@ pub(super) async fn top_k(
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
     let started = std::time::Instant::now();
-    let q = top_k_query(&Params::new(raw, TOP_K)?)?;
-    let engine = app.engine()?;
+    let p = Params::new(raw, TOP_K)?;
+    let q = top_k_query(&p)?;
     // The answer is rendered on the read thread too: a top-10,000 is a
     // megabyte of JSON, work for a read's priority, not the network threads'.
-    app.queries
-        .run(move || Ok(top_k_body(&toplog_query::top_k(&engine, &q)?, started)))
-        .await
+    app.read(&p, move |engine, point| {
+        Ok(top_k_body(
+            &toplog_query::top_k(&engine, &q)?,
+            started,
+            point,
+        ))
+    })
+    .await
 }
 
 /// A top-K given by parameter values (a gRPC request's), checked as the
@@ -80,12 +86,13 @@ pub(super) async fn top_k(
 pub(crate) async fn top_k_by_values(
     app: &AppState,
     values: HashMap<String, String>,
-) -> ApiResult<toplog_query::TopKAnswer> {
-    let q = top_k_query(&Params::from_values(values, TOP_K)?)?;
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(toplog_query::top_k(&engine, &q)?))
-        .await
+) -> ApiResult<(toplog_query::TopKAnswer, Option<ReadPoint>)> {
+    let p = Params::from_values(values, TOP_K)?;
+    let q = top_k_query(&p)?;
+    app.read(&p, move |engine, point| {
+        Ok((toplog_query::top_k(&engine, &q)?, point))
+    })
+    .await
 }
 
 fn top_k_query(p: &Params) -> ApiResult<TopK> {
@@ -113,7 +120,11 @@ fn top_k_query(p: &Params) -> ApiResult<TopK> {
     })
 }
 
-fn top_k_body(answer: &toplog_query::TopKAnswer, started: std::time::Instant) -> Response {
+fn top_k_body(
+    answer: &toplog_query::TopKAnswer,
+    started: std::time::Instant,
+    point: Option<ReadPoint>,
+) -> Response {
     let data: Vec<Value> = answer
         .rows
         .iter()
@@ -137,6 +148,7 @@ fn top_k_body(answer: &toplog_query::TopKAnswer, started: std::time::Instant) ->
     if let Some(t) = answer.retained_from {
         meta["retained_from"] = json!(t.to_rfc3339());
     }
+    ReadPoint::add_to(point, &mut meta);
     Json(json!({"status": "success", "data": data, "meta": meta})).into_response()
 }
 
@@ -146,6 +158,7 @@ const DAY_US: i64 = 86_400_000_000;
 /// `GET /api/v1/requests/history`.
 pub(super) const HISTORY: QuerySpec = QuerySpec {
     params: &[
+        params::CONSISTENCY,
         Param {
             name: "start_date",
             shape: Shape::Date,
@@ -164,7 +177,7 @@ pub(super) async fn history(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let rows = history_of(&app, Params::new(raw, HISTORY)?).await?;
+    let (rows, point) = history_of(&app, Params::new(raw, HISTORY)?).await?;
     let data: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -177,7 +190,9 @@ pub(super) async fn history(
             })
         })
         .collect();
-    Ok(Json(json!({"status": "success", "data": data})).into_response())
+    let mut meta = json!({});
+    ReadPoint::add_to(point, &mut meta);
+    Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
 }
 
 /// A history given by parameter values (a gRPC request's), checked as the
@@ -185,11 +200,14 @@ pub(super) async fn history(
 pub(crate) async fn history_by_values(
     app: &AppState,
     values: HashMap<String, String>,
-) -> ApiResult<Vec<toplog_query::DayRow>> {
+) -> ApiResult<(Vec<toplog_query::DayRow>, Option<ReadPoint>)> {
     history_of(app, Params::from_values(values, HISTORY)?).await
 }
 
-async fn history_of(app: &AppState, p: Params) -> ApiResult<Vec<toplog_query::DayRow>> {
+async fn history_of(
+    app: &AppState,
+    p: Params,
+) -> ApiResult<(Vec<toplog_query::DayRow>, Option<ReadPoint>)> {
     use toplog_query::QueryError;
     let required =
         |d: Option<i64>| d.ok_or_else(|| ApiError::internal("a date is required".into()));
@@ -214,15 +232,19 @@ async fn history_of(app: &AppState, p: Params) -> ApiResult<Vec<toplog_query::Da
     let first = first.max(0);
     let days = u32::try_from(last - first + 1).unwrap_or(0);
     let first_day = first * DAY_US;
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(toplog_query::history(&engine, Micros::new(first_day), days)))
-        .await
+    app.read(&p, move |engine, point| {
+        Ok((
+            toplog_query::history(&engine, Micros::new(first_day), days),
+            point,
+        ))
+    })
+    .await
 }
 
 /// `GET /api/v1/requests/timeseries`.
 pub(super) const TIMESERIES: QuerySpec = QuerySpec {
     params: &[
+        params::CONSISTENCY,
         params::METRIC,
         Param {
             name: "interval",
@@ -262,11 +284,15 @@ pub(super) async fn timeseries(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let q = timeseries_query(&Params::new(raw, TIMESERIES)?)?;
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(timeseries_body(&toplog_query::timeseries(&engine, &q)?)))
-        .await
+    let p = Params::new(raw, TIMESERIES)?;
+    let q = timeseries_query(&p)?;
+    app.read(&p, move |engine, point| {
+        Ok(timeseries_body(
+            &toplog_query::timeseries(&engine, &q)?,
+            point,
+        ))
+    })
+    .await
 }
 
 /// A time series given by parameter values (a gRPC request's), checked as
@@ -274,12 +300,13 @@ pub(super) async fn timeseries(
 pub(crate) async fn timeseries_by_values(
     app: &AppState,
     values: HashMap<String, String>,
-) -> ApiResult<toplog_query::TimeseriesAnswer> {
-    let q = timeseries_query(&Params::from_values(values, TIMESERIES)?)?;
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(toplog_query::timeseries(&engine, &q)?))
-        .await
+) -> ApiResult<(toplog_query::TimeseriesAnswer, Option<ReadPoint>)> {
+    let p = Params::from_values(values, TIMESERIES)?;
+    let q = timeseries_query(&p)?;
+    app.read(&p, move |engine, point| {
+        Ok((toplog_query::timeseries(&engine, &q)?, point))
+    })
+    .await
 }
 
 fn timeseries_query(p: &Params) -> ApiResult<toplog_query::TimeseriesQuery> {
@@ -305,7 +332,7 @@ fn timeseries_query(p: &Params) -> ApiResult<toplog_query::TimeseriesQuery> {
     })
 }
 
-fn timeseries_body(answer: &toplog_query::TimeseriesAnswer) -> Response {
+fn timeseries_body(answer: &toplog_query::TimeseriesAnswer, point: Option<ReadPoint>) -> Response {
     // Typed rows, not `json!` maps: a day of minutes is 1,440 points, and
     // building a map per point cost as much as answering the query.
     #[derive(serde::Serialize)]
@@ -345,6 +372,7 @@ fn timeseries_body(answer: &toplog_query::TimeseriesAnswer) -> Response {
     if let Some(t) = answer.retained_from {
         meta["retained_from"] = json!(t.to_rfc3339());
     }
+    ReadPoint::add_to(point, &mut meta);
     let body = Body {
         data,
         meta,

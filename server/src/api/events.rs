@@ -15,7 +15,7 @@ use toplog_types::{Micros, ValidationLimits};
 
 use super::params::{self, Params, QuerySpec};
 use super::workers::parsing;
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, ReadPoint};
 use crate::auth::Caller;
 use crate::ingest::{BodyFormat, decode_body, parse_events};
 use toplog_types::{Param, Shape};
@@ -62,7 +62,14 @@ pub(crate) async fn ingest_checked(
     let limits = validation_limits(app);
     let events = parsing(move || Ok(KeyedEvents::new(check(&limits)?)?)).await?;
     app.auth.spend_events(caller, events.len())?;
-    store(app, events, key).await
+    Ok(store(app, events, key).await?.receipt)
+}
+
+/// A batch stored: its receipt, and in a cluster the node that led when it
+/// was written (the one it was proposed through).
+pub(crate) struct Stored {
+    pub(crate) receipt: toplog_engine::IngestReceipt,
+    pub(crate) leader_id: Option<u64>,
 }
 
 /// Stores a checked batch: in the engine's own log on a single node, through
@@ -73,24 +80,33 @@ pub(crate) async fn store(
     app: &AppState,
     events: KeyedEvents,
     key: Option<String>,
-) -> ApiResult<toplog_engine::IngestReceipt> {
+) -> ApiResult<Stored> {
     let engine = app.engine()?;
     if app.config.cluster.is_none() {
-        return Ok(engine.ingest(events, key).await?);
+        return Ok(Stored {
+            receipt: engine.ingest(events, key).await?,
+            leader_id: None,
+        });
     }
     let cluster = app.cluster.get().cloned().ok_or_else(|| {
         ApiError::unavailable("recovering: the Raft node starts once the store is open".into())
     })?;
+    let status = cluster.status();
+    let leader_id = status.leader_id;
     let mut proposal = match engine.propose_payload(events, key)? {
         Ok(proposal) => proposal,
-        Err(known) => return Ok(known),
+        Err(known) => {
+            return Ok(Stored {
+                receipt: known,
+                leader_id: (leader_id != 0).then_some(leader_id),
+            });
+        }
     };
     let payload = proposal.take_payload();
     // A follower hands the write to the leader it knows (the client does not
     // notice); the leader, or a node that knows none, proposes it itself.
-    let status = cluster.status();
-    let leader_id = status.leader_id;
-    let index = if leader_id != 0 && leader_id != status.node_id {
+    let forwarded = leader_id != 0 && leader_id != status.node_id;
+    let index = if forwarded {
         cluster
             .forward(leader_id, payload)
             .await
@@ -107,7 +123,10 @@ pub(crate) async fn store(
     } else {
         cluster.propose(payload).await.map_err(not_written)?
     };
-    Ok(engine.receipt(&proposal, index))
+    Ok(Stored {
+        receipt: engine.receipt(&proposal, index),
+        leader_id: Some(if forwarded { leader_id } else { status.node_id }),
+    })
 }
 
 /// `503` for a write this node could not put through the Raft log.
@@ -189,11 +208,16 @@ pub(super) async fn ingest(
     }
     app.auth
         .spend_events(caller.as_ref().map(|c| &c.0), events.len())?;
-    let receipt = store(&app, events, key).await?;
-    let mut resp = Json(
-        json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed}),
-    )
-    .into_response();
+    let Stored { receipt, leader_id } = store(&app, events, key).await?;
+    let mut body =
+        json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed});
+    if let Some(leader_id) = leader_id {
+        // In a cluster: the node that led, and the batch's Raft log index
+        // (a read answered with `applied_index` at or past it holds it).
+        body["leader_id"] = json!(leader_id);
+        body["index"] = json!(receipt.lsn.get());
+    }
+    let mut resp = Json(body).into_response();
     if receipt.replayed {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -208,6 +232,7 @@ pub(super) fn micros(d: std::time::Duration) -> i64 {
 /// `GET /api/v1/requests`.
 pub(super) const LIST: QuerySpec = QuerySpec {
     params: &[
+        params::CONSISTENCY,
         params::START,
         params::END,
         params::ENDPOINT,
@@ -235,6 +260,7 @@ pub(super) const LIST: QuerySpec = QuerySpec {
 /// `GET /api/v1/requests/count`.
 pub(super) const COUNT: QuerySpec = QuerySpec {
     params: &[
+        params::CONSISTENCY,
         params::START,
         params::END,
         params::ENDPOINT,
@@ -250,16 +276,16 @@ pub(super) async fn list_requests(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let page = page_of(&app, Params::new(raw, LIST)?).await?;
+    let (page, point) = page_of(&app, Params::new(raw, LIST)?).await?;
     let data: Vec<Value> = page
         .events
         .iter()
         .map(toplog_types::Event::to_json)
         .collect();
-    Ok(Json(
-        json!({"status": "success", "data": data, "next_cursor": page.next.map(|c| c.encode())}),
-    )
-    .into_response())
+    let mut body =
+        json!({"status": "success", "data": data, "next_cursor": page.next.map(|c| c.encode())});
+    add_meta(&mut body, point);
+    Ok(Json(body).into_response())
 }
 
 /// A page of events given by parameter values (a gRPC request's), checked
@@ -267,11 +293,11 @@ pub(super) async fn list_requests(
 pub(crate) async fn page_by_values(
     app: &AppState,
     values: HashMap<String, String>,
-) -> ApiResult<toplog_engine::Page> {
+) -> ApiResult<(toplog_engine::Page, Option<ReadPoint>)> {
     page_of(app, Params::from_values(values, LIST)?).await
 }
 
-async fn page_of(app: &AppState, p: Params) -> ApiResult<toplog_engine::Page> {
+async fn page_of(app: &AppState, p: Params) -> ApiResult<(toplog_engine::Page, Option<ReadPoint>)> {
     let range = p.range()?;
     let filters = p.filters()?;
     let limit = p.small("limit")?.unwrap_or(DEFAULT_LIMIT);
@@ -283,18 +309,29 @@ async fn page_of(app: &AppState, p: Params) -> ApiResult<toplog_engine::Page> {
             })
         })
         .transpose()?;
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(engine.scan(range, &filters, cursor.as_ref(), limit)?))
-        .await
+    app.read(&p, move |engine, point| {
+        Ok((engine.scan(range, &filters, cursor.as_ref(), limit)?, point))
+    })
+    .await
+}
+
+/// Adds where a read was served to an answer without a `meta` of its own.
+fn add_meta(body: &mut Value, point: Option<ReadPoint>) {
+    if point.is_some() {
+        let mut meta = json!({});
+        ReadPoint::add_to(point, &mut meta);
+        body["meta"] = meta;
+    }
 }
 
 pub(super) async fn count_requests(
     State(app): State<Arc<AppState>>,
     raw: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
-    let count = count_of(&app, Params::new(raw, COUNT)?).await?;
-    Ok(Json(json!({"status": "success", "count": count})).into_response())
+    let (count, point) = count_of(&app, Params::new(raw, COUNT)?).await?;
+    let mut body = json!({"status": "success", "count": count});
+    add_meta(&mut body, point);
+    Ok(Json(body).into_response())
 }
 
 /// A count given by parameter values (a gRPC request's), checked as the
@@ -302,15 +339,15 @@ pub(super) async fn count_requests(
 pub(crate) async fn count_by_values(
     app: &AppState,
     values: HashMap<String, String>,
-) -> ApiResult<u64> {
+) -> ApiResult<(u64, Option<ReadPoint>)> {
     count_of(app, Params::from_values(values, COUNT)?).await
 }
 
-async fn count_of(app: &AppState, p: Params) -> ApiResult<u64> {
+async fn count_of(app: &AppState, p: Params) -> ApiResult<(u64, Option<ReadPoint>)> {
     let range = p.range()?;
     let filters = p.filters()?;
-    let engine = app.engine()?;
-    app.queries
-        .run(move || Ok(engine.count(range, &filters)?))
-        .await
+    app.read(&p, move |engine, point| {
+        Ok((engine.count(range, &filters)?, point))
+    })
+    .await
 }

@@ -54,7 +54,65 @@ pub(crate) struct AppState {
     pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
+/// Where a read was served in a cluster: the node, and the Raft log index
+/// its store had applied when the read began (after the wait a strong read
+/// makes): the answer holds every write acknowledged up to there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadPoint {
+    pub(crate) node_id: u64,
+    pub(crate) applied_index: u64,
+}
+
+impl ReadPoint {
+    /// Adds itself to an answer's `meta`.
+    pub(crate) fn add_to(point: Option<Self>, meta: &mut serde_json::Value) {
+        if let Some(p) = point {
+            meta["node_id"] = p.node_id.into();
+            meta["applied_index"] = p.applied_index.into();
+        }
+    }
+}
+
+/// How long a strong read waits for the leader to confirm its index.
+const STRONG_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl AppState {
+    /// Runs read `f` on the read threads, as `consistency` asks: at once
+    /// (`eventual`, the default: this node's store as it is), or once this
+    /// node has applied everything committed when the read arrived
+    /// (`strong`: ReadIndex, linearizable). `f` gets the store and, in a
+    /// cluster, where the read is served.
+    async fn read<T: Send + 'static>(
+        &self,
+        p: &params::Params,
+        f: impl FnOnce(Arc<Engine>, Option<ReadPoint>) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let engine = self.engine()?;
+        let strong = p.choice("consistency")? == Some("strong");
+        let point = match self.cluster.get() {
+            None if self.config.cluster.is_some() => {
+                return Err(ApiError::unavailable(
+                    "recovering: the Raft node starts once the store is open".into(),
+                ));
+            }
+            None => None,
+            Some(cluster) => {
+                if strong {
+                    cluster
+                        .read_barrier(STRONG_READ_WAIT)
+                        .await
+                        .map_err(|e| ApiError::unavailable(format!("a strong read: {e}")))?;
+                }
+                let s = cluster.status();
+                Some(ReadPoint {
+                    node_id: s.node_id,
+                    applied_index: s.applied_index,
+                })
+            }
+        };
+        self.queries.run(move || f(engine, point)).await
+    }
+
     fn maintainer(&self) -> ApiResult<Arc<Maintainer>> {
         self.engine()?;
         self.maintainer

@@ -37,7 +37,9 @@ fn schemas() -> Value {
         "EventIn": toplog_types::Event::json_schema(),
         "TracesAck": obj(json!({"partialSuccess": obj(json!({"rejectedSpans": string, "errorMessage": string}), &[])}), &[]),
         "TracesIn": obj(json!({"resourceSpans": {"type": "array", "nullable": true, "items": {"type": "object"}}}), &[]),
-        "Ack": obj(json!({"status": string, "accepted": int, "replayed": {"type": "boolean"}}), &["status", "accepted"]),
+        "Ack": obj(json!({"status": string, "accepted": int, "replayed": {"type": "boolean"},
+            "leader_id": {"type": "integer", "description": "In a cluster: the node that led when the batch was written."},
+            "index": {"type": "integer", "description": "In a cluster: the batch's Raft log index."}}), &["status", "accepted"]),
         "Events": obj(json!({
             "status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
             "next_cursor": {"type": "string", "nullable": true},

@@ -40,6 +40,11 @@ pub(super) const END: Param = Param {
     shape: Shape::Time,
     doc: "Range end, exclusive: RFC 3339 or epoch milliseconds.",
 };
+pub(super) const CONSISTENCY: Param = Param {
+    name: "consistency",
+    shape: Shape::Choice(&["eventual", "strong"]),
+    doc: "In a cluster: `eventual` (default) answers from this node's store as it is; `strong` first waits until this node has applied every write committed when the read arrived (ReadIndex: linearizable). A single node is always strong.",
+};
 pub(super) const ENDPOINT: Param = Param {
     name: "endpoint",
     shape: Shape::Text {

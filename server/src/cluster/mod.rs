@@ -362,6 +362,12 @@ impl Cluster {
         .await
     }
 
+    /// Waits until this node has applied every write committed when it was
+    /// called (ReadIndex), for at most `limit`.
+    pub(crate) async fn read_barrier(&self, limit: Duration) -> toplog_replication::Result<u64> {
+        self.driver.read_barrier(limit).await
+    }
+
     /// Hands leadership to member `to` (this node must lead).
     pub(crate) async fn transfer_leadership(&self, to: u64) -> toplog_replication::Result<()> {
         self.driver.transfer_leadership(to).await
