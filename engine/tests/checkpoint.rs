@@ -68,19 +68,24 @@ fn an_installed_checkpoint_replaces_the_store_and_the_log_goes_on_from_it() {
         leader.apply_replicated(i as u64 + 1, p).unwrap();
     }
     let ck = tmp.path().join("checkpoint");
-    assert_eq!(leader.checkpoint(&ck, 20).unwrap(), Some(30));
+    assert_eq!(leader.checkpoint(&ck, 20, 35).unwrap(), Some(30));
     // One asked past the flushed index starts a flush, and is made after it.
     let later = tmp.path().join("later");
-    assert_eq!(leader.checkpoint(&later, 31).unwrap(), None);
+    assert_eq!(leader.checkpoint(&later, 31, 35).unwrap(), None);
     let mut made = None;
     for _ in 0..500 {
-        made = leader.checkpoint(&later, 31).unwrap();
+        made = leader.checkpoint(&later, 31, 35).unwrap();
         if made.is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(made, Some(35));
+    // With every batch flushed, entries after the last one (a replicated
+    // log's configuration changes) change nothing: the checkpoint is as of
+    // the index applied last.
+    let conf = tmp.path().join("conf");
+    assert_eq!(leader.checkpoint(&conf, 37, 37).unwrap(), Some(37));
 
     // A follower whose own store diverged (entries a new leader replaced).
     let dir = tmp.path().join("follower");

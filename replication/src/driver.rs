@@ -17,6 +17,17 @@ use crate::durable::Durable;
 use crate::error::{ReplicationError, Result};
 use crate::node::{Outcome, RaftNode, StateMachine, Ticket};
 
+/// What the leader knows of a member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerStatus {
+    /// The last log index the member is known to hold.
+    pub matched: u64,
+    /// Heard from within the last election timeout.
+    pub active: bool,
+    /// Milliseconds since a message from it last arrived here (none yet: `None`).
+    pub last_contact_ms: Option<u64>,
+}
+
 /// What a node is, as last published.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStatus {
@@ -29,6 +40,15 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// The first entry its log holds (those before are compacted away).
     pub first_index: u64,
+    /// The configuration in force (incoming voters, during a joint change).
+    pub voters: Vec<u64>,
+    /// Voters of the outgoing configuration while a joint change is under way.
+    pub voters_outgoing: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The configuration's context (the members' addresses).
+    pub conf_context: Vec<u8>,
+    /// On the leader: each member's progress.
+    pub peers: BTreeMap<u64, PeerStatus>,
     /// Why the node stopped, if it did (a failed disk write: fail-stop).
     pub stopped: Option<String>,
 }
@@ -39,6 +59,12 @@ enum Input {
     TransferLeadership(u64, oneshot::Sender<Result<()>>),
     SnapshotFetched(u64),
     ReadIndex(oneshot::Sender<u64>),
+    ConfChange(
+        raft::prelude::ConfChangeV2,
+        Vec<u8>,
+        oneshot::Sender<Result<u64>>,
+    ),
+    ReportSnapshot(u64, bool),
     Stop,
 }
 
@@ -74,7 +100,7 @@ impl Driver {
         M: StateMachine + Send + 'static,
     {
         let (inputs, rx) = mpsc::channel();
-        let status = Arc::new(Mutex::new(status_of(&node, None)));
+        let status = Arc::new(Mutex::new(status_of(&node, &BTreeMap::new(), None)));
         let published = status.clone();
         let (applied_tx, applied) = watch::channel(node.applied_index());
         let thread = std::thread::Builder::new()
@@ -86,10 +112,30 @@ impl Driver {
                 // Reads waiting for their index, by id.
                 let mut reads: BTreeMap<u64, oneshot::Sender<u64>> = BTreeMap::new();
                 let mut next_read = 0u64;
+                // When a message from each peer last arrived.
+                let mut heard: BTreeMap<u64, Instant> = BTreeMap::new();
                 loop {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     let turn = match rx.recv_timeout(wait) {
-                        Ok(Input::Message(m)) => node.step(m),
+                        Ok(Input::Message(m)) => {
+                            heard.insert(m.from, Instant::now());
+                            node.step(m)
+                        }
+                        Ok(Input::ConfChange(change, context, reply)) => {
+                            match node.propose_conf_change(change, context) {
+                                Ok(ticket) => {
+                                    waiting.insert(ticket, reply);
+                                }
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                }
+                            }
+                            Ok(())
+                        }
+                        Ok(Input::ReportSnapshot(peer, sent)) => {
+                            node.report_snapshot(peer, sent);
+                            Ok(())
+                        }
                         Ok(Input::TransferLeadership(to, reply)) => {
                             let _ = reply.send(node.transfer_leadership(to));
                             Ok(())
@@ -148,12 +194,12 @@ impl Driver {
                                     });
                                 }
                             }
-                            publish(&published, status_of(&node, None));
+                            publish(&published, status_of(&node, &heard, None));
                         }
                         Err(e) => {
                             // Fail-stop: the node is reopened from disk by a restart.
                             tracing::error!(error = %e, "the Raft node stopped");
-                            publish(&published, status_of(&node, Some(e.to_string())));
+                            publish(&published, status_of(&node, &heard, Some(e.to_string())));
                             return;
                         }
                     }
@@ -184,6 +230,30 @@ impl Driver {
             return Err(ReplicationError::Stopped);
         }
         rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// Proposes configuration change `change` with `context` through this
+    /// node, which must lead; resolves with its index once applied here.
+    pub async fn change_membership(
+        &self,
+        change: raft::prelude::ConfChangeV2,
+        context: Vec<u8>,
+    ) -> Result<u64> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inputs
+            .send(Input::ConfChange(change, context, tx))
+            .is_err()
+        {
+            return Err(ReplicationError::Stopped);
+        }
+        rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// This leader's transfer of a snapshot to `peer` ended: every chunk
+    /// went (`sent`), or it failed.
+    pub fn report_snapshot(&self, peer: u64, sent: bool) {
+        let _ = self.inputs.send(Input::ReportSnapshot(peer, sent));
     }
 
     /// Follower `peer` fetched part of the snapshot this leader sent it (so
@@ -256,9 +326,31 @@ fn publish(to: &Mutex<NodeStatus>, status: NodeStatus) {
 
 fn status_of<D: Durable, M: StateMachine>(
     node: &RaftNode<D, M>,
+    heard: &BTreeMap<u64, Instant>,
     stopped: Option<String>,
 ) -> NodeStatus {
+    let conf = node.conf_state();
+    let peers = (node.progress().into_iter())
+        .map(|(id, (matched, active))| {
+            let last_contact_ms = heard
+                .get(&id)
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+            (
+                id,
+                PeerStatus {
+                    matched,
+                    active,
+                    last_contact_ms,
+                },
+            )
+        })
+        .collect();
     NodeStatus {
+        voters: conf.voters,
+        voters_outgoing: conf.voters_outgoing,
+        learners: conf.learners,
+        conf_context: node.conf_context().to_vec(),
+        peers,
         node_id: node.id(),
         leader_id: node.leader_id(),
         term: node.term(),
@@ -301,7 +393,7 @@ mod tests {
         fn applied(&self) -> u64 {
             0
         }
-        fn snapshot(&mut self, _at_least: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        fn snapshot(&mut self, _at_least: u64, _applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
             Ok(None)
         }
         fn install(&mut self, index: u64, _data: &[u8]) -> Result<()> {
@@ -330,7 +422,8 @@ mod tests {
                 fixed_election_ticks: Some(10 + 5 * id as usize),
                 ..Timing::default()
             };
-            let node = RaftNode::open(id, &[1, 2, 3], store, machine, timing, &logger).unwrap();
+            let node =
+                RaftNode::open(id, &[1, 2, 3], b"", store, machine, timing, &logger).unwrap();
             let peers = registry.clone();
             let outbound: Outbound = Box::new(move |messages| {
                 for m in messages {

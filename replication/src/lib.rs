@@ -9,9 +9,11 @@ mod log_store;
 mod node;
 mod storage;
 
-pub use driver::{Driver, NodeStatus, Outbound, decode_message, encode_message};
+pub use driver::{Driver, NodeStatus, Outbound, PeerStatus, decode_message, encode_message};
 pub use durable::{Durable, Persisted};
 pub use error::{ReplicationError, Result};
 pub use log_store::LogStore;
-pub use node::{Outcome, RaftNode, StateMachine, Ticket, Timing};
-pub use raft::prelude::{Message, MessageType};
+pub use node::{Outcome, RaftNode, StateMachine, Ticket, Timing, split_context};
+pub use raft::prelude::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message, MessageType,
+};

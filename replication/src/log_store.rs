@@ -50,6 +50,9 @@ struct StateFile {
     /// The entry whose application made the configuration above.
     #[serde(default)]
     conf_index: u64,
+    /// The configuration's context (the members' addresses), as UTF-8.
+    #[serde(default)]
+    conf_context: String,
     /// The entry before the log's first: index and term.
     #[serde(default)]
     start_index: u64,
@@ -66,6 +69,7 @@ struct StateFile {
 struct InstallNote {
     index: u64,
     term: u64,
+    context: String,
     voters: Vec<u64>,
     learners: Vec<u64>,
     voters_outgoing: Vec<u64>,
@@ -74,17 +78,18 @@ struct InstallNote {
 }
 
 impl InstallNote {
-    fn of(meta: &SnapshotMetadata) -> Self {
+    fn of(meta: &SnapshotMetadata, context: &[u8]) -> Result<Self> {
         let cs = meta.get_conf_state();
-        Self {
+        Ok(Self {
             index: meta.index,
             term: meta.term,
+            context: utf8(context)?,
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             voters_outgoing: cs.voters_outgoing.clone(),
             learners_next: cs.learners_next.clone(),
             auto_leave: cs.auto_leave,
-        }
+        })
     }
 
     fn meta(&self) -> SnapshotMetadata {
@@ -251,9 +256,11 @@ impl LogStore {
                 },
                 conf_state: s.conf_state(),
                 conf_index: s.conf_index,
+                conf_context: s.conf_context.clone().into_bytes(),
                 start: (s.start_index, s.start_term),
                 entries,
-                installing: s.installing.as_ref().map(InstallNote::meta),
+                installing: (s.installing.as_ref())
+                    .map(|n| (n.meta(), n.context.clone().into_bytes())),
             }),
         };
         Ok(Self {
@@ -345,9 +352,15 @@ impl Durable for LogStore {
         Ok(())
     }
 
-    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()> {
+    fn save_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        index: u64,
+        context: &[u8],
+    ) -> Result<()> {
         self.state.set_conf_state(conf_state);
         self.state.conf_index = index;
+        self.state.conf_context = utf8(context)?;
         self.store_state()
     }
 
@@ -369,12 +382,12 @@ impl Durable for LogStore {
             .map_err(|e| disk("compact the Raft log in", &self.dir, e))
     }
 
-    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
-        self.state.installing = Some(InstallNote::of(meta));
+    fn begin_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
+        self.state.installing = Some(InstallNote::of(meta, context)?);
         self.store_state()
     }
 
-    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+    fn finish_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
         // The log first: a crash before `STATE` is written finds the note
         // again and finishes then.
         let log_dir = self.log_dir();
@@ -399,6 +412,7 @@ impl Durable for LogStore {
         self.last_index = meta.index;
         self.state.set_conf_state(meta.get_conf_state());
         self.state.conf_index = meta.index;
+        self.state.conf_context = utf8(context)?;
         self.state.start_index = meta.index;
         self.state.start_term = meta.term;
         self.state.term = self.state.term.max(meta.term);
@@ -413,6 +427,13 @@ impl Durable for LogStore {
         }
         Ok(())
     }
+}
+
+/// A configuration's context as `STATE` keeps it.
+fn utf8(context: &[u8]) -> Result<String> {
+    String::from_utf8(context.to_vec()).map_err(|_| {
+        ReplicationError::Inconsistent("a configuration's context is not UTF-8".into())
+    })
 }
 
 fn open_log(
@@ -470,7 +491,7 @@ mod tests {
         let mut store = open(&fs);
         assert!(store.load().unwrap().is_none(), "a new node");
         store
-            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])), 0)
+            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])), 0, b"")
             .unwrap();
         let first: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &format!("a{i}"))).collect();
         store.save(&first, Some(&hs(1, 2, 0))).unwrap();
@@ -517,7 +538,7 @@ mod tests {
         let mut store = open(&fs);
         store.load().unwrap();
         store
-            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])), 0)
+            .save_conf_state(&ConfState::from((vec![1, 2, 3], vec![])), 0, b"")
             .unwrap();
         let entries: Vec<Entry> = (1..=300).map(|i| entry(i, 1, &format!("e{i}"))).collect();
         store.save(&entries, Some(&hs(1, 1, 300))).unwrap();
@@ -538,19 +559,19 @@ mod tests {
             ..SnapshotMetadata::default()
         };
         meta.set_conf_state(ConfState::from((vec![1, 2, 3, 4], vec![])));
-        store.begin_install(&meta).unwrap();
+        store.begin_install(&meta, b"{\"4\":\"x\"}").unwrap();
         drop(store);
         fs.crash();
         let mut store = open(&fs);
         let back = store.load().unwrap().expect("state");
-        assert_eq!(back.installing.as_ref().map(|m| m.index), Some(500));
+        assert_eq!(back.installing.as_ref().map(|m| m.0.index), Some(500));
         assert_eq!(
             back.entries.len(),
             50,
             "the log is untouched until the install finishes"
         );
 
-        store.finish_install(&meta).unwrap();
+        store.finish_install(&meta, b"{\"4\":\"x\"}").unwrap();
         store
             .save(&[entry(501, 3, "after")], Some(&hs(3, 0, 501)))
             .unwrap();
@@ -562,6 +583,7 @@ mod tests {
         assert_eq!(back.start, (500, 3));
         assert_eq!(back.conf_state.voters, vec![1, 2, 3, 4]);
         assert_eq!(back.conf_index, 500);
+        assert_eq!(back.conf_context, b"{\"4\":\"x\"}");
         let got: Vec<(u64, u64)> = back.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(got, vec![(501, 3)]);
         assert_eq!(back.hard_state.term, 3);

@@ -44,10 +44,11 @@ pub trait StateMachine {
     /// The index of the last entry applied (and kept): where a restart resumes.
     fn applied(&self) -> u64;
     /// Makes a snapshot of what is kept, at an index of `at_least` or more
-    /// and at most what was applied: that index and the snapshot's data
-    /// (what a follower's [`StateMachine::install`] takes). `None` when it
-    /// cannot yet (a flush is needed first): the node asks again later.
-    fn snapshot(&mut self, at_least: u64) -> Result<Option<(u64, Vec<u8>)>>;
+    /// and at most `applied` (the last entry applied, with or without data):
+    /// that index and the snapshot's data (what a follower's
+    /// [`StateMachine::install`] takes). `None` when it cannot yet (a flush
+    /// is needed first): the node asks again later.
+    fn snapshot(&mut self, at_least: u64, applied: u64) -> Result<Option<(u64, Vec<u8>)>>;
     /// Replaces everything with the snapshot made at `index` from `data`,
     /// durably: afterwards [`StateMachine::applied`] is `index`.
     fn install(&mut self, index: u64, data: &[u8]) -> Result<()>;
@@ -115,6 +116,8 @@ pub struct RaftNode<D: Durable, M: StateMachine> {
     reads: Vec<(u64, u64)>,
     /// The entry whose application made the configuration in force.
     conf_index: u64,
+    /// That configuration's context (see [`RaftNode::open`]).
+    conf_context: Vec<u8>,
     log_keep: u64,
     /// Followers sent a snapshot: ticks since they last fetched a part of it.
     snapshots_out: BTreeMap<u64, u32>,
@@ -134,11 +137,16 @@ impl<D: Durable, M: StateMachine> std::fmt::Debug for RaftNode<D, M> {
 
 impl<D: Durable, M: StateMachine> RaftNode<D, M> {
     /// Opens node `id` from what `durable` holds. A node with no Raft state
-    /// yet starts with `voters` as its configuration: every first member is
-    /// started with the same list, which bootstraps the group once.
+    /// yet starts with `voters` as its configuration if it is one of them
+    /// (every first member is started with the same list, which bootstraps
+    /// the group once), with `members` as its configuration's context (what
+    /// the application keeps beside the ids, such as their addresses).
+    /// Otherwise it is joining a running group: it has no configuration
+    /// until a leader that added it sends it a snapshot.
     pub fn open(
         id: u64,
         voters: &[u64],
+        members: &[u8],
         mut durable: D,
         machine: M,
         timing: Timing,
@@ -147,14 +155,20 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         let state = durable.load()?;
         let storage = NodeStorage::default();
         let mut conf_index = 0;
+        let mut conf_context = Vec::new();
         {
             let mut core = storage.wl();
             match state {
                 None => {
                     // Kept at once: a node restarted without its first
                     // configuration would never stand for election.
-                    let first = ConfState::from((voters.to_vec(), vec![]));
-                    durable.save_conf_state(&first, 0)?;
+                    let first = if voters.contains(&id) {
+                        conf_context = members.to_vec();
+                        ConfState::from((voters.to_vec(), vec![]))
+                    } else {
+                        ConfState::default()
+                    };
+                    durable.save_conf_state(&first, 0, &conf_context)?;
                     core.set_conf_state(first);
                 }
                 Some(p) => {
@@ -163,13 +177,15 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
                     core.set_hard_state(p.hard_state);
                     core.set_conf_state(p.conf_state);
                     conf_index = p.conf_index;
-                    if let Some(meta) = p.installing {
+                    conf_context = p.conf_context;
+                    if let Some((meta, context)) = p.installing {
                         // A restart during an install: the state machine
                         // says how far it got.
                         if machine.applied() >= meta.index {
-                            durable.finish_install(&meta)?;
+                            durable.finish_install(&meta, &context)?;
                             core.restore(&meta);
                             conf_index = meta.index;
+                            conf_context = context;
                         } else {
                             durable.abandon_install()?;
                         }
@@ -225,6 +241,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             outcomes: Vec::new(),
             reads: Vec::new(),
             conf_index,
+            conf_context,
             log_keep: timing.log_keep.max(1),
             snapshots_out: BTreeMap::new(),
         })
@@ -274,6 +291,69 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         &self.durable
     }
 
+    /// The configuration in force: voters (incoming and outgoing, during a
+    /// joint change) and learners.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.store().rl().conf_state().clone()
+    }
+
+    /// Whether this node has no configuration yet (joining, before the
+    /// snapshot that brings it).
+    fn uninitialized(&self) -> bool {
+        let store = self.raw.store().rl();
+        let cs = store.conf_state();
+        cs.voters.is_empty() && cs.learners.is_empty()
+    }
+
+    /// The context of the configuration in force.
+    pub fn conf_context(&self) -> &[u8] {
+        &self.conf_context
+    }
+
+    /// What the leader knows of each member's log: the index it matched up
+    /// to, and whether it was heard from within the last election timeout
+    /// (empty on a follower).
+    pub fn progress(&self) -> BTreeMap<u64, (u64, bool)> {
+        if !self.is_leader() {
+            return BTreeMap::new();
+        }
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, (pr.matched, pr.recent_active)))
+            .collect()
+    }
+
+    /// Proposes a configuration change (joint consensus, left on its own
+    /// once entered), with `context` as the new configuration's context;
+    /// this node must lead. One change at a time: raft-rs drops a second
+    /// while one is not yet applied.
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChangeV2,
+        context: Vec<u8>,
+    ) -> Result<Ticket> {
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader {
+                leader_id: self.leader_id(),
+            });
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(context, change) {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => return Err(ReplicationError::Dropped),
+            Err(e) => return Err(e.into()),
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        if index != before + 1 {
+            return Err(ReplicationError::Dropped);
+        }
+        let term = self.raw.raft.term;
+        self.pending.insert(index, term);
+        Ok(Ticket { index, term })
+    }
+
     /// The first entry the log holds.
     pub fn first_index(&self) -> u64 {
         self.raw.store().rl().first_index()
@@ -304,6 +384,19 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         }
     }
 
+    /// The leader's transfer of a snapshot to `peer` ended (the last chunk
+    /// went, or the transfer failed).
+    pub fn report_snapshot(&mut self, peer: u64, sent: bool) {
+        if self.snapshots_out.remove(&peer).is_some() && self.is_leader() {
+            let status = if sent {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            self.raw.report_snapshot(peer, status);
+        }
+    }
+
     /// Follower `peer` fetched part of the snapshot it was sent.
     pub fn snapshot_fetched(&mut self, peer: u64) {
         if let Some(silent) = self.snapshots_out.get_mut(&peer) {
@@ -315,16 +408,33 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
     /// the state machine keeps. Called between turns (the driver does it
     /// each tick).
     pub fn maintain(&mut self) -> Result<()> {
+        if self.is_leader() {
+            // A learner that holds nothing (one just added) starts from a
+            // snapshot, which brings it the configuration too; the log from
+            // index 1 would not.
+            let learners = self.conf_state().learners;
+            let sending: Vec<u64> = self.snapshots_out.keys().copied().collect();
+            for (id, pr) in self.raw.raft.mut_prs().iter_mut() {
+                if learners.contains(id)
+                    && pr.matched == 0
+                    && pr.state == ProgressState::Probe
+                    && pr.pending_request_snapshot == raft::INVALID_INDEX
+                    && !sending.contains(id)
+                {
+                    pr.pending_request_snapshot = 1;
+                }
+            }
+        }
         let wanted = self.raw.store().wl().take_wanted();
         if wanted {
             let start = self.first_index() - 1;
             // The configuration sent is the one in force: made at or before the index.
             let at_least = start.max(self.conf_index);
-            match self.machine.snapshot(at_least)? {
+            match self.machine.snapshot(at_least, self.applied_index())? {
                 Some((index, data)) if index >= at_least && index <= self.applied_index() => {
                     let term = self.raw.raft.raft_log.term(index)?;
                     let mut snapshot = Snapshot {
-                        data: data.into(),
+                        data: with_context(&self.conf_context, &data).into(),
                         ..Snapshot::default()
                     };
                     let meta = snapshot.mut_metadata();
@@ -365,6 +475,9 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
     /// sends it a snapshot if its log no longer reaches that far.
     pub fn step(&mut self, mut message: Message) -> Result<()> {
         match message.get_msg_type() {
+            // A node joining a group starts from a snapshot, which brings the
+            // configuration; entries from the start of the log would not.
+            MessageType::MsgAppend if self.uninitialized() => return Ok(()),
             MessageType::MsgHeartbeat if message.commit > self.raw.raft.raft_log.last_index() => {
                 message.commit = self.commit_index();
             }
@@ -496,11 +609,15 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
     /// Installs a snapshot a leader sent (see the module's docs).
     fn install(&mut self, snapshot: &Snapshot) -> Result<()> {
         let meta = snapshot.get_metadata();
-        self.durable.begin_install(meta)?;
-        self.machine.install(meta.index, &snapshot.data)?;
-        self.durable.finish_install(meta)?;
+        let (context, data) = split_context(&snapshot.data).ok_or_else(|| {
+            ReplicationError::Inconsistent(format!("snapshot {} does not decode", meta.index))
+        })?;
+        self.durable.begin_install(meta, context)?;
+        self.machine.install(meta.index, data)?;
+        self.durable.finish_install(meta, context)?;
         self.raw.store().wl().restore(meta);
         self.conf_index = meta.index;
+        self.conf_context = context.to_vec();
         // Proposals it covers were committed or lost; which, this node
         // cannot tell.
         let covered: Vec<u64> = self.pending.range(..=meta.index).map(|(i, _)| *i).collect();
@@ -533,7 +650,11 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
                         protobuf::Message::merge_from_bytes(&mut cc, &entry.data)?;
                         self.raw.apply_conf_change(&cc)?
                     };
-                    self.durable.save_conf_state(&cs, entry.index)?;
+                    if !entry.context.is_empty() {
+                        self.conf_context = entry.context.to_vec();
+                    }
+                    self.durable
+                        .save_conf_state(&cs, entry.index, &self.conf_context)?;
                     self.raw.store().wl().set_conf_state(cs);
                     self.conf_index = entry.index;
                 }
@@ -553,4 +674,23 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         }
         Ok(())
     }
+}
+
+/// A snapshot's data as sent: the configuration's context (length first,
+/// u32 little-endian) then the state machine's data.
+fn with_context(context: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + context.len() + data.len());
+    out.extend_from_slice(&(context.len() as u32).to_le_bytes());
+    out.extend_from_slice(context);
+    out.extend_from_slice(data);
+    out
+}
+
+/// The parts [`with_context`] joined: a snapshot message's configuration
+/// context, and the data the leader's state machine made (what a transport
+/// reads to fetch what it describes).
+pub fn split_context(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let context = bytes.get(4..4 + len)?;
+    Some((context, &bytes[4 + len..]))
 }

@@ -69,10 +69,16 @@ impl Durable for SimDurable {
         self.write(|_| {})
     }
 
-    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()> {
+    fn save_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        index: u64,
+        context: &[u8],
+    ) -> Result<()> {
         self.write(|p| {
             p.conf_state = conf_state.clone();
             p.conf_index = index;
+            p.conf_context = context.to_vec();
         })
     }
 
@@ -83,12 +89,13 @@ impl Durable for SimDurable {
         })
     }
 
-    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
-        self.write(|p| p.installing = Some(meta.clone()))
+    fn begin_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
+        self.write(|p| p.installing = Some((meta.clone(), context.to_vec())))
     }
 
-    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+    fn finish_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
         self.write(|p| {
+            p.conf_context = context.to_vec();
             p.entries.clear();
             p.start = (meta.index, meta.term);
             p.conf_state = meta.get_conf_state().clone();
@@ -131,7 +138,7 @@ impl StateMachine for Applied {
         self.0.lock().unwrap().last().map_or(0, |(i, _)| *i)
     }
 
-    fn snapshot(&mut self, at_least: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    fn snapshot(&mut self, at_least: u64, _applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
         let log = self.0.lock().unwrap();
         let applied = log.last().map_or(0, |(i, _)| *i);
         if applied < at_least {
@@ -189,10 +196,15 @@ impl Durable for Store {
         }
     }
 
-    fn save_conf_state(&mut self, conf_state: &ConfState, index: u64) -> Result<()> {
+    fn save_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        index: u64,
+        context: &[u8],
+    ) -> Result<()> {
         match self {
-            Store::Memory(d) => d.save_conf_state(conf_state, index),
-            Store::Log(d) => d.save_conf_state(conf_state, index),
+            Store::Memory(d) => d.save_conf_state(conf_state, index, context),
+            Store::Log(d) => d.save_conf_state(conf_state, index, context),
         }
     }
 
@@ -203,17 +215,17 @@ impl Durable for Store {
         }
     }
 
-    fn begin_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+    fn begin_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
         match self {
-            Store::Memory(d) => d.begin_install(meta),
-            Store::Log(d) => d.begin_install(meta),
+            Store::Memory(d) => d.begin_install(meta, context),
+            Store::Log(d) => d.begin_install(meta, context),
         }
     }
 
-    fn finish_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+    fn finish_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
         match self {
-            Store::Memory(d) => d.finish_install(meta),
-            Store::Log(d) => d.finish_install(meta),
+            Store::Memory(d) => d.finish_install(meta, context),
+            Store::Log(d) => d.finish_install(meta, context),
         }
     }
 
@@ -340,6 +352,7 @@ impl World {
         let node = RaftNode::open(
             id,
             &self.ids,
+            b"members",
             store,
             self.applied[&id].clone(),
             self.timing[(id - 1) as usize],

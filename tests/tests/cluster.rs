@@ -52,6 +52,20 @@ impl Cluster {
         cluster
     }
 
+    /// Starts node `id` (one past the last, or a stopped one) to join the
+    /// running group: `--cluster` names the first members only.
+    fn start_joining(&mut self, id: u64) {
+        if self.nodes.len() < id as usize {
+            self.ports.push(free_port());
+            self.nodes.push(None);
+        }
+        self.restart(id);
+    }
+
+    fn url(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.ports[(id - 1) as usize])
+    }
+
     fn restart(&mut self, id: u64) {
         let i = (id - 1) as usize;
         let secret = self.dir.join("secret");
@@ -278,6 +292,20 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
     };
     assert!(
         body["reason"].as_str().unwrap().contains("no leader"),
+        "{body}"
+    );
+    // A minority refuses writes, soon and with a reason; it acknowledges none.
+    let asked = Instant::now();
+    let r = client()
+        .post(node.url("/api/v1/requests"))
+        .json(&batch(999, 5))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text());
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("retry"),
         "{body}"
     );
     // A strong read cannot be served by a minority; an eventual one is.
@@ -617,4 +645,156 @@ fn a_wiped_node_catches_up_by_snapshot_and_keeps_it_across_a_restart() {
     let (status, body) = send(&cluster, next, 45, PER_BATCH);
     assert_eq!(status, 200, "{body}");
     converged(&cluster, 46 * PER_BATCH, Duration::from_secs(30));
+}
+
+fn voters_and_learners(status: &Value) -> (Vec<u64>, Vec<u64>) {
+    let mut voters = Vec::new();
+    let mut learners = Vec::new();
+    for m in status["members"].as_array().unwrap() {
+        let id = m["id"].as_u64().unwrap();
+        match m["role"].as_str().unwrap() {
+            "voter" => voters.push(id),
+            "learner" => learners.push(id),
+            _ => {}
+        }
+    }
+    (voters, learners)
+}
+
+#[test]
+fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with(
+        dir.path(),
+        3,
+        &["--raft-log-keep", "4", "--memtable-max-age", "100ms"],
+    );
+    let (leader, _) = cluster.agreed_leader(Duration::from_secs(20));
+    const PER_BATCH: usize = 30;
+    for b in 0..15 {
+        let (status, body) = send(&cluster, leader, b, PER_BATCH);
+        assert_eq!(status, 200, "batch {b}: {body}");
+    }
+    // Node 4 starts knowing the first members only: it is not one yet.
+    cluster.start_joining(4);
+    let node4 = cluster.nodes[3].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client().get(node4.url("/readyz")).send().unwrap();
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().unwrap();
+        if body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a member yet")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Only the leader changes membership; bad input is refused by name.
+    let follower = cluster
+        .live()
+        .into_iter()
+        .find(|id| *id != leader && *id != 4)
+        .unwrap();
+    let post = |id: u64, body: Value| {
+        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+        let r = client()
+            .post(node.url("/api/v1/cluster/members"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let add = serde_json::json!({"node_id": 4, "url": cluster.url(4)});
+    assert_eq!(post(follower, add.clone()).0, 409);
+    let (status, body) = post(leader, serde_json::json!({"node_id": 4, "url": "ftp://x"}));
+    assert_eq!(
+        (status, body["error"]["field"].clone()),
+        (400, "url".into()),
+        "{body}"
+    );
+    let (status, body) = post(
+        leader,
+        serde_json::json!({"node_id": 2, "url": cluster.url(2)}),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = post(leader, add);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["role"], "learner");
+
+    // It gets everything (by snapshot: the log was compacted), then votes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (voters, learners) = voters_and_learners(&cluster.status(leader).unwrap());
+        if voters == [1, 2, 3, 4] && learners.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 not promoted: voters {voters:?}, learners {learners:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    converged(&cluster, 15 * PER_BATCH, Duration::from_secs(30));
+    let status4 = cluster.status(4).unwrap();
+    assert_eq!(status4["leader_id"], leader, "{status4}");
+    assert_eq!(voters_and_learners(&status4).0, [1, 2, 3, 4]);
+
+    // It can lead.
+    let node = cluster.nodes[(leader - 1) as usize].as_ref().unwrap();
+    let r = client()
+        .post(node.url("/api/v1/cluster/leader"))
+        .json(&serde_json::json!({"node_id": 4}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let (leader, _) = cluster.agreed_leader(Duration::from_secs(10));
+    assert_eq!(leader, 4);
+
+    // A member removed: the rest go on without it, and a majority of three
+    // is two again (one more node down still leaves a quorum).
+    let gone = 1;
+    let node = cluster.nodes[(leader - 1) as usize].as_ref().unwrap();
+    let r = client()
+        .delete(node.url(&format!("/api/v1/cluster/members/{gone}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let r = client()
+        .delete(node.url("/api/v1/cluster/members/9"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client()
+        .delete(node.url(&format!("/api/v1/cluster/members/{leader}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // Done once the joint configuration is left: no member is leaving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while {
+        let status = cluster.status(leader).unwrap();
+        voters_and_learners(&status).0 != [2, 3, 4]
+            || status["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["role"] == "leaving")
+    } {
+        assert!(Instant::now() < deadline, "node {gone} still a voter");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill9(gone);
+    let other = [2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill9(other);
+    let (status, body) = send(&cluster, leader, 15, PER_BATCH);
+    assert_eq!(status, 200, "two of three voters: {body}");
+    converged(&cluster, 16 * PER_BATCH, Duration::from_secs(30));
 }

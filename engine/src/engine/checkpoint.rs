@@ -45,17 +45,28 @@ fn untagged(name: &str) -> &str {
 }
 
 impl Engine {
-    /// Writes a checkpoint of the store into `dir` (new or empty) if the
-    /// store's flushed index is `at_least` or more: that index. `None` when
-    /// it is not (a flush is asked for) or a flush is under way: ask again.
-    pub fn checkpoint(&self, dir: &Path, at_least: u64) -> Result<Option<u64>> {
+    /// Writes a checkpoint of the store into `dir` (new or empty) as of a
+    /// log index of `at_least` or more: that index. It is the store's
+    /// flushed index, or `applied` (the log index applied last, which the
+    /// caller knows) when every batch applied is flushed: entries after the
+    /// last batch (a replicated log's configuration changes) change nothing
+    /// here. `None` when neither reaches `at_least` (a flush is asked for)
+    /// or a flush is under way: ask again.
+    pub fn checkpoint(&self, dir: &Path, at_least: u64, applied: u64) -> Result<Option<u64>> {
         let inner = &self.inner;
         let manifest = match inner.manifest.try_lock() {
             Ok(m) => m,
             Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         };
-        if manifest.flushed_lsn.get() < at_least {
+        let flushed = manifest.flushed_lsn.get();
+        let all_flushed = inner.read().applied_lsn.get() == flushed;
+        let index = if all_flushed {
+            flushed.max(applied)
+        } else {
+            flushed
+        };
+        if index < at_least {
             drop(manifest);
             inner.request_flush();
             return Ok(None);
@@ -71,12 +82,14 @@ impl Engine {
             let (from, to) = (root.join(sub).join(name), dir.join(sub).join(name));
             fs.hard_link(&from, &to).map_err(io_err("link", &to))?;
         }
-        manifest.store(fs, dir, &inner.config.cipher)?;
+        let mut copy = manifest.clone();
+        copy.flushed_lsn = toplog_types::Lsn::new(index);
+        copy.store(fs, dir, &inner.config.cipher)?;
         for sub in LISTED_DIRS {
             let to = dir.join(sub);
             fs.sync_dir(&to).map_err(io_err("fsync directory", &to))?;
         }
-        Ok(Some(manifest.flushed_lsn.get()))
+        Ok(Some(index))
     }
 
     /// Replaces the whole store with the checkpoint in `dir` (made by

@@ -23,6 +23,9 @@ use toplog_types::{Param, Shape};
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: u64 = 10_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// How long a write in a cluster waits for a quorum before it is refused
+/// (`503`): a few election timeouts.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
 /// What an `Idempotency-Key` may be, as the OpenAPI document says it.
 pub(super) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
@@ -106,11 +109,9 @@ pub(crate) async fn store(
     // A follower hands the write to the leader it knows (the client does not
     // notice); the leader, or a node that knows none, proposes it itself.
     let forwarded = leader_id != 0 && leader_id != status.node_id;
-    let index = if forwarded {
-        cluster
-            .forward(leader_id, payload)
-            .await
-            .map_err(|status| {
+    let written = async {
+        if forwarded {
+            cluster.forward(leader_id, payload).await.map_err(|status| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not_leader",
@@ -119,9 +120,22 @@ pub(crate) async fn store(
                         status.message()
                     ),
                 )
-            })?
-    } else {
-        cluster.propose(payload).await.map_err(not_written)?
+            })
+        } else {
+            cluster.propose(payload).await.map_err(not_written)
+        }
+    };
+    let index = match tokio::time::timeout(WRITE_WAIT, written).await {
+        Ok(index) => index?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_quorum",
+                format!(
+                    "no quorum committed the write within {WRITE_WAIT:?} (members down or cut off); it was not acknowledged and may yet be committed: retry with its idempotency key"
+                ),
+            ));
+        }
     };
     Ok(Stored {
         receipt: engine.receipt(&proposal, index),

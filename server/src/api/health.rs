@@ -49,6 +49,11 @@ fn cluster_ready(app: &AppState) -> Result<(), String> {
     if let Some(why) = s.stopped {
         return Err(format!("the Raft node stopped: {why}"));
     }
+    if s.voters.is_empty() && s.learners.is_empty() {
+        return Err(
+            "not a member yet: a leader adds this node with POST /api/v1/cluster/members".into(),
+        );
+    }
     if let Some(index) = cluster.receiving_snapshot() {
         return Err(format!(
             "installing a snapshot (at index {index}) from the leader"

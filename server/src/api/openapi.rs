@@ -125,6 +125,11 @@ fn schemas() -> Value {
         "LeaderIn": {"type": "object", "additionalProperties": false, "required": ["node_id"],
                      "properties": {"node_id": {"type": "integer", "minimum": 1, "description": "The member to lead."}}},
         "Leader": obj(json!({"status": string, "leader_id": int}), &["status", "leader_id"]),
+        "MemberIn": {"type": "object", "additionalProperties": false, "required": ["node_id", "url"],
+                     "properties": {"node_id": {"type": "integer", "minimum": 1, "description": "The new node's id."},
+                                    "url": {"type": "string", "pattern": "^https?://", "maxLength": 2048, "description": "The URL the new node listens on."}}},
+        "MemberAdded": obj(json!({"status": string, "data": obj(json!({"node_id": int, "role": string, "index": int, "note": string}), &["node_id", "role", "index"])}), &["status", "data"]),
+        "MemberRemoved": obj(json!({"status": string, "data": obj(json!({"node_id": int, "index": int}), &["node_id", "index"])}), &["status", "data"]),
         "Cluster": obj(json!({"status": string, "data": obj(json!({
             "clustered": {"type": "boolean"}, "node_id": int,
             "leader_id": {"type": "integer", "nullable": true}, "term": int,
@@ -132,7 +137,10 @@ fn schemas() -> Value {
             "commit_index": int, "applied_index": int,
             "log_first_index": int, "receiving_snapshot": {"type": "integer", "nullable": true},
             "stopped": {"type": "string", "nullable": true},
-            "members": {"type": "array", "items": obj(json!({"id": int, "url": string}), &["id", "url"])},
+            "members": {"type": "array", "items": obj(json!({"id": int, "url": {"type": "string", "nullable": true},
+                "role": {"type": "string", "enum": ["voter", "learner", "leaving"]},
+                "matched_index": int, "lag": int, "active": {"type": "boolean"},
+                "last_contact_ms": {"type": "integer", "nullable": true}}), &["id", "role"])},
         }), &["clustered"])}), &["status", "data"]),
         "Encryption": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/EncryptionState"}}), &["status", "data"]),
         "Rekey": obj(json!({"status": string, "data": obj(json!({
@@ -293,6 +301,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::Retention) => operation["requestBody"] = body("RetentionChange"),
             Some(Body::Key) => operation["requestBody"] = body("KeyIn"),
             Some(Body::Leader) => operation["requestBody"] = body("LeaderIn"),
+            Some(Body::Member) => operation["requestBody"] = body("MemberIn"),
             None => {}
         }
         let entry = paths

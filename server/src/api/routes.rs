@@ -26,6 +26,8 @@ pub(crate) enum Body {
     Key,
     /// The member to hand leadership to.
     Leader,
+    /// A node to add: its id and URL.
+    Member,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -61,7 +63,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 25] = [
+pub(crate) const ROUTES: [Route; 27] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -272,6 +274,32 @@ pub(crate) const ROUTES: [Route; 25] = [
         body: Some(Body::Leader),
         ok: (200, "Leader"),
         errors: &[400, 404, 409, 413, 415, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/cluster/members",
+        id: "addMember",
+        handler: || post(cluster::add_member),
+        summary: "Add a node to the cluster (send it to the leader): a learner at once, by joint consensus, and a voter once it has caught up. Start the node first with its own `--node-id` and `--cluster` naming members to find the cluster by.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Member),
+        ok: (200, "MemberAdded"),
+        errors: &[400, 404, 409, 413, 415, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/cluster/members/{id}",
+        id: "removeMember",
+        handler: || delete(cluster::remove_member),
+        summary: "Remove a member (send it to the leader; a leader hands leadership over before it is removed), by joint consensus.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "MemberRemoved"),
+        errors: &[400, 404, 409, 503],
         links: &[],
         access: Access::Needs(Role::Admin),
     },

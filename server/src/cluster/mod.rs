@@ -28,8 +28,9 @@ use toplog_proto::raft_v1::{
     Accepted, Messages, Proposal, Proposed, SnapshotChunk, SnapshotRequest,
 };
 use toplog_replication::{
-    Driver, LogStore, Message, NodeStatus, RaftNode, ReplicationError, StateMachine, Timing,
-    decode_message, encode_message,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Driver, LogStore,
+    Message, NodeStatus, RaftNode, ReplicationError, StateMachine, Timing, decode_message,
+    encode_message,
 };
 
 use snapshot::{Descriptor, SnapshotDirs};
@@ -47,7 +48,10 @@ const MIN_SECRET_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClusterSettings {
     pub(crate) node_id: u64,
-    /// The first members: id and the URL each listens on.
+    /// The first members (id and the URL each listens on), or, for a node
+    /// not among them, members to find the cluster by: it joins once a
+    /// leader adds it (`POST /api/v1/cluster/members`). Once the group runs,
+    /// its members are what the Raft log says.
     pub(crate) members: BTreeMap<u64, String>,
     secret: String,
     /// Raft log entries kept behind what the store has flushed.
@@ -87,8 +91,8 @@ impl ClusterSettings {
                 anyhow::bail!("`cluster`: node {id} is listed twice");
             }
         }
-        if !members.contains_key(&node_id) {
-            anyhow::bail!("`node_id` {node_id} is not in `cluster`");
+        if members.is_empty() {
+            anyhow::bail!("`cluster` lists no node");
         }
         let Some(secret_file) = secret_file else {
             anyhow::bail!(
@@ -123,6 +127,31 @@ impl ClusterSettings {
     pub(crate) fn secret(&self) -> &str {
         &self.secret
     }
+
+    /// Whether this node is one of the first members (or joins a running group).
+    fn bootstraps(&self) -> bool {
+        self.members.contains_key(&self.node_id)
+    }
+}
+
+/// The members' addresses, as the Raft configuration's context carries them.
+type AddressBook = BTreeMap<u64, String>;
+
+fn encode_book(book: &AddressBook) -> Vec<u8> {
+    serde_json::to_vec(book).unwrap_or_default()
+}
+
+fn decode_book(bytes: &[u8]) -> Option<AddressBook> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The addresses a node sends to: what the configuration says, and the
+/// `cluster` flag's for members it does not name (a joining node's way in).
+#[derive(Debug, Default)]
+struct Addresses {
+    /// The configuration's context the book was read from.
+    from: Vec<u8>,
+    book: AddressBook,
 }
 
 /// The cluster's log applies to the engine: each entry an ingest batch, as
@@ -145,9 +174,13 @@ impl StateMachine for EngineMachine {
         self.engine.flushed_index()
     }
 
-    fn snapshot(&mut self, at_least: u64) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
+    fn snapshot(
+        &mut self,
+        at_least: u64,
+        applied: u64,
+    ) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
         self.snapshots
-            .make(&self.engine, at_least)
+            .make(&self.engine, at_least, applied)
             .map_err(ReplicationError::Disk)
     }
 
@@ -166,7 +199,13 @@ pub(crate) struct Cluster {
     snapshots: SnapshotDirs,
     /// The snapshot being fetched, if one is.
     receiving: std::sync::Mutex<Option<u64>>,
+    addresses: Arc<std::sync::RwLock<Addresses>>,
 }
+
+/// A learner is made a voter once it is this close to the leader's commit index.
+const PROMOTE_LAG: u64 = 10;
+/// How often membership is looked at: addresses refreshed, learners promoted.
+const MEMBERSHIP_EVERY: Duration = Duration::from_millis(200);
 
 impl Cluster {
     /// Opens the Raft state in `<data_dir>/raft` and starts the node and its
@@ -190,6 +229,7 @@ impl Cluster {
         let node = RaftNode::open(
             settings.node_id,
             &voters,
+            &encode_book(&settings.members),
             store,
             EngineMachine {
                 engine,
@@ -201,39 +241,57 @@ impl Cluster {
             },
             &logger,
         )?;
-        let mut peers = BTreeMap::new();
-        for (id, url) in &settings.members {
-            if *id == settings.node_id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(peer_loop(
-                url.clone(),
-                settings.node_id,
-                settings.secret.clone(),
-                rx,
-            ));
-            peers.insert(*id, tx);
+        if !settings.bootstraps() && node.conf_state().voters.is_empty() {
+            tracing::info!(
+                node_id = settings.node_id,
+                "not a member yet: waiting for a leader to add this node (POST /api/v1/cluster/members)"
+            );
         }
-        let outbound = Box::new(move |messages: Vec<Message>| {
-            let mut by_peer: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
-            for m in messages {
-                by_peer.entry(m.to).or_default().push(m);
-            }
-            for (to, batch) in by_peer {
-                if let Some(tx) = peers.get(&to) {
-                    // A full queue drops the batch: Raft sends again.
-                    let _ = tx.try_send(batch);
+        let addresses = Arc::new(std::sync::RwLock::new(Addresses {
+            from: Vec::new(),
+            book: settings.members.clone(),
+        }));
+        let outbound = {
+            let addresses = addresses.clone();
+            let runtime = runtime.clone();
+            let (me, secret) = (settings.node_id, settings.secret.clone());
+            let mut peers: BTreeMap<u64, (String, mpsc::Sender<Vec<Message>>)> = BTreeMap::new();
+            Box::new(move |messages: Vec<Message>| {
+                let mut by_peer: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+                for m in messages {
+                    by_peer.entry(m.to).or_default().push(m);
                 }
-            }
-        });
+                let book = addresses
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (to, batch) in by_peer {
+                    let Some(url) = book.book.get(&to) else {
+                        continue;
+                    };
+                    // A client per peer and address, made when first needed.
+                    if peers.get(&to).is_none_or(|(u, _)| u != url) {
+                        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                        runtime.spawn(peer_loop(url.clone(), me, secret.clone(), rx));
+                        peers.insert(to, (url.clone(), tx));
+                    }
+                    if let Some((_, tx)) = peers.get(&to) {
+                        // A full queue drops the batch: Raft sends again.
+                        let _ = tx.try_send(batch);
+                    }
+                }
+            })
+        };
         let driver = Driver::spawn(node, TICK, outbound)?;
-        Ok(Arc::new(Self {
+        let cluster = Arc::new(Self {
             settings: settings.clone(),
             driver,
             snapshots,
             receiving: std::sync::Mutex::new(None),
-        }))
+            addresses,
+        });
+        cluster.refresh_addresses();
+        runtime.spawn(watch_membership(Arc::downgrade(&cluster)));
+        Ok(cluster)
     }
 
     /// Proposes `payload` through this node; the entry's index once it is
@@ -253,7 +311,7 @@ impl Cluster {
         let url = self.url_of(leader_id).ok_or_else(|| {
             tonic::Status::unavailable(format!("node {leader_id} is not a member"))
         })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| tonic::Status::internal(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
             .timeout(FORWARD_TIMEOUT);
@@ -294,7 +352,9 @@ impl Cluster {
     /// it. One at a time; an offer that arrives meanwhile is dropped (the
     /// leader offers again).
     fn receive_snapshot(self: &Arc<Self>, message: Message) {
-        let descriptor = match Descriptor::parse(&message.get_snapshot().data) {
+        let data = toplog_replication::split_context(&message.get_snapshot().data)
+            .map_or(&[][..], |(_, data)| data);
+        let descriptor = match Descriptor::parse(data) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(from = message.from, error = %e, "a snapshot offer refused");
@@ -347,7 +407,7 @@ impl Cluster {
         let url = self
             .url_of(from)
             .ok_or_else(|| format!("node {from} is not a member"))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1));
         let mut client = RaftClient::new(endpoint.connect_lazy());
@@ -373,17 +433,113 @@ impl Cluster {
         self.driver.transfer_leadership(to).await
     }
 
-    /// The URL of node `id`, if it is a member.
-    pub(crate) fn url_of(&self, id: u64) -> Option<&str> {
-        self.settings.members.get(&id).map(String::as_str)
+    /// The URL of node `id`, if it is a member (or, to a node that is not
+    /// one yet, one of the nodes it was given to find the cluster by).
+    pub(crate) fn url_of(&self, id: u64) -> Option<String> {
+        self.addresses
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .book
+            .get(&id)
+            .cloned()
+    }
+
+    /// Reads the members' addresses from the configuration in force, if it changed.
+    fn refresh_addresses(&self) {
+        let context = self.status().conf_context;
+        let mut addresses = self
+            .addresses
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if addresses.from == context {
+            return;
+        }
+        if let Some(book) = decode_book(&context) {
+            let mut merged = self.settings.members.clone();
+            merged.extend(book);
+            addresses.book = merged;
+        }
+        addresses.from = context;
+    }
+
+    /// The members' addresses as the configuration in force says.
+    pub(crate) fn address_book(&self) -> AddressBook {
+        let status = self.status();
+        decode_book(&status.conf_context).unwrap_or_default()
+    }
+
+    /// Adds node `id`, listening at `url`, as a learner (joint consensus);
+    /// it becomes a voter once it has caught up. This node must lead. The
+    /// entry's index once applied here.
+    pub(crate) async fn add_member(&self, id: u64, url: &str) -> toplog_replication::Result<u64> {
+        let mut book = self.address_book();
+        book.insert(id, url.to_owned());
+        self.change(ConfChangeType::AddLearnerNode, id, book).await
+    }
+
+    /// Removes member `id` (joint consensus); this node must lead.
+    pub(crate) async fn remove_member(&self, id: u64) -> toplog_replication::Result<u64> {
+        let mut book = self.address_book();
+        book.remove(&id);
+        self.change(ConfChangeType::RemoveNode, id, book).await
+    }
+
+    async fn change(
+        &self,
+        kind: ConfChangeType,
+        id: u64,
+        book: AddressBook,
+    ) -> toplog_replication::Result<u64> {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut change = ConfChangeV2::default();
+        change.set_transition(ConfChangeTransition::Implicit);
+        change.changes = vec![single].into();
+        let index = self
+            .driver
+            .change_membership(change, encode_book(&book))
+            .await?;
+        self.refresh_addresses();
+        Ok(index)
     }
 
     pub(crate) fn status(&self) -> NodeStatus {
         self.driver.status()
     }
+}
 
-    pub(crate) fn members(&self) -> &BTreeMap<u64, String> {
-        &self.settings.members
+/// Keeps the addresses current and, on the leader, makes each learner that
+/// has caught up a voter; ends with the cluster.
+async fn watch_membership(cluster: std::sync::Weak<Cluster>) {
+    loop {
+        tokio::time::sleep(MEMBERSHIP_EVERY).await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        cluster.refresh_addresses();
+        let s = cluster.status();
+        if s.role != "leader" || !s.voters_outgoing.is_empty() {
+            continue;
+        }
+        let ready = s.learners.iter().copied().find(|id| {
+            s.peers
+                .get(id)
+                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_LAG >= s.commit_index)
+        });
+        if let Some(id) = ready {
+            let book = cluster.address_book();
+            match cluster.change(ConfChangeType::AddNode, id, book).await {
+                Ok(index) => tracing::info!(
+                    node_id = id,
+                    index,
+                    "a learner caught up and is now a voter"
+                ),
+                Err(e) => {
+                    tracing::debug!(node_id = id, error = %e, "promotion not made; trying again")
+                }
+            }
+        }
     }
 }
 
@@ -443,7 +599,7 @@ impl Raft for RaftService {
         };
         let me = cluster.settings.node_id;
         let batch = request.into_inner();
-        if !cluster.settings.members.contains_key(&batch.from) {
+        if cluster.url_of(batch.from).is_none() {
             return Err(tonic::Status::permission_denied(format!(
                 "node {} is not a member",
                 batch.from
@@ -479,10 +635,13 @@ impl Raft for RaftService {
         };
         let SnapshotRequest { from, index } = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let driver = cluster.clone();
-        cluster
-            .snapshots
-            .send(index, tx, move || driver.driver.snapshot_fetched(from))?;
+        let (fetched, ended) = (cluster.clone(), cluster.clone());
+        cluster.snapshots.send(
+            index,
+            tx,
+            move || fetched.driver.snapshot_fetched(from),
+            move |sent| ended.driver.report_snapshot(from, sent),
+        )?;
         let chunks = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
         });

@@ -126,13 +126,14 @@ impl SnapshotDirs {
         &self,
         engine: &Engine,
         at_least: u64,
+        applied: u64,
     ) -> Result<Option<(u64, Vec<u8>)>, String> {
         let making = self.offered_root().join("making");
         if making.exists() {
             std::fs::remove_dir_all(&making).map_err(|e| format!("{}: {e}", making.display()))?;
         }
         let Some(index) = engine
-            .checkpoint(&making, at_least)
+            .checkpoint(&making, at_least, applied)
             .map_err(|e| e.to_string())?
         else {
             return Ok(None);
@@ -202,12 +203,14 @@ impl SnapshotDirs {
     }
 
     /// Streams offered snapshot `index` chunk by chunk into `tx` (on a
-    /// blocking thread); `fetched` is called as each chunk goes.
+    /// blocking thread); `fetched` is called as each chunk goes, and
+    /// `ended` once with whether every chunk went.
     pub(crate) fn send(
         &self,
         index: u64,
         tx: mpsc::Sender<Result<SnapshotChunk, tonic::Status>>,
         fetched: impl Fn() + Send + 'static,
+        ended: impl FnOnce(bool) + Send + 'static,
     ) -> Result<(), tonic::Status> {
         let dir = self.offered(index);
         let files = list(&dir).map_err(|_| {
@@ -216,26 +219,32 @@ impl SnapshotDirs {
         tokio::task::spawn_blocking(move || {
             for path in files.keys() {
                 let full = dir.join(path);
-                if let Err(e) = send_file(path, &full, &tx, &fetched) {
-                    let _ = tx.blocking_send(Err(tonic::Status::internal(format!(
-                        "reading {}: {e}",
-                        full.display()
-                    ))));
-                    return;
+                match send_file(path, &full, &tx, &fetched) {
+                    Ok(true) => {}
+                    Ok(false) => return ended(false),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(tonic::Status::internal(format!(
+                            "reading {}: {e}",
+                            full.display()
+                        ))));
+                        return ended(false);
+                    }
                 }
             }
+            ended(true);
         });
         Ok(())
     }
 }
 
-/// Sends one file; a file of no bytes is one empty chunk.
+/// Sends one file (a file of no bytes is one empty chunk); false if the
+/// caller went away.
 fn send_file(
     path: &str,
     full: &Path,
     tx: &mpsc::Sender<Result<SnapshotChunk, tonic::Status>>,
     fetched: &impl Fn(),
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let mut file = std::fs::File::open(full)?;
     let mut offset = 0u64;
     loop {
@@ -243,7 +252,7 @@ fn send_file(
         (&mut file).take(CHUNK as u64).read_to_end(&mut data)?;
         let len = data.len() as u64;
         if len == 0 && offset > 0 {
-            return Ok(());
+            return Ok(true);
         }
         let chunk = SnapshotChunk {
             path: path.to_owned(),
@@ -252,13 +261,12 @@ fn send_file(
             data,
         };
         if tx.blocking_send(Ok(chunk)).is_err() {
-            // The caller went away.
-            return Ok(());
+            return Ok(false);
         }
         fetched();
         offset += len;
         if len < CHUNK as u64 {
-            return Ok(());
+            return Ok(true);
         }
     }
 }
