@@ -798,3 +798,200 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
     assert_eq!(status, 200, "two of three voters: {body}");
     converged(&cluster, 16 * PER_BATCH, Duration::from_secs(30));
 }
+
+/// Writers sending batches under idempotency keys to every node in turn
+/// (a follower forwards), each retrying a refused batch under its key.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<std::thread::JoinHandle<(Vec<usize>, Vec<usize>)>>,
+}
+
+/// Events per batch of [`Load`].
+const LOAD_BATCH: usize = 20;
+
+impl Load {
+    fn start(ports: &[u16], writers: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers = (0..writers)
+            .map(|w| {
+                let stop = stop.clone();
+                let urls: Vec<String> = ports
+                    .iter()
+                    .map(|p| format!("http://127.0.0.1:{p}/api/v1/requests"))
+                    .collect();
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut attempted = Vec::new();
+                    let mut turn = w;
+                    let mut seq = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let b = w * 1_000_000 + seq;
+                        attempted.push(b);
+                        for _ in 0..50 {
+                            turn += 1;
+                            let sent = client()
+                                .post(&urls[turn % urls.len()])
+                                .header("idempotency-key", format!("batch-{b}"))
+                                .json(&batch(b, LOAD_BATCH))
+                                .send();
+                            if sent.is_ok_and(|r| r.status() == 200) {
+                                acked.push(b);
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        seq += 1;
+                    }
+                    (acked, attempted)
+                })
+            })
+            .collect();
+        Self { stop, writers }
+    }
+
+    /// Stops the writers: the batches acknowledged, and all those sent.
+    fn finish(self) -> (Vec<usize>, std::collections::BTreeSet<usize>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        let mut attempted = std::collections::BTreeSet::new();
+        for w in self.writers {
+            let (a, t) = w.join().unwrap();
+            acked.extend(a);
+            attempted.extend(t);
+        }
+        (acked, attempted)
+    }
+}
+
+/// Once every live node has applied all the leader committed: each holds
+/// every acknowledged event exactly once, nothing that was not sent, and
+/// answers a count, a top-K and a history alike.
+fn every_acknowledged_write_once_everywhere(
+    cluster: &Cluster,
+    acked: &[usize],
+    attempted: &std::collections::BTreeSet<usize>,
+) {
+    eprintln!(
+        "{} batches acknowledged of {} sent",
+        acked.len(),
+        attempted.len()
+    );
+    let (leader, _) = cluster.agreed_leader(Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let commit = cluster.status(leader).unwrap()["commit_index"]
+            .as_u64()
+            .unwrap();
+        let applied: Vec<u64> = (cluster.live().iter())
+            .map(|id| {
+                cluster.status(*id).unwrap()["applied_index"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        if applied.iter().all(|a| *a == commit) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "applied {applied:?}, commit {commit}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut answers = Vec::new();
+    for id in cluster.live() {
+        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+        let events = toplog_tests::all_events(node);
+        let ids: std::collections::BTreeSet<&str> = events
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), events.len(), "node {id}: an event stored twice");
+        for b in acked {
+            for i in 0..LOAD_BATCH {
+                assert!(
+                    ids.contains(format!("b{b}-{i}").as_str()),
+                    "node {id}: acknowledged b{b}-{i} lost"
+                );
+            }
+        }
+        for rid in &ids {
+            let b: usize = rid[1..rid.find('-').unwrap()].parse().unwrap();
+            assert!(attempted.contains(&b), "node {id}: {rid} was never sent");
+        }
+        let (today, _) = toplog_tests::utc(toplog_tests::now_ms());
+        answers.push((
+            get(cluster, id, "/api/v1/requests/count?start=0")["count"].clone(),
+            get(
+                cluster,
+                id,
+                "/api/v1/requests/top-k?k=5&metric=p99_latency&by=endpoint&start=0",
+            )["data"]
+                .clone(),
+            get(
+                cluster,
+                id,
+                &format!("/api/v1/requests/history?start_date={today}&end_date={today}"),
+            )["data"]
+                .clone(),
+        ));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert!(answers[0].0.as_u64().unwrap() >= (acked.len() * LOAD_BATCH) as u64);
+}
+
+#[test]
+fn the_leader_killed_ten_times_under_concurrent_ingest_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with(
+        dir.path(),
+        3,
+        &["--raft-log-keep", "50", "--memtable-max-age", "300ms"],
+    );
+    cluster.agreed_leader(Duration::from_secs(20));
+    let load = Load::start(&cluster.ports, 3);
+    for round in 0..10 {
+        let (leader, term) = cluster.agreed_leader(Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.kill9(leader);
+        let (next, next_term) = cluster.agreed_leader(Duration::from_secs(15));
+        assert!(next != leader && next_term > term, "round {round}");
+        cluster.restart(leader);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (acked, attempted) = load.finish();
+    assert!(
+        acked.len() > 20,
+        "only {} batches acknowledged",
+        acked.len()
+    );
+    every_acknowledged_write_once_everywhere(&cluster, &acked, &attempted);
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with(
+        dir.path(),
+        3,
+        &["--raft-log-keep", "50", "--memtable-max-age", "300ms"],
+    );
+    cluster.agreed_leader(Duration::from_secs(20));
+    let load = Load::start(&cluster.ports, 2);
+    for id in 1..=3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let node = cluster.nodes[(id - 1) as usize].take().unwrap();
+        assert!(node.terminate().success(), "node {id} stopped uncleanly");
+        cluster.restart(id);
+        // The next goes once this one is back in the group.
+        cluster.agreed_leader(Duration::from_secs(15));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (acked, attempted) = load.finish();
+    assert!(
+        acked.len() > 10,
+        "only {} batches acknowledged",
+        acked.len()
+    );
+    every_acknowledged_write_once_everywhere(&cluster, &acked, &attempted);
+}
