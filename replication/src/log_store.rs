@@ -36,17 +36,13 @@ const STATE_VERSION: u32 = 1;
 
 /// `STATE`, as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StateFile {
     version: u32,
     term: u64,
     vote: u64,
     commit: u64,
-    voters: Vec<u64>,
-    learners: Vec<u64>,
-    voters_outgoing: Vec<u64>,
-    learners_next: Vec<u64>,
-    auto_leave: bool,
+    #[serde(flatten)]
+    conf: ConfFields,
     /// The entry whose application made the configuration above.
     #[serde(default)]
     conf_index: u64,
@@ -63,13 +59,9 @@ struct StateFile {
     installing: Option<InstallNote>,
 }
 
-/// A snapshot's position and configuration, noted while it is installed.
+/// A configuration, as `STATE` spells it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InstallNote {
-    index: u64,
-    term: u64,
-    context: String,
+struct ConfFields {
     voters: Vec<u64>,
     learners: Vec<u64>,
     voters_outgoing: Vec<u64>,
@@ -77,46 +69,14 @@ struct InstallNote {
     auto_leave: bool,
 }
 
-impl InstallNote {
-    fn of(meta: &SnapshotMetadata, context: &[u8]) -> Result<Self> {
-        let cs = meta.get_conf_state();
-        Ok(Self {
-            index: meta.index,
-            term: meta.term,
-            context: utf8(context)?,
+impl ConfFields {
+    fn of(cs: &ConfState) -> Self {
+        Self {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             voters_outgoing: cs.voters_outgoing.clone(),
             learners_next: cs.learners_next.clone(),
             auto_leave: cs.auto_leave,
-        })
-    }
-
-    fn meta(&self) -> SnapshotMetadata {
-        let mut meta = SnapshotMetadata {
-            index: self.index,
-            term: self.term,
-            ..SnapshotMetadata::default()
-        };
-        meta.set_conf_state(ConfState {
-            voters: self.voters.clone(),
-            learners: self.learners.clone(),
-            voters_outgoing: self.voters_outgoing.clone(),
-            learners_next: self.learners_next.clone(),
-            auto_leave: self.auto_leave,
-            ..ConfState::default()
-        });
-        meta
-    }
-}
-
-impl StateFile {
-    fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.commit,
-            ..HardState::default()
         }
     }
 
@@ -130,13 +90,47 @@ impl StateFile {
             ..ConfState::default()
         }
     }
+}
 
-    fn set_conf_state(&mut self, cs: &ConfState) {
-        self.voters = cs.voters.clone();
-        self.learners = cs.learners.clone();
-        self.voters_outgoing = cs.voters_outgoing.clone();
-        self.learners_next = cs.learners_next.clone();
-        self.auto_leave = cs.auto_leave;
+/// A snapshot's position and configuration, noted while it is installed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallNote {
+    index: u64,
+    term: u64,
+    context: String,
+    conf: ConfFields,
+}
+
+impl InstallNote {
+    fn of(meta: &SnapshotMetadata, context: &[u8]) -> Result<Self> {
+        Ok(Self {
+            index: meta.index,
+            term: meta.term,
+            context: utf8(context)?,
+            conf: ConfFields::of(meta.get_conf_state()),
+        })
+    }
+
+    fn meta(&self) -> SnapshotMetadata {
+        let mut meta = SnapshotMetadata {
+            index: self.index,
+            term: self.term,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(self.conf.conf_state());
+        meta
+    }
+}
+
+impl StateFile {
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+            ..HardState::default()
+        }
     }
 }
 
@@ -254,7 +248,7 @@ impl LogStore {
                     hs.commit = hs.commit.min(last_index);
                     hs
                 },
-                conf_state: s.conf_state(),
+                conf_state: s.conf.conf_state(),
                 conf_index: s.conf_index,
                 conf_context: s.conf_context.clone().into_bytes(),
                 start: (s.start_index, s.start_term),
@@ -358,7 +352,7 @@ impl Durable for LogStore {
         index: u64,
         context: &[u8],
     ) -> Result<()> {
-        self.state.set_conf_state(conf_state);
+        self.state.conf = ConfFields::of(conf_state);
         self.state.conf_index = index;
         self.state.conf_context = utf8(context)?;
         self.store_state()
@@ -410,7 +404,7 @@ impl Durable for LogStore {
         let (wal, _) = open_log(&self.fs, &log_dir, self.options, meta.index)?;
         self.wal = wal;
         self.last_index = meta.index;
-        self.state.set_conf_state(meta.get_conf_state());
+        self.state.conf = ConfFields::of(meta.get_conf_state());
         self.state.conf_index = meta.index;
         self.state.conf_context = utf8(context)?;
         self.state.start_index = meta.index;

@@ -334,19 +334,29 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         change: ConfChangeV2,
         context: Vec<u8>,
     ) -> Result<Ticket> {
+        self.appended(|raw| raw.propose_conf_change(context, change))
+    }
+
+    /// Runs `propose` on the leader and tracks the entry it appends.
+    fn appended(
+        &mut self,
+        propose: impl FnOnce(&mut RawNode<NodeStorage>) -> raft::Result<()>,
+    ) -> Result<Ticket> {
         if !self.is_leader() {
             return Err(ReplicationError::NotLeader {
                 leader_id: self.leader_id(),
             });
         }
         let before = self.raw.raft.raft_log.last_index();
-        match self.raw.propose_conf_change(context, change) {
+        match propose(&mut self.raw) {
             Ok(()) => {}
             Err(raft::Error::ProposalDropped) => return Err(ReplicationError::Dropped),
             Err(e) => return Err(e.into()),
         }
         let index = self.raw.raft.raft_log.last_index();
         if index != before + 1 {
+            // raft-rs dropped it (a leadership transfer or a configuration
+            // change under way, or the uncommitted-size limit) without an error.
             return Err(ReplicationError::Dropped);
         }
         let term = self.raw.raft.term;
@@ -520,22 +530,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
 
     /// Appends `data` to the log if this node leads; the ticket says where.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<Ticket> {
-        if !self.is_leader() {
-            return Err(ReplicationError::NotLeader {
-                leader_id: self.leader_id(),
-            });
-        }
-        let before = self.raw.raft.raft_log.last_index();
-        self.raw.propose(vec![], data)?;
-        let index = self.raw.raft.raft_log.last_index();
-        if index != before + 1 {
-            // raft-rs dropped it (a leadership transfer under way, or the
-            // uncommitted-size limit) without an error.
-            return Err(ReplicationError::Dropped);
-        }
-        let term = self.raw.raft.term;
-        self.pending.insert(index, term);
-        Ok(Ticket { index, term })
+        self.appended(|raw| raw.propose(vec![], data))
     }
 
     /// Asks the leader for the commit index a linearizable read must see

@@ -580,21 +580,28 @@ fn converged(cluster: &Cluster, want: usize, within: Duration) -> Value {
     answers[0].clone()
 }
 
-#[test]
-fn a_wiped_node_catches_up_by_snapshot_and_keeps_it_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    // A short log, flushed often: it is compacted within the test.
-    let mut cluster = Cluster::start_with(
-        dir.path(),
+/// Three nodes with a short log, flushed often (it is compacted within a
+/// test), and `batches` batches written through the leader: the cluster and
+/// its leader.
+fn short_log_cluster(dir: &Path, batches: usize, per_batch: usize) -> (Cluster, u64) {
+    let cluster = Cluster::start_with(
+        dir,
         3,
         &["--raft-log-keep", "4", "--memtable-max-age", "100ms"],
     );
     let (leader, _) = cluster.agreed_leader(Duration::from_secs(20));
-    const PER_BATCH: usize = 40;
-    for b in 0..20 {
-        let (status, body) = send(&cluster, leader, b, PER_BATCH);
+    for b in 0..batches {
+        let (status, body) = send(&cluster, leader, b, per_batch);
         assert_eq!(status, 200, "batch {b}: {body}");
     }
+    (cluster, leader)
+}
+
+#[test]
+fn a_wiped_node_catches_up_by_snapshot_and_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    const PER_BATCH: usize = 40;
+    let (mut cluster, leader) = short_log_cluster(dir.path(), 20, PER_BATCH);
     // A follower's disk is lost: killed, its data directory wiped.
     let lost = cluster.live().into_iter().find(|id| *id != leader).unwrap();
     cluster.kill9(lost);
@@ -664,17 +671,8 @@ fn voters_and_learners(status: &Value) -> (Vec<u64>, Vec<u64>) {
 #[test]
 fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(
-        dir.path(),
-        3,
-        &["--raft-log-keep", "4", "--memtable-max-age", "100ms"],
-    );
-    let (leader, _) = cluster.agreed_leader(Duration::from_secs(20));
     const PER_BATCH: usize = 30;
-    for b in 0..15 {
-        let (status, body) = send(&cluster, leader, b, PER_BATCH);
-        assert_eq!(status, 200, "batch {b}: {body}");
-    }
+    let (mut cluster, leader) = short_log_cluster(dir.path(), 15, PER_BATCH);
     // Node 4 starts knowing the first members only: it is not one yet.
     cluster.start_joining(4);
     let node4 = cluster.nodes[3].as_ref().unwrap();
