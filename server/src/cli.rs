@@ -308,7 +308,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     ));
                     let _ = state.maintainer.set(maintainer.clone());
                     if let Some(every) = interval {
-                        runtime.spawn(maintain_every(maintainer, every));
+                        runtime.spawn(maintain_every(maintainer.clone(), every));
                     }
                     let _ = state.jobs.set(store.clone());
                     let _ = state.engine.set(engine.clone());
@@ -330,6 +330,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             engine.data_dir(),
                             &runtime,
                             engine.clone(),
+                            maintainer.clone(),
                         )
                         .context("cannot start the cluster's Raft node");
                         match started {

@@ -673,6 +673,32 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     const PER_BATCH: usize = 30;
     let (mut cluster, leader) = short_log_cluster(dir.path(), 15, PER_BATCH);
+    // A retention change sent to a follower is in force on every member
+    // (through the log); a bad one is refused where it is sent.
+    let follower = cluster.live().into_iter().find(|id| *id != leader).unwrap();
+    let put = |id: u64, body: Value| {
+        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+        let r = client()
+            .put(node.url("/api/v1/retention"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (status, body) = put(follower, serde_json::json!({"raw": {"keep_for": "20d"}}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put(follower, serde_json::json!({"raw": {"keep_for": "20x"}}));
+    assert_eq!(status, 400, "{body}");
+    let keep_for = |cluster: &Cluster, id| {
+        get(cluster, id, "/api/v1/retention")["data"]["raw"]["keep_for"].clone()
+    };
+    for id in 1..=3 {
+        assert_eq!(keep_for(&cluster, id), "20d", "node {id}");
+    }
+
     // Node 4 starts knowing the first members only: it is not one yet.
     cluster.start_joining(4);
     let node4 = cluster.nodes[3].as_ref().unwrap();
@@ -743,6 +769,11 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
     converged(&cluster, 15 * PER_BATCH, Duration::from_secs(30));
     let status4 = cluster.status(4).unwrap();
     assert_eq!(status4["leader_id"], leader, "{status4}");
+    assert_eq!(
+        keep_for(&cluster, 4),
+        "20d",
+        "the snapshot brought the policy"
+    );
     assert_eq!(voters_and_learners(&status4).0, [1, 2, 3, 4]);
 
     // It can lead.

@@ -23,9 +23,6 @@ use toplog_types::{Param, Shape};
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: u64 = 10_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-/// How long a write in a cluster waits for a quorum before it is refused
-/// (`503`): a few election timeouts.
-const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
 /// What an `Idempotency-Key` may be, as the OpenAPI document says it.
 pub(super) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
@@ -106,54 +103,20 @@ pub(crate) async fn store(
         }
     };
     let payload = proposal.take_payload();
-    // A follower hands the write to the leader it knows (the client does not
-    // notice); the leader, or a node that knows none, proposes it itself.
-    let forwarded = leader_id != 0 && leader_id != status.node_id;
-    let written = async {
-        if forwarded {
-            cluster.forward(leader_id, payload).await.map_err(|status| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_leader",
-                    format!(
-                        "the leader (node {leader_id}) did not take the write: {}; nothing was acknowledged: retry (an idempotency key makes the retry safe)",
-                        status.message()
-                    ),
-                )
-            })
-        } else {
-            cluster.propose(payload).await.map_err(not_written)
-        }
-    };
-    let index = match tokio::time::timeout(WRITE_WAIT, written).await {
-        Ok(index) => index?,
-        Err(_) => {
-            return Err(ApiError::new(
+    let written = cluster
+        .submit(&crate::cluster::Entry::Ingest(&payload))
+        .await
+        .map_err(|e| {
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no_quorum",
-                format!(
-                    "no quorum committed the write within {WRITE_WAIT:?} (members down or cut off); it was not acknowledged and may yet be committed: retry with its idempotency key"
-                ),
-            ));
-        }
-    };
+                "not_written",
+                format!("{e} (an idempotency key makes the retry safe)"),
+            )
+        })?;
     Ok(Stored {
-        receipt: engine.receipt(&proposal, index),
-        leader_id: Some(if forwarded { leader_id } else { status.node_id }),
+        receipt: engine.receipt(&proposal, written.index),
+        leader_id: Some(written.leader_id),
     })
-}
-
-/// `503` for a write this node could not put through the Raft log.
-fn not_written(e: toplog_replication::ReplicationError) -> ApiError {
-    let message = match e {
-        toplog_replication::ReplicationError::NotLeader { .. } => {
-            "no leader is known (an election, or no quorum); nothing was written: retry".to_owned()
-        }
-        other => format!(
-            "{other}; nothing was acknowledged: retry (an idempotency key makes the retry safe)"
-        ),
-    };
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
 }
 
 /// The body of an ingest request, or the error for one too large or cut short.

@@ -36,21 +36,33 @@ pub(super) async fn put_retention(
 ) -> ApiResult {
     let m = app.maintainer()?;
     let Json(change) = body.map_err(ApiError::from_json_body)?;
-    let policy = blocking(move || {
-        m.set_policy(&change).map_err(|e| {
-            let (status, code) = match e.kind {
-                PolicyErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_policy"),
-                PolicyErrorKind::Conflicting => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "conflicting_parameters")
-                }
-                PolicyErrorKind::Storage => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            };
-            ApiError {
-                field: Some(e.field.clone()),
-                ..ApiError::new(status, code, e.to_string())
+    let refused = |e: toplog_compaction::PolicyError| {
+        let (status, code) = match e.kind {
+            PolicyErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_policy"),
+            PolicyErrorKind::Conflicting => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "conflicting_parameters")
             }
-        })
-    })
-    .await?;
+            PolicyErrorKind::Storage => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError {
+            field: Some(e.field.clone()),
+            ..ApiError::new(status, code, e.to_string())
+        }
+    };
+    if app.config.cluster.is_some() {
+        // Checked here, then put in force on every member through the log
+        // (the whole policy: the last change applied wins).
+        let next = m.policy().updated(&change).map_err(refused)?;
+        let cluster = app.cluster.get().cloned().ok_or_else(|| {
+            ApiError::unavailable("recovering: the Raft node starts once the store is open".into())
+        })?;
+        cluster
+            .submit(&crate::cluster::Entry::Retention(next.to_json()))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let policy = m.policy();
+        return Ok(Json(json!({"status": "success", "data": policy.to_json()})).into_response());
+    }
+    let policy = blocking(move || m.set_policy(&change).map_err(refused)).await?;
     Ok(Json(json!({"status": "success", "data": policy.to_json()})).into_response())
 }

@@ -12,7 +12,10 @@
 //! ([`snapshot`]); the rest of the node's state does not go through the log
 //! yet, and peers authenticate with the cluster secret only.
 
+mod entry;
 mod snapshot;
+
+pub(crate) use entry::Entry;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -160,14 +163,57 @@ struct Addresses {
 /// checkpoint of the engine ([`snapshot`]).
 struct EngineMachine {
     engine: Arc<Engine>,
+    maintainer: Arc<toplog_compaction::Maintainer>,
     snapshots: SnapshotDirs,
+    /// Where the index of the last policy entry applied is kept: a restart
+    /// delivers again the entries after the engine's flushed index, and a
+    /// policy entry among them is not applied twice.
+    policy_index: std::path::PathBuf,
+}
+
+impl EngineMachine {
+    fn applied_policy(&self) -> u64 {
+        std::fs::read_to_string(&self.policy_index)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Puts retention policy `policy` in force as of entry `index`.
+    fn apply_policy(
+        &self,
+        index: u64,
+        policy: &serde_json::Value,
+    ) -> toplog_replication::Result<()> {
+        if index <= self.applied_policy() {
+            return Ok(());
+        }
+        if let Err(e) = self.maintainer.set_policy(policy) {
+            // The proposer checked it; a node that cannot take it says so
+            // and keeps its own (the log stays in step).
+            tracing::error!(index, error = %e, "a retention policy from the log was not applied");
+        }
+        toplog_crypt::store_state_file(
+            &self.policy_index,
+            index.to_string().into_bytes(),
+            &toplog_crypt::Cipher::off(),
+        )
+        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.policy_index.display())))
+    }
 }
 
 impl StateMachine for EngineMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
-        self.engine
-            .apply_replicated(index, data)
-            .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}")))
+        match Entry::decode(data) {
+            Ok(Entry::Ingest(payload)) => self
+                .engine
+                .apply_replicated(index, payload)
+                .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}"))),
+            Ok(Entry::Retention(policy)) => self.apply_policy(index, &policy),
+            Err(e) => Err(ReplicationError::Inconsistent(format!(
+                "entry {index}: {e}"
+            ))),
+        }
     }
 
     fn applied(&self) -> u64 {
@@ -179,14 +225,19 @@ impl StateMachine for EngineMachine {
         at_least: u64,
         applied: u64,
     ) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
+        let policy = self.maintainer.policy().to_json();
         self.snapshots
-            .make(&self.engine, at_least, applied)
+            .make(&self.engine, at_least, applied, policy)
             .map_err(ReplicationError::Disk)
     }
 
     fn install(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
+        let descriptor = Descriptor::parse(data).map_err(ReplicationError::Disk)?;
+        // The policy first: a crash before the store is replaced leaves the
+        // old store, whose log entries up to `index` then skip their policies.
+        self.apply_policy(index, &descriptor.retention)?;
         self.snapshots
-            .install(&self.engine, index, data)
+            .install(&self.engine, index, &descriptor)
             .map_err(ReplicationError::Disk)
     }
 }
@@ -202,6 +253,28 @@ pub(crate) struct Cluster {
     addresses: Arc<std::sync::RwLock<Addresses>>,
 }
 
+/// A write through the log: its index, and the node that led.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Submitted {
+    pub(crate) index: u64,
+    pub(crate) leader_id: u64,
+}
+
+/// Why a write through the log was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error("{0}; nothing was acknowledged: retry")]
+    NotTaken(String),
+    #[error(
+        "no quorum committed the write within {WRITE_WAIT:?} (members down or cut off); it was not acknowledged and may yet be committed: retry"
+    )]
+    NoQuorum,
+}
+
+/// How long a write waits for a quorum before it is refused: a few
+/// election timeouts.
+const WRITE_WAIT: Duration = Duration::from_secs(6);
+
 /// A learner is made a voter once it is this close to the leader's commit index.
 const PROMOTE_LAG: u64 = 10;
 /// How often membership is looked at: addresses refreshed, learners promoted.
@@ -215,6 +288,7 @@ impl Cluster {
         data_dir: &Path,
         runtime: &tokio::runtime::Handle,
         engine: Arc<Engine>,
+        maintainer: Arc<toplog_compaction::Maintainer>,
     ) -> anyhow::Result<Arc<Self>> {
         let raft_dir = data_dir.join("raft");
         let store = LogStore::open(
@@ -233,7 +307,9 @@ impl Cluster {
             store,
             EngineMachine {
                 engine,
+                maintainer,
                 snapshots: snapshots.clone(),
+                policy_index: raft_dir.join("POLICY_INDEX"),
             },
             Timing {
                 log_keep: settings.log_keep,
@@ -298,6 +374,42 @@ impl Cluster {
     /// applied here.
     pub(crate) async fn propose(&self, payload: Vec<u8>) -> toplog_replication::Result<u64> {
         self.driver.propose(payload).await
+    }
+
+    /// Writes `entry` through the Raft log from this node: proposed here if
+    /// it leads (or knows no leader), handed to the leader otherwise (the
+    /// caller does not notice). Answered once a quorum holds it and this
+    /// node has applied it, or refused within [`WRITE_WAIT`]; never
+    /// acknowledged without a quorum.
+    pub(crate) async fn submit(&self, entry: &Entry<'_>) -> Result<Submitted, SubmitError> {
+        let status = self.status();
+        let leader_id = status.leader_id;
+        let forwarded = leader_id != 0 && leader_id != status.node_id;
+        let payload = entry.encode();
+        let written = async {
+            if forwarded {
+                self.forward(leader_id, payload).await.map_err(|s| {
+                    SubmitError::NotTaken(format!(
+                        "the leader (node {leader_id}) did not take the write: {}",
+                        s.message()
+                    ))
+                })
+            } else {
+                self.propose(payload).await.map_err(|e| match e {
+                    ReplicationError::NotLeader { .. } => SubmitError::NotTaken(
+                        "no leader is known (an election, or no quorum)".into(),
+                    ),
+                    other => SubmitError::NotTaken(other.to_string()),
+                })
+            }
+        };
+        match tokio::time::timeout(WRITE_WAIT, written).await {
+            Ok(index) => Ok(Submitted {
+                index: index?,
+                leader_id: if forwarded { leader_id } else { status.node_id },
+            }),
+            Err(_) => Err(SubmitError::NoQuorum),
+        }
     }
 
     /// Hands `payload` to leader `leader_id` to propose (a write this
@@ -655,7 +767,10 @@ impl Raft for RaftService {
         let Some(cluster) = self.app.cluster.get() else {
             return Err(tonic::Status::unavailable("the Raft node is starting"));
         };
-        match cluster.propose(request.into_inner().payload).await {
+        let payload = request.into_inner().payload;
+        // An entry every member could not apply would stop them all.
+        Entry::decode(&payload).map_err(tonic::Status::invalid_argument)?;
+        match cluster.propose(payload).await {
             Ok(index) => Ok(tonic::Response::new(Proposed { index })),
             Err(ReplicationError::NotLeader { leader_id }) => {
                 Err(tonic::Status::failed_precondition(format!(

@@ -41,6 +41,9 @@ pub(crate) struct Descriptor {
     pub(crate) index: u64,
     /// Path inside the snapshot → size in bytes.
     files: BTreeMap<String, u64>,
+    /// The retention policy in force at `index` (small: it travels in the
+    /// Raft message itself).
+    pub(crate) retention: serde_json::Value,
 }
 
 impl Descriptor {
@@ -127,6 +130,7 @@ impl SnapshotDirs {
         engine: &Engine,
         at_least: u64,
         applied: u64,
+        retention: serde_json::Value,
     ) -> Result<Option<(u64, Vec<u8>)>, String> {
         let making = self.offered_root().join("making");
         if making.exists() {
@@ -150,6 +154,7 @@ impl SnapshotDirs {
             format: FORMAT,
             index,
             files: list(&dir).map_err(io)?,
+            retention,
         };
         tracing::info!(
             index,
@@ -175,9 +180,13 @@ impl SnapshotDirs {
     }
 
     /// Replaces `engine`'s store with received snapshot `index` (described
-    /// by `data`), then removes its files.
-    pub(crate) fn install(&self, engine: &Engine, index: u64, data: &[u8]) -> Result<(), String> {
-        let descriptor = Descriptor::parse(data)?;
+    /// by `descriptor`), then removes its files.
+    pub(crate) fn install(
+        &self,
+        engine: &Engine,
+        index: u64,
+        descriptor: &Descriptor,
+    ) -> Result<(), String> {
         if descriptor.index != index {
             return Err(format!(
                 "snapshot {index}'s descriptor says index {}",
