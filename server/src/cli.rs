@@ -234,7 +234,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             &config.rate_limits,
             &config.jwt,
             &engine_config.cipher,
-            config.cluster.as_ref().map(|c| c.secret()),
+            config.cluster.as_ref().and_then(|c| c.secret()),
         )?
     } else {
         tracing::warn!(

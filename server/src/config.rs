@@ -510,6 +510,7 @@ impl Config {
             s.cluster.as_deref(),
             s.cluster_secret_file.as_deref(),
             s.raft_log_keep,
+            tls.as_ref(),
         )?;
         if cluster.is_some() && !auth {
             anyhow::bail!(

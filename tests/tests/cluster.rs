@@ -1024,3 +1024,136 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
     );
     every_acknowledged_write_once_everywhere(&cluster, &acked, &attempted);
 }
+
+#[test]
+fn members_over_mutual_tls_prove_themselves_with_certificates_and_need_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    toplog_tests::succeeded(
+        Command::new(binary())
+            .args(["cert", "--out"])
+            .arg(&certs)
+            .args(["--host", "127.0.0.1"]),
+    );
+    // Every member has a certificate from one CA, whose name maps to `peer`.
+    let config = dir.path().join("toplog.toml");
+    let tls = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+        certs.join("node.pem"),
+        certs.join("node.key"),
+        certs.join("ca.pem")
+    );
+    std::fs::write(
+        &config,
+        format!("{tls}[tls.client_roles]\n\"toplog node\" = \"peer\"\n"),
+    )
+    .unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let spec = (ports.iter().enumerate())
+        .map(|(i, p)| format!("{}=https://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<Server> = (1..=3)
+        .map(|id| {
+            Server::start_listening(
+                &format!("127.0.0.1:{}", ports[id - 1]),
+                &dir.path().join(format!("node{id}")),
+                &[
+                    "--node-id",
+                    &id.to_string(),
+                    "--cluster",
+                    &spec,
+                    "--config",
+                    config.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .default_headers(headers)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = |i: usize, path: &str| format!("https://127.0.0.1:{}{path}", ports[i]);
+    let status = |i: usize| -> Option<Value> {
+        let body: Value = https
+            .get(url(i, "/api/v1/cluster"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        Some(body["data"].clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let leaders: Vec<Option<u64>> = (0..3)
+            .map(|i| status(i).and_then(|s| s["leader_id"].as_u64()))
+            .collect();
+        if let Some(Some(l)) = leaders.first()
+            && leaders.iter().all(|x| *x == Some(*l))
+        {
+            break *l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader over mutual TLS: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A write to a follower goes to the leader over mutual TLS.
+    let follower = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();
+    let r = https
+        .post(url(follower, "/api/v1/requests"))
+        .json(&batch(1, 25))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(r.json::<Value>().unwrap()["leader_id"], leader);
+    for i in 0..3 {
+        let r: Value = https
+            .get(url(i, "/api/v1/requests/count?start=0&consistency=strong"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(r["count"], 25, "node {}: {r}", i + 1);
+    }
+    drop(nodes);
+
+    // https:// members without a certificate name mapped to `peer`, or a
+    // mix of schemes, do not start.
+    std::fs::write(&config, &tls).unwrap();
+    let refused = |spec: &str| {
+        let out = Command::new(binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--node-id",
+                "1",
+                "--cluster",
+                spec,
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("refused"))
+            .env("TOPLOG_ADMIN_KEY", ADMIN_KEY)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused("1=https://127.0.0.1:1,2=https://127.0.0.1:2");
+    assert!(stderr.contains("mapped to \"peer\""), "{stderr}");
+    let stderr = refused("1=https://127.0.0.1:1,2=http://127.0.0.1:2");
+    assert!(stderr.contains("not a mix"), "{stderr}");
+}

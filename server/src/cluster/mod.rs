@@ -56,9 +56,34 @@ pub(crate) struct ClusterSettings {
     /// leader adds it (`POST /api/v1/cluster/members`). Once the group runs,
     /// its members are what the Raft log says.
     pub(crate) members: BTreeMap<u64, String>,
-    secret: String,
+    /// How this node proves its `peer` role to the others.
+    proof: PeerProof,
     /// Raft log entries kept behind what the store has flushed.
     log_keep: u64,
+}
+
+/// How members prove their `peer` role to each other.
+#[derive(Clone, PartialEq, Eq)]
+enum PeerProof {
+    /// The cluster secret as a bearer token (`http://` members).
+    Secret(String),
+    /// This node's certificate, which the others map to `peer`, over mutual
+    /// TLS (`https://` members); the CA that signed the members' certificates.
+    Certificate {
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        ca_pem: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for PeerProof {
+    /// Neither the secret nor the key is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerProof::Secret(_) => "Secret(..)",
+            PeerProof::Certificate { .. } => "Certificate(..)",
+        })
+    }
 }
 
 impl ClusterSettings {
@@ -68,6 +93,7 @@ impl ClusterSettings {
         cluster: Option<&str>,
         secret_file: Option<&Path>,
         log_keep: Option<u64>,
+        tls: Option<&crate::tls::TlsSettings>,
     ) -> anyhow::Result<Option<Self>> {
         let (node_id, cluster) = match (node_id, cluster) {
             (None, None) => return Ok(None),
@@ -97,23 +123,19 @@ impl ClusterSettings {
         if members.is_empty() {
             anyhow::bail!("`cluster` lists no node");
         }
-        let Some(secret_file) = secret_file else {
+        let https = members
+            .values()
+            .filter(|u| u.starts_with("https://"))
+            .count();
+        let proof = if https == 0 {
+            PeerProof::Secret(read_secret(secret_file)?)
+        } else if https == members.len() {
+            peer_certificate(tls)?
+        } else {
             anyhow::bail!(
-                "a node started with `cluster` needs `cluster_secret_file`: peers prove their `peer` role with it"
+                "`cluster`: every member's URL must be https:// (peers prove themselves with certificates) or every one http:// (with the cluster secret), not a mix"
             );
         };
-        let secret = std::fs::read_to_string(secret_file)
-            .with_context(|| format!("`cluster_secret_file` {}", secret_file.display()))?
-            .trim()
-            .to_owned();
-        if secret.len() < MIN_SECRET_LEN
-            || secret.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            anyhow::bail!(
-                "`cluster_secret_file` {}: the secret must be {MIN_SECRET_LEN} or more printable characters without spaces",
-                secret_file.display()
-            );
-        }
         let log_keep = log_keep.unwrap_or(Timing::default().log_keep);
         if log_keep == 0 {
             anyhow::bail!("`raft_log_keep` must be 1 or more");
@@ -121,20 +143,101 @@ impl ClusterSettings {
         Ok(Some(Self {
             node_id,
             members,
-            secret,
+            proof,
             log_keep,
         }))
     }
 
-    /// What peers present, as a bearer token.
-    pub(crate) fn secret(&self) -> &str {
-        &self.secret
+    /// The cluster secret, if peers prove themselves with it.
+    pub(crate) fn secret(&self) -> Option<&str> {
+        match &self.proof {
+            PeerProof::Secret(s) => Some(s),
+            PeerProof::Certificate { .. } => None,
+        }
+    }
+
+    /// A connection to the member at `url`, proving this node a peer.
+    fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(Duration::from_secs(1));
+        match &self.proof {
+            PeerProof::Secret(_) => Ok(endpoint),
+            PeerProof::Certificate {
+                cert_pem,
+                key_pem,
+                ca_pem,
+            } => endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+                        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
+                )
+                .map_err(|e| format!("{url}: {e}")),
+        }
+    }
+
+    /// What a call to a peer carries besides: the secret as a bearer token
+    /// (nothing with certificates).
+    fn bearer(
+        &self,
+    ) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, String> {
+        self.secret()
+            .map(|s| {
+                format!("Bearer {s}")
+                    .parse()
+                    .map_err(|_| "the cluster secret is not a header value".to_owned())
+            })
+            .transpose()
     }
 
     /// Whether this node is one of the first members (or joins a running group).
     fn bootstraps(&self) -> bool {
         self.members.contains_key(&self.node_id)
     }
+}
+
+/// The cluster secret in `secret_file`, checked.
+fn read_secret(secret_file: Option<&Path>) -> anyhow::Result<String> {
+    let Some(secret_file) = secret_file else {
+        anyhow::bail!(
+            "a node started with `cluster` needs `cluster_secret_file`: peers prove their `peer` role with it (or, with https:// members, with certificates)"
+        );
+    };
+    let secret = std::fs::read_to_string(secret_file)
+        .with_context(|| format!("`cluster_secret_file` {}", secret_file.display()))?
+        .trim()
+        .to_owned();
+    if secret.len() < MIN_SECRET_LEN || secret.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        anyhow::bail!(
+            "`cluster_secret_file` {}: the secret must be {MIN_SECRET_LEN} or more printable characters without spaces",
+            secret_file.display()
+        );
+    }
+    Ok(secret)
+}
+
+/// This node's proof for https:// members: its own certificate (which the
+/// others' `[tls.client_roles]` map to `peer`), verified against the CA in
+/// `[tls] client_ca_file`, which signs every member's certificate.
+fn peer_certificate(tls: Option<&crate::tls::TlsSettings>) -> anyhow::Result<PeerProof> {
+    let needs = "https:// members prove themselves with certificates: they need `[tls]` `cert_file`, `key_file`, `client_ca_file` (the CA that signed every member's certificate) and a `[tls.client_roles]` name mapped to \"peer\"";
+    let tls = tls.with_context(|| needs)?;
+    let (Some(cert), Some(key), Some(ca)) = (&tls.cert_file, &tls.key_file, &tls.client_ca_file)
+    else {
+        anyhow::bail!("{needs}");
+    };
+    let maps_peer = (tls.client_roles.iter().flatten()).any(|(_, role)| role == "peer");
+    if !maps_peer {
+        anyhow::bail!("{needs}");
+    }
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("`[tls]` {}", p.display()));
+    Ok(PeerProof::Certificate {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+        ca_pem: read(ca)?,
+    })
 }
 
 /// The members' addresses, as the Raft configuration's context carries them.
@@ -330,7 +433,7 @@ impl Cluster {
         let outbound = {
             let addresses = addresses.clone();
             let runtime = runtime.clone();
-            let (me, secret) = (settings.node_id, settings.secret.clone());
+            let (me, peers_settings) = (settings.node_id, settings.clone());
             let mut peers: BTreeMap<u64, (String, mpsc::Sender<Vec<Message>>)> = BTreeMap::new();
             Box::new(move |messages: Vec<Message>| {
                 let mut by_peer: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
@@ -347,7 +450,7 @@ impl Cluster {
                     // A client per peer and address, made when first needed.
                     if peers.get(&to).is_none_or(|(u, _)| u != url) {
                         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                        runtime.spawn(peer_loop(url.clone(), me, secret.clone(), rx));
+                        runtime.spawn(peer_loop(peers_settings.clone(), url.clone(), me, rx));
                         peers.insert(to, (url.clone(), tx));
                     }
                     if let Some((_, tx)) = peers.get(&to) {
@@ -423,15 +526,14 @@ impl Cluster {
         let url = self.url_of(leader_id).ok_or_else(|| {
             tonic::Status::unavailable(format!("node {leader_id} is not a member"))
         })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| tonic::Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
+        let endpoint = (self.settings.endpoint(&url))
+            .map_err(tonic::Status::internal)?
             .timeout(FORWARD_TIMEOUT);
         let mut client = RaftClient::new(endpoint.connect_lazy());
         let mut request = tonic::Request::new(Proposal { payload });
-        request
-            .metadata_mut()
-            .insert("authorization", self.bearer()?);
+        if let Some(bearer) = self.settings.bearer().map_err(tonic::Status::internal)? {
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let index = client.propose(request).await?.into_inner().index;
         if self.driver.wait_applied(index, FORWARD_TIMEOUT).await {
             Ok(index)
@@ -440,15 +542,6 @@ impl Cluster {
                 "entry {index} is committed, and not yet applied on this node"
             )))
         }
-    }
-
-    /// The cluster secret as a bearer token.
-    fn bearer(
-        &self,
-    ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
-        format!("Bearer {}", self.settings.secret)
-            .parse()
-            .map_err(|_| tonic::Status::internal("the cluster secret is not a header value"))
     }
 
     /// Whether a snapshot is being fetched or installed here.
@@ -519,14 +612,12 @@ impl Cluster {
         let url = self
             .url_of(from)
             .ok_or_else(|| format!("node {from} is not a member"))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1));
+        let endpoint = self.settings.endpoint(&url)?;
         let mut client = RaftClient::new(endpoint.connect_lazy());
-        let bearer = self.bearer().map_err(|e| e.message().to_owned())?;
+        let bearer = self.settings.bearer()?;
         snapshot::fetch(
             &mut client,
-            &bearer,
+            bearer.as_ref(),
             self.settings.node_id,
             descriptor,
             &self.snapshots,
@@ -657,24 +748,20 @@ async fn watch_membership(cluster: std::sync::Weak<Cluster>) {
 
 /// Sends what the node has for one peer, a batch per call, coalescing what
 /// queued up meanwhile. A failed call is dropped: Raft sends again.
-async fn peer_loop(url: String, from: u64, secret: String, mut rx: mpsc::Receiver<Vec<Message>>) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5)),
-        Err(e) => {
-            tracing::error!(%url, error = %e, "a peer's URL is not usable");
+async fn peer_loop(
+    settings: ClusterSettings,
+    url: String,
+    from: u64,
+    mut rx: mpsc::Receiver<Vec<Message>>,
+) {
+    let (endpoint, bearer) = match (settings.endpoint(&url), settings.bearer()) {
+        (Ok(e), Ok(b)) => (e.timeout(Duration::from_secs(5)), b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(%url, error = %e, "cannot reach a peer");
             return;
         }
     };
     let mut client = RaftClient::new(endpoint.connect_lazy());
-    let bearer = match format!("Bearer {secret}").parse::<tonic::metadata::MetadataValue<_>>() {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "the cluster secret is not a header value");
-            return;
-        }
-    };
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
@@ -684,9 +771,11 @@ async fn peer_loop(url: String, from: u64, secret: String, mut rx: mpsc::Receive
             .filter_map(|m| encode_message(m).ok())
             .collect();
         let mut request = tonic::Request::new(Messages { from, messages });
-        request
-            .metadata_mut()
-            .insert("authorization", bearer.clone());
+        if let Some(bearer) = &bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
         if let Err(e) = client.send(request).await {
             tracing::debug!(%url, error = %e, "Raft messages not delivered");
         }

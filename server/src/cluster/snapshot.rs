@@ -301,7 +301,7 @@ fn list(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
 /// `dirs.incoming(index)`, every chunk and file checked (see the module's docs).
 pub(crate) async fn fetch(
     client: &mut RaftClient<tonic::transport::Channel>,
-    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    bearer: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     me: u64,
     descriptor: &Descriptor,
     dirs: &SnapshotDirs,
@@ -322,9 +322,11 @@ pub(crate) async fn fetch(
             .map_err(|e| io("create", &d, e))?;
     }
     let mut request = tonic::Request::new(SnapshotRequest { from: me, index });
-    request
-        .metadata_mut()
-        .insert("authorization", bearer.clone());
+    if let Some(bearer) = bearer {
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+    }
     let mut stream = client
         .fetch_snapshot(request)
         .await
