@@ -235,6 +235,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             &config.jwt,
             &engine_config.cipher,
             config.cluster.as_ref().and_then(|c| c.secret()),
+            config.cluster.is_some(),
         )?
     } else {
         tracing::warn!(
@@ -331,6 +332,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             &runtime,
                             engine.clone(),
                             maintainer.clone(),
+                            state.auth.clone(),
                         )
                         .context("cannot start the cluster's Raft node");
                         match started {

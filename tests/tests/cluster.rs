@@ -699,6 +699,39 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
         assert_eq!(keep_for(&cluster, id), "20d", "node {id}");
     }
 
+    // An API key made on one member works on every member (it goes through
+    // the log); one revoked on another stops working everywhere. Both
+    // changes are in every member's audit log.
+    let r = client()
+        .post(
+            cluster.nodes[(follower - 1) as usize]
+                .as_ref()
+                .unwrap()
+                .url("/api/v1/keys"),
+        )
+        .json(&serde_json::json!({"name": "dashboards", "role": "viewer"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let made: Value = r.json().unwrap();
+    let (viewer, viewer_id) = (
+        made["data"]["key"].as_str().unwrap().to_owned(),
+        made["data"]["id"].as_str().unwrap().to_owned(),
+    );
+    let count_as = |cluster: &Cluster, id: u64, key: &str| {
+        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+        reqwest::blocking::Client::new()
+            .get(node.url("/api/v1/requests/count?start=0"))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for id in 1..=3 {
+        assert_eq!(count_as(&cluster, id, &viewer), 200, "node {id}");
+    }
+
     // Node 4 starts knowing the first members only: it is not one yet.
     cluster.start_joining(4);
     let node4 = cluster.nodes[3].as_ref().unwrap();
@@ -774,6 +807,47 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
         "20d",
         "the snapshot brought the policy"
     );
+    assert_eq!(
+        count_as(&cluster, 4, &viewer),
+        200,
+        "the snapshot brought the key"
+    );
+    let audited = |id: u64| -> Vec<(String, String)> {
+        get(&cluster, id, "/api/v1/audit")["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["method"].as_str().unwrap().to_owned(),
+                    e["path"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let want = [("PUT", "/api/v1/retention"), ("POST", "/api/v1/keys")];
+    for id in 1..=4 {
+        let seen = audited(id);
+        for (method, path) in want {
+            assert!(
+                seen.iter().any(|(m, p)| m == method && p == path),
+                "node {id}'s audit log lacks {method} {path}: {seen:?}"
+            );
+        }
+    }
+    let node = cluster.nodes[(leader - 1) as usize].as_ref().unwrap();
+    let r = client()
+        .delete(node.url(&format!("/api/v1/keys/{viewer_id}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    for id in 1..=4 {
+        assert_eq!(
+            count_as(&cluster, id, &viewer),
+            401,
+            "node {id} still takes a revoked key"
+        );
+    }
     assert_eq!(voters_and_learners(&status4).0, [1, 2, 3, 4]);
 
     // It can lead.

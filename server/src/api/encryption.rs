@@ -49,7 +49,10 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
             Some(jobs) => jobs.reseal().map_err(ApiError::from)?,
             None => 0,
         };
-        if let Some(keys) = state.auth.keys() {
+        for keys in [state.auth.keys(), state.auth.cluster_keys()]
+            .into_iter()
+            .flatten()
+        {
             keys.reseal()
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         }
@@ -84,7 +87,11 @@ fn count_state_files(data_dir: &Path, usage: &mut KeyUsage) {
             *usage.entry(used).or_default() += 1;
         }
     };
-    let mut files = vec![data_dir.join("retention.json"), data_dir.join("keys.json")];
+    let mut files = vec![
+        data_dir.join("retention.json"),
+        data_dir.join("keys.json"),
+        data_dir.join("cluster-keys.json"),
+    ];
     if let Ok(dir) = std::fs::read_dir(data_dir.join("jobs")) {
         files.extend(
             dir.filter_map(|e| e.ok().map(|e| e.path()))

@@ -114,9 +114,26 @@ pub(super) async fn create_key(
             }
         },
     };
-    let (stored, key) = store(&app)?
-        .create(&name, role, expires_at, rate_limit)
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let internal = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
+    let (stored, key) = match (app.auth.cluster_keys(), app.cluster.get()) {
+        // In a cluster, on every member, through the Raft log (the hash
+        // only; the secret is shown here, once).
+        (Some(_), Some(cluster)) => {
+            let key = crate::auth::keys::new_key().map_err(internal)?;
+            let stored = crate::auth::keys::stored_key(&key, &name, role, expires_at, rate_limit)
+                .map_err(internal)?;
+            let change = crate::cluster::KeyChange::Add(stored.clone());
+            cluster
+                .submit(&crate::cluster::Entry::Key(change))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            (stored, key)
+        }
+        (Some(_), None) => return Err(recovering()),
+        (None, _) => store(&app)?
+            .create(&name, role, expires_at, rate_limit)
+            .map_err(internal)?,
+    };
     let mut data = stored.to_json(None);
     data["key"] = json!(key);
     Ok((
@@ -126,8 +143,17 @@ pub(super) async fn create_key(
         .into_response())
 }
 
+/// `503` while a cluster member's Raft node starts.
+fn recovering() -> ApiError {
+    ApiError::unavailable("recovering: the Raft node starts once the store is open".into())
+}
+
 pub(super) async fn list_keys(State(app): State<Arc<AppState>>) -> ApiResult {
-    Ok(Json(json!({"status": "success", "data": store(&app)?.list()})).into_response())
+    let mut keys = store(&app)?.list();
+    if let Some(shared) = app.auth.cluster_keys() {
+        keys.extend(shared.list());
+    }
+    Ok(Json(json!({"status": "success", "data": keys})).into_response())
 }
 
 /// Revokes a key at once. The key making the call cannot revoke itself,
@@ -144,10 +170,22 @@ pub(super) async fn revoke_key(
             "a key cannot revoke itself: revoke it with another admin key".into(),
         ));
     }
-    match store(&app)?
-        .revoke(&id)
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?
-    {
+    let own = store(&app)?;
+    let revoked = match (app.auth.cluster_keys(), app.cluster.get()) {
+        // A cluster's shared key: revoked on every member through the log.
+        (Some(shared), Some(cluster)) if !own.contains(&id) && shared.contains(&id) => {
+            let change = crate::cluster::KeyChange::Revoke(id.clone());
+            cluster
+                .submit(&crate::cluster::Entry::Key(change))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            true
+        }
+        _ => own
+            .revoke(&id)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?,
+    };
+    match revoked {
         true => Ok(Json(json!({"status": "success", "revoked": id})).into_response()),
         false => Err(ApiError::new(
             StatusCode::NOT_FOUND,

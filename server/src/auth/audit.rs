@@ -30,6 +30,18 @@ fn append_to(path: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
+/// An entry as the log keeps it (before it is sealed).
+pub(crate) fn line(entry: &Entry<'_>) -> Value {
+    json!({
+        "time": Micros::now().to_rfc3339(),
+        "key_id": entry.key_id,
+        "from": entry.from.map(|ip| ip.to_string()),
+        "method": entry.method,
+        "path": entry.path,
+        "status": entry.status,
+    })
+}
+
 /// One change.
 pub(crate) struct Entry<'a> {
     pub(crate) key_id: &'a str,
@@ -50,16 +62,8 @@ impl AuditLog {
         })
     }
 
-    /// Appends `entry` and syncs it.
-    pub(crate) fn record(&self, entry: &Entry<'_>) {
-        let line = json!({
-            "time": Micros::now().to_rfc3339(),
-            "key_id": entry.key_id,
-            "from": entry.from.map(|ip| ip.to_string()),
-            "method": entry.method,
-            "path": entry.path,
-            "status": entry.status,
-        });
+    /// Appends `line` (an entry as [`line`] makes it) and syncs it.
+    pub(crate) fn append(&self, line: &Value) {
         let mut file = self
             .file
             .lock()
@@ -69,6 +73,28 @@ impl AuditLog {
         if let Err(e) = written {
             tracing::error!(error = %e, path = %self.path.display(), ?line, "cannot write the audit log");
         }
+    }
+
+    /// The file's path (a snapshot copies it).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces every entry with those in the file `from` (a snapshot's,
+    /// sealed under the same keys), which is moved into place.
+    pub(crate) fn replace_with(&self, from: &Path) -> anyhow::Result<()> {
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::fs::rename(from, &self.path).with_context(|| {
+            format!("cannot move {} to {}", from.display(), self.path.display())
+        })?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *file = append_to(&self.path)?;
+        Ok(())
     }
 
     /// The last `limit` entries, oldest first.

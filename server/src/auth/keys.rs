@@ -97,10 +97,42 @@ pub(crate) fn id_of(key: &str) -> Option<&str> {
     parts(key).map(|(id, _)| id)
 }
 
+/// A key as it will be stored, from the whole key (made elsewhere, or given
+/// at first start): its id and the hash of its secret.
+pub(crate) fn stored_key(
+    key: &str,
+    name: &str,
+    role: Role,
+    expires_at: Option<Micros>,
+    rate_limit: Option<String>,
+) -> anyhow::Result<StoredKey> {
+    let (id, secret) = parts(key).ok_or_else(|| {
+        anyhow::anyhow!(
+            "an API key is `{PREFIX}` then {} hex digits, `_` and {} hex digits",
+            2 * ID_BYTES,
+            2 * SECRET_BYTES
+        )
+    })?;
+    Ok(StoredKey {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        role,
+        created_at: Micros::now().get(),
+        expires_at: expires_at.map(Micros::get),
+        rate_limit,
+        sha256: sha256_hex(secret.as_bytes()),
+    })
+}
+
 impl KeyStore {
     /// The keys in `<data_dir>/keys.json` (none if it does not exist).
     pub(crate) fn open(data_dir: &Path, cipher: &Cipher) -> anyhow::Result<Self> {
-        let path = data_dir.join("keys.json");
+        Self::open_file(&data_dir.join("keys.json"), cipher)
+    }
+
+    /// The keys in the file `path` (none if it does not exist).
+    pub(crate) fn open_file(path: &Path, cipher: &Cipher) -> anyhow::Result<Self> {
+        let path = path.to_path_buf();
         let keys = match load_state_file(&path, cipher)? {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a key file toplog wrote", path.display()))?,
@@ -146,34 +178,48 @@ impl KeyStore {
         expires_at: Option<Micros>,
         rate_limit: Option<String>,
     ) -> anyhow::Result<StoredKey> {
-        let (id, secret) = parts(key).ok_or_else(|| {
-            anyhow::anyhow!(
-                "an API key is `{PREFIX}` then {} hex digits, `_` and {} hex digits",
-                2 * ID_BYTES,
-                2 * SECRET_BYTES
-            )
-        })?;
-        let stored = StoredKey {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            role,
-            created_at: Micros::now().get(),
-            expires_at: expires_at.map(Micros::get),
-            rate_limit,
-            sha256: sha256_hex(secret.as_bytes()),
-        };
+        let stored = stored_key(key, name, role, expires_at, rate_limit)?;
+        if !self.insert(stored.clone())? {
+            anyhow::bail!("a key with id {} exists", stored.id);
+        }
+        Ok(stored)
+    }
+
+    /// Stores `stored`; `false` (and nothing changes) if its id is taken.
+    pub(crate) fn insert(&self, stored: StoredKey) -> anyhow::Result<bool> {
         let mut keys = self
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if keys.iter().any(|k| k.id == stored.id) {
-            anyhow::bail!("a key with id {} exists", stored.id);
+            return Ok(false);
         }
         let mut next = keys.clone();
-        next.push(stored.clone());
+        next.push(stored);
         self.save(&next)?;
         *keys = next;
-        Ok(stored)
+        Ok(true)
+    }
+
+    /// Every key as stored.
+    pub(crate) fn all(&self) -> Vec<StoredKey> {
+        self.read().clone()
+    }
+
+    /// Replaces every key with `keys` (a snapshot's).
+    pub(crate) fn replace_all(&self, keys: Vec<StoredKey>) -> anyhow::Result<()> {
+        let mut held = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.save(&keys)?;
+        *held = keys;
+        Ok(())
+    }
+
+    /// Whether key `id` is here.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.read().iter().any(|k| k.id == id)
     }
 
     /// Revokes key `id` at once; `false` if there is none.

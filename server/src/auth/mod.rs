@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
 pub(crate) use jwt::JwtSettings;
-pub(crate) use keys::KeyStore;
+pub(crate) use keys::{KeyStore, StoredKey};
 use limits::{Left, RateLimits};
 pub(crate) use limits::{Limited, RateSettings};
 
@@ -151,6 +151,28 @@ pub(crate) struct Auth {
     audit: Option<audit::AuditLog>,
     /// The secret a cluster's nodes present to each other: the `peer` role.
     cluster_secret: Option<String>,
+    /// In a cluster, the keys made through the API, the same on every
+    /// member (they come through the Raft log); `keys` then holds this
+    /// node's own first admin key.
+    cluster_keys: Option<KeyStore>,
+    /// In a cluster, where audit entries go: through the Raft log, to every
+    /// member's audit log (set once the Raft node runs).
+    audit_sink: std::sync::OnceLock<AuditSink>,
+}
+
+/// Writes an audit entry through a cluster's log; an error if it could not.
+pub(crate) struct AuditSink(
+    pub(crate)  Box<
+        dyn Fn(serde_json::Value) -> futures::future::BoxFuture<'static, Result<(), String>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditSink")
+    }
 }
 
 impl Auth {
@@ -162,6 +184,8 @@ impl Auth {
             limits: None,
             audit: None,
             cluster_secret: None,
+            cluster_keys: None,
+            audit_sink: std::sync::OnceLock::new(),
         }
     }
 
@@ -175,6 +199,7 @@ impl Auth {
         jwt: &JwtSettings,
         cipher: &toplog_crypt::Cipher,
         cluster_secret: Option<&str>,
+        clustered: bool,
     ) -> anyhow::Result<Self> {
         let limits = RateLimits::new(rates)?;
         let jwt = jwt::Jwt::new(jwt)?;
@@ -210,11 +235,25 @@ impl Auth {
             limits: Some(limits),
             audit: Some(audit::AuditLog::open(data_dir, cipher)?),
             cluster_secret: cluster_secret.map(str::to_owned),
+            cluster_keys: clustered
+                .then(|| KeyStore::open_file(&data_dir.join("cluster-keys.json"), cipher))
+                .transpose()?,
+            audit_sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends audit entries through a cluster's log from now on.
+    pub(crate) fn set_audit_sink(&self, sink: AuditSink) {
+        let _ = self.audit_sink.set(sink);
     }
 
     pub(crate) fn keys(&self) -> Option<&KeyStore> {
         self.keys.as_ref()
+    }
+
+    /// A cluster's shared keys (see the field).
+    pub(crate) fn cluster_keys(&self) -> Option<&KeyStore> {
+        self.cluster_keys.as_ref()
     }
 
     pub(crate) fn audit(&self) -> Option<&audit::AuditLog> {
@@ -260,7 +299,14 @@ impl Auth {
                 Some(c) => Ok((format!("cert:{}", c.name), vec![c.role], None)),
                 None => Err(AuthError::InvalidToken),
             },
-            (Some(t), _) if t.starts_with(keys::PREFIX) => keys.verify(t).map(|(role, rate)| {
+            (Some(t), _) if t.starts_with(keys::PREFIX) => (match &self.cluster_keys {
+                // A cluster's shared keys, unless this node's own has the id.
+                Some(shared) if !keys.contains(keys::id_of(t).unwrap_or_default()) => {
+                    shared.verify(t)
+                }
+                _ => keys.verify(t),
+            })
+            .map(|(role, rate)| {
                 (
                     keys::id_of(t).unwrap_or_default().to_owned(),
                     vec![role],
@@ -407,13 +453,24 @@ pub(crate) async fn rest(
             }
             let response = next.run(request).await;
             if let (Some((method, path)), Some(log)) = (audited, auth.audit()) {
-                log.record(&audit::Entry {
+                let line = audit::line(&audit::Entry {
                     key_id: key_id.as_deref().unwrap_or(""),
                     from: ip,
                     method: &method,
                     path: &path,
                     status: response.status().as_u16(),
                 });
+                // In a cluster, on every member through the log; here alone
+                // if the log cannot take it (no quorum), so it is not lost.
+                let replicated = match auth.audit_sink.get() {
+                    Some(sink) => (sink.0)(line.clone()).await.map_err(
+                        |e| tracing::warn!(error = %e, "an audit entry kept on this node only"),
+                    ),
+                    None => Err(()),
+                };
+                if replicated.is_err() {
+                    log.append(&line);
+                }
             }
             with_left(response, left)
         }

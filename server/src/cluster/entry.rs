@@ -5,28 +5,43 @@
 //! |---|---|
 //! | 0, an ingest batch | the payload the engine's own log would hold (sealed when encryption is on) |
 //! | 1, the retention policy | the whole policy after the change, as `GET /api/v1/retention` shows it (JSON) |
+//! | 2, an API key made or revoked | `{"add": <the key as stored: id, name, role, hash of its secret, ...>}` or `{"revoke": "<id>"}` (JSON) |
+//! | 3, an audit entry | the entry as `GET /api/v1/audit` shows it (JSON) |
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::auth::StoredKey;
 
 const INGEST: u8 = 0;
 const RETENTION: u8 = 1;
+const KEY: u8 = 2;
+const AUDIT: u8 = 3;
+
+/// A cluster's shared API keys, changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum KeyChange {
+    Add(StoredKey),
+    Revoke(String),
+}
 
 /// A decoded entry.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Entry<'a> {
     Ingest(&'a [u8]),
     Retention(Value),
+    Key(KeyChange),
+    Audit(Value),
 }
 
 impl Entry<'_> {
     pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
             Entry::Ingest(payload) => [&[INGEST][..], payload].concat(),
-            Entry::Retention(policy) => {
-                let mut out = vec![RETENTION];
-                out.extend_from_slice(policy.to_string().as_bytes());
-                out
-            }
+            Entry::Retention(policy) => json(RETENTION, policy),
+            Entry::Key(change) => json(KEY, change),
+            Entry::Audit(line) => json(AUDIT, line),
         }
     }
 
@@ -36,10 +51,24 @@ impl Entry<'_> {
             Some((&RETENTION, body)) => serde_json::from_slice(body)
                 .map(Entry::Retention)
                 .map_err(|e| format!("a retention entry that is not JSON: {e}")),
+            Some((&KEY, body)) => serde_json::from_slice(body)
+                .map(Entry::Key)
+                .map_err(|e| format!("a key entry that does not decode: {e}")),
+            Some((&AUDIT, body)) => serde_json::from_slice(body)
+                .map(Entry::Audit)
+                .map_err(|e| format!("an audit entry that is not JSON: {e}")),
             Some((kind, _)) => Err(format!("an entry of unknown kind {kind}")),
             None => Err("an empty entry".into()),
         }
     }
+}
+
+/// `kind`, then `body` as JSON.
+fn json(kind: u8, body: &impl Serialize) -> Vec<u8> {
+    let mut out = vec![kind];
+    // A `Value` or a derived type: serializing cannot fail.
+    out.extend(serde_json::to_vec(body).unwrap_or_default());
+    out
 }
 
 #[cfg(test)]
@@ -52,6 +81,11 @@ mod tests {
         assert_eq!(Entry::decode(&ingest.encode()), Ok(ingest));
         let policy = Entry::Retention(serde_json::json!({"raw": {"keep_for": "30d"}}));
         assert_eq!(Entry::decode(&policy.encode()), Ok(policy));
+        let revoke = Entry::Key(KeyChange::Revoke("0a1b2c3d4e5f".into()));
+        assert_eq!(Entry::decode(&revoke.encode()), Ok(revoke));
+        let audit = Entry::Audit(serde_json::json!({"method": "PUT", "status": 200}));
+        assert_eq!(Entry::decode(&audit.encode()), Ok(audit));
+        assert!(Entry::decode(&[KEY, b'{', b'}']).is_err());
         assert!(Entry::decode(&[7, 1, 2]).is_err());
         assert!(Entry::decode(&[]).is_err());
         assert!(Entry::decode(&[RETENTION, b'{']).is_err());

@@ -15,7 +15,7 @@
 mod entry;
 mod snapshot;
 
-pub(crate) use entry::Entry;
+pub(crate) use entry::{Entry, KeyChange};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -267,41 +267,63 @@ struct Addresses {
 struct EngineMachine {
     engine: Arc<Engine>,
     maintainer: Arc<toplog_compaction::Maintainer>,
+    auth: Arc<crate::auth::Auth>,
     snapshots: SnapshotDirs,
-    /// Where the index of the last policy entry applied is kept: a restart
-    /// delivers again the entries after the engine's flushed index, and a
-    /// policy entry among them is not applied twice.
-    policy_index: std::path::PathBuf,
+    /// Where the index of the last entry applied to the node's state
+    /// besides the store (policy, keys, audit) is kept: a restart delivers
+    /// again the entries after the store's flushed index, and none of those
+    /// is applied twice.
+    state_index: std::path::PathBuf,
 }
 
 impl EngineMachine {
-    fn applied_policy(&self) -> u64 {
-        std::fs::read_to_string(&self.policy_index)
+    fn applied_state(&self) -> u64 {
+        std::fs::read_to_string(&self.state_index)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
 
-    /// Puts retention policy `policy` in force as of entry `index`.
-    fn apply_policy(
-        &self,
-        index: u64,
-        policy: &serde_json::Value,
-    ) -> toplog_replication::Result<()> {
-        if index <= self.applied_policy() {
-            return Ok(());
-        }
-        if let Err(e) = self.maintainer.set_policy(policy) {
-            // The proposer checked it; a node that cannot take it says so
-            // and keeps its own (the log stays in step).
-            tracing::error!(index, error = %e, "a retention policy from the log was not applied");
-        }
+    fn set_applied_state(&self, index: u64) -> toplog_replication::Result<()> {
         toplog_crypt::store_state_file(
-            &self.policy_index,
+            &self.state_index,
             index.to_string().into_bytes(),
             &toplog_crypt::Cipher::off(),
         )
-        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.policy_index.display())))
+        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.state_index.display())))
+    }
+
+    /// Applies entry `index`, a change of the node's state besides the store.
+    fn apply_state(&self, index: u64, entry: Entry<'_>) -> toplog_replication::Result<()> {
+        if index <= self.applied_state() {
+            return Ok(());
+        }
+        // The proposer checked the change; a member that cannot make it says
+        // so and goes on (the log stays in step).
+        let made = match entry {
+            Entry::Ingest(_) => Err("an ingest batch is the store's".into()),
+            Entry::Retention(policy) => (self.maintainer.set_policy(&policy))
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Entry::Key(change) => match self.auth.cluster_keys() {
+                Some(keys) => match change {
+                    KeyChange::Add(key) => keys.insert(key).map(drop),
+                    KeyChange::Revoke(id) => keys.revoke(&id).map(drop),
+                }
+                .map_err(|e| format!("{e:#}")),
+                None => Err("access control is off: no keys".into()),
+            },
+            Entry::Audit(line) => {
+                if let Some(log) = self.auth.audit() {
+                    log.append(&line);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = made {
+            tracing::error!(index, error = %e, "a change from the Raft log was not made here");
+        }
+        self.set_applied_state(index)
     }
 }
 
@@ -312,7 +334,7 @@ impl StateMachine for EngineMachine {
                 .engine
                 .apply_replicated(index, payload)
                 .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}"))),
-            Ok(Entry::Retention(policy)) => self.apply_policy(index, &policy),
+            Ok(entry) => self.apply_state(index, entry),
             Err(e) => Err(ReplicationError::Inconsistent(format!(
                 "entry {index}: {e}"
             ))),
@@ -328,17 +350,38 @@ impl StateMachine for EngineMachine {
         at_least: u64,
         applied: u64,
     ) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
-        let policy = self.maintainer.policy().to_json();
+        let state = snapshot::NodeState {
+            retention: self.maintainer.policy().to_json(),
+            keys: self
+                .auth
+                .cluster_keys()
+                .map(|k| k.all())
+                .unwrap_or_default(),
+            audit: self.auth.audit().map(|a| a.path().to_path_buf()),
+        };
         self.snapshots
-            .make(&self.engine, at_least, applied, policy)
+            .make(&self.engine, at_least, applied, state)
             .map_err(ReplicationError::Disk)
     }
 
     fn install(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
         let descriptor = Descriptor::parse(data).map_err(ReplicationError::Disk)?;
-        // The policy first: a crash before the store is replaced leaves the
-        // old store, whose log entries up to `index` then skip their policies.
-        self.apply_policy(index, &descriptor.retention)?;
+        // The node's state first, then the store: a crash before the store
+        // is replaced leaves the old store, whose log entries up to `index`
+        // then change none of that state again.
+        let disk = |e: String| ReplicationError::Disk(format!("snapshot {index}: {e}"));
+        if let Err(e) = self.maintainer.set_policy(&descriptor.retention) {
+            tracing::error!(index, error = %e, "a snapshot's retention policy was not applied");
+        }
+        if let Some(keys) = self.auth.cluster_keys() {
+            keys.replace_all(descriptor.keys.clone())
+                .map_err(|e| disk(format!("{e:#}")))?;
+        }
+        if let (Some(log), Some(file)) = (self.auth.audit(), self.snapshots.received_audit(index)) {
+            log.replace_with(&file)
+                .map_err(|e| disk(format!("{e:#}")))?;
+        }
+        self.set_applied_state(index)?;
         self.snapshots
             .install(&self.engine, index, &descriptor)
             .map_err(ReplicationError::Disk)
@@ -392,6 +435,7 @@ impl Cluster {
         runtime: &tokio::runtime::Handle,
         engine: Arc<Engine>,
         maintainer: Arc<toplog_compaction::Maintainer>,
+        auth: Arc<crate::auth::Auth>,
     ) -> anyhow::Result<Arc<Self>> {
         let raft_dir = data_dir.join("raft");
         let store = LogStore::open(
@@ -411,8 +455,9 @@ impl Cluster {
             EngineMachine {
                 engine,
                 maintainer,
+                auth: auth.clone(),
                 snapshots: snapshots.clone(),
-                policy_index: raft_dir.join("POLICY_INDEX"),
+                state_index: raft_dir.join("STATE_INDEX"),
             },
             Timing {
                 log_keep: settings.log_keep,
@@ -470,6 +515,18 @@ impl Cluster {
         });
         cluster.refresh_addresses();
         runtime.spawn(watch_membership(Arc::downgrade(&cluster)));
+        let through = Arc::downgrade(&cluster);
+        auth.set_audit_sink(crate::auth::AuditSink(Box::new(move |line| {
+            let through = through.clone();
+            Box::pin(async move {
+                let cluster = through.upgrade().ok_or("the Raft node stopped")?;
+                cluster
+                    .submit(&Entry::Audit(line))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        })));
         Ok(cluster)
     }
 

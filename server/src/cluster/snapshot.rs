@@ -32,6 +32,8 @@ const FORMAT: u32 = 1;
 /// The directories inside a snapshot (as in the store).
 const SUBDIRS: [&str; 3] = ["segments", "idempotency", "rollups"];
 const MANIFEST: &str = "MANIFEST";
+/// The audit log, beside the store's files in a snapshot.
+const AUDIT: &str = "audit.log";
 
 /// What a Raft snapshot message carries: where the files are, not them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,17 @@ pub(crate) struct Descriptor {
     /// The retention policy in force at `index` (small: it travels in the
     /// Raft message itself).
     pub(crate) retention: serde_json::Value,
+    /// The cluster's shared API keys at `index` (hashes, never secrets).
+    #[serde(default)]
+    pub(crate) keys: Vec<crate::auth::StoredKey>,
+}
+
+/// The node's state besides the store, as a snapshot carries it.
+pub(crate) struct NodeState {
+    pub(crate) retention: serde_json::Value,
+    pub(crate) keys: Vec<crate::auth::StoredKey>,
+    /// The audit log's file, copied into the snapshot.
+    pub(crate) audit: Option<PathBuf>,
 }
 
 impl Descriptor {
@@ -73,8 +86,8 @@ impl Descriptor {
 /// `path` as a relative path inside a snapshot, if it is one of its files:
 /// `MANIFEST`, or `<subdir>/<name>` with a plain name.
 fn checked_path(path: &str) -> Option<PathBuf> {
-    if path == MANIFEST {
-        return Some(PathBuf::from(MANIFEST));
+    if path == MANIFEST || path == AUDIT {
+        return Some(PathBuf::from(path));
     }
     let (sub, name) = path.split_once('/')?;
     let plain = !name.is_empty()
@@ -122,6 +135,11 @@ impl SnapshotDirs {
         self.incoming_root().join(index.to_string())
     }
 
+    /// The audit log received with snapshot `index`, if it came with one.
+    pub(crate) fn received_audit(&self, index: u64) -> Option<PathBuf> {
+        Some(self.incoming(index).join(AUDIT)).filter(|p| p.exists())
+    }
+
     /// Makes a snapshot of `engine` at index `at_least` or later, and offers
     /// it: its index and descriptor. `None` until the engine has flushed
     /// that far.
@@ -130,7 +148,7 @@ impl SnapshotDirs {
         engine: &Engine,
         at_least: u64,
         applied: u64,
-        retention: serde_json::Value,
+        state: NodeState,
     ) -> Result<Option<(u64, Vec<u8>)>, String> {
         let making = self.offered_root().join("making");
         if making.exists() {
@@ -144,17 +162,20 @@ impl SnapshotDirs {
         };
         let dir = self.offered(index);
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-        if dir.exists() {
-            std::fs::remove_dir_all(&making).map_err(io)?;
-        } else {
-            std::fs::rename(&making, &dir).map_err(io)?;
+        if let Some(audit) = state.audit.as_deref().filter(|a| a.exists()) {
+            std::fs::copy(audit, making.join(AUDIT)).map_err(io)?;
         }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::rename(&making, &dir).map_err(io)?;
         self.prune_offered().map_err(io)?;
         let descriptor = Descriptor {
             format: FORMAT,
             index,
             files: list(&dir).map_err(io)?,
-            retention,
+            retention: state.retention,
+            keys: state.keys,
         };
         tracing::info!(
             index,
@@ -287,6 +308,9 @@ fn list(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
         MANIFEST.to_owned(),
         std::fs::metadata(dir.join(MANIFEST))?.len(),
     );
+    if let Ok(audit) = std::fs::metadata(dir.join(AUDIT)) {
+        files.insert(AUDIT.to_owned(), audit.len());
+    }
     for sub in SUBDIRS {
         for entry in std::fs::read_dir(dir.join(sub))? {
             let entry = entry?;
@@ -438,6 +462,7 @@ mod tests {
     #[test]
     fn only_the_files_of_a_snapshot_are_named() {
         assert!(checked_path("MANIFEST").is_some());
+        assert!(checked_path("audit.log").is_some());
         assert!(checked_path("segments/i30-0000000000000001.seg").is_some());
         assert!(checked_path("rollups/00000000000000000030.cube").is_some());
         for bad in [
