@@ -333,6 +333,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             engine.clone(),
                             maintainer.clone(),
                             state.auth.clone(),
+                            crate::api::JobRunner {
+                                engine: engine.clone(),
+                                store: store.clone(),
+                                turns: state.aggregations.clone(),
+                                memory_bytes: state.config.query_memory_bytes,
+                                ttl_us: i64::try_from(state.config.aggregation_ttl.as_micros())
+                                    .unwrap_or(i64::MAX),
+                                runtime: runtime.clone(),
+                            },
                         )
                         .context("cannot start the cluster's Raft node");
                         match started {

@@ -731,6 +731,43 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
     for id in 1..=3 {
         assert_eq!(count_as(&cluster, id, &viewer), 200, "node {id}");
     }
+    // An aggregation job submitted to one member is kept, run and answered
+    // by every member (its definition goes through the log).
+    let now = toplog_tests::now_ms() / 300_000 * 300_000;
+    let r = client()
+        .post(
+            cluster.nodes[(follower - 1) as usize]
+                .as_ref()
+                .unwrap()
+                .url("/api/v1/requests/aggregate"),
+        )
+        .json(
+            &serde_json::json!({"start_time": now - 3_600_000, "end_time": now + 300_000,
+            "metrics": ["frequency"], "interval": "5m", "group_by": "endpoint"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text());
+    let job_id = r.json::<Value>().unwrap()["aggregation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job_result = |cluster: &Cluster, id: u64| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = get(cluster, id, &format!("/api/v1/requests/aggregate/{job_id}"));
+            if body["data"]["state"] == "done" {
+                return body["data"]["result"].clone();
+            }
+            assert!(Instant::now() < deadline, "node {id}: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let result = job_result(&cluster, 1);
+    assert!(!result.as_array().unwrap().is_empty(), "{result}");
+    for id in 2..=3 {
+        assert_eq!(job_result(&cluster, id), result, "node {id}");
+    }
 
     // Node 4 starts knowing the first members only: it is not one yet.
     cluster.start_joining(4);
@@ -811,6 +848,11 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
         count_as(&cluster, 4, &viewer),
         200,
         "the snapshot brought the key"
+    );
+    assert_eq!(
+        job_result(&cluster, 4),
+        result,
+        "the snapshot brought the job"
     );
     let audited = |id: u64| -> Vec<(String, String)> {
         get(&cluster, id, "/api/v1/audit")["data"]

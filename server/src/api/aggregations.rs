@@ -77,44 +77,92 @@ pub(super) async fn submit_aggregation(
         .into_response())
 }
 
+/// What starting a job takes: shared by the API and a cluster's log, which
+/// starts on every member each job submitted to any (results are derived).
+#[derive(Debug, Clone)]
+pub(crate) struct JobRunner {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) store: Arc<toplog_query::JobStore>,
+    pub(crate) turns: Arc<Semaphore>,
+    pub(crate) memory_bytes: usize,
+    /// How long finished jobs are kept, in microseconds.
+    pub(crate) ttl_us: i64,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl JobRunner {
+    pub(crate) fn of(app: &AppState) -> ApiResult<Self> {
+        Ok(Self {
+            engine: app.engine()?,
+            store: jobs(app)?,
+            turns: app.aggregations.clone(),
+            memory_bytes: app.config.query_memory_bytes,
+            ttl_us: super::events::micros(app.config.aggregation_ttl),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Records `job` (pending) and starts it; nothing if a job with its id
+    /// is kept already. Expired jobs go first. Blocks on the disk.
+    pub(crate) fn start(&self, job: toplog_query::Job) -> Result<(), toplog_query::QueryError> {
+        self.store
+            .expire(Micros::now().saturating_sub_micros(self.ttl_us))?;
+        if self.store.get(&job.aggregation_id).is_some() {
+            return Ok(());
+        }
+        self.store.put(&job)?;
+        self.runtime.spawn(run_job(
+            self.engine.clone(),
+            self.store.clone(),
+            self.turns.clone(),
+            self.memory_bytes,
+            job,
+        ));
+        Ok(())
+    }
+}
+
+/// A job as submitted: pending, with a new id.
+pub(crate) fn new_job(request: Value) -> toplog_query::Job {
+    toplog_query::Job {
+        aggregation_id: uuid::Uuid::now_v7().to_string(),
+        state: toplog_query::JobState::Pending,
+        submitted_at: Micros::now(),
+        finished_at: None,
+        request,
+        result: None,
+        error: None,
+    }
+}
+
 /// Checks an aggregation request (the body of `POST
-/// /api/v1/requests/aggregate`), records the job and starts it; its id.
+/// /api/v1/requests/aggregate`), records the job and starts it (in a
+/// cluster, on every member, through the Raft log); its id.
 pub(crate) async fn submit(app: &AppState, body: Value) -> ApiResult<String> {
     AggregationRequest::parse(&body)?;
-    let engine = app.engine()?;
-    let store = jobs(app)?;
-    if store.pending() >= MAX_PENDING {
+    let runner = JobRunner::of(app)?;
+    if runner.store.pending() >= MAX_PENDING {
         return Err(ApiError::overloaded(
             format!("{MAX_PENDING} aggregation jobs already wait to run; try again later"),
             5,
         ));
     }
-    let job = toplog_query::Job {
-        aggregation_id: uuid::Uuid::now_v7().to_string(),
-        state: toplog_query::JobState::Pending,
-        submitted_at: Micros::now(),
-        finished_at: None,
-        request: body,
-        result: None,
-        error: None,
-    };
+    let job = new_job(body);
     let id = job.aggregation_id.clone();
-    {
-        let (store, job) = (store.clone(), job.clone());
-        let ttl = super::events::micros(app.config.aggregation_ttl);
-        blocking(move || {
-            store.expire(Micros::now().saturating_sub_micros(ttl))?;
-            Ok(store.put(&job)?)
-        })
-        .await?;
+    match app.cluster.get() {
+        Some(cluster) => {
+            cluster
+                .submit(&crate::cluster::Entry::Job(job))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        }
+        None if app.config.cluster.is_some() => {
+            return Err(ApiError::unavailable(
+                "recovering: the Raft node starts once the store is open".into(),
+            ));
+        }
+        None => blocking(move || Ok(runner.start(job)?)).await?,
     }
-    tokio::spawn(run_job(
-        engine,
-        store,
-        app.aggregations.clone(),
-        app.config.query_memory_bytes,
-        job,
-    ));
     Ok(id)
 }
 

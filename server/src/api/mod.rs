@@ -22,7 +22,7 @@ use toplog_compaction::Maintainer;
 use toplog_engine::Engine;
 
 use crate::config::Config;
-pub(crate) use aggregations::run_job;
+pub(crate) use aggregations::{JobRunner, run_job};
 pub(crate) use error::ApiError;
 use error::ApiResult;
 pub(crate) use routes::router;

@@ -7,6 +7,7 @@
 //! | 1, the retention policy | the whole policy after the change, as `GET /api/v1/retention` shows it (JSON) |
 //! | 2, an API key made or revoked | `{"add": <the key as stored: id, name, role, hash of its secret, ...>}` or `{"revoke": "<id>"}` (JSON) |
 //! | 3, an audit entry | the entry as `GET /api/v1/audit` shows it (JSON) |
+//! | 4, an aggregation job submitted | the job as first stored: id, `pending`, submitted time, request (JSON) |
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,6 +18,7 @@ const INGEST: u8 = 0;
 const RETENTION: u8 = 1;
 const KEY: u8 = 2;
 const AUDIT: u8 = 3;
+const JOB: u8 = 4;
 
 /// A cluster's shared API keys, changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,7 @@ pub(crate) enum Entry<'a> {
     Retention(Value),
     Key(KeyChange),
     Audit(Value),
+    Job(toplog_query::Job),
 }
 
 impl Entry<'_> {
@@ -42,6 +45,7 @@ impl Entry<'_> {
             Entry::Retention(policy) => json(RETENTION, policy),
             Entry::Key(change) => json(KEY, change),
             Entry::Audit(line) => json(AUDIT, line),
+            Entry::Job(job) => json(JOB, job),
         }
     }
 
@@ -57,6 +61,9 @@ impl Entry<'_> {
             Some((&AUDIT, body)) => serde_json::from_slice(body)
                 .map(Entry::Audit)
                 .map_err(|e| format!("an audit entry that is not JSON: {e}")),
+            Some((&JOB, body)) => serde_json::from_slice(body)
+                .map(Entry::Job)
+                .map_err(|e| format!("a job entry that does not decode: {e}")),
             Some((kind, _)) => Err(format!("an entry of unknown kind {kind}")),
             None => Err("an empty entry".into()),
         }

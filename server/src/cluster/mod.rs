@@ -268,6 +268,7 @@ struct EngineMachine {
     engine: Arc<Engine>,
     maintainer: Arc<toplog_compaction::Maintainer>,
     auth: Arc<crate::auth::Auth>,
+    jobs: crate::api::JobRunner,
     snapshots: SnapshotDirs,
     /// Where the index of the last entry applied to the node's state
     /// besides the store (policy, keys, audit) is kept: a restart delivers
@@ -319,6 +320,7 @@ impl EngineMachine {
                 }
                 Ok(())
             }
+            Entry::Job(job) => self.jobs.start(job).map_err(|e| e.to_string()),
         };
         if let Err(e) = made {
             tracing::error!(index, error = %e, "a change from the Raft log was not made here");
@@ -358,6 +360,15 @@ impl StateMachine for EngineMachine {
                 .map(|k| k.all())
                 .unwrap_or_default(),
             audit: self.auth.audit().map(|a| a.path().to_path_buf()),
+            jobs: (self.jobs.store.list().into_iter())
+                .map(|job| toplog_query::Job {
+                    state: toplog_query::JobState::Pending,
+                    finished_at: None,
+                    result: None,
+                    error: None,
+                    ..job
+                })
+                .collect(),
         };
         self.snapshots
             .make(&self.engine, at_least, applied, state)
@@ -381,10 +392,19 @@ impl StateMachine for EngineMachine {
             log.replace_with(&file)
                 .map_err(|e| disk(format!("{e:#}")))?;
         }
+
         self.set_applied_state(index)?;
         self.snapshots
             .install(&self.engine, index, &descriptor)
-            .map_err(ReplicationError::Disk)
+            .map_err(ReplicationError::Disk)?;
+        // Its jobs run here too, over the store just installed (results are
+        // derived; a crash before this point loses only their re-runs).
+        for job in descriptor.jobs {
+            if let Err(e) = self.jobs.start(job) {
+                tracing::error!(index, error = %e, "a snapshot's aggregation job was not started");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -436,6 +456,7 @@ impl Cluster {
         engine: Arc<Engine>,
         maintainer: Arc<toplog_compaction::Maintainer>,
         auth: Arc<crate::auth::Auth>,
+        jobs: crate::api::JobRunner,
     ) -> anyhow::Result<Arc<Self>> {
         let raft_dir = data_dir.join("raft");
         let store = LogStore::open(
@@ -456,6 +477,7 @@ impl Cluster {
                 engine,
                 maintainer,
                 auth: auth.clone(),
+                jobs,
                 snapshots: snapshots.clone(),
                 state_index: raft_dir.join("STATE_INDEX"),
             },

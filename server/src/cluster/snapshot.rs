@@ -36,7 +36,7 @@ const MANIFEST: &str = "MANIFEST";
 const AUDIT: &str = "audit.log";
 
 /// What a Raft snapshot message carries: where the files are, not them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Descriptor {
     format: u32,
@@ -49,6 +49,10 @@ pub(crate) struct Descriptor {
     /// The cluster's shared API keys at `index` (hashes, never secrets).
     #[serde(default)]
     pub(crate) keys: Vec<crate::auth::StoredKey>,
+    /// The aggregation jobs kept at `index`, as submitted (their results
+    /// are derived: the receiver runs them).
+    #[serde(default)]
+    pub(crate) jobs: Vec<toplog_query::Job>,
 }
 
 /// The node's state besides the store, as a snapshot carries it.
@@ -57,6 +61,7 @@ pub(crate) struct NodeState {
     pub(crate) keys: Vec<crate::auth::StoredKey>,
     /// The audit log's file, copied into the snapshot.
     pub(crate) audit: Option<PathBuf>,
+    pub(crate) jobs: Vec<toplog_query::Job>,
 }
 
 impl Descriptor {
@@ -176,6 +181,7 @@ impl SnapshotDirs {
             files: list(&dir).map_err(io)?,
             retention: state.retention,
             keys: state.keys,
+            jobs: state.jobs,
         };
         tracing::info!(
             index,
