@@ -121,6 +121,8 @@ pub struct RaftNode<D: Durable, M: StateMachine> {
     log_keep: u64,
     /// Followers sent a snapshot: ticks since they last fetched a part of it.
     snapshots_out: BTreeMap<u64, u32>,
+    /// Set when a configuration change applied removed this node while it leads.
+    removed_leader: bool,
 }
 
 impl<D: Durable, M: StateMachine> std::fmt::Debug for RaftNode<D, M> {
@@ -244,6 +246,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             conf_context,
             log_keep: timing.log_keep.max(1),
             snapshots_out: BTreeMap::new(),
+            removed_leader: false,
         })
     }
 
@@ -593,6 +596,11 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         let committed = light.take_committed_entries();
         self.apply(committed)?;
         self.raw.advance_apply();
+        if std::mem::take(&mut self.removed_leader) && self.is_leader() {
+            // Into the next term: the remaining voters elect one of their own.
+            let term = self.raw.raft.term + 1;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         for m in &out {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 self.snapshots_out.insert(m.to, 0);
@@ -635,6 +643,11 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
                 }
                 // The leave-joint entry of ConfChangeV2 has no data: it is
                 // applied all the same.
+                // A restart delivers again the entries after what the state
+                // machine kept; a configuration change among them is already
+                // in the configuration kept with its index.
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+                    if entry.index <= self.conf_index => {}
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
                         let mut cc = ConfChange::default();
@@ -650,8 +663,13 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
                     }
                     self.durable
                         .save_conf_state(&cs, entry.index, &self.conf_context)?;
+                    let voter =
+                        cs.voters.contains(&self.id()) || cs.voters_outgoing.contains(&self.id());
                     self.raw.store().wl().set_conf_state(cs);
                     self.conf_index = entry.index;
+                    // A leader the change removed steps down (raft-rs leaves
+                    // it leading, and then fails), once this Ready is done.
+                    self.removed_leader |= !voter && self.is_leader();
                 }
             }
             if let Some(term) = self.pending.remove(&entry.index) {

@@ -18,8 +18,8 @@ use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use toplog_replication::{
-    Durable, LogStore, Message, Outcome, Persisted, RaftNode, ReplicationError, Result,
-    StateMachine, Ticket, Timing,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Durable, LogStore,
+    Message, Outcome, Persisted, RaftNode, ReplicationError, Result, StateMachine, Ticket, Timing,
 };
 use toplog_wal::{FsyncPolicy, SimFs, WalOptions};
 
@@ -111,56 +111,67 @@ impl Durable for SimDurable {
     }
 }
 
+/// Configuration changes proposed, by every run of the process.
+static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Snapshots installed, by every run of the process.
 static INSTALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Applied entries: (index, data), in order.
 type AppliedLog = Vec<(u64, Vec<u8>)>;
 
-/// The applied entries, kept across crashes as the engine keeps its own.
-/// A snapshot is the whole list.
+/// The applied entries, kept across crashes as the engine keeps its own,
+/// and the log index the state is as of (entries without data, such as
+/// configuration changes, change nothing here but may be what a snapshot
+/// is taken at). A snapshot is the whole list and that index.
 #[derive(Debug, Clone, Default)]
-struct Applied(Arc<Mutex<AppliedLog>>);
+struct Applied {
+    log: Arc<Mutex<AppliedLog>>,
+    through: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl StateMachine for Applied {
     fn apply(&mut self, index: u64, data: &[u8]) -> Result<()> {
-        let mut log = self.0.lock().unwrap();
+        let mut log = self.log.lock().unwrap();
         assert!(
             log.last().is_none_or(|(last, _)| *last < index),
             "entry {index} applied out of order after {:?}",
             log.last().map(|(i, _)| i)
         );
         log.push((index, data.to_vec()));
+        self.through
+            .store(index, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
     fn applied(&self) -> u64 {
-        self.0.lock().unwrap().last().map_or(0, |(i, _)| *i)
+        self.through.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn snapshot(&mut self, at_least: u64, _applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
-        let log = self.0.lock().unwrap();
-        let applied = log.last().map_or(0, |(i, _)| *i);
+    fn snapshot(&mut self, at_least: u64, applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        // Every entry up to `applied` is applied here (at once, in order).
         if applied < at_least {
             return Ok(None);
         }
+        let log = self.log.lock().unwrap();
         Ok(Some((applied, serde_json::to_vec(&*log).unwrap())))
     }
 
     fn install(&mut self, index: u64, data: &[u8]) -> Result<()> {
         let theirs: AppliedLog = serde_json::from_slice(data).unwrap();
-        assert_eq!(
-            theirs.last().map_or(0, |(i, _)| *i),
-            index,
-            "a snapshot's index"
+        assert!(
+            theirs.last().map_or(0, |(i, _)| *i) <= index,
+            "a snapshot at {index} holds entries past it"
         );
-        let mut mine = self.0.lock().unwrap();
+        let mut mine = self.log.lock().unwrap();
         assert!(
             theirs.starts_with(&mine),
             "a snapshot at {index} does not extend what this node applied (up to {:?})",
             mine.last().map(|(i, _)| i)
         );
         *mine = theirs;
+        self.through
+            .store(index, std::sync::atomic::Ordering::SeqCst);
         INSTALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -259,7 +270,14 @@ struct Faults {
 struct World {
     rng: StdRng,
     seed: u64,
+    /// Every node, the spare included.
     ids: Vec<u64>,
+    /// The first voters (the group's bootstrap list).
+    first: Vec<u64>,
+    /// A node not among the first, added and removed as the run goes.
+    spare: Option<u64>,
+    /// Configuration changes committed (a run's membership churn).
+    changes: u64,
     timing: Vec<Timing>,
     nodes: BTreeMap<u64, Option<Node>>,
     disks: BTreeMap<u64, SimDurable>,
@@ -285,9 +303,11 @@ struct World {
 }
 
 impl World {
-    fn new(seed: u64, size: u64, on_wal: bool) -> Self {
+    fn new(seed: u64, size: u64, on_wal: bool, with_spare: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let ids: Vec<u64> = (1..=size).collect();
+        let first: Vec<u64> = (1..=size).collect();
+        let spare = with_spare.then_some(size + 1);
+        let ids: Vec<u64> = first.iter().copied().chain(spare).collect();
         // Distinct election timeouts, in an order the seed picks: raft-rs
         // would draw them from a random source the seed does not govern.
         // Short logs: nodes down or cut off for a while need a snapshot.
@@ -309,6 +329,9 @@ impl World {
             rng,
             seed,
             ids: ids.clone(),
+            first,
+            spare,
+            changes: 0,
             timing,
             nodes: BTreeMap::new(),
             disks: ids.iter().map(|id| (*id, SimDurable::default())).collect(),
@@ -351,7 +374,7 @@ impl World {
         };
         let node = RaftNode::open(
             id,
-            &self.ids,
+            &self.first,
             b"members",
             store,
             self.applied[&id].clone(),
@@ -449,7 +472,7 @@ impl World {
                 );
             }
         }
-        let log = self.applied[&id].0.lock().unwrap();
+        let log = self.applied[&id].log.lock().unwrap();
         let from = self.checked.get(&id).copied().unwrap_or(0);
         self.checked.insert(id, log.len());
         for (index, data) in &log[from..] {
@@ -525,6 +548,10 @@ impl World {
                 self.ready(id, faults);
             }
         }
+        // Now and then, the spare's next membership change.
+        if client && self.now.is_multiple_of(40) {
+            self.change_membership(faults);
+        }
         // A client proposing to whoever leads.
         if client && self.now.is_multiple_of(3) {
             let leaders: Vec<u64> = (self.nodes.iter())
@@ -545,6 +572,74 @@ impl World {
                 }
                 self.ready(id, faults);
             }
+        }
+    }
+
+    /// Has the leader propose the spare's next change: added as a learner,
+    /// made a voter once caught up, removed (which a later turn undoes).
+    fn change_membership(&mut self, faults: &Faults) {
+        let Some(spare) = self.spare else {
+            return;
+        };
+        let Some((id, node)) = (self.nodes.iter_mut())
+            .find_map(|(id, n)| n.as_mut().filter(|n| n.is_leader()).map(|n| (*id, n)))
+        else {
+            return;
+        };
+        let conf = node.conf_state();
+        if !conf.voters_outgoing.is_empty() {
+            return; // a joint change still under way
+        }
+        let kind = if conf.learners.contains(&spare) {
+            let caught_up = node
+                .progress()
+                .get(&spare)
+                .is_some_and(|(matched, _)| *matched + 2 >= node.commit_index());
+            if !caught_up {
+                return;
+            }
+            ConfChangeType::AddNode
+        } else if conf.voters.contains(&spare) {
+            if spare == id {
+                return; // the leader is not removed
+            }
+            ConfChangeType::RemoveNode
+        } else {
+            ConfChangeType::AddLearnerNode
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = spare;
+        let mut change = ConfChangeV2::default();
+        change.set_transition(ConfChangeTransition::Implicit);
+        change.changes = vec![single].into();
+        match node.propose_conf_change(change, b"members".to_vec()) {
+            Ok(_) => self.changes += 1,
+            Err(ReplicationError::NotLeader { .. } | ReplicationError::Dropped) => {}
+            Err(e) => panic!("seed {}: a configuration change: {e}", self.seed),
+        }
+        self.ready(id, faults);
+    }
+
+    /// The members of the configuration the leader (if any) has applied.
+    fn members(&self) -> Vec<u64> {
+        let leader = (self.nodes.values())
+            .flatten()
+            .filter(|n| n.is_leader())
+            .max_by_key(|n| n.term());
+        match leader {
+            Some(n) => {
+                let conf = n.conf_state();
+                let mut ids: Vec<u64> = (conf.voters.iter())
+                    .chain(&conf.voters_outgoing)
+                    .chain(&conf.learners)
+                    .copied()
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+            None => self.ids.clone(),
         }
     }
 
@@ -581,9 +676,11 @@ impl World {
         for _ in 0..2_000 {
             self.step(&calm, false);
             // Same length and same entries at each index (observe checked
-            // the entries): the same sequence.
-            let lens: Vec<usize> = (self.applied.values())
-                .map(|a| a.0.lock().unwrap().len())
+            // the entries): the same sequence, on every member.
+            let members = self.members();
+            let lens: Vec<usize> = (self.applied.iter())
+                .filter(|(id, _)| members.contains(id))
+                .map(|(_, a)| a.log.lock().unwrap().len())
                 .collect();
             if lens.windows(2).all(|w| w[0] == w[1]) {
                 quiet += 1;
@@ -594,16 +691,31 @@ impl World {
                 quiet = 0;
             }
         }
-        let lists: Vec<AppliedLog> = (self.applied.values())
-            .map(|a| a.0.lock().unwrap().clone())
+        let members = self.members();
+        let lists: Vec<AppliedLog> = (self.applied.iter())
+            .filter(|(id, _)| members.contains(id))
+            .map(|(_, a)| a.log.lock().unwrap().clone())
             .collect();
         assert!(
             lists.windows(2).all(|w| w[0] == w[1]),
-            "seed {}: the nodes did not converge: applied {:?}, nodes {:?}",
+            "seed {}: the members {members:?} did not converge: applied {:?}, nodes {:?}, the leader's view {:?}",
             self.seed,
             lists.iter().map(Vec::len).collect::<Vec<_>>(),
-            self.nodes.values().collect::<Vec<_>>()
+            self.nodes.values().collect::<Vec<_>>(),
+            (self.nodes.values().flatten())
+                .filter(|n| n.is_leader())
+                .map(|n| (n.conf_state(), n.progress(), n.first_index()))
+                .collect::<Vec<_>>()
         );
+        // A node removed applied a prefix of what the members did.
+        for (id, a) in self.applied.iter().filter(|(id, _)| !members.contains(id)) {
+            let theirs = a.log.lock().unwrap();
+            assert!(
+                lists[0].starts_with(&theirs),
+                "seed {}: removed node {id} applied what the members did not",
+                self.seed
+            );
+        }
         let values: Vec<&Vec<u8>> = lists[0].iter().map(|(_, v)| v).collect();
         let distinct: BTreeSet<&Vec<u8>> = values.iter().copied().collect();
         assert_eq!(
@@ -646,7 +758,8 @@ impl World {
 }
 
 fn run(seed: u64, on_wal: bool) -> (usize, u64) {
-    let mut world = World::new(seed, if seed % 4 == 3 { 5 } else { 3 }, on_wal);
+    let size = if seed % 4 == 3 { 5 } else { 3 };
+    let mut world = World::new(seed, size, on_wal, seed % 3 == 1);
     let faults = Faults {
         loss: 0.05,
         duplicate: 0.02,
@@ -659,6 +772,7 @@ fn run(seed: u64, on_wal: bool) -> (usize, u64) {
         world.step(&faults, true);
     }
     world.settle();
+    CHANGES.fetch_add(world.changes, std::sync::atomic::Ordering::Relaxed);
     (world.acked.len(), world.proposed)
 }
 
@@ -691,9 +805,13 @@ fn raft_groups_keep_every_acknowledged_write_under_faults() {
         "only {acked} of {proposed} proposals acknowledged"
     );
     let installs = INSTALLS.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("{acked} of {proposed} proposals acknowledged; {installs} snapshots installed");
+    let changes = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{acked} of {proposed} proposals acknowledged; {installs} snapshots installed; {changes} membership changes proposed"
+    );
     if seeds().len() >= 100 {
         assert!(installs > 0, "no run needed a snapshot");
+        assert!(changes > 0, "no run changed its membership");
     }
 }
 
