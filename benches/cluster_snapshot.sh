@@ -4,13 +4,15 @@
 #
 #   1. three nodes (`--raft-log-keep 100`), `EVENTS` events loaded through
 #      the leader (`loadgen send`, NDJSON, 4 connections, 10,000 per request);
-#   2. a follower killed with kill -9 and its data directory wiped, 200,000
-#      more events loaded (the log moves past what it had);
+#   2. a follower killed with kill -9; 200,000 more events;
 #   3. baseline: `loadgen send` of `PROBE` events in 1,000-event requests to
 #      the leader, with two nodes up: ack p50 / p99;
-#   4. the same again while the wiped follower is restarted and sent a
-#      snapshot of everything: ack p50 / p99, and the snapshot's size and
-#      transfer time as the follower logs them ("snapshot received").
+#   4. the same while the follower restarts and catches up from the log
+#      (what it missed is within the log kept);
+#   5. the follower killed again and its data directory wiped, 200,000 more
+#      events; the same again while it restarts and is sent a snapshot of
+#      everything: ack p50 / p99, and the snapshot's size and transfer time
+#      as the follower logs them ("snapshot received").
 #
 #   bash benches/cluster_snapshot.sh <release toplog> <release loadgen> [events] [probe events]
 #
@@ -43,19 +45,27 @@ lport=${ports[$((leader-1))]}
 echo "== $EVENTS events through the leader (node $leader)"
 send "$lport" "$EVENTS" 1 10000
 wiped=$(( leader % 3 + 1 ))
-echo "== node $wiped killed and wiped; 200,000 more events"
+probe_while_restarting() {
+  send "$lport" "$PROBE" "$1" 1000 >"$WORK/during.txt" &
+  local sender=$!
+  sleep 1
+  start_node "$wiped"
+  wait "$sender"
+  cat "$WORK/during.txt"
+}
+echo "== node $wiped killed; 200,000 more events"
 kill -9 "${pids[$((wiped-1))]}"; wait "${pids[$((wiped-1))]}" 2>/dev/null || true
-rm -rf "$WORK/node$wiped"
 send "$lport" 200000 2 10000
 echo "== baseline: $PROBE events in 1,000-event requests, two nodes up"
 send "$lport" "$PROBE" 3 1000
-echo "== the same while node $wiped is sent a snapshot"
-send "$lport" "$PROBE" 4 1000 >"$WORK/during.txt" &
-sender=$!
-sleep 1
-start_node "$wiped"
-wait "$sender"
-cat "$WORK/during.txt"
+echo "== the same while node $wiped restarts and catches up from the log"
+probe_while_restarting 4
+echo "== node $wiped killed and wiped; 200,000 more events"
+kill -9 "${pids[$((wiped-1))]}"; wait "${pids[$((wiped-1))]}" 2>/dev/null || true
+rm -rf "$WORK/node$wiped"
+send "$lport" 200000 5 10000
+echo "== the same while node $wiped restarts and is sent a snapshot"
+probe_while_restarting 6
 for _ in $(seq 300); do grep -q "snapshot installed" "$WORK/node$wiped.log" && break; sleep 0.1; done
 grep -h "snapshot offered" "$WORK"/node*.log | tail -1 | sed 's/.*INFO //'
 grep -h "snapshot received" "$WORK/node$wiped.log" | tail -1 | sed 's/.*INFO //'

@@ -395,6 +395,18 @@ fn send(cluster: &Cluster, id: u64, b: usize, n: usize) -> (u16, Value) {
     (r.status().as_u16(), r.json().unwrap_or(Value::Null))
 }
 
+/// `method path` with JSON `body` to node `id`: the status and the body.
+fn call(cluster: &Cluster, id: u64, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = client()
+        .request(method, node.url(path))
+        .json(body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
 fn get(cluster: &Cluster, id: u64, path: &str) -> Value {
     let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
     client().get(node.url(path)).send().unwrap().json().unwrap()
@@ -676,18 +688,7 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
     // A retention change sent to a follower is in force on every member
     // (through the log); a bad one is refused where it is sent.
     let follower = cluster.live().into_iter().find(|id| *id != leader).unwrap();
-    let put = |id: u64, body: Value| {
-        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
-        let r = client()
-            .put(node.url("/api/v1/retention"))
-            .json(&body)
-            .send()
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<Value>().unwrap_or(Value::Null),
-        )
-    };
+    let put = |id: u64, body: Value| call(&cluster, id, "PUT", "/api/v1/retention", &body);
     let (status, body) = put(follower, serde_json::json!({"raw": {"keep_for": "20d"}}));
     assert_eq!(status, 200, "{body}");
     let (status, body) = put(follower, serde_json::json!({"raw": {"keep_for": "20x"}}));
@@ -794,18 +795,7 @@ fn a_fourth_node_joins_as_a_learner_becomes_a_voter_and_a_member_is_removed() {
         .into_iter()
         .find(|id| *id != leader && *id != 4)
         .unwrap();
-    let post = |id: u64, body: Value| {
-        let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
-        let r = client()
-            .post(node.url("/api/v1/cluster/members"))
-            .json(&body)
-            .send()
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<Value>().unwrap_or(Value::Null),
-        )
-    };
+    let post = |id: u64, body: Value| call(&cluster, id, "POST", "/api/v1/cluster/members", &body);
     let add = serde_json::json!({"node_id": 4, "url": cluster.url(4)});
     assert_eq!(post(follower, add.clone()).0, 409);
     let (status, body) = post(leader, serde_json::json!({"node_id": 4, "url": "ftp://x"}));
