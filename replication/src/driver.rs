@@ -65,6 +65,7 @@ enum Input {
         oneshot::Sender<Result<u64>>,
     ),
     ReportSnapshot(u64, bool),
+    CompactKept(oneshot::Sender<Result<()>>),
     Stop,
 }
 
@@ -130,6 +131,10 @@ impl Driver {
                                     let _ = reply.send(Err(e));
                                 }
                             }
+                            Ok(())
+                        }
+                        Ok(Input::CompactKept(reply)) => {
+                            let _ = reply.send(node.compact_kept());
                             Ok(())
                         }
                         Ok(Input::ReportSnapshot(peer, sent)) => {
@@ -245,6 +250,16 @@ impl Driver {
             .send(Input::ConfChange(change, context, tx))
             .is_err()
         {
+            return Err(ReplicationError::Stopped);
+        }
+        rx.await.unwrap_or(Err(ReplicationError::Stopped))
+    }
+
+    /// Cuts the log up to what the state machine keeps and withdraws the
+    /// snapshot on offer (see [`RaftNode::compact_kept`]).
+    pub async fn compact_kept(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.inputs.send(Input::CompactKept(tx)).is_err() {
             return Err(ReplicationError::Stopped);
         }
         rx.await.unwrap_or(Err(ReplicationError::Stopped))

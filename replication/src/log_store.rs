@@ -371,6 +371,12 @@ impl Durable for LogStore {
         self.state.start_index = index;
         self.state.start_term = term;
         self.store_state()?;
+        if index == self.last_index {
+            // The whole log: the file being written goes too.
+            self.wal
+                .roll()
+                .map_err(|e| disk("compact the Raft log in", &self.dir, e))?;
+        }
         self.wal
             .truncate_prefix(Lsn::new(index))
             .map_err(|e| disk("compact the Raft log in", &self.dir, e))

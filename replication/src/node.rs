@@ -52,6 +52,12 @@ pub trait StateMachine {
     /// Replaces everything with the snapshot made at `index` from `data`,
     /// durably: afterwards [`StateMachine::applied`] is `index`.
     fn install(&mut self, index: u64, data: &[u8]) -> Result<()>;
+    /// Makes [`StateMachine::applied`] reach `applied` (the last entry
+    /// applied) if it can at once: asked before the log is cut as far as it
+    /// goes. Nothing by default.
+    fn keep_applied(&mut self, _applied: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A proposal as the log knows it: the index and term it was appended at.
@@ -370,6 +376,22 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
     /// The first entry the log holds.
     pub fn first_index(&self) -> u64 {
         self.raw.store().rl().first_index()
+    }
+
+    /// Cuts the log up to what the state machine keeps, keeping nothing
+    /// behind it, and withdraws the snapshot on offer: after a rekey, so no
+    /// entry or snapshot sealed under a retired key is needed again (a
+    /// follower behind is sent a new snapshot).
+    pub fn compact_kept(&mut self) -> Result<()> {
+        self.machine.keep_applied(self.applied_index())?;
+        let kept = self.machine.applied().min(self.applied_index());
+        if kept >= self.first_index() {
+            let term = self.raw.raft.raft_log.term(kept)?;
+            self.durable.compact(kept, term)?;
+            self.raw.store().wl().compact(kept, term);
+        }
+        self.raw.store().wl().withdraw_offer();
+        Ok(())
     }
 
     /// One tick of the logical clock. A follower sent a snapshot that has

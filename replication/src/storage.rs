@@ -103,6 +103,11 @@ impl Core {
         self.offered = Some(snapshot);
     }
 
+    /// Offers no snapshot until the next is made.
+    pub(crate) fn withdraw_offer(&mut self) {
+        self.offered = None;
+    }
+
     /// Asks for a snapshot again at the next turn (the last one could not be made).
     pub(crate) fn offer_later(&mut self) {
         self.wanted = true;

@@ -152,6 +152,29 @@ impl Engine {
         self.inner.read().flushed_lsn.get()
     }
 
+    /// Marks the store as of replicated log index `index` when every batch
+    /// applied is flushed (so the entries up to `index` hold no batch it
+    /// lacks): the manifest's flushed index moves there, and a restart
+    /// resumes after it. Nothing changes otherwise.
+    pub fn mark_flushed_through(&self, index: u64) -> Result<()> {
+        let mut manifest = lock(&self.inner.manifest);
+        let mut st = self.inner.write();
+        if st.applied_lsn != manifest.flushed_lsn || index <= manifest.flushed_lsn.get() {
+            return Ok(());
+        }
+        let mut next = manifest.clone();
+        next.flushed_lsn = Lsn::new(index);
+        next.store(
+            &self.inner.fs,
+            &self.inner.config.data_dir,
+            &self.inner.config.cipher,
+        )?;
+        *manifest = next;
+        st.flushed_lsn = Lsn::new(index);
+        st.applied_lsn = Lsn::new(index);
+        Ok(())
+    }
+
     /// A batch as an entry of a replicated log, after the checks
     /// [`Engine::ingest`] makes first; or, for an idempotency key already
     /// known, its receipt (nothing to propose).

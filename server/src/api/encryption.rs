@@ -75,6 +75,13 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
         }))
     })
     .await?;
+    // A cluster member's Raft log and snapshots on offer hold what the
+    // rekey did not rewrite: cut and removed (the rekey flushed the store).
+    if let Some(cluster) = app.cluster.get() {
+        cluster.retire_sealed().await.map_err(|e| {
+            ApiError::internal(format!("the Raft log was not cut after the rekey: {e}"))
+        })?;
+    }
     Ok(Json(json!({"status": "success", "data": data})).into_response())
 }
 

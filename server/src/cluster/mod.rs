@@ -347,6 +347,15 @@ impl StateMachine for EngineMachine {
         self.engine.flushed_index()
     }
 
+    /// With every batch flushed, the entries after the store's flushed index
+    /// hold none (the others are durable once applied): the store is marked
+    /// as of `applied`.
+    fn keep_applied(&mut self, applied: u64) -> toplog_replication::Result<()> {
+        self.engine
+            .mark_flushed_through(applied)
+            .map_err(|e| ReplicationError::Disk(e.to_string()))
+    }
+
     fn snapshot(
         &mut self,
         at_least: u64,
@@ -621,6 +630,17 @@ impl Cluster {
                 "entry {index} is committed, and not yet applied on this node"
             )))
         }
+    }
+
+    /// After a rekey: the Raft log cut up to what the store has flushed (all
+    /// of it, the rekey flushed), and the snapshots on offer removed, so no
+    /// entry or file sealed under a retired key is kept here.
+    pub(crate) async fn retire_sealed(&self) -> Result<(), String> {
+        self.driver
+            .compact_kept()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.snapshots.withdraw().map_err(|e| e.to_string())
     }
 
     /// Whether a snapshot is being fetched or installed here.

@@ -193,6 +193,14 @@ impl SnapshotDirs {
         Ok(Some((index, data)))
     }
 
+    /// Removes every snapshot on offer (a rekey: they link files sealed
+    /// under a retired key). The next is made when a follower needs one.
+    pub(crate) fn withdraw(&self) -> std::io::Result<()> {
+        let root = self.offered_root();
+        std::fs::remove_dir_all(&root)?;
+        std::fs::create_dir_all(&root)
+    }
+
     /// Keeps the newest snapshots on offer, removing the rest.
     fn prune_offered(&self) -> std::io::Result<()> {
         let mut indexes: Vec<u64> = std::fs::read_dir(self.offered_root())?
