@@ -133,6 +133,10 @@ pub(crate) struct Settings {
     /// sent a snapshot.
     #[arg(long, env = "TOPLOG_RAFT_LOG_KEEP")]
     pub(crate) raft_log_keep: Option<u64>,
+    /// Committed entries a cluster member may not have applied yet and
+    /// still answer `/readyz` with 200 (default 1000).
+    #[arg(long, env = "TOPLOG_READY_LAG")]
+    pub(crate) ready_lag: Option<u64>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -223,6 +227,7 @@ impl Settings {
             cluster: self.cluster.or(other.cluster),
             cluster_secret_file: self.cluster_secret_file.or(other.cluster_secret_file),
             raft_log_keep: self.raft_log_keep.or(other.raft_log_keep),
+            ready_lag: self.ready_lag.or(other.ready_lag),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -510,6 +515,7 @@ impl Config {
             s.cluster.as_deref(),
             s.cluster_secret_file.as_deref(),
             s.raft_log_keep,
+            s.ready_lag,
             tls.as_ref(),
         )?;
         if cluster.is_some() && !auth {

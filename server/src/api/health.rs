@@ -32,16 +32,12 @@ pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Entries a member may trail its known commit index by and still take
-/// traffic.
-const READY_LAG: u64 = 1_000;
-
 /// A cluster member takes traffic while it knows a leader and has applied
-/// what it knows committed, within [`READY_LAG`] entries.
+/// what it knows committed, within `ready_lag` entries.
 fn cluster_ready(app: &AppState) -> Result<(), String> {
-    if app.config.cluster.is_none() {
+    let Some(settings) = &app.config.cluster else {
         return Ok(());
-    }
+    };
     let Some(cluster) = app.cluster.get() else {
         return Err("the Raft node is starting".into());
     };
@@ -63,7 +59,7 @@ fn cluster_ready(app: &AppState) -> Result<(), String> {
         return Err("no leader is known: an election, or no quorum".into());
     }
     let behind = s.commit_index.saturating_sub(s.applied_index);
-    if behind > READY_LAG {
+    if behind > settings.ready_lag() {
         return Err(format!(
             "applying the log: {behind} committed entries not applied yet"
         ));

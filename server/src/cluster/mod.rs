@@ -44,6 +44,8 @@ const TICK: Duration = Duration::from_millis(100);
 const PEER_QUEUE: usize = 1024;
 /// How long a forwarded write may take, and its applying here after.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// `ready_lag` when none is set.
+const DEFAULT_READY_LAG: u64 = 1_000;
 /// Shortest cluster secret taken.
 const MIN_SECRET_LEN: usize = 16;
 
@@ -60,6 +62,8 @@ pub(crate) struct ClusterSettings {
     proof: PeerProof,
     /// Raft log entries kept behind what the store has flushed.
     log_keep: u64,
+    /// Committed entries this node may trail by and still be ready.
+    ready_lag: u64,
 }
 
 /// How members prove their `peer` role to each other.
@@ -93,6 +97,7 @@ impl ClusterSettings {
         cluster: Option<&str>,
         secret_file: Option<&Path>,
         log_keep: Option<u64>,
+        ready_lag: Option<u64>,
         tls: Option<&crate::tls::TlsSettings>,
     ) -> anyhow::Result<Option<Self>> {
         let (node_id, cluster) = match (node_id, cluster) {
@@ -145,7 +150,13 @@ impl ClusterSettings {
             members,
             proof,
             log_keep,
+            ready_lag: ready_lag.unwrap_or(DEFAULT_READY_LAG),
         }))
+    }
+
+    /// Committed entries this node may trail by and still answer `/readyz`.
+    pub(crate) fn ready_lag(&self) -> u64 {
+        self.ready_lag
     }
 
     /// The cluster secret, if peers prove themselves with it.
