@@ -2,8 +2,11 @@
 //! [`RaftNode`]s in one loop over a simulated network that loses, delays,
 //! duplicates and reorders messages and partitions the group, with nodes
 //! crashing at any step and disks failing writes; a seed replays a run.
-//! Checked as it runs: at most one leader per term, and every node applies
-//! the same entry at each index. Checked at the end, after the faults stop:
+//! Checked as it runs: at most one leader per term, every node applies the
+//! same entry at each index, a snapshot a node installs extends what it had
+//! applied, and a linearizable read (ReadIndex) asked of any node answers
+//! an index no lower than any write acknowledged before it was asked.
+//! Checked at the end, after the faults stop:
 //! the durable logs match where they overlap, every node applied the same
 //! sequence, and every acknowledged proposal is in it exactly once.
 //!
@@ -110,6 +113,9 @@ impl Durable for SimDurable {
         self.write(|p| p.installing = None)
     }
 }
+
+/// Linearizable reads answered (and checked), by every run of the process.
+static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Configuration changes proposed, by every run of the process.
 static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -296,6 +302,13 @@ struct World {
     chosen: BTreeMap<u64, Vec<u8>>,
     tickets: BTreeMap<(u64, Ticket), Vec<u8>>,
     acked: BTreeSet<Vec<u8>>,
+    /// The highest index of a write acknowledged so far.
+    acked_index: u64,
+    /// Linearizable reads asked and not answered: (node, read id) → the
+    /// index of the last write acknowledged before the read was asked,
+    /// which its answer must reach.
+    reads: BTreeMap<(u64, u64), u64>,
+    next_read: u64,
     proposed: u64,
     /// How many of each node's applied entries `observe` has checked.
     checked: BTreeMap<u64, usize>,
@@ -347,6 +360,9 @@ impl World {
             chosen: BTreeMap::new(),
             tickets: BTreeMap::new(),
             acked: BTreeSet::new(),
+            acked_index: 0,
+            reads: BTreeMap::new(),
+            next_read: 0,
             proposed: 0,
             checked: BTreeMap::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
@@ -386,6 +402,8 @@ impl World {
     }
 
     fn crash(&mut self, id: u64, for_ticks: u64) {
+        // Reads asked there are never answered.
+        self.reads.retain(|(node, _), _| *node != id);
         // Power lost first: the stopped node's threads write nothing more.
         if let Some(fs) = self.fses.as_ref().and_then(|f| f.get(&id)) {
             fs.heal();
@@ -438,12 +456,24 @@ impl World {
         match turn {
             Ok(msgs) => {
                 let outcomes = node.take_outcomes();
+                let reads = node.take_reads();
                 self.observe(id);
                 for (ticket, outcome) in outcomes {
                     if let Some(value) = self.tickets.remove(&(id, ticket))
                         && outcome == Outcome::Applied
                     {
                         self.acked.insert(value);
+                        self.acked_index = self.acked_index.max(ticket.index);
+                    }
+                }
+                for (read, index) in reads {
+                    if let Some(floor) = self.reads.remove(&(id, read)) {
+                        assert!(
+                            index >= floor,
+                            "seed {}: node {id}'s linearizable read got index {index}, and a write at {floor} was acknowledged before it was asked",
+                            self.seed
+                        );
+                        READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 self.send(msgs, faults);
@@ -545,6 +575,16 @@ impl World {
                 node.tick();
                 let turn = node.maintain().map(|()| Vec::new());
                 self.after_turn(id, turn, faults);
+                self.ready(id, faults);
+            }
+        }
+        // A linearizable read, asked of any node.
+        if client && self.now.is_multiple_of(5) {
+            let id = self.ids[self.rng.random_range(0..self.ids.len())];
+            if let Some(Some(node)) = self.nodes.get_mut(&id) {
+                self.next_read += 1;
+                node.read_index(self.next_read);
+                self.reads.insert((id, self.next_read), self.acked_index);
                 self.ready(id, faults);
             }
         }
@@ -806,12 +846,14 @@ fn raft_groups_keep_every_acknowledged_write_under_faults() {
     );
     let installs = INSTALLS.load(std::sync::atomic::Ordering::Relaxed);
     let changes = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
+    let reads = READS.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "{acked} of {proposed} proposals acknowledged; {installs} snapshots installed; {changes} membership changes proposed"
+        "{acked} of {proposed} proposals acknowledged; {installs} snapshots installed; {changes} membership changes proposed; {reads} linearizable reads checked"
     );
     if seeds().len() >= 100 {
         assert!(installs > 0, "no run needed a snapshot");
         assert!(changes > 0, "no run changed its membership");
+        assert!(reads > 0, "no linearizable read was answered");
     }
 }
 
