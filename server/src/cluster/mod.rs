@@ -1,21 +1,24 @@
-//! The node as a member of a Raft cluster: its settings, its Raft node on a
-//! thread of its own (toplog-replication), and the transport between nodes:
-//! the `toplog.raft.v1.Raft` gRPC service on the node's one port, which only
-//! the `peer` role may call (the auth layer checks the caller before a byte
-//! of the message is decoded), and a client per peer that batches what the
-//! node sends.
+//! The node as a member of a Raft cluster (docs/cluster.md): its Raft node
+//! on a thread of its own (toplog-replication); writes through the log from
+//! any member ([`Cluster::submit`], a follower handing them to the leader);
+//! linearizable reads; membership (members' addresses live in the log,
+//! learners are promoted once caught up); and snapshots received.
 //!
-//! In progress (issue 21): ingest batches go through the log and every
-//! member applies them to its engine; a write sent to a follower is handed
-//! to the leader (`Propose`); the log is compacted behind what the engine
-//! has flushed, and a member it no longer reaches gets a snapshot
-//! ([`snapshot`]); the rest of the node's state does not go through the log
-//! yet, and peers authenticate with the cluster secret only.
+//! - [`settings`]: the cluster settings and how peers prove themselves;
+//! - [`entry`]: what a log entry changes;
+//! - [`machine`]: what entries are applied to, and snapshots made and installed;
+//! - [`snapshot`]: snapshot files, their transfer and their install;
+//! - [`transport`]: the clients to peers and the `toplog.raft.v1.Raft` service.
 
 mod entry;
+mod machine;
+mod settings;
 mod snapshot;
+mod transport;
 
 pub(crate) use entry::{Entry, KeyChange};
+pub(crate) use settings::ClusterSettings;
+pub(crate) use transport::RaftService;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,18 +28,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 use toplog_engine::Engine;
+use toplog_proto::raft_v1::Proposal;
 use toplog_proto::raft_v1::raft_client::RaftClient;
-use toplog_proto::raft_v1::raft_server::Raft;
-use toplog_proto::raft_v1::{
-    Accepted, Messages, Proposal, Proposed, SnapshotChunk, SnapshotRequest,
-};
 use toplog_replication::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Driver, LogStore,
-    Message, NodeStatus, RaftNode, ReplicationError, StateMachine, Timing, decode_message,
-    encode_message,
+    Message, NodeStatus, RaftNode, ReplicationError, Timing,
 };
 
+use machine::EngineMachine;
 use snapshot::{Descriptor, SnapshotDirs};
+use transport::peer_loop;
 
 /// The Raft clock: elections after 10 to 20 ticks without a leader.
 const TICK: Duration = Duration::from_millis(100);
@@ -44,212 +45,6 @@ const TICK: Duration = Duration::from_millis(100);
 const PEER_QUEUE: usize = 1024;
 /// How long a forwarded write may take, and its applying here after.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// `ready_lag` when none is set.
-const DEFAULT_READY_LAG: u64 = 1_000;
-/// Shortest cluster secret taken.
-const MIN_SECRET_LEN: usize = 16;
-
-/// `node_id`, `cluster` and `cluster_secret_file`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClusterSettings {
-    pub(crate) node_id: u64,
-    /// The first members (id and the URL each listens on), or, for a node
-    /// not among them, members to find the cluster by: it joins once a
-    /// leader adds it (`POST /api/v1/cluster/members`). Once the group runs,
-    /// its members are what the Raft log says.
-    pub(crate) members: BTreeMap<u64, String>,
-    /// How this node proves its `peer` role to the others.
-    proof: PeerProof,
-    /// Raft log entries kept behind what the store has flushed.
-    log_keep: u64,
-    /// Committed entries this node may trail by and still be ready.
-    ready_lag: u64,
-}
-
-/// How members prove their `peer` role to each other.
-#[derive(Clone, PartialEq, Eq)]
-enum PeerProof {
-    /// The cluster secret as a bearer token (`http://` members).
-    Secret(String),
-    /// This node's certificate, which the others map to `peer`, over mutual
-    /// TLS (`https://` members); the CA that signed the members' certificates.
-    Certificate {
-        cert_pem: Vec<u8>,
-        key_pem: Vec<u8>,
-        ca_pem: Vec<u8>,
-    },
-}
-
-impl std::fmt::Debug for PeerProof {
-    /// Neither the secret nor the key is shown.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PeerProof::Secret(_) => "Secret(..)",
-            PeerProof::Certificate { .. } => "Certificate(..)",
-        })
-    }
-}
-
-impl ClusterSettings {
-    /// `None` for a single node; an error names the setting that is wrong.
-    pub(crate) fn resolve(
-        node_id: Option<u64>,
-        cluster: Option<&str>,
-        secret_file: Option<&Path>,
-        log_keep: Option<u64>,
-        ready_lag: Option<u64>,
-        tls: Option<&crate::tls::TlsSettings>,
-    ) -> anyhow::Result<Option<Self>> {
-        let (node_id, cluster) = match (node_id, cluster) {
-            (None, None) => return Ok(None),
-            (Some(_), None) => anyhow::bail!("`node_id` is set but `cluster` is not"),
-            (None, Some(_)) => anyhow::bail!("`cluster` is set but `node_id` is not"),
-            (Some(id), Some(c)) => (id, c),
-        };
-        let mut members = BTreeMap::new();
-        for item in cluster.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (id, url) = item
-                .split_once('=')
-                .with_context(|| format!("`cluster`: `{item}` is not `<id>=<url>`"))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .ok()
-                .filter(|id| *id > 0)
-                .with_context(|| format!("`cluster`: `{id}` is not a node id (1, 2, ...)"))?;
-            let url = url.trim().trim_end_matches('/');
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                anyhow::bail!("`cluster`: node {id}'s URL `{url}` is not http:// or https://");
-            }
-            if members.insert(id, url.to_owned()).is_some() {
-                anyhow::bail!("`cluster`: node {id} is listed twice");
-            }
-        }
-        if members.is_empty() {
-            anyhow::bail!("`cluster` lists no node");
-        }
-        let https = members
-            .values()
-            .filter(|u| u.starts_with("https://"))
-            .count();
-        let proof = if https == 0 {
-            PeerProof::Secret(read_secret(secret_file)?)
-        } else if https == members.len() {
-            peer_certificate(tls)?
-        } else {
-            anyhow::bail!(
-                "`cluster`: every member's URL must be https:// (peers prove themselves with certificates) or every one http:// (with the cluster secret), not a mix"
-            );
-        };
-        let log_keep = log_keep.unwrap_or(Timing::default().log_keep);
-        if log_keep == 0 {
-            anyhow::bail!("`raft_log_keep` must be 1 or more");
-        }
-        Ok(Some(Self {
-            node_id,
-            members,
-            proof,
-            log_keep,
-            ready_lag: ready_lag.unwrap_or(DEFAULT_READY_LAG),
-        }))
-    }
-
-    /// Committed entries this node may trail by and still answer `/readyz`.
-    pub(crate) fn ready_lag(&self) -> u64 {
-        self.ready_lag
-    }
-
-    /// The cluster secret, if peers prove themselves with it.
-    pub(crate) fn secret(&self) -> Option<&str> {
-        match &self.proof {
-            PeerProof::Secret(s) => Some(s),
-            PeerProof::Certificate { .. } => None,
-        }
-    }
-
-    /// A connection to the member at `url`, proving this node a peer.
-    fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("{url}: {e}"))?
-            .connect_timeout(Duration::from_secs(1));
-        match &self.proof {
-            PeerProof::Secret(_) => Ok(endpoint),
-            PeerProof::Certificate {
-                cert_pem,
-                key_pem,
-                ca_pem,
-            } => endpoint
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
-                        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
-                )
-                .map_err(|e| format!("{url}: {e}")),
-        }
-    }
-
-    /// What a call to a peer carries besides: the secret as a bearer token
-    /// (nothing with certificates).
-    fn bearer(
-        &self,
-    ) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, String> {
-        self.secret()
-            .map(|s| {
-                format!("Bearer {s}")
-                    .parse()
-                    .map_err(|_| "the cluster secret is not a header value".to_owned())
-            })
-            .transpose()
-    }
-
-    /// Whether this node is one of the first members (or joins a running group).
-    fn bootstraps(&self) -> bool {
-        self.members.contains_key(&self.node_id)
-    }
-}
-
-/// The cluster secret in `secret_file`, checked.
-fn read_secret(secret_file: Option<&Path>) -> anyhow::Result<String> {
-    let Some(secret_file) = secret_file else {
-        anyhow::bail!(
-            "a node started with `cluster` needs `cluster_secret_file`: peers prove their `peer` role with it (or, with https:// members, with certificates)"
-        );
-    };
-    let secret = std::fs::read_to_string(secret_file)
-        .with_context(|| format!("`cluster_secret_file` {}", secret_file.display()))?
-        .trim()
-        .to_owned();
-    if secret.len() < MIN_SECRET_LEN || secret.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        anyhow::bail!(
-            "`cluster_secret_file` {}: the secret must be {MIN_SECRET_LEN} or more printable characters without spaces",
-            secret_file.display()
-        );
-    }
-    Ok(secret)
-}
-
-/// This node's proof for https:// members: its own certificate (which the
-/// others' `[tls.client_roles]` map to `peer`), verified against the CA in
-/// `[tls] client_ca_file`, which signs every member's certificate.
-fn peer_certificate(tls: Option<&crate::tls::TlsSettings>) -> anyhow::Result<PeerProof> {
-    let needs = "https:// members prove themselves with certificates: they need `[tls]` `cert_file`, `key_file`, `client_ca_file` (the CA that signed every member's certificate) and a `[tls.client_roles]` name mapped to \"peer\"";
-    let tls = tls.with_context(|| needs)?;
-    let (Some(cert), Some(key), Some(ca)) = (&tls.cert_file, &tls.key_file, &tls.client_ca_file)
-    else {
-        anyhow::bail!("{needs}");
-    };
-    let maps_peer = (tls.client_roles.iter().flatten()).any(|(_, role)| role == "peer");
-    if !maps_peer {
-        anyhow::bail!("{needs}");
-    }
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("`[tls]` {}", p.display()));
-    Ok(PeerProof::Certificate {
-        cert_pem: read(cert)?,
-        key_pem: read(key)?,
-        ca_pem: read(ca)?,
-    })
-}
 
 /// The members' addresses, as the Raft configuration's context carries them.
 type AddressBook = BTreeMap<u64, String>;
@@ -269,163 +64,6 @@ struct Addresses {
     /// The configuration's context the book was read from.
     from: Vec<u8>,
     book: AddressBook,
-}
-
-/// The cluster's log applies to the engine: each entry an ingest batch, as
-/// the engine's own log holds them. What the engine has flushed is what
-/// survives a restart; the log delivers the rest again. A snapshot is a
-/// checkpoint of the engine ([`snapshot`]).
-struct EngineMachine {
-    engine: Arc<Engine>,
-    maintainer: Arc<toplog_compaction::Maintainer>,
-    auth: Arc<crate::auth::Auth>,
-    jobs: crate::api::JobRunner,
-    snapshots: SnapshotDirs,
-    /// Where the index of the last entry applied to the node's state
-    /// besides the store (policy, keys, audit) is kept: a restart delivers
-    /// again the entries after the store's flushed index, and none of those
-    /// is applied twice.
-    state_index: std::path::PathBuf,
-}
-
-impl EngineMachine {
-    fn applied_state(&self) -> u64 {
-        std::fs::read_to_string(&self.state_index)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn set_applied_state(&self, index: u64) -> toplog_replication::Result<()> {
-        toplog_crypt::store_state_file(
-            &self.state_index,
-            index.to_string().into_bytes(),
-            &toplog_crypt::Cipher::off(),
-        )
-        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.state_index.display())))
-    }
-
-    /// Applies entry `index`, a change of the node's state besides the store.
-    fn apply_state(&self, index: u64, entry: Entry<'_>) -> toplog_replication::Result<()> {
-        if index <= self.applied_state() {
-            return Ok(());
-        }
-        // The proposer checked the change; a member that cannot make it says
-        // so and goes on (the log stays in step).
-        let made = match entry {
-            Entry::Ingest(_) => Err("an ingest batch is the store's".into()),
-            Entry::Retention(policy) => (self.maintainer.set_policy(&policy))
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Entry::Key(change) => match self.auth.cluster_keys() {
-                Some(keys) => match change {
-                    KeyChange::Add(key) => keys.insert(key).map(drop),
-                    KeyChange::Revoke(id) => keys.revoke(&id).map(drop),
-                }
-                .map_err(|e| format!("{e:#}")),
-                None => Err("access control is off: no keys".into()),
-            },
-            Entry::Audit(line) => {
-                if let Some(log) = self.auth.audit() {
-                    log.append(&line);
-                }
-                Ok(())
-            }
-            Entry::Job(job) => self.jobs.start(job).map_err(|e| e.to_string()),
-        };
-        if let Err(e) = made {
-            tracing::error!(index, error = %e, "a change from the Raft log was not made here");
-        }
-        self.set_applied_state(index)
-    }
-}
-
-impl StateMachine for EngineMachine {
-    fn apply(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
-        match Entry::decode(data) {
-            Ok(Entry::Ingest(payload)) => self
-                .engine
-                .apply_replicated(index, payload)
-                .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}"))),
-            Ok(entry) => self.apply_state(index, entry),
-            Err(e) => Err(ReplicationError::Inconsistent(format!(
-                "entry {index}: {e}"
-            ))),
-        }
-    }
-
-    fn applied(&self) -> u64 {
-        self.engine.flushed_index()
-    }
-
-    /// With every batch flushed, the entries after the store's flushed index
-    /// hold none (the others are durable once applied): the store is marked
-    /// as of `applied`.
-    fn keep_applied(&mut self, applied: u64) -> toplog_replication::Result<()> {
-        self.engine
-            .mark_flushed_through(applied)
-            .map_err(|e| ReplicationError::Disk(e.to_string()))
-    }
-
-    fn snapshot(
-        &mut self,
-        at_least: u64,
-        applied: u64,
-    ) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
-        let state = snapshot::NodeState {
-            retention: self.maintainer.policy().to_json(),
-            keys: self
-                .auth
-                .cluster_keys()
-                .map(|k| k.all())
-                .unwrap_or_default(),
-            audit: self.auth.audit().map(|a| a.path().to_path_buf()),
-            jobs: (self.jobs.store.list().into_iter())
-                .map(|job| toplog_query::Job {
-                    state: toplog_query::JobState::Pending,
-                    finished_at: None,
-                    result: None,
-                    error: None,
-                    ..job
-                })
-                .collect(),
-        };
-        self.snapshots
-            .make(&self.engine, at_least, applied, state)
-            .map_err(ReplicationError::Disk)
-    }
-
-    fn install(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
-        let descriptor = Descriptor::parse(data).map_err(ReplicationError::Disk)?;
-        // The node's state first, then the store: a crash before the store
-        // is replaced leaves the old store, whose log entries up to `index`
-        // then change none of that state again.
-        let disk = |e: String| ReplicationError::Disk(format!("snapshot {index}: {e}"));
-        if let Err(e) = self.maintainer.set_policy(&descriptor.retention) {
-            tracing::error!(index, error = %e, "a snapshot's retention policy was not applied");
-        }
-        if let Some(keys) = self.auth.cluster_keys() {
-            keys.replace_all(descriptor.keys.clone())
-                .map_err(|e| disk(format!("{e:#}")))?;
-        }
-        if let (Some(log), Some(file)) = (self.auth.audit(), self.snapshots.received_audit(index)) {
-            log.replace_with(&file)
-                .map_err(|e| disk(format!("{e:#}")))?;
-        }
-
-        self.set_applied_state(index)?;
-        self.snapshots
-            .install(&self.engine, index, &descriptor)
-            .map_err(ReplicationError::Disk)?;
-        // Its jobs run here too, over the store just installed (results are
-        // derived; a crash before this point loses only their re-runs).
-        for job in descriptor.jobs {
-            if let Err(e) = self.jobs.start(job) {
-                tracing::error!(index, error = %e, "a snapshot's aggregation job was not started");
-            }
-        }
-        Ok(())
-    }
 }
 
 /// This node's place in its cluster.
@@ -852,135 +490,6 @@ async fn watch_membership(cluster: std::sync::Weak<Cluster>) {
                     tracing::debug!(node_id = id, error = %e, "promotion not made; trying again")
                 }
             }
-        }
-    }
-}
-
-/// Sends what the node has for one peer, a batch per call, coalescing what
-/// queued up meanwhile. A failed call is dropped: Raft sends again.
-async fn peer_loop(
-    settings: ClusterSettings,
-    url: String,
-    from: u64,
-    mut rx: mpsc::Receiver<Vec<Message>>,
-) {
-    let (endpoint, bearer) = match (settings.endpoint(&url), settings.bearer()) {
-        (Ok(e), Ok(b)) => (e.timeout(Duration::from_secs(5)), b),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(%url, error = %e, "cannot reach a peer");
-            return;
-        }
-    };
-    let mut client = RaftClient::new(endpoint.connect_lazy());
-    while let Some(mut batch) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
-        }
-        let messages = batch
-            .iter()
-            .filter_map(|m| encode_message(m).ok())
-            .collect();
-        let mut request = tonic::Request::new(Messages { from, messages });
-        if let Some(bearer) = &bearer {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-        }
-        if let Err(e) = client.send(request).await {
-            tracing::debug!(%url, error = %e, "Raft messages not delivered");
-        }
-    }
-}
-
-/// The `toplog.raft.v1.Raft` service: reached only by callers the auth layer
-/// took for peers.
-#[derive(Debug)]
-pub(crate) struct RaftService {
-    pub(crate) app: Arc<crate::api::AppState>,
-}
-
-#[tonic::async_trait]
-impl Raft for RaftService {
-    async fn send(
-        &self,
-        request: tonic::Request<Messages>,
-    ) -> Result<tonic::Response<Accepted>, tonic::Status> {
-        let Some(cluster) = self.app.cluster.get() else {
-            return Err(tonic::Status::unavailable("the Raft node is starting"));
-        };
-        let me = cluster.settings.node_id;
-        let batch = request.into_inner();
-        if cluster.url_of(batch.from).is_none() {
-            return Err(tonic::Status::permission_denied(format!(
-                "node {} is not a member",
-                batch.from
-            )));
-        }
-        for (i, bytes) in batch.messages.iter().enumerate() {
-            let message = decode_message(bytes)
-                .map_err(|e| tonic::Status::invalid_argument(format!("messages[{i}]: {e}")))?;
-            if message.to != me || message.from != batch.from {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "messages[{i}]: from {} to {}, in a batch from {} to {me}",
-                    message.from, message.to, batch.from
-                )));
-            }
-            if message.get_msg_type() == toplog_replication::MessageType::MsgSnapshot {
-                cluster.receive_snapshot(message);
-            } else {
-                cluster.driver.step(message);
-            }
-        }
-        Ok(tonic::Response::new(Accepted {}))
-    }
-
-    type FetchSnapshotStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotChunk, tonic::Status>> + Send>>;
-
-    async fn fetch_snapshot(
-        &self,
-        request: tonic::Request<SnapshotRequest>,
-    ) -> Result<tonic::Response<Self::FetchSnapshotStream>, tonic::Status> {
-        let Some(cluster) = self.app.cluster.get() else {
-            return Err(tonic::Status::unavailable("the Raft node is starting"));
-        };
-        let SnapshotRequest { from, index } = request.into_inner();
-        let (tx, rx) = mpsc::channel(4);
-        let (fetched, ended) = (cluster.clone(), cluster.clone());
-        cluster.snapshots.send(
-            index,
-            tx,
-            move || fetched.driver.snapshot_fetched(from),
-            move |sent| ended.driver.report_snapshot(from, sent),
-        )?;
-        let chunks = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (chunk, rx))
-        });
-        Ok(tonic::Response::new(Box::pin(chunks)))
-    }
-
-    async fn propose(
-        &self,
-        request: tonic::Request<Proposal>,
-    ) -> Result<tonic::Response<Proposed>, tonic::Status> {
-        let Some(cluster) = self.app.cluster.get() else {
-            return Err(tonic::Status::unavailable("the Raft node is starting"));
-        };
-        let payload = request.into_inner().payload;
-        // An entry every member could not apply would stop them all.
-        Entry::decode(&payload).map_err(tonic::Status::invalid_argument)?;
-        match cluster.propose(payload).await {
-            Ok(index) => Ok(tonic::Response::new(Proposed { index })),
-            Err(ReplicationError::NotLeader { leader_id }) => {
-                Err(tonic::Status::failed_precondition(format!(
-                    "this node does not lead (leader: {leader_id})"
-                )))
-            }
-            Err(
-                e
-                @ (ReplicationError::Lost | ReplicationError::Dropped | ReplicationError::Unknown),
-            ) => Err(tonic::Status::aborted(e.to_string())),
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
         }
     }
 }

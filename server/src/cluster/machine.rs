@@ -1,0 +1,168 @@
+//! What a member applies its Raft log to: the store (ingest batches), and
+//! the rest of the node's state (retention policy, shared API keys, audit
+//! log, aggregation jobs), each change once; its snapshots and their install.
+
+use std::sync::Arc;
+
+use toplog_engine::Engine;
+use toplog_replication::{ReplicationError, StateMachine};
+
+use super::snapshot::{self, Descriptor, SnapshotDirs};
+use super::{Entry, KeyChange};
+
+/// The cluster's log applies to the engine: each entry an ingest batch, as
+/// the engine's own log holds them. What the engine has flushed is what
+/// survives a restart; the log delivers the rest again. A snapshot is a
+/// checkpoint of the engine ([`snapshot`]).
+pub(super) struct EngineMachine {
+    pub(super) engine: Arc<Engine>,
+    pub(super) maintainer: Arc<toplog_compaction::Maintainer>,
+    pub(super) auth: Arc<crate::auth::Auth>,
+    pub(super) jobs: crate::api::JobRunner,
+    pub(super) snapshots: SnapshotDirs,
+    /// Where the index of the last entry applied to the node's state
+    /// besides the store (policy, keys, audit) is kept: a restart delivers
+    /// again the entries after the store's flushed index, and none of those
+    /// is applied twice.
+    pub(super) state_index: std::path::PathBuf,
+}
+
+impl EngineMachine {
+    fn applied_state(&self) -> u64 {
+        std::fs::read_to_string(&self.state_index)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn set_applied_state(&self, index: u64) -> toplog_replication::Result<()> {
+        toplog_crypt::store_state_file(
+            &self.state_index,
+            index.to_string().into_bytes(),
+            &toplog_crypt::Cipher::off(),
+        )
+        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.state_index.display())))
+    }
+
+    /// Applies entry `index`, a change of the node's state besides the store.
+    fn apply_state(&self, index: u64, entry: Entry<'_>) -> toplog_replication::Result<()> {
+        if index <= self.applied_state() {
+            return Ok(());
+        }
+        // The proposer checked the change; a member that cannot make it says
+        // so and goes on (the log stays in step).
+        let made = match entry {
+            Entry::Ingest(_) => Err("an ingest batch is the store's".into()),
+            Entry::Retention(policy) => (self.maintainer.set_policy(&policy))
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Entry::Key(change) => match self.auth.cluster_keys() {
+                Some(keys) => match change {
+                    KeyChange::Add(key) => keys.insert(key).map(drop),
+                    KeyChange::Revoke(id) => keys.revoke(&id).map(drop),
+                }
+                .map_err(|e| format!("{e:#}")),
+                None => Err("access control is off: no keys".into()),
+            },
+            Entry::Audit(line) => {
+                if let Some(log) = self.auth.audit() {
+                    log.append(&line);
+                }
+                Ok(())
+            }
+            Entry::Job(job) => self.jobs.start(job).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = made {
+            tracing::error!(index, error = %e, "a change from the Raft log was not made here");
+        }
+        self.set_applied_state(index)
+    }
+}
+
+impl StateMachine for EngineMachine {
+    fn apply(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
+        match Entry::decode(data) {
+            Ok(Entry::Ingest(payload)) => self
+                .engine
+                .apply_replicated(index, payload)
+                .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}"))),
+            Ok(entry) => self.apply_state(index, entry),
+            Err(e) => Err(ReplicationError::Inconsistent(format!(
+                "entry {index}: {e}"
+            ))),
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        self.engine.flushed_index()
+    }
+
+    /// With every batch flushed, the entries after the store's flushed index
+    /// hold none (the others are durable once applied): the store is marked
+    /// as of `applied`.
+    fn keep_applied(&mut self, applied: u64) -> toplog_replication::Result<()> {
+        self.engine
+            .mark_flushed_through(applied)
+            .map_err(|e| ReplicationError::Disk(e.to_string()))
+    }
+
+    fn snapshot(
+        &mut self,
+        at_least: u64,
+        applied: u64,
+    ) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
+        let state = snapshot::NodeState {
+            retention: self.maintainer.policy().to_json(),
+            keys: self
+                .auth
+                .cluster_keys()
+                .map(|k| k.all())
+                .unwrap_or_default(),
+            audit: self.auth.audit().map(|a| a.path().to_path_buf()),
+            jobs: (self.jobs.store.list().into_iter())
+                .map(|job| toplog_query::Job {
+                    state: toplog_query::JobState::Pending,
+                    finished_at: None,
+                    result: None,
+                    error: None,
+                    ..job
+                })
+                .collect(),
+        };
+        self.snapshots
+            .make(&self.engine, at_least, applied, state)
+            .map_err(ReplicationError::Disk)
+    }
+
+    fn install(&mut self, index: u64, data: &[u8]) -> toplog_replication::Result<()> {
+        let descriptor = Descriptor::parse(data).map_err(ReplicationError::Disk)?;
+        // The node's state first, then the store: a crash before the store
+        // is replaced leaves the old store, whose log entries up to `index`
+        // then change none of that state again.
+        let disk = |e: String| ReplicationError::Disk(format!("snapshot {index}: {e}"));
+        if let Err(e) = self.maintainer.set_policy(&descriptor.retention) {
+            tracing::error!(index, error = %e, "a snapshot's retention policy was not applied");
+        }
+        if let Some(keys) = self.auth.cluster_keys() {
+            keys.replace_all(descriptor.keys.clone())
+                .map_err(|e| disk(format!("{e:#}")))?;
+        }
+        if let (Some(log), Some(file)) = (self.auth.audit(), self.snapshots.received_audit(index)) {
+            log.replace_with(&file)
+                .map_err(|e| disk(format!("{e:#}")))?;
+        }
+
+        self.set_applied_state(index)?;
+        self.snapshots
+            .install(&self.engine, index, &descriptor)
+            .map_err(ReplicationError::Disk)?;
+        // Its jobs run here too, over the store just installed (results are
+        // derived; a crash before this point loses only their re-runs).
+        for job in descriptor.jobs {
+            if let Err(e) = self.jobs.start(job) {
+                tracing::error!(index, error = %e, "a snapshot's aggregation job was not started");
+            }
+        }
+        Ok(())
+    }
+}
