@@ -984,6 +984,20 @@ impl Load {
         Self { stop, writers }
     }
 
+    /// Stops the writers after half a second more, and checks what they
+    /// wrote: more than `at_least` batches acknowledged, every one on every
+    /// live node once (see [`every_acknowledged_write_once_everywhere`]).
+    fn finish_and_check(self, cluster: &Cluster, at_least: usize) {
+        std::thread::sleep(Duration::from_millis(500));
+        let (acked, attempted) = self.finish();
+        assert!(
+            acked.len() > at_least,
+            "only {} batches acknowledged",
+            acked.len()
+        );
+        every_acknowledged_write_once_everywhere(cluster, &acked, &attempted);
+    }
+
     /// Stops the writers: the batches acknowledged, and all those sent.
     fn finish(self) -> (Vec<usize>, std::collections::BTreeSet<usize>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1093,14 +1107,7 @@ fn the_leader_killed_ten_times_under_concurrent_ingest_loses_no_acknowledged_wri
         assert!(next != leader && next_term > term, "round {round}");
         cluster.restart(leader);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let (acked, attempted) = load.finish();
-    assert!(
-        acked.len() > 20,
-        "only {} batches acknowledged",
-        acked.len()
-    );
-    every_acknowledged_write_once_everywhere(&cluster, &acked, &attempted);
+    load.finish_and_check(&cluster, 20);
 }
 
 #[test]
@@ -1121,14 +1128,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
         // The next goes once this one is back in the group.
         cluster.agreed_leader(Duration::from_secs(15));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let (acked, attempted) = load.finish();
-    assert!(
-        acked.len() > 10,
-        "only {} batches acknowledged",
-        acked.len()
-    );
-    every_acknowledged_write_once_everywhere(&cluster, &acked, &attempted);
+    load.finish_and_check(&cluster, 10);
 }
 
 #[test]
