@@ -4,9 +4,10 @@
 #
 #   1. three nodes (`--raft-log-keep 100`), `EVENTS` events loaded through
 #      the leader (`loadgen send`, NDJSON, 4 connections, 10,000 per request);
-#   2. a follower killed with kill -9; 200,000 more events;
-#   3. baseline: `loadgen send` of `PROBE` events in 1,000-event requests to
-#      the leader, with two nodes up: ack p50 / p99;
+#   2. baseline: `loadgen send` of `PROBE` events in 1,000-event requests to
+#      the leader, all three nodes up: ack p50 / p99;
+#   3. a follower killed with kill -9; 200,000 more events; the same with
+#      two nodes up;
 #   4. the same while the follower restarts and catches up from the log
 #      (what it missed is within the log kept);
 #   5. the follower killed again and its data directory wiped, 200,000 more
@@ -53,10 +54,12 @@ probe_while_restarting() {
   wait "$sender"
   cat "$WORK/during.txt"
 }
+echo "== baseline: $PROBE events in 1,000-event requests, all three nodes up"
+send "$lport" "$PROBE" 7 1000
 echo "== node $wiped killed; 200,000 more events"
 kill -9 "${pids[$((wiped-1))]}"; wait "${pids[$((wiped-1))]}" 2>/dev/null || true
 send "$lport" 200000 2 10000
-echo "== baseline: $PROBE events in 1,000-event requests, two nodes up"
+echo "== the same, two nodes up"
 send "$lport" "$PROBE" 3 1000
 echo "== the same while node $wiped restarts and catches up from the log"
 probe_while_restarting 4
