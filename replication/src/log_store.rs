@@ -100,6 +100,10 @@ struct InstallNote {
     term: u64,
     context: String,
     conf: ConfFields,
+    /// Set once the state machine holds the snapshot and the log is being
+    /// emptied.
+    #[serde(default)]
+    emptying_log: bool,
 }
 
 impl InstallNote {
@@ -109,6 +113,7 @@ impl InstallNote {
             term: meta.term,
             context: utf8(context)?,
             conf: ConfFields::of(meta.get_conf_state()),
+            emptying_log: false,
         })
     }
 
@@ -217,7 +222,15 @@ impl LogStore {
             Err(e) => return Err(disk("read", &state_path, e)),
         };
         let log_dir = dir.join("log");
-        let start = state.as_ref().map_or(0, |s| s.start_index);
+        let mut start = state.as_ref().map_or(0, |s| s.start_index);
+        // An install stopped while it emptied the log: finish emptying it;
+        // it starts after the snapshot (the note is then finished again).
+        if let Some(note) = state.as_ref().and_then(|s| s.installing.as_ref())
+            && note.emptying_log
+        {
+            empty_dir(&fs, &log_dir)?;
+            start = note.index;
+        }
         let (wal, frames) = open_log(&fs, &log_dir, options, start)?;
         let mut entries = Vec::with_capacity(frames.len());
         for f in frames {
@@ -388,25 +401,18 @@ impl Durable for LogStore {
     }
 
     fn finish_install(&mut self, meta: &SnapshotMetadata, context: &[u8]) -> Result<()> {
-        // The log first: a crash before `STATE` is written finds the note
-        // again and finishes then.
+        // The note says the log is being emptied first: a crash while its
+        // files go (or before `STATE` is written at the end) leaves a log
+        // the next open empties, then the note is found and finished again.
+        let mut note = InstallNote::of(meta, context)?;
+        note.emptying_log = true;
+        self.state.installing = Some(note);
+        self.store_state()?;
         let log_dir = self.log_dir();
         self.wal
             .close()
             .map_err(|e| disk("close the Raft log in", &log_dir, e))?;
-        for name in self
-            .fs
-            .list(&log_dir)
-            .map_err(|e| disk("list", &log_dir, e))?
-        {
-            let path = log_dir.join(name);
-            self.fs
-                .remove_file(&path)
-                .map_err(|e| disk("remove", &path, e))?;
-        }
-        self.fs
-            .sync_dir(&log_dir)
-            .map_err(|e| disk("fsync", &log_dir, e))?;
+        empty_dir(&self.fs, &log_dir)?;
         let (wal, _) = open_log(&self.fs, &log_dir, self.options, meta.index)?;
         self.wal = wal;
         self.last_index = meta.index;
@@ -427,6 +433,21 @@ impl Durable for LogStore {
         }
         Ok(())
     }
+}
+
+/// Removes every file in `dir` (if it exists) and fsyncs it.
+fn empty_dir(fs: &Arc<dyn Fs>, dir: &Path) -> Result<()> {
+    let names = match fs.list(dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(disk("list", dir, e)),
+    };
+    for name in names {
+        let path = dir.join(name);
+        fs.remove_file(&path)
+            .map_err(|e| disk("remove", &path, e))?;
+    }
+    fs.sync_dir(dir).map_err(|e| disk("fsync", dir, e))
 }
 
 /// A configuration's context as `STATE` keeps it.
@@ -587,5 +608,65 @@ mod tests {
         let got: Vec<(u64, u64)> = back.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(got, vec![(501, 3)]);
         assert_eq!(back.hard_state.term, 3);
+    }
+
+    #[test]
+    fn an_install_cut_short_while_the_log_is_emptied_is_finished_at_the_next_open() {
+        let fs = SimFs::new(3);
+        let mut store = LogStore::open(
+            Arc::new(fs.clone()),
+            Path::new("/raft"),
+            WalOptions {
+                segment_bytes: 256,
+                ..WalOptions::default()
+            },
+        )
+        .unwrap();
+        store.load().unwrap();
+        let entries: Vec<Entry> = (1..=60).map(|i| entry(i, 1, &format!("e{i:03}"))).collect();
+        store.save(&entries, Some(&hs(1, 1, 60))).unwrap();
+        let mut meta = SnapshotMetadata {
+            index: 900,
+            term: 4,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        store.begin_install(&meta, b"ctx").unwrap();
+        // The state machine holds it; emptying the log begins, and the
+        // power goes after the first file is gone.
+        let mut note = InstallNote::of(&meta, b"ctx").unwrap();
+        note.emptying_log = true;
+        store.state.installing = Some(note);
+        store.store_state().unwrap();
+        let files = fs.list(Path::new("/raft/log")).unwrap();
+        assert!(files.len() > 2, "{files:?}");
+        let first = Path::new("/raft/log").join(&files[0]);
+        fs.remove_file(&first).unwrap();
+        fs.sync_dir(Path::new("/raft/log")).unwrap();
+        drop(store);
+        fs.crash();
+
+        let mut store = LogStore::open(
+            Arc::new(fs.clone()),
+            Path::new("/raft"),
+            WalOptions::default(),
+        )
+        .unwrap();
+        let back = store.load().unwrap().expect("state");
+        assert!(back.entries.is_empty(), "the log is emptied at open");
+        let (pending, context) = back.installing.expect("the note");
+        assert_eq!((pending.index, context.as_slice()), (900, &b"ctx"[..]));
+        store.finish_install(&pending, &context).unwrap();
+        store
+            .save(&[entry(901, 4, "after")], Some(&hs(4, 0, 901)))
+            .unwrap();
+        drop(store);
+        fs.crash();
+        let mut store = open(&fs);
+        let back = store.load().unwrap().expect("state");
+        assert_eq!(back.start, (900, 4));
+        let got: Vec<u64> = back.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![901]);
+        assert_eq!(back.installing, None);
     }
 }

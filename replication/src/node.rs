@@ -33,6 +33,9 @@ use crate::storage::NodeStorage;
 /// Ticks a follower sent a snapshot may go without fetching any of it
 /// before the leader takes the send as failed and offers it again.
 const SNAPSHOT_SILENCE_TICKS: u32 = 100;
+/// Ticks a new leader waits before it takes a learner it counts as holding
+/// nothing for one that does (and sends it a snapshot).
+const LEARNER_PATIENCE_TICKS: u32 = 5;
 
 /// What a node applies committed entries to.
 pub trait StateMachine {
@@ -129,6 +132,8 @@ pub struct RaftNode<D: Durable, M: StateMachine> {
     snapshots_out: BTreeMap<u64, u32>,
     /// Set when a configuration change applied removed this node while it leads.
     removed_leader: bool,
+    /// Turns of `maintain` since this node became leader.
+    ticks_leading: u32,
 }
 
 impl<D: Durable, M: StateMachine> std::fmt::Debug for RaftNode<D, M> {
@@ -253,6 +258,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             log_keep: timing.log_keep.max(1),
             snapshots_out: BTreeMap::new(),
             removed_leader: false,
+            ticks_leading: 0,
         })
     }
 
@@ -343,7 +349,14 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         change: ConfChangeV2,
         context: Vec<u8>,
     ) -> Result<Ticket> {
-        self.appended(|raw| raw.propose_conf_change(context, change))
+        let ticket = self.appended(|raw| raw.propose_conf_change(context, change))?;
+        // raft-rs appends an empty entry in place of a change it ignores
+        // (one is pending, or the configuration is joint): not this change.
+        if self.raw.raft.pending_conf_index != ticket.index {
+            self.pending.remove(&ticket.index);
+            return Err(ReplicationError::Dropped);
+        }
+        Ok(ticket)
     }
 
     /// Runs `propose` on the leader and tracks the entry it appends.
@@ -444,6 +457,13 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
     /// each tick).
     pub fn maintain(&mut self) -> Result<()> {
         if self.is_leader() {
+            self.ticks_leading = self.ticks_leading.saturating_add(1);
+        } else {
+            self.ticks_leading = 0;
+        }
+        // Once a new leader has had time to hear from every learner (a
+        // caught-up one answers its first append within a tick or two).
+        if self.is_leader() && self.ticks_leading > LEARNER_PATIENCE_TICKS {
             // A learner that holds nothing (one just added) starts from a
             // snapshot, which brings it the configuration too; the log from
             // index 1 would not.
@@ -519,6 +539,8 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             MessageType::MsgAppendResponse if message.reject && self.is_leader() => {
                 if let Some(pr) = self.raw.raft.mut_prs().get_mut(message.from)
                     && message.reject_hint < pr.matched
+                    // Not a stale rejection: it answers an append at or past what it matched.
+                    && message.index >= pr.matched
                 {
                     tracing::warn!(
                         peer = message.from,

@@ -375,30 +375,40 @@ impl World {
 
     fn start(&mut self, id: u64) {
         let store = match &self.fses {
-            None => Store::Memory(self.disks[&id].clone()),
-            Some(fses) => Store::Log(Box::new(
-                LogStore::open(
-                    Arc::new(fses[&id].clone()),
-                    std::path::Path::new("/raft"),
-                    WalOptions {
-                        fsync: FsyncPolicy::Always,
-                        segment_bytes: 4096,
-                    },
-                )
-                .unwrap_or_else(|e| panic!("seed {}: node {id}'s store: {e}", self.seed)),
-            )),
+            None => Ok(Store::Memory(self.disks[&id].clone())),
+            Some(fses) => LogStore::open(
+                Arc::new(fses[&id].clone()),
+                std::path::Path::new("/raft"),
+                WalOptions {
+                    fsync: FsyncPolicy::Always,
+                    segment_bytes: 4096,
+                },
+            )
+            .map(|s| Store::Log(Box::new(s))),
         };
-        let node = RaftNode::open(
-            id,
-            &self.first,
-            b"members",
-            store,
-            self.applied[&id].clone(),
-            self.timing[(id - 1) as usize],
-            &self.logger,
-        )
-        .unwrap_or_else(|e| panic!("seed {}: node {id} does not reopen: {e}", self.seed));
-        self.nodes.insert(id, Some(node));
+        let opened = store.and_then(|store| {
+            RaftNode::open(
+                id,
+                &self.first,
+                b"members",
+                store,
+                self.applied[&id].clone(),
+                self.timing[(id - 1) as usize],
+                &self.logger,
+            )
+        });
+        match opened {
+            Ok(node) => {
+                self.nodes.insert(id, Some(node));
+            }
+            // A disk failing while the node starts (finishing an install,
+            // say): it stays down and starts again later.
+            Err(ReplicationError::Disk(_)) => {
+                self.disks[&id].0.lock().unwrap().failing = false;
+                self.crash(id, 5);
+            }
+            Err(e) => panic!("seed {}: node {id} does not reopen: {e}", self.seed),
+        }
     }
 
     fn crash(&mut self, id: u64, for_ticks: u64) {

@@ -128,6 +128,7 @@ impl StateMachine for EngineMachine {
                     ..job
                 })
                 .collect(),
+            index: applied,
         };
         self.snapshots
             .make(&self.engine, at_least, applied, state)
@@ -152,7 +153,7 @@ impl StateMachine for EngineMachine {
                 .map_err(|e| disk(format!("{e:#}")))?;
         }
 
-        self.set_applied_state(index)?;
+        self.set_applied_state(index.max(descriptor.state_index))?;
         self.snapshots
             .install(&self.engine, index, &descriptor)
             .map_err(ReplicationError::Disk)?;

@@ -53,6 +53,11 @@ pub(crate) struct Descriptor {
     /// are derived: the receiver runs them).
     #[serde(default)]
     pub(crate) jobs: Vec<toplog_query::Job>,
+    /// The log index the node's state above (policy, keys, audit, jobs) is
+    /// as of: at or past `index` (the store may have flushed less than was
+    /// applied). The receiver applies no such change up to it again.
+    #[serde(default)]
+    pub(crate) state_index: u64,
 }
 
 /// The node's state besides the store, as a snapshot carries it.
@@ -62,6 +67,8 @@ pub(crate) struct NodeState {
     /// The audit log's file, copied into the snapshot.
     pub(crate) audit: Option<PathBuf>,
     pub(crate) jobs: Vec<toplog_query::Job>,
+    /// The log index this state is as of.
+    pub(crate) index: u64,
 }
 
 impl Descriptor {
@@ -182,6 +189,7 @@ impl SnapshotDirs {
             retention: state.retention,
             keys: state.keys,
             jobs: state.jobs,
+            state_index: state.index,
         };
         tracing::info!(
             index,
