@@ -840,20 +840,26 @@ fn seeds() -> Vec<u64> {
     (0..n).collect()
 }
 
-#[test]
-fn raft_groups_keep_every_acknowledged_write_under_faults() {
-    let mut acked = 0;
-    let mut proposed = 0;
-    for seed in seeds() {
-        let (a, p) = run(seed, false);
+/// Runs `seeds`; fails if a quarter or less of the proposals were
+/// acknowledged (runs that acknowledged nothing pass the checks vacuously).
+/// The acknowledged and proposed counts.
+fn run_all(seeds: impl IntoIterator<Item = u64>, on_wal: bool) -> (u64, u64) {
+    let (mut acked, mut proposed) = (0, 0);
+    for seed in seeds {
+        let (a, p) = run(seed, on_wal);
         acked += a as u64;
         proposed += p;
     }
-    // A run that acknowledged nothing would pass the checks vacuously.
     assert!(
         acked * 4 > proposed,
         "only {acked} of {proposed} proposals acknowledged"
     );
+    (acked, proposed)
+}
+
+#[test]
+fn raft_groups_keep_every_acknowledged_write_under_faults() {
+    let (acked, proposed) = run_all(seeds(), false);
     let installs = INSTALLS.load(std::sync::atomic::Ordering::Relaxed);
     let changes = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
     let reads = READS.load(std::sync::atomic::Ordering::Relaxed);
@@ -871,17 +877,7 @@ fn raft_groups_keep_every_acknowledged_write_under_faults() {
 /// on a simulated disk: crashes lose what was not fsynced, and fsyncs fail.
 #[test]
 fn raft_groups_on_the_wal_store_keep_every_acknowledged_write_under_faults() {
-    let mut acked = 0;
-    let mut proposed = 0;
-    for seed in seeds().into_iter().take(wal_seeds()) {
-        let (a, p) = run(seed, true);
-        acked += a as u64;
-        proposed += p;
-    }
-    assert!(
-        acked * 4 > proposed,
-        "only {acked} of {proposed} proposals acknowledged"
-    );
+    run_all(seeds().into_iter().take(wal_seeds()), true);
 }
 
 /// Seeds of the wal-backed runs (each node a writer thread): a tenth of the rest.

@@ -15,38 +15,65 @@ use super::{Entry, KeyChange};
 /// survives a restart; the log delivers the rest again. A snapshot is a
 /// checkpoint of the engine ([`snapshot`]).
 pub(super) struct EngineMachine {
-    pub(super) engine: Arc<Engine>,
-    pub(super) maintainer: Arc<toplog_compaction::Maintainer>,
-    pub(super) auth: Arc<crate::auth::Auth>,
-    pub(super) jobs: crate::api::JobRunner,
-    pub(super) snapshots: SnapshotDirs,
+    engine: Arc<Engine>,
+    maintainer: Arc<toplog_compaction::Maintainer>,
+    auth: Arc<crate::auth::Auth>,
+    jobs: crate::api::JobRunner,
+    snapshots: SnapshotDirs,
     /// Where the index of the last entry applied to the node's state
-    /// besides the store (policy, keys, audit) is kept: a restart delivers
-    /// again the entries after the store's flushed index, and none of those
-    /// is applied twice.
-    pub(super) state_index: std::path::PathBuf,
+    /// besides the store (policy, keys, audit, jobs) is kept: a restart
+    /// delivers again the entries after the store's flushed index, and none
+    /// of those is applied twice.
+    state_index: std::path::PathBuf,
+    /// What `state_index` holds.
+    state_applied: u64,
 }
 
 impl EngineMachine {
-    fn applied_state(&self) -> u64 {
-        std::fs::read_to_string(&self.state_index)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+    /// Reads `raft/STATE_INDEX` in `raft_dir` (none yet: 0).
+    pub(super) fn open(
+        engine: Arc<Engine>,
+        maintainer: Arc<toplog_compaction::Maintainer>,
+        auth: Arc<crate::auth::Auth>,
+        jobs: crate::api::JobRunner,
+        snapshots: SnapshotDirs,
+        raft_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let state_index = raft_dir.join("STATE_INDEX");
+        let state_applied = match std::fs::read_to_string(&state_index) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} is not a log index", state_index.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("{}", state_index.display())),
+        };
+        Ok(Self {
+            engine,
+            maintainer,
+            auth,
+            jobs,
+            snapshots,
+            state_index,
+            state_applied,
+        })
     }
 
-    fn set_applied_state(&self, index: u64) -> toplog_replication::Result<()> {
+    fn set_applied_state(&mut self, index: u64) -> toplog_replication::Result<()> {
         toplog_crypt::store_state_file(
             &self.state_index,
             index.to_string().into_bytes(),
             &toplog_crypt::Cipher::off(),
         )
-        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.state_index.display())))
+        .map_err(|e| ReplicationError::Disk(format!("{}: {e}", self.state_index.display())))?;
+        self.state_applied = index;
+        Ok(())
     }
 
     /// Applies entry `index`, a change of the node's state besides the store.
-    fn apply_state(&self, index: u64, entry: Entry<'_>) -> toplog_replication::Result<()> {
-        if index <= self.applied_state() {
+    fn apply_state(&mut self, index: u64, entry: Entry<'_>) -> toplog_replication::Result<()> {
+        if index <= self.state_applied {
             return Ok(());
         }
         // The proposer checked the change; a member that cannot make it says

@@ -131,14 +131,14 @@ impl Cluster {
             &voters,
             &encode_book(&settings.members),
             store,
-            EngineMachine {
+            EngineMachine::open(
                 engine,
                 maintainer,
-                auth: auth.clone(),
+                auth.clone(),
                 jobs,
-                snapshots: snapshots.clone(),
-                state_index: raft_dir.join("STATE_INDEX"),
-            },
+                snapshots.clone(),
+                &raft_dir,
+            )?,
             Timing {
                 log_keep: settings.log_keep,
                 ..Timing::default()
