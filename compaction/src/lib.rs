@@ -3,6 +3,7 @@
 //! step atomically; this crate decides what to do and when, and owns the
 //! object store.
 
+pub mod cluster;
 mod maintainer;
 mod maintenance;
 mod owner;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use toplog_engine::{Engine, EngineError, RekeyReport, SegmentInfo};
 use toplog_types::Micros;
 
+use crate::cluster::Coordinator;
 use crate::maintenance::{self, ArchiveAccess, Report};
 use crate::owner::ArchiveOwner;
 use crate::policy::{Policy, PolicyError, PolicyErrorKind};
@@ -38,6 +39,8 @@ pub struct Maintainer {
     failing_passes: Mutex<u64>,
     /// Held for a whole pass, so passes never overlap.
     running: Mutex<()>,
+    /// A cluster member's way to propose what its leader decides.
+    cluster: std::sync::OnceLock<Arc<dyn Coordinator>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,7 +64,18 @@ impl Maintainer {
             last: Mutex::new(None),
             failing_passes: Mutex::new(0),
             running: Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes this node's passes a cluster member's ([`crate::cluster`]).
+    pub fn join_cluster(&self, cluster: Arc<dyn Coordinator>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The archive's owner, whose cluster id a member sets from the log.
+    pub fn owner(&self) -> &ArchiveOwner {
+        &self.owner
     }
 
     pub fn policy(&self) -> Policy {
@@ -91,7 +105,12 @@ impl Maintainer {
             Ok(()) => ArchiveAccess::Owned,
             Err(e) => ArchiveAccess::Fenced(e.to_string()),
         };
-        let report = maintenance::run(&self.engine, &self.policy(), &access);
+        let report = match self.cluster.get() {
+            Some(cluster) => {
+                crate::cluster::run(&self.engine, &self.policy(), &access, cluster.as_ref())
+            }
+            None => maintenance::run(&self.engine, &self.policy(), &access),
+        };
         {
             let mut failing = lock(&self.failing_passes);
             *failing = if report.errors.is_empty() {
@@ -198,6 +217,7 @@ impl Maintainer {
                 "max_ts": s.meta.max_ts.to_rfc3339(),
                 "rows": s.meta.rows,
                 "bytes": s.bytes,
+                "sealed": s.sealed,
             })).collect::<Vec<_>>(),
             "memtable": {"rows": stats.memtable_rows, "bytes": stats.memtable_bytes},
             "interned_keys": toplog_engine::Dimension::ALL
@@ -223,6 +243,8 @@ impl Maintainer {
                 "location": self.owner.location(),
                 "node_id": self.owner.node().to_string(),
                 "owned": self.owner.is_confirmed(),
+                "cluster_id": self.owner.cluster(),
+                "pending_cutoffs": self.engine.pending_cutoffs().len(),
                 "status": if archive_errors.is_empty() { "ok" } else { "failing" },
                 "last_errors": archive_errors,
             },

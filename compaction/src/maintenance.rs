@@ -87,10 +87,13 @@ fn tier(bytes: u64) -> u32 {
 /// Groups of local segments to merge, by the size-tiered policy above.
 pub fn plan_compactions(segments: &[SegmentInfo]) -> Vec<Vec<SegmentId>> {
     let mut local: Vec<&SegmentInfo> = segments.iter().filter(|s| s.archived.is_none()).collect();
+    // Segments sealed at different entries (or one sealed, one not) are never
+    // merged: a cluster's cut-offs replace each seal's segments whole.
     local.sort_by_key(|s| {
         (
             s.meta.partition_start,
             s.meta.partition_len_us,
+            s.sealed,
             tier(s.bytes),
             s.bytes,
             s.id,
@@ -101,10 +104,12 @@ pub fn plan_compactions(segments: &[SegmentInfo]) -> Vec<Vec<SegmentId>> {
         (
             a.meta.partition_start,
             a.meta.partition_len_us,
+            a.sealed,
             tier(a.bytes),
         ) == (
             b.meta.partition_start,
             b.meta.partition_len_us,
+            b.sealed,
             tier(b.bytes),
         )
     }) {
@@ -204,7 +209,7 @@ pub fn run(engine: &Engine, policy: &Policy, archive: &ArchiveAccess) -> Report 
 }
 
 /// Merges what [`plan_compactions`] picks.
-fn compact(engine: &Engine, report: &mut Report) {
+pub(crate) fn compact(engine: &Engine, report: &mut Report) {
     for ids in plan_compactions(&engine.segments()) {
         match engine.compact(&ids) {
             Ok(info) => report.compacted.push(Compaction {
@@ -216,7 +221,7 @@ fn compact(engine: &Engine, report: &mut Report) {
     }
 }
 
-fn micros(d: Duration) -> i64 {
+pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -237,6 +242,7 @@ mod tests {
             },
             bytes,
             archived: None,
+            sealed: None,
         }
     }
 
@@ -249,6 +255,13 @@ mod tests {
         segs.extend((9..=11).map(|i| seg(i, 0, 64 << 20)));
         let plan = plan_compactions(&segs);
         assert_eq!(plan, vec![(1..=5).map(SegmentId::new).collect::<Vec<_>>()]);
+        segs[2].sealed = Some(40);
+        assert_eq!(
+            plan_compactions(&segs),
+            vec![[1, 2, 4, 5].map(SegmentId::new).to_vec()],
+            "a sealed segment is merged only with segments sealed at the same entry"
+        );
+        segs[2].sealed = None;
         segs[0].archived = Some("raw/x.parquet".into());
         segs[1].archived = Some("raw/y.parquet".into());
         assert!(

@@ -1,6 +1,7 @@
 //! One archive, one owner. A node has a stable id, made once (UUID v7) and kept
 //! in `<data_dir>/NODE_ID`; the archive prefix holds an `OWNER` object naming
-//! the node that writes there (the cluster, once replication exists). The
+//! the node that writes there (or, for a cluster's members, the cluster's
+//! id, which the Raft log carries). The
 //! marker is created create-only, so of two nodes racing for a new prefix one
 //! wins and the other finds the winner's id: segment copies of two nodes have
 //! the same names, and each would otherwise sweep or overwrite the other's.
@@ -121,17 +122,24 @@ struct Marker {
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
     #[error(
-        "the archive at {location} belongs to node {owner} (its {OWNER_KEY} object says so), \
-         not to this node ({ours}). Two nodes on one archive delete each other's objects. \
-         Point this node at another archive, or, to hand this archive over to this node \
-         on purpose, stop the other node and delete {location}/{OWNER_KEY} \
+        "the archive at {location} belongs to {owner} (its {OWNER_KEY} object says so), \
+         not to this {what} ({ours}). Two owners of one archive delete each other's objects. \
+         Point this {what} at another archive, or, to hand this archive over on purpose, \
+         stop its owner and delete {location}/{OWNER_KEY} \
          (docs/operations.md, \"One archive, one owner\")"
     )]
     Foreign {
         location: String,
         owner: String,
-        ours: NodeId,
+        /// `node`, or `cluster` for a cluster member.
+        what: &'static str,
+        ours: String,
     },
+    #[error(
+        "this member does not know its cluster's id yet (the leader proposes it): \
+         the archive at {location} is left alone until it does"
+    )]
+    ClusterUnknown { location: String },
     #[error(
         "the archive at {location} has an {OWNER_KEY} object this build cannot read ({reason}); \
          it is left alone and the archive is not used (docs/format.md, \"Archive owner\")"
@@ -161,6 +169,16 @@ pub enum Claim {
 /// whose it is: reads the marker, and creates it (create-only) if absent. A
 /// node that loses the race to create it reads the winner's.
 pub fn claim(store: &dyn ArchiveStore, location: &str, node: NodeId) -> Result<Claim, OwnerError> {
+    claim_as(store, location, "node", &node.to_string())
+}
+
+/// [`claim`] for an owner of kind `what` (`node` or `cluster`) and id `ours`.
+fn claim_as(
+    store: &dyn ArchiveStore,
+    location: &str,
+    what: &'static str,
+    ours: &str,
+) -> Result<Claim, OwnerError> {
     let failed = |source| OwnerError::Store {
         location: location.to_owned(),
         source,
@@ -168,27 +186,28 @@ pub fn claim(store: &dyn ArchiveStore, location: &str, node: NodeId) -> Result<C
     // Two rounds: absent, lost the race to create it, then read the winner.
     for _ in 0..2 {
         match read_marker(store, location)? {
-            Some(m) if m.owner == node.to_string() => return Ok(Claim::Ours),
+            Some(m) if m.owner == ours && m.kind == what => return Ok(Claim::Ours),
             Some(m) => {
                 return Err(OwnerError::Foreign {
                     location: location.to_owned(),
-                    owner: m.owner,
-                    ours: node,
+                    owner: format!("{} {}", m.kind, m.owner),
+                    what,
+                    ours: ours.to_owned(),
                 });
             }
             None => {}
         }
         let marker = Marker {
             version: VERSION,
-            kind: "node".into(),
-            owner: node.to_string(),
+            kind: what.into(),
+            owner: ours.to_owned(),
             claimed_at: Some(Micros::now().to_rfc3339()),
         };
         let mut bytes = serde_json::to_vec(&marker).map_err(|e| failed(e.into()))?;
         bytes.push(b'\n');
         match store.create(OWNER_KEY, Bytes::from(bytes)) {
             Ok(()) => {
-                tracing::info!(%location, node_id = %node, "claimed the archive for this node");
+                tracing::info!(%location, owner = %ours, kind = what, "claimed the archive");
                 return Ok(Claim::Created);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -243,6 +262,10 @@ pub struct ArchiveOwner {
     store: Arc<dyn ArchiveStore>,
     location: String,
     node: NodeId,
+    /// A cluster member's: the prefix is the cluster's, `cluster` its id
+    /// once the Raft log has said it.
+    in_cluster: bool,
+    cluster: std::sync::Mutex<Option<String>>,
     /// The marker was last read (or made) naming this node.
     confirmed: AtomicBool,
 }
@@ -253,8 +276,35 @@ impl ArchiveOwner {
             store,
             location,
             node,
+            in_cluster: false,
+            cluster: std::sync::Mutex::new(None),
             confirmed: AtomicBool::new(false),
         }
+    }
+
+    /// A cluster member's claim: on the cluster's archive, once it knows the
+    /// cluster's id ([`ArchiveOwner::set_cluster`]).
+    pub fn for_cluster(store: Arc<dyn ArchiveStore>, location: String, node: NodeId) -> Self {
+        Self {
+            in_cluster: true,
+            ..Self::new(store, location, node)
+        }
+    }
+
+    /// The cluster's id, as the Raft log says it.
+    pub fn set_cluster(&self, id: &str) {
+        *self
+            .cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id.to_owned());
+    }
+
+    /// The cluster's id, once known.
+    pub fn cluster(&self) -> Option<String> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn node(&self) -> NodeId {
@@ -272,7 +322,16 @@ impl ArchiveOwner {
 
     /// Claims the archive (see [`claim`]) and remembers the answer.
     pub fn claim(&self) -> Result<Claim, OwnerError> {
-        let r = claim(self.store.as_ref(), &self.location, self.node);
+        let r = if self.in_cluster {
+            match self.cluster() {
+                Some(id) => claim_as(self.store.as_ref(), &self.location, "cluster", &id),
+                None => Err(OwnerError::ClusterUnknown {
+                    location: self.location.clone(),
+                }),
+            }
+        } else {
+            claim(self.store.as_ref(), &self.location, self.node)
+        };
         match &r {
             Ok(_) => self.confirmed.store(true, Ordering::SeqCst),
             Err(e) if !e.is_store() => self.confirmed.store(false, Ordering::SeqCst),
@@ -423,7 +482,7 @@ mod tests {
                     match r {
                         Err(OwnerError::Foreign { owner, ours, .. }) => {
                             assert_eq!(owner, &winner);
-                            assert_eq!(ours, n);
+                            assert_eq!(*ours, n.to_string());
                         }
                         other => panic!("a loser got {other:?}"),
                     }

@@ -45,8 +45,23 @@ pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {
     format!("raw/day={}/{id:016}.parquet", partition_start.utc_date())
 }
 
+/// The object key of the `n`th object of a cluster's cut-off: the partition
+/// starting at `partition_start` as sealed at log index `seal`,
+/// `raw/day=YYYY-MM-DD/<seal, 16 digits>-<µs into the day, 11 digits>-<n, 4 digits>.parquet`:
+/// unique in the cluster, whatever the partition length.
+pub(crate) fn cluster_segment_key(partition_start: Micros, seal: u64, n: usize) -> Option<String> {
+    let into_day = partition_start.get() - partition_start.floor_to(86_400_000_000).get();
+    (seal < 10u64.pow(16) && n < 10_000).then(|| {
+        format!(
+            "raw/day={}/{seal:016}-{into_day:011}-{n:04}.parquet",
+            partition_start.utc_date()
+        )
+    })
+}
+
 /// Whether `key` has the form of an object a node writes: a segment copy
-/// (`raw/day=YYYY-MM-DD/<16 digits>.parquet`) or a rollup tier copy
+/// (`raw/day=YYYY-MM-DD/<16 digits>.parquet`, or a cluster's
+/// `<16 digits>-<11 digits>-<4 digits>.parquet`) or a rollup tier copy
 /// (`rollups/<granularity>-YYYY-MM-DD-g<generation>.cube`). The sweep deletes
 /// nothing else, whatever else lies under the prefix.
 pub(crate) fn is_node_key(key: &str) -> bool {
@@ -68,7 +83,11 @@ pub(crate) fn is_node_key(key: &str) -> bool {
         let Some(id) = file.strip_suffix(".parquet") else {
             return false;
         };
-        return is_date(day) && id.len() == 16 && is_digits(id);
+        let parts: Vec<&str> = id.split('-').collect();
+        let widths: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        return is_date(day)
+            && (widths == [16] || widths == [16, 11, 4])
+            && parts.iter().all(|p| is_digits(p));
     }
     if let Some(file) = key.strip_prefix("rollups/") {
         let Some(stem) = file.strip_suffix(".cube") else {
@@ -321,6 +340,16 @@ mod tests {
     fn node_keys_are_exactly_the_names_a_node_writes() {
         let day = Micros::new(86_400_000_000 * 20_000);
         assert!(is_node_key(&segment_key(day, 42)));
+        let hour = day.saturating_add_micros(13 * 3_600_000_000);
+        let key = cluster_segment_key(hour, 1234, 7).unwrap();
+        assert!(
+            key.ends_with("/0000000000001234-46800000000-0007.parquet"),
+            "{key}"
+        );
+        assert!(is_node_key(&key));
+        assert!(!is_node_key(
+            "raw/day=2026-11-24/0000000000001234-4680-0007.parquet"
+        ));
         for key in [
             "raw/day=2026-11-24/0000000000000001.parquet",
             "rollups/rollup_1m-2026-11-24-g7.cube",

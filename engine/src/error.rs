@@ -79,6 +79,8 @@ pub enum MaintenanceError {
     Archived(SegmentId),
     #[error("segments {0} and {1} are in different partitions")]
     DifferentPartitions(SegmentId, SegmentId),
+    #[error("segments {0} and {1} are sealed for the cluster's archive at different entries")]
+    DifferentSeals(SegmentId, SegmentId),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

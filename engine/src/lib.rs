@@ -22,9 +22,10 @@ pub use archive::ArchiveStore;
 pub use batch::KeyedEvents;
 pub use budget::ReadBudget;
 pub use engine::{
-    Cutoffs, DEFAULT_KEY_MEMORY_BYTES, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET,
-    Engine, EngineConfig, IngestReceipt, KeyUsage, LockWaitStats, Proposal, PurgeReport,
-    RekeyReport, Retention, RollupTier, SegmentInfo, StorageStats,
+    Adopted, ArchiveCutoff, ArchivedObject, Cutoffs, DEFAULT_KEY_MEMORY_BYTES,
+    DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt,
+    KeyUsage, LockWaitStats, Proposal, PurgeReport, RekeyReport, Retention, RollupTier,
+    SegmentInfo, StorageStats,
 };
 pub use error::{EngineError, MaintenanceError, Result};
 pub use rollup::{

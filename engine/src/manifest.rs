@@ -44,6 +44,10 @@ pub(crate) struct Manifest {
     /// Tier files whose copy in the archive has been written and verified.
     #[serde(default)]
     pub(crate) archived_rollups: Vec<String>,
+    /// In a cluster: cut-offs applied from the log whose objects have not yet
+    /// taken the place of this member's sealed segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pending_cutoffs: Vec<crate::engine::ArchiveCutoff>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +72,10 @@ pub(crate) struct SegmentEntry {
     /// The id of the key the archived object is encrypted under; none: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) archive_key_id: Option<String>,
+    /// In a cluster: the index of the seal entry that closed the segment
+    /// off for the cluster's archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sealed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -202,11 +202,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &config.archive,
         &engine_config.data_dir,
     )?);
-    let owner = Arc::new(ArchiveOwner::new(
-        archive.clone(),
-        archive.location().to_owned(),
-        node_id,
-    ));
+    // A cluster's members share one archive, the cluster's (docs/cluster.md).
+    let owner = Arc::new(if config.cluster.is_some() {
+        ArchiveOwner::for_cluster(archive.clone(), archive.location().to_owned(), node_id)
+    } else {
+        ArchiveOwner::new(archive.clone(), archive.location().to_owned(), node_id)
+    });
     engine_config.archive = Some(archive);
     // A policy changed through the API outlives restarts and wins over the config.
     let policy = match Policy::load(&engine_config.data_dir, &engine_config.cipher) {
@@ -277,8 +278,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
             let jobs_dir = engine_config.data_dir.join("jobs");
             let cipher = engine_config.cipher.clone();
-            // Claimed while recovery runs; nothing touches the archive before both end.
-            let claim = claim_archive(owner.clone());
+            // Claimed while recovery runs; nothing touches the archive before
+            // both end. A cluster's member claims it for the cluster once the
+            // log names it, at its first maintenance pass.
+            let claim = (state.config.cluster.is_none()).then(|| claim_archive(owner.clone()));
             let opened = Engine::open(engine_config)
                 .context("cannot open the store")
                 .and_then(|engine| {
@@ -286,7 +289,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                         toplog_query::JobStore::open(&jobs_dir, &cipher).context("cannot open the store")?;
                     Ok((engine, jobs))
                 })
-                .and_then(|(engine, jobs)| match claim.wait() {
+                .and_then(|(engine, jobs)| match claim.map_or(Ok(()), PendingClaim::wait) {
                     Ok(()) => Ok((engine, jobs)),
                     Err(e) => {
                         if let Err(closing) = engine.close() {

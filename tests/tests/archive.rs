@@ -11,70 +11,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, binary, client, count_rows, free_port, get_ok, now_ms, send_all};
+use toplog_tests::moto::Moto;
+use toplog_tests::{Server, binary, client, count_rows, get_ok, now_ms, send_all};
 
 const BUCKET: &str = "toplog-lifecycle";
 /// Bytes of a request a cut proxy lets through: the headers and part of a body.
 const CUT_AFTER: usize = 1024;
-
-/// `moto_server` on a free port, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "moto_server not found: scripts/test.sh installs it (pip install 'moto[server]')",
-            );
-        let moto = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client().get(moto.url("/")).send().is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Object keys under the bucket (moto does not check signatures).
-    fn keys(&self) -> BTreeSet<String> {
-        let body = client()
-            .get(self.url(&format!("/{BUCKET}?list-type=2&max-keys=1000")))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        body.split("<Key>")
-            .skip(1)
-            .filter_map(|s| s.split("</Key>").next())
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A TCP proxy in front of the store. Cut, it forwards at most 1 KiB of each
 /// request body on and then drops the connection: the store is gone in the
@@ -281,16 +229,7 @@ fn storage(server: &Server) -> Value {
 #[test]
 fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
     let moto = Moto::start();
-    let r = client()
-        .put(moto.url(&format!("/{BUCKET}")))
-        .send()
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        200,
-        "create bucket: {}",
-        r.text().unwrap_or_default()
-    );
+    moto.create_bucket(BUCKET);
     let proxy = Proxy::start(moto.port);
 
     let dir = tempfile::tempdir().unwrap();
@@ -376,7 +315,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         s["tiers"]["raw_local"]["rows"].as_u64().unwrap() + archived_rows,
         model.len() as u64
     );
-    let keys = moto.keys();
+    let keys = moto.keys(BUCKET);
     for seg in archived {
         let key = format!("toplog/{}", seg["object"].as_str().unwrap());
         assert!(key.contains("/raw/day="), "{key}");
@@ -509,7 +448,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         a.len() as u64,
         "exactly group A's segments go: {report}"
     );
-    let keys = moto.keys();
+    let keys = moto.keys(BUCKET);
     for p in purged {
         if let Some(obj) = p["object"].as_str() {
             assert!(
@@ -604,7 +543,7 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
 
     // One archive, one owner: the prefix names this node, and a second node
     // pointed at it refuses to start and touches nothing.
-    let keys = moto.keys();
+    let keys = moto.keys(BUCKET);
     assert!(keys.contains("toplog/OWNER"), "no owner marker: {keys:?}");
     let node_id = storage(&server)["archive"]["node_id"]
         .as_str()
@@ -616,7 +555,11 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
             && stderr.contains("s3://toplog-lifecycle/toplog"),
         "{stderr}"
     );
-    assert_eq!(moto.keys(), keys, "the refused node changed the bucket");
+    assert_eq!(
+        moto.keys(BUCKET),
+        keys,
+        "the refused node changed the bucket"
+    );
 }
 
 /// Starts `toplog serve` on `data` with `args`, expecting it to refuse:

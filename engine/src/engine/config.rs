@@ -61,7 +61,7 @@ pub struct Retention {
 }
 
 /// The oldest instant each kind of data is kept from, at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cutoffs {
     /// Raw rows older than this are gone.
     pub raw: Micros,

@@ -38,7 +38,7 @@ pub struct RollupTier {
 }
 
 impl Segment {
-    fn entry(&self) -> SegmentEntry {
+    pub(super) fn entry(&self) -> SegmentEntry {
         let info = self.info();
         SegmentEntry {
             id: self.id,
@@ -50,6 +50,7 @@ impl Segment {
                 Stored::Archived { key_id, .. } => key_id.clone(),
                 Stored::Local(_) => None,
             },
+            sealed: self.sealed,
         }
     }
 }
@@ -101,7 +102,7 @@ impl Inner {
             })
     }
 
-    fn remove_quietly(&self, path: &Path, what: &str) {
+    pub(super) fn remove_quietly(&self, path: &Path, what: &str) {
         // The manifest no longer names it: a failure leaves an orphan, removed at start-up.
         if let Err(e) = self.fs.remove_file(path) {
             tracing::warn!(path = %path.display(), error = %e, "could not remove {what}");
@@ -264,6 +265,11 @@ impl Engine {
             {
                 return Err(MaintenanceError::DifferentPartitions(first.id, s.id).into());
             }
+            // Rows sealed at one entry stay apart from the others: every
+            // member holds exactly those rows under that seal.
+            if s.sealed != first.sealed {
+                return Err(MaintenanceError::DifferentSeals(first.id, s.id).into());
+            }
         }
         let mut cols = Columns::default();
         for s in olds {
@@ -327,6 +333,7 @@ impl Engine {
             path,
             meta,
             stored: Stored::Local(bytes),
+            sealed: first.sealed,
         });
         self.inner
             .swap_segments(&ids, std::slice::from_ref(&merged))?;
@@ -354,7 +361,8 @@ impl Engine {
             return Ok(seg.info());
         }
         let cols = self.inner.read_whole(&seg)?;
-        let archived = Arc::new(self.upload_checked(&seg, id, &cols)?);
+        let key = archive::segment_key(seg.meta.partition_start, id.get());
+        let archived = Arc::new(self.upload_checked(&seg, id, &cols, key)?);
         self.inner
             .swap_segments(&[], std::slice::from_ref(&archived))?;
         self.inner
@@ -369,7 +377,8 @@ impl Engine {
     pub(super) fn rearchive_segment(&self, seg: &Segment) -> Result<SegmentInfo> {
         let cols = self.inner.read_whole(seg)?;
         let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
-        let copy = Arc::new(self.upload_checked(seg, id, &cols)?);
+        let key = archive::segment_key(seg.meta.partition_start, id.get());
+        let copy = Arc::new(self.upload_checked(seg, id, &cols, key)?);
         self.inner
             .swap_segments(&[seg.id], std::slice::from_ref(&copy))?;
         if let Stored::Archived { key, .. } = &seg.stored
@@ -380,13 +389,18 @@ impl Engine {
         Ok(copy.info())
     }
 
-    /// Writes `cols` (the rows of `seg`) to the archive as Parquet named for
-    /// segment `id`, under the current key, reads the copy back and compares
+    /// Writes `cols` (the rows of `seg`) to the archive as Parquet under
+    /// `key`, as segment `id`, under the current key, reads the copy back and compares
     /// every row. Returns the segment as archived there; nothing lists it yet.
-    fn upload_checked(&self, seg: &Segment, id: SegmentId, cols: &Columns) -> Result<Segment> {
+    pub(super) fn upload_checked(
+        &self,
+        seg: &Segment,
+        id: SegmentId,
+        cols: &Columns,
+        key: String,
+    ) -> Result<Segment> {
         let store = self.inner.archive_store()?;
         let cipher = &self.inner.config.cipher;
-        let key = archive::segment_key(seg.meta.partition_start, id.get());
         let failed = |e: std::io::Error| EngineError::Archive {
             key: key.clone(),
             reason: e.to_string(),
@@ -437,6 +451,7 @@ impl Engine {
                 bytes: size,
                 key_id: cipher.current_key().map(|(id, _)| id.to_owned()),
             },
+            sealed: seg.sealed,
         })
     }
 
@@ -525,12 +540,15 @@ impl Engine {
             .iter()
             .filter_map(|s| s.info().archived)
             .collect();
-        named.extend(
-            lock(&self.inner.manifest)
-                .archived_rollups
-                .iter()
-                .map(|f| format!("rollups/{f}")),
-        );
+        {
+            let manifest = lock(&self.inner.manifest);
+            named.extend((manifest.archived_rollups.iter()).map(|f| format!("rollups/{f}")));
+            // A cut-off applied here and not yet in force names its objects.
+            named.extend(
+                (manifest.pending_cutoffs.iter())
+                    .flat_map(|c| c.objects.iter().map(|o| o.key.clone())),
+            );
+        }
         let mut swept = Vec::new();
         for prefix in ["raw/", "rollups/"] {
             let failed = |e: std::io::Error| EngineError::Archive {
@@ -552,9 +570,20 @@ impl Engine {
     /// granularity's cutoff. Also folds the per-flush rollup files into one file
     /// per granularity and day.
     pub fn purge(&self) -> Result<PurgeReport> {
+        self.purge_at(self.inner.cutoffs(), true)
+    }
+
+    /// Applies a purge entry of a replicated log: [`Engine::purge`] at
+    /// `cutoffs` (the leader's, when it proposed it), leaving the archived
+    /// objects dropped, which are the cluster's (the leader's sweep deletes
+    /// them once no member names them).
+    pub fn purge_replicated(&self, cutoffs: Cutoffs) -> Result<PurgeReport> {
+        self.purge_at(cutoffs, false)
+    }
+
+    fn purge_at(&self, cutoffs: Cutoffs, delete_archived: bool) -> Result<PurgeReport> {
         let _one = lock(&self.inner.maintenance);
         self.inner.check_writable()?;
-        let cutoffs = self.inner.cutoffs();
         let expired: Vec<Arc<Segment>> = self
             .inner
             .read()
@@ -570,6 +599,7 @@ impl Engine {
             for s in &expired {
                 match &s.stored {
                     Stored::Local(_) => self.inner.remove_quietly(&s.path, "a purged segment"),
+                    Stored::Archived { .. } if !delete_archived => {}
                     Stored::Archived { key, .. } => {
                         let deleted = self.inner.archive_store().and_then(|store| {
                             store.delete(key).map_err(|e| EngineError::Archive {

@@ -6,6 +6,7 @@
 mod cache;
 mod checkpoint;
 mod config;
+mod cutoff;
 mod lock_wait;
 mod maintenance;
 mod memtable;
@@ -37,6 +38,7 @@ pub use config::{
     Cutoffs, DEFAULT_KEY_MEMORY_BYTES, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET,
     EngineConfig, Retention,
 };
+pub use cutoff::{Adopted, ArchiveCutoff, ArchivedObject};
 pub use lock_wait::LockWaitStats;
 pub use maintenance::{PurgeReport, RollupTier};
 pub use read::StorageStats;
@@ -57,6 +59,9 @@ pub struct SegmentInfo {
     pub bytes: u64,
     /// The object key when the segment lives in the archive.
     pub archived: Option<String>,
+    /// In a cluster: the log index of the seal entry that closed this
+    /// segment's rows off for the archive ([`Engine::seal_replicated`]).
+    pub sealed: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -65,6 +70,8 @@ struct Segment {
     path: PathBuf,
     meta: SegmentMeta,
     stored: Stored,
+    /// See [`SegmentInfo::sealed`].
+    sealed: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -89,6 +96,7 @@ impl Segment {
             meta: self.meta,
             bytes,
             archived,
+            sealed: self.sealed,
         }
     }
 }

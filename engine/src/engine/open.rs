@@ -209,6 +209,7 @@ pub(super) fn load_state(
                     bytes: entry.bytes,
                     key_id: entry.archive_key_id.clone(),
                 },
+                sealed: entry.sealed,
             }));
             continue;
         }
@@ -233,6 +234,7 @@ pub(super) fn load_state(
             path,
             meta,
             stored: Stored::Local(bytes),
+            sealed: entry.sealed,
         }));
     }
     // Rollups of flushed rows come from their files; replay adds the rest.

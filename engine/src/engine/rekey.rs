@@ -25,6 +25,9 @@ pub struct RekeyReport {
     pub segments: usize,
     /// Archived segments copied to new objects.
     pub archived_segments: usize,
+    /// Objects of a cluster's archive left under their key (see
+    /// docs/cluster.md, "The archive").
+    pub cluster_objects_kept: usize,
     /// Rollup files folded into new tier files (and their archive copies).
     pub rollup_files: usize,
     /// Idempotency key files written again in place.
@@ -167,6 +170,11 @@ impl Engine {
                 Stored::Local(_) => {
                     self.rewrite_segments(std::slice::from_ref(&seg))?;
                     report.segments += 1;
+                }
+                // The cluster's archive: every member names the object, so
+                // no member rewrites it on its own.
+                Stored::Archived { .. } if seg.sealed.is_some() => {
+                    report.cluster_objects_kept += 1;
                 }
                 Stored::Archived { .. } => {
                     self.rearchive_segment(&seg)?;

@@ -455,6 +455,7 @@ impl Inner {
                 meta,
                 archived: None,
                 archive_key_id: None,
+                sealed: None,
             });
             created.push((id, path, meta));
         }
@@ -515,6 +516,7 @@ impl Inner {
                     path,
                     meta,
                     stored: Stored::Local(bytes),
+                    sealed: None,
                 }))
             })
             .collect()

@@ -67,6 +67,7 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
             "rewritten": {
                 "segments": store.segments,
                 "archived_segments": store.archived_segments,
+                "cluster_objects_kept": store.cluster_objects_kept,
                 "rollup_files": store.rollup_files,
                 "key_files": store.key_files,
                 "jobs": jobs,

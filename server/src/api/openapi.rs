@@ -144,8 +144,9 @@ fn schemas() -> Value {
         }), &["clustered"])}), &["status", "data"]),
         "Encryption": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/EncryptionState"}}), &["status", "data"]),
         "Rekey": obj(json!({"status": string, "data": obj(json!({
-            "rewritten": obj(json!({"segments": int, "archived_segments": int, "rollup_files": int, "key_files": int, "jobs": int}),
-                &["segments", "archived_segments", "rollup_files", "key_files", "jobs"]),
+            "rewritten": obj(json!({"segments": int, "archived_segments": int, "cluster_objects_kept": int,
+                    "rollup_files": int, "key_files": int, "jobs": int}),
+                &["segments", "archived_segments", "cluster_objects_kept", "rollup_files", "key_files", "jobs"]),
             "encryption": {"$ref": "#/components/schemas/EncryptionState"},
         }), &["rewritten", "encryption"])}), &["status", "data"]),
     });

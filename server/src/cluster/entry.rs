@@ -8,9 +8,13 @@
 //! | 2, an API key made or revoked | `{"add": <the key as stored: id, name, role, hash of its secret, ...>}` or `{"revoke": "<id>"}` (JSON) |
 //! | 3, an audit entry | the entry as `GET /api/v1/audit` shows it (JSON) |
 //! | 4, an aggregation job submitted | the job as first stored: id, `pending`, submitted time, request (JSON) |
+//! | 5, a maintenance decision | `{"purge": <cut-offs>}`, `{"seal": {"before": <µs>}}` or `{"cutoff": {"partition_start", "seal", "objects"}}` (JSON; docs/cluster.md, "The archive") |
+//! | 6, the cluster's id | the id, a UUID (the first one applied stands) |
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use toplog_compaction::cluster::Decision;
 
 use crate::auth::StoredKey;
 
@@ -19,6 +23,8 @@ const RETENTION: u8 = 1;
 const KEY: u8 = 2;
 const AUDIT: u8 = 3;
 const JOB: u8 = 4;
+const MAINTENANCE: u8 = 5;
+const CLUSTER_ID: u8 = 6;
 
 /// A cluster's shared API keys, changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +42,8 @@ pub(crate) enum Entry<'a> {
     Key(KeyChange),
     Audit(Value),
     Job(toplog_query::Job),
+    Maintenance(Decision),
+    ClusterId(String),
 }
 
 impl Entry<'_> {
@@ -46,6 +54,8 @@ impl Entry<'_> {
             Entry::Key(change) => json(KEY, change),
             Entry::Audit(line) => json(AUDIT, line),
             Entry::Job(job) => json(JOB, job),
+            Entry::Maintenance(decision) => json(MAINTENANCE, decision),
+            Entry::ClusterId(id) => [&[CLUSTER_ID][..], id.as_bytes()].concat(),
         }
     }
 
@@ -64,6 +74,14 @@ impl Entry<'_> {
             Some((&JOB, body)) => serde_json::from_slice(body)
                 .map(Entry::Job)
                 .map_err(|e| format!("a job entry that does not decode: {e}")),
+            Some((&MAINTENANCE, body)) => serde_json::from_slice(body)
+                .map(Entry::Maintenance)
+                .map_err(|e| format!("a maintenance entry that does not decode: {e}")),
+            Some((&CLUSTER_ID, body)) => std::str::from_utf8(body)
+                .ok()
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                .map(|id| Entry::ClusterId(id.hyphenated().to_string()))
+                .ok_or_else(|| "a cluster id entry that is not a UUID".into()),
             Some((kind, _)) => Err(format!("an entry of unknown kind {kind}")),
             None => Err("an empty entry".into()),
         }
@@ -92,6 +110,13 @@ mod tests {
         assert_eq!(Entry::decode(&revoke.encode()), Ok(revoke));
         let audit = Entry::Audit(serde_json::json!({"method": "PUT", "status": 200}));
         assert_eq!(Entry::decode(&audit.encode()), Ok(audit));
+        let seal = Entry::Maintenance(Decision::Seal {
+            before: toplog_types::Micros::new(1_764_547_200_000_000),
+        });
+        assert_eq!(Entry::decode(&seal.encode()), Ok(seal));
+        let id = Entry::ClusterId("0193a0b4-7c2e-7d4a-9b1e-2f3c4d5e6f70".into());
+        assert_eq!(Entry::decode(&id.encode()), Ok(id));
+        assert!(Entry::decode(&[CLUSTER_ID, b'x']).is_err());
         assert!(Entry::decode(&[KEY, b'{', b'}']).is_err());
         assert!(Entry::decode(&[7, 1, 2]).is_err());
         assert!(Entry::decode(&[]).is_err());

@@ -27,7 +27,12 @@ pub(super) struct EngineMachine {
     state_index: std::path::PathBuf,
     /// What `state_index` holds.
     state_applied: u64,
+    /// Where the cluster's id is kept, once the log has said it.
+    cluster_id: std::path::PathBuf,
 }
+
+/// The file under `raft/` holding the cluster's id.
+const CLUSTER_ID_FILE: &str = "CLUSTER_ID";
 
 impl EngineMachine {
     /// Reads `raft/STATE_INDEX` in `raft_dir` (none yet: 0).
@@ -41,6 +46,12 @@ impl EngineMachine {
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let state_index = raft_dir.join("STATE_INDEX");
+        let cluster_id = raft_dir.join(CLUSTER_ID_FILE);
+        match std::fs::read_to_string(&cluster_id) {
+            Ok(id) => maintainer.owner().set_cluster(id.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("{}", cluster_id.display())),
+        }
         let state_applied = match std::fs::read_to_string(&state_index) {
             Ok(text) => text
                 .trim()
@@ -57,7 +68,24 @@ impl EngineMachine {
             snapshots,
             state_index,
             state_applied,
+            cluster_id,
         })
+    }
+
+    /// Keeps `id` as the cluster's, unless it has one: the first applied stands.
+    fn set_cluster_id(&self, id: &str) -> Result<(), String> {
+        if self.maintainer.owner().cluster().is_some() {
+            return Ok(());
+        }
+        toplog_crypt::store_state_file(
+            &self.cluster_id,
+            id.as_bytes().to_vec(),
+            &toplog_crypt::Cipher::off(),
+        )
+        .map_err(|e| format!("{}: {e}", self.cluster_id.display()))?;
+        self.maintainer.owner().set_cluster(id);
+        tracing::info!(cluster_id = id, "the cluster's id");
+        Ok(())
     }
 
     fn set_applied_state(&mut self, index: u64) -> toplog_replication::Result<()> {
@@ -79,7 +107,8 @@ impl EngineMachine {
         // The proposer checked the change; a member that cannot make it says
         // so and goes on (the log stays in step).
         let made = match entry {
-            Entry::Ingest(_) => Err("an ingest batch is the store's".into()),
+            Entry::Ingest(_) | Entry::Maintenance(_) => Err("an entry for the store".into()),
+            Entry::ClusterId(id) => self.set_cluster_id(&id),
             Entry::Retention(policy) => (self.maintainer.set_policy(&policy))
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -112,6 +141,11 @@ impl StateMachine for EngineMachine {
             Ok(Entry::Ingest(payload)) => self
                 .engine
                 .apply_replicated(index, payload)
+                .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}"))),
+            // Applied again after a restart when the store had not flushed
+            // past it: each decision does the same the second time.
+            Ok(Entry::Maintenance(decision)) => decision
+                .apply(&self.engine, index)
                 .map_err(|e| ReplicationError::Inconsistent(format!("entry {index}: {e}"))),
             Ok(entry) => self.apply_state(index, entry),
             Err(e) => Err(ReplicationError::Inconsistent(format!(
@@ -156,6 +190,7 @@ impl StateMachine for EngineMachine {
                 })
                 .collect(),
             index: applied,
+            cluster_id: self.maintainer.owner().cluster(),
         };
         self.snapshots
             .make(&self.engine, at_least, applied, state)
@@ -180,6 +215,9 @@ impl StateMachine for EngineMachine {
                 .map_err(|e| disk(format!("{e:#}")))?;
         }
 
+        if let Some(id) = &descriptor.cluster_id {
+            self.set_cluster_id(id).map_err(disk)?;
+        }
         self.set_applied_state(index.max(descriptor.state_index))?;
         self.snapshots
             .install(&self.engine, index, &descriptor)

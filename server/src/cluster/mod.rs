@@ -8,10 +8,12 @@
 //! - [`entry`]: what a log entry changes;
 //! - [`machine`]: what entries are applied to, and snapshots made and installed;
 //! - [`snapshot`]: snapshot files, their transfer and their install;
-//! - [`transport`]: the clients to peers and the `toplog.raft.v1.Raft` service.
+//! - [`transport`]: the clients to peers and the `toplog.raft.v1.Raft` service;
+//! - [`maintenance`]: maintenance decisions through the log, and the cluster's id.
 
 mod entry;
 mod machine;
+mod maintenance;
 mod settings;
 mod snapshot;
 mod transport;
@@ -75,6 +77,7 @@ pub(crate) struct Cluster {
     /// The snapshot being fetched, if one is.
     receiving: std::sync::Mutex<Option<u64>>,
     addresses: Arc<std::sync::RwLock<Addresses>>,
+    maintainer: Arc<toplog_compaction::Maintainer>,
 }
 
 /// A write through the log: its index, and the node that led.
@@ -133,7 +136,7 @@ impl Cluster {
             store,
             EngineMachine::open(
                 engine,
-                maintainer,
+                maintainer.clone(),
                 auth.clone(),
                 jobs,
                 snapshots.clone(),
@@ -192,7 +195,12 @@ impl Cluster {
             snapshots,
             receiving: std::sync::Mutex::new(None),
             addresses,
+            maintainer: maintainer.clone(),
         });
+        maintainer.join_cluster(Arc::new(maintenance::LogCoordinator {
+            cluster: Arc::downgrade(&cluster),
+            runtime: runtime.clone(),
+        }));
         cluster.refresh_addresses();
         runtime.spawn(watch_membership(Arc::downgrade(&cluster)));
         let through = Arc::downgrade(&cluster);
@@ -460,8 +468,8 @@ impl Cluster {
     }
 }
 
-/// Keeps the addresses current and, on the leader, makes each learner that
-/// has caught up a voter; ends with the cluster.
+/// Keeps the addresses current and, on the leader, names the cluster and
+/// makes each learner that has caught up a voter; ends with the cluster.
 async fn watch_membership(cluster: std::sync::Weak<Cluster>) {
     loop {
         tokio::time::sleep(MEMBERSHIP_EVERY).await;
@@ -469,6 +477,7 @@ async fn watch_membership(cluster: std::sync::Weak<Cluster>) {
             return;
         };
         cluster.refresh_addresses();
+        cluster.name_cluster().await;
         let s = cluster.status();
         if s.role != "leader" || !s.voters_outgoing.is_empty() {
             continue;

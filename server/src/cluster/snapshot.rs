@@ -58,6 +58,9 @@ pub(crate) struct Descriptor {
     /// applied). The receiver applies no such change up to it again.
     #[serde(default)]
     pub(crate) state_index: u64,
+    /// The cluster's id, once the log has said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster_id: Option<String>,
 }
 
 /// The node's state besides the store, as a snapshot carries it.
@@ -69,6 +72,7 @@ pub(crate) struct NodeState {
     pub(crate) jobs: Vec<toplog_query::Job>,
     /// The log index this state is as of.
     pub(crate) index: u64,
+    pub(crate) cluster_id: Option<String>,
 }
 
 impl Descriptor {
@@ -190,6 +194,7 @@ impl SnapshotDirs {
             keys: state.keys,
             jobs: state.jobs,
             state_index: state.index,
+            cluster_id: state.cluster_id,
         };
         tracing::info!(
             index,
