@@ -69,17 +69,19 @@ pub fn run(
     adopt(engine, &mut report);
     maintenance::compact(engine, &mut report);
     if cluster.leads() {
+        // A purge deletes no object (the sweep does): it needs no archive.
+        purge(engine, cluster, &mut report);
         match archive {
             ArchiveAccess::Fenced(reason) => report.errors.push(format!("archiving: {reason}")),
-            ArchiveAccess::Owned => lead(engine, policy, cluster, &mut report),
+            ArchiveAccess::Owned => archive_sealed(engine, policy, cluster, &mut report),
         }
     }
     report.took_ms = clock.elapsed().as_secs_f64() * 1000.0;
     report
 }
 
-/// The leader's share: purge, seal, upload, cut-offs, sweep.
-fn lead(engine: &Engine, policy: &Policy, cluster: &dyn Coordinator, report: &mut Report) {
+/// The leader's purge, through the log.
+fn purge(engine: &Engine, cluster: &dyn Coordinator, report: &mut Report) {
     let cutoffs = engine.cutoffs();
     let expired: Vec<_> = (engine.segments().into_iter())
         .filter(|s| s.meta.max_ts < cutoffs.raw)
@@ -106,7 +108,15 @@ fn lead(engine: &Engine, policy: &Policy, cluster: &dyn Coordinator, report: &mu
         }
         Err(e) => report.errors.push(format!("purge: {e}")),
     }
+}
 
+/// The leader's archiving: seal, upload, cut-offs, then the sweep.
+fn archive_sealed(
+    engine: &Engine,
+    policy: &Policy,
+    cluster: &dyn Coordinator,
+    report: &mut Report,
+) {
     let local_cutoff =
         Micros::now().saturating_sub_micros(maintenance::micros(policy.raw_local_for));
     if engine.unsealed_before(local_cutoff)

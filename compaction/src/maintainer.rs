@@ -125,12 +125,16 @@ impl Maintainer {
 
     /// Writes everything the store and the stored retention policy hold
     /// under another key than the current one again (see [`Engine::rekey`]),
-    /// between maintenance passes and only while this node owns its archive.
+    /// between maintenance passes and only while this node owns its archive
+    /// (a cluster's member rewrites its own files alone, whatever the archive).
     pub fn rekey(&self) -> Result<RekeyReport, RekeyError> {
         let _one = lock(&self.running);
-        self.owner
-            .check()
-            .map_err(|e| RekeyError::Fenced(e.to_string()))?;
+        // A cluster's member leaves the archive alone in a rekey.
+        if self.cluster.get().is_none() {
+            self.owner
+                .check()
+                .map_err(|e| RekeyError::Fenced(e.to_string()))?;
+        }
         let report = self.engine.rekey()?;
         let policy = lock(&self.policy);
         if Policy::is_stored(&self.data_dir) {

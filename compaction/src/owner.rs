@@ -122,7 +122,7 @@ struct Marker {
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
     #[error(
-        "the archive at {location} belongs to {owner} (its {OWNER_KEY} object says so), \
+        "the archive at {location} belongs to {owner_kind} {owner} (its {OWNER_KEY} object says so), \
          not to this {what} ({ours}). Two owners of one archive delete each other's objects. \
          Point this {what} at another archive, or, to hand this archive over on purpose, \
          stop its owner and delete {location}/{OWNER_KEY} \
@@ -130,6 +130,8 @@ pub enum OwnerError {
     )]
     Foreign {
         location: String,
+        /// What owns it: `node` or `cluster`.
+        owner_kind: String,
         owner: String,
         /// `node`, or `cluster` for a cluster member.
         what: &'static str,
@@ -140,6 +142,12 @@ pub enum OwnerError {
          the archive at {location} is left alone until it does"
     )]
     ClusterUnknown { location: String },
+    #[error(
+        "a cluster's members share one archive, and this member's is a folder in its own \
+         data directory ({location}): nothing is archived, every member keeps its rows. Set \
+         [archive] url to the same store (s3://...) on every member (docs/cluster.md, \"The archive\")"
+    )]
+    NotShared { location: String },
     #[error(
         "the archive at {location} has an {OWNER_KEY} object this build cannot read ({reason}); \
          it is left alone and the archive is not used (docs/format.md, \"Archive owner\")"
@@ -190,7 +198,8 @@ fn claim_as(
             Some(m) => {
                 return Err(OwnerError::Foreign {
                     location: location.to_owned(),
-                    owner: format!("{} {}", m.kind, m.owner),
+                    owner_kind: m.kind,
+                    owner: m.owner,
                     what,
                     ours: ours.to_owned(),
                 });
@@ -265,6 +274,9 @@ pub struct ArchiveOwner {
     /// A cluster member's: the prefix is the cluster's, `cluster` its id
     /// once the Raft log has said it.
     in_cluster: bool,
+    /// Whether other nodes can reach the archive (not a folder in this
+    /// node's data directory); a cluster member needs one they can.
+    shared: bool,
     cluster: std::sync::Mutex<Option<String>>,
     /// The marker was last read (or made) naming this node.
     confirmed: AtomicBool,
@@ -277,16 +289,24 @@ impl ArchiveOwner {
             location,
             node,
             in_cluster: false,
+            shared: false,
             cluster: std::sync::Mutex::new(None),
             confirmed: AtomicBool::new(false),
         }
     }
 
     /// A cluster member's claim: on the cluster's archive, once it knows the
-    /// cluster's id ([`ArchiveOwner::set_cluster`]).
-    pub fn for_cluster(store: Arc<dyn ArchiveStore>, location: String, node: NodeId) -> Self {
+    /// cluster's id ([`ArchiveOwner::set_cluster`]); never on one in its
+    /// own data directory (`shared` false), which the others cannot read.
+    pub fn for_cluster(
+        store: Arc<dyn ArchiveStore>,
+        location: String,
+        node: NodeId,
+        shared: bool,
+    ) -> Self {
         Self {
             in_cluster: true,
+            shared,
             ..Self::new(store, location, node)
         }
     }
@@ -322,7 +342,11 @@ impl ArchiveOwner {
 
     /// Claims the archive (see [`claim`]) and remembers the answer.
     pub fn claim(&self) -> Result<Claim, OwnerError> {
-        let r = if self.in_cluster {
+        let r = if self.in_cluster && !self.shared {
+            Err(OwnerError::NotShared {
+                location: self.location.clone(),
+            })
+        } else if self.in_cluster {
             match self.cluster() {
                 Some(id) => claim_as(self.store.as_ref(), &self.location, "cluster", &id),
                 None => Err(OwnerError::ClusterUnknown {
@@ -541,5 +565,41 @@ mod tests {
         std::fs::write(dir.path().join(NODE_ID_FILE), b"{\"version\":1}").unwrap();
         let err = NodeId::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, NodeIdError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_claims_a_shared_archive_once_it_knows_its_id() {
+        let store = Arc::new(Memory::default());
+        let local =
+            ArchiveOwner::for_cluster(store.clone(), "archive".into(), NodeId::generate(), false);
+        local.set_cluster("c1");
+        assert!(matches!(local.check(), Err(OwnerError::NotShared { .. })));
+        assert!(
+            read_marker(store.as_ref(), "p").unwrap().is_none(),
+            "nothing claimed"
+        );
+
+        let a =
+            ArchiveOwner::for_cluster(store.clone(), "s3://b/p".into(), NodeId::generate(), true);
+        assert!(matches!(a.check(), Err(OwnerError::ClusterUnknown { .. })));
+        a.set_cluster("c1");
+        assert_eq!(a.claim().unwrap(), Claim::Created);
+        // Another member of the same cluster: the prefix is its too.
+        let b =
+            ArchiveOwner::for_cluster(store.clone(), "s3://b/p".into(), NodeId::generate(), true);
+        b.set_cluster("c1");
+        assert_eq!(b.claim().unwrap(), Claim::Ours);
+        let marker = read_marker(store.as_ref(), "p").unwrap().unwrap();
+        assert_eq!(
+            (marker.kind.as_str(), marker.owner.as_str()),
+            ("cluster", "c1")
+        );
+        // Another cluster, or a single node, finds it taken.
+        let other =
+            ArchiveOwner::for_cluster(store.clone(), "s3://b/p".into(), NodeId::generate(), true);
+        other.set_cluster("c2");
+        assert!(matches!(other.check(), Err(OwnerError::Foreign { .. })));
+        let node = ArchiveOwner::new(store, "s3://b/p".into(), NodeId::generate());
+        assert!(matches!(node.check(), Err(OwnerError::Foreign { .. })));
     }
 }

@@ -48,6 +48,9 @@ pub struct ObjectArchive {
     prefix: Path,
     /// Human-readable location, for status pages.
     location: String,
+    /// A folder in the node's data directory (the default): no other node
+    /// can share it.
+    in_data_dir: bool,
     /// Always `Some` until dropped.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -128,16 +131,24 @@ impl ObjectArchive {
             .thread_name("toplog-archive")
             .enable_all()
             .build()?;
+        let in_data_dir = !url.starts_with("s3://") && std::path::Path::new(&url).is_relative();
         Ok(Self {
             store,
             prefix,
             location,
+            in_data_dir,
             runtime: Some(runtime),
         })
     }
 
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Whether the archive is a folder in the node's data directory (no
+    /// `url`, or a relative one), which no other node can share.
+    pub fn in_data_dir(&self) -> bool {
+        self.in_data_dir
     }
 
     fn path(&self, key: &str) -> Path {

@@ -81,6 +81,8 @@ pub enum MaintenanceError {
     DifferentPartitions(SegmentId, SegmentId),
     #[error("segments {0} and {1} are sealed for the cluster's archive at different entries")]
     DifferentSeals(SegmentId, SegmentId),
+    #[error("segment {0} was purged or sealed meanwhile; the step is tried again at the next pass")]
+    Changed(SegmentId),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -204,7 +204,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )?);
     // A cluster's members share one archive, the cluster's (docs/cluster.md).
     let owner = Arc::new(if config.cluster.is_some() {
-        ArchiveOwner::for_cluster(archive.clone(), archive.location().to_owned(), node_id)
+        ArchiveOwner::for_cluster(
+            archive.clone(),
+            archive.location().to_owned(),
+            node_id,
+            !archive.in_data_dir(),
+        )
     } else {
         ArchiveOwner::new(archive.clone(), archive.location().to_owned(), node_id)
     });

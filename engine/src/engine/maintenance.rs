@@ -74,8 +74,30 @@ impl Inner {
     /// Stores a manifest without the segments `remove` and with `add` (replacing
     /// any of the same id), then makes reads see the same, under one lock.
     fn swap_segments(&self, remove: &[SegmentId], add: &[Arc<Segment>]) -> Result<()> {
+        self.swap_segments_if(remove, add, &[])
+    }
+
+    /// [`Inner::swap_segments`] if each of `unchanged` is still listed as it
+    /// was read (sealed or not): a purge or a seal that a replicated log
+    /// applied meanwhile (neither waits for maintenance) wins, and the step
+    /// that read them is tried again at the next pass.
+    fn swap_segments_if(
+        &self,
+        remove: &[SegmentId],
+        add: &[Arc<Segment>],
+        unchanged: &[Arc<Segment>],
+    ) -> Result<()> {
         let mut manifest = lock(&self.manifest);
         self.check_writable()?;
+        for s in unchanged {
+            if !manifest
+                .segments
+                .iter()
+                .any(|e| e.id == s.id && e.sealed == s.sealed)
+            {
+                return Err(MaintenanceError::Changed(s.id).into());
+            }
+        }
         let gone = |id: &SegmentId| remove.contains(id) || add.iter().any(|a| a.id == *id);
         let mut next = manifest.clone();
         let at = next.segments.iter().position(|e| gone(&e.id));
@@ -335,8 +357,11 @@ impl Engine {
             stored: Stored::Local(bytes),
             sealed: first.sealed,
         });
-        self.inner
-            .swap_segments(&ids, std::slice::from_ref(&merged))?;
+        if let Err(e) = (self.inner).swap_segments_if(&ids, std::slice::from_ref(&merged), olds) {
+            self.inner
+                .remove_quietly(&merged.path, "a compacted segment not listed");
+            return Err(e);
+        }
         for s in olds {
             self.inner.remove_quietly(&s.path, "a compacted segment");
         }
@@ -570,19 +595,21 @@ impl Engine {
     /// granularity's cutoff. Also folds the per-flush rollup files into one file
     /// per granularity and day.
     pub fn purge(&self) -> Result<PurgeReport> {
+        let _one = lock(&self.inner.maintenance);
         self.purge_at(self.inner.cutoffs(), true)
     }
 
     /// Applies a purge entry of a replicated log: [`Engine::purge`] at
     /// `cutoffs` (the leader's, when it proposed it), leaving the archived
     /// objects dropped, which are the cluster's (the leader's sweep deletes
-    /// them once no member names them).
+    /// them once no member names them). It does not wait for a maintenance
+    /// step under way (the log is applied on), which finds its segments
+    /// changed and stops.
     pub fn purge_replicated(&self, cutoffs: Cutoffs) -> Result<PurgeReport> {
         self.purge_at(cutoffs, false)
     }
 
     fn purge_at(&self, cutoffs: Cutoffs, delete_archived: bool) -> Result<PurgeReport> {
-        let _one = lock(&self.inner.maintenance);
         self.inner.check_writable()?;
         let expired: Vec<Arc<Segment>> = self
             .inner

@@ -25,7 +25,7 @@ pub struct RekeyReport {
     pub segments: usize,
     /// Archived segments copied to new objects.
     pub archived_segments: usize,
-    /// Objects of a cluster's archive left under their key (see
+    /// Archived objects a cluster's member left under their key (see
     /// docs/cluster.md, "The archive").
     pub cluster_objects_kept: usize,
     /// Rollup files folded into new tier files (and their archive copies).
@@ -171,9 +171,9 @@ impl Engine {
                     self.rewrite_segments(std::slice::from_ref(&seg))?;
                     report.segments += 1;
                 }
-                // The cluster's archive: every member names the object, so
-                // no member rewrites it on its own.
-                Stored::Archived { .. } if seg.sealed.is_some() => {
+                // A cluster's member writes nothing to the archive on its
+                // own: every member names the cluster's objects.
+                Stored::Archived { .. } if self.inner.config.replicated => {
                     report.cluster_objects_kept += 1;
                 }
                 Stored::Archived { .. } => {
@@ -192,7 +192,9 @@ impl Engine {
         if report.rollup_files > 0 {
             self.inner.mark_all_tiers_dirty();
             self.inner.rewrite_rollups(&self.inner.cutoffs())?;
-            if !lock(&self.inner.manifest).archived_rollups.is_empty() {
+            if !self.inner.config.replicated
+                && !lock(&self.inner.manifest).archived_rollups.is_empty()
+            {
                 self.archive_rollups_locked()?;
             }
         }

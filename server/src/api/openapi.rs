@@ -87,8 +87,10 @@ fn schemas() -> Value {
         "KeyCreated": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/KeyInfo"}}), &["status", "data"]),
         "Keys": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}}), &["status", "data"]),
         "Audit": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
-            "time": string, "key_id": string, "from": {"type": "string", "nullable": true},
-            "method": string, "path": string, "status": int}), &["time", "key_id", "method", "path", "status"])}}), &["status", "data"]),
+            "id": string, "time": string, "key_id": string, "from": {"type": "string", "nullable": true},
+            "method": string, "path": string, "status": int,
+            "local_only": {"type": "boolean", "description": "A cluster member kept this entry alone: the cluster's log did not take it (no quorum)."}}),
+            &["time", "key_id", "method", "path", "status"])}}), &["status", "data"]),
         "KeyRevoked": obj(json!({"status": string, "revoked": string}), &["status", "revoked"]),
         "Jobs": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/JobInfo"}}}), &["status", "data"]),
         "Health": obj(json!({"status": {"type": "string", "enum": ["ok", "ready", "not_ready"]}, "reason": string, "applied_lsn": int, "segments": int}), &["status"]),

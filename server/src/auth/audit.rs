@@ -18,6 +18,10 @@ pub(crate) struct AuditLog {
     path: PathBuf,
     cipher: Cipher,
     file: Mutex<std::fs::File>,
+    /// Ids of the lines a cluster member kept here alone when the log
+    /// could not take them; the same line committed later is not written
+    /// again (until a restart, when it may be: with the same `id`).
+    local_only: Mutex<std::collections::HashSet<String>>,
 }
 
 fn append_to(path: &Path) -> anyhow::Result<std::fs::File> {
@@ -33,6 +37,7 @@ fn append_to(path: &Path) -> anyhow::Result<std::fs::File> {
 /// An entry as the log keeps it (before it is sealed).
 pub(crate) fn line(entry: &Entry<'_>) -> Value {
     json!({
+        "id": uuid::Uuid::now_v7().simple().to_string(),
         "time": Micros::now().to_rfc3339(),
         "key_id": entry.key_id,
         "from": entry.from.map(|ip| ip.to_string()),
@@ -59,7 +64,34 @@ impl AuditLog {
             path,
             cipher: cipher.clone(),
             file: Mutex::new(file),
+            local_only: Mutex::new(Default::default()),
         })
+    }
+
+    /// Appends `line` on this member alone (the cluster's log did not take
+    /// it), marked `"local_only": true`.
+    pub(crate) fn append_local_only(&self, line: &Value) {
+        let mut marked = line.clone();
+        marked["local_only"] = Value::Bool(true);
+        if let Some(id) = line["id"].as_str() {
+            (self.local_only.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id.to_owned());
+        }
+        self.append(&marked);
+    }
+
+    /// Appends `line`, committed through a cluster's log, unless this
+    /// member wrote it already as [`AuditLog::append_local_only`].
+    pub(crate) fn append_committed(&self, line: &Value) {
+        let known = line["id"].as_str().is_some_and(|id| {
+            (self.local_only.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(id)
+        });
+        if !known {
+            self.append(line);
+        }
     }
 
     /// Appends `line` (an entry as [`line`] makes it) and syncs it.
@@ -152,5 +184,38 @@ impl AuditLog {
             .with_context(|| format!("cannot write {}", self.path.display()))?;
         *file = append_to(&self.path)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_line_kept_here_alone_is_not_written_again_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), &Cipher::off()).unwrap();
+        let entry = |path| Entry {
+            key_id: "0a1b2c3d4e5f",
+            from: None,
+            method: "PUT",
+            path,
+            status: 200,
+        };
+        let (kept, other) = (
+            line(&entry("/api/v1/retention")),
+            line(&entry("/api/v1/keys")),
+        );
+        log.append_local_only(&kept);
+        log.append_committed(&kept);
+        log.append_committed(&other);
+        let lines = log.last(10).unwrap();
+        let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 2, "{lines:?}");
+        assert!(ids.contains(&kept["id"].as_str().unwrap()));
+        assert!(ids.contains(&other["id"].as_str().unwrap()));
+        let marked = lines.iter().find(|l| l["id"] == kept["id"]).unwrap();
+        assert_eq!(marked["local_only"], true);
     }
 }

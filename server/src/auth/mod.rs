@@ -462,14 +462,14 @@ pub(crate) async fn rest(
                 });
                 // In a cluster, on every member through the log; here alone
                 // if the log cannot take it (no quorum), so it is not lost.
-                let replicated = match auth.audit_sink.get() {
-                    Some(sink) => (sink.0)(line.clone()).await.map_err(
-                        |e| tracing::warn!(error = %e, "an audit entry kept on this node only"),
-                    ),
-                    None => Err(()),
-                };
-                if replicated.is_err() {
-                    log.append(&line);
+                match auth.audit_sink.get() {
+                    Some(sink) => {
+                        if let Err(e) = (sink.0)(line.clone()).await {
+                            tracing::warn!(error = %e, "an audit entry kept on this node only");
+                            log.append_local_only(&line);
+                        }
+                    }
+                    None => log.append(&line),
                 }
             }
             with_left(response, left)

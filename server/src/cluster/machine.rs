@@ -122,7 +122,7 @@ impl EngineMachine {
             },
             Entry::Audit(line) => {
                 if let Some(log) = self.auth.audit() {
-                    log.append(&line);
+                    log.append_committed(&line);
                 }
                 Ok(())
             }
