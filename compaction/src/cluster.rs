@@ -117,6 +117,13 @@ fn archive_sealed(
     cluster: &dyn Coordinator,
     report: &mut Report,
 ) {
+    // What this member holds must be what the log says first: a cut-off
+    // proposed before (it may have timed out and committed since) is
+    // applied here before the sealed segments still local are counted.
+    if let Err(e) = cluster.catch_up() {
+        report.errors.push(format!("archiving (catching up): {e}"));
+        return;
+    }
     let local_cutoff =
         Micros::now().saturating_sub_micros(maintenance::micros(policy.raw_local_for));
     if engine.unsealed_before(local_cutoff)
@@ -125,6 +132,7 @@ fn archive_sealed(
         })
     {
         report.errors.push(format!("archiving (seal): {e}"));
+        return;
     }
 
     // Every sealed group still local here, whoever sealed it: one a leader
@@ -138,23 +146,25 @@ fn archive_sealed(
         .filter(|g| !waiting.contains(g))
         .collect();
     for (partition, seal) in groups {
+        // Leadership may have moved during the pass: the next leader uploads.
+        if !cluster.leads() {
+            return;
+        }
+        // A number no other upload draws: two leaders' copies of the same
+        // rows never share a name, so neither deletes the other's.
+        let upload = uuid::Uuid::now_v7().as_u64_pair().1;
         let done = engine
-            .upload_sealed(partition, seal)
-            .map_err(|e| (matches!(e, EngineError::Archive { .. }), e.to_string()))
-            .and_then(|cutoff| {
-                cluster
-                    .decide(Decision::Cutoff(cutoff))
-                    .map_err(|e| (false, e))
-            });
-        if let Err((store_failing, e)) = done {
+            .upload_sealed(partition, seal, upload)
+            .map_err(|e| e.to_string())
+            .and_then(|cutoff| cluster.decide(Decision::Cutoff(cutoff)));
+        if let Err(e) = done {
             report.errors.push(format!(
                 "archiving partition {} sealed at {seal}: {e}",
                 partition.to_rfc3339()
             ));
-            // The store is failing; the rest waits for the next pass.
-            if store_failing {
-                break;
-            }
+            // The store is failing, or the log did not take the cut-off (it
+            // may yet): the rest waits for the next pass.
+            break;
         }
     }
     adopt(engine, report);
@@ -162,7 +172,7 @@ fn archive_sealed(
     // Only on a pass the store answered well, and after everything committed
     // is applied here: an object a committed cut-off names is never taken
     // for an orphan.
-    if report.errors.is_empty() {
+    if report.errors.is_empty() && cluster.leads() {
         let swept = cluster
             .catch_up()
             .and_then(|()| engine.sweep_archive().map_err(|e| e.to_string()));

@@ -289,7 +289,7 @@ fn a_cutoff_that_does_not_match_waits_and_loses_nothing() {
     assert!(sealed(&group.members[1]) > 0);
 
     let partition = group.members[0].segments()[0].meta.partition_start;
-    let mut cutoff = group.members[0].upload_sealed(partition, seal).unwrap();
+    let mut cutoff = group.members[0].upload_sealed(partition, seal, 1).unwrap();
     // One row short: no member may drop its segments for it.
     cutoff.objects[0].meta.rows -= 1;
     Leading(&group)
@@ -332,4 +332,62 @@ fn a_cutoff_that_does_not_match_waits_and_loses_nothing() {
     assert!(adopted.adopted.is_empty());
     assert_eq!(adopted.waiting.len(), 1, "{:?}", adopted.waiting);
     assert_eq!(ids(&other).len(), 40);
+}
+
+#[test]
+fn a_second_upload_of_the_same_rows_is_swept_and_the_first_stands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = archive(&tmp.path().join("archive"));
+    let group = Group {
+        members: (0..2)
+            .map(|n| member(&tmp.path().join(format!("m{n}")), &store))
+            .collect(),
+        index: Mutex::new(0),
+        behind: Mutex::new(Vec::new()),
+    };
+    let old = Micros::now().get() - 3 * DAY_US;
+    group.ingest(
+        &(0..40)
+            .map(|i| event(i, old + i as i64))
+            .collect::<Vec<_>>(),
+    );
+    let before = Micros::new(Micros::now().get() - DAY_US);
+    Leading(&group).decide(Decision::Seal { before }).unwrap();
+    let seal = *group.index.lock().unwrap();
+    let partition = group.members[0].segments()[0].meta.partition_start;
+    // Two leaders in turn upload the same rows, each under its own names.
+    let first = group.members[0].upload_sealed(partition, seal, 1).unwrap();
+    let second = group.members[1].upload_sealed(partition, seal, 2).unwrap();
+    assert!((first.objects.iter()).all(|o| second.objects.iter().all(|p| p.key != o.key)));
+    Leading(&group)
+        .decide(Decision::Cutoff(first.clone()))
+        .unwrap();
+    Leading(&group)
+        .decide(Decision::Cutoff(second.clone()))
+        .unwrap();
+    // Another leader's upload for a seal not yet applied here.
+    let in_flight = "raw/day=2026-01-01/9999999999999999-00000000000-0000000000000003-0000.parquet";
+    store
+        .create(in_flight, bytes::Bytes::from_static(b"x"))
+        .unwrap();
+    let keys = |c: &toplog_engine::ArchiveCutoff| -> Vec<String> {
+        let mut k: Vec<String> = c.objects.iter().map(|o| o.key.clone()).collect();
+        k.sort();
+        k
+    };
+    for m in &group.members {
+        assert_eq!(m.adopt_cutoffs().unwrap().adopted.len(), 1);
+        assert_eq!(objects(m), keys(&first), "the first cut-off applied stands");
+        assert!(m.pending_cutoffs().is_empty());
+        assert_eq!(ids(m).len(), 40);
+    }
+    let mut swept = group.members[0].sweep_archive().unwrap();
+    swept.sort();
+    assert_eq!(swept, keys(&second));
+    let mut left = store.list("raw/").unwrap();
+    left.sort();
+    let mut want = keys(&first);
+    want.push(in_flight.to_owned());
+    want.sort();
+    assert_eq!(left, want);
 }

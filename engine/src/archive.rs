@@ -45,23 +45,53 @@ pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {
     format!("raw/day={}/{id:016}.parquet", partition_start.utc_date())
 }
 
-/// The object key of the `n`th object of a cluster's cut-off: the partition
-/// starting at `partition_start` as sealed at log index `seal`,
-/// `raw/day=YYYY-MM-DD/<seal, 16 digits>-<µs into the day, 11 digits>-<n, 4 digits>.parquet`:
-/// unique in the cluster, whatever the partition length.
-pub(crate) fn cluster_segment_key(partition_start: Micros, seal: u64, n: usize) -> Option<String> {
-    let into_day = partition_start.get() - partition_start.floor_to(86_400_000_000).get();
+/// The object key of the `n`th object of one upload (`upload`, a number no
+/// other upload draws) of a cluster's partition starting at
+/// `partition_start` as sealed at log index `seal`:
+/// `raw/day=YYYY-MM-DD/<seal, 16 digits>-<µs into the day, 11 digits>-<upload, 16 hex digits>-<n, 4 digits>.parquet`.
+/// Two leaders uploading the same rows never write to one name.
+pub(crate) fn cluster_segment_key(
+    partition_start: Micros,
+    seal: u64,
+    upload: u64,
+    n: usize,
+) -> Option<String> {
+    let into_day = partition_start.get() - partition_start.floor_to(DAY_US).get();
     (seal < 10u64.pow(16) && n < 10_000).then(|| {
         format!(
-            "raw/day={}/{seal:016}-{into_day:011}-{n:04}.parquet",
+            "raw/day={}/{seal:016}-{into_day:011}-{upload:016x}-{n:04}.parquet",
             partition_start.utc_date()
         )
     })
 }
 
+/// The partition start and seal a [`cluster_segment_key`] names.
+pub(crate) fn parse_cluster_key(key: &str) -> Option<(Micros, u64)> {
+    let rest = key.strip_prefix("raw/day=")?;
+    let (day, file) = rest.split_once('/')?;
+    let parts: Vec<&str> = file.strip_suffix(".parquet")?.split('-').collect();
+    let [seal, into_day, upload, n] = parts[..] else {
+        return None;
+    };
+    let digits = |s: &str, len: usize| s.len() == len && s.bytes().all(|c| c.is_ascii_digit());
+    if !(digits(seal, 16) && digits(into_day, 11) && digits(n, 4))
+        || upload.len() != 16
+        || !upload.bytes().all(|c| c.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    let day_start = Micros::parse(&format!("{day}T00:00:00Z")).ok()?;
+    Some((
+        day_start.saturating_add_micros(into_day.parse().ok()?),
+        seal.parse().ok()?,
+    ))
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
 /// Whether `key` has the form of an object a node writes: a segment copy
-/// (`raw/day=YYYY-MM-DD/<16 digits>.parquet`, or a cluster's
-/// `<16 digits>-<11 digits>-<4 digits>.parquet`) or a rollup tier copy
+/// (`raw/day=YYYY-MM-DD/<16 digits>.parquet`, or a cluster's, as
+/// [`cluster_segment_key`] makes it) or a rollup tier copy
 /// (`rollups/<granularity>-YYYY-MM-DD-g<generation>.cube`). The sweep deletes
 /// nothing else, whatever else lies under the prefix.
 pub(crate) fn is_node_key(key: &str) -> bool {
@@ -83,11 +113,8 @@ pub(crate) fn is_node_key(key: &str) -> bool {
         let Some(id) = file.strip_suffix(".parquet") else {
             return false;
         };
-        let parts: Vec<&str> = id.split('-').collect();
-        let widths: Vec<usize> = parts.iter().map(|p| p.len()).collect();
         return is_date(day)
-            && (widths == [16] || widths == [16, 11, 4])
-            && parts.iter().all(|p| is_digits(p));
+            && (id.len() == 16 && is_digits(id) || parse_cluster_key(key).is_some());
     }
     if let Some(file) = key.strip_prefix("rollups/") {
         let Some(stem) = file.strip_suffix(".cube") else {
@@ -341,15 +368,17 @@ mod tests {
         let day = Micros::new(86_400_000_000 * 20_000);
         assert!(is_node_key(&segment_key(day, 42)));
         let hour = day.saturating_add_micros(13 * 3_600_000_000);
-        let key = cluster_segment_key(hour, 1234, 7).unwrap();
+        let key = cluster_segment_key(hour, 1234, 0xab, 7).unwrap();
         assert!(
-            key.ends_with("/0000000000001234-46800000000-0007.parquet"),
+            key.ends_with("/0000000000001234-46800000000-00000000000000ab-0007.parquet"),
             "{key}"
         );
         assert!(is_node_key(&key));
+        assert_eq!(parse_cluster_key(&key), Some((hour, 1234)));
         assert!(!is_node_key(
             "raw/day=2026-11-24/0000000000001234-4680-0007.parquet"
         ));
+        assert_eq!(parse_cluster_key(&segment_key(day, 42)), None);
         for key in [
             "raw/day=2026-11-24/0000000000000001.parquet",
             "rollups/rollup_1m-2026-11-24-g7.cube",

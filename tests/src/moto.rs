@@ -37,6 +37,15 @@ impl Moto {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The config's `[archive]` table for `s3://<bucket>/toplog` on the
+    /// server at `port` (moto's own, or a proxy's in front of it).
+    pub fn archive_toml(bucket: &str, port: u16) -> String {
+        format!(
+            "[archive]\nurl = \"s3://{bucket}/toplog\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\nallow_http = true\n"
+        )
+    }
+
     /// Makes bucket `bucket`.
     pub fn create_bucket(&self, bucket: &str) {
         let r = client()

@@ -239,10 +239,8 @@ fn lifecycle_on_s3_ingest_tier_purge_with_the_store_failing_mid_upload() {
         format!(
             "partition = \"1m\"\nmemtable_max_age = \"1s\"\nmaintenance_interval = \"0s\"\n\
              [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"240s\"\n\
-             [retention.rollups]\nminute_keep_for = \"240s\"\n\
-             [archive]\nurl = \"s3://{BUCKET}/toplog\"\nendpoint = \"http://127.0.0.1:{}\"\n\
-             region = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\nallow_http = true\n",
-            proxy.port
+             [retention.rollups]\nminute_keep_for = \"240s\"\n{}",
+            Moto::archive_toml(BUCKET, proxy.port)
         ),
     )
     .unwrap();

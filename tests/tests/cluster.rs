@@ -9,7 +9,10 @@
 //!   strong reads; a write sent to a follower written through the leader;
 //! - a wiped node caught up by snapshot; a node added, promoted and made
 //!   leader, and a member removed, with the rest of the node's state (policy,
-//!   keys, audit, jobs) on every member; an encrypted cluster rekeyed.
+//!   keys, audit, jobs) on every member; an encrypted cluster rekeyed;
+//! - one archive for the cluster (on moto): the leader uploads, every member
+//!   drops the same rows, across a leader kill, late rows, a snapshot and a
+//!   purge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use toplog_tests::cluster::*;
+use toplog_tests::moto::Moto;
 use toplog_tests::{ADMIN_KEY, Server, binary, client, free_port};
 
 /// A raw gRPC call to the Raft service with `body` and `authorization`:
@@ -1029,7 +1033,7 @@ fn events_from(first: usize, n: usize, from: i64) -> Value {
 #[test]
 fn the_leader_archives_for_the_cluster_and_every_member_drops_the_same_rows() {
     const BUCKET: &str = "cluster-archive";
-    let moto = toplog_tests::moto::Moto::start();
+    let moto = Moto::start();
     moto.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("toplog.toml");
@@ -1037,10 +1041,8 @@ fn the_leader_archives_for_the_cluster_and_every_member_drops_the_same_rows() {
         &config,
         format!(
             "partition = \"1m\"\nmemtable_max_age = \"300ms\"\nmaintenance_interval = \"0s\"\n\
-             [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"1h\"\n\
-             [archive]\nurl = \"s3://{BUCKET}/toplog\"\nendpoint = \"{}\"\n\
-             region = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\nallow_http = true\n",
-            moto.url("")
+             [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"1h\"\n{}",
+            Moto::archive_toml(BUCKET, moto.port)
         ),
     )
     .unwrap();
@@ -1097,7 +1099,7 @@ fn the_leader_archives_for_the_cluster_and_every_member_drops_the_same_rows() {
     for id in all {
         assert_eq!(archived(&cluster, id), objects, "node {id}'s objects");
     }
-    let in_bucket = |moto: &toplog_tests::moto::Moto| -> std::collections::BTreeSet<String> {
+    let in_bucket = |moto: &Moto| -> std::collections::BTreeSet<String> {
         (moto.keys(BUCKET).into_iter())
             .filter_map(|k| k.strip_prefix("toplog/").map(str::to_owned))
             .filter(|k| k.starts_with("raw/"))

@@ -65,11 +65,13 @@ pub struct Adopted {
     pub waiting: Vec<String>,
 }
 
-/// The archive key of the `n`th object of a cut-off at seal `seal`.
-fn object_key(partition_start: Micros, seal: u64, n: usize) -> Result<String> {
-    archive::cluster_segment_key(partition_start, seal, n).ok_or_else(|| EngineError::Archive {
-        key: format!("raw/ (seal {seal}, object {n})"),
-        reason: "past the object names this build makes".into(),
+/// The archive key of the `n`th object of upload `upload` at seal `seal`.
+fn object_key(partition_start: Micros, seal: u64, upload: u64, n: usize) -> Result<String> {
+    archive::cluster_segment_key(partition_start, seal, upload, n).ok_or_else(|| {
+        EngineError::Archive {
+            key: format!("raw/ (seal {seal}, object {n})"),
+            reason: "past the object names this build makes".into(),
+        }
     })
 }
 
@@ -82,9 +84,11 @@ impl Engine {
     /// how many segments it sealed.
     pub fn seal_replicated(&self, index: u64, before: Micros) -> Result<usize> {
         self.flush()?;
+        // Under the manifest lock no flush, compaction or purge changes the
+        // segments: the state is read, the manifest stored, then the state
+        // changed, so reads wait only for the last step.
         let mut manifest = lock(&self.inner.manifest);
         self.inner.check_writable()?;
-        let mut st = self.inner.write();
         if index <= manifest.flushed_lsn.get() {
             return Ok(0);
         }
@@ -96,9 +100,7 @@ impl Engine {
                     .saturating_add_micros(s.meta.partition_len_us)
                     <= before
         };
-        let ids: Vec<SegmentId> = st
-            .segments
-            .iter()
+        let ids: Vec<SegmentId> = (self.inner.read().segments.iter())
             .filter(|s| due(s))
             .map(|s| s.id)
             .collect();
@@ -109,6 +111,7 @@ impl Engine {
         next.flushed_lsn = Lsn::new(index);
         self.inner.store_manifest(&next)?;
         *manifest = next;
+        let mut st = self.inner.write();
         for s in st.segments.iter_mut().filter(|s| ids.contains(&s.id)) {
             if let Stored::Local(bytes) = &s.stored {
                 *s = Arc::new(Segment {
@@ -150,7 +153,12 @@ impl Engine {
     /// no other cut-off uses; returns the cut-off to propose. Nothing here
     /// names the objects yet: a pass that stops before the cut-off is
     /// applied leaves them for the sweep.
-    pub fn upload_sealed(&self, partition_start: Micros, seal: u64) -> Result<ArchiveCutoff> {
+    pub fn upload_sealed(
+        &self,
+        partition_start: Micros,
+        seal: u64,
+        upload: u64,
+    ) -> Result<ArchiveCutoff> {
         let _one = lock(&self.inner.maintenance);
         self.inner.check_writable()?;
         let sealed: Vec<Arc<Segment>> = (self.inner.read().segments.iter())
@@ -164,8 +172,8 @@ impl Engine {
         let mut objects = Vec::with_capacity(sealed.len());
         for (n, seg) in sealed.iter().enumerate() {
             let cols = self.inner.read_whole(seg)?;
-            let key = object_key(partition_start, seal, n)?;
-            let copy = self.upload_checked(seg, seg.id, &cols, key)?;
+            let key = object_key(partition_start, seal, upload, n)?;
+            let copy = self.upload_checked(seg, seg.id, &cols, key, true)?;
             if let Stored::Archived { key, bytes, key_id } = copy.stored {
                 objects.push(ArchivedObject {
                     key,
@@ -266,7 +274,18 @@ impl Engine {
                 }
             }
             let ids: Vec<SegmentId> = sealed.iter().map(|s| s.id).collect();
-            self.inner.settle_cutoff(&cutoff, &ids, &added)?;
+            match self.inner.settle_cutoff(&cutoff, &ids, &added) {
+                Ok(()) => {}
+                Err(EngineError::Maintenance(e)) => {
+                    report.waiting.push(format!(
+                        "the cut-off of partition {} sealed at {}: {e}",
+                        cutoff.partition_start.to_rfc3339(),
+                        cutoff.seal
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             for s in &sealed {
                 self.inner
                     .remove_quietly(&s.path, "a segment now in the cluster's archive");
@@ -320,6 +339,14 @@ impl super::Inner {
     ) -> Result<()> {
         let mut manifest = lock(&self.manifest);
         self.check_writable()?;
+        // A purge from the log may have dropped some of them meanwhile: the
+        // objects then hold rows this member no longer has; the cut-off waits.
+        if let Some(gone) = remove
+            .iter()
+            .find(|id| !manifest.segments.iter().any(|e| e.id == **id))
+        {
+            return Err(crate::error::MaintenanceError::Changed(*gone).into());
+        }
         let mut next = manifest.clone();
         next.pending_cutoffs.retain(|c| c != cutoff);
         next.segments.retain(|e| !remove.contains(&e.id));

@@ -387,7 +387,7 @@ impl Engine {
         }
         let cols = self.inner.read_whole(&seg)?;
         let key = archive::segment_key(seg.meta.partition_start, id.get());
-        let archived = Arc::new(self.upload_checked(&seg, id, &cols, key)?);
+        let archived = Arc::new(self.upload_checked(&seg, id, &cols, key, false)?);
         self.inner
             .swap_segments(&[], std::slice::from_ref(&archived))?;
         self.inner
@@ -403,7 +403,7 @@ impl Engine {
         let cols = self.inner.read_whole(seg)?;
         let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
         let key = archive::segment_key(seg.meta.partition_start, id.get());
-        let copy = Arc::new(self.upload_checked(seg, id, &cols, key)?);
+        let copy = Arc::new(self.upload_checked(seg, id, &cols, key, false)?);
         self.inner
             .swap_segments(&[seg.id], std::slice::from_ref(&copy))?;
         if let Stored::Archived { key, .. } = &seg.stored
@@ -423,6 +423,7 @@ impl Engine {
         id: SegmentId,
         cols: &Columns,
         key: String,
+        fresh_only: bool,
     ) -> Result<Segment> {
         let store = self.inner.archive_store()?;
         let cipher = &self.inner.config.cipher;
@@ -434,8 +435,9 @@ impl Engine {
         match store.create(&key, bytes.clone()) {
             Ok(()) => {}
             // Left by an attempt that stopped before the manifest named it:
-            // checked below like a new copy.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // checked below like a new copy. A name only one upload makes
+            // is never someone else's to check or delete.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !fresh_only => {
                 tracing::info!(%key, "archive object exists from an earlier attempt; verifying it");
             }
             Err(e) => return Err(failed(e)),
@@ -581,13 +583,37 @@ impl Engine {
                 reason: e.to_string(),
             };
             for key in store.list(prefix).map_err(failed)? {
-                if !named.contains(&key) && archive::is_node_key(&key) {
+                if !named.contains(&key) && archive::is_node_key(&key) && self.settled(&key) {
                     store.delete(&key).map_err(failed)?;
                     swept.push(key);
                 }
             }
         }
         Ok(swept)
+    }
+
+    /// Whether an object no manifest here names may go: any a single node
+    /// wrote; in a cluster, one of a partition and seal whose rows this
+    /// member has sealed and no longer holds locally, whole or waiting for
+    /// a cut-off (the cut-off in force names other objects: this one is a
+    /// second upload's, or purged). One of a seal not yet applied here is
+    /// another leader's upload in flight.
+    fn settled(&self, key: &str) -> bool {
+        if !self.inner.config.replicated {
+            return true;
+        }
+        let Some((partition, seal)) = archive::parse_cluster_key(key) else {
+            return true;
+        };
+        let st = self.inner.read();
+        seal <= st.flushed_lsn.get()
+            && !st.segments.iter().any(|s| {
+                s.sealed == Some(seal)
+                    && s.meta.partition_start == partition
+                    && s.info().archived.is_none()
+            })
+            && !(lock(&self.inner.manifest).pending_cutoffs.iter())
+                .any(|c| (c.partition_start, c.seal) == (partition, seal))
     }
 
     /// Removes what is past retention: segments whose newest row is older than
