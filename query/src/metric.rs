@@ -43,6 +43,21 @@ impl Metric {
         })
     }
 
+    /// The metric's name, as [`Metric::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Frequency => "frequency",
+            Self::Errors => "errors",
+            Self::ErrorRate => "error_rate",
+            Self::LatencyAvg => "latency_avg",
+            Self::LatencyP50 => "latency_p50",
+            Self::LatencyP90 => "latency_p90",
+            Self::LatencyP95 => "latency_p95",
+            Self::LatencyP99 => "latency_p99",
+            Self::LatencyMax => "latency_max",
+        }
+    }
+
     /// The quantile, for sketch-based metrics.
     pub fn quantile(self) -> Option<f64> {
         match self {
