@@ -2,14 +2,17 @@
 //! ([`rule`]), the state of each series a rule watches ([`series`]),
 //! thresholds learned from the stored rollups ([`baseline`]), and the
 //! evaluation of a rule as a minute closes, the same for the live path and
-//! for a backtest over a past range ([`evaluate`]).
+//! for a backtest over a past range ([`evaluate`]), reading the store's
+//! rollups ([`store`]).
 
 pub mod baseline;
 pub mod evaluate;
 pub mod rule;
 pub mod series;
+pub mod store;
 
 pub use baseline::{Baseline, Sensitivity};
 pub use evaluate::{Evaluation, Firing, Source, backtest, evaluate};
 pub use rule::{NoData, Op, Rule, RuleError, Severity, Threshold};
 pub use series::{Series, SeriesState, Transition, fingerprint};
+pub use store::StoreSource;

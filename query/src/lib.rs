@@ -9,6 +9,7 @@ mod metric;
 mod plan;
 mod timeseries;
 mod topk;
+mod window;
 
 pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
 pub use history::{DayRow, history};
@@ -17,6 +18,7 @@ pub use metric::{Metric, Missed};
 pub use plan::{Piece, plan};
 pub use timeseries::{MAX_POINTS, Point, Series, TimeseriesAnswer, TimeseriesQuery, timeseries};
 pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
+pub use window::{rollups_answer, window_values};
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]

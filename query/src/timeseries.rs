@@ -53,20 +53,6 @@ pub struct TimeseriesAnswer {
     pub retained_from: Option<Micros>,
 }
 
-/// The dimension whose cube can apply `filters` (a filter on one dimension at most).
-fn cube_dimension(f: &Filters) -> Dimension {
-    if f.endpoint.is_some() {
-        Dimension::Endpoint
-    } else if f.user_id.is_some() {
-        Dimension::UserId
-    } else if f.status_code.is_some() {
-        Dimension::StatusCode
-    } else {
-        // Few keys: the cheapest cube to sum into a total.
-        Dimension::Method
-    }
-}
-
 pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnswer> {
     if q.interval_us < 1_000_000 {
         return Err(QueryError::Invalid(
@@ -104,7 +90,8 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
             answer.rows.into_iter().map(|r| Some(r.key)).collect()
         }
     };
-    let dim = q.by.unwrap_or_else(|| cube_dimension(&q.filters));
+    let dim =
+        q.by.unwrap_or_else(|| crate::window::cube_dimension(&q.filters));
     let mut series: Vec<Series> = keys
         .iter()
         .map(|k| Series {

@@ -71,6 +71,11 @@ pub(super) fn cube_read_for(dim: Dimension, f: &Filters, metric: Metric) -> Opti
     cube_read(dim, f).filter(|_| !(dim == Dimension::UserId && metric.quantile().is_some()))
 }
 
+/// Whether the rollups of `dim` answer `metric` under `f` (no raw rows read).
+pub(crate) fn cube_answers(dim: Dimension, f: &Filters, metric: Metric) -> bool {
+    cube_read_for(dim, f, metric).is_some()
+}
+
 /// Cells merged by key over a range, and what over-budget cube buckets left uncertain.
 #[derive(Debug)]
 pub(crate) struct Merged {

@@ -11,6 +11,7 @@ use toplog_engine::{Dimension, Engine, Filters, TimeRange};
 use crate::plan::retained;
 use crate::{Metric, QueryError, Result};
 
+pub(crate) use merge::cube_answers;
 use merge::cube_read_for;
 pub(crate) use merge::{Group, merged_cells, merged_cells_in};
 use quantile::quantile_with_min_count;
