@@ -9,10 +9,13 @@ pub mod baseline;
 pub mod evaluate;
 pub mod rule;
 pub mod series;
+pub mod state;
 pub mod store;
+pub mod synthetic;
 
 pub use baseline::{Baseline, Sensitivity};
 pub use evaluate::{Evaluation, Firing, Source, backtest, evaluate};
 pub use rule::{NoData, Op, Rule, RuleError, Severity, Threshold};
 pub use series::{Series, SeriesState, Transition, fingerprint};
+pub use state::{Alert, AlertState, Change, HistoryEntry, Judged, StateError, StoredRule};
 pub use store::StoreSource;

@@ -1,0 +1,355 @@
+//! The alerting state a node keeps, changed only by [`Change`]s applied in
+//! order (on a cluster, every member applies the same changes from the Raft
+//! log): the rules, and each series' state. The leader reads its store and
+//! proposes what each rule's series read at a minute's end
+//! ([`Change::Evaluated`]); applying it steps the series, so every member
+//! reaches the same alerts and the same history.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use toplog_types::Micros;
+
+use crate::evaluate::Evaluation;
+use crate::series::{Series, SeriesState, Transition, fingerprint};
+use crate::{Rule, RuleError};
+
+/// Rules a node keeps at most.
+pub const MAX_RULES: usize = 2_000;
+
+/// A rule as kept: its id, its JSON as written (checked), and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub id: String,
+    pub rule: Value,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+}
+
+/// A key's reading at a minute's end, as the leader proposes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// None: no judgement (the series keeps its state).
+    pub holds: Option<bool>,
+}
+
+impl From<Evaluation> for Judged {
+    fn from(e: Evaluation) -> Self {
+        Self {
+            key: e.key,
+            value: e.value,
+            threshold: e.threshold,
+            holds: e.holds,
+        }
+    }
+}
+
+/// A change of the alerting state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    PutRule(StoredRule),
+    DeleteRule {
+        id: String,
+    },
+    /// Rule `rule_id`'s series judged at minute end `at`.
+    Evaluated {
+        rule_id: String,
+        at: Micros,
+        judged: Vec<Judged>,
+    },
+    Ack {
+        fingerprint: String,
+        at: Micros,
+    },
+}
+
+/// A series' alert, while it is pending or firing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub fingerprint: String,
+    pub rule_id: String,
+    pub key: String,
+    pub state: String,
+    /// When the series went pending (or firing, with no `for`).
+    pub since: Micros,
+    /// When it started firing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Micros>,
+    /// The condition last held at.
+    pub last_held: Micros,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub acked: bool,
+}
+
+/// One transition, as history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: Micros,
+    pub fingerprint: String,
+    pub rule_id: String,
+    pub key: String,
+    /// `pending`, `inactive`, `firing` or `resolved`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+}
+
+/// Why a change was not made (the state is as it was).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("no rule {0}")]
+    NoRule(String),
+    #[error("no alert {0} is pending or firing")]
+    NoAlert(String),
+    #[error("at most {MAX_RULES} rules")]
+    TooManyRules,
+}
+
+/// The rules and their series' alerts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertState {
+    pub rules: BTreeMap<String, StoredRule>,
+    /// Pending and firing series, by fingerprint.
+    pub alerts: BTreeMap<String, Alert>,
+    /// Per rule, the last minute end judged (a repeat is ignored).
+    #[serde(default)]
+    pub judged_through: BTreeMap<String, Micros>,
+}
+
+impl AlertState {
+    /// The rule `id`, checked.
+    pub fn rule(&self, id: &str) -> Option<Rule> {
+        self.rules.get(id).and_then(|r| Rule::parse(&r.rule).ok())
+    }
+
+    /// Applies `change`; the transitions it made.
+    pub fn apply(&mut self, change: &Change) -> Result<Vec<HistoryEntry>, StateError> {
+        match change {
+            Change::PutRule(stored) => {
+                Rule::parse(&stored.rule)?;
+                if !self.rules.contains_key(&stored.id) && self.rules.len() >= MAX_RULES {
+                    return Err(StateError::TooManyRules);
+                }
+                // A changed rule starts its series afresh.
+                self.forget_series(&stored.id);
+                self.rules.insert(stored.id.clone(), stored.clone());
+                Ok(Vec::new())
+            }
+            Change::DeleteRule { id } => {
+                self.rules
+                    .remove(id)
+                    .ok_or_else(|| StateError::NoRule(id.clone()))?;
+                self.forget_series(id);
+                Ok(Vec::new())
+            }
+            Change::Ack { fingerprint, .. } => {
+                let alert = self
+                    .alerts
+                    .get_mut(fingerprint)
+                    .ok_or_else(|| StateError::NoAlert(fingerprint.clone()))?;
+                alert.acked = true;
+                Ok(Vec::new())
+            }
+            Change::Evaluated {
+                rule_id,
+                at,
+                judged,
+            } => {
+                let rule = self
+                    .rule(rule_id)
+                    .ok_or_else(|| StateError::NoRule(rule_id.clone()))?;
+                if self.judged_through.get(rule_id).is_some_and(|t| t >= at) {
+                    return Ok(Vec::new());
+                }
+                self.judged_through.insert(rule_id.clone(), *at);
+                Ok(judged
+                    .iter()
+                    .filter_map(|j| self.step(rule_id, &rule, *at, j))
+                    .collect())
+            }
+        }
+    }
+
+    fn forget_series(&mut self, rule_id: &str) {
+        self.alerts.retain(|_, a| a.rule_id != rule_id);
+        self.judged_through.remove(rule_id);
+    }
+
+    /// Steps one series; the transition, if any.
+    fn step(&mut self, rule_id: &str, rule: &Rule, at: Micros, j: &Judged) -> Option<HistoryEntry> {
+        let fp = fingerprint(rule_id, &j.key);
+        let mut series = Series {
+            key: j.key.clone(),
+            state: match self.alerts.get(&fp) {
+                None => SeriesState::Inactive,
+                Some(a) => match a.started_at {
+                    Some(since) => SeriesState::Firing {
+                        since,
+                        last_held: a.last_held,
+                    },
+                    None => SeriesState::Pending { since: a.since },
+                },
+            },
+        };
+        let transition = series.step(at, j.holds, rule.for_minutes, rule.keep_firing_for_minutes);
+        match series.state {
+            SeriesState::Inactive => {
+                self.alerts.remove(&fp);
+            }
+            SeriesState::Pending { since } => {
+                self.alerts.insert(
+                    fp.clone(),
+                    Alert {
+                        fingerprint: fp.clone(),
+                        rule_id: rule_id.to_owned(),
+                        key: j.key.clone(),
+                        state: "pending".into(),
+                        since,
+                        started_at: None,
+                        last_held: at,
+                        value: j.value,
+                        threshold: j.threshold,
+                        acked: false,
+                    },
+                );
+            }
+            SeriesState::Firing { since, last_held } => {
+                let acked = self.alerts.get(&fp).is_some_and(|a| a.acked);
+                let first = self.alerts.get(&fp).map_or(since, |a| a.since);
+                self.alerts.insert(
+                    fp.clone(),
+                    Alert {
+                        fingerprint: fp.clone(),
+                        rule_id: rule_id.to_owned(),
+                        key: j.key.clone(),
+                        state: "firing".into(),
+                        since: first,
+                        started_at: Some(since),
+                        last_held,
+                        value: j.value.or(self.alerts.get(&fp).and_then(|a| a.value)),
+                        threshold: j.threshold,
+                        acked: acked && transition != Some(Transition::Firing),
+                    },
+                );
+            }
+        }
+        transition.map(|t| HistoryEntry {
+            at,
+            fingerprint: fp,
+            rule_id: rule_id.to_owned(),
+            key: j.key.clone(),
+            state: t.name().to_owned(),
+            value: j.value,
+            threshold: j.threshold,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    const MIN: i64 = 60_000_000;
+
+    fn put(id: &str, rule: Value) -> Change {
+        Change::PutRule(StoredRule {
+            id: id.into(),
+            rule,
+            created_at: Micros::new(0),
+            updated_at: Micros::new(0),
+        })
+    }
+
+    fn judged(minute: i64, key: &str, value: f64) -> Change {
+        Change::Evaluated {
+            rule_id: "r1".into(),
+            at: Micros::new(minute * MIN),
+            judged: vec![Judged {
+                key: key.into(),
+                value: Some(value),
+                threshold: Some(10.0),
+                holds: Some(value > 10.0),
+            }],
+        }
+    }
+
+    #[test]
+    fn applying_the_same_changes_reaches_the_same_alerts_and_history() {
+        let rule = json!({"name": "e", "metric": "errors", "by": "endpoint", "op": ">",
+                          "threshold": 10, "for": "1m"});
+        let changes = vec![
+            put("r1", rule),
+            judged(1, "GET /a", 12.0),
+            judged(2, "GET /a", 15.0),
+            judged(2, "GET /a", 99.0), // a repeat of minute 2: ignored
+            judged(3, "GET /a", 3.0),
+        ];
+        let run = || {
+            let mut state = AlertState::default();
+            let mut history = Vec::new();
+            for c in &changes {
+                history.extend(state.apply(c).unwrap());
+            }
+            (state, history)
+        };
+        let (a, history) = run();
+        assert_eq!(run().0, a);
+        let states: Vec<&str> = history.iter().map(|h| h.state.as_str()).collect();
+        assert_eq!(states, ["pending", "firing", "resolved"]);
+        assert!(a.alerts.is_empty());
+        // Its JSON reads back the same.
+        let back: AlertState = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn an_ack_holds_while_firing_and_a_bad_change_changes_nothing() {
+        let mut state = AlertState::default();
+        state
+            .apply(&put(
+                "r1",
+                json!({"name": "e", "metric": "errors", "op": ">", "threshold": 10}),
+            ))
+            .unwrap();
+        state.apply(&judged(1, "", 20.0)).unwrap();
+        let fp = fingerprint("r1", "");
+        assert_eq!(state.alerts[&fp].state, "firing");
+        state
+            .apply(&Change::Ack {
+                fingerprint: fp.clone(),
+                at: Micros::new(0),
+            })
+            .unwrap();
+        state.apply(&judged(2, "", 30.0)).unwrap();
+        assert!(state.alerts[&fp].acked);
+        let before = state.clone();
+        assert!(state.apply(&put("r2", json!({"name": "x"}))).is_err());
+        assert!(
+            state
+                .apply(&Change::DeleteRule { id: "nope".into() })
+                .is_err()
+        );
+        assert_eq!(state, before);
+        state
+            .apply(&Change::DeleteRule { id: "r1".into() })
+            .unwrap();
+        assert!(state.alerts.is_empty() && state.rules.is_empty());
+    }
+}
