@@ -164,6 +164,16 @@ fn minutes(field: &str, v: Option<&Value>, default: u32, least: u32) -> Result<u
     let s = v
         .as_str()
         .ok_or_else(|| fault(field, "expected a duration such as \"5m\""))?;
+    // Minutes, hours or days, as the document's pattern says.
+    let unit_ok = s.len() > 1
+        && s[..s.len() - 1].bytes().all(|c| c.is_ascii_digit())
+        && matches!(s.as_bytes()[s.len() - 1], b'm' | b'h' | b'd');
+    if !unit_ok {
+        return Err(fault(
+            field,
+            format!("`{s}`: a whole number of minutes, hours or days, such as \"5m\", \"1h\""),
+        ));
+    }
     let d = toplog_types::parse_duration(s).map_err(|e| fault(field, e.to_string()))?;
     let secs = d.as_secs();
     if d.subsec_nanos() != 0 || secs % 60 != 0 {
@@ -364,7 +374,7 @@ impl Rule {
                 format!("unknown field (known: {})", FIELDS.join(", ")),
             ));
         }
-        let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
+        let get = |k: &str| fields.get(k);
         let name = string(
             "name",
             get("name").ok_or_else(|| fault("name", "required"))?,
@@ -460,6 +470,54 @@ impl Rule {
             channels,
             fallback_channels,
             no_data,
+        })
+    }
+
+    /// The JSON Schema of a rule's body: the shapes [`Rule::parse`] takes
+    /// (what it checks beyond them: blank strings, spans past a day, the
+    /// description's placeholders, fields that need one another).
+    pub fn schema() -> Value {
+        let duration = json!({"type": "string", "pattern": "^[0-9]+[mhd]$",
+                              "description": "Whole minutes, hours or days: `5m`, `1h`."});
+        let text = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
+        let ids = json!({"type": "array", "maxItems": 16, "items": text(64)});
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["name", "metric", "op", "threshold"],
+            "properties": {
+                "name": text(200),
+                "metric": {"type": "string", "enum": Metric::NAMES},
+                "by": {"type": "string", "enum": ["endpoint", "user_id", "status_code", "method"],
+                       "description": "One series per key of this dimension; none: the total."},
+                "max_series": {"type": "integer", "minimum": 1, "maximum": MAX_SERIES,
+                               "description": "Series watched at most (with `by`), those nearest the threshold first."},
+                "filters": {"type": "object", "additionalProperties": false, "properties": {
+                    "endpoint": text(1024), "user_id": text(1024), "method": text(32),
+                    "status_code": {"type": "integer", "minimum": 100, "maximum": 599},
+                    "status_class": {"type": "integer", "minimum": 1, "maximum": 5},
+                }},
+                "window": duration,
+                "op": {"type": "string", "enum": [">", "<"]},
+                "threshold": {"oneOf": [
+                    {"type": "number"},
+                    {"type": "object", "additionalProperties": false, "required": ["learned"], "properties": {
+                        "learned": {"type": "object", "additionalProperties": false, "properties": {
+                            "sensitivity": {"type": "string", "enum": ["low", "medium", "high"]}}}}},
+                ]},
+                "min_count": {"type": "integer", "minimum": 0},
+                "for": duration,
+                "keep_firing_for": duration,
+                "severity": {"type": "string", "enum": Severity::NAMES},
+                "description": {"type": "string", "minLength": 1, "maxLength": 2000,
+                                "description": "May name {rule}, {key}, {value}, {threshold}, {severity}, {window}."},
+                "labels": {"type": "object", "maxProperties": 32,
+                           "description": "Names: a letter or `_`, then letters, digits or `_` (at most 64).",
+                           "additionalProperties": text(1024)},
+                "channels": ids,
+                "fallback_channels": ids,
+                "no_data": {"type": "string", "enum": ["ok", "alert", "keep"]},
+            },
         })
     }
 
@@ -562,6 +620,9 @@ mod tests {
             (json!({"by": "request"}), "by"),
             (json!({"window": "90s"}), "window"),
             (json!({"window": "2d"}), "window"),
+            (json!({"window": "60s"}), "window"),
+            (json!({"window": " 5m"}), "window"),
+            (json!({"by": null}), "by"),
             (json!({"op": ">="}), "op"),
             (json!({"threshold": "ten"}), "threshold"),
             (

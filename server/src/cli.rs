@@ -273,6 +273,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         openapi: OnceLock::new(),
         auth,
         cluster: OnceLock::new(),
+        alerting: OnceLock::new(),
     });
     tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 
@@ -309,6 +310,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                         tracing::warn!("aggregation jobs: skipped {why}");
                     }
                     let (engine, store) = (Arc::new(engine), Arc::new(store));
+                    let alerting =
+                        match crate::alerts::Alerting::open(engine.data_dir(), engine.cipher()) {
+                            Ok(a) => Arc::new(a),
+                            Err(e) => {
+                                let e = e.context("cannot open the alerting state");
+                                let _ = state.startup_error.set(format!("{e:#}"));
+                                return Err(e);
+                            }
+                        };
+                    let _ = state.alerting.set(alerting.clone());
                     let maintainer = Arc::new(Maintainer::new(
                         engine.clone(),
                         engine.data_dir().to_path_buf(),
@@ -338,17 +349,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             settings,
                             engine.data_dir(),
                             &runtime,
-                            engine.clone(),
-                            maintainer.clone(),
-                            state.auth.clone(),
-                            crate::api::JobRunner {
+                            crate::cluster::NodeParts {
                                 engine: engine.clone(),
-                                store: store.clone(),
-                                turns: state.aggregations.clone(),
-                                memory_bytes: state.config.query_memory_bytes,
-                                ttl_us: i64::try_from(state.config.aggregation_ttl.as_micros())
-                                    .unwrap_or(i64::MAX),
-                                runtime: runtime.clone(),
+                                maintainer: maintainer.clone(),
+                                auth: state.auth.clone(),
+                                jobs: crate::api::JobRunner {
+                                    engine: engine.clone(),
+                                    store: store.clone(),
+                                    turns: state.aggregations.clone(),
+                                    memory_bytes: state.config.query_memory_bytes,
+                                    ttl_us: i64::try_from(state.config.aggregation_ttl.as_micros())
+                                        .unwrap_or(i64::MAX),
+                                    runtime: runtime.clone(),
+                                },
+                                alerting: alerting.clone(),
                             },
                         )
                         .context("cannot start the cluster's Raft node");
@@ -363,6 +377,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             }
                         }
                     }
+                    runtime.spawn(crate::api::evaluate_alerts(
+                        state.clone(),
+                        engine.clone(),
+                        alerting,
+                    ));
                     tracing::info!("ready");
                     Ok(())
                 }

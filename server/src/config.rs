@@ -74,6 +74,9 @@ pub(crate) struct Settings {
     /// schedule off (`POST /api/v1/admin/maintenance` still runs it).
     #[arg(long, env = "TOPLOG_MAINTENANCE_INTERVAL")]
     pub(crate) maintenance_interval: Option<String>,
+    /// How long after a minute closes alert rules judge it (late events).
+    #[arg(long, env = "TOPLOG_ALERT_GRACE")]
+    pub(crate) alert_grace: Option<String>,
     /// `[retention]` in the file: `raw.local_for`, `raw.keep_for`,
     /// `rollups.minute_keep_for`, `rollups.hour_keep_for`, `rollups.day_keep_for`.
     #[arg(skip)]
@@ -215,6 +218,7 @@ impl Settings {
             raw_local_for: self.raw_local_for.or(other.raw_local_for),
             archive_url: self.archive_url.or(other.archive_url),
             maintenance_interval: self.maintenance_interval.or(other.maintenance_interval),
+            alert_grace: self.alert_grace.or(other.alert_grace),
             retention: self.retention.or(other.retention),
             archive: self.archive.or(other.archive),
             import: self.import.or(other.import),
@@ -307,6 +311,8 @@ pub struct Config {
     pub(crate) cluster: Option<crate::cluster::ClusterSettings>,
     /// `None`: maintenance runs only when asked.
     pub maintenance_interval: Option<Duration>,
+    /// How long after a minute closes alert rules judge it.
+    pub alert_grace: Duration,
     pub memtable_max_bytes: usize,
     pub memtable_max_age: Duration,
     pub rollup_key_budget: usize,
@@ -549,6 +555,7 @@ impl Config {
                 "5m",
             )?)
             .filter(|d| !d.is_zero()),
+            alert_grace: duration("alert_grace", s.alert_grace, "10s")?,
             memtable_max_bytes,
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
             rollup_key_budget,

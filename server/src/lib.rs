@@ -1,6 +1,7 @@
 //! The `toplog` binary's library: configuration, the REST API over the engine,
 //! and the command line (`toplog import` among its commands). No storage logic lives here.
 
+mod alerts;
 mod api;
 mod auth;
 mod cli;

@@ -2,6 +2,7 @@
 //! and check parameters, then hand CPU work to blocking threads.
 
 pub(crate) mod aggregations;
+mod alerts;
 pub(crate) mod analytics;
 mod cluster;
 mod encryption;
@@ -23,6 +24,7 @@ use toplog_engine::Engine;
 
 use crate::config::Config;
 pub(crate) use aggregations::{JobRunner, run_job};
+pub(crate) use alerts::evaluate_alerts;
 pub(crate) use error::ApiError;
 use error::ApiResult;
 pub(crate) use routes::router;
@@ -52,6 +54,8 @@ pub(crate) struct AppState {
     /// This node's Raft group, when it is one of a cluster; set once the
     /// engine is open.
     pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Alert rules and alerts; opened with the engine.
+    pub(crate) alerting: OnceLock<Arc<crate::alerts::Alerting>>,
 }
 
 /// Where a read was served in a cluster: the node, and the Raft log index

@@ -152,8 +152,35 @@ fn schemas() -> Value {
             "encryption": {"$ref": "#/components/schemas/EncryptionState"},
         }), &["rewritten", "encryption"])}), &["status", "data"]),
     });
-    if let (Value::Object(all), Value::Object(more)) = (&mut schemas, encryption) {
-        all.extend(more);
+    let alerting = json!({
+        "AlertRuleIn": toplog_alerting::Rule::schema(),
+        "AlertRule": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/StoredAlertRule"}}), &["status", "data"]),
+        "AlertRules": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/StoredAlertRule"}}}), &["status", "data"]),
+        "StoredAlertRule": obj(json!({"id": string, "rule": {"$ref": "#/components/schemas/AlertRuleIn"},
+            "created_at": string, "updated_at": string,
+            "judged_through": {"type": "string", "nullable": true, "description": "The last minute end its series were judged at."}}),
+            &["id", "rule", "created_at", "updated_at"]),
+        "AlertRuleDeleted": obj(json!({"status": string, "deleted": string}), &["status", "deleted"]),
+        "AlertAcked": obj(json!({"status": string, "acknowledged": string}), &["status", "acknowledged"]),
+        "Alerts": obj(json!({"status": string, "alerts": {"type": "array", "items": obj(json!({
+            "alert_id": string, "description": string, "timestamp": string,
+            "severity": {"type": "string", "enum": toplog_alerting::Severity::NAMES},
+            "state": {"type": "string", "enum": ["pending", "firing"]},
+            "rule_id": string, "rule": string, "key": string, "value": nullable_num, "threshold": nullable_num,
+            "started_at": {"type": "string", "nullable": true}, "acknowledged": {"type": "boolean"},
+            "labels": {"type": "object", "additionalProperties": string},
+            "requests": obj(json!({"start": string, "end": string, "filters": {"type": "object"}}), &["start", "end", "filters"]),
+        }), &["alert_id", "description", "timestamp", "severity", "state", "rule_id", "key"])}}), &["status", "alerts"]),
+        "AlertHistory": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
+            "at": int, "fingerprint": string, "rule_id": string, "key": string,
+            "state": {"type": "string", "enum": ["pending", "inactive", "firing", "resolved"]},
+            "value": num, "threshold": num,
+        }), &["at", "fingerprint", "rule_id", "key", "state"])}}), &["status", "data"]),
+    });
+    for more in [encryption, alerting] {
+        if let (Value::Object(all), Value::Object(more)) = (&mut schemas, more) {
+            all.extend(more);
+        }
     }
     schemas
 }
@@ -192,6 +219,10 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         if route.path.contains("{id}") {
             let doc = if route.path.starts_with("/api/v1/keys") {
                 "The key's id."
+            } else if route.path.starts_with("/api/v1/alerts/rules") {
+                "The rule's id."
+            } else if route.path.starts_with("/api/v1/requests/alerts") {
+                "The alert's id (`alert_id`)."
             } else {
                 "The aggregation_id returned on submission."
             };
@@ -305,6 +336,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::Key) => operation["requestBody"] = body("KeyIn"),
             Some(Body::Leader) => operation["requestBody"] = body("LeaderIn"),
             Some(Body::Member) => operation["requestBody"] = body("MemberIn"),
+            Some(Body::AlertRule) => operation["requestBody"] = body("AlertRuleIn"),
             None => {}
         }
         let entry = paths

@@ -10,7 +10,8 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::params::QuerySpec;
 use super::{
-    AppState, aggregations, analytics, cluster, encryption, events, health, keys, storage, traces,
+    AppState, aggregations, alerts, analytics, cluster, encryption, events, health, keys, storage,
+    traces,
 };
 use crate::auth::{Access, Role};
 
@@ -28,6 +29,8 @@ pub(crate) enum Body {
     Leader,
     /// A node to add: its id and URL.
     Member,
+    /// An alert rule.
+    AlertRule,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -63,7 +66,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 27] = [
+pub(crate) const ROUTES: [Route; 35] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -421,6 +424,115 @@ pub(crate) const ROUTES: [Route; 27] = [
         errors: &[404, 409],
         links: &[],
         access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/rules",
+        id: "listAlertRules",
+        handler: || get(alerts::list_rules),
+        summary: "Every alert rule.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertRules"),
+        errors: &[503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/alerts/rules",
+        id: "createAlertRule",
+        handler: || post(alerts::create_rule),
+        summary: "Make an alert rule; evaluated from the rollups as each minute closes. A rule the rollups cannot answer is refused (422), naming the field.",
+        query: QuerySpec::NONE,
+        body: Some(Body::AlertRule),
+        ok: (201, "AlertRule"),
+        errors: &[400, 413, 415, 422, 503],
+        links: &[Link {
+            name: "GetAlertRule",
+            operation: "getAlertRule",
+            parameters: &[("id", "$response.body#/data/id")],
+            description: "The rule just made.",
+        }],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/rules/{id}",
+        id: "getAlertRule",
+        handler: || get(alerts::get_rule),
+        summary: "One alert rule.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertRule"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/alerts/rules/{id}",
+        id: "putAlertRule",
+        handler: || put(alerts::put_rule),
+        summary: "Replace an alert rule; its series start afresh.",
+        query: QuerySpec::NONE,
+        body: Some(Body::AlertRule),
+        ok: (200, "AlertRule"),
+        errors: &[400, 404, 413, 415, 422, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/alerts/rules/{id}",
+        id: "deleteAlertRule",
+        handler: || delete(alerts::delete_rule),
+        summary: "Remove an alert rule and its alerts.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertRuleDeleted"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/requests/alerts",
+        id: "listAlerts",
+        handler: || get(alerts::list_alerts),
+        summary: "Alerts pending or firing: `alert_id`, `description`, `timestamp`, and the rule, key, value, threshold and the requests behind it.",
+        query: alerts::ALERTS,
+        body: None,
+        ok: (200, "Alerts"),
+        errors: &[400, 503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/requests/alerts/{id}/ack",
+        id: "ackAlert",
+        handler: || post(alerts::ack_alert),
+        summary: "Acknowledge a firing alert.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertAcked"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/history",
+        id: "alertHistory",
+        handler: || get(alerts::history),
+        summary: "Alert transitions (pending, firing, resolved, inactive), the latest last.",
+        query: alerts::HISTORY,
+        body: None,
+        ok: (200, "AlertHistory"),
+        errors: &[400, 503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",

@@ -58,7 +58,11 @@ pub(crate) struct Entry<'a> {
 
 impl AuditLog {
     pub(crate) fn open(data_dir: &Path, cipher: &Cipher) -> anyhow::Result<Self> {
-        let path = data_dir.join("audit.log");
+        Self::open_file(data_dir.join("audit.log"), cipher)
+    }
+
+    /// A log of the same form at `path` (the alert history is one).
+    pub(crate) fn open_file(path: PathBuf, cipher: &Cipher) -> anyhow::Result<Self> {
         let file = append_to(&path)?;
         Ok(Self {
             path,

@@ -10,6 +10,7 @@
 //! | 4, an aggregation job submitted | the job as first stored: id, `pending`, submitted time, request (JSON) |
 //! | 5, a maintenance decision | `{"purge": <cut-offs>}`, `{"seal": {"before": <µs>}}` or `{"cutoff": {"partition_start", "seal", "objects"}}` (JSON; docs/cluster.md, "The archive") |
 //! | 6, the cluster's id | the id, a UUID (the first one applied stands) |
+//! | 7, an alerting change | a rule made, changed or removed, a rule's series judged at a minute's end, an alert acknowledged (JSON; docs/format.md) |
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,6 +26,7 @@ const AUDIT: u8 = 3;
 const JOB: u8 = 4;
 const MAINTENANCE: u8 = 5;
 const CLUSTER_ID: u8 = 6;
+const ALERTING: u8 = 7;
 
 /// A cluster's shared API keys, changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,7 @@ pub(crate) enum Entry<'a> {
     Job(toplog_query::Job),
     Maintenance(Decision),
     ClusterId(String),
+    Alerting(toplog_alerting::Change),
 }
 
 impl Entry<'_> {
@@ -56,6 +59,7 @@ impl Entry<'_> {
             Entry::Job(job) => json(JOB, job),
             Entry::Maintenance(decision) => json(MAINTENANCE, decision),
             Entry::ClusterId(id) => [&[CLUSTER_ID][..], id.as_bytes()].concat(),
+            Entry::Alerting(change) => json(ALERTING, change),
         }
     }
 
@@ -82,6 +86,9 @@ impl Entry<'_> {
                 .and_then(|id| uuid::Uuid::parse_str(id).ok())
                 .map(|id| Entry::ClusterId(id.hyphenated().to_string()))
                 .ok_or_else(|| "a cluster id entry that is not a UUID".into()),
+            Some((&ALERTING, body)) => serde_json::from_slice(body)
+                .map(Entry::Alerting)
+                .map_err(|e| format!("an alerting entry that does not decode: {e}")),
             Some((kind, _)) => Err(format!("an entry of unknown kind {kind}")),
             None => Err("an empty entry".into()),
         }

@@ -19,6 +19,7 @@ pub(super) struct EngineMachine {
     maintainer: Arc<toplog_compaction::Maintainer>,
     auth: Arc<crate::auth::Auth>,
     jobs: crate::api::JobRunner,
+    alerting: Arc<crate::alerts::Alerting>,
     snapshots: SnapshotDirs,
     /// Where the index of the last entry applied to the node's state
     /// besides the store (policy, keys, audit, jobs) is kept: a restart
@@ -41,6 +42,7 @@ impl EngineMachine {
         maintainer: Arc<toplog_compaction::Maintainer>,
         auth: Arc<crate::auth::Auth>,
         jobs: crate::api::JobRunner,
+        alerting: Arc<crate::alerts::Alerting>,
         snapshots: SnapshotDirs,
         raft_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
@@ -65,6 +67,7 @@ impl EngineMachine {
             maintainer,
             auth,
             jobs,
+            alerting,
             snapshots,
             state_index,
             state_applied,
@@ -109,6 +112,11 @@ impl EngineMachine {
         let made = match entry {
             Entry::Ingest(_) | Entry::Maintenance(_) => Err("an entry for the store".into()),
             Entry::ClusterId(id) => self.set_cluster_id(&id),
+            Entry::Alerting(change) => self
+                .alerting
+                .apply(&change)
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Entry::Retention(policy) => (self.maintainer.set_policy(&policy))
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -191,6 +199,7 @@ impl StateMachine for EngineMachine {
                 .collect(),
             index: applied,
             cluster_id: self.maintainer.owner().cluster(),
+            alerting: self.alerting.state(),
         };
         self.snapshots
             .make(&self.engine, at_least, applied, state)
@@ -215,6 +224,9 @@ impl StateMachine for EngineMachine {
                 .map_err(|e| disk(format!("{e:#}")))?;
         }
 
+        self.alerting
+            .replace(descriptor.alerting.clone())
+            .map_err(|e| disk(e.to_string()))?;
         if let Some(id) = &descriptor.cluster_id {
             self.set_cluster_id(id).map_err(disk)?;
         }

@@ -68,6 +68,15 @@ struct Addresses {
     book: AddressBook,
 }
 
+/// What the log is applied to: the store and the rest of the node's state.
+pub(crate) struct NodeParts {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) maintainer: Arc<toplog_compaction::Maintainer>,
+    pub(crate) auth: Arc<crate::auth::Auth>,
+    pub(crate) jobs: crate::api::JobRunner,
+    pub(crate) alerting: Arc<crate::alerts::Alerting>,
+}
+
 /// This node's place in its cluster.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -114,11 +123,15 @@ impl Cluster {
         settings: &ClusterSettings,
         data_dir: &Path,
         runtime: &tokio::runtime::Handle,
-        engine: Arc<Engine>,
-        maintainer: Arc<toplog_compaction::Maintainer>,
-        auth: Arc<crate::auth::Auth>,
-        jobs: crate::api::JobRunner,
+        node: NodeParts,
     ) -> anyhow::Result<Arc<Self>> {
+        let NodeParts {
+            engine,
+            maintainer,
+            auth,
+            jobs,
+            alerting,
+        } = node;
         let raft_dir = data_dir.join("raft");
         let store = LogStore::open(
             Arc::new(toplog_wal::RealFs),
@@ -139,6 +152,7 @@ impl Cluster {
                 maintainer.clone(),
                 auth.clone(),
                 jobs,
+                alerting,
                 snapshots.clone(),
                 &raft_dir,
             )?,

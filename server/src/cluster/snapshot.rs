@@ -61,6 +61,9 @@ pub(crate) struct Descriptor {
     /// The cluster's id, once the log has said it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cluster_id: Option<String>,
+    /// The alerting state (rules, alerts) at `state_index`.
+    #[serde(default)]
+    pub(crate) alerting: toplog_alerting::AlertState,
 }
 
 /// The node's state besides the store, as a snapshot carries it.
@@ -73,6 +76,7 @@ pub(crate) struct NodeState {
     /// The log index this state is as of.
     pub(crate) index: u64,
     pub(crate) cluster_id: Option<String>,
+    pub(crate) alerting: toplog_alerting::AlertState,
 }
 
 impl Descriptor {
@@ -195,6 +199,7 @@ impl SnapshotDirs {
             jobs: state.jobs,
             state_index: state.index,
             cluster_id: state.cluster_id,
+            alerting: state.alerting,
         };
         tracing::info!(
             index,

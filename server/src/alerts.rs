@@ -1,0 +1,199 @@
+//! The node's alerting (toplog-alerting): its state, kept in
+//! `<data_dir>/alerting.json` and changed only by changes applied in order
+//! (on a cluster, from the Raft log), and the history of transitions in
+//! `<data_dir>/alert-history.log`; and, on the node that leads (or a single
+//! node), the evaluation of every rule as each minute closes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use toplog_alerting::evaluate::{Readings, evaluate};
+use toplog_alerting::{AlertState, Change, HistoryEntry, StateError, StoreSource};
+use toplog_crypt::Cipher;
+use toplog_engine::Engine;
+use toplog_types::Micros;
+
+use crate::auth::audit::AuditLog;
+
+const STATE_FILE: &str = "alerting.json";
+const HISTORY_FILE: &str = "alert-history.log";
+const MINUTE_US: i64 = 60_000_000;
+
+/// The alerting state and its history.
+#[derive(Debug)]
+pub(crate) struct Alerting {
+    state: Mutex<AlertState>,
+    path: PathBuf,
+    cipher: Cipher,
+    history: AuditLog,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Alerting {
+    pub(crate) fn open(data_dir: &Path, cipher: &Cipher) -> anyhow::Result<Self> {
+        let path = data_dir.join(STATE_FILE);
+        let state = match toplog_crypt::load_state_file(&path, cipher)? {
+            None => AlertState::default(),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not the alerting state", path.display()))?,
+        };
+        Ok(Self {
+            state: Mutex::new(state),
+            history: AuditLog::open_file(data_dir.join(HISTORY_FILE), cipher)?,
+            path,
+            cipher: cipher.clone(),
+        })
+    }
+
+    /// The state now.
+    pub(crate) fn state(&self) -> AlertState {
+        lock(&self.state).clone()
+    }
+
+    /// Applies `change`, stores the state and appends its transitions to
+    /// the history; nothing changes if it is refused or cannot be stored.
+    pub(crate) fn apply(&self, change: &Change) -> Result<Vec<HistoryEntry>, ApplyError> {
+        let mut state = lock(&self.state);
+        let mut next = state.clone();
+        let made = next.apply(change)?;
+        if next != *state {
+            let bytes = serde_json::to_vec(&next).map_err(|e| ApplyError::Store(e.to_string()))?;
+            toplog_crypt::store_state_file(&self.path, bytes, &self.cipher)
+                .map_err(|e| ApplyError::Store(format!("{}: {e}", self.path.display())))?;
+            *state = next;
+        }
+        drop(state);
+        for entry in &made {
+            if let Ok(line) = serde_json::to_value(entry) {
+                self.history.append(&line);
+            }
+        }
+        Ok(made)
+    }
+
+    /// Replaces the state whole (a snapshot's).
+    pub(crate) fn replace(&self, next: AlertState) -> Result<(), ApplyError> {
+        let mut state = lock(&self.state);
+        let bytes = serde_json::to_vec(&next).map_err(|e| ApplyError::Store(e.to_string()))?;
+        toplog_crypt::store_state_file(&self.path, bytes, &self.cipher)
+            .map_err(|e| ApplyError::Store(format!("{}: {e}", self.path.display())))?;
+        *state = next;
+        Ok(())
+    }
+
+    /// The last `limit` transitions, oldest first.
+    pub(crate) fn history(&self, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.history.last(limit)
+    }
+}
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    #[error(transparent)]
+    Refused(#[from] StateError),
+    #[error("cannot store the alerting state: {0}")]
+    Store(String),
+}
+
+/// The time rules are evaluated by: the system's, or in tests the
+/// milliseconds in the file `TOPLOG_TEST_CLOCK_FILE` names (a time source
+/// only the machine's own user can set).
+pub(crate) fn now() -> Micros {
+    if let Some(path) = std::env::var_os("TOPLOG_TEST_CLOCK_FILE")
+        && let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(ms) = text.trim().parse::<i64>()
+    {
+        return Micros::new(ms.saturating_mul(1_000));
+    }
+    Micros::now()
+}
+
+/// How far back a leader catches up on minutes it did not judge (a restart,
+/// a new leader): older ones are skipped.
+const CATCH_UP_MINUTES: i64 = 10;
+
+/// Judges every rule as each minute closes, `grace` after it, while this
+/// node leads (`leads`); proposes each judgement through `decide`.
+pub(crate) async fn evaluate_every_minute(
+    engine: Arc<Engine>,
+    alerting: Arc<Alerting>,
+    grace: Duration,
+    leads: impl Fn() -> bool + Send + 'static,
+    decide: impl Fn(Change) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + 'static,
+) {
+    let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+    // Keys each rule's series had data for lately, for `no_data`.
+    let mut seen: HashMap<String, HashMap<String, Micros>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if !leads() {
+            continue;
+        }
+        let closed = now().saturating_sub_micros(grace_us).floor_to(MINUTE_US);
+        let state = alerting.state();
+        for (id, stored) in &state.rules {
+            let Some(rule) = state.rule(id) else { continue };
+            let after = state
+                .judged_through
+                .get(id)
+                .copied()
+                .unwrap_or(Micros::new(i64::MIN))
+                .max(stored.updated_at.floor_to(MINUTE_US))
+                .max(closed.saturating_sub_micros(CATCH_UP_MINUTES * MINUTE_US));
+            let mut at = after.saturating_add_micros(MINUTE_US);
+            while at <= closed {
+                let keys = seen.entry(id.clone()).or_default();
+                keys.retain(|_, last| {
+                    at.get() - last.get() <= toplog_alerting::evaluate::NO_DATA_WATCH_US
+                });
+                let mut watched: Vec<String> = keys.keys().cloned().collect();
+                watched.extend(
+                    (state.alerts.values())
+                        .filter(|a| &a.rule_id == id && !keys.contains_key(&a.key))
+                        .map(|a| a.key.clone()),
+                );
+                let (engine2, rule2, watched2) = (engine.clone(), rule.clone(), watched);
+                let judged = tokio::task::spawn_blocking(move || {
+                    let source = StoreSource { engine: &engine2 };
+                    let mut readings = Readings::new(&rule2, &source);
+                    evaluate(&rule2, &mut readings, at, &watched2)
+                })
+                .await;
+                let judged = match judged {
+                    Ok(Ok(j)) => j,
+                    Ok(Err(e)) => {
+                        tracing::warn!(rule = %id, error = %e, "a rule could not be evaluated");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "rule evaluation failed");
+                        break;
+                    }
+                };
+                for j in &judged {
+                    if j.value.is_some() {
+                        keys.insert(j.key.clone(), at);
+                    }
+                }
+                let change = Change::Evaluated {
+                    rule_id: id.clone(),
+                    at,
+                    judged: judged.into_iter().map(Into::into).collect(),
+                };
+                if let Err(e) = decide(change).await {
+                    tracing::warn!(rule = %id, error = %e, "a rule's judgement was not recorded");
+                    break;
+                }
+                at = at.saturating_add_micros(MINUTE_US);
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Alert rules (`/api/v1/alerts/rules`) and the seed's alerts endpoint
+//! (`/api/v1/requests/alerts`), over the node's alerting state
+//! ([`crate::alerts`]). Changes go through the Raft log on a cluster.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use toplog_alerting::{Change, Rule, StoredRule};
+use toplog_engine::Engine;
+use toplog_types::{Micros, Param, Shape};
+
+use super::params::{Params, QuerySpec};
+use super::workers::blocking;
+use super::{ApiError, ApiResult, AppState};
+use crate::alerts::{Alerting, ApplyError};
+
+impl AppState {
+    fn alerting(&self) -> ApiResult<Arc<Alerting>> {
+        self.engine()?;
+        self.alerting
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("recovering".into()))
+    }
+
+    /// Makes `change`: through the log on a cluster, here otherwise.
+    async fn alerting_change(&self, change: Change) -> ApiResult<()> {
+        let alerting = self.alerting()?;
+        if self.config.cluster.is_some() {
+            // Checked here first, so a refusal is answered, not logged.
+            alerting.state().apply(&change).map_err(refused)?;
+            let cluster = self.cluster.get().cloned().ok_or_else(|| {
+                ApiError::unavailable(
+                    "recovering: the Raft node starts once the store is open".into(),
+                )
+            })?;
+            cluster
+                .submit(&crate::cluster::Entry::Alerting(change))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            return Ok(());
+        }
+        blocking(move || alerting.apply(&change).map(drop).map_err(apply_error)).await
+    }
+}
+
+fn refused(e: toplog_alerting::StateError) -> ApiError {
+    match e {
+        toplog_alerting::StateError::Rule(r) => invalid_rule(r),
+        toplog_alerting::StateError::NoRule(id) => not_found(&format!("no rule `{id}`")),
+        toplog_alerting::StateError::NoAlert(id) => {
+            not_found(&format!("no alert `{id}` is pending or firing"))
+        }
+        e @ toplog_alerting::StateError::TooManyRules => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_rules",
+            e.to_string(),
+        ),
+    }
+}
+
+fn apply_error(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Refused(e) => refused(e),
+        ApplyError::Store(e) => ApiError::internal(e),
+    }
+}
+
+fn not_found(message: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message.to_owned())
+}
+
+/// A rule the checks refuse: `422`, naming the field (the document's
+/// schema says the shapes; what it cannot say is checked here).
+fn invalid_rule(e: toplog_alerting::RuleError) -> ApiError {
+    ApiError {
+        field: Some(e.field.clone()),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule",
+            e.to_string(),
+        )
+    }
+}
+
+/// The rule in `body`, checked, and answerable from the rollups.
+fn checked_rule(body: Result<Json<Value>, JsonRejection>) -> ApiResult<Value> {
+    let Json(body) = body.map_err(ApiError::from_json_body)?;
+    let rule = Rule::parse(&body).map_err(invalid_rule)?;
+    rule.check_rollups().map_err(invalid_rule)?;
+    Ok(rule.to_json())
+}
+
+fn rule_json(r: &StoredRule, judged_through: Option<Micros>) -> Value {
+    json!({"id": r.id, "rule": r.rule, "created_at": r.created_at.to_rfc3339(),
+           "updated_at": r.updated_at.to_rfc3339(),
+           "judged_through": judged_through.map(Micros::to_rfc3339)})
+}
+
+pub(super) async fn list_rules(State(app): State<Arc<AppState>>) -> ApiResult {
+    let state = app.alerting()?.state();
+    let rules: Vec<Value> = (state.rules.values())
+        .map(|r| rule_json(r, state.judged_through.get(&r.id).copied()))
+        .collect();
+    Ok(Json(json!({"status": "success", "data": rules})).into_response())
+}
+
+pub(super) async fn get_rule(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let state = app.alerting()?.state();
+    let rule = state
+        .rules
+        .get(&id)
+        .ok_or_else(|| not_found(&format!("no rule `{id}`")))?;
+    let judged = state.judged_through.get(&id).copied();
+    Ok(Json(json!({"status": "success", "data": rule_json(rule, judged)})).into_response())
+}
+
+pub(super) async fn create_rule(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let rule = checked_rule(body)?;
+    let now = crate::alerts::now();
+    let stored = StoredRule {
+        id: uuid::Uuid::now_v7().simple().to_string()[20..].to_owned(),
+        rule,
+        created_at: now,
+        updated_at: now,
+    };
+    app.alerting_change(Change::PutRule(stored.clone())).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"status": "success", "data": rule_json(&stored, None)})),
+    )
+        .into_response())
+}
+
+pub(super) async fn put_rule(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let rule = checked_rule(body)?;
+    let created_at = (app.alerting()?.state().rules.get(&id))
+        .map(|r| r.created_at)
+        .ok_or_else(|| not_found(&format!("no rule `{id}`")))?;
+    let stored = StoredRule {
+        id,
+        rule,
+        created_at,
+        updated_at: crate::alerts::now(),
+    };
+    app.alerting_change(Change::PutRule(stored.clone())).await?;
+    Ok(Json(json!({"status": "success", "data": rule_json(&stored, None)})).into_response())
+}
+
+pub(super) async fn delete_rule(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    app.alerting_change(Change::DeleteRule { id: id.clone() })
+        .await?;
+    Ok(Json(json!({"status": "success", "deleted": id})).into_response())
+}
+
+/// `GET /api/v1/requests/alerts`.
+pub(super) const ALERTS: QuerySpec = QuerySpec {
+    params: &[Param {
+        name: "severity",
+        shape: Shape::Choice(&toplog_alerting::Severity::NAMES),
+        doc: "Only alerts of this severity.",
+    }],
+    required: &[],
+};
+
+/// The alerts pending or firing, in the seed's shape (`alert_id`,
+/// `description`, `timestamp`) with the rest beside it.
+pub(super) async fn list_alerts(
+    State(app): State<Arc<AppState>>,
+    raw: Result<
+        axum::extract::Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> ApiResult {
+    let severity = Params::new(raw, ALERTS)?.choice("severity")?;
+    let state = app.alerting()?.state();
+    let mut alerts = Vec::new();
+    for a in state.alerts.values() {
+        let Some(rule) = state.rule(&a.rule_id) else {
+            continue;
+        };
+        if severity.is_some_and(|s| s != rule.severity.name()) {
+            continue;
+        }
+        let value = a.value.unwrap_or(f64::NAN);
+        let threshold = a.threshold.unwrap_or(f64::NAN);
+        let end = a.last_held;
+        let start = end.saturating_sub_micros(i64::from(rule.window_minutes) * 60_000_000);
+        let mut filters = rule.to_json()["filters"].clone();
+        if let (Some(d), Value::Object(f)) = (rule.by, &mut filters) {
+            f.insert(d.name().to_owned(), json!(a.key));
+        }
+        alerts.push(json!({
+            "alert_id": a.fingerprint,
+            "description": rule.describe(&a.key, value, threshold),
+            "timestamp": a.started_at.unwrap_or(a.since).to_rfc3339(),
+            "severity": rule.severity.name(),
+            "state": a.state,
+            "rule_id": a.rule_id,
+            "rule": rule.name,
+            "key": a.key,
+            "value": a.value,
+            "threshold": a.threshold,
+            "started_at": a.started_at.map(Micros::to_rfc3339),
+            "acknowledged": a.acked,
+            "labels": rule.labels,
+            "requests": {"start": start.to_rfc3339(), "end": end.to_rfc3339(), "filters": filters},
+        }));
+    }
+    Ok(Json(json!({"status": "success", "alerts": alerts})).into_response())
+}
+
+pub(super) async fn ack_alert(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    app.alerting_change(Change::Ack {
+        fingerprint: id.clone(),
+        at: crate::alerts::now(),
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "acknowledged": id})).into_response())
+}
+
+/// Judges every rule as each minute closes while this node leads (a single
+/// node always does), through the log on a cluster.
+pub(crate) async fn evaluate_alerts(
+    app: Arc<AppState>,
+    engine: Arc<Engine>,
+    alerting: Arc<Alerting>,
+) {
+    let grace = app.config.alert_grace;
+    let (leader_app, decide_app) = (app.clone(), app.clone());
+    let local = alerting.clone();
+    crate::alerts::evaluate_every_minute(
+        engine,
+        alerting,
+        grace,
+        move || match leader_app.cluster.get() {
+            Some(c) => c.status().role == "leader",
+            None => leader_app.config.cluster.is_none(),
+        },
+        move |change| {
+            let (app, local) = (decide_app.clone(), local.clone());
+            Box::pin(async move {
+                match app.cluster.get() {
+                    Some(c) => c
+                        .submit(&crate::cluster::Entry::Alerting(change))
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    None => tokio::task::spawn_blocking(move || local.apply(&change))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                }
+            })
+        },
+    )
+    .await;
+}
+
+/// `GET /api/v1/alerts/history`.
+pub(super) const HISTORY: QuerySpec = QuerySpec {
+    params: &[Param {
+        name: "limit",
+        shape: Shape::Int {
+            min: 1,
+            max: 10_000,
+        },
+        doc: "Most transitions, the latest (1000 by default).",
+    }],
+    required: &[],
+};
+
+pub(super) async fn history(
+    State(app): State<Arc<AppState>>,
+    raw: Result<
+        axum::extract::Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> ApiResult {
+    let limit = Params::new(raw, HISTORY)?.small("limit")?.unwrap_or(1000);
+    let alerting = app.alerting()?;
+    let entries = blocking(move || {
+        alerting
+            .history(limit)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": entries})).into_response())
+}

@@ -1,0 +1,160 @@
+//! Alert rules on a real node (issue 22, under way), on a test clock (the
+//! node reads the time rules are judged by from `TOPLOG_TEST_CLOCK_FILE`):
+//! a burst of 5xx on one endpoint fires a rule, shows in
+//! `/api/v1/requests/alerts` in the seed's shape, survives a kill -9, and
+//! resolves when the burst has left the window; history holds each
+//! transition; bad rules are refused naming the field.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use toplog_tests::{Server, client, get_ok, now_ms, send_all};
+
+const MIN_MS: i64 = 60_000;
+
+fn set_clock(file: &std::path::Path, ms: i64) {
+    std::fs::write(file, ms.to_string()).unwrap();
+}
+
+fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = client().post(server.url(path)).json(body).send().unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+/// Sets the clock to `ms` and waits until the rule has judged the minute
+/// that closed by then.
+fn judge_through(server: &Server, clock: &std::path::Path, rule: &str, ms: i64) {
+    set_clock(clock, ms);
+    let want = toplog_types::Micros::new((ms / MIN_MS * MIN_MS) * 1000).to_rfc3339();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = get_ok(server, &format!("/api/v1/alerts/rules/{rule}"))["data"]["judged_through"]
+            .clone();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "judged through {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alerts(server: &Server) -> Vec<Value> {
+    get_ok(server, "/api/v1/requests/alerts")["alerts"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    // Half an hour ago, on a minute.
+    let base = (now_ms() - 40 * MIN_MS) / MIN_MS * MIN_MS;
+    set_clock(&clock, base);
+    let env = [("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())];
+    let data = dir.path().join("data");
+    let args = ["--alert-grace", "0s"];
+    let server = Server::start_with_env(&data, &args, &env);
+    server.wait_ready();
+
+    // Refused, naming the field.
+    for (body, field) in [
+        (
+            json!({"name": "x", "metric": "errors", "op": ">", "threshold": 1, "window": "90s"}),
+            "window",
+        ),
+        (
+            json!({"name": "x", "metric": "latency_p99", "by": "user_id", "op": ">", "threshold": 1}),
+            "by",
+        ),
+        (
+            json!({"name": "x", "metric": "errors", "op": ">", "threshold": 1, "description": "{nope}"}),
+            "description",
+        ),
+    ] {
+        let (status, answer) = post(&server, "/api/v1/alerts/rules", &body);
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    let (status, made) = post(
+        &server,
+        "/api/v1/alerts/rules",
+        &json!({"name": "5xx", "metric": "error_rate", "by": "endpoint", "window": "5m",
+                "op": ">", "threshold": 0.2, "for": "1m", "min_count": 10, "severity": "critical",
+                "labels": {"team": "api"},
+                "description": "{key}: {value} of requests failed over {window}"}),
+    );
+    assert_eq!(status, 201, "{made}");
+    let rule = made["data"]["id"].as_str().unwrap().to_owned();
+
+    // 20 minutes of traffic on two endpoints; minutes 10 to 14 of GET /a fail half the time.
+    let mut events = Vec::new();
+    for m in 0..20i64 {
+        for j in 0..40i64 {
+            for (endpoint, burst) in [("GET /a", (10..15).contains(&m)), ("GET /b", false)] {
+                let failed = (burst && j % 2 == 0) || j == 0;
+                events.push(json!({"request_id": format!("{endpoint}-{m}-{j}"),
+                    "timestamp": base + m * MIN_MS + j * 1000, "endpoint": endpoint,
+                    "user_id": format!("u{}", j % 5), "method": "GET",
+                    "status_code": if failed { 500 } else { 200 }, "latency_ms": 12.0}));
+            }
+        }
+    }
+    send_all(&server, &events);
+
+    for m in 1..=13 {
+        judge_through(&server, &clock, &rule, base + m * MIN_MS + 1_000);
+    }
+    let firing = alerts(&server);
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let a = &firing[0];
+    assert_eq!(
+        (
+            a["key"].as_str(),
+            a["state"].as_str(),
+            a["severity"].as_str()
+        ),
+        (Some("GET /a"), Some("firing"), Some("critical"))
+    );
+    assert!(
+        a["description"].as_str().unwrap().starts_with("GET /a: 0."),
+        "{a}"
+    );
+    assert_eq!(a["requests"]["filters"]["endpoint"], "GET /a");
+    assert_eq!(a["labels"]["team"], "api");
+    assert!(a["timestamp"].is_string() && a["alert_id"].is_string());
+
+    // Through a kill -9: the rule and its firing alert are kept.
+    server.kill9();
+    let server = Server::start_with_env(&data, &args, &env);
+    server.wait_ready();
+    assert_eq!(alerts(&server).len(), 1);
+    for m in 14..=20 {
+        judge_through(&server, &clock, &rule, base + m * MIN_MS + 1_000);
+    }
+    assert_eq!(
+        alerts(&server),
+        Vec::<Value>::new(),
+        "resolved once the burst left the window"
+    );
+    let history = get_ok(&server, "/api/v1/alerts/history")["data"].clone();
+    let states: Vec<(&str, &str)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["key"].as_str().unwrap(), h["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("GET /a", "pending"),
+            ("GET /a", "firing"),
+            ("GET /a", "resolved")
+        ]
+    );
+}
