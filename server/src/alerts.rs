@@ -87,6 +87,17 @@ impl Alerting {
         Ok(())
     }
 
+    /// Writes the state and the history again under the cipher's current
+    /// key (a rekey).
+    pub(crate) fn reseal(&self) -> anyhow::Result<()> {
+        let state = lock(&self.state);
+        let bytes = serde_json::to_vec(&*state)?;
+        toplog_crypt::store_state_file(&self.path, bytes, &self.cipher)
+            .with_context(|| format!("{}", self.path.display()))?;
+        drop(state);
+        self.history.reseal()
+    }
+
     /// The last `limit` transitions, oldest first.
     pub(crate) fn history(&self, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
         self.history.last(limit)

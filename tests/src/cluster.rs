@@ -20,6 +20,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<Server>>,
     /// Flags every node gets besides its cluster's.
     pub extra: Vec<String>,
+    /// Environment every node gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -28,6 +30,11 @@ impl Cluster {
     }
 
     pub fn start_with(dir: &Path, size: usize, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, size, extra, &[])
+    }
+
+    /// [`Cluster::start_with`], every node with `env` in its environment.
+    pub fn start_with_env(dir: &Path, size: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
         std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
         let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let spec = (ports.iter().enumerate())
@@ -40,6 +47,9 @@ impl Cluster {
             ports,
             nodes: (0..size).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: (env.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for id in 1..=size as u64 {
             cluster.restart(id);
@@ -74,11 +84,14 @@ impl Cluster {
             secret.to_str().unwrap(),
         ];
         args.extend(self.extra.iter().map(String::as_str));
+        let env: Vec<(&str, &str)> = (self.env.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let server = Server::start_listening(
             &format!("127.0.0.1:{}", self.ports[i]),
             &self.data_dir(id),
             &args,
-            &[],
+            &env,
         );
         self.nodes[i] = Some(server);
     }

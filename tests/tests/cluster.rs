@@ -1193,3 +1193,108 @@ fn the_leader_archives_for_the_cluster_and_every_member_drops_the_same_rows() {
         "purged objects deleted"
     );
 }
+
+/// Sets the test clock in `file` to `ms` and waits until every node of
+/// `ids` has applied the rule's judgement of the minute closed by then.
+fn judge_through(cluster: &Cluster, ids: &[u64], file: &std::path::Path, rule: &str, ms: i64) {
+    std::fs::write(file, ms.to_string()).unwrap();
+    let want = toplog_types::Micros::new(ms / 60_000 * 60_000 * 1000).to_rfc3339();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ids {
+        loop {
+            let got = get(cluster, *id, &format!("/api/v1/alerts/rules/{rule}"))["data"]["judged_through"].clone();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: judged through {got}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn alert_rules_and_states_go_through_the_log_and_a_new_leader_carries_on() {
+    const MIN: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    let base = (toplog_tests::now_ms() - 40 * MIN) / MIN * MIN;
+    std::fs::write(&clock, base.to_string()).unwrap();
+    let mut cluster = Cluster::start_with_env(
+        dir.path(),
+        3,
+        &["--alert-grace", "0s"],
+        &[("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())],
+    );
+    let (leader, _) = cluster.agreed_leader(Duration::from_secs(20));
+    let all = [1, 2, 3];
+    let follower = *all.iter().find(|id| **id != leader).unwrap();
+
+    // Made on a follower: through the log to every member.
+    let (status, made) = call(
+        &cluster,
+        follower,
+        "POST",
+        "/api/v1/alerts/rules",
+        &serde_json::json!({"name": "5xx", "metric": "error_rate", "by": "endpoint", "window": "5m",
+            "op": ">", "threshold": 0.2, "for": "1m", "min_count": 10}),
+    );
+    assert_eq!(status, 201, "{made}");
+    let rule = made["data"]["id"].as_str().unwrap().to_owned();
+
+    let mut events = Vec::new();
+    for m in 0..20i64 {
+        for j in 0..40i64 {
+            for (endpoint, burst) in [("GET /a", (10..15).contains(&m)), ("GET /b", false)] {
+                let failed = (burst && j % 2 == 0) || j == 0;
+                events.push(serde_json::json!({"request_id": format!("{endpoint}-{m}-{j}"),
+                    "timestamp": base + m * MIN + j * 1000, "endpoint": endpoint, "user_id": "u",
+                    "method": "GET", "status_code": if failed { 500 } else { 200 }, "latency_ms": 3.0}));
+            }
+        }
+    }
+    let (status, body) = call(
+        &cluster,
+        leader,
+        "POST",
+        "/api/v1/requests",
+        &Value::Array(events),
+    );
+    assert_eq!(status, 200, "{body}");
+    converged(&cluster, 1600, Duration::from_secs(30));
+
+    for m in 1..=13 {
+        judge_through(&cluster, &all, &clock, &rule, base + m * MIN + 1_000);
+    }
+    let firing: Vec<Value> = (all.iter())
+        .map(|id| get(&cluster, *id, "/api/v1/requests/alerts")["alerts"].clone())
+        .collect();
+    assert!(firing.windows(2).all(|w| w[0] == w[1]), "{firing:?}");
+    assert_eq!(firing[0].as_array().unwrap().len(), 1, "{firing:?}");
+    assert_eq!(firing[0][0]["key"], "GET /a");
+    assert_eq!(firing[0][0]["state"], "firing");
+
+    // The leader dies while the alert fires; the next one judges on.
+    cluster.kill9(leader);
+    let live: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    cluster.agreed_leader_among(&live, Duration::from_secs(20));
+    for m in 14..=20 {
+        judge_through(&cluster, &live, &clock, &rule, base + m * MIN + 1_000);
+    }
+    let histories: Vec<Value> = (live.iter())
+        .map(|id| get(&cluster, *id, "/api/v1/alerts/history")["data"].clone())
+        .collect();
+    assert!(histories.windows(2).all(|w| w[0] == w[1]), "{histories:?}");
+    let states: Vec<&str> = (histories[0].as_array().unwrap().iter())
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["pending", "firing", "resolved"]);
+    for id in &live {
+        assert_eq!(
+            get(&cluster, *id, "/api/v1/requests/alerts")["alerts"],
+            serde_json::json!([])
+        );
+    }
+}

@@ -61,6 +61,11 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
                 .reseal()
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         }
+        if let Some(alerting) = state.alerting.get() {
+            alerting
+                .reseal()
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        }
         let mut usage = engine.key_usage()?;
         count_state_files(&data_dir, &mut usage);
         Ok(json!({
@@ -87,7 +92,7 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
 }
 
 /// The node's small state files (retention policy, jobs, API keys, audit
-/// lines) by the key each is under. One that cannot be read is left out:
+/// lines, alerting state and history) by the key each is under. One that cannot be read is left out:
 /// the routes that use it report why.
 fn count_state_files(data_dir: &Path, usage: &mut KeyUsage) {
     let mut count = |used: Result<KeyUse, _>| {
@@ -99,6 +104,7 @@ fn count_state_files(data_dir: &Path, usage: &mut KeyUsage) {
         data_dir.join("retention.json"),
         data_dir.join("keys.json"),
         data_dir.join("cluster-keys.json"),
+        data_dir.join("alerting.json"),
     ];
     if let Ok(dir) = std::fs::read_dir(data_dir.join("jobs")) {
         files.extend(
@@ -111,9 +117,11 @@ fn count_state_files(data_dir: &Path, usage: &mut KeyUsage) {
             count(Cipher::key_use(&bytes));
         }
     }
-    if let Ok(text) = std::fs::read_to_string(data_dir.join("audit.log")) {
-        for line in text.lines() {
-            count(Cipher::line_key_use(line));
+    for log in ["audit.log", "alert-history.log"] {
+        if let Ok(text) = std::fs::read_to_string(data_dir.join(log)) {
+            for line in text.lines() {
+                count(Cipher::line_key_use(line));
+            }
         }
     }
 }
