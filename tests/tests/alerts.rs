@@ -107,6 +107,39 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     }
     send_all(&server, &events);
 
+    // A backtest of the same rule over the same minutes says what the live
+    // path will do; a range past a week is refused.
+    let rule_body =
+        get_ok(&server, &format!("/api/v1/alerts/rules/{rule}"))["data"]["rule"].clone();
+    let (status, answer) = post(
+        &server,
+        "/api/v1/alerts/rules/backtest",
+        &json!({"rule": rule_body, "start": base.to_string(), "end": (base + 20 * MIN_MS).to_string()}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let fired = answer["data"].as_array().unwrap();
+    assert_eq!(fired.len(), 1, "{answer}");
+    assert_eq!(fired[0]["key"], "GET /a");
+    let minute_of = |v: &Value| {
+        let at = toplog_types::Micros::parse(v.as_str().unwrap())
+            .unwrap()
+            .get()
+            / 1000;
+        (at - base) / MIN_MS
+    };
+    assert_eq!(minute_of(&fired[0]["started_at"]), 13, "{answer}");
+    assert!(fired[0]["resolved_at"].is_string(), "{answer}");
+    let (status, answer) = post(
+        &server,
+        "/api/v1/alerts/rules/backtest",
+        &json!({"rule": rule_body, "start": "0", "end": base.to_string()}),
+    );
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("end")),
+        "{answer}"
+    );
+
     for m in 1..=13 {
         judge_through(&server, &clock, &rule, base + m * MIN_MS + 1_000);
     }

@@ -309,3 +309,111 @@ pub(super) async fn history(
     .await?;
     Ok(Json(json!({"status": "success", "data": entries})).into_response())
 }
+
+/// The longest range a backtest runs over.
+const BACKTEST_MAX_DAYS: i64 = 7;
+/// Readings a backtest may keep at once (windows times series).
+const BACKTEST_MAX_READINGS: i64 = 2_000_000;
+
+/// `POST /api/v1/alerts/rules/backtest`: when a rule (learned or static)
+/// would have fired over a past range, by the evaluator the live path uses.
+pub(super) async fn backtest(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(ApiError::from_json_body)?;
+    let fields = body
+        .as_object()
+        .ok_or_else(|| ApiError::parameter("body", "expected a JSON object".into()))?;
+    if let Some(k) = fields
+        .keys()
+        .find(|k| !["rule", "start", "end"].contains(&k.as_str()))
+    {
+        return Err(ApiError::parameter(
+            k,
+            "unknown field (known: rule, start, end)".into(),
+        ));
+    }
+    let rule = Rule::parse(fields.get("rule").unwrap_or(&Value::Null)).map_err(|e| {
+        invalid_rule(toplog_alerting::RuleError {
+            field: format!("rule.{}", e.field),
+            reason: e.reason,
+        })
+    })?;
+    rule.check_rollups().map_err(invalid_rule)?;
+    let conflicting = |field: &str, why: String| ApiError {
+        field: Some(field.to_owned()),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "conflicting_parameters",
+            format!("`{field}`: {why}"),
+        )
+    };
+    let time = |field: &str| -> ApiResult<Micros> {
+        let text = match fields.get(field) {
+            Some(Value::String(s)) => s.clone(),
+            _ => {
+                return Err(ApiError::parameter(
+                    field,
+                    "required: a string, RFC 3339 or epoch milliseconds".into(),
+                ));
+            }
+        };
+        Micros::parse(&text).map_err(|e| conflicting(field, e.to_string()))
+    };
+    let (start, end) = (time("start")?, time("end")?);
+    let span = end.get() - start.get();
+    if span <= 0 {
+        return Err(conflicting("end", "must be after `start`".into()));
+    }
+    let too_large = |field: &str, why: String| ApiError {
+        field: Some(field.to_owned()),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "query_too_large",
+            format!("`{field}`: {why}"),
+        )
+    };
+    if span > BACKTEST_MAX_DAYS * 86_400_000_000 {
+        return Err(too_large(
+            "end",
+            format!("a backtest covers at most {BACKTEST_MAX_DAYS} days"),
+        ));
+    }
+    let history_minutes = match rule.threshold {
+        toplog_alerting::Threshold::Static(_) => 0,
+        toplog_alerting::Threshold::Learned(_) => {
+            i64::from(toplog_alerting::baseline::HISTORY_DAYS) * 1440
+        }
+    };
+    let series = if rule.by.is_some() {
+        rule.max_series as i64
+    } else {
+        1
+    };
+    if (span / 60_000_000 + history_minutes) * series > BACKTEST_MAX_READINGS {
+        return Err(too_large(
+            "rule.max_series",
+            format!(
+                "windows times series past {BACKTEST_MAX_READINGS}: fewer series or a shorter range"
+            ),
+        ));
+    }
+    let engine = app.engine()?;
+    let firings = app
+        .queries
+        .run(move || {
+            let source = toplog_alerting::StoreSource { engine: &engine };
+            toplog_alerting::backtest(&rule, &source, start, end).map_err(ApiError::internal)
+        })
+        .await?;
+    let firings: Vec<Value> = firings
+        .iter()
+        .map(|f| {
+            json!({"key": f.key, "started_at": f.started_at.to_rfc3339(),
+                   "resolved_at": f.resolved_at.map(Micros::to_rfc3339),
+                   "value": f.value, "threshold": f.threshold})
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": firings})).into_response())
+}

@@ -154,6 +154,13 @@ fn schemas() -> Value {
     });
     let alerting = json!({
         "AlertRuleIn": toplog_alerting::Rule::schema(),
+        "BacktestIn": {"type": "object", "additionalProperties": false, "required": ["rule", "start", "end"],
+            "properties": {"rule": {"$ref": "#/components/schemas/AlertRuleIn"},
+                "start": {"type": "string", "description": "RFC 3339 or epoch milliseconds."},
+                "end": {"type": "string", "description": "RFC 3339 or epoch milliseconds; at most 7 days after `start`."}}},
+        "Backtest": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
+            "key": string, "started_at": string, "resolved_at": {"type": "string", "nullable": true},
+            "value": nullable_num, "threshold": nullable_num}), &["key", "started_at"])}}), &["status", "data"]),
         "AlertRule": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/StoredAlertRule"}}), &["status", "data"]),
         "AlertRules": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/StoredAlertRule"}}}), &["status", "data"]),
         "StoredAlertRule": obj(json!({"id": string, "rule": {"$ref": "#/components/schemas/AlertRuleIn"},
@@ -337,6 +344,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::Leader) => operation["requestBody"] = body("LeaderIn"),
             Some(Body::Member) => operation["requestBody"] = body("MemberIn"),
             Some(Body::AlertRule) => operation["requestBody"] = body("AlertRuleIn"),
+            Some(Body::Backtest) => operation["requestBody"] = body("BacktestIn"),
             None => {}
         }
         let entry = paths

@@ -31,6 +31,8 @@ pub(crate) enum Body {
     Member,
     /// An alert rule.
     AlertRule,
+    /// A rule and the range to backtest it over.
+    Backtest,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -66,7 +68,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 35] = [
+pub(crate) const ROUTES: [Route; 36] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -455,6 +457,19 @@ pub(crate) const ROUTES: [Route; 35] = [
             description: "The rule just made.",
         }],
         access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/alerts/rules/backtest",
+        id: "backtestAlertRule",
+        handler: || post(alerts::backtest),
+        summary: "When a rule (learned or static) would have fired over a past range (at most 7 days), by the same evaluator the live path uses.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Backtest),
+        ok: (200, "Backtest"),
+        errors: &[400, 413, 415, 422, 503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
     },
     Route {
         method: "get",
