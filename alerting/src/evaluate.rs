@@ -157,28 +157,33 @@ pub fn evaluate(
         .iter()
         .map(|r| {
             let threshold = threshold_for(&r.key, r.count);
-            let holds = threshold.map(|t| r.count >= rule.min_count && rule.op.holds(r.value, t));
+            // Fewer requests than `min_count`: not judged (the state stays).
+            let holds = (r.count >= rule.min_count)
+                .then(|| threshold.is_some_and(|t| rule.op.holds(r.value, t)));
             Evaluation {
                 key: r.key.clone(),
                 value: Some(r.value),
                 threshold,
-                holds: Some(holds.unwrap_or(false)),
+                holds,
             }
         })
         .collect();
-    for key in watched {
-        if !now.iter().any(|r| &r.key == key) {
-            out.push(Evaluation {
-                key: key.clone(),
-                value: None,
-                threshold: threshold_for(key, 0),
-                holds: match rule.no_data {
-                    NoData::Ok => Some(false),
-                    NoData::Alert => Some(true),
-                    NoData::Keep => None,
-                },
-            });
-        }
+    // A watched key missing from a full list (`max_series` read) may have
+    // data past the cap: only a list with room says a key has none.
+    let complete = rule.by.is_none() || now.len() < rule.max_series;
+    let read: std::collections::HashSet<&str> = now.iter().map(|r| r.key.as_str()).collect();
+    for key in watched.iter().filter(|k| !read.contains(k.as_str())) {
+        out.push(Evaluation {
+            key: key.clone(),
+            value: None,
+            threshold: threshold_for(key, 0),
+            holds: match rule.no_data {
+                _ if !complete => None,
+                NoData::Ok => Some(false),
+                NoData::Alert => Some(true),
+                NoData::Keep => None,
+            },
+        });
     }
     Ok(out)
 }

@@ -144,7 +144,8 @@ pub struct Rule {
     pub window_minutes: u32,
     pub op: Op,
     pub threshold: Threshold,
-    /// A series with fewer requests in a window is not judged by it.
+    /// A series with fewer requests in a window is not judged by it (its
+    /// state stays as it was).
     pub min_count: u64,
     pub for_minutes: u32,
     pub keep_firing_for_minutes: u32,

@@ -106,7 +106,7 @@ impl Series {
                 None,
             ),
             (SeriesState::Firing { last_held, .. }, false)
-                if minutes(last_held) >= i64::from(keep_firing_for_minutes.max(1)) =>
+                if minutes(last_held) > i64::from(keep_firing_for_minutes) =>
             {
                 (SeriesState::Inactive, Some(Transition::Resolved))
             }
@@ -151,7 +151,7 @@ mod tests {
         let (t, f) = (Some(true), Some(false));
         assert_eq!(
             run(&[f, t, t, t, t, f, t, f, f, f], 2, 2),
-            [(1, "pending"), (3, "firing"), (8, "resolved")]
+            [(1, "pending"), (3, "firing"), (9, "resolved")]
         );
         // Held for less than `for`: pending, then cleared, never firing.
         assert_eq!(run(&[t, t, f, f], 2, 0), [(0, "pending"), (2, "inactive")]);

@@ -57,10 +57,17 @@ pub enum Change {
     PutRule(StoredRule),
     DeleteRule {
         id: String,
+        /// When it was removed: its alerts end then.
+        #[serde(default)]
+        at: Micros,
     },
-    /// Rule `rule_id`'s series judged at minute end `at`.
+    /// Rule `rule_id`, as it stood when last changed at `rule_updated_at`,
+    /// judged at minute end `at`; a judgement of a rule changed since is
+    /// ignored.
     Evaluated {
         rule_id: String,
+        #[serde(default)]
+        rule_updated_at: Micros,
         at: Micros,
         judged: Vec<Judged>,
     },
@@ -142,20 +149,25 @@ impl AlertState {
         match change {
             Change::PutRule(stored) => {
                 Rule::parse(&stored.rule)?;
-                if !self.rules.contains_key(&stored.id) && self.rules.len() >= MAX_RULES {
+                let exists = self.rules.contains_key(&stored.id);
+                // A change of a rule removed meanwhile does not bring it back
+                // (a rule made new has the same made and changed times).
+                if !exists && stored.created_at != stored.updated_at {
+                    return Err(StateError::NoRule(stored.id.clone()));
+                }
+                if !exists && self.rules.len() >= MAX_RULES {
                     return Err(StateError::TooManyRules);
                 }
                 // A changed rule starts its series afresh.
-                self.forget_series(&stored.id);
+                let ended = self.forget_series(&stored.id, stored.updated_at);
                 self.rules.insert(stored.id.clone(), stored.clone());
-                Ok(Vec::new())
+                Ok(ended)
             }
-            Change::DeleteRule { id } => {
+            Change::DeleteRule { id, at } => {
                 self.rules
                     .remove(id)
                     .ok_or_else(|| StateError::NoRule(id.clone()))?;
-                self.forget_series(id);
-                Ok(Vec::new())
+                Ok(self.forget_series(id, *at))
             }
             Change::Ack { fingerprint, .. } => {
                 let alert = self
@@ -167,13 +179,17 @@ impl AlertState {
             }
             Change::Evaluated {
                 rule_id,
+                rule_updated_at,
                 at,
                 judged,
             } => {
                 let rule = self
                     .rule(rule_id)
                     .ok_or_else(|| StateError::NoRule(rule_id.clone()))?;
-                if self.judged_through.get(rule_id).is_some_and(|t| t >= at) {
+                let current = self.rules.get(rule_id).map(|r| r.updated_at);
+                if current != Some(*rule_updated_at)
+                    || self.judged_through.get(rule_id).is_some_and(|t| t >= at)
+                {
                     return Ok(Vec::new());
                 }
                 self.judged_through.insert(rule_id.clone(), *at);
@@ -185,9 +201,30 @@ impl AlertState {
         }
     }
 
-    fn forget_series(&mut self, rule_id: &str) {
-        self.alerts.retain(|_, a| a.rule_id != rule_id);
+    /// Drops the rule's series (changed or removed at `at`): history ends
+    /// each alert, a firing one as resolved.
+    fn forget_series(&mut self, rule_id: &str, at: Micros) -> Vec<HistoryEntry> {
+        let (gone, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.alerts)
+            .into_iter()
+            .partition(|(_, a)| a.rule_id == rule_id);
+        self.alerts = kept;
         self.judged_through.remove(rule_id);
+        gone.into_values()
+            .map(|a| HistoryEntry {
+                at,
+                fingerprint: a.fingerprint,
+                rule_id: a.rule_id,
+                key: a.key,
+                state: if a.started_at.is_some() {
+                    Transition::Resolved.name()
+                } else {
+                    Transition::Cleared.name()
+                }
+                .to_owned(),
+                value: None,
+                threshold: None,
+            })
+            .collect()
     }
 
     /// Steps one series; the transition, if any.
@@ -280,6 +317,7 @@ mod tests {
     fn judged(minute: i64, key: &str, value: f64) -> Change {
         Change::Evaluated {
             rule_id: "r1".into(),
+            rule_updated_at: Micros::new(0),
             at: Micros::new(minute * MIN),
             judged: vec![Judged {
                 key: key.into(),
@@ -343,13 +381,57 @@ mod tests {
         assert!(state.apply(&put("r2", json!({"name": "x"}))).is_err());
         assert!(
             state
-                .apply(&Change::DeleteRule { id: "nope".into() })
+                .apply(&Change::DeleteRule {
+                    id: "nope".into(),
+                    at: Micros::new(0),
+                })
                 .is_err()
         );
         assert_eq!(state, before);
         state
-            .apply(&Change::DeleteRule { id: "r1".into() })
+            .apply(&Change::DeleteRule {
+                id: "r1".into(),
+                at: Micros::new(0),
+            })
             .unwrap();
         assert!(state.alerts.is_empty() && state.rules.is_empty());
+    }
+
+    #[test]
+    fn a_judgement_of_a_rule_changed_since_is_ignored_and_a_removed_rule_stays_removed() {
+        let mut state = AlertState::default();
+        let rule = json!({"name": "e", "metric": "errors", "op": ">", "threshold": 10});
+        state.apply(&put("r1", rule.clone())).unwrap();
+        state.apply(&judged(1, "", 20.0)).unwrap();
+        // Changed at minute 2: its firing alert ends in history, resolved.
+        let changed = StoredRule {
+            id: "r1".into(),
+            rule: rule.clone(),
+            created_at: Micros::new(0),
+            updated_at: Micros::new(2 * MIN),
+        };
+        let ended = state.apply(&Change::PutRule(changed)).unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].state, "resolved");
+        // A judgement made under the rule as it was (updated at 0): ignored.
+        assert!(state.apply(&judged(3, "", 20.0)).unwrap().is_empty());
+        assert!(state.alerts.is_empty());
+        // Removed, then a change that raced the removal: refused.
+        state
+            .apply(&Change::DeleteRule {
+                id: "r1".into(),
+                at: Micros::new(4 * MIN),
+            })
+            .unwrap();
+        let late = StoredRule {
+            id: "r1".into(),
+            rule,
+            created_at: Micros::new(0),
+            updated_at: Micros::new(5 * MIN),
+        };
+        assert_eq!(
+            state.apply(&Change::PutRule(late)),
+            Err(StateError::NoRule("r1".into()))
+        );
     }
 }

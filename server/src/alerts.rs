@@ -62,12 +62,15 @@ impl Alerting {
         let mut state = lock(&self.state);
         let mut next = state.clone();
         let made = next.apply(change)?;
-        if next != *state {
+        // Stored when a rule or an alert changed. A judgement that changed
+        // neither (most minutes) is not: judged again after a restart, the
+        // same minutes change nothing either.
+        if next.rules != state.rules || next.alerts != state.alerts {
             let bytes = serde_json::to_vec(&next).map_err(|e| ApplyError::Store(e.to_string()))?;
             toplog_crypt::store_state_file(&self.path, bytes, &self.cipher)
                 .map_err(|e| ApplyError::Store(format!("{}: {e}", self.path.display())))?;
-            *state = next;
         }
+        *state = next;
         drop(state);
         for entry in &made {
             if let Ok(line) = serde_json::to_value(entry) {
@@ -140,16 +143,26 @@ pub(crate) async fn evaluate_every_minute(
     decide: impl Fn(Change) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + 'static,
 ) {
     let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
-    // Keys each rule's series had data for lately, for `no_data`.
-    let mut seen: HashMap<String, HashMap<String, Micros>> = HashMap::new();
+    // Keys each rule (as last changed) had data for lately, for `no_data`.
+    let mut seen: HashMap<(String, Micros), HashMap<String, Micros>> = HashMap::new();
+    // The last minute every rule was judged through (here, as leader).
+    let mut done = Micros::new(i64::MIN);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
         if !leads() {
+            done = Micros::new(i64::MIN);
             continue;
         }
         let closed = now().saturating_sub_micros(grace_us).floor_to(MINUTE_US);
         let state = alerting.state();
+        // Nothing new to judge: no minute closed since, and no rule behind.
+        let behind = |id: &String| state.judged_through.get(id).is_none_or(|t| *t < closed);
+        if closed <= done && !state.rules.keys().any(behind) {
+            continue;
+        }
+        seen.retain(|(id, at), _| state.rules.get(id).is_some_and(|r| r.updated_at == *at));
+        let mut all_judged = true;
         for (id, stored) in &state.rules {
             let Some(rule) = state.rule(id) else { continue };
             let after = state
@@ -161,7 +174,7 @@ pub(crate) async fn evaluate_every_minute(
                 .max(closed.saturating_sub_micros(CATCH_UP_MINUTES * MINUTE_US));
             let mut at = after.saturating_add_micros(MINUTE_US);
             while at <= closed {
-                let keys = seen.entry(id.clone()).or_default();
+                let keys = seen.entry((id.clone(), stored.updated_at)).or_default();
                 keys.retain(|_, last| {
                     at.get() - last.get() <= toplog_alerting::evaluate::NO_DATA_WATCH_US
                 });
@@ -182,10 +195,12 @@ pub(crate) async fn evaluate_every_minute(
                     Ok(Ok(j)) => j,
                     Ok(Err(e)) => {
                         tracing::warn!(rule = %id, error = %e, "a rule could not be evaluated");
+                        all_judged = false;
                         break;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "rule evaluation failed");
+                        all_judged = false;
                         break;
                     }
                 };
@@ -196,15 +211,20 @@ pub(crate) async fn evaluate_every_minute(
                 }
                 let change = Change::Evaluated {
                     rule_id: id.clone(),
+                    rule_updated_at: stored.updated_at,
                     at,
                     judged: judged.into_iter().map(Into::into).collect(),
                 };
                 if let Err(e) = decide(change).await {
                     tracing::warn!(rule = %id, error = %e, "a rule's judgement was not recorded");
+                    all_judged = false;
                     break;
                 }
                 at = at.saturating_add_micros(MINUTE_US);
             }
+        }
+        if all_judged {
+            done = closed;
         }
     }
 }

@@ -136,6 +136,11 @@ pub(super) async fn create_rule(
         updated_at: now,
     };
     app.alerting_change(Change::PutRule(stored.clone())).await?;
+    // On a cluster, another rule made at the same moment may have taken
+    // the last place: the log refused this one everywhere.
+    if !app.alerting()?.state().rules.contains_key(&stored.id) {
+        return Err(refused(toplog_alerting::StateError::TooManyRules));
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"status": "success", "data": rule_json(&stored, None)})),
@@ -166,8 +171,11 @@ pub(super) async fn delete_rule(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    app.alerting_change(Change::DeleteRule { id: id.clone() })
-        .await?;
+    app.alerting_change(Change::DeleteRule {
+        id: id.clone(),
+        at: crate::alerts::now(),
+    })
+    .await?;
     Ok(Json(json!({"status": "success", "deleted": id})).into_response())
 }
 
@@ -391,7 +399,10 @@ pub(super) async fn backtest(
     } else {
         1
     };
-    if (span / 60_000_000 + history_minutes) * series > BACKTEST_MAX_READINGS {
+    // Every minute's window of the range is kept, and of the history, the
+    // windows its baselines read (one per window length, and neighbours).
+    let windows = span / 60_000_000 + history_minutes / i64::from(rule.window_minutes) + 8;
+    if windows * series > BACKTEST_MAX_READINGS {
         return Err(too_large(
             "rule.max_series",
             format!(
