@@ -244,47 +244,37 @@ impl AlertState {
             },
         };
         let transition = series.step(at, j.holds, rule.for_minutes, rule.keep_firing_for_minutes);
-        match series.state {
-            SeriesState::Inactive => {
-                self.alerts.remove(&fp);
-            }
+        let before = self.alerts.get(&fp);
+        let alert = |state: &str, since, started_at, last_held, value, acked| Alert {
+            fingerprint: fp.clone(),
+            rule_id: rule_id.to_owned(),
+            key: j.key.clone(),
+            state: state.into(),
+            since,
+            started_at,
+            last_held,
+            value,
+            threshold: j.threshold,
+            acked,
+        };
+        let next = match series.state {
+            SeriesState::Inactive => None,
             SeriesState::Pending { since } => {
-                self.alerts.insert(
-                    fp.clone(),
-                    Alert {
-                        fingerprint: fp.clone(),
-                        rule_id: rule_id.to_owned(),
-                        key: j.key.clone(),
-                        state: "pending".into(),
-                        since,
-                        started_at: None,
-                        last_held: at,
-                        value: j.value,
-                        threshold: j.threshold,
-                        acked: false,
-                    },
-                );
+                Some(alert("pending", since, None, at, j.value, false))
             }
-            SeriesState::Firing { since, last_held } => {
-                let acked = self.alerts.get(&fp).is_some_and(|a| a.acked);
-                let first = self.alerts.get(&fp).map_or(since, |a| a.since);
-                self.alerts.insert(
-                    fp.clone(),
-                    Alert {
-                        fingerprint: fp.clone(),
-                        rule_id: rule_id.to_owned(),
-                        key: j.key.clone(),
-                        state: "firing".into(),
-                        since: first,
-                        started_at: Some(since),
-                        last_held,
-                        value: j.value.or(self.alerts.get(&fp).and_then(|a| a.value)),
-                        threshold: j.threshold,
-                        acked: acked && transition != Some(Transition::Firing),
-                    },
-                );
-            }
-        }
+            SeriesState::Firing { since, last_held } => Some(alert(
+                "firing",
+                before.map_or(since, |a| a.since),
+                Some(since),
+                last_held,
+                j.value.or(before.and_then(|a| a.value)),
+                before.is_some_and(|a| a.acked) && transition != Some(Transition::Firing),
+            )),
+        };
+        match next {
+            Some(a) => self.alerts.insert(fp.clone(), a),
+            None => self.alerts.remove(&fp),
+        };
         transition.map(|t| HistoryEntry {
             at,
             fingerprint: fp,

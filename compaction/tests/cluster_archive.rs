@@ -28,6 +28,17 @@ struct Group {
 }
 
 impl Group {
+    /// `n` members in `dir`, on `store`.
+    fn of(n: usize, dir: &Path, store: &Arc<ObjectArchive>) -> Self {
+        Self {
+            members: (0..n)
+                .map(|i| member(&dir.join(format!("m{i}")), store))
+                .collect(),
+            index: Mutex::new(0),
+            behind: Mutex::new(Vec::new()),
+        }
+    }
+
     fn append(&self, apply: impl Fn(&Engine, u64)) {
         let mut index = self.index.lock().unwrap();
         *index += 1;
@@ -164,13 +175,7 @@ fn policy() -> Policy {
 fn every_member_drops_exactly_what_the_leader_archived() {
     let tmp = tempfile::tempdir().unwrap();
     let store = archive(&tmp.path().join("archive"));
-    let group = Group {
-        members: (0..3)
-            .map(|n| member(&tmp.path().join(format!("m{n}")), &store))
-            .collect(),
-        index: Mutex::new(0),
-        behind: Mutex::new(Vec::new()),
-    };
+    let group = Group::of(3, tmp.path(), &store);
     let now = Micros::now().get();
     let old = now - 3 * DAY_US;
     let mut model = Vec::new();
@@ -264,13 +269,7 @@ fn every_member_drops_exactly_what_the_leader_archived() {
 fn a_cutoff_that_does_not_match_waits_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let store = archive(&tmp.path().join("archive"));
-    let group = Group {
-        members: (0..2)
-            .map(|n| member(&tmp.path().join(format!("m{n}")), &store))
-            .collect(),
-        index: Mutex::new(0),
-        behind: Mutex::new(Vec::new()),
-    };
+    let group = Group::of(2, tmp.path(), &store);
     let old = Micros::now().get() - 3 * DAY_US;
     let batch: Vec<Event> = (0..40).map(|i| event(i, old + i as i64)).collect();
     group.ingest(&batch);
@@ -338,13 +337,7 @@ fn a_cutoff_that_does_not_match_waits_and_loses_nothing() {
 fn a_second_upload_of_the_same_rows_is_swept_and_the_first_stands() {
     let tmp = tempfile::tempdir().unwrap();
     let store = archive(&tmp.path().join("archive"));
-    let group = Group {
-        members: (0..2)
-            .map(|n| member(&tmp.path().join(format!("m{n}")), &store))
-            .collect(),
-        index: Mutex::new(0),
-        behind: Mutex::new(Vec::new()),
-    };
+    let group = Group::of(2, tmp.path(), &store);
     let old = Micros::now().get() - 3 * DAY_US;
     group.ingest(
         &(0..40)

@@ -374,3 +374,24 @@ pub fn get_ok(server: &Server, path: &str) -> Value {
     assert_eq!(status, 200, "{path}: {body}");
     body
 }
+
+/// 20 minutes of traffic from `base_ms` on two endpoints, 40 requests a
+/// minute each, 1 in 40 failing; in minutes 10 to 14 half of `GET /a`'s
+/// requests fail (what the alerting tests fire a rule on).
+pub fn error_burst(base_ms: i64) -> Vec<Value> {
+    let mut events = Vec::new();
+    for m in 0..20i64 {
+        for j in 0..40i64 {
+            for (endpoint, burst) in [("GET /a", (10..15).contains(&m)), ("GET /b", false)] {
+                let failed = (burst && j % 2 == 0) || j == 0;
+                events.push(
+                    serde_json::json!({"request_id": format!("{endpoint}-{m}-{j}"),
+                    "timestamp": base_ms + m * 60_000 + j * 1000, "endpoint": endpoint,
+                    "user_id": format!("u{}", j % 5), "method": "GET",
+                    "status_code": if failed { 500 } else { 200 }, "latency_ms": 12.0}),
+                );
+            }
+        }
+    }
+    events
+}

@@ -92,19 +92,8 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     assert_eq!(status, 201, "{made}");
     let rule = made["data"]["id"].as_str().unwrap().to_owned();
 
-    // 20 minutes of traffic on two endpoints; minutes 10 to 14 of GET /a fail half the time.
-    let mut events = Vec::new();
-    for m in 0..20i64 {
-        for j in 0..40i64 {
-            for (endpoint, burst) in [("GET /a", (10..15).contains(&m)), ("GET /b", false)] {
-                let failed = (burst && j % 2 == 0) || j == 0;
-                events.push(json!({"request_id": format!("{endpoint}-{m}-{j}"),
-                    "timestamp": base + m * MIN_MS + j * 1000, "endpoint": endpoint,
-                    "user_id": format!("u{}", j % 5), "method": "GET",
-                    "status_code": if failed { 500 } else { 200 }, "latency_ms": 12.0}));
-            }
-        }
-    }
+    // Minutes 10 to 14 of GET /a fail half the time.
+    let events = toplog_tests::error_burst(base);
     send_all(&server, &events);
 
     // A backtest of the same rule over the same minutes says what the live

@@ -1244,17 +1244,7 @@ fn alert_rules_and_states_go_through_the_log_and_a_new_leader_carries_on() {
     assert_eq!(status, 201, "{made}");
     let rule = made["data"]["id"].as_str().unwrap().to_owned();
 
-    let mut events = Vec::new();
-    for m in 0..20i64 {
-        for j in 0..40i64 {
-            for (endpoint, burst) in [("GET /a", (10..15).contains(&m)), ("GET /b", false)] {
-                let failed = (burst && j % 2 == 0) || j == 0;
-                events.push(serde_json::json!({"request_id": format!("{endpoint}-{m}-{j}"),
-                    "timestamp": base + m * MIN + j * 1000, "endpoint": endpoint, "user_id": "u",
-                    "method": "GET", "status_code": if failed { 500 } else { 200 }, "latency_ms": 3.0}));
-            }
-        }
-    }
+    let events = toplog_tests::error_burst(base);
     let (status, body) = call(
         &cluster,
         leader,
