@@ -7,6 +7,7 @@
 
 pub mod baseline;
 pub mod evaluate;
+pub mod outbox;
 pub mod rule;
 pub mod series;
 pub mod state;
@@ -15,6 +16,7 @@ pub mod synthetic;
 
 pub use baseline::{Baseline, Sensitivity};
 pub use evaluate::{Evaluation, Firing, Source, backtest, evaluate};
+pub use outbox::{Channel, Notification};
 pub use rule::{NoData, Op, Rule, RuleError, Severity, Threshold};
 pub use series::{Series, SeriesState, Transition, fingerprint};
 pub use state::{Alert, AlertState, Change, HistoryEntry, Judged, StateError, StoredRule};

@@ -12,6 +12,7 @@ use serde_json::Value;
 use toplog_types::Micros;
 
 use crate::evaluate::Evaluation;
+use crate::outbox::{Channel, Notification};
 use crate::series::{Series, SeriesState, Transition, fingerprint};
 use crate::{Rule, RuleError};
 
@@ -75,6 +76,17 @@ pub enum Change {
         fingerprint: String,
         at: Micros,
     },
+    PutChannel(Channel),
+    DeleteChannel {
+        id: String,
+    },
+    /// The leader tried to send notification `id` at `at`: sent, or the error.
+    Attempt {
+        id: String,
+        at: Micros,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// A series' alert, while it is pending or firing.
@@ -125,6 +137,8 @@ pub enum StateError {
     NoAlert(String),
     #[error("at most {MAX_RULES} rules")]
     TooManyRules,
+    #[error("no channel {0}")]
+    NoChannel(String),
 }
 
 /// The rules and their series' alerts.
@@ -136,6 +150,11 @@ pub struct AlertState {
     /// Per rule, the last minute end judged (a repeat is ignored).
     #[serde(default)]
     pub judged_through: BTreeMap<String, Micros>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, Channel>,
+    /// Notifications pending, and those sent or failed in the last day.
+    #[serde(default)]
+    pub outbox: BTreeMap<String, Notification>,
 }
 
 impl AlertState {
@@ -159,15 +178,43 @@ impl AlertState {
                     return Err(StateError::TooManyRules);
                 }
                 // A changed rule starts its series afresh.
+                let old = self.rule(&stored.id);
                 let ended = self.forget_series(&stored.id, stored.updated_at);
+                if let Some(old) = old {
+                    self.notify(&old, &ended);
+                }
                 self.rules.insert(stored.id.clone(), stored.clone());
                 Ok(ended)
             }
             Change::DeleteRule { id, at } => {
+                let old = self.rule(id);
                 self.rules
                     .remove(id)
                     .ok_or_else(|| StateError::NoRule(id.clone()))?;
-                Ok(self.forget_series(id, *at))
+                let ended = self.forget_series(id, *at);
+                if let Some(old) = old {
+                    self.notify(&old, &ended);
+                }
+                Ok(ended)
+            }
+            Change::PutChannel(channel) => {
+                self.channels.insert(channel.id.clone(), channel.clone());
+                Ok(Vec::new())
+            }
+            Change::DeleteChannel { id } => {
+                self.channels
+                    .remove(id)
+                    .ok_or_else(|| StateError::NoChannel(id.clone()))?;
+                Ok(Vec::new())
+            }
+            Change::Attempt { id, at, error } => {
+                if let Some(n) = self.outbox.get_mut(id)
+                    && n.status == "pending"
+                {
+                    n.attempted(*at, error.as_deref());
+                }
+                self.outbox.retain(|_, n| n.kept_at(*at));
+                Ok(Vec::new())
             }
             Change::Ack { fingerprint, .. } => {
                 let alert = self
@@ -193,12 +240,40 @@ impl AlertState {
                     return Ok(Vec::new());
                 }
                 self.judged_through.insert(rule_id.clone(), *at);
-                Ok(judged
+                let made: Vec<HistoryEntry> = judged
                     .iter()
                     .filter_map(|j| self.step(rule_id, &rule, *at, j))
-                    .collect())
+                    .collect();
+                self.notify(&rule, &made);
+                Ok(made)
             }
         }
+    }
+
+    /// Puts a notification of each notified transition in `made` in the
+    /// outbox for each of `rule`'s channels that exists.
+    fn notify(&mut self, rule: &Rule, made: &[HistoryEntry]) {
+        let notified = |h: &&HistoryEntry| h.state == "firing" || h.state == "resolved";
+        for h in made.iter().filter(notified) {
+            for channel in rule
+                .channels
+                .iter()
+                .filter(|c| self.channels.contains_key(*c))
+            {
+                let n = Notification::of(h, channel);
+                self.outbox.entry(n.id.clone()).or_insert(n);
+            }
+        }
+    }
+
+    /// The notifications due at `now`, oldest first.
+    pub fn due(&self, now: Micros) -> Vec<Notification> {
+        let mut due: Vec<Notification> = (self.outbox.values())
+            .filter(|n| n.status == "pending" && n.next_at <= now)
+            .cloned()
+            .collect();
+        due.sort_by_key(|n| (n.next_at, n.id.clone()));
+        due
     }
 
     /// Drops the rule's series (changed or removed at `at`): history ends

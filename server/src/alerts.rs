@@ -62,10 +62,14 @@ impl Alerting {
         let mut state = lock(&self.state);
         let mut next = state.clone();
         let made = next.apply(change)?;
-        // Stored when a rule or an alert changed. A judgement that changed
-        // neither (most minutes) is not: judged again after a restart, the
-        // same minutes change nothing either.
-        if next.rules != state.rules || next.alerts != state.alerts {
+        // Stored when a rule, an alert, a channel or the outbox changed. A
+        // judgement that changed none (most minutes) is not: judged again
+        // after a restart, the same minutes change nothing either.
+        if next.rules != state.rules
+            || next.alerts != state.alerts
+            || next.channels != state.channels
+            || next.outbox != state.outbox
+        {
             let bytes = serde_json::to_vec(&next).map_err(|e| ApplyError::Store(e.to_string()))?;
             toplog_crypt::store_state_file(&self.path, bytes, &self.cipher)
                 .map_err(|e| ApplyError::Store(format!("{}: {e}", self.path.display())))?;
@@ -225,6 +229,84 @@ pub(crate) async fn evaluate_every_minute(
         }
         if all_judged {
             done = closed;
+        }
+    }
+}
+
+/// How long one delivery may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends the outbox's due notifications while this node leads, and records
+/// each attempt through `decide`. Retries go by the system's clock (not the
+/// test clock rules are judged by). At least once: a crash between sending
+/// and recording sends again, under the same dedupe id.
+pub(crate) async fn deliver_notifications(
+    alerting: Arc<Alerting>,
+    leads: impl Fn() -> bool + Send + 'static,
+    decide: impl Fn(Change) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + 'static,
+) {
+    let client = match reqwest::Client::builder().timeout(SEND_TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client: notifications are not sent");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !leads() {
+            continue;
+        }
+        let state = alerting.state();
+        for n in state.due(Micros::now()) {
+            let Some(channel) = state.channels.get(&n.channel_id) else {
+                let gone = Change::Attempt {
+                    id: n.id.clone(),
+                    at: Micros::now(),
+                    error: Some(format!("channel {} was removed", n.channel_id)),
+                };
+                let _ = decide(gone).await;
+                continue;
+            };
+            let rule = state.rule(&n.rule_id);
+            let body = serde_json::json!({
+                "dedupe_id": n.id,
+                "alert_id": n.fingerprint,
+                "rule_id": n.rule_id,
+                "rule": rule.as_ref().map(|r| r.name.clone()),
+                "severity": rule.as_ref().map(|r| r.severity.name()),
+                "labels": rule.as_ref().map(|r| r.labels.clone()),
+                "description": rule.as_ref().map(|r| r.describe(&n.key, n.value.unwrap_or(f64::NAN), n.threshold.unwrap_or(f64::NAN))),
+                "key": n.key,
+                "state": n.state,
+                "at": n.at.to_rfc3339(),
+                "value": n.value,
+                "threshold": n.threshold,
+            });
+            let sent = client
+                .post(&channel.url)
+                .header("x-toplog-dedupe-id", &n.id)
+                .json(&body)
+                .send()
+                .await;
+            let error = match sent {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("{} answered {}", channel.url, r.status())),
+                Err(e) => Some(format!("{}: {e}", channel.url)),
+            };
+            if let Some(e) = &error {
+                tracing::warn!(notification = %n.id, error = %e, "a notification was not delivered; retried later");
+            }
+            let attempt = Change::Attempt {
+                id: n.id.clone(),
+                at: Micros::now(),
+                error,
+            };
+            if let Err(e) = decide(attempt).await {
+                tracing::warn!(notification = %n.id, error = %e, "a delivery was not recorded; it is sent again");
+                break;
+            }
         }
     }
 }

@@ -395,3 +395,76 @@ pub fn error_burst(base_ms: i64) -> Vec<Value> {
     }
     events
 }
+
+/// An HTTP server on 127.0.0.1 that answers every request `200` and keeps
+/// what it got: a webhook's receiving end.
+pub struct Receiver {
+    pub port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+/// A request a [`Receiver`] got: its headers (names in lower case) and JSON body.
+pub type Received = (Vec<(String, String)>, Value);
+
+impl Receiver {
+    /// Listens on `port` (a free one, from [`free_port`]).
+    pub fn start(port: u16) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then as many body bytes as they announce.
+                let (headers, body) = loop {
+                    let Ok(n) = conn.read(&mut chunk) else {
+                        break (Vec::new(), Vec::new());
+                    };
+                    if n == 0 {
+                        break (Vec::new(), Vec::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let headers: Vec<(String, String)> = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[end + 4..(end + 4 + len).min(buf.len())].to_vec();
+                    break (headers, body);
+                };
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                if !headers.is_empty() {
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    keep.lock().unwrap().push((headers, body));
+                }
+            }
+        });
+        Self { port, got }
+    }
+
+    /// What it got so far: each request's headers (names in lower case) and JSON body.
+    pub fn got(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+}

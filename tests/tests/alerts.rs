@@ -81,12 +81,21 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
         assert_eq!(status, 422, "{answer}");
         assert_eq!(answer["error"]["field"], field, "{answer}");
     }
+    // A webhook whose receiver is not up yet.
+    let port = toplog_tests::free_port();
+    let (status, channel) = post(
+        &server,
+        "/api/v1/alerts/channels",
+        &json!({"name": "hook", "kind": "webhook", "url": format!("http://127.0.0.1:{port}/hook")}),
+    );
+    assert_eq!(status, 201, "{channel}");
+    let channel = channel["data"]["id"].as_str().unwrap().to_owned();
     let (status, made) = post(
         &server,
         "/api/v1/alerts/rules",
         &json!({"name": "5xx", "metric": "error_rate", "by": "endpoint", "window": "5m",
                 "op": ">", "threshold": 0.2, "for": "1m", "min_count": 10, "severity": "critical",
-                "labels": {"team": "api"},
+                "labels": {"team": "api"}, "channels": [channel],
                 "description": "{key}: {value} of requests failed over {window}"}),
     );
     assert_eq!(status, 201, "{made}");
@@ -151,11 +160,35 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     assert_eq!(a["labels"]["team"], "api");
     assert!(a["timestamp"].is_string() && a["alert_id"].is_string());
 
-    // Through a kill -9: the rule and its firing alert are kept.
+    // The firing is in the outbox, tried and not delivered (nobody listens).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let outbox = get_ok(&server, "/api/v1/alerts/notifications")["data"].clone();
+        if outbox[0]["attempts"].as_u64().unwrap_or(0) >= 1 {
+            assert_eq!(outbox.as_array().unwrap().len(), 1, "{outbox}");
+            assert_eq!(outbox[0]["status"], "pending", "{outbox}");
+            assert!(outbox[0]["last_error"].is_string(), "{outbox}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never tried: {outbox}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Through a kill -9: the rule, its firing alert and the outbox are kept.
     server.kill9();
     let server = Server::start_with_env(&data, &args, &env);
     server.wait_ready();
     assert_eq!(alerts(&server).len(), 1);
+    // The receiver comes up: the firing is delivered, with its dedupe id.
+    let receiver = toplog_tests::Receiver::start(port);
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while receiver.got().len() < n {
+            assert!(Instant::now() < deadline, "delivered {:?}", receiver.got());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(1);
     for m in 14..=20 {
         judge_through(&server, &clock, &rule, base + m * MIN_MS + 1_000);
     }
@@ -164,6 +197,35 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
         Vec::<Value>::new(),
         "resolved once the burst left the window"
     );
+    wait_for(2);
+    std::thread::sleep(Duration::from_secs(2));
+    let got = receiver.got();
+    let ids: Vec<String> = (got.iter())
+        .map(|(headers, body)| {
+            let header = headers
+                .iter()
+                .find(|(k, _)| k == "x-toplog-dedupe-id")
+                .unwrap();
+            assert_eq!(
+                body["dedupe_id"].as_str(),
+                Some(header.1.as_str()),
+                "{body}"
+            );
+            header.1.clone()
+        })
+        .collect();
+    let states: Vec<&str> = got
+        .iter()
+        .map(|(_, b)| b["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["firing", "resolved"],
+        "each notified once: {got:?}"
+    );
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(got[0].1["key"], "GET /a");
+    assert_eq!(got[0].1["severity"], "critical");
     let history = get_ok(&server, "/api/v1/alerts/history")["data"].clone();
     let states: Vec<(&str, &str)> = history
         .as_array()

@@ -53,6 +53,7 @@ fn refused(e: toplog_alerting::StateError) -> ApiError {
     match e {
         toplog_alerting::StateError::Rule(r) => invalid_rule(r),
         toplog_alerting::StateError::NoRule(id) => not_found(&format!("no rule `{id}`")),
+        toplog_alerting::StateError::NoChannel(id) => not_found(&format!("no channel `{id}`")),
         toplog_alerting::StateError::NoAlert(id) => {
             not_found(&format!("no alert `{id}` is pending or firing"))
         }
@@ -248,26 +249,23 @@ pub(super) async fn ack_alert(
     Ok(Json(json!({"status": "success", "acknowledged": id})).into_response())
 }
 
-/// Judges every rule as each minute closes while this node leads (a single
-/// node always does), through the log on a cluster.
+/// Judges every rule as each minute closes, and sends what the outbox
+/// holds, while this node leads (a single node always does); changes go
+/// through the log on a cluster.
 pub(crate) async fn evaluate_alerts(
     app: Arc<AppState>,
     engine: Arc<Engine>,
     alerting: Arc<Alerting>,
 ) {
-    let grace = app.config.alert_grace;
-    let (leader_app, decide_app) = (app.clone(), app.clone());
-    let local = alerting.clone();
-    crate::alerts::evaluate_every_minute(
-        engine,
-        alerting,
-        grace,
-        move || match leader_app.cluster.get() {
+    let leads = |app: Arc<AppState>| {
+        move || match app.cluster.get() {
             Some(c) => c.status().role == "leader",
-            None => leader_app.config.cluster.is_none(),
-        },
-        move |change| {
-            let (app, local) = (decide_app.clone(), local.clone());
+            None => app.config.cluster.is_none(),
+        }
+    };
+    let decide = |app: Arc<AppState>, local: Arc<Alerting>| {
+        move |change: Change| -> futures::future::BoxFuture<'static, Result<(), String>> {
+            let (app, local) = (app.clone(), local.clone());
             Box::pin(async move {
                 match app.cluster.get() {
                     Some(c) => c
@@ -282,9 +280,116 @@ pub(crate) async fn evaluate_alerts(
                         .map_err(|e| e.to_string()),
                 }
             })
-        },
+        }
+    };
+    let grace = app.config.alert_grace;
+    tokio::join!(
+        crate::alerts::evaluate_every_minute(
+            engine,
+            alerting.clone(),
+            grace,
+            leads(app.clone()),
+            decide(app.clone(), alerting.clone()),
+        ),
+        crate::alerts::deliver_notifications(
+            alerting.clone(),
+            leads(app.clone()),
+            decide(app.clone(), alerting.clone()),
+        ),
+    );
+}
+
+fn channel_json(c: &toplog_alerting::Channel) -> Value {
+    c.to_json()
+}
+
+pub(super) async fn list_channels(State(app): State<Arc<AppState>>) -> ApiResult {
+    let state = app.alerting()?.state();
+    let channels: Vec<Value> = state.channels.values().map(channel_json).collect();
+    Ok(Json(json!({"status": "success", "data": channels})).into_response())
+}
+
+pub(super) async fn get_channel(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let state = app.alerting()?.state();
+    let channel =
+        (state.channels.get(&id)).ok_or_else(|| not_found(&format!("no channel `{id}`")))?;
+    Ok(Json(json!({"status": "success", "data": channel_json(channel)})).into_response())
+}
+
+fn checked_channel(
+    id: &str,
+    body: Result<Json<Value>, JsonRejection>,
+    at: Micros,
+) -> ApiResult<toplog_alerting::Channel> {
+    let Json(body) = body.map_err(ApiError::from_json_body)?;
+    let channel = toplog_alerting::Channel::parse(id, &body, at).map_err(invalid_rule)?;
+    match reqwest::Url::parse(&channel.url) {
+        Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(channel),
+        Ok(_) => Err(invalid_rule(toplog_alerting::RuleError {
+            field: "url".into(),
+            reason: "names no host".into(),
+        })),
+        Err(e) => Err(invalid_rule(toplog_alerting::RuleError {
+            field: "url".into(),
+            reason: format!("not a URL: {e}"),
+        })),
+    }
+}
+
+pub(super) async fn create_channel(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let channel = checked_channel(&id, body, crate::alerts::now())?;
+    app.alerting_change(Change::PutChannel(channel.clone()))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"status": "success", "data": channel_json(&channel)})),
     )
-    .await;
+        .into_response())
+}
+
+pub(super) async fn put_channel(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let created_at = (app.alerting()?.state().channels.get(&id))
+        .map(|c| c.created_at)
+        .ok_or_else(|| not_found(&format!("no channel `{id}`")))?;
+    let channel = checked_channel(&id, body, created_at)?;
+    app.alerting_change(Change::PutChannel(channel.clone()))
+        .await?;
+    Ok(Json(json!({"status": "success", "data": channel_json(&channel)})).into_response())
+}
+
+pub(super) async fn delete_channel(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    app.alerting_change(Change::DeleteChannel { id: id.clone() })
+        .await?;
+    Ok(Json(json!({"status": "success", "deleted": id})).into_response())
+}
+
+/// The outbox: notifications pending, and those sent or given up in the
+/// last day, with their attempts.
+pub(super) async fn notifications(State(app): State<Arc<AppState>>) -> ApiResult {
+    let state = app.alerting()?.state();
+    let all: Vec<Value> = (state.outbox.values())
+        .map(|n| {
+            json!({"dedupe_id": n.id, "channel_id": n.channel_id, "alert_id": n.fingerprint,
+                   "rule_id": n.rule_id, "key": n.key, "state": n.state, "at": n.at.to_rfc3339(),
+                   "status": n.status, "attempts": n.attempts, "next_at": n.next_at.to_rfc3339(),
+                   "last_error": n.last_error})
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": all})).into_response())
 }
 
 /// `GET /api/v1/alerts/history`.

@@ -154,6 +154,19 @@ fn schemas() -> Value {
     });
     let alerting = json!({
         "AlertRuleIn": toplog_alerting::Rule::schema(),
+        "ChannelIn": {"type": "object", "additionalProperties": false, "required": ["name", "kind", "url"],
+            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                "kind": {"type": "string", "enum": ["webhook"]},
+                "url": {"type": "string", "minLength": 8, "maxLength": 2048, "pattern": "^https?://"}}},
+        "ChannelOut": obj(json!({"id": string, "name": string, "kind": string, "url": string, "created_at": string}),
+            &["id", "name", "kind", "url", "created_at"]),
+        "AlertChannel": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/ChannelOut"}}), &["status", "data"]),
+        "AlertChannels": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/ChannelOut"}}}), &["status", "data"]),
+        "AlertNotifications": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
+            "dedupe_id": string, "channel_id": string, "alert_id": string, "rule_id": string, "key": string,
+            "state": string, "at": string, "status": {"type": "string", "enum": ["pending", "sent", "failed"]},
+            "attempts": int, "next_at": string, "last_error": {"type": "string", "nullable": true}}),
+            &["dedupe_id", "channel_id", "status", "attempts"])}}), &["status", "data"]),
         "BacktestIn": {"type": "object", "additionalProperties": false, "required": ["rule", "start", "end"],
             "properties": {"rule": {"$ref": "#/components/schemas/AlertRuleIn"},
                 "start": {"type": "string", "description": "RFC 3339 or epoch milliseconds."},
@@ -228,6 +241,8 @@ pub(crate) fn document(routes: &[Route]) -> Value {
                 "The key's id."
             } else if route.path.starts_with("/api/v1/alerts/rules") {
                 "The rule's id."
+            } else if route.path.starts_with("/api/v1/alerts/channels") {
+                "The channel's id."
             } else if route.path.starts_with("/api/v1/requests/alerts") {
                 "The alert's id (`alert_id`)."
             } else {
@@ -345,6 +360,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::Member) => operation["requestBody"] = body("MemberIn"),
             Some(Body::AlertRule) => operation["requestBody"] = body("AlertRuleIn"),
             Some(Body::Backtest) => operation["requestBody"] = body("BacktestIn"),
+            Some(Body::Channel) => operation["requestBody"] = body("ChannelIn"),
             None => {}
         }
         let entry = paths

@@ -33,6 +33,8 @@ pub(crate) enum Body {
     AlertRule,
     /// A rule and the range to backtest it over.
     Backtest,
+    /// A notification channel.
+    Channel,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -68,7 +70,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 36] = [
+pub(crate) const ROUTES: [Route; 42] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -546,6 +548,89 @@ pub(crate) const ROUTES: [Route; 36] = [
         body: None,
         ok: (200, "AlertHistory"),
         errors: &[400, 503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/channels",
+        id: "listAlertChannels",
+        handler: || get(alerts::list_channels),
+        summary: "Every notification channel.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertChannels"),
+        errors: &[503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/alerts/channels",
+        id: "createAlertChannel",
+        handler: || post(alerts::create_channel),
+        summary: "Make a notification channel (a webhook: each notification a JSON POST carrying its dedupe id).",
+        query: QuerySpec::NONE,
+        body: Some(Body::Channel),
+        ok: (201, "AlertChannel"),
+        errors: &[400, 413, 415, 422, 503],
+        links: &[Link {
+            name: "GetAlertChannel",
+            operation: "getAlertChannel",
+            parameters: &[("id", "$response.body#/data/id")],
+            description: "The channel just made.",
+        }],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/channels/{id}",
+        id: "getAlertChannel",
+        handler: || get(alerts::get_channel),
+        summary: "One notification channel.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertChannel"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/alerts/channels/{id}",
+        id: "putAlertChannel",
+        handler: || put(alerts::put_channel),
+        summary: "Replace a notification channel.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Channel),
+        ok: (200, "AlertChannel"),
+        errors: &[400, 404, 413, 415, 422, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/alerts/channels/{id}",
+        id: "deleteAlertChannel",
+        handler: || delete(alerts::delete_channel),
+        summary: "Remove a notification channel.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertRuleDeleted"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/notifications",
+        id: "alertNotifications",
+        handler: || get(alerts::notifications),
+        summary: "The outbox: notifications pending, and those sent or given up in the last day, with their attempts.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertNotifications"),
+        errors: &[503],
         links: &[],
         access: Access::Needs(Role::Viewer),
     },
