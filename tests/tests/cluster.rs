@@ -1232,14 +1232,25 @@ fn alert_rules_and_states_go_through_the_log_and_a_new_leader_carries_on() {
     let all = [1, 2, 3];
     let follower = *all.iter().find(|id| **id != leader).unwrap();
 
-    // Made on a follower: through the log to every member.
+    // A webhook, and a rule made on a follower: through the log to every member.
+    let receiver = toplog_tests::Receiver::start(free_port());
+    let (status, channel) = call(
+        &cluster,
+        follower,
+        "POST",
+        "/api/v1/alerts/channels",
+        &serde_json::json!({"name": "hook", "kind": "webhook",
+            "url": format!("http://127.0.0.1:{}/hook", receiver.port)}),
+    );
+    assert_eq!(status, 201, "{channel}");
     let (status, made) = call(
         &cluster,
         follower,
         "POST",
         "/api/v1/alerts/rules",
         &serde_json::json!({"name": "5xx", "metric": "error_rate", "by": "endpoint", "window": "5m",
-            "op": ">", "threshold": 0.2, "for": "1m", "min_count": 10}),
+            "op": ">", "threshold": 0.2, "for": "1m", "min_count": 10,
+            "channels": [channel["data"]["id"]]}),
     );
     assert_eq!(status, 201, "{made}");
     let rule = made["data"]["id"].as_str().unwrap().to_owned();
@@ -1266,6 +1277,15 @@ fn alert_rules_and_states_go_through_the_log_and_a_new_leader_carries_on() {
     assert_eq!(firing[0][0]["key"], "GET /a");
     assert_eq!(firing[0][0]["state"], "firing");
 
+    let delivered = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while receiver.got().len() < n {
+            assert!(Instant::now() < deadline, "delivered {:?}", receiver.got());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    delivered(1);
+
     // The leader dies while the alert fires; the next one judges on.
     cluster.kill9(leader);
     let live: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
@@ -1287,4 +1307,23 @@ fn alert_rules_and_states_go_through_the_log_and_a_new_leader_carries_on() {
             serde_json::json!([])
         );
     }
+    // The new leader notified the resolution; each notification's dedupe
+    // id reached the receiver at most twice (once more if a leader died
+    // between sending and recording).
+    delivered(2);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut by_id: std::collections::BTreeMap<String, (String, usize)> = Default::default();
+    for (_, body) in receiver.got() {
+        let entry = by_id
+            .entry(body["dedupe_id"].as_str().unwrap().to_owned())
+            .or_insert((body["state"].as_str().unwrap().to_owned(), 0));
+        entry.1 += 1;
+    }
+    let states: Vec<&str> = by_id.values().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(states.len(), 2, "{by_id:?}");
+    assert!(
+        states.contains(&"firing") && states.contains(&"resolved"),
+        "{by_id:?}"
+    );
+    assert!(by_id.values().all(|(_, n)| *n <= 2), "{by_id:?}");
 }
