@@ -38,15 +38,18 @@ const CLUSTER_ID_FILE: &str = "CLUSTER_ID";
 impl EngineMachine {
     /// Reads `raft/STATE_INDEX` in `raft_dir` (none yet: 0).
     pub(super) fn open(
-        engine: Arc<Engine>,
-        maintainer: Arc<toplog_compaction::Maintainer>,
-        auth: Arc<crate::auth::Auth>,
-        jobs: crate::api::JobRunner,
-        alerting: Arc<crate::alerts::Alerting>,
+        parts: super::NodeParts,
         snapshots: SnapshotDirs,
         raft_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let super::NodeParts {
+            engine,
+            maintainer,
+            auth,
+            jobs,
+            alerting,
+        } = parts;
         let state_index = raft_dir.join("STATE_INDEX");
         let cluster_id = raft_dir.join(CLUSTER_ID_FILE);
         match std::fs::read_to_string(&cluster_id) {

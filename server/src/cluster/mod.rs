@@ -125,13 +125,8 @@ impl Cluster {
         runtime: &tokio::runtime::Handle,
         node: NodeParts,
     ) -> anyhow::Result<Arc<Self>> {
-        let NodeParts {
-            engine,
-            maintainer,
-            auth,
-            jobs,
-            alerting,
-        } = node;
+        let auth = node.auth.clone();
+        let maintainer = node.maintainer.clone();
         let raft_dir = data_dir.join("raft");
         let store = LogStore::open(
             Arc::new(toplog_wal::RealFs),
@@ -147,15 +142,7 @@ impl Cluster {
             &voters,
             &encode_book(&settings.members),
             store,
-            EngineMachine::open(
-                engine,
-                maintainer.clone(),
-                auth.clone(),
-                jobs,
-                alerting,
-                snapshots.clone(),
-                &raft_dir,
-            )?,
+            EngineMachine::open(node, snapshots.clone(), &raft_dir)?,
             Timing {
                 log_keep: settings.log_keep,
                 ..Timing::default()
