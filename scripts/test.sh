@@ -62,6 +62,21 @@ if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]==2.*'
 fi
 
+# The alerting tests deliver to a real SMTP server (aiosmtpd) and a real
+# Prometheus Alertmanager. Installing Alertmanager may start the
+# distribution's own; it is stopped: the tests start theirs on free ports.
+if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+  echo "== installing aiosmtpd"
+  python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.*'
+fi
+if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+  echo "== installing prometheus-alertmanager"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends prometheus-alertmanager >/dev/null 2>&1 \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus-alertmanager >/dev/null; }
+  service prometheus-alertmanager stop >/dev/null 2>&1 || true
+fi
+
 # The import test runs a real nginx, driven by wrk. Installing nginx starts
 # the distribution's own server; it is stopped: the test starts its own.
 if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null 2>&1; then

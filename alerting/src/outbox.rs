@@ -1,109 +1,94 @@
-//! Notification channels and the durable outbox. A notified transition
-//! (firing, resolved) of a rule's series puts one notification per channel
-//! of the rule in the outbox, with an id every member derives alike (the
-//! dedupe id receivers see). The leader sends what is due and records each
+//! The durable outbox. The notified transitions (firing, resolved) of a
+//! rule's series in one minute put one notification per channel of the rule
+//! in the outbox, with an id every member derives alike (the dedupe id
+//! receivers see). The leader sends what is due and records each
 //! attempt's outcome as a change; a crash between sending and recording
 //! sends again under the same id. Retried with backoff, given up after
 //! [`GIVE_UP_AFTER_US`]; sent and failed ones are kept a day for history.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use toplog_types::Micros;
 use twox_hash::XxHash3_128;
 
-use crate::state::HistoryEntry;
+use crate::silence::alert_labels;
+use crate::{Rule, fingerprint};
 
 /// A notification is given up this long after it was first due.
 pub const GIVE_UP_AFTER_US: i64 = 24 * 3_600_000_000;
+/// A rule's fallback channels get a notification its channel failed this
+/// many times.
+pub const FALLBACK_AFTER_ATTEMPTS: u32 = 3;
 /// Sent and failed notifications are kept this long.
 const KEEP_DONE_US: i64 = 24 * 3_600_000_000;
 /// The first retry after this; doubling, at most [`MAX_BACKOFF_US`].
 const FIRST_BACKOFF_US: i64 = 5_000_000;
 const MAX_BACKOFF_US: i64 = 600_000_000;
 
-/// Where notifications go. A webhook receives each as a JSON POST.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Channel {
-    pub id: String,
-    pub name: String,
-    /// `webhook` (the one kind built so far).
-    pub kind: String,
-    pub url: String,
-    pub created_at: Micros,
+/// One alert in a notification, as it stood when the notification was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notified {
+    pub fingerprint: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
 }
 
-impl Channel {
-    /// Checks a channel's JSON (`name`, `kind`, `url`).
-    pub fn parse(id: &str, body: &Value, at: Micros) -> Result<Self, crate::RuleError> {
-        let fault = |field: &str, reason: &str| crate::RuleError {
-            field: field.into(),
-            reason: reason.into(),
-        };
-        let fields = body
-            .as_object()
-            .ok_or_else(|| fault("body", "expected a JSON object"))?;
-        if let Some(k) = fields
-            .keys()
-            .find(|k| !["name", "kind", "url"].contains(&k.as_str()))
-        {
-            return Err(fault(k, "unknown field (known: name, kind, url)"));
+impl Notified {
+    /// Rule `rule_id`'s alert for `key`.
+    pub fn of(
+        rule: &Rule,
+        rule_id: &str,
+        key: &str,
+        value: Option<f64>,
+        threshold: Option<f64>,
+    ) -> Self {
+        Self {
+            fingerprint: fingerprint(rule_id, key),
+            key: key.to_owned(),
+            value,
+            threshold,
+            description: rule.describe(
+                key,
+                value.unwrap_or(f64::NAN),
+                threshold.unwrap_or(f64::NAN),
+            ),
+            labels: alert_labels(rule, rule_id, key),
         }
-        let text = |field: &str, max: usize| {
-            fields
-                .get(field)
-                .and_then(Value::as_str)
-                .filter(|s| !s.trim().is_empty() && s.len() <= max)
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    fault(
-                        field,
-                        &format!("required: from 1 to {max} bytes, not blank"),
-                    )
-                })
-        };
-        let name = text("name", 200)?;
-        let kind = text("kind", 32)?;
-        if kind != "webhook" {
-            return Err(fault("kind", "`webhook` (other kinds are not built yet)"));
-        }
-        let url = text("url", 2048)?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(fault("url", "an http:// or https:// URL"));
-        }
-        Ok(Self {
-            id: id.to_owned(),
-            name,
-            kind,
-            url,
-            created_at: at,
-        })
-    }
-
-    /// The channel as `GET` shows it.
-    pub fn to_json(&self) -> Value {
-        json!({"id": self.id, "name": self.name, "kind": self.kind, "url": self.url,
-               "created_at": self.created_at.to_rfc3339()})
     }
 }
 
-/// One notification of one transition to one channel.
+/// One message to one channel: the alerts of one rule that changed state
+/// alike in one minute (grouped), a repeat of those still firing, or a
+/// channel's test.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// The dedupe id: the same on every member and across retries.
     pub id: String,
     pub channel_id: String,
     pub rule_id: String,
-    pub fingerprint: String,
-    pub key: String,
-    /// `firing` or `resolved`.
+    /// The rule's name and severity when it was made.
+    #[serde(default)]
+    pub rule: String,
+    #[serde(default)]
+    pub severity: String,
+    /// `firing`, `resolved` or `test`.
     pub state: String,
+    /// A reminder of alerts still firing.
+    #[serde(default)]
+    pub repeat: bool,
     /// The minute end of the transition.
     pub at: Micros,
+    #[serde(default)]
+    pub alerts: Vec<Notified>,
+    /// The channel this one stands in for (a rule's fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f64>,
+    pub fallback_for: Option<String>,
     pub attempts: u32,
     /// When it is due (again).
     pub next_at: Micros,
@@ -113,29 +98,77 @@ pub struct Notification {
     pub last_error: Option<String>,
 }
 
+fn dedupe_id(seed: &str) -> String {
+    format!("{:032x}", XxHash3_128::oneshot(seed.as_bytes()))
+}
+
 impl Notification {
-    /// The notification of `transition` to `channel_id`.
-    pub fn of(transition: &HistoryEntry, channel_id: &str) -> Self {
-        let seed = format!(
-            "{}\0{}\0{}\0{channel_id}",
-            transition.fingerprint,
-            transition.state,
-            transition.at.get()
-        );
+    /// The notification of rule `rule_id`'s `alerts`, which went `state` at
+    /// `at` (or, `repeat`, still fire), to `channel_id`.
+    pub fn of(
+        rule: &Rule,
+        rule_id: &str,
+        state: &str,
+        repeat: bool,
+        at: Micros,
+        alerts: Vec<Notified>,
+        channel_id: &str,
+    ) -> Self {
+        let mut seed = format!("{rule_id}\0{state}\0{repeat}\0{}\0{channel_id}", at.get());
+        for a in &alerts {
+            seed.push('\0');
+            seed.push_str(&a.fingerprint);
+        }
         Self {
-            id: format!("{:032x}", XxHash3_128::oneshot(seed.as_bytes())),
+            id: dedupe_id(&seed),
             channel_id: channel_id.to_owned(),
-            rule_id: transition.rule_id.clone(),
-            fingerprint: transition.fingerprint.clone(),
-            key: transition.key.clone(),
-            state: transition.state.clone(),
-            at: transition.at,
-            value: transition.value,
-            threshold: transition.threshold,
+            rule_id: rule_id.to_owned(),
+            rule: rule.name.clone(),
+            severity: rule.severity.name().to_owned(),
+            state: state.to_owned(),
+            repeat,
+            at,
+            alerts,
+            fallback_for: None,
             attempts: 0,
-            next_at: transition.at,
+            next_at: at,
             status: "pending".into(),
             last_error: None,
+        }
+    }
+
+    /// A test of channel `channel_id` at `at` (not kept in the outbox).
+    pub fn test(channel_id: &str, at: Micros) -> Self {
+        Self {
+            id: dedupe_id(&format!("test\0{channel_id}\0{}", at.get())),
+            channel_id: channel_id.to_owned(),
+            rule_id: String::new(),
+            rule: "toplog test".into(),
+            severity: "info".into(),
+            state: "test".into(),
+            repeat: false,
+            at,
+            alerts: Vec::new(),
+            fallback_for: None,
+            attempts: 0,
+            next_at: at,
+            status: "pending".into(),
+            last_error: None,
+        }
+    }
+
+    /// This notification sent instead to fallback channel `channel_id`,
+    /// due at `at`.
+    pub fn fallback(&self, channel_id: &str, at: Micros) -> Self {
+        Self {
+            id: dedupe_id(&format!("{}\0fallback\0{channel_id}", self.id)),
+            channel_id: channel_id.to_owned(),
+            fallback_for: Some(self.channel_id.clone()),
+            attempts: 0,
+            next_at: at,
+            status: "pending".into(),
+            last_error: None,
+            ..self.clone()
         }
     }
 
@@ -169,28 +202,38 @@ impl Notification {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn transition() -> HistoryEntry {
-        HistoryEntry {
-            at: Micros::new(60_000_000),
-            fingerprint: "f".into(),
-            rule_id: "r".into(),
-            key: "GET /a".into(),
-            state: "firing".into(),
-            value: Some(1.0),
-            threshold: Some(0.5),
-        }
+    fn notification(channel: &str) -> Notification {
+        let rule = Rule::parse(
+            &serde_json::json!({"name": "e", "metric": "errors", "by": "endpoint",
+                                                   "op": ">", "threshold": 0.5}),
+        )
+        .unwrap();
+        let alerts = vec![Notified::of(&rule, "r", "GET /a", Some(1.0), Some(0.5))];
+        Notification::of(
+            &rule,
+            "r",
+            "firing",
+            false,
+            Micros::new(60_000_000),
+            alerts,
+            channel,
+        )
     }
 
     #[test]
     fn a_notification_has_one_id_per_transition_and_channel_and_backs_off() {
-        let (a, b) = (
-            Notification::of(&transition(), "c1"),
-            Notification::of(&transition(), "c2"),
-        );
+        let (a, b) = (notification("c1"), notification("c2"));
         assert_ne!(a.id, b.id);
-        assert_eq!(a.id, Notification::of(&transition(), "c1").id);
+        assert_eq!(a.id, notification("c1").id);
+        assert_eq!(a.alerts[0].labels["endpoint"], "GET /a");
+        let fallback = a.fallback("c2", Micros::new(0));
+        assert_ne!(
+            (fallback.id.as_str(), fallback.fallback_for.as_deref()),
+            (b.id.as_str(), None)
+        );
         let mut n = a;
         n.attempted(Micros::new(60_000_000), Some("connection refused"));
         assert_eq!((n.status.as_str(), n.attempts), ("pending", 1));
@@ -199,7 +242,7 @@ mod tests {
         assert_eq!(n.next_at.get(), 75_000_000);
         n.attempted(Micros::new(75_000_000), None);
         assert_eq!(n.status, "sent");
-        let mut late = Notification::of(&transition(), "c3");
+        let mut late = notification("c3");
         late.attempted(Micros::new(60_000_000 + GIVE_UP_AFTER_US), Some("down"));
         assert_eq!(late.status, "failed");
     }

@@ -17,7 +17,7 @@ pub const DEFAULT_MAX_SERIES: usize = 100;
 /// The words a description may name in braces.
 pub const PLACEHOLDERS: [&str; 6] = ["rule", "key", "value", "threshold", "severity", "window"];
 
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 18] = [
     "name",
     "metric",
     "by",
@@ -35,6 +35,7 @@ const FIELDS: [&str; 17] = [
     "channels",
     "fallback_channels",
     "no_data",
+    "repeat_every",
 ];
 
 /// A rule field that is not what it must be, and why.
@@ -45,7 +46,7 @@ pub struct RuleError {
     pub reason: String,
 }
 
-fn fault(field: &str, reason: impl Into<String>) -> RuleError {
+pub(crate) fn fault(field: &str, reason: impl Into<String>) -> RuleError {
     RuleError {
         field: field.to_owned(),
         reason: reason.into(),
@@ -155,10 +156,17 @@ pub struct Rule {
     pub channels: Vec<String>,
     pub fallback_channels: Vec<String>,
     pub no_data: NoData,
+    /// A firing alert not acknowledged is notified again this often (0: never).
+    pub repeat_every_minutes: u32,
 }
 
 /// Whole minutes in `field`'s duration, at most [`MAX_SPAN_MINUTES`].
-fn minutes(field: &str, v: Option<&Value>, default: u32, least: u32) -> Result<u32, RuleError> {
+pub(crate) fn minutes(
+    field: &str,
+    v: Option<&Value>,
+    default: u32,
+    least: u32,
+) -> Result<u32, RuleError> {
     let Some(v) = v else {
         return Ok(default);
     };
@@ -167,6 +175,7 @@ fn minutes(field: &str, v: Option<&Value>, default: u32, least: u32) -> Result<u
         .ok_or_else(|| fault(field, "expected a duration such as \"5m\""))?;
     // Minutes, hours or days, as the document's pattern says.
     let unit_ok = s.len() > 1
+        && s.is_ascii()
         && s[..s.len() - 1].bytes().all(|c| c.is_ascii_digit())
         && matches!(s.as_bytes()[s.len() - 1], b'm' | b'h' | b'd');
     if !unit_ok {
@@ -195,7 +204,7 @@ fn minutes(field: &str, v: Option<&Value>, default: u32, least: u32) -> Result<u
     Ok(m)
 }
 
-fn string(field: &str, v: &Value, max: usize) -> Result<String, RuleError> {
+pub(crate) fn string(field: &str, v: &Value, max: usize) -> Result<String, RuleError> {
     let s = v
         .as_str()
         .ok_or_else(|| fault(field, "expected a string"))?;
@@ -465,6 +474,7 @@ impl Rule {
             min_count,
             for_minutes: minutes("for", get("for"), 0, 0)?,
             keep_firing_for_minutes: minutes("keep_firing_for", get("keep_firing_for"), 0, 0)?,
+            repeat_every_minutes: minutes("repeat_every", get("repeat_every"), 0, 0)?,
             severity,
             description: description(get("description"))?,
             labels: labels(get("labels"))?,
@@ -518,6 +528,7 @@ impl Rule {
                 "channels": ids,
                 "fallback_channels": ids,
                 "no_data": {"type": "string", "enum": ["ok", "alert", "keep"]},
+                "repeat_every": duration,
             },
         })
     }
@@ -556,6 +567,7 @@ impl Rule {
             "channels": self.channels,
             "fallback_channels": self.fallback_channels,
             "no_data": self.no_data.name(),
+            "repeat_every": format!("{}m", self.repeat_every_minutes),
         });
         if let Some(d) = self.by {
             out["by"] = json!(d.name());
@@ -638,6 +650,7 @@ mod tests {
             (json!({"description": "{key} is {vaule}"}), "description"),
             (json!({"labels": {"9lives": "x"}}), "labels.9lives"),
             (json!({"channels": [1]}), "channels[0]"),
+            (json!({"for": "\u{80}"}), "for"),
             (json!({"max_series": 0}), "max_series"),
             (json!({"severity": "page"}), "severity"),
             (json!({"no_data": "maybe"}), "no_data"),

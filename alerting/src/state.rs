@@ -11,13 +11,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use toplog_types::Micros;
 
+use crate::channel::{Channel, Tested};
 use crate::evaluate::Evaluation;
-use crate::outbox::{Channel, Notification};
+use crate::outbox::{FALLBACK_AFTER_ATTEMPTS, Notification, Notified};
 use crate::series::{Series, SeriesState, Transition, fingerprint};
+use crate::silence::Silence;
 use crate::{Rule, RuleError};
 
 /// Rules a node keeps at most.
 pub const MAX_RULES: usize = 2_000;
+/// Channels a node keeps at most.
+pub const MAX_CHANNELS: usize = 200;
+/// Silences a node keeps at most (expired ones are dropped a day after).
+pub const MAX_SILENCES: usize = 1_000;
+/// An expired silence is kept (shown) this long.
+const KEEP_EXPIRED_US: i64 = 86_400_000_000;
 
 /// A rule as kept: its id, its JSON as written (checked), and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +95,19 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Channel `channel_id` was sent a test at `at`: delivered, or the error.
+    Tested {
+        channel_id: String,
+        at: Micros,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    PutSilence(Silence),
+    /// Silence `id` ended (removed) at `at`.
+    DeleteSilence {
+        id: String,
+        at: Micros,
+    },
 }
 
 /// A series' alert, while it is pending or firing.
@@ -109,6 +130,9 @@ pub struct Alert {
     pub threshold: Option<f64>,
     #[serde(default)]
     pub acked: bool,
+    /// When a firing notification was last made for it (repeats go by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_at: Option<Micros>,
 }
 
 /// One transition, as history keeps it.
@@ -124,6 +148,9 @@ pub struct HistoryEntry {
     pub value: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// The silence that kept it from being notified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
 }
 
 /// Why a change was not made (the state is as it was).
@@ -135,10 +162,12 @@ pub enum StateError {
     NoRule(String),
     #[error("no alert {0} is pending or firing")]
     NoAlert(String),
-    #[error("at most {MAX_RULES} rules")]
-    TooManyRules,
+    #[error("at most {max} {what}")]
+    TooMany { what: &'static str, max: usize },
     #[error("no channel {0}")]
     NoChannel(String),
+    #[error("no silence {0}")]
+    NoSilence(String),
 }
 
 /// The rules and their series' alerts.
@@ -155,6 +184,8 @@ pub struct AlertState {
     /// Notifications pending, and those sent or failed in the last day.
     #[serde(default)]
     pub outbox: BTreeMap<String, Notification>,
+    #[serde(default)]
+    pub silences: BTreeMap<String, Silence>,
 }
 
 impl AlertState {
@@ -175,13 +206,16 @@ impl AlertState {
                     return Err(StateError::NoRule(stored.id.clone()));
                 }
                 if !exists && self.rules.len() >= MAX_RULES {
-                    return Err(StateError::TooManyRules);
+                    return Err(StateError::TooMany {
+                        what: "rules",
+                        max: MAX_RULES,
+                    });
                 }
                 // A changed rule starts its series afresh.
                 let old = self.rule(&stored.id);
-                let ended = self.forget_series(&stored.id, stored.updated_at);
+                let mut ended = self.forget_series(&stored.id, stored.updated_at);
                 if let Some(old) = old {
-                    self.notify(&old, &ended);
+                    self.notify(&stored.id, &old, &mut ended);
                 }
                 self.rules.insert(stored.id.clone(), stored.clone());
                 Ok(ended)
@@ -191,14 +225,49 @@ impl AlertState {
                 self.rules
                     .remove(id)
                     .ok_or_else(|| StateError::NoRule(id.clone()))?;
-                let ended = self.forget_series(id, *at);
+                let mut ended = self.forget_series(id, *at);
                 if let Some(old) = old {
-                    self.notify(&old, &ended);
+                    self.notify(id, &old, &mut ended);
                 }
                 Ok(ended)
             }
             Change::PutChannel(channel) => {
+                if !self.channels.contains_key(&channel.id) && self.channels.len() >= MAX_CHANNELS {
+                    return Err(StateError::TooMany {
+                        what: "channels",
+                        max: MAX_CHANNELS,
+                    });
+                }
                 self.channels.insert(channel.id.clone(), channel.clone());
+                Ok(Vec::new())
+            }
+            Change::Tested {
+                channel_id,
+                at,
+                error,
+            } => {
+                let channel = (self.channels.get_mut(channel_id))
+                    .ok_or_else(|| StateError::NoChannel(channel_id.clone()))?;
+                channel.last_test = Some(Tested {
+                    at: *at,
+                    error: error.clone(),
+                });
+                Ok(Vec::new())
+            }
+            Change::PutSilence(silence) => {
+                if !self.silences.contains_key(&silence.id) && self.silences.len() >= MAX_SILENCES {
+                    return Err(StateError::TooMany {
+                        what: "silences",
+                        max: MAX_SILENCES,
+                    });
+                }
+                self.silences.insert(silence.id.clone(), silence.clone());
+                Ok(Vec::new())
+            }
+            Change::DeleteSilence { id, .. } => {
+                self.silences
+                    .remove(id)
+                    .ok_or_else(|| StateError::NoSilence(id.clone()))?;
                 Ok(Vec::new())
             }
             Change::DeleteChannel { id } => {
@@ -208,10 +277,26 @@ impl AlertState {
                 Ok(Vec::new())
             }
             Change::Attempt { id, at, error } => {
-                if let Some(n) = self.outbox.get_mut(id)
-                    && n.status == "pending"
+                // A channel that keeps failing: the rule's fallbacks get it.
+                let failing = match self.outbox.get_mut(id) {
+                    Some(n) if n.status == "pending" => {
+                        n.attempted(*at, error.as_deref());
+                        (error.is_some()
+                            && n.attempts == FALLBACK_AFTER_ATTEMPTS
+                            && n.fallback_for.is_none())
+                        .then(|| n.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(n) = failing
+                    && let Some(rule) = self.rule(&n.rule_id)
                 {
-                    n.attempted(*at, error.as_deref());
+                    for channel in (rule.fallback_channels.iter())
+                        .filter(|c| self.channels.contains_key(*c) && **c != n.channel_id)
+                    {
+                        let f = n.fallback(channel, *at);
+                        self.outbox.entry(f.id.clone()).or_insert(f);
+                    }
                 }
                 self.outbox.retain(|_, n| n.kept_at(*at));
                 Ok(Vec::new())
@@ -240,30 +325,91 @@ impl AlertState {
                     return Ok(Vec::new());
                 }
                 self.judged_through.insert(rule_id.clone(), *at);
-                let made: Vec<HistoryEntry> = judged
+                self.silences
+                    .retain(|_, s| at.get() - s.ends_at.get() < KEEP_EXPIRED_US);
+                let mut made: Vec<HistoryEntry> = judged
                     .iter()
                     .filter_map(|j| self.step(rule_id, &rule, *at, j))
                     .collect();
-                self.notify(&rule, &made);
+                self.notify(rule_id, &rule, &mut made);
+                self.repeat(rule_id, &rule, *at);
                 Ok(made)
             }
         }
     }
 
-    /// Puts a notification of each notified transition in `made` in the
-    /// outbox for each of `rule`'s channels that exists.
-    fn notify(&mut self, rule: &Rule, made: &[HistoryEntry]) {
-        let notified = |h: &&HistoryEntry| h.state == "firing" || h.state == "resolved";
-        for h in made.iter().filter(notified) {
-            for channel in rule
-                .channels
-                .iter()
-                .filter(|c| self.channels.contains_key(*c))
-            {
-                let n = Notification::of(h, channel);
-                self.outbox.entry(n.id.clone()).or_insert(n);
+    /// Puts the transitions in `made` (one rule's, at one time) that are
+    /// notified (firing, resolved) and not silenced in the outbox: one
+    /// notification per state for each of `rule`'s channels that exists.
+    /// Marks the silenced ones.
+    fn notify(&mut self, rule_id: &str, rule: &Rule, made: &mut [HistoryEntry]) {
+        for state in ["firing", "resolved"] {
+            let mut alerts = Vec::new();
+            let mut at = None;
+            for h in made.iter_mut().filter(|h| h.state == state) {
+                let n = Notified::of(rule, rule_id, &h.key, h.value, h.threshold);
+                match self.silences.values().find(|s| s.silences(&n.labels, h.at)) {
+                    Some(s) => h.silenced_by = Some(s.id.clone()),
+                    None => {
+                        at = Some(h.at);
+                        alerts.push(n);
+                    }
+                }
+            }
+            if let Some(at) = at {
+                self.send(rule_id, rule, state, false, at, &alerts);
             }
         }
+    }
+
+    /// Reminds of `rule`'s alerts that still fire, not acknowledged nor
+    /// silenced, last notified at least its `repeat_every` before `at`.
+    fn repeat(&mut self, rule_id: &str, rule: &Rule, at: Micros) {
+        if rule.repeat_every_minutes == 0 {
+            return;
+        }
+        let every = i64::from(rule.repeat_every_minutes) * 60_000_000;
+        let mut due = Vec::new();
+        for a in self.alerts.values_mut() {
+            let owed = a.rule_id == rule_id
+                && a.state == "firing"
+                && !a.acked
+                && a.notified_at.is_some_and(|t| at.get() - t.get() >= every);
+            if !owed {
+                continue;
+            }
+            let n = Notified::of(rule, rule_id, &a.key, a.value, a.threshold);
+            if !self.silences.values().any(|s| s.silences(&n.labels, at)) {
+                a.notified_at = Some(at);
+                due.push(n);
+            }
+        }
+        if !due.is_empty() {
+            self.send(rule_id, rule, "firing", true, at, &due);
+        }
+    }
+
+    fn send(
+        &mut self,
+        rule_id: &str,
+        rule: &Rule,
+        state: &str,
+        repeat: bool,
+        at: Micros,
+        alerts: &[Notified],
+    ) {
+        for channel in (rule.channels.iter()).filter(|c| self.channels.contains_key(*c)) {
+            let n = Notification::of(rule, rule_id, state, repeat, at, alerts.to_vec(), channel);
+            self.outbox.entry(n.id.clone()).or_insert(n);
+        }
+    }
+
+    /// Whether the alert `a` is silenced at `at`.
+    pub fn silenced(&self, a: &Alert, at: Micros) -> bool {
+        self.rule(&a.rule_id).is_some_and(|rule| {
+            let labels = crate::silence::alert_labels(&rule, &a.rule_id, &a.key);
+            self.silences.values().any(|s| s.silences(&labels, at))
+        })
     }
 
     /// The notifications due at `now`, oldest first.
@@ -298,6 +444,7 @@ impl AlertState {
                 .to_owned(),
                 value: None,
                 threshold: None,
+                silenced_by: None,
             })
             .collect()
     }
@@ -320,6 +467,11 @@ impl AlertState {
         };
         let transition = series.step(at, j.holds, rule.for_minutes, rule.keep_firing_for_minutes);
         let before = self.alerts.get(&fp);
+        let notified_at = if transition == Some(Transition::Firing) {
+            Some(at)
+        } else {
+            before.and_then(|a| a.notified_at)
+        };
         let alert = |state: &str, since, started_at, last_held, value, acked| Alert {
             fingerprint: fp.clone(),
             rule_id: rule_id.to_owned(),
@@ -331,6 +483,7 @@ impl AlertState {
             value,
             threshold: j.threshold,
             acked,
+            notified_at,
         };
         let next = match series.state {
             SeriesState::Inactive => None,
@@ -358,6 +511,7 @@ impl AlertState {
             state: t.name().to_owned(),
             value: j.value,
             threshold: j.threshold,
+            silenced_by: None,
         })
     }
 }
@@ -497,6 +651,125 @@ mod tests {
         assert_eq!(
             state.apply(&Change::PutRule(late)),
             Err(StateError::NoRule("r1".into()))
+        );
+    }
+
+    #[test]
+    fn notifications_group_by_minute_repeat_until_acked_skip_silences_and_fall_back() {
+        let mut state = AlertState::default();
+        for id in ["c1", "c2"] {
+            let body = json!({"name": id, "kind": "webhook", "url": "http://127.0.0.1:1/"});
+            let c = Channel::parse(id, &body, Micros::new(0), None).unwrap();
+            state.apply(&Change::PutChannel(c)).unwrap();
+        }
+        let rule = json!({"name": "e", "metric": "errors", "by": "endpoint", "op": ">",
+                          "threshold": 10, "channels": ["c1"], "fallback_channels": ["c2"],
+                          "repeat_every": "2m"});
+        state.apply(&put("r1", rule)).unwrap();
+        let minute = |m: i64, keys: &[(&str, f64)]| Change::Evaluated {
+            rule_id: "r1".into(),
+            rule_updated_at: Micros::new(0),
+            at: Micros::new(m * MIN),
+            judged: keys
+                .iter()
+                .map(|(k, v)| Judged {
+                    key: (*k).into(),
+                    value: Some(*v),
+                    threshold: Some(10.0),
+                    holds: Some(*v > 10.0),
+                })
+                .collect(),
+        };
+        // Two series fire in one minute: one message.
+        state
+            .apply(&minute(1, &[("GET /a", 20.0), ("GET /b", 30.0)]))
+            .unwrap();
+        assert_eq!(state.outbox.len(), 1);
+        let first = state.outbox.values().next().unwrap().clone();
+        assert_eq!((first.state.as_str(), first.alerts.len()), ("firing", 2));
+        // Still firing two minutes on: a reminder; acknowledged, no more.
+        state
+            .apply(&minute(2, &[("GET /a", 20.0), ("GET /b", 30.0)]))
+            .unwrap();
+        assert_eq!(state.outbox.len(), 1);
+        state
+            .apply(&minute(3, &[("GET /a", 20.0), ("GET /b", 30.0)]))
+            .unwrap();
+        let repeats: Vec<_> = state.outbox.values().filter(|n| n.repeat).collect();
+        assert_eq!((repeats.len(), repeats[0].alerts.len()), (1, 2));
+        state
+            .apply(&Change::Ack {
+                fingerprint: fingerprint("r1", "GET /a"),
+                at: Micros::new(0),
+            })
+            .unwrap();
+        state
+            .apply(&minute(5, &[("GET /a", 20.0), ("GET /b", 30.0)]))
+            .unwrap();
+        let repeats: Vec<_> = state
+            .outbox
+            .values()
+            .filter(|n| n.repeat && n.at.get() == 5 * MIN)
+            .collect();
+        assert_eq!(
+            repeats[0]
+                .alerts
+                .iter()
+                .map(|a| a.key.as_str())
+                .collect::<Vec<_>>(),
+            ["GET /b"]
+        );
+        // A silence on GET /a: its resolution is kept in history, marked, and
+        // notifies no one; GET /b's does.
+        let silence = Silence::parse(
+            "s1",
+            &json!({"matchers": [{"name": "endpoint", "value": "GET /a"}],
+                                                  "ends_at": (10 * MIN / 1000).to_string()}),
+            Micros::new(5 * MIN),
+        )
+        .unwrap();
+        state.apply(&Change::PutSilence(silence)).unwrap();
+        let made = state
+            .apply(&minute(6, &[("GET /a", 1.0), ("GET /b", 1.0)]))
+            .unwrap();
+        let silenced: Vec<_> = made
+            .iter()
+            .map(|h| (h.key.as_str(), h.silenced_by.as_deref()))
+            .collect();
+        assert_eq!(silenced, [("GET /a", Some("s1")), ("GET /b", None)]);
+        let resolved: Vec<_> = state
+            .outbox
+            .values()
+            .filter(|n| n.state == "resolved")
+            .collect();
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(
+            resolved[0]
+                .alerts
+                .iter()
+                .map(|a| a.key.as_str())
+                .collect::<Vec<_>>(),
+            ["GET /b"]
+        );
+        // c1 fails three times: c2 gets the message, once.
+        let id = first.id.clone();
+        for n in 0..4 {
+            let failed = Change::Attempt {
+                id: id.clone(),
+                at: Micros::new((7 + n) * MIN),
+                error: Some("down".into()),
+            };
+            state.apply(&failed).unwrap();
+        }
+        let fallbacks: Vec<_> = state
+            .outbox
+            .values()
+            .filter(|n| n.fallback_for.is_some())
+            .collect();
+        assert_eq!(fallbacks.len(), 1);
+        assert_eq!(
+            (fallbacks[0].channel_id.as_str(), fallbacks[0].alerts.len()),
+            ("c2", 2)
         );
     }
 }

@@ -18,6 +18,10 @@ use toplog_types::Micros;
 
 use crate::auth::audit::AuditLog;
 
+mod deliver;
+
+pub(crate) use deliver::{Sender, deliver_notifications};
+
 const STATE_FILE: &str = "alerting.json";
 const HISTORY_FILE: &str = "alert-history.log";
 const MINUTE_US: i64 = 60_000_000;
@@ -69,17 +73,23 @@ impl Alerting {
             || next.alerts != state.alerts
             || next.channels != state.channels
             || next.outbox != state.outbox
+            || next.silences != state.silences
         {
             let bytes = serde_json::to_vec(&next).map_err(|e| ApplyError::Store(e.to_string()))?;
             toplog_crypt::store_state_file(&self.path, bytes, &self.cipher)
                 .map_err(|e| ApplyError::Store(format!("{}: {e}", self.path.display())))?;
         }
+        let delivery = delivery_line(change, &state, &next);
         *state = next;
         drop(state);
         for entry in &made {
-            if let Ok(line) = serde_json::to_value(entry) {
+            if let Ok(mut line) = serde_json::to_value(entry) {
+                line["kind"] = "transition".into();
                 self.history.append(&line);
             }
+        }
+        if let Some(line) = delivery {
+            self.history.append(&line);
         }
         Ok(made)
     }
@@ -105,9 +115,69 @@ impl Alerting {
         self.history.reseal()
     }
 
-    /// The last `limit` transitions, oldest first.
-    pub(crate) fn history(&self, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-        self.history.last(limit)
+    /// The history (transitions, delivery attempts, tests) that `keep`
+    /// keeps, newest first: `limit` of them after skipping `offset`; and
+    /// whether older ones matched.
+    pub(crate) fn history(
+        &self,
+        keep: impl Fn(&serde_json::Value) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
+        let mut page: Vec<serde_json::Value> = self
+            .history
+            .entries()?
+            .into_iter()
+            .rev()
+            .map(|mut line| {
+                if line.get("kind").is_none() {
+                    line["kind"] = "transition".into();
+                }
+                line
+            })
+            .filter(|line| keep(line))
+            .skip(offset)
+            .take(limit + 1)
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
+    }
+}
+
+/// The history line of a delivery `change` made (an attempt at a
+/// notification still pending `before`, or a channel's test).
+fn delivery_line(
+    change: &Change,
+    before: &AlertState,
+    after: &AlertState,
+) -> Option<serde_json::Value> {
+    match change {
+        Change::Attempt { id, at, error } => {
+            let was = before.outbox.get(id).filter(|n| n.status == "pending")?;
+            let n = after.outbox.get(id).unwrap_or(was);
+            let outcome = match (error, n.status.as_str()) {
+                (None, _) => "sent",
+                (Some(_), "failed") => "failed",
+                (Some(_), _) => "retrying",
+            };
+            let keys: Vec<&str> = n.alerts.iter().map(|a| a.key.as_str()).collect();
+            Some(
+                serde_json::json!({"kind": "notification", "at": at, "dedupe_id": id,
+                "channel_id": n.channel_id, "rule_id": n.rule_id, "state": n.state,
+                "repeat": n.repeat, "fallback_for": n.fallback_for, "keys": keys,
+                "attempt": n.attempts, "outcome": outcome, "error": error}),
+            )
+        }
+        Change::Tested {
+            channel_id,
+            at,
+            error,
+        } => Some(
+            serde_json::json!({"kind": "test", "at": at, "channel_id": channel_id,
+            "outcome": if error.is_none() { "sent" } else { "error" }, "error": error}),
+        ),
+        _ => None,
     }
 }
 
@@ -229,84 +299,6 @@ pub(crate) async fn evaluate_every_minute(
         }
         if all_judged {
             done = closed;
-        }
-    }
-}
-
-/// How long one delivery may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Sends the outbox's due notifications while this node leads, and records
-/// each attempt through `decide`. Retries go by the system's clock (not the
-/// test clock rules are judged by). At least once: a crash between sending
-/// and recording sends again, under the same dedupe id.
-pub(crate) async fn deliver_notifications(
-    alerting: Arc<Alerting>,
-    leads: impl Fn() -> bool + Send + 'static,
-    decide: impl Fn(Change) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + 'static,
-) {
-    let client = match reqwest::Client::builder().timeout(SEND_TIMEOUT).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "no HTTP client: notifications are not sent");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if !leads() {
-            continue;
-        }
-        let state = alerting.state();
-        for n in state.due(Micros::now()) {
-            let Some(channel) = state.channels.get(&n.channel_id) else {
-                let gone = Change::Attempt {
-                    id: n.id.clone(),
-                    at: Micros::now(),
-                    error: Some(format!("channel {} was removed", n.channel_id)),
-                };
-                let _ = decide(gone).await;
-                continue;
-            };
-            let rule = state.rule(&n.rule_id);
-            let body = serde_json::json!({
-                "dedupe_id": n.id,
-                "alert_id": n.fingerprint,
-                "rule_id": n.rule_id,
-                "rule": rule.as_ref().map(|r| r.name.clone()),
-                "severity": rule.as_ref().map(|r| r.severity.name()),
-                "labels": rule.as_ref().map(|r| r.labels.clone()),
-                "description": rule.as_ref().map(|r| r.describe(&n.key, n.value.unwrap_or(f64::NAN), n.threshold.unwrap_or(f64::NAN))),
-                "key": n.key,
-                "state": n.state,
-                "at": n.at.to_rfc3339(),
-                "value": n.value,
-                "threshold": n.threshold,
-            });
-            let sent = client
-                .post(&channel.url)
-                .header("x-toplog-dedupe-id", &n.id)
-                .json(&body)
-                .send()
-                .await;
-            let error = match sent {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("{} answered {}", channel.url, r.status())),
-                Err(e) => Some(format!("{}: {e}", channel.url)),
-            };
-            if let Some(e) = &error {
-                tracing::warn!(notification = %n.id, error = %e, "a notification was not delivered; retried later");
-            }
-            let attempt = Change::Attempt {
-                id: n.id.clone(),
-                at: Micros::now(),
-                error,
-            };
-            if let Err(e) = decide(attempt).await {
-                tracing::warn!(notification = %n.id, error = %e, "a delivery was not recorded; it is sent again");
-                break;
-            }
         }
     }
 }

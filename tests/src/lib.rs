@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod moto;
+pub mod peers;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -403,7 +404,8 @@ pub struct Receiver {
     got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
 }
 
-/// A request a [`Receiver`] got: its headers (names in lower case) and JSON body.
+/// A request a [`Receiver`] got: its headers (names in lower case) and its
+/// body, parsed if JSON, else as a string.
 pub type Received = (Vec<(String, String)>, Value);
 
 impl Receiver {
@@ -455,7 +457,10 @@ impl Receiver {
                     b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                 );
                 if !headers.is_empty() {
-                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    // JSON, or else the text as it came (a form).
+                    let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&body).into_owned())
+                    });
                     keep.lock().unwrap().push((headers, body));
                 }
             }

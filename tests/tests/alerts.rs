@@ -224,9 +224,9 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
         "each notified once: {got:?}"
     );
     assert_ne!(ids[0], ids[1]);
-    assert_eq!(got[0].1["key"], "GET /a");
+    assert_eq!(got[0].1["alerts"][0]["key"], "GET /a");
     assert_eq!(got[0].1["severity"], "critical");
-    let history = get_ok(&server, "/api/v1/alerts/history")["data"].clone();
+    let history = get_ok(&server, "/api/v1/alerts/history?kind=transition")["data"].clone();
     let states: Vec<(&str, &str)> = history
         .as_array()
         .unwrap()
@@ -236,9 +236,322 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     assert_eq!(
         states,
         [
-            ("GET /a", "pending"),
+            ("GET /a", "resolved"),
             ("GET /a", "firing"),
-            ("GET /a", "resolved")
-        ]
+            ("GET /a", "pending")
+        ],
+        "newest first"
+    );
+    // Each delivery attempt is in history with its outcome: the firing
+    // failed while the receiver was down, then both were sent.
+    let sent = get_ok(
+        &server,
+        "/api/v1/alerts/history?kind=notification&state=sent",
+    )["data"]
+        .clone();
+    let sent: Vec<(&str, &str)> = (sent.as_array().unwrap().iter())
+        .map(|h| {
+            (
+                h["state"].as_str().unwrap(),
+                h["dedupe_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [("resolved", ids[1].as_str()), ("firing", ids[0].as_str())]
+    );
+    let retried = get_ok(
+        &server,
+        "/api/v1/alerts/history?kind=notification&state=retrying&limit=1",
+    )
+    .clone();
+    assert_eq!(
+        retried["data"][0]["dedupe_id"],
+        ids[0].as_str(),
+        "{retried}"
+    );
+    assert!(retried["data"][0]["error"].is_string(), "{retried}");
+}
+
+/// Waits until `count()` reaches `n`, showing the outbox if it does not.
+fn wait_until(server: &Server, what: &str, n: usize, count: impl Fn() -> usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n}; outbox: {}",
+            count(),
+            get_ok(server, "/api/v1/alerts/notifications")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The bodies a receiver got other than channel tests.
+fn notified(receiver: &toplog_tests::Receiver) -> Vec<toplog_tests::Received> {
+    (receiver.got().into_iter())
+        .filter(|(headers, body)| {
+            body["state"] != "test"
+                && !body.as_str().is_some_and(|b| b.contains("TEST"))
+                && !headers.is_empty()
+        })
+        .collect()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    (headers.iter())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {headers:?}"))
+}
+
+#[test]
+fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notifications() {
+    use toplog_tests::peers::{Alertmanager, Smtp};
+    use toplog_tests::{Receiver, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    let base = (now_ms() - 40 * MIN_MS) / MIN_MS * MIN_MS;
+    set_clock(&clock, base);
+    let env = [("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())];
+    let server = Server::start_with_env(&dir.path().join("data"), &["--alert-grace", "0s"], &env);
+    let (smtp, am) = (Smtp::start(), Alertmanager::start());
+    let (hook, slack, sms) = (
+        Receiver::start(free_port()),
+        Receiver::start(free_port()),
+        Receiver::start(free_port()),
+    );
+    server.wait_ready();
+    let make = |body: Value| -> String {
+        let (status, made) = post(&server, "/api/v1/alerts/channels", &body);
+        assert_eq!(status, 201, "{made}");
+        made["data"]["id"].as_str().unwrap().to_owned()
+    };
+    let webhook = make(json!({"name": "hook", "kind": "webhook",
+        "url": format!("http://127.0.0.1:{}/hook", hook.port), "secret": "s3cret"}));
+    let channels = [
+        webhook.clone(),
+        make(json!({"name": "chat", "kind": "slack",
+            "url": format!("http://127.0.0.1:{}/services/T0/B0/x", slack.port)})),
+        make(
+            json!({"name": "mail", "kind": "email", "host": "127.0.0.1", "port": smtp.port,
+            "tls": "none", "from": "toplog@example.com", "to": ["oncall@example.com"]}),
+        ),
+        make(
+            json!({"name": "pager", "kind": "sms", "base_url": format!("http://127.0.0.1:{}", sms.port),
+            "account": "AC123", "token": "t0k3n", "from": "+15550001", "to": ["+15550002"]}),
+        ),
+        make(json!({"name": "am", "kind": "alertmanager", "url": am.url("")})),
+    ];
+    // Secrets are never shown; which are set is.
+    let listed = get_ok(&server, "/api/v1/alerts/channels");
+    assert!(
+        !listed.to_string().contains("s3cret") && !listed.to_string().contains("t0k3n"),
+        "{listed}"
+    );
+    let shown = (listed["data"].as_array().unwrap().iter())
+        .find(|c| c["id"] == webhook.as_str())
+        .unwrap();
+    assert_eq!(shown["secrets"], json!(["secret"]), "{listed}");
+    // A test send says whether it was delivered, and the channel keeps it.
+    let dead = make(json!({"name": "dead", "kind": "webhook",
+        "url": format!("http://127.0.0.1:{}/", free_port())}));
+    let (status, tested) = post(
+        &server,
+        &format!("/api/v1/alerts/channels/{dead}/test"),
+        &json!({}),
+    );
+    assert_eq!(
+        (status, &tested["data"]["delivered"]),
+        (200, &json!(false)),
+        "{tested}"
+    );
+    assert!(tested["data"]["error"].is_string(), "{tested}");
+    let shown = get_ok(&server, &format!("/api/v1/alerts/channels/{dead}"));
+    assert_eq!(shown["data"]["last_test"]["ok"], false, "{shown}");
+    let (status, tested) = post(
+        &server,
+        &format!("/api/v1/alerts/channels/{webhook}/test"),
+        &json!({}),
+    );
+    assert_eq!(
+        (status, &tested["data"]["delivered"]),
+        (200, &json!(true)),
+        "{tested}"
+    );
+    assert_eq!(hook.got()[0].1["state"], "test");
+
+    // One rule notifies every channel; another, labelled team=quiet, is
+    // silenced before it fires.
+    let rule = |name: &str, labels: Value, channels: &[String]| -> String {
+        let (status, made) = post(
+            &server,
+            "/api/v1/alerts/rules",
+            &json!({"name": name, "metric": "error_rate", "by": "endpoint", "window": "5m",
+                    "op": ">", "threshold": 0.2, "for": "1m", "min_count": 10,
+                    "severity": "critical", "labels": labels, "channels": channels,
+                    "description": "{key}: {value} of requests failed"}),
+        );
+        assert_eq!(status, 201, "{made}");
+        made["data"]["id"].as_str().unwrap().to_owned()
+    };
+    let loud = rule("5xx", json!({"team": "api"}), &channels);
+    let quiet = rule("quiet", json!({"team": "quiet"}), &channels[..1]);
+    let (status, silence) = post(
+        &server,
+        "/api/v1/alerts/silences",
+        &json!({"matchers": [{"name": "team", "value": "quiet"}],
+                "ends_at": (base + 60 * MIN_MS).to_string(), "comment": "known"}),
+    );
+    assert_eq!(status, 201, "{silence}");
+    assert_eq!(silence["data"]["state"], "active");
+    let silence = silence["data"]["id"].as_str().unwrap().to_owned();
+
+    send_all(&server, &toplog_tests::error_burst(base));
+    for m in 1..=13 {
+        judge_through(&server, &clock, &loud, base + m * MIN_MS + 1_000);
+        judge_through(&server, &clock, &quiet, base + m * MIN_MS + 1_000);
+    }
+    let firing = alerts(&server);
+    let silenced: Vec<(&str, bool)> = (firing.iter())
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap(),
+                a["silenced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(silenced.len(), 2, "{firing:?}");
+    assert!(silenced.contains(&("5xx", false)) && silenced.contains(&("quiet", true)));
+    let am_alerts = |name: &str| -> Vec<Value> {
+        (am.alerts().into_iter())
+            .filter(|a| a["labels"]["alertname"] == name)
+            .collect()
+    };
+    wait_until(&server, "webhook", 1, || notified(&hook).len());
+    wait_until(&server, "slack", 1, || notified(&slack).len());
+    wait_until(&server, "sms", 1, || notified(&sms).len());
+    wait_until(&server, "email", 1, || smtp.mail().len());
+    wait_until(&server, "alertmanager", 1, || am_alerts("5xx").len());
+    let held = &am_alerts("5xx")[0];
+    assert_eq!(held["labels"]["endpoint"], "GET /a", "{held}");
+    assert_eq!(held["labels"]["team"], "api", "{held}");
+    assert_eq!(held["status"]["state"], "active", "{held}");
+    assert!(
+        held["annotations"]["toplog_dedupe_id"].is_string(),
+        "{held}"
+    );
+
+    for m in 14..=20 {
+        judge_through(&server, &clock, &loud, base + m * MIN_MS + 1_000);
+        judge_through(&server, &clock, &quiet, base + m * MIN_MS + 1_000);
+    }
+    wait_until(&server, "webhook resolution", 2, || notified(&hook).len());
+    wait_until(&server, "slack resolution", 2, || notified(&slack).len());
+    wait_until(&server, "sms resolution", 2, || notified(&sms).len());
+    wait_until(&server, "email resolution", 2, || smtp.mail().len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !am_alerts("5xx").is_empty() {
+        assert!(Instant::now() < deadline, "still active in Alertmanager");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Each channel got the firing and the resolution once, nothing of the
+    // silenced rule, each with its dedupe id.
+    let got = notified(&hook);
+    let states: Vec<(&str, &str)> = (got.iter())
+        .map(|(_, b)| (b["rule"].as_str().unwrap(), b["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("5xx", "firing"), ("5xx", "resolved")], "{got:?}");
+    for (headers, body) in &got {
+        assert_eq!(header(headers, "x-toplog-dedupe-id"), body["dedupe_id"]);
+        // The signature is the HMAC-SHA256 of the body as sent.
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"s3cret");
+        let tag = aws_lc_rs::hmac::sign(&key, &serde_json::to_vec(body).unwrap());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            header(headers, "x-toplog-signature"),
+            format!("sha256={hex}")
+        );
+    }
+    let texts: Vec<String> = (notified(&slack).iter())
+        .map(|(_, b)| b["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts.len(), 2);
+    assert!(
+        texts[0].starts_with("[FIRING] 5xx (critical): GET /a\n- GET /a: 0."),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].starts_with("[RESOLVED] 5xx (critical): GET /a"),
+        "{texts:?}"
+    );
+    let mail = smtp.mail();
+    assert_eq!(mail.len(), 2, "{mail:?}");
+    assert_eq!(
+        mail[0].header("subject"),
+        Some("[FIRING] 5xx (critical): GET /a")
+    );
+    assert_eq!(mail[0].header("to"), Some("oncall@example.com"));
+    let id = mail[0].header("x-toplog-dedupe-id").unwrap();
+    assert_eq!(
+        mail[0].header("message-id"),
+        Some(format!("<{id}@toplog>").as_str())
+    );
+    assert!(mail[1].body.contains("GET /a"), "{mail:?}");
+    for (headers, body) in notified(&sms) {
+        assert_eq!(header(&headers, "authorization"), "Basic QUMxMjM6dDBrM24=");
+        assert!(header(&headers, "x-toplog-dedupe-id").len() == 32);
+        let form = body.as_str().unwrap();
+        assert!(
+            form.contains("To=%2B15550002") && form.contains("From=%2B15550001"),
+            "{form}"
+        );
+    }
+    // The silenced rule's transitions are kept, marked with the silence.
+    let history = get_ok(
+        &server,
+        &format!("/api/v1/alerts/history?rule={quiet}&kind=transition"),
+    );
+    let marks: Vec<(&str, Option<&str>)> = (history["data"].as_array().unwrap().iter())
+        .map(|h| (h["state"].as_str().unwrap(), h["silenced_by"].as_str()))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("resolved", Some(silence.as_str())),
+            ("firing", Some(silence.as_str())),
+            ("pending", None)
+        ],
+        "{history}"
+    );
+    // Every delivery is in history: 5 channels, firing and resolved, sent.
+    let sent = get_ok(
+        &server,
+        &format!("/api/v1/alerts/history?rule={loud}&kind=notification&state=sent"),
+    );
+    assert_eq!(sent["data"].as_array().unwrap().len(), 10, "{sent}");
+    // A page of one, then the next.
+    let page = get_ok(
+        &server,
+        &format!("/api/v1/alerts/history?rule={loud}&kind=notification&limit=4"),
+    );
+    assert_eq!(page["next_offset"], 4, "{page}");
+    let (status, _) = post(
+        &server,
+        &format!("/api/v1/alerts/silences/{silence}"),
+        &json!({}),
+    );
+    assert_eq!(status, 405);
+    let r = client()
+        .delete(server.url(&format!("/api/v1/alerts/silences/{silence}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get_ok(&server, "/api/v1/alerts/silences")["data"],
+        json!([])
     );
 }

@@ -20,7 +20,7 @@ use super::{ApiError, ApiResult, AppState};
 use crate::alerts::{Alerting, ApplyError};
 
 impl AppState {
-    fn alerting(&self) -> ApiResult<Arc<Alerting>> {
+    pub(super) fn alerting(&self) -> ApiResult<Arc<Alerting>> {
         self.engine()?;
         self.alerting
             .get()
@@ -29,7 +29,7 @@ impl AppState {
     }
 
     /// Makes `change`: through the log on a cluster, here otherwise.
-    async fn alerting_change(&self, change: Change) -> ApiResult<()> {
+    pub(super) async fn alerting_change(&self, change: Change) -> ApiResult<()> {
         let alerting = self.alerting()?;
         if self.config.cluster.is_some() {
             // Checked here first, so a refusal is answered, not logged.
@@ -49,19 +49,18 @@ impl AppState {
     }
 }
 
-fn refused(e: toplog_alerting::StateError) -> ApiError {
+pub(super) fn refused(e: toplog_alerting::StateError) -> ApiError {
     match e {
         toplog_alerting::StateError::Rule(r) => invalid_rule(r),
         toplog_alerting::StateError::NoRule(id) => not_found(&format!("no rule `{id}`")),
         toplog_alerting::StateError::NoChannel(id) => not_found(&format!("no channel `{id}`")),
+        toplog_alerting::StateError::NoSilence(id) => not_found(&format!("no silence `{id}`")),
         toplog_alerting::StateError::NoAlert(id) => {
             not_found(&format!("no alert `{id}` is pending or firing"))
         }
-        e @ toplog_alerting::StateError::TooManyRules => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "too_many_rules",
-            e.to_string(),
-        ),
+        e @ toplog_alerting::StateError::TooMany { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many", e.to_string())
+        }
     }
 }
 
@@ -72,13 +71,13 @@ fn apply_error(e: ApplyError) -> ApiError {
     }
 }
 
-fn not_found(message: &str) -> ApiError {
+pub(super) fn not_found(message: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", message.to_owned())
 }
 
 /// A rule the checks refuse: `422`, naming the field (the document's
 /// schema says the shapes; what it cannot say is checked here).
-fn invalid_rule(e: toplog_alerting::RuleError) -> ApiError {
+pub(super) fn invalid_rule(e: toplog_alerting::RuleError) -> ApiError {
     ApiError {
         field: Some(e.field.clone()),
         ..ApiError::new(
@@ -140,7 +139,10 @@ pub(super) async fn create_rule(
     // On a cluster, another rule made at the same moment may have taken
     // the last place: the log refused this one everywhere.
     if !app.alerting()?.state().rules.contains_key(&stored.id) {
-        return Err(refused(toplog_alerting::StateError::TooManyRules));
+        return Err(refused(toplog_alerting::StateError::TooMany {
+            what: "rules",
+            max: toplog_alerting::state::MAX_RULES,
+        }));
     }
     Ok((
         StatusCode::CREATED,
@@ -230,6 +232,7 @@ pub(super) async fn list_alerts(
             "threshold": a.threshold,
             "started_at": a.started_at.map(Micros::to_rfc3339),
             "acknowledged": a.acked,
+            "silenced": state.silenced(a, crate::alerts::now()),
             "labels": rule.labels,
             "requests": {"start": start.to_rfc3339(), "end": end.to_rfc3339(), "filters": filters},
         }));
@@ -299,112 +302,63 @@ pub(crate) async fn evaluate_alerts(
     );
 }
 
-fn channel_json(c: &toplog_alerting::Channel) -> Value {
-    c.to_json()
-}
-
-pub(super) async fn list_channels(State(app): State<Arc<AppState>>) -> ApiResult {
-    let state = app.alerting()?.state();
-    let channels: Vec<Value> = state.channels.values().map(channel_json).collect();
-    Ok(Json(json!({"status": "success", "data": channels})).into_response())
-}
-
-pub(super) async fn get_channel(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let state = app.alerting()?.state();
-    let channel =
-        (state.channels.get(&id)).ok_or_else(|| not_found(&format!("no channel `{id}`")))?;
-    Ok(Json(json!({"status": "success", "data": channel_json(channel)})).into_response())
-}
-
-fn checked_channel(
-    id: &str,
-    body: Result<Json<Value>, JsonRejection>,
-    at: Micros,
-) -> ApiResult<toplog_alerting::Channel> {
-    let Json(body) = body.map_err(ApiError::from_json_body)?;
-    let channel = toplog_alerting::Channel::parse(id, &body, at).map_err(invalid_rule)?;
-    match reqwest::Url::parse(&channel.url) {
-        Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(channel),
-        Ok(_) => Err(invalid_rule(toplog_alerting::RuleError {
-            field: "url".into(),
-            reason: "names no host".into(),
-        })),
-        Err(e) => Err(invalid_rule(toplog_alerting::RuleError {
-            field: "url".into(),
-            reason: format!("not a URL: {e}"),
-        })),
-    }
-}
-
-pub(super) async fn create_channel(
-    State(app): State<Arc<AppState>>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> ApiResult {
-    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let channel = checked_channel(&id, body, crate::alerts::now())?;
-    app.alerting_change(Change::PutChannel(channel.clone()))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"status": "success", "data": channel_json(&channel)})),
-    )
-        .into_response())
-}
-
-pub(super) async fn put_channel(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> ApiResult {
-    let created_at = (app.alerting()?.state().channels.get(&id))
-        .map(|c| c.created_at)
-        .ok_or_else(|| not_found(&format!("no channel `{id}`")))?;
-    let channel = checked_channel(&id, body, created_at)?;
-    app.alerting_change(Change::PutChannel(channel.clone()))
-        .await?;
-    Ok(Json(json!({"status": "success", "data": channel_json(&channel)})).into_response())
-}
-
-pub(super) async fn delete_channel(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> ApiResult {
-    app.alerting_change(Change::DeleteChannel { id: id.clone() })
-        .await?;
-    Ok(Json(json!({"status": "success", "deleted": id})).into_response())
-}
-
-/// The outbox: notifications pending, and those sent or given up in the
-/// last day, with their attempts.
-pub(super) async fn notifications(State(app): State<Arc<AppState>>) -> ApiResult {
-    let state = app.alerting()?.state();
-    let all: Vec<Value> = (state.outbox.values())
-        .map(|n| {
-            json!({"dedupe_id": n.id, "channel_id": n.channel_id, "alert_id": n.fingerprint,
-                   "rule_id": n.rule_id, "key": n.key, "state": n.state, "at": n.at.to_rfc3339(),
-                   "status": n.status, "attempts": n.attempts, "next_at": n.next_at.to_rfc3339(),
-                   "last_error": n.last_error})
-        })
-        .collect();
-    Ok(Json(json!({"status": "success", "data": all})).into_response())
-}
-
 /// `GET /api/v1/alerts/history`.
 pub(super) const HISTORY: QuerySpec = QuerySpec {
-    params: &[Param {
-        name: "limit",
-        shape: Shape::Int {
-            min: 1,
-            max: 10_000,
+    params: &[
+        Param {
+            name: "start",
+            shape: Shape::Time,
+            doc: "Entries at or after this time (RFC 3339 or epoch milliseconds).",
         },
-        doc: "Most transitions, the latest (1000 by default).",
-    }],
+        Param {
+            name: "end",
+            shape: Shape::Time,
+            doc: "Entries before this time.",
+        },
+        Param {
+            name: "rule",
+            shape: Shape::Text { min: 1, max: 64 },
+            doc: "Only this rule's (its id).",
+        },
+        Param {
+            name: "key",
+            shape: Shape::Text { min: 1, max: 1024 },
+            doc: "Only this key's (a transition's key, or a notification's alerts' keys).",
+        },
+        Param {
+            name: "state",
+            shape: Shape::Choice(&[
+                "pending", "inactive", "firing", "resolved", "sent", "retrying", "failed", "error",
+            ]),
+            doc: "A transition's new state, or a delivery's outcome.",
+        },
+        Param {
+            name: "kind",
+            shape: Shape::Choice(&["transition", "notification", "test"]),
+            doc: "Transitions, notification attempts, or channel tests.",
+        },
+        Param {
+            name: "offset",
+            shape: Shape::Int {
+                min: 0,
+                max: 1_000_000,
+            },
+            doc: "Entries to skip, newest first (for the next page: the last offset plus the last limit).",
+        },
+        Param {
+            name: "limit",
+            shape: Shape::Int {
+                min: 1,
+                max: 10_000,
+            },
+            doc: "Most entries (1000 by default).",
+        },
+    ],
     required: &[],
 };
 
+/// Every transition, notification attempt and channel test, newest first,
+/// filtered and paged.
 pub(super) async fn history(
     State(app): State<Arc<AppState>>,
     raw: Result<
@@ -412,15 +366,42 @@ pub(super) async fn history(
         axum::extract::rejection::QueryRejection,
     >,
 ) -> ApiResult {
-    let limit = Params::new(raw, HISTORY)?.small("limit")?.unwrap_or(1000);
+    let params = Params::new(raw, HISTORY)?;
+    let limit = params.small("limit")?.unwrap_or(1000);
+    let offset = params.small("offset")?.unwrap_or(0);
+    let start = params.time("start")?;
+    let end = params.time("end")?;
+    let (rule, key) = (params.text("rule")?, params.text("key")?);
+    let (state, kind) = (params.choice("state")?, params.choice("kind")?);
+    let keep = move |line: &Value| {
+        let at = line["at"].as_i64().unwrap_or(0);
+        let has_key = |k: &str| {
+            line["key"].as_str() == Some(k)
+                || line["keys"]
+                    .as_array()
+                    .is_some_and(|ks| ks.iter().any(|x| x.as_str() == Some(k)))
+        };
+        start.is_none_or(|s| at >= s.get())
+            && end.is_none_or(|e| at < e.get())
+            && rule
+                .as_deref()
+                .is_none_or(|r| line["rule_id"].as_str() == Some(r))
+            && key.as_deref().is_none_or(has_key)
+            && kind.is_none_or(|k| line["kind"].as_str() == Some(k))
+            && state.is_none_or(|s| {
+                line["state"].as_str() == Some(s) && line["kind"] == "transition"
+                    || line["outcome"].as_str() == Some(s)
+            })
+    };
     let alerting = app.alerting()?;
-    let entries = blocking(move || {
+    let (entries, more) = blocking(move || {
         alerting
-            .history(limit)
+            .history(keep, offset, limit)
             .map_err(|e| ApiError::internal(format!("{e:#}")))
     })
     .await?;
-    Ok(Json(json!({"status": "success", "data": entries})).into_response())
+    let next = more.then_some(offset + limit);
+    Ok(Json(json!({"status": "success", "data": entries, "next_offset": next})).into_response())
 }
 
 /// The longest range a backtest runs over.

@@ -2,6 +2,7 @@
 //! and check parameters, then hand CPU work to blocking threads.
 
 pub(crate) mod aggregations;
+mod alert_channels;
 mod alerts;
 pub(crate) mod analytics;
 mod cluster;

@@ -154,19 +154,6 @@ fn schemas() -> Value {
     });
     let alerting = json!({
         "AlertRuleIn": toplog_alerting::Rule::schema(),
-        "ChannelIn": {"type": "object", "additionalProperties": false, "required": ["name", "kind", "url"],
-            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                "kind": {"type": "string", "enum": ["webhook"]},
-                "url": {"type": "string", "minLength": 8, "maxLength": 2048, "pattern": "^https?://"}}},
-        "ChannelOut": obj(json!({"id": string, "name": string, "kind": string, "url": string, "created_at": string}),
-            &["id", "name", "kind", "url", "created_at"]),
-        "AlertChannel": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/ChannelOut"}}), &["status", "data"]),
-        "AlertChannels": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/ChannelOut"}}}), &["status", "data"]),
-        "AlertNotifications": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
-            "dedupe_id": string, "channel_id": string, "alert_id": string, "rule_id": string, "key": string,
-            "state": string, "at": string, "status": {"type": "string", "enum": ["pending", "sent", "failed"]},
-            "attempts": int, "next_at": string, "last_error": {"type": "string", "nullable": true}}),
-            &["dedupe_id", "channel_id", "status", "attempts"])}}), &["status", "data"]),
         "BacktestIn": {"type": "object", "additionalProperties": false, "required": ["rule", "start", "end"],
             "properties": {"rule": {"$ref": "#/components/schemas/AlertRuleIn"},
                 "start": {"type": "string", "description": "RFC 3339 or epoch milliseconds."},
@@ -188,16 +175,54 @@ fn schemas() -> Value {
             "state": {"type": "string", "enum": ["pending", "firing"]},
             "rule_id": string, "rule": string, "key": string, "value": nullable_num, "threshold": nullable_num,
             "started_at": {"type": "string", "nullable": true}, "acknowledged": {"type": "boolean"},
+            "silenced": {"type": "boolean", "description": "A silence keeps it from notifying."},
             "labels": {"type": "object", "additionalProperties": string},
             "requests": obj(json!({"start": string, "end": string, "filters": {"type": "object"}}), &["start", "end", "filters"]),
         }), &["alert_id", "description", "timestamp", "severity", "state", "rule_id", "key"])}}), &["status", "alerts"]),
         "AlertHistory": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
-            "at": int, "fingerprint": string, "rule_id": string, "key": string,
-            "state": {"type": "string", "enum": ["pending", "inactive", "firing", "resolved"]},
+            "kind": {"type": "string", "enum": ["transition", "notification", "test"]},
+            "at": {"type": "integer", "description": "Microseconds since the epoch."},
+            "fingerprint": string, "rule_id": string, "key": string,
+            "state": {"type": "string", "description": "A transition's new state (pending, inactive, firing, resolved), or the state a notification told of."},
             "value": num, "threshold": num,
-        }), &["at", "fingerprint", "rule_id", "key", "state"])}}), &["status", "data"]),
+            "silenced_by": {"type": "string", "description": "The silence that kept a transition from being notified."},
+            "dedupe_id": string, "channel_id": string, "keys": {"type": "array", "items": string},
+            "attempt": int, "outcome": {"type": "string", "enum": ["sent", "retrying", "failed", "error"]},
+            "error": {"type": "string", "nullable": true},
+        }), &["kind", "at"])}, "next_offset": {"type": "integer", "nullable": true,
+            "description": "The offset of the next (older) page, if any."}}), &["status", "data"]),
     });
-    for more in [encryption, alerting] {
+    let delivery = json!({
+        "ChannelIn": toplog_alerting::Channel::schema(),
+        "ChannelOut": obj(json!({"id": string, "name": string,
+            "kind": {"type": "string", "enum": toplog_alerting::channel::KINDS},
+            "secrets": {"type": "array", "items": string, "description": "The secrets set (never shown)."},
+            "test_every": string, "created_at": string,
+            "last_test": obj(json!({"at": string, "ok": {"type": "boolean"}, "error": {"type": "string", "nullable": true}}), &["at", "ok"])}),
+            &["id", "name", "kind", "secrets", "created_at"]),
+        "AlertChannel": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/ChannelOut"}}), &["status", "data"]),
+        "AlertChannels": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/ChannelOut"}}}), &["status", "data"]),
+        "ChannelTest": obj(json!({"status": string, "data": obj(json!({"channel_id": string, "dedupe_id": string,
+            "at": string, "delivered": {"type": "boolean"}, "error": {"type": "string", "nullable": true}}),
+            &["channel_id", "dedupe_id", "at", "delivered"])}), &["status", "data"]),
+        "AlertNotifications": obj(json!({"status": string, "data": {"type": "array", "items": obj(json!({
+            "dedupe_id": string, "channel_id": string, "rule_id": string,
+            "state": {"type": "string", "enum": ["firing", "resolved"]}, "repeat": {"type": "boolean"},
+            "fallback_for": {"type": "string", "nullable": true},
+            "alerts": {"type": "array", "items": obj(json!({"alert_id": string, "key": string}), &["alert_id", "key"])},
+            "at": string, "status": {"type": "string", "enum": ["pending", "sent", "failed"]},
+            "attempts": int, "next_at": string, "last_error": {"type": "string", "nullable": true}}),
+            &["dedupe_id", "channel_id", "state", "alerts", "status", "attempts"])}}), &["status", "data"]),
+        "SilenceIn": toplog_alerting::Silence::schema(),
+        "SilenceOut": obj(json!({"id": string, "matchers": {"type": "array", "items": obj(json!({
+                "name": string, "op": {"type": "string", "enum": ["=", "!=", "=~", "!~"]}, "value": string}), &["name", "op", "value"])},
+            "starts_at": string, "ends_at": string, "comment": string, "created_at": string,
+            "state": {"type": "string", "enum": ["pending", "active", "expired"]}}),
+            &["id", "matchers", "starts_at", "ends_at", "state"]),
+        "AlertSilence": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/SilenceOut"}}), &["status", "data"]),
+        "AlertSilences": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/SilenceOut"}}}), &["status", "data"]),
+    });
+    for more in [encryption, alerting, delivery] {
         if let (Value::Object(all), Value::Object(more)) = (&mut schemas, more) {
             all.extend(more);
         }
@@ -243,6 +268,8 @@ pub(crate) fn document(routes: &[Route]) -> Value {
                 "The rule's id."
             } else if route.path.starts_with("/api/v1/alerts/channels") {
                 "The channel's id."
+            } else if route.path.starts_with("/api/v1/alerts/silences") {
+                "The silence's id."
             } else if route.path.starts_with("/api/v1/requests/alerts") {
                 "The alert's id (`alert_id`)."
             } else {
@@ -361,6 +388,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::AlertRule) => operation["requestBody"] = body("AlertRuleIn"),
             Some(Body::Backtest) => operation["requestBody"] = body("BacktestIn"),
             Some(Body::Channel) => operation["requestBody"] = body("ChannelIn"),
+            Some(Body::Silence) => operation["requestBody"] = body("SilenceIn"),
             None => {}
         }
         let entry = paths

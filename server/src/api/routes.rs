@@ -10,8 +10,8 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::params::QuerySpec;
 use super::{
-    AppState, aggregations, alerts, analytics, cluster, encryption, events, health, keys, storage,
-    traces,
+    AppState, aggregations, alert_channels, alerts, analytics, cluster, encryption, events, health,
+    keys, storage, traces,
 };
 use crate::auth::{Access, Role};
 
@@ -35,6 +35,8 @@ pub(crate) enum Body {
     Backtest,
     /// A notification channel.
     Channel,
+    /// A silence: label matchers and a time span.
+    Silence,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -70,7 +72,7 @@ pub(crate) struct Route {
 }
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 42] = [
+pub(crate) const ROUTES: [Route; 46] = [
     Route {
         method: "get",
         path: "/healthz",
@@ -555,7 +557,7 @@ pub(crate) const ROUTES: [Route; 42] = [
         method: "get",
         path: "/api/v1/alerts/channels",
         id: "listAlertChannels",
-        handler: || get(alerts::list_channels),
+        handler: || get(alert_channels::list_channels),
         summary: "Every notification channel.",
         query: QuerySpec::NONE,
         body: None,
@@ -568,8 +570,8 @@ pub(crate) const ROUTES: [Route; 42] = [
         method: "post",
         path: "/api/v1/alerts/channels",
         id: "createAlertChannel",
-        handler: || post(alerts::create_channel),
-        summary: "Make a notification channel (a webhook: each notification a JSON POST carrying its dedupe id).",
+        handler: || post(alert_channels::create_channel),
+        summary: "Make a notification channel: a webhook (a JSON POST, signed with a secret), Slack, email (SMTP), SMS (a Twilio-compatible gateway) or Prometheus Alertmanager. Every message carries its dedupe id; secrets are never shown.",
         query: QuerySpec::NONE,
         body: Some(Body::Channel),
         ok: (201, "AlertChannel"),
@@ -586,7 +588,7 @@ pub(crate) const ROUTES: [Route; 42] = [
         method: "get",
         path: "/api/v1/alerts/channels/{id}",
         id: "getAlertChannel",
-        handler: || get(alerts::get_channel),
+        handler: || get(alert_channels::get_channel),
         summary: "One notification channel.",
         query: QuerySpec::NONE,
         body: None,
@@ -599,7 +601,7 @@ pub(crate) const ROUTES: [Route; 42] = [
         method: "put",
         path: "/api/v1/alerts/channels/{id}",
         id: "putAlertChannel",
-        handler: || put(alerts::put_channel),
+        handler: || put(alert_channels::put_channel),
         summary: "Replace a notification channel.",
         query: QuerySpec::NONE,
         body: Some(Body::Channel),
@@ -612,8 +614,65 @@ pub(crate) const ROUTES: [Route; 42] = [
         method: "delete",
         path: "/api/v1/alerts/channels/{id}",
         id: "deleteAlertChannel",
-        handler: || delete(alerts::delete_channel),
+        handler: || delete(alert_channels::delete_channel),
         summary: "Remove a notification channel.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertRuleDeleted"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/alerts/channels/{id}/test",
+        id: "testAlertChannel",
+        handler: || post(alert_channels::test_channel),
+        summary: "Send a test notification now; answers whether it was delivered, and records it on the channel (`last_test`) and in history.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "ChannelTest"),
+        errors: &[404, 503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/alerts/silences",
+        id: "listAlertSilences",
+        handler: || get(alert_channels::list_silences),
+        summary: "Every silence (pending, active, and expired in the last day).",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, "AlertSilences"),
+        errors: &[503],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/alerts/silences",
+        id: "createAlertSilence",
+        handler: || post(alert_channels::create_silence),
+        summary: "Silence the alerts whose labels match, until `ends_at`: they still change state and are kept in history, but notify no one.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Silence),
+        ok: (201, "AlertSilence"),
+        errors: &[400, 413, 415, 422, 503],
+        links: &[Link {
+            name: "DeleteAlertSilence",
+            operation: "deleteAlertSilence",
+            parameters: &[("id", "$response.body#/data/id")],
+            description: "End the silence just made.",
+        }],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/alerts/silences/{id}",
+        id: "deleteAlertSilence",
+        handler: || delete(alert_channels::delete_silence),
+        summary: "End a silence.",
         query: QuerySpec::NONE,
         body: None,
         ok: (200, "AlertRuleDeleted"),
@@ -625,7 +684,7 @@ pub(crate) const ROUTES: [Route; 42] = [
         method: "get",
         path: "/api/v1/alerts/notifications",
         id: "alertNotifications",
-        handler: || get(alerts::notifications),
+        handler: || get(alert_channels::notifications),
         summary: "The outbox: notifications pending, and those sent or given up in the last day, with their attempts.",
         query: QuerySpec::NONE,
         body: None,

@@ -148,7 +148,7 @@ impl AuditLog {
     /// Every entry, oldest first. A line cut by a crash mid-write (only the
     /// last line can be) is left out; a line under a key the node lacks is
     /// an error naming the file.
-    fn entries(&self) -> anyhow::Result<Vec<Value>> {
+    pub(crate) fn entries(&self) -> anyhow::Result<Vec<Value>> {
         let file = std::fs::File::open(&self.path)
             .with_context(|| format!("cannot read {}", self.path.display()))?;
         let lines = std::io::BufReader::new(file)

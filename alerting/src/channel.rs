@@ -1,0 +1,511 @@
+//! Notification channels: where a rule's notifications go, and how
+//! ([`Delivery`]: a webhook, Slack, email, SMS or Prometheus Alertmanager).
+//! A channel's secrets (a webhook's signing secret, an SMTP password, an
+//! SMS gateway's token) are kept in the replicated state but never shown.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use toplog_types::Micros;
+
+use crate::RuleError;
+use crate::rule::{fault, minutes, string};
+
+/// The kinds of channel.
+pub const KINDS: [&str; 5] = ["webhook", "slack", "email", "sms", "alertmanager"];
+/// Where an SMS channel sends unless it names its own gateway.
+pub const TWILIO: &str = "https://api.twilio.com";
+/// Fields that hold secrets: taken on writes, never shown.
+const SECRETS: [&str; 3] = ["secret", "password", "token"];
+/// Recipients of one email or SMS channel at most.
+const MAX_RECIPIENTS: usize = 20;
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tls {
+    /// Plain, upgraded with STARTTLS (required).
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
+    /// Plain text (a local relay).
+    None,
+}
+
+impl Tls {
+    const NAMES: [&str; 3] = ["starttls", "tls", "none"];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Starttls => "starttls",
+            Self::Tls => "tls",
+            Self::None => "none",
+        }
+    }
+}
+
+/// How a channel delivers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Delivery {
+    /// A JSON POST; with a secret, signed (`X-Toplog-Signature`).
+    Webhook {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
+    /// A Slack incoming webhook: a readable message.
+    Slack { url: String },
+    /// Email over SMTP.
+    Email {
+        host: String,
+        port: u16,
+        tls: Tls,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        from: String,
+        to: Vec<String>,
+    },
+    /// An SMS gateway with Twilio's API (a form POST to
+    /// `{base_url}/2010-04-01/Accounts/{account}/Messages.json`).
+    Sms {
+        base_url: String,
+        account: String,
+        token: String,
+        from: String,
+        to: Vec<String>,
+    },
+    /// Prometheus Alertmanager (`POST {url}/api/v2/alerts`).
+    Alertmanager { url: String },
+}
+
+impl Delivery {
+    /// The kind's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Webhook { .. } => "webhook",
+            Self::Slack { .. } => "slack",
+            Self::Email { .. } => "email",
+            Self::Sms { .. } => "sms",
+            Self::Alertmanager { .. } => "alertmanager",
+        }
+    }
+}
+
+/// The outcome of a channel's last test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tested {
+    pub at: Micros,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A notification channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    /// A test notification is sent this often (a heartbeat), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_every_minutes: Option<u32>,
+    pub created_at: Micros,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_test: Option<Tested>,
+}
+
+/// The fields each kind takes besides `name`, `kind` and `test_every`.
+fn kind_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "webhook" => &["url", "secret"],
+        "slack" | "alertmanager" => &["url"],
+        "email" => &["host", "port", "tls", "username", "password", "from", "to"],
+        _ => &["base_url", "account", "token", "from", "to"],
+    }
+}
+
+impl Channel {
+    /// Checks a channel's JSON. A secret left out of a change of channel
+    /// `old` of the same kind is kept (`GET` does not show it).
+    pub fn parse(
+        id: &str,
+        body: &Value,
+        at: Micros,
+        old: Option<&Channel>,
+    ) -> Result<Self, RuleError> {
+        let fields = body
+            .as_object()
+            .ok_or_else(|| fault("body", "expected a JSON object"))?;
+        let name = string("name", fields.get("name").unwrap_or(&Value::Null), 200)?;
+        let kind = match fields.get("kind").and_then(Value::as_str) {
+            Some(k) if KINDS.contains(&k) => k,
+            _ => {
+                return Err(fault(
+                    "kind",
+                    format!("expected one of {}", KINDS.join(", ")),
+                ));
+            }
+        };
+        let known = kind_fields(kind);
+        if let Some(k) = fields.keys().find(|k| {
+            !["name", "kind", "test_every"].contains(&k.as_str()) && !known.contains(&k.as_str())
+        }) {
+            return Err(fault(
+                k,
+                format!(
+                    "unknown field for a {kind} channel (known: name, kind, test_every, {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let text = |field: &str, max: usize| match fields.get(field) {
+            None => Err(fault(field, "required")),
+            Some(v) => string(field, v, max),
+        };
+        let optional =
+            |field: &str, max: usize| fields.get(field).map(|v| string(field, v, max)).transpose();
+        // A secret: given, or kept from the channel it changes.
+        let kept = |field: &str| {
+            let old = old.filter(|o| o.delivery.kind() == kind)?;
+            match (&old.delivery, field) {
+                (Delivery::Webhook { secret, .. }, "secret") => secret.clone(),
+                (Delivery::Email { password, .. }, "password") => password.clone(),
+                (Delivery::Sms { token, .. }, "token") => Some(token.clone()),
+                _ => None,
+            }
+        };
+        let secret = |field: &str| -> Result<Option<String>, RuleError> {
+            Ok(optional(field, 1024)?.or_else(|| kept(field)))
+        };
+        let url = || -> Result<String, RuleError> {
+            let url = text("url", 2048)?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(fault("url", "an http:// or https:// URL"));
+            }
+            Ok(url)
+        };
+        let recipients = |field: &str, check: fn(&str, &str) -> Result<(), RuleError>| {
+            let items = fields
+                .get(field)
+                .ok_or_else(|| fault(field, "required"))?
+                .as_array()
+                .filter(|a| !a.is_empty() && a.len() <= MAX_RECIPIENTS)
+                .ok_or_else(|| {
+                    fault(
+                        field,
+                        format!("expected an array of 1 to {MAX_RECIPIENTS} recipients"),
+                    )
+                })?;
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let field = format!("{field}[{i}]");
+                    let s = string(&field, v, 254)?;
+                    check(&field, &s)?;
+                    Ok(s)
+                })
+                .collect::<Result<Vec<String>, RuleError>>()
+        };
+        let delivery = match kind {
+            "webhook" => Delivery::Webhook {
+                url: url()?,
+                secret: secret("secret")?,
+            },
+            "slack" => Delivery::Slack { url: url()? },
+            "alertmanager" => Delivery::Alertmanager { url: url()? },
+            "email" => {
+                let host = text("host", 253)?;
+                if host.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+                    return Err(fault("host", "a host name or address, without a port"));
+                }
+                let port = match fields.get("port") {
+                    None => 587,
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| fault("port", "expected 1 to 65535"))?,
+                };
+                let tls = match fields.get("tls") {
+                    None => Tls::Starttls,
+                    Some(v) => match v.as_str() {
+                        Some("starttls") => Tls::Starttls,
+                        Some("tls") => Tls::Tls,
+                        Some("none") => Tls::None,
+                        _ => {
+                            return Err(fault("tls", "expected \"starttls\", \"tls\" or \"none\""));
+                        }
+                    },
+                };
+                let username = optional("username", 256)?;
+                let password = secret("password")?;
+                if username.is_some() != password.is_some() {
+                    return Err(fault(
+                        if username.is_some() {
+                            "password"
+                        } else {
+                            "username"
+                        },
+                        "`username` and `password` go together",
+                    ));
+                }
+                let from = text("from", 254)?;
+                address("from", &from)?;
+                Delivery::Email {
+                    host,
+                    port,
+                    tls,
+                    username,
+                    password,
+                    from,
+                    to: recipients("to", address)?,
+                }
+            }
+            _ => {
+                let base_url = match fields.get("base_url") {
+                    None => TWILIO.to_owned(),
+                    Some(v) => {
+                        let u = string("base_url", v, 2048)?;
+                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            return Err(fault("base_url", "an http:// or https:// URL"));
+                        }
+                        u.trim_end_matches('/').to_owned()
+                    }
+                };
+                let account = text("account", 64)?;
+                if !account.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(fault("account", "letters and digits (an account SID)"));
+                }
+                let token = secret("token")?.ok_or_else(|| fault("token", "required"))?;
+                let from = text("from", 32)?;
+                phone("from", &from)?;
+                Delivery::Sms {
+                    base_url,
+                    account,
+                    token,
+                    from,
+                    to: recipients("to", phone)?,
+                }
+            }
+        };
+        let test_every_minutes = match fields.get("test_every") {
+            None => None,
+            Some(v) => Some(minutes("test_every", Some(v), 0, 1)?),
+        };
+        Ok(Self {
+            id: id.to_owned(),
+            name,
+            delivery,
+            test_every_minutes,
+            created_at: old.map_or(at, |o| o.created_at),
+            last_test: old.and_then(|o| o.last_test.clone()),
+        })
+    }
+
+    /// The URLs it sends to, by field (for the caller to check further).
+    pub fn urls(&self) -> Vec<(&'static str, &str)> {
+        match &self.delivery {
+            Delivery::Webhook { url, .. }
+            | Delivery::Slack { url }
+            | Delivery::Alertmanager { url } => vec![("url", url)],
+            Delivery::Sms { base_url, .. } => vec![("base_url", base_url)],
+            Delivery::Email { .. } => Vec::new(),
+        }
+    }
+
+    /// The channel as `GET` shows it: its secrets left out, and named in
+    /// `secrets` when set.
+    pub fn to_json(&self) -> Value {
+        let mut out = match serde_json::to_value(&self.delivery) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let secrets: Vec<&str> = SECRETS
+            .into_iter()
+            .filter(|s| out.remove(*s).is_some())
+            .collect();
+        if let Delivery::Email { tls, .. } = &self.delivery {
+            out.insert("tls".into(), json!(tls.name()));
+        }
+        out.insert("id".into(), json!(self.id));
+        out.insert("name".into(), json!(self.name));
+        out.insert("secrets".into(), json!(secrets));
+        out.insert("created_at".into(), json!(self.created_at.to_rfc3339()));
+        if let Some(m) = self.test_every_minutes {
+            out.insert("test_every".into(), json!(format!("{m}m")));
+        }
+        if let Some(t) = &self.last_test {
+            out.insert(
+                "last_test".into(),
+                json!({"at": t.at.to_rfc3339(), "ok": t.error.is_none(), "error": t.error}),
+            );
+        }
+        Value::Object(out)
+    }
+
+    /// Whether its heartbeat is due at `now`.
+    pub fn test_due(&self, now: Micros) -> bool {
+        self.test_every_minutes.is_some_and(|m| {
+            let every = i64::from(m) * 60_000_000;
+            let last = self.last_test.as_ref().map_or(self.created_at, |t| t.at);
+            now.get() - last.get() >= every
+        })
+    }
+
+    /// The JSON Schema of a channel's body, one shape per kind.
+    pub fn schema() -> Value {
+        let text = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
+        let url =
+            json!({"type": "string", "minLength": 8, "maxLength": 2048, "pattern": "^https?://"});
+        let recipients =
+            json!({"type": "array", "minItems": 1, "maxItems": MAX_RECIPIENTS, "items": text(254)});
+        let common = |kind: &str, mut props: Value, required: &[&str]| {
+            props["name"] = text(200);
+            props["kind"] = json!({"type": "string", "enum": [kind]});
+            props["test_every"] = json!({"type": "string", "pattern": "^[0-9]+[mhd]$",
+                "description": "Send a test notification this often (a heartbeat): `1h`."});
+            let mut req = vec!["name", "kind"];
+            req.extend_from_slice(required);
+            json!({"type": "object", "additionalProperties": false, "required": req, "properties": props})
+        };
+        json!({"oneOf": [
+            common("webhook", json!({"url": url, "secret": {"type": "string", "minLength": 1, "maxLength": 1024,
+                "description": "Signs each body: `X-Toplog-Signature: sha256=<hex HMAC-SHA256 of the body>`. Never shown."}}), &["url"]),
+            common("slack", json!({"url": url}), &["url"]),
+            common("email", json!({"host": text(253), "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "tls": {"type": "string", "enum": Tls::NAMES}, "username": text(256),
+                "password": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "Never shown."},
+                "from": text(254), "to": recipients}), &["host", "from", "to"]),
+            common("sms", json!({"base_url": url, "account": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9]+$"},
+                "token": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "Never shown."},
+                "from": text(32), "to": {"type": "array", "minItems": 1, "maxItems": MAX_RECIPIENTS, "items": text(32)}}),
+                &["account", "token", "from", "to"]),
+            common("alertmanager", json!({"url": url}), &["url"]),
+        ]})
+    }
+}
+
+/// An email address, as far as it can be told without sending.
+fn address(field: &str, s: &str) -> Result<(), RuleError> {
+    let ok = s.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && !domain.is_empty() && !domain.contains('@') && domain.contains('.')
+    }) && !s
+        .contains(|c: char| c.is_whitespace() || c.is_control() || "<>,;\"()[]\\".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(fault(field, format!("`{s}` is not an email address")))
+    }
+}
+
+/// A phone number (`+` and digits) or an alphanumeric sender.
+fn phone(field: &str, s: &str) -> Result<(), RuleError> {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(fault(
+            field,
+            format!("`{s}`: a phone number such as +15551234567"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn each_kind_parses_and_never_shows_its_secret() {
+        let at = Micros::new(1);
+        let sms = json!({"name": "pager", "kind": "sms", "account": "AC1", "token": "t0ken",
+                         "from": "+15550001", "to": ["+15550002"]});
+        let c = Channel::parse("c1", &sms, at, None).unwrap();
+        let shown = c.to_json();
+        assert_eq!(shown["secrets"], json!(["token"]));
+        assert!(!shown.to_string().contains("t0ken"), "{shown}");
+        assert_eq!(shown["base_url"], TWILIO);
+        // A change that leaves the token out keeps it.
+        let mut change = sms.clone();
+        change.as_object_mut().unwrap().remove("token");
+        change["to"] = json!(["+15550003"]);
+        let changed = Channel::parse("c1", &change, Micros::new(9), Some(&c)).unwrap();
+        assert!(
+            matches!(&changed.delivery, Delivery::Sms { token, to, .. } if token == "t0ken" && to == &["+15550003"])
+        );
+        assert_eq!(changed.created_at, at);
+        // A new channel without it is refused.
+        assert_eq!(
+            Channel::parse("c2", &change, at, None).unwrap_err().field,
+            "token"
+        );
+
+        let email = json!({"name": "ops", "kind": "email", "host": "smtp.example.com", "tls": "tls",
+                           "username": "u", "password": "pw", "from": "toplog@example.com",
+                           "to": ["ops@example.com"], "test_every": "1h"});
+        let c = Channel::parse("c3", &email, at, None).unwrap();
+        let shown = c.to_json();
+        assert_eq!(
+            (shown["port"].as_u64(), shown["tls"].as_str()),
+            (Some(587), Some("tls"))
+        );
+        assert_eq!(shown["test_every"], "60m");
+        assert!(shown.get("password").is_none());
+        // Its JSON (as the state keeps it) reads back the same.
+        let back: Channel = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(!c.test_due(Micros::new(59 * 60_000_000)));
+        assert!(c.test_due(Micros::new(60 * 60_000_000 + 1)));
+    }
+
+    #[test]
+    fn a_bad_channel_is_refused_naming_the_field() {
+        let at = Micros::new(0);
+        for (body, field) in [
+            (json!({"name": "x", "kind": "pigeon"}), "kind"),
+            (json!({"name": "x", "kind": "slack"}), "url"),
+            (
+                json!({"name": "x", "kind": "slack", "url": "ftp://x"}),
+                "url",
+            ),
+            (
+                json!({"name": "x", "kind": "slack", "url": "http://x", "secret": "s"}),
+                "secret",
+            ),
+            (
+                json!({"name": "x", "kind": "email", "host": "h", "from": "a@b.c", "to": []}),
+                "to",
+            ),
+            (
+                json!({"name": "x", "kind": "email", "host": "h", "from": "a@b.c", "to": ["nope"]}),
+                "to[0]",
+            ),
+            (
+                json!({"name": "x", "kind": "email", "host": "h", "from": "a@b.c", "to": ["o@b.c"], "username": "u"}),
+                "password",
+            ),
+            (
+                json!({"name": "x", "kind": "sms", "account": "AC", "token": "t", "from": "+1", "to": ["call me"]}),
+                "to[0]",
+            ),
+            (
+                json!({"name": "x", "kind": "webhook", "url": "http://x", "test_every": "30s"}),
+                "test_every",
+            ),
+            (
+                json!({"name": " ", "kind": "webhook", "url": "http://x"}),
+                "name",
+            ),
+        ] {
+            assert_eq!(
+                Channel::parse("c", &body, at, None).unwrap_err().field,
+                field,
+                "{body}"
+            );
+        }
+    }
+}
