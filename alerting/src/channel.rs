@@ -111,12 +111,19 @@ pub struct Channel {
     /// A test notification is sent this often (a heartbeat), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_every_minutes: Option<u32>,
+    /// A notification not delivered this long after it was due is given
+    /// up (marked failed); a day if not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub give_up_after_minutes: Option<u32>,
     pub created_at: Micros,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_test: Option<Tested>,
 }
 
-/// The fields each kind takes besides `name`, `kind` and `test_every`.
+/// The fields every kind takes.
+const COMMON: [&str; 4] = ["name", "kind", "test_every", "give_up_after"];
+
+/// The fields each kind takes besides [`COMMON`]'s.
 fn kind_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "webhook" => &["url", "secret"],
@@ -149,13 +156,15 @@ impl Channel {
             }
         };
         let known = kind_fields(kind);
-        if let Some(k) = fields.keys().find(|k| {
-            !["name", "kind", "test_every"].contains(&k.as_str()) && !known.contains(&k.as_str())
-        }) {
+        if let Some(k) = fields
+            .keys()
+            .find(|k| !COMMON.contains(&k.as_str()) && !known.contains(&k.as_str()))
+        {
             return Err(fault(
                 k,
                 format!(
-                    "unknown field for a {kind} channel (known: name, kind, test_every, {})",
+                    "unknown field for a {kind} channel (known: {}, {})",
+                    COMMON.join(", "),
                     known.join(", ")
                 ),
             ));
@@ -295,11 +304,16 @@ impl Channel {
             None => None,
             Some(v) => Some(minutes("test_every", Some(v), 0, 1)?),
         };
+        let give_up_after_minutes = match fields.get("give_up_after") {
+            None => None,
+            Some(v) => Some(minutes("give_up_after", Some(v), 0, 1)?),
+        };
         Ok(Self {
             id: id.to_owned(),
             name,
             delivery,
             test_every_minutes,
+            give_up_after_minutes,
             created_at: old.map_or(at, |o| o.created_at),
             last_test: old.and_then(|o| o.last_test.clone()),
         })
@@ -337,6 +351,9 @@ impl Channel {
         if let Some(m) = self.test_every_minutes {
             out.insert("test_every".into(), json!(format!("{m}m")));
         }
+        if let Some(m) = self.give_up_after_minutes {
+            out.insert("give_up_after".into(), json!(format!("{m}m")));
+        }
         if let Some(t) = &self.last_test {
             out.insert(
                 "last_test".into(),
@@ -367,6 +384,8 @@ impl Channel {
             props["kind"] = json!({"type": "string", "enum": [kind]});
             props["test_every"] = json!({"type": "string", "pattern": "^[0-9]+[mhd]$",
                 "description": "Send a test notification this often (a heartbeat): `1h`."});
+            props["give_up_after"] = json!({"type": "string", "pattern": "^[0-9]+[mhd]$",
+                "description": "Give a notification up (mark it failed) if not delivered this long after it was due: at most `24h`, the default."});
             let mut req = vec!["name", "kind"];
             req.extend_from_slice(required);
             json!({"type": "object", "additionalProperties": false, "required": req, "properties": props})
@@ -446,14 +465,20 @@ mod tests {
 
         let email = json!({"name": "ops", "kind": "email", "host": "smtp.example.com", "tls": "tls",
                            "username": "u", "password": "pw", "from": "toplog@example.com",
-                           "to": ["ops@example.com"], "test_every": "1h"});
+                           "to": ["ops@example.com"], "test_every": "1h", "give_up_after": "2h"});
         let c = Channel::parse("c3", &email, at, None).unwrap();
         let shown = c.to_json();
         assert_eq!(
             (shown["port"].as_u64(), shown["tls"].as_str()),
             (Some(587), Some("tls"))
         );
-        assert_eq!(shown["test_every"], "60m");
+        assert_eq!(
+            (
+                shown["test_every"].as_str(),
+                shown["give_up_after"].as_str()
+            ),
+            (Some("60m"), Some("120m"))
+        );
         assert!(shown.get("password").is_none());
         // Its JSON (as the state keeps it) reads back the same.
         let back: Channel = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();

@@ -15,7 +15,8 @@ use twox_hash::XxHash3_128;
 use crate::silence::alert_labels;
 use crate::{Rule, fingerprint};
 
-/// A notification is given up this long after it was first due.
+/// A notification is given up this long after it was first due, unless
+/// its channel says otherwise (`give_up_after`).
 pub const GIVE_UP_AFTER_US: i64 = 24 * 3_600_000_000;
 /// A rule's fallback channels get a notification its channel failed this
 /// many times.
@@ -173,8 +174,8 @@ impl Notification {
     }
 
     /// Records an attempt at `at`: sent, or failed with `error` (retried
-    /// later, or given up).
-    pub fn attempted(&mut self, at: Micros, error: Option<&str>) {
+    /// later, or given up `give_up_us` after it was first due).
+    pub fn attempted(&mut self, at: Micros, error: Option<&str>, give_up_us: i64) {
         self.attempts += 1;
         match error {
             None => {
@@ -187,7 +188,7 @@ impl Notification {
                     .saturating_mul(1 << self.attempts.min(20).saturating_sub(1))
                     .min(MAX_BACKOFF_US);
                 self.next_at = at.saturating_add_micros(backoff);
-                if at.get() - self.at.get() >= GIVE_UP_AFTER_US {
+                if at.get() - self.at.get() >= give_up_us {
                     self.status = "failed".into();
                 }
             }
@@ -235,15 +236,26 @@ mod tests {
             (b.id.as_str(), None)
         );
         let mut n = a;
-        n.attempted(Micros::new(60_000_000), Some("connection refused"));
+        n.attempted(
+            Micros::new(60_000_000),
+            Some("connection refused"),
+            GIVE_UP_AFTER_US,
+        );
         assert_eq!((n.status.as_str(), n.attempts), ("pending", 1));
         assert_eq!(n.next_at.get(), 65_000_000);
-        n.attempted(Micros::new(65_000_000), Some("again"));
+        n.attempted(Micros::new(65_000_000), Some("again"), GIVE_UP_AFTER_US);
         assert_eq!(n.next_at.get(), 75_000_000);
-        n.attempted(Micros::new(75_000_000), None);
+        n.attempted(Micros::new(75_000_000), None, GIVE_UP_AFTER_US);
         assert_eq!(n.status, "sent");
         let mut late = notification("c3");
-        late.attempted(Micros::new(60_000_000 + GIVE_UP_AFTER_US), Some("down"));
+        late.attempted(
+            Micros::new(60_000_000 + GIVE_UP_AFTER_US),
+            Some("down"),
+            GIVE_UP_AFTER_US,
+        );
+        let mut soon = notification("c4");
+        soon.attempted(Micros::new(120_000_000), Some("down"), 60_000_000);
+        assert_eq!(soon.status, "failed"); // the channel gives up after a minute
         assert_eq!(late.status, "failed");
     }
 }

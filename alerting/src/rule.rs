@@ -133,6 +133,23 @@ impl NoData {
     }
 }
 
+/// `f` as a rule's `filters` (and `/api/v1/requests`' parameters) say it.
+pub fn filters_json(f: &Filters) -> Value {
+    let mut out = Map::new();
+    for (k, v) in [
+        ("endpoint", f.endpoint.clone().map(Value::from)),
+        ("user_id", f.user_id.clone().map(Value::from)),
+        ("method", f.method.clone().map(Value::from)),
+        ("status_code", f.status_code.map(Value::from)),
+        ("status_class", f.status_class.map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            out.insert(k.into(), v);
+        }
+    }
+    Value::Object(out)
+}
+
 /// A checked rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -535,19 +552,7 @@ impl Rule {
 
     /// The rule as its JSON (what [`Rule::parse`] reads back the same).
     pub fn to_json(&self) -> Value {
-        let mut filters = Map::new();
-        let f = &self.filters;
-        for (k, v) in [
-            ("endpoint", f.endpoint.clone().map(Value::from)),
-            ("user_id", f.user_id.clone().map(Value::from)),
-            ("method", f.method.clone().map(Value::from)),
-            ("status_code", f.status_code.map(Value::from)),
-            ("status_class", f.status_class.map(Value::from)),
-        ] {
-            if let Some(v) = v {
-                filters.insert(k.into(), v);
-            }
-        }
+        let filters = filters_json(&self.filters);
         let mut out = json!({
             "name": self.name,
             "metric": self.metric.name(),
@@ -574,6 +579,26 @@ impl Rule {
             out["max_series"] = json!(self.max_series);
         }
         out
+    }
+
+    /// The filters that pick the requests behind its alert for `key`: its
+    /// own, the key on its dimension, and for an error metric server errors.
+    pub fn requests_filters(&self, key: &str) -> Filters {
+        let mut f = self.filters.clone();
+        match self.by {
+            Some(Dimension::Endpoint) => f.endpoint = Some(key.to_owned()),
+            Some(Dimension::UserId) => f.user_id = Some(key.to_owned()),
+            Some(Dimension::Method) => f.method = Some(key.to_owned()),
+            Some(Dimension::StatusCode) => f.status_code = key.parse().ok(),
+            Some(Dimension::EndpointStatusClass) | None => {}
+        }
+        if matches!(self.metric, Metric::Errors | Metric::ErrorRate)
+            && f.status_code.is_none()
+            && f.status_class.is_none()
+        {
+            f.status_class = Some(5);
+        }
+        f
     }
 
     /// The description with its placeholders filled.

@@ -13,7 +13,7 @@ use toplog_types::Micros;
 
 use crate::channel::{Channel, Tested};
 use crate::evaluate::Evaluation;
-use crate::outbox::{FALLBACK_AFTER_ATTEMPTS, Notification, Notified};
+use crate::outbox::{FALLBACK_AFTER_ATTEMPTS, GIVE_UP_AFTER_US, Notification, Notified};
 use crate::series::{Series, SeriesState, Transition, fingerprint};
 use crate::silence::Silence;
 use crate::{Rule, RuleError};
@@ -278,9 +278,16 @@ impl AlertState {
             }
             Change::Attempt { id, at, error } => {
                 // A channel that keeps failing: the rule's fallbacks get it.
+                let give_up = |channel: &str| {
+                    (self.channels.get(channel))
+                        .and_then(|c| c.give_up_after_minutes)
+                        .map_or(GIVE_UP_AFTER_US, |m| i64::from(m) * 60_000_000)
+                };
+                let give_up_us = self.outbox.get(id).map(|n| give_up(&n.channel_id));
                 let failing = match self.outbox.get_mut(id) {
                     Some(n) if n.status == "pending" => {
-                        n.attempted(*at, error.as_deref());
+                        let give_up_us = give_up_us.unwrap_or(GIVE_UP_AFTER_US);
+                        n.attempted(*at, error.as_deref(), give_up_us);
                         (error.is_some()
                             && n.attempts == FALLBACK_AFTER_ATTEMPTS
                             && n.fallback_for.is_none())

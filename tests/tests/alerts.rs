@@ -157,6 +157,18 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
         "{a}"
     );
     assert_eq!(a["requests"]["filters"]["endpoint"], "GET /a");
+    assert_eq!(a["requests"]["filters"]["status_class"], 5);
+    // A few of the requests behind it: failures of GET /a in its window.
+    let examples = a["requests"]["example_request_ids"].as_array().unwrap();
+    assert_eq!(examples.len(), 3, "{a}");
+    for id in examples {
+        let id = id.as_str().unwrap();
+        assert!(
+            id.starts_with("GET /a-")
+                && id.split('-').nth(2).unwrap().parse::<u32>().unwrap() % 2 == 0,
+            "{id}"
+        );
+    }
     assert_eq!(a["labels"]["team"], "api");
     assert!(a["timestamp"].is_string() && a["alert_id"].is_string());
 
@@ -291,12 +303,17 @@ fn wait_until(server: &Server, what: &str, n: usize, count: impl Fn() -> usize) 
 /// The bodies a receiver got other than channel tests.
 fn notified(receiver: &toplog_tests::Receiver) -> Vec<toplog_tests::Received> {
     (receiver.got().into_iter())
-        .filter(|(headers, body)| {
-            body["state"] != "test"
-                && !body.as_str().is_some_and(|b| b.contains("TEST"))
-                && !headers.is_empty()
-        })
+        .filter(|(_, body)| !is_test(body))
         .collect()
+}
+
+/// Whether a webhook's, Slack's or the SMS gateway's body is a channel test.
+fn is_test(body: &Value) -> bool {
+    body["state"] == "test"
+        || body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("[TEST]"))
+        || body.as_str().is_some_and(|b| b.contains("%5BTEST%5D"))
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
@@ -332,7 +349,8 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         "url": format!("http://127.0.0.1:{}/hook", hook.port), "secret": "s3cret"}));
     let channels = [
         webhook.clone(),
-        make(json!({"name": "chat", "kind": "slack",
+        // Made 40 minutes ago by the test clock: its heartbeat is due at once.
+        make(json!({"name": "chat", "kind": "slack", "test_every": "30m",
             "url": format!("http://127.0.0.1:{}/services/T0/B0/x", slack.port)})),
         make(
             json!({"name": "mail", "kind": "email", "host": "127.0.0.1", "port": smtp.port,
@@ -381,6 +399,19 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         "{tested}"
     );
     assert_eq!(hook.got()[0].1["state"], "test");
+
+    // The heartbeat reached Slack, and the channel says so.
+    wait_until(&server, "heartbeat", 1, || {
+        slack.got().iter().filter(|(_, b)| is_test(b)).count()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_ok(&server, &format!("/api/v1/alerts/channels/{}", channels[1]))["data"]["last_test"]
+        ["ok"]
+        != true
+    {
+        assert!(Instant::now() < deadline, "the heartbeat was not recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // One rule notifies every channel; another, labelled team=quiet, is
     // silenced before it fires.

@@ -192,6 +192,11 @@ pub(super) const ALERTS: QuerySpec = QuerySpec {
     required: &[],
 };
 
+/// Alerts listed with example requests at most (each a small scan).
+const EXAMPLES_FOR_ALERTS: usize = 100;
+/// Example request ids per alert.
+const EXAMPLE_REQUESTS: usize = 3;
+
 /// The alerts pending or firing, in the seed's shape (`alert_id`,
 /// `description`, `timestamp`) with the rest beside it.
 pub(super) async fn list_alerts(
@@ -215,10 +220,25 @@ pub(super) async fn list_alerts(
         let threshold = a.threshold.unwrap_or(f64::NAN);
         let end = a.last_held;
         let start = end.saturating_sub_micros(i64::from(rule.window_minutes) * 60_000_000);
-        let mut filters = rule.to_json()["filters"].clone();
-        if let (Some(d), Value::Object(f)) = (rule.by, &mut filters) {
-            f.insert(d.name().to_owned(), json!(a.key));
-        }
+        let filters = rule.requests_filters(&a.key);
+        // A few of the requests behind it (for the first alerts listed).
+        let examples = if alerts.len() < EXAMPLES_FOR_ALERTS {
+            let engine = app.engine()?;
+            let range = toplog_engine::TimeRange { start, end };
+            let scanned = filters.clone();
+            blocking(move || {
+                engine
+                    .scan(range, &scanned, None, EXAMPLE_REQUESTS)
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            })
+            .await?
+            .events
+            .iter()
+            .map(|e| e.request_id.clone())
+            .collect()
+        } else {
+            Vec::new()
+        };
         alerts.push(json!({
             "alert_id": a.fingerprint,
             "description": rule.describe(&a.key, value, threshold),
@@ -234,7 +254,8 @@ pub(super) async fn list_alerts(
             "acknowledged": a.acked,
             "silenced": state.silenced(a, crate::alerts::now()),
             "labels": rule.labels,
-            "requests": {"start": start.to_rfc3339(), "end": end.to_rfc3339(), "filters": filters},
+            "requests": {"start": start.to_rfc3339(), "end": end.to_rfc3339(),
+                         "filters": toplog_alerting::rule::filters_json(&filters), "example_request_ids": examples},
         }));
     }
     Ok(Json(json!({"status": "success", "alerts": alerts})).into_response())
