@@ -581,6 +581,14 @@ impl Rule {
         out
     }
 
+    /// Whether it sends to channel `id` (first or as a fallback).
+    pub fn notifies(&self, id: &str) -> bool {
+        self.channels
+            .iter()
+            .chain(&self.fallback_channels)
+            .any(|c| c == id)
+    }
+
     /// The filters that pick the requests behind its alert for `key`: its
     /// own, the key on its dimension, and for an error metric server errors.
     pub fn requests_filters(&self, key: &str) -> Filters {

@@ -168,6 +168,8 @@ pub enum StateError {
     NoChannel(String),
     #[error("no silence {0}")]
     NoSilence(String),
+    #[error("channel {channel} is in use by rule {rule}: change the rule first")]
+    ChannelInUse { channel: String, rule: String },
 }
 
 /// The rules and their series' alerts.
@@ -198,7 +200,8 @@ impl AlertState {
     pub fn apply(&mut self, change: &Change) -> Result<Vec<HistoryEntry>, StateError> {
         match change {
             Change::PutRule(stored) => {
-                Rule::parse(&stored.rule)?;
+                let rule = Rule::parse(&stored.rule)?;
+                self.check_channels(&rule)?;
                 let exists = self.rules.contains_key(&stored.id);
                 // A change of a rule removed meanwhile does not bring it back
                 // (a rule made new has the same made and changed times).
@@ -271,9 +274,18 @@ impl AlertState {
                 Ok(Vec::new())
             }
             Change::DeleteChannel { id } => {
-                self.channels
-                    .remove(id)
-                    .ok_or_else(|| StateError::NoChannel(id.clone()))?;
+                if !self.channels.contains_key(id) {
+                    return Err(StateError::NoChannel(id.clone()));
+                }
+                if let Some((rule, _)) = (self.rules.iter())
+                    .find(|(r, _)| self.rule(r).is_some_and(|rule| rule.notifies(id)))
+                {
+                    return Err(StateError::ChannelInUse {
+                        channel: id.clone(),
+                        rule: rule.clone(),
+                    });
+                }
+                self.channels.remove(id);
                 Ok(Vec::new())
             }
             Change::Attempt { id, at, error } => {
@@ -409,6 +421,24 @@ impl AlertState {
             let n = Notification::of(rule, rule_id, state, repeat, at, alerts.to_vec(), channel);
             self.outbox.entry(n.id.clone()).or_insert(n);
         }
+    }
+
+    /// Refuses a rule naming a channel that does not exist, naming the field.
+    fn check_channels(&self, rule: &Rule) -> Result<(), RuleError> {
+        for (field, ids) in [
+            ("channels", &rule.channels),
+            ("fallback_channels", &rule.fallback_channels),
+        ] {
+            if let Some((i, id)) =
+                (ids.iter().enumerate()).find(|(_, id)| !self.channels.contains_key(*id))
+            {
+                return Err(RuleError {
+                    field: format!("{field}[{i}]"),
+                    reason: format!("no channel `{id}`: make it first (/api/v1/alerts/channels)"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the alert `a` is silenced at `at`.
@@ -672,7 +702,19 @@ mod tests {
         let rule = json!({"name": "e", "metric": "errors", "by": "endpoint", "op": ">",
                           "threshold": 10, "channels": ["c1"], "fallback_channels": ["c2"],
                           "repeat_every": "2m"});
+        // A rule naming a channel that is not there is refused, naming it.
+        let mut unknown = rule.clone();
+        unknown["fallback_channels"] = json!(["c9"]);
+        match state.apply(&put("r1", unknown)) {
+            Err(StateError::Rule(e)) => assert_eq!(e.field, "fallback_channels[0]"),
+            other => panic!("{other:?}"),
+        }
         state.apply(&put("r1", rule)).unwrap();
+        // A channel a rule uses cannot be removed.
+        assert!(matches!(
+            state.apply(&Change::DeleteChannel { id: "c2".into() }),
+            Err(StateError::ChannelInUse { .. })
+        ));
         let minute = |m: i64, keys: &[(&str, f64)]| Change::Evaluated {
             rule_id: "r1".into(),
             rule_updated_at: Micros::new(0),

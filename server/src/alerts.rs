@@ -124,18 +124,23 @@ impl Alerting {
         offset: usize,
         limit: usize,
     ) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
-        let mut page: Vec<serde_json::Value> = self
-            .history
-            .entries()?
+        // The newest `offset + limit + 1` entries kept, read a line at a time.
+        let want = offset.saturating_add(limit).saturating_add(1);
+        let mut newest = std::collections::VecDeque::with_capacity(want.min(10_000));
+        self.history.scan(|mut line| {
+            if line.get("kind").is_none() {
+                line["kind"] = "transition".into();
+            }
+            if keep(&line) {
+                if newest.len() == want {
+                    newest.pop_front();
+                }
+                newest.push_back(line);
+            }
+        })?;
+        let mut page: Vec<serde_json::Value> = newest
             .into_iter()
             .rev()
-            .map(|mut line| {
-                if line.get("kind").is_none() {
-                    line["kind"] = "transition".into();
-                }
-                line
-            })
-            .filter(|line| keep(line))
             .skip(offset)
             .take(limit + 1)
             .collect();

@@ -17,6 +17,14 @@ fn set_clock(file: &std::path::Path, ms: i64) {
     std::fs::write(file, ms.to_string()).unwrap();
 }
 
+/// A clock file in `dir` set 40 minutes ago, on a minute; and that time.
+fn test_clock(dir: &std::path::Path) -> (std::path::PathBuf, i64) {
+    let clock = dir.join("clock");
+    let base = (now_ms() - 40 * MIN_MS) / MIN_MS * MIN_MS;
+    set_clock(&clock, base);
+    (clock, base)
+}
+
 fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     let r = client().post(server.url(path)).json(body).send().unwrap();
     (r.status().as_u16(), r.json().unwrap_or(Value::Null))
@@ -52,10 +60,7 @@ fn alerts(server: &Server) -> Vec<Value> {
 #[test]
 fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = dir.path().join("clock");
-    // Half an hour ago, on a minute.
-    let base = (now_ms() - 40 * MIN_MS) / MIN_MS * MIN_MS;
-    set_clock(&clock, base);
+    let (clock, base) = test_clock(dir.path());
     let env = [("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())];
     let data = dir.path().join("data");
     let args = ["--alert-grace", "0s"];
@@ -328,9 +333,7 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
     use toplog_tests::peers::{Alertmanager, Smtp};
     use toplog_tests::{Receiver, free_port};
     let dir = tempfile::tempdir().unwrap();
-    let clock = dir.path().join("clock");
-    let base = (now_ms() - 40 * MIN_MS) / MIN_MS * MIN_MS;
-    set_clock(&clock, base);
+    let (clock, base) = test_clock(dir.path());
     let env = [("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())];
     let server = Server::start_with_env(&dir.path().join("data"), &["--alert-grace", "0s"], &env);
     let (smtp, am) = (Smtp::start(), Alertmanager::start());
@@ -584,5 +587,16 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
     assert_eq!(
         get_ok(&server, "/api/v1/alerts/silences")["data"],
         json!([])
+    );
+    // A channel a rule sends to cannot be removed; the rule is named.
+    let r = client()
+        .delete(server.url(&format!("/api/v1/alerts/channels/{webhook}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let answer: Value = r.json().unwrap();
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains(&loud),
+        "{answer}"
     );
 }

@@ -55,6 +55,9 @@ pub(super) fn refused(e: toplog_alerting::StateError) -> ApiError {
         toplog_alerting::StateError::NoRule(id) => not_found(&format!("no rule `{id}`")),
         toplog_alerting::StateError::NoChannel(id) => not_found(&format!("no channel `{id}`")),
         toplog_alerting::StateError::NoSilence(id) => not_found(&format!("no silence `{id}`")),
+        e @ toplog_alerting::StateError::ChannelInUse { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "in_use", e.to_string())
+        }
         toplog_alerting::StateError::NoAlert(id) => {
             not_found(&format!("no alert `{id}` is pending or firing"))
         }
@@ -362,7 +365,7 @@ pub(super) const HISTORY: QuerySpec = QuerySpec {
             name: "offset",
             shape: Shape::Int {
                 min: 0,
-                max: 1_000_000,
+                max: 100_000,
             },
             doc: "Entries to skip, newest first (for the next page: the last offset plus the last limit).",
         },

@@ -136,40 +136,46 @@ impl AuditLog {
     /// The last `limit` entries, oldest first.
     pub(crate) fn last(&self, limit: usize) -> anyhow::Result<Vec<Value>> {
         let mut out = std::collections::VecDeque::with_capacity(limit.min(10_000));
-        for v in self.entries()? {
+        self.scan(|v| {
             if out.len() == limit {
                 out.pop_front();
             }
             out.push_back(v);
-        }
+        })?;
         Ok(out.into())
     }
 
-    /// Every entry, oldest first. A line cut by a crash mid-write (only the
-    /// last line can be) is left out; a line under a key the node lacks is
-    /// an error naming the file.
-    pub(crate) fn entries(&self) -> anyhow::Result<Vec<Value>> {
+    /// Every entry, oldest first.
+    fn entries(&self) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        self.scan(|v| out.push(v))?;
+        Ok(out)
+    }
+
+    /// Calls `each` with every entry, oldest first, reading a line at a
+    /// time. A line cut by a crash mid-write (only the last line can be) is
+    /// left out; a line under a key the node lacks is an error naming the
+    /// file.
+    pub(crate) fn scan(&self, mut each: impl FnMut(Value)) -> anyhow::Result<()> {
         let file = std::fs::File::open(&self.path)
             .with_context(|| format!("cannot read {}", self.path.display()))?;
-        let lines = std::io::BufReader::new(file)
-            .lines()
-            .collect::<std::io::Result<Vec<String>>>()?;
-        let mut out = Vec::with_capacity(lines.len());
-        for (n, line) in lines.iter().enumerate() {
-            let last = n + 1 == lines.len();
-            let parsed = match self.cipher.open_line(line) {
+        let mut lines = std::io::BufReader::new(file).lines().enumerate().peekable();
+        while let Some((n, line)) = lines.next() {
+            let line = line?;
+            let last = lines.peek().is_none();
+            let parsed = match self.cipher.open_line(&line) {
                 Ok(text) => serde_json::from_str::<Value>(&text).ok(),
                 // Torn: cut short, or its tag cut off.
                 Err(OpenError::Malformed(_) | OpenError::WrongKey { .. }) if last => None,
                 Err(e) => anyhow::bail!("{} line {}: {e}", self.path.display(), n + 1),
             };
             match parsed {
-                Some(v) => out.push(v),
+                Some(v) => each(v),
                 None if last => {}
                 None => anyhow::bail!("{} line {}: not an audit entry", self.path.display(), n + 1),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes every entry again under the cipher's current key (a rekey):
