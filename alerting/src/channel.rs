@@ -34,6 +34,15 @@ pub enum Tls {
 impl Tls {
     const NAMES: [&str; 3] = ["starttls", "tls", "none"];
 
+    /// The usual port: 587 (submission), 465 (submissions), 25.
+    fn default_port(self) -> u16 {
+        match self {
+            Self::Starttls => 587,
+            Self::Tls => 465,
+            Self::None => 25,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Starttls => "starttls",
@@ -44,7 +53,7 @@ impl Tls {
 }
 
 /// How a channel delivers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Delivery {
     /// A JSON POST; with a secret, signed (`X-Toplog-Signature`).
@@ -78,6 +87,39 @@ pub enum Delivery {
     },
     /// Prometheus Alertmanager (`POST {url}/api/v2/alerts`).
     Alertmanager { url: String },
+}
+
+/// Shows the kind and where it sends, never a secret (nor a Slack URL).
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Webhook { url, secret } => write!(
+                f,
+                "Webhook({}, signed: {})",
+                shown_url(url),
+                secret.is_some()
+            ),
+            Self::Slack { url } => write!(f, "Slack({})", shown_url(url)),
+            Self::Email { host, port, to, .. } => write!(f, "Email({host}:{port}, to {to:?})"),
+            Self::Sms { base_url, to, .. } => write!(f, "Sms({}, to {to:?})", shown_url(base_url)),
+            Self::Alertmanager { url } => write!(f, "Alertmanager({})", shown_url(url)),
+        }
+    }
+}
+
+/// A URL as shown: its scheme, host and port only (a path or query may
+/// hold a token: a Slack webhook's does).
+pub fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Credentials before an `@` are refused when a channel is made; cut anyway.
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let cut = if host.len() + scheme.len() + 3 < url.len() {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{cut}")
 }
 
 impl Delivery {
@@ -135,7 +177,10 @@ fn kind_fields(kind: &str) -> &'static [&'static str] {
 
 impl Channel {
     /// Checks a channel's JSON. A secret left out of a change of channel
-    /// `old` of the same kind is kept (`GET` does not show it).
+    /// `old` is kept (`GET` does not show it) if the change still sends to
+    /// the same place, and must be given again (or `null` for none) if not;
+    /// `null` clears one. A Slack channel's URL is its secret: left out, it
+    /// is kept.
     pub fn parse(
         id: &str,
         body: &Value,
@@ -175,18 +220,25 @@ impl Channel {
         };
         let optional =
             |field: &str, max: usize| fields.get(field).map(|v| string(field, v, max)).transpose();
-        // A secret: given, or kept from the channel it changes.
-        let kept = |field: &str| {
-            let old = old.filter(|o| o.delivery.kind() == kind)?;
-            match (&old.delivery, field) {
-                (Delivery::Webhook { secret, .. }, "secret") => secret.clone(),
-                (Delivery::Email { password, .. }, "password") => password.clone(),
-                (Delivery::Sms { token, .. }, "token") => Some(token.clone()),
+        let was = old.map(|o| &o.delivery).filter(|d| d.kind() == kind);
+        // A secret: given, `null` for none, or kept from the channel it
+        // changes if that sends to the same place (`same`).
+        let secret = |field: &str, same: bool| -> Result<Option<String>, RuleError> {
+            let kept = match (was, field) {
+                (Some(Delivery::Webhook { secret, .. }), "secret") => secret.clone(),
+                (Some(Delivery::Email { password, .. }), "password") => password.clone(),
+                (Some(Delivery::Sms { token, .. }), "token") => Some(token.clone()),
                 _ => None,
+            };
+            match fields.get(field) {
+                Some(Value::Null) => Ok(None),
+                Some(v) => string(field, v, 1024).map(Some),
+                None if kept.is_some() && !same => Err(fault(
+                    field,
+                    "give it again (or null for none): where the channel sends changed",
+                )),
+                None => Ok(kept),
             }
-        };
-        let secret = |field: &str| -> Result<Option<String>, RuleError> {
-            Ok(optional(field, 1024)?.or_else(|| kept(field)))
         };
         let url = || -> Result<String, RuleError> {
             let url = text("url", 2048)?;
@@ -219,25 +271,24 @@ impl Channel {
                 .collect::<Result<Vec<String>, RuleError>>()
         };
         let delivery = match kind {
-            "webhook" => Delivery::Webhook {
-                url: url()?,
-                secret: secret("secret")?,
+            "webhook" => {
+                let url = url()?;
+                let same = matches!(was, Some(Delivery::Webhook { url: u, .. }) if *u == url);
+                Delivery::Webhook {
+                    secret: secret("secret", same)?,
+                    url,
+                }
+            }
+            "slack" => match (was, fields.contains_key("url")) {
+                (Some(Delivery::Slack { url }), false) => Delivery::Slack { url: url.clone() },
+                _ => Delivery::Slack { url: url()? },
             },
-            "slack" => Delivery::Slack { url: url()? },
             "alertmanager" => Delivery::Alertmanager { url: url()? },
             "email" => {
                 let host = text("host", 253)?;
                 if host.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
                     return Err(fault("host", "a host name or address, without a port"));
                 }
-                let port = match fields.get("port") {
-                    None => 587,
-                    Some(v) => v
-                        .as_u64()
-                        .and_then(|p| u16::try_from(p).ok())
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| fault("port", "expected 1 to 65535"))?,
-                };
                 let tls = match fields.get("tls") {
                     None => Tls::Starttls,
                     Some(v) => match v.as_str() {
@@ -249,8 +300,18 @@ impl Channel {
                         }
                     },
                 };
+                let port = match fields.get("port") {
+                    None => tls.default_port(),
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| fault("port", "expected 1 to 65535"))?,
+                };
                 let username = optional("username", 256)?;
-                let password = secret("password")?;
+                let same = matches!(was, Some(Delivery::Email { host: h, port: p, username: u, .. })
+                    if *h == host && *p == port && *u == username);
+                let password = secret("password", same)?;
                 if username.is_some() != password.is_some() {
                     return Err(fault(
                         if username.is_some() {
@@ -288,7 +349,9 @@ impl Channel {
                 if !account.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(fault("account", "letters and digits (an account SID)"));
                 }
-                let token = secret("token")?.ok_or_else(|| fault("token", "required"))?;
+                let same = matches!(was, Some(Delivery::Sms { base_url: b, account: a, .. })
+                    if *b == base_url && *a == account);
+                let token = secret("token", same)?.ok_or_else(|| fault("token", "required"))?;
                 let from = text("from", 32)?;
                 phone("from", &from)?;
                 Delivery::Sms {
@@ -337,10 +400,15 @@ impl Channel {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        let secrets: Vec<&str> = SECRETS
+        let mut secrets: Vec<&str> = SECRETS
             .into_iter()
             .filter(|s| out.remove(*s).is_some())
             .collect();
+        // A Slack webhook's URL is its secret: shown cut short.
+        if let Delivery::Slack { url } = &self.delivery {
+            out.insert("url".into(), json!(shown_url(url)));
+            secrets.push("url");
+        }
         if let Delivery::Email { tls, .. } = &self.delivery {
             out.insert("tls".into(), json!(tls.name()));
         }
@@ -391,12 +459,12 @@ impl Channel {
             json!({"type": "object", "additionalProperties": false, "required": req, "properties": props})
         };
         json!({"oneOf": [
-            common("webhook", json!({"url": url, "secret": {"type": "string", "minLength": 1, "maxLength": 1024,
+            common("webhook", json!({"url": url, "secret": {"type": "string", "minLength": 1, "maxLength": 1024, "nullable": true,
                 "description": "Signs each body: `X-Toplog-Signature: sha256=<hex HMAC-SHA256 of the body>`. Never shown."}}), &["url"]),
             common("slack", json!({"url": url}), &["url"]),
             common("email", json!({"host": text(253), "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "tls": {"type": "string", "enum": Tls::NAMES}, "username": text(256),
-                "password": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "Never shown."},
+                "password": {"type": "string", "minLength": 1, "maxLength": 1024, "nullable": true, "description": "Never shown."},
                 "from": text(254), "to": recipients}), &["host", "from", "to"]),
             common("sms", json!({"base_url": url, "account": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9]+$"},
                 "token": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "Never shown."},
@@ -457,6 +525,14 @@ mod tests {
             matches!(&changed.delivery, Delivery::Sms { token, to, .. } if token == "t0ken" && to == &["+15550003"])
         );
         assert_eq!(changed.created_at, at);
+        // A change that sends elsewhere must give it again.
+        change["base_url"] = json!("https://sms.example.com");
+        assert_eq!(
+            Channel::parse("c1", &change, at, Some(&c))
+                .unwrap_err()
+                .field,
+            "token"
+        );
         // A new channel without it is refused.
         assert_eq!(
             Channel::parse("c2", &change, at, None).unwrap_err().field,
@@ -470,7 +546,7 @@ mod tests {
         let shown = c.to_json();
         assert_eq!(
             (shown["port"].as_u64(), shown["tls"].as_str()),
-            (Some(587), Some("tls"))
+            (Some(465), Some("tls"))
         );
         assert_eq!(
             (
@@ -485,6 +561,22 @@ mod tests {
         assert_eq!(back, c);
         assert!(!c.test_due(Micros::new(59 * 60_000_000)));
         assert!(c.test_due(Micros::new(60 * 60_000_000 + 1)));
+        assert!(!format!("{c:?}").contains("pw"), "{c:?}");
+        // A Slack URL is its secret: shown cut short, never in Debug.
+        let body = json!({"name": "s", "kind": "slack", "url": "https://hooks.slack.com/services/T0/B0/XYZ"});
+        let slack = Channel::parse("c4", &body, at, None).unwrap();
+        assert_eq!(slack.to_json()["url"], "https://hooks.slack.com/…");
+        assert_eq!(slack.to_json()["secrets"], json!(["url"]));
+        assert!(!format!("{slack:?}").contains("XYZ"));
+        // Left out of a change, it is kept.
+        let renamed = Channel::parse(
+            "c4",
+            &json!({"name": "t", "kind": "slack"}),
+            at,
+            Some(&slack),
+        )
+        .unwrap();
+        assert_eq!(renamed.delivery, slack.delivery);
     }
 
     #[test]

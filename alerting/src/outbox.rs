@@ -90,6 +90,10 @@ pub struct Notification {
     /// The channel this one stands in for (a rule's fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_for: Option<String>,
+    /// The one recipient of an SMS channel it goes to (each has its own
+    /// notification, so a retry texts only who did not get it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
     pub attempts: u32,
     /// When it is due (again).
     pub next_at: Micros,
@@ -115,13 +119,8 @@ impl Notification {
         alerts: Vec<Notified>,
         channel_id: &str,
     ) -> Self {
-        let mut seed = format!("{rule_id}\0{state}\0{repeat}\0{}\0{channel_id}", at.get());
-        for a in &alerts {
-            seed.push('\0');
-            seed.push_str(&a.fingerprint);
-        }
-        Self {
-            id: dedupe_id(&seed),
+        let mut n = Self {
+            id: String::new(),
             channel_id: channel_id.to_owned(),
             rule_id: rule_id.to_owned(),
             rule: rule.name.clone(),
@@ -131,11 +130,50 @@ impl Notification {
             at,
             alerts,
             fallback_for: None,
+            recipient: None,
             attempts: 0,
             next_at: at,
             status: "pending".into(),
             last_error: None,
+        };
+        n.id = n.derive_id();
+        n
+    }
+
+    /// Its dedupe id, from what it tells (rule, state, minute, alerts) and
+    /// where it goes (channel, as a fallback or not, recipient): the same
+    /// on every member. A fallback's does not depend on the channel that
+    /// failed, so two that fail send one.
+    fn derive_id(&self) -> String {
+        let mut seed = format!(
+            "{}\0{}\0{}\0{}",
+            self.rule_id,
+            self.state,
+            self.repeat,
+            self.at.get()
+        );
+        for a in &self.alerts {
+            seed.push('\0');
+            seed.push_str(&a.fingerprint);
         }
+        seed.push_str(&format!("\0{}", self.channel_id));
+        if self.fallback_for.is_some() {
+            seed.push_str("\0fallback");
+        }
+        if let Some(r) = &self.recipient {
+            seed.push_str(&format!("\0to\0{r}"));
+        }
+        dedupe_id(&seed)
+    }
+
+    /// This notification to one `recipient` of its channel.
+    pub fn for_recipient(&self, recipient: &str) -> Self {
+        let mut n = Self {
+            recipient: Some(recipient.to_owned()),
+            ..self.clone()
+        };
+        n.id = n.derive_id();
+        n
     }
 
     /// A test of channel `channel_id` at `at` (not kept in the outbox).
@@ -151,6 +189,7 @@ impl Notification {
             at,
             alerts: Vec::new(),
             fallback_for: None,
+            recipient: None,
             attempts: 0,
             next_at: at,
             status: "pending".into(),
@@ -161,16 +200,18 @@ impl Notification {
     /// This notification sent instead to fallback channel `channel_id`,
     /// due at `at`.
     pub fn fallback(&self, channel_id: &str, at: Micros) -> Self {
-        Self {
-            id: dedupe_id(&format!("{}\0fallback\0{channel_id}", self.id)),
+        let mut n = Self {
             channel_id: channel_id.to_owned(),
             fallback_for: Some(self.channel_id.clone()),
+            recipient: None,
             attempts: 0,
             next_at: at,
             status: "pending".into(),
             last_error: None,
             ..self.clone()
-        }
+        };
+        n.id = n.derive_id();
+        n
     }
 
     /// Records an attempt at `at`: sent, or failed with `error` (retried

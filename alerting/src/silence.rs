@@ -31,20 +31,41 @@ pub enum MatchOp {
 }
 
 /// One label matcher (a label an alert lacks reads as empty).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Matcher {
     pub name: String,
     pub op: MatchOp,
     pub value: String,
+    /// `value` compiled, the first time a regex matcher is used.
+    #[serde(skip)]
+    compiled: std::sync::OnceLock<Option<regex::Regex>>,
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, self.op, &self.value) == (&other.name, other.op, &other.value)
+    }
+}
+
+impl Eq for Matcher {}
+
+/// A regex matcher's pattern: it matches the whole value, as
+/// Alertmanager's do.
+fn whole_value(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
 }
 
 impl Matcher {
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let got = labels.get(&self.name).map_or("", String::as_str);
-        // A regex matches the whole value, as Alertmanager's do; checked
-        // when the silence was made.
-        let whole =
-            || regex::Regex::new(&format!("^(?:{})$", self.value)).is_ok_and(|r| r.is_match(got));
+        // Checked when the silence was made; compiled once.
+        let whole = || {
+            (self.compiled.get_or_init(|| whole_value(&self.value).ok()))
+                .as_ref()
+                .is_some_and(|r| r.is_match(got))
+        };
         match self.op {
             MatchOp::Equal => got == self.value,
             MatchOp::NotEqual => got != self.value,
@@ -201,18 +222,22 @@ fn matcher(field: &str, v: &Value) -> Result<Matcher, RuleError> {
             )
         })?
         .to_owned();
+    let compiled = std::sync::OnceLock::new();
     if matches!(op, MatchOp::Matches | MatchOp::NotMatches) {
-        regex::RegexBuilder::new(&value)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| {
-                fault(
-                    &format!("{field}.value"),
-                    format!("not a regular expression: {e}"),
-                )
-            })?;
+        let r = whole_value(&value).map_err(|e| {
+            fault(
+                &format!("{field}.value"),
+                format!("not a regular expression: {e}"),
+            )
+        })?;
+        let _ = compiled.set(Some(r));
     }
-    Ok(Matcher { name, op, value })
+    Ok(Matcher {
+        name,
+        op,
+        value,
+        compiled,
+    })
 }
 
 /// The labels of rule `rule_id`'s alert for `key`.

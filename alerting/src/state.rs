@@ -5,13 +5,13 @@
 //! ([`Change::Evaluated`]); applying it steps the series, so every member
 //! reaches the same alerts and the same history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use toplog_types::Micros;
 
-use crate::channel::{Channel, Tested};
+use crate::channel::{Channel, Delivery, Tested};
 use crate::evaluate::Evaluation;
 use crate::outbox::{FALLBACK_AFTER_ATTEMPTS, GIVE_UP_AFTER_US, Notification, Notified};
 use crate::series::{Series, SeriesState, Transition, fingerprint};
@@ -216,9 +216,10 @@ impl AlertState {
                 }
                 // A changed rule starts its series afresh.
                 let old = self.rule(&stored.id);
+                let unannounced = self.unannounced(&stored.id);
                 let mut ended = self.forget_series(&stored.id, stored.updated_at);
                 if let Some(old) = old {
-                    self.notify(&stored.id, &old, &mut ended);
+                    self.notify(&stored.id, &old, &mut ended, &unannounced);
                 }
                 self.rules.insert(stored.id.clone(), stored.clone());
                 Ok(ended)
@@ -228,9 +229,10 @@ impl AlertState {
                 self.rules
                     .remove(id)
                     .ok_or_else(|| StateError::NoRule(id.clone()))?;
+                let unannounced = self.unannounced(id);
                 let mut ended = self.forget_series(id, *at);
                 if let Some(old) = old {
-                    self.notify(id, &old, &mut ended);
+                    self.notify(id, &old, &mut ended, &unannounced);
                 }
                 Ok(ended)
             }
@@ -286,6 +288,12 @@ impl AlertState {
                     });
                 }
                 self.channels.remove(id);
+                for n in self.outbox.values_mut() {
+                    if n.channel_id == *id && n.status == "pending" {
+                        n.status = "failed".into();
+                        n.last_error = Some(format!("channel {id} was removed"));
+                    }
+                }
                 Ok(Vec::new())
             }
             Change::Attempt { id, at, error } => {
@@ -301,7 +309,7 @@ impl AlertState {
                         let give_up_us = give_up_us.unwrap_or(GIVE_UP_AFTER_US);
                         n.attempted(*at, error.as_deref(), give_up_us);
                         (error.is_some()
-                            && n.attempts == FALLBACK_AFTER_ATTEMPTS
+                            && (n.attempts == FALLBACK_AFTER_ATTEMPTS || n.status == "failed")
                             && n.fallback_for.is_none())
                         .then(|| n.clone())
                     }
@@ -310,11 +318,8 @@ impl AlertState {
                 if let Some(n) = failing
                     && let Some(rule) = self.rule(&n.rule_id)
                 {
-                    for channel in (rule.fallback_channels.iter())
-                        .filter(|c| self.channels.contains_key(*c) && **c != n.channel_id)
-                    {
-                        let f = n.fallback(channel, *at);
-                        self.outbox.entry(f.id.clone()).or_insert(f);
+                    for channel in (rule.fallback_channels.iter()).filter(|c| **c != n.channel_id) {
+                        self.enqueue(n.fallback(channel, *at));
                     }
                 }
                 self.outbox.retain(|_, n| n.kept_at(*at));
@@ -346,34 +351,56 @@ impl AlertState {
                 self.judged_through.insert(rule_id.clone(), *at);
                 self.silences
                     .retain(|_, s| at.get() - s.ends_at.get() < KEEP_EXPIRED_US);
+                let unannounced = self.unannounced(rule_id);
                 let mut made: Vec<HistoryEntry> = judged
                     .iter()
                     .filter_map(|j| self.step(rule_id, &rule, *at, j))
                     .collect();
-                self.notify(rule_id, &rule, &mut made);
-                self.repeat(rule_id, &rule, *at);
+                self.notify(rule_id, &rule, &mut made, &unannounced);
+                self.remind(rule_id, &rule, *at);
                 Ok(made)
             }
         }
     }
 
+    /// Rule `rule_id`'s alerts whose firing no one was told of (it was
+    /// silenced): their resolution is not told either.
+    fn unannounced(&self, rule_id: &str) -> BTreeSet<String> {
+        (self.alerts.values())
+            .filter(|a| a.rule_id == rule_id && a.started_at.is_some() && a.notified_at.is_none())
+            .map(|a| a.fingerprint.clone())
+            .collect()
+    }
+
     /// Puts the transitions in `made` (one rule's, at one time) that are
     /// notified (firing, resolved) and not silenced in the outbox: one
     /// notification per state for each of `rule`'s channels that exists.
-    /// Marks the silenced ones.
-    fn notify(&mut self, rule_id: &str, rule: &Rule, made: &mut [HistoryEntry]) {
+    /// Marks the silenced ones; leaves out the resolutions of alerts in
+    /// `unannounced`.
+    fn notify(
+        &mut self,
+        rule_id: &str,
+        rule: &Rule,
+        made: &mut [HistoryEntry],
+        unannounced: &BTreeSet<String>,
+    ) {
         for state in ["firing", "resolved"] {
             let mut alerts = Vec::new();
             let mut at = None;
             for h in made.iter_mut().filter(|h| h.state == state) {
                 let n = Notified::of(rule, rule_id, &h.key, h.value, h.threshold);
-                match self.silences.values().find(|s| s.silences(&n.labels, h.at)) {
-                    Some(s) => h.silenced_by = Some(s.id.clone()),
-                    None => {
-                        at = Some(h.at);
-                        alerts.push(n);
-                    }
+                if let Some(s) = self.silences.values().find(|s| s.silences(&n.labels, h.at)) {
+                    h.silenced_by = Some(s.id.clone());
+                    continue;
                 }
+                if state == "resolved" && unannounced.contains(&h.fingerprint) {
+                    continue;
+                }
+                if let Some(a) = self.alerts.get_mut(&h.fingerprint) {
+                    a.notified_at = Some(h.at);
+                }
+                at = Some(h.at);
+                alerts.push(n);
             }
             if let Some(at) = at {
                 self.send(rule_id, rule, state, false, at, &alerts);
@@ -381,30 +408,34 @@ impl AlertState {
         }
     }
 
-    /// Reminds of `rule`'s alerts that still fire, not acknowledged nor
-    /// silenced, last notified at least its `repeat_every` before `at`.
-    fn repeat(&mut self, rule_id: &str, rule: &Rule, at: Micros) {
-        if rule.repeat_every_minutes == 0 {
-            return;
-        }
+    /// Tells of `rule`'s alerts that still fire and are not silenced at
+    /// `at`: those no one was told of (silenced when they fired), and, with
+    /// `repeat_every`, those not acknowledged told of at least that long
+    /// before (a reminder).
+    fn remind(&mut self, rule_id: &str, rule: &Rule, at: Micros) {
         let every = i64::from(rule.repeat_every_minutes) * 60_000_000;
-        let mut due = Vec::new();
+        let (mut first, mut again) = (Vec::new(), Vec::new());
         for a in self.alerts.values_mut() {
-            let owed = a.rule_id == rule_id
-                && a.state == "firing"
-                && !a.acked
-                && a.notified_at.is_some_and(|t| at.get() - t.get() >= every);
-            if !owed {
+            if a.rule_id != rule_id || a.state != "firing" {
+                continue;
+            }
+            let untold = a.notified_at.is_none();
+            let owed =
+                every > 0 && !a.acked && a.notified_at.is_some_and(|t| at.get() - t.get() >= every);
+            if !untold && !owed {
                 continue;
             }
             let n = Notified::of(rule, rule_id, &a.key, a.value, a.threshold);
-            if !self.silences.values().any(|s| s.silences(&n.labels, at)) {
-                a.notified_at = Some(at);
-                due.push(n);
+            if self.silences.values().any(|s| s.silences(&n.labels, at)) {
+                continue;
             }
+            a.notified_at = Some(at);
+            if untold { first.push(n) } else { again.push(n) }
         }
-        if !due.is_empty() {
-            self.send(rule_id, rule, "firing", true, at, &due);
+        for (repeat, alerts) in [(false, first), (true, again)] {
+            if !alerts.is_empty() {
+                self.send(rule_id, rule, "firing", repeat, at, &alerts);
+            }
         }
     }
 
@@ -417,8 +448,33 @@ impl AlertState {
         at: Micros,
         alerts: &[Notified],
     ) {
-        for channel in (rule.channels.iter()).filter(|c| self.channels.contains_key(*c)) {
-            let n = Notification::of(rule, rule_id, state, repeat, at, alerts.to_vec(), channel);
+        for channel in &rule.channels {
+            self.enqueue(Notification::of(
+                rule,
+                rule_id,
+                state,
+                repeat,
+                at,
+                alerts.to_vec(),
+                channel,
+            ));
+        }
+    }
+
+    /// Puts `n` in the outbox, once; an SMS channel's once per recipient.
+    /// Nothing if its channel is gone.
+    fn enqueue(&mut self, n: Notification) {
+        let recipients = match self.channels.get(&n.channel_id).map(|c| &c.delivery) {
+            None => return,
+            Some(Delivery::Sms { to, .. }) => to.clone(),
+            Some(_) => Vec::new(),
+        };
+        let all = if recipients.is_empty() {
+            vec![n]
+        } else {
+            recipients.iter().map(|r| n.for_recipient(r)).collect()
+        };
+        for n in all {
             self.outbox.entry(n.id.clone()).or_insert(n);
         }
     }
@@ -504,8 +560,9 @@ impl AlertState {
         };
         let transition = series.step(at, j.holds, rule.for_minutes, rule.keep_firing_for_minutes);
         let before = self.alerts.get(&fp);
+        // Set when a firing is put in the outbox (not if silenced).
         let notified_at = if transition == Some(Transition::Firing) {
-            Some(at)
+            None
         } else {
             before.and_then(|a| a.notified_at)
         };
@@ -820,5 +877,66 @@ mod tests {
             (fallbacks[0].channel_id.as_str(), fallbacks[0].alerts.len()),
             ("c2", 2)
         );
+    }
+
+    #[test]
+    fn a_firing_silenced_is_told_once_the_silence_ends_and_sms_goes_per_recipient() {
+        let mut state = AlertState::default();
+        let sms = json!({"name": "pager", "kind": "sms", "account": "AC1", "token": "t",
+                         "from": "+1555", "to": ["+1556", "+1557"]});
+        let c = Channel::parse("c1", &sms, Micros::new(0), None).unwrap();
+        state.apply(&Change::PutChannel(c)).unwrap();
+        let hook = json!({"name": "hook", "kind": "webhook", "url": "http://127.0.0.1:1/",
+                          "give_up_after": "1m"});
+        let c = Channel::parse("c2", &hook, Micros::new(0), None).unwrap();
+        state.apply(&Change::PutChannel(c)).unwrap();
+        let rule = json!({"name": "e", "metric": "errors", "op": ">", "threshold": 10,
+                          "channels": ["c2", "c1"], "fallback_channels": ["c1"]});
+        state.apply(&put("r1", rule)).unwrap();
+        let silence = Silence::parse(
+            "s1",
+            &json!({"matchers": [{"name": "alertname", "value": "e"}],
+                    "ends_at": (3 * MIN / 1000).to_string()}),
+            Micros::new(0),
+        )
+        .unwrap();
+        state.apply(&Change::PutSilence(silence)).unwrap();
+        let made = state.apply(&judged(1, "", 20.0)).unwrap();
+        assert_eq!(made[0].silenced_by.as_deref(), Some("s1"));
+        assert!(state.outbox.is_empty());
+        state.apply(&judged(2, "", 20.0)).unwrap();
+        assert!(state.outbox.is_empty(), "still silenced");
+        // The silence ended: the firing is told, once, to each recipient.
+        state.apply(&judged(3, "", 20.0)).unwrap();
+        state.apply(&judged(4, "", 20.0)).unwrap();
+        let told: Vec<(&str, Option<&str>, bool)> = (state.outbox.values())
+            .map(|n| (n.channel_id.as_str(), n.recipient.as_deref(), n.repeat))
+            .collect();
+        assert_eq!(told.len(), 3, "{told:?}");
+        assert!(
+            told.contains(&("c1", Some("+1556"), false))
+                && told.contains(&("c1", Some("+1557"), false))
+        );
+        // The webhook gives up after a minute: the fallback (the SMS
+        // channel) gets it under ids of its own, one per recipient.
+        let hook_n = state
+            .outbox
+            .values()
+            .find(|n| n.channel_id == "c2")
+            .unwrap()
+            .id
+            .clone();
+        let failed = Change::Attempt {
+            id: hook_n,
+            at: Micros::new(5 * MIN),
+            error: Some("down".into()),
+        };
+        state.apply(&failed).unwrap();
+        let fallbacks = state
+            .outbox
+            .values()
+            .filter(|n| n.fallback_for.as_deref() == Some("c2"))
+            .count();
+        assert_eq!(fallbacks, 2);
     }
 }

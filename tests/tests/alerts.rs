@@ -352,8 +352,8 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         "url": format!("http://127.0.0.1:{}/hook", hook.port), "secret": "s3cret"}));
     let channels = [
         webhook.clone(),
-        // Made 40 minutes ago by the test clock: its heartbeat is due at once.
-        make(json!({"name": "chat", "kind": "slack", "test_every": "30m",
+        // A heartbeat every 10 minutes, by the test clock.
+        make(json!({"name": "chat", "kind": "slack", "test_every": "10m",
             "url": format!("http://127.0.0.1:{}/services/T0/B0/x", slack.port)})),
         make(
             json!({"name": "mail", "kind": "email", "host": "127.0.0.1", "port": smtp.port,
@@ -375,6 +375,17 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         .find(|c| c["id"] == webhook.as_str())
         .unwrap();
     assert_eq!(shown["secrets"], json!(["secret"]), "{listed}");
+    // A URL with credentials in it is refused: they would be shown.
+    let (status, answer) = post(
+        &server,
+        "/api/v1/alerts/channels",
+        &json!({"name": "x", "kind": "webhook", "url": "http://user:pw@127.0.0.1:1/"}),
+    );
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("url")),
+        "{answer}"
+    );
     // A test send says whether it was delivered, and the channel keeps it.
     let dead = make(json!({"name": "dead", "kind": "webhook",
         "url": format!("http://127.0.0.1:{}/", free_port())}));
@@ -402,19 +413,6 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         "{tested}"
     );
     assert_eq!(hook.got()[0].1["state"], "test");
-
-    // The heartbeat reached Slack, and the channel says so.
-    wait_until(&server, "heartbeat", 1, || {
-        slack.got().iter().filter(|(_, b)| is_test(b)).count()
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get_ok(&server, &format!("/api/v1/alerts/channels/{}", channels[1]))["data"]["last_test"]
-        ["ok"]
-        != true
-    {
-        assert!(Instant::now() < deadline, "the heartbeat was not recorded");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 
     // One rule notifies every channel; another, labelled team=quiet, is
     // silenced before it fires.
@@ -447,6 +445,20 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         judge_through(&server, &clock, &loud, base + m * MIN_MS + 1_000);
         judge_through(&server, &clock, &quiet, base + m * MIN_MS + 1_000);
     }
+    // The clock passed 10 minutes: the heartbeat reached Slack, and the
+    // channel says so.
+    wait_until(&server, "heartbeat", 1, || {
+        slack.got().iter().filter(|(_, b)| is_test(b)).count()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_ok(&server, &format!("/api/v1/alerts/channels/{}", channels[1]))["data"]["last_test"]
+        ["ok"]
+        != true
+    {
+        assert!(Instant::now() < deadline, "the heartbeat was not recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let firing = alerts(&server);
     let silenced: Vec<(&str, bool)> = (firing.iter())
         .map(|a| {

@@ -3,8 +3,9 @@
 //! leader's loop that sends the outbox's due notifications, the channels'
 //! heartbeats, and the firing alerts Alertmanager must hear again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use lettre::AsyncTransport;
@@ -14,8 +15,13 @@ use toplog_types::Micros;
 
 use super::Alerting;
 
-/// How long one delivery may take.
+/// How long one request (HTTP or SMTP) may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one delivery may take, all its requests together.
+const SEND_WITHIN: Duration = Duration::from_secs(30);
+/// A send whose outcome could not be recorded (no quorum) is not made
+/// again for this long; nor a heartbeat.
+const UNRECORDED_HOLD: Duration = Duration::from_secs(60);
 /// An SMS body is cut to this many characters.
 const SMS_MAX_CHARS: usize = 1_600;
 /// Firing alerts are sent to Alertmanager again this often.
@@ -31,6 +37,18 @@ impl Sender {
         Ok(Self {
             http: reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?,
         })
+    }
+
+    /// [`Sender::send`], given up after [`SEND_WITHIN`].
+    pub(crate) async fn send_within(
+        &self,
+        channel: &Channel,
+        n: &Notification,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(SEND_WITHIN, self.send(channel, n)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(format!("not delivered within {}s", SEND_WITHIN.as_secs())),
+        }
     }
 
     /// Sends `n` to `channel`: delivered, or why not.
@@ -65,6 +83,11 @@ impl Sender {
             } => {
                 let url = format!("{base_url}/2010-04-01/Accounts/{account}/Messages.json");
                 let text: String = n.text().chars().take(SMS_MAX_CHARS).collect();
+                // A notification goes to its one recipient; a test to all.
+                let to = n
+                    .recipient
+                    .as_ref()
+                    .map_or(to.as_slice(), std::slice::from_ref);
                 for number in to {
                     let form = [("To", number.as_str()), ("From", from), ("Body", &text)];
                     let request = (self.http.post(&url))
@@ -85,11 +108,14 @@ impl Sender {
     }
 }
 
+/// The outcome of a request to `url`, saying where without the URL's path
+/// or query (a Slack webhook's path is its secret).
 fn answered(url: &str, sent: reqwest::Result<reqwest::Response>) -> Result<(), String> {
+    let to = toplog_alerting::channel::shown_url(url);
     match sent {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("{url} answered {}", r.status())),
-        Err(e) => Err(format!("{url}: {e}")),
+        Ok(r) => Err(format!("{to} answered {}", r.status())),
+        Err(e) => Err(format!("{to}: {}", e.without_url())),
     }
 }
 
@@ -178,17 +204,24 @@ pub(crate) async fn deliver_notifications(
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut resent = tokio::time::Instant::now();
+    let mut reminded = Instant::now();
+    // Sends made here whose outcome is not in the state yet (a recording
+    // that failed, a heartbeat): not made again before the time noted.
+    let mut held: HashMap<String, Instant> = HashMap::new();
     loop {
         tick.tick().await;
+        held.retain(|_, until| *until > Instant::now());
         if !leads() {
             continue;
         }
         let state = alerting.state();
         for n in state.due(Micros::now()) {
+            if held.contains_key(&n.id) || !leads() {
+                continue;
+            }
             let error = match state.channels.get(&n.channel_id) {
                 None => Some(format!("channel {} was removed", n.channel_id)),
-                Some(channel) => sender.send(channel, &n).await.err(),
+                Some(channel) => sender.send_within(channel, &n).await.err(),
             };
             if let Some(e) = &error {
                 tracing::warn!(notification = %n.id, error = %e, "a notification was not delivered; retried later");
@@ -199,29 +232,31 @@ pub(crate) async fn deliver_notifications(
                 error,
             };
             if let Err(e) = decide(attempt).await {
-                tracing::warn!(notification = %n.id, error = %e, "a delivery was not recorded; it is sent again");
-                break;
+                tracing::warn!(notification = %n.id, error = %e, "a delivery was not recorded; it is sent again later");
+                held.insert(n.id.clone(), Instant::now() + UNRECORDED_HOLD);
             }
         }
+        // Heartbeats go by the clock rules are judged by.
+        let now = super::now();
         for channel in state.channels.values() {
-            let now = Micros::now();
-            if channel.test_due(now) {
-                let error = sender
-                    .send(channel, &Notification::test(&channel.id, now))
-                    .await
-                    .err();
-                let tested = Change::Tested {
-                    channel_id: channel.id.clone(),
-                    at: now,
-                    error,
-                };
-                if let Err(e) = decide(tested).await {
-                    tracing::warn!(channel = %channel.id, error = %e, "a heartbeat was not recorded");
-                }
+            let key = format!("test {}", channel.id);
+            if !channel.test_due(now) || held.contains_key(&key) || !leads() {
+                continue;
+            }
+            held.insert(key, Instant::now() + UNRECORDED_HOLD);
+            let test = Notification::test(&channel.id, now);
+            let error = sender.send_within(channel, &test).await.err();
+            let tested = Change::Tested {
+                channel_id: channel.id.clone(),
+                at: now,
+                error,
+            };
+            if let Err(e) = decide(tested).await {
+                tracing::warn!(channel = %channel.id, error = %e, "a heartbeat was not recorded");
             }
         }
-        if resent.elapsed() >= ALERTMANAGER_RESEND {
-            resent = tokio::time::Instant::now();
+        if reminded.elapsed() >= ALERTMANAGER_RESEND && leads() {
+            reminded = Instant::now();
             remind_alertmanagers(&sender, &state).await;
         }
     }
@@ -262,9 +297,12 @@ async fn remind_alertmanagers(sender: &Sender, state: &toplog_alerting::AlertSta
             }
         }
         if !alerts.is_empty()
-            && let Err(e) = sender
-                .alertmanager(url, &serde_json::Value::Array(alerts))
-                .await
+            && let Err(e) = tokio::time::timeout(
+                SEND_WITHIN,
+                sender.alertmanager(url, &serde_json::Value::Array(alerts)),
+            )
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
         {
             tracing::warn!(channel = %channel.id, error = %e, "Alertmanager was not told again of firing alerts");
         }

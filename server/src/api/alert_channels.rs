@@ -56,6 +56,11 @@ fn checked_channel(
             })
         };
         match reqwest::Url::parse(url) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                return Err(fault(
+                    "no user or password in the URL: it would be shown".into(),
+                ));
+            }
             Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => {}
             Ok(_) => return Err(fault("names no host".into())),
             Err(e) => return Err(fault(format!("not a URL: {e}"))),
@@ -110,10 +115,10 @@ pub(super) async fn test_channel(
     let channel = (state.channels.get(&id))
         .cloned()
         .ok_or_else(|| not_found(&format!("no channel `{id}`")))?;
-    let at = Micros::now();
+    let at = crate::alerts::now();
     let test = Notification::test(&id, at);
     let sender = crate::alerts::Sender::new().map_err(|e| ApiError::internal(e.to_string()))?;
-    let error = sender.send(&channel, &test).await.err();
+    let error = sender.send_within(&channel, &test).await.err();
     app.alerting_change(Change::Tested {
         channel_id: id.clone(),
         at,

@@ -326,6 +326,9 @@ pub(crate) async fn evaluate_alerts(
     );
 }
 
+/// The largest `offset` into history.
+const MAX_HISTORY_OFFSET: u64 = 100_000;
+
 /// `GET /api/v1/alerts/history`.
 pub(super) const HISTORY: QuerySpec = QuerySpec {
     params: &[
@@ -365,7 +368,7 @@ pub(super) const HISTORY: QuerySpec = QuerySpec {
             name: "offset",
             shape: Shape::Int {
                 min: 0,
-                max: 100_000,
+                max: MAX_HISTORY_OFFSET,
             },
             doc: "Entries to skip, newest first (for the next page: the last offset plus the last limit).",
         },
@@ -424,7 +427,8 @@ pub(super) async fn history(
             .map_err(|e| ApiError::internal(format!("{e:#}")))
     })
     .await?;
-    let next = more.then_some(offset + limit);
+    // A next page past the largest offset taken is not offered.
+    let next = (more && offset + limit <= MAX_HISTORY_OFFSET as usize).then_some(offset + limit);
     Ok(Json(json!({"status": "success", "data": entries, "next_offset": next})).into_response())
 }
 
