@@ -116,7 +116,7 @@ def main():
                     {"name": "hook", "kind": "webhook", "url": f"http://127.0.0.1:{hook_port}/"})["data"]["id"]
         # The measured rule, and N - 1 others that never fire (half learned).
         watched = call(base, "POST", "/api/v1/alerts/rules", {
-            "name": "5xx", "metric": "error_rate", "by": "endpoint", "window": "5m", "op": ">",
+            "name": "5xx", "metric": "error_rate", "by": "endpoint", "window": "1m", "op": ">",
             "threshold": 0.2, "min_count": 10, "channels": [hook]})["data"]["id"]
         for i in range(a.rules - 1):
             threshold = {"learned": {"sensitivity": "medium"}} if i % 2 else 0.9 + i / 1e6

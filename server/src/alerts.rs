@@ -33,6 +33,8 @@ pub(crate) struct Alerting {
     path: PathBuf,
     cipher: Cipher,
     history: AuditLog,
+    /// Woken when the outbox changes (the leader sends at once).
+    outbox_changed: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -52,6 +54,7 @@ impl Alerting {
             history: AuditLog::open_file(data_dir.join(HISTORY_FILE), cipher)?,
             path,
             cipher: cipher.clone(),
+            outbox_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -80,6 +83,9 @@ impl Alerting {
                 .map_err(|e| ApplyError::Store(format!("{}: {e}", self.path.display())))?;
         }
         let delivery = delivery_line(change, &state, &next);
+        if next.outbox != state.outbox {
+            self.outbox_changed.notify_one();
+        }
         *state = next;
         drop(state);
         for entry in &made {

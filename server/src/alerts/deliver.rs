@@ -209,7 +209,10 @@ pub(crate) async fn deliver_notifications(
     // that failed, a heartbeat): not made again before the time noted.
     let mut held: HashMap<String, Instant> = HashMap::new();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = alerting.outbox_changed.notified() => {}
+        }
         held.retain(|_, until| *until > Instant::now());
         if !leads() {
             continue;
