@@ -242,9 +242,7 @@ impl Channel {
         };
         let url = || -> Result<String, RuleError> {
             let url = text("url", 2048)?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(fault("url", "an http:// or https:// URL"));
-            }
+            web_address("url", &url)?;
             Ok(url)
         };
         let recipients = |field: &str, check: fn(&str, &str) -> Result<(), RuleError>| {
@@ -339,9 +337,7 @@ impl Channel {
                     None => TWILIO.to_owned(),
                     Some(v) => {
                         let u = string("base_url", v, 2048)?;
-                        if !(u.starts_with("http://") || u.starts_with("https://")) {
-                            return Err(fault("base_url", "an http:// or https:// URL"));
-                        }
+                        web_address("base_url", &u)?;
                         u.trim_end_matches('/').to_owned()
                     }
                 };
@@ -378,7 +374,9 @@ impl Channel {
             test_every_minutes,
             give_up_after_minutes,
             created_at: old.map_or(at, |o| o.created_at),
-            last_test: old.and_then(|o| o.last_test.clone()),
+            last_test: old
+                .filter(|o| o.delivery.kind() == kind)
+                .and_then(|o| o.last_test.clone()),
         })
     }
 
@@ -461,7 +459,7 @@ impl Channel {
         json!({"oneOf": [
             common("webhook", json!({"url": url, "secret": {"type": "string", "minLength": 1, "maxLength": 1024, "nullable": true,
                 "description": "Signs each body: `X-Toplog-Signature: sha256=<hex HMAC-SHA256 of the body>`. Never shown."}}), &["url"]),
-            common("slack", json!({"url": url}), &["url"]),
+            common("slack", json!({"url": url}), &[]),
             common("email", json!({"host": text(253), "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "tls": {"type": "string", "enum": Tls::NAMES}, "username": text(256),
                 "password": {"type": "string", "minLength": 1, "maxLength": 1024, "nullable": true, "description": "Never shown."},
@@ -473,6 +471,18 @@ impl Channel {
             common("alertmanager", json!({"url": url}), &["url"]),
         ]})
     }
+}
+
+/// An http:// or https:// URL without spaces or control characters (the
+/// caller parses it further).
+fn web_address(field: &str, url: &str) -> Result<(), RuleError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(fault(field, "an http:// or https:// URL"));
+    }
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(fault(field, "no spaces or control characters in a URL"));
+    }
+    Ok(())
 }
 
 /// An email address, as far as it can be told without sending.

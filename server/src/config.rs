@@ -77,6 +77,10 @@ pub(crate) struct Settings {
     /// How long after a minute closes alert rules judge it (late events).
     #[arg(long, env = "TOPLOG_ALERT_GRACE")]
     pub(crate) alert_grace: Option<String>,
+    /// The hosts alert channels may send to, comma-separated (exact names
+    /// or addresses); unset: any. Keeps channels off internal services.
+    #[arg(long, env = "TOPLOG_ALERT_HOSTS")]
+    pub(crate) alert_hosts: Option<String>,
     /// `[retention]` in the file: `raw.local_for`, `raw.keep_for`,
     /// `rollups.minute_keep_for`, `rollups.hour_keep_for`, `rollups.day_keep_for`.
     #[arg(skip)]
@@ -219,6 +223,7 @@ impl Settings {
             archive_url: self.archive_url.or(other.archive_url),
             maintenance_interval: self.maintenance_interval.or(other.maintenance_interval),
             alert_grace: self.alert_grace.or(other.alert_grace),
+            alert_hosts: self.alert_hosts.or(other.alert_hosts),
             retention: self.retention.or(other.retention),
             archive: self.archive.or(other.archive),
             import: self.import.or(other.import),
@@ -313,6 +318,8 @@ pub struct Config {
     pub maintenance_interval: Option<Duration>,
     /// How long after a minute closes alert rules judge it.
     pub alert_grace: Duration,
+    /// The hosts alert channels may send to (lower case); `None`: any.
+    pub alert_hosts: Option<Vec<String>>,
     pub memtable_max_bytes: usize,
     pub memtable_max_age: Duration,
     pub rollup_key_budget: usize,
@@ -556,6 +563,12 @@ impl Config {
             )?)
             .filter(|d| !d.is_zero()),
             alert_grace: duration("alert_grace", s.alert_grace, "10s")?,
+            alert_hosts: s.alert_hosts.as_deref().map(|list| {
+                list.split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect()
+            }),
             memtable_max_bytes,
             memtable_max_age: duration("memtable_max_age", s.memtable_max_age, "5m")?,
             rollup_key_budget,

@@ -335,7 +335,9 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
     let dir = tempfile::tempdir().unwrap();
     let (clock, base) = test_clock(dir.path());
     let env = [("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())];
-    let server = Server::start_with_env(&dir.path().join("data"), &["--alert-grace", "0s"], &env);
+    // Channels may send only to this machine.
+    let args = ["--alert-grace", "0s", "--alert-hosts", "127.0.0.1"];
+    let server = Server::start_with_env(&dir.path().join("data"), &args, &env);
     let (smtp, am) = (Smtp::start(), Alertmanager::start());
     let (hook, slack, sms) = (
         Receiver::start(free_port()),
@@ -375,6 +377,17 @@ fn every_kind_of_channel_is_notified_once_per_change_and_a_silence_stops_notific
         .find(|c| c["id"] == webhook.as_str())
         .unwrap();
     assert_eq!(shown["secrets"], json!(["secret"]), "{listed}");
+    // A host outside alert_hosts is refused.
+    let (status, answer) = post(
+        &server,
+        "/api/v1/alerts/channels",
+        &json!({"name": "x", "kind": "slack", "url": "https://hooks.slack.com/services/T/B/X"}),
+    );
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("url")),
+        "{answer}"
+    );
     // A URL with credentials in it is refused: they would be shown.
     let (status, answer) = post(
         &server,

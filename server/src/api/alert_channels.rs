@@ -41,6 +41,7 @@ pub(super) async fn get_channel(
 /// The channel `body` says, made at `at` (or a change of `old`); its URLs
 /// must parse and name a host.
 fn checked_channel(
+    app: &AppState,
     id: &str,
     body: Result<Json<Value>, JsonRejection>,
     at: Micros,
@@ -48,6 +49,20 @@ fn checked_channel(
 ) -> ApiResult<Channel> {
     let Json(body) = body.map_err(ApiError::from_json_body)?;
     let channel = Channel::parse(id, &body, at, old).map_err(invalid_rule)?;
+    let allowed = |field: &str, host: &str| match &app.config.alert_hosts {
+        Some(hosts) if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) => {
+            Err(invalid_rule(RuleError {
+                field: field.into(),
+                reason: format!(
+                    "`{host}` is not one of the hosts alert channels may send to (alert_hosts)"
+                ),
+            }))
+        }
+        _ => Ok(()),
+    };
+    if let toplog_alerting::Delivery::Email { host, .. } = &channel.delivery {
+        allowed("host", host)?;
+    }
     for (field, url) in channel.urls() {
         let fault = |reason: String| {
             invalid_rule(RuleError {
@@ -61,7 +76,9 @@ fn checked_channel(
                     "no user or password in the URL: it would be shown".into(),
                 ));
             }
-            Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => {}
+            Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => {
+                allowed(field, u.host_str().unwrap_or_default())?;
+            }
             Ok(_) => return Err(fault("names no host".into())),
             Err(e) => return Err(fault(format!("not a URL: {e}"))),
         }
@@ -73,7 +90,7 @@ pub(super) async fn create_channel(
     State(app): State<Arc<AppState>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let channel = checked_channel(&new_id(), body, crate::alerts::now(), None)?;
+    let channel = checked_channel(&app, &new_id(), body, crate::alerts::now(), None)?;
     app.alerting_change(Change::PutChannel(channel.clone()))
         .await?;
     Ok((
@@ -90,7 +107,7 @@ pub(super) async fn put_channel(
 ) -> ApiResult {
     let state = app.alerting()?.state();
     let old = (state.channels.get(&id)).ok_or_else(|| not_found(&format!("no channel `{id}`")))?;
-    let channel = checked_channel(&id, body, crate::alerts::now(), Some(old))?;
+    let channel = checked_channel(&app, &id, body, crate::alerts::now(), Some(old))?;
     app.alerting_change(Change::PutChannel(channel.clone()))
         .await?;
     Ok(Json(json!({"status": "success", "data": channel.to_json()})).into_response())
