@@ -65,17 +65,7 @@ pub enum Delivery {
     /// A Slack incoming webhook: a readable message.
     Slack { url: String },
     /// Email over SMTP.
-    Email {
-        host: String,
-        port: u16,
-        tls: Tls,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        username: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        password: Option<String>,
-        from: String,
-        to: Vec<String>,
-    },
+    Email(Email),
     /// An SMS gateway with Twilio's API (a form POST to
     /// `{base_url}/2010-04-01/Accounts/{account}/Messages.json`).
     Sms {
@@ -89,6 +79,20 @@ pub enum Delivery {
     Alertmanager { url: String },
 }
 
+/// An SMTP server and the mail's sender and recipients.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Email {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
 /// Shows the kind and where it sends, never a secret (nor a Slack URL).
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,7 +104,9 @@ impl std::fmt::Debug for Delivery {
                 secret.is_some()
             ),
             Self::Slack { url } => write!(f, "Slack({})", shown_url(url)),
-            Self::Email { host, port, to, .. } => write!(f, "Email({host}:{port}, to {to:?})"),
+            Self::Email(Email { host, port, to, .. }) => {
+                write!(f, "Email({host}:{port}, to {to:?})")
+            }
             Self::Sms { base_url, to, .. } => write!(f, "Sms({}, to {to:?})", shown_url(base_url)),
             Self::Alertmanager { url } => write!(f, "Alertmanager({})", shown_url(url)),
         }
@@ -226,7 +232,7 @@ impl Channel {
         let secret = |field: &str, same: bool| -> Result<Option<String>, RuleError> {
             let kept = match (was, field) {
                 (Some(Delivery::Webhook { secret, .. }), "secret") => secret.clone(),
-                (Some(Delivery::Email { password, .. }), "password") => password.clone(),
+                (Some(Delivery::Email(Email { password, .. })), "password") => password.clone(),
                 (Some(Delivery::Sms { token, .. }), "token") => Some(token.clone()),
                 _ => None,
             };
@@ -307,7 +313,7 @@ impl Channel {
                         .ok_or_else(|| fault("port", "expected 1 to 65535"))?,
                 };
                 let username = optional("username", 256)?;
-                let same = matches!(was, Some(Delivery::Email { host: h, port: p, username: u, .. })
+                let same = matches!(was, Some(Delivery::Email(Email { host: h, port: p, username: u, .. }))
                     if *h == host && *p == port && *u == username);
                 let password = secret("password", same)?;
                 if username.is_some() != password.is_some() {
@@ -322,7 +328,7 @@ impl Channel {
                 }
                 let from = text("from", 254)?;
                 address("from", &from)?;
-                Delivery::Email {
+                Delivery::Email(Email {
                     host,
                     port,
                     tls,
@@ -330,7 +336,7 @@ impl Channel {
                     password,
                     from,
                     to: recipients("to", address)?,
-                }
+                })
             }
             _ => {
                 let base_url = match fields.get("base_url") {
@@ -387,7 +393,7 @@ impl Channel {
             | Delivery::Slack { url }
             | Delivery::Alertmanager { url } => vec![("url", url)],
             Delivery::Sms { base_url, .. } => vec![("base_url", base_url)],
-            Delivery::Email { .. } => Vec::new(),
+            Delivery::Email(_) => Vec::new(),
         }
     }
 
@@ -407,7 +413,7 @@ impl Channel {
             out.insert("url".into(), json!(shown_url(url)));
             secrets.push("url");
         }
-        if let Delivery::Email { tls, .. } = &self.delivery {
+        if let Delivery::Email(Email { tls, .. }) = &self.delivery {
             out.insert("tls".into(), json!(tls.name()));
         }
         out.insert("id".into(), json!(self.id));

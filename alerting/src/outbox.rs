@@ -103,10 +103,6 @@ pub struct Notification {
     pub last_error: Option<String>,
 }
 
-fn dedupe_id(seed: &str) -> String {
-    format!("{:032x}", XxHash3_128::oneshot(seed.as_bytes()))
-}
-
 impl Notification {
     /// The notification of rule `rule_id`'s `alerts`, which went `state` at
     /// `at` (or, `repeat`, still fire), to `channel_id`.
@@ -120,21 +116,13 @@ impl Notification {
         channel_id: &str,
     ) -> Self {
         let mut n = Self {
-            id: String::new(),
-            channel_id: channel_id.to_owned(),
             rule_id: rule_id.to_owned(),
             rule: rule.name.clone(),
             severity: rule.severity.name().to_owned(),
             state: state.to_owned(),
             repeat,
-            at,
             alerts,
-            fallback_for: None,
-            recipient: None,
-            attempts: 0,
-            next_at: at,
-            status: "pending".into(),
-            last_error: None,
+            ..Self::pending(channel_id, at)
         };
         n.id = n.derive_id();
         n
@@ -163,7 +151,7 @@ impl Notification {
         if let Some(r) = &self.recipient {
             seed.push_str(&format!("\0to\0{r}"));
         }
-        dedupe_id(&seed)
+        format!("{:032x}", XxHash3_128::oneshot(seed.as_bytes()))
     }
 
     /// This notification to one `recipient` of its channel.
@@ -178,13 +166,25 @@ impl Notification {
 
     /// A test of channel `channel_id` at `at` (not kept in the outbox).
     pub fn test(channel_id: &str, at: Micros) -> Self {
-        Self {
-            id: dedupe_id(&format!("test\0{channel_id}\0{}", at.get())),
-            channel_id: channel_id.to_owned(),
-            rule_id: String::new(),
+        let mut n = Self {
             rule: "toplog test".into(),
             severity: "info".into(),
             state: "test".into(),
+            ..Self::pending(channel_id, at)
+        };
+        n.id = n.derive_id();
+        n
+    }
+
+    /// Nothing yet, to `channel_id`, due at `at`.
+    fn pending(channel_id: &str, at: Micros) -> Self {
+        Self {
+            id: String::new(),
+            channel_id: channel_id.to_owned(),
+            rule_id: String::new(),
+            rule: String::new(),
+            severity: String::new(),
+            state: String::new(),
             repeat: false,
             at,
             alerts: Vec::new(),

@@ -98,7 +98,7 @@ impl Sender {
                 }
                 Ok(())
             }
-            Delivery::Email { .. } => email(&channel.delivery, n).await,
+            Delivery::Email(smtp) => email(smtp, n).await,
         }
     }
 
@@ -133,8 +133,8 @@ fn signature(secret: &str, body: &[u8]) -> String {
 
 /// Sends `n` as an email: the title as the subject, the text as the body,
 /// the dedupe id in `X-Toplog-Dedupe-Id` and the `Message-ID`.
-async fn email(delivery: &Delivery, n: &Notification) -> Result<(), String> {
-    let Delivery::Email {
+async fn email(smtp: &toplog_alerting::channel::Email, n: &Notification) -> Result<(), String> {
+    let toplog_alerting::channel::Email {
         host,
         port,
         tls,
@@ -142,10 +142,7 @@ async fn email(delivery: &Delivery, n: &Notification) -> Result<(), String> {
         password,
         from,
         to,
-    } = delivery
-    else {
-        return Err("not an email channel".into());
-    };
+    } = smtp;
     let mailbox = |a: &str| {
         a.parse::<lettre::message::Mailbox>()
             .map_err(|e| format!("`{a}`: {e}"))

@@ -60,8 +60,8 @@ fn checked_channel(
         }
         _ => Ok(()),
     };
-    if let toplog_alerting::Delivery::Email { host, .. } = &channel.delivery {
-        allowed("host", host)?;
+    if let toplog_alerting::Delivery::Email(smtp) = &channel.delivery {
+        allowed("host", &smtp.host)?;
     }
     for (field, url) in channel.urls() {
         let fault = |reason: String| {
