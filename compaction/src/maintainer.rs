@@ -195,7 +195,11 @@ impl Maintainer {
         for t in self.engine.rollup_tiers() {
             tiers.insert(
                 t.granularity.name().into(),
-                json!({"buckets": t.buckets, "oldest": t.oldest.map(Micros::to_rfc3339)}),
+                json!({
+                    "buckets": t.buckets,
+                    "in_memory": t.in_memory,
+                    "oldest": t.oldest.map(Micros::to_rfc3339),
+                }),
             );
         }
         let cutoffs = self.engine.cutoffs();

@@ -88,11 +88,13 @@ fn view(engine: &Engine) -> View {
     events.sort_by(|a, b| a.request_id.cmp(&b.request_id));
     let mut rollups = BTreeMap::new();
     for g in Granularity::ALL {
-        engine.visit_rollups(g, all.start, all.end, Dimension::Endpoint, |cube| {
-            cube.cells(false, |k, cell| {
-                *rollups.entry((g.name(), k.to_owned())).or_default() += cell.count;
-            });
-        });
+        engine
+            .visit_rollups(g, all.start, all.end, Dimension::Endpoint, |cube| {
+                cube.cells(false, |k, cell| {
+                    *rollups.entry((g.name(), k.to_owned())).or_default() += cell.count;
+                });
+            })
+            .unwrap();
     }
     View { events, rollups }
 }

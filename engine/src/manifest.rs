@@ -57,6 +57,13 @@ pub(crate) struct RollupTierFile {
     pub(crate) granularity: String,
     /// Start of the UTC day whose buckets the file holds.
     pub(crate) day: Micros,
+    /// Buckets it holds, and the start of the first (for the storage
+    /// report without reading it; 0 and `None` in files listed before these
+    /// were recorded).
+    #[serde(default)]
+    pub(crate) buckets: usize,
+    #[serde(default)]
+    pub(crate) oldest: Option<Micros>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

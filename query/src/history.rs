@@ -4,6 +4,8 @@
 use toplog_engine::{Cell, Dimension, Engine, Granularity};
 use toplog_types::Micros;
 
+use crate::Result;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DayRow {
     /// Start of the UTC day.
@@ -17,7 +19,7 @@ pub struct DayRow {
 }
 
 /// `days` rows starting with the day that starts at `first_day` (aligned to UTC midnight).
-pub fn history(engine: &Engine, first_day: Micros, days: u32) -> Vec<DayRow> {
+pub fn history(engine: &Engine, first_day: Micros, days: u32) -> Result<Vec<DayRow>> {
     let day = Granularity::Day.len_us();
     (0..i64::from(days))
         .map(|i| {
@@ -36,10 +38,10 @@ pub fn history(engine: &Engine, first_day: Micros, days: u32) -> Vec<DayRow> {
                         total.merge(&o.evicted);
                     }
                 },
-            );
+            )?;
             let n = total.count;
             let per = |v: f64| (n > 0).then(|| v / n as f64);
-            DayRow {
+            Ok(DayRow {
                 date: start,
                 total_requests: n,
                 average_latency: per(total.latency_sum_us as f64 / 1000.0),
@@ -49,7 +51,7 @@ pub fn history(engine: &Engine, first_day: Micros, days: u32) -> Vec<DayRow> {
                     .as_ref()
                     .and_then(|s| s.quantile(0.99))
                     .map(|us| us / 1000.0),
-            }
+            })
         })
         .collect()
 }

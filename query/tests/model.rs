@@ -559,7 +559,7 @@ fn history_has_a_row_per_day_matching_the_events() {
     rt.block_on(engine.ingest(events[200..].to_vec(), None))
         .unwrap();
     // One day before the data, three days of data, one after.
-    let rows = toplog_query::history(&engine, Micros::new(T0 - DAY), 5);
+    let rows = toplog_query::history(&engine, Micros::new(T0 - DAY), 5).unwrap();
     assert_eq!(rows.len(), 5);
     for (i, row) in rows.iter().enumerate() {
         let start = T0 - DAY + i as i64 * DAY;

@@ -149,6 +149,7 @@ impl Engine {
         }
         // Segment ids of the old store may come back with other contents.
         lock(&inner.decoded).clear();
+        lock(&inner.cold).clear();
         *manifest = next;
         remove_unlisted(fs, root, &manifest)?;
         Ok(index)

@@ -10,13 +10,13 @@ use toplog_types::{Micros, SegmentId};
 
 use super::{
     Cutoffs, DAY_US, Engine, Inner, ROLLUP_DIR, Retention, SEGMENT_DIR, Segment, SegmentInfo,
-    Stored, lock,
+    Stored, cold, lock,
 };
 use crate::archive;
 use crate::columns::Columns;
 use crate::error::{EngineError, MaintenanceError, Result, io_err, segment_err};
 use crate::manifest::{self, Manifest, SegmentEntry};
-use crate::rollup::{self, Granularity, Rollups};
+use crate::rollup::{Granularity, Rollups};
 use crate::segment;
 
 /// What [`Engine::purge`] removed.
@@ -35,6 +35,9 @@ pub struct RollupTier {
     pub granularity: Granularity,
     pub buckets: usize,
     pub oldest: Option<Micros>,
+    /// Of `buckets`, those of flushed rows held in memory; the others are
+    /// read from their day's tier file when a query reaches them.
+    pub in_memory: usize,
 }
 
 impl Segment {
@@ -132,15 +135,23 @@ impl Inner {
     }
 
     /// Writes the changed (granularity, day) buckets to their tier files, drops
-    /// the days wholly past retention, and stores a manifest listing only tier
-    /// files. Returns the buckets dropped per granularity.
+    /// the days wholly past retention, stores a manifest listing only tier
+    /// files, and lets go of the days the hot window has passed (their tier
+    /// files hold them now, see `cold`). Returns the buckets dropped per
+    /// granularity.
     pub(super) fn rewrite_rollups(&self, cutoffs: &Cutoffs) -> Result<[usize; 3]> {
         let mut manifest = lock(&self.manifest);
         self.check_writable()?;
-        // Under the manifest lock no flush can change `rollups` or `dirty_tiers`.
-        let (mut kept, dirty) = {
+        // Under the manifest lock no flush can change `rollups`, `dirty_tiers`
+        // or `resident_from`.
+        let (mut kept, dirty, resident_from) = {
             let st = self.read();
-            (Rollups::clone(&st.rollups), st.dirty_tiers.clone())
+            let resident_from = st.resident_from;
+            (
+                Rollups::clone(&st.rollups),
+                st.dirty_tiers.clone(),
+                resident_from,
+            )
         };
         let mut dropped = [0; 3];
         // Whole days only: a day's file goes when its last bucket is past retention.
@@ -153,56 +164,71 @@ impl Inner {
             Granularity::from_name(&t.granularity).is_none_or(|g| expired(g, t.day))
         };
         let stale_tiers = manifest.rollup_tiers.iter().any(tier_expired);
-        if dirty.is_empty() && manifest.rollup_files.is_empty() && !stale_tiers {
-            return Ok(dropped);
-        }
-        let dir = self.dir(ROLLUP_DIR);
         let mut next = manifest.clone();
-        next.rollup_generation += 1;
-        let mut written = Vec::new();
-        for &(g, day) in dirty.iter().filter(|(g, day)| !expired(*g, *day)) {
-            let part = kept.slice(g, day, day.saturating_add_micros(DAY_US));
-            let file = format!(
-                "{}-{}-g{}.cube",
-                g.name(),
-                day.utc_date(),
-                next.rollup_generation
-            );
-            let path = dir.join(&file);
-            let image = part
-                .to_file(rollup::TIER_FILE_LEVEL)
-                .map_err(io_err("encoding rollups for", &path))?;
-            manifest::write_durable(&self.fs, &path, &self.config.cipher.seal(image))?;
-            written.push(manifest::RollupTierFile {
-                file,
-                granularity: g.name().to_owned(),
-                day,
-            });
+        let mut old_files = Vec::new();
+        if !dirty.is_empty() || !manifest.rollup_files.is_empty() || stale_tiers {
+            next.rollup_generation += 1;
+            let mut written = Vec::new();
+            for &(g, day) in dirty.iter().filter(|(g, day)| !expired(*g, *day)) {
+                let part = if day >= resident_from[g.index()] {
+                    kept.slice(g, day, day.saturating_add_micros(DAY_US))
+                } else {
+                    // A day only its file holds (a rekey marks every file changed).
+                    let file = next
+                        .rollup_tiers
+                        .iter()
+                        .find(|t| t.granularity == g.name() && t.day == day);
+                    match file {
+                        Some(t) => Rollups::clone(&*self.cold_tier(&t.file)?),
+                        None => continue,
+                    }
+                };
+                written.push(self.write_tier(g, day, next.rollup_generation, &part)?);
+            }
+            let dir = self.dir(ROLLUP_DIR);
+            self.fs
+                .sync_dir(&dir)
+                .map_err(io_err("fsync directory", &dir))?;
+            let replaced = |t: &manifest::RollupTierFile| {
+                written
+                    .iter()
+                    .any(|w| w.granularity == t.granularity && w.day == t.day)
+                    || tier_expired(t)
+            };
+            let (old, kept_tiers): (Vec<_>, Vec<_>) =
+                next.rollup_tiers.drain(..).partition(|t| replaced(t));
+            next.rollup_tiers = kept_tiers;
+            next.rollup_tiers.extend(written);
+            old_files = (old.into_iter().map(|t| t.file))
+                .chain(std::mem::take(&mut next.rollup_files))
+                .collect();
+            self.store_manifest(&next)?;
+            *manifest = next;
         }
-        self.fs
-            .sync_dir(&dir)
-            .map_err(io_err("fsync directory", &dir))?;
-        let replaced = |t: &manifest::RollupTierFile| {
-            written
-                .iter()
-                .any(|w| w.granularity == t.granularity && w.day == t.day)
-                || tier_expired(t)
-        };
-        let (old_tiers, kept_tiers): (Vec<_>, Vec<_>) =
-            next.rollup_tiers.drain(..).partition(|t| replaced(t));
-        next.rollup_tiers = kept_tiers;
-        next.rollup_tiers.extend(written);
-        let old_files = std::mem::take(&mut next.rollup_files);
-        self.store_manifest(&next)?;
-        *manifest = next;
+        // Every day held in memory is in a tier file now: those the hot
+        // window has passed need not be held any more.
+        let mut from = resident_from;
+        for (g, hot) in Granularity::ALL
+            .into_iter()
+            .map(|g| (g, cold::hot_from(g, Micros::now())))
+        {
+            if hot > from[g.index()] {
+                kept.take_before(g, hot);
+                from[g.index()] = hot;
+            }
+        }
         {
             let mut st = self.write();
             st.rollups = Arc::new(kept);
+            st.resident_from = from;
+            st.tiers = cold::tier_index(&manifest);
             st.dirty_tiers.clear();
         }
         drop(manifest);
-        for file in old_files.iter().chain(old_tiers.iter().map(|t| &t.file)) {
-            self.remove_quietly(&dir.join(file), "an old rollup file");
+        let dir = self.dir(ROLLUP_DIR);
+        for file in old_files {
+            lock(&self.cold).forget(&file);
+            self.remove_quietly(&dir.join(&file), "an old rollup file");
         }
         Ok(dropped)
     }
@@ -231,11 +257,23 @@ impl Engine {
         [Granularity::Minute, Granularity::Hour, Granularity::Day]
             .into_iter()
             .map(|g| {
-                let (buckets, oldest) = st.rollups.extent(g);
+                let (in_memory, mut oldest) = st.rollups.extent(g);
+                let mut buckets = in_memory;
+                // Days held only in their tier files, by what the manifest recorded.
+                let resident_from = st.resident_from[g.index()];
+                for (_, t) in st
+                    .tiers
+                    .range((g, Micros::new(i64::MIN))..(g, resident_from))
+                {
+                    buckets += t.buckets;
+                    let first = t.oldest.unwrap_or(t.day);
+                    oldest = Some(oldest.map_or(first, |o| o.min(first)));
+                }
                 RollupTier {
                     granularity: g,
                     buckets,
                     oldest,
+                    in_memory,
                 }
             })
             .collect()

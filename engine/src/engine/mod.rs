@@ -5,6 +5,7 @@
 
 mod cache;
 mod checkpoint;
+mod cold;
 mod config;
 mod cutoff;
 mod lock_wait;
@@ -118,9 +119,15 @@ struct State {
     applied_lsn: Lsn,
     keys: KeyIndex,
     /// Cubes over the flushed rows: the merge, in flush order, of the rollups of
-    /// every flush (exactly what start-up rebuilds from the rollup files).
-    /// Replaced, not changed, by a flush: the merge is done outside the lock.
+    /// every flush (exactly what start-up rebuilds from the rollup files), of
+    /// the days from `resident_from` on. Replaced, not changed, by a flush:
+    /// the merge is done outside the lock.
     rollups: Arc<Rollups>,
+    /// Per granularity, the first day `rollups` holds; the flushed cells of
+    /// earlier days are in their tier files only (see `cold`).
+    resident_from: [Micros; 3],
+    /// The tier files the stored manifest lists.
+    tiers: Arc<cold::TierIndex>,
     /// (granularity, UTC day) whose buckets changed since their tier file was written.
     dirty_tiers: std::collections::BTreeSet<(Granularity, Micros)>,
     /// Cubes over the rows of the memtables being flushed.
@@ -148,6 +155,8 @@ struct Inner {
     flusher: (Mutex<FlusherSignal>, Condvar),
     /// Least recently used first, with each entry's size.
     decoded: Mutex<Vec<(SegmentId, Arc<Columns>, usize)>>,
+    /// Decoded tier files of days not held in memory.
+    cold: Mutex<cold::ColdCache>,
     retention: RwLock<Retention>,
     /// Serialises compaction, archiving and purging against each other.
     maintenance: Mutex<()>,

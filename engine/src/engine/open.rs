@@ -12,15 +12,16 @@ use toplog_wal::{Fs, Wal, WalOptions};
 
 use super::write::{dirty_days, flusher_loop};
 use super::{
-    Engine, EngineConfig, FlusherSignal, Inner, KEY_DIR, ROLLUP_DIR, Retention, SEGMENT_DIR,
-    Segment, State, Stored, WAL_DIR,
+    DAY_US, Engine, EngineConfig, FlusherSignal, Inner, KEY_DIR, ROLLUP_DIR, Retention,
+    SEGMENT_DIR, Segment, State, Stored, WAL_DIR, cold,
 };
 use crate::error::{EngineError, Result, io_err, sealed_err, segment_err};
 use crate::idempotency;
 use crate::keys::KeyId;
 use crate::manifest::{self, Manifest};
-use crate::rollup::Rollups;
+use crate::rollup::{Granularity, Rollups};
 use crate::segment;
+use toplog_types::Micros;
 
 impl Engine {
     /// Opens the store in `config.data_dir` (creating it if new) on the real disk.
@@ -80,6 +81,7 @@ impl Engine {
             poisoned: Mutex::new(None),
             flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
             decoded: Mutex::new(Vec::new()),
+            cold: Mutex::default(),
             retention: RwLock::new(Retention::default()),
             maintenance: Mutex::new(()),
         });
@@ -238,23 +240,40 @@ pub(super) fn load_state(
         }));
     }
     // Rollups of flushed rows come from their files; replay adds the rest.
-    // Tier files first (they hold disjoint buckets), then later flushes in order:
-    // the same merges, in the same order, as the running node made.
-    let tier_files = manifest.rollup_tiers.iter().map(|t| (&t.file, false));
-    let flush_files = manifest.rollup_files.iter().map(|f| (f, true));
-    for (file, from_flush) in tier_files.chain(flush_files) {
-        let path = rollup_dir.join(file);
-        let sealed = fs.read(&path).map_err(io_err("read", &path))?;
-        let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
-        let cells = Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
-            path: path.clone(),
-            reason: e.0,
-        })?;
-        if from_flush {
-            state.dirty_tiers.extend(dirty_days(&cells));
+    // Tier files of the days held in memory first (they hold disjoint
+    // buckets), then later flushes in order: the same merges, in the same
+    // order, as the running node made. A flush file reaching back before the
+    // hot window brings the tier files of the days between into memory first.
+    let read =
+        |file: &str| cold::read_rollup_file(fs, &rollup_dir.join(file), &config.cipher, budget);
+    let tiers = cold::tier_index(manifest);
+    let load_days = |state: &mut State, g: Granularity, from: Micros, to: Micros| {
+        for (_, t) in tiers.range((g, from)..(g, to)) {
+            Arc::make_mut(&mut state.rollups).merge(&read(&t.file)?);
         }
+        Ok::<_, EngineError>(())
+    };
+    state.resident_from = cold::hot_days_from(Micros::now());
+    for g in Granularity::ALL {
+        let from = state.resident_from[g.index()];
+        load_days(&mut state, g, from, Micros::new(i64::MAX))?;
+    }
+    for file in &manifest.rollup_files {
+        let cells = read(file)?;
+        for g in Granularity::ALL {
+            let from = &mut state.resident_from[g.index()];
+            if let (_, Some(first)) = cells.extent(g)
+                && first.floor_to(DAY_US) < *from
+            {
+                let (first, to) = (first.floor_to(DAY_US), *from);
+                *from = first;
+                load_days(&mut state, g, first, to)?;
+            }
+        }
+        state.dirty_tiers.extend(dirty_days(&cells));
         Arc::make_mut(&mut state.rollups).merge(&cells);
     }
+    state.tiers = tiers;
     // Every listed key is loaded, however old: replay judges a key's age against the
     // replayed batch's own receive time, so the outcome cannot depend on when we restart.
     for kf in &manifest.key_files {

@@ -114,7 +114,8 @@ impl Engine {
 
     /// Calls `f` with the cube of `dim` of every bucket of `g` that starts in
     /// `[from, to)`. A bucket may come as several cubes (flushed rows, rows being
-    /// flushed, open memtables): their cells add up.
+    /// flushed, open memtables): their cells add up. Fails only when a day
+    /// held on disk alone cannot be read.
     pub fn visit_rollups(
         &self,
         g: Granularity,
@@ -122,25 +123,25 @@ impl Engine {
         to: Micros,
         dim: Dimension,
         f: impl FnMut(&Cube),
-    ) {
+    ) -> Result<()> {
         self.with_rollups(&[(g, from, to)], dim, |cubes| {
             cubes.iter().copied().for_each(f)
         })
     }
 
-    /// Calls `f` once, under one read lock, with every cube [`Engine::visit_rollups`]
-    /// would visit for each `(granularity, from, to)` of `pieces`, so they can be
-    /// read side by side.
+    /// Calls `f` once, with every cube [`Engine::visit_rollups`] would visit
+    /// for each `(granularity, from, to)` of `pieces`, as they stood at one
+    /// instant, so they can be read side by side.
     pub fn with_rollups<R>(
         &self,
         pieces: &[(Granularity, Micros, Micros)],
         dim: Dimension,
         f: impl FnOnce(&[&Cube]) -> R,
-    ) -> R {
-        let view = self.inner.rollup_view(pieces);
+    ) -> Result<R> {
+        let view = self.inner.rollup_view(pieces)?;
         let mut cubes = Vec::new();
         view.visit(dim, |_, c| cubes.push(c));
-        f(&cubes)
+        Ok(f(&cubes))
     }
 
     /// [`Engine::with_rollups`] a cube at a time, with the index in `pieces`
@@ -151,8 +152,9 @@ impl Engine {
         pieces: &[(Granularity, Micros, Micros)],
         dim: Dimension,
         f: impl FnMut(usize, &Cube),
-    ) {
-        self.inner.rollup_view(pieces).visit(dim, f);
+    ) -> Result<()> {
+        self.inner.rollup_view(pieces)?.visit(dim, f);
+        Ok(())
     }
 
     /// Aggregates the raw rows in `range` matching `filters` by `dim`, as the
@@ -300,22 +302,55 @@ impl Inner {
     /// apply thread next changes one, which then copies it). The read itself
     /// holds no lock, so applying the log never waits for it. Buckets past
     /// their retention are left out, purged or not.
-    fn rollup_view(&self, pieces: &[(Granularity, Micros, Micros)]) -> RollupView {
+    fn rollup_view(&self, pieces: &[(Granularity, Micros, Micros)]) -> Result<RollupView> {
         let cutoffs = self.cutoffs();
         let pieces: Vec<(Granularity, Micros, Micros)> = pieces
             .iter()
             .map(|&(g, from, to)| (g, from.max(cutoffs.rollup(g)), to))
             .collect();
-        let st = self.read();
-        RollupView {
-            flushed: st.rollups.clone(),
-            frozen: st.frozen_rollups.clone(),
-            open: pieces
-                .iter()
-                .map(|&(g, from, to)| st.active_rollups.slice(g, from, to))
-                .collect(),
-            pieces,
+        let mut tries = 0;
+        loop {
+            let (mut view, cold) = {
+                let st = self.read();
+                let view = RollupView {
+                    flushed: st.rollups.clone(),
+                    frozen: st.frozen_rollups.clone(),
+                    open: pieces
+                        .iter()
+                        .map(|&(g, from, to)| st.active_rollups.slice(g, from, to))
+                        .collect(),
+                    cold: Vec::new(),
+                    pieces: pieces.clone(),
+                };
+                let cold: Vec<(usize, String)> = (pieces.iter().enumerate())
+                    .flat_map(|(i, &(g, from, to))| {
+                        st.cold_files(g, from, to).into_iter().map(move |f| (i, f))
+                    })
+                    .collect();
+                (view, cold)
+            };
+            // Read without the lock: a flush or maintenance may replace a
+            // file meanwhile, and then the view is taken again.
+            match (cold.iter())
+                .map(|(i, file)| Ok((*i, self.cold_tier(file)?)))
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(cells) => {
+                    view.cold = cells;
+                    return Ok(view);
+                }
+                Err(_) if tries < 3 && self.tiers_replaced(&cold) => tries += 1,
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// Whether any of `files` is no longer listed (replaced since it was named).
+    fn tiers_replaced(&self, files: &[(usize, String)]) -> bool {
+        let st = self.read();
+        files
+            .iter()
+            .any(|(_, f)| !st.tiers.values().any(|t| t.file == *f))
     }
 }
 
@@ -325,15 +360,20 @@ struct RollupView {
     frozen: Vec<Arc<Rollups>>,
     /// Per piece, the open buckets it covers.
     open: Vec<Rollups>,
+    /// Days only tier files hold, each with the index of its piece.
+    cold: Vec<(usize, Arc<Rollups>)>,
     pieces: Vec<(Granularity, Micros, Micros)>,
 }
 
 impl RollupView {
     /// Calls `f` with every cube of `dim` in the pieces (and the piece's
-    /// index): flushed, being flushed, then open.
+    /// index): flushed, from tier files, being flushed, then open.
     fn visit<'a>(&'a self, dim: Dimension, mut f: impl FnMut(usize, &'a Cube)) {
         for (i, &(g, from, to)) in self.pieces.iter().enumerate() {
             self.flushed.visit(g, from, to, dim, |c| f(i, c));
+            for (_, r) in self.cold.iter().filter(|(piece, _)| *piece == i) {
+                r.visit(g, from, to, dim, |c| f(i, c));
+            }
             for r in &self.frozen {
                 r.visit(g, from, to, dim, |c| f(i, c));
             }

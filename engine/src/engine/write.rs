@@ -12,7 +12,7 @@ use toplog_types::{Lsn, Micros};
 use toplog_wal::Wal;
 
 use super::{
-    DAY_US, Engine, Frozen, Inner, KEY_DIR, ROLLUP_DIR, SEGMENT_DIR, Segment, Stored, lock,
+    DAY_US, Engine, Frozen, Inner, KEY_DIR, ROLLUP_DIR, SEGMENT_DIR, Segment, Stored, cold, lock,
     window_us,
 };
 use crate::batch::{Batch, KeyedEvents, Logged};
@@ -385,9 +385,17 @@ impl Inner {
             st.frozen_rollups.push(cells.clone());
             (parts, cells, st.applied_lsn, st.keys.take_unflushed())
         };
-        let result = self.write_flush(&mut manifest, &frozen, &cells, upto, &new_keys);
-        let new_segments = match result {
-            Ok(segs) => segs,
+        // Cells of days memory no longer holds go to their tier files; only
+        // maintenance (under the manifest lock too) moves `resident_from`.
+        let mut hot = Rollups::clone(&cells);
+        let mut cold = Rollups::new(self.config.rollup_key_budget);
+        let resident_from = self.read().resident_from;
+        for g in Granularity::ALL {
+            cold.merge(&hot.take_before(g, resident_from[g.index()]));
+        }
+        let result = self.write_flush(&mut manifest, &frozen, &hot, &cold, upto, &new_keys);
+        let (new_segments, replaced_tiers) = match result {
+            Ok(written) => written,
             Err(e) => {
                 self.poison(format!("flush failed: {e}"));
                 return Err(e);
@@ -398,10 +406,11 @@ impl Inner {
         // ingest and queries do not wait for it. Only flushes (serialised by the
         // manifest lock) replace `rollups`.
         let mut merged = Rollups::clone(&self.read().rollups);
-        merged.merge(&cells);
+        merged.merge(&hot);
         {
             let mut st = self.write();
-            st.dirty_tiers.extend(dirty_days(&cells));
+            st.dirty_tiers.extend(dirty_days(&hot));
+            st.tiers = cold::tier_index(&manifest);
             // One lock for all, so a reader sees these rows in the segments or the
             // frozen memtables, never both or neither, and their cells once.
             st.segments.extend(new_segments);
@@ -414,6 +423,10 @@ impl Inner {
             st.keys.expire(cutoff);
         }
         drop(manifest);
+        for file in replaced_tiers {
+            lock(&self.cold).forget(&file);
+            self.remove_quietly(&self.dir(ROLLUP_DIR).join(&file), "a replaced tier file");
+        }
         if let Some(wal) = wal {
             wal.truncate_prefix(upto)?;
         }
@@ -425,9 +438,10 @@ impl Inner {
         manifest: &mut Manifest,
         parts: &[(i64, Vec<Arc<Columns>>)],
         cells: &Rollups,
+        cold: &Rollups,
         upto: Lsn,
         new_keys: &[(String, KeyRecord)],
-    ) -> Result<Vec<Arc<Segment>>> {
+    ) -> Result<(Vec<Arc<Segment>>, Vec<String>)> {
         let plen = self.config.partition_us();
         let seg_dir = self.dir(SEGMENT_DIR);
         let key_dir = self.dir(KEY_DIR);
@@ -472,6 +486,7 @@ impl Inner {
             manifest::write_durable(&self.fs, &path, &self.config.cipher.seal(image))?;
             next.rollup_files.push(file);
         }
+        let replaced_tiers = self.fold_cold(&mut next, cold)?;
         if !new_keys.is_empty() {
             let file = format!("{:020}.keys", upto.get());
             let path = key_dir.join(&file);
@@ -507,7 +522,7 @@ impl Inner {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove expired key file");
             }
         }
-        created
+        let segments = created
             .into_iter()
             .map(|(id, path, meta)| {
                 let bytes = self.fs.map(&path).map_err(io_err("map", &path))?;
@@ -519,7 +534,8 @@ impl Inner {
                     sealed: None,
                 }))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((segments, replaced_tiers))
     }
 }
 

@@ -180,11 +180,24 @@ impl Rollups {
 
     /// Drops the buckets of `g` that start before `cutoff`; returns how many.
     pub(crate) fn drop_before(&mut self, g: Granularity, cutoff: Micros) -> usize {
+        self.take_before(g, cutoff).levels[g.index()].len()
+    }
+
+    /// Takes out the buckets of `g` that start before `cutoff` (shared, not copied).
+    pub(crate) fn take_before(&mut self, g: Granularity, cutoff: Micros) -> Rollups {
         let level = &mut self.levels[g.index()];
         let kept = level.split_off(&cutoff.get());
-        let dropped = level.len();
-        *level = kept;
-        dropped
+        let mut out = Rollups::new(self.budget);
+        out.levels[g.index()] = std::mem::replace(level, kept);
+        out
+    }
+
+    /// Bytes its buckets hold, cells included.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let buckets = self.levels.iter().flat_map(BTreeMap::values);
+        buckets
+            .map(|b| b.cubes.iter().map(Cube::heap_bytes).sum::<usize>() + 64)
+            .sum()
     }
 
     /// The buckets of `g` starting in `[from, to)` (shared, not copied).

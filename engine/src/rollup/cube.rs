@@ -360,6 +360,14 @@ impl Cube {
         }
     }
 
+    /// Bytes it holds, its cells' included (not the tables ranking adds).
+    pub(super) fn heap_bytes(&self) -> usize {
+        match &self.cells {
+            Cells::Open(cells) => cells.values().map(|c| c.bytes() + 16).sum(),
+            Cells::Packed(p) => p.heap_bytes(),
+        }
+    }
+
     pub(super) fn is_packed(&self) -> bool {
         matches!(self.cells, Cells::Packed(_))
     }

@@ -58,6 +58,14 @@ impl Packed {
         }
     }
 
+    /// Bytes it holds on the heap.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.ids.len() * std::mem::size_of::<KeyId>()
+            + self.marks.len() * std::mem::size_of::<(u32, u32)>()
+            + self.heads.len()
+            + self.bodies.len()
+    }
+
     /// Sets `cell`'s counts (count, per status class, missed) to those of
     /// cell `i`, whose head is `head`, and its latencies to none.
     pub(super) fn counts(&self, i: usize, head: &Head, cell: &mut Cell) {

@@ -378,7 +378,7 @@ pub(crate) fn merged_cells_in(
                     .map(|(_, ep)| ep)
             }),
         }
-    });
+    })?;
     for (out, raw) in outs.iter_mut().zip(&raws) {
         for part in raw {
             for (k, cell) in part {

@@ -57,7 +57,7 @@ pub(super) fn quantile_with_min_count(
             .map(|(k, _)| k.name().to_owned())
             .collect();
         merge_keys(dim, cubes, &raw, &reaching, true)
-    })?;
+    })??;
     note_sources(&pieces, &raw, note);
     Ok(Some(merged))
 }

@@ -40,7 +40,7 @@ pub(super) fn heaviest_first(
         .with_rollups(&pieces, dim, |cubes| {
             let winners = threshold_top(dim, cubes, &raw, q.k)?;
             Some(merge_keys(dim, cubes, &raw, &winners, false))
-        })
+        })?
         .transpose()?;
     if merged.is_some() {
         note_sources(&pieces, &raw, note);

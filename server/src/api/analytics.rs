@@ -234,7 +234,7 @@ async fn history_of(
     let first_day = first * DAY_US;
     app.read(&p, move |engine, point| {
         Ok((
-            toplog_query::history(&engine, Micros::new(first_day), days),
+            toplog_query::history(&engine, Micros::new(first_day), days)?,
             point,
         ))
     })
