@@ -166,8 +166,9 @@ impl Inner {
                 None => Rollups::new(self.config.rollup_key_budget),
             };
             cells.merge(&cold.slice(g, day, day.saturating_add_micros(DAY_US)));
+            // Not cached: a query may never come back this far, and a
+            // backfill writes day after day (cached, they took 64 MiB).
             let tier = self.write_tier(g, day, next.rollup_generation, &cells)?;
-            lock(&self.cold).put(tier.file.clone(), Arc::new(cells));
             match at {
                 Some(i) => replaced.push(std::mem::replace(&mut next.rollup_tiers[i], tier).file),
                 None => next.rollup_tiers.push(tier),
