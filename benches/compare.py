@@ -7,18 +7,25 @@
    with pip if they are missing.
 2. `loadgen generate` writes the workload once as NDJSON and once as Parquet,
    ending at a fixed instant.
-3. toplog: a fresh node (fsync always) is sent the same events over HTTP by
-   `loadgen send`, which then runs the query mix with ranges ending at a fixed
-   instant and writes every answer to a report.
+3. toplog: a fresh node (fsync always, auth on with an admin key, encryption
+   off) is sent the same events over HTTP by `loadgen send`, which then runs
+   the query mix with ranges ending at a fixed instant and writes every answer
+   to a report. The node is restarted on its data and each query run once
+   (the first run after a restart). Then the same events go over gRPC to a
+   fresh node (loadgen pinned to CPU 1 with taskset), and over HTTP to the
+   leader of a fresh 3-node cluster on this machine; the server's CPU
+   seconds are read after each load.
 4. Each peer runs in its own process (so its peak memory is its own) and loads
    the same NDJSON file: DuckDB into a database file; ClickHouse into a
    MergeTree table partitioned by day and ordered by (hour, endpoint,
    timestamp); ClickHouse again with a 1-minute AggregatingMergeTree rollup by
    endpoint kept by a materialized view. Each runs the equivalent SQL of every
    query `--repeat` times.
-5. Every answer is checked against DuckDB's exact answer, and one table is
+5. Every answer is checked against DuckDB's exact answer, and two tables are
    printed: ingest rate, bytes per event on disk, peak memory and the median
-   latency of each query, with toplog's ratio to the best peer.
+   latency of each query, with toplog's ratio to the best peer; then toplog's
+   own rows (gRPC and cluster ingest, CPU per event, the whole data directory,
+   first runs after a restart, freshness).
 
 Latencies of the peers are measured in process (no network); toplog's are over
 HTTP as the client sees them (and, in brackets, inside the server).
@@ -104,54 +111,158 @@ def wait_child(proc):
 # ---------------------------------------------------------------- toplog
 
 
-def start_toplog(work, *flags):
-    """A release node on a free port with a fresh data directory under `work`,
-    once ready; returns (process, base URL, data directory)."""
-    data = work / "toplog-data"
-    shutil.rmtree(data, ignore_errors=True)
+# The admin key the nodes are started with (auth on, as by default) and
+# loadgen sends; the same as benches/cluster_lib.sh's.
+ADMIN_KEY = "tlk_0000000a11ce_00000000000000000000000000000000000000ad"
+
+
+def start_toplog(work, name, *flags, fresh=True):
+    """A release node on a free port with the data directory `work/name`
+    (emptied first if `fresh`), once ready; returns (process, base URL, data
+    directory, seconds until ready). Auth is on (the default), encryption off."""
+    data = work / name
+    if fresh:
+        shutil.rmtree(data, ignore_errors=True)
     port = free_port()
+    started = time.monotonic()
     server = subprocess.Popen(
-        # Loopback only, and no API keys: the engine is what is measured.
-        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--auth", "off", *flags],
-        stderr=open(work / "toplog.log", "w"),
+        [binary("toplog"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", *flags],
+        stderr=open(work / f"{name}.log", "a"),
+        env=dict(os.environ, TOPLOG_ADMIN_KEY=ADMIN_KEY),
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    wait_ready(base, server)
+    return server, base, data, time.monotonic() - started
+
+
+def wait_ready(base, server):
+    deadline = time.time() + 120
     while True:
         try:
             if urllib.request.urlopen(base + "/readyz", timeout=1).status == 200:
-                return server, base, data
+                return
         except OSError:
             pass
-        if time.time() > deadline:
+        if time.time() > deadline or server.poll() is not None:
             server.kill()
-            raise SystemExit("toplog did not become ready")
+            raise SystemExit(f"toplog at {base} did not become ready")
         time.sleep(0.05)
 
 
-def run_toplog(args, work, workload):
-    server, base, data = start_toplog(work, "--fsync", "always")
-    report = work / "toplog-report.json"
-    log(f"toplog: sending {args.events} events over HTTP, then the query mix")
-    subprocess.run(
-        [binary("loadgen"), "send", *workload, "--server", base, "--server-pid", str(server.pid),
-         "--connections", str(args.connections), "--batch", str(args.batch),
-         "--repeat", str(args.repeat), "--now", str(args.now), "--report", str(report)],
-        check=True,
-    )
+def loadgen(*argv, pin=None):
+    """Runs loadgen with the admin key; `pin`: the CPU to pin it to (taskset)."""
+    cmd = [binary("loadgen"), *argv]
+    if pin is not None:
+        cmd = ["taskset", "-c", str(pin), *cmd]
+    subprocess.run(cmd, check=True, env=dict(os.environ, TOPLOG_API_KEY=ADMIN_KEY))
+
+
+def stop(server, work, name):
     server.send_signal(signal.SIGTERM)
     code, peak = wait_child(server)
     if code != 0:
-        raise SystemExit(f"toplog exited with {code}; see {work / 'toplog.log'}")
+        raise SystemExit(f"toplog exited with {code}; see {work / f'{name}.log'}")
+    return peak
+
+
+def run_toplog(args, work, workload):
+    """NDJSON ingest and the query mix; the first run of each query after a
+    restart; gRPC ingest; ingest into a 3-node cluster."""
+    server, base, data, _ = start_toplog(work, "toplog-data", "--fsync", "always")
+    report = work / "toplog-report.json"
+    log(f"toplog: sending {args.events} events over HTTP, then the query mix")
+    loadgen("send", *workload, "--server", base, "--server-pid", str(server.pid),
+            "--connections", str(args.connections), "--batch", str(args.batch),
+            "--repeat", str(args.repeat), "--now", str(args.now), "--report", str(report))
+    peak = stop(server, work, "toplog-data")
     doc = json.loads(report.read_text())
-    segments = dir_bytes(data / "segments")
-    return {
+    parts = {p.name: dir_bytes(p) if p.is_dir() else p.stat().st_size for p in data.iterdir()}
+    out = {
         "ingest_per_s": doc["ingest"]["events_per_s"],
         "freshness_ms": doc["ingest"].get("freshness_ms"),
-        "bytes_per_event": segments / args.events,
-        "all_bytes_per_event": dir_bytes(data) / args.events,
+        "cpu_us_per_event": doc["ingest"]["server_cpu_s"] / args.events * 1e6,
+        "ingest_peak_rss_mib": doc["ingest"]["peak_rss_mib"],
+        "bytes_per_event": parts.get("segments", 0) / args.events,
+        "all_bytes_per_event": sum(parts.values()) / args.events,
+        "parts_per_event": {k: v / args.events for k, v in parts.items() if v},
         "peak_rss_mib": peak,
         "queries": doc["queries"],
+    }
+
+    log("toplog: restarting on the same data, then each query once")
+    server, base, data, took = start_toplog(work, "toplog-data", "--fsync", "always", fresh=False)
+    first = work / "toplog-first.json"
+    loadgen("query", "--server", base, "--repeat", "1", "--now", str(args.now), "--report", str(first))
+    stop(server, work, "toplog-data")
+    out["restart_s"] = took
+    out["first_run_ms"] = {q["name"]: q["http_ms"]["p50"] for q in json.loads(first.read_text())["queries"]}
+    shutil.rmtree(data, ignore_errors=True)
+
+    log(f"toplog: sending {args.events} events over gRPC, loadgen pinned to CPU 1")
+    server, base, data, _ = start_toplog(work, "toplog-grpc", "--fsync", "always")
+    grpc = work / "toplog-grpc.json"
+    loadgen("send", *workload, "--server", base, "--server-pid", str(server.pid), "--protocol", "grpc",
+            "--connections", str(args.connections), "--batch", str(args.batch), "--probes", "0",
+            "--repeat", "0", "--now", str(args.now), "--report", str(grpc), pin=1)
+    stop(server, work, "toplog-grpc")
+    shutil.rmtree(data, ignore_errors=True)
+    g = json.loads(grpc.read_text())["ingest"]
+    out["grpc_per_s"] = g["events_per_s"]
+    out["grpc_cpu_us_per_event"] = g["server_cpu_s"] / args.events * 1e6
+    out["cluster"] = run_cluster(args, work, workload)
+    return out
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_cluster(args, work, workload):
+    """The same events over HTTP to the leader of a 3-node cluster on this
+    machine (all three share its cores and disk); each node's CPU seconds."""
+    secret = work / "cluster-secret"
+    secret.write_text(os.urandom(16).hex())
+    ports = [free_port() for _ in range(3)]
+    spec = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
+    nodes = []
+    for i, port in enumerate(ports):
+        name = f"cluster-{i + 1}"
+        shutil.rmtree(work / name, ignore_errors=True)
+        proc = subprocess.Popen(
+            [binary("toplog"), "serve", "--data-dir", str(work / name), "--listen", f"127.0.0.1:{port}",
+             "--node-id", str(i + 1), "--cluster", spec, "--cluster-secret-file", str(secret)],
+            stderr=open(work / f"{name}.log", "w"),
+            env=dict(os.environ, TOPLOG_ADMIN_KEY=ADMIN_KEY),
+        )
+        nodes.append((proc, f"http://127.0.0.1:{port}", name))
+    for proc, base, _ in nodes:
+        wait_ready(base, proc)
+    leader = 0
+    deadline = time.time() + 60
+    while not leader:
+        req = urllib.request.Request(nodes[0][1] + "/api/v1/cluster",
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        leader = json.load(urllib.request.urlopen(req))["data"].get("leader_id") or 0
+        if not leader and time.time() > deadline:
+            raise SystemExit("the cluster elected no leader")
+        time.sleep(0.1)
+    proc, base, _ = nodes[leader - 1]
+    log(f"toplog: sending {args.events} events over HTTP to the leader of a 3-node cluster")
+    report = work / "toplog-cluster.json"
+    loadgen("send", *workload, "--server", base, "--server-pid", str(proc.pid),
+            "--connections", str(args.connections), "--batch", str(args.batch), "--probes", "0",
+            "--repeat", "0", "--now", str(args.now), "--report", str(report))
+    cpu = [cpu_seconds(p.pid) for p, _, _ in nodes]
+    for p, _, name in nodes:
+        stop(p, work, name)
+        shutil.rmtree(work / name, ignore_errors=True)
+    doc = json.loads(report.read_text())["ingest"]
+    return {
+        "per_s": doc["events_per_s"],
+        "leader": leader,
+        "cpu_us_per_event": [c / args.events * 1e6 for c in cpu],
     }
 
 
@@ -473,6 +584,35 @@ def table(args, toplog, peers):
     return "\n".join(out)
 
 
+def own_table(args, t, peers):
+    """The rows no peer has an equivalent of (issue 23's table)."""
+    ch = peers["clickhouse"]["ingest_per_s"]
+    c = t["cluster"]
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(t["parts_per_event"].items(), key=lambda kv: -kv[1]))
+    slowest = sorted(t["first_run_ms"].items(), key=lambda kv: -kv[1])[:3]
+    rows = [
+        ("durable ingest, gRPC batches (fsync always, auth on, encryption off; loadgen pinned to CPU 1)",
+         f"{t['grpc_per_s']:,.0f} events/s ({t['grpc_per_s'] / ch:.2f}x ClickHouse raw)"),
+        ("durable ingest, NDJSON over HTTP (same settings)",
+         f"{t['ingest_per_s']:,.0f} events/s ({t['ingest_per_s'] / ch:.2f}x ClickHouse raw, "
+         f"{t['ingest_per_s'] / peers['clickhouse-mv']['ingest_per_s']:.2f}x with its MV)"),
+        ("ingest on a 3-node cluster on this machine (NDJSON to the leader)",
+         f"{c['per_s']:,.0f} events/s; server CPU per event by node: "
+         + ", ".join(f"node {i + 1}{' (leader)' if i + 1 == c['leader'] else ''} {v:.2f} µs"
+                     for i, v in enumerate(c["cpu_us_per_event"]))),
+        ("server CPU per ingested event", f"{t['grpc_cpu_us_per_event']:.2f} µs over gRPC, "
+                                          f"{t['cpu_us_per_event']:.2f} µs over NDJSON"),
+        ("peak RSS while ingesting (and through the query mix)",
+         f"{t['ingest_peak_rss_mib']:,.0f} MiB ({t['peak_rss_mib']:,.0f} MiB)"),
+        ("whole data dir, bytes per event", f"{t['all_bytes_per_event']:.1f} ({parts})"),
+        ("each query's first run after a restart (slowest three)",
+         "; ".join(f"{name} {fmt_ms(ms)}" for name, ms in slowest) + f" (restart took {t['restart_s']:.1f} s)"),
+        ("freshness p99 (ack to visible in top-K)",
+         f"{t['freshness_ms']['p99']:.1f} ms" if t.get("freshness_ms") else "n/a"),
+    ]
+    return "\n".join(["| toplog | this run |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "peer":
         return peer_main(sys.argv[2:])
@@ -515,6 +655,8 @@ def main():
           f"latency sum, 5xx count or time span differ from the NDJSON's: {'same events' if same else 'DIFFERENT'}")
     print()
     print(table(args, toplog, peers))
+    print()
+    print(own_table(args, toplog, peers))
     print()
     print("Answers checked against DuckDB's exact answers:")
     ref = peers["duckdb"]["queries"]
