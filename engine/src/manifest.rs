@@ -61,7 +61,7 @@ pub(crate) struct RollupTierFile {
     /// report without reading it; 0 and `None` in files listed before these
     /// were recorded).
     #[serde(default)]
-    pub(crate) buckets: usize,
+    pub(crate) buckets: u64,
     #[serde(default)]
     pub(crate) oldest: Option<Micros>,
 }

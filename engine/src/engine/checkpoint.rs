@@ -141,7 +141,7 @@ impl Engine {
         // Names this store makes from now on stay clear of both stores'.
         next.last_segment_id = next.last_segment_id.max(manifest.last_segment_id);
         next.rollup_generation = next.rollup_generation.max(manifest.rollup_generation);
-        let state = load_state(fs, root, &next, &inner.config)?;
+        let state = load_state(fs, root, &next, &inner.config, true)?;
         next.store(fs, root, cipher)?;
         {
             let _gate = lock(&inner.apply_gate);

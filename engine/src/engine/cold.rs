@@ -1,7 +1,7 @@
 //! Rollup days past the hot window. Minute buckets before yesterday and hour
 //! buckets before the last seven days are not held in memory: their day's
-//! tier file is the one copy, read through a small least-recently-used cache
-//! when a query reaches back that far. Day buckets stay in memory for their
+//! tier file is the one copy, read a block (an hour) at a time through a
+//! small least-recently-used cache when a query reaches back that far. Day buckets stay in memory for their
 //! whole retention (one bucket a day). A flush adds the cells of such a day
 //! straight to its tier file; maintenance moves days out of memory as the
 //! clock passes them. So memory holds the recent buckets, whatever the
@@ -13,9 +13,10 @@ use std::sync::Arc;
 use toplog_types::Micros;
 
 use super::{DAY_US, Inner, ROLLUP_DIR, State, lock};
+use crate::budget;
 use crate::error::{EngineError, Result, io_err, sealed_err};
 use crate::manifest::{self, Manifest, RollupTierFile};
-use crate::rollup::{self, Granularity, Rollups};
+use crate::rollup::{self, BlockIndex, Granularity, Rollups};
 
 /// Per granularity (by [`Granularity::index`]: minute, hour, day), the whole
 /// UTC days before today whose buckets stay in memory; `None`: all of them.
@@ -23,7 +24,7 @@ use crate::rollup::{self, Granularity, Rollups};
 /// week's hours a 7-day range's partial days.
 const HOT_DAYS: [Option<i64>; 3] = [Some(1), Some(7), None];
 
-/// Bytes of decoded cold tier files kept for repeated reads.
+/// Bytes of decoded blocks (and file indexes) kept for repeated reads.
 const COLD_CACHE_BYTES: usize = 64 << 20;
 
 /// The tier files the manifest lists, by granularity and day.
@@ -53,38 +54,71 @@ pub(super) fn hot_days_from(now: Micros) -> [Micros; 3] {
     [Granularity::Minute, Granularity::Hour, Granularity::Day].map(|g| hot_from(g, now))
 }
 
-/// Decoded cold tier files, least recently used first, with their sizes.
+/// What the cold cache holds of tier files: their indexes, and the blocks
+/// of buckets read, least recently used first, with their sizes.
 #[derive(Debug, Default)]
 pub(super) struct ColdCache {
-    entries: Vec<(String, Arc<Rollups>, usize)>,
+    entries: Vec<(String, Cached, usize)>,
     bytes: usize,
 }
 
+#[derive(Debug, Clone)]
+enum Cached {
+    File(Arc<TierFile>),
+    Block(Arc<Rollups>),
+}
+
+/// A tier file opened for reading a block at a time.
+#[derive(Debug)]
+enum TierFile {
+    Blocks(BlockIndex),
+    /// A file of an earlier version (one frame): all its cells.
+    Whole(Arc<Rollups>),
+}
+
+/// The cache's key of block `start` of `g` in `file`.
+fn block_key(file: &str, g: Granularity, start: i64) -> String {
+    format!("{file}#{}:{start}", g.name())
+}
+
 impl ColdCache {
-    fn get(&mut self, file: &str) -> Option<Arc<Rollups>> {
-        let at = self.entries.iter().position(|(f, _, _)| f == file)?;
+    fn get(&mut self, key: &str) -> Option<Cached> {
+        let at = self.entries.iter().position(|(k, _, _)| k == key)?;
         let hit = self.entries.remove(at);
-        let cells = hit.1.clone();
+        let value = hit.1.clone();
         self.entries.push(hit);
-        Some(cells)
+        Some(value)
     }
 
-    fn put(&mut self, file: String, cells: Arc<Rollups>) {
-        self.forget(&file);
-        let size = cells.heap_bytes();
+    fn put(&mut self, key: String, value: Cached) {
+        let size = key.len()
+            + match &value {
+                Cached::File(f) => match &**f {
+                    TierFile::Blocks(index) => index.heap_bytes(),
+                    TierFile::Whole(cells) => cells.heap_bytes(),
+                },
+                Cached::Block(cells) => cells.heap_bytes(),
+            };
         self.bytes += size;
-        self.entries.push((file, cells, size));
+        self.entries.push((key, value, size));
         while self.bytes > COLD_CACHE_BYTES && self.entries.len() > 1 {
             let (_, _, size) = self.entries.remove(0);
             self.bytes -= size;
         }
     }
 
+    /// Drops what it holds of `file` (replaced or removed).
     pub(super) fn forget(&mut self, file: &str) {
-        if let Some(at) = self.entries.iter().position(|(f, _, _)| f == file) {
-            let (_, _, size) = self.entries.remove(at);
-            self.bytes -= size;
-        }
+        let blocks = format!("{file}#");
+        let mut freed = 0;
+        self.entries.retain(|(k, _, size)| {
+            let keep = k != file && !k.starts_with(&blocks);
+            if !keep {
+                freed += size;
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 
     pub(super) fn clear(&mut self) {
@@ -109,16 +143,71 @@ impl State {
 }
 
 impl Inner {
-    /// The cells of the tier file `file`, from the cache or read and decoded.
-    pub(super) fn cold_tier(&self, file: &str) -> Result<Arc<Rollups>> {
-        if let Some(hit) = lock(&self.cold).get(file) {
-            return Ok(hit);
-        }
+    /// The blocks of the tier file `file` that may hold buckets of `g`
+    /// starting in `[from, to)` (of a file of an earlier version: all its
+    /// cells), from the cache or read and decoded.
+    pub(super) fn cold_blocks(
+        &self,
+        file: &str,
+        g: Granularity,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<Arc<Rollups>>> {
         let path = self.dir(ROLLUP_DIR).join(file);
+        let corrupt = |e: crate::codec::CodecError| EngineError::Corrupt {
+            path: path.clone(),
+            reason: e.0,
+        };
+        let budget = self.config.rollup_key_budget;
+        let cached = lock(&self.cold).get(file);
+        let (opened, mut buf) = match cached {
+            Some(Cached::File(f)) => (f, None),
+            _ => {
+                let buf = self.read_sealed(&path)?;
+                let opened = Arc::new(match BlockIndex::of(&buf).map_err(corrupt)? {
+                    Some(index) => TierFile::Blocks(index),
+                    None => TierFile::Whole(Arc::new(
+                        Rollups::from_file(&buf, budget).map_err(corrupt)?,
+                    )),
+                });
+                lock(&self.cold).put(file.to_owned(), Cached::File(opened.clone()));
+                (opened, Some(buf))
+            }
+        };
+        let index = match &*opened {
+            TierFile::Whole(cells) => return Ok(vec![cells.clone()]),
+            TierFile::Blocks(index) => index,
+        };
+        let mut out = Vec::new();
+        for start in index.reaching(g, from.get(), to.get()) {
+            // A read holding blocks the cache may let go of is charged for them.
+            budget::check_time()?;
+            let key = block_key(file, g, start);
+            if let Some(Cached::Block(cells)) = lock(&self.cold).get(&key) {
+                budget::hold(cells.heap_bytes())?;
+                out.push(cells);
+                continue;
+            }
+            let bytes = match &buf {
+                Some(b) => b,
+                None => buf.insert(self.read_sealed(&path)?),
+            };
+            let cells = Arc::new(index.read(bytes, g, start, budget).map_err(corrupt)?);
+            budget::hold(cells.heap_bytes())?;
+            lock(&self.cold).put(key, Cached::Block(cells.clone()));
+            out.push(cells);
+        }
+        Ok(out)
+    }
+
+    /// Every cell of the tier file `file`, read and decoded (not cached).
+    pub(super) fn tier_cells(&self, file: &str) -> Result<Rollups> {
         let (cipher, budget) = (&self.config.cipher, self.config.rollup_key_budget);
-        let cells = Arc::new(read_rollup_file(&self.fs, &path, cipher, budget)?);
-        lock(&self.cold).put(file.to_owned(), cells.clone());
-        Ok(cells)
+        read_rollup_file(&self.fs, &self.dir(ROLLUP_DIR).join(file), cipher, budget)
+    }
+
+    fn read_sealed(&self, path: &std::path::Path) -> Result<Vec<u8>> {
+        read_sealed(&self.fs, path, &self.config.cipher)
     }
 
     /// Writes `part`, the buckets of `g` on `day`, as a tier file of
@@ -141,7 +230,7 @@ impl Inner {
             file,
             granularity: g.name().to_owned(),
             day,
-            buckets,
+            buckets: buckets as u64,
             oldest,
         })
     }
@@ -162,7 +251,7 @@ impl Inner {
                 .iter()
                 .position(|t| t.granularity == g.name() && t.day == day);
             let mut cells = match at {
-                Some(i) => Rollups::clone(&*self.cold_tier(&next.rollup_tiers[i].file)?),
+                Some(i) => self.tier_cells(&next.rollup_tiers[i].file)?,
                 None => Rollups::new(self.config.rollup_key_budget),
             };
             cells.merge(&cold.slice(g, day, day.saturating_add_micros(DAY_US)));
@@ -185,10 +274,60 @@ pub(super) fn read_rollup_file(
     cipher: &toplog_crypt::Cipher,
     budget: usize,
 ) -> Result<Rollups> {
-    let sealed = fs.read(path).map_err(io_err("read", path))?;
-    let buf = cipher.open(&sealed).map_err(sealed_err(path))?;
+    let buf = read_sealed(fs, path, cipher)?;
     Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
         path: path.to_path_buf(),
         reason: e.0,
     })
+}
+
+/// The file at `path`, read and opened with the store's cipher.
+fn read_sealed(
+    fs: &Arc<dyn toplog_wal::Fs>,
+    path: &std::path::Path,
+    cipher: &toplog_crypt::Cipher,
+) -> Result<Vec<u8>> {
+    let sealed = fs.read(path).map_err(io_err("read", path))?;
+    // Not encrypted: the file as read, not a copy.
+    let opened = match cipher.open(&sealed).map_err(sealed_err(path))? {
+        std::borrow::Cow::Owned(plain) => Some(plain),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    Ok(opened.unwrap_or(sealed))
+}
+
+/// Checks the tier files of the days start-up leaves on disk (before
+/// `resident_from`): each is there and sealed under a key the store has, one
+/// file per key opened whole (as segments are checked); with `whole` (a
+/// snapshot just received), every one is opened and its checksum checked.
+/// What start-up would have found reading them all, it finds now, not at the
+/// first query or flush that reaches them.
+pub(super) fn check_cold_files(
+    fs: &Arc<dyn toplog_wal::Fs>,
+    dir: &std::path::Path,
+    tiers: &TierIndex,
+    resident_from: &[Micros; 3],
+    cipher: &toplog_crypt::Cipher,
+    whole: bool,
+) -> Result<()> {
+    let mut opened_under = Vec::new();
+    for ((g, day), t) in tiers {
+        if *day >= resident_from[g.index()] {
+            continue;
+        }
+        let path = dir.join(&t.file);
+        let used = {
+            let bytes = fs.map(&path).map_err(io_err("map", &path))?;
+            toplog_crypt::Cipher::key_use(&bytes).map_err(sealed_err(&path))?
+        };
+        if whole || !opened_under.contains(&used) {
+            let buf = read_sealed(fs, &path, cipher)?;
+            rollup::check_file(&buf).map_err(|e| EngineError::Corrupt {
+                path: path.clone(),
+                reason: e.0,
+            })?;
+            opened_under.push(used);
+        }
+    }
+    Ok(())
 }

@@ -127,6 +127,11 @@ impl Inner {
             })
     }
 
+    /// Whether the stored manifest lists `file` as a tier file.
+    fn lists_tier(&self, file: &str) -> bool {
+        self.read().tiers.values().any(|t| t.file == file)
+    }
+
     pub(super) fn remove_quietly(&self, path: &Path, what: &str) {
         // The manifest no longer names it: a failure leaves an orphan, removed at start-up.
         if let Err(e) = self.fs.remove_file(path) {
@@ -144,13 +149,14 @@ impl Inner {
         self.check_writable()?;
         // Under the manifest lock no flush can change `rollups`, `dirty_tiers`
         // or `resident_from`.
-        let (mut kept, dirty, resident_from) = {
+        let (mut kept, dirty, resident_from, tiers) = {
             let st = self.read();
-            let resident_from = st.resident_from;
+            let rollups = Rollups::clone(&st.rollups);
             (
-                Rollups::clone(&st.rollups),
+                rollups,
                 st.dirty_tiers.clone(),
-                resident_from,
+                st.resident_from,
+                st.tiers.clone(),
             )
         };
         let mut dropped = [0; 3];
@@ -158,6 +164,11 @@ impl Inner {
         let expired_before = |g: Granularity| cutoffs.rollup(g).floor_to(DAY_US);
         for g in Granularity::ALL {
             dropped[g.index()] = kept.drop_before(g, expired_before(g));
+            // And the days only their files hold.
+            let cold_before = expired_before(g).min(resident_from[g.index()]);
+            for (_, t) in tiers.range((g, Micros::new(i64::MIN))..(g, cold_before)) {
+                dropped[g.index()] += t.buckets as usize;
+            }
         }
         let expired = |g: Granularity, day: Micros| day < expired_before(g);
         let tier_expired = |t: &manifest::RollupTierFile| {
@@ -174,12 +185,8 @@ impl Inner {
                     kept.slice(g, day, day.saturating_add_micros(DAY_US))
                 } else {
                     // A day only its file holds (a rekey marks every file changed).
-                    let file = next
-                        .rollup_tiers
-                        .iter()
-                        .find(|t| t.granularity == g.name() && t.day == day);
-                    match file {
-                        Some(t) => Rollups::clone(&*self.cold_tier(&t.file)?),
+                    match tiers.get(&(g, day)) {
+                        Some(t) => self.tier_cells(&t.file)?,
                         None => continue,
                     }
                 };
@@ -265,7 +272,7 @@ impl Engine {
                     .tiers
                     .range((g, Micros::new(i64::MIN))..(g, resident_from))
                 {
-                    buckets += t.buckets;
+                    buckets += t.buckets as usize;
                     let first = t.oldest.unwrap_or(t.day);
                     oldest = Some(oldest.map_or(first, |o| o.min(first)));
                 }
@@ -542,10 +549,21 @@ impl Engine {
         }
         let dir = self.inner.dir(ROLLUP_DIR);
         let mut uploaded = 0;
+        // Files a flush replaced since they were listed (adding to a day
+        // memory no longer holds): their successors go in the next pass.
+        let mut gone = Vec::new();
         for file in tiers.iter().filter(|f| !copied.contains(f)) {
             let path = dir.join(file);
-            let bytes =
-                bytes::Bytes::from(self.inner.fs.read(&path).map_err(io_err("read", &path))?);
+            let bytes = match self.inner.fs.read(&path) {
+                Ok(b) => bytes::Bytes::from(b),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound && !self.inner.lists_tier(file) =>
+                {
+                    gone.push(file.clone());
+                    continue;
+                }
+                Err(e) => return Err(io_err("read", &path)(e)),
+            };
             let key = format!("rollups/{file}");
             let failed = |reason: String| EngineError::Archive {
                 key: key.clone(),
@@ -572,7 +590,11 @@ impl Engine {
         {
             let mut manifest = lock(&self.inner.manifest);
             let mut next = manifest.clone();
-            next.archived_rollups = tiers.clone();
+            next.archived_rollups = tiers
+                .iter()
+                .filter(|f| !gone.contains(f))
+                .cloned()
+                .collect();
             self.inner.store_manifest(&next)?;
             *manifest = next;
         }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use parking_lot::RwLock;
 
+use toplog_types::Micros;
 use toplog_wal::{Fs, Wal, WalOptions};
 
 use super::write::{dirty_days, flusher_loop};
@@ -21,7 +22,6 @@ use crate::keys::KeyId;
 use crate::manifest::{self, Manifest};
 use crate::rollup::{Granularity, Rollups};
 use crate::segment;
-use toplog_types::Micros;
 
 impl Engine {
     /// Opens the store in `config.data_dir` (creating it if new) on the real disk.
@@ -68,7 +68,7 @@ impl Engine {
         };
 
         remove_unlisted(&fs, &root, &manifest)?;
-        let state = load_state(&fs, &root, &manifest, &config)?;
+        let state = load_state(&fs, &root, &manifest, &config, false)?;
 
         let flushed = manifest.flushed_lsn;
         let inner = Arc::new(Inner {
@@ -163,12 +163,15 @@ pub(super) fn remove_unlisted(fs: &Arc<dyn Fs>, root: &Path, manifest: &Manifest
 }
 
 /// The in-memory state of the store `manifest` describes: its segments
-/// mapped and checked, its rollups and idempotency keys loaded.
+/// mapped and checked, its rollups and idempotency keys loaded. The tier
+/// files of days left on disk are checked too, each read whole if
+/// `check_whole` (a snapshot just received), else one per key.
 pub(super) fn load_state(
     fs: &Arc<dyn Fs>,
     root: &Path,
     manifest: &Manifest,
     config: &EngineConfig,
+    check_whole: bool,
 ) -> Result<State> {
     let seg_dir = root.join(SEGMENT_DIR);
     let key_dir = root.join(KEY_DIR);
@@ -273,6 +276,8 @@ pub(super) fn load_state(
         state.dirty_tiers.extend(dirty_days(&cells));
         Arc::make_mut(&mut state.rollups).merge(&cells);
     }
+    let (from, cipher) = (&state.resident_from, &config.cipher);
+    cold::check_cold_files(fs, &rollup_dir, &tiers, from, cipher, check_whole)?;
     state.tiers = tiers;
     // Every listed key is loaded, however old: replay judges a key's age against the
     // replayed batch's own receive time, so the outcome cannot depend on when we restart.

@@ -308,7 +308,6 @@ impl Inner {
             .iter()
             .map(|&(g, from, to)| (g, from.max(cutoffs.rollup(g)), to))
             .collect();
-        let mut tries = 0;
         loop {
             let (mut view, cold) = {
                 let st = self.read();
@@ -331,15 +330,18 @@ impl Inner {
             };
             // Read without the lock: a flush or maintenance may replace a
             // file meanwhile, and then the view is taken again.
-            match (cold.iter())
-                .map(|(i, file)| Ok((*i, self.cold_tier(file)?)))
-                .collect::<Result<Vec<_>>>()
-            {
-                Ok(cells) => {
-                    view.cold = cells;
-                    return Ok(view);
+            let mut read = || -> Result<()> {
+                for (i, file) in &cold {
+                    let (g, from, to) = pieces[*i];
+                    let blocks = self.cold_blocks(file, g, from, to)?;
+                    view.cold.extend(blocks.into_iter().map(|b| (*i, b)));
                 }
-                Err(_) if tries < 3 && self.tiers_replaced(&cold) => tries += 1,
+                Ok(())
+            };
+            match read() {
+                Ok(()) => return Ok(view),
+                // For as long as the read's time lasts.
+                Err(_) if self.tiers_replaced(&cold) => budget::check_time()?,
                 Err(e) => return Err(e),
             }
         }
@@ -348,9 +350,9 @@ impl Inner {
     /// Whether any of `files` is no longer listed (replaced since it was named).
     fn tiers_replaced(&self, files: &[(usize, String)]) -> bool {
         let st = self.read();
-        files
-            .iter()
-            .any(|(_, f)| !st.tiers.values().any(|t| t.file == *f))
+        let listed: std::collections::HashSet<&str> =
+            st.tiers.values().map(|t| t.file.as_str()).collect();
+        files.iter().any(|(_, f)| !listed.contains(f.as_str()))
     }
 }
 

@@ -51,11 +51,15 @@ impl Segment {
 }
 
 impl Inner {
-    /// Every rollup file the manifest lists.
-    fn rollup_file_names(&self) -> Vec<String> {
+    /// How every rollup file the manifest lists is sealed, read under the
+    /// manifest's lock: a flush replaces tier files of days memory no longer
+    /// holds, and would otherwise take one away between listing and reading.
+    fn rollup_key_uses(&self) -> Result<Vec<KeyUse>> {
         let m = lock(&self.manifest);
-        (m.rollup_files.iter().cloned())
-            .chain(m.rollup_tiers.iter().map(|t| t.file.clone()))
+        let dir = self.dir(ROLLUP_DIR);
+        (m.rollup_files.iter())
+            .chain(m.rollup_tiers.iter().map(|t| &t.file))
+            .map(|file| header_of(&self.fs, &dir.join(file)))
             .collect()
     }
 
@@ -124,9 +128,8 @@ impl Engine {
         for seg in &segments {
             count(seg.key_use()?);
         }
-        let rollup_dir = inner.dir(ROLLUP_DIR);
-        for file in inner.rollup_file_names() {
-            count(header_of(&inner.fs, &rollup_dir.join(file))?);
+        for used in inner.rollup_key_uses()? {
+            count(used);
         }
         let key_dir = inner.dir(KEY_DIR);
         let key_files: Vec<String> = (lock(&inner.manifest).key_files.iter())
@@ -183,12 +186,9 @@ impl Engine {
             }
         }
 
-        let rollup_dir = self.inner.dir(ROLLUP_DIR);
-        for file in self.inner.rollup_file_names() {
-            if header_of(&self.inner.fs, &rollup_dir.join(file))? != writes {
-                report.rollup_files += 1;
-            }
-        }
+        report.rollup_files = (self.inner.rollup_key_uses()?.iter())
+            .filter(|used| **used != writes)
+            .count();
         if report.rollup_files > 0 {
             self.inner.mark_all_tiers_dirty();
             self.inner.rewrite_rollups(&self.inner.cutoffs())?;

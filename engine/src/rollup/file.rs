@@ -1,6 +1,10 @@
-//! The rollup file codec: a header (magic, version, lengths, CRC32C) and one
-//! zstd block of the cells, key names in per-dimension tables first. Version 2
-//! files (a name in every cell) are still read.
+//! The rollup file codec. Version 4: a header (magic, version, lengths,
+//! CRC32C of the body), then the key names in per-dimension tables and the
+//! buckets in blocks of an hour (the minute buckets of one hour, or one hour
+//! or day bucket), each its own zstd frame, and an index of the blocks last,
+//! so that a reader can decode the one block a query reaches
+//! ([`BlockIndex`]). Versions 2 (a name in every cell) and 3 (one zstd frame
+//! for all) are still read, whole.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,38 +25,39 @@ const FILE_MAGIC: &[u8; 8] = b"TPLGCUB\0";
 pub(crate) const FLUSH_FILE_LEVEL: i32 = 1;
 /// zstd level of the day files maintenance keeps for a year.
 pub(crate) const TIER_FILE_LEVEL: i32 = 3;
-/// Version 3 names keys in per-dimension tables; version 2 (read, no longer
-/// written) named them in every cell.
-const FILE_VERSION: u32 = 3;
+/// Version 4 compresses the buckets in blocks with an index; version 3 (read,
+/// no longer written) in one frame after the tables; version 2 named keys in
+/// every cell.
+const FILE_VERSION: u32 = 4;
 /// Bytes of a rollup file's header.
 const FILE_HEADER: usize = 36;
+/// Largest decompressed size a file or block may claim.
+const MAX_RAW: u64 = 1 << 32;
+const HOUR_US: i64 = 3_600_000_000;
+
+/// Per dimension, key id -> position in the file's name table (`ABSENT` if unused).
+type Positions = [Vec<u32>; 5];
+const ABSENT: u32 = u32::MAX;
 
 impl Rollups {
-    /// The cells as bytes (see docs/format.md, "Rollup file"): the same
-    /// rollups always encode the same way within a process.
+    /// The cells as bytes, version 3 (see docs/format.md, "Rollup file"): the
+    /// same rollups always encode the same way within a process.
     #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
+        let positions = self.key_positions();
         let mut out = Vec::new();
-        let _ = self.encode_with(|piece| {
-            out.extend_from_slice(piece);
-            Ok(())
-        });
+        self.put_tables(&positions, &mut out);
+        self.put_bucket_count(&mut out);
+        for (g, start, bucket) in self.buckets_in_file_order() {
+            put_bucket(&mut out, g, start, bucket, &positions);
+        }
         out
     }
 
-    /// The encoding, handed to `emit` a cube at a time, so a large one is
-    /// never held whole: first each dimension's table of the key names the
-    /// cells use, in key id order, then every cube's cells in the same order,
-    /// each naming its key by a gap in the table. A name is written once per
-    /// file, not once per bucket, and nothing is sorted by name.
-    fn encode_with(
-        &self,
-        mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        const ABSENT: u32 = u32::MAX;
-        let mut out = Vec::new();
-        // Per dimension: key id -> position in the table (ABSENT if unused).
-        let mut positions: [Vec<u32>; 5] = Default::default();
+    /// Where each key the cells use goes in its dimension's name table: the
+    /// tables list them in key id order, so nothing is sorted by name.
+    fn key_positions(&self) -> Positions {
+        let mut positions: Positions = Default::default();
         for level in &self.levels {
             for bucket in level.values() {
                 for (cube, pos) in bucket.cubes.iter().zip(&mut positions) {
@@ -66,55 +71,32 @@ impl Rollups {
                 }
             }
         }
-        for (d, pos) in Dimension::ALL.iter().zip(&mut positions) {
-            let mut table = Vec::new();
-            for (id, p) in pos.iter_mut().enumerate() {
-                if *p != ABSENT {
-                    *p = table.len() as u32;
-                    table.push(id as KeyId);
-                }
-            }
-            put_varint(&mut out, table.len() as u64);
-            Keys::of(*d).with_names(|name| {
-                for id in &table {
-                    put_bytes(&mut out, name(*id).as_bytes());
-                }
-            });
-            emit(&out)?;
-            out.clear();
-        }
-        self.put_bucket_count(&mut out);
-        let mut open: Vec<(KeyId, &Cell)> = Vec::new();
-        for (g, start, bucket) in self.buckets_in_file_order() {
-            put_bucket_start(&mut out, g, start);
-            for (cube, pos) in bucket.cubes.iter().zip(&positions) {
-                put_varint(&mut out, cube.len() as u64);
-                let mut next = 0;
-                let mut put = |out: &mut Vec<u8>, id: KeyId, c: &Cell| {
-                    let at = pos[id as usize];
-                    put_varint(out, u64::from(at - next));
-                    next = at + 1;
-                    put_cell(out, c);
-                };
-                match &cube.cells {
-                    Cells::Packed(p) => p.each(true, |id, c| put(&mut out, id, c)),
-                    Cells::Open(cells) => {
-                        open.clear();
-                        open.extend(cells.iter().map(|(id, c)| (*id, c)));
-                        open.sort_unstable_by_key(|(id, _)| *id);
-                        for (id, c) in &open {
-                            put(&mut out, *id, c);
-                        }
-                    }
-                }
-                put_overflow(&mut out, cube.overflow.as_deref());
-                emit(&out)?;
-                out.clear();
+        for pos in &mut positions {
+            for (next, p) in pos.iter_mut().filter(|p| **p != ABSENT).enumerate() {
+                *p = next as u32;
             }
         }
-        emit(&out)
+        positions
     }
 
+    /// Each dimension's table of the key names the cells use: a name is
+    /// written once per file, not once per bucket.
+    fn put_tables(&self, positions: &Positions, out: &mut Vec<u8>) {
+        for (d, pos) in Dimension::ALL.iter().zip(positions) {
+            let ids: Vec<KeyId> = (pos.iter().enumerate())
+                .filter(|(_, p)| **p != ABSENT)
+                .map(|(id, _)| id as KeyId)
+                .collect();
+            put_varint(out, ids.len() as u64);
+            Keys::of(*d).with_names(|name| {
+                for id in &ids {
+                    put_bytes(out, name(*id).as_bytes());
+                }
+            });
+        }
+    }
+
+    #[cfg(test)]
     fn put_bucket_count(&self, out: &mut Vec<u8>) {
         let buckets: usize = self.levels.iter().map(BTreeMap::len).sum();
         put_varint(out, buckets as u64);
@@ -152,134 +134,429 @@ impl Rollups {
     }
 
     /// Rollups from the cells of a file of version `version` (2: each cell
-    /// names its key; 3: the names come first, in tables, see [`Rollups::encode_with`]).
+    /// names its key; 3: the names come first, in tables, see [`Rollups::encode`]).
     pub(crate) fn decode(buf: &[u8], version: u32, budget: usize) -> Result<Self, CodecError> {
-        let bad = |m: &str| CodecError(m.to_owned());
         let mut r = Reader::new(buf);
-        let mut tables: [Vec<KeyId>; 5] = Default::default();
-        if version >= 3 {
-            for (d, table) in Dimension::ALL.iter().zip(&mut tables) {
-                let keys = Keys::of(*d);
-                let n = r.len(buf.len())?;
-                table.reserve(n);
-                for _ in 0..n {
-                    table.push(keys.intern(r.str()?));
+        let tables = if version >= 3 {
+            decode_tables(&mut r, buf.len())?
+        } else {
+            Default::default()
+        };
+        let mut out = Rollups::new(budget);
+        decode_buckets(
+            &mut r,
+            buf.len(),
+            (version >= 3).then_some(&tables),
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    /// A rollup file, version 4: header, the name tables and the buckets in
+    /// blocks of an hour, each a zstd frame, then the index of the blocks.
+    ///
+    /// | part | bytes |
+    /// |---|---|
+    /// | header | magic `TPLGCUB\0` (8), version u32 = 4, reserved u32 = 0, index_len u64, body_len u64, crc32c u32 of the two lengths then the body |
+    /// | body | the tables' frame, each block's frame, then the index (`index_len` bytes, not compressed) |
+    ///
+    /// `level` is zstd's: [`FLUSH_FILE_LEVEL`] or [`TIER_FILE_LEVEL`].
+    pub(crate) fn to_file(&self, level: i32) -> std::io::Result<Vec<u8>> {
+        let mut zstd = zstd::bulk::Compressor::new(level)?;
+        let positions = self.key_positions();
+        let mut out = vec![0u8; FILE_HEADER];
+        let (mut raw, mut index) = (Vec::new(), Vec::new());
+        self.put_tables(&positions, &mut raw);
+        let frame = zstd.compress(&raw)?;
+        put_varint(&mut index, frame.len() as u64);
+        put_varint(&mut index, raw.len() as u64);
+        out.extend_from_slice(&frame);
+        let blocks = self.blocks();
+        put_varint(&mut index, blocks.len() as u64);
+        for ((g, block), buckets) in blocks {
+            raw.clear();
+            put_varint(&mut raw, buckets.len() as u64);
+            for (start, bucket) in buckets {
+                put_bucket(&mut raw, g, start, bucket, &positions);
+            }
+            let frame = zstd.compress(&raw)?;
+            index.push(g.index() as u8);
+            index.extend_from_slice(&block.to_le_bytes());
+            put_varint(&mut index, frame.len() as u64);
+            put_varint(&mut index, raw.len() as u64);
+            out.extend_from_slice(&frame);
+        }
+        out.extend_from_slice(&index);
+        let mut header = Vec::with_capacity(FILE_HEADER);
+        header.extend_from_slice(FILE_MAGIC);
+        header.extend_from_slice(&FILE_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        header.extend_from_slice(&((out.len() - FILE_HEADER) as u64).to_le_bytes());
+        let crc = checksum(&header[16..32], &out[FILE_HEADER..]);
+        header.extend_from_slice(&crc.to_le_bytes());
+        out[..FILE_HEADER].copy_from_slice(&header);
+        Ok(out)
+    }
+
+    /// The buckets grouped in blocks: by granularity and the hour (minute
+    /// buckets) or bucket (hour and day) they start in, in file order.
+    #[allow(clippy::type_complexity)]
+    fn blocks(&self) -> BTreeMap<(Granularity, i64), Vec<(i64, &Bucket)>> {
+        let mut blocks: BTreeMap<(Granularity, i64), Vec<(i64, &Bucket)>> = BTreeMap::new();
+        for (g, start, bucket) in self.buckets_in_file_order() {
+            blocks
+                .entry((g, block_of(g, start)))
+                .or_default()
+                .push((start, bucket));
+        }
+        blocks
+    }
+
+    /// Every cell of a rollup file of any version read.
+    pub(crate) fn from_file(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
+        match open(buf)? {
+            Opened::Whole { version, raw } => Self::decode(&raw, version, budget),
+            Opened::Blocks(index) => {
+                let mut out = Rollups::new(budget);
+                for b in &index.blocks {
+                    let part = index.decode_block(buf, b, budget)?;
+                    for (level, buckets) in out.levels.iter_mut().zip(part.levels) {
+                        for (start, bucket) in buckets {
+                            if level.insert(start, bucket).is_some() {
+                                return Err(CodecError("bucket listed twice".into()));
+                            }
+                        }
+                    }
                 }
-                let mut sorted = table.clone();
-                sorted.sort_unstable();
-                if sorted.windows(2).any(|w| w[0] == w[1]) {
-                    return Err(bad("key name listed twice"));
-                }
+                Ok(out)
             }
         }
+    }
+}
+
+/// The start of the block holding the bucket of `g` at `start`.
+fn block_of(g: Granularity, start: i64) -> i64 {
+    match g {
+        Granularity::Minute => start.div_euclid(HOUR_US) * HOUR_US,
+        _ => start,
+    }
+}
+
+/// What a version 4 file's blocks span from their start.
+fn block_len(g: Granularity) -> i64 {
+    match g {
+        Granularity::Minute => HOUR_US,
+        _ => g.len_us(),
+    }
+}
+
+/// A file's contents once its header and checksum are checked.
+enum Opened {
+    /// Versions 2 and 3: the one frame, inflated.
+    Whole {
+        version: u32,
+        raw: Vec<u8>,
+    },
+    Blocks(BlockIndex),
+}
+
+/// The version, first length (raw or index) and body of a rollup file whose
+/// header and checksum are right.
+fn checked(buf: &[u8]) -> Result<(u32, u64, &[u8]), CodecError> {
+    let bad = |m: &str| CodecError(m.to_owned());
+    if buf.len() < FILE_HEADER || &buf[..8] != FILE_MAGIC {
+        return Err(bad("not a rollup file (bad magic)"));
+    }
+    let mut r = Reader::new(&buf[8..FILE_HEADER]);
+    let version = r.u32()?;
+    if !(2..=FILE_VERSION).contains(&version) || r.u32()? != 0 {
+        return Err(bad("unsupported rollup file version"));
+    }
+    let (first_len, body_len, crc) = (r.u64()?, r.u64()?, r.u32()?);
+    let body = &buf[FILE_HEADER..];
+    let sum = match version {
+        4.. => checksum(&buf[16..32], body),
+        _ => crc32c::crc32c(body),
+    };
+    if body.len() as u64 != body_len || sum != crc {
+        return Err(bad("checksum or length mismatch"));
+    }
+    Ok((version, first_len, body))
+}
+
+/// Checks a rollup file's header and checksum, without decoding it.
+pub(crate) fn check_file(buf: &[u8]) -> Result<(), CodecError> {
+    checked(buf).map(|_| ())
+}
+
+/// Checks a rollup file's header and checksum; of a version 4 file, reads
+/// its index and name tables.
+fn open(buf: &[u8]) -> Result<Opened, CodecError> {
+    let bad = |m: &str| CodecError(m.to_owned());
+    let (version, raw_or_index_len, body) = checked(buf)?;
+    if version < 4 {
+        if raw_or_index_len > MAX_RAW {
+            return Err(bad("raw length too large"));
+        }
+        let raw = inflate(body, raw_or_index_len)?;
+        return Ok(Opened::Whole { version, raw });
+    }
+    let index_at = (body.len() as u64)
+        .checked_sub(raw_or_index_len)
+        .ok_or_else(|| bad("index longer than the file"))? as usize;
+    let mut r = Reader::new(&body[index_at..]);
+    let tables_frame = (r.varint()?, r.varint()?);
+    let n = r.len(body.len())?;
+    let mut blocks = Vec::with_capacity(n);
+    let mut at = tables_frame.0;
+    for _ in 0..n {
+        let level = usize::from(r.u8()?);
+        let g = *(Granularity::ALL.iter())
+            .find(|g| g.index() == level)
+            .ok_or_else(|| bad("unknown granularity"))?;
+        let start = r.i64()?;
+        let (comp, raw) = (r.varint()?, r.varint()?);
+        blocks.push(Block {
+            g,
+            start,
+            at,
+            comp,
+            raw,
+        });
+        at = at
+            .checked_add(comp)
+            .ok_or_else(|| bad("block past the index"))?;
+    }
+    if at != index_at as u64 || !r.is_empty() {
+        return Err(bad("the blocks and the index disagree"));
+    }
+    let raw = inflate(frame(body, 0, tables_frame.0)?, tables_frame.1)?;
+    let mut r = Reader::new(&raw);
+    let tables = decode_tables(&mut r, raw.len())?;
+    if !r.is_empty() {
+        return Err(bad("trailing bytes after the name tables"));
+    }
+    Ok(Opened::Blocks(BlockIndex { tables, blocks }))
+}
+
+/// A version 4 file's checksum: CRC32C of its header's lengths, then of its body.
+fn checksum(lengths: &[u8], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(lengths), body)
+}
+
+fn frame(body: &[u8], at: u64, len: u64) -> Result<&[u8], CodecError> {
+    let end = at.checked_add(len).filter(|e| *e <= body.len() as u64);
+    end.map(|end| &body[at as usize..end as usize])
+        .ok_or_else(|| CodecError("block past the file's end".into()))
+}
+
+fn inflate(comp: &[u8], raw_len: u64) -> Result<Vec<u8>, CodecError> {
+    if raw_len > MAX_RAW {
+        return Err(CodecError("raw length too large".into()));
+    }
+    let raw =
+        zstd::bulk::decompress(comp, raw_len as usize).map_err(|e| CodecError(e.to_string()))?;
+    if raw.len() as u64 != raw_len {
+        return Err(CodecError("wrong decompressed length".into()));
+    }
+    Ok(raw)
+}
+
+/// One block of a version 4 file: where its frame is in the body.
+#[derive(Debug, Clone)]
+struct Block {
+    g: Granularity,
+    start: i64,
+    at: u64,
+    comp: u64,
+    raw: u64,
+}
+
+/// What reading single blocks of a version 4 file needs besides the file:
+/// its name tables (interned) and the index of its blocks.
+#[derive(Debug)]
+pub(crate) struct BlockIndex {
+    tables: [Vec<KeyId>; 5],
+    blocks: Vec<Block>,
+}
+
+impl BlockIndex {
+    /// The index of the file `buf`; `None` for a file of version 2 or 3
+    /// (one frame: read it whole).
+    pub(crate) fn of(buf: &[u8]) -> Result<Option<Self>, CodecError> {
+        match open(buf)? {
+            Opened::Whole { .. } => Ok(None),
+            Opened::Blocks(index) => Ok(Some(index)),
+        }
+    }
+
+    /// The starts of the blocks of `g` that may hold buckets starting in `[from, to)`.
+    pub(crate) fn reaching(&self, g: Granularity, from: i64, to: i64) -> Vec<i64> {
+        (self.blocks.iter())
+            .filter(|b| b.g == g && b.start < to && b.start.saturating_add(block_len(g)) > from)
+            .map(|b| b.start)
+            .collect()
+    }
+
+    /// The buckets of the block of `g` at `start` in `buf` (the file this
+    /// index was read from; its checksum is checked again).
+    pub(crate) fn read(
+        &self,
+        buf: &[u8],
+        g: Granularity,
+        start: i64,
+        budget: usize,
+    ) -> Result<Rollups, CodecError> {
+        let b = (self.blocks.iter())
+            .find(|b| b.g == g && b.start == start)
+            .ok_or_else(|| CodecError("no such block".into()))?;
+        if let Opened::Whole { .. } = open(buf)? {
+            return Err(CodecError("not a file with blocks".into()));
+        }
+        self.decode_block(buf, b, budget)
+    }
+
+    /// The buckets of block `b` of the file `buf`, each checked to lie in it.
+    fn decode_block(&self, buf: &[u8], b: &Block, budget: usize) -> Result<Rollups, CodecError> {
+        let raw = inflate(frame(&buf[FILE_HEADER..], b.at, b.comp)?, b.raw)?;
         let mut out = Rollups::new(budget);
-        let buckets = r.len(buf.len())?;
-        for _ in 0..buckets {
-            let level = usize::from(r.u8()?);
-            if level > 2 {
-                return Err(bad("unknown granularity"));
-            }
-            let start = r.i64()?;
-            let mut bucket = Bucket::new();
-            for (cube, table) in bucket.cubes.iter_mut().zip(&tables) {
-                let keys = Keys::of(cube.dim);
-                let n = r.len(buf.len())?;
-                let mut cells = Vec::with_capacity(n);
-                let mut next = 0u64;
-                for _ in 0..n {
-                    let key = if version >= 3 {
+        decode_buckets(
+            &mut Reader::new(&raw),
+            raw.len(),
+            Some(&self.tables),
+            &mut out,
+        )?;
+        let end = b.start.saturating_add(block_len(b.g));
+        let inside = (Granularity::ALL.iter()).all(|g| {
+            (out.levels[g.index()].keys()).all(|s| *g == b.g && (b.start..end).contains(s))
+        });
+        if !inside {
+            return Err(CodecError("a bucket outside its block".into()));
+        }
+        Ok(out)
+    }
+
+    /// Bytes it holds.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.tables.iter().map(|t| t.len() * 4).sum::<usize>()
+            + self.blocks.len() * std::mem::size_of::<Block>()
+    }
+}
+
+/// Each dimension's name table, interned.
+fn decode_tables(r: &mut Reader<'_>, limit: usize) -> Result<[Vec<KeyId>; 5], CodecError> {
+    let mut tables: [Vec<KeyId>; 5] = Default::default();
+    for (d, table) in Dimension::ALL.iter().zip(&mut tables) {
+        let keys = Keys::of(*d);
+        let n = r.len(limit)?;
+        table.reserve(n);
+        for _ in 0..n {
+            table.push(keys.intern(r.str()?));
+        }
+        let mut sorted = table.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(CodecError("key name listed twice".into()));
+        }
+    }
+    Ok(tables)
+}
+
+/// A bucket count, then the buckets (version 3 and on: keys by their
+/// position in `tables`; version 2, `None`: by name), into `out`; nothing
+/// may follow.
+fn decode_buckets(
+    r: &mut Reader<'_>,
+    limit: usize,
+    tables: Option<&[Vec<KeyId>; 5]>,
+    out: &mut Rollups,
+) -> Result<(), CodecError> {
+    let bad = |m: &str| CodecError(m.to_owned());
+    let buckets = r.len(limit)?;
+    for _ in 0..buckets {
+        let level = usize::from(r.u8()?);
+        if level > 2 {
+            return Err(bad("unknown granularity"));
+        }
+        let start = r.i64()?;
+        let mut bucket = Bucket::new();
+        for (i, cube) in bucket.cubes.iter_mut().enumerate() {
+            let keys = Keys::of(cube.dim);
+            let n = r.len(limit)?;
+            let mut cells = Vec::with_capacity(n);
+            let mut next = 0u64;
+            for _ in 0..n {
+                let key = match tables {
+                    Some(tables) => {
+                        let table = &tables[i];
                         let at = next
                             .checked_add(r.varint()?)
                             .filter(|at| *at < table.len() as u64)
                             .ok_or_else(|| bad("key outside the name table"))?;
                         next = at + 1;
                         table[at as usize]
-                    } else {
-                        keys.intern(r.str()?)
-                    };
-                    cells.push((key, get_cell(&mut r, buf.len())?));
-                }
-                let packed = Packed::new(cells);
-                if packed.ids.windows(2).any(|w| w[0] == w[1]) {
-                    return Err(bad("key listed twice"));
-                }
-                cube.cells = Cells::Packed(packed);
-                cube.overflow = match r.u8()? {
-                    0 => None,
-                    1 => Some(Box::new(Overflow {
-                        floor: r.varint()?,
-                        evicted: get_cell(&mut r, buf.len())?,
-                    })),
-                    _ => return Err(bad("bad overflow flag")),
+                    }
+                    None => keys.intern(r.str()?),
                 };
+                cells.push((key, get_cell(r, limit)?));
             }
-            if out.levels[level].insert(start, Arc::new(bucket)).is_some() {
-                return Err(bad("bucket listed twice"));
+            let packed = Packed::new(cells);
+            if packed.ids.windows(2).any(|w| w[0] == w[1]) {
+                return Err(bad("key listed twice"));
+            }
+            cube.cells = Cells::Packed(packed);
+            cube.overflow = match r.u8()? {
+                0 => None,
+                1 => Some(Box::new(Overflow {
+                    floor: r.varint()?,
+                    evicted: get_cell(r, limit)?,
+                })),
+                _ => return Err(bad("bad overflow flag")),
+            };
+        }
+        if out.levels[level].insert(start, Arc::new(bucket)).is_some() {
+            return Err(bad("bucket listed twice"));
+        }
+    }
+    if !r.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(())
+}
+
+/// A bucket's start, then each cube's cells in key id order, each naming its
+/// key by a gap in its dimension's table, and its overflow.
+fn put_bucket(
+    out: &mut Vec<u8>,
+    g: Granularity,
+    start: i64,
+    bucket: &Bucket,
+    positions: &Positions,
+) {
+    put_bucket_start(out, g, start);
+    let mut open: Vec<(KeyId, &Cell)> = Vec::new();
+    for (cube, pos) in bucket.cubes.iter().zip(positions) {
+        put_varint(out, cube.len() as u64);
+        let mut next = 0;
+        let mut put = |out: &mut Vec<u8>, id: KeyId, c: &Cell| {
+            let at = pos[id as usize];
+            put_varint(out, u64::from(at - next));
+            next = at + 1;
+            put_cell(out, c);
+        };
+        match &cube.cells {
+            Cells::Packed(p) => p.each(true, |id, c| put(out, id, c)),
+            Cells::Open(cells) => {
+                open.clear();
+                open.extend(cells.iter().map(|(id, c)| (*id, c)));
+                open.sort_unstable_by_key(|(id, _)| *id);
+                for (id, c) in &open {
+                    put(out, *id, c);
+                }
             }
         }
-        if !r.is_empty() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(out)
-    }
-
-    /// A rollup file: header, then the encoded cells as one zstd block.
-    ///
-    /// | part | bytes |
-    /// |---|---|
-    /// | header | magic `TPLGCUB\0` (8), version u32 = 2, reserved u32 = 0, raw_len u64, comp_len u64, crc32c u32 of the block |
-    /// | block | zstd of [`Rollups::encode`] |
-    ///
-    /// `level` is zstd's: [`FLUSH_FILE_LEVEL`] or [`TIER_FILE_LEVEL`].
-    pub(crate) fn to_file(&self, level: i32) -> std::io::Result<Vec<u8>> {
-        use std::io::Write;
-        // Compressed as it is encoded, after room for the header: the raw
-        // encoding of a flush of a few days of history is hundreds of MiB.
-        let mut zstd = zstd::stream::write::Encoder::new(vec![0u8; FILE_HEADER], level)?;
-        let mut raw_len = 0u64;
-        self.encode_with(|piece| {
-            raw_len += piece.len() as u64;
-            zstd.write_all(piece)
-        })?;
-        let mut out = zstd.finish()?;
-        let comp = &out[FILE_HEADER..];
-        let (comp_len, crc) = (comp.len() as u64, crc32c::crc32c(comp));
-        let mut header = Vec::with_capacity(FILE_HEADER);
-        header.extend_from_slice(FILE_MAGIC);
-        header.extend_from_slice(&FILE_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&raw_len.to_le_bytes());
-        header.extend_from_slice(&comp_len.to_le_bytes());
-        header.extend_from_slice(&crc.to_le_bytes());
-        out[..FILE_HEADER].copy_from_slice(&header);
-        Ok(out)
-    }
-
-    pub(crate) fn from_file(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
-        let bad = |m: &str| CodecError(m.to_owned());
-        if buf.len() < FILE_HEADER || &buf[..8] != FILE_MAGIC {
-            return Err(bad("not a rollup file (bad magic)"));
-        }
-        let mut r = Reader::new(&buf[8..FILE_HEADER]);
-        let version = r.u32()?;
-        if !(2..=FILE_VERSION).contains(&version) || r.u32()? != 0 {
-            return Err(bad("unsupported rollup file version"));
-        }
-        let raw_len = usize::try_from(r.u64()?).map_err(|_| bad("raw length too large"))?;
-        let comp_len = r.u64()?;
-        let crc = r.u32()?;
-        let comp = &buf[FILE_HEADER..];
-        if comp.len() as u64 != comp_len || crc32c::crc32c(comp) != crc {
-            return Err(bad("checksum or length mismatch"));
-        }
-        if raw_len > 1 << 32 {
-            return Err(bad("raw length too large"));
-        }
-        let raw = zstd::bulk::decompress(comp, raw_len).map_err(|e| CodecError(e.to_string()))?;
-        if raw.len() != raw_len {
-            return Err(bad("wrong decompressed length"));
-        }
-        Self::decode(&raw, version, budget)
+        put_overflow(out, cube.overflow.as_deref());
     }
 }
 
@@ -375,6 +652,43 @@ mod tests {
     use toplog_types::{Event, Micros};
 
     #[test]
+    fn a_block_read_alone_holds_the_buckets_of_its_hour() {
+        // Three hours of minutes, spread over two days.
+        let t0 = 1_767_225_600_000_000 - 2 * HOUR_US;
+        let mut all = Rollups::default();
+        for i in 0..180i64 {
+            all.add(&Event {
+                request_id: format!("r{i}"),
+                timestamp: Micros::new(t0 + i * 60_000_000 + 7),
+                user_id: format!("u{}", i % 11),
+                endpoint: format!("GET /e{}", i % 4),
+                method: "GET".into(),
+                status_code: 200,
+                latency_us: 1000 + i as u64,
+            });
+        }
+        let file = all.to_file(TIER_FILE_LEVEL).unwrap();
+        let index = BlockIndex::of(&file).unwrap().unwrap();
+        let g = Granularity::Minute;
+        // Minutes 30 to 90: the first two hours' blocks.
+        let (from, to) = (t0 + 30 * 60_000_000, t0 + 90 * 60_000_000);
+        let starts = index.reaching(g, from, to);
+        assert_eq!(starts, vec![t0, t0 + HOUR_US]);
+        let mut read = Rollups::default();
+        for s in &starts {
+            read.merge(&index.read(&file, g, *s, 100).unwrap());
+        }
+        let want = all.slice(g, Micros::new(t0), Micros::new(t0 + 2 * HOUR_US));
+        assert_eq!(read.encode(), want.encode());
+        assert_eq!(index.reaching(Granularity::Day, from, to).len(), 1);
+        assert!(index.read(&file, g, t0 + 1, 100).is_err());
+        let mut bad = file.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(index.read(&bad, g, t0, 100).is_err());
+    }
+
+    #[test]
     fn encoding_round_trips_and_merge_equals_adding() {
         // Small on purpose: every truncation and every byte flip is decoded.
         let events: Vec<Event> = (0..24u64)
@@ -394,13 +708,13 @@ mod tests {
             if i % 2 == 0 { a.add(e) } else { b.add(e) }
         }
         let img = all.encode();
-        let back = Rollups::decode(&img, FILE_VERSION, 100).map(|r| r.encode());
+        let back = Rollups::decode(&img, 3, 100).map(|r| r.encode());
         assert_eq!(back.as_deref(), Ok(img.as_slice()));
         a.merge(&b);
         assert_eq!(a.encode(), img);
         for len in 0..img.len() {
             assert!(
-                Rollups::decode(&img[..len], FILE_VERSION, 100).is_err(),
+                Rollups::decode(&img[..len], 3, 100).is_err(),
                 "truncated to {len}"
             );
         }
@@ -443,6 +757,23 @@ mod tests {
                 .as_deref(),
             Ok(img.as_slice())
         );
+        // Files of version 3 (one frame after the header), which earlier
+        // nodes wrote, load to the same cells.
+        let block = zstd::bulk::compress(&img, 3).unwrap();
+        let mut v3_file = FILE_MAGIC.to_vec();
+        v3_file.extend_from_slice(&3u32.to_le_bytes());
+        v3_file.extend_from_slice(&0u32.to_le_bytes());
+        v3_file.extend_from_slice(&(img.len() as u64).to_le_bytes());
+        v3_file.extend_from_slice(&(block.len() as u64).to_le_bytes());
+        v3_file.extend_from_slice(&crc32c::crc32c(&block).to_le_bytes());
+        v3_file.extend_from_slice(&block);
+        assert_eq!(
+            Rollups::from_file(&v3_file, 100)
+                .map(|r| r.encode())
+                .as_deref(),
+            Ok(img.as_slice())
+        );
+        assert!(BlockIndex::of(&v3_file).unwrap().is_none());
         // A version-3 table naming one key twice is refused.
         let mut twice = Vec::new();
         put_varint(&mut twice, 2);

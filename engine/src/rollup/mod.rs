@@ -15,4 +15,4 @@ pub use cell::Cell;
 pub use cube::{Cube, HEAVIEST_LISTED, Overflow, most_first};
 pub use dimension::{Dimension, Granularity, Key};
 pub(crate) use dimension::{admitted_key_ids, key_ids};
-pub(crate) use file::{FLUSH_FILE_LEVEL, TIER_FILE_LEVEL};
+pub(crate) use file::{BlockIndex, FLUSH_FILE_LEVEL, TIER_FILE_LEVEL, check_file};
