@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod idempotency;
 mod keys;
+mod lru;
 mod manifest;
 pub mod parquet;
 mod rollup;

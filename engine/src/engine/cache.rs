@@ -16,17 +16,12 @@ use crate::segment;
 /// Bytes of decoded segments kept for repeated reads (paging walks the same
 /// segments; raw queries over a span read the same ones again), least
 /// recently used out first.
-const DECODED_CACHE_BYTES: usize = 256 << 20;
+pub(super) const DECODED_CACHE_BYTES: usize = 256 << 20;
 
 impl Inner {
     /// A decoded segment from the cache, made the most recently used.
     fn cached(&self, id: SegmentId) -> Option<Arc<Columns>> {
-        let mut cache = lock(&self.decoded);
-        let at = cache.iter().position(|(cached, _, _)| *cached == id)?;
-        let hit = cache.remove(at);
-        let cols = hit.1.clone();
-        cache.push(hit);
-        Some(cols)
+        lock(&self.decoded).get(&id)
     }
 
     /// Decodes `seg`, checksums checked; of an archived segment, only the row
@@ -80,18 +75,12 @@ impl Inner {
         let mut cache = lock(&self.decoded);
         // Another reader may have decoded it meanwhile: theirs is kept unless
         // only ours has the request ids.
-        if let Some(at) = cache.iter().position(|(id, _, _)| *id == seg.id) {
-            let theirs = &cache[at].1;
-            if theirs.has_request_ids() || !cols.has_request_ids() {
-                return Ok(theirs.clone());
-            }
-            cache.remove(at);
+        if let Some(theirs) = cache.peek(&seg.id)
+            && (theirs.has_request_ids() || !cols.has_request_ids())
+        {
+            return Ok(theirs.clone());
         }
-        cache.push((seg.id, cols.clone(), cols.heap_bytes()));
-        let mut held: usize = cache.iter().map(|e| e.2).sum();
-        while held > DECODED_CACHE_BYTES && cache.len() > 1 {
-            held -= cache.remove(0).2;
-        }
+        cache.put(seg.id, cols.clone(), cols.heap_bytes());
         Ok(cols)
     }
 
@@ -112,7 +101,7 @@ impl Inner {
         let Stored::Local(bytes) = &seg.stored else {
             return Ok(true);
         };
-        if lock(&self.decoded).iter().any(|(id, _, _)| *id == seg.id) {
+        if lock(&self.decoded).peek(&seg.id).is_some() {
             return Ok(true);
         }
         for (column, value) in values {

@@ -25,7 +25,7 @@ use crate::rollup::{self, BlockIndex, Granularity, Rollups};
 const HOT_DAYS: [Option<i64>; 3] = [Some(1), Some(7), None];
 
 /// Bytes of decoded blocks (and file indexes) kept for repeated reads.
-const COLD_CACHE_BYTES: usize = 64 << 20;
+pub(super) const COLD_CACHE_BYTES: usize = 64 << 20;
 
 /// The tier files the manifest lists, by granularity and day.
 pub(super) type TierIndex = BTreeMap<(Granularity, Micros), RollupTierFile>;
@@ -54,23 +54,29 @@ pub(super) fn hot_days_from(now: Micros) -> [Micros; 3] {
     [Granularity::Minute, Granularity::Hour, Granularity::Day].map(|g| hot_from(g, now))
 }
 
-/// What the cold cache holds of tier files: their indexes, and the blocks
-/// of buckets read, least recently used first, with their sizes.
-#[derive(Debug, Default)]
-pub(super) struct ColdCache {
-    entries: Vec<(String, Cached, usize)>,
-    bytes: usize,
-}
-
+/// What the cold cache holds of a tier file: its index, or a block of its
+/// buckets read.
 #[derive(Debug, Clone)]
-enum Cached {
+pub(super) enum Cached {
     File(Arc<TierFile>),
     Block(Arc<Rollups>),
 }
 
+impl Cached {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Cached::File(f) => match &**f {
+                TierFile::Blocks(index) => index.heap_bytes(),
+                TierFile::Whole(cells) => cells.heap_bytes(),
+            },
+            Cached::Block(cells) => cells.heap_bytes(),
+        }
+    }
+}
+
 /// A tier file opened for reading a block at a time.
 #[derive(Debug)]
-enum TierFile {
+pub(super) enum TierFile {
     Blocks(BlockIndex),
     /// A file of an earlier version (one frame): all its cells.
     Whole(Arc<Rollups>),
@@ -79,51 +85,6 @@ enum TierFile {
 /// The cache's key of block `start` of `g` in `file`.
 fn block_key(file: &str, g: Granularity, start: i64) -> String {
     format!("{file}#{}:{start}", g.name())
-}
-
-impl ColdCache {
-    fn get(&mut self, key: &str) -> Option<Cached> {
-        let at = self.entries.iter().position(|(k, _, _)| k == key)?;
-        let hit = self.entries.remove(at);
-        let value = hit.1.clone();
-        self.entries.push(hit);
-        Some(value)
-    }
-
-    fn put(&mut self, key: String, value: Cached) {
-        let size = key.len()
-            + match &value {
-                Cached::File(f) => match &**f {
-                    TierFile::Blocks(index) => index.heap_bytes(),
-                    TierFile::Whole(cells) => cells.heap_bytes(),
-                },
-                Cached::Block(cells) => cells.heap_bytes(),
-            };
-        self.bytes += size;
-        self.entries.push((key, value, size));
-        while self.bytes > COLD_CACHE_BYTES && self.entries.len() > 1 {
-            let (_, _, size) = self.entries.remove(0);
-            self.bytes -= size;
-        }
-    }
-
-    /// Drops what it holds of `file` (replaced or removed).
-    pub(super) fn forget(&mut self, file: &str) {
-        let blocks = format!("{file}#");
-        let mut freed = 0;
-        self.entries.retain(|(k, _, size)| {
-            let keep = k != file && !k.starts_with(&blocks);
-            if !keep {
-                freed += size;
-            }
-            keep
-        });
-        self.bytes -= freed;
-    }
-
-    pub(super) fn clear(&mut self) {
-        *self = Self::default();
-    }
 }
 
 impl State {
@@ -170,7 +131,9 @@ impl Inner {
                         Rollups::from_file(&buf, budget).map_err(corrupt)?,
                     )),
                 });
-                lock(&self.cold).put(file.to_owned(), Cached::File(opened.clone()));
+                let entry = Cached::File(opened.clone());
+                let bytes = entry.heap_bytes();
+                lock(&self.cold).put(file.to_owned(), entry, bytes);
                 (opened, Some(buf))
             }
         };
@@ -194,10 +157,17 @@ impl Inner {
             };
             let cells = Arc::new(index.read(bytes, g, start, budget).map_err(corrupt)?);
             budget::hold(cells.heap_bytes())?;
-            lock(&self.cold).put(key, Cached::Block(cells.clone()));
+            let bytes = cells.heap_bytes();
+            lock(&self.cold).put(key, Cached::Block(cells.clone()), bytes);
             out.push(cells);
         }
         Ok(out)
+    }
+
+    /// Drops what the cold cache holds of `file` (replaced or removed).
+    pub(super) fn forget_tier(&self, file: &str) {
+        let blocks = format!("{file}#");
+        lock(&self.cold).retain(|k, _| k != file && !k.starts_with(&blocks));
     }
 
     /// Every cell of the tier file `file`, read and decoded (not cached).

@@ -357,7 +357,7 @@ impl super::Inner {
         st.segments.retain(|s| !remove.contains(&s.id));
         st.segments.extend(add.iter().cloned());
         drop(st);
-        lock(&self.decoded).retain(|(id, _, _)| !remove.contains(id));
+        lock(&self.decoded).retain(|id, _| !remove.contains(id));
         Ok(())
     }
 }

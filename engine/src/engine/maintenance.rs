@@ -113,7 +113,7 @@ impl Inner {
         st.segments.retain(|s| !gone(&s.id));
         st.segments.extend(add.iter().cloned());
         drop(st);
-        lock(&self.decoded).retain(|(id, _, _)| !gone(id));
+        lock(&self.decoded).retain(|id, _| !gone(id));
         Ok(())
     }
 
@@ -234,7 +234,7 @@ impl Inner {
         drop(manifest);
         let dir = self.dir(ROLLUP_DIR);
         for file in old_files {
-            lock(&self.cold).forget(&file);
+            self.forget_tier(&file);
             self.remove_quietly(&dir.join(&file), "an old rollup file");
         }
         Ok(dropped)

@@ -31,6 +31,7 @@ use crate::archive::ArchiveStore;
 use crate::columns::Columns;
 use crate::error::{EngineError, Result};
 use crate::idempotency::KeyIndex;
+use crate::lru::Lru;
 use crate::manifest::Manifest;
 use crate::rollup::{Granularity, Rollups};
 use crate::segment::SegmentMeta;
@@ -154,9 +155,9 @@ struct Inner {
     poisoned: Mutex<Option<String>>,
     flusher: (Mutex<FlusherSignal>, Condvar),
     /// Least recently used first, with each entry's size.
-    decoded: Mutex<Vec<(SegmentId, Arc<Columns>, usize)>>,
+    decoded: Mutex<Lru<SegmentId, Arc<Columns>>>,
     /// Decoded tier files of days not held in memory.
-    cold: Mutex<cold::ColdCache>,
+    cold: Mutex<Lru<String, cold::Cached>>,
     retention: RwLock<Retention>,
     /// Serialises compaction, archiving and purging against each other.
     maintenance: Mutex<()>,

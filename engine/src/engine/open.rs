@@ -19,6 +19,7 @@ use super::{
 use crate::error::{EngineError, Result, io_err, sealed_err, segment_err};
 use crate::idempotency;
 use crate::keys::KeyId;
+use crate::lru::Lru;
 use crate::manifest::{self, Manifest};
 use crate::rollup::{Granularity, Rollups};
 use crate::segment;
@@ -80,8 +81,8 @@ impl Engine {
             apply_waits: Default::default(),
             poisoned: Mutex::new(None),
             flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
-            decoded: Mutex::new(Vec::new()),
-            cold: Mutex::default(),
+            decoded: Mutex::new(Lru::new(super::cache::DECODED_CACHE_BYTES)),
+            cold: Mutex::new(Lru::new(cold::COLD_CACHE_BYTES)),
             retention: RwLock::new(Retention::default()),
             maintenance: Mutex::new(()),
         });

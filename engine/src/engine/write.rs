@@ -424,7 +424,7 @@ impl Inner {
         }
         drop(manifest);
         for file in replaced_tiers {
-            lock(&self.cold).forget(&file);
+            self.forget_tier(&file);
             self.remove_quietly(&self.dir(ROLLUP_DIR).join(&file), "a replaced tier file");
         }
         if let Some(wal) = wal {
