@@ -165,11 +165,15 @@ fn days_past_the_hot_window_are_read_from_their_tier_files_with_every_count() {
     check_tiers(&engine);
 
     // A restart reads the hot days back, and leaves the cold ones on disk.
-    engine.close().unwrap();
-    drop(engine);
-    let engine = open(dir.path());
-    check(&engine, &expected);
-    check_tiers(&engine);
+    let restart = |engine: Engine| {
+        engine.close().unwrap();
+        drop(engine);
+        let engine = open(dir.path());
+        check(&engine, &expected);
+        check_tiers(&engine);
+        engine
+    };
+    let engine = restart(engine);
 
     // Maintenance folds the flush files into tier files for every day.
     engine.purge().unwrap();
@@ -186,9 +190,5 @@ fn days_past_the_hot_window_are_read_from_their_tier_files_with_every_count() {
     );
     check(&engine, &expected);
     check_tiers(&engine);
-    engine.close().unwrap();
-    drop(engine);
-    let engine = open(dir.path());
-    check(&engine, &expected);
-    check_tiers(&engine);
+    restart(engine);
 }

@@ -651,6 +651,20 @@ mod tests {
     use super::*;
     use toplog_types::{Event, Micros};
 
+    /// A file of version 2 or 3, as earlier nodes wrote them: the header,
+    /// then `raw` in one zstd frame.
+    fn one_frame_file(version: u32, raw: &[u8]) -> Vec<u8> {
+        let block = zstd::bulk::compress(raw, 3).unwrap();
+        let mut file = FILE_MAGIC.to_vec();
+        file.extend_from_slice(&version.to_le_bytes());
+        file.extend_from_slice(&0u32.to_le_bytes());
+        file.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        file.extend_from_slice(&(block.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32c::crc32c(&block).to_le_bytes());
+        file.extend_from_slice(&block);
+        file
+    }
+
     #[test]
     fn a_block_read_alone_holds_the_buckets_of_its_hour() {
         // Three hours of minutes, spread over two days.
@@ -743,14 +757,7 @@ mod tests {
                 "v2 cut at {len}"
             );
         }
-        let block = zstd::bulk::compress(&v2, 3).unwrap();
-        let mut v2_file = FILE_MAGIC.to_vec();
-        v2_file.extend_from_slice(&2u32.to_le_bytes());
-        v2_file.extend_from_slice(&0u32.to_le_bytes());
-        v2_file.extend_from_slice(&(v2.len() as u64).to_le_bytes());
-        v2_file.extend_from_slice(&(block.len() as u64).to_le_bytes());
-        v2_file.extend_from_slice(&crc32c::crc32c(&block).to_le_bytes());
-        v2_file.extend_from_slice(&block);
+        let v2_file = one_frame_file(2, &v2);
         assert_eq!(
             Rollups::from_file(&v2_file, 100)
                 .map(|r| r.encode())
@@ -759,14 +766,7 @@ mod tests {
         );
         // Files of version 3 (one frame after the header), which earlier
         // nodes wrote, load to the same cells.
-        let block = zstd::bulk::compress(&img, 3).unwrap();
-        let mut v3_file = FILE_MAGIC.to_vec();
-        v3_file.extend_from_slice(&3u32.to_le_bytes());
-        v3_file.extend_from_slice(&0u32.to_le_bytes());
-        v3_file.extend_from_slice(&(img.len() as u64).to_le_bytes());
-        v3_file.extend_from_slice(&(block.len() as u64).to_le_bytes());
-        v3_file.extend_from_slice(&crc32c::crc32c(&block).to_le_bytes());
-        v3_file.extend_from_slice(&block);
+        let v3_file = one_frame_file(3, &img);
         assert_eq!(
             Rollups::from_file(&v3_file, 100)
                 .map(|r| r.encode())
