@@ -1,21 +1,30 @@
-//! A small least-recently-used list of values by key, bounded by the bytes
-//! the caller says each value holds: the decoded-segment cache and the cold
-//! rollup cache. A few hundred entries at most, so a scan is cheaper than a
-//! map beside the order.
+//! A least-recently-used map of values by key, bounded by the bytes the
+//! caller says each value holds: the decoded-segment cache and the cold
+//! rollup cache (whose lookups come several per alert rule evaluation).
 
-/// Values by key, least recently used first.
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+/// Values by key, with the order of their last use.
 #[derive(Debug)]
 pub(crate) struct Lru<K, V> {
-    entries: Vec<(K, V, usize)>,
+    /// Each value, its bytes, and the tick of its last use.
+    map: HashMap<K, (V, usize, u64)>,
+    /// Keys by the tick of their last use, least recent first.
+    order: BTreeMap<u64, K>,
+    tick: u64,
     bytes: usize,
     limit: usize,
 }
 
-impl<K: PartialEq, V: Clone> Lru<K, V> {
-    /// An empty list that keeps at most `limit` bytes (and always the newest entry).
-    pub(crate) const fn new(limit: usize) -> Self {
+impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    /// An empty map that keeps at most `limit` bytes (and always the newest entry).
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
-            entries: Vec::new(),
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
             bytes: 0,
             limit,
         }
@@ -24,55 +33,63 @@ impl<K: PartialEq, V: Clone> Lru<K, V> {
     /// The value of `key`, made the most recently used.
     pub(crate) fn get<Q>(&mut self, key: &Q) -> Option<V>
     where
-        K: PartialEq<Q>,
-        Q: ?Sized,
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
     {
-        let at = self.entries.iter().position(|(k, _, _)| k == key)?;
-        let hit = self.entries.remove(at);
-        let value = hit.1.clone();
-        self.entries.push(hit);
-        Some(value)
+        let (value, _, used) = self.map.get_mut(key)?;
+        self.tick += 1;
+        if let Some(k) = self.order.remove(used) {
+            self.order.insert(self.tick, k);
+        }
+        *used = self.tick;
+        Some(value.clone())
     }
 
     /// The value of `key`, left where it is in the order.
     pub(crate) fn peek<Q>(&self, key: &Q) -> Option<&V>
     where
-        K: PartialEq<Q>,
-        Q: ?Sized,
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
     {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, v, _)| v)
+        self.map.get(key).map(|(v, _, _)| v)
     }
 
     /// Puts `value` under `key` (in place of any value it had) as the most
     /// recently used, then lets the least recently used go past the limit.
     pub(crate) fn put(&mut self, key: K, value: V, bytes: usize) {
-        self.retain(|k, _| *k != key);
-        self.bytes += bytes;
-        self.entries.push((key, value, bytes));
-        while self.bytes > self.limit && self.entries.len() > 1 {
-            let (_, _, size) = self.entries.remove(0);
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        if let Some((_, size, used)) = self.map.insert(key, (value, bytes, self.tick)) {
+            self.order.remove(&used);
             self.bytes -= size;
+        }
+        self.bytes += bytes;
+        while self.bytes > self.limit && self.map.len() > 1 {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, size, _)) = self.map.remove(&oldest) {
+                self.bytes -= size;
+            }
         }
     }
 
     /// Keeps only the entries `keep` says yes to.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        let mut freed = 0;
-        self.entries.retain(|(k, v, size)| {
+        let (order, bytes) = (&mut self.order, &mut self.bytes);
+        self.map.retain(|k, (v, size, used)| {
             let kept = keep(k, v);
             if !kept {
-                freed += size;
+                order.remove(used);
+                *bytes -= *size;
             }
             kept
         });
-        self.bytes -= freed;
     }
 
     pub(crate) fn clear(&mut self) {
-        self.entries.clear();
+        self.map.clear();
+        self.order.clear();
         self.bytes = 0;
     }
 }
