@@ -110,6 +110,8 @@ mod tests {
             (Some(&1), None, Some(&3))
         );
         lru.put("a".to_owned(), 5, 4);
+        // Replaced, not added: 8 bytes held, both kept.
+        assert_eq!((lru.peek("a"), lru.peek("c")), (Some(&5), Some(&3)));
         assert_eq!(lru.get("a"), Some(5));
         lru.retain(|k, _| k != "c");
         assert_eq!(lru.peek("c"), None);

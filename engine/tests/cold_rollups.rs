@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use toplog_engine::{Dimension, Engine, EngineConfig, Granularity};
+use toplog_engine::{Dimension, Engine, EngineConfig, Granularity, Retention};
 use toplog_types::{Event, Micros};
 
 const DAY_US: i64 = 86_400_000_000;
@@ -190,5 +190,59 @@ fn days_past_the_hot_window_are_read_from_their_tier_files_with_every_count() {
     );
     check(&engine, &expected);
     check_tiers(&engine);
-    restart(engine);
+    let engine = restart(engine);
+
+    // Retention passing the oldest day drops it from its file alone, and
+    // says how many buckets went.
+    let before = engine.rollup_tiers();
+    engine.set_retention(Retention {
+        minute: Some(Duration::from_secs(5 * 86_400)),
+        ..engine.retention()
+    });
+    let report = engine.purge().unwrap();
+    let oldest_day = today.get() - 10 * DAY_US;
+    let dropped = (expected.keys())
+        .filter(|(g, s, _)| *g == Granularity::Minute && *s < oldest_day + DAY_US)
+        .map(|(_, s, _)| *s)
+        .collect::<BTreeSet<_>>()
+        .len();
+    assert_eq!(report.buckets[0], dropped);
+    let minutes = |tiers: &[toplog_engine::RollupTier]| tiers[0].buckets;
+    assert_eq!(minutes(&engine.rollup_tiers()), minutes(&before) - dropped);
+}
+
+#[test]
+fn a_damaged_tier_file_of_a_day_on_disk_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Micros::now();
+    let today = now.floor_to(DAY_US);
+    let engine = open(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(engine.ingest(events(today, now, &[10], 0), None))
+        .unwrap();
+    engine.flush().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    // The minute file of 10 days ago is read by no start-up and no query yet.
+    let file = std::fs::read_dir(dir.path().join("rollups"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("rollup_1m-")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    let mut c = EngineConfig::new(dir.path());
+    c.partition = Duration::from_secs(86_400);
+    let err = Engine::open(c).unwrap_err().to_string();
+    assert!(err.contains("rollup_1m-"), "{err}");
 }

@@ -143,11 +143,9 @@ impl Inner {
         };
         let mut out = Vec::new();
         for start in index.reaching(g, from.get(), to.get()) {
-            // A read holding blocks the cache may let go of is charged for them.
             budget::check_time()?;
             let key = block_key(file, g, start);
             if let Some(Cached::Block(cells)) = lock(&self.cold).get(&key) {
-                budget::hold(cells.heap_bytes())?;
                 out.push(cells);
                 continue;
             }
@@ -156,7 +154,6 @@ impl Inner {
                 None => buf.insert(self.read_sealed(&path)?),
             };
             let cells = Arc::new(index.read(bytes, g, start, budget).map_err(corrupt)?);
-            budget::hold(cells.heap_bytes())?;
             let bytes = cells.heap_bytes();
             lock(&self.cold).put(key, Cached::Block(cells.clone()), bytes);
             out.push(cells);

@@ -308,6 +308,9 @@ impl Inner {
             .iter()
             .map(|&(g, from, to)| (g, from.max(cutoffs.rollup(g)), to))
             .collect();
+        // Each try lost a race with a flush or maintenance replacing a file.
+        const MAX_TRIES: usize = 16;
+        let mut tries = 0;
         loop {
             let (mut view, cold) = {
                 let st = self.read();
@@ -339,9 +342,15 @@ impl Inner {
                 Ok(())
             };
             match read() {
-                Ok(()) => return Ok(view),
-                // For as long as the read's time lasts.
-                Err(_) if self.tiers_replaced(&cold) => budget::check_time()?,
+                Ok(()) => {
+                    // A read holding blocks the cache may let go of is charged for them.
+                    budget::hold(view.cold.iter().map(|(_, b)| b.heap_bytes()).sum())?;
+                    return Ok(view);
+                }
+                Err(_) if tries < MAX_TRIES && self.tiers_replaced(&cold) => {
+                    budget::check_time()?;
+                    tries += 1;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -307,8 +307,9 @@ fn open(buf: &[u8]) -> Result<Opened, CodecError> {
         .ok_or_else(|| bad("index longer than the file"))? as usize;
     let mut r = Reader::new(&body[index_at..]);
     let tables_frame = (r.varint()?, r.varint()?);
-    let n = r.len(body.len())?;
-    let mut blocks = Vec::with_capacity(n);
+    // An entry takes at least 11 bytes: no more entries than that allows.
+    let n = r.len(r.remaining() / 11)?;
+    let mut blocks: Vec<Block> = Vec::with_capacity(n);
     let mut at = tables_frame.0;
     for _ in 0..n {
         let level = usize::from(r.u8()?);
@@ -317,6 +318,13 @@ fn open(buf: &[u8]) -> Result<Opened, CodecError> {
             .ok_or_else(|| bad("unknown granularity"))?;
         let start = r.i64()?;
         let (comp, raw) = (r.varint()?, r.varint()?);
+        // In file order: granularity (minute, hour, day), then start; no block twice.
+        if blocks
+            .last()
+            .is_some_and(|b| (b.g.index(), b.start) >= (g.index(), start))
+        {
+            return Err(bad("blocks out of order in the index"));
+        }
         blocks.push(Block {
             g,
             start,
@@ -352,8 +360,10 @@ fn frame(body: &[u8], at: u64, len: u64) -> Result<&[u8], CodecError> {
 }
 
 fn inflate(comp: &[u8], raw_len: u64) -> Result<Vec<u8>, CodecError> {
-    if raw_len > MAX_RAW {
-        return Err(CodecError("raw length too large".into()));
+    // A frame that says its size must say this one, before room is made for it.
+    let said = zstd::zstd_safe::get_frame_content_size(comp).ok().flatten();
+    if raw_len > MAX_RAW || said.is_some_and(|n| n != raw_len) {
+        return Err(CodecError("raw length too large or not the frame's".into()));
     }
     let raw =
         zstd::bulk::decompress(comp, raw_len as usize).map_err(|e| CodecError(e.to_string()))?;
@@ -411,7 +421,8 @@ impl BlockIndex {
         let b = (self.blocks.iter())
             .find(|b| b.g == g && b.start == start)
             .ok_or_else(|| CodecError("no such block".into()))?;
-        if let Opened::Whole { .. } = open(buf)? {
+        // The file is checked again (it was read again), not its tables.
+        if checked(buf)?.0 < 4 {
             return Err(CodecError("not a file with blocks".into()));
         }
         self.decode_block(buf, b, budget)
@@ -700,6 +711,38 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(index.read(&bad, g, t0, 100).is_err());
+        // An index whose checksum is right but whose blocks are wrong: one
+        // listed twice is refused on opening, one whose buckets lie outside
+        // the hour it names is refused when read.
+        let twice = with_block_start(&file, 2, t0 + HOUR_US);
+        assert!(BlockIndex::of(&twice).is_err());
+        let moved = with_block_start(&file, 2, t0 + 5 * HOUR_US);
+        let index = BlockIndex::of(&moved).unwrap().unwrap();
+        let err = index.read(&moved, g, t0 + 5 * HOUR_US, 100).unwrap_err();
+        assert!(err.0.contains("outside its block"), "{err:?}");
+    }
+
+    /// `file` with block `i`'s start changed to `start` in its index, and
+    /// its checksum made right again.
+    fn with_block_start(file: &[u8], i: usize, start: i64) -> Vec<u8> {
+        let mut out = file.to_vec();
+        let index_len = u64::from_le_bytes(out[16..24].try_into().unwrap()) as usize;
+        let index_at = out.len() - index_len;
+        let mut r = Reader::new(&out[index_at..]);
+        r.varint().unwrap();
+        r.varint().unwrap();
+        r.varint().unwrap();
+        for _ in 0..i {
+            r.u8().unwrap();
+            r.i64().unwrap();
+            r.varint().unwrap();
+            r.varint().unwrap();
+        }
+        let at = index_at + r.position() + 1;
+        out[at..at + 8].copy_from_slice(&start.to_le_bytes());
+        let crc = checksum(&out[16..32], &out[FILE_HEADER..]);
+        out[32..36].copy_from_slice(&crc.to_le_bytes());
+        out
     }
 
     #[test]
