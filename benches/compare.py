@@ -101,6 +101,11 @@ def dir_bytes(path):
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+def dir_parts(path):
+    """Bytes of each entry of a data directory."""
+    return {p.name: dir_bytes(p) if p.is_dir() else p.stat().st_size for p in Path(path).iterdir()}
+
+
 def wait_child(proc):
     """Waits for a child; returns (exit status, peak RSS in MiB) of that child alone."""
     _, status, usage = os.wait4(proc.pid, 0)
@@ -176,7 +181,7 @@ def run_toplog(args, work, workload):
             "--repeat", str(args.repeat), "--now", str(args.now), "--report", str(report))
     peak = stop(server, work, "toplog-data")
     doc = json.loads(report.read_text())
-    parts = {p.name: dir_bytes(p) if p.is_dir() else p.stat().st_size for p in data.iterdir()}
+    parts = dir_parts(data)
     out = {
         "ingest_per_s": doc["ingest"]["events_per_s"],
         "freshness_ms": doc["ingest"].get("freshness_ms"),

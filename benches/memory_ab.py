@@ -15,39 +15,28 @@ The runs alternate before/after, so the machine's drift hits both alike.
 
 import argparse
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.request
+from pathlib import Path
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import cpu_seconds, dir_parts, free_port, wait_ready  # noqa: E402
 
 
 def start(binary, data, port):
+    """A node on `data` (auth off, loopback), once ready; and how long that took."""
+    t0 = time.monotonic()
     proc = subprocess.Popen(
         [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--auth", "off"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    t0 = time.monotonic()
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).read()
-            return proc, time.monotonic() - t0
-        except Exception:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{binary} exited with {proc.returncode}")
-            time.sleep(0.05)
+    wait_ready(f"http://127.0.0.1:{port}", proc)
+    return proc, time.monotonic() - t0
 
 
 def status(pid):
@@ -56,25 +45,8 @@ def status(pid):
         for line in f:
             if line.startswith(("VmHWM:", "VmRSS:")):
                 out[line.split(":")[0]] = int(line.split()[1]) / 1024
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    out["cpu_s"] = (int(fields[11]) + int(fields[12])) / tick
+    out["cpu_s"] = cpu_seconds(pid)
     return out
-
-
-def dir_bytes(path):
-    total = {}
-    for sub in os.listdir(path):
-        p = os.path.join(path, sub)
-        n = 0
-        if os.path.isdir(p):
-            for root, _, files in os.walk(p):
-                n += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-        else:
-            n = os.path.getsize(p)
-        total[sub] = n
-    return total
 
 
 QUERY_ROW = re.compile(r"^\| (.+?) \| ([\d.]+) ms \| ([\d.]+) ms \|")
@@ -110,7 +82,7 @@ def run(binary, loadgen, events):
         result["peak_rss_mib"] = round(st["VmHWM"])
         result["server_cpu_us_per_event"] = round(st["cpu_s"] / events * 1e6, 2)
         result["warm"] = queries(sent)
-        sizes = dir_bytes(data)
+        sizes = dir_parts(data)
         result["data_dir_bytes_per_event"] = round(sum(sizes.values()) / events, 1)
         result["by_part"] = {k: round(v / events, 1) for k, v in sizes.items() if v > events / 10}
         proc.terminate()
