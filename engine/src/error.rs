@@ -112,6 +112,17 @@ pub(crate) fn segment_err(path: &std::path::Path, e: crate::SegmentError) -> Eng
     }
 }
 
+/// A file's contents that do not decode: corruption, naming the file.
+pub(crate) fn codec_err(
+    path: &std::path::Path,
+) -> impl Fn(crate::codec::CodecError) -> EngineError {
+    let path = path.to_path_buf();
+    move |e| EngineError::Corrupt {
+        path: path.clone(),
+        reason: e.0,
+    }
+}
+
 /// Wraps an [`OpenError`] with the file it came from.
 pub(crate) fn sealed_err(path: &std::path::Path) -> impl FnOnce(OpenError) -> EngineError {
     let path = path.to_path_buf();

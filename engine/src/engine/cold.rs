@@ -14,7 +14,7 @@ use toplog_types::Micros;
 
 use super::{DAY_US, Inner, ROLLUP_DIR, State, lock};
 use crate::budget;
-use crate::error::{EngineError, Result, io_err, sealed_err};
+use crate::error::{Result, codec_err, io_err, sealed_err};
 use crate::manifest::{self, Manifest, RollupTierFile};
 use crate::rollup::{self, BlockIndex, Granularity, Rollups};
 
@@ -115,26 +115,24 @@ impl Inner {
         to: Micros,
     ) -> Result<Vec<Arc<Rollups>>> {
         let path = self.dir(ROLLUP_DIR).join(file);
-        let corrupt = |e: crate::codec::CodecError| EngineError::Corrupt {
-            path: path.clone(),
-            reason: e.0,
-        };
+        let corrupt = codec_err(&path);
         let budget = self.config.rollup_key_budget;
         let cached = lock(&self.cold).get(file);
-        let (opened, mut buf) = match cached {
+        let (opened, mut bytes) = match cached {
             Some(Cached::File(f)) => (f, None),
             _ => {
-                let buf = self.read_sealed(&path)?;
-                let opened = Arc::new(match BlockIndex::of(&buf).map_err(corrupt)? {
+                let bytes = self.read_sealed(&path)?;
+                let checked = rollup::check_file(&bytes).map_err(&corrupt)?;
+                let opened = Arc::new(match BlockIndex::of(&checked).map_err(&corrupt)? {
                     Some(index) => TierFile::Blocks(index),
                     None => TierFile::Whole(Arc::new(
-                        Rollups::from_file(&buf, budget).map_err(corrupt)?,
+                        Rollups::from_checked(&checked, budget).map_err(&corrupt)?,
                     )),
                 });
                 let entry = Cached::File(opened.clone());
-                let bytes = entry.heap_bytes();
-                lock(&self.cold).put(file.to_owned(), entry, bytes);
-                (opened, Some(buf))
+                let size = entry.heap_bytes();
+                lock(&self.cold).put(file.to_owned(), entry, size);
+                (opened, Some(bytes))
             }
         };
         let index = match &*opened {
@@ -142,20 +140,31 @@ impl Inner {
             TierFile::Blocks(index) => index,
         };
         let mut out = Vec::new();
+        let mut missed = Vec::new();
         for start in index.reaching(g, from.get(), to.get()) {
-            budget::check_time()?;
-            let key = block_key(file, g, start);
-            if let Some(Cached::Block(cells)) = lock(&self.cold).get(&key) {
-                out.push(cells);
-                continue;
+            match lock(&self.cold).get(&block_key(file, g, start)) {
+                Some(Cached::Block(cells)) => out.push(cells),
+                _ => missed.push(start),
             }
-            let bytes = match &buf {
-                Some(b) => b,
-                None => buf.insert(self.read_sealed(&path)?),
-            };
-            let cells = Arc::new(index.read(bytes, g, start, budget).map_err(corrupt)?);
-            let bytes = cells.heap_bytes();
-            lock(&self.cold).put(key, Cached::Block(cells.clone()), bytes);
+        }
+        if missed.is_empty() {
+            return Ok(out);
+        }
+        // The file read (and checked) once for every block missed.
+        let bytes = match bytes.take() {
+            Some(b) => b,
+            None => self.read_sealed(&path)?,
+        };
+        let checked = rollup::check_file(&bytes).map_err(&corrupt)?;
+        for start in missed {
+            budget::check_time()?;
+            let cells = Arc::new(index.read(&checked, g, start, budget).map_err(&corrupt)?);
+            let size = cells.heap_bytes();
+            lock(&self.cold).put(
+                block_key(file, g, start),
+                Cached::Block(cells.clone()),
+                size,
+            );
             out.push(cells);
         }
         Ok(out)
@@ -242,10 +251,7 @@ pub(super) fn read_rollup_file(
     budget: usize,
 ) -> Result<Rollups> {
     let buf = read_sealed(fs, path, cipher)?;
-    Rollups::from_file(&buf, budget).map_err(|e| EngineError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.0,
-    })
+    Rollups::from_file(&buf, budget).map_err(codec_err(path))
 }
 
 /// The file at `path`, read and opened with the store's cipher.
@@ -289,10 +295,7 @@ pub(super) fn check_cold_files(
         };
         if whole || !opened_under.contains(&used) {
             let buf = read_sealed(fs, &path, cipher)?;
-            rollup::check_file(&buf).map_err(|e| EngineError::Corrupt {
-                path: path.clone(),
-                reason: e.0,
-            })?;
+            rollup::check_file(&buf).map_err(codec_err(&path))?;
             opened_under.push(used);
         }
     }

@@ -16,7 +16,7 @@ use super::{
     DAY_US, Engine, EngineConfig, FlusherSignal, Inner, KEY_DIR, ROLLUP_DIR, Retention,
     SEGMENT_DIR, Segment, State, Stored, WAL_DIR, cold,
 };
-use crate::error::{EngineError, Result, io_err, sealed_err, segment_err};
+use crate::error::{EngineError, Result, codec_err, io_err, sealed_err, segment_err};
 use crate::idempotency;
 use crate::keys::KeyId;
 use crate::lru::Lru;
@@ -286,10 +286,7 @@ pub(super) fn load_state(
         let path = key_dir.join(&kf.file);
         let sealed = fs.read(&path).map_err(io_err("read", &path))?;
         let buf = config.cipher.open(&sealed).map_err(sealed_err(&path))?;
-        let keys = idempotency::decode(&buf).map_err(|e| EngineError::Corrupt {
-            path: path.clone(),
-            reason: e.0,
-        })?;
+        let keys = idempotency::decode(&buf).map_err(codec_err(&path))?;
         for (k, rec) in keys {
             state.keys.load(&k, rec);
         }

@@ -388,11 +388,7 @@ impl Inner {
         // Cells of days memory no longer holds go to their tier files; only
         // maintenance (under the manifest lock too) moves `resident_from`.
         let mut hot = Rollups::clone(&cells);
-        let mut cold = Rollups::new(self.config.rollup_key_budget);
-        let resident_from = self.read().resident_from;
-        for g in Granularity::ALL {
-            cold.merge(&hot.take_before(g, resident_from[g.index()]));
-        }
+        let cold = hot.take_before_each(self.read().resident_from);
         let result = self.write_flush(&mut manifest, &frozen, &hot, &cold, upto, &new_keys);
         let (new_segments, replaced_tiers) = match result {
             Ok(written) => written,

@@ -185,10 +185,19 @@ impl Rollups {
 
     /// Takes out the buckets of `g` that start before `cutoff` (shared, not copied).
     pub(crate) fn take_before(&mut self, g: Granularity, cutoff: Micros) -> Rollups {
-        let level = &mut self.levels[g.index()];
-        let kept = level.split_off(&cutoff.get());
+        let mut cutoffs = [Micros::new(i64::MIN); 3];
+        cutoffs[g.index()] = cutoff;
+        self.take_before_each(cutoffs)
+    }
+
+    /// Takes out the buckets of every granularity that start before its
+    /// cutoff, by [`Granularity::index`] (shared, not copied).
+    pub(crate) fn take_before_each(&mut self, cutoffs: [Micros; 3]) -> Rollups {
         let mut out = Rollups::new(self.budget);
-        out.levels[g.index()] = std::mem::replace(level, kept);
+        for ((level, taken), cutoff) in self.levels.iter_mut().zip(&mut out.levels).zip(cutoffs) {
+            let kept = level.split_off(&cutoff.get());
+            *taken = std::mem::replace(level, kept);
+        }
         out
     }
 

@@ -215,12 +215,17 @@ impl Rollups {
 
     /// Every cell of a rollup file of any version read.
     pub(crate) fn from_file(buf: &[u8], budget: usize) -> Result<Self, CodecError> {
-        match open(buf)? {
+        Self::from_checked(&check_file(buf)?, budget)
+    }
+
+    /// [`Rollups::from_file`] of a file already checked.
+    pub(crate) fn from_checked(file: &CheckedFile<'_>, budget: usize) -> Result<Self, CodecError> {
+        match open(file)? {
             Opened::Whole { version, raw } => Self::decode(&raw, version, budget),
             Opened::Blocks(index) => {
                 let mut out = Rollups::new(budget);
                 for b in &index.blocks {
-                    let part = index.decode_block(buf, b, budget)?;
+                    let part = index.decode_block(file, b, budget)?;
                     for (level, buckets) in out.levels.iter_mut().zip(part.levels) {
                         for (start, bucket) in buckets {
                             if level.insert(start, bucket).is_some() {
@@ -261,9 +266,18 @@ enum Opened {
     Blocks(BlockIndex),
 }
 
-/// The version, first length (raw or index) and body of a rollup file whose
-/// header and checksum are right.
-fn checked(buf: &[u8]) -> Result<(u32, u64, &[u8]), CodecError> {
+/// A rollup file whose header and checksum are right: what its header says,
+/// and its body. Reading its index and its blocks needs no second check.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckedFile<'a> {
+    version: u32,
+    /// Version 4: the index's length; earlier: the raw length of the one frame.
+    first_len: u64,
+    body: &'a [u8],
+}
+
+/// Checks a rollup file's header and checksum, without decoding it.
+pub(crate) fn check_file(buf: &[u8]) -> Result<CheckedFile<'_>, CodecError> {
     let bad = |m: &str| CodecError(m.to_owned());
     if buf.len() < FILE_HEADER || &buf[..8] != FILE_MAGIC {
         return Err(bad("not a rollup file (bad magic)"));
@@ -282,19 +296,22 @@ fn checked(buf: &[u8]) -> Result<(u32, u64, &[u8]), CodecError> {
     if body.len() as u64 != body_len || sum != crc {
         return Err(bad("checksum or length mismatch"));
     }
-    Ok((version, first_len, body))
+    Ok(CheckedFile {
+        version,
+        first_len,
+        body,
+    })
 }
 
-/// Checks a rollup file's header and checksum, without decoding it.
-pub(crate) fn check_file(buf: &[u8]) -> Result<(), CodecError> {
-    checked(buf).map(|_| ())
-}
-
-/// Checks a rollup file's header and checksum; of a version 4 file, reads
-/// its index and name tables.
-fn open(buf: &[u8]) -> Result<Opened, CodecError> {
+/// A checked file's one frame inflated (versions 2 and 3), or its index and
+/// name tables (version 4).
+fn open(file: &CheckedFile<'_>) -> Result<Opened, CodecError> {
     let bad = |m: &str| CodecError(m.to_owned());
-    let (version, raw_or_index_len, body) = checked(buf)?;
+    let CheckedFile {
+        version,
+        first_len: raw_or_index_len,
+        body,
+    } = *file;
     if version < 4 {
         if raw_or_index_len > MAX_RAW {
             return Err(bad("raw length too large"));
@@ -392,10 +409,10 @@ pub(crate) struct BlockIndex {
 }
 
 impl BlockIndex {
-    /// The index of the file `buf`; `None` for a file of version 2 or 3
-    /// (one frame: read it whole).
-    pub(crate) fn of(buf: &[u8]) -> Result<Option<Self>, CodecError> {
-        match open(buf)? {
+    /// The index of `file`; `None` for a file of version 2 or 3 (one
+    /// frame: read it whole).
+    pub(crate) fn of(file: &CheckedFile<'_>) -> Result<Option<Self>, CodecError> {
+        match open(file)? {
             Opened::Whole { .. } => Ok(None),
             Opened::Blocks(index) => Ok(Some(index)),
         }
@@ -409,11 +426,11 @@ impl BlockIndex {
             .collect()
     }
 
-    /// The buckets of the block of `g` at `start` in `buf` (the file this
-    /// index was read from; its checksum is checked again).
+    /// The buckets of the block of `g` at `start` in `file` (the file this
+    /// index was read from).
     pub(crate) fn read(
         &self,
-        buf: &[u8],
+        file: &CheckedFile<'_>,
         g: Granularity,
         start: i64,
         budget: usize,
@@ -421,16 +438,20 @@ impl BlockIndex {
         let b = (self.blocks.iter())
             .find(|b| b.g == g && b.start == start)
             .ok_or_else(|| CodecError("no such block".into()))?;
-        // The file is checked again (it was read again), not its tables.
-        if checked(buf)?.0 < 4 {
+        if file.version < 4 {
             return Err(CodecError("not a file with blocks".into()));
         }
-        self.decode_block(buf, b, budget)
+        self.decode_block(file, b, budget)
     }
 
-    /// The buckets of block `b` of the file `buf`, each checked to lie in it.
-    fn decode_block(&self, buf: &[u8], b: &Block, budget: usize) -> Result<Rollups, CodecError> {
-        let raw = inflate(frame(&buf[FILE_HEADER..], b.at, b.comp)?, b.raw)?;
+    /// The buckets of block `b` of `file`, each checked to lie in it.
+    fn decode_block(
+        &self,
+        file: &CheckedFile<'_>,
+        b: &Block,
+        budget: usize,
+    ) -> Result<Rollups, CodecError> {
+        let raw = inflate(frame(file.body, b.at, b.comp)?, b.raw)?;
         let mut out = Rollups::new(budget);
         decode_buckets(
             &mut Reader::new(&raw),
@@ -693,7 +714,8 @@ mod tests {
             });
         }
         let file = all.to_file(TIER_FILE_LEVEL).unwrap();
-        let index = BlockIndex::of(&file).unwrap().unwrap();
+        let checked = check_file(&file).unwrap();
+        let index = BlockIndex::of(&checked).unwrap().unwrap();
         let g = Granularity::Minute;
         // Minutes 30 to 90: the first two hours' blocks.
         let (from, to) = (t0 + 30 * 60_000_000, t0 + 90 * 60_000_000);
@@ -701,22 +723,23 @@ mod tests {
         assert_eq!(starts, vec![t0, t0 + HOUR_US]);
         let mut read = Rollups::default();
         for s in &starts {
-            read.merge(&index.read(&file, g, *s, 100).unwrap());
+            read.merge(&index.read(&checked, g, *s, 100).unwrap());
         }
         let want = all.slice(g, Micros::new(t0), Micros::new(t0 + 2 * HOUR_US));
         assert_eq!(read.encode(), want.encode());
         assert_eq!(index.reaching(Granularity::Day, from, to).len(), 1);
-        assert!(index.read(&file, g, t0 + 1, 100).is_err());
+        assert!(index.read(&checked, g, t0 + 1, 100).is_err());
         let mut bad = file.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(index.read(&bad, g, t0, 100).is_err());
+        assert!(check_file(&bad).is_err());
         // An index whose checksum is right but whose blocks are wrong: one
         // listed twice is refused on opening, one whose buckets lie outside
         // the hour it names is refused when read.
         let twice = with_block_start(&file, 2, t0 + HOUR_US);
-        assert!(BlockIndex::of(&twice).is_err());
+        assert!(BlockIndex::of(&check_file(&twice).unwrap()).is_err());
         let moved = with_block_start(&file, 2, t0 + 5 * HOUR_US);
+        let moved = check_file(&moved).unwrap();
         let index = BlockIndex::of(&moved).unwrap().unwrap();
         let err = index.read(&moved, g, t0 + 5 * HOUR_US, 100).unwrap_err();
         assert!(err.0.contains("outside its block"), "{err:?}");
@@ -816,7 +839,11 @@ mod tests {
                 .as_deref(),
             Ok(img.as_slice())
         );
-        assert!(BlockIndex::of(&v3_file).unwrap().is_none());
+        assert!(
+            BlockIndex::of(&check_file(&v3_file).unwrap())
+                .unwrap()
+                .is_none()
+        );
         // A version-3 table naming one key twice is refused.
         let mut twice = Vec::new();
         put_varint(&mut twice, 2);
