@@ -18,14 +18,17 @@
 //! times and offsets, and stays plain so start-up reads it without a key.
 
 use toplog_crypt::{Cipher, KeyUse, OpenError};
-use toplog_types::{Event, Micros};
+use toplog_types::{Event, Micros, method_from_endpoint};
 
 use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
+use crate::column_forms;
 use crate::columns::{Columns, DictColumn, StrColumn};
 
 const MAGIC: &[u8; 8] = b"TPLGSEG\0";
 const END_MAGIC: &[u8; 8] = b"TPLGEND\0";
-const VERSION: u32 = 1;
+/// Version 2 stores UUID request ids as bytes (`request_ids.rs`);
+/// version 1, still read, stored every request id as text.
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 16;
 const TRAILER_LEN: usize = 12;
 const COLUMN_ENTRY_LEN: usize = 21;
@@ -60,7 +63,7 @@ pub struct SegmentMeta {
 pub enum SegmentError {
     #[error("not a toplog segment (bad magic)")]
     BadMagic,
-    #[error("unsupported segment version {0} (this build reads version {VERSION})")]
+    #[error("unsupported segment version {0} (this build reads versions 1 to {VERSION})")]
     UnsupportedVersion(u32),
     #[error("checksum mismatch in {0}")]
     Checksum(String),
@@ -86,60 +89,31 @@ pub(crate) fn encode(
     partition_len_us: i64,
     cipher: &Cipher,
 ) -> Vec<u8> {
+    encode_as(cols, partition_start, partition_len_us, cipher, VERSION)
+}
+
+/// [`encode`] in format `version`: 2, or 1 (written only by tests that check
+/// that files of version 1 still read).
+fn encode_as(
+    cols: &Columns,
+    partition_start: Micros,
+    partition_len_us: i64,
+    cipher: &Cipher,
+    version: u32,
+) -> Vec<u8> {
     let order = cols.sorted_order();
     let n = order.len();
     let mut blocks: Vec<(u8, Vec<u8>)> = Vec::with_capacity(usize::from(NCOLS));
 
-    let mut raw = Vec::with_capacity(n * 2);
-    let mut prev = 0i64;
-    for (k, &i) in order.iter().enumerate() {
-        let t = cols.ts[i as usize];
-        if k == 0 {
-            raw.extend_from_slice(&t.to_le_bytes());
-        } else {
-            put_varint(&mut raw, zigzag(t.wrapping_sub(prev)));
-        }
-        prev = t;
+    if version >= 2 {
+        encode_columns(cols, &order, &mut blocks);
+    } else {
+        encode_columns_v1(cols, &order, &mut blocks);
     }
-    blocks.push((COL_TS, raw));
-
-    let mut raw = Vec::with_capacity(n * 40);
-    for &i in &order {
-        put_bytes(&mut raw, cols.request_id.get(i as usize).as_bytes());
-    }
-    blocks.push((COL_REQUEST_ID, raw));
-
-    for (id, dict) in [
-        (COL_USER_ID, &cols.user_id),
-        (COL_ENDPOINT, &cols.endpoint),
-        (COL_METHOD, &cols.method),
-    ] {
-        let mut raw = Vec::with_capacity(n * 2);
-        put_varint(&mut raw, dict.values.len() as u64);
-        for v in dict.values.iter() {
-            put_bytes(&mut raw, v.as_bytes());
-        }
-        for &i in &order {
-            put_varint(&mut raw, u64::from(dict.ids[i as usize]));
-        }
-        blocks.push((id, raw));
-    }
-
-    let mut raw = Vec::with_capacity(n * 2);
-    for &i in &order {
-        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
-    }
-    blocks.push((COL_STATUS, raw));
-
-    let mut raw = Vec::with_capacity(n * 2);
-    for &i in &order {
-        put_varint(&mut raw, cols.latency_us[i as usize]);
-    }
-    blocks.push((COL_LATENCY, raw));
 
     let mut out = Vec::with_capacity(HEADER_LEN + n * 16);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[..HEADER_LEN]);
 
@@ -183,6 +157,90 @@ pub(crate) fn encode(
     out
 }
 
+/// The columns in version 2's layouts (`column_forms.rs`, `request_ids.rs`),
+/// rows in `order`.
+fn encode_columns(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>) {
+    let n = order.len();
+    let ts: Vec<i64> = order.iter().map(|&i| cols.ts[i as usize]).collect();
+    let mut raw = Vec::with_capacity(n * 2);
+    column_forms::put_timestamps(&ts, &mut raw);
+    blocks.push((COL_TS, raw));
+
+    let mut raw = Vec::with_capacity(n * 17);
+    let ids = order.iter().map(|&i| cols.request_id.get(i as usize));
+    crate::request_ids::encode(ids, &mut raw);
+    blocks.push((COL_REQUEST_ID, raw));
+
+    for (id, dict) in [(COL_USER_ID, &cols.user_id), (COL_ENDPOINT, &cols.endpoint)] {
+        let mut raw = Vec::with_capacity(n * 2);
+        column_forms::put_dictionary(dict, order, &mut raw);
+        blocks.push((id, raw));
+    }
+    let mut raw = Vec::new();
+    column_forms::put_methods(&cols.method, &cols.endpoint, order, &mut raw);
+    blocks.push((COL_METHOD, raw));
+
+    let mut raw = Vec::with_capacity(n * 2);
+    for &i in order {
+        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
+    }
+    blocks.push((COL_STATUS, raw));
+
+    let mut raw = Vec::with_capacity(n * 3);
+    column_forms::put_planes(order.iter().map(|&i| cols.latency_us[i as usize]), &mut raw);
+    blocks.push((COL_LATENCY, raw));
+}
+
+/// The columns in version 1's layouts (docs/format.md), rows in `order`.
+fn encode_columns_v1(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>) {
+    let n = order.len();
+    let mut raw = Vec::with_capacity(n * 2);
+    let mut prev = 0i64;
+    for (k, &i) in order.iter().enumerate() {
+        let t = cols.ts[i as usize];
+        if k == 0 {
+            raw.extend_from_slice(&t.to_le_bytes());
+        } else {
+            put_varint(&mut raw, zigzag(t.wrapping_sub(prev)));
+        }
+        prev = t;
+    }
+    blocks.push((COL_TS, raw));
+
+    let mut raw = Vec::with_capacity(n * 17);
+    let ids = order.iter().map(|&i| cols.request_id.get(i as usize));
+    ids.for_each(|id| put_bytes(&mut raw, id.as_bytes()));
+    blocks.push((COL_REQUEST_ID, raw));
+
+    for (id, dict) in [
+        (COL_USER_ID, &cols.user_id),
+        (COL_ENDPOINT, &cols.endpoint),
+        (COL_METHOD, &cols.method),
+    ] {
+        let mut raw = Vec::with_capacity(n * 2);
+        put_varint(&mut raw, dict.values.len() as u64);
+        for v in dict.values.iter() {
+            put_bytes(&mut raw, v.as_bytes());
+        }
+        for &i in order {
+            put_varint(&mut raw, u64::from(dict.ids[i as usize]));
+        }
+        blocks.push((id, raw));
+    }
+
+    let mut raw = Vec::with_capacity(n * 2);
+    for &i in order {
+        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
+    }
+    blocks.push((COL_STATUS, raw));
+
+    let mut raw = Vec::with_capacity(n * 2);
+    for &i in order {
+        put_varint(&mut raw, cols.latency_us[i as usize]);
+    }
+    blocks.push((COL_LATENCY, raw));
+}
+
 struct BlockRef {
     offset: usize,
     comp_len: usize,
@@ -190,8 +248,9 @@ struct BlockRef {
     crc: u32,
 }
 
-/// Reads and checks the header, trailer and footer; returns the meta and the column blocks.
-fn read_footer(buf: &[u8]) -> Result<(SegmentMeta, Vec<BlockRef>), SegmentError> {
+/// Reads and checks the header, trailer and footer; returns the meta, the
+/// column blocks and the format version.
+fn read_footer(buf: &[u8]) -> Result<(SegmentMeta, Vec<BlockRef>, u32), SegmentError> {
     if buf.len() < HEADER_LEN + TRAILER_LEN || &buf[..8] != MAGIC {
         return Err(SegmentError::BadMagic);
     }
@@ -202,7 +261,7 @@ fn read_footer(buf: &[u8]) -> Result<(SegmentMeta, Vec<BlockRef>), SegmentError>
     }
     let mut h = Reader::new(&buf[8..HEADER_LEN]);
     let version = h.u32()?;
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(SegmentError::UnsupportedVersion(version));
     }
     let mut t = Reader::new(&buf[buf.len() - TRAILER_LEN..]);
@@ -270,12 +329,13 @@ fn read_footer(buf: &[u8]) -> Result<(SegmentMeta, Vec<BlockRef>), SegmentError>
             partition_len_us,
         },
         blocks,
+        version,
     ))
 }
 
 /// Reads only the footer (cheap): used when opening segments at start-up.
 pub(crate) fn read_meta(buf: &[u8]) -> Result<SegmentMeta, SegmentError> {
-    read_footer(buf).map(|(meta, _)| meta)
+    read_footer(buf).map(|(meta, _, _)| meta)
 }
 
 /// A segment's column blocks, checked and decompressed one at a time into
@@ -404,9 +464,25 @@ pub(crate) fn dictionary_holds(
         DictColumnId::Endpoint => (COL_ENDPOINT, "endpoint"),
         DictColumnId::Method => (COL_METHOD, "method"),
     };
-    let (_, refs) = read_footer(buf)?;
+    let (_, refs, version) = read_footer(buf)?;
     let mut blocks = Blocks::new(buf, refs, cipher)?;
-    let raw = blocks.read(id, name)?;
+    let mut raw = blocks.read(id, name)?;
+    if version >= 2 && column == DictColumnId::Method {
+        match column_forms::method_dictionary(raw)? {
+            Some(dictionary) => raw = dictionary,
+            None => {
+                // Every row's method is its endpoint's.
+                let raw = blocks.read(COL_ENDPOINT, "endpoint")?;
+                let mut r = Reader::new(raw);
+                for _ in 0..r.len(raw.len())? {
+                    if method_from_endpoint(r.str()?) == Some(value) {
+                        return Ok(true);
+                    }
+                }
+                return Ok(false);
+            }
+        }
+    }
     let mut r = Reader::new(raw);
     for _ in 0..r.len(raw.len())? {
         if r.bytes()? == value.as_bytes() {
@@ -424,7 +500,7 @@ pub(crate) fn decode(
     request_ids: bool,
     cipher: &Cipher,
 ) -> Result<(SegmentMeta, Columns), SegmentError> {
-    let (meta, refs) = read_footer(buf)?;
+    let (meta, refs, version) = read_footer(buf)?;
     let rows = usize::try_from(meta.rows)
         .ok()
         .filter(|r| *r <= buf.len())
@@ -432,24 +508,33 @@ pub(crate) fn decode(
 
     let mut blocks = Blocks::new(buf, refs, cipher)?;
     let raw = blocks.read(COL_TS, "timestamp")?;
-    let mut r = Reader::new(raw);
-    let mut ts = Vec::with_capacity(rows);
-    if rows > 0 {
-        let mut t = r.i64()?;
-        ts.push(t);
-        for _ in 1..rows {
-            t = t.wrapping_add(unzigzag(r.varint()?));
+    let ts = if version >= 2 {
+        column_forms::read_timestamps(raw, rows)?
+    } else {
+        let mut r = Reader::new(raw);
+        let mut ts = Vec::with_capacity(rows);
+        if rows > 0 {
+            let mut t = r.i64()?;
             ts.push(t);
+            for _ in 1..rows {
+                t = t.wrapping_add(unzigzag(r.varint()?));
+                ts.push(t);
+            }
         }
-    }
-    finish(&r, "timestamp")?;
+        finish(&r, "timestamp")?;
+        ts
+    };
 
     let request_id = if request_ids {
         let raw = blocks.read(COL_REQUEST_ID, "request_id")?;
-        let mut r = Reader::new(raw);
-        let column = strings(&mut r, rows, "request_id")?;
-        finish(&r, "request_id")?;
-        Some(column)
+        if version >= 2 {
+            Some(crate::request_ids::decode(raw, rows)?)
+        } else {
+            let mut r = Reader::new(raw);
+            let column = strings(&mut r, rows, "request_id")?;
+            finish(&r, "request_id")?;
+            Some(column)
+        }
     } else {
         blocks.check(COL_REQUEST_ID, "request_id")?;
         None
@@ -457,7 +542,15 @@ pub(crate) fn decode(
 
     let user_id = dict(blocks.read(COL_USER_ID, "user_id")?, "user_id", rows)?;
     let endpoint = dict(blocks.read(COL_ENDPOINT, "endpoint")?, "endpoint", rows)?;
-    let method = dict(blocks.read(COL_METHOD, "method")?, "method", rows)?;
+    let raw = blocks.read(COL_METHOD, "method")?;
+    let method = if version < 2 {
+        dict(raw, "method", rows)?
+    } else {
+        match column_forms::method_dictionary(raw)? {
+            Some(raw) => dict(raw, "method", rows)?,
+            None => column_forms::methods_of(&endpoint)?,
+        }
+    };
 
     let raw = blocks.read(COL_STATUS, "status_code")?;
     let mut r = Reader::new(raw);
@@ -465,11 +558,16 @@ pub(crate) fn decode(
     finish(&r, "status_code")?;
 
     let raw = blocks.read(COL_LATENCY, "latency")?;
-    let mut r = Reader::new(raw);
-    let latency_us = (0..rows)
-        .map(|_| r.varint())
-        .collect::<Result<Vec<_>, _>>()?;
-    finish(&r, "latency")?;
+    let latency_us = if version >= 2 {
+        column_forms::read_planes(raw, rows, "latency")?
+    } else {
+        let mut r = Reader::new(raw);
+        let latency_us = (0..rows)
+            .map(|_| r.varint())
+            .collect::<Result<Vec<_>, _>>()?;
+        finish(&r, "latency")?;
+        latency_us
+    };
 
     let cols = Columns::from_parts(
         ts,
@@ -494,7 +592,7 @@ pub(crate) fn decode(
 /// every block of a segment is sealed under the same key). Reads the header
 /// only.
 pub(crate) fn key_use(buf: &[u8]) -> Result<KeyUse, SegmentError> {
-    let (_, refs) = read_footer(buf)?;
+    let (_, refs, _) = read_footer(buf)?;
     let first = &refs[usize::from(COL_TS)];
     Cipher::key_use(&buf[first.offset..first.offset + first.comp_len]).map_err(|reason| {
         SegmentError::Encryption {
@@ -507,7 +605,7 @@ pub(crate) fn key_use(buf: &[u8]) -> Result<KeyUse, SegmentError> {
 /// Opens the segment's timestamp block: whether `cipher` has the key the
 /// segment is written under, checked without decoding the segment.
 pub(crate) fn check_key(buf: &[u8], cipher: &Cipher) -> Result<(), SegmentError> {
-    let (_, refs) = read_footer(buf)?;
+    let (_, refs, _) = read_footer(buf)?;
     Blocks::new(buf, refs, cipher)?
         .read(COL_TS, "timestamp")
         .map(|_| ())
@@ -547,21 +645,29 @@ mod tests {
 
     fn arb_event() -> impl Strategy<Value = Event> {
         (
-            "[a-z0-9-]{1,40}",
+            prop_oneof![
+                "[a-z0-9-]{1,40}",
+                "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            ],
             0i64..4_000_000_000_000_000,
             "[a-z]{0,6}",
             prop::sample::select(vec!["GET /a", "POST /b/{id}", "/c", "DELETE /d"]),
             100u16..600,
             0u64..100_000_000,
+            // Mostly the method the endpoint names, as ingest sets it; now
+            // and then another (the column keeps a dictionary then).
+            prop::bool::weighted(0.05),
         )
-            .prop_map(|(rid, ts, user, ep, status, lat)| Event {
+            .prop_map(|(rid, ts, user, ep, status, lat, other_method)| Event {
                 request_id: rid,
                 timestamp: Micros::new(ts),
                 user_id: user,
                 endpoint: ep.to_owned(),
-                method: toplog_types::method_from_endpoint(ep)
-                    .unwrap_or("")
-                    .to_owned(),
+                method: if other_method {
+                    "PATCH".to_owned()
+                } else {
+                    method_from_endpoint(ep).unwrap_or("").to_owned()
+                },
                 status_code: status,
                 latency_us: lat,
             })
@@ -618,7 +724,14 @@ mod tests {
             };
             prop_assert_eq!(rows(&without), rows(&with));
             // A stable sort keeps equal keys in arrival order, as the encoder does.
-            prop_assert_eq!(back, sorted(events));
+            prop_assert_eq!(&back, &sorted(events.clone()));
+            // Version 1 (every request id as text), which earlier nodes wrote, reads the same.
+            let mut cols = Columns::default();
+            for e in &events {
+                cols.push(e);
+            }
+            let v1 = encode_as(&cols, Micros::new(0), 86_400_000_000, &Cipher::off(), 1);
+            prop_assert_eq!(decode_segment_events(&v1).unwrap(), back);
         }
 
         #[test]

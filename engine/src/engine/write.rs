@@ -424,6 +424,11 @@ impl Inner {
             self.remove_quietly(&self.dir(ROLLUP_DIR).join(&file), "a replaced tier file");
         }
         if let Some(wal) = wal {
+            // Every entry written is flushed (a node closing, or idle): end the
+            // file being written so that it goes too, not only the ones before it.
+            if wal.last_lsn() <= upto {
+                wal.roll()?;
+            }
             wal.truncate_prefix(upto)?;
         }
         Ok(())

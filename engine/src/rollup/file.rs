@@ -6,7 +6,7 @@
 //! ([`BlockIndex`]). Versions 2 (a name in every cell) and 3 (one zstd frame
 //! for all) are still read, whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::buckets::{Bucket, Rollups};
@@ -14,6 +14,7 @@ use super::cell::Cell;
 use super::cube::{Cells, Overflow};
 use super::dimension::{Dimension, Granularity};
 use super::packed::Packed;
+use super::streams::{Streams, cells_in_id_order, class_endpoints, decode_streams};
 use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
 use crate::keys::{KeyId, Keys};
 use crate::sketch::LatencySketch;
@@ -25,10 +26,12 @@ const FILE_MAGIC: &[u8; 8] = b"TPLGCUB\0";
 pub(crate) const FLUSH_FILE_LEVEL: i32 = 1;
 /// zstd level of the day files maintenance keeps for a year.
 pub(crate) const TIER_FILE_LEVEL: i32 = 3;
-/// Version 4 compresses the buckets in blocks with an index; version 3 (read,
-/// no longer written) in one frame after the tables; version 2 named keys in
-/// every cell.
-const FILE_VERSION: u32 = 4;
+/// Version 5 writes a block's cells in their packed form, in streams by
+/// kind, and an endpoint x class cell that equals its endpoint's as a flag;
+/// version 4 (read, no longer written) compresses the buckets in blocks with
+/// an index, each cell in full; version 3 in one frame after the tables;
+/// version 2 named keys in every cell.
+const FILE_VERSION: u32 = 5;
 /// Bytes of a rollup file's header.
 const FILE_HEADER: usize = 36;
 /// Largest decompressed size a file or block may claim.
@@ -36,8 +39,8 @@ const MAX_RAW: u64 = 1 << 32;
 const HOUR_US: i64 = 3_600_000_000;
 
 /// Per dimension, key id -> position in the file's name table (`ABSENT` if unused).
-type Positions = [Vec<u32>; 5];
-const ABSENT: u32 = u32::MAX;
+pub(super) type Positions = [Vec<u32>; 5];
+pub(super) const ABSENT: u32 = u32::MAX;
 
 impl Rollups {
     /// The cells as bytes, version 3 (see docs/format.md, "Rollup file"): the
@@ -138,7 +141,7 @@ impl Rollups {
     pub(crate) fn decode(buf: &[u8], version: u32, budget: usize) -> Result<Self, CodecError> {
         let mut r = Reader::new(buf);
         let tables = if version >= 3 {
-            decode_tables(&mut r, buf.len())?
+            decode_tables(&mut r, buf.len())?.ids
         } else {
             Default::default()
         };
@@ -152,20 +155,29 @@ impl Rollups {
         Ok(out)
     }
 
-    /// A rollup file, version 4: header, the name tables and the buckets in
-    /// blocks of an hour, each a zstd frame, then the index of the blocks.
+    /// A rollup file, version 5: header, the name tables and the buckets in
+    /// blocks of an hour, each a zstd frame of [`Streams`], then the index of
+    /// the blocks.
     ///
     /// | part | bytes |
     /// |---|---|
-    /// | header | magic `TPLGCUB\0` (8), version u32 = 4, reserved u32 = 0, index_len u64, body_len u64, crc32c u32 of the two lengths then the body |
+    /// | header | magic `TPLGCUB\0` (8), version u32 = 5, reserved u32 = 0, index_len u64, body_len u64, crc32c u32 of the two lengths then the body |
     /// | body | the tables' frame, each block's frame, then the index (`index_len` bytes, not compressed) |
     ///
     /// `level` is zstd's: [`FLUSH_FILE_LEVEL`] or [`TIER_FILE_LEVEL`].
     pub(crate) fn to_file(&self, level: i32) -> std::io::Result<Vec<u8>> {
+        self.to_file_of_version(level, FILE_VERSION)
+    }
+
+    /// [`Rollups::to_file`] in `version`, 5 or 4 (written only by tests that
+    /// check that files of version 4 still read).
+    fn to_file_of_version(&self, level: i32, version: u32) -> std::io::Result<Vec<u8>> {
         let mut zstd = zstd::bulk::Compressor::new(level)?;
         let positions = self.key_positions();
+        let class_endpoint = class_endpoints(&positions);
         let mut out = vec![0u8; FILE_HEADER];
         let (mut raw, mut index) = (Vec::new(), Vec::new());
+        let mut streams = Streams::default();
         self.put_tables(&positions, &mut raw);
         let frame = zstd.compress(&raw)?;
         put_varint(&mut index, frame.len() as u64);
@@ -175,9 +187,18 @@ impl Rollups {
         put_varint(&mut index, blocks.len() as u64);
         for ((g, block), buckets) in blocks {
             raw.clear();
-            put_varint(&mut raw, buckets.len() as u64);
-            for (start, bucket) in buckets {
-                put_bucket(&mut raw, g, start, bucket, &positions);
+            if version >= 5 {
+                streams.clear();
+                put_varint(&mut streams.shape, buckets.len() as u64);
+                for (start, bucket) in buckets {
+                    streams.put_bucket(g, start, bucket, &positions, &class_endpoint);
+                }
+                streams.finish(&mut raw);
+            } else {
+                put_varint(&mut raw, buckets.len() as u64);
+                for (start, bucket) in buckets {
+                    put_bucket(&mut raw, g, start, bucket, &positions);
+                }
             }
             let frame = zstd.compress(&raw)?;
             index.push(g.index() as u8);
@@ -189,7 +210,7 @@ impl Rollups {
         out.extend_from_slice(&index);
         let mut header = Vec::with_capacity(FILE_HEADER);
         header.extend_from_slice(FILE_MAGIC);
-        header.extend_from_slice(&FILE_VERSION.to_le_bytes());
+        header.extend_from_slice(&version.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         header.extend_from_slice(&(index.len() as u64).to_le_bytes());
         header.extend_from_slice(&((out.len() - FILE_HEADER) as u64).to_le_bytes());
@@ -404,7 +425,7 @@ struct Block {
 /// its name tables (interned) and the index of its blocks.
 #[derive(Debug)]
 pub(crate) struct BlockIndex {
-    tables: [Vec<KeyId>; 5],
+    tables: Tables,
     blocks: Vec<Block>,
 }
 
@@ -453,12 +474,12 @@ impl BlockIndex {
     ) -> Result<Rollups, CodecError> {
         let raw = inflate(frame(file.body, b.at, b.comp)?, b.raw)?;
         let mut out = Rollups::new(budget);
-        decode_buckets(
-            &mut Reader::new(&raw),
-            raw.len(),
-            Some(&self.tables),
-            &mut out,
-        )?;
+        if file.version >= 5 {
+            decode_streams(&raw, &self.tables, &mut out)?;
+        } else {
+            let mut r = Reader::new(&raw);
+            decode_buckets(&mut r, raw.len(), Some(&self.tables.ids), &mut out)?;
+        }
         let end = b.start.saturating_add(block_len(b.g));
         let inside = (Granularity::ALL.iter()).all(|g| {
             (out.levels[g.index()].keys()).all(|s| *g == b.g && (b.start..end).contains(s))
@@ -471,20 +492,43 @@ impl BlockIndex {
 
     /// Bytes it holds.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.tables.iter().map(|t| t.len() * 4).sum::<usize>()
+        (self.tables.ids.iter().map(Vec::len).sum::<usize>() + self.tables.class_endpoint.len()) * 4
             + self.blocks.len() * std::mem::size_of::<Block>()
     }
 }
 
+/// A file's name tables, interned.
+#[derive(Debug, Default)]
+pub(super) struct Tables {
+    /// Per dimension, the key at each position.
+    pub(super) ids: [Vec<KeyId>; 5],
+    /// Per position in the endpoint x class table, the position of its
+    /// endpoint in the endpoint table (`ABSENT` if that table lacks it).
+    pub(super) class_endpoint: Vec<u32>,
+}
+
 /// Each dimension's name table, interned.
-fn decode_tables(r: &mut Reader<'_>, limit: usize) -> Result<[Vec<KeyId>; 5], CodecError> {
-    let mut tables: [Vec<KeyId>; 5] = Default::default();
-    for (d, table) in Dimension::ALL.iter().zip(&mut tables) {
+fn decode_tables(r: &mut Reader<'_>, limit: usize) -> Result<Tables, CodecError> {
+    let mut tables = Tables::default();
+    let mut endpoints: HashMap<&str, u32> = HashMap::new();
+    for (d, table) in Dimension::ALL.iter().zip(&mut tables.ids) {
         let keys = Keys::of(*d);
         let n = r.len(limit)?;
         table.reserve(n);
-        for _ in 0..n {
-            table.push(keys.intern(r.str()?));
+        for at in 0..n {
+            let name = r.str()?;
+            table.push(keys.intern(name));
+            match d {
+                Dimension::Endpoint => {
+                    endpoints.insert(name, at as u32);
+                }
+                Dimension::EndpointStatusClass => tables.class_endpoint.push(
+                    Dimension::split_endpoint_class_key(name)
+                        .and_then(|(_, e)| endpoints.get(e).copied())
+                        .unwrap_or(ABSENT),
+                ),
+                _ => {}
+            }
         }
         let mut sorted = table.clone();
         sorted.sort_unstable();
@@ -567,32 +611,20 @@ fn put_bucket(
     positions: &Positions,
 ) {
     put_bucket_start(out, g, start);
-    let mut open: Vec<(KeyId, &Cell)> = Vec::new();
     for (cube, pos) in bucket.cubes.iter().zip(positions) {
         put_varint(out, cube.len() as u64);
         let mut next = 0;
-        let mut put = |out: &mut Vec<u8>, id: KeyId, c: &Cell| {
+        cells_in_id_order(cube, |id, c| {
             let at = pos[id as usize];
             put_varint(out, u64::from(at - next));
             next = at + 1;
             put_cell(out, c);
-        };
-        match &cube.cells {
-            Cells::Packed(p) => p.each(true, |id, c| put(out, id, c)),
-            Cells::Open(cells) => {
-                open.clear();
-                open.extend(cells.iter().map(|(id, c)| (*id, c)));
-                open.sort_unstable_by_key(|(id, _)| *id);
-                for (id, c) in &open {
-                    put(out, *id, c);
-                }
-            }
-        }
+        });
         put_overflow(out, cube.overflow.as_deref());
     }
 }
 
-fn put_bucket_start(out: &mut Vec<u8>, g: Granularity, start: i64) {
+pub(super) fn put_bucket_start(out: &mut Vec<u8>, g: Granularity, start: i64) {
     out.push(g.index() as u8);
     out.extend_from_slice(&start.to_le_bytes());
 }
@@ -702,15 +734,21 @@ mod tests {
         // Three hours of minutes, spread over two days.
         let t0 = 1_767_225_600_000_000 - 2 * HOUR_US;
         let mut all = Rollups::default();
-        for i in 0..180i64 {
+        // One, two or three requests a minute: cells of two or three
+        // requests are written without their sketches (user cells have
+        // none), which are rebuilt from their latencies when read.
+        for (i, j) in (0..180i64).flat_map(|i| (0..1 + i % 3).map(move |j| (i, j))) {
             all.add(&Event {
-                request_id: format!("r{i}"),
-                timestamp: Micros::new(t0 + i * 60_000_000 + 7),
+                request_id: format!("r{i}-{j}"),
+                timestamp: Micros::new(t0 + i * 60_000_000 + 7 + j),
                 user_id: format!("u{}", i % 11),
                 endpoint: format!("GET /e{}", i % 4),
                 method: "GET".into(),
-                status_code: 200,
-                latency_us: 1000 + i as u64,
+                // Endpoint 3 has requests of two classes in an hour (and
+                // with two or three a minute, in a minute) now and then:
+                // its endpoint x class cells are not its endpoint's.
+                status_code: if (i + j) % 12 == 3 { 503 } else { 200 },
+                latency_us: 1000 + (i * 37 + j * 1000) as u64,
             });
         }
         let file = all.to_file(TIER_FILE_LEVEL).unwrap();
@@ -727,6 +765,14 @@ mod tests {
         }
         let want = all.slice(g, Micros::new(t0), Micros::new(t0 + 2 * HOUR_US));
         assert_eq!(read.encode(), want.encode());
+        // The endpoint x class cells that are their endpoint's are a flag each.
+        let v4 = all.to_file_of_version(TIER_FILE_LEVEL, 4).unwrap();
+        assert!(
+            file.len() < v4.len() * 3 / 4,
+            "{} vs {}",
+            file.len(),
+            v4.len()
+        );
         assert_eq!(index.reaching(Granularity::Day, from, to).len(), 1);
         assert!(index.read(&checked, g, t0 + 1, 100).is_err());
         let mut bad = file.clone();
@@ -843,6 +889,15 @@ mod tests {
             BlockIndex::of(&check_file(&v3_file).unwrap())
                 .unwrap()
                 .is_none()
+        );
+        // Files of version 4 (each cell in full, no copies of endpoint
+        // cells), which earlier nodes wrote, load to the same cells.
+        let v4_file = all.to_file_of_version(TIER_FILE_LEVEL, 4).unwrap();
+        assert_eq!(
+            Rollups::from_file(&v4_file, 100)
+                .map(|r| r.encode())
+                .as_deref(),
+            Ok(img.as_slice())
         );
         // A version-3 table naming one key twice is refused.
         let mut twice = Vec::new();

@@ -9,6 +9,7 @@ mod cube;
 mod dimension;
 mod file;
 mod packed;
+mod streams;
 
 pub use buckets::Rollups;
 pub use cell::Cell;

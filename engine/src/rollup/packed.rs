@@ -3,7 +3,7 @@
 //! every few cells so a key's cell is found by reading past a handful.
 
 use super::cell::Cell;
-use crate::codec::{put_varint, unzigzag, zigzag};
+use crate::codec::{CodecError, Reader, put_varint, unzigzag, zigzag};
 use crate::keys::KeyId;
 use crate::sketch::LatencySketch;
 
@@ -181,7 +181,10 @@ const HAS_SKETCH: u8 = 1 << 5;
 const HIGH_SUM: u8 = 1 << 6;
 const HAS_MISSED: u8 = 1 << 7;
 
-fn pack_cell(heads: &mut Vec<u8>, bodies: &mut Vec<u8>, c: &Cell) {
+/// Packs `c`: its head onto `heads`, the rest onto `bodies`. Rollup files
+/// (version 5 on) store cells in this form too, so a change to it is a new
+/// file version (docs/format.md, "Rollup file").
+pub(super) fn pack_cell(heads: &mut Vec<u8>, bodies: &mut Vec<u8>, c: &Cell) {
     let mut flags = 0u8;
     for (i, n) in c.by_class.iter().enumerate() {
         if *n > 0 {
@@ -238,6 +241,89 @@ fn pack_cell(heads: &mut Vec<u8>, bodies: &mut Vec<u8>, c: &Cell) {
             last = Some(key);
         }
     }
+}
+
+/// Reads back a cell [`pack_cell`] wrote, from bytes that may be damaged:
+/// every read is bounds-checked and what `pack_cell` never writes is refused.
+pub(super) fn read_cell(
+    heads: &mut Reader<'_>,
+    bodies: &mut Reader<'_>,
+) -> Result<Cell, CodecError> {
+    let bad = |m: &str| CodecError(format!("packed cell: {m}"));
+    let flags = heads.u8()?;
+    let mut by_class = [0u64; 5];
+    let mut single = false;
+    for (i, n) in by_class.iter_mut().enumerate() {
+        if flags & (1 << i) != 0 {
+            *n = match heads.varint()? {
+                0 => {
+                    single = true;
+                    1
+                }
+                n => n,
+            };
+        }
+    }
+    let count = by_class
+        .iter()
+        .try_fold(0u64, |a, n| a.checked_add(*n))
+        .ok_or_else(|| bad("count overflows"))?;
+    if single && (count != 1 || flags & HIGH_SUM != 0) {
+        return Err(bad("a cell of one request with more"));
+    }
+    let mut c = Cell::new(false);
+    (c.count, c.by_class) = (count, by_class);
+    if single {
+        let latency = bodies.varint()?;
+        c.latency_sum_us = u128::from(latency);
+        (c.latency_min_us, c.latency_max_us) = (latency, latency);
+        if flags & HAS_MISSED != 0 {
+            c.missed = bodies.varint()?;
+        }
+        if flags & HAS_SKETCH != 0 {
+            let mut s = LatencySketch::default();
+            s.insert(latency);
+            c.sketch = Some(s);
+        }
+        return Ok(c);
+    }
+    let low = bodies.varint()?;
+    let high = if flags & HIGH_SUM != 0 {
+        bodies.varint()?
+    } else {
+        0
+    };
+    c.latency_sum_us = u128::from(low) | (u128::from(high) << 64);
+    c.latency_min_us = bodies.varint()?;
+    c.latency_max_us = c.latency_min_us.wrapping_add(bodies.varint()?);
+    if flags & HAS_MISSED != 0 {
+        c.missed = bodies.varint()?;
+    }
+    if flags & HAS_SKETCH != 0 {
+        let zeros = bodies.varint()?;
+        // A bin takes at least two bytes.
+        let n = bodies.len(bodies.remaining() / 2)?;
+        let mut bins = Vec::with_capacity(n);
+        let mut key = 0i64;
+        for i in 0..n {
+            let v = bodies.varint()?;
+            key = if i == 0 {
+                unzigzag(v)
+            } else {
+                i64::try_from(v)
+                    .ok()
+                    .and_then(|gap| key.checked_add(gap)?.checked_add(1))
+                    .ok_or_else(|| bad("sketch bin out of range"))?
+            };
+            let key = i32::try_from(key).map_err(|_| bad("sketch bin out of range"))?;
+            bins.push((key, bodies.varint()?));
+        }
+        c.sketch = Some(
+            LatencySketch::from_parts(zeros, bins)
+                .ok_or_else(|| bad("sketch bins out of order"))?,
+        );
+    }
+    Ok(c)
 }
 
 /// A packed cell's head, read (bytes this process packed: a read past the end
@@ -464,6 +550,23 @@ mod tests {
         assert_eq!((head, body), (packed.heads.len(), packed.bodies.len()));
         cells.sort_by_key(|(id, _)| *id);
         assert_eq!(all, cells);
+        // The checked reader (rollup files) reads the same cells and ends
+        // where the bytes do; cut short anywhere, it errs.
+        let (mut heads, mut bodies) = (Reader::new(&packed.heads), Reader::new(&packed.bodies));
+        for (_, want) in &cells {
+            assert_eq!(&read_cell(&mut heads, &mut bodies).unwrap(), want);
+        }
+        assert!(heads.is_empty() && bodies.is_empty());
+        for cut in 0..packed.bodies.len() {
+            let (mut heads, mut bodies) = (
+                Reader::new(&packed.heads),
+                Reader::new(&packed.bodies[..cut]),
+            );
+            assert!(
+                (0..cells.len()).any(|_| read_cell(&mut heads, &mut bodies).is_err()),
+                "bodies cut at {cut}"
+            );
+        }
         // Cell 5: one request of 1,234 µs: a flags byte and a 0 in the head, two bytes of body.
         let At { head: h, body: b } = packed.mark(4);
         let head5 = h + Head::read(&packed.heads[h..]).len;
