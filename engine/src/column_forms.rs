@@ -41,10 +41,15 @@ pub(crate) fn put_timestamps(ts: &[i64], out: &mut Vec<u8>) {
     out.extend_from_slice(&rest);
 }
 
-/// The `rows` timestamps [`put_timestamps`] wrote; every byte must be used.
-pub(crate) fn read_timestamps(raw: &[u8], rows: usize) -> Result<Vec<i64>, CodecError> {
+/// The `rows` timestamps [`put_timestamps`] wrote (`with_form`), or a
+/// version 1 segment's (form 0 without its byte); every byte must be used.
+pub(crate) fn read_timestamps(
+    raw: &[u8],
+    rows: usize,
+    with_form: bool,
+) -> Result<Vec<i64>, CodecError> {
     let mut r = Reader::new(raw);
-    let form = r.u8()?;
+    let form = if with_form { r.u8()? } else { TS_DELTAS };
     if form > TS_DELTAS_OF_DELTAS {
         return Err(CodecError("column `timestamp`: unknown form".into()));
     }
@@ -181,7 +186,8 @@ pub(crate) fn read_planes(raw: &[u8], rows: usize, name: &str) -> Result<Vec<u64
     Ok(values)
 }
 
-fn done(r: &Reader<'_>, name: &str) -> Result<(), CodecError> {
+/// Ok if `r` has read all of column `name`.
+pub(crate) fn done(r: &Reader<'_>, name: &str) -> Result<(), CodecError> {
     if r.is_empty() {
         Ok(())
     } else {
@@ -207,10 +213,10 @@ mod tests {
             let mut raw = Vec::new();
             put_timestamps(ts, &mut raw);
             assert_eq!(raw[0], form);
-            assert_eq!(&read_timestamps(&raw, ts.len()).unwrap(), ts);
+            assert_eq!(&read_timestamps(&raw, ts.len(), true).unwrap(), ts);
             for cut in 0..raw.len() {
                 assert!(
-                    read_timestamps(&raw[..cut], ts.len()).is_err(),
+                    read_timestamps(&raw[..cut], ts.len(), true).is_err(),
                     "cut at {cut}"
                 );
             }
@@ -218,7 +224,7 @@ mod tests {
         let extremes = [i64::MIN, i64::MAX, 0, -1, i64::MAX];
         let mut raw = Vec::new();
         put_timestamps(&extremes, &mut raw);
-        assert_eq!(read_timestamps(&raw, 5).unwrap(), extremes);
+        assert_eq!(read_timestamps(&raw, 5, true).unwrap(), extremes);
     }
 
     #[test]

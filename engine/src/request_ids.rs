@@ -52,7 +52,8 @@ pub(crate) fn decode(raw: &[u8], rows: usize) -> Result<StrColumn, CodecError> {
     if r.u8()? != FORM_UUID_PLANES {
         return Err(bad("unknown form"));
     }
-    let text_count = r.len(rows)?;
+    // A text id takes two bytes or more (its gap and its length).
+    let text_count = r.len(rows.min(r.remaining() / 2))?;
     // (row, text) of each text id.
     let mut texts = Vec::with_capacity(text_count);
     let mut next = 0usize;

@@ -4,7 +4,7 @@
 //!
 //! | part    | bytes                                                            |
 //! |---------|------------------------------------------------------------------|
-//! | header  | magic `TPLGSEG\0` (8), version u32 = 1, reserved u32 = 0         |
+//! | header  | magic `TPLGSEG\0` (8), version u32 = 2, reserved u32 = 0         |
 //! | blocks  | one zstd frame per column, back to back, in column-id order;     |
 //! |         | with encryption on, each frame sealed in its own envelope        |
 //! | footer  | rows u64, min_ts i64, max_ts i64, partition_start i64,           |
@@ -20,7 +20,7 @@
 use toplog_crypt::{Cipher, KeyUse, OpenError};
 use toplog_types::{Event, Micros, method_from_endpoint};
 
-use crate::codec::{CodecError, Reader, put_bytes, put_varint, unzigzag, zigzag};
+use crate::codec::{CodecError, Reader, put_bytes, put_varint, zigzag};
 use crate::column_forms;
 use crate::columns::{Columns, DictColumn, StrColumn};
 
@@ -180,15 +180,20 @@ fn encode_columns(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>
     column_forms::put_methods(&cols.method, &cols.endpoint, order, &mut raw);
     blocks.push((COL_METHOD, raw));
 
-    let mut raw = Vec::with_capacity(n * 2);
-    for &i in order {
-        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
-    }
-    blocks.push((COL_STATUS, raw));
+    put_status(cols, order, blocks);
 
     let mut raw = Vec::with_capacity(n * 3);
     column_forms::put_planes(order.iter().map(|&i| cols.latency_us[i as usize]), &mut raw);
     blocks.push((COL_LATENCY, raw));
+}
+
+/// The status codes, u16 per row (both versions).
+fn put_status(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>) {
+    let mut raw = Vec::with_capacity(order.len() * 2);
+    for &i in order {
+        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
+    }
+    blocks.push((COL_STATUS, raw));
 }
 
 /// The columns in version 1's layouts (docs/format.md), rows in `order`.
@@ -228,11 +233,7 @@ fn encode_columns_v1(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8
         blocks.push((id, raw));
     }
 
-    let mut raw = Vec::with_capacity(n * 2);
-    for &i in order {
-        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
-    }
-    blocks.push((COL_STATUS, raw));
+    put_status(cols, order, blocks);
 
     let mut raw = Vec::with_capacity(n * 2);
     for &i in order {
@@ -400,14 +401,7 @@ impl<'a> Blocks<'a> {
 }
 
 fn finish(r: &Reader<'_>, name: &str) -> Result<(), SegmentError> {
-    if r.is_empty() {
-        Ok(())
-    } else {
-        Err(SegmentError::Malformed(format!(
-            "column `{name}`: trailing bytes at {}",
-            r.position()
-        )))
-    }
+    Ok(column_forms::done(r, name)?)
 }
 
 /// `n` length-prefixed strings of column `name`, read into one buffer.
@@ -501,29 +495,18 @@ pub(crate) fn decode(
     cipher: &Cipher,
 ) -> Result<(SegmentMeta, Columns), SegmentError> {
     let (meta, refs, version) = read_footer(buf)?;
+    // Every row after the first takes a byte or more of the timestamp
+    // column, which has the first's eight and more: no more rows than its
+    // bytes (however well the rows compress; at most 2^30).
+    let ts_bytes = refs[usize::from(COL_TS)].raw_len as usize;
     let rows = usize::try_from(meta.rows)
         .ok()
-        .filter(|r| *r <= buf.len())
+        .filter(|r| *r <= ts_bytes)
         .ok_or_else(|| SegmentError::Malformed(format!("row count {} is impossible", meta.rows)))?;
 
     let mut blocks = Blocks::new(buf, refs, cipher)?;
     let raw = blocks.read(COL_TS, "timestamp")?;
-    let ts = if version >= 2 {
-        column_forms::read_timestamps(raw, rows)?
-    } else {
-        let mut r = Reader::new(raw);
-        let mut ts = Vec::with_capacity(rows);
-        if rows > 0 {
-            let mut t = r.i64()?;
-            ts.push(t);
-            for _ in 1..rows {
-                t = t.wrapping_add(unzigzag(r.varint()?));
-                ts.push(t);
-            }
-        }
-        finish(&r, "timestamp")?;
-        ts
-    };
+    let ts = column_forms::read_timestamps(raw, rows, version >= 2)?;
 
     let request_id = if request_ids {
         let raw = blocks.read(COL_REQUEST_ID, "request_id")?;
@@ -754,6 +737,23 @@ mod tests {
 
     fn cipher(spec: &str) -> Cipher {
         Cipher::new(toplog_crypt::Keyring::from_env_value(spec).unwrap())
+    }
+
+    #[test]
+    fn rows_that_compress_to_less_than_a_byte_each_read_back() {
+        let same = Event {
+            request_id: "retry".into(),
+            timestamp: Micros::new(1_700_000_000_000_000),
+            user_id: "u".into(),
+            endpoint: "GET /a".into(),
+            method: "GET".into(),
+            status_code: 200,
+            latency_us: 0,
+        };
+        let events = vec![same; 20_000];
+        let img = encode_segment_events(&events, Micros::new(0), 86_400_000_000);
+        assert!(img.len() < events.len(), "{} bytes", img.len());
+        assert_eq!(decode_segment_events(&img).unwrap(), events);
     }
 
     #[test]

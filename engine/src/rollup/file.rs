@@ -1,10 +1,11 @@
-//! The rollup file codec. Version 4: a header (magic, version, lengths,
+//! The rollup file codec. Version 5: a header (magic, version, lengths,
 //! CRC32C of the body), then the key names in per-dimension tables and the
 //! buckets in blocks of an hour (the minute buckets of one hour, or one hour
-//! or day bucket), each its own zstd frame, and an index of the blocks last,
-//! so that a reader can decode the one block a query reaches
-//! ([`BlockIndex`]). Versions 2 (a name in every cell) and 3 (one zstd frame
-//! for all) are still read, whole.
+//! or day bucket), each its own zstd frame (`streams.rs`), and an index of
+//! the blocks last, so that a reader can decode the one block a query
+//! reaches ([`BlockIndex`]). Version 4 (each cell in full) is still read by
+//! block; versions 2 (a name in every cell) and 3 (one zstd frame for all)
+//! whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -559,7 +560,8 @@ fn decode_buckets(
         let mut bucket = Bucket::new();
         for (i, cube) in bucket.cubes.iter_mut().enumerate() {
             let keys = Keys::of(cube.dim);
-            let n = r.len(limit)?;
+            // With tables, keys strictly increase in them: no more cells than names.
+            let n = r.len(tables.map_or(limit, |t| t[i].len()))?;
             let mut cells = Vec::with_capacity(n);
             let mut next = 0u64;
             for _ in 0..n {

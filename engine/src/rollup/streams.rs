@@ -156,20 +156,17 @@ impl Streams {
             pack_cell(heads, bodies, c);
             return None;
         }
-        let derivable = c
-            .sketch
-            .as_ref()
-            .is_some_and(|s| latencies(c).is_some_and(|l| sketch_of(&l) == *s));
-        if !derivable {
+        let Some(sketch) = &c.sketch else {
+            // No sketch to leave out: the flag says so.
             pack_cell(heads, bodies, c);
-            return Some(0).filter(|_| c.sketch.is_none());
-        }
-        let bare = Cell {
-            sketch: None,
-            by_class: c.by_class,
-            ..*c
+            return Some(0);
         };
-        pack_cell(heads, bodies, &bare);
+        if !latencies(c).is_some_and(|l| sketch_of(&l) == *sketch) {
+            // Packed with its sketch: no flag.
+            pack_cell(heads, bodies, c);
+            return None;
+        }
+        pack_cell(heads, bodies, &Cell { sketch: None, ..*c });
         Some(1)
     }
 }
@@ -259,7 +256,8 @@ pub(super) fn decode_streams(
         let mut endpoints: Vec<(u32, KeyId, Cell)> = Vec::new();
         for (d, cube) in bucket.cubes.iter_mut().enumerate() {
             let table = &tables.ids[d];
-            let n = shape.len(limit)?;
+            // Keys strictly increase in their table: no more cells than it has names.
+            let n = shape.len(table.len())?;
             let mut cells = Vec::with_capacity(if d == ENDPOINT { 0 } else { n });
             let mut next = 0u64;
             for _ in 0..n {
