@@ -2,6 +2,8 @@
 //! (what a count needs) apart from bodies (latencies and sketch), with marks
 //! every few cells so a key's cell is found by reading past a handful.
 
+use std::convert::Infallible;
+
 use super::cell::Cell;
 use crate::codec::{CodecError, Reader, put_varint, unzigzag, zigzag};
 use crate::keys::KeyId;
@@ -251,19 +253,7 @@ pub(super) fn read_cell(
 ) -> Result<Cell, CodecError> {
     let bad = |m: &str| CodecError(format!("packed cell: {m}"));
     let flags = heads.u8()?;
-    let mut by_class = [0u64; 5];
-    let mut single = false;
-    for (i, n) in by_class.iter_mut().enumerate() {
-        if flags & (1 << i) != 0 {
-            *n = match heads.varint()? {
-                0 => {
-                    single = true;
-                    1
-                }
-                n => n,
-            };
-        }
-    }
+    let (by_class, single) = class_counts(flags, || heads.varint())?;
     let count = by_class
         .iter()
         .try_fold(0u64, |a, n| a.checked_add(*n))
@@ -326,6 +316,28 @@ pub(super) fn read_cell(
     Ok(c)
 }
 
+/// The counts by status class of a head with `flags`, each read by `next`
+/// (a 0 is a cell of one request), and whether it is such a cell.
+fn class_counts<E>(
+    flags: u8,
+    mut next: impl FnMut() -> Result<u64, E>,
+) -> Result<([u64; 5], bool), E> {
+    let mut by_class = [0u64; 5];
+    let mut single = false;
+    for (i, n) in by_class.iter_mut().enumerate() {
+        if flags & (1 << i) != 0 {
+            *n = match next()? {
+                0 => {
+                    single = true;
+                    1
+                }
+                n => n,
+            };
+        }
+    }
+    Ok((by_class, single))
+}
+
 /// A packed cell's head, read (bytes this process packed: a read past the end
 /// gives 0, it never panics).
 #[derive(Debug, Clone, Copy)]
@@ -342,19 +354,10 @@ impl Head {
     pub(super) fn read(bytes: &[u8]) -> Self {
         let flags = bytes.first().copied().unwrap_or(0);
         let mut r = Varints { bytes, pos: 1 };
-        let mut by_class = [0; 5];
-        let mut single = false;
-        for (i, n) in by_class.iter_mut().enumerate() {
-            if flags & (1 << i) != 0 {
-                *n = match r.next() {
-                    0 => {
-                        single = true;
-                        1
-                    }
-                    n => n,
-                };
-            }
-        }
+        let (by_class, single) = match class_counts(flags, || Ok::<_, Infallible>(r.next())) {
+            Ok(counts) => counts,
+            Err(never) => match never {},
+        };
         Self {
             flags,
             by_class,
