@@ -21,24 +21,32 @@ const SORTED_PAST: usize = 8;
 /// zigzag varints of either each one's delta (form 0) or, after the first
 /// delta, each delta's change (form 1), whichever takes fewer bytes.
 pub(crate) fn put_timestamps(ts: &[i64], out: &mut Vec<u8>) {
-    let (mut deltas, mut changes) = (Vec::new(), Vec::new());
-    let mut prev_delta = 0i64;
-    for w in ts.windows(2) {
-        let delta = w[1].wrapping_sub(w[0]);
-        put_varint(&mut deltas, zigzag(delta));
-        put_varint(&mut changes, zigzag(delta.wrapping_sub(prev_delta)));
-        prev_delta = delta;
-    }
-    let (form, rest) = if changes.len() < deltas.len() {
-        (TS_DELTAS_OF_DELTAS, changes)
+    // Each row's delta and that delta's change from the row before's.
+    let steps = || {
+        ts.windows(2).scan(0i64, |prev, w| {
+            let delta = w[1].wrapping_sub(w[0]);
+            let change = delta.wrapping_sub(*prev);
+            *prev = delta;
+            Some((zigzag(delta), zigzag(change)))
+        })
+    };
+    // Bytes of a varint: one per 7 bits.
+    let len = |v: u64| (64 - v.leading_zeros()).max(1).div_ceil(7) as usize;
+    let (deltas, changes) = steps().fold((0, 0), |(d, c), (delta, change)| {
+        (d + len(delta), c + len(change))
+    });
+    let form = if changes < deltas {
+        TS_DELTAS_OF_DELTAS
     } else {
-        (TS_DELTAS, deltas)
+        TS_DELTAS
     };
     out.push(form);
     if let Some(first) = ts.first() {
         out.extend_from_slice(&first.to_le_bytes());
     }
-    out.extend_from_slice(&rest);
+    for (delta, change) in steps() {
+        put_varint(out, if form == TS_DELTAS { delta } else { change });
+    }
 }
 
 /// The `rows` timestamps [`put_timestamps`] wrote (`with_form`), or a

@@ -8,6 +8,7 @@ mod cell;
 mod cube;
 mod dimension;
 mod file;
+mod full_cells;
 mod packed;
 mod streams;
 
