@@ -81,17 +81,22 @@ pub(crate) fn read_timestamps(
 }
 
 /// A dictionary column: varint count, the values (varint length + UTF-8),
-/// then each row's varint id, the rows in `order`. A dictionary of more
-/// than one value per [`SORTED_PAST`] rows (users) is written sorted:
-/// its names are most of its bytes, and sorted names share their beginnings
-/// with their neighbours, which zstd finds. A smaller one (endpoints) keeps
-/// the order values came in: the ids are most of its bytes, and values that
-/// come early are mostly the frequent ones, whose ids are then one byte.
-pub(crate) fn put_dictionary(dict: &DictColumn, order: &[u32], out: &mut Vec<u8>) {
-    let values = &dict.values;
+/// then each of the `rows` rows' varint id (`ids`, into `values`). A
+/// dictionary of more than one value per [`SORTED_PAST`] rows (users) is
+/// written sorted: its names are most of its bytes, and sorted names share
+/// their beginnings with their neighbours, which zstd finds. A smaller one
+/// (endpoints) keeps the order values came in: the ids are most of its
+/// bytes, and values that come early are mostly the frequent ones, whose
+/// ids are then one byte.
+pub(crate) fn put_dictionary(
+    values: &[&str],
+    ids: impl Iterator<Item = u32>,
+    rows: usize,
+    out: &mut Vec<u8>,
+) {
     let mut sorted: Vec<u32> = (0..values.len() as u32).collect();
-    if values.len() * SORTED_PAST > order.len() {
-        sorted.sort_unstable_by(|a, b| values.get(*a as usize).cmp(values.get(*b as usize)));
+    if values.len() * SORTED_PAST > rows {
+        sorted.sort_unstable_by(|a, b| values[*a as usize].cmp(values[*b as usize]));
     }
     let mut rank = vec![0u32; sorted.len()];
     for (r, id) in sorted.iter().enumerate() {
@@ -99,29 +104,31 @@ pub(crate) fn put_dictionary(dict: &DictColumn, order: &[u32], out: &mut Vec<u8>
     }
     put_varint(out, sorted.len() as u64);
     for id in &sorted {
-        put_bytes(out, values.get(*id as usize).as_bytes());
+        put_bytes(out, values[*id as usize].as_bytes());
     }
-    for &i in order {
-        put_varint(out, u64::from(rank[dict.ids[i as usize] as usize]));
+    for id in ids {
+        put_varint(out, u64::from(rank[id as usize]));
     }
 }
 
 /// The method column: form u8 1 alone if every row's method is the one its
 /// endpoint starts with (`GET /items`), else form 0 and a dictionary as
-/// [`put_dictionary`] writes it.
-pub(crate) fn put_methods(
-    method: &DictColumn,
-    endpoint: &DictColumn,
-    order: &[u32],
+/// [`put_dictionary`] writes it. Each of `methods` and `endpoints` is a
+/// dictionary's values and the rows' ids into them.
+pub(crate) fn put_methods<'a>(
+    (methods, method_ids): (&[&'a str], impl Iterator<Item = u32> + Clone),
+    (endpoints, endpoint_ids): (&[&'a str], impl Iterator<Item = u32>),
+    rows: usize,
     out: &mut Vec<u8>,
 ) {
-    let named = (order.iter())
-        .all(|&i| method_from_endpoint(endpoint.get(i as usize)) == Some(method.get(i as usize)));
-    if named {
+    let named: Vec<Option<&str>> = endpoints.iter().map(|e| method_from_endpoint(e)).collect();
+    let all_named = (method_ids.clone().zip(endpoint_ids))
+        .all(|(m, e)| named[e as usize] == Some(methods[m as usize]));
+    if all_named {
         out.push(METHOD_OF_ENDPOINT);
     } else {
         out.push(METHOD_DICTIONARY);
-        put_dictionary(method, order, out);
+        put_dictionary(methods, method_ids, rows, out);
     }
 }
 

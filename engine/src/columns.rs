@@ -59,9 +59,23 @@ impl StrColumn {
     pub(crate) fn bytes(&self) -> usize {
         self.data.len()
     }
+
+    /// Gives back room no string took, if that is more than an eighth.
+    fn shrink(&mut self) {
+        if self.data.capacity() - self.data.len() > self.data.len() / 8 {
+            self.data.shrink_to_fit();
+        }
+        if self.ends.capacity() - self.ends.len() > self.ends.len() / 8 {
+            self.ends.shrink_to_fit();
+        }
+    }
 }
 
 type Lookup = HashMap<String, u32, foldhash::fast::RandomState>;
+
+/// What a value new to a column costs beyond its bytes when pushed with its
+/// key: its end offset and its entry by key (dropped when the chunk is sealed).
+const KEYED_VALUE_BYTES: usize = 4 + 20;
 
 /// A dictionary of distinct strings and one dictionary id per row.
 #[derive(Debug, Default, Clone)]
@@ -102,15 +116,29 @@ impl DictColumn {
     }
 
     /// [`DictColumn::push`] of a value interned as `key` (a rollup key):
-    /// found again by the key's number, without hashing or comparing the string.
+    /// found again by the key's number, without hashing or comparing the
+    /// string. A key names one value, so a new key is a new value: the
+    /// column keeps no lookup by value for it (a memtable's chunks, which
+    /// only take keyed rows, would hold a copy of every name in one).
     pub(crate) fn push_keyed(&mut self, s: &str, key: KeyId) -> usize {
+        if key == KeyId::MAX {
+            // The id every name past the last one shares (keys.rs).
+            return self.push(s);
+        }
         if let Some(&id) = self.by_key.get(&key) {
             self.ids.push(id);
             return 0;
         }
-        let (id, added) = self.push_value(s);
+        let id = if self.lookup.get().is_some() {
+            self.push_value(s).0
+        } else {
+            let id = self.values.len() as u32;
+            self.values.push(s);
+            self.ids.push(id);
+            id
+        };
         self.by_key.insert(key, id);
-        added + 16
+        s.len() + KEYED_VALUE_BYTES
     }
 
     /// The row's dictionary id and the bytes newly retained.
@@ -256,6 +284,7 @@ impl Columns {
     }
 
     /// Row `i`'s values, borrowed.
+    #[cfg(test)]
     pub(crate) fn row(&self, i: usize) -> Row<'_> {
         Row {
             ts: self.ts[i],
@@ -266,20 +295,6 @@ impl Columns {
             status: self.status[i],
             latency_us: self.latency_us[i],
         }
-    }
-
-    /// Appends every row of `other` (which must hold its request ids).
-    pub(crate) fn append(&mut self, other: &Columns) {
-        for i in 0..other.len() {
-            self.push_row(other.row(i));
-        }
-    }
-
-    /// The rows of `parts`, one after another, in one set of columns.
-    pub(crate) fn concat<'a>(parts: impl IntoIterator<Item = &'a Columns>) -> Columns {
-        let mut out = Columns::default();
-        parts.into_iter().for_each(|p| out.append(p));
-        out
     }
 
     /// The same rows, without the lookups kept for pushing: what a reader
@@ -298,10 +313,14 @@ impl Columns {
         }
     }
 
-    /// Drops what only pushes use, once no more rows will come.
+    /// Drops what only pushes use, and the room no string took (columns of
+    /// strings grow by doubling, and a chunk's request ids would leave close
+    /// to half of theirs unused), once no more rows will come.
     pub(crate) fn seal(&mut self) {
+        self.request_id.shrink();
         for d in [&mut self.user_id, &mut self.endpoint, &mut self.method] {
             d.by_key = HashMap::default();
+            d.values.shrink();
         }
     }
 
@@ -339,18 +358,6 @@ impl Columns {
                     && self.endpoint.get(i) == other.endpoint.get(i)
                     && self.method.get(i) == other.method.get(i)
             })
-    }
-
-    /// Row order sorted by (timestamp, request id), stable for equal keys.
-    pub(crate) fn sorted_order(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.len() as u32).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            self.ts[a]
-                .cmp(&self.ts[b])
-                .then_with(|| self.request_id.get(a).cmp(self.request_id.get(b)))
-        });
-        order
     }
 
     pub(crate) fn min_max_ts(&self) -> Option<(i64, i64)> {
@@ -431,6 +438,32 @@ mod tests {
         }
         assert!(plain.same_rows(&keyed));
         assert!(plain.user_id.values.iter().eq(keyed.user_id.values.iter()));
-        assert!(added_keyed >= added_plain);
+        // Keyed values keep no copy of themselves for a lookup by value.
+        assert!(added_keyed < added_plain);
+    }
+
+    /// A column that only ever took keyed values builds no lookup by value
+    /// until a filter asks for one, and then finds each of them.
+    #[test]
+    fn keyed_values_are_found_by_value_when_asked() {
+        let mut d = DictColumn::default();
+        for (v, key) in [
+            ("a", 1),
+            ("b", 2),
+            ("a", 1),
+            ("c", 3),
+            ("z", KeyId::MAX),
+            ("y", KeyId::MAX),
+        ] {
+            d.push_keyed(v, key);
+        }
+        assert_eq!(
+            (d.values.iter()).collect::<Vec<_>>(),
+            ["a", "b", "c", "z", "y"]
+        );
+        assert_eq!(d.ids, [0, 1, 0, 2, 3, 4]);
+        assert_eq!(d.id_of("c"), Some(2));
+        assert_eq!(d.id_of("y"), Some(4));
+        assert_eq!(d.id_of("nope"), None);
     }
 }

@@ -20,15 +20,16 @@ mod rollup;
 mod scan;
 mod segment;
 mod sketch;
+mod sorted_rows;
 
 pub use archive::ArchiveStore;
 pub use batch::KeyedEvents;
 pub use budget::ReadBudget;
 pub use engine::{
     Adopted, ArchiveCutoff, ArchivedObject, Cutoffs, DEFAULT_KEY_MEMORY_BYTES,
-    DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET, Engine, EngineConfig, IngestReceipt,
-    KeyUsage, LockWaitStats, Proposal, PurgeReport, RekeyReport, Retention, RollupTier,
-    SegmentInfo, StorageStats,
+    DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MEMTABLE_MAX_BYTES, DEFAULT_ROLLUP_KEY_BUDGET, Engine,
+    EngineConfig, IngestReceipt, KeyUsage, LockWaitStats, Proposal, PurgeReport, RekeyReport,
+    Retention, RollupTier, SegmentInfo, StorageStats,
 };
 pub use error::{EngineError, MaintenanceError, Result};
 pub use rollup::{

@@ -23,6 +23,7 @@ use toplog_types::{Event, Micros, method_from_endpoint};
 use crate::codec::{CodecError, Reader, put_bytes, put_varint, zigzag};
 use crate::column_forms;
 use crate::columns::{Columns, DictColumn, StrColumn};
+use crate::sorted_rows::SortedRows;
 
 const MAGIC: &[u8; 8] = b"TPLGSEG\0";
 const END_MAGIC: &[u8; 8] = b"TPLGEND\0";
@@ -89,26 +90,37 @@ pub(crate) fn encode(
     partition_len_us: i64,
     cipher: &Cipher,
 ) -> Vec<u8> {
-    encode_as(cols, partition_start, partition_len_us, cipher, VERSION)
+    encode_parts(&[cols], partition_start, partition_len_us, cipher)
 }
 
-/// [`encode`] in format `version`: 2, or 1 (written only by tests that check
-/// that files of version 1 still read).
+/// [`encode`] of the rows of every part together (a memtable's chunks, the
+/// segments a compaction merges), read where they are.
+pub(crate) fn encode_parts(
+    parts: &[&Columns],
+    partition_start: Micros,
+    partition_len_us: i64,
+    cipher: &Cipher,
+) -> Vec<u8> {
+    encode_as(parts, partition_start, partition_len_us, cipher, VERSION)
+}
+
+/// [`encode_parts`] in format `version`: 2, or 1 (written only by tests that
+/// check that files of version 1 still read).
 fn encode_as(
-    cols: &Columns,
+    parts: &[&Columns],
     partition_start: Micros,
     partition_len_us: i64,
     cipher: &Cipher,
     version: u32,
 ) -> Vec<u8> {
-    let order = cols.sorted_order();
-    let n = order.len();
+    let rows = SortedRows::new(parts);
+    let n = rows.len();
     let mut blocks: Vec<(u8, Vec<u8>)> = Vec::with_capacity(usize::from(NCOLS));
 
     if version >= 2 {
-        encode_columns(cols, &order, &mut blocks);
+        encode_columns(&rows, &mut blocks);
     } else {
-        encode_columns_v1(cols, &order, &mut blocks);
+        encode_columns_v1(&rows, &mut blocks);
     }
 
     let mut out = Vec::with_capacity(HEADER_LEN + n * 16);
@@ -118,22 +130,24 @@ fn encode_as(
     let header_crc = crc32c::crc32c(&out[..HEADER_LEN]);
 
     let mut entries = Vec::with_capacity(blocks.len());
-    for (id, raw) in &blocks {
+    for (id, raw) in blocks {
         // zstd on an in-memory buffer only fails on allocation failure; store the block raw then.
-        let comp = zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_else(|_| raw.clone());
+        let comp = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap_or_else(|_| raw.clone());
+        let raw_len = raw.len() as u32;
+        drop(raw);
         let comp = cipher.seal(comp);
         let offset = out.len() as u64;
         entries.push((
-            *id,
+            id,
             offset,
             comp.len() as u32,
-            raw.len() as u32,
+            raw_len,
             crc32c::crc32c(&comp),
         ));
         out.extend_from_slice(&comp);
     }
 
-    let (min, max) = cols.min_max_ts().unwrap_or((0, 0));
+    let (min, max) = rows.min_max_ts().unwrap_or((0, 0));
     let footer_start = out.len();
     out.extend_from_slice(&(n as u64).to_le_bytes());
     out.extend_from_slice(&min.to_le_bytes());
@@ -157,52 +171,77 @@ fn encode_as(
     out
 }
 
-/// The columns in version 2's layouts (`column_forms.rs`, `request_ids.rs`),
-/// rows in `order`.
-fn encode_columns(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>) {
-    let n = order.len();
-    let ts: Vec<i64> = order.iter().map(|&i| cols.ts[i as usize]).collect();
+fn user_id(c: &Columns) -> &DictColumn {
+    &c.user_id
+}
+
+fn endpoint(c: &Columns) -> &DictColumn {
+    &c.endpoint
+}
+
+fn method(c: &Columns) -> &DictColumn {
+    &c.method
+}
+
+/// The columns in version 2's layouts (`column_forms.rs`, `request_ids.rs`).
+fn encode_columns(rows: &SortedRows<'_>, blocks: &mut Vec<(u8, Vec<u8>)>) {
+    let n = rows.len();
+    let ts: Vec<i64> = rows.iter().map(|(c, i)| c.ts[i]).collect();
     let mut raw = Vec::with_capacity(n * 2);
     column_forms::put_timestamps(&ts, &mut raw);
+    drop(ts);
     blocks.push((COL_TS, raw));
 
     let mut raw = Vec::with_capacity(n * 17);
-    let ids = order.iter().map(|&i| cols.request_id.get(i as usize));
-    crate::request_ids::encode(ids, &mut raw);
+    crate::request_ids::encode(rows.iter().map(|(c, i)| c.request_id.get(i)), &mut raw);
     blocks.push((COL_REQUEST_ID, raw));
 
-    for (id, dict) in [(COL_USER_ID, &cols.user_id), (COL_ENDPOINT, &cols.endpoint)] {
+    let endpoints = rows.dictionary(endpoint);
+    for (id, dict, column) in [
+        (
+            COL_USER_ID,
+            &rows.dictionary(user_id),
+            user_id as fn(&Columns) -> &DictColumn,
+        ),
+        (COL_ENDPOINT, &endpoints, endpoint),
+    ] {
         let mut raw = Vec::with_capacity(n * 2);
-        column_forms::put_dictionary(dict, order, &mut raw);
+        column_forms::put_dictionary(&dict.values, rows.ids(dict, column), n, &mut raw);
         blocks.push((id, raw));
     }
+    let methods = rows.dictionary(method);
     let mut raw = Vec::new();
-    column_forms::put_methods(&cols.method, &cols.endpoint, order, &mut raw);
+    column_forms::put_methods(
+        (&methods.values, rows.ids(&methods, method)),
+        (&endpoints.values, rows.ids(&endpoints, endpoint)),
+        n,
+        &mut raw,
+    );
     blocks.push((COL_METHOD, raw));
 
-    put_status(cols, order, blocks);
+    put_status(rows, blocks);
 
     let mut raw = Vec::with_capacity(n * 3);
-    column_forms::put_planes(order.iter().map(|&i| cols.latency_us[i as usize]), &mut raw);
+    column_forms::put_planes(rows.iter().map(|(c, i)| c.latency_us[i]), &mut raw);
     blocks.push((COL_LATENCY, raw));
 }
 
 /// The status codes, u16 per row (both versions).
-fn put_status(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>) {
-    let mut raw = Vec::with_capacity(order.len() * 2);
-    for &i in order {
-        raw.extend_from_slice(&cols.status[i as usize].to_le_bytes());
+fn put_status(rows: &SortedRows<'_>, blocks: &mut Vec<(u8, Vec<u8>)>) {
+    let mut raw = Vec::with_capacity(rows.len() * 2);
+    for (c, i) in rows.iter() {
+        raw.extend_from_slice(&c.status[i].to_le_bytes());
     }
     blocks.push((COL_STATUS, raw));
 }
 
-/// The columns in version 1's layouts (docs/format.md), rows in `order`.
-fn encode_columns_v1(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8>)>) {
-    let n = order.len();
+/// The columns in version 1's layouts (docs/format.md).
+fn encode_columns_v1(rows: &SortedRows<'_>, blocks: &mut Vec<(u8, Vec<u8>)>) {
+    let n = rows.len();
     let mut raw = Vec::with_capacity(n * 2);
     let mut prev = 0i64;
-    for (k, &i) in order.iter().enumerate() {
-        let t = cols.ts[i as usize];
+    for (k, (c, i)) in rows.iter().enumerate() {
+        let t = c.ts[i];
         if k == 0 {
             raw.extend_from_slice(&t.to_le_bytes());
         } else {
@@ -213,31 +252,33 @@ fn encode_columns_v1(cols: &Columns, order: &[u32], blocks: &mut Vec<(u8, Vec<u8
     blocks.push((COL_TS, raw));
 
     let mut raw = Vec::with_capacity(n * 17);
-    let ids = order.iter().map(|&i| cols.request_id.get(i as usize));
-    ids.for_each(|id| put_bytes(&mut raw, id.as_bytes()));
+    for (c, i) in rows.iter() {
+        put_bytes(&mut raw, c.request_id.get(i).as_bytes());
+    }
     blocks.push((COL_REQUEST_ID, raw));
 
-    for (id, dict) in [
-        (COL_USER_ID, &cols.user_id),
-        (COL_ENDPOINT, &cols.endpoint),
-        (COL_METHOD, &cols.method),
+    for (id, column) in [
+        (COL_USER_ID, user_id as fn(&Columns) -> &DictColumn),
+        (COL_ENDPOINT, endpoint),
+        (COL_METHOD, method),
     ] {
+        let dict = rows.dictionary(column);
         let mut raw = Vec::with_capacity(n * 2);
         put_varint(&mut raw, dict.values.len() as u64);
-        for v in dict.values.iter() {
+        for v in &dict.values {
             put_bytes(&mut raw, v.as_bytes());
         }
-        for &i in order {
-            put_varint(&mut raw, u64::from(dict.ids[i as usize]));
+        for id in rows.ids(&dict, column) {
+            put_varint(&mut raw, u64::from(id));
         }
         blocks.push((id, raw));
     }
 
-    put_status(cols, order, blocks);
+    put_status(rows, blocks);
 
     let mut raw = Vec::with_capacity(n * 2);
-    for &i in order {
-        put_varint(&mut raw, cols.latency_us[i as usize]);
+    for (c, i) in rows.iter() {
+        put_varint(&mut raw, c.latency_us[i]);
     }
     blocks.push((COL_LATENCY, raw));
 }
@@ -713,7 +754,7 @@ mod tests {
             for e in &events {
                 cols.push(e);
             }
-            let v1 = encode_as(&cols, Micros::new(0), 86_400_000_000, &Cipher::off(), 1);
+            let v1 = encode_as(&[&cols], Micros::new(0), 86_400_000_000, &Cipher::off(), 1);
             prop_assert_eq!(decode_segment_events(&v1).unwrap(), back);
         }
 

@@ -426,7 +426,7 @@ impl Config {
         let memtable_max_bytes = within(
             "memtable_max_bytes",
             s.memtable_max_bytes,
-            64 << 20,
+            toplog_engine::DEFAULT_MEMTABLE_MAX_BYTES,
             1..=MAX_MEMTABLE_BYTES,
         )?;
         let rollup_key_budget = within(

@@ -3,6 +3,9 @@
 /// mimalloc instead of the system allocator: the rollups are many small
 /// allocations (a key, a cell and sketch bins per cell), made on the ingest
 /// path. Measured: 1.8x the ingest rate over HTTP on 10M events (BENCHMARKS.md).
+/// The `system-allocator` feature leaves it out, for heap profilers that
+/// follow malloc (heaptrack; docs/operations.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -129,13 +129,19 @@ pub const DEFAULT_KEY_MEMORY_BYTES: usize = 512 << 20;
 /// The default [`EngineConfig::rollup_key_budget`].
 pub const DEFAULT_ROLLUP_KEY_BUDGET: usize = 50_000;
 
+/// Memtable bytes at which a flush starts. Rows are counted at what they
+/// hold (about 100 bytes each with UUID request ids), so 40 MiB is about
+/// 400,000 rows a flush: as many as 64 MiB was when a memtable chunk also
+/// held a lookup by value of every name (BENCHMARKS.md, stop 25).
+pub const DEFAULT_MEMTABLE_MAX_BYTES: usize = 40 << 20;
+
 impl EngineConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             partition: Duration::from_secs(86_400),
             fsync: FsyncPolicy::Always,
-            memtable_max_bytes: 64 << 20,
+            memtable_max_bytes: DEFAULT_MEMTABLE_MAX_BYTES,
             memtable_max_age: Duration::from_secs(300),
             idempotency_window: Duration::from_secs(86_400),
             max_idempotency_keys: DEFAULT_MAX_IDEMPOTENCY_KEYS,

@@ -338,22 +338,23 @@ impl Engine {
                 return Err(MaintenanceError::DifferentSeals(first.id, s.id).into());
             }
         }
-        let mut cols = Columns::default();
-        for s in olds {
-            cols.append(&*self.inner.read_whole(s)?);
-        }
+        let whole = (olds.iter())
+            .map(|s| self.inner.read_whole(s))
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<&Columns> = whole.iter().map(|c| &**c).collect();
         let ids: Vec<SegmentId> = olds.iter().map(|s| s.id).collect();
         let rows: u64 = olds.iter().map(|s| s.meta.rows).sum();
         let min_ts = olds.iter().map(|s| s.meta.min_ts).min();
         let max_ts = olds.iter().map(|s| s.meta.max_ts).max();
         let cipher = &self.inner.config.cipher;
-        let image = segment::encode(
-            &cols,
+        let image = segment::encode_parts(
+            &parts,
             first.meta.partition_start,
             first.meta.partition_len_us,
             cipher,
         );
-        drop(cols);
+        drop(parts);
+        drop(whole);
         let id = Inner::next_segment_id(&mut lock(&self.inner.manifest))?;
         let seg_dir = self.inner.dir(SEGMENT_DIR);
         let path = seg_dir.join(manifest::segment_file_name(id));

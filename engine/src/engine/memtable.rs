@@ -88,14 +88,16 @@ mod tests {
             }
         }
         assert_eq!(m.len(), n);
-        let all = Columns::concat(m.chunks().collect::<Vec<_>>().iter().map(|c| &**c));
-        assert!(all.same_rows(&plain));
-        for (rows, chunks) in taken {
-            let seen = Columns::concat(chunks.iter().map(|c| &**c));
-            assert_eq!(seen.len(), rows);
-            assert!((0..rows).all(|i| seen.row(i) == plain.row(i)));
+        fn rows_of(chunks: &[Arc<Columns>]) -> Vec<Row<'_>> {
+            (chunks.iter())
+                .flat_map(|c| (0..c.len()).map(|i| c.row(i)))
+                .collect()
         }
-        let frozen = Columns::concat(m.freeze().iter().map(|c| &**c));
-        assert!(frozen.same_rows(&plain));
+        let plain: Vec<Row<'_>> = (0..n).map(|i| plain.row(i)).collect();
+        assert_eq!(rows_of(&m.chunks().collect::<Vec<_>>()), plain);
+        for (rows, chunks) in taken {
+            assert_eq!(rows_of(&chunks), plain[..rows]);
+        }
+        assert_eq!(rows_of(&m.freeze()), plain);
     }
 }

@@ -37,8 +37,8 @@ use crate::rollup::{Granularity, Rollups};
 use crate::segment::SegmentMeta;
 
 pub use config::{
-    Cutoffs, DEFAULT_KEY_MEMORY_BYTES, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_ROLLUP_KEY_BUDGET,
-    EngineConfig, Retention,
+    Cutoffs, DEFAULT_KEY_MEMORY_BYTES, DEFAULT_MAX_IDEMPOTENCY_KEYS, DEFAULT_MEMTABLE_MAX_BYTES,
+    DEFAULT_ROLLUP_KEY_BUDGET, EngineConfig, Retention,
 };
 pub use cutoff::{Adopted, ArchiveCutoff, ArchivedObject};
 pub use lock_wait::LockWaitStats;

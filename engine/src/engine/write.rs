@@ -449,13 +449,13 @@ impl Inner {
         let mut next = manifest.clone();
         let mut created = Vec::new();
         for (start, chunks) in parts {
-            let cols = Columns::concat(chunks.iter().map(|c| &**c));
-            if cols.len() == 0 {
+            let chunks: Vec<&Columns> = chunks.iter().map(|c| &**c).collect();
+            if chunks.iter().all(|c| c.len() == 0) {
                 continue;
             }
             let id = Self::next_segment_id(&mut next)?;
-            let image = segment::encode(&cols, Micros::new(*start), plen, &self.config.cipher);
-            drop(cols);
+            let image =
+                segment::encode_parts(&chunks, Micros::new(*start), plen, &self.config.cipher);
             let file = manifest::segment_file_name(id);
             let path = seg_dir.join(&file);
             manifest::write_durable(&self.fs, &path, &image)?;
