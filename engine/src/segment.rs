@@ -758,6 +758,30 @@ mod tests {
             prop_assert_eq!(decode_segment_events(&v1).unwrap(), back);
         }
 
+        /// Rows in several parts (a memtable's chunks) make the very file
+        /// that the same rows in one set of columns make.
+        #[test]
+        fn parts_encode_as_their_rows_in_one(
+            events in prop::collection::vec(arb_event(), 0..200),
+            cuts in prop::collection::vec(0usize..200, 0..4),
+        ) {
+            let mut whole = Columns::default();
+            events.iter().for_each(|e| { whole.push(e); });
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(events.len())).collect();
+            cuts.sort_unstable();
+            let mut parts = Vec::new();
+            let mut from = 0;
+            for to in cuts.into_iter().chain([events.len()]) {
+                let mut part = Columns::default();
+                events[from..to].iter().for_each(|e| { part.push(e); });
+                parts.push(part);
+                from = to;
+            }
+            let refs: Vec<&Columns> = parts.iter().collect();
+            let (start, len, off) = (Micros::new(0), 86_400_000_000, Cipher::off());
+            prop_assert_eq!(encode_parts(&refs, start, len, &off), encode(&whole, start, len, &off));
+        }
+
         #[test]
         fn every_truncation_and_every_byte_flip_is_detected(
             events in prop::collection::vec(arb_event(), 1..30),
