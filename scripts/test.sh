@@ -77,6 +77,17 @@ if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
   service prometheus-alertmanager stop >/dev/null 2>&1 || true
 fi
 
+# The metrics test checks the exposition with promtool and has a real
+# Prometheus scrape a node. Installing it may start the distribution's own
+# (on :9090); it is stopped: the test starts its own on a free port.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "== installing prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }
+  service prometheus stop >/dev/null 2>&1 || true
+fi
+
 # The import test runs a real nginx, driven by wrk. Installing nginx starts
 # the distribution's own server; it is stopped: the test starts its own.
 if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null 2>&1; then

@@ -274,6 +274,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         cluster: OnceLock::new(),
         alerting: OnceLock::new(),
+        metrics: crate::metrics::Metrics::new(),
     });
     tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 

@@ -549,7 +549,7 @@ async fn ingest(
     let size = batch.encoded_len();
     let key = (!batch.idempotency_key.is_empty()).then_some(batch.idempotency_key);
     let events = batch.events;
-    let receipt = events::ingest_checked(app, caller, key, size, move |limits| {
+    let stored = events::ingest_checked(app, caller, key, size, move |limits| {
         events
             .into_iter()
             .enumerate()
@@ -567,8 +567,16 @@ async fn ingest(
             })
             .collect()
     })
-    .await
-    .map_err(status)?;
+    .await;
+    let ingested = stored.as_ref().ok().map(|r| crate::metrics::Ingested {
+        events: u64::from(r.accepted),
+        replayed: r.replayed,
+    });
+    let code = stored
+        .as_ref()
+        .map_or_else(|e| e.status, |_| StatusCode::OK);
+    app.metrics.ingest("grpc", code, ingested, size as u64);
+    let receipt = stored.map_err(status)?;
     Ok(v1::IngestReply {
         accepted: receipt.accepted,
         lsn: receipt.lsn.get(),

@@ -13,6 +13,7 @@ mod import;
 mod ingest;
 mod listen;
 mod lock;
+mod metrics;
 mod tls;
 
 pub use cli::main;

@@ -473,3 +473,15 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 }
+
+/// The value of `series` (a name with its labels, as `GET /metrics` writes
+/// it) at a scrape now; 0 if the node shows no such series.
+pub fn metric(server: &Server, series: &str) -> f64 {
+    let text = (client().get(server.url("/metrics")).send())
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    (text.lines())
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(s, _)| *s == series)
+        .map_or(0.0, |(_, v)| v.parse().expect("a number"))
+}

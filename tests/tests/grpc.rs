@@ -141,6 +141,16 @@ fn the_rust_client_example_ingests_and_asks_a_top_k() {
             "POST /orders\t10"
         ]
     );
+    let grpc = |outcome: &str, what: &str| {
+        toplog_tests::metric(
+            &server,
+            &format!("toplog_ingest_{what}_total{{transport=\"grpc\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(grpc("accepted", "events"), 30.0);
+    assert_eq!(grpc("replayed", "events"), 30.0);
+    assert_eq!(grpc("accepted", "batches"), 1.0);
+    assert_eq!(grpc("replayed", "batches"), 1.0);
 }
 
 /// kill -9 while an IngestStream is sending: every batch acknowledged before

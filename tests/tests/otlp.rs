@@ -55,9 +55,21 @@ fn spans_from_the_sdk_and_otlp_json_become_the_events_sent() {
     // server span with a method and status is stored as sent; the rest is not.
     let mut want = sent_by_the_sdk(&server, 300, "none", "http");
     want.extend(sent_by_the_sdk(&server, 200, "gzip", "http"));
+    let over_http = want.len();
     want.extend(sent_by_the_sdk(&server, 300, "none", "grpc"));
     want.extend(sent_by_the_sdk(&server, 200, "gzip", "grpc"));
     assert_eq!(by_id(all_events(&server)), by_id(want.clone()));
+    // Counted by transport as stored.
+    let events = |transport: &str| {
+        toplog_tests::metric(
+            &server,
+            &format!(
+                "toplog_ingest_events_total{{transport=\"{transport}\",outcome=\"accepted\"}}"
+            ),
+        )
+    };
+    assert_eq!(events("otlp_http"), over_http as f64);
+    assert_eq!(events("otlp_grpc"), (want.len() - over_http) as f64);
 
     // OTLP/JSON as the specification writes it: hex ids, 64-bit integers as
     // decimal strings. One span is used, one has no method (rejected, named

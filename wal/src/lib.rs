@@ -6,6 +6,7 @@
 mod error;
 mod format;
 mod fs;
+mod latency;
 mod recovery;
 mod sim_fs;
 mod wal;
@@ -13,5 +14,6 @@ mod writer;
 
 pub use error::{Result, WalError};
 pub use fs::{FileBytes, Fs, FsFile, RealFs};
+pub use latency::{LatencyHistogram, LogLatencies};
 pub use sim_fs::SimFs;
 pub use wal::{Attachment, Entry, FsyncPolicy, OnDurable, Wal, WalOptions};

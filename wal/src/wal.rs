@@ -254,6 +254,14 @@ impl Wal {
     }
 
     /// Number of fsyncs issued on log files since open (shared fsyncs show group commit).
+    /// How long its fsyncs and group commits have taken.
+    pub fn latencies(&self) -> crate::LogLatencies {
+        crate::LogLatencies {
+            fsync: self.shared.fsync.read(),
+            commit: self.shared.commit.read(),
+        }
+    }
+
     pub fn sync_count(&self) -> u64 {
         self.shared.sync_count.load(Ordering::Relaxed)
     }

@@ -15,6 +15,7 @@ use toplog_types::Lsn;
 use crate::error::{Result, WalError};
 use crate::format::{self, HEADER_LEN};
 use crate::fs::{Fs, FsFile};
+use crate::latency::Latencies;
 use crate::recovery::{self, Segment};
 use crate::wal::{Attachment, FsyncPolicy, OnDurable, WalOptions};
 
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     poison: Mutex<Option<String>>,
     pub(crate) last_lsn: AtomicU64,
     pub(crate) sync_count: AtomicU64,
+    pub(crate) fsync: Latencies,
+    pub(crate) commit: Latencies,
 }
 
 impl Shared {
@@ -82,6 +85,8 @@ impl Shared {
             poison: Mutex::new(None),
             last_lsn: AtomicU64::new(last.get()),
             sync_count: AtomicU64::new(0),
+            fsync: Latencies::default(),
+            commit: Latencies::default(),
         }
     }
 
@@ -243,6 +248,7 @@ impl Writer {
             }
             return;
         }
+        let started = Instant::now();
         let mut pending = Vec::with_capacity(group.len());
         let mut outcome = Ok(());
         self.buf.clear();
@@ -277,6 +283,7 @@ impl Writer {
             }
             return;
         }
+        self.shared.commit.record(started.elapsed());
         for p in pending {
             (self.on_durable)(p.lsn, &p.payload, p.attachment);
             self.shared.last_lsn.store(p.lsn.get(), Ordering::Release);
@@ -314,7 +321,9 @@ impl Writer {
             self.dirty = false;
             return Err(e.to_string());
         }
+        let started = Instant::now();
         let result = self.file.sync();
+        self.shared.fsync.record(started.elapsed());
         self.shared.sync_count.fetch_add(1, Ordering::Relaxed);
         self.last_sync = Instant::now();
         match result {

@@ -151,6 +151,8 @@ struct Inner {
     apply_gate: Mutex<()>,
     /// How long applying the log waited for the write lock.
     apply_waits: lock_wait::LockWaits,
+    /// Flushes that wrote their memtables to segments.
+    flushes: std::sync::atomic::AtomicU64,
     /// Set once after a failure that must not be retried; writes are refused from then on.
     poisoned: Mutex<Option<String>>,
     flusher: (Mutex<FlusherSignal>, Condvar),

@@ -79,6 +79,7 @@ impl Engine {
             manifest: Mutex::new(manifest),
             apply_gate: Mutex::new(()),
             apply_waits: Default::default(),
+            flushes: Default::default(),
             poisoned: Mutex::new(None),
             flusher: (Mutex::new(FlusherSignal::default()), Condvar::new()),
             decoded: Mutex::new(Lru::new(super::cache::DECODED_CACHE_BYTES)),

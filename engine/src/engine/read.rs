@@ -35,6 +35,8 @@ pub struct StorageStats {
     /// Bytes the process's distinct keys hold, and their budget.
     pub key_bytes: usize,
     pub key_budget: usize,
+    /// Flushes since the process started.
+    pub flushes: u64,
 }
 
 impl Engine {
@@ -244,7 +246,23 @@ impl Engine {
             apply_lock_wait: self.inner.apply_waits.stats(),
             key_bytes: crate::keys::bytes(),
             key_budget: self.inner.config.key_memory_bytes,
+            flushes: (self.inner.flushes).load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// How long the log's fsyncs and group commits take; `None` on a
+    /// cluster's member, whose log is the Raft log.
+    pub fn log_latencies(&self) -> Option<toplog_wal::LogLatencies> {
+        self.wal.as_ref().map(|w| w.latencies())
+    }
+
+    /// Bytes of the log's files on disk.
+    pub fn log_bytes(&self) -> u64 {
+        let dir = self.inner.config.data_dir.join(super::WAL_DIR);
+        (std::fs::read_dir(dir).into_iter().flatten().flatten())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     pub fn data_dir(&self) -> &Path {

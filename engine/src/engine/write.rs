@@ -391,7 +391,11 @@ impl Inner {
         let cold = hot.take_before_each(self.read().resident_from);
         let result = self.write_flush(&mut manifest, &frozen, &hot, &cold, upto, &new_keys);
         let (new_segments, replaced_tiers) = match result {
-            Ok(written) => written,
+            Ok(written) => {
+                self.flushes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                written
+            }
             Err(e) => {
                 self.poison(format!("flush failed: {e}"));
                 return Err(e);

@@ -14,6 +14,7 @@ use toplog_types::{Param, Shape};
 
 use super::params::{self, Params, QuerySpec};
 use super::{ApiError, ApiResult, AppState, ReadPoint};
+use crate::metrics::ReadSource;
 
 /// `GET /api/v1/requests/top-k`.
 /// The required `metric`.
@@ -149,7 +150,10 @@ fn top_k_body(
         meta["retained_from"] = json!(t.to_rfc3339());
     }
     ReadPoint::add_to(point, &mut meta);
-    Json(json!({"status": "success", "data": data, "meta": meta})).into_response()
+    let mut resp = Json(json!({"status": "success", "data": data, "meta": meta})).into_response();
+    resp.extensions_mut()
+        .insert(ReadSource::of(&answer.sources));
+    resp
 }
 
 const MAX_HISTORY_DAYS: i64 = 366;
@@ -192,7 +196,10 @@ pub(super) async fn history(
         .collect();
     let mut meta = json!({});
     ReadPoint::add_to(point, &mut meta);
-    Ok(Json(json!({"status": "success", "data": data, "meta": meta})).into_response())
+    let mut resp = Json(json!({"status": "success", "data": data, "meta": meta})).into_response();
+    // A day's row comes from its day rollup.
+    resp.extensions_mut().insert(ReadSource("rollup"));
+    Ok(resp)
 }
 
 /// A history given by parameter values (a gRPC request's), checked as the
@@ -333,6 +340,7 @@ fn timeseries_query(p: &Params) -> ApiResult<toplog_query::TimeseriesQuery> {
 }
 
 fn timeseries_body(answer: &toplog_query::TimeseriesAnswer, point: Option<ReadPoint>) -> Response {
+    let source = ReadSource::of(&answer.sources);
     // Typed rows, not `json!` maps: a day of minutes is 1,440 points, and
     // building a map per point cost as much as answering the query.
     #[derive(serde::Serialize)]
@@ -378,5 +386,7 @@ fn timeseries_body(answer: &toplog_query::TimeseriesAnswer, point: Option<ReadPo
         meta,
         status: "success",
     };
-    Json(body).into_response()
+    let mut resp = Json(body).into_response();
+    resp.extensions_mut().insert(source);
+    resp
 }

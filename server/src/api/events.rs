@@ -195,6 +195,10 @@ pub(super) async fn ingest(
         body["index"] = json!(receipt.lsn.get());
     }
     let mut resp = Json(body).into_response();
+    resp.extensions_mut().insert(crate::metrics::Ingested {
+        events: u64::from(receipt.accepted),
+        replayed: receipt.replayed,
+    });
     if receipt.replayed {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));

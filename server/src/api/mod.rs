@@ -57,6 +57,8 @@ pub(crate) struct AppState {
     pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// Alert rules and alerts; opened with the engine.
     pub(crate) alerting: OnceLock<Arc<crate::alerts::Alerting>>,
+    /// What `GET /metrics` serves.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Where a read was served in a cluster: the node, and the Raft log index
@@ -126,7 +128,7 @@ impl AppState {
             .ok_or_else(|| ApiError::unavailable("recovering".into()))
     }
 
-    fn engine(&self) -> ApiResult<Arc<Engine>> {
+    pub(crate) fn engine(&self) -> ApiResult<Arc<Engine>> {
         match self.engine.get() {
             Some(e) => Ok(e.clone()),
             None => Err(ApiError::unavailable(match self.startup_error.get() {

@@ -224,7 +224,8 @@ fn schemas() -> Value {
         "AlertSilence": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/SilenceOut"}}), &["status", "data"]),
         "AlertSilences": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/SilenceOut"}}}), &["status", "data"]),
     });
-    for more in [encryption, alerting, delivery] {
+    let metrics = json!({"Metrics": {"type": "string", "description": "The node's metrics as text: OpenMetrics to a client that asks for it, Prometheus's text format 0.0.4 otherwise (docs/operations.md lists them)."}});
+    for more in [encryption, alerting, delivery, metrics] {
         if let (Value::Object(all), Value::Object(more)) = (&mut schemas, more) {
             all.extend(more);
         }
@@ -295,6 +296,13 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         };
         let mut responses = Map::new();
         let mut ok = json!({"description": reason(route.ok.0), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", route.ok.1)}}}});
+        if route.ok.1 == super::routes::METRICS {
+            let schema = json!({"$ref": "#/components/schemas/Metrics"});
+            ok["content"] = json!({
+                "application/openmetrics-text": {"schema": schema},
+                "text/plain": {"schema": schema},
+            });
+        }
         if !route.links.is_empty() {
             let links: Map<String, Value> = route
                 .links

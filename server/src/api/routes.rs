@@ -71,8 +71,25 @@ pub(crate) struct Route {
     pub(crate) access: Access,
 }
 
+/// The `ok` schema of a route answering in the OpenMetrics text format
+/// rather than JSON.
+pub(crate) const METRICS: &str = "Metrics";
+
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 46] = [
+pub(crate) const ROUTES: [Route; 47] = [
+    Route {
+        method: "get",
+        path: "/metrics",
+        id: "metrics",
+        handler: || get(crate::metrics::scrape),
+        summary: "The node's own metrics, in the OpenMetrics text format Prometheus scrapes.",
+        query: QuerySpec::NONE,
+        body: None,
+        ok: (200, METRICS),
+        errors: &[],
+        links: &[],
+        access: Access::Needs(Role::Viewer),
+    },
     Route {
         method: "get",
         path: "/healthz",
@@ -718,7 +735,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 (state.auth.clone(), route.access),
                 crate::auth::rest,
             );
-            r.route(route.path, (route.handler)().route_layer(guard))
+            let timed = axum::middleware::from_fn_with_state(
+                (state.clone(), route.path),
+                crate::metrics::time_request,
+            );
+            r.route(
+                route.path,
+                (route.handler)().route_layer(guard).route_layer(timed),
+            )
         })
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)

@@ -24,6 +24,7 @@ use super::workers::parsing;
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::Caller;
 use crate::ingest::decode_body;
+use crate::metrics::Ingested;
 
 const PROTOBUF: &str = "application/x-protobuf";
 
@@ -61,7 +62,13 @@ pub(super) async fn export(
     let compression = header(header::CONTENT_ENCODING).map(str::to_owned);
     let caller = caller.map(|c| c.0);
     match accept(&app, caller.as_ref(), encoding, compression, body).await {
-        Ok(partial) => respond(encoding, partial),
+        Ok((partial, ingested)) => {
+            let mut resp = respond(encoding, partial);
+            if let Some(ingested) = ingested {
+                resp.extensions_mut().insert(ingested);
+            }
+            resp
+        }
         // Refusals of a protobuf request are a `google.rpc.Status` in protobuf.
         Err(e) if encoding == Encoding::Protobuf => {
             let status = RpcStatus {
@@ -86,7 +93,7 @@ async fn accept(
     encoding: Encoding,
     compression: Option<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Option<otlp::ExportTracePartialSuccess>> {
+) -> ApiResult<(Option<otlp::ExportTracePartialSuccess>, Option<Ingested>)> {
     let limit = app.config.max_body_bytes;
     let body = read_body(app, body)?;
     app.engine()?;
@@ -102,8 +109,8 @@ async fn accept(
         mapped(&request, &raw, &limits)
     })
     .await?;
-    store(app, caller, events, key).await?;
-    Ok(partial)
+    let ingested = store(app, caller, events, key).await?;
+    Ok((partial, ingested))
 }
 
 /// An export tonic has decoded (OTLP/gRPC): admitted by its encoded size,
@@ -113,14 +120,30 @@ pub(crate) async fn export_message(
     caller: Option<&Caller>,
     request: ExportTraceServiceRequest,
 ) -> ApiResult<Option<otlp::ExportTracePartialSuccess>> {
+    let size = request.encoded_len();
+    let result = export_decoded(app, caller, request).await;
+    let (code, ingested) = match &result {
+        Ok((_, ingested)) => (StatusCode::OK, *ingested),
+        Err(e) => (e.status, None),
+    };
+    app.metrics.ingest("otlp_grpc", code, ingested, size as u64);
+    result.map(|(partial, _)| partial)
+}
+
+/// The export mapped and stored: what it could not use, and what the store took.
+async fn export_decoded(
+    app: &Arc<AppState>,
+    caller: Option<&Caller>,
+    request: ExportTraceServiceRequest,
+) -> ApiResult<(Option<otlp::ExportTracePartialSuccess>, Option<Ingested>)> {
     app.engine()?;
     let _turn = app.ingest.admit(request.encoded_len()).await?;
     let limits = validation_limits(app);
     // Re-encoded, the same message gives the same bytes: a retry, the same key.
     let (events, partial, key) =
         parsing(move || mapped(&request, &request.encode_to_vec(), &limits)).await?;
-    store(app, caller, events, key).await?;
-    Ok(partial)
+    let ingested = store(app, caller, events, key).await?;
+    Ok((partial, ingested))
 }
 
 /// The events of an export's server spans, what could not be used, and the
@@ -141,19 +164,23 @@ fn mapped(
     ))
 }
 
-/// Stores an export's events durably under its key (nothing if none).
-/// Stores the events, spending one of the caller's ingest tokens each.
+/// Stores an export's events durably under its key (nothing if none),
+/// spending one of the caller's ingest tokens each; what the store took.
 async fn store(
     app: &AppState,
     caller: Option<&Caller>,
     events: KeyedEvents,
     key: String,
-) -> ApiResult<()> {
-    if !events.is_empty() {
-        app.auth.spend_events(caller, events.len())?;
-        super::events::store(app, events, Some(key)).await?;
+) -> ApiResult<Option<Ingested>> {
+    if events.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    app.auth.spend_events(caller, events.len())?;
+    let stored = super::events::store(app, events, Some(key)).await?;
+    Ok(Some(Ingested {
+        events: u64::from(stored.receipt.accepted),
+        replayed: stored.receipt.replayed,
+    }))
 }
 
 fn respond(encoding: Encoding, partial: Option<otlp::ExportTracePartialSuccess>) -> Response {

@@ -1,0 +1,564 @@
+//! `GET /metrics`: what the node does and holds, in the OpenMetrics text
+//! format that Prometheus scrapes (docs/operations.md says what each metric
+//! means). Counters and histograms are kept as requests are served; what
+//! the node holds (segments, memtables, keys, memory, Raft state) is read
+//! when a scrape asks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use toplog_wal::LatencyHistogram;
+
+use crate::api::AppState;
+
+/// Label sets: (name, value) pairs, the names fixed here.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+type Histograms<const N: usize> = Family<Labels<N>, Histogram, fn() -> Histogram>;
+
+/// The content type of the OpenMetrics text format, which Prometheus asks for.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of Prometheus's own text format, for other clients
+/// (`promtool check metrics`, curl).
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Seconds, from 100 µs to 13 s by doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+}
+
+/// A batch's events as the store took them: a response extension the
+/// ingest handlers set, which [`time_request`] counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ingested {
+    pub(crate) events: u64,
+    pub(crate) replayed: bool,
+}
+
+/// Where a read's answer came from: `rollup` if only from rollups, else
+/// `raw` (a response extension the read handlers set).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSource(pub(crate) &'static str);
+
+impl ReadSource {
+    /// The source of an answer made from `sources` (`rollup_1m`, `raw`, ...).
+    pub(crate) fn of(sources: &[&str]) -> Self {
+        if sources.iter().all(|s| s.starts_with("rollup")) {
+            Self("rollup")
+        } else {
+            Self("raw")
+        }
+    }
+}
+
+/// A counter or histogram the store keeps, as read at the last scrape
+/// (the store counts; this shows what it read). Left out while unset.
+#[derive(Debug, Clone)]
+struct Read<T>(Arc<std::sync::RwLock<Option<T>>>);
+
+impl<T> Default for Read<T> {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::RwLock::new(None)))
+    }
+}
+
+impl<T> Read<T> {
+    fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
+    }
+
+    fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        f(self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref())
+    }
+}
+
+impl EncodeMetric for Read<u64> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let value = self.with(|v| v.copied().unwrap_or(0));
+        encoder.encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.with(|v| v.is_none())
+    }
+}
+
+impl EncodeMetric for Read<LatencyHistogram> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.with(|h| match h {
+            // Per-bucket counts, the last unbounded: the encoder adds them up.
+            Some(h) => {
+                encoder.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
+            }
+            None => Ok(()),
+        })
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+
+    fn is_empty(&self) -> bool {
+        self.with(|v| v.is_none())
+    }
+}
+
+/// Every metric the node serves.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Served by clustered nodes only.
+    raft: Registry,
+    ingest_batches: Family<Labels<2>, Counter>,
+    ingest_events: Family<Labels<2>, Counter>,
+    ingest_bytes: Family<Labels<1>, Counter>,
+    requests: Histograms<3>,
+    reads: Histograms<2>,
+    held: Held,
+}
+
+/// What the node holds, set at each scrape.
+#[derive(Debug, Default)]
+struct Held {
+    /// By tier: `local` or `archive`.
+    segments: Family<Labels<1>, Gauge>,
+    segment_rows: Family<Labels<1>, Gauge>,
+    segment_bytes: Family<Labels<1>, Gauge>,
+    /// By granularity.
+    rollup_buckets: Family<Labels<1>, Gauge>,
+    rollup_buckets_in_memory: Family<Labels<1>, Gauge>,
+    /// By dimension.
+    interned_keys: Family<Labels<1>, Gauge>,
+    memtable_rows: Gauge,
+    memtable_bytes: Gauge,
+    applied_index: Gauge,
+    flushed_index: Gauge,
+    idempotency_keys: Gauge,
+    key_bytes: Gauge,
+    key_budget_bytes: Gauge,
+    resident_bytes: Gauge,
+    log_bytes: Gauge,
+    flushes: Read<u64>,
+    log_fsync: Read<LatencyHistogram>,
+    log_commit: Read<LatencyHistogram>,
+    raft_term: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_leader: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("toplog");
+        let ingest_batches = Family::default();
+        registry.register(
+            "ingest_batches",
+            "Ingest requests by transport and outcome (accepted, replayed, refused, unavailable, failed)",
+            ingest_batches.clone(),
+        );
+        let ingest_events = Family::default();
+        registry.register(
+            "ingest_events",
+            "Events of ingest requests the store took, by transport and outcome (accepted, replayed)",
+            ingest_events.clone(),
+        );
+        let ingest_bytes = Family::default();
+        registry.register(
+            "ingest_bytes",
+            "Bytes of ingest request bodies received, by transport",
+            ingest_bytes.clone(),
+        );
+        let requests: Histograms<3> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route, method and status class",
+            requests.clone(),
+        );
+        let reads: Histograms<2> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "read_duration_seconds",
+            "Time to answer a read, by route and source (rollup: rollups alone; raw: raw rows too)",
+            reads.clone(),
+        );
+        let held = Held::default();
+        let mut raft = Registry::with_prefix("toplog");
+        for (name, help, gauge) in [
+            ("raft_term", "This node's Raft term", &held.raft_term),
+            (
+                "raft_commit_index",
+                "The last Raft log index a quorum holds",
+                &held.raft_commit_index,
+            ),
+            (
+                "raft_applied_index",
+                "The last Raft log index this node applied",
+                &held.raft_applied_index,
+            ),
+            (
+                "raft_leader",
+                "1 while this node leads its Raft group",
+                &held.raft_leader,
+            ),
+        ] {
+            raft.register(name, help, gauge.clone());
+        }
+        for (name, help, family) in [
+            (
+                "segments",
+                "Segments, by tier (local disk or the archive)",
+                &held.segments,
+            ),
+            (
+                "segment_rows",
+                "Events in segments, by tier",
+                &held.segment_rows,
+            ),
+            (
+                "segment_bytes",
+                "Bytes of segments, by tier",
+                &held.segment_bytes,
+            ),
+            (
+                "rollup_buckets",
+                "Rollup buckets kept, by granularity",
+                &held.rollup_buckets,
+            ),
+            (
+                "rollup_buckets_in_memory",
+                "Rollup buckets held in memory, by granularity (the others are read from their day's tier file)",
+                &held.rollup_buckets_in_memory,
+            ),
+            (
+                "interned_keys",
+                "Distinct keys held, by dimension",
+                &held.interned_keys,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        for (name, help, gauge) in [
+            (
+                "memtable_rows",
+                "Events in memtables, not yet in a segment",
+                &held.memtable_rows,
+            ),
+            (
+                "memtable_bytes",
+                "Bytes memtables hold (a flush starts at memtable_max_bytes)",
+                &held.memtable_bytes,
+            ),
+            (
+                "log_applied_index",
+                "The last log entry applied to memtables and rollups",
+                &held.applied_index,
+            ),
+            (
+                "log_flushed_index",
+                "The last log entry whose events are in segments",
+                &held.flushed_index,
+            ),
+            (
+                "idempotency_keys",
+                "Idempotency keys kept (each 24 hours)",
+                &held.idempotency_keys,
+            ),
+            (
+                "interned_key_bytes",
+                "Bytes the distinct keys (users, endpoints, ...) hold",
+                &held.key_bytes,
+            ),
+            (
+                "interned_key_budget_bytes",
+                "The most the distinct keys may hold (key_memory_bytes)",
+                &held.key_budget_bytes,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the process (VmRSS)",
+                &held.resident_bytes,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "log_bytes",
+            "Bytes of the write-ahead log's files (single node; a cluster's log is Raft's)",
+            held.log_bytes.clone(),
+        );
+        registry.register(
+            "flushes",
+            "Flushes of memtables to segments since the process started",
+            held.flushes.clone(),
+        );
+        registry.register(
+            "log_fsync_duration_seconds",
+            "Time each fsync of the write-ahead log took",
+            held.log_fsync.clone(),
+        );
+        registry.register(
+            "log_commit_duration_seconds",
+            "Time each group commit took: framing, writing and syncing the batches waiting, until durable",
+            held.log_commit.clone(),
+        );
+        Self {
+            registry,
+            raft,
+            ingest_batches,
+            ingest_events,
+            ingest_bytes,
+            requests,
+            reads,
+            held,
+        }
+    }
+
+    /// Counts an ingest request over `transport` that ended with `status`
+    /// (and, if the store took it, what it took), of `bytes` bytes.
+    pub(crate) fn ingest(
+        &self,
+        transport: &'static str,
+        status: StatusCode,
+        ingested: Option<Ingested>,
+        bytes: u64,
+    ) {
+        let outcome = match ingested {
+            Some(Ingested { replayed: true, .. }) => "replayed",
+            Some(_) => "accepted",
+            None if status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            None if status.is_server_error() => "failed",
+            None if status.is_success() => "accepted",
+            None => "refused",
+        };
+        let labels = [("transport", transport), ("outcome", outcome)];
+        self.ingest_batches.get_or_create(&labels).inc();
+        if let Some(i) = ingested {
+            self.ingest_events.get_or_create(&labels).inc_by(i.events);
+        }
+        (self.ingest_bytes)
+            .get_or_create(&[("transport", transport)])
+            .inc_by(bytes);
+    }
+
+    /// The OpenMetrics text a scrape answers: what is counted, and what the
+    /// node holds now.
+    fn render(&self, app: &AppState) -> String {
+        let h = &self.held;
+        let set = |g: &Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        if let Ok(engine) = app.engine() {
+            let segments = engine.segments();
+            for tier in ["local", "archive"] {
+                let of_tier = || {
+                    (segments.iter()).filter(move |g| g.archived.is_some() == (tier == "archive"))
+                };
+                let label = [("tier", tier)];
+                set(&h.segments.get_or_create(&label), of_tier().count() as u64);
+                set(
+                    &h.segment_rows.get_or_create(&label),
+                    of_tier().map(|g| g.meta.rows).sum(),
+                );
+                set(
+                    &h.segment_bytes.get_or_create(&label),
+                    of_tier().map(|g| g.bytes).sum(),
+                );
+            }
+            for t in engine.rollup_tiers() {
+                let label = [("granularity", t.granularity.name())];
+                set(&h.rollup_buckets.get_or_create(&label), t.buckets as u64);
+                set(
+                    &h.rollup_buckets_in_memory.get_or_create(&label),
+                    t.in_memory as u64,
+                );
+            }
+            for d in toplog_engine::Dimension::ALL {
+                set(
+                    &h.interned_keys.get_or_create(&[("dimension", d.name())]),
+                    d.interned_keys() as u64,
+                );
+            }
+            let s = engine.stats();
+            set(&h.memtable_rows, s.memtable_rows as u64);
+            set(&h.memtable_bytes, s.memtable_bytes as u64);
+            set(&h.applied_index, s.applied_lsn.get());
+            set(&h.flushed_index, s.flushed_lsn.get());
+            set(&h.idempotency_keys, s.idempotency_keys as u64);
+            set(&h.key_bytes, s.key_bytes as u64);
+            set(&h.key_budget_bytes, s.key_budget as u64);
+            h.flushes.set(s.flushes);
+            if let Some(l) = engine.log_latencies() {
+                set(&h.log_bytes, engine.log_bytes());
+                h.log_fsync.set(l.fsync);
+                h.log_commit.set(l.commit);
+            }
+        }
+        if let Some(rss) = resident_bytes() {
+            h.resident_bytes.set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        if let Some(cluster) = app.cluster.get() {
+            let st = cluster.status();
+            set(&h.raft_term, st.term);
+            set(&h.raft_commit_index, st.commit_index);
+            set(&h.raft_applied_index, st.applied_index);
+            set(
+                &h.raft_leader,
+                u64::from(st.leader_id != 0 && st.leader_id == st.node_id),
+            );
+        }
+        let mut out = String::new();
+        // Writing to a `String` does not fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        if app.cluster.get().is_some() {
+            let _ = encode_registry(&mut out, &self.raft);
+        }
+        let _ = encode_eof(&mut out);
+        out
+    }
+}
+
+/// The process's resident memory, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// OpenMetrics text as Prometheus's own text format: a counter's HELP and
+/// TYPE name its samples (`x_total`, where OpenMetrics names the family
+/// `x`), and no `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = (openmetrics.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|l| *l != "# EOF") {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// `GET /metrics`: OpenMetrics to a client that asks for it (Prometheus
+/// does), Prometheus's text format otherwise.
+pub(crate) async fn scrape(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let text = app.metrics.render(&app);
+    let openmetrics = (headers.get(header::ACCEPT))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (text, OPENMETRICS)
+    } else {
+        (prometheus_text(&text), PROMETHEUS_TEXT)
+    };
+    let mut resp = body.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Times each request to a route (`path`, its template), and counts ingest
+/// requests by their outcome.
+pub(crate) async fn time_request(
+    State((app, path)): State<(Arc<AppState>, &'static str)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let bytes = (req.headers().get(header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let resp = next.run(req).await;
+    let took = started.elapsed().as_secs_f64();
+    let status = resp.status();
+    let class = match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    let m = &app.metrics;
+    (m.requests)
+        .get_or_create(&[
+            ("route", path),
+            ("method", method_name(&method)),
+            ("class", class),
+        ])
+        .observe(took);
+    if let Some(ReadSource(source)) = resp.extensions().get::<ReadSource>() {
+        (m.reads)
+            .get_or_create(&[("route", path), ("source", source)])
+            .observe(took);
+    }
+    if method == Method::POST {
+        let transport = match path {
+            "/api/v1/requests" => Some("http"),
+            "/v1/traces" => Some("otlp_http"),
+            _ => None,
+        };
+        if let Some(transport) = transport {
+            m.ingest(
+                transport,
+                status,
+                resp.extensions().get::<Ingested>().copied(),
+                bytes,
+            );
+        }
+    }
+    resp
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A counter's HELP and TYPE name its samples in Prometheus's text
+    /// format; gauges and histograms are as OpenMetrics writes them.
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP toplog_a Events.\n# TYPE toplog_a counter\ntoplog_a_total 3\n\
+                  # HELP toplog_b Bytes.\n# TYPE toplog_b gauge\ntoplog_b 7\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP toplog_a_total Events.\n# TYPE toplog_a_total counter\ntoplog_a_total 3\n\
+             # HELP toplog_b Bytes.\n# TYPE toplog_b gauge\ntoplog_b 7\n"
+        );
+    }
+}
