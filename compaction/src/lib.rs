@@ -10,7 +10,7 @@ mod owner;
 mod policy;
 mod store;
 
-pub use maintainer::{Maintainer, RekeyError};
+pub use maintainer::{Maintainer, PassTotals, RekeyError};
 pub use maintenance::{
     ArchiveAccess, Compaction, MAX_BYTES, MAX_MERGE, MIN_BYTES, MIN_MERGE, PurgedBuckets, Report,
     SegmentSummary, plan_compactions, run,

@@ -27,6 +27,23 @@ pub enum RekeyError {
     Policy(String),
 }
 
+/// What maintenance passes have done since the process started (for
+/// `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassTotals {
+    pub passes: u64,
+    /// Passes with at least one failed step (tried again at the next).
+    pub failed_passes: u64,
+    /// Passes in a row, up to the last, with a failed step.
+    pub failing_in_a_row: u64,
+    /// Archive steps that failed (copying a segment or tier file, writing
+    /// the archive's marker or manifest).
+    pub archive_errors: u64,
+    pub archived_segments: u64,
+    pub purged_segments: u64,
+    pub compactions: u64,
+}
+
 #[derive(Debug)]
 pub struct Maintainer {
     engine: Arc<Engine>,
@@ -37,6 +54,8 @@ pub struct Maintainer {
     last: Mutex<Option<Report>>,
     /// Passes in a row that ended with errors.
     failing_passes: Mutex<u64>,
+    /// What every pass since the start did.
+    totals: Mutex<PassTotals>,
     /// Held for a whole pass, so passes never overlap.
     running: Mutex<()>,
     /// A cluster member's way to propose what its leader decides.
@@ -63,6 +82,7 @@ impl Maintainer {
             policy: Mutex::new(policy),
             last: Mutex::new(None),
             failing_passes: Mutex::new(0),
+            totals: Mutex::new(PassTotals::default()),
             running: Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
         }
@@ -98,6 +118,22 @@ impl Maintainer {
         Ok(next)
     }
 
+    /// What every pass since the start did.
+    pub fn totals(&self) -> PassTotals {
+        *lock(&self.totals)
+    }
+
+    /// Local segments whose rows are all older than `raw.local_for`: the
+    /// archive's backlog (none while the archive keeps up).
+    pub fn archive_backlog(&self) -> usize {
+        let local_for = lock(&self.policy).raw_local_for;
+        let cutoff = Micros::now()
+            .saturating_sub_micros(i64::try_from(local_for.as_micros()).unwrap_or(i64::MAX));
+        (self.engine.segments().iter())
+            .filter(|s| s.archived.is_none() && s.meta.max_ts < cutoff)
+            .count()
+    }
+
     /// One pass now (after any pass under way). Blocks: call it off the async threads.
     pub fn run(&self) -> Report {
         let _one = lock(&self.running);
@@ -118,6 +154,16 @@ impl Maintainer {
             } else {
                 *failing + 1
             };
+            let mut t = lock(&self.totals);
+            t.passes += 1;
+            t.failed_passes += u64::from(!report.errors.is_empty());
+            t.failing_in_a_row = *failing;
+            t.archive_errors += (report.errors.iter())
+                .filter(|e| e.starts_with("archiving"))
+                .count() as u64;
+            t.archived_segments += report.archived.len() as u64;
+            t.purged_segments += report.purged_segments.len() as u64;
+            t.compactions += report.compacted.len() as u64;
         }
         *lock(&self.last) = Some(report.clone());
         report

@@ -156,10 +156,21 @@ struct Held {
     flushes: Read<u64>,
     log_fsync: Read<LatencyHistogram>,
     log_commit: Read<LatencyHistogram>,
+    data_dir_available_bytes: Gauge,
+    maintenance_passes: Read<u64>,
+    maintenance_failed_passes: Read<u64>,
+    maintenance_failing_in_a_row: Gauge,
+    archive_errors: Read<u64>,
+    archived_segments: Read<u64>,
+    archive_backlog_segments: Gauge,
+    purged_segments: Read<u64>,
+    compactions: Read<u64>,
     raft_term: Gauge,
     raft_commit_index: Gauge,
     raft_applied_index: Gauge,
     raft_leader: Gauge,
+    /// On the leader, by peer: entries its log lacks of the committed ones.
+    raft_peer_lag: Family<[(&'static str, String); 1], Gauge>,
 }
 
 impl Metrics {
@@ -217,6 +228,11 @@ impl Metrics {
         ] {
             raft.register(name, help, gauge.clone());
         }
+        raft.register(
+            "raft_peer_lag",
+            "On the leader, by peer: committed entries the peer's log does not hold yet",
+            held.raft_peer_lag.clone(),
+        );
         for (name, help, family) in [
             (
                 "segments",
@@ -292,29 +308,82 @@ impl Metrics {
                 "Resident memory of the process (VmRSS)",
                 &held.resident_bytes,
             ),
+            (
+                "log_bytes",
+                "Bytes of the write-ahead log's files (single node; a cluster's log is Raft's)",
+                &held.log_bytes,
+            ),
+            (
+                "data_dir_available_bytes",
+                "Bytes free to this process on the data directory's file system",
+                &held.data_dir_available_bytes,
+            ),
+            (
+                "maintenance_failing_in_a_row",
+                "Maintenance passes in a row, up to the last, with a failed step",
+                &held.maintenance_failing_in_a_row,
+            ),
+            (
+                "archive_backlog_segments",
+                "Local segments older than raw.local_for, not yet in the archive",
+                &held.archive_backlog_segments,
+            ),
         ] {
             registry.register(name, help, gauge.clone());
         }
-        registry.register(
-            "log_bytes",
-            "Bytes of the write-ahead log's files (single node; a cluster's log is Raft's)",
-            held.log_bytes.clone(),
-        );
-        registry.register(
-            "flushes",
-            "Flushes of memtables to segments since the process started",
-            held.flushes.clone(),
-        );
-        registry.register(
-            "log_fsync_duration_seconds",
-            "Time each fsync of the write-ahead log took",
-            held.log_fsync.clone(),
-        );
-        registry.register(
-            "log_commit_duration_seconds",
-            "Time each group commit took: framing, writing and syncing the batches waiting, until durable",
-            held.log_commit.clone(),
-        );
+        for (name, help, histogram) in [
+            (
+                "log_fsync_duration_seconds",
+                "Time each fsync of the write-ahead log took",
+                &held.log_fsync,
+            ),
+            (
+                "log_commit_duration_seconds",
+                "Time each group commit took: framing, writing and syncing the batches waiting, until durable",
+                &held.log_commit,
+            ),
+        ] {
+            registry.register(name, help, histogram.clone());
+        }
+        for (name, help, counter) in [
+            (
+                "flushes",
+                "Flushes of memtables to segments since the process started",
+                &held.flushes,
+            ),
+            (
+                "maintenance_passes",
+                "Maintenance passes (retention, compaction, archiving)",
+                &held.maintenance_passes,
+            ),
+            (
+                "maintenance_failed_passes",
+                "Maintenance passes with a failed step (tried again at the next)",
+                &held.maintenance_failed_passes,
+            ),
+            (
+                "archive_errors",
+                "Archive steps that failed (copying a segment or tier file, the archive's marker or manifest)",
+                &held.archive_errors,
+            ),
+            (
+                "archived_segments",
+                "Segments copied to the archive",
+                &held.archived_segments,
+            ),
+            (
+                "purged_segments",
+                "Segments deleted past raw.keep_for",
+                &held.purged_segments,
+            ),
+            (
+                "compactions",
+                "Compactions of small segments into one",
+                &held.compactions,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Self {
             registry,
             raft,
@@ -407,6 +476,20 @@ impl Metrics {
                 h.log_commit.set(l.commit);
             }
         }
+        if let Some(m) = app.maintainer.get() {
+            let t = m.totals();
+            h.maintenance_passes.set(t.passes);
+            h.maintenance_failed_passes.set(t.failed_passes);
+            set(&h.maintenance_failing_in_a_row, t.failing_in_a_row);
+            h.archive_errors.set(t.archive_errors);
+            h.archived_segments.set(t.archived_segments);
+            h.purged_segments.set(t.purged_segments);
+            h.compactions.set(t.compactions);
+            set(&h.archive_backlog_segments, m.archive_backlog() as u64);
+        }
+        if let Some(free) = available_bytes(&app.config.data_dir) {
+            set(&h.data_dir_available_bytes, free);
+        }
         if let Some(rss) = resident_bytes() {
             h.resident_bytes.set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
@@ -419,6 +502,14 @@ impl Metrics {
                 &h.raft_leader,
                 u64::from(st.leader_id != 0 && st.leader_id == st.node_id),
             );
+            h.raft_peer_lag.clear();
+            for (id, p) in st.peers.iter().filter(|(id, _)| **id != st.node_id) {
+                let lag = st.commit_index.saturating_sub(p.matched);
+                set(
+                    &h.raft_peer_lag.get_or_create(&[("peer", id.to_string())]),
+                    lag,
+                );
+            }
         }
         let mut out = String::new();
         // Writing to a `String` does not fail.
@@ -429,6 +520,19 @@ impl Metrics {
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+fn available_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) fills the zeroed struct it is given for a
+    // NUL-terminated path, and touches nothing else.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut st) == 0).then_some(st)
+    }?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The process's resident memory, from `/proc/self/statm` (Linux).

@@ -475,9 +475,9 @@ impl Receiver {
 }
 
 /// The value of `series` (a name with its labels, as `GET /metrics` writes
-/// it) at a scrape now; 0 if the node shows no such series.
-pub fn metric(server: &Server, series: &str) -> f64 {
-    let text = (client().get(server.url("/metrics")).send())
+/// it) on the node at `base` now; 0 if it shows no such series.
+pub fn metric(base: &str, series: &str) -> f64 {
+    let text = (client().get(format!("{base}/metrics")).send())
         .and_then(|r| r.text())
         .expect("GET /metrics");
     (text.lines())

@@ -82,6 +82,26 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
         (leader, term) = (next, next_term);
     }
 
+    // Each member's /metrics shows the Raft state: one leader, one term, and
+    // on the leader each peer's lag.
+    for id in 1..=3 {
+        let m = |series: &str| toplog_tests::metric(&cluster.url(id), series);
+        assert_eq!(
+            m("toplog_raft_leader"),
+            f64::from(u8::from(id == leader)),
+            "node {id}"
+        );
+        assert_eq!(m("toplog_raft_term"), term as f64, "node {id}");
+        assert!(m("toplog_raft_commit_index") >= m("toplog_raft_applied_index"));
+        let text = (client().get(format!("{}/metrics", cluster.url(id))).send())
+            .and_then(|r| r.text())
+            .unwrap();
+        for peer in (1..=3).filter(|p| *p != id) {
+            let shown = text.contains(&format!("toplog_raft_peer_lag{{peer=\"{peer}\"}}"));
+            assert_eq!(shown, id == leader, "node {id}, peer {peer}:\n{text}");
+        }
+    }
+
     // The Raft service: nothing for callers who are not peers, and bytes are
     // decoded only for a peer (garbage from one is a clean refusal).
     let port = cluster.ports[0];

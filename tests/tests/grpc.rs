@@ -143,7 +143,7 @@ fn the_rust_client_example_ingests_and_asks_a_top_k() {
     );
     let grpc = |outcome: &str, what: &str| {
         toplog_tests::metric(
-            &server,
+            &server.base,
             &format!("toplog_ingest_{what}_total{{transport=\"grpc\",outcome=\"{outcome}\"}}"),
         )
     };

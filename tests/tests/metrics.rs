@@ -216,16 +216,80 @@ impl Drop for Prometheus {
 }
 
 /// A real Prometheus, given a viewer key, scrapes the node every second;
-/// its query API then answers the node's counts.
+/// its query API then answers the node's counts. Every panel of the Grafana
+/// dashboard (deploy/grafana/toplog.json) answers too: each PromQL query
+/// through that Prometheus, each request-analytics query from the node
+/// itself, as Grafana's JSON API data source would send it.
 #[test]
-fn a_real_prometheus_scrapes_the_node() {
+fn a_real_prometheus_scrapes_the_node_and_every_dashboard_panel_answers() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_ready(&dir.path().join("node"), &[]);
     let viewer = key_of(&server, "viewer");
-    assert_eq!(
-        post(&server, &json!(events(20, now_ms() - 60_000, "p")), None),
-        200
-    );
+    // 200 events over the last 5 minutes: two endpoints of 67 and 133
+    // requests, one in ten failing; and one batch refused.
+    let sent = json!(events(200, now_ms() - 300_000, "p"));
+    assert_eq!(post(&server, &sent, None), 200);
+    assert_eq!(post(&server, &json!([{"request_id": "x"}]), None), 400);
+
+    // The request-analytics panels, each as the JSON API data source sends
+    // it (Grafana's time macros filled in) and each field's JSON path read.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            toplog_tests::manifest_dir().join("../deploy/grafana/toplog.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panels: Vec<&Value> = (dashboard["panels"].as_array().unwrap().iter())
+        .filter(|p| p["type"] != "row")
+        .collect();
+    let mut prometheus_queries = Vec::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().unwrap() {
+            match target["datasource"]["type"].as_str().unwrap() {
+                "prometheus" => prometheus_queries.push((title, target["expr"].as_str().unwrap())),
+                "marcusolsson-json-datasource" => {
+                    let span_ms = match panel["timeFrom"].as_str() {
+                        Some("30d") => 30 * 86_400_000,
+                        None => 3_600_000,
+                        Some(other) => panic!("{title}: timeFrom {other}"),
+                    };
+                    let (to, from) = (now_ms(), now_ms() - span_ms);
+                    let params = (target["queryParams"].as_str().unwrap())
+                        .replace("${__from:date:iso}", &utc(from).1)
+                        .replace("${__to:date:iso}", &utc(to).1)
+                        .replace("${__from:date:YYYY-MM-DD}", &utc(from).0)
+                        .replace("${__to:date:YYYY-MM-DD}", &utc(to).0);
+                    assert!(!params.contains("${"), "{title}: {params}");
+                    let url = format!(
+                        "{}?{params}",
+                        server.url(target["urlPath"].as_str().unwrap())
+                    );
+                    let r = reqwest::blocking::Client::new()
+                        .get(&url)
+                        .bearer_auth(&viewer)
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "{title}: {url}");
+                    let body: Value = r.json().unwrap();
+                    // Each field picks as many values as the others (null
+                    // where a minute had no requests), and some values.
+                    let fields: Vec<Vec<Value>> = (target["fields"].as_array().unwrap().iter())
+                        .map(|f| json_path(&body, f["jsonPath"].as_str().unwrap()))
+                        .collect();
+                    assert!(
+                        (fields.iter())
+                            .all(|f| f.len() == fields[0].len() && f.iter().any(|v| !v.is_null())),
+                        "{title}: {body}"
+                    );
+                }
+                other => panic!("{title}: data source {other}"),
+            }
+        }
+    }
+    assert!(prometheus_queries.len() >= 10, "{prometheus_queries:?}");
+
     let target = server.base.trim_start_matches("http://");
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -252,40 +316,143 @@ fn a_real_prometheus_scrapes_the_node() {
             .spawn()
             .expect("prometheus (scripts/test.sh installs it)"),
     );
-    let query = |q: &str| -> Option<f64> {
+    // The query's result (a vector), or why not.
+    let query = |q: &str| -> Result<Vec<Value>, String> {
         let url = reqwest::Url::parse_with_params(
             &format!("http://127.0.0.1:{port}/api/v1/query"),
             [("query", q)],
         )
-        .ok()?;
-        let body: Value = reqwest::blocking::Client::new()
-            .get(url)
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let up = query("up{job=\"toplog\"}");
-        let events = query(
-            "toplog_ingest_events_total{job=\"toplog\",transport=\"http\",outcome=\"accepted\"}",
-        );
-        if up == Some(1.0)
-            && let Some(events) = events
-        {
-            break events;
+        .map_err(|e| e.to_string())?;
+        let body: Value = (reqwest::blocking::Client::new().get(url).send())
+            .and_then(|r| r.json())
+            .map_err(|e| e.to_string())?;
+        match body["status"].as_str() {
+            Some("success") => Ok(body["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()),
+            _ => Err(body.to_string()),
         }
+    };
+    let value =
+        |q: &str| -> Option<f64> { query(q).ok()?.first()?["value"][1].as_str()?.parse().ok() };
+    // Rates need two scrapes in their window: wait for five.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while value("count_over_time(up{job=\"toplog\"}[1m])").unwrap_or(0.0) < 5.0 {
         assert!(
             Instant::now() < deadline,
-            "Prometheus did not scrape the node within 60 s (up: {up:?})"
+            "Prometheus did not scrape the node 5 times within 60 s (up: {:?})",
+            value("up{job=\"toplog\"}")
         );
         std::thread::sleep(Duration::from_millis(250));
-    };
-    assert_eq!(events, 20.0);
+    }
+    assert_eq!(value("up{job=\"toplog\"}"), Some(1.0));
     assert_eq!(
-        query("toplog_memtable_rows + on(job) toplog_segment_rows{tier=\"local\"}"),
-        Some(20.0)
+        value("toplog_ingest_events_total{job=\"toplog\",transport=\"http\",outcome=\"accepted\"}"),
+        Some(200.0)
     );
+    assert_eq!(
+        value("toplog_memtable_rows + on(job) toplog_segment_rows{tier=\"local\"}"),
+        Some(200.0)
+    );
+    for (title, expr) in prometheus_queries {
+        let q = expr.replace("$__rate_interval", "1m");
+        let result = query(&q).unwrap_or_else(|e| panic!("{title}: {q}: {e}"));
+        // Raft series exist on cluster members only.
+        assert!(
+            !result.is_empty() || q.contains("toplog_raft_"),
+            "{title}: {q} has no series"
+        );
+    }
+}
+
+/// The values a JSON API data source's path picks: `$.a[*].b` or
+/// `$.a[0].b[*].c` (the forms the dashboard uses).
+fn json_path(body: &Value, path: &str) -> Vec<Value> {
+    let mut at = vec![body.clone()];
+    for step in path.trim_start_matches("$.").split('.') {
+        let (name, index) = match step.split_once('[') {
+            Some((n, i)) => (n, Some(i.trim_end_matches(']'))),
+            None => (step, None),
+        };
+        at = (at.iter())
+            .flat_map(|v| {
+                let v = &v[name];
+                match index {
+                    None => vec![v.clone()],
+                    Some("*") => v.as_array().cloned().unwrap_or_default(),
+                    Some(i) => vec![v[i.parse::<usize>().unwrap()].clone()],
+                }
+            })
+            .collect();
+    }
+    at
+}
+
+/// `promtool` in `dir` with `args`; fails the test unless it succeeds.
+fn promtool(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The health alert rules are valid, each fires in its unit test as
+/// written (`promtool test rules`), and every metric they name is one a
+/// node serves (a Raft one, one a cluster member registers).
+#[test]
+fn the_alert_rules_pass_their_tests_and_name_served_metrics() {
+    let deploy = toplog_tests::manifest_dir().join("../deploy/prometheus");
+    promtool(&deploy, &["check", "rules", "toplog-alerts.yml"]);
+    promtool(&deploy, &["test", "rules", "toplog-alerts.test.yml"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_ready(&dir.path().join("node"), &[]);
+    // A family shows once it has a sample: take in a batch, refuse one.
+    assert_eq!(
+        post(&server, &json!(events(3, now_ms() - 60_000, "r")), None),
+        200
+    );
+    assert_eq!(post(&server, &json!([{"request_id": "x"}]), None), 400);
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let served: Vec<(&str, &str)> = (text.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
+    let metrics_rs =
+        std::fs::read_to_string(toplog_tests::manifest_dir().join("../server/src/metrics.rs"))
+            .unwrap();
+    let rules = std::fs::read_to_string(deploy.join("toplog-alerts.yml")).unwrap();
+    let mut named: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("toplog_"))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    assert!(named.len() >= 10, "{named:?}");
+    for name in named {
+        let histogram = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| served.contains(&(*base, "histogram")));
+        let known = histogram.is_some()
+            || served.iter().any(|(n, _)| *n == name)
+            || (name.starts_with("toplog_raft_")
+                && metrics_rs.contains(&format!("\"{}\"", &name["toplog_".len()..])));
+        assert!(
+            known,
+            "the rules name {name}, which no node serves:\n{text}"
+        );
+    }
 }

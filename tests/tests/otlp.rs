@@ -62,7 +62,7 @@ fn spans_from_the_sdk_and_otlp_json_become_the_events_sent() {
     // Counted by transport as stored.
     let events = |transport: &str| {
         toplog_tests::metric(
-            &server,
+            &server.base,
             &format!(
                 "toplog_ingest_events_total{{transport=\"{transport}\",outcome=\"accepted\"}}"
             ),
