@@ -172,6 +172,17 @@ impl JobStore {
             .cloned()
     }
 
+    /// How many jobs are in `state` (without copying them).
+    pub fn count(&self, state: JobState) -> usize {
+        (self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        .values()
+        .filter(|j| j.state == state)
+        .count()
+    }
+
     /// Every job, oldest first (ids are time-ordered).
     pub fn list(&self) -> Vec<Job> {
         self.jobs

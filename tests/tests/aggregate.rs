@@ -59,6 +59,16 @@ fn aggregation_jobs_compute_exact_counts_and_survive_restarts() {
     assert_eq!(body["message"], "Aggregation request submitted.");
     let id = body["aggregation_id"].as_str().unwrap().to_owned();
     let job = wait_done(&server, &id);
+    let jobs = |state: &str| {
+        toplog_tests::metric(
+            &server.base,
+            &format!("toplog_aggregation_jobs{{state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(
+        (jobs("done"), jobs("pending"), jobs("failed")),
+        (1.0, 0.0, 0.0)
+    );
     let mut latencies: BTreeMap<(i64, String), Vec<f64>> = BTreeMap::new();
     let mut want: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
     for e in &events {

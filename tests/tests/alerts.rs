@@ -148,6 +148,13 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     }
     let firing = alerts(&server);
     assert_eq!(firing.len(), 1, "{firing:?}");
+    let m = |series: &str| toplog_tests::metric(&server.base, series);
+    assert_eq!(m("toplog_alerts{state=\"firing\"}"), 1.0);
+    assert_eq!(m("toplog_alerts{state=\"pending\"}"), 0.0);
+    let rules = get_ok(&server, "/api/v1/alerts/rules")["data"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(Some(m("toplog_alert_rules") as usize), rules);
     let a = &firing[0];
     assert_eq!(
         (

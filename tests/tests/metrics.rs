@@ -431,7 +431,7 @@ fn the_alert_rules_pass_their_tests_and_name_served_metrics() {
         .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
         .collect();
     let metrics_rs =
-        std::fs::read_to_string(toplog_tests::manifest_dir().join("../server/src/metrics.rs"))
+        std::fs::read_to_string(toplog_tests::manifest_dir().join("../server/src/metrics/mod.rs"))
             .unwrap();
     let rules = std::fs::read_to_string(deploy.join("toplog-alerts.yml")).unwrap();
     let mut named: Vec<&str> = rules

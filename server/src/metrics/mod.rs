@@ -4,16 +4,11 @@
 //! the node holds (segments, memtables, keys, memory, Raft state) is read
 //! when a scrape asks.
 
-use std::sync::Arc;
-use std::time::Instant;
+mod http;
+mod read;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,101 +16,18 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use toplog_wal::LatencyHistogram;
 
+pub(crate) use http::{Ingested, ReadSource, scrape, time_request};
+use read::Read;
+
 use crate::api::AppState;
 
 /// Label sets: (name, value) pairs, the names fixed here.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 type Histograms<const N: usize> = Family<Labels<N>, Histogram, fn() -> Histogram>;
 
-/// The content type of the OpenMetrics text format, which Prometheus asks for.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of Prometheus's own text format, for other clients
-/// (`promtool check metrics`, curl).
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// Seconds, from 100 µs to 13 s by doubling.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
-}
-
-/// A batch's events as the store took them: a response extension the
-/// ingest handlers set, which [`time_request`] counts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ingested {
-    pub(crate) events: u64,
-    pub(crate) replayed: bool,
-}
-
-/// Where a read's answer came from: `rollup` if only from rollups, else
-/// `raw` (a response extension the read handlers set).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReadSource(pub(crate) &'static str);
-
-impl ReadSource {
-    /// The source of an answer made from `sources` (`rollup_1m`, `raw`, ...).
-    pub(crate) fn of(sources: &[&str]) -> Self {
-        if sources.iter().all(|s| s.starts_with("rollup")) {
-            Self("rollup")
-        } else {
-            Self("raw")
-        }
-    }
-}
-
-/// A counter or histogram the store keeps, as read at the last scrape
-/// (the store counts; this shows what it read). Left out while unset.
-#[derive(Debug, Clone)]
-struct Read<T>(Arc<std::sync::RwLock<Option<T>>>);
-
-impl<T> Default for Read<T> {
-    fn default() -> Self {
-        Self(Arc::new(std::sync::RwLock::new(None)))
-    }
-}
-
-impl<T> Read<T> {
-    fn set(&self, value: T) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
-    }
-
-    fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
-        f(self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref())
-    }
-}
-
-impl EncodeMetric for Read<u64> {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let value = self.with(|v| v.copied().unwrap_or(0));
-        encoder.encode_counter::<NoLabelSet, _, u64>(&value, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Counter
-    }
-
-    fn is_empty(&self) -> bool {
-        self.with(|v| v.is_none())
-    }
-}
-
-impl EncodeMetric for Read<LatencyHistogram> {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        self.with(|h| match h {
-            // Per-bucket counts, the last unbounded: the encoder adds them up.
-            Some(h) => {
-                encoder.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
-            }
-            None => Ok(()),
-        })
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-
-    fn is_empty(&self) -> bool {
-        self.with(|v| v.is_none())
-    }
 }
 
 /// Every metric the node serves.
@@ -163,6 +75,13 @@ struct Held {
     archive_errors: Read<u64>,
     archived_segments: Read<u64>,
     archive_backlog_segments: Gauge,
+    /// By state.
+    aggregation_jobs: Family<Labels<1>, Gauge>,
+    alert_rules: Gauge,
+    /// By state: pending or firing.
+    alerts: Family<Labels<1>, Gauge>,
+    /// By status: pending, sent or failed.
+    alert_notifications: Family<Labels<1>, Gauge>,
     purged_segments: Read<u64>,
     compactions: Read<u64>,
     raft_term: Gauge,
@@ -264,6 +183,21 @@ impl Metrics {
                 "Distinct keys held, by dimension",
                 &held.interned_keys,
             ),
+            (
+                "aggregation_jobs",
+                "Background aggregation jobs kept, by state (pending, running, done, failed)",
+                &held.aggregation_jobs,
+            ),
+            (
+                "alerts",
+                "Alerts of rules' series, by state (pending, firing)",
+                &held.alerts,
+            ),
+            (
+                "alert_notifications",
+                "Notifications in the outbox (pending, and those sent or failed in the last day), by status",
+                &held.alert_notifications,
+            ),
         ] {
             registry.register(name, help, family.clone());
         }
@@ -308,6 +242,7 @@ impl Metrics {
                 "Resident memory of the process (VmRSS)",
                 &held.resident_bytes,
             ),
+            ("alert_rules", "Alert rules defined", &held.alert_rules),
             (
                 "log_bytes",
                 "Bytes of the write-ahead log's files (single node; a cluster's log is Raft's)",
@@ -425,7 +360,7 @@ impl Metrics {
 
     /// The OpenMetrics text a scrape answers: what is counted, and what the
     /// node holds now.
-    fn render(&self, app: &AppState) -> String {
+    pub(super) fn render(&self, app: &AppState) -> String {
         let h = &self.held;
         let set = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
@@ -487,6 +422,36 @@ impl Metrics {
             h.compactions.set(t.compactions);
             set(&h.archive_backlog_segments, m.archive_backlog() as u64);
         }
+        if let Some(jobs) = app.jobs.get() {
+            use toplog_query::JobState;
+            for (name, state) in [
+                ("pending", JobState::Pending),
+                ("running", JobState::Running),
+                ("done", JobState::Done),
+                ("failed", JobState::Failed),
+            ] {
+                let label = [("state", name)];
+                set(
+                    &h.aggregation_jobs.get_or_create(&label),
+                    jobs.count(state) as u64,
+                );
+            }
+        }
+        if let Some(alerting) = app.alerting.get() {
+            let st = alerting.state();
+            set(&h.alert_rules, st.rules.len() as u64);
+            for state in ["pending", "firing"] {
+                let n = st.alerts.values().filter(|a| a.state == state).count();
+                set(&h.alerts.get_or_create(&[("state", state)]), n as u64);
+            }
+            for status in ["pending", "sent", "failed"] {
+                let n = st.outbox.values().filter(|n| n.status == status).count();
+                set(
+                    &h.alert_notifications.get_or_create(&[("status", status)]),
+                    n as u64,
+                );
+            }
+        }
         if let Some(free) = available_bytes(&app.config.data_dir) {
             set(&h.data_dir_available_bytes, free);
         }
@@ -542,127 +507,4 @@ fn resident_bytes() -> Option<u64> {
     // SAFETY: sysconf only reads a configuration value.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
-}
-
-/// OpenMetrics text as Prometheus's own text format: a counter's HELP and
-/// TYPE name its samples (`x_total`, where OpenMetrics names the family
-/// `x`), and no `# EOF`.
-fn prometheus_text(openmetrics: &str) -> String {
-    let counters: Vec<&str> = (openmetrics.lines())
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines().filter(|l| *l != "# EOF") {
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
-            let rest = line.strip_prefix(tag)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(&name)
-                .then(|| format!("{tag}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// `GET /metrics`: OpenMetrics to a client that asks for it (Prometheus
-/// does), Prometheus's text format otherwise.
-pub(crate) async fn scrape(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let text = app.metrics.render(&app);
-    let openmetrics = (headers.get(header::ACCEPT))
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let (body, content_type) = if openmetrics {
-        (text, OPENMETRICS)
-    } else {
-        (prometheus_text(&text), PROMETHEUS_TEXT)
-    };
-    let mut resp = body.into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp
-}
-
-/// Times each request to a route (`path`, its template), and counts ingest
-/// requests by their outcome.
-pub(crate) async fn time_request(
-    State((app, path)): State<(Arc<AppState>, &'static str)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let bytes = (req.headers().get(header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    let resp = next.run(req).await;
-    let took = started.elapsed().as_secs_f64();
-    let status = resp.status();
-    let class = match status.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    };
-    let m = &app.metrics;
-    (m.requests)
-        .get_or_create(&[
-            ("route", path),
-            ("method", method_name(&method)),
-            ("class", class),
-        ])
-        .observe(took);
-    if let Some(ReadSource(source)) = resp.extensions().get::<ReadSource>() {
-        (m.reads)
-            .get_or_create(&[("route", path), ("source", source)])
-            .observe(took);
-    }
-    if method == Method::POST {
-        let transport = match path {
-            "/api/v1/requests" => Some("http"),
-            "/v1/traces" => Some("otlp_http"),
-            _ => None,
-        };
-        if let Some(transport) = transport {
-            m.ingest(
-                transport,
-                status,
-                resp.extensions().get::<Ingested>().copied(),
-                bytes,
-            );
-        }
-    }
-    resp
-}
-
-fn method_name(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A counter's HELP and TYPE name its samples in Prometheus's text
-    /// format; gauges and histograms are as OpenMetrics writes them.
-    #[test]
-    fn prometheus_text_names_counters_by_their_samples() {
-        let om = "# HELP toplog_a Events.\n# TYPE toplog_a counter\ntoplog_a_total 3\n\
-                  # HELP toplog_b Bytes.\n# TYPE toplog_b gauge\ntoplog_b 7\n# EOF\n";
-        assert_eq!(
-            prometheus_text(om),
-            "# HELP toplog_a_total Events.\n# TYPE toplog_a_total counter\ntoplog_a_total 3\n\
-             # HELP toplog_b Bytes.\n# TYPE toplog_b gauge\ntoplog_b 7\n"
-        );
-    }
 }
