@@ -37,6 +37,9 @@ pub struct StorageStats {
     pub key_budget: usize,
     /// Flushes since the process started.
     pub flushes: u64,
+    /// Keys cube buckets evicted past `rollup_key_budget` since the
+    /// process started.
+    pub evicted_keys: u64,
 }
 
 impl Engine {
@@ -247,6 +250,7 @@ impl Engine {
             key_bytes: crate::keys::bytes(),
             key_budget: self.inner.config.key_memory_bytes,
             flushes: (self.inner.flushes).load(std::sync::atomic::Ordering::Relaxed),
+            evicted_keys: crate::rollup::evicted_keys(),
         }
     }
 

@@ -6,12 +6,22 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cell::Cell;
 use super::dimension::{Dimension, Key};
 use super::packed::{Head, Packed};
 use crate::columns::Row;
 use crate::keys::{KeyId, Keys};
+
+/// Keys evicted from cube buckets past their budget, since the process started.
+static EVICTED: AtomicU64 = AtomicU64::new(0);
+
+/// Keys evicted from cube buckets past their key budget since the process
+/// started (their counts live on in the bucket's overflow bounds).
+pub(crate) fn evicted_keys() -> u64 {
+    EVICTED.load(Ordering::Relaxed)
+}
 
 /// What a cube bucket keeps of the keys it evicted once it held more keys
 /// than its budget (a Space-Saving summary, evicting in batches).
@@ -454,6 +464,7 @@ impl Cube {
         let Cells::Open(cells) = &mut self.cells else {
             return;
         };
+        EVICTED.fetch_add(victims.len() as u64, Ordering::Relaxed);
         for k in victims {
             if let Some(c) = cells.remove(&k) {
                 overflow.floor = overflow.floor.max(c.count + c.missed);

@@ -14,6 +14,7 @@ mod streams;
 
 pub use buckets::Rollups;
 pub use cell::Cell;
+pub(crate) use cube::evicted_keys;
 pub use cube::{Cube, HEAVIEST_LISTED, Overflow, most_first};
 pub use dimension::{Dimension, Granularity, Key};
 pub(crate) use dimension::{admitted_key_ids, key_ids};

@@ -66,6 +66,7 @@ struct Held {
     resident_bytes: Gauge,
     log_bytes: Gauge,
     flushes: Read<u64>,
+    evicted_keys: Read<u64>,
     log_fsync: Read<LatencyHistogram>,
     log_commit: Read<LatencyHistogram>,
     data_dir_available_bytes: Gauge,
@@ -287,6 +288,11 @@ impl Metrics {
                 &held.flushes,
             ),
             (
+                "rollup_evicted_keys",
+                "Keys rollup buckets evicted past rollup_key_budget (their counts live on in the bucket's error bounds)",
+                &held.evicted_keys,
+            ),
+            (
                 "maintenance_passes",
                 "Maintenance passes (retention, compaction, archiving)",
                 &held.maintenance_passes,
@@ -405,6 +411,7 @@ impl Metrics {
             set(&h.key_bytes, s.key_bytes as u64);
             set(&h.key_budget_bytes, s.key_budget as u64);
             h.flushes.set(s.flushes);
+            h.evicted_keys.set(s.evicted_keys);
             if let Some(l) = engine.log_latencies() {
                 set(&h.log_bytes, engine.log_bytes());
                 h.log_fsync.set(l.fsync);
