@@ -123,13 +123,14 @@ impl Maintainer {
         *lock(&self.totals)
     }
 
-    /// Local segments whose rows are all older than `raw.local_for`: the
-    /// archive's backlog (none while the archive keeps up).
-    pub fn archive_backlog(&self) -> usize {
+    /// Of `segments` (the engine's, as the caller read them), the local
+    /// ones whose rows are all older than `raw.local_for`: the archive's
+    /// backlog (none while the archive keeps up).
+    pub fn archive_backlog(&self, segments: &[SegmentInfo]) -> usize {
         let local_for = lock(&self.policy).raw_local_for;
         let cutoff = Micros::now()
             .saturating_sub_micros(i64::try_from(local_for.as_micros()).unwrap_or(i64::MAX));
-        (self.engine.segments().iter())
+        (segments.iter())
             .filter(|s| s.archived.is_none() && s.meta.max_ts < cutoff)
             .count()
     }

@@ -474,14 +474,22 @@ impl Receiver {
     }
 }
 
+/// Each sample of a `GET /metrics` text: series with its labels -> value.
+pub fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    (text.lines())
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().expect("a number")))
+        })
+        .collect()
+}
+
 /// The value of `series` (a name with its labels, as `GET /metrics` writes
 /// it) on the node at `base` now; 0 if it shows no such series.
 pub fn metric(base: &str, series: &str) -> f64 {
     let text = (client().get(format!("{base}/metrics")).send())
         .and_then(|r| r.text())
         .expect("GET /metrics");
-    (text.lines())
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(s, _)| *s == series)
-        .map_or(0.0, |(_, v)| v.parse().expect("a number"))
+    samples(&text).get(series).copied().unwrap_or(0.0)
 }

@@ -3,13 +3,12 @@
 //! text, only a key may read it, and a real Prometheus scrapes it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::{Server, client, free_port, now_ms, utc};
+use toplog_tests::{Server, client, free_port, now_ms, samples, utc};
 
 /// A key of `role`, made through the API.
 fn key_of(server: &Server, role: &str) -> String {
@@ -39,17 +38,6 @@ fn scrape(server: &Server, key: Option<&str>, accept: Option<&str>) -> (u16, Str
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     (status, content_type, r.text().unwrap())
-}
-
-/// Each sample of the text (series with its labels -> value).
-fn samples(text: &str) -> HashMap<String, f64> {
-    (text.lines())
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
 }
 
 /// `n` events, a second apart from `start_ms`, on two endpoints.

@@ -373,6 +373,10 @@ impl Metrics {
         };
         if let Ok(engine) = app.engine() {
             let segments = engine.segments();
+            if let Some(m) = app.maintainer.get() {
+                let backlog = m.archive_backlog(&segments);
+                set(&h.archive_backlog_segments, backlog as u64);
+            }
             for tier in ["local", "archive"] {
                 let of_tier = || {
                     (segments.iter()).filter(move |g| g.archived.is_some() == (tier == "archive"))
@@ -427,7 +431,6 @@ impl Metrics {
             h.archived_segments.set(t.archived_segments);
             h.purged_segments.set(t.purged_segments);
             h.compactions.set(t.compactions);
-            set(&h.archive_backlog_segments, m.archive_backlog() as u64);
         }
         if let Some(jobs) = app.jobs.get() {
             use toplog_query::JobState;
