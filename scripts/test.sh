@@ -88,6 +88,18 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   service prometheus stop >/dev/null 2>&1 || true
 fi
 
+# The web page test drives the system Chromium headless with Selenium.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "== installing chromium, chromium-driver"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }
+fi
+if ! python3 -c "import selenium" >/dev/null 2>&1; then
+  echo "== installing selenium"
+  python3 -m pip install --quiet --disable-pip-version-check 'selenium==4.*'
+fi
+
 # The import test runs a real nginx, driven by wrk. Installing nginx starts
 # the distribution's own server; it is stopped: the test starts its own.
 if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null 2>&1; then

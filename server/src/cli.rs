@@ -67,6 +67,11 @@ enum Command {
         #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
         hosts: Vec<String>,
     },
+    /// Take a backup of a running node (`--to` an s3:// URL, or its
+    /// `[backup] url`), or check backups: `toplog backup verify URL`.
+    Backup(crate::backup::BackupArgs),
+    /// Rebuild a node's data directory from a backup.
+    Restore(crate::backup::RestoreArgs),
     /// Print one row per day: requests, average and p99 latency, error rate.
     History {
         #[arg(long, default_value_t = 30)]
@@ -126,6 +131,8 @@ pub fn main() -> ExitCode {
             printed(crate::client::top(&args))
         }
         Command::Import(args) => printed(crate::import::run(args)),
+        Command::Backup(args) => printed(crate::backup::backup(&args)),
+        Command::Restore(args) => printed(crate::backup::restore_command(&args)),
         Command::Cert { out, hosts } => {
             printed(crate::tls::write_certificates(&out, &hosts).map(|written| {
                 let names: Vec<String> =
@@ -256,6 +263,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         header_timeout: config.header_timeout,
         body_timeout: config.body_timeout,
     };
+    let backups = crate::backup::Backups::new(config.backup.clone())?;
     let state = Arc::new(AppState {
         queries: crate::api::QueryGate::new(
             config.max_concurrent_queries,
@@ -275,6 +283,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         cluster: OnceLock::new(),
         alerting: OnceLock::new(),
         metrics: crate::metrics::Metrics::new(),
+        backups,
     });
     tracing::info!(address = %local, tls = config_tls, data_dir = %engine_config.data_dir.display(), node_id = %node_id, "listening");
 
@@ -378,6 +387,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             }
                         }
                     }
+                    runtime.spawn(crate::api::scheduled_backups(state.clone()));
                     runtime.spawn(crate::api::evaluate_alerts(
                         state.clone(),
                         engine.clone(),

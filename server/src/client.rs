@@ -60,21 +60,32 @@ impl Target {
 /// Fetches `path` from the node; an API error becomes a readable message.
 fn fetch(target: &Target, path: &str) -> anyhow::Result<Value> {
     let client = target.client(Duration::from_secs(60))?;
-    let server = &target.server;
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let resp = target
-        .authorize(client.get(&url))
-        .send()
-        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e}"))?;
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .map_err(|e| anyhow::anyhow!("{url}: not a JSON answer ({status}): {e}"))?;
-    if !status.is_success() {
-        let msg = body["error"]["message"].as_str().unwrap_or("unknown error");
-        anyhow::bail!("{status}: {msg}");
+    let url = format!("{}{path}", target.server.trim_end_matches('/'));
+    target.answer(client.get(url))
+}
+
+impl Target {
+    /// Sends `request` with the key; the JSON answer, or the API's error
+    /// as a readable message.
+    pub(crate) fn answer(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<Value> {
+        let server = &self.server;
+        let resp = self
+            .authorize(request)
+            .send()
+            .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e}"))?;
+        let (status, url) = (resp.status(), resp.url().clone());
+        let body: Value = resp
+            .json()
+            .map_err(|e| anyhow::anyhow!("{url}: not a JSON answer ({status}): {e}"))?;
+        if !status.is_success() {
+            let msg = body["error"]["message"].as_str().unwrap_or("unknown error");
+            anyhow::bail!("{status}: {msg}");
+        }
+        Ok(body)
     }
-    Ok(body)
 }
 
 fn encode(s: &str) -> String {

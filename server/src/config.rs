@@ -150,6 +150,9 @@ pub(crate) struct Settings {
     /// `[archive]` in the file.
     #[arg(skip)]
     pub(crate) archive: Option<ArchiveConfig>,
+    /// `[backup]` in the file.
+    #[arg(skip)]
+    pub(crate) backup: Option<crate::backup::BackupSettings>,
     /// Flush memtables to segments at this many bytes.
     #[arg(long, env = "TOPLOG_MEMTABLE_MAX_BYTES")]
     pub(crate) memtable_max_bytes: Option<usize>,
@@ -226,6 +229,7 @@ impl Settings {
             alert_hosts: self.alert_hosts.or(other.alert_hosts),
             retention: self.retention.or(other.retention),
             archive: self.archive.or(other.archive),
+            backup: self.backup.or(other.backup),
             import: self.import.or(other.import),
             auth: self.auth.or(other.auth),
             rate_limits: self.rate_limits.or(other.rate_limits),
@@ -304,6 +308,8 @@ pub struct Config {
     /// The retention policy before any change made through the API.
     pub policy: Policy,
     pub archive: ArchiveConfig,
+    /// `[backup]`: where backups go, how often, how many are kept.
+    pub(crate) backup: crate::backup::BackupSettings,
     /// `None`: plain TCP.
     pub tls: Option<crate::tls::TlsSettings>,
     /// Whether every call but the health checks needs an API key.
@@ -555,6 +561,11 @@ impl Config {
                     .archive_url
                     .or(s.archive.as_ref().and_then(|a| a.url.clone())),
                 ..s.archive.clone().unwrap_or_default()
+            },
+            backup: {
+                let settings = s.backup.clone().unwrap_or_default();
+                crate::backup::Backups::new(settings.clone())?;
+                settings
             },
             maintenance_interval: Some(duration(
                 "maintenance_interval",

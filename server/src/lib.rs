@@ -4,6 +4,7 @@
 mod alerts;
 mod api;
 mod auth;
+mod backup;
 mod cli;
 mod client;
 mod cluster;
@@ -14,6 +15,7 @@ mod ingest;
 mod listen;
 mod lock;
 mod metrics;
+mod node_state;
 mod tls;
 
 pub use cli::main;

@@ -223,6 +223,16 @@ fn a_burst_of_errors_fires_a_rule_that_survives_a_restart_and_resolves() {
     );
     wait_for(2);
     std::thread::sleep(Duration::from_secs(2));
+    // Counted since the restart: both deliveries, and one judgement of the
+    // one rule for each minute that closes.
+    let m = |series: &str| toplog_tests::metric(&server.base, series);
+    assert_eq!(
+        m("toplog_alert_notification_attempts_total{outcome=\"sent\"}"),
+        2.0
+    );
+    let judged = m("toplog_alert_rule_evaluations_total");
+    judge_through(&server, &clock, &rule, base + 21 * MIN_MS + 1_000);
+    assert_eq!(m("toplog_alert_rule_evaluations_total"), judged + 1.0);
     let got = receiver.got();
     let ids: Vec<String> = (got.iter())
         .map(|(headers, body)| {

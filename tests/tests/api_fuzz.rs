@@ -13,6 +13,10 @@ use toplog_tests::{Server, now_ms, send_all};
 
 /// Routes whose calls change retention or delete data.
 const DESTRUCTIVE: [&str; 2] = ["/api/v1/retention", "/api/v1/admin/maintenance"];
+/// Routes left out: a backup's answer depends on an outside object store
+/// (a made-up `s3://` location is a 502). tests/tests/backup.rs checks
+/// its bad input.
+const OUTSIDE: [&str; 1] = ["/api/v1/admin/backups"];
 
 fn setting(name: &str, default: u64) -> String {
     std::env::var(name)
@@ -102,7 +106,7 @@ fn schemathesis_finds_nothing_on_a_node_with_data() {
     let server = fuzzed_node(dir.path());
     send_all(&server, &traffic());
     let mut scope = Vec::new();
-    for path in DESTRUCTIVE {
+    for path in DESTRUCTIVE.iter().chain(&OUTSIDE) {
         scope.extend(["--exclude-path", path]);
     }
     schemathesis(&server, &scope);

@@ -127,7 +127,7 @@ fn every_route_and_rpc_answers_each_caller_as_its_role_says() {
             }
         }
     }
-    assert_eq!(checked, 47 * callers.len(), "every route, every caller");
+    assert_eq!(checked, 48 * callers.len(), "every route, every caller");
 
     // gRPC: every method of toplog.v1.Toplog (from the .proto), OTLP's
     // Export and the health check, each caller.

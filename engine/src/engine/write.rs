@@ -152,6 +152,11 @@ impl Engine {
         self.inner.read().flushed_lsn.get()
     }
 
+    /// The last log index applied (to memtables or segments).
+    pub fn applied_index(&self) -> u64 {
+        self.inner.read().applied_lsn.get()
+    }
+
     /// Marks the store as of replicated log index `index` when every batch
     /// applied is flushed (so the entries up to `index` hold no batch it
     /// lacks): the manifest's flushed index moves there, and a restart

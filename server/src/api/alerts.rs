@@ -293,6 +293,7 @@ pub(crate) async fn evaluate_alerts(
     let decide = |app: Arc<AppState>, local: Arc<Alerting>| {
         move |change: Change| -> futures::future::BoxFuture<'static, Result<(), String>> {
             let (app, local) = (app.clone(), local.clone());
+            app.metrics.alerting(&change);
             Box::pin(async move {
                 match app.cluster.get() {
                     Some(c) => c

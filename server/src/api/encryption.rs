@@ -2,7 +2,6 @@
 //! the rekey that moves all of it to the current key so an old key can go.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
@@ -23,7 +22,7 @@ pub(super) async fn status(State(app): State<Arc<AppState>>) -> ApiResult {
     let cipher = app.config.cipher.clone();
     let usage = blocking(move || {
         let mut usage = engine.key_usage()?;
-        count_state_files(&data_dir, &mut usage);
+        crate::node_state::count_key_use(&data_dir, &mut usage);
         Ok(usage)
     })
     .await?;
@@ -67,7 +66,7 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         }
         let mut usage = engine.key_usage()?;
-        count_state_files(&data_dir, &mut usage);
+        crate::node_state::count_key_use(&data_dir, &mut usage);
         Ok(json!({
             "rewritten": {
                 "segments": store.segments,
@@ -89,41 +88,6 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
         })?;
     }
     Ok(Json(json!({"status": "success", "data": data})).into_response())
-}
-
-/// The node's small state files (retention policy, jobs, API keys, audit
-/// lines, alerting state and history) by the key each is under. One that cannot be read is left out:
-/// the routes that use it report why.
-fn count_state_files(data_dir: &Path, usage: &mut KeyUsage) {
-    let mut count = |used: Result<KeyUse, _>| {
-        if let Ok(used) = used {
-            *usage.entry(used).or_default() += 1;
-        }
-    };
-    let mut files = vec![
-        data_dir.join("retention.json"),
-        data_dir.join("keys.json"),
-        data_dir.join("cluster-keys.json"),
-        data_dir.join("alerting.json"),
-    ];
-    if let Ok(dir) = std::fs::read_dir(data_dir.join("jobs")) {
-        files.extend(
-            dir.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json")),
-        );
-    }
-    for path in files {
-        if let Ok(bytes) = std::fs::read(&path) {
-            count(Cipher::key_use(&bytes));
-        }
-    }
-    for log in ["audit.log", "alert-history.log"] {
-        if let Ok(text) = std::fs::read_to_string(data_dir.join(log)) {
-            for line in text.lines() {
-                count(Cipher::line_key_use(line));
-            }
-        }
-    }
 }
 
 fn describe(cipher: &Cipher, usage: &KeyUsage) -> Value {

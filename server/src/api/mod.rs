@@ -5,6 +5,7 @@ pub(crate) mod aggregations;
 mod alert_channels;
 mod alerts;
 pub(crate) mod analytics;
+mod backups;
 mod cluster;
 mod encryption;
 mod error;
@@ -16,6 +17,7 @@ mod params;
 mod routes;
 mod storage;
 pub(crate) mod traces;
+mod web;
 mod workers;
 
 use std::sync::{Arc, OnceLock};
@@ -26,6 +28,7 @@ use toplog_engine::Engine;
 use crate::config::Config;
 pub(crate) use aggregations::{JobRunner, run_job};
 pub(crate) use alerts::evaluate_alerts;
+pub(crate) use backups::scheduled as scheduled_backups;
 pub(crate) use error::ApiError;
 use error::ApiResult;
 pub(crate) use routes::router;
@@ -59,6 +62,8 @@ pub(crate) struct AppState {
     pub(crate) alerting: OnceLock<Arc<crate::alerts::Alerting>>,
     /// What `GET /metrics` serves.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Where backups go, and the turn to take one.
+    pub(crate) backups: crate::backup::Backups,
 }
 
 /// Where a read was served in a cluster: the node, and the Raft log index

@@ -224,8 +224,17 @@ fn schemas() -> Value {
         "AlertSilence": obj(json!({"status": string, "data": {"$ref": "#/components/schemas/SilenceOut"}}), &["status", "data"]),
         "AlertSilences": obj(json!({"status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/SilenceOut"}}}), &["status", "data"]),
     });
-    let metrics = json!({"Metrics": {"type": "string", "description": "The node's metrics as text: OpenMetrics to a client that asks for it, Prometheus's text format 0.0.4 otherwise (docs/operations.md lists them)."}});
-    for more in [encryption, alerting, delivery, metrics] {
+    let operations = json!({
+        "Metrics": {"type": "string", "description": "The node's metrics as text: OpenMetrics to a client that asks for it, Prometheus's text format 0.0.4 otherwise (docs/operations.md lists them)."},
+        "BackupIn": {"type": "object", "additionalProperties": false,
+                     "properties": {"to": {"type": "string", "nullable": true, "description": "An s3://bucket/prefix URL (or `[backup] url`); absent: `[backup] url`."}}},
+        "Backup": obj(json!({"status": string, "data": obj(json!({
+            "id": string, "url": string, "index": int, "files": int, "bytes": int,
+            "copied_files": int, "copied_bytes": int,
+            "key_ids": {"type": "array", "items": string}, "took_ms": int,
+        }), &["id", "url", "index", "files", "bytes", "copied_files", "copied_bytes", "key_ids", "took_ms"])}), &["status", "data"]),
+    });
+    for more in [encryption, alerting, delivery, operations] {
         if let (Value::Object(all), Value::Object(more)) = (&mut schemas, more) {
             all.extend(more);
         }
@@ -240,6 +249,7 @@ fn reason(code: u16) -> &'static str {
         400 => "Bad input: the error names the row, field or parameter",
         404 => "Not found",
         413 => "Body too large",
+        502 => "The backup location failed (unreachable, refused, or full): the error says how",
         415 => "Unsupported content type or encoding",
         422 => {
             "Each value is valid but together they ask what cannot be answered: a range that ends before it starts, or a question over the node's limits (`query_too_large`, naming the limit)"
@@ -399,6 +409,7 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Some(Body::Backtest) => operation["requestBody"] = body("BacktestIn"),
             Some(Body::Channel) => operation["requestBody"] = body("ChannelIn"),
             Some(Body::Silence) => operation["requestBody"] = body("SilenceIn"),
+            Some(Body::Backup) => operation["requestBody"] = body("BackupIn"),
             None => {}
         }
         let entry = paths

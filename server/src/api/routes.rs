@@ -10,8 +10,8 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::params::QuerySpec;
 use super::{
-    AppState, aggregations, alert_channels, alerts, analytics, cluster, encryption, events, health,
-    keys, storage, traces,
+    AppState, aggregations, alert_channels, alerts, analytics, backups, cluster, encryption,
+    events, health, keys, storage, traces,
 };
 use crate::auth::{Access, Role};
 
@@ -37,6 +37,8 @@ pub(crate) enum Body {
     Channel,
     /// A silence: label matchers and a time span.
     Silence,
+    /// Where to take a backup.
+    Backup,
 }
 
 /// A follow-up call the success response makes possible (an OpenAPI link):
@@ -76,7 +78,7 @@ pub(crate) struct Route {
 pub(crate) const METRICS: &str = "Metrics";
 
 /// Every route: registered from this table and documented from it.
-pub(crate) const ROUTES: [Route; 47] = [
+pub(crate) const ROUTES: [Route; 48] = [
     Route {
         method: "get",
         path: "/metrics",
@@ -274,6 +276,19 @@ pub(crate) const ROUTES: [Route; 47] = [
         body: None,
         ok: (200, "Maintenance"),
         errors: &[503],
+        links: &[],
+        access: Access::Needs(Role::Admin),
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/admin/backups",
+        id: "takeBackup",
+        handler: || post(backups::create),
+        summary: "Take a backup now, while ingest goes on, into `to` (an s3:// URL) or `[backup] url`: the store at the log index applied when it began, and the node's state, copying only files the location lacks; answered once its manifest is written. One backup runs at a time; another waits.",
+        query: QuerySpec::NONE,
+        body: Some(Body::Backup),
+        ok: (200, "Backup"),
+        errors: &[400, 409, 413, 415, 502, 503],
         links: &[],
         access: Access::Needs(Role::Admin),
     },
@@ -744,6 +759,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 (route.handler)().route_layer(guard).route_layer(timed),
             )
         })
+        .merge(super::web::routes())
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

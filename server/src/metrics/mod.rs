@@ -41,7 +41,22 @@ pub(crate) struct Metrics {
     ingest_bytes: Family<Labels<1>, Counter>,
     requests: Histograms<3>,
     reads: Histograms<2>,
+    backups: Backups,
+    /// Rules judged at a minute's end (this node deciding: the leader).
+    rule_evaluations: Counter,
+    /// Notifications sent or failed, by outcome.
+    notification_attempts: Family<Labels<1>, Counter>,
     held: Held,
+}
+
+/// Backups taken, as they end.
+#[derive(Debug, Default)]
+struct Backups {
+    /// By outcome: done or failed.
+    taken: Family<Labels<1>, Counter>,
+    copied_bytes: Counter,
+    last_success_seconds: Gauge,
+    last_index: Gauge,
 }
 
 /// What the node holds, set at each scrape.
@@ -125,6 +140,46 @@ impl Metrics {
             "read_duration_seconds",
             "Time to answer a read, by route and source (rollup: rollups alone; raw: raw rows too)",
             reads.clone(),
+        );
+        let rule_evaluations = Counter::default();
+        registry.register(
+            "alert_rule_evaluations",
+            "Alert rules judged at a minute's end by this node (the leader, in a cluster)",
+            rule_evaluations.clone(),
+        );
+        let notification_attempts = Family::default();
+        registry.register(
+            "alert_notification_attempts",
+            "Notifications this node tried to deliver, by outcome (sent, failed: tried again until given up)",
+            notification_attempts.clone(),
+        );
+        let backups = Backups::default();
+        // Every outcome from the start, so a rate over them is 0, not absent.
+        for outcome in ["done", "failed"] {
+            let _ = backups.taken.get_or_create(&[("outcome", outcome)]);
+        }
+        for outcome in ["sent", "failed"] {
+            let _ = notification_attempts.get_or_create(&[("outcome", outcome)]);
+        }
+        registry.register(
+            "backups",
+            "Backups taken (by the schedule or the API), by outcome (done, failed)",
+            backups.taken.clone(),
+        );
+        registry.register(
+            "backup_copied_bytes",
+            "Bytes backups copied (files the backup location did not hold yet)",
+            backups.copied_bytes.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last backup that succeeded ended (Unix time; 0: none since start)",
+            backups.last_success_seconds.clone(),
+        );
+        registry.register(
+            "backup_last_index",
+            "The log index the last backup that succeeded holds the store at",
+            backups.last_index.clone(),
         );
         let held = Held::default();
         let mut raft = Registry::with_prefix("toplog");
@@ -333,7 +388,38 @@ impl Metrics {
             ingest_bytes,
             requests,
             reads,
+            backups,
+            rule_evaluations,
+            notification_attempts,
             held,
+        }
+    }
+
+    /// Counts what an alerting change decided: a rule judged, a delivery tried.
+    pub(crate) fn alerting(&self, change: &toplog_alerting::Change) {
+        match change {
+            toplog_alerting::Change::Evaluated { .. } => {
+                self.rule_evaluations.inc();
+            }
+            toplog_alerting::Change::Attempt { error, .. } => {
+                let outcome = if error.is_none() { "sent" } else { "failed" };
+                (self.notification_attempts)
+                    .get_or_create(&[("outcome", outcome)])
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts a backup that ended: what it took, or `None` if it failed.
+    pub(crate) fn backup(&self, taken: Option<&crate::backup::Taken>) {
+        let b = &self.backups;
+        let outcome = if taken.is_some() { "done" } else { "failed" };
+        b.taken.get_or_create(&[("outcome", outcome)]).inc();
+        if let Some(t) = taken {
+            b.copied_bytes.inc_by(t.copied_bytes);
+            b.last_success_seconds.set(chrono::Utc::now().timestamp());
+            b.last_index.set(i64::try_from(t.index).unwrap_or(i64::MAX));
         }
     }
 

@@ -1,0 +1,275 @@
+//! Backups of a node's state (docs/operations.md, "Backups"): taken online
+//! from a running node, checked, and restored into a new data directory.
+//!
+//! A backup location (a folder or `s3://bucket/prefix`) holds:
+//!
+//! ```text
+//! objects/<sha256 of the bytes>   each file's bytes, once whatever backups hold it
+//! backups/<id>.manifest           one backup: the first line `toplog-backup sha256:<hex>`
+//!                                 over the JSON that follows (a [`Manifest`])
+//! ```
+//!
+//! Files are stored by the SHA-256 of their bytes, so a backup copies only
+//! what no earlier backup there holds: segments never change once written,
+//! so a second backup of an idle node copies none. Bytes are copied as the
+//! node keeps them: what is encrypted at rest stays so, and the manifest
+//! names the keys a restore needs.
+
+mod command;
+mod restore;
+mod schedule;
+mod take;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use toplog_compaction::{ArchiveConfig, ObjectArchive};
+
+pub(crate) use command::{BackupArgs, RestoreArgs, backup, restore as restore_command};
+pub(crate) use restore::{restore, verify};
+pub(crate) use schedule::{Backups, prune, run_every};
+pub(crate) use take::{Source, Taken, take};
+
+/// The manifest format this build writes and reads.
+const FORMAT: u32 = 1;
+/// The first line of a manifest object, before the checksum.
+const MAGIC: &str = "toplog-backup sha256:";
+const MANIFESTS: &str = "backups/";
+const MANIFEST_SUFFIX: &str = ".manifest";
+
+/// `[backup]` in the config file: where backups go, how often the node takes
+/// one and how many it keeps; the other keys are S3's, as for `[archive]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackupSettings {
+    pub(crate) url: Option<String>,
+    /// How often the node backs itself up (`6h`); unset: only when asked.
+    pub(crate) every: Option<String>,
+    /// How many backups the schedule keeps (default 7); older ones, and the
+    /// objects only they held, are removed after each scheduled backup.
+    pub(crate) keep: Option<usize>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) secret_access_key: Option<String>,
+    pub(crate) allow_http: Option<bool>,
+}
+
+impl BackupSettings {
+    /// The location at `url`, reached with these S3 settings.
+    pub(crate) fn open(&self, url: &str, base: &Path) -> anyhow::Result<ObjectArchive> {
+        let config = ArchiveConfig {
+            url: Some(url.to_owned()),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            allow_http: self.allow_http,
+        };
+        ObjectArchive::open(&config, base)
+            .map_err(|e| anyhow::anyhow!("backup location `{url}`: {e}"))
+    }
+}
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileEntry {
+    /// Lowercase hex; also the name of its object.
+    pub(crate) sha256: String,
+    pub(crate) bytes: u64,
+}
+
+/// What one backup holds (docs/format.md, "Backups").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Manifest {
+    pub(crate) format: u32,
+    pub(crate) id: String,
+    pub(crate) created_at: String,
+    pub(crate) toplog_version: String,
+    /// The node it was taken from (`NODE_ID`).
+    pub(crate) node_id: String,
+    /// The log index the store stands at: every batch acknowledged up to it,
+    /// nothing after.
+    pub(crate) index: u64,
+    /// The encryption keys (ids) a restored node needs.
+    pub(crate) key_ids: Vec<String>,
+    /// An archive outside the data directory (S3) that the store's archived
+    /// segments are in; it is not copied. `None`: the archive is in the
+    /// backup (or there is none).
+    pub(crate) external_archive: Option<String>,
+    /// Path in the data directory → its bytes.
+    pub(crate) files: BTreeMap<String, FileEntry>,
+}
+
+impl Manifest {
+    /// The object's text: the checksum line, then the JSON.
+    fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        let json = serde_json::to_vec_pretty(self)?;
+        let mut out = format!("{MAGIC}{}\n", sha256_hex(&json)).into_bytes();
+        out.extend_from_slice(&json);
+        Ok(out)
+    }
+
+    /// Reads a manifest object, refusing one whose checksum or format is wrong.
+    fn decode(id: &str, bytes: &[u8]) -> Result<Self, String> {
+        let damaged = |why: &str| format!("backup {id}: the manifest is damaged ({why})");
+        let newline =
+            (bytes.iter().position(|b| *b == b'\n')).ok_or_else(|| damaged("no header line"))?;
+        let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| damaged("header"))?;
+        let want = header
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| damaged("not a toplog backup manifest"))?;
+        let json = &bytes[newline + 1..];
+        if sha256_hex(json) != want {
+            return Err(damaged("checksum mismatch"));
+        }
+        let m: Self = serde_json::from_slice(json).map_err(|e| damaged(&e.to_string()))?;
+        if m.format != FORMAT {
+            return Err(format!(
+                "backup {id}: format {} (this build reads {FORMAT})",
+                m.format
+            ));
+        }
+        if m.id != id {
+            return Err(damaged(&format!("it names itself {}", m.id)));
+        }
+        if let Some(bad) = m.files.keys().find(|p| !safe_path(p)) {
+            return Err(damaged(&format!("it names the file `{bad}`")));
+        }
+        Ok(m)
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.files.values().map(|f| f.bytes).sum()
+    }
+}
+
+fn manifest_key(id: &str) -> String {
+    format!("{MANIFESTS}{id}{MANIFEST_SUFFIX}")
+}
+
+fn object_key(sha256: &str) -> String {
+    format!("objects/{sha256}")
+}
+
+/// The ids of every backup at a location, oldest first (ids sort by time).
+pub(crate) fn list(store: &ObjectArchive) -> std::io::Result<Vec<String>> {
+    use toplog_engine::ArchiveStore;
+    let mut ids: Vec<String> = (store.list(MANIFESTS)?.into_iter())
+        .filter_map(|k| {
+            let name = k.rsplit('/').next()?;
+            Some(name.strip_suffix(MANIFEST_SUFFIX)?.to_owned())
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Backup `id`'s manifest, checked.
+pub(crate) fn read_manifest(store: &ObjectArchive, id: &str) -> Result<Manifest, String> {
+    let key = manifest_key(id);
+    let bytes = read_object(store, &key).map_err(|e| format!("backup {id}: {key}: {e}"))?;
+    Manifest::decode(id, &bytes)
+}
+
+/// The whole of object `key`.
+fn read_object(store: &ObjectArchive, key: &str) -> std::io::Result<bytes::Bytes> {
+    use toplog_engine::ArchiveStore;
+    let size = store.size(key)?;
+    if size == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    store.get_range(key, 0..size)
+}
+
+/// A relative path in a data directory, with no way out of it.
+fn safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'='))
+        })
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            id: "20261205T120000000Z-00000000000000000042".into(),
+            created_at: "2026-12-05T12:00:00Z".into(),
+            toplog_version: "0.1.0".into(),
+            node_id: "n".into(),
+            index: 42,
+            key_ids: vec![],
+            external_archive: None,
+            files: BTreeMap::from([(
+                "MANIFEST".into(),
+                FileEntry {
+                    sha256: sha256_hex(b"m"),
+                    bytes: 1,
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_manifest_reads_back_and_any_changed_byte_is_refused() {
+        let m = manifest();
+        let bytes = m.encode().unwrap();
+        assert_eq!(Manifest::decode(&m.id, &bytes).unwrap(), m);
+        for i in [0, MAGIC.len() + 3, bytes.len() / 2, bytes.len() - 2] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            let err = Manifest::decode(&m.id, &bad).unwrap_err();
+            assert!(err.contains("damaged"), "byte {i}: {err}");
+        }
+        assert!(
+            Manifest::decode("other", &bytes)
+                .unwrap_err()
+                .contains("names itself")
+        );
+    }
+
+    #[test]
+    fn only_paths_inside_the_data_directory_are_taken() {
+        for ok in [
+            "MANIFEST",
+            "segments/0001.seg",
+            "archive/raw/day=2026-12-01/1.parquet",
+            "jobs/x.json",
+        ] {
+            assert!(safe_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/b c",
+        ] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+    }
+}

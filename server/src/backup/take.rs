@@ -1,0 +1,227 @@
+//! Taking a backup of a running node: the store as a checkpoint (hard links
+//! to its files as of a flushed log index, taken while ingest goes on), the
+//! node's state files beside it, and the archive when it is a folder of the
+//! data directory; each file copied unless the location already holds its
+//! bytes, the manifest last.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use toplog_compaction::{ArchiveConfig, ObjectArchive};
+use toplog_crypt::KeyUse;
+use toplog_engine::{ArchiveStore, Engine};
+
+use super::{FORMAT, FileEntry, Manifest, manifest_key, object_key, safe_path, sha256_hex};
+
+/// Where the checkpoint a backup copies is linked, in the data directory.
+const STAGING: &str = "backup-checkpoint";
+/// How long a backup waits for the store to flush up to the index applied
+/// when it began.
+const FLUSH_WAIT: Duration = Duration::from_secs(120);
+
+/// What a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Taken {
+    pub(crate) id: String,
+    pub(crate) url: String,
+    /// The log index the backup holds the store at.
+    pub(crate) index: u64,
+    pub(crate) files: usize,
+    pub(crate) bytes: u64,
+    /// Files whose bytes the location did not hold yet, and their bytes.
+    pub(crate) copied_files: usize,
+    pub(crate) copied_bytes: u64,
+    pub(crate) key_ids: Vec<String>,
+    pub(crate) took_ms: u64,
+}
+
+/// The node a backup is taken of.
+pub(crate) struct Source<'a> {
+    pub(crate) engine: &'a Engine,
+    /// A cluster member's last applied Raft index; `None` on a single node
+    /// (the store's own).
+    pub(crate) applied: Option<u64>,
+    pub(crate) archive: &'a ArchiveConfig,
+}
+
+/// Takes a backup of `source` into `store` (at `url`).
+pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow::Result<Taken> {
+    let started = Instant::now();
+    let engine = source.engine;
+    let data_dir = engine.data_dir();
+    let staging = data_dir.join(STAGING);
+    let result = (|| {
+        let index = checkpoint(engine, &staging, source.applied)?;
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        walk(&staging, &staging, &mut files)?;
+        for (rel, _) in crate::node_state::files(data_dir) {
+            let path = data_dir.join(&rel);
+            files.push((rel, path));
+        }
+        let external_archive = match archive_folder(source.archive, data_dir) {
+            Ok(folder) => {
+                if folder.is_dir() {
+                    walk(data_dir, &folder, &mut files)?;
+                }
+                None
+            }
+            Err(location) => Some(location),
+        };
+        let mut taken = Taken {
+            id: String::new(),
+            url: url.to_owned(),
+            index,
+            files: 0,
+            bytes: 0,
+            copied_files: 0,
+            copied_bytes: 0,
+            key_ids: key_ids(engine, data_dir)?,
+            took_ms: 0,
+        };
+        let mut entries = BTreeMap::new();
+        for (rel, path) in files {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // An archived object purged since it was listed.
+                Err(e) if e.kind() == ErrorKind::NotFound && rel.starts_with("archive/") => {
+                    continue;
+                }
+                Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+            };
+            let entry = FileEntry {
+                sha256: sha256_hex(&bytes),
+                bytes: bytes.len() as u64,
+            };
+            if put_object(store, &entry, bytes)? {
+                taken.copied_files += 1;
+                taken.copied_bytes += entry.bytes;
+            }
+            taken.files += 1;
+            taken.bytes += entry.bytes;
+            entries.insert(rel, entry);
+        }
+        let now = chrono::Utc::now();
+        taken.id = format!("{}-{index:020}", now.format("%Y%m%dT%H%M%S%3fZ"));
+        let manifest = Manifest {
+            format: FORMAT,
+            id: taken.id.clone(),
+            created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            toplog_version: env!("CARGO_PKG_VERSION").to_owned(),
+            node_id: node_id(data_dir),
+            index,
+            key_ids: taken.key_ids.clone(),
+            external_archive,
+            files: entries,
+        };
+        let key = manifest_key(&manifest.id);
+        store
+            .create(&key, manifest.encode()?.into())
+            .map_err(|e| anyhow::anyhow!("writing {key}: {e}"))?;
+        taken.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(taken)
+    })();
+    if staging.exists()
+        && let Err(e) = std::fs::remove_dir_all(&staging)
+    {
+        tracing::warn!(error = %e, path = %staging.display(), "the backup's checkpoint links were not removed");
+    }
+    result
+}
+
+/// Links a checkpoint of the store into `dir`, as of the index applied now
+/// (or later): the store is flushed that far first. Its index.
+fn checkpoint(engine: &Engine, dir: &Path, applied: Option<u64>) -> anyhow::Result<u64> {
+    let at_least = applied.unwrap_or_else(|| engine.applied_index());
+    let deadline = Instant::now() + FLUSH_WAIT;
+    loop {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+        }
+        let applied_now = applied.unwrap_or_else(|| engine.applied_index());
+        if let Some(index) = engine.checkpoint(dir, at_least, applied_now)? {
+            return Ok(index);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the store did not flush up to index {at_least} in {FLUSH_WAIT:?}; no backup was taken"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file under `dir`, as (path relative to `root`, path); names the
+/// manifest could not hold (an object store's temporary files) are left out.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("listing {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else if let Some(rel) = path
+            .strip_prefix(root)
+            .ok()
+            .and_then(|r| r.to_str())
+            .filter(|r| safe_path(r))
+        {
+            out.push((rel.to_owned(), path.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The archive's folder when it is in the data directory (then it is
+/// backed up with it); otherwise its location, which the backup names.
+fn archive_folder(config: &ArchiveConfig, data_dir: &Path) -> Result<PathBuf, String> {
+    let url = config.url.clone().unwrap_or_else(|| "archive".into());
+    if url.contains("://") || Path::new(&url).is_absolute() {
+        return Err(url);
+    }
+    Ok(data_dir.join(url))
+}
+
+/// Stores `bytes` as the object of `entry` unless the location holds it
+/// already (a damaged copy is replaced); whether it was copied.
+fn put_object(store: &ObjectArchive, entry: &FileEntry, bytes: Vec<u8>) -> anyhow::Result<bool> {
+    let key = object_key(&entry.sha256);
+    match store.size(&key) {
+        Ok(size) if size == entry.bytes => return Ok(false),
+        Ok(_) => store
+            .delete(&key)
+            .map_err(|e| anyhow::anyhow!("replacing the damaged {key}: {e}"))?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("{key}: {e}"),
+    }
+    match store.create(&key, bytes.into()) {
+        Ok(()) => Ok(true),
+        // Written meanwhile by a backup of the same bytes.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("writing {key}: {e}")),
+    }
+}
+
+/// The encryption keys the store and the state files are under.
+fn key_ids(engine: &Engine, data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut usage = engine.key_usage()?;
+    crate::node_state::count_key_use(data_dir, &mut usage);
+    let mut ids: Vec<String> = (usage.into_keys())
+        .filter_map(|k| match k {
+            KeyUse::Key(id) => Some(id),
+            KeyUse::Plain => None,
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+fn node_id(data_dir: &Path) -> String {
+    toplog_compaction::NodeId::load_or_create(data_dir)
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
