@@ -490,4 +490,64 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// A store restored from a backup: it has applied index 40, and there
+    /// is no Raft state.
+    #[derive(Clone, Default)]
+    struct Restored(Arc<Mutex<Vec<u64>>>);
+
+    impl StateMachine for Restored {
+        fn apply(&mut self, index: u64, _data: &[u8]) -> Result<()> {
+            self.0.lock().unwrap().push(index);
+            Ok(())
+        }
+        fn applied(&self) -> u64 {
+            self.0.lock().unwrap().last().copied().unwrap_or(40)
+        }
+        fn snapshot(&mut self, _at_least: u64, _applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
+            Ok(None)
+        }
+        fn install(&mut self, index: u64, _data: &[u8]) -> Result<()> {
+            Err(ReplicationError::Inconsistent(format!(
+                "no snapshot expected (at {index})"
+            )))
+        }
+    }
+
+    #[test]
+    fn a_restored_store_starts_a_cluster_of_its_own_whose_log_follows_it() {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let open = |fs: &Arc<SimFs>, voters: &[u64], machine: Restored| {
+            let store = LogStore::open(
+                fs.clone(),
+                std::path::Path::new("/raft"),
+                WalOptions::default(),
+            )
+            .unwrap();
+            RaftNode::open(1, voters, b"{}", store, machine, Timing::default(), &logger)
+        };
+        let fs = Arc::new(SimFs::new(7));
+        // Beside empty members, one of which could win and overwrite it: refused.
+        match open(&fs, &[1, 2, 3], Restored::default()) {
+            Err(ReplicationError::Inconsistent(why)) => assert!(why.contains("index 40"), "{why}"),
+            other => panic!("started among others: {:?}", other.map(|_| ())),
+        }
+        let machine = Restored::default();
+        let node = open(&fs, &[1], machine.clone()).unwrap();
+        let driver = Driver::spawn(node, Duration::from_millis(5), Box::new(|_| {})).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while driver.status().role != "leader" {
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = driver.status();
+        assert_eq!((status.first_index, status.voters.clone()), (41, vec![1]));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let index = rt.block_on(driver.propose(b"x".to_vec())).unwrap();
+        assert!(index > 40, "{index}");
+        assert_eq!(*machine.0.lock().unwrap(), vec![index]);
+    }
 }

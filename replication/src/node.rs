@@ -172,6 +172,30 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         {
             let mut core = storage.wl();
             match state {
+                None if machine.applied() > 0 => {
+                    // A store restored from a backup, and no Raft state:
+                    // the first node of a new cluster, whose log starts
+                    // after the store as if it had installed a snapshot of
+                    // it. Alone: another first member's empty log could
+                    // win an election and overwrite it.
+                    let applied = machine.applied();
+                    if voters != [id] {
+                        return Err(ReplicationError::Inconsistent(format!(
+                            "this node's store holds the log up to index {applied} but it has no Raft state: \
+                             it can only start a new cluster of its own (`--cluster` naming it alone); add the others after"
+                        )));
+                    }
+                    let mut meta = SnapshotMetadata {
+                        index: applied,
+                        term: 1,
+                        ..SnapshotMetadata::default()
+                    };
+                    meta.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+                    durable.finish_install(&meta, members)?;
+                    core.restore(&meta);
+                    conf_index = applied;
+                    conf_context = members.to_vec();
+                }
                 None => {
                     // Kept at once: a node restarted without its first
                     // configuration would never stand for election.

@@ -40,6 +40,7 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
     let auth = state.auth.clone();
     let state_cluster = state.config.cluster.is_some().then(|| state.clone());
+    let metrics_state = state.clone();
     let traces = TraceServiceServer::new(Traces { app: state.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -87,6 +88,10 @@ pub(crate) async fn router(state: Arc<AppState>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(
             auth,
             crate::auth::grpc,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics_state,
+            crate::metrics::time_grpc,
         ))
         .layer(axum::middleware::map_response(refusal_codes))
 }
@@ -249,8 +254,9 @@ impl Toplog for Api {
         let (answer, point) = analytics::top_k_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(served(
+        Ok(read(
             point,
+            crate::metrics::ReadSource::of(&answer.sources),
             v1::TopKReply {
                 rows: answer
                     .rows
@@ -289,8 +295,9 @@ impl Toplog for Api {
         let (answer, point) = analytics::timeseries_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(served(
+        Ok(read(
             point,
+            crate::metrics::ReadSource::of(&answer.sources),
             v1::TimeseriesReply {
                 series: answer
                     .series
@@ -327,8 +334,9 @@ impl Toplog for Api {
         let (rows, point) = analytics::history_by_values(&self.app, values)
             .await
             .map_err(status)?;
-        Ok(served(
+        Ok(read(
             point,
+            crate::metrics::ReadSource("rollup"),
             v1::HistoryReply {
                 days: rows
                     .into_iter()
@@ -597,6 +605,18 @@ fn consistency(values: &mut HashMap<String, String>, c: i32) {
 }
 
 /// A read's reply, with where a cluster served it in the metadata.
+/// A read's reply: [`served`], and where its answer came from (for the
+/// read latency metrics).
+fn read<T>(
+    point: Option<crate::api::ReadPoint>,
+    source: crate::metrics::ReadSource,
+    reply: T,
+) -> Response<T> {
+    let mut response = served(point, reply);
+    response.extensions_mut().insert(source);
+    response
+}
+
 fn served<T>(point: Option<crate::api::ReadPoint>, reply: T) -> Response<T> {
     let mut response = Response::new(reply);
     if let Some(p) = point {

@@ -10,6 +10,9 @@ use toplog_engine::KeyUsage;
 
 /// The node's id (never sealed).
 pub(crate) const NODE_ID: &str = "NODE_ID";
+/// A cluster member's cluster id (never sealed; `raft/`'s other files are
+/// the old log's, which a restored node does not continue).
+const CLUSTER_ID: &str = "raft/CLUSTER_ID";
 /// Files each replaced whole (one envelope of JSON when sealed).
 const WHOLE_FILES: [&str; 4] = [
     "retention.json",
@@ -41,6 +44,9 @@ pub(crate) fn files(data_dir: &Path) -> Vec<(String, Kind)> {
         }
     };
     add(NODE_ID.to_owned(), Kind::Plain);
+    // A cluster member's cluster id: a cluster restored from its backup
+    // keeps it, and with it its archive.
+    add(CLUSTER_ID.to_owned(), Kind::Plain);
     for f in WHOLE_FILES {
         add(f.to_owned(), Kind::Whole);
     }

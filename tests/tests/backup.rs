@@ -565,3 +565,67 @@ fn the_schedule_takes_backups_and_keeps_the_newest() {
         "{out}"
     );
 }
+
+#[test]
+fn a_cluster_members_backup_starts_a_new_cluster_that_grows() {
+    use toplog_tests::cluster::{Cluster, call, converged, send};
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("backups");
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(&config, backup_toml(location.to_str().unwrap(), None)).unwrap();
+    let old_dir = dir.path().join("old");
+    std::fs::create_dir(&old_dir).unwrap();
+    let old = Cluster::start_with(&old_dir, 3, &["--config", config.to_str().unwrap()]);
+    let (leader, _) = old.agreed_leader(Duration::from_secs(30));
+    for b in 0..10 {
+        assert_eq!(send(&old, leader, b, 50).0, 200);
+    }
+    converged(&old, 500, Duration::from_secs(30));
+    // A follower's backup, at the Raft index it had applied.
+    let follower = if leader == 1 { 2 } else { 1 };
+    let (status, taken) = call(&old, follower, "POST", "/api/v1/admin/backups", &json!({}));
+    assert_eq!(status, 200, "{taken}");
+    let cluster_id =
+        std::fs::read_to_string(old.data_dir(follower).join("raft/CLUSTER_ID")).unwrap();
+    drop(old);
+
+    // Restored as node 1 of a new cluster of one, then grown to two.
+    let new_dir = dir.path().join("new");
+    std::fs::create_dir(&new_dir).unwrap();
+    toplog(&[
+        "restore",
+        "--from",
+        location.to_str().unwrap(),
+        "--data-dir",
+        new_dir.join("node1").to_str().unwrap(),
+    ]);
+    let mut new = Cluster::start_with(&new_dir, 1, &[]);
+    new.agreed_leader(Duration::from_secs(30));
+    assert_eq!(
+        converged(&new, 500, Duration::from_secs(30))
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        std::fs::read_to_string(new.data_dir(1).join("raft/CLUSTER_ID")).unwrap(),
+        cluster_id,
+        "the cluster keeps its id (and so its archive)"
+    );
+    // Its idempotency keys came too; new batches follow the restored ones.
+    assert_eq!(send(&new, 1, 3, 50).1["replayed"], true);
+    for b in 10..15 {
+        assert_eq!(send(&new, 1, b, 50).0, 200);
+    }
+    new.start_joining(2);
+    let (status, added) = call(
+        &new,
+        1,
+        "POST",
+        "/api/v1/cluster/members",
+        &json!({"node_id": 2, "url": new.url(2)}),
+    );
+    assert_eq!(status, 200, "{added}");
+    converged(&new, 750, Duration::from_secs(60));
+}

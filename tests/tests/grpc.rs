@@ -151,6 +151,23 @@ fn the_rust_client_example_ingests_and_asks_a_top_k() {
     assert_eq!(grpc("replayed", "events"), 30.0);
     assert_eq!(grpc("accepted", "batches"), 1.0);
     assert_eq!(grpc("replayed", "batches"), 1.0);
+    // Two Ingest calls and one TopK, timed; the TopK as a read, by source.
+    let m = |series: &str| toplog_tests::metric(&server.base, series);
+    let calls = |method: &str| {
+        m(&format!(
+            "toplog_grpc_request_duration_seconds_count{{method=\"/toplog.v1.Toplog/{method}\"}}"
+        ))
+    };
+    assert_eq!((calls("Ingest"), calls("TopK")), (2.0, 1.0));
+    let reads: f64 = ["rollup", "raw"]
+        .iter()
+        .map(|source| {
+            m(&format!(
+                "toplog_grpc_read_duration_seconds_count{{method=\"/toplog.v1.Toplog/TopK\",source=\"{source}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(reads, 1.0);
 }
 
 /// kill -9 while an IngestStream is sending: every batch acknowledged before

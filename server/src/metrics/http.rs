@@ -133,6 +133,53 @@ pub(crate) async fn time_request(
     resp
 }
 
+/// Times each gRPC call to toplog's services up to its response's headers
+/// (for a unary call, all of it), by method; reads are timed by source too,
+/// as REST reads are.
+pub(crate) async fn time_grpc(
+    State(app): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = grpc_method(req.uri().path());
+    let resp = next.run(req).await;
+    let Some(method) = method else {
+        return resp;
+    };
+    let took = started.elapsed().as_secs_f64();
+    let m = &app.metrics;
+    (m.grpc_requests)
+        .get_or_create(&[("method", method)])
+        .observe(took);
+    if let Some(ReadSource(source)) = resp.extensions().get::<ReadSource>() {
+        (m.grpc_reads)
+            .get_or_create(&[("method", method), ("source", source)])
+            .observe(took);
+    }
+    resp
+}
+
+/// The calls [`time_grpc`] times: toplog.v1's and OTLP's trace export.
+const GRPC_METHODS: [&str; 11] = [
+    "/toplog.v1.Toplog/Ingest",
+    "/toplog.v1.Toplog/IngestStream",
+    "/toplog.v1.Toplog/TopK",
+    "/toplog.v1.Toplog/Timeseries",
+    "/toplog.v1.Toplog/History",
+    "/toplog.v1.Toplog/Count",
+    "/toplog.v1.Toplog/ListRequests",
+    "/toplog.v1.Toplog/SubmitAggregation",
+    "/toplog.v1.Toplog/GetAggregation",
+    "/toplog.v1.Toplog/ListAggregations",
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+];
+
+/// `path` as a method label, if it is one of [`GRPC_METHODS`].
+fn grpc_method(path: &str) -> Option<&'static str> {
+    GRPC_METHODS.iter().find(|m| **m == path).copied()
+}
+
 fn method_name(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",

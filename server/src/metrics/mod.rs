@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use toplog_wal::LatencyHistogram;
 
-pub(crate) use http::{Ingested, ReadSource, scrape, time_request};
+pub(crate) use http::{Ingested, ReadSource, scrape, time_grpc, time_request};
 use read::Read;
 
 use crate::api::AppState;
@@ -41,6 +41,9 @@ pub(crate) struct Metrics {
     ingest_bytes: Family<Labels<1>, Counter>,
     requests: Histograms<3>,
     reads: Histograms<2>,
+    /// gRPC calls by method (the path), and reads by method and source.
+    grpc_requests: Histograms<1>,
+    grpc_reads: Histograms<2>,
     backups: Backups,
     /// Rules judged at a minute's end (this node deciding: the leader).
     rule_evaluations: Counter,
@@ -152,6 +155,18 @@ impl Metrics {
             "alert_notification_attempts",
             "Notifications this node tried to deliver, by outcome (sent, failed: tried again until given up)",
             notification_attempts.clone(),
+        );
+        let grpc_requests: Histograms<1> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time to answer a gRPC call of toplog.v1.Toplog or OTLP's TraceService (to its response headers: all of a unary call), by method",
+            grpc_requests.clone(),
+        );
+        let grpc_reads: Histograms<2> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "grpc_read_duration_seconds",
+            "Time to answer a gRPC read (TopK, Timeseries, History), by method and source (rollup: rollups alone; raw: raw rows too)",
+            grpc_reads.clone(),
         );
         let backups = Backups::default();
         // Every outcome from the start, so a rate over them is 0, not absent.
@@ -388,6 +403,8 @@ impl Metrics {
             ingest_bytes,
             requests,
             reads,
+            grpc_requests,
+            grpc_reads,
             backups,
             rule_evaluations,
             notification_attempts,
