@@ -396,17 +396,29 @@ mod tests {
     use std::sync::OnceLock;
     use toplog_wal::{SimFs, WalOptions};
 
-    /// What was applied, in order.
+    /// What was applied (index and data), in order, after the index the
+    /// store started at (0: a new one; more: one restored from a backup).
     #[derive(Clone, Default)]
-    struct Applied(Arc<Mutex<Vec<Vec<u8>>>>);
+    struct Applied(Arc<Mutex<Vec<(u64, Vec<u8>)>>>, u64);
+
+    impl Applied {
+        fn values(&self) -> Vec<Vec<u8>> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, v)| v.clone())
+                .collect()
+        }
+    }
 
     impl StateMachine for Applied {
-        fn apply(&mut self, _index: u64, data: &[u8]) -> Result<()> {
-            self.0.lock().unwrap().push(data.to_vec());
+        fn apply(&mut self, index: u64, data: &[u8]) -> Result<()> {
+            self.0.lock().unwrap().push((index, data.to_vec()));
             Ok(())
         }
         fn applied(&self) -> u64 {
-            0
+            self.0.lock().unwrap().last().map_or(self.1, |(i, _)| *i)
         }
         fn snapshot(&mut self, _at_least: u64, _applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
             Ok(None)
@@ -479,45 +491,22 @@ mod tests {
             .block_on(drivers[&follower].read_barrier(Duration::from_secs(10)))
             .unwrap();
         assert!(index >= last, "read at {index}, last write at {last}");
-        assert_eq!(*applied[&follower].0.lock().unwrap(), values);
+        assert_eq!(applied[&follower].values(), values);
         match rt.block_on(drivers[&follower].propose(vec![9])) {
             Err(ReplicationError::NotLeader { leader_id }) => assert_eq!(leader_id, leader),
             other => panic!("a follower took a proposal: {other:?}"),
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        while applied.values().any(|a| *a.0.lock().unwrap() != values) {
+        while applied.values().any(|a| a.values() != values) {
             assert!(Instant::now() < deadline, "not applied everywhere");
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// A store restored from a backup: it has applied index 40, and there
-    /// is no Raft state.
-    #[derive(Clone, Default)]
-    struct Restored(Arc<Mutex<Vec<u64>>>);
-
-    impl StateMachine for Restored {
-        fn apply(&mut self, index: u64, _data: &[u8]) -> Result<()> {
-            self.0.lock().unwrap().push(index);
-            Ok(())
-        }
-        fn applied(&self) -> u64 {
-            self.0.lock().unwrap().last().copied().unwrap_or(40)
-        }
-        fn snapshot(&mut self, _at_least: u64, _applied: u64) -> Result<Option<(u64, Vec<u8>)>> {
-            Ok(None)
-        }
-        fn install(&mut self, index: u64, _data: &[u8]) -> Result<()> {
-            Err(ReplicationError::Inconsistent(format!(
-                "no snapshot expected (at {index})"
-            )))
         }
     }
 
     #[test]
     fn a_restored_store_starts_a_cluster_of_its_own_whose_log_follows_it() {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let open = |fs: &Arc<SimFs>, voters: &[u64], machine: Restored| {
+        let open = |fs: &Arc<SimFs>, voters: &[u64], machine: Applied| {
             let store = LogStore::open(
                 fs.clone(),
                 std::path::Path::new("/raft"),
@@ -528,11 +517,11 @@ mod tests {
         };
         let fs = Arc::new(SimFs::new(7));
         // Beside empty members, one of which could win and overwrite it: refused.
-        match open(&fs, &[1, 2, 3], Restored::default()) {
+        match open(&fs, &[1, 2, 3], Applied(Arc::default(), 40)) {
             Err(ReplicationError::Inconsistent(why)) => assert!(why.contains("index 40"), "{why}"),
             other => panic!("started among others: {:?}", other.map(|_| ())),
         }
-        let machine = Restored::default();
+        let machine = Applied(Arc::default(), 40);
         let node = open(&fs, &[1], machine.clone()).unwrap();
         let driver = Driver::spawn(node, Duration::from_millis(5), Box::new(|_| {})).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -548,6 +537,6 @@ mod tests {
             .unwrap();
         let index = rt.block_on(driver.propose(b"x".to_vec())).unwrap();
         assert!(index > 40, "{index}");
-        assert_eq!(*machine.0.lock().unwrap(), vec![index]);
+        assert_eq!(*machine.0.lock().unwrap(), [(index, b"x".to_vec())]);
     }
 }
