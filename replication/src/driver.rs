@@ -399,7 +399,10 @@ mod tests {
     /// What was applied (index and data), in order, after the index the
     /// store started at (0: a new one; more: one restored from a backup).
     #[derive(Clone, Default)]
-    struct Applied(Arc<Mutex<Vec<(u64, Vec<u8>)>>>, u64);
+    struct Applied(Arc<Mutex<Vec<AppliedEntry>>>, u64);
+
+    /// An entry applied: its index and data.
+    type AppliedEntry = (u64, Vec<u8>);
 
     impl Applied {
         fn values(&self) -> Vec<Vec<u8>> {
