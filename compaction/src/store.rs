@@ -15,6 +15,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig,
+    WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 use toplog_engine::ArchiveStore;
@@ -151,6 +152,41 @@ impl ObjectArchive {
         self.in_data_dir
     }
 
+    /// Writes `key` from the file at `path`, read and sent a part at a
+    /// time, so a large file is never held whole (at most two parts in
+    /// flight). Unlike [`ArchiveStore::create`] it replaces an object of
+    /// that name: for objects named by their contents.
+    pub fn upload_file(&self, key: &str, path: &std::path::Path) -> io::Result<()> {
+        use std::io::Read;
+        const PART: usize = 8 << 20;
+        let mut file = std::fs::File::open(path)?;
+        let (store, dest) = (self.store.clone(), self.path(key));
+        let failed = |e: io::Error| object_store::Error::Generic {
+            store: "file",
+            source: Box::new(e),
+        };
+        self.block(async move {
+            let upload = store.put_multipart(&dest).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+            let mut buf = vec![0u8; PART];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(failed(e));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                writer.wait_for_capacity(2).await?;
+                writer.write(&buf[..n]);
+            }
+            writer.finish().await.map(drop)
+        })
+    }
+
     fn path(&self, key: &str) -> Path {
         key.split('/')
             .filter(|p| !p.is_empty())
@@ -230,5 +266,35 @@ impl ArchiveStore for ObjectArchive {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_file_larger_than_a_part_is_uploaded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ArchiveConfig {
+            url: Some("objects".into()),
+            ..ArchiveConfig::default()
+        };
+        let store = ObjectArchive::open(&config, dir.path()).unwrap();
+        // Three parts of 8 MiB and a piece: bytes that differ by position.
+        let bytes: Vec<u8> = (0..(25 << 20) + 123u32).map(|i| (i % 251) as u8).collect();
+        let file = dir.path().join("big");
+        std::fs::write(&file, &bytes).unwrap();
+        store.upload_file("a/big", &file).unwrap();
+        assert_eq!(store.size("a/big").unwrap(), bytes.len() as u64);
+        let back = store.get_range("a/big", 0..bytes.len() as u64).unwrap();
+        assert!(back == bytes, "the object's bytes differ from the file's");
+        // Replacing an object of that name is allowed (objects named by contents).
+        store.upload_file("a/big", &file).unwrap();
+        assert!(matches!(
+            store.upload_file("a/missing", &dir.path().join("none")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! computes the metric and keeps the best K.
 
 mod aggregation;
+mod cross_shard;
 mod history;
 mod jobs;
 mod metric;
@@ -12,6 +13,7 @@ mod topk;
 mod window;
 
 pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
+pub use cross_shard::{Combine, CrossShardTopK, Part, ShardKeys, top_k_across};
 pub use history::{DayRow, history};
 pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
 pub use metric::{Metric, Missed};

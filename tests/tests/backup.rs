@@ -68,6 +68,21 @@ fn toplog(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `toplog backup` of `server` with `extra` arguments: what it took.
+fn cli_backup(server: &Server, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "backup",
+        "--server",
+        &server.base,
+        "--api-key",
+        ADMIN_KEY,
+        "--json",
+    ];
+    args.extend(extra);
+    let out: Value = serde_json::from_str(&toplog(&args)).unwrap();
+    out["data"].clone()
+}
+
 /// `toplog <args>`, which must fail: its stderr.
 fn toplog_fails(args: &[&str]) -> String {
     let out = Command::new(binary()).args(args).output().unwrap();
@@ -88,6 +103,30 @@ fn backup_toml(url: &str, moto_port: Option<u16>) -> String {
         );
     }
     t
+}
+
+/// moto with bucket `bucket`, and a config file in `dir` whose `[backup]`
+/// is `s3://<bucket>/node` there: (moto, the URL, the config's path).
+fn s3_location(dir: &Path, bucket: &str) -> (Moto, String, String) {
+    let moto = Moto::start();
+    moto.create_bucket(bucket);
+    let config = dir.join("toplog.toml");
+    let url = format!("s3://{bucket}/node");
+    std::fs::write(&config, backup_toml(&url, Some(moto.port))).unwrap();
+    (moto, url, config.to_str().unwrap().to_owned())
+}
+
+/// Backup `id`'s manifest, read from moto's bucket `bucket`.
+fn s3_manifest(moto: &Moto, bucket: &str, id: &Value) -> Value {
+    let key = format!("/{bucket}/node/backups/{}.manifest", id.as_str().unwrap());
+    manifest_json(
+        &client()
+            .get(moto.url(&key))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
 }
 
 /// A manifest's JSON (after its checksum line).
@@ -125,13 +164,9 @@ fn answers(server: &Server) -> BTreeMap<String, Value> {
 
 #[test]
 fn a_backup_under_ingest_restores_the_batches_up_to_its_index_and_answers_as_the_original() {
-    let moto = Moto::start();
-    moto.create_bucket("backups");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("toplog.toml");
-    let url = "s3://backups/node-a";
-    std::fs::write(&config, backup_toml(url, Some(moto.port))).unwrap();
-    let cfg = config.to_str().unwrap();
+    let (moto, url, cfg) = s3_location(dir.path(), "backups");
+    let (url, cfg) = (url.as_str(), cfg.as_str());
     let mut args = SERVER_ARGS.to_vec();
     args.extend(["--config", cfg]);
     let server = Arc::new(Server::start_ready(&dir.path().join("data"), &args));
@@ -154,18 +189,8 @@ fn a_backup_under_ingest_restores_the_batches_up_to_its_index_and_answers_as_the
         std::thread::sleep(Duration::from_millis(20));
     }
     let acked_before = *acked.lock().unwrap();
-    let out = toplog(&[
-        "backup",
-        "--server",
-        &server.base,
-        "--api-key",
-        ADMIN_KEY,
-        "--to",
-        url,
-        "--json",
-    ]);
-    let first: Value = serde_json::from_str(&out).unwrap();
-    let first = &first["data"];
+    let first = cli_backup(&server, &["--to", url]);
+    let first = &first;
     let acked_after = *acked.lock().unwrap();
     // Let ingest run on past the backup, then stop it.
     while *acked.lock().unwrap() < acked_after + 20 {
@@ -206,18 +231,10 @@ fn a_backup_under_ingest_restores_the_batches_up_to_its_index_and_answers_as_the
     let third = take();
     assert_eq!(second["index"], sent, "{second}");
     assert_eq!(third["index"], sent, "{third}");
-    let manifest = |id: &Value| {
-        let key = format!("/backups/node-a/backups/{}.manifest", id.as_str().unwrap());
-        manifest_json(
-            &client()
-                .get(moto.url(&key))
-                .send()
-                .unwrap()
-                .bytes()
-                .unwrap(),
-        )
-    };
-    let (m2, m3) = (manifest(&second["id"]), manifest(&third["id"]));
+    let (m2, m3) = (
+        s3_manifest(&moto, "backups", &second["id"]),
+        s3_manifest(&moto, "backups", &third["id"]),
+    );
     assert_eq!(m3["index"], sent);
     let segments = |m: &Value| -> BTreeMap<String, Value> {
         (m["files"].as_object().unwrap().iter())
@@ -628,4 +645,66 @@ fn a_cluster_members_backup_starts_a_new_cluster_that_grows() {
     );
     assert_eq!(status, 200, "{added}");
     converged(&new, 750, Duration::from_secs(60));
+}
+
+#[test]
+fn a_segment_larger_than_a_part_goes_to_s3_in_parts_and_comes_back_whole() {
+    let moto = Moto::start();
+    moto.create_bucket("big");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toplog.toml");
+    let url = "s3://big/node";
+    std::fs::write(&config, backup_toml(url, Some(moto.port))).unwrap();
+    let cfg = config.to_str().unwrap();
+    let server = Server::start_ready(
+        &dir.path().join("data"),
+        &["--memtable-max-bytes", "268435456", "--config", cfg],
+    );
+    // 600,000 events with random-looking ids: one segment of over 8 MiB.
+    let now = now_ms();
+    for b in 0..60u64 {
+        let body: String = (0..10_000u64)
+            .map(|i| {
+                let n = b * 10_000 + i;
+                format!(
+                    "{{\"request_id\":\"{:016x}{:016x}\",\"timestamp\":{},\"endpoint\":\"GET /e/{}\",\"user_id\":\"u{}\",\"status_code\":200,\"latency_ms\":{}}}\n",
+                    n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    n.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(17),
+                    now - (n % 3_600_000) as i64,
+                    n % 50,
+                    n % 1000,
+                    n % 997
+                )
+            })
+            .collect();
+        let r = client()
+            .post(server.url("/api/v1/requests"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let m = s3_manifest(&moto, "big", &cli_backup(&server, &[])["id"]);
+    let largest = (m["files"].as_object().unwrap().values())
+        .map(|f| f["bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(largest > 8 << 20, "the largest file is {largest} bytes");
+    toplog(&["backup", "verify", url, "--config", cfg]);
+    let restored = dir.path().join("restored");
+    toplog(&[
+        "restore",
+        "--from",
+        url,
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "--config",
+        cfg,
+    ]);
+    let copy = Server::start_ready(&restored, &[]);
+    assert_eq!(
+        get_ok(&copy, "/api/v1/requests/count?start=0")["count"],
+        600_000
+    );
 }

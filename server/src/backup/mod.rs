@@ -175,7 +175,7 @@ pub(crate) fn read_manifest(store: &ObjectArchive, id: &str) -> Result<Manifest,
     Manifest::decode(id, &bytes)
 }
 
-/// The whole of object `key`.
+/// The whole of object `key` (a manifest: small).
 fn read_object(store: &ObjectArchive, key: &str) -> std::io::Result<bytes::Bytes> {
     use toplog_engine::ArchiveStore;
     let size = store.size(key)?;
@@ -183,6 +183,51 @@ fn read_object(store: &ObjectArchive, key: &str) -> std::io::Result<bytes::Bytes
         return Ok(bytes::Bytes::new());
     }
     store.get_range(key, 0..size)
+}
+
+/// Bytes read or written at a time: large files are never held whole.
+const PIECE: u64 = 8 << 20;
+
+/// Copies object `key` into `out` a piece at a time: its SHA-256 and size.
+fn copy_object(
+    store: &ObjectArchive,
+    key: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<(String, u64)> {
+    use toplog_engine::ArchiveStore;
+    let size = store.size(key)?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut at = 0;
+    while at < size {
+        let piece = store.get_range(key, at..size.min(at + PIECE))?;
+        if piece.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{key}: ends at {at} of {size} bytes"
+            )));
+        }
+        ctx.update(&piece);
+        out.write_all(&piece)?;
+        at += piece.len() as u64;
+    }
+    Ok((hex(ctx.finish().as_ref()), size))
+}
+
+/// The SHA-256 of a file's bytes and its length, read a piece at a time.
+fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hex(ctx.finish().as_ref()), len))
 }
 
 /// A relative path in a data directory, with no way out of it.
@@ -247,6 +292,27 @@ mod tests {
             Manifest::decode("other", &bytes)
                 .unwrap_err()
                 .contains("names itself")
+        );
+    }
+
+    #[test]
+    fn an_object_is_copied_and_hashed_a_piece_at_a_time() {
+        use toplog_engine::ArchiveStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackupSettings::default()
+            .open("location", dir.path())
+            .unwrap();
+        let bytes: Vec<u8> = (0..(2 * PIECE + 77)).map(|i| (i % 253) as u8).collect();
+        store.create("objects/x", bytes.clone().into()).unwrap();
+        let mut out = Vec::new();
+        let (sha, size) = copy_object(&store, "objects/x", &mut out).unwrap();
+        assert_eq!((sha, size), (sha256_hex(&bytes), bytes.len() as u64));
+        assert!(out == bytes);
+        let file = dir.path().join("f");
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(
+            sha256_file(&file).unwrap(),
+            (sha256_hex(&bytes), bytes.len() as u64)
         );
     }
 

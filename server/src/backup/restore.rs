@@ -2,13 +2,12 @@
 //! data directory; neither needs a running node.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use toplog_compaction::ObjectArchive;
 
-use super::{FileEntry, Manifest, list, object_key, read_manifest, read_object, sha256_hex};
+use super::{FileEntry, Manifest, copy_object, list, object_key, read_manifest};
 
 /// What `verify` found.
 #[derive(Debug, Default, Serialize)]
@@ -46,7 +45,7 @@ pub(crate) fn verify(store: &ObjectArchive, id: Option<&str>) -> anyhow::Result<
         for (path, entry) in &manifest.files {
             let result = checked
                 .entry(entry.sha256.clone())
-                .or_insert_with(|| fetch(store, entry).map(drop));
+                .or_insert_with(|| fetch(store, entry, &mut std::io::sink()));
             if let Err(why) = result {
                 out.problems.push(format!(
                     "backup {id}: {path} ({}): {why}",
@@ -61,23 +60,25 @@ pub(crate) fn verify(store: &ObjectArchive, id: Option<&str>) -> anyhow::Result<
     Ok(out)
 }
 
-/// The bytes of `entry`'s object, refused unless they are the file's.
-fn fetch(store: &ObjectArchive, entry: &FileEntry) -> Result<bytes::Bytes, String> {
-    let bytes = read_object(store, &object_key(&entry.sha256)).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "missing".to_owned(),
-        _ => e.to_string(),
-    })?;
-    if bytes.len() as u64 != entry.bytes {
-        return Err(format!(
-            "{} bytes, the manifest says {}",
-            bytes.len(),
-            entry.bytes
-        ));
+/// Copies `entry`'s object into `out`, refused unless its bytes are the
+/// file's (what was written must then be thrown away).
+fn fetch(
+    store: &ObjectArchive,
+    entry: &FileEntry,
+    out: &mut impl std::io::Write,
+) -> Result<(), String> {
+    let (sha256, size) =
+        copy_object(store, &object_key(&entry.sha256), out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "missing".to_owned(),
+            _ => e.to_string(),
+        })?;
+    if size != entry.bytes {
+        return Err(format!("{size} bytes, the manifest says {}", entry.bytes));
     }
-    if sha256_hex(&bytes) != entry.sha256 {
+    if sha256 != entry.sha256 {
         return Err("checksum mismatch: the bytes are damaged".into());
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Restores backup `id` (the newest when `None`) into `data_dir`, which must
@@ -148,16 +149,15 @@ fn write_all(store: &ObjectArchive, manifest: &Manifest, dir: &Path) -> anyhow::
     create_private_dir(dir)?;
     let mut dirs: Vec<PathBuf> = vec![dir.to_path_buf()];
     for (path, entry) in &manifest.files {
-        let bytes = fetch(store, entry)
-            .map_err(|why| anyhow::anyhow!("{path} ({}): {why}", object_key(&entry.sha256)))?;
         let full = dir.join(path);
         if let Some(parent) = full.parent().filter(|p| !p.exists()) {
             std::fs::create_dir_all(parent)?;
             dirs.push(parent.to_path_buf());
         }
-        let mut file = private_file(&full)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+        let mut file = std::io::BufWriter::new(private_file(&full)?);
+        fetch(store, entry, &mut file)
+            .map_err(|why| anyhow::anyhow!("{path} ({}): {why}", object_key(&entry.sha256)))?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     for d in dirs.iter().rev() {
         sync_dir(d)?;

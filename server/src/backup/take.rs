@@ -14,7 +14,9 @@ use toplog_compaction::{ArchiveConfig, ObjectArchive};
 use toplog_crypt::KeyUse;
 use toplog_engine::{ArchiveStore, Engine};
 
-use super::{FORMAT, FileEntry, Manifest, manifest_key, object_key, safe_path, sha256_hex};
+use super::{
+    FORMAT, FileEntry, Manifest, manifest_key, object_key, safe_path, sha256_file, sha256_hex,
+};
 
 /// Where the checkpoint a backup copies is linked, in the data directory.
 const STAGING: &str = "backup-checkpoint";
@@ -55,12 +57,14 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
     let staging = data_dir.join(STAGING);
     let result = (|| {
         let index = checkpoint(engine, &staging, source.applied)?;
+        // The store's files and the archive's never change once written;
+        // the state files may change while they are read: each is read
+        // whole (they are small), and the bytes read are the ones kept.
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         walk(&staging, &staging, &mut files)?;
-        for (rel, _) in crate::node_state::files(data_dir) {
-            let path = data_dir.join(&rel);
-            files.push((rel, path));
-        }
+        let state: Vec<String> = (crate::node_state::files(data_dir).into_iter())
+            .map(|(rel, _)| rel)
+            .collect();
         let external_archive = match archive_folder(source.archive, data_dir) {
             Ok(folder) => {
                 if folder.is_dir() {
@@ -82,26 +86,28 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
             took_ms: 0,
         };
         let mut entries = BTreeMap::new();
-        for (rel, path) in files {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                // An archived object purged since it was listed.
-                Err(e) if e.kind() == ErrorKind::NotFound && rel.starts_with("archive/") => {
-                    continue;
-                }
-                Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
-            };
-            let entry = FileEntry {
-                sha256: sha256_hex(&bytes),
-                bytes: bytes.len() as u64,
-            };
-            if put_object(store, &entry, bytes)? {
+        let mut keep = |rel: String, (entry, copied): (FileEntry, bool)| {
+            if copied {
                 taken.copied_files += 1;
                 taken.copied_bytes += entry.bytes;
             }
             taken.files += 1;
             taken.bytes += entry.bytes;
             entries.insert(rel, entry);
+        };
+        for rel in state {
+            let path = data_dir.join(&rel);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            keep(rel, put_bytes(store, bytes)?);
+        }
+        for (rel, path) in files {
+            match put_file(store, &path) {
+                Ok(put) => keep(rel, put),
+                // An archived object purged since it was listed.
+                Err(e) if e.kind() == ErrorKind::NotFound && rel.starts_with("archive/") => {}
+                Err(e) => anyhow::bail!("{}: {e}", path.display()),
+            }
         }
         let now = chrono::Utc::now();
         taken.id = format!("{}-{index:020}", now.format("%Y%m%dT%H%M%S%3fZ"));
@@ -186,23 +192,55 @@ fn archive_folder(config: &ArchiveConfig, data_dir: &Path) -> Result<PathBuf, St
     Ok(data_dir.join(url))
 }
 
-/// Stores `bytes` as the object of `entry` unless the location holds it
-/// already (a damaged copy is replaced); whether it was copied.
-fn put_object(store: &ObjectArchive, entry: &FileEntry, bytes: Vec<u8>) -> anyhow::Result<bool> {
+/// Whether the location lacks `entry`'s object (a copy of another size,
+/// damaged, is removed first).
+fn lacks(store: &ObjectArchive, entry: &FileEntry) -> std::io::Result<bool> {
     let key = object_key(&entry.sha256);
     match store.size(&key) {
-        Ok(size) if size == entry.bytes => return Ok(false),
-        Ok(_) => store
-            .delete(&key)
-            .map_err(|e| anyhow::anyhow!("replacing the damaged {key}: {e}"))?,
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => anyhow::bail!("{key}: {e}"),
+        Ok(size) if size == entry.bytes => Ok(false),
+        Ok(_) => store.delete(&key).map(|()| true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stores `bytes` unless the location holds them: their entry, and whether
+/// they were copied.
+fn put_bytes(store: &ObjectArchive, bytes: Vec<u8>) -> anyhow::Result<(FileEntry, bool)> {
+    let entry = FileEntry {
+        sha256: sha256_hex(&bytes),
+        bytes: bytes.len() as u64,
+    };
+    let key = object_key(&entry.sha256);
+    if !lacks(store, &entry).map_err(|e| anyhow::anyhow!("{key}: {e}"))? {
+        return Ok((entry, false));
     }
     match store.create(&key, bytes.into()) {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok((entry, true)),
         // Written meanwhile by a backup of the same bytes.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok((entry, false)),
         Err(e) => Err(anyhow::anyhow!("writing {key}: {e}")),
+    }
+}
+
+/// Stores the file at `path` (which does not change) unless the location
+/// holds its bytes, reading it a piece at a time: its entry, and whether it
+/// was copied.
+fn put_file(store: &ObjectArchive, path: &Path) -> std::io::Result<(FileEntry, bool)> {
+    let (sha256, bytes) = sha256_file(path)?;
+    let entry = FileEntry { sha256, bytes };
+    if !lacks(store, &entry)? {
+        return Ok((entry, false));
+    }
+    let key = object_key(&entry.sha256);
+    if entry.bytes > super::PIECE {
+        store.upload_file(&key, path)?;
+        return Ok((entry, true));
+    }
+    match store.create(&key, std::fs::read(path)?.into()) {
+        Ok(()) => Ok((entry, true)),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok((entry, false)),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,0 +1,367 @@
+//! Exact top-K across shards without shipping every key: the three-phase
+//! uniform threshold algorithm (TPUT; Cao and Wang, "Efficient top-K query
+//! calculation in distributed networks", PODC 2004), for values that add up
+//! across shards (counts: `frequency`, `errors`), and its variant for values
+//! whose whole is the largest part (`latency_max`).
+//!
+//! With `m` shards, each holding a part of every key's value:
+//!
+//! 1. Each shard sends its own top `k`. A key's parts seen so far bound its
+//!    whole from below; `τ1` is the `k`th largest such bound.
+//! 2. Each shard sends every key whose part is at least `T` (`τ1 / m` for a
+//!    sum, `τ1` for a max). A key no shard sent has every part below `T`,
+//!    so its whole is below `τ1`: it is not in the top `k`. A key some
+//!    shards did not send has, there, a part below `T`: that bounds its
+//!    whole from above. `τ2` is the `k`th largest lower bound now.
+//! 3. Every key whose upper bound reaches `τ2` is asked of every shard
+//!    that did not send it; the exact wholes of these candidates rank.
+//!
+//! Every key left out is strictly below `k` others, so ties at the
+//! boundary are kept and ranked by key, as a single node ranks them. The
+//! answer counts the keys the shards sent and were asked for.
+
+use std::collections::BTreeMap;
+
+/// How a key's parts make its whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// Counts: the whole is the sum of the parts (all at least 0).
+    Sum,
+    /// The whole is the largest part (`latency_max`).
+    Max,
+}
+
+impl Combine {
+    fn add(self, whole: f64, part: f64) -> f64 {
+        match self {
+            Self::Sum => whole + part,
+            Self::Max => whole.max(part),
+        }
+    }
+}
+
+/// One key's part on one shard: the metric's value there and the requests
+/// behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Part {
+    pub value: f64,
+    pub count: u64,
+}
+
+/// A shard's side of the exchange.
+pub trait ShardKeys {
+    type Error;
+    /// Its `k` keys of the largest parts (ties by key, ascending), or all
+    /// if it has fewer.
+    fn top(&self, k: usize) -> Result<Vec<(String, Part)>, Self::Error>;
+    /// Every key whose part is at least `threshold`.
+    fn at_least(&self, threshold: f64) -> Result<Vec<(String, Part)>, Self::Error>;
+    /// The parts of those of `keys` it holds.
+    fn parts(&self, keys: &[String]) -> Result<Vec<(String, Part)>, Self::Error>;
+}
+
+/// The top `k` across every shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossShardTopK {
+    /// (key, whole) best first, ties by key ascending.
+    pub rows: Vec<(String, Part)>,
+    /// Keys the shards sent, in all three phases.
+    pub keys_sent: usize,
+    /// Keys the shards were asked for in the third phase.
+    pub keys_asked: usize,
+}
+
+/// What is known of one key: its parts by shard.
+#[derive(Default)]
+struct Known(BTreeMap<usize, Part>);
+
+impl Known {
+    fn lower(&self, combine: Combine) -> f64 {
+        (self.0.values()).fold(0.0, |w, p| combine.add(w, p.value))
+    }
+
+    /// Its whole is at most this, when every shard that did not send it
+    /// holds a part below `below`.
+    fn upper(&self, combine: Combine, shards: usize, below: f64) -> f64 {
+        let missing = shards - self.0.len();
+        match combine {
+            Combine::Sum => self.lower(combine) + missing as f64 * below,
+            Combine::Max if missing > 0 => self.lower(combine).max(below),
+            Combine::Max => self.lower(combine),
+        }
+    }
+}
+
+/// The `k`th largest of `values` (0 when there are fewer).
+fn kth_largest(mut values: Vec<f64>, k: usize) -> f64 {
+    if values.len() < k || k == 0 {
+        return 0.0;
+    }
+    values.sort_unstable_by(|a, b| b.total_cmp(a));
+    values[k - 1]
+}
+
+/// The exact top `k` keys across `shards` by `combine` of their parts.
+pub fn top_k_across<S: ShardKeys>(
+    shards: &[S],
+    k: usize,
+    combine: Combine,
+) -> Result<CrossShardTopK, S::Error> {
+    let m = shards.len();
+    let mut known: BTreeMap<String, Known> = BTreeMap::new();
+    let mut keys_sent = 0;
+    let mut note = |shard: usize, got: Vec<(String, Part)>, known: &mut BTreeMap<String, Known>| {
+        keys_sent += got.len();
+        for (key, part) in got {
+            known.entry(key).or_default().0.insert(shard, part);
+        }
+    };
+    // Phase 1.
+    for (i, shard) in shards.iter().enumerate() {
+        note(i, shard.top(k)?, &mut known);
+    }
+    let lowers = |known: &BTreeMap<String, Known>| -> Vec<f64> {
+        known.values().map(|x| x.lower(combine)).collect()
+    };
+    let tau1 = kth_largest(lowers(&known), k);
+    // Phase 2: a part at least `threshold` is sent; one below is not.
+    let threshold = match combine {
+        Combine::Sum => tau1 / m.max(1) as f64,
+        Combine::Max => tau1,
+    };
+    for (i, shard) in shards.iter().enumerate() {
+        note(i, shard.at_least(threshold)?, &mut known);
+    }
+    let tau2 = kth_largest(lowers(&known), k);
+    // A shard that sent a key in phase 1 only may hold a part of it above
+    // the threshold: what it sent is exact. One that never sent it holds a
+    // part below the threshold (it would have sent it in phase 2).
+    let candidates: Vec<String> = (known.iter())
+        .filter(|(_, x)| x.upper(combine, m, threshold) >= tau2)
+        .map(|(key, _)| key.clone())
+        .collect();
+    // Phase 3: each shard is asked for the candidates it has not sent.
+    let mut keys_asked = 0;
+    for (i, shard) in shards.iter().enumerate() {
+        let ask: Vec<String> = (candidates.iter())
+            .filter(|key| !known[*key].0.contains_key(&i))
+            .cloned()
+            .collect();
+        if ask.is_empty() {
+            continue;
+        }
+        keys_asked += ask.len();
+        note(i, shard.parts(&ask)?, &mut known);
+    }
+    let mut rows: Vec<(String, Part)> = (candidates.into_iter())
+        .map(|key| {
+            let parts = &known[&key].0;
+            let whole = Part {
+                value: parts.values().fold(0.0, |w, p| combine.add(w, p.value)),
+                count: parts.values().map(|p| p.count).sum(),
+            };
+            (key, whole)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then_with(|| a.0.cmp(&b.0)));
+    rows.truncate(k);
+    Ok(CrossShardTopK {
+        rows,
+        keys_sent,
+        keys_asked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::cell::Cell;
+    use std::convert::Infallible;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A shard in memory, counting what it sends.
+    struct Shard {
+        parts: BTreeMap<String, Part>,
+        sent: Cell<usize>,
+    }
+
+    impl Shard {
+        fn new(parts: &[(&str, f64, u64)]) -> Self {
+            Self {
+                parts: (parts.iter())
+                    .map(|(k, v, c)| {
+                        (
+                            (*k).to_owned(),
+                            Part {
+                                value: *v,
+                                count: *c,
+                            },
+                        )
+                    })
+                    .collect(),
+                sent: Cell::new(0),
+            }
+        }
+
+        fn sending(&self, rows: Vec<(String, Part)>) -> Vec<(String, Part)> {
+            self.sent.set(self.sent.get() + rows.len());
+            rows
+        }
+    }
+
+    impl ShardKeys for Shard {
+        type Error = Infallible;
+        fn top(&self, k: usize) -> Result<Vec<(String, Part)>, Infallible> {
+            let mut all: Vec<(String, Part)> =
+                self.parts.iter().map(|(k, p)| (k.clone(), *p)).collect();
+            all.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then_with(|| a.0.cmp(&b.0)));
+            all.truncate(k);
+            Ok(self.sending(all))
+        }
+        fn at_least(&self, threshold: f64) -> Result<Vec<(String, Part)>, Infallible> {
+            Ok(self.sending(
+                (self.parts.iter())
+                    .filter(|(_, p)| p.value >= threshold)
+                    .map(|(k, p)| (k.clone(), *p))
+                    .collect(),
+            ))
+        }
+        fn parts(&self, keys: &[String]) -> Result<Vec<(String, Part)>, Infallible> {
+            Ok(self.sending(
+                (keys.iter())
+                    .filter_map(|k| Some((k.clone(), *self.parts.get(k)?)))
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Every key's whole, ranked: the answer a single node gives.
+    fn brute_force(shards: &[Shard], k: usize, combine: Combine) -> Vec<(String, Part)> {
+        let mut all: BTreeMap<String, Part> = BTreeMap::new();
+        for s in shards {
+            for (key, p) in &s.parts {
+                let w = all.entry(key.clone()).or_insert(Part {
+                    value: if combine == Combine::Sum {
+                        0.0
+                    } else {
+                        f64::MIN
+                    },
+                    count: 0,
+                });
+                w.value = combine.add(w.value, p.value);
+                w.count += p.count;
+            }
+        }
+        let mut rows: Vec<(String, Part)> = all.into_iter().collect();
+        rows.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then_with(|| a.0.cmp(&b.0)));
+        rows.truncate(k);
+        rows
+    }
+
+    fn check(shards: &[Shard], k: usize, combine: Combine) -> CrossShardTopK {
+        for s in shards {
+            s.sent.set(0);
+        }
+        let got = top_k_across(shards, k, combine).unwrap();
+        assert_eq!(got.rows, brute_force(shards, k, combine));
+        let sent: usize = shards.iter().map(|s| s.sent.get()).sum();
+        assert_eq!(got.keys_sent, sent);
+        got
+    }
+
+    /// Counts of `keys` heavy keys on one shard and many light keys spread
+    /// thin over all shards, one of which is heavy in total.
+    fn adversarial(shards: usize) -> Vec<Shard> {
+        (0..shards)
+            .map(|s| {
+                let mut parts: Vec<(String, f64, u64)> = Vec::new();
+                // 500 light keys on every shard, 1 each; key "thin" has 30
+                // on every shard: heavy in total, never in a shard's top 10.
+                for i in 0..500 {
+                    parts.push((format!("light-{i:03}"), 1.0, 1));
+                }
+                parts.push(("thin".into(), 30.0, 30));
+                // 10 keys heavy on shard 0 only.
+                if s == 0 {
+                    for i in 0..10 {
+                        parts.push((format!("heavy-{i}"), 100.0 + i as f64, 100 + i));
+                    }
+                }
+                // 10 keys of 40 on each shard, another set per shard.
+                for i in 0..10 {
+                    parts.push((format!("local-{s}-{i}"), 40.0, 40));
+                }
+                let refs: Vec<(&str, f64, u64)> =
+                    parts.iter().map(|(k, v, c)| (k.as_str(), *v, *c)).collect();
+                Shard::new(&refs)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_spread_thin_over_every_shard_is_found_and_few_keys_move() {
+        let shards = adversarial(4);
+        let got = check(&shards, 10, Combine::Sum);
+        // "thin" has 120 in all: second only to none of the heavy keys' ranks
+        // past 109, and in no shard's own top 10.
+        assert!(
+            got.rows
+                .iter()
+                .any(|(k, p)| k == "thin" && p.value == 120.0),
+            "{got:?}"
+        );
+        // Shipping every key would send 2,054 (key, part) pairs.
+        let every: usize = shards.iter().map(|s| s.parts.len()).sum();
+        assert_eq!(every, 2054);
+        assert!(got.keys_sent + got.keys_asked < every / 5, "{got:?}");
+        check(&shards, 10, Combine::Max);
+    }
+
+    #[test]
+    fn ties_at_the_boundary_rank_by_key_as_one_node_does() {
+        let shards = [
+            Shard::new(&[("a", 5.0, 5), ("b", 5.0, 5), ("c", 5.0, 5)]),
+            Shard::new(&[("c", 5.0, 5), ("d", 10.0, 10), ("b", 5.0, 5)]),
+        ];
+        for k in 1..=5 {
+            check(&shards, k, Combine::Sum);
+            check(&shards, k, Combine::Max);
+        }
+    }
+
+    #[test]
+    fn no_shards_or_no_keys_answer_nothing() {
+        let none: [Shard; 0] = [];
+        assert!(
+            top_k_across(&none, 10, Combine::Sum)
+                .unwrap()
+                .rows
+                .is_empty()
+        );
+        let empty = [Shard::new(&[]), Shard::new(&[])];
+        assert_eq!(check(&empty, 3, Combine::Sum).keys_sent, 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn equals_the_brute_force_merge(
+            shards in prop::collection::vec(
+                prop::collection::btree_map(0u8..40, (0u32..50, 1u64..20), 0..30), 1..6),
+            k in 1usize..12,
+            max in any::<bool>(),
+        ) {
+            let shards: Vec<Shard> = shards.iter().map(|parts| {
+                let rows: Vec<(String, f64, u64)> = parts.iter()
+                    .map(|(key, (v, c))| (format!("k{key:02}"), f64::from(*v), *c))
+                    .collect();
+                let refs: Vec<(&str, f64, u64)> = rows.iter().map(|(k, v, c)| (k.as_str(), *v, *c)).collect();
+                Shard::new(&refs)
+            }).collect();
+            check(&shards, k, if max { Combine::Max } else { Combine::Sum });
+        }
+    }
+}
