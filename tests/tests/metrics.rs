@@ -212,13 +212,40 @@ impl Drop for Prometheus {
 #[test]
 fn a_real_prometheus_scrapes_the_node_and_every_dashboard_panel_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_ready(&dir.path().join("node"), &[]);
+    let config = dir.path().join("toplog.toml");
+    let backups = dir.path().join("backups");
+    std::fs::write(
+        &config,
+        format!("[backup]\nurl = \"{}\"\n", backups.display()),
+    )
+    .unwrap();
+    let server = Server::start_ready(
+        &dir.path().join("node"),
+        &["--config", config.to_str().unwrap()],
+    );
     let viewer = key_of(&server, "viewer");
     // 200 events over the last 5 minutes: two endpoints of 67 and 133
     // requests, one in ten failing; and one batch refused.
     let sent = json!(events(200, now_ms() - 300_000, "p"));
     assert_eq!(post(&server, &sent, None), 200);
     assert_eq!(post(&server, &json!([{"request_id": "x"}]), None), 400);
+    // gRPC calls (30 events, the same again, a top-K) from the Rust client
+    // example, and a backup, for the panels of both.
+    let example = toplog_tests::binary()
+        .parent()
+        .unwrap()
+        .join("examples/grpc_client");
+    toplog_tests::succeeded(
+        Command::new(&example)
+            .env("TOPLOG_API_KEY", toplog_tests::ADMIN_KEY)
+            .arg(&server.base),
+    );
+    let r = client()
+        .post(server.url("/api/v1/admin/backups"))
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // The request-analytics panels, each as the JSON API data source sends
     // it (Grafana's time macros filled in) and each field's JSON path read.
@@ -342,7 +369,7 @@ fn a_real_prometheus_scrapes_the_node_and_every_dashboard_panel_answers() {
     );
     assert_eq!(
         value("toplog_memtable_rows + on(job) toplog_segment_rows{tier=\"local\"}"),
-        Some(200.0)
+        Some(230.0)
     );
     for (title, expr) in prometheus_queries {
         let q = expr.replace("$__rate_interval", "1m");
