@@ -1,5 +1,7 @@
-//! The `toplog` binary's library: configuration, the REST API over the engine,
-//! and the command line (`toplog import` among its commands). No storage logic lives here.
+//! The `toplog` binary's library: configuration, the REST API over the engine
+//! (and the web page on it), gRPC, `/metrics`, cluster membership, backups,
+//! and the command line (`toplog import`, `backup`, `restore` among its
+//! commands). No storage logic lives here.
 
 mod alerts;
 mod api;
