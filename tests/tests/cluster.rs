@@ -92,6 +92,15 @@ fn three_nodes_elect_one_leader_and_another_each_time_it_is_killed() {
             "node {id}"
         );
         assert_eq!(m("toplog_raft_term"), term as f64, "node {id}");
+        let role = if id == leader { "leader" } else { "follower" };
+        for r in ["leader", "follower", "candidate", "pre_candidate"] {
+            let series = format!("toplog_raft_role{{role=\"{r}\"}}");
+            assert_eq!(
+                m(&series),
+                f64::from(u8::from(r == role)),
+                "node {id}: {series}"
+            );
+        }
         assert!(m("toplog_raft_commit_index") >= m("toplog_raft_applied_index"));
         let text = (client().get(format!("{}/metrics", cluster.url(id))).send())
             .and_then(|r| r.text())

@@ -107,6 +107,8 @@ struct Held {
     raft_commit_index: Gauge,
     raft_applied_index: Gauge,
     raft_leader: Gauge,
+    /// 1 for the role this node has, 0 for the others.
+    raft_role: Family<Labels<1>, Gauge>,
     /// On the leader, by peer: entries its log lacks of the committed ones.
     raft_peer_lag: Family<[(&'static str, String); 1], Gauge>,
 }
@@ -218,6 +220,11 @@ impl Metrics {
         ] {
             raft.register(name, help, gauge.clone());
         }
+        raft.register(
+            "raft_role",
+            "1 for this node's Raft role (leader, follower, candidate, pre_candidate), 0 for the others",
+            held.raft_role.clone(),
+        );
         raft.register(
             "raft_peer_lag",
             "On the leader, by peer: committed entries the peer's log does not hold yet",
@@ -580,6 +587,12 @@ impl Metrics {
                 &h.raft_leader,
                 u64::from(st.leader_id != 0 && st.leader_id == st.node_id),
             );
+            for role in ["leader", "follower", "candidate", "pre_candidate"] {
+                set(
+                    &h.raft_role.get_or_create(&[("role", role)]),
+                    u64::from(st.role == role),
+                );
+            }
             h.raft_peer_lag.clear();
             for (id, p) in st.peers.iter().filter(|(id, _)| **id != st.node_id) {
                 let lag = st.commit_index.saturating_sub(p.matched);
