@@ -35,6 +35,15 @@ impl Backups {
             )
             .filter(|d| !d.is_zero()),
         };
+        if let Some(url) = &settings.url
+            && !(url.starts_with("s3://")
+                || url.starts_with("file:///")
+                || std::path::Path::new(url).is_absolute())
+        {
+            anyhow::bail!(
+                "`backup.url` = `{url}`: an absolute folder, file:///... or s3://bucket/prefix (a backup inside the data directory would go with it)"
+            );
+        }
         if every.is_some() && settings.url.is_none() {
             anyhow::bail!("`backup.every` needs `backup.url`: where the backups go");
         }
@@ -109,5 +118,40 @@ where
     loop {
         tick.tick().await;
         backup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: Option<&str>, every: Option<&str>, keep: Option<usize>) -> BackupSettings {
+        BackupSettings {
+            url: url.map(str::to_owned),
+            every: every.map(str::to_owned),
+            keep,
+            ..BackupSettings::default()
+        }
+    }
+
+    fn refused(s: BackupSettings) -> String {
+        match Backups::new(s) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_settings_are_checked_naming_the_key() {
+        assert!(refused(settings(Some("backups"), None, None)).contains("`backup.url`"));
+        assert!(refused(settings(Some("./b"), Some("1h"), None)).contains("`backup.url`"));
+        assert!(refused(settings(None, Some("1h"), None)).contains("needs `backup.url`"));
+        assert!(refused(settings(Some("/b"), Some("often"), None)).contains("`backup.every`"));
+        assert!(refused(settings(Some("/b"), Some("1h"), Some(0))).contains("`backup.keep`"));
+        for url in ["/var/backups/toplog", "file:///var/b", "s3://bucket/prefix"] {
+            let b = Backups::new(settings(Some(url), Some("6h"), None));
+            assert!(b.as_ref().is_ok_and(|b| b.keep() == DEFAULT_KEEP), "{url}");
+        }
+        assert!(Backups::new(BackupSettings::default()).is_ok_and(|b| b.every().is_none()));
     }
 }
