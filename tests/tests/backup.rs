@@ -708,3 +708,110 @@ fn a_segment_larger_than_a_part_goes_to_s3_in_parts_and_comes_back_whole() {
         600_000
     );
 }
+
+#[test]
+fn a_lost_s3_archive_comes_back_from_the_backup_into_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, url, cfg) = s3_location(dir.path(), "bkp");
+    for bucket in ["arch", "arch2"] {
+        moto.create_bucket(bucket);
+    }
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text += &Moto::archive_toml("arch", moto.port);
+    std::fs::write(&cfg, text).unwrap();
+    let args = [
+        "--partition",
+        "1m",
+        "--memtable-max-age",
+        "1s",
+        "--raw-local-for",
+        "30s",
+        "--maintenance-interval",
+        "0s",
+        "--config",
+        &cfg,
+    ];
+    let server = Server::start_ready(&dir.path().join("data"), &args);
+    // Two minutes ago: flushed within a second, archived by a maintenance pass.
+    let at = |n: u64, ms: i64| -> Vec<Value> {
+        (batch(n).into_iter())
+            .map(|mut e| {
+                e["timestamp"] = json!(ms);
+                e
+            })
+            .collect()
+    };
+    let old: Vec<Value> = (1..=5).flat_map(|n| at(n, now_ms() - 120_000)).collect();
+    toplog_tests::send_all(&server, &old);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server.base, "toplog_memtable_rows") > 0.0 {
+        assert!(Instant::now() < deadline, "not flushed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = client()
+        .post(server.url("/api/v1/admin/maintenance"))
+        .send()
+        .unwrap();
+    let report: Value = r.json().unwrap();
+    assert_eq!(report["data"]["errors"], json!([]), "{report}");
+    assert!(metric(&server.base, "toplog_segments{tier=\"archive\"}") > 0.0);
+    toplog_tests::send_all(&server, &at(6, now_ms() - 5_000)); // and a batch that stays local
+    let total = get_ok(&server, "/api/v1/requests/count?start=0")["count"].clone();
+    assert_eq!(total, 240);
+
+    let taken = cli_backup(&server, &[]);
+    let m = s3_manifest(&moto, "bkp", &taken["id"]);
+    let objects = m["archive_objects"].as_object().unwrap();
+    assert!(objects.contains_key("OWNER"), "{m}");
+    assert!(objects.keys().any(|k| k.ends_with(".parquet")), "{m}");
+    // A second backup reads none of them again, and copies none.
+    let again = cli_backup(&server, &[]);
+    assert_eq!(again["copied_files"], 1, "{again}"); // the audit line
+    drop(server);
+
+    // The archive is lost: the copy goes into a new, empty one, the only
+    // archive the restored node is told of.
+    assert!(moto.keys("arch2").is_empty());
+    let restored = dir.path().join("restored");
+    let out = toplog(&[
+        "restore",
+        "--from",
+        &url,
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "--archive-to",
+        "s3://arch2/toplog",
+        "--config",
+        &cfg,
+    ]);
+    assert!(out.contains("archive objects put into"), "{out}");
+    let old_keys: BTreeSet<String> = (moto.keys("arch").into_iter())
+        .map(|k| k.replacen("toplog/", "", 1))
+        .collect();
+    let new_keys: BTreeSet<String> = (moto.keys("arch2").into_iter())
+        .map(|k| k.replacen("toplog/", "", 1))
+        .collect();
+    assert_eq!(new_keys, old_keys);
+    let new_cfg = dir.path().join("new.toml");
+    std::fs::write(&new_cfg, Moto::archive_toml("arch2", moto.port)).unwrap();
+    let copy = Server::start_ready(
+        &restored,
+        &[
+            "--raw-local-for",
+            "30s",
+            "--config",
+            new_cfg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        get_ok(&copy, "/api/v1/requests/count?start=0")["count"],
+        total
+    );
+    // The archived events are read from the new archive.
+    let (start, end) = (now_ms() - 600_000, now_ms() - 60_000);
+    let archived = get_ok(
+        &copy,
+        &format!("/api/v1/requests?start={start}&end={end}&limit=1000"),
+    );
+    assert_eq!(archived["data"].as_array().unwrap().len(), 200);
+}

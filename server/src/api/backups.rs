@@ -68,6 +68,7 @@ pub(crate) async fn take(app: &Arc<AppState>, url: String) -> ApiResult<Taken> {
             engine: &engine,
             applied,
             archive: &state.config.archive,
+            copy_archive: state.backups.settings.archive.unwrap_or(true),
         };
         backup::take(&source, &store, &url)
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "backup_failed", format!("{e:#}")))

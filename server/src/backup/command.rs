@@ -50,6 +50,11 @@ pub(crate) struct RestoreArgs {
     /// Which backup (the newest without it).
     #[arg(long)]
     id: Option<String>,
+    /// Put the backup's copy of the node's S3 archive into this new archive
+    /// (an s3://bucket/prefix URL, reached with `--config`'s `[archive]`
+    /// settings), for a node whose archive was lost.
+    #[arg(long)]
+    archive_to: Option<String>,
     #[command(flatten)]
     location: Location,
 }
@@ -64,24 +69,38 @@ struct Location {
 }
 
 impl Location {
-    fn open(&self, url: &str) -> anyhow::Result<toplog_compaction::ObjectArchive> {
-        let settings = match &self.config {
-            None => BackupSettings::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                let table: toml::Table = toml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                match table.get("backup") {
-                    None => BackupSettings::default(),
-                    Some(b) => b
-                        .clone()
-                        .try_into()
-                        .map_err(|e| anyhow::anyhow!("{}: [backup]: {e}", path.display()))?,
-                }
-            }
+    /// The config file's table `name` (`backup` or `archive`), if any.
+    fn table<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> anyhow::Result<T> {
+        let Some(path) = &self.config else {
+            return Ok(T::default());
         };
-        settings.open(url, Path::new("."))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        match table.get(name) {
+            None => Ok(T::default()),
+            Some(t) => t
+                .clone()
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("{}: [{name}]: {e}", path.display())),
+        }
+    }
+
+    /// The backup location at `url`, with `[backup]`'s S3 settings.
+    fn open(&self, url: &str) -> anyhow::Result<toplog_compaction::ObjectArchive> {
+        self.table::<BackupSettings>("backup")?
+            .open(url, Path::new("."))
+    }
+
+    /// The archive at `url`, with `[archive]`'s S3 settings.
+    fn open_archive(&self, url: &str) -> anyhow::Result<toplog_compaction::ObjectArchive> {
+        let config = toplog_compaction::ArchiveConfig {
+            url: Some(url.to_owned()),
+            ..self.table("archive")?
+        };
+        toplog_compaction::ObjectArchive::open(&config, Path::new("."))
+            .map_err(|e| anyhow::anyhow!("--archive-to {url}: {e}"))
     }
 }
 
@@ -147,5 +166,9 @@ fn verify(url: &str, id: Option<&str>, location: &Location) -> anyhow::Result<St
 /// `toplog restore`.
 pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<String> {
     let store = args.location.open(&args.from)?;
-    super::restore(&store, args.id.as_deref(), &args.data_dir)
+    let archive = match &args.archive_to {
+        Some(url) => Some(args.location.open_archive(url)?),
+        None => None,
+    };
+    super::restore(&store, args.id.as_deref(), &args.data_dir, archive.as_ref())
 }

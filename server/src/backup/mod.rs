@@ -49,6 +49,9 @@ pub(crate) struct BackupSettings {
     /// How many backups the schedule keeps (default 7); older ones, and the
     /// objects only they held, are removed after each scheduled backup.
     pub(crate) keep: Option<usize>,
+    /// Whether an archive outside the data directory (S3) is copied into
+    /// each backup too (default true; its objects once each).
+    pub(crate) archive: Option<bool>,
     pub(crate) endpoint: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) access_key_id: Option<String>,
@@ -97,11 +100,15 @@ pub(crate) struct Manifest {
     /// The encryption keys (ids) a restored node needs.
     pub(crate) key_ids: Vec<String>,
     /// An archive outside the data directory (S3) that the store's archived
-    /// segments are in; it is not copied. `None`: the archive is in the
-    /// backup (or there is none).
+    /// segments are in. `None`: the archive is a folder of the data
+    /// directory, and in `files`.
     pub(crate) external_archive: Option<String>,
     /// Path in the data directory → its bytes.
     pub(crate) files: BTreeMap<String, FileEntry>,
+    /// The external archive's objects, by key, when copied (a restore puts
+    /// them into a new archive with `--archive-to`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) archive_objects: BTreeMap<String, FileEntry>,
 }
 
 impl Manifest {
@@ -136,14 +143,25 @@ impl Manifest {
         if m.id != id {
             return Err(damaged(&format!("it names itself {}", m.id)));
         }
-        if let Some(bad) = m.files.keys().find(|p| !safe_path(p)) {
+        if let Some(bad) = (m.files.keys().chain(m.archive_objects.keys())).find(|p| !safe_path(p))
+        {
             return Err(damaged(&format!("it names the file `{bad}`")));
         }
         Ok(m)
     }
 
     pub(crate) fn bytes(&self) -> u64 {
-        self.files.values().map(|f| f.bytes).sum()
+        (self.files.values().chain(self.archive_objects.values()))
+            .map(|f| f.bytes)
+            .sum()
+    }
+
+    /// Every file and archive object, each with what names it.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (String, &FileEntry)> {
+        let files = self.files.iter().map(|(p, e)| (p.clone(), e));
+        let archive =
+            (self.archive_objects.iter()).map(|(k, e)| (format!("archive object {k}"), e));
+        files.chain(archive)
     }
 }
 
@@ -267,6 +285,7 @@ mod tests {
             index: 42,
             key_ids: vec![],
             external_archive: None,
+            archive_objects: BTreeMap::new(),
             files: BTreeMap::from([(
                 "MANIFEST".into(),
                 FileEntry {

@@ -42,7 +42,7 @@ pub(crate) fn verify(store: &ObjectArchive, id: Option<&str>) -> anyhow::Result<
                 continue;
             }
         };
-        for (path, entry) in &manifest.files {
+        for (path, entry) in manifest.entries() {
             let result = checked
                 .entry(entry.sha256.clone())
                 .or_insert_with(|| fetch(store, entry, &mut std::io::sink()));
@@ -85,10 +85,14 @@ fn fetch(
 /// not exist or be empty: every file checked before it is written, into a
 /// directory beside it that is renamed into place only once all are synced.
 /// What a person starting the node needs to know.
+/// With `archive_to`, the archive objects the backup holds are put there
+/// (those it holds already, of the same size, are left), before the data
+/// directory is in place: a node started on it with that archive finds them.
 pub(crate) fn restore(
     store: &ObjectArchive,
     id: Option<&str>,
     data_dir: &Path,
+    archive_to: Option<&ObjectArchive>,
 ) -> anyhow::Result<String> {
     let id = match id {
         Some(id) => id.to_owned(),
@@ -111,14 +115,19 @@ pub(crate) fn restore(
         name.to_string_lossy(),
         std::process::id()
     ));
-    let written = write_all(store, &manifest, &partial).and_then(|()| {
-        if data_dir.exists() {
-            std::fs::remove_dir(data_dir)?;
-        }
-        std::fs::rename(&partial, data_dir)?;
-        sync_dir(data_dir.parent().unwrap_or(Path::new(".")))?;
-        Ok(())
-    });
+    let written = write_all(store, &manifest, &partial)
+        .and_then(|()| match archive_to {
+            Some(archive) => put_archive(store, &manifest, archive, &partial),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            if data_dir.exists() {
+                std::fs::remove_dir(data_dir)?;
+            }
+            std::fs::rename(&partial, data_dir)?;
+            sync_dir(data_dir.parent().unwrap_or(Path::new(".")))?;
+            Ok(())
+        });
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e.context(format!("backup {id}: nothing restored")));
@@ -136,10 +145,57 @@ pub(crate) fn restore(
             manifest.key_ids.join(", ")
         );
     }
-    if let Some(archive) = &manifest.external_archive {
-        text += &format!("\nits archived segments are in {archive}: set archive.url to it");
+    match (&manifest.external_archive, archive_to) {
+        (Some(_), Some(to)) => {
+            text += &format!(
+                "\n{} archive objects put into {}: start the node with archive.url there",
+                manifest.archive_objects.len(),
+                to.location()
+            );
+        }
+        (Some(archive), None) if manifest.archive_objects.is_empty() => {
+            text += &format!("\nits archived segments are in {archive}: set archive.url to it");
+        }
+        (Some(archive), None) => {
+            text += &format!(
+                "\nits archived segments are in {archive} (set archive.url to it); the backup holds a copy of them: if that archive is lost, restore again with --archive-to a new one"
+            );
+        }
+        (None, _) => {}
     }
     Ok(text)
+}
+
+/// Puts the backup's copy of an outside archive into `archive`, each object
+/// checked on its way through a file in `dir` (removed after).
+fn put_archive(
+    store: &ObjectArchive,
+    manifest: &Manifest,
+    archive: &ObjectArchive,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use toplog_engine::ArchiveStore;
+    let scratch = dir.join(".archive-object");
+    for (key, entry) in &manifest.archive_objects {
+        if archive.size(key).is_ok_and(|size| size == entry.bytes) {
+            continue;
+        }
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&scratch)?);
+        fetch(store, entry, &mut file).map_err(|why| {
+            anyhow::anyhow!(
+                "archive object {key} ({}): {why}",
+                object_key(&entry.sha256)
+            )
+        })?;
+        file.into_inner().map_err(|e| e.into_error())?;
+        archive.upload_file(key, &scratch).map_err(|e| {
+            anyhow::anyhow!("archive object {key} into {}: {e}", archive.location())
+        })?;
+    }
+    if scratch.exists() {
+        std::fs::remove_file(&scratch)?;
+    }
+    Ok(())
 }
 
 fn write_all(store: &ObjectArchive, manifest: &Manifest, dir: &Path) -> anyhow::Result<()> {

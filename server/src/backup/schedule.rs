@@ -90,7 +90,7 @@ pub(crate) fn prune(store: &ObjectArchive, keep: usize) -> anyhow::Result<Pruned
     let mut held = BTreeSet::new();
     for id in kept {
         let m = read_manifest(store, id).map_err(|e| anyhow::anyhow!("{e}; nothing pruned"))?;
-        held.extend(m.files.into_values().map(|f| object_key(&f.sha256)));
+        held.extend(m.entries().map(|(_, f)| object_key(&f.sha256)));
     }
     let mut pruned = Pruned::default();
     for id in old {

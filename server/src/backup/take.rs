@@ -47,6 +47,8 @@ pub(crate) struct Source<'a> {
     /// (the store's own).
     pub(crate) applied: Option<u64>,
     pub(crate) archive: &'a ArchiveConfig,
+    /// Whether an archive outside the data directory is copied too.
+    pub(crate) copy_archive: bool,
 }
 
 /// Takes a backup of `source` into `store` (at `url`).
@@ -85,28 +87,37 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
             key_ids: key_ids(engine, data_dir)?,
             took_ms: 0,
         };
-        let mut entries = BTreeMap::new();
-        let mut keep = |rel: String, (entry, copied): (FileEntry, bool)| {
+        let (mut entries, mut archive_objects) = (BTreeMap::new(), BTreeMap::new());
+        let mut keep = |to: &mut BTreeMap<String, FileEntry>,
+                        rel: String,
+                        (entry, copied): (FileEntry, bool)| {
             if copied {
                 taken.copied_files += 1;
                 taken.copied_bytes += entry.bytes;
             }
             taken.files += 1;
             taken.bytes += entry.bytes;
-            entries.insert(rel, entry);
+            to.insert(rel, entry);
         };
         for rel in state {
             let path = data_dir.join(&rel);
             let bytes = std::fs::read(&path)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            keep(rel, put_bytes(store, bytes)?);
+            keep(&mut entries, rel, put_bytes(store, bytes)?);
         }
         for (rel, path) in files {
             match put_file(store, &path) {
-                Ok(put) => keep(rel, put),
+                Ok(put) => keep(&mut entries, rel, put),
                 // An archived object purged since it was listed.
                 Err(e) if e.kind() == ErrorKind::NotFound && rel.starts_with("archive/") => {}
                 Err(e) => anyhow::bail!("{}: {e}", path.display()),
+            }
+        }
+        if external_archive.is_some() && source.copy_archive {
+            let archive = ObjectArchive::open(source.archive, data_dir)?;
+            let scratch = staging.join(".archive-object");
+            for (key, put) in copy_archive(&archive, store, &scratch)? {
+                keep(&mut archive_objects, key, put);
             }
         }
         let now = chrono::Utc::now();
@@ -121,6 +132,7 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
             key_ids: taken.key_ids.clone(),
             external_archive,
             files: entries,
+            archive_objects,
         };
         let key = manifest_key(&manifest.id);
         store
@@ -228,7 +240,53 @@ fn put_bytes(store: &ObjectArchive, bytes: Vec<u8>) -> anyhow::Result<(FileEntry
 /// was copied.
 fn put_file(store: &ObjectArchive, path: &Path) -> std::io::Result<(FileEntry, bool)> {
     let (sha256, bytes) = sha256_file(path)?;
-    let entry = FileEntry { sha256, bytes };
+    put_known(store, path, FileEntry { sha256, bytes })
+}
+
+/// Every object of an outside archive, each copied into `store` unless it
+/// holds its bytes (read through the file `scratch`): (key, its entry and
+/// whether it was copied). An object the last backup there holds under the
+/// same key and size is not read again: archive objects are written once.
+fn copy_archive(
+    archive: &ObjectArchive,
+    store: &ObjectArchive,
+    scratch: &Path,
+) -> anyhow::Result<Vec<(String, (FileEntry, bool))>> {
+    let last: BTreeMap<String, FileEntry> = (super::list(store)?.last())
+        .and_then(|id| super::read_manifest(store, id).ok())
+        .map(|m| m.archive_objects)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for key in archive.list("")?.into_iter().filter(|k| safe_path(k)) {
+        let size = match archive.size(&key) {
+            Ok(size) => size,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // purged meanwhile
+            Err(e) => anyhow::bail!("archive object {key}: {e}"),
+        };
+        if let Some(entry) = last.get(&key).filter(|e| e.bytes == size)
+            && !lacks(store, entry)?
+        {
+            out.push((key, (entry.clone(), false)));
+            continue;
+        }
+        let mut file = std::io::BufWriter::new(std::fs::File::create(scratch)?);
+        let (sha256, bytes) = match super::copy_object(archive, &key, &mut file) {
+            Ok(got) => got,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => anyhow::bail!("archive object {key}: {e}"),
+        };
+        file.into_inner().map_err(|e| e.into_error())?;
+        out.push((key, put_known(store, scratch, FileEntry { sha256, bytes })?));
+    }
+    Ok(out)
+}
+
+/// [`put_file`] of a file whose entry is known.
+fn put_known(
+    store: &ObjectArchive,
+    path: &Path,
+    entry: FileEntry,
+) -> std::io::Result<(FileEntry, bool)> {
     if !lacks(store, &entry)? {
         return Ok((entry, false));
     }
