@@ -17,8 +17,8 @@ pub use error::{ReplicationError, Result};
 pub use log_store::LogStore;
 pub use node::{Outcome, RaftNode, StateMachine, Ticket, Timing, split_context};
 pub use placement::{
-    Move, NodeId, Placement, PlacementError, ShardId, finish, initial, leaders, moves,
-    replica_counts,
+    Move, NodeId, Placement, PlacementError, SLOTS, ShardId, finish, initial, leaders, moves,
+    replica_counts, shard_of, slot_of, split,
 };
 pub use raft::prelude::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message, MessageType,
