@@ -19,8 +19,18 @@
 //! Every key left out is strictly below `k` others, so ties at the
 //! boundary are kept and ranked by key, as a single node ranks them. The
 //! answer counts the keys the shards sent and were asked for.
+//!
+//! A metric whose whole is not a sum or maximum of parts (`error_rate`,
+//! `latency_avg`, a quantile) is ranked from every key's cell: each shard
+//! sends its [`KeyCells`], whose counts, sums, extremes and sketches add up
+//! ([`top_k_of_cells`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use toplog_engine::{Cell, Engine};
+
+use crate::topk::{Grouping, TopK, TopKAnswer, TopKRow, merged_cells, rank};
+use crate::{Missed, QueryError, Result};
 
 /// How a key's parts make its whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +179,87 @@ pub fn top_k_across<S: ShardKeys>(
         rows,
         keys_sent,
         keys_asked,
+    })
+}
+
+/// One shard's part of a top-K: every key's cell over the question's range
+/// and filters, as its rollups and raw rows hold them.
+#[derive(Debug, Clone)]
+pub struct KeyCells {
+    pub cells: Vec<(String, Cell)>,
+    /// False when a rollup bucket over its key budget was read: its cells
+    /// may miss requests.
+    pub exact: bool,
+    pub sources: Vec<&'static str>,
+}
+
+/// This shard's [`KeyCells`] for `q` (grouped by a dimension).
+pub fn key_cells(engine: &Engine, q: &TopK) -> Result<KeyCells> {
+    let Grouping::By(dim) = q.by else {
+        return Err(QueryError::Invalid(
+            "by",
+            "single requests are ranked from each shard's slowest".into(),
+        ));
+    };
+    let mut sources: Vec<&'static str> = Vec::new();
+    let merged = merged_cells(engine, q.range, dim, &q.filters, q.metric, |s| {
+        if !sources.contains(&s) {
+            sources.push(s);
+        }
+    })?;
+    Ok(KeyCells {
+        cells: merged
+            .groups()
+            .map(|(key, g)| (key.to_owned(), g.cell.clone()))
+            .collect(),
+        exact: merged.exact(),
+        sources,
+    })
+}
+
+/// The top K of `q` from every shard's cells, merged by key.
+pub fn top_k_of_cells(parts: Vec<KeyCells>, q: &TopK) -> Result<TopKAnswer> {
+    if q.k == 0 {
+        return Err(QueryError::Invalid("k", "must be at least 1".into()));
+    }
+    let mut merged: HashMap<String, Cell> = HashMap::new();
+    let (mut exact, mut sources) = (q.metric.is_exact(), Vec::new());
+    for part in parts {
+        exact &= part.exact;
+        for s in part.sources {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
+        for (key, cell) in part.cells {
+            match merged.get_mut(&key) {
+                Some(whole) => whole.merge(&cell),
+                None => {
+                    merged.insert(key, cell);
+                }
+            }
+        }
+    }
+    let min_count = q.min_count.max(1);
+    let mut rows: Vec<TopKRow> = (merged.into_iter())
+        .filter(|(_, cell)| cell.count >= min_count)
+        .filter_map(|(key, cell)| {
+            let (value, bounds) = q.metric.value_with(&cell, &Missed::default())?;
+            Some(TopKRow {
+                key,
+                value,
+                count: cell.count,
+                bounds,
+            })
+        })
+        .collect();
+    rank(&mut rows, q.k, q.order);
+    Ok(TopKAnswer {
+        rows,
+        exact,
+        unlisted_max_count: 0,
+        sources,
+        retained_from: None,
     })
 }
 

@@ -13,7 +13,9 @@ mod topk;
 mod window;
 
 pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
-pub use cross_shard::{Combine, CrossShardTopK, Part, ShardKeys, top_k_across};
+pub use cross_shard::{
+    Combine, CrossShardTopK, KeyCells, Part, ShardKeys, key_cells, top_k_across, top_k_of_cells,
+};
 pub use history::{DayRow, history};
 pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
 pub use metric::{Metric, Missed};

@@ -813,3 +813,115 @@ fn user_top_k_over_crowded_partial_hours_matches_the_model() {
     check_all(&reopened, "restarted");
     reopened.close().unwrap();
 }
+
+/// Events split over three engines (shards, by request id): every top-K
+/// merged from their key cells equals the answer of one engine holding
+/// them all, rows, values, counts and quantile bounds alike; and by
+/// `frequency` or `errors` the threshold exchange (TPUT) finds the same
+/// rows without every key.
+#[test]
+fn three_shards_merged_answer_as_one_engine() {
+    use toplog_query::{
+        Combine, KeyCells, Part, ShardKeys, key_cells, top_k_across, top_k_of_cells,
+    };
+    struct Shard(KeyCells, Metric);
+    impl Shard {
+        fn parts(&self) -> Vec<(String, Part)> {
+            (self.0.cells.iter())
+                .map(|(k, c)| {
+                    let value = match self.1 {
+                        Metric::Errors => c.by_class[4] as f64,
+                        _ => c.count as f64,
+                    };
+                    (
+                        k.clone(),
+                        Part {
+                            value,
+                            count: c.count,
+                        },
+                    )
+                })
+                .collect()
+        }
+    }
+    impl ShardKeys for Shard {
+        type Error = std::convert::Infallible;
+        fn top(&self, k: usize) -> Result<Vec<(String, Part)>, Self::Error> {
+            let mut all = self.parts();
+            all.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then_with(|| a.0.cmp(&b.0)));
+            all.truncate(k);
+            Ok(all)
+        }
+        fn at_least(&self, t: f64) -> Result<Vec<(String, Part)>, Self::Error> {
+            Ok(self
+                .parts()
+                .into_iter()
+                .filter(|(_, p)| p.value >= t)
+                .collect())
+        }
+        fn parts(&self, keys: &[String]) -> Result<Vec<(String, Part)>, Self::Error> {
+            Ok(self
+                .parts()
+                .into_iter()
+                .filter(|(k, _)| keys.contains(k))
+                .collect())
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for seed in 0..4u64 {
+        let mut rng = StdRng::seed_from_u64(100 + seed);
+        let open = |n: u64| Engine::open_with(Arc::new(SimFs::new(n)), config()).unwrap();
+        let whole = open(seed * 10);
+        let shards: Vec<Engine> = (1..=3).map(|i| open(seed * 10 + i)).collect();
+        for b in 0..30 {
+            let batch: Vec<Event> = (0..rng.random_range(1..80))
+                .map(|i| random_event(&mut rng, b * 100 + i))
+                .collect();
+            rt.block_on(whole.ingest(batch.clone(), None)).unwrap();
+            for (s, shard) in shards.iter().enumerate() {
+                // Each event on one shard, by its id.
+                let shard_of = |e: &Event| e.request_id.bytes().map(usize::from).sum::<usize>() % 3;
+                let part: Vec<Event> = (batch.iter())
+                    .filter(|e| shard_of(e) == s)
+                    .cloned()
+                    .collect();
+                if !part.is_empty() {
+                    rt.block_on(shard.ingest(part, None)).unwrap();
+                }
+            }
+            if b % 11 == 0 {
+                whole.flush().unwrap();
+                shards[b % 3].flush().unwrap();
+            }
+        }
+        for _ in 0..80 {
+            let (q, _) = random_query(&mut rng);
+            let one = top_k(&whole, &q).unwrap();
+            let parts: Vec<KeyCells> = shards.iter().map(|s| key_cells(s, &q).unwrap()).collect();
+            let merged = top_k_of_cells(parts.clone(), &q).unwrap();
+            assert_eq!(merged.rows, one.rows, "seed {seed}: {q:?}");
+            assert_eq!(merged.exact, one.exact, "seed {seed}: {q:?}");
+            let combine = match q.metric {
+                Metric::Frequency | Metric::Errors => Combine::Sum,
+                _ => continue,
+            };
+            if q.order != Order::Desc || q.min_count > 1 {
+                continue;
+            }
+            let shards: Vec<Shard> = parts.into_iter().map(|p| Shard(p, q.metric)).collect();
+            let tput = top_k_across(&shards, q.k, combine).unwrap();
+            // A key with no requests of the metric's kind ranks in a single
+            // node's answer only if it has requests at all: both list it.
+            let got: Vec<(String, f64)> = (tput.rows.iter())
+                .map(|(k, p)| (k.clone(), p.value))
+                .collect();
+            let want: Vec<(String, f64)> = (one.rows.iter())
+                .map(|r| (r.key.clone(), r.value))
+                .collect();
+            assert_eq!(got, want, "seed {seed}: {q:?}");
+        }
+    }
+}

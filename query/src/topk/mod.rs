@@ -158,7 +158,7 @@ pub fn top_k(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
 }
 
 /// Sorts best first (ties by key ascending) and keeps `k`.
-fn rank(rows: &mut Vec<TopKRow>, k: usize, order: Order) {
+pub(crate) fn rank(rows: &mut Vec<TopKRow>, k: usize, order: Order) {
     let cmp = |a: &TopKRow, b: &TopKRow| {
         let by_value = match order {
             Order::Desc => b.value.total_cmp(&a.value),
