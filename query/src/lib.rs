@@ -16,11 +16,14 @@ pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
 pub use cross_shard::{
     Combine, CrossShardTopK, KeyCells, Part, ShardKeys, key_cells, top_k_across, top_k_of_cells,
 };
-pub use history::{DayRow, history};
+pub use history::{DayRow, day_cells, history, history_of_cells};
 pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
 pub use metric::{Metric, Missed};
 pub use plan::{Piece, plan};
-pub use timeseries::{MAX_POINTS, Point, Series, TimeseriesAnswer, TimeseriesQuery, timeseries};
+pub use timeseries::{
+    MAX_POINTS, Point, Series, SeriesCells, TimeseriesAnswer, TimeseriesQuery, keys_question,
+    series_cells, timeseries, timeseries_of_cells,
+};
 pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
 pub use window::{rollups_answer, window_values};
 

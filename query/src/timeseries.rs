@@ -2,7 +2,7 @@
 //! filters, or the top `limit` series of a grouping. Each point is planned like
 //! any other range, so it is exact for exact metrics wherever its edges fall.
 
-use toplog_engine::{Dimension, Engine, Filters, TimeRange};
+use toplog_engine::{Cell, Dimension, Engine, Filters, TimeRange};
 use toplog_types::Micros;
 
 use crate::topk::{Grouping, Order, TopK, merged_cells_in, retained_from, top_k};
@@ -54,6 +54,50 @@ pub struct TimeseriesAnswer {
 }
 
 pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnswer> {
+    intervals(q)?;
+    let (keys, keys_exact) = match keys_question(q) {
+        None => (vec![None], true),
+        Some(best) => {
+            let answer = top_k(engine, &best)?;
+            let keys = answer.rows.into_iter().map(|r| Some(r.key)).collect();
+            (keys, answer.exact)
+        }
+    };
+    let mut answer = timeseries_of_cells(vec![series_cells(engine, q, &keys)?], q);
+    answer.exact &= keys_exact;
+    Ok(answer)
+}
+
+/// The top-K question that picks a grouped series' keys (the top `limit` by
+/// the metric over the whole range); `None` for the single series. Across
+/// shards it is asked of them all.
+pub fn keys_question(q: &TimeseriesQuery) -> Option<TopK> {
+    q.by.map(|dim| TopK {
+        k: q.limit.max(1),
+        metric: q.metric,
+        by: Grouping::By(dim),
+        range: q.range,
+        filters: q.filters.clone(),
+        min_count: 0,
+        order: Order::Desc,
+    })
+}
+
+/// One shard's part of a time series: for each series (by key, or the one
+/// of everything), its cell in each interval.
+#[derive(Debug, Clone)]
+pub struct SeriesCells {
+    pub starts: Vec<Micros>,
+    pub series: Vec<(Option<String>, Vec<Option<Cell>>)>,
+    /// False when a cell read from a bucket over its key budget may miss requests.
+    pub exact: bool,
+    pub sources: Vec<&'static str>,
+    pub retained_from: Option<Micros>,
+}
+
+/// (start, range) of each interval of `q`; the first starts before the
+/// range. Refused past [`MAX_POINTS`] or under a second.
+fn intervals(q: &TimeseriesQuery) -> Result<Vec<(i64, TimeRange)>> {
     if q.interval_us < 1_000_000 {
         return Err(QueryError::Invalid(
             "interval",
@@ -71,36 +115,7 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
             ),
         ));
     }
-    let mut sources: Vec<&'static str> = Vec::new();
-    let mut exact = q.metric.is_exact();
-    let keys: Vec<Option<String>> = match q.by {
-        None => vec![None],
-        Some(dim) => {
-            let best = TopK {
-                k: q.limit.max(1),
-                metric: q.metric,
-                by: Grouping::By(dim),
-                range: q.range,
-                filters: q.filters.clone(),
-                min_count: 0,
-                order: Order::Desc,
-            };
-            let answer = top_k(engine, &best)?;
-            exact &= answer.exact;
-            answer.rows.into_iter().map(|r| Some(r.key)).collect()
-        }
-    };
-    let dim =
-        q.by.unwrap_or_else(|| crate::window::cube_dimension(&q.filters));
-    let mut series: Vec<Series> = keys
-        .iter()
-        .map(|k| Series {
-            key: k.clone(),
-            points: Vec::new(),
-        })
-        .collect();
-    // (start, range) of each interval; the first starts before the range.
-    let intervals: Vec<(i64, TimeRange)> = (0..points)
+    Ok((0..points)
         .map(|i| first + i * q.interval_us)
         .map(|t| {
             let range = TimeRange {
@@ -109,7 +124,26 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
             };
             (t, range)
         })
-        .collect();
+        .collect())
+}
+
+/// This engine's cells of the series `keys` (`None`: everything matching).
+pub fn series_cells(
+    engine: &Engine,
+    q: &TimeseriesQuery,
+    keys: &[Option<String>],
+) -> Result<SeriesCells> {
+    let intervals = intervals(q)?;
+    let dim =
+        q.by.unwrap_or_else(|| crate::window::cube_dimension(&q.filters));
+    let mut out = SeriesCells {
+        starts: intervals.iter().map(|(t, _)| Micros::new(*t)).collect(),
+        series: keys.iter().map(|k| (k.clone(), Vec::new())).collect(),
+        exact: true,
+        sources: Vec::new(),
+        retained_from: retained_from(engine, q.range, Grouping::By(dim), &q.filters, q.metric),
+    };
+    let sources = &mut out.sources;
     // Intervals are read a group at a time: one lock per group, and only a
     // group's merged cells (every key, for a grouped series) held at once.
     for group in intervals.chunks(INTERVALS_READ_TOGETHER) {
@@ -119,38 +153,81 @@ pub fn timeseries(engine: &Engine, q: &TimeseriesQuery) -> Result<TimeseriesAnsw
                 sources.push(s);
             }
         })?;
-        for (&(t, _), merged) in group.iter().zip(merged_cells) {
-            for s in &mut series {
-                let cell = match &s.key {
+        for merged in merged_cells {
+            for (key, cells) in &mut out.series {
+                let cell = match key {
                     Some(k) => {
-                        exact &= merged.exact();
+                        out.exact &= merged.exact();
                         merged.get(k).map(|g| g.cell.clone())
                     }
                     None => {
                         let (total, missed) = merged.total();
-                        exact &= missed.requests == 0;
+                        out.exact &= missed.requests == 0;
                         Some(total)
                     }
                 };
-                let count = cell.as_ref().map_or(0, |c| c.count);
-                let value = match cell.as_ref().and_then(|c| q.metric.value(c)) {
-                    Some((v, _)) => Some(v),
-                    // A count over no requests is 0; an average or rate of nothing is undefined.
-                    None if matches!(q.metric, Metric::Frequency | Metric::Errors) => Some(0.0),
-                    None => None,
-                };
-                s.points.push(Point {
-                    start: Micros::new(t),
-                    count,
-                    value,
-                });
+                cells.push(cell);
             }
         }
     }
-    Ok(TimeseriesAnswer {
+    Ok(out)
+}
+
+/// The series of every shard's [`SeriesCells`] (for the same keys and
+/// intervals), their cells added up.
+pub fn timeseries_of_cells(parts: Vec<SeriesCells>, q: &TimeseriesQuery) -> TimeseriesAnswer {
+    let mut parts = parts.into_iter();
+    let Some(mut whole) = parts.next() else {
+        return TimeseriesAnswer {
+            series: Vec::new(),
+            exact: q.metric.is_exact(),
+            sources: Vec::new(),
+            retained_from: None,
+        };
+    };
+    for part in parts {
+        whole.exact &= part.exact;
+        for s in part.sources {
+            if !whole.sources.contains(&s) {
+                whole.sources.push(s);
+            }
+        }
+        whole.retained_from = whole.retained_from.max(part.retained_from);
+        for ((_, cells), (_, more)) in whole.series.iter_mut().zip(part.series) {
+            for (cell, other) in cells.iter_mut().zip(more) {
+                match (cell.as_mut(), other) {
+                    (Some(c), Some(o)) => c.merge(&o),
+                    (None, Some(o)) => *cell = Some(o),
+                    (_, None) => {}
+                }
+            }
+        }
+    }
+    let series = (whole.series.into_iter())
+        .map(|(key, cells)| Series {
+            key,
+            points: (whole.starts.iter().zip(cells))
+                .map(|(start, cell)| {
+                    let count = cell.as_ref().map_or(0, |c| c.count);
+                    let value = match cell.as_ref().and_then(|c| q.metric.value(c)) {
+                        Some((v, _)) => Some(v),
+                        // A count over no requests is 0; an average or rate of nothing is undefined.
+                        None if matches!(q.metric, Metric::Frequency | Metric::Errors) => Some(0.0),
+                        None => None,
+                    };
+                    Point {
+                        start: *start,
+                        count,
+                        value,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    TimeseriesAnswer {
         series,
-        exact,
-        sources,
-        retained_from: retained_from(engine, q.range, Grouping::By(dim), &q.filters, q.metric),
-    })
+        exact: q.metric.is_exact() && whole.exact,
+        sources: whole.sources,
+        retained_from: whole.retained_from,
+    }
 }

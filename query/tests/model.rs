@@ -814,6 +814,93 @@ fn user_top_k_over_crowded_partial_hours_matches_the_model() {
     reopened.close().unwrap();
 }
 
+/// Random events in one engine, and the same split over three engines
+/// (each event on one, by its id); and the generator, to ask questions.
+fn three_shards(seed: u64) -> (Engine, Vec<Engine>, StdRng) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(100 + seed);
+    let open = |n: u64| Engine::open_with(Arc::new(SimFs::new(n)), config()).unwrap();
+    let whole = open(seed * 10);
+    let shards: Vec<Engine> = (1..=3).map(|i| open(seed * 10 + i)).collect();
+    for b in 0..30 {
+        let batch: Vec<Event> = (0..rng.random_range(1..80))
+            .map(|i| random_event(&mut rng, b * 100 + i))
+            .collect();
+        rt.block_on(whole.ingest(batch.clone(), None)).unwrap();
+        for (s, shard) in shards.iter().enumerate() {
+            let shard_of = |e: &Event| e.request_id.bytes().map(usize::from).sum::<usize>() % 3;
+            let part: Vec<Event> = (batch.iter())
+                .filter(|e| shard_of(e) == s)
+                .cloned()
+                .collect();
+            if !part.is_empty() {
+                rt.block_on(shard.ingest(part, None)).unwrap();
+            }
+        }
+        if b % 11 == 0 {
+            whole.flush().unwrap();
+            shards[b % 3].flush().unwrap();
+        }
+    }
+    (whole, shards, rng)
+}
+
+/// Series and days merged from three shards' cells equal one engine's.
+#[test]
+fn three_shards_merged_series_and_history_answer_as_one_engine() {
+    use toplog_query::{
+        TimeseriesQuery, day_cells, history, history_of_cells, key_cells, keys_question,
+        series_cells, timeseries, timeseries_of_cells, top_k_of_cells,
+    };
+    for seed in 0..3u64 {
+        let (whole, shards, mut rng) = three_shards(seed);
+        let first_day = Micros::new(T0 - DAY);
+        let one = history(&whole, first_day, 5).unwrap();
+        let parts = shards
+            .iter()
+            .map(|s| day_cells(s, first_day, 5).unwrap())
+            .collect();
+        assert_eq!(history_of_cells(first_day, parts), one, "seed {seed}");
+        assert!(one.iter().map(|d| d.total_requests).sum::<u64>() > 0);
+        for _ in 0..30 {
+            let (top, by) = random_query(&mut rng);
+            let q = TimeseriesQuery {
+                metric: top.metric,
+                interval_us: [MIN, 15 * MIN, HOUR, DAY][rng.random_range(0..4)],
+                range: top.range,
+                filters: top.filters.clone(),
+                by: rng.random_bool(0.5).then_some(by),
+                limit: rng.random_range(1..4),
+            };
+            if (q.range.end.get() - q.range.start.get()) / q.interval_us > 2_000 {
+                continue;
+            }
+            let one = timeseries(&whole, &q).unwrap();
+            // The keys: the top `limit` across the shards, then each shard's cells of them.
+            let keys: Vec<Option<String>> = match keys_question(&q) {
+                None => vec![None],
+                Some(best) => {
+                    let parts = shards
+                        .iter()
+                        .map(|s| key_cells(s, &best).unwrap())
+                        .collect();
+                    (top_k_of_cells(parts, &best).unwrap().rows.into_iter())
+                        .map(|r| Some(r.key))
+                        .collect()
+                }
+            };
+            let parts = shards
+                .iter()
+                .map(|s| series_cells(s, &q, &keys).unwrap())
+                .collect();
+            let merged = timeseries_of_cells(parts, &q);
+            assert_eq!(merged.series, one.series, "seed {seed}: {q:?}");
+        }
+    }
+}
+
 /// Events split over three engines (shards, by request id): every top-K
 /// merged from their key cells equals the answer of one engine holding
 /// them all, rows, values, counts and quantile bounds alike; and by
@@ -868,35 +955,8 @@ fn three_shards_merged_answer_as_one_engine() {
         }
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     for seed in 0..4u64 {
-        let mut rng = StdRng::seed_from_u64(100 + seed);
-        let open = |n: u64| Engine::open_with(Arc::new(SimFs::new(n)), config()).unwrap();
-        let whole = open(seed * 10);
-        let shards: Vec<Engine> = (1..=3).map(|i| open(seed * 10 + i)).collect();
-        for b in 0..30 {
-            let batch: Vec<Event> = (0..rng.random_range(1..80))
-                .map(|i| random_event(&mut rng, b * 100 + i))
-                .collect();
-            rt.block_on(whole.ingest(batch.clone(), None)).unwrap();
-            for (s, shard) in shards.iter().enumerate() {
-                // Each event on one shard, by its id.
-                let shard_of = |e: &Event| e.request_id.bytes().map(usize::from).sum::<usize>() % 3;
-                let part: Vec<Event> = (batch.iter())
-                    .filter(|e| shard_of(e) == s)
-                    .cloned()
-                    .collect();
-                if !part.is_empty() {
-                    rt.block_on(shard.ingest(part, None)).unwrap();
-                }
-            }
-            if b % 11 == 0 {
-                whole.flush().unwrap();
-                shards[b % 3].flush().unwrap();
-            }
-        }
+        let (whole, shards, mut rng) = three_shards(seed);
         for _ in 0..80 {
             let (q, _) = random_query(&mut rng);
             let one = top_k(&whole, &q).unwrap();
