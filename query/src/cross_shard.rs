@@ -182,6 +182,27 @@ pub fn top_k_across<S: ShardKeys>(
     })
 }
 
+/// The single requests of `by=request` across shards: each shard's own top
+/// K (its answer to `q`), ranked together. Exact: a request in the whole
+/// top K is in its own shard's.
+pub fn requests_across(parts: Vec<TopKAnswer>, q: &TopK) -> Result<TopKAnswer> {
+    if q.by != Grouping::Request {
+        return Err(QueryError::Invalid(
+            "by",
+            "only single requests are ranked from each shard's top K".into(),
+        ));
+    }
+    let mut rows: Vec<TopKRow> = parts.into_iter().flat_map(|p| p.rows).collect();
+    rank(&mut rows, q.k, q.order);
+    Ok(TopKAnswer {
+        rows,
+        exact: true,
+        unlisted_max_count: 0,
+        sources: vec!["raw"],
+        retained_from: None,
+    })
+}
+
 /// One shard's part of a top-K: every key's cell over the question's range
 /// and filters, as its rollups and raw rows hold them.
 #[derive(Debug, Clone)]

@@ -847,6 +847,33 @@ fn three_shards(seed: u64) -> (Engine, Vec<Engine>, StdRng) {
     (whole, shards, rng)
 }
 
+/// The slowest single requests, and counts, across three shards: as one engine's.
+#[test]
+fn three_shards_slowest_requests_and_counts_answer_as_one_engine() {
+    use toplog_query::requests_across;
+    for seed in 0..3u64 {
+        let (whole, shards, mut rng) = three_shards(seed);
+        for _ in 0..40 {
+            let (mut q, _) = random_query(&mut rng);
+            q.by = Grouping::Request;
+            q.metric = [Metric::LatencyMax, Metric::LatencyP99][rng.random_range(0..2)];
+            q.k = rng.random_range(1..30);
+            let one = top_k(&whole, &q).unwrap();
+            let parts = shards.iter().map(|s| top_k(s, &q).unwrap()).collect();
+            assert_eq!(
+                requests_across(parts, &q).unwrap().rows,
+                one.rows,
+                "seed {seed}: {q:?}"
+            );
+            let count: u64 = shards
+                .iter()
+                .map(|s| s.count(q.range, &q.filters).unwrap())
+                .sum();
+            assert_eq!(count, whole.count(q.range, &q.filters).unwrap());
+        }
+    }
+}
+
 /// Series and days merged from three shards' cells equal one engine's.
 #[test]
 fn three_shards_merged_series_and_history_answer_as_one_engine() {
