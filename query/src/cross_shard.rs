@@ -194,13 +194,7 @@ pub fn requests_across(parts: Vec<TopKAnswer>, q: &TopK) -> Result<TopKAnswer> {
     }
     let mut rows: Vec<TopKRow> = parts.into_iter().flat_map(|p| p.rows).collect();
     rank(&mut rows, q.k, q.order);
-    Ok(TopKAnswer {
-        rows,
-        exact: true,
-        unlisted_max_count: 0,
-        sources: vec!["raw"],
-        retained_from: None,
-    })
+    Ok(TopKAnswer::of_requests(rows))
 }
 
 /// One shard's part of a top-K: every key's cell over the question's range

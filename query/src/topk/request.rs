@@ -32,11 +32,18 @@ pub(super) fn slowest(engine: &Engine, q: &TopK) -> Result<TopKAnswer> {
             bounds: None,
         })
         .collect();
-    Ok(TopKAnswer {
-        rows,
-        exact: true,
-        unlisted_max_count: 0,
-        sources: vec!["raw"],
-        retained_from: None,
-    })
+    Ok(TopKAnswer::of_requests(rows))
+}
+
+impl TopKAnswer {
+    /// An answer of single requests: exact, from raw rows.
+    pub(crate) fn of_requests(rows: Vec<TopKRow>) -> Self {
+        Self {
+            rows,
+            exact: true,
+            unlisted_max_count: 0,
+            sources: vec!["raw"],
+            retained_from: None,
+        }
+    }
 }
