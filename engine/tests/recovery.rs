@@ -512,3 +512,39 @@ fn a_crash_at_any_step_of_the_first_flush_recovers_everything() {
         assert!(again.replayed, "sync {n}: the key must survive");
     }
 }
+
+/// A single node's log with batches it acknowledged but did not flush is
+/// not silently dropped when the store is opened as a Raft member (which
+/// reads only the Raft log): refused, until the node has flushed them.
+#[test]
+fn a_replicated_open_refuses_a_single_nodes_unflushed_log() {
+    let fs = SimFs::new(41);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(41);
+    let engine = Engine::open_with(Arc::new(fs.clone()), config()).unwrap();
+    let batch: Vec<Event> = (0..5)
+        .map(|i| event(&mut rng, format!("u-{i}"), 1_700_000_000_000_000))
+        .collect();
+    rt.block_on(engine.ingest(batch, None)).unwrap();
+    // Power loss: the batch is in the log only.
+    let crashed = fs.crashed_copy();
+    drop(engine);
+    let replicated = || {
+        let mut c = config();
+        c.replicated = true;
+        c
+    };
+    let err = Engine::open_with(Arc::new(crashed.clone()), replicated())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("did not flush"), "{err}");
+    // Opened as the single node it was, it replays and (closed) flushes them;
+    // then the member opens and holds them.
+    let single = Engine::open_with(Arc::new(crashed.clone()), config()).unwrap();
+    assert_eq!(read_all(&single).len(), 5);
+    single.close().unwrap();
+    let member = Engine::open_with(Arc::new(crashed), replicated()).unwrap();
+    assert_eq!(read_all(&member).len(), 5);
+}

@@ -88,6 +88,7 @@ impl Engine {
             maintenance: Mutex::new(()),
         });
         if inner.config.replicated {
+            refuse_unread_log(&fs, &root, flushed)?;
             tracing::info!(flushed_lsn = %flushed, "engine recovered; the replicated log delivers the rest");
             return Self::with_flusher(inner, None, &root);
         }
@@ -294,4 +295,34 @@ pub(super) fn load_state(
     }
 
     Ok(state)
+}
+
+/// A replicated store takes its batches from the Raft log, never from its
+/// own `wal/`: a single node's log holding batches past the flushed index
+/// (a node stopped by a crash, then started as a cluster member) would be
+/// lost without a word. Refused, saying how to flush it.
+fn refuse_unread_log(fs: &Arc<dyn Fs>, root: &Path, flushed: toplog_types::Lsn) -> Result<()> {
+    let dir = root.join(WAL_DIR);
+    if fs.list(&dir).map_err(io_err("list", &dir))?.is_empty() {
+        return Ok(());
+    }
+    let (wal, left) = Wal::open(
+        fs.clone(),
+        &dir,
+        WalOptions::default(),
+        flushed,
+        Box::new(|_, _, _| {}),
+    )?;
+    wal.close()?;
+    match left.first() {
+        None => Ok(()),
+        Some(first) => Err(EngineError::Corrupt {
+            path: dir,
+            reason: format!(
+                "it holds {} batches a single node acknowledged but did not flush (from index {}): a cluster member does not read them. Start the node once without --cluster and stop it (a stop flushes them), then start it as a member",
+                left.len(),
+                first.lsn
+            ),
+        }),
+    }
 }
