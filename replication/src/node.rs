@@ -99,6 +99,10 @@ pub struct Timing {
     /// followers a little behind; a follower further behind gets a
     /// snapshot. The log is compacted when it holds twice this many.
     pub log_keep: u64,
+    /// ... and at most this many bytes of them (payloads), compacted when
+    /// they weigh twice this: the log's entries are also held in memory,
+    /// and ingest batches are large (a 10,000-event batch is about 0.7 MB).
+    pub log_keep_bytes: u64,
 }
 
 impl Default for Timing {
@@ -108,6 +112,7 @@ impl Default for Timing {
             heartbeat_ticks: 2,
             fixed_election_ticks: None,
             log_keep: 1000,
+            log_keep_bytes: 32 << 20,
         }
     }
 }
@@ -128,6 +133,7 @@ pub struct RaftNode<D: Durable, M: StateMachine> {
     /// That configuration's context (see [`RaftNode::open`]).
     conf_context: Vec<u8>,
     log_keep: u64,
+    log_keep_bytes: u64,
     /// Followers sent a snapshot: ticks since they last fetched a part of it.
     snapshots_out: BTreeMap<u64, u32>,
     /// Set when a configuration change applied removed this node while it leads.
@@ -280,6 +286,7 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
             conf_index,
             conf_context,
             log_keep: timing.log_keep.max(1),
+            log_keep_bytes: timing.log_keep_bytes.max(1),
             snapshots_out: BTreeMap::new(),
             removed_leader: false,
             ticks_leading: 0,
@@ -534,8 +541,9 @@ impl<D: Durable, M: StateMachine> RaftNode<D, M> {
         }
         let kept = self.machine.applied().min(self.applied_index());
         let start = self.first_index() - 1;
-        if kept >= start + 2 * self.log_keep {
-            let upto = kept - self.log_keep;
+        let by_count = (kept >= start + 2 * self.log_keep).then(|| kept - self.log_keep);
+        let by_bytes = self.raw.store().rl().keep_bytes(kept, self.log_keep_bytes);
+        if let Some(upto) = by_count.max(by_bytes).filter(|upto| *upto > start) {
             let term = self.raw.raft.raft_log.term(upto)?;
             self.durable.compact(upto, term)?;
             self.raw.store().wl().compact(upto, term);

@@ -37,6 +37,25 @@ impl Core {
         self.entries.last().map_or(self.start.0, |e| e.index)
     }
 
+    /// Where to compact so that the entries up to `kept` weigh at most
+    /// `budget` bytes of payload, when they weigh more than twice that
+    /// (`None` otherwise): the last index to drop.
+    pub(crate) fn keep_bytes(&self, kept: u64, budget: u64) -> Option<u64> {
+        let upto = usize::try_from(kept.saturating_sub(self.start.0)).ok()?;
+        let held = self.entries.get(..upto.min(self.entries.len()))?;
+        let weight = |e: &Entry| e.data.len() as u64 + e.context.len() as u64;
+        if held.iter().map(weight).sum::<u64>() <= 2 * budget {
+            return None;
+        }
+        let mut sum = 0;
+        let newest_kept = held.iter().rev().take_while(|e| {
+            sum += weight(e);
+            sum <= budget
+        });
+        let keep = newest_kept.count();
+        held.get(held.len() - keep - 1).map(|e| e.index)
+    }
+
     /// Appends `entries`, replacing any kept entry at their indexes or after.
     pub(crate) fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
         let Some(first) = entries.first() else {
@@ -204,5 +223,41 @@ impl Storage for NodeStorage {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = 1;
+        e.data = vec![0; bytes].into();
+        e
+    }
+
+    #[test]
+    fn the_log_kept_behind_the_applied_index_is_bounded_by_bytes() {
+        let mut core = Core::default();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
+        core.append(&entries).unwrap();
+        // 800 bytes up to index 8: under twice 500, nothing to drop.
+        assert_eq!(core.keep_bytes(8, 500), None);
+        // Up to 10 (1,000 bytes), over twice 450: keep 400 bytes (7..=10), drop up to 6.
+        assert_eq!(core.keep_bytes(10, 450), Some(6));
+        core.compact(6, 1);
+        assert_eq!(core.first_index(), 7);
+        assert_eq!(core.keep_bytes(10, 450), None);
+        // An entry heavier than the budget alone: everything up to the
+        // applied index goes (a follower behind gets a snapshot).
+        core.append(&[entry(11, 5_000)]).unwrap();
+        assert_eq!(core.keep_bytes(11, 450), Some(11));
+        // Entries past the applied index are never counted or dropped.
+        core.append(&[entry(12, 5_000)]).unwrap();
+        assert_eq!(core.keep_bytes(11, 450), Some(11));
+        assert_eq!(core.keep_bytes(10, 450), None);
     }
 }

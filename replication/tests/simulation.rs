@@ -325,6 +325,8 @@ impl World {
         // would draw them from a random source the seed does not govern.
         // Short logs: nodes down or cut off for a while need a snapshot.
         let log_keep = rng.random_range(3..30);
+        // A third of the runs keep a log by bytes, down to a few entries.
+        let log_keep_bytes = if seed % 3 == 0 { 64 } else { u64::MAX / 4 };
         let mut slots: Vec<usize> = (0..ids.len()).collect();
         for i in (1..slots.len()).rev() {
             slots.swap(i, rng.random_range(0..=i));
@@ -336,6 +338,7 @@ impl World {
                 heartbeat_ticks: 2,
                 fixed_election_ticks: Some(10 + 4 * slot),
                 log_keep,
+                log_keep_bytes,
             })
             .collect();
         let mut world = Self {
