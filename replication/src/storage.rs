@@ -232,11 +232,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, bytes: usize) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = 1;
-        e.data = vec![0; bytes].into();
-        e
+        Entry {
+            index,
+            term: 1,
+            data: vec![0; bytes].into(),
+            ..Entry::default()
+        }
     }
 
     #[test]

@@ -326,7 +326,11 @@ impl World {
         // Short logs: nodes down or cut off for a while need a snapshot.
         let log_keep = rng.random_range(3..30);
         // A third of the runs keep a log by bytes, down to a few entries.
-        let log_keep_bytes = if seed % 3 == 0 { 64 } else { u64::MAX / 4 };
+        let log_keep_bytes = if seed.is_multiple_of(3) {
+            64
+        } else {
+            u64::MAX / 4
+        };
         let mut slots: Vec<usize> = (0..ids.len()).collect();
         for i in (1..slots.len()).rev() {
             slots.swap(i, rng.random_range(0..=i));
