@@ -101,8 +101,12 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
         };
         for rel in state {
             let path = data_dir.join(&rel);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Gone since it was listed (an aggregation job past its TTL).
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+            };
             keep(&mut entries, rel, put_bytes(store, bytes)?);
         }
         for (rel, path) in files {
