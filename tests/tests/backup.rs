@@ -68,6 +68,16 @@ fn toplog(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `POST /api/v1/admin/backups` with `body`: the status and the answer.
+fn post_backup(server: &Server, body: &Value) -> (u16, Value) {
+    let r = client()
+        .post(server.url("/api/v1/admin/backups"))
+        .json(body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap())
+}
+
 /// `toplog backup` of `server` with `extra` arguments: what it took.
 fn cli_backup(server: &Server, extra: &[&str]) -> Value {
     let mut args = vec![
@@ -219,13 +229,9 @@ fn a_backup_under_ingest_restores_the_batches_up_to_its_index_and_answers_as_the
 
     // Ingest stopped: a backup, and another with nothing changed between.
     let take = || -> Value {
-        let r = client()
-            .post(server.url("/api/v1/admin/backups"))
-            .json(&json!({}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json::<Value>().unwrap()["data"].clone()
+        let (status, answer) = post_backup(&server, &json!({}));
+        assert_eq!(status, 200, "{answer}");
+        answer["data"].clone()
     };
     let second = take();
     let third = take();
@@ -261,30 +267,18 @@ fn a_backup_under_ingest_restores_the_batches_up_to_its_index_and_answers_as_the
         (json!({"where": url}), "where"),
         (json!([url]), "body"),
     ] {
-        let r = client()
-            .post(server.url("/api/v1/admin/backups"))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
-        assert_eq!(
-            r.json::<Value>().unwrap()["error"]["field"],
-            field,
-            "{body}"
-        );
+        let (status, answer) = post_backup(&server, &body);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(answer["error"]["field"], field, "{body}");
     }
     assert_eq!(
         metric(&server.base, "toplog_backups_total{outcome=\"done\"}"),
         3.0
     );
     // A location that cannot be reached is a 502 that says so, and counted.
-    let r = client()
-        .post(server.url("/api/v1/admin/backups"))
-        .json(&json!({"to": "s3://no-such-bucket/x"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "backup_failed");
+    let (status, answer) = post_backup(&server, &json!({"to": "s3://no-such-bucket/x"}));
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "backup_failed");
     assert_eq!(
         metric(&server.base, "toplog_backups_total{outcome=\"failed\"}"),
         1.0
