@@ -594,10 +594,17 @@ fn a_cluster_members_backup_starts_a_new_cluster_that_grows() {
     converged(&old, 500, Duration::from_secs(30));
     // A follower's backup, at the Raft index it had applied.
     let follower = if leader == 1 { 2 } else { 1 };
+    // The leader names the cluster soon after it leads (its membership watch): the
+    // follower has applied that name before its backup is taken.
+    let id_file = old.data_dir(follower).join("raft/CLUSTER_ID");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !id_file.exists() {
+        assert!(Instant::now() < deadline, "the cluster was never named");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (status, taken) = call(&old, follower, "POST", "/api/v1/admin/backups", &json!({}));
     assert_eq!(status, 200, "{taken}");
-    let cluster_id =
-        std::fs::read_to_string(old.data_dir(follower).join("raft/CLUSTER_ID")).unwrap();
+    let cluster_id = std::fs::read_to_string(&id_file).unwrap();
     drop(old);
 
     // Restored as node 1 of a new cluster of one, then grown to two.
