@@ -60,6 +60,18 @@ impl KeyedEvents {
         self.events.len()
     }
 
+    /// The events by `part` of each (each part's in their order), their
+    /// keys' ids with them.
+    pub fn split<K: Ord>(self, part: impl Fn(&Event) -> K) -> std::collections::BTreeMap<K, Self> {
+        let mut parts: std::collections::BTreeMap<K, Self> = std::collections::BTreeMap::new();
+        for (event, ids) in self.events.into_iter().zip(self.ids) {
+            let into = parts.entry(part(&event)).or_default();
+            into.events.push(event);
+            into.ids.push(ids);
+        }
+        parts
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }

@@ -6,7 +6,7 @@ use toplog_types::{Event, Micros};
 use crate::columns::Columns;
 
 /// `[start, end)` in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimeRange {
     pub start: Micros,
     pub end: Micros,
@@ -23,7 +23,7 @@ impl TimeRange {
 }
 
 /// Equality filters; `None` matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filters {
     pub endpoint: Option<String>,
     pub user_id: Option<String>,
@@ -405,26 +405,51 @@ pub(crate) fn page(mut rows: Vec<Event>, from: Option<&Cursor>, limit: usize) ->
         }
     }
     let events: Vec<Event> = rows.by_ref().take(limit).collect();
-    let next = match (events.last(), rows.peek()) {
-        (Some(last), Some(_)) => {
-            let same =
-                |e: &&Event| e.timestamp == last.timestamp && e.request_id == last.request_id;
-            let mut skip = events.iter().filter(same).count() as u64;
-            if let Some(c) = from
-                && c.ts == last.timestamp
-                && c.request_id == last.request_id
-            {
-                skip += c.skip;
-            }
-            Some(Cursor {
-                ts: last.timestamp,
-                request_id: last.request_id.clone(),
-                skip,
-            })
-        }
-        _ => None,
+    let next = match rows.peek() {
+        Some(_) => cursor_after(&events, from),
+        None => None,
     };
     Page { events, next }
+}
+
+/// Where the page after `events` (read from `from` on) starts: past its
+/// last row, and past the rows before it sharing that row's timestamp and
+/// request id.
+fn cursor_after(events: &[Event], from: Option<&Cursor>) -> Option<Cursor> {
+    let last = events.last()?;
+    let same = |e: &&Event| e.timestamp == last.timestamp && e.request_id == last.request_id;
+    let mut skip = events.iter().filter(same).count() as u64;
+    if let Some(c) = from
+        && c.ts == last.timestamp
+        && c.request_id == last.request_id
+    {
+        skip += c.skip;
+    }
+    Some(Cursor {
+        ts: last.timestamp,
+        request_id: last.request_id.clone(),
+        skip,
+    })
+}
+
+impl Page {
+    /// One page of `limit` from the pages several stores answered for the
+    /// same `from` and `limit`, when every request id is in one store only
+    /// (a sharded cluster's): each store skipped its own rows at the
+    /// cursor, so the pages' rows are all past it.
+    pub fn merge(pages: Vec<Page>, from: Option<&Cursor>, limit: usize) -> Page {
+        let more = pages.iter().any(|p| p.next.is_some());
+        let mut events: Vec<Event> = pages.into_iter().flat_map(|p| p.events).collect();
+        events.sort_by(page_order);
+        let more = more || events.len() > limit;
+        events.truncate(limit);
+        let next = if more {
+            cursor_after(&events, from)
+        } else {
+            None
+        };
+        Page { events, next }
+    }
 }
 
 #[cfg(test)]

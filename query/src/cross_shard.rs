@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use toplog_engine::{Cell, Engine};
 
-use crate::topk::{Grouping, TopK, TopKAnswer, TopKRow, merged_cells, rank};
-use crate::{Missed, QueryError, Result};
+use crate::topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, merged_cells, rank};
+use crate::{Metric, Missed, QueryError, Result};
 
 /// How a key's parts make its whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +276,101 @@ pub fn top_k_of_cells(parts: Vec<KeyCells>, q: &TopK) -> Result<TopKAnswer> {
         sources,
         retained_from: None,
     })
+}
+
+/// How TPUT ranks `q`, when it can: largest first, grouped, and each
+/// key's whole a sum of its parts (`frequency`, `errors`) or their largest
+/// (`latency_max`). `None`: rank from every key's cell
+/// ([`top_k_of_cells`]).
+pub fn combine_of(q: &TopK) -> Option<Combine> {
+    if q.order != Order::Desc || !matches!(q.by, Grouping::By(_)) {
+        return None;
+    }
+    match q.metric {
+        // `min_count` leaves out the smallest counts: the top K's last.
+        Metric::Frequency => Some(Combine::Sum),
+        Metric::Errors if q.min_count <= 1 => Some(Combine::Sum),
+        Metric::LatencyMax if q.min_count <= 1 => Some(Combine::Max),
+        _ => None,
+    }
+}
+
+/// One shard's side of [`top_k_across`] from its [`KeyCells`]: each key's
+/// part is the metric's value on its cell.
+#[derive(Debug, Clone)]
+pub struct CellParts {
+    /// Best first, ties by key ascending.
+    best: Vec<(String, Part)>,
+    at: HashMap<String, usize>,
+}
+
+impl CellParts {
+    pub fn new(cells: &KeyCells, metric: Metric) -> Self {
+        let mut best: Vec<(String, Part)> = (cells.cells.iter())
+            .filter_map(|(key, cell)| {
+                let (value, _) = metric.value(cell)?;
+                Some((
+                    key.clone(),
+                    Part {
+                        value,
+                        count: cell.count,
+                    },
+                ))
+            })
+            .collect();
+        best.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then_with(|| a.0.cmp(&b.0)));
+        let at = (best.iter().enumerate())
+            .map(|(i, (key, _))| (key.clone(), i))
+            .collect();
+        Self { best, at }
+    }
+}
+
+impl ShardKeys for CellParts {
+    type Error = std::convert::Infallible;
+
+    fn top(&self, k: usize) -> std::result::Result<Vec<(String, Part)>, Self::Error> {
+        Ok(self.best.iter().take(k).cloned().collect())
+    }
+
+    fn at_least(&self, threshold: f64) -> std::result::Result<Vec<(String, Part)>, Self::Error> {
+        Ok((self.best.iter())
+            .take_while(|(_, p)| p.value >= threshold)
+            .cloned()
+            .collect())
+    }
+
+    fn parts(&self, keys: &[String]) -> std::result::Result<Vec<(String, Part)>, Self::Error> {
+        Ok((keys.iter())
+            .filter_map(|key| self.at.get(key).map(|i| self.best[*i].clone()))
+            .collect())
+    }
+}
+
+/// The answer to `q` from what [`top_k_across`] found; `exact` and
+/// `sources` as the shards' cells said.
+pub fn top_k_of_parts(
+    found: &CrossShardTopK,
+    q: &TopK,
+    exact: bool,
+    sources: Vec<&'static str>,
+) -> TopKAnswer {
+    let min_count = q.min_count.max(1);
+    TopKAnswer {
+        rows: (found.rows.iter())
+            .filter(|(_, whole)| whole.count >= min_count)
+            .map(|(key, whole)| TopKRow {
+                key: key.clone(),
+                value: whole.value,
+                count: whole.count,
+                bounds: None,
+            })
+            .collect(),
+        exact: exact && q.metric.is_exact(),
+        unlisted_max_count: 0,
+        sources,
+        retained_from: None,
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ mod window;
 
 pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
 pub use cross_shard::{
-    Combine, CrossShardTopK, KeyCells, Part, ShardKeys, key_cells, requests_across, top_k_across,
-    top_k_of_cells,
+    CellParts, Combine, CrossShardTopK, KeyCells, Part, ShardKeys, combine_of, key_cells,
+    requests_across, top_k_across, top_k_of_cells, top_k_of_parts,
 };
 pub use history::{DayRow, day_cells, history, history_of_cells};
 pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};

@@ -2,7 +2,7 @@
 
 use toplog_engine::{Cell, SKETCH_RELATIVE_ERROR};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Metric {
     Frequency,
     Errors,

@@ -14,7 +14,7 @@ pub const MAX_POINTS: i64 = 10_000;
 /// Intervals whose cells are read under one lock.
 const INTERVALS_READ_TOGETHER: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TimeseriesQuery {
     pub metric: Metric,
     /// Bucket length in microseconds; buckets are aligned to multiples of it.

@@ -27,7 +27,7 @@ pub fn slot_of(request_id: &str) -> u16 {
 }
 
 /// One shard's slots, replicas and move under way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
     pub slots: Range<u16>,
     pub replicas: Vec<NodeId>,
@@ -59,7 +59,7 @@ pub fn split<T>(
 }
 
 /// A replica moving from one node to another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Move {
     pub from: NodeId,
     pub to: NodeId,

@@ -281,6 +281,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         openapi: OnceLock::new(),
         auth,
         cluster: OnceLock::new(),
+        shards: OnceLock::new(),
         alerting: OnceLock::new(),
         metrics: crate::metrics::Metrics::new(),
         backups,
@@ -298,6 +299,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             // both end. A cluster's member claims it for the cluster once the
             // log names it, at its first maintenance pass.
             let claim = (state.config.cluster.is_none()).then(|| claim_archive(owner.clone()));
+            let shard_opener = {
+                let (engine_config, owner, runtime) =
+                    (engine_config.clone(), owner.clone(), runtime.clone());
+                move |main| crate::cluster::Opener {
+                    data_dir: engine_config.data_dir.clone(),
+                    engine_config,
+                    owner,
+                    main,
+                    runtime,
+                    maintenance_every: interval,
+                }
+            };
             let opened = Engine::open(engine_config)
                 .context("cannot open the store")
                 .and_then(|engine| {
@@ -338,7 +351,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     ));
                     let _ = state.maintainer.set(maintainer.clone());
                     if let Some(every) = interval {
-                        runtime.spawn(maintain_every(maintainer.clone(), every));
+                        runtime.spawn(maintain_every(Arc::downgrade(&maintainer), every));
                     }
                     let _ = state.jobs.set(store.clone());
                     let _ = state.engine.set(engine.clone());
@@ -355,36 +368,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     // A cluster member's Raft node delivers what the engine
                     // has not flushed, then its new entries.
                     if let Some(settings) = &state.config.cluster {
-                        let started = crate::cluster::Cluster::start(
+                        let started = start_cluster(
+                            &state,
                             settings,
-                            engine.data_dir(),
                             &runtime,
                             crate::cluster::NodeParts {
                                 engine: engine.clone(),
                                 maintainer: maintainer.clone(),
-                                auth: state.auth.clone(),
-                                jobs: crate::api::JobRunner {
-                                    engine: engine.clone(),
-                                    store: store.clone(),
-                                    turns: state.aggregations.clone(),
-                                    memory_bytes: state.config.query_memory_bytes,
-                                    ttl_us: i64::try_from(state.config.aggregation_ttl.as_micros())
-                                        .unwrap_or(i64::MAX),
-                                    runtime: runtime.clone(),
-                                },
-                                alerting: alerting.clone(),
+                                shared: None,
                             },
-                        )
-                        .context("cannot start the cluster's Raft node");
-                        match started {
-                            Ok(cluster) => {
-                                tracing::info!(node_id = settings.node_id, members = ?settings.members, "a member of a Raft cluster");
-                                let _ = state.cluster.set(cluster);
-                            }
-                            Err(e) => {
-                                let _ = state.startup_error.set(format!("{e:#}"));
-                                return Err(e);
-                            }
+                            crate::api::JobRunner {
+                                engine: engine.clone(),
+                                store: store.clone(),
+                                turns: state.aggregations.clone(),
+                                memory_bytes: state.config.query_memory_bytes,
+                                ttl_us: i64::try_from(state.config.aggregation_ttl.as_micros())
+                                    .unwrap_or(i64::MAX),
+                                runtime: runtime.clone(),
+                            },
+                            alerting.clone(),
+                            shard_opener,
+                        );
+                        if let Err(e) = started {
+                            let _ = state.startup_error.set(format!("{e:#}"));
+                            return Err(e);
                         }
                     }
                     runtime.spawn(crate::api::scheduled_backups(state.clone()));
@@ -433,6 +440,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("close task failed: {e}"))??;
     }
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Starts the node's main Raft group and, in a sharded cluster, the
+/// replicas of the shards it holds.
+#[allow(clippy::too_many_arguments)]
+fn start_cluster(
+    state: &Arc<AppState>,
+    settings: &crate::cluster::ClusterSettings,
+    runtime: &tokio::runtime::Handle,
+    mut parts: crate::cluster::NodeParts,
+    jobs: crate::api::JobRunner,
+    alerting: Arc<crate::alerts::Alerting>,
+    opener: impl FnOnce(Arc<Maintainer>) -> crate::cluster::Opener,
+) -> anyhow::Result<()> {
+    let raft_dir = parts.engine.data_dir().join("raft");
+    std::fs::create_dir_all(&raft_dir).with_context(|| format!("{}", raft_dir.display()))?;
+    let shard_state = Arc::new(crate::cluster::ShardState::open(&raft_dir)?);
+    let main = parts.maintainer.clone();
+    parts.shared = Some(crate::cluster::SharedParts {
+        auth: state.auth.clone(),
+        jobs,
+        alerting,
+        shard_state: shard_state.clone(),
+    });
+    let cluster = crate::cluster::Cluster::start(
+        settings,
+        crate::cluster::Group {
+            id: 0,
+            raft_dir,
+            members: settings.members.clone(),
+        },
+        runtime,
+        parts,
+    )
+    .context("cannot start the cluster's Raft node")?;
+    tracing::info!(node_id = settings.node_id, members = ?settings.members, shards = settings.shards, "a member of a Raft cluster");
+    let _ = state.cluster.set(cluster.clone());
+    if settings.shards > 1 {
+        let shards = crate::cluster::Shards::open(settings, shard_state, opener(main), cluster)
+            .context("cannot open this node's shards")?;
+        runtime.spawn(crate::cluster::rebalance(Arc::downgrade(&shards)));
+        let _ = state.shards.set(shards);
+    }
     Ok(())
 }
 
@@ -490,13 +541,20 @@ impl PendingClaim {
 }
 
 /// Runs maintenance every `every`, off the async threads.
-async fn maintain_every(maintainer: Arc<Maintainer>, every: std::time::Duration) {
+/// Runs `maintainer`'s passes every `every`, for as long as its store is
+/// held elsewhere (a shard's replica removed from this node ends them).
+pub(crate) async fn maintain_every(
+    maintainer: std::sync::Weak<Maintainer>,
+    every: std::time::Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: give start-up a period first
     loop {
         tick.tick().await;
-        let m = maintainer.clone();
+        let Some(m) = maintainer.upgrade() else {
+            return;
+        };
         match tokio::task::spawn_blocking(move || m.run()).await {
             Ok(report) if !report.errors.is_empty() => {
                 tracing::warn!(errors = ?report.errors, "maintenance left work for the next pass");

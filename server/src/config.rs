@@ -144,6 +144,11 @@ pub(crate) struct Settings {
     /// still answer `/readyz` with 200 (default 1000).
     #[arg(long, env = "TOPLOG_READY_LAG")]
     pub(crate) ready_lag: Option<u64>,
+    /// Shards a new cluster spreads its events over, each a Raft group of
+    /// its own on 3 of the nodes (default 1: one group holds everything).
+    /// Set when the cluster is made; every first member must say the same.
+    #[arg(long, env = "TOPLOG_SHARDS")]
+    pub(crate) shards: Option<u32>,
     /// `[import]` in the file: `toplog import`'s, not the node's.
     #[arg(skip)]
     pub(crate) import: Option<toml::Table>,
@@ -241,6 +246,7 @@ impl Settings {
             cluster_secret_file: self.cluster_secret_file.or(other.cluster_secret_file),
             raft_log_keep: self.raft_log_keep.or(other.raft_log_keep),
             ready_lag: self.ready_lag.or(other.ready_lag),
+            shards: self.shards.or(other.shards),
             tls_cert_file: self.tls_cert_file.or(other.tls_cert_file),
             tls_key_file: self.tls_key_file.or(other.tls_key_file),
             tls_client_ca_file: self.tls_client_ca_file.or(other.tls_client_ca_file),
@@ -535,6 +541,7 @@ impl Config {
             s.cluster_secret_file.as_deref(),
             s.raft_log_keep,
             s.ready_lag,
+            s.shards,
             tls.as_ref(),
         )?;
         if cluster.is_some() && !auth {

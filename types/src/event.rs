@@ -20,7 +20,7 @@ const METHOD_PATTERN: &str = "^[A-Za-z]{1,16}$";
 pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
 
 /// One stored request. Latency is kept in whole microseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub request_id: String,
     pub timestamp: Micros,

@@ -40,6 +40,16 @@ impl Proposal {
     pub fn take_payload(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.payload)
     }
+
+    /// Its events.
+    pub fn accepted(&self) -> u32 {
+        self.accepted
+    }
+
+    /// Its idempotency key.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
 }
 
 /// What the engine did with an ingested batch.
@@ -220,10 +230,24 @@ impl Engine {
 
     /// The receipt of `proposal`, applied here at `index`.
     pub fn receipt(&self, proposal: &Proposal, index: u64) -> IngestReceipt {
+        self.receipt_of(
+            proposal.idempotency_key.as_deref(),
+            proposal.accepted,
+            index,
+        )
+    }
+
+    /// The receipt of a batch of `accepted` events with `idempotency_key`,
+    /// applied here at `index` (proposed on another node).
+    pub fn receipt_of(
+        &self,
+        idempotency_key: Option<&str>,
+        accepted: u32,
+        index: u64,
+    ) -> IngestReceipt {
         let lsn = Lsn::new(index);
         // Two proposals with one key: apply kept the first.
-        let first =
-            (proposal.idempotency_key.as_deref()).and_then(|k| self.inner.read().keys.get(k));
+        let first = idempotency_key.and_then(|k| self.inner.read().keys.get(k));
         match first {
             Some(rec) if rec.lsn != lsn => IngestReceipt {
                 accepted: rec.accepted,
@@ -231,7 +255,7 @@ impl Engine {
                 replayed: true,
             },
             _ => IngestReceipt {
-                accepted: proposal.accepted,
+                accepted,
                 lsn,
                 replayed: false,
             },

@@ -105,3 +105,64 @@ mod tests {
         );
     }
 }
+
+/// A cell's fields as they travel between nodes (a shard's part of an
+/// answer), checked as a file's cells are when read back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CellFields {
+    count: u64,
+    by_class: [u64; 5],
+    /// The sum's low and high 64 bits (a `u128` does not pass through
+    /// every JSON reader).
+    latency_sum_us: [u64; 2],
+    latency_min_us: u64,
+    latency_max_us: u64,
+    missed: u64,
+    /// (zeros, (bin key, count) ascending).
+    sketch: Option<(u64, Vec<(i32, u64)>)>,
+}
+
+impl serde::Serialize for Cell {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        CellFields {
+            count: self.count,
+            by_class: self.by_class,
+            latency_sum_us: [
+                self.latency_sum_us as u64,
+                (self.latency_sum_us >> 64) as u64,
+            ],
+            latency_min_us: self.latency_min_us,
+            latency_max_us: self.latency_max_us,
+            missed: self.missed,
+            sketch: (self.sketch.as_ref()).map(|k| (k.zeros(), k.bins().collect())),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let f = CellFields::deserialize(d)?;
+        if f.by_class.iter().sum::<u64>() != f.count {
+            return Err(D::Error::custom("class counts disagree with the count"));
+        }
+        let sketch = match f.sketch {
+            None => None,
+            Some((zeros, bins)) => Some(
+                LatencySketch::from_parts(zeros, bins)
+                    .ok_or_else(|| D::Error::custom("sketch bins out of order"))?,
+            ),
+        };
+        Ok(Cell {
+            count: f.count,
+            by_class: f.by_class,
+            latency_sum_us: u128::from(f.latency_sum_us[0])
+                | (u128::from(f.latency_sum_us[1]) << 64),
+            latency_min_us: f.latency_min_us,
+            latency_max_us: f.latency_max_us,
+            sketch,
+            missed: f.missed,
+        })
+    }
+}

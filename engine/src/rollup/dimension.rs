@@ -51,7 +51,9 @@ impl Granularity {
 }
 
 /// What events are grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Dimension {
     Endpoint,
     StatusCode,

@@ -19,7 +19,7 @@ use request::slowest;
 use threshold::heaviest_first;
 
 /// What rows are ranked: groups of requests by a dimension, or single requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Grouping {
     By(Dimension),
     Request,
@@ -41,7 +41,7 @@ impl Grouping {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Order {
     #[default]
     Desc,
@@ -49,7 +49,7 @@ pub enum Order {
 }
 
 /// A top-K question.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TopK {
     pub k: usize,
     pub metric: Metric,
@@ -61,7 +61,7 @@ pub struct TopK {
     pub order: Order,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TopKRow {
     pub key: String,
     pub value: f64,

@@ -27,6 +27,7 @@ fn metric(p: &Params) -> ApiResult<toplog_query::Metric> {
 pub(super) const TOP_K: QuerySpec = QuerySpec {
     params: &[
         params::CONSISTENCY,
+        params::ALLOW_PARTIAL,
         Param {
             name: "k",
             shape: Shape::Int { min: 1, max: MAX_K },
@@ -72,12 +73,9 @@ pub(super) async fn top_k(
     let q = top_k_query(&p)?;
     // The answer is rendered on the read thread too: a top-10,000 is a
     // megabyte of JSON, work for a read's priority, not the network threads'.
-    app.read(&p, move |engine, point| {
-        Ok(top_k_body(
-            &toplog_query::top_k(&engine, &q)?,
-            started,
-            point,
-        ))
+    app.read(&p, move |stores| {
+        let answer = stores.top_k(&q)?;
+        Ok(top_k_body(&answer, started, stores.point()))
     })
     .await
 }
@@ -90,10 +88,8 @@ pub(crate) async fn top_k_by_values(
 ) -> ApiResult<(toplog_query::TopKAnswer, Option<ReadPoint>)> {
     let p = Params::from_values(values, TOP_K)?;
     let q = top_k_query(&p)?;
-    app.read(&p, move |engine, point| {
-        Ok((toplog_query::top_k(&engine, &q)?, point))
-    })
-    .await
+    app.read(&p, move |stores| Ok((stores.top_k(&q)?, stores.point())))
+        .await
 }
 
 fn top_k_query(p: &Params) -> ApiResult<TopK> {
@@ -163,6 +159,7 @@ const DAY_US: i64 = 86_400_000_000;
 pub(super) const HISTORY: QuerySpec = QuerySpec {
     params: &[
         params::CONSISTENCY,
+        params::ALLOW_PARTIAL,
         Param {
             name: "start_date",
             shape: Shape::Date,
@@ -239,10 +236,10 @@ async fn history_of(
     let first = first.max(0);
     let days = u32::try_from(last - first + 1).unwrap_or(0);
     let first_day = first * DAY_US;
-    app.read(&p, move |engine, point| {
+    app.read(&p, move |stores| {
         Ok((
-            toplog_query::history(&engine, Micros::new(first_day), days)?,
-            point,
+            stores.history(Micros::new(first_day), days)?,
+            stores.point(),
         ))
     })
     .await
@@ -252,6 +249,7 @@ async fn history_of(
 pub(super) const TIMESERIES: QuerySpec = QuerySpec {
     params: &[
         params::CONSISTENCY,
+        params::ALLOW_PARTIAL,
         params::METRIC,
         Param {
             name: "interval",
@@ -293,11 +291,9 @@ pub(super) async fn timeseries(
 ) -> ApiResult {
     let p = Params::new(raw, TIMESERIES)?;
     let q = timeseries_query(&p)?;
-    app.read(&p, move |engine, point| {
-        Ok(timeseries_body(
-            &toplog_query::timeseries(&engine, &q)?,
-            point,
-        ))
+    app.read(&p, move |stores| {
+        let answer = stores.timeseries(&q)?;
+        Ok(timeseries_body(&answer, stores.point()))
     })
     .await
 }
@@ -310,8 +306,8 @@ pub(crate) async fn timeseries_by_values(
 ) -> ApiResult<(toplog_query::TimeseriesAnswer, Option<ReadPoint>)> {
     let p = Params::from_values(values, TIMESERIES)?;
     let q = timeseries_query(&p)?;
-    app.read(&p, move |engine, point| {
-        Ok((toplog_query::timeseries(&engine, &q)?, point))
+    app.read(&p, move |stores| {
+        Ok((stores.timeseries(&q)?, stores.point()))
     })
     .await
 }

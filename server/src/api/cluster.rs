@@ -54,8 +54,13 @@ pub(super) async fn cluster(State(app): State<Arc<AppState>>) -> ApiResult {
                     m
                 })
                 .collect();
+            let shards = match app.shards.get() {
+                Some(shards) => json!(shards.view().await),
+                None => Value::Null,
+            };
             json!({
                 "clustered": true,
+                "shards": shards,
                 "node_id": s.node_id,
                 "leader_id": (s.leader_id != 0).then_some(s.leader_id),
                 "term": s.term,

@@ -70,6 +70,8 @@ pub(crate) async fn ingest_checked(
 pub(crate) struct Stored {
     pub(crate) receipt: toplog_engine::IngestReceipt,
     pub(crate) leader_id: Option<u64>,
+    /// In a sharded cluster: each shard's part (the receipt sums them).
+    pub(crate) parts: Vec<crate::cluster::PartStored>,
 }
 
 /// Stores a checked batch: in the engine's own log on a single node, through
@@ -86,6 +88,25 @@ pub(crate) async fn store(
         return Ok(Stored {
             receipt: engine.ingest(events, key).await?,
             leader_id: None,
+            parts: Vec::new(),
+        });
+    }
+    if let Some(shards) = app.shards.get() {
+        let parts = shards.store(&engine, events, key).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_written",
+                format!("{e}; the batch was not acknowledged (an idempotency key makes the retry safe, whatever parts were stored)"),
+            )
+        })?;
+        return Ok(Stored {
+            receipt: toplog_engine::IngestReceipt {
+                accepted: parts.iter().map(|p| p.receipt.accepted).sum(),
+                lsn: toplog_types::Lsn::new(0),
+                replayed: !parts.is_empty() && parts.iter().all(|p| p.receipt.replayed),
+            },
+            leader_id: None,
+            parts,
         });
     }
     let cluster = app.cluster.get().cloned().ok_or_else(|| {
@@ -99,6 +120,7 @@ pub(crate) async fn store(
             return Ok(Stored {
                 receipt: known,
                 leader_id: (leader_id != 0).then_some(leader_id),
+                parts: Vec::new(),
             });
         }
     };
@@ -116,6 +138,7 @@ pub(crate) async fn store(
     Ok(Stored {
         receipt: engine.receipt(&proposal, written.index),
         leader_id: Some(written.leader_id),
+        parts: Vec::new(),
     })
 }
 
@@ -185,7 +208,11 @@ pub(super) async fn ingest(
     }
     app.auth
         .spend_events(caller.as_ref().map(|c| &c.0), events.len())?;
-    let Stored { receipt, leader_id } = store(&app, events, key).await?;
+    let Stored {
+        receipt,
+        leader_id,
+        parts,
+    } = store(&app, events, key).await?;
     let mut body =
         json!({"status": "success", "accepted": receipt.accepted, "replayed": receipt.replayed});
     if let Some(leader_id) = leader_id {
@@ -193,6 +220,22 @@ pub(super) async fn ingest(
         // (a read answered with `applied_index` at or past it holds it).
         body["leader_id"] = json!(leader_id);
         body["index"] = json!(receipt.lsn.get());
+    }
+    if !parts.is_empty() {
+        // In a sharded cluster: each shard's part, its Raft log index and
+        // the node that led its group.
+        body["shards"] = parts
+            .iter()
+            .map(|p| {
+                json!({
+                    "shard": p.shard,
+                    "accepted": p.receipt.accepted,
+                    "replayed": p.receipt.replayed,
+                    "index": p.receipt.lsn.get(),
+                    "leader_id": p.leader_id,
+                })
+            })
+            .collect();
     }
     let mut resp = Json(body).into_response();
     resp.extensions_mut().insert(crate::metrics::Ingested {
@@ -214,6 +257,7 @@ pub(super) fn micros(d: std::time::Duration) -> i64 {
 pub(super) const LIST: QuerySpec = QuerySpec {
     params: &[
         params::CONSISTENCY,
+        params::ALLOW_PARTIAL,
         params::START,
         params::END,
         params::ENDPOINT,
@@ -242,6 +286,7 @@ pub(super) const LIST: QuerySpec = QuerySpec {
 pub(super) const COUNT: QuerySpec = QuerySpec {
     params: &[
         params::CONSISTENCY,
+        params::ALLOW_PARTIAL,
         params::START,
         params::END,
         params::ENDPOINT,
@@ -290,8 +335,9 @@ async fn page_of(app: &AppState, p: Params) -> ApiResult<(toplog_engine::Page, O
             })
         })
         .transpose()?;
-    app.read(&p, move |engine, point| {
-        Ok((engine.scan(range, &filters, cursor.as_ref(), limit)?, point))
+    app.read(&p, move |stores| {
+        let page = stores.scan(range, &filters, cursor.as_ref(), limit)?;
+        Ok((page, stores.point()))
     })
     .await
 }
@@ -327,8 +373,8 @@ pub(crate) async fn count_by_values(
 async fn count_of(app: &AppState, p: Params) -> ApiResult<(u64, Option<ReadPoint>)> {
     let range = p.range()?;
     let filters = p.filters()?;
-    app.read(&p, move |engine, point| {
-        Ok((engine.count(range, &filters)?, point))
+    app.read(&p, move |stores| {
+        Ok((stores.count(range, &filters)?, stores.point()))
     })
     .await
 }

@@ -16,6 +16,7 @@ mod openapi;
 mod params;
 mod routes;
 mod storage;
+mod stores;
 pub(crate) mod traces;
 mod web;
 mod workers;
@@ -58,6 +59,9 @@ pub(crate) struct AppState {
     /// This node's Raft group, when it is one of a cluster; set once the
     /// engine is open.
     pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// A sharded cluster's shards as this node holds them; set once the
+    /// main group runs.
+    pub(crate) shards: OnceLock<Arc<crate::cluster::Shards>>,
     /// Alert rules and alerts; opened with the engine.
     pub(crate) alerting: OnceLock<Arc<crate::alerts::Alerting>>,
     /// What `GET /metrics` serves.
@@ -69,18 +73,29 @@ pub(crate) struct AppState {
 /// Where a read was served in a cluster: the node, and the Raft log index
 /// its store had applied when the read began (after the wait a strong read
 /// makes): the answer holds every write acknowledged up to there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// In a sharded cluster, `shards` says where each shard was read (and
+/// what was left out): the main group's index says nothing of events.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ReadPoint {
     pub(crate) node_id: u64,
     pub(crate) applied_index: u64,
+    pub(crate) shards: Option<serde_json::Value>,
 }
 
 impl ReadPoint {
     /// Adds itself to an answer's `meta`.
     pub(crate) fn add_to(point: Option<Self>, meta: &mut serde_json::Value) {
-        if let Some(p) = point {
-            meta["node_id"] = p.node_id.into();
-            meta["applied_index"] = p.applied_index.into();
+        let Some(p) = point else {
+            return;
+        };
+        meta["node_id"] = p.node_id.into();
+        match p.shards {
+            Some(serde_json::Value::Object(shards)) => {
+                for (k, v) in shards {
+                    meta[k] = v;
+                }
+            }
+            _ => meta["applied_index"] = p.applied_index.into(),
         }
     }
 }
@@ -92,15 +107,17 @@ impl AppState {
     /// Runs read `f` on the read threads, as `consistency` asks: at once
     /// (`eventual`, the default: this node's store as it is), or once this
     /// node has applied everything committed when the read arrived
-    /// (`strong`: ReadIndex, linearizable). `f` gets the store and, in a
-    /// cluster, where the read is served.
+    /// (`strong`: ReadIndex, linearizable). `f` gets the stores to read
+    /// (this node's, or one replica of each shard) and, in a cluster, where
+    /// the read is served.
     async fn read<T: Send + 'static>(
         &self,
         p: &params::Params,
-        f: impl FnOnce(Arc<Engine>, Option<ReadPoint>) -> ApiResult<T> + Send + 'static,
+        f: impl FnOnce(stores::Stores) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
         let engine = self.engine()?;
         let strong = p.choice("consistency")? == Some("strong");
+        let allow_partial = p.choice("allow_partial")? == Some("true");
         let point = match self.cluster.get() {
             None if self.config.cluster.is_some() => {
                 return Err(ApiError::unavailable(
@@ -109,7 +126,8 @@ impl AppState {
             }
             None => None,
             Some(cluster) => {
-                if strong {
+                // A sharded read waits for each shard's leader instead.
+                if strong && self.shards.get().is_none() {
                     cluster
                         .read_barrier(STRONG_READ_WAIT)
                         .await
@@ -119,10 +137,21 @@ impl AppState {
                 Some(ReadPoint {
                     node_id: s.node_id,
                     applied_index: s.applied_index,
+                    shards: None,
                 })
             }
         };
-        self.queries.run(move || f(engine, point)).await
+        let stores = match (self.shards.get(), &self.config.cluster) {
+            (Some(shards), Some(settings)) => stores::Stores::sharded(
+                shards.read_replicas(strong).await,
+                settings.clone(),
+                strong,
+                allow_partial,
+                point,
+            ),
+            _ => stores::Stores::single(engine, point),
+        };
+        self.queries.run(move || f(stores)).await
     }
 
     fn maintainer(&self) -> ApiResult<Arc<Maintainer>> {

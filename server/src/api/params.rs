@@ -45,6 +45,11 @@ pub(super) const CONSISTENCY: Param = Param {
     shape: Shape::Choice(&["eventual", "strong"]),
     doc: "In a cluster: `eventual` (default) answers from this node's store as it is; `strong` first waits until this node has applied every write committed when the read arrived (ReadIndex: linearizable). A single node is always strong.",
 };
+pub(super) const ALLOW_PARTIAL: Param = Param {
+    name: "allow_partial",
+    shape: Shape::Choice(&["false", "true"]),
+    doc: "In a sharded cluster: `true` answers from the shards that can be read when one cannot (no replica with a leader answered), with `meta.partial` and `meta.missing_shards`; `false` (default) answers `503 partial_data` naming the shards instead of a smaller number.",
+};
 pub(super) const ENDPOINT: Param = Param {
     name: "endpoint",
     shape: Shape::Text {

@@ -39,7 +39,7 @@ impl QueryGate {
     /// caller gets `503 overloaded` naming it, and the read stops at its next
     /// look at the clock (between sources), holding its turn until then so
     /// the gate still bounds what runs.
-    pub(super) async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {

@@ -481,7 +481,7 @@ pub(crate) async fn rest(
 
 /// Every gRPC method served, and what it needs. A method not listed is
 /// refused (`PERMISSION_DENIED`), so a new RPC cannot be served unguarded.
-pub(crate) const RPCS: [(&str, Access); 17] = [
+pub(crate) const RPCS: [(&str, Access); 18] = [
     ("/toplog.v1.Toplog/Ingest", Access::Needs(Role::Writer)),
     (
         "/toplog.v1.Toplog/IngestStream",
@@ -517,6 +517,7 @@ pub(crate) const RPCS: [(&str, Access); 17] = [
         "/toplog.raft.v1.Raft/FetchSnapshot",
         Access::Needs(Role::Peer),
     ),
+    ("/toplog.raft.v1.Raft/ReadShard", Access::Needs(Role::Peer)),
     ("/grpc.health.v1.Health/Check", Access::Open),
     ("/grpc.health.v1.Health/Watch", Access::Open),
     (

@@ -11,6 +11,7 @@
 //! | 5, a maintenance decision | `{"purge": <cut-offs>}`, `{"seal": {"before": <µs>}}` or `{"cutoff": {"partition_start", "seal", "objects"}}` (JSON; docs/cluster.md, "The archive") |
 //! | 6, the cluster's id | the id, a UUID (the first one applied stands) |
 //! | 7, an alerting change | a rule made, changed or removed, a rule's series judged at a minute's end, an alert acknowledged (JSON; docs/format.md) |
+//! | 8, a shard map change | a sharded cluster's first map (each shard's slots and replicas), a replica's move started or finished (JSON; docs/cluster.md, "Shards") |
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,6 +28,7 @@ const JOB: u8 = 4;
 const MAINTENANCE: u8 = 5;
 const CLUSTER_ID: u8 = 6;
 const ALERTING: u8 = 7;
+const PLACEMENT: u8 = 8;
 
 /// A cluster's shared API keys, changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +49,7 @@ pub(crate) enum Entry<'a> {
     Maintenance(Decision),
     ClusterId(String),
     Alerting(toplog_alerting::Change),
+    Placement(super::shards::PlacementChange),
 }
 
 impl Entry<'_> {
@@ -60,6 +63,7 @@ impl Entry<'_> {
             Entry::Maintenance(decision) => json(MAINTENANCE, decision),
             Entry::ClusterId(id) => [&[CLUSTER_ID][..], id.as_bytes()].concat(),
             Entry::Alerting(change) => json(ALERTING, change),
+            Entry::Placement(map) => json(PLACEMENT, map),
         }
     }
 
@@ -89,6 +93,9 @@ impl Entry<'_> {
             Some((&ALERTING, body)) => serde_json::from_slice(body)
                 .map(Entry::Alerting)
                 .map_err(|e| format!("an alerting entry that does not decode: {e}")),
+            Some((&PLACEMENT, body)) => serde_json::from_slice(body)
+                .map(Entry::Placement)
+                .map_err(|e| format!("a shard map entry that does not decode: {e}")),
             Some((kind, _)) => Err(format!("an entry of unknown kind {kind}")),
             None => Err("an empty entry".into()),
         }
@@ -126,6 +133,7 @@ mod tests {
         assert!(Entry::decode(&[CLUSTER_ID, b'x']).is_err());
         assert!(Entry::decode(&[KEY, b'{', b'}']).is_err());
         assert!(Entry::decode(&[7, 1, 2]).is_err());
+        assert!(Entry::decode(&[PLACEMENT, b'[']).is_err());
         assert!(Entry::decode(&[]).is_err());
         assert!(Entry::decode(&[RETENTION, b'{']).is_err());
     }

@@ -17,9 +17,8 @@ use super::{Entry, KeyChange};
 pub(super) struct EngineMachine {
     engine: Arc<Engine>,
     maintainer: Arc<toplog_compaction::Maintainer>,
-    auth: Arc<crate::auth::Auth>,
-    jobs: crate::api::JobRunner,
-    alerting: Arc<crate::alerts::Alerting>,
+    /// The node's state besides the store: the main group's only.
+    shared: Option<super::SharedParts>,
     snapshots: SnapshotDirs,
     /// Where the index of the last entry applied to the node's state
     /// besides the store (policy, keys, audit, jobs) is kept: a restart
@@ -46,9 +45,7 @@ impl EngineMachine {
         let super::NodeParts {
             engine,
             maintainer,
-            auth,
-            jobs,
-            alerting,
+            shared,
         } = parts;
         let state_index = raft_dir.join("STATE_INDEX");
         let cluster_id = raft_dir.join(CLUSTER_ID_FILE);
@@ -68,9 +65,7 @@ impl EngineMachine {
         Ok(Self {
             engine,
             maintainer,
-            auth,
-            jobs,
-            alerting,
+            shared,
             snapshots,
             state_index,
             state_applied,
@@ -112,18 +107,29 @@ impl EngineMachine {
         }
         // The proposer checked the change; a member that cannot make it says
         // so and goes on (the log stays in step).
+        let Some(shared) = &self.shared else {
+            tracing::error!(
+                index,
+                "a shard's log holds a change of the node's state: ignored"
+            );
+            return Ok(());
+        };
         let made = match entry {
             Entry::Ingest(_) | Entry::Maintenance(_) => Err("an entry for the store".into()),
             Entry::ClusterId(id) => self.set_cluster_id(&id),
-            Entry::Alerting(change) => self
+            Entry::Placement(change) => shared.shard_state.apply(change),
+            Entry::Alerting(change) => shared
                 .alerting
                 .apply(&change)
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Entry::Retention(policy) => (self.maintainer.set_policy(&policy))
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Entry::Key(change) => match self.auth.cluster_keys() {
+            Entry::Retention(policy) => {
+                shared.shard_state.set_policy(&policy);
+                (self.maintainer.set_policy(&policy))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Entry::Key(change) => match shared.auth.cluster_keys() {
                 Some(keys) => match change {
                     KeyChange::Add(key) => keys.insert(key).map(drop),
                     KeyChange::Revoke(id) => keys.revoke(&id).map(drop),
@@ -132,12 +138,12 @@ impl EngineMachine {
                 None => Err("access control is off: no keys".into()),
             },
             Entry::Audit(line) => {
-                if let Some(log) = self.auth.audit() {
+                if let Some(log) = shared.auth.audit() {
                     log.append_committed(&line);
                 }
                 Ok(())
             }
-            Entry::Job(job) => self.jobs.start(job).map_err(|e| e.to_string()),
+            Entry::Job(job) => shared.jobs.start(job).map_err(|e| e.to_string()),
         };
         if let Err(e) = made {
             tracing::error!(index, error = %e, "a change from the Raft log was not made here");
@@ -183,15 +189,15 @@ impl StateMachine for EngineMachine {
         at_least: u64,
         applied: u64,
     ) -> toplog_replication::Result<Option<(u64, Vec<u8>)>> {
+        let shared = self.shared.as_ref();
         let state = snapshot::NodeState {
             retention: self.maintainer.policy().to_json(),
-            keys: self
-                .auth
-                .cluster_keys()
+            keys: (shared.and_then(|s| s.auth.cluster_keys()))
                 .map(|k| k.all())
                 .unwrap_or_default(),
-            audit: self.auth.audit().map(|a| a.path().to_path_buf()),
-            jobs: (self.jobs.store.list().into_iter())
+            audit: (shared.and_then(|s| s.auth.audit())).map(|a| a.path().to_path_buf()),
+            jobs: (shared.map(|s| s.jobs.store.list()).unwrap_or_default())
+                .into_iter()
                 .map(|job| toplog_query::Job {
                     state: toplog_query::JobState::Pending,
                     finished_at: None,
@@ -202,7 +208,8 @@ impl StateMachine for EngineMachine {
                 .collect(),
             index: applied,
             cluster_id: self.maintainer.owner().cluster(),
-            alerting: self.alerting.state(),
+            alerting: shared.map(|s| s.alerting.state()).unwrap_or_default(),
+            placement: shared.and_then(|s| s.shard_state.map()),
         };
         self.snapshots
             .make(&self.engine, at_least, applied, state)
@@ -218,18 +225,25 @@ impl StateMachine for EngineMachine {
         if let Err(e) = self.maintainer.set_policy(&descriptor.retention) {
             tracing::error!(index, error = %e, "a snapshot's retention policy was not applied");
         }
-        if let Some(keys) = self.auth.cluster_keys() {
-            keys.replace_all(descriptor.keys.clone())
-                .map_err(|e| disk(format!("{e:#}")))?;
+        if let Some(shared) = &self.shared {
+            if let Some(keys) = shared.auth.cluster_keys() {
+                keys.replace_all(descriptor.keys.clone())
+                    .map_err(|e| disk(format!("{e:#}")))?;
+            }
+            if let (Some(log), Some(file)) =
+                (shared.auth.audit(), self.snapshots.received_audit(index))
+            {
+                log.replace_with(&file)
+                    .map_err(|e| disk(format!("{e:#}")))?;
+            }
+            shared
+                .alerting
+                .replace(descriptor.alerting.clone())
+                .map_err(|e| disk(e.to_string()))?;
+            if let Some(map) = descriptor.placement.clone() {
+                shared.shard_state.set(map).map_err(disk)?;
+            }
         }
-        if let (Some(log), Some(file)) = (self.auth.audit(), self.snapshots.received_audit(index)) {
-            log.replace_with(&file)
-                .map_err(|e| disk(format!("{e:#}")))?;
-        }
-
-        self.alerting
-            .replace(descriptor.alerting.clone())
-            .map_err(|e| disk(e.to_string()))?;
         if let Some(id) = &descriptor.cluster_id {
             self.set_cluster_id(id).map_err(disk)?;
         }
@@ -239,9 +253,11 @@ impl StateMachine for EngineMachine {
             .map_err(ReplicationError::Disk)?;
         // Its jobs run here too, over the store just installed (results are
         // derived; a crash before this point loses only their re-runs).
-        for job in descriptor.jobs {
-            if let Err(e) = self.jobs.start(job) {
-                tracing::error!(index, error = %e, "a snapshot's aggregation job was not started");
+        if let Some(shared) = &self.shared {
+            for job in descriptor.jobs {
+                if let Err(e) = shared.jobs.start(job) {
+                    tracing::error!(index, error = %e, "a snapshot's aggregation job was not started");
+                }
             }
         }
         Ok(())

@@ -14,16 +14,21 @@
 mod entry;
 mod machine;
 mod maintenance;
+mod rebalance;
 mod settings;
+mod shard_reads;
+mod shards;
 mod snapshot;
 mod transport;
 
 pub(crate) use entry::{Entry, KeyChange};
+pub(crate) use rebalance::rebalance;
 pub(crate) use settings::ClusterSettings;
+pub(crate) use shard_reads::{Answer, Question, answer as answer_shard, ask as ask_shard, sure};
+pub(crate) use shards::{Opener, PartStored, ReadReplica, ShardState, Shards};
 pub(crate) use transport::RaftService;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,19 +73,40 @@ struct Addresses {
     book: AddressBook,
 }
 
-/// What the log is applied to: the store and the rest of the node's state.
+/// What a group's log is applied to: a store, and in the node's main
+/// group the rest of the node's state.
 pub(crate) struct NodeParts {
     pub(crate) engine: Arc<Engine>,
     pub(crate) maintainer: Arc<toplog_compaction::Maintainer>,
+    /// None in a shard's group.
+    pub(crate) shared: Option<SharedParts>,
+}
+
+/// The node's state besides the store, which the main group's log changes.
+pub(crate) struct SharedParts {
     pub(crate) auth: Arc<crate::auth::Auth>,
     pub(crate) jobs: crate::api::JobRunner,
     pub(crate) alerting: Arc<crate::alerts::Alerting>,
+    /// A sharded cluster's shard map, as the log last set it.
+    pub(crate) shard_state: Arc<ShardState>,
+}
+
+/// One Raft group a node takes part in: its id on the wire (0 the main
+/// group, 1 + n shard n's), where its Raft state is kept, and its first
+/// voters with their addresses (none when this node is not among them: it
+/// waits to be added).
+pub(crate) struct Group {
+    pub(crate) id: u64,
+    pub(crate) raft_dir: std::path::PathBuf,
+    pub(crate) members: AddressBook,
 }
 
 /// This node's place in its cluster.
 #[derive(Debug)]
 pub(crate) struct Cluster {
     settings: ClusterSettings,
+    /// The group's id on the wire.
+    group: u64,
     driver: Driver,
     snapshots: SnapshotDirs,
     /// The snapshot being fetched, if one is.
@@ -121,13 +147,17 @@ impl Cluster {
     /// clients to the peers (on `runtime`).
     pub(crate) fn start(
         settings: &ClusterSettings,
-        data_dir: &Path,
+        group: Group,
         runtime: &tokio::runtime::Handle,
         node: NodeParts,
     ) -> anyhow::Result<Arc<Self>> {
-        let auth = node.auth.clone();
+        let auth = node.shared.as_ref().map(|s| s.auth.clone());
         let maintainer = node.maintainer.clone();
-        let raft_dir = data_dir.join("raft");
+        let Group {
+            id: group,
+            raft_dir,
+            members,
+        } = group;
         let store = LogStore::open(
             Arc::new(toplog_wal::RealFs),
             &raft_dir,
@@ -135,12 +165,12 @@ impl Cluster {
         )?;
         let snapshots = SnapshotDirs::open(&raft_dir)
             .with_context(|| format!("snapshot directories in {}", raft_dir.display()))?;
-        let voters: Vec<u64> = settings.members.keys().copied().collect();
+        let voters: Vec<u64> = members.keys().copied().collect();
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let node = RaftNode::open(
             settings.node_id,
             &voters,
-            &encode_book(&settings.members),
+            &encode_book(&members),
             store,
             EngineMachine::open(node, snapshots.clone(), &raft_dir)?,
             Timing {
@@ -149,7 +179,7 @@ impl Cluster {
             },
             &logger,
         )?;
-        if !settings.bootstraps() && node.conf_state().voters.is_empty() {
+        if group == 0 && !settings.bootstraps() && node.conf_state().voters.is_empty() {
             tracing::info!(
                 node_id = settings.node_id,
                 "not a member yet: waiting for a leader to add this node (POST /api/v1/cluster/members)"
@@ -179,7 +209,12 @@ impl Cluster {
                     // A client per peer and address, made when first needed.
                     if peers.get(&to).is_none_or(|(u, _)| u != url) {
                         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                        runtime.spawn(peer_loop(peers_settings.clone(), url.clone(), me, rx));
+                        runtime.spawn(peer_loop(
+                            peers_settings.clone(),
+                            url.clone(),
+                            (me, group),
+                            rx,
+                        ));
                         peers.insert(to, (url.clone(), tx));
                     }
                     if let Some((_, tx)) = peers.get(&to) {
@@ -192,6 +227,7 @@ impl Cluster {
         let driver = Driver::spawn(node, TICK, outbound)?;
         let cluster = Arc::new(Self {
             settings: settings.clone(),
+            group,
             driver,
             snapshots,
             receiving: std::sync::Mutex::new(None),
@@ -204,6 +240,9 @@ impl Cluster {
         }));
         cluster.refresh_addresses();
         runtime.spawn(watch_membership(Arc::downgrade(&cluster)));
+        let Some(auth) = auth else {
+            return Ok(cluster);
+        };
         let through = Arc::downgrade(&cluster);
         auth.set_audit_sink(crate::auth::AuditSink(Box::new(move |line| {
             let through = through.clone();
@@ -276,7 +315,11 @@ impl Cluster {
             .map_err(tonic::Status::internal)?
             .timeout(FORWARD_TIMEOUT);
         let mut client = RaftClient::new(endpoint.connect_lazy());
-        let mut request = tonic::Request::new(Proposal { payload });
+        let mut request = tonic::Request::new(Proposal {
+            payload,
+            group: self.group,
+            ..Proposal::default()
+        });
         if let Some(bearer) = self.settings.bearer().map_err(tonic::Status::internal)? {
             request.metadata_mut().insert("authorization", bearer);
         }
@@ -375,7 +418,7 @@ impl Cluster {
         snapshot::fetch(
             &mut client,
             bearer.as_ref(),
-            self.settings.node_id,
+            (self.settings.node_id, self.group),
             descriptor,
             &self.snapshots,
         )
@@ -478,7 +521,9 @@ async fn watch_membership(cluster: std::sync::Weak<Cluster>) {
             return;
         };
         cluster.refresh_addresses();
-        cluster.name_cluster().await;
+        if cluster.group == 0 {
+            cluster.name_cluster().await;
+        }
         let s = cluster.status();
         if s.role != "leader" || !s.voters_outgoing.is_empty() {
             continue;

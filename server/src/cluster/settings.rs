@@ -12,6 +12,9 @@ use toplog_replication::Timing;
 
 /// `ready_lag` when none is set.
 const DEFAULT_READY_LAG: u64 = 1_000;
+/// Most shards a cluster may have: each is a Raft group and a store on
+/// three nodes.
+const MAX_SHARDS: u32 = 256;
 /// Shortest cluster secret taken.
 const MIN_SECRET_LEN: usize = 16;
 
@@ -30,6 +33,9 @@ pub(crate) struct ClusterSettings {
     pub(super) log_keep: u64,
     /// Committed entries this node may trail by and still be ready.
     ready_lag: u64,
+    /// Shards the cluster's events are spread over (1: the main group
+    /// holds them).
+    pub(crate) shards: u32,
 }
 
 /// How members prove their `peer` role to each other.
@@ -64,6 +70,7 @@ impl ClusterSettings {
         secret_file: Option<&Path>,
         log_keep: Option<u64>,
         ready_lag: Option<u64>,
+        shards: Option<u32>,
         tls: Option<&crate::tls::TlsSettings>,
     ) -> anyhow::Result<Option<Self>> {
         let (node_id, cluster) = match (node_id, cluster) {
@@ -111,12 +118,17 @@ impl ClusterSettings {
         if log_keep == 0 {
             anyhow::bail!("`raft_log_keep` must be 1 or more");
         }
+        let shards = shards.unwrap_or(1);
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            anyhow::bail!("`shards` must be 1 to {MAX_SHARDS}, not {shards}");
+        }
         Ok(Some(Self {
             node_id,
             members,
             proof,
             log_keep,
             ready_lag: ready_lag.unwrap_or(DEFAULT_READY_LAG),
+            shards,
         }))
     }
 

@@ -64,6 +64,9 @@ pub(crate) struct Descriptor {
     /// The alerting state (rules, alerts) at `state_index`.
     #[serde(default)]
     pub(crate) alerting: toplog_alerting::AlertState,
+    /// A sharded cluster's shard map at `state_index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) placement: Option<super::shards::ShardMap>,
 }
 
 /// The node's state besides the store, as a snapshot carries it.
@@ -77,6 +80,7 @@ pub(crate) struct NodeState {
     pub(crate) index: u64,
     pub(crate) cluster_id: Option<String>,
     pub(crate) alerting: toplog_alerting::AlertState,
+    pub(crate) placement: Option<super::shards::ShardMap>,
 }
 
 impl Descriptor {
@@ -200,6 +204,7 @@ impl SnapshotDirs {
             state_index: state.index,
             cluster_id: state.cluster_id,
             alerting: state.alerting,
+            placement: state.placement,
         };
         tracing::info!(
             index,
@@ -358,7 +363,7 @@ fn list(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
 pub(crate) async fn fetch(
     client: &mut RaftClient<tonic::transport::Channel>,
     bearer: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-    me: u64,
+    (me, group): (u64, u64),
     descriptor: &Descriptor,
     dirs: &SnapshotDirs,
 ) -> Result<(), String> {
@@ -377,7 +382,11 @@ pub(crate) async fn fetch(
             .await
             .map_err(|e| io("create", &d, e))?;
     }
-    let mut request = tonic::Request::new(SnapshotRequest { from: me, index });
+    let mut request = tonic::Request::new(SnapshotRequest {
+        from: me,
+        index,
+        group,
+    });
     if let Some(bearer) = bearer {
         request
             .metadata_mut()
