@@ -344,7 +344,8 @@ def raw_sql(q, dialect):
     count = d["count"]
     if q["kind"] == "top_k":
         col = GROUP_COLUMN[q["by"]]
-        value = {"frequency": count, "latency_p99": d["p99"], "error_rate": f"{d['errors']} / {count}"}[q["metric"]]
+        value = {"frequency": count, "latency_p99": d["p99"], "error_rate": f"{d['errors']} / {count}",
+                 "errors": d["errors"], "latency_max": "max(latency_ms)"}[q["metric"]]
         return (f"SELECT {col}, {value} AS v, {count} AS c FROM requests WHERE {where} GROUP BY {col} "
                 f"HAVING {count} >= {max(q['min_count'], 1)} ORDER BY v DESC, {col} LIMIT 10")
     if q["kind"] == "history":

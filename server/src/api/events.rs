@@ -91,7 +91,7 @@ pub(crate) async fn store(
             parts: Vec::new(),
         });
     }
-    if let Some(shards) = app.shards.get() {
+    if let Some(shards) = app.sharded()? {
         let parts = shards.store(&engine, events, key).await.map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -141,7 +141,7 @@ impl AppState {
                 })
             }
         };
-        let stores = match (self.shards.get(), &self.config.cluster) {
+        let stores = match (self.sharded()?, &self.config.cluster) {
             (Some(shards), Some(settings)) => stores::Stores::sharded(
                 shards.read_replicas(strong).await,
                 settings.clone(),
@@ -152,6 +152,19 @@ impl AppState {
             _ => stores::Stores::single(engine, point),
         };
         self.queries.run(move || f(stores)).await
+    }
+
+    /// A sharded cluster's shards (`None` for one store); `503` while they
+    /// open: the node's own store holds none of the events.
+    pub(crate) fn sharded(&self) -> ApiResult<Option<&Arc<crate::cluster::Shards>>> {
+        let sharded = (self.config.cluster.as_ref()).is_some_and(|c| c.shards > 1);
+        match self.shards.get() {
+            Some(shards) => Ok(Some(shards)),
+            None if sharded => Err(ApiError::unavailable(
+                "recovering: this node's shards are opening".into(),
+            )),
+            None => Ok(None),
+        }
     }
 
     fn maintainer(&self) -> ApiResult<Arc<Maintainer>> {
