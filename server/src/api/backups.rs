@@ -57,6 +57,11 @@ pub(crate) async fn take(app: &Arc<AppState>, url: String) -> ApiResult<Taken> {
     let engine = app.engine()?;
     let _turn = app.backups.turn().await;
     let applied = app.cluster.get().map(|c| c.status().applied_index);
+    // Each shard's replica as of its group's applied index now.
+    let shards: Vec<(u32, Arc<toplog_engine::Engine>, u64)> = (app.sharded()?.into_iter())
+        .flat_map(|s| s.replicas())
+        .map(|r| (r.shard, r.engine.clone(), r.cluster.status().applied_index))
+        .collect();
     let state = app.clone();
     let result = tokio::task::spawn_blocking(move || {
         let store = state
@@ -69,6 +74,9 @@ pub(crate) async fn take(app: &Arc<AppState>, url: String) -> ApiResult<Taken> {
             applied,
             archive: &state.config.archive,
             copy_archive: state.backups.settings.archive.unwrap_or(true),
+            shards: (shards.iter())
+                .map(|(shard, engine, applied)| (*shard, &**engine, *applied))
+                .collect(),
         };
         backup::take(&source, &store, &url)
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "backup_failed", format!("{e:#}")))

@@ -64,6 +64,36 @@ fn cluster_ready(app: &AppState) -> Result<(), String> {
             "applying the log: {behind} committed entries not applied yet"
         ));
     }
+    // A sharded node: each replica it holds knows its leader and keeps up
+    // (one being filled by a snapshot is not ready yet either).
+    if let Some(shards) = app.sharded().map_err(|e| e.message)? {
+        for r in shards.replicas() {
+            let s = r.cluster.status();
+            let shard = r.shard;
+            if let Some(why) = s.stopped {
+                return Err(format!("shard {shard}: the Raft node stopped: {why}"));
+            }
+            if let Some(index) = r.cluster.receiving_snapshot() {
+                return Err(format!(
+                    "shard {shard}: installing a snapshot (at index {index})"
+                ));
+            }
+            if s.leader_id == 0 {
+                return Err(format!(
+                    "shard {shard}: no leader is known: an election, or no quorum"
+                ));
+            }
+            let behind = s.commit_index.saturating_sub(s.applied_index);
+            if behind > settings.ready_lag() {
+                return Err(format!(
+                    "shard {shard}: applying the log: {behind} committed entries not applied yet"
+                ));
+            }
+            r.engine
+                .health()
+                .map_err(|e| format!("shard {shard}: {e}"))?;
+        }
+    }
     Ok(())
 }
 

@@ -97,6 +97,10 @@ pub(crate) struct Manifest {
     /// The log index the store stands at: every batch acknowledged up to it,
     /// nothing after.
     pub(crate) index: u64,
+    /// A sharded node's backup: each shard it holds, and the index of the
+    /// shard's log its files (under `shards/<n>/`) hold the store at.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) shards: BTreeMap<u32, u64>,
     /// The encryption keys (ids) a restored node needs.
     pub(crate) key_ids: Vec<String>,
     /// An archive outside the data directory (S3) that the store's archived
@@ -283,6 +287,7 @@ mod tests {
             toplog_version: "0.1.0".into(),
             node_id: "n".into(),
             index: 42,
+            shards: BTreeMap::new(),
             key_ids: vec![],
             external_archive: None,
             archive_objects: BTreeMap::new(),

@@ -31,6 +31,10 @@ pub(crate) struct Taken {
     pub(crate) url: String,
     /// The log index the backup holds the store at.
     pub(crate) index: u64,
+    /// A sharded node's: each shard it holds a replica of, and the index of
+    /// the shard's log the backup holds that replica's store at.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) shards: BTreeMap<u32, u64>,
     pub(crate) files: usize,
     pub(crate) bytes: u64,
     /// Files whose bytes the location did not hold yet, and their bytes.
@@ -49,6 +53,9 @@ pub(crate) struct Source<'a> {
     pub(crate) archive: &'a ArchiveConfig,
     /// Whether an archive outside the data directory is copied too.
     pub(crate) copy_archive: bool,
+    /// A sharded node's replicas: (shard, its store, its group's last
+    /// applied index), each copied as of that index under `shards/<n>/`.
+    pub(crate) shards: Vec<(u32, &'a Engine, u64)>,
 }
 
 /// Takes a backup of `source` into `store` (at `url`).
@@ -64,6 +71,21 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
         // whole (they are small), and the bytes read are the ones kept.
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         walk(&staging, &staging, &mut files)?;
+        // Each shard's replica as of its own log's index: a shard is
+        // consistent in itself (shards share no batch order).
+        let mut shards = BTreeMap::new();
+        for (shard, store, applied) in &source.shards {
+            let rel = crate::cluster::shard_dir(Path::new(""), *shard);
+            let dir = staging.join(&rel);
+            std::fs::create_dir_all(&dir)?;
+            shards.insert(*shard, checkpoint(store, &dir, Some(*applied))?);
+            let mut of_shard = Vec::new();
+            walk(&dir, &dir, &mut of_shard)?;
+            files.extend(
+                (of_shard.into_iter())
+                    .map(|(name, path)| (format!("{}/{name}", rel.display()), path)),
+            );
+        }
         let state: Vec<String> = (crate::node_state::files(data_dir).into_iter())
             .map(|(rel, _)| rel)
             .collect();
@@ -80,11 +102,12 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
             id: String::new(),
             url: url.to_owned(),
             index,
+            shards: shards.clone(),
             files: 0,
             bytes: 0,
             copied_files: 0,
             copied_bytes: 0,
-            key_ids: key_ids(engine, data_dir)?,
+            key_ids: key_ids(engine, &source.shards, data_dir)?,
             took_ms: 0,
         };
         let (mut entries, mut archive_objects) = (BTreeMap::new(), BTreeMap::new());
@@ -133,6 +156,7 @@ pub(crate) fn take(source: &Source, store: &ObjectArchive, url: &str) -> anyhow:
             toplog_version: env!("CARGO_PKG_VERSION").to_owned(),
             node_id: node_id(data_dir),
             index,
+            shards,
             key_ids: taken.key_ids.clone(),
             external_archive,
             files: entries,
@@ -306,9 +330,18 @@ fn put_known(
     }
 }
 
-/// The encryption keys the store and the state files are under.
-fn key_ids(engine: &Engine, data_dir: &Path) -> anyhow::Result<Vec<String>> {
+/// The encryption keys the stores and the state files are under.
+fn key_ids(
+    engine: &Engine,
+    shards: &[(u32, &Engine, u64)],
+    data_dir: &Path,
+) -> anyhow::Result<Vec<String>> {
     let mut usage = engine.key_usage()?;
+    for (_, store, _) in shards {
+        for (key, n) in store.key_usage()? {
+            *usage.entry(key).or_default() += n;
+        }
+    }
     crate::node_state::count_key_use(data_dir, &mut usage);
     let mut ids: Vec<String> = (usage.into_keys())
         .filter_map(|k| match k {

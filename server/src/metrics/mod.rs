@@ -6,6 +6,7 @@
 
 mod http;
 mod read;
+mod shards;
 
 use axum::http::StatusCode;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -36,6 +37,9 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// Served by clustered nodes only.
     raft: Registry,
+    /// Served by a sharded cluster's nodes only.
+    shard_registry: Registry,
+    shard_gauges: shards::ShardGauges,
     ingest_batches: Family<Labels<2>, Counter>,
     ingest_events: Family<Labels<2>, Counter>,
     ingest_bytes: Family<Labels<1>, Counter>,
@@ -199,6 +203,9 @@ impl Metrics {
             backups.last_index.clone(),
         );
         let held = Held::default();
+        let shard_gauges = shards::ShardGauges::default();
+        let mut shard_registry = Registry::with_prefix("toplog");
+        shard_gauges.register(&mut shard_registry);
         let mut raft = Registry::with_prefix("toplog");
         for (name, help, gauge) in [
             ("raft_term", "This node's Raft term", &held.raft_term),
@@ -405,6 +412,8 @@ impl Metrics {
         Self {
             registry,
             raft,
+            shard_registry,
+            shard_gauges,
             ingest_batches,
             ingest_events,
             ingest_bytes,
@@ -482,7 +491,16 @@ impl Metrics {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
         if let Ok(engine) = app.engine() {
-            let segments = engine.segments();
+            // A sharded node's stores: its own and its shards' replicas.
+            let stores: Vec<std::sync::Arc<toplog_engine::Engine>> =
+                std::iter::once(engine.clone())
+                    .chain(
+                        (app.shards.get().into_iter())
+                            .flat_map(|s| s.replicas())
+                            .map(|r| r.engine.clone()),
+                    )
+                    .collect();
+            let segments: Vec<_> = stores.iter().flat_map(|e| e.segments()).collect();
             if let Some(m) = app.maintainer.get() {
                 let backlog = m.archive_backlog(&segments);
                 set(&h.archive_backlog_segments, backlog as u64);
@@ -502,13 +520,17 @@ impl Metrics {
                     of_tier().map(|g| g.bytes).sum(),
                 );
             }
-            for t in engine.rollup_tiers() {
-                let label = [("granularity", t.granularity.name())];
-                set(&h.rollup_buckets.get_or_create(&label), t.buckets as u64);
-                set(
-                    &h.rollup_buckets_in_memory.get_or_create(&label),
-                    t.in_memory as u64,
-                );
+            let mut tiers: std::collections::BTreeMap<&'static str, (u64, u64)> =
+                std::collections::BTreeMap::new();
+            for t in stores.iter().flat_map(|e| e.rollup_tiers()) {
+                let tier = tiers.entry(t.granularity.name()).or_default();
+                tier.0 += t.buckets as u64;
+                tier.1 += t.in_memory as u64;
+            }
+            for (name, (buckets, in_memory)) in tiers {
+                let label = [("granularity", name)];
+                set(&h.rollup_buckets.get_or_create(&label), buckets);
+                set(&h.rollup_buckets_in_memory.get_or_create(&label), in_memory);
             }
             for d in toplog_engine::Dimension::ALL {
                 set(
@@ -517,15 +539,17 @@ impl Metrics {
                 );
             }
             let s = engine.stats();
-            set(&h.memtable_rows, s.memtable_rows as u64);
-            set(&h.memtable_bytes, s.memtable_bytes as u64);
+            let all: Vec<_> = stores.iter().map(|e| e.stats()).collect();
+            let sum = |f: fn(&toplog_engine::StorageStats) -> u64| all.iter().map(f).sum::<u64>();
+            set(&h.memtable_rows, sum(|s| s.memtable_rows as u64));
+            set(&h.memtable_bytes, sum(|s| s.memtable_bytes as u64));
             set(&h.applied_index, s.applied_lsn.get());
             set(&h.flushed_index, s.flushed_lsn.get());
-            set(&h.idempotency_keys, s.idempotency_keys as u64);
+            set(&h.idempotency_keys, sum(|s| s.idempotency_keys as u64));
             set(&h.key_bytes, s.key_bytes as u64);
             set(&h.key_budget_bytes, s.key_budget as u64);
-            h.flushes.set(s.flushes);
-            h.evicted_keys.set(s.evicted_keys);
+            h.flushes.set(sum(|s| s.flushes));
+            h.evicted_keys.set(sum(|s| s.evicted_keys));
             if let Some(l) = engine.log_latencies() {
                 set(&h.log_bytes, engine.log_bytes());
                 h.log_fsync.set(l.fsync);
@@ -607,6 +631,10 @@ impl Metrics {
         let _ = encode_registry(&mut out, &self.registry);
         if app.cluster.get().is_some() {
             let _ = encode_registry(&mut out, &self.raft);
+        }
+        if let Some(shards) = app.shards.get() {
+            self.shard_gauges.set(shards);
+            let _ = encode_registry(&mut out, &self.shard_registry);
         }
         let _ = encode_eof(&mut out);
         out
