@@ -39,6 +39,49 @@ pub trait ArchiveStore: Send + Sync + std::fmt::Debug {
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
 }
 
+/// Another store's objects under `prefix` (a sharded cluster's shard
+/// `n` archives under `shard=<n>/`: one Hive-partitioned table, and no
+/// shard's sweep sees another's objects).
+#[derive(Debug)]
+pub struct PrefixedArchive {
+    inner: std::sync::Arc<dyn ArchiveStore>,
+    prefix: String,
+}
+
+impl PrefixedArchive {
+    pub fn new(inner: std::sync::Arc<dyn ArchiveStore>, prefix: String) -> Self {
+        Self { inner, prefix }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+impl ArchiveStore for PrefixedArchive {
+    fn create(&self, key: &str, bytes: Bytes) -> io::Result<()> {
+        self.inner.create(&self.key(key), bytes)
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Bytes> {
+        self.inner.get_range(&self.key(key), range)
+    }
+
+    fn size(&self, key: &str) -> io::Result<u64> {
+        self.inner.size(&self.key(key))
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        self.inner.delete(&self.key(key))
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        Ok((self.inner.list(&self.key(prefix))?.into_iter())
+            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_owned))
+            .collect())
+    }
+}
+
 /// The object key of an archived segment: `raw/day=YYYY-MM-DD/<segment id>.parquet`,
 /// the day being the UTC day its partition starts in.
 pub(crate) fn segment_key(partition_start: Micros, id: u64) -> String {

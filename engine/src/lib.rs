@@ -22,7 +22,7 @@ mod segment;
 mod sketch;
 mod sorted_rows;
 
-pub use archive::ArchiveStore;
+pub use archive::{ArchiveStore, PrefixedArchive};
 pub use batch::KeyedEvents;
 pub use budget::ReadBudget;
 pub use engine::{

@@ -26,7 +26,7 @@ pub use timeseries::{
     series_cells, timeseries, timeseries_of_cells,
 };
 pub use topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, top_k};
-pub use window::{rollups_answer, window_values};
+pub use window::{rollups_answer, window_question, window_values, window_values_of_cells};
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]

@@ -92,3 +92,68 @@ pub fn window_values(
     };
     Ok((rows, sources))
 }
+
+/// The top-K question whose shards' [`KeyCells`](crate::KeyCells) make
+/// [`window_values`] across shards: grouped by `by`, or, for the one
+/// total, by the cube the total is read from.
+pub fn window_question(
+    metric: Metric,
+    by: Option<Dimension>,
+    filters: &Filters,
+    range: TimeRange,
+    k: usize,
+    order: Order,
+) -> Result<TopK> {
+    rollups_answer(by, filters, metric)?;
+    Ok(TopK {
+        k,
+        metric,
+        by: Grouping::By(by.unwrap_or_else(|| cube_dimension(filters))),
+        range,
+        filters: filters.clone(),
+        min_count: 0,
+        order,
+    })
+}
+
+/// [`window_values`] from every shard's key cells for `q` (a
+/// [`window_question`]): the best keys, or (`grouped` false) the total of
+/// every key's cells.
+pub fn window_values_of_cells(
+    parts: Vec<crate::KeyCells>,
+    q: &TopK,
+    grouped: bool,
+) -> Result<(Vec<TopKRow>, Vec<&'static str>)> {
+    if grouped {
+        let answer = crate::top_k_of_cells(parts, q)?;
+        return Ok((answer.rows, answer.sources));
+    }
+    let mut sources: Vec<&'static str> = Vec::new();
+    let mut total: Option<toplog_engine::Cell> = None;
+    for part in parts {
+        for s in part.sources {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
+        for (_, cell) in part.cells {
+            match &mut total {
+                Some(t) => t.merge(&cell),
+                None => total = Some(cell),
+            }
+        }
+    }
+    let rows = match total {
+        Some(total) if total.count > 0 => match q.metric.value(&total) {
+            Some((value, bounds)) => vec![TopKRow {
+                key: String::new(),
+                value,
+                count: total.count,
+                bounds,
+            }],
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    Ok((rows, sources))
+}

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use toplog_alerting::evaluate::{Readings, evaluate};
-use toplog_alerting::{AlertState, Change, HistoryEntry, StateError, StoreSource};
+use toplog_alerting::{AlertState, Change, HistoryEntry, StateError};
 use toplog_crypt::Cipher;
-use toplog_engine::Engine;
 use toplog_types::Micros;
 
 use crate::auth::audit::AuditLog;
@@ -221,7 +220,9 @@ const CATCH_UP_MINUTES: i64 = 10;
 /// Judges every rule as each minute closes, `grace` after it, while this
 /// node leads (`leads`); proposes each judgement through `decide`.
 pub(crate) async fn evaluate_every_minute(
-    engine: Arc<Engine>,
+    stores: impl Fn() -> futures::future::BoxFuture<'static, Result<crate::api::stores::Stores, String>>
+    + Send
+    + 'static,
     alerting: Arc<Alerting>,
     grace: Duration,
     leads: impl Fn() -> bool + Send + 'static,
@@ -269,9 +270,19 @@ pub(crate) async fn evaluate_every_minute(
                         .filter(|a| &a.rule_id == id && !keys.contains_key(&a.key))
                         .map(|a| a.key.clone()),
                 );
-                let (engine2, rule2, watched2) = (engine.clone(), rule.clone(), watched);
+                // A sharded cluster's rule reads every shard; one that
+                // cannot be read leaves the minute unjudged (tried again),
+                // never judged on part of the data.
+                let source = match stores().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(rule = %id, error = %e, "a rule could not be evaluated");
+                        all_judged = false;
+                        break;
+                    }
+                };
+                let (rule2, watched2) = (rule.clone(), watched);
                 let judged = tokio::task::spawn_blocking(move || {
-                    let source = StoreSource { engine: &engine2 };
                     let mut readings = Readings::new(&rule2, &source);
                     evaluate(&rule2, &mut readings, at, &watched2)
                 })

@@ -395,11 +395,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                         }
                     }
                     runtime.spawn(crate::api::scheduled_backups(state.clone()));
-                    runtime.spawn(crate::api::evaluate_alerts(
-                        state.clone(),
-                        engine.clone(),
-                        alerting,
-                    ));
+                    runtime.spawn(crate::api::evaluate_alerts(state.clone(), alerting));
                     tracing::info!("ready");
                     Ok(())
                 }

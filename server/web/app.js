@@ -551,6 +551,26 @@ function renderCluster(c) {
     ['node', c.node_id], ['role', c.role], ['leader', c.leader_id], ['term', c.term],
     ['commit / applied', (c.commit_index != null ? c.commit_index : '–') + ' / ' + (c.applied_index != null ? c.applied_index : '–')],
   ]), members);
+  if (Array.isArray(c.shards)) box.append(shardTable(c.shards));
+}
+// A sharded cluster: each shard's replicas, leader, move under way, and
+// this node's replica (lag, events, size) when it holds one.
+function shardTable(shards) {
+  const head = el('tr', null, ...['shard', 'replicas', 'leader', 'here', 'lag', 'events', 'size'].map((h) => el('th', null, h)));
+  const tbody = el('tbody');
+  for (const s of shards) {
+    const here = s.here || null;
+    const replicas = (s.replicas || []).join(', ') + (s.moving ? ' (moving ' + s.moving.from + ' → ' + s.moving.to + ')' : '');
+    tbody.append(el('tr', { 'data-shard': String(s.shard) },
+      el('td', null, String(s.shard)),
+      el('td', null, replicas),
+      el('td', null, s.leader_id != null ? 'node ' + s.leader_id : 'none'),
+      el('td', null, here ? here.role : '–'),
+      el('td', null, here ? fmtCount(here.lag) : '–'),
+      el('td', null, here ? fmtCount(here.events) : '–'),
+      el('td', null, here ? fmtBytes(here.segment_bytes) : '–')));
+  }
+  return el('table', { class: 'num', id: 'shards' }, el('thead', null, head), tbody);
 }
 
 // ---------- wiring ----------

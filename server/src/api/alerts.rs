@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use toplog_alerting::{Change, Rule, StoredRule};
-use toplog_engine::Engine;
 use toplog_types::{Micros, Param, Shape};
 
 use super::params::{Params, QuerySpec};
@@ -226,19 +225,15 @@ pub(super) async fn list_alerts(
         let filters = rule.requests_filters(&a.key);
         // A few of the requests behind it (for the first alerts listed).
         let examples = if alerts.len() < EXAMPLES_FOR_ALERTS {
-            let engine = app.engine()?;
+            let stores = app.stores(false, true, None).await?;
             let range = toplog_engine::TimeRange { start, end };
             let scanned = filters.clone();
-            blocking(move || {
-                engine
-                    .scan(range, &scanned, None, EXAMPLE_REQUESTS)
-                    .map_err(|e| ApiError::internal(e.to_string()))
-            })
-            .await?
-            .events
-            .iter()
-            .map(|e| e.request_id.clone())
-            .collect()
+            blocking(move || stores.scan(range, &scanned, None, EXAMPLE_REQUESTS))
+                .await?
+                .events
+                .iter()
+                .map(|e| e.request_id.clone())
+                .collect()
         } else {
             Vec::new()
         };
@@ -279,11 +274,7 @@ pub(super) async fn ack_alert(
 /// Judges every rule as each minute closes, and sends what the outbox
 /// holds, while this node leads (a single node always does); changes go
 /// through the log on a cluster.
-pub(crate) async fn evaluate_alerts(
-    app: Arc<AppState>,
-    engine: Arc<Engine>,
-    alerting: Arc<Alerting>,
-) {
+pub(crate) async fn evaluate_alerts(app: Arc<AppState>, alerting: Arc<Alerting>) {
     let leads = |app: Arc<AppState>| {
         move || match app.cluster.get() {
             Some(c) => c.status().role == "leader",
@@ -313,7 +304,13 @@ pub(crate) async fn evaluate_alerts(
     let grace = app.config.alert_grace;
     tokio::join!(
         crate::alerts::evaluate_every_minute(
-            engine,
+            {
+                let app = app.clone();
+                move || -> futures::future::BoxFuture<'static, Result<super::stores::Stores, String>> {
+                    let app = app.clone();
+                    Box::pin(async move { app.stores(false, false, None).await.map_err(|e| e.message) })
+                }
+            },
             alerting.clone(),
             grace,
             leads(app.clone()),
@@ -525,11 +522,10 @@ pub(super) async fn backtest(
             ),
         ));
     }
-    let engine = app.engine()?;
+    let source = app.stores(false, false, None).await?;
     let firings = app
         .queries
         .run(move || {
-            let source = toplog_alerting::StoreSource { engine: &engine };
             toplog_alerting::backtest(&rule, &source, start, end).map_err(ApiError::internal)
         })
         .await?;

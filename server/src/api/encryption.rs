@@ -16,16 +16,36 @@ use toplog_engine::KeyUsage;
 use super::workers::blocking;
 use super::{ApiError, ApiResult, AppState};
 
+/// The keys the node's files are under: its store's, its shards'
+/// replicas', and its state files'.
+fn key_usage(
+    engine: &toplog_engine::Engine,
+    replicas: &[Arc<crate::cluster::Replica>],
+    data_dir: &std::path::Path,
+) -> ApiResult<KeyUsage> {
+    let mut usage = engine.key_usage()?;
+    for r in replicas {
+        for (key, n) in r.engine.key_usage()? {
+            *usage.entry(key).or_default() += n;
+        }
+    }
+    crate::node_state::count_key_use(data_dir, &mut usage);
+    Ok(usage)
+}
+
+/// The shards' replicas this node holds (none on a node without shards).
+fn replicas(app: &AppState) -> ApiResult<Vec<Arc<crate::cluster::Replica>>> {
+    Ok((app.sharded()?.into_iter())
+        .flat_map(|s| s.replicas())
+        .collect())
+}
+
 pub(super) async fn status(State(app): State<Arc<AppState>>) -> ApiResult {
     let engine = app.engine()?;
+    let replicas = replicas(&app)?;
     let data_dir = app.config.data_dir.clone();
     let cipher = app.config.cipher.clone();
-    let usage = blocking(move || {
-        let mut usage = engine.key_usage()?;
-        crate::node_state::count_key_use(&data_dir, &mut usage);
-        Ok(usage)
-    })
-    .await?;
+    let usage = blocking(move || key_usage(&engine, &replicas, &data_dir)).await?;
     Ok(Json(json!({"status": "success", "data": describe(&cipher, &usage)})).into_response())
 }
 
@@ -35,15 +55,30 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
     let cipher = app.config.cipher.clone();
     let maintainer = app.maintainer()?;
     let engine = app.engine()?;
+    let replicas = replicas(&app)?;
+    let held = replicas.clone();
     let jobs = app.jobs.get().cloned();
     let state = app.clone();
     let data_dir = app.config.data_dir.clone();
     let data = blocking(move || {
-        let store = maintainer.rekey().map_err(|e| match e {
-            RekeyError::Engine(e) => ApiError::from(e),
-            RekeyError::Fenced(why) => ApiError::new(StatusCode::CONFLICT, "archive_fenced", why),
-            RekeyError::Policy(why) => ApiError::internal(why),
-        })?;
+        let rekey = |m: &toplog_compaction::Maintainer| {
+            m.rekey().map_err(|e| match e {
+                RekeyError::Engine(e) => ApiError::from(e),
+                RekeyError::Fenced(why) => {
+                    ApiError::new(StatusCode::CONFLICT, "archive_fenced", why)
+                }
+                RekeyError::Policy(why) => ApiError::internal(why),
+            })
+        };
+        let mut store = rekey(&maintainer)?;
+        for r in &held {
+            let shard = rekey(&r.maintainer)?;
+            store.segments += shard.segments;
+            store.archived_segments += shard.archived_segments;
+            store.cluster_objects_kept += shard.cluster_objects_kept;
+            store.rollup_files += shard.rollup_files;
+            store.key_files += shard.key_files;
+        }
         let jobs = match jobs {
             Some(jobs) => jobs.reseal().map_err(ApiError::from)?,
             None => 0,
@@ -65,8 +100,7 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
                 .reseal()
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         }
-        let mut usage = engine.key_usage()?;
-        crate::node_state::count_key_use(&data_dir, &mut usage);
+        let usage = key_usage(&engine, &held, &data_dir)?;
         Ok(json!({
             "rewritten": {
                 "segments": store.segments,
@@ -82,7 +116,9 @@ pub(super) async fn rekey(State(app): State<Arc<AppState>>) -> ApiResult {
     .await?;
     // A cluster member's Raft log and snapshots on offer hold what the
     // rekey did not rewrite: cut and removed (the rekey flushed the store).
-    if let Some(cluster) = app.cluster.get() {
+    let groups =
+        (app.cluster.get().cloned().into_iter()).chain(replicas.iter().map(|r| r.cluster.clone()));
+    for cluster in groups {
         cluster.retire_sealed().await.map_err(|e| {
             ApiError::internal(format!("the Raft log was not cut after the rekey: {e}"))
         })?;

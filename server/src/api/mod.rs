@@ -16,7 +16,7 @@ mod openapi;
 mod params;
 mod routes;
 mod storage;
-mod stores;
+pub(crate) mod stores;
 pub(crate) mod traces;
 mod web;
 mod workers;
@@ -115,7 +115,7 @@ impl AppState {
         p: &params::Params,
         f: impl FnOnce(stores::Stores) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
-        let engine = self.engine()?;
+        self.engine()?;
         let strong = p.choice("consistency")? == Some("strong");
         let allow_partial = p.choice("allow_partial")? == Some("true");
         let point = match self.cluster.get() {
@@ -141,7 +141,20 @@ impl AppState {
                 })
             }
         };
-        let stores = match (self.sharded()?, &self.config.cluster) {
+        let stores = self.stores(strong, allow_partial, point).await?;
+        self.queries.run(move || f(stores)).await
+    }
+
+    /// What a read runs over now: this node's store, or one replica of
+    /// each shard (caught up with its leader for a `strong` read).
+    pub(crate) async fn stores(
+        &self,
+        strong: bool,
+        allow_partial: bool,
+        point: Option<ReadPoint>,
+    ) -> ApiResult<stores::Stores> {
+        let engine = self.engine()?;
+        Ok(match (self.sharded()?, &self.config.cluster) {
             (Some(shards), Some(settings)) => stores::Stores::sharded(
                 shards.read_replicas(strong).await,
                 settings.clone(),
@@ -150,8 +163,7 @@ impl AppState {
                 point,
             ),
             _ => stores::Stores::single(engine, point),
-        };
-        self.queries.run(move || f(stores)).await
+        })
     }
 
     /// A sharded cluster's shards (`None` for one store); `503` while they

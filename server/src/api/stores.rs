@@ -365,6 +365,34 @@ impl Stores {
         })
     }
 
+    /// `metric` over `range` per key of `by` (the best `k` by `order`),
+    /// or without `by` the one total: what an alert rule reads.
+    pub(crate) fn window_values(
+        &self,
+        metric: toplog_query::Metric,
+        by: Option<toplog_engine::Dimension>,
+        filters: &Filters,
+        range: TimeRange,
+        k: usize,
+        order: toplog_query::Order,
+    ) -> ApiResult<Vec<toplog_query::TopKRow>> {
+        if let Some(engine) = &self.single {
+            let (rows, _) =
+                toplog_query::window_values(engine, metric, by, filters, range, k, order)?;
+            return Ok(rows);
+        }
+        let q = toplog_query::window_question(metric, by, filters, range, k, order)?;
+        self.over_shards(|shards| {
+            let parts = self.parts(
+                shards,
+                |e| Ok(toplog_query::key_cells(e, &q)?),
+                || Question::KeyCells { q: q.clone() },
+                crate::cluster::Answer::into_key_cells,
+            )?;
+            Ok(toplog_query::window_values_of_cells(parts, &q, by.is_some())?.0)
+        })
+    }
+
     /// The events in `range` matching `filters`.
     pub(crate) fn count(&self, range: TimeRange, filters: &Filters) -> ApiResult<u64> {
         if let Some(engine) = &self.single {
@@ -476,4 +504,38 @@ fn partial_data(shard: ShardId, why: &str) -> ApiError {
             "shard {shard} cannot be read ({why}): the answer would miss its events; retry, or ask with `allow_partial=true` for an answer marked partial"
         ),
     )
+}
+
+/// An alert rule's readings, from this node's store or every shard's.
+impl toplog_alerting::Source for Stores {
+    fn readings(
+        &self,
+        rule: &toplog_alerting::Rule,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<toplog_alerting::evaluate::Reading>, String> {
+        // Nearest the threshold's side first, so a cap on series keeps
+        // the ones that can fire.
+        let order = match rule.op {
+            toplog_alerting::Op::Above => toplog_query::Order::Desc,
+            toplog_alerting::Op::Below => toplog_query::Order::Asc,
+        };
+        let rows = self
+            .window_values(
+                rule.metric,
+                rule.by,
+                &rule.filters,
+                TimeRange { start, end },
+                rule.max_series,
+                order,
+            )
+            .map_err(|e| e.message)?;
+        Ok((rows.into_iter())
+            .map(|r| toplog_alerting::evaluate::Reading {
+                key: r.key,
+                value: r.value,
+                count: r.count,
+            })
+            .collect())
+    }
 }

@@ -377,6 +377,13 @@ impl Shards {
         let mut config = o.engine_config.clone();
         config.data_dir = dir.clone();
         config.replicated = true;
+        // Each shard's archived files under its own prefix of the archive.
+        config.archive = (config.archive.take()).map(|a| {
+            Arc::new(toplog_engine::PrefixedArchive::new(
+                a,
+                format!("shard={shard}/"),
+            )) as Arc<dyn toplog_engine::ArchiveStore>
+        });
         // The node's memory budgets shared by every store it may hold.
         let share = usize::try_from(self.settings.shards).unwrap_or(1).max(1);
         config.memtable_max_bytes = (config.memtable_max_bytes / share).max(1 << 20);
