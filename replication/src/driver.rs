@@ -90,8 +90,9 @@ impl std::fmt::Debug for Driver {
 pub type Outbound = Box<dyn FnMut(Vec<Message>) + Send>;
 
 impl Driver {
-    /// Starts `node` on its own thread, ticking every `tick`.
+    /// Starts `node` on its own thread (named `name`), ticking every `tick`.
     pub fn spawn<D, M>(
+        name: String,
         mut node: RaftNode<D, M>,
         tick: Duration,
         mut outbound: Outbound,
@@ -105,7 +106,7 @@ impl Driver {
         let published = status.clone();
         let (applied_tx, applied) = watch::channel(node.applied_index());
         let thread = std::thread::Builder::new()
-            .name(format!("toplog-raft-{}", node.id()))
+            .name(name)
             .spawn(move || {
                 let mut next_tick = Instant::now() + tick;
                 // Proposals made here, answered when applied here or lost.
@@ -464,7 +465,7 @@ mod tests {
             });
             drivers.insert(
                 id,
-                Driver::spawn(node, Duration::from_millis(5), outbound).unwrap(),
+                Driver::spawn("raft".into(), node, Duration::from_millis(5), outbound).unwrap(),
             );
         }
         let _ = registry.set(drivers);
@@ -526,7 +527,13 @@ mod tests {
         }
         let machine = Applied(Arc::default(), 40);
         let node = open(&fs, &[1], machine.clone()).unwrap();
-        let driver = Driver::spawn(node, Duration::from_millis(5), Box::new(|_| {})).unwrap();
+        let driver = Driver::spawn(
+            "raft".into(),
+            node,
+            Duration::from_millis(5),
+            Box::new(|_| {}),
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while driver.status().role != "leader" {
             assert!(Instant::now() < deadline, "no leader");

@@ -224,7 +224,9 @@ impl Cluster {
                 }
             })
         };
-        let driver = Driver::spawn(node, TICK, outbound)?;
+        // `raft-g<group>`: a shard's serial work (its log, applying it)
+        // shows as its thread's CPU time.
+        let driver = Driver::spawn(format!("raft-g{group}"), node, TICK, outbound)?;
         let cluster = Arc::new(Self {
             settings: settings.clone(),
             group,
