@@ -40,7 +40,7 @@ for t in os.listdir(f"/proc/{pid}/task"):
     except OSError:
         continue
     if name.startswith("raft-g"):
-        groups[name[5:]] = groups.get(name[5:], 0) + s
+        groups[name[6:]] = groups.get(name[6:], 0) + s
 print(total, " ".join(f"{g}={v:.3f}" for g, v in sorted(groups.items())))
 PY
 }
