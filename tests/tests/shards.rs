@@ -164,12 +164,12 @@ fn view(cluster: &Cluster, id: u64) -> Value {
 
 /// Waits until every shard has a leader as node `id` sees it, and no move
 /// is under way; the shards.
-fn shards_settled(cluster: &Cluster, id: u64, within: Duration) -> Vec<Value> {
+fn shards_settled(cluster: &Cluster, id: u64, count: usize, within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
         let shards = view(cluster, id)["shards"].clone();
         if let Some(list) = shards.as_array()
-            && list.len() == 4
+            && list.len() == count
             && list
                 .iter()
                 .all(|s| s["leader_id"].is_u64() && s["moving"].is_null())
@@ -428,7 +428,7 @@ fn three_nodes_four_shards_exactly_once_equal_to_duckdb_rebalanced_and_partial_w
             config.to_str().unwrap(),
         ],
     );
-    let shards = shards_settled(&cluster, 1, Duration::from_secs(60));
+    let shards = shards_settled(&cluster, 1, 4, Duration::from_secs(60));
     for s in &shards {
         assert_eq!(s["replicas"].as_array().unwrap().len(), 3, "{s}");
     }
@@ -656,4 +656,144 @@ fn leaderships_spread(cluster: &Cluster, nodes: usize) {
         assert!(Instant::now() < deadline, "leaderships {led:?}: {shards}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Downloads the archive's raw objects with boto3 (as any S3 client would),
+/// keeping their paths, and reads them with DuckDB as one Hive-partitioned
+/// table (the glob docs/cluster.md gives for httpfs): rows per shard.
+/// Arguments: endpoint, bucket, prefix, work folder.
+const DUCKDB_READS_THE_SHARDS: &str = r#"
+import sys, json, os, boto3, duckdb
+endpoint, bucket, prefix, work = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for o in page.get("Contents", []):
+        path = os.path.join(work, o["Key"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file(bucket, o["Key"], path)
+glob = os.path.join(work, prefix, "shard=*/raw/day=*/*.parquet")
+rows = duckdb.sql(f"select shard, count(*), count(distinct request_id) from read_parquet('{glob}', hive_partitioning = true) group by 1").fetchall()
+print(json.dumps({str(r[0]): [r[1], r[2]] for r in rows}))
+"#;
+
+#[test]
+fn each_shard_archives_under_its_prefix_and_duckdb_reads_them_as_one_table() {
+    use toplog_tests::moto::Moto;
+    const BUCKET: &str = "sharded-archive";
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toplog.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "partition = \"1m\"\nmemtable_max_age = \"300ms\"\nmaintenance_interval = \"0s\"\n\
+             [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"1h\"\n{}",
+            Moto::archive_toml(BUCKET, moto.port)
+        ),
+    )
+    .unwrap();
+    let cluster = Cluster::start_with(
+        dir.path(),
+        3,
+        &["--config", config.to_str().unwrap(), "--shards", "2"],
+    );
+    let shards = shards_settled(&cluster, 1, 2, Duration::from_secs(60));
+    let t0 = now_ms();
+    let event = |i: usize, ts: i64| {
+        json!({"request_id": format!("a{i}"), "timestamp": ts, "endpoint": format!("/a/{}", i % 4),
+               "user_id": format!("u{}", i % 9), "method": "GET", "status_code": 200, "latency_ms": 2.0})
+    };
+    // 200 rows three minutes old (due for the archive), 50 recent.
+    let old: Vec<Value> = (0..200)
+        .map(|i| event(i, t0 - 200_000 + i as i64 * 100))
+        .collect();
+    let recent: Vec<Value> = (200..250)
+        .map(|i| event(i, t0 - 10_000 + i as i64))
+        .collect();
+    for batch in [&old, &recent] {
+        let (status, body) = call(&cluster, 2, "POST", "/api/v1/requests", &json!(batch));
+        assert_eq!(status, 200, "{body}");
+    }
+    counts_reach(&cluster, 250, Duration::from_secs(30));
+    // Passes on every node until every replica holds the old rows in the
+    // archive (each shard's leader uploads; its followers adopt the cut-off).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for id in 1..=3 {
+            let (status, body) = call(
+                &cluster,
+                id,
+                "POST",
+                "/api/v1/admin/maintenance",
+                &Value::Null,
+            );
+            assert_eq!(status, 200, "{body}");
+        }
+        let archived: Vec<u64> = (1..=3)
+            .map(|id| {
+                let storage = get(&cluster, id, "/api/v1/storage")["data"].clone();
+                (storage["shards"].as_array().unwrap().iter())
+                    .map(|s| {
+                        s["storage"]["tiers"]["raw_archive"]["rows"]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .sum()
+            })
+            .collect();
+        if archived.iter().all(|a| *a == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archived rows by node {archived:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Reads still answer every row, archived ones included.
+    counts_reach(&cluster, 250, Duration::from_secs(10));
+    let keys = moto.keys(BUCKET);
+    let raw: Vec<&String> = keys.iter().filter(|k| k.contains("/raw/")).collect();
+    assert!(
+        raw.iter().all(|k| k.starts_with("toplog/shard=0/raw/day=")
+            || k.starts_with("toplog/shard=1/raw/day=")),
+        "{raw:?}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            DUCKDB_READS_THE_SHARDS,
+            &format!("http://127.0.0.1:{}", moto.port),
+            BUCKET,
+            "toplog",
+        ])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_shard: BTreeMap<String, (u64, u64)> = serde_json::from_slice(&out.stdout).unwrap();
+    // Each shard's archived rows are exactly the old rows its slots own.
+    let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in &old {
+        let slot = u64::from(toplog_replication::slot_of(
+            e["request_id"].as_str().unwrap(),
+        ));
+        let shard = (shards.iter())
+            .find(|s| {
+                (s["slots"][0].as_u64().unwrap()..s["slots"][1].as_u64().unwrap()).contains(&slot)
+            })
+            .unwrap()["shard"]
+            .to_string();
+        let n = want.entry(shard).or_default();
+        n.0 += 1;
+        n.1 += 1;
+    }
+    assert_eq!(by_shard, want, "DuckDB's rows per shard");
 }

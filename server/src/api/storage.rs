@@ -13,15 +13,49 @@ use toplog_compaction::PolicyErrorKind;
 use super::workers::blocking;
 use super::{ApiError, ApiResult, AppState};
 
+/// The shards' replicas this node holds, each with its maintainer.
+fn replicas(app: &AppState) -> ApiResult<Vec<Arc<crate::cluster::Replica>>> {
+    Ok((app.sharded()?.into_iter())
+        .flat_map(|s| s.replicas())
+        .collect())
+}
+
+/// This node's store; in a sharded cluster, also each replica it holds
+/// (`shards`: its store the same way, by shard).
 pub(super) async fn storage(State(app): State<Arc<AppState>>) -> ApiResult {
     let m = app.maintainer()?;
-    let data = blocking(move || Ok(m.storage())).await?;
+    let replicas = replicas(&app)?;
+    let data = blocking(move || {
+        let mut data = m.storage();
+        if !replicas.is_empty() {
+            data["shards"] = (replicas.iter())
+                .map(|r| json!({"shard": r.shard, "storage": r.maintainer.storage()}))
+                .collect();
+        }
+        Ok(data)
+    })
+    .await?;
     Ok(Json(json!({"status": "success", "data": data})).into_response())
 }
 
+/// A maintenance pass now: this node's store's, then each replica's it
+/// holds in a sharded cluster (`shards`: each pass's report).
 pub(super) async fn run_maintenance(State(app): State<Arc<AppState>>) -> ApiResult {
     let m = app.maintainer()?;
-    let report = blocking(move || Ok(m.run())).await?;
+    let replicas = replicas(&app)?;
+    let report = blocking(move || {
+        let mut report =
+            serde_json::to_value(m.run()).map_err(|e| ApiError::internal(e.to_string()))?;
+        if !replicas.is_empty() {
+            let mut shards = Vec::new();
+            for r in &replicas {
+                shards.push(json!({"shard": r.shard, "report": r.maintainer.run()}));
+            }
+            report["shards"] = Value::Array(shards);
+        }
+        Ok(report)
+    })
+    .await?;
     Ok(Json(json!({"status": "success", "data": report})).into_response())
 }
 
