@@ -11,7 +11,11 @@ use toplog_engine::KeyUsage;
 /// The node's id (never sealed).
 pub(crate) const NODE_ID: &str = "NODE_ID";
 /// A cluster member's cluster id (never sealed; `raft/`'s other files are
-/// the old log's, which a restored node does not continue).
+/// the old log's, which a restored node does not continue: `raft/PLACEMENT`,
+/// a sharded cluster's map, names the old cluster's nodes, and a restored
+/// node makes a new map of the same shards from its `--cluster` flag; each
+/// shard's replica, `shards/<n>/`, is a store of its own that a backup
+/// checkpoints beside this node's).
 const CLUSTER_ID: &str = "raft/CLUSTER_ID";
 /// Files each replaced whole (one envelope of JSON when sealed).
 const WHOLE_FILES: [&str; 4] = [

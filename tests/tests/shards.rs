@@ -634,6 +634,46 @@ fn three_nodes_four_shards_exactly_once_equal_to_duckdb_rebalanced_and_partial_w
     }
     counts_reach(&cluster, model.len(), Duration::from_secs(60));
     holds_exactly(&cluster, 3, &model);
+
+    // Node 4 stopped for good and removed from the cluster (what an
+    // operator does with a lost node): its replicas move back onto the
+    // other three, and they answer for every event.
+    cluster.kill9(4);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'removed: loop {
+        for via in [1u64, 2, 3] {
+            let (status, _) = call(
+                &cluster,
+                via,
+                "DELETE",
+                "/api/v1/cluster/members/4",
+                &Value::Null,
+            );
+            if status == 200 {
+                break 'removed;
+            }
+        }
+        assert!(Instant::now() < deadline, "node 4 not removed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let shards = view(&cluster, 1)["shards"].clone();
+        let list = shards.as_array().unwrap();
+        let off_4 = list.iter().all(|s| {
+            s["moving"].is_null() && !s["replicas"].as_array().unwrap().contains(&json!(4))
+        });
+        if off_4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not moved off node 4: {shards}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    counts_reach(&cluster, model.len(), Duration::from_secs(60));
+    holds_exactly(&cluster, 1, &model);
 }
 
 /// Waits until the nodes lead the shards as evenly as they can: with

@@ -104,7 +104,21 @@ impl Shards {
         let Some(placement) = map.get(&replica.shard) else {
             return;
         };
+        let main = self.main.status();
+        let member = main.voters.contains(&main.node_id) || main.learners.contains(&main.node_id);
         let step = match placement.moving {
+            // Removed from the cluster (as far as it learned): its shards'
+            // leaderships go to replicas that stay, which carry the moves out.
+            _ if !member && !main.voters.is_empty() => {
+                match (status.voters.iter())
+                    .find(|id| **id != status.node_id && caught_up(&status, **id))
+                {
+                    Some(to) => {
+                        (replica.cluster.transfer_leadership(*to).await).map_err(|e| e.to_string())
+                    }
+                    None => Ok(()),
+                }
+            }
             Some(m) => self.move_step(replica, &status, m).await,
             None => {
                 let target = toplog_replication::leaders(&map)

@@ -177,6 +177,20 @@ pub(crate) struct Replica {
     pub(crate) cluster: Arc<Cluster>,
 }
 
+impl Replica {
+    /// Whether a read may be answered from this replica as it is: it knows
+    /// its group's leader, votes in the group (a learner still catching up,
+    /// or a replica removed from the group, holds less than was
+    /// acknowledged), and is not being replaced by a snapshot.
+    pub(crate) fn readable(&self) -> bool {
+        let s = self.cluster.status();
+        s.leader_id != 0
+            && s.voters.contains(&s.node_id)
+            && s.stopped.is_none()
+            && self.cluster.receiving_snapshot().is_none()
+    }
+}
+
 /// What it takes to open a replica here.
 pub(crate) struct Opener {
     pub(crate) data_dir: PathBuf,
@@ -454,8 +468,9 @@ impl Shards {
             let replica = self.hosted(shard);
             async move {
                 let usable = match &replica {
+                    Some(r) if !r.readable() => false,
                     Some(r) if strong => r.cluster.read_barrier(STRONG_READ_WAIT).await.is_ok(),
-                    Some(r) => r.cluster.status().leader_id != 0,
+                    Some(_) => true,
                     None => false,
                 };
                 let at = match replica {

@@ -172,10 +172,12 @@ impl Raft for RaftService {
                 .read_barrier(std::time::Duration::from_secs(5))
                 .await
                 .map_err(|e| tonic::Status::unavailable(format!("a strong read: {e}")))?;
-        } else if replica.cluster.status().leader_id == 0 {
-            // Cut off from its leader, it may miss acknowledged writes.
+        }
+        if !replica.readable() {
+            // Cut off from its leader, or still catching up: it may miss
+            // acknowledged writes.
             return Err(tonic::Status::unavailable(
-                "this replica knows no leader (its group has no quorum here)",
+                "this replica cannot answer: it knows no leader, or is still catching up",
             ));
         }
         let applied_index = replica.cluster.status().applied_index;
