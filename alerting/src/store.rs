@@ -14,12 +14,6 @@ pub struct StoreSource<'a> {
 
 impl Source for StoreSource<'_> {
     fn readings(&self, rule: &Rule, start: Micros, end: Micros) -> Result<Vec<Reading>, String> {
-        // Nearest the threshold's side first, so a cap on series keeps
-        // the ones that can fire.
-        let order = match rule.op {
-            Op::Above => Order::Desc,
-            Op::Below => Order::Asc,
-        };
         let (rows, _) = window_values(
             self.engine,
             rule.metric,
@@ -27,17 +21,34 @@ impl Source for StoreSource<'_> {
             &rule.filters,
             TimeRange { start, end },
             rule.max_series,
-            order,
+            rule.series_order(),
         )
         .map_err(|e| e.to_string())?;
-        Ok(rows
-            .into_iter()
+        Ok(Reading::of_rows(rows))
+    }
+}
+
+impl Rule {
+    /// The order its series are read in: nearest the threshold's side
+    /// first, so a cap on series keeps the ones that can fire.
+    pub fn series_order(&self) -> Order {
+        match self.op {
+            Op::Above => Order::Desc,
+            Op::Below => Order::Asc,
+        }
+    }
+}
+
+impl Reading {
+    /// The readings of a window's rows (key, value, requests).
+    pub fn of_rows(rows: Vec<toplog_query::TopKRow>) -> Vec<Reading> {
+        (rows.into_iter())
             .map(|r| Reading {
                 key: r.key,
                 value: r.value,
                 count: r.count,
             })
-            .collect())
+            .collect()
     }
 }
 

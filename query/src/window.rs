@@ -51,20 +51,9 @@ pub fn window_values(
     k: usize,
     order: Order,
 ) -> Result<(Vec<TopKRow>, Vec<&'static str>)> {
-    rollups_answer(by, filters, metric)?;
-    if let Some(dim) = by {
-        let answer = top_k(
-            engine,
-            &TopK {
-                k,
-                metric,
-                by: Grouping::By(dim),
-                range,
-                filters: filters.clone(),
-                min_count: 0,
-                order,
-            },
-        )?;
+    let q = window_question(metric, by, filters, range, k, order)?;
+    if by.is_some() {
+        let answer = top_k(engine, &q)?;
         return Ok((answer.rows, answer.sources));
     }
     let mut sources = Vec::new();

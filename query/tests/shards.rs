@@ -213,3 +213,34 @@ fn three_shards_merged_answer_as_one_engine() {
         }
     }
 }
+
+/// Pages of requests merged from three shards, walked with their cursors,
+/// equal one engine's pages: the same events in the same order, page by
+/// page, and the last page says there is no next.
+#[test]
+fn three_shards_pages_of_requests_walk_as_one_engine() {
+    use toplog_engine::Page;
+    for seed in 0..3u64 {
+        let (whole, shards, mut rng) = three_shards(seed);
+        for _ in 0..10 {
+            let (q, _) = random_query(&mut rng);
+            let limit = rng.random_range(1..40);
+            let (mut after, mut pages) = (None, 0);
+            loop {
+                let one = whole
+                    .scan(q.range, &q.filters, after.as_ref(), limit)
+                    .unwrap();
+                let parts = (shards.iter())
+                    .map(|s| s.scan(q.range, &q.filters, after.as_ref(), limit).unwrap())
+                    .collect();
+                let merged = Page::merge(parts, after.as_ref(), limit);
+                assert_eq!(merged, one, "seed {seed}, page {pages}: {q:?}");
+                pages += 1;
+                match merged.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
+}

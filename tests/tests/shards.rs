@@ -479,6 +479,14 @@ fn three_nodes_four_shards_exactly_once_equal_to_duckdb_rebalanced_and_partial_w
     settle(&cluster, t0, &sent, &mut model);
     counts_reach(&cluster, model.len(), Duration::from_secs(60));
     holds_exactly(&cluster, 4, &model);
+    // A strong read, on the node lacking a shard, holds every batch
+    // acknowledged before it.
+    let strong = get(
+        &cluster,
+        4,
+        "/api/v1/requests/count?start=0&consistency=strong",
+    );
+    assert_eq!(strong["count"], model.len(), "{strong}");
     let slots: Vec<(u64, u64, u64)> = (placed.iter())
         .map(|s| {
             (

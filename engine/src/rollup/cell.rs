@@ -78,34 +78,6 @@ impl Cell {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn merge_equals_adding_everything() {
-        let mut a = Cell::new(true);
-        let mut b = Cell::new(true);
-        let mut all = Cell::new(true);
-        for (i, lat) in [5u64, 0, 700, 12_000, 3].iter().enumerate() {
-            let status = [200, 503, 404, 200, 101][i];
-            if i % 2 == 0 {
-                a.add(status, *lat)
-            } else {
-                b.add(status, *lat)
-            }
-            all.add(status, *lat);
-        }
-        a.merge(&b);
-        assert_eq!(a, all);
-        assert_eq!(
-            (all.count, all.errors(), all.by_class),
-            (5, 1, [1, 2, 0, 1, 1])
-        );
-    }
-}
-
 /// A cell's fields as they travel between nodes (a shard's part of an
 /// answer), checked as a file's cells are when read back.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -164,5 +136,61 @@ impl<'de> serde::Deserialize<'de> for Cell {
             sketch,
             missed: f.missed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn merge_equals_adding_everything() {
+        let mut a = Cell::new(true);
+        let mut b = Cell::new(true);
+        let mut all = Cell::new(true);
+        for (i, lat) in [5u64, 0, 700, 12_000, 3].iter().enumerate() {
+            let status = [200, 503, 404, 200, 101][i];
+            if i % 2 == 0 {
+                a.add(status, *lat)
+            } else {
+                b.add(status, *lat)
+            }
+            all.add(status, *lat);
+        }
+        a.merge(&b);
+        assert_eq!(a, all);
+        assert_eq!(
+            (all.count, all.errors(), all.by_class),
+            (5, 1, [1, 2, 0, 1, 1])
+        );
+    }
+
+    #[test]
+    fn cells_cross_as_json_and_come_back_equal_or_refused() {
+        let mut dense = Cell::new(true);
+        for i in 0..5_000u64 {
+            dense.add([200, 500, 404][(i % 3) as usize], i * i % 9_000_001);
+        }
+        dense.latency_sum_us = u128::from(u64::MAX) * 3 + 7;
+        dense.missed = 4;
+        let mut plain = Cell::new(false);
+        plain.add(200, 12);
+        for cell in [dense, plain, Cell::new(true)] {
+            let json = serde_json::to_string(&cell).unwrap();
+            assert_eq!(serde_json::from_str::<Cell>(&json).unwrap(), cell, "{json}");
+        }
+        let mut v: serde_json::Value = serde_json::to_value(Cell::new(false)).unwrap();
+        v["count"] = 3.into();
+        assert!(
+            serde_json::from_value::<Cell>(v).is_err(),
+            "counts disagree"
+        );
+        let mut v: serde_json::Value = serde_json::to_value(Cell::new(false)).unwrap();
+        v["sketch"] = serde_json::json!([0, [[5, 1], [2, 1]]]);
+        assert!(
+            serde_json::from_value::<Cell>(v).is_err(),
+            "bins out of order"
+        );
     }
 }

@@ -514,12 +514,6 @@ impl toplog_alerting::Source for Stores {
         start: Micros,
         end: Micros,
     ) -> Result<Vec<toplog_alerting::evaluate::Reading>, String> {
-        // Nearest the threshold's side first, so a cap on series keeps
-        // the ones that can fire.
-        let order = match rule.op {
-            toplog_alerting::Op::Above => toplog_query::Order::Desc,
-            toplog_alerting::Op::Below => toplog_query::Order::Asc,
-        };
         let rows = self
             .window_values(
                 rule.metric,
@@ -527,15 +521,9 @@ impl toplog_alerting::Source for Stores {
                 &rule.filters,
                 TimeRange { start, end },
                 rule.max_series,
-                order,
+                rule.series_order(),
             )
             .map_err(|e| e.message)?;
-        Ok((rows.into_iter())
-            .map(|r| toplog_alerting::evaluate::Reading {
-                key: r.key,
-                value: r.value,
-                count: r.count,
-            })
-            .collect())
+        Ok(toplog_alerting::evaluate::Reading::of_rows(rows))
     }
 }

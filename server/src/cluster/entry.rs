@@ -134,6 +134,12 @@ mod tests {
         assert!(Entry::decode(&[KEY, b'{', b'}']).is_err());
         assert!(Entry::decode(&[7, 1, 2]).is_err());
         assert!(Entry::decode(&[PLACEMENT, b'[']).is_err());
+        let moved = Entry::Placement(super::super::shards::PlacementChange::Start {
+            shard: 2,
+            from: 1,
+            to: 4,
+        });
+        assert_eq!(Entry::decode(&moved.encode()), Ok(moved));
         assert!(Entry::decode(&[]).is_err());
         assert!(Entry::decode(&[RETENTION, b'{']).is_err());
     }

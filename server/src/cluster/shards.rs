@@ -674,3 +674,42 @@ async fn write_here(
 pub(crate) fn group_of(shard: ShardId) -> u64 {
     u64::from(shard) + 1
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The map the log sets: the first one stands, a move starts only on a
+    /// shard not moving, from a replica to a node without one, and finishes
+    /// only as it started; the file keeps what was applied.
+    #[test]
+    fn map_changes_apply_in_order_and_misfits_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ShardState::open(dir.path()).unwrap();
+        let start = |shard, from, to| PlacementChange::Start { shard, from, to };
+        let finish = |shard, from, to| PlacementChange::Finish { shard, from, to };
+        assert!(state.apply(start(0, 1, 4)).is_err(), "no map yet");
+        let first = toplog_replication::initial(&[1, 2, 3], 4, 3).unwrap();
+        state.apply(PlacementChange::Set(first.clone())).unwrap();
+        let other = toplog_replication::initial(&[1, 2, 3], 2, 3).unwrap();
+        state.apply(PlacementChange::Set(other)).unwrap();
+        assert_eq!(state.map(), Some(first.clone()), "the first map stands");
+        assert!(
+            state.apply(start(0, 4, 1)).is_err(),
+            "node 4 holds no replica"
+        );
+        assert!(state.apply(start(0, 1, 2)).is_err(), "node 2 holds one");
+        assert!(state.apply(start(9, 1, 4)).is_err(), "no shard 9");
+        state.apply(start(0, 1, 4)).unwrap();
+        assert!(state.apply(start(0, 2, 4)).is_err(), "shard 0 is moving");
+        assert!(state.apply(finish(0, 2, 4)).is_err(), "not that move");
+        state.apply(finish(0, 1, 4)).unwrap();
+        let map = state.map().unwrap();
+        assert_eq!(map[&0].replicas, vec![4, 2, 3]);
+        assert_eq!(map[&0].moving, None);
+        assert_eq!(map[&1], first[&1]);
+        let reopened = ShardState::open(dir.path()).unwrap();
+        assert_eq!(reopened.map(), Some(map));
+    }
+}
