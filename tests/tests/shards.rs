@@ -845,3 +845,83 @@ fn each_shard_archives_under_its_prefix_and_duckdb_reads_them_as_one_table() {
     }
     assert_eq!(by_shard, want, "DuckDB's rows per shard");
 }
+
+/// Sets the test clock in `file` to `ms` and waits until every node has
+/// applied the rule's judgement of the minute closed by then.
+fn judge_through(cluster: &Cluster, file: &std::path::Path, rule: &str, ms: i64) {
+    std::fs::write(file, ms.to_string()).unwrap();
+    let want = toplog_types::Micros::new(ms / 60_000 * 60_000 * 1000).to_rfc3339();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in cluster.live() {
+        loop {
+            let got =
+                get(cluster, id, &format!("/api/v1/alerts/rules/{rule}"))["data"]["judged_through"]
+                    .clone();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: judged through {got}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// An alert rule reads every shard: a count of errors that only the whole
+/// reaches (each shard holds about half) fires, on the key that has them.
+#[test]
+fn an_alert_rule_judges_what_every_shard_holds_together() {
+    const MIN: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    let base = (now_ms() - 40 * MIN) / MIN * MIN;
+    std::fs::write(&clock, base.to_string()).unwrap();
+    let cluster = Cluster::start_with_env(
+        dir.path(),
+        3,
+        &["--alert-grace", "0s", "--shards", "2"],
+        &[("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())],
+    );
+    shards_settled(&cluster, 1, 2, Duration::from_secs(60));
+    // GET /a fails 20 times a minute for 5 minutes, once a minute otherwise:
+    // 100 errors in 5 minutes at the peak, about 50 in each shard.
+    let (status, made) = call(
+        &cluster,
+        2,
+        "POST",
+        "/api/v1/alerts/rules",
+        &json!({"name": "errors", "metric": "errors", "by": "endpoint", "window": "5m",
+                "op": ">", "threshold": 80, "for": "1m"}),
+    );
+    assert_eq!(status, 201, "{made}");
+    let rule = made["data"]["id"].as_str().unwrap().to_owned();
+    let events = toplog_tests::error_burst(base);
+    let (status, body) = call(
+        &cluster,
+        3,
+        "POST",
+        "/api/v1/requests",
+        &Value::Array(events),
+    );
+    assert_eq!(status, 200, "{body}");
+    let parts: Vec<u64> = (body["shards"].as_array().unwrap().iter())
+        .map(|p| p["accepted"].as_u64().unwrap())
+        .collect();
+    assert!(parts.len() == 2 && parts.iter().all(|n| *n > 500), "{body}");
+    counts_reach(&cluster, 1600, Duration::from_secs(30));
+    // Minutes 10 to 14 hold the burst: the window closing at 15 holds 100.
+    for m in 1..=15 {
+        judge_through(&cluster, &clock, &rule, base + m * MIN + 1_000);
+    }
+    for id in cluster.live() {
+        let alerts = get(&cluster, id, "/api/v1/requests/alerts")["alerts"].clone();
+        let fired: Vec<&Value> = (alerts.as_array().unwrap().iter())
+            .filter(|a| a["rule_id"] == rule.as_str())
+            .collect();
+        assert_eq!(fired.len(), 1, "node {id}: {alerts}");
+        assert_eq!(fired[0]["key"], "GET /a", "{alerts}");
+        assert_eq!(fired[0]["state"], "firing", "{alerts}");
+    }
+}
