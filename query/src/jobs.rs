@@ -195,7 +195,7 @@ impl JobStore {
 }
 
 /// What an aggregation computes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AggregationSpec {
     pub range: TimeRange,
     /// `None`: one interval covering the whole range.
@@ -207,7 +207,7 @@ pub struct AggregationSpec {
 }
 
 /// One interval (and group) of an aggregation's result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AggregateRow {
     pub start: Micros,
     pub end: Micros,
@@ -307,6 +307,34 @@ pub fn aggregate(engine: &Engine, spec: &AggregationSpec) -> Result<Vec<Aggregat
         t += step;
     }
     Ok(rows)
+}
+
+/// The result of an aggregation across shards, from each shard's
+/// [`aggregate`] of the same spec: the rows of one interval and group
+/// merged (their cells add up), in the order one store gives them.
+pub fn merge_aggregates(parts: Vec<Vec<AggregateRow>>) -> Result<Vec<AggregateRow>> {
+    let mut merged: BTreeMap<(i64, Option<String>), AggregateRow> = BTreeMap::new();
+    for row in parts.into_iter().flatten() {
+        match merged.entry((row.start.get(), row.group.clone())) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(row);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let whole = o.get_mut();
+                whole.cell.merge(&row.cell);
+                whole.missed = whole.missed.and(&row.missed);
+            }
+        }
+    }
+    if merged.len() > MAX_ROWS {
+        return Err(QueryError::TooLarge(
+            "group_by",
+            format!(
+                "the result exceeds {MAX_ROWS} rows; narrow the range, widen the interval or filter"
+            ),
+        ));
+    }
+    Ok(merged.into_values().collect())
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ pub use cross_shard::{
     requests_across, top_k_across, top_k_of_cells, top_k_of_parts,
 };
 pub use history::{DayRow, day_cells, history, history_of_cells};
-pub use jobs::{AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate};
+pub use jobs::{
+    AggregateRow, AggregationSpec, Job, JobState, JobStore, MAX_ROWS, aggregate, merge_aggregates,
+};
 pub use metric::{Metric, Missed};
 pub use plan::{Piece, plan};
 pub use timeseries::{

@@ -135,7 +135,7 @@ impl Metric {
 /// Requests of a key that its merged cell may not hold (see
 /// [`Cell::missed`](toplog_engine::Cell)): at most `requests` of them, each with a
 /// latency in `[latency_min_us, latency_max_us]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Missed {
     pub requests: u64,
     pub latency_min_us: u64,
@@ -143,6 +143,19 @@ pub struct Missed {
 }
 
 impl Missed {
+    /// What two parts of one key may miss together.
+    pub fn and(&self, other: &Missed) -> Missed {
+        match (self.requests, other.requests) {
+            (0, _) => *other,
+            (_, 0) => *self,
+            _ => Missed {
+                requests: self.requests + other.requests,
+                latency_min_us: self.latency_min_us.min(other.latency_min_us),
+                latency_max_us: self.latency_max_us.max(other.latency_max_us),
+            },
+        }
+    }
+
     fn latency_min_ms(&self) -> f64 {
         self.latency_min_us as f64 / 1000.0
     }

@@ -244,3 +244,48 @@ fn three_shards_pages_of_requests_walk_as_one_engine() {
         }
     }
 }
+
+/// An aggregation merged from three shards' rows equals one engine's: every
+/// interval and group, its cell whole.
+#[test]
+fn three_shards_aggregations_merge_as_one_engine() {
+    use toplog_engine::Dimension;
+    use toplog_query::{AggregationSpec, aggregate, merge_aggregates};
+    let mut compared = 0;
+    for seed in 0..3u64 {
+        let (whole, shards, mut rng) = three_shards(seed);
+        for _ in 0..20 {
+            let (q, _) = random_query(&mut rng);
+            let spec = AggregationSpec {
+                range: q.range,
+                interval_us: [None, Some(MIN), Some(HOUR), Some(DAY)][rng.random_range(0..4)],
+                group_by: [
+                    None,
+                    Some(Dimension::Endpoint),
+                    Some(Dimension::UserId),
+                    Some(Dimension::StatusCode),
+                ][rng.random_range(0..4)],
+                filters: q.filters.clone(),
+                needs_quantiles: rng.random_bool(0.5),
+            };
+            let one = match aggregate(&whole, &spec) {
+                Ok(rows) => rows,
+                Err(_) => continue, // too many rows: refused alike
+            };
+            let parts = shards
+                .iter()
+                .map(|s| aggregate(s, &spec).unwrap())
+                .collect();
+            assert_eq!(
+                merge_aggregates(parts).unwrap(),
+                one,
+                "seed {seed}: {spec:?}"
+            );
+            compared += usize::from(!one.is_empty());
+        }
+    }
+    assert!(
+        compared > 30,
+        "only {compared} aggregations with rows compared"
+    );
+}

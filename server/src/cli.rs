@@ -355,10 +355,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     }
                     let _ = state.jobs.set(store.clone());
                     let _ = state.engine.set(engine.clone());
+                    // A sharded cluster's jobs read every shard.
+                    let job_source = crate::api::JobSource::of(&state, &engine);
                     // Jobs cut short by the last stop run again: they only read.
                     for job in unfinished {
                         runtime.spawn(crate::api::run_job(
-                            engine.clone(),
+                            job_source.clone(),
                             store.clone(),
                             state.aggregations.clone(),
                             state.config.query_memory_bytes,
@@ -378,7 +380,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                                 shared: None,
                             },
                             crate::api::JobRunner {
-                                engine: engine.clone(),
+                                source: job_source,
                                 store: store.clone(),
                                 turns: state.aggregations.clone(),
                                 memory_bytes: state.config.query_memory_bytes,

@@ -379,6 +379,65 @@ fn backup_restores_every_shard(
     node.kill9();
 }
 
+/// An aggregation job submitted to node `id` (through the log, run by every
+/// member over every shard): its rows per endpoint equal the model's
+/// requests and errors, on node `id` and on node 2.
+fn aggregation_equals_the_model(
+    cluster: &Cluster,
+    id: u64,
+    end_us: i64,
+    model: &BTreeMap<String, Value>,
+) {
+    let start_ms = end_us / 1000 - 4 * DAY_MS;
+    let (status, body) = call(
+        cluster,
+        id,
+        "POST",
+        "/api/v1/requests/aggregate",
+        &json!({"start_time": start_ms, "end_time": end_us / 1000,
+                "metrics": ["frequency", "errors"], "group_by": "endpoint"}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let job = body["aggregation_id"].as_str().unwrap().to_owned();
+    let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in model.values() {
+        let w = want
+            .entry(e["endpoint"].as_str().unwrap().to_owned())
+            .or_default();
+        w.0 += 1;
+        w.1 += u64::from(e["status_code"].as_u64().unwrap() >= 500);
+    }
+    for on in [id, 2] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let result = loop {
+            let got =
+                get(cluster, on, &format!("/api/v1/requests/aggregate/{job}"))["data"].clone();
+            match got["state"].as_str() {
+                Some("done") => break got["result"].clone(),
+                Some("failed") => panic!("node {on}: {got}"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "node {on}: {got}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let got: BTreeMap<String, (u64, u64)> = (result.as_array().unwrap().iter())
+            .map(|r| {
+                (
+                    r["group"].as_str().unwrap().to_owned(),
+                    (
+                        r["frequency"].as_u64().unwrap(),
+                        r["errors"].as_u64().unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got, want,
+            "node {on}: the aggregation's requests and errors by endpoint"
+        );
+    }
+}
+
 /// Adds node `id` at `url` through the main group's leader.
 fn add_member(cluster: &Cluster, id: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -479,6 +538,7 @@ fn three_nodes_four_shards_exactly_once_equal_to_duckdb_rebalanced_and_partial_w
     settle(&cluster, t0, &sent, &mut model);
     counts_reach(&cluster, model.len(), Duration::from_secs(60));
     holds_exactly(&cluster, 4, &model);
+    aggregation_equals_the_model(&cluster, 4, end_us, &model);
     // A strong read, on the node lacking a shard, holds every batch
     // acknowledged before it.
     let strong = get(

@@ -19,10 +19,46 @@ use super::{ApiError, ApiResult, AppState};
 /// Jobs that may wait to run at once; past it a submission is `503 overloaded`.
 const MAX_PENDING: usize = 1000;
 
+/// What a job reads: this node's store, or in a sharded cluster every
+/// shard (found when the job runs).
+#[derive(Debug, Clone)]
+pub(crate) enum JobSource {
+    Store(Arc<Engine>),
+    Shards(std::sync::Weak<AppState>),
+}
+
+/// How long a job run again at start-up waits for the node's shards to open.
+const SHARDS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl JobSource {
+    pub(crate) fn of(app: &Arc<AppState>, engine: &Arc<Engine>) -> Self {
+        match &app.config.cluster {
+            Some(c) if c.shards > 1 => Self::Shards(Arc::downgrade(app)),
+            _ => Self::Store(engine.clone()),
+        }
+    }
+
+    async fn stores(&self) -> Result<super::stores::Stores, String> {
+        let app = match self {
+            Self::Store(engine) => return Ok(super::stores::Stores::single(engine.clone(), None)),
+            Self::Shards(app) => app,
+        };
+        let deadline = std::time::Instant::now() + SHARDS_WAIT;
+        loop {
+            let app = app.upgrade().ok_or("the node is stopping")?;
+            match app.stores(false, false, None).await {
+                Ok(stores) => return Ok(stores),
+                Err(e) if std::time::Instant::now() > deadline => return Err(e.message),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            }
+        }
+    }
+}
+
 /// Runs a job to completion once one of `turns` is free (it waits as
 /// `pending` until then), recording each state change durably.
 pub(crate) async fn run_job(
-    engine: Arc<Engine>,
+    source: JobSource,
     store: Arc<toplog_query::JobStore>,
     turns: Arc<Semaphore>,
     memory_bytes: usize,
@@ -32,17 +68,22 @@ pub(crate) async fn run_job(
     let Ok(_turn) = turns.acquire_owned().await else {
         return;
     };
-    let outcome = match AggregationRequest::parse(&job.request) {
-        Err(e) => Err(e.to_string()),
-        Ok(request) => {
+    let outcome = match (
+        AggregationRequest::parse(&job.request),
+        source.stores().await,
+    ) {
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(request), Ok(stores)) => {
             job.state = JobState::Running;
             if let Err(e) = store.put(&job) {
                 tracing::error!(error = %e, "cannot record job state");
             }
             super::workers::aggregating(memory_bytes, move || {
-                toplog_query::aggregate(&engine, &request.spec)
+                stores
+                    .aggregate(&request.spec)
                     .map(|rows| Value::Array(rows.iter().map(|r| request.row_json(r)).collect()))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.message)
             })
             .await
             .unwrap_or_else(|e| Err(e.message))
@@ -81,7 +122,7 @@ pub(super) async fn submit_aggregation(
 /// starts on every member each job submitted to any (results are derived).
 #[derive(Debug, Clone)]
 pub(crate) struct JobRunner {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) source: JobSource,
     pub(crate) store: Arc<toplog_query::JobStore>,
     pub(crate) turns: Arc<Semaphore>,
     pub(crate) memory_bytes: usize,
@@ -93,7 +134,7 @@ pub(crate) struct JobRunner {
 impl JobRunner {
     pub(crate) fn of(app: &AppState) -> ApiResult<Self> {
         Ok(Self {
-            engine: app.engine()?,
+            source: JobSource::Store(app.engine()?),
             store: jobs(app)?,
             turns: app.aggregations.clone(),
             memory_bytes: app.config.query_memory_bytes,
@@ -112,7 +153,7 @@ impl JobRunner {
         }
         self.store.put(&job)?;
         self.runtime.spawn(run_job(
-            self.engine.clone(),
+            self.source.clone(),
             self.store.clone(),
             self.turns.clone(),
             self.memory_bytes,
@@ -140,14 +181,6 @@ pub(crate) fn new_job(request: Value) -> toplog_query::Job {
 /// cluster, on every member, through the Raft log); its id.
 pub(crate) async fn submit(app: &AppState, body: Value) -> ApiResult<String> {
     AggregationRequest::parse(&body)?;
-    if app.sharded()?.is_some() {
-        // A job reads one store; a sharded cluster's events are in several.
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            "not_across_shards",
-            "aggregation jobs do not run across shards yet: in a sharded cluster ask top-k, timeseries and history, which do".into(),
-        ));
-    }
     let runner = JobRunner::of(app)?;
     if runner.store.pending() >= MAX_PENDING {
         return Err(ApiError::overloaded(

@@ -27,7 +27,7 @@ use toplog_compaction::Maintainer;
 use toplog_engine::Engine;
 
 use crate::config::Config;
-pub(crate) use aggregations::{JobRunner, run_job};
+pub(crate) use aggregations::{JobRunner, JobSource, run_job};
 pub(crate) use alerts::evaluate_alerts;
 pub(crate) use backups::scheduled as scheduled_backups;
 pub(crate) use error::ApiError;

@@ -393,6 +393,25 @@ impl Stores {
         })
     }
 
+    /// An aggregation job's rows: each shard's merged by interval and group.
+    pub(crate) fn aggregate(
+        &self,
+        spec: &toplog_query::AggregationSpec,
+    ) -> ApiResult<Vec<toplog_query::AggregateRow>> {
+        if let Some(engine) = &self.single {
+            return Ok(toplog_query::aggregate(engine, spec)?);
+        }
+        self.over_shards(|shards| {
+            let parts = self.parts(
+                shards,
+                |e| Ok(toplog_query::aggregate(e, spec)?),
+                || Question::Aggregate { spec: spec.clone() },
+                crate::cluster::Answer::into_aggregate,
+            )?;
+            Ok(toplog_query::merge_aggregates(parts)?)
+        })
+    }
+
     /// The events in `range` matching `filters`.
     pub(crate) fn count(&self, range: TimeRange, filters: &Filters) -> ApiResult<u64> {
         if let Some(engine) = &self.single {

@@ -61,6 +61,10 @@ pub(crate) enum Question {
         range: TimeRange,
         filters: Filters,
     },
+    /// An aggregation job's rows over the shard.
+    Aggregate {
+        spec: toplog_query::AggregationSpec,
+    },
     /// The leader the replica knows (answered even without one).
     Status,
 }
@@ -100,6 +104,9 @@ pub(crate) enum Answer {
     },
     Count {
         count: u64,
+    },
+    Aggregate {
+        rows: Vec<toplog_query::AggregateRow>,
     },
     Status {
         leader_id: Option<u64>,
@@ -203,6 +210,9 @@ pub(crate) fn answer(engine: &Engine, question: Question) -> toplog_query::Resul
         }
         Question::Count { range, filters } => Answer::Count {
             count: engine.count(range, &filters)?,
+        },
+        Question::Aggregate { spec } => Answer::Aggregate {
+            rows: toplog_query::aggregate(engine, &spec)?,
         },
         // Answered by the caller, which knows the replica's Raft node.
         Question::Status => Answer::Status { leader_id: None },
@@ -313,6 +323,13 @@ impl Answer {
                 },
             }),
             _ => Err(unexpected("a page")),
+        }
+    }
+
+    pub(crate) fn into_aggregate(self) -> Result<Vec<toplog_query::AggregateRow>, String> {
+        match self {
+            Answer::Aggregate { rows } => Ok(rows),
+            _ => Err(unexpected("aggregated rows")),
         }
     }
 
