@@ -10,6 +10,10 @@
 #
 #   bash benches/shards.sh <release toplog> <release loadgen> [events] [runs]
 #
+# With REPEAT=n, loadgen then runs its query mix n times against node 1
+# (which reads the shards it holds and merges them) and prints each
+# query's latency, over HTTP and inside the node.
+#
 # Only loopback traffic; nodes and data live in a temporary directory.
 set -euo pipefail
 TOPLOG=${1:?release toplog binary}
@@ -61,7 +65,7 @@ for run in $(seq "$RUNS"); do
     sleep 3
     before=(); for pid in "${pids[@]}"; do before+=("$(cpu "$pid")"); done
     TOPLOG_API_KEY=$KEY "$LOADGEN" send --server "http://127.0.0.1:${ports[0]}" --events "$EVENTS" --days 1 \
-      --probes 0 --repeat 0 | grep '^ingest'
+      --probes 0 --repeat "${REPEAT:-0}" | grep -E '^ingest|^\| '
     for i in 0 1 2; do
       after=$(cpu "${pids[$i]}")
       python3 - "$EVENTS" "$shards" "${before[$i]}" "$after" "$((i+1))" <<'PY'

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use toplog_engine::{Cell, Engine};
+use toplog_engine::{Cell, Dimension, Engine, Filters};
 
 use crate::topk::{Grouping, Order, TopK, TopKAnswer, TopKRow, merged_cells, rank};
 use crate::{Metric, Missed, QueryError, Result};
@@ -344,6 +344,198 @@ impl ShardKeys for CellParts {
         Ok((keys.iter())
             .filter_map(|key| self.at.get(key).map(|i| self.best[*i].clone()))
             .collect())
+    }
+}
+
+/// One store's side of [`top_k_across`] for `frequency`, asked phase by
+/// phase with the single store's top-K, whose threshold read over the
+/// cubes' heaviest lists answers a small `k` without every key's cell
+/// (what [`CellParts`] needs: a week of a million users' cells); the
+/// keys asked in the third phase are read one at a time, each through
+/// the cubes with a filter on it. Other metrics rank every key's cells
+/// anyway: [`CellParts`] reads them once.
+pub struct FrequencyParts<'a> {
+    engine: &'a Engine,
+    q: TopK,
+    dim: Dimension,
+    /// Whether every answer read was exact, and what they were read from.
+    seen: std::cell::RefCell<(bool, Vec<&'static str>)>,
+}
+
+impl<'a> FrequencyParts<'a> {
+    /// `None` unless `q` ranks groups by `frequency`, largest first.
+    pub fn new(engine: &'a Engine, q: &TopK) -> Option<Self> {
+        let Grouping::By(dim) = q.by else {
+            return None;
+        };
+        let keyed = dim != Dimension::EndpointStatusClass;
+        (keyed && q.metric == Metric::Frequency && q.order == Order::Desc).then(|| Self {
+            engine,
+            q: TopK {
+                min_count: 0,
+                ..q.clone()
+            },
+            dim,
+            seen: std::cell::RefCell::new((true, Vec::new())),
+        })
+    }
+
+    /// Whether every answer read was exact, and what they were read from.
+    pub fn seen(&self) -> (bool, Vec<&'static str>) {
+        self.seen.borrow().clone()
+    }
+
+    /// This store's top `k` of the question, with `filters`.
+    fn ask(&self, k: usize, filters: Filters) -> Result<Vec<(String, Part)>> {
+        let q = TopK {
+            k,
+            filters,
+            ..self.q.clone()
+        };
+        let answer = crate::top_k(self.engine, &q)?;
+        let mut seen = self.seen.borrow_mut();
+        seen.0 &= answer.exact;
+        for s in answer.sources {
+            if !seen.1.contains(&s) {
+                seen.1.push(s);
+            }
+        }
+        Ok((answer.rows.into_iter())
+            .map(|r| {
+                let part = Part {
+                    value: r.value,
+                    count: r.count,
+                };
+                (r.key, part)
+            })
+            .collect())
+    }
+
+    /// The question's filters narrowed to `key` of the grouped dimension;
+    /// `None` if they already name another.
+    fn only(&self, key: &str) -> Option<Filters> {
+        let mut f = self.q.filters.clone();
+        let named = |slot: &mut Option<String>| match slot {
+            Some(v) if v != key => false,
+            _ => {
+                *slot = Some(key.to_owned());
+                true
+            }
+        };
+        let fits = match self.dim {
+            Dimension::Endpoint => named(&mut f.endpoint),
+            Dimension::UserId => named(&mut f.user_id),
+            Dimension::Method => named(&mut f.method),
+            Dimension::StatusCode => match key.parse::<u16>() {
+                Ok(code) if f.status_code.is_none_or(|c| c == code) => {
+                    f.status_code = Some(code);
+                    true
+                }
+                _ => false,
+            },
+            Dimension::EndpointStatusClass => false,
+        };
+        fits.then_some(f)
+    }
+}
+
+impl ShardKeys for FrequencyParts<'_> {
+    type Error = QueryError;
+
+    fn top(&self, k: usize) -> Result<Vec<(String, Part)>> {
+        self.ask(k, self.q.filters.clone())
+    }
+
+    fn at_least(&self, threshold: f64) -> Result<Vec<(String, Part)>> {
+        // Wider top-Ks until one ends below the threshold.
+        let mut k = (2 * self.q.k).max(16);
+        loop {
+            let rows = self.ask(k, self.q.filters.clone())?;
+            let ended = rows.len() < k || rows.last().is_some_and(|(_, p)| p.value < threshold);
+            if ended {
+                return Ok(rows
+                    .into_iter()
+                    .filter(|(_, p)| p.value >= threshold)
+                    .collect());
+            }
+            k = k.saturating_mul(4);
+        }
+    }
+
+    fn parts(&self, keys: &[String]) -> Result<Vec<(String, Part)>> {
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(filters) = self.only(key) {
+                out.extend(self.ask(1, filters)?.into_iter().filter(|(k, _)| k == key));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One store's side of [`top_k_across`]: [`FrequencyParts`] where it
+/// applies, every key's [`CellParts`] otherwise.
+pub enum StoreParts<'a> {
+    Tops(FrequencyParts<'a>),
+    Cells {
+        parts: CellParts,
+        exact: bool,
+        sources: Vec<&'static str>,
+    },
+}
+
+impl<'a> StoreParts<'a> {
+    pub fn new(engine: &'a Engine, q: &TopK) -> Result<Self> {
+        if let Some(tops) = FrequencyParts::new(engine, q) {
+            return Ok(Self::Tops(tops));
+        }
+        let cells = key_cells(engine, q)?;
+        Ok(Self::Cells {
+            parts: CellParts::new(&cells, q.metric),
+            exact: cells.exact,
+            sources: cells.sources,
+        })
+    }
+
+    /// Whether what it read was exact, and what it was read from.
+    pub fn seen(&self) -> (bool, Vec<&'static str>) {
+        match self {
+            Self::Tops(t) => t.seen(),
+            Self::Cells { exact, sources, .. } => (*exact, sources.clone()),
+        }
+    }
+}
+
+impl ShardKeys for StoreParts<'_> {
+    type Error = QueryError;
+
+    fn top(&self, k: usize) -> Result<Vec<(String, Part)>> {
+        match self {
+            Self::Tops(t) => t.top(k),
+            Self::Cells { parts, .. } => Ok(sure(parts.top(k))),
+        }
+    }
+
+    fn at_least(&self, threshold: f64) -> Result<Vec<(String, Part)>> {
+        match self {
+            Self::Tops(t) => t.at_least(threshold),
+            Self::Cells { parts, .. } => Ok(sure(parts.at_least(threshold))),
+        }
+    }
+
+    fn parts(&self, keys: &[String]) -> Result<Vec<(String, Part)>> {
+        match self {
+            Self::Tops(t) => t.parts(keys),
+            Self::Cells { parts, .. } => Ok(sure(parts.parts(keys))),
+        }
+    }
+}
+
+/// What [`CellParts`] answers: it cannot fail.
+fn sure<T>(r: std::result::Result<T, std::convert::Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => match e {},
     }
 }
 

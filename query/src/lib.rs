@@ -14,8 +14,8 @@ mod window;
 
 pub use aggregation::{AGGREGATION_METRICS, AggregationRequest};
 pub use cross_shard::{
-    CellParts, Combine, CrossShardTopK, KeyCells, Part, ShardKeys, combine_of, key_cells,
-    requests_across, top_k_across, top_k_of_cells, top_k_of_parts,
+    CellParts, Combine, CrossShardTopK, FrequencyParts, KeyCells, Part, ShardKeys, StoreParts,
+    combine_of, key_cells, requests_across, top_k_across, top_k_of_cells, top_k_of_parts,
 };
 pub use history::{DayRow, day_cells, history, history_of_cells};
 pub use jobs::{

@@ -137,7 +137,8 @@ fn three_shards_merged_series_and_history_answer_as_one_engine() {
 #[test]
 fn three_shards_merged_answer_as_one_engine() {
     use toplog_query::{
-        Combine, KeyCells, Part, ShardKeys, key_cells, top_k_across, top_k_of_cells,
+        CellParts, Combine, FrequencyParts, KeyCells, Part, ShardKeys, key_cells, top_k_across,
+        top_k_of_cells,
     };
     struct Shard(KeyCells, Metric);
     impl Shard {
@@ -183,6 +184,7 @@ fn three_shards_merged_answer_as_one_engine() {
         }
     }
 
+    let mut by_own_tops = 0;
     for seed in 0..4u64 {
         let (whole, shards, mut rng) = three_shards(seed);
         for _ in 0..80 {
@@ -199,8 +201,23 @@ fn three_shards_merged_answer_as_one_engine() {
             if q.order != Order::Desc || q.min_count > 1 {
                 continue;
             }
+            // The library's sides answer as the test's own: every key's
+            // cells, and for frequency the stores' own top-Ks.
+            let cell_parts: Vec<CellParts> = (parts.iter())
+                .map(|p| CellParts::new(p, q.metric))
+                .collect();
+            let by_cells = top_k_across(&cell_parts, q.k, combine).unwrap();
+            if let Some(sides) = (shards.iter())
+                .map(|s| FrequencyParts::new(s, &q))
+                .collect::<Option<Vec<_>>>()
+            {
+                let by_tops = top_k_across(&sides, q.k, combine).unwrap();
+                assert_eq!(by_tops.rows, by_cells.rows, "seed {seed}: {q:?}");
+                by_own_tops += 1;
+            }
             let shards: Vec<Shard> = parts.into_iter().map(|p| Shard(p, q.metric)).collect();
             let tput = top_k_across(&shards, q.k, combine).unwrap();
+            assert_eq!(by_cells.rows, tput.rows, "seed {seed}: {q:?}");
             // A key with no requests of the metric's kind ranks in a single
             // node's answer only if it has requests at all: both list it.
             let got: Vec<(String, f64)> = (tput.rows.iter())
@@ -212,6 +229,10 @@ fn three_shards_merged_answer_as_one_engine() {
             assert_eq!(got, want, "seed {seed}: {q:?}");
         }
     }
+    assert!(
+        by_own_tops > 10,
+        "only {by_own_tops} frequency questions by the stores' top-Ks"
+    );
 }
 
 /// Pages of requests merged from three shards, walked with their cursors,

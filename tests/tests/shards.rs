@@ -945,6 +945,8 @@ fn an_alert_rule_judges_what_every_shard_holds_together() {
         &[("TOPLOG_TEST_CLOCK_FILE", clock.to_str().unwrap())],
     );
     shards_settled(&cluster, 1, 2, Duration::from_secs(60));
+    // Rules go through the metadata group: it has a leader too.
+    cluster.agreed_leader(Duration::from_secs(20));
     // GET /a fails 20 times a minute for 5 minutes, once a minute otherwise:
     // 100 errors in 5 minutes at the peak, about 50 in each shard.
     let (status, made) = call(

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use toplog_engine::{Cell, Engine, Filters, Page, TimeRange};
 use toplog_query::{
-    CellParts, Part, SeriesCells, ShardKeys, TimeseriesAnswer, TimeseriesQuery, TopK, TopKAnswer,
+    Part, SeriesCells, ShardKeys, TimeseriesAnswer, TimeseriesQuery, TopK, TopKAnswer,
 };
 use toplog_replication::{NodeId, ShardId};
 use toplog_types::Micros;
 
 use super::{ApiError, ApiResult, ReadPoint};
-use crate::cluster::{ClusterSettings, Question, ReadReplica as Replica, ask_shard, sure};
+use crate::cluster::{ClusterSettings, Question, ReadReplica as Replica, ask_shard};
 
 /// One shard of a read, and where it was read.
 #[derive(Debug, Clone)]
@@ -246,12 +246,7 @@ impl Stores {
                 let sides: Vec<Side<'_>> = (shards.iter())
                     .map(|s| match &s.replica {
                         Replica::Here { engine, .. } => {
-                            let cells = toplog_query::key_cells(engine, q)?;
-                            Ok(Side::Here(
-                                CellParts::new(&cells, q.metric),
-                                cells.exact,
-                                cells.sources,
-                            ))
+                            Ok(Side::Here(toplog_query::StoreParts::new(engine, q)?))
                         }
                         Replica::There(_) => Ok(Side::There {
                             stores: self,
@@ -434,8 +429,8 @@ impl Stores {
 
 /// One shard's side of a cross-shard top-K.
 enum Side<'a> {
-    /// Its replica here: every key's part at hand.
-    Here(CellParts, bool, Vec<&'static str>),
+    /// Its replica here.
+    Here(toplog_query::StoreParts<'a>),
     /// A replica on another node, asked phase by phase.
     There {
         stores: &'a Stores,
@@ -449,7 +444,7 @@ enum Side<'a> {
 impl Side<'_> {
     fn seen(&self) -> (bool, Vec<&'static str>) {
         match self {
-            Side::Here(_, exact, sources) => (*exact, sources.clone()),
+            Side::Here(parts) => parts.seen(),
             Side::There { seen, .. } => seen
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -459,11 +454,11 @@ impl Side<'_> {
 
     fn phase(
         &self,
-        here: impl Fn(&CellParts) -> Vec<(String, Part)>,
+        here: impl Fn(&toplog_query::StoreParts<'_>) -> toplog_query::Result<Vec<(String, Part)>>,
         question: impl Fn(TopK) -> Question,
     ) -> Result<Vec<(String, Part)>, Failed> {
         match self {
-            Side::Here(parts, ..) => Ok(here(parts)),
+            Side::Here(parts) => Ok(here(parts)?),
             Side::There {
                 stores,
                 shard,
@@ -493,19 +488,19 @@ impl ShardKeys for Side<'_> {
     type Error = Failed;
 
     fn top(&self, k: usize) -> Result<Vec<(String, Part)>, Failed> {
-        self.phase(|p| sure(p.top(k)), |q| Question::Top { q, k })
+        self.phase(|p| p.top(k), |q| Question::Top { q, k })
     }
 
     fn at_least(&self, threshold: f64) -> Result<Vec<(String, Part)>, Failed> {
         self.phase(
-            |p| sure(p.at_least(threshold)),
+            |p| p.at_least(threshold),
             |q| Question::AtLeast { q, threshold },
         )
     }
 
     fn parts(&self, keys: &[String]) -> Result<Vec<(String, Part)>, Failed> {
         self.phase(
-            |p| sure(p.parts(keys)),
+            |p| p.parts(keys),
             |q| Question::Parts {
                 q,
                 keys: keys.to_vec(),

@@ -24,7 +24,7 @@ mod transport;
 pub(crate) use entry::{Entry, KeyChange};
 pub(crate) use rebalance::rebalance;
 pub(crate) use settings::ClusterSettings;
-pub(crate) use shard_reads::{Answer, Question, answer as answer_shard, ask as ask_shard, sure};
+pub(crate) use shard_reads::{Answer, Question, answer as answer_shard, ask as ask_shard};
 pub(crate) use shards::{Opener, PartStored, ReadReplica, Replica, ShardState, Shards, shard_dir};
 pub(crate) use transport::RaftService;
 

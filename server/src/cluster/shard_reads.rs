@@ -26,7 +26,7 @@ pub(crate) enum Question {
     KeyCells {
         q: TopK,
     },
-    /// TPUT's phases over the keys' parts ([`toplog_query::CellParts`]).
+    /// TPUT's phases over the keys' parts ([`toplog_query::StoreParts`]).
     Top {
         q: TopK,
         k: usize,
@@ -132,22 +132,20 @@ fn source_names(sources: Vec<String>) -> Result<Vec<&'static str>, String> {
         .collect()
 }
 
-fn parts_of(parts: Vec<(String, Part)>, cells: &KeyCells) -> Answer {
+fn parts_of(parts: Vec<(String, Part)>, side: &toplog_query::StoreParts<'_>) -> Answer {
+    let (exact, sources) = side.seen();
     Answer::Parts {
         parts: (parts.into_iter())
             .map(|(k, p)| (k, p.value, p.count))
             .collect(),
-        exact: cells.exact,
-        sources: cells.sources.iter().map(|s| (*s).to_owned()).collect(),
+        exact,
+        sources: sources.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
 /// Answers `question` from `engine` (a replica of the shard asked).
 pub(crate) fn answer(engine: &Engine, question: Question) -> toplog_query::Result<Answer> {
-    let parts = |q: &TopK| -> toplog_query::Result<(toplog_query::CellParts, KeyCells)> {
-        let cells = toplog_query::key_cells(engine, q)?;
-        Ok((toplog_query::CellParts::new(&cells, q.metric), cells))
-    };
+    let side = |q: &TopK| toplog_query::StoreParts::new(engine, q);
     Ok(match question {
         Question::KeyCells { q } => {
             let c = toplog_query::key_cells(engine, &q)?;
@@ -158,16 +156,16 @@ pub(crate) fn answer(engine: &Engine, question: Question) -> toplog_query::Resul
             }
         }
         Question::Top { q, k } => {
-            let (p, cells) = parts(&q)?;
-            parts_of(sure(p.top(k)), &cells)
+            let s = side(&q)?;
+            parts_of(s.top(k)?, &s)
         }
         Question::AtLeast { q, threshold } => {
-            let (p, cells) = parts(&q)?;
-            parts_of(sure(p.at_least(threshold)), &cells)
+            let s = side(&q)?;
+            parts_of(s.at_least(threshold)?, &s)
         }
         Question::Parts { q, keys } => {
-            let (p, cells) = parts(&q)?;
-            parts_of(sure(p.parts(&keys)), &cells)
+            let s = side(&q)?;
+            parts_of(s.parts(&keys)?, &s)
         }
         Question::Requests { q } => {
             let a = toplog_query::top_k(engine, &q)?;
@@ -217,14 +215,6 @@ pub(crate) fn answer(engine: &Engine, question: Question) -> toplog_query::Resul
         // Answered by the caller, which knows the replica's Raft node.
         Question::Status => Answer::Status { leader_id: None },
     })
-}
-
-/// What a shard's parts at hand answer: it cannot fail.
-pub(crate) fn sure<T>(r: Result<T, std::convert::Infallible>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => match e {},
-    }
 }
 
 /// A part that is not what the question asked for.
