@@ -407,3 +407,27 @@ pub fn every_acknowledged_write_once_everywhere(
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     assert!(answers[0].0.as_u64().unwrap() >= (acked.len() * LOAD_BATCH) as u64);
 }
+
+/// Sets the test clock in `file` to `ms` and waits until every node of
+/// `ids` has applied alert rule `rule`'s judgement of the minute closed by
+/// then.
+pub fn judge_through(cluster: &Cluster, ids: &[u64], file: &Path, rule: &str, ms: i64) {
+    std::fs::write(file, ms.to_string()).unwrap();
+    let want = toplog_types::Micros::new(ms / 60_000 * 60_000 * 1000).to_rfc3339();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ids {
+        loop {
+            let got = get(cluster, *id, &format!("/api/v1/alerts/rules/{rule}"))["data"]
+                ["judged_through"]
+                .clone();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: judged through {got}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -9,27 +9,6 @@ use serde_json::Value;
 use toplog_tests::cluster::*;
 use toplog_tests::free_port;
 
-/// Sets the test clock in `file` to `ms` and waits until every node of
-/// `ids` has applied the rule's judgement of the minute closed by then.
-fn judge_through(cluster: &Cluster, ids: &[u64], file: &std::path::Path, rule: &str, ms: i64) {
-    std::fs::write(file, ms.to_string()).unwrap();
-    let want = toplog_types::Micros::new(ms / 60_000 * 60_000 * 1000).to_rfc3339();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in ids {
-        loop {
-            let got = get(cluster, *id, &format!("/api/v1/alerts/rules/{rule}"))["data"]["judged_through"].clone();
-            if got == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id}: judged through {got}, want {want}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 #[test]
 fn alert_rules_and_states_go_through_the_log_and_a_new_leader_carries_on() {
     const MIN: i64 = 60_000;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toplog_tests::cluster::{Cluster, call, get};
+use toplog_tests::cluster::{Cluster, call, get, judge_through};
 use toplog_tests::{all_events, client, now_ms, utc};
 
 /// Events per batch.
@@ -906,29 +906,6 @@ fn each_shard_archives_under_its_prefix_and_duckdb_reads_them_as_one_table() {
     assert_eq!(by_shard, want, "DuckDB's rows per shard");
 }
 
-/// Sets the test clock in `file` to `ms` and waits until every node has
-/// applied the rule's judgement of the minute closed by then.
-fn judge_through(cluster: &Cluster, file: &std::path::Path, rule: &str, ms: i64) {
-    std::fs::write(file, ms.to_string()).unwrap();
-    let want = toplog_types::Micros::new(ms / 60_000 * 60_000 * 1000).to_rfc3339();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in cluster.live() {
-        loop {
-            let got =
-                get(cluster, id, &format!("/api/v1/alerts/rules/{rule}"))["data"]["judged_through"]
-                    .clone();
-            if got == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id}: judged through {got}, want {want}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 /// An alert rule reads every shard: a count of errors that only the whole
 /// reaches (each shard holds about half) fires, on the key that has them.
 #[test]
@@ -975,7 +952,13 @@ fn an_alert_rule_judges_what_every_shard_holds_together() {
     counts_reach(&cluster, 1600, Duration::from_secs(30));
     // Minutes 10 to 14 hold the burst: the window closing at 15 holds 100.
     for m in 1..=15 {
-        judge_through(&cluster, &clock, &rule, base + m * MIN + 1_000);
+        judge_through(
+            &cluster,
+            &cluster.live(),
+            &clock,
+            &rule,
+            base + m * MIN + 1_000,
+        );
     }
     for id in cluster.live() {
         let alerts = get(&cluster, id, "/api/v1/requests/alerts")["alerts"].clone();
