@@ -81,6 +81,30 @@ fn send(url: &str, t0: i64, b: usize) -> (u16, Value) {
     }
 }
 
+/// Sends `batch` to node `id` under idempotency key `key` until it is
+/// acknowledged (a shard's leadership may be changing hands just after
+/// start-up): the answer.
+fn send_until_taken(cluster: &Cluster, id: u64, key: &str, batch: &Value) -> Value {
+    let node = cluster.nodes[(id - 1) as usize].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client()
+            .post(node.url("/api/v1/requests"))
+            .header("idempotency-key", key)
+            .json(batch)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or(Value::Null);
+        if status == 200 {
+            return body;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Writers sending batches through every node in turn, each until one
 /// acknowledges it or it has tried a while.
 struct Writers {
@@ -820,9 +844,8 @@ fn each_shard_archives_under_its_prefix_and_duckdb_reads_them_as_one_table() {
     let recent: Vec<Value> = (200..250)
         .map(|i| event(i, t0 - 10_000 + i as i64))
         .collect();
-    for batch in [&old, &recent] {
-        let (status, body) = call(&cluster, 2, "POST", "/api/v1/requests", &json!(batch));
-        assert_eq!(status, 200, "{body}");
+    for (key, batch) in [("old", &old), ("recent", &recent)] {
+        send_until_taken(&cluster, 2, key, &json!(batch));
     }
     counts_reach(&cluster, 250, Duration::from_secs(30));
     // Passes on every node until every replica holds the old rows in the
@@ -937,14 +960,7 @@ fn an_alert_rule_judges_what_every_shard_holds_together() {
     assert_eq!(status, 201, "{made}");
     let rule = made["data"]["id"].as_str().unwrap().to_owned();
     let events = toplog_tests::error_burst(base);
-    let (status, body) = call(
-        &cluster,
-        3,
-        "POST",
-        "/api/v1/requests",
-        &Value::Array(events),
-    );
-    assert_eq!(status, 200, "{body}");
+    let body = send_until_taken(&cluster, 3, "burst", &Value::Array(events));
     let parts: Vec<u64> = (body["shards"].as_array().unwrap().iter())
         .map(|p| p["accepted"].as_u64().unwrap())
         .collect();

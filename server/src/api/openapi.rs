@@ -25,6 +25,33 @@ fn schemas() -> Value {
     let int = json!({"type": "integer"});
     let string = json!({"type": "string"});
     let nullable_num = json!({"type": "number", "nullable": true});
+    // Where a read was served (in a cluster), and in a sharded cluster each
+    // shard's replica, what was left out and the keys a top-K exchanged.
+    let read_point = json!({
+        "node_id": {"type": "integer", "description": "In a cluster: the node that answered."},
+        "applied_index": {"type": "integer", "description": "In a cluster of one group: the Raft log index the answer holds every write up to."},
+        "shards": {"type": "array", "description": "In a sharded cluster: where each shard was read, at which index of its log.",
+            "items": obj(json!({"shard": int, "node_id": int, "applied_index": int}), &["shard", "node_id", "applied_index"])},
+        "partial": {"type": "boolean", "description": "With `allow_partial=true`: shards were left out (`missing_shards`)."},
+        "missing_shards": {"type": "array", "items": obj(json!({"shard": int, "reason": string}), &["shard", "reason"])},
+        "keys_exchanged": obj(json!({"sent": int, "asked": int}), &["sent", "asked"]),
+    });
+    let mut top_k_meta = json!({"exact": {"type": "boolean"}, "sources": {"type": "array", "items": string}, "took_ms": num, "unlisted_max_count": int, "retained_from": {"type": "string", "format": "date-time"}});
+    if let (Some(m), Some(r)) = (top_k_meta.as_object_mut(), read_point.as_object()) {
+        m.extend(r.clone());
+    }
+    let replica_here = obj(
+        json!({"role": string, "term": int, "commit_index": int, "applied_index": int, "lag": int,
+               "events": int, "segment_bytes": int, "maintenance_failing_in_a_row": int}),
+        &["role"],
+    );
+    let shard_view = obj(
+        json!({"shard": int, "slots": {"type": "array", "items": int}, "replicas": {"type": "array", "items": int},
+               "leader_id": {"type": "integer", "nullable": true},
+               "moving": {"type": "object", "nullable": true, "properties": {"from": int, "to": int}},
+               "here": replica_here}),
+        &["shard", "slots", "replicas"],
+    );
     let mut schemas = json!({
         "Error": obj(json!({
             "status": {"type": "string", "enum": ["error"]},
@@ -39,18 +66,22 @@ fn schemas() -> Value {
         "TracesIn": obj(json!({"resourceSpans": {"type": "array", "nullable": true, "items": {"type": "object"}}}), &[]),
         "Ack": obj(json!({"status": string, "accepted": int, "replayed": {"type": "boolean"},
             "leader_id": {"type": "integer", "description": "In a cluster: the node that led when the batch was written."},
-            "index": {"type": "integer", "description": "In a cluster: the batch's Raft log index."}}), &["status", "accepted"]),
+            "index": {"type": "integer", "description": "In a cluster: the batch's Raft log index."},
+            "shards": {"type": "array", "description": "In a sharded cluster: each shard's part of the batch, its index in the shard's log and the node that led the shard.",
+                "items": obj(json!({"shard": int, "accepted": int, "index": int, "replayed": {"type": "boolean"},
+                    "leader_id": {"type": "integer", "nullable": true}}), &["shard", "accepted", "index", "replayed"])}}), &["status", "accepted"]),
         "Events": obj(json!({
             "status": string, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
             "next_cursor": {"type": "string", "nullable": true},
+            "meta": obj(read_point.clone(), &[]),
         }), &["status", "data"]),
-        "Count": obj(json!({"status": string, "count": int}), &["status", "count"]),
+        "Count": obj(json!({"status": string, "count": int, "meta": obj(read_point.clone(), &[])}), &["status", "count"]),
         "TopK": obj(json!({
             "status": string,
             "data": {"type": "array", "items": obj(json!({
                 "request_id": string, "metric_value": num, "count": int, "lower": num, "upper": num,
             }), &["request_id", "metric_value", "count"])},
-            "meta": obj(json!({"exact": {"type": "boolean"}, "sources": {"type": "array", "items": string}, "took_ms": num, "unlisted_max_count": int, "retained_from": {"type": "string", "format": "date-time"}}), &["exact", "sources"]),
+            "meta": obj(top_k_meta, &["exact", "sources"]),
         }), &["status", "data", "meta"]),
         "History": obj(json!({
             "status": string,
@@ -58,6 +89,7 @@ fn schemas() -> Value {
                 "date": string, "total_requests": int, "average_latency": nullable_num,
                 "error_rate": nullable_num, "p99_latency": nullable_num,
             }), &["date", "total_requests"])},
+            "meta": obj(read_point.clone(), &[]),
         }), &["status", "data"]),
         "Timeseries": obj(json!({
             "status": string,
@@ -65,7 +97,7 @@ fn schemas() -> Value {
                 "key": {"type": "string", "nullable": true},
                 "points": {"type": "array", "items": obj(json!({"time": string, "value": nullable_num, "count": int}), &["time", "count"])},
             }), &["points"])},
-            "meta": {"type": "object"},
+            "meta": obj(read_point.clone(), &[]),
         }), &["status", "data"]),
         "Aggregation": toplog_query::AggregationRequest::schema(),
         "RetentionChange": toplog_compaction::Policy::change_schema(),
@@ -139,6 +171,8 @@ fn schemas() -> Value {
             "commit_index": int, "applied_index": int,
             "log_first_index": int, "receiving_snapshot": {"type": "integer", "nullable": true},
             "stopped": {"type": "string", "nullable": true},
+            "shards": {"type": "array", "nullable": true, "description": "In a sharded cluster: each shard's slots, replicas, leader and move under way, and this node's replica when it holds one.",
+                "items": shard_view},
             "members": {"type": "array", "items": obj(json!({"id": int, "url": {"type": "string", "nullable": true},
                 "role": {"type": "string", "enum": ["voter", "learner", "leaving"]},
                 "matched_index": int, "lag": int, "active": {"type": "boolean"},

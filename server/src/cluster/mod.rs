@@ -133,6 +133,10 @@ pub(crate) enum SubmitError {
     NoQuorum,
 }
 
+/// How long a write waits for a leader to be known before it is refused
+/// (within [`WRITE_WAIT`] of the call).
+const LEADER_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a write waits for a quorum before it is refused: a few
 /// election timeouts.
 const WRITE_WAIT: Duration = Duration::from_secs(6);
@@ -272,7 +276,15 @@ impl Cluster {
     /// node has applied it, or refused within [`WRITE_WAIT`]; never
     /// acknowledged without a quorum.
     pub(crate) async fn submit(&self, entry: &Entry<'_>) -> Result<Submitted, SubmitError> {
-        let status = self.status();
+        // A leadership handed over (or an election) leaves the group without
+        // a leader for a moment: nothing is proposed yet, so waiting for one
+        // is safe, and spares the caller a retry.
+        let waiting = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut status = self.status();
+        while status.leader_id == 0 && tokio::time::Instant::now() < waiting {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = self.status();
+        }
         let leader_id = status.leader_id;
         let forwarded = leader_id != 0 && leader_id != status.node_id;
         let payload = entry.encode();
