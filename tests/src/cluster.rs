@@ -200,20 +200,25 @@ pub fn get(cluster: &Cluster, id: u64, path: &str) -> Value {
     client().get(node.url(path)).send().unwrap().json().unwrap()
 }
 
-/// Waits until every live node holds `want` events and answers a top-K and
-/// the count alike; the answers' top-K.
-pub fn converged(cluster: &Cluster, want: usize, within: Duration) -> Value {
+/// Waits until every live node counts `want` events.
+pub fn counts_reach(cluster: &Cluster, want: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let counts: Vec<Value> = (cluster.live().iter())
             .map(|id| get(cluster, *id, "/api/v1/requests/count?start=0")["count"].clone())
             .collect();
         if counts.iter().all(|c| *c == want) {
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "counts {counts:?}, want {want}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until every live node holds `want` events and answers a top-K and
+/// the count alike; the answers' top-K.
+pub fn converged(cluster: &Cluster, want: usize, within: Duration) -> Value {
+    counts_reach(cluster, want, within);
     let top = "/api/v1/requests/top-k?k=5&metric=frequency&by=endpoint&start=0";
     let answers: Vec<Value> = (cluster.live().iter())
         .map(|id| get(cluster, *id, top)["data"].clone())

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod moto;
 pub mod peers;
+pub mod shards;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

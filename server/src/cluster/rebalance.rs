@@ -141,11 +141,10 @@ impl Shards {
         let voter = |id: u64| s.voters.contains(&id);
         let shard = replica.shard;
         if !voter(m.to) && !s.learners.contains(&m.to) {
-            let book = self.main_book();
-            let url = book
-                .get(&m.to)
+            let url = (self.main.url_of(m.to))
                 .ok_or_else(|| format!("node {} has no address yet", m.to))?;
-            let index = (replica.cluster.add_member(m.to, url).await).map_err(|e| e.to_string())?;
+            let index =
+                (replica.cluster.add_member(m.to, &url).await).map_err(|e| e.to_string())?;
             tracing::info!(
                 shard,
                 node_id = m.to,

@@ -309,7 +309,6 @@ impl Shards {
     /// replica (role, indexes, size) when it holds one. A shard not held
     /// here is asked of a node that holds it.
     pub(crate) async fn view(&self) -> Vec<serde_json::Value> {
-        let book = self.main_book();
         let mut out = Vec::new();
         for (shard, p) in self.map() {
             let mut v = serde_json::json!({
@@ -337,12 +336,12 @@ impl Shards {
                 None => {
                     let mut leader = None;
                     for node in &p.replicas {
-                        let Some(url) = book.get(node) else {
+                        let Some(url) = self.main.url_of(*node) else {
                             continue;
                         };
                         let asked = super::shard_reads::ask(
                             &self.settings,
-                            url,
+                            &url,
                             shard,
                             &super::Question::Status,
                             false,
@@ -417,10 +416,9 @@ impl Shards {
                 every,
             ));
         }
-        let book = self.main_book();
         let members: AddressBook = if placement.replicas.contains(&self.settings.node_id) {
             (placement.replicas.iter())
-                .filter_map(|id| book.get(id).map(|url| (*id, url.clone())))
+                .filter_map(|id| self.main.url_of(*id).map(|url| (*id, url)))
                 .collect()
         } else {
             AddressBook::new()
@@ -459,11 +457,10 @@ impl Shards {
     /// strong one, ReadIndex); the other replicas' nodes otherwise.
     pub(crate) async fn read_replicas(&self, strong: bool) -> Vec<(ShardId, ReadReplica)> {
         let me = self.settings.node_id;
-        let book = self.main_book();
         let reads = self.map().into_iter().map(|(shard, placement)| {
             let others: Vec<(NodeId, String)> = (placement.replicas.iter())
                 .filter(|n| **n != me)
-                .filter_map(|n| book.get(n).map(|url| (*n, url.clone())))
+                .filter_map(|n| self.main.url_of(*n).map(|url| (*n, url)))
                 .collect();
             let replica = self.hosted(shard);
             async move {
@@ -510,14 +507,6 @@ impl Shards {
             "a replica of the shard moved away: its store here is removed"
         );
         Ok(())
-    }
-
-    /// Every member's URL, as the main group's configuration says (and the
-    /// `cluster` flag's for members it does not name).
-    pub(super) fn main_book(&self) -> AddressBook {
-        let mut book = self.settings.members.clone();
-        book.extend(self.main.address_book());
-        book
     }
 
     /// Stores `events` split by shard, each part through its shard's Raft
@@ -583,9 +572,8 @@ impl Shards {
         };
         let payload = Entry::Ingest(&proposal.take_payload()).encode();
         let mut last = format!("no node holds shard {shard}");
-        let book = self.main_book();
         for node in replicas {
-            let Some(url) = book.get(&node) else {
+            let Some(url) = self.main.url_of(node) else {
                 continue;
             };
             let request = Proposal {
@@ -594,7 +582,7 @@ impl Shards {
                 idempotency_key: proposal.idempotency_key().map(str::to_owned),
                 accepted: proposal.accepted(),
             };
-            match self.propose_at(url, request).await {
+            match self.propose_at(&url, request).await {
                 Ok(answer) => {
                     return Ok(PartStored {
                         shard,
