@@ -46,6 +46,23 @@ impl Moto {
         )
     }
 
+    /// A config file in `dir` for a node that tiers within a test: minute
+    /// partitions flushed within 300 ms, raw rows archived once a minute
+    /// old (at the passes the test asks for) into `bucket` on moto.
+    pub fn tiering_config(&self, dir: &std::path::Path, bucket: &str) -> std::path::PathBuf {
+        let config = dir.join("toplog.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "partition = \"1m\"\nmemtable_max_age = \"300ms\"\nmaintenance_interval = \"0s\"\n\
+                 [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"1h\"\n{}",
+                Self::archive_toml(bucket, self.port)
+            ),
+        )
+        .expect("config file");
+        config
+    }
+
     /// Makes bucket `bucket`.
     pub fn create_bucket(&self, bucket: &str) {
         let r = client()

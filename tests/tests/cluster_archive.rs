@@ -76,16 +76,7 @@ fn the_leader_archives_for_the_cluster_and_every_member_drops_the_same_rows() {
     let moto = Moto::start();
     moto.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("toplog.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "partition = \"1m\"\nmemtable_max_age = \"300ms\"\nmaintenance_interval = \"0s\"\n\
-             [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"1h\"\n{}",
-            Moto::archive_toml(BUCKET, moto.port)
-        ),
-    )
-    .unwrap();
+    let config = moto.tiering_config(dir.path(), BUCKET);
     // A short log: a member that loses its disk is sent a snapshot.
     let mut cluster = Cluster::start_with(
         dir.path(),

@@ -508,16 +508,7 @@ fn each_shard_archives_under_its_prefix_and_duckdb_reads_them_as_one_table() {
     let moto = Moto::start();
     moto.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("toplog.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "partition = \"1m\"\nmemtable_max_age = \"300ms\"\nmaintenance_interval = \"0s\"\n\
-             [retention.raw]\nlocal_for = \"60s\"\nkeep_for = \"1h\"\n{}",
-            Moto::archive_toml(BUCKET, moto.port)
-        ),
-    )
-    .unwrap();
+    let config = moto.tiering_config(dir.path(), BUCKET);
     let cluster = Cluster::start_with(
         dir.path(),
         3,
